@@ -1,0 +1,251 @@
+"""Argument parsing for `jupyter-docker-kernel`; the only module that prints for humans.
+
+`main(argv) -> int` is what tests call; `run()` is the console script. Every subcommand
+builds settings, calls one module that does the job, and prints what happened. Errors of
+our family become one line on stderr and exit code 1 (a traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from jupyter_docker_kernel import __version__, hardening, kernelspec, reaper
+from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.errors import DockerKernelError, ImageError, SettingsError
+from jupyter_docker_kernel.settings import (
+    DEFAULT_IMAGE,
+    KernelSettings,
+    Mount,
+    WorkdirMode,
+    parse_env,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jupyter-docker-kernel",
+        description="Run Jupyter kernels in hardened containers while Jupyter stays on the host.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and engine calls")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    setup = sub.add_parser(
+        "setup",
+        help="write a kernelspec whose kernel runs in a container",
+        description="Write a kernelspec whose kernel runs in a container. Checks the engine "
+        "and the image first; writes nothing if either is not usable.",
+    )
+    setup.add_argument("--name", required=True, help="kernel name (letters, digits, . _ -)")
+    setup.add_argument("--display-name", help="name shown in Jupyter (default: from --name)")
+    setup.add_argument("--image", default=DEFAULT_IMAGE, help=f"image (default {DEFAULT_IMAGE})")
+    where = setup.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for the current user")
+    where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix")
+    where.add_argument("--prefix", metavar="PATH", help="install into PATH/share/jupyter")
+    setup.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="HOST:DEST[:ro]",
+        help="also mount HOST at DEST (repeatable; relative HOST is resolved now)",
+    )
+    workdir = setup.add_mutually_exclusive_group()
+    workdir.add_argument(
+        "--copy-workdir",
+        action="store_true",
+        help="give the kernel a private copy of the notebook's directory",
+    )
+    workdir.add_argument("--no-workdir", action="store_true", help="mount no work directory at all")
+    setup.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="set in the kernel"
+    )
+    setup.add_argument("--python", default="python3", help="the image's Python (default python3)")
+    setup.add_argument(
+        "--kernel-cmd",
+        nargs=argparse.REMAINDER,
+        help="the in-container kernel command (must contain {connection_file}); takes the "
+        "rest of the line",
+    )
+    setup.add_argument(
+        "--docker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG verbatim to docker run (repeatable; use --docker-arg=--flag)",
+    )
+    setup.add_argument("--network", default="none", help="container network (default none)")
+    setup.add_argument("--runtime", help="OCI runtime, e.g. runsc for gVisor")
+    setup.add_argument("--memory", default="2g", help="memory limit, swap included (default 2g)")
+    setup.add_argument("--cpus", type=float, default=2.0, help="CPU limit (default 2)")
+    setup.add_argument("--pids-limit", type=int, default=512, help="process/thread limit")
+    setup.add_argument("--interrupt-mode", choices=kernelspec.INTERRUPT_MODES, default="signal")
+    setup.add_argument("--replace", action="store_true", help="overwrite an existing kernelspec")
+    setup.add_argument(
+        "--skip-checks", action="store_true", help="do not check the engine and image first"
+    )
+    setup.set_defaults(func=cmd_setup)
+
+    image = sub.add_parser("image", help="build the default kernel image offline")
+    image_sub = image.add_subparsers(dest="image_command", metavar="ACTION")
+    build = image_sub.add_parser(
+        "build", help="build an image from Debian packages and PyPI wheels (no registry needed)"
+    )
+    build.add_argument("--tag", default=DEFAULT_IMAGE, help=f"image tag (default {DEFAULT_IMAGE})")
+    build.add_argument(
+        "--packages", nargs="*", default=[], metavar="PKG", help="extra PyPI packages"
+    )
+    build.add_argument(
+        "--apt-packages", nargs="*", default=[], metavar="PKG", help="extra Debian packages"
+    )
+    build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    build.set_defaults(func=cmd_image_build)
+
+    gc = sub.add_parser("gc", help="remove containers and files of launchers that are gone")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.set_defaults(func=cmd_gc)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> KernelSettings:
+    cwd = os.getcwd()
+    mounts = tuple(Mount.parse(m, cwd) for m in args.mount)
+    for m in mounts:
+        if not os.path.exists(m.source):
+            raise SettingsError(
+                f"--mount source {m.source} does not exist. No kernelspec was written. "
+                "Create it first, or fix the path."
+            )
+    workdir: WorkdirMode = "copy" if args.copy_workdir else "none" if args.no_workdir else "mount"
+    return KernelSettings(
+        image=args.image,
+        workdir=workdir,
+        mounts=mounts,
+        env=parse_env(args.env),
+        kernel_cmd=tuple(args.kernel_cmd or ()),
+        python=args.python,
+        docker_args=tuple(args.docker_arg),
+        network=args.network,
+        runtime=args.runtime,
+        memory=args.memory,
+        cpus=args.cpus,
+        pids_limit=args.pids_limit,
+    )
+
+
+def check_image(engine: Engine, settings: KernelSettings) -> str:
+    """Fail unless the engine answers, the image exists and can run the kernel's Python."""
+    engine.info()
+    if settings.runtime and settings.runtime not in engine.runtimes():
+        raise SettingsError(
+            f"The engine has no runtime '{settings.runtime}' (it has: "
+            f"{', '.join(sorted(engine.runtimes()))}). No kernelspec was written. Register "
+            "it in /etc/docker/daemon.json (scripts/bootstrap-engine --runsc does this for "
+            "gVisor) and restart the engine."
+        )
+    engine.require_image(settings.image)
+    user = "65534:65534" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
+    proc = engine.run(hardening.probe_args(settings, user), check=False, timeout=120)
+    if proc.returncode != 0:
+        what = "ipykernel" if not settings.kernel_cmd else settings.python
+        raise ImageError(
+            f"Image '{settings.image}' cannot run {what} as an unprivileged user "
+            f"(`{settings.python} -c 'import ipykernel'` exited {proc.returncode}: "
+            f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}). "
+            "No kernelspec was written. Use an image with Python and ipykernel installed "
+            "(jupyter-docker-kernel image build), or pass --python PATH."
+        )
+    return proc.stdout.strip()
+
+
+def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
+    settings = settings_from_args(args)
+    name = kernelspec.validate_name(args.name)
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    versions = ""
+    if not args.skip_checks:
+        versions = check_image(engine, settings)
+    data = kernelspec.build_kernel_json(
+        settings,
+        display_name=args.display_name or f"{name} (container)",
+        interrupt_mode=args.interrupt_mode,
+    )
+    path = kernelspec.install(name, data, user=args.user, prefix=prefix, replace=args.replace)
+    print(f"Installed kernelspec {name} in {path}")
+    if versions:
+        py, _, ipk = versions.partition(" ")
+        print(f"  image {settings.image}: Python {py}, ipykernel {ipk}")
+    print(
+        f"  network {settings.network}, memory {settings.memory}, cpus {settings.cpus:g}, "
+        f"pids {settings.pids_limit}, workdir {settings.workdir}"
+    )
+    print("Use it with:")
+    print(f"  nbgrader autograde ASSIGNMENT --ExecutePreprocessor.kernel_name={name}")
+    print(f"  jupyter nbconvert --execute --to notebook NB.ipynb --kernel {name}")
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace, engine: Engine) -> int:
+    from jupyter_docker_kernel import image
+
+    recipe = image.default_recipe(pip_packages=args.packages, apt_packages=args.apt_packages)
+    started = time.monotonic()
+    result = image.build_image(
+        engine,
+        recipe,
+        tag=args.tag,
+        force=args.force,
+        progress=lambda line: print(line, flush=True),
+    )
+    verb = "Reused" if result.reused else "Built"
+    print(
+        f"{verb} {result.tag} ({result.image_id[:19]}, recipe {result.digest[:12]}) "
+        f"in {time.monotonic() - started:.1f} s"
+    )
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
+    result = reaper.collect(engine, dry_run=args.dry_run)
+    verb = "Would remove" if args.dry_run else "Removed"
+    for name in result.containers:
+        print(f"{verb} container {name}")
+    for path in result.dirs:
+        print(f"{verb} {path}")
+    print(
+        f"{verb} {len(result.containers)} container(s) and {len(result.dirs)} runtime dir(s); "
+        f"{result.kept} kernel(s) still running were kept."
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse argv, run one subcommand, return its exit code (0 ok, 1 our error, 2 usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args, Engine()))
+    except DockerKernelError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing more was done", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The only module that talks to the container engine: the docker CLI, its errors mapped to ours.
+
+Everything else hands this module argument lists (built by hardening.py) and gets back
+parsed JSON or an EngineError/ImageError whose message says what to do. We drive the CLI
+rather than the HTTP API so that `--docker-arg` values pass verbatim, so that `show`
+prints a command users can paste, and so that a Docker-compatible CLI (podman) can stand in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from jupyter_docker_kernel.errors import EngineError, ImageError
+
+log = logging.getLogger(__name__)
+
+#: Label keys on every container we start; gc and the tests find our containers by them.
+LABEL_PREFIX = "io.github.jupyter-docker-kernel"
+LABEL_KERNEL_ID = f"{LABEL_PREFIX}.kernel-id"
+LABEL_LAUNCHER_PID = f"{LABEL_PREFIX}.launcher-pid"
+LABEL_LAUNCHER_START = f"{LABEL_PREFIX}.launcher-start"
+LABEL_LAUNCHER_HOST = f"{LABEL_PREFIX}.launcher-host"
+LABEL_OWNER_UID = f"{LABEL_PREFIX}.owner-uid"
+#: Label an image built by `image build`, holding the hash of the recipe that made it.
+LABEL_RECIPE = f"{LABEL_PREFIX}.recipe"
+
+_UNREACHABLE_MARKERS = (
+    "cannot connect to the docker daemon",
+    "is the docker daemon running",
+    "error during connect",
+    "connection refused",
+    "no such file or directory",
+)
+
+
+def short_id(container_id: str) -> str:
+    """The 12-character form people see in `docker ps`."""
+    return container_id[:12]
+
+
+class Engine:
+    """A container engine reached through its Docker-compatible CLI.
+
+    Created by cli.py, launcher.py and the tests; cheap to create (nothing runs until a
+    method is called).
+    """
+
+    def __init__(self, command: str | None = None) -> None:
+        self.command = command or os.environ.get("JUPYTER_DOCKER_KERNEL_ENGINE", "docker")
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def executable(self) -> str:
+        """The engine CLI's full path, or an EngineError that says how to get one."""
+        path = shutil.which(self.command)
+        if path is None:
+            raise EngineError(
+                f"The container engine command '{self.command}' was not found on PATH. "
+                "Nothing was started. Install Docker (on Debian as root: "
+                "scripts/bootstrap-engine) or set JUPYTER_DOCKER_KERNEL_ENGINE to its CLI."
+            )
+        return path
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float = 60,
+        check: bool = True,
+        input_text: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run one CLI command and return it; on failure raise our error, not the CLI's."""
+        argv = [self.executable(), *args]
+        log.debug("engine: %s", " ".join(args[:3]))
+        try:
+            proc = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                input=input_text,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise EngineError(
+                f"'{self.command} {args[0]}' did not answer within {timeout:.0f} s. "
+                f"The engine may be overloaded or hung; check it with '{self.command} info'."
+            ) from exc
+        if check and proc.returncode != 0:
+            raise self.translate(args, proc.stderr)
+        return proc
+
+    def translate(self, args: Sequence[str], stderr: str) -> EngineError:
+        """Turn a CLI failure into an error that says what to do next."""
+        text = stderr.strip()
+        low = text.lower()
+        if "permission denied" in low and "docker" in low and "sock" in low:
+            return EngineError(
+                f"Permission denied talking to the container engine ({first_line(text)}). "
+                "Nothing was done. Add your user to the 'docker' group (then log in again) "
+                "or use a rootless engine via DOCKER_HOST."
+            )
+        if any(marker in low for marker in _UNREACHABLE_MARKERS) and "daemon" in low:
+            host = os.environ.get("DOCKER_HOST", "the default socket")
+            return EngineError(
+                f"Cannot reach the container engine at {host}: {first_line(text)} "
+                f"Nothing was done. Is it running? Try '{self.command} info', or start one "
+                "with scripts/bootstrap-engine."
+            )
+        return EngineError(
+            f"'{self.command} {' '.join(args[:2])}' failed: {first_line(text) or 'no message'}"
+        )
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def info(self, timeout: float = 20) -> dict[str, Any]:
+        """`docker info` as JSON; raises EngineError when the engine does not answer."""
+        proc = self.run(["info", "--format", "{{json .}}"], timeout=timeout)
+        data = json.loads(proc.stdout or "{}")
+        if not isinstance(data, dict):
+            raise EngineError(f"'{self.command} info' printed something that is not JSON.")
+        if data.get("ServerErrors"):
+            raise self.translate(["info"], "daemon: " + "; ".join(data["ServerErrors"]))
+        return data
+
+    def runtimes(self) -> set[str]:
+        """Names of the OCI runtimes the engine knows (runc, runsc, ...)."""
+        return set((self.info().get("Runtimes") or {}).keys())
+
+    def image_inspect(self, ref: str) -> dict[str, Any] | None:
+        """The image's inspect data, or None when the engine does not have it."""
+        proc = self.run(["image", "inspect", ref], check=False)
+        if proc.returncode != 0:
+            if "no such" in proc.stderr.lower():
+                return None
+            raise self.translate(["image", "inspect"], proc.stderr)
+        items = json.loads(proc.stdout)
+        return items[0] if items else None
+
+    def require_image(self, ref: str) -> dict[str, Any]:
+        """The image's inspect data, or an ImageError that says how to build or pull it."""
+        data = self.image_inspect(ref)
+        if data is None:
+            raise ImageError(
+                f"Image '{ref}' is not present in the container engine, and kernels never "
+                "pull (a missing image is an error, not a registry lookup). "
+                f"Build the default image with 'jupyter-docker-kernel image build', or run "
+                f"'{self.command} pull {ref}' where a registry is reachable."
+            )
+        return data
+
+    def container_inspect(self, name: str) -> dict[str, Any] | None:
+        """The container's inspect data, or None when it does not exist (any more)."""
+        proc = self.run(["container", "inspect", name], check=False, timeout=30)
+        if proc.returncode != 0:
+            if "no such" in proc.stderr.lower():
+                return None
+            raise self.translate(["container", "inspect"], proc.stderr)
+        items = json.loads(proc.stdout)
+        return items[0] if items else None
+
+    def list_containers(self, labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
+        """Containers (running or not) carrying all `labels` (value None: any value)."""
+        args = ["ps", "-a", "--no-trunc", "--format", "{{json .}}"]
+        for key, value in labels.items():
+            args += ["--filter", f"label={key}" if value is None else f"label={key}={value}"]
+        proc = self.run(args, timeout=30)
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def kill(self, name: str, signal: str = "KILL") -> bool:
+        """Send a signal to the container's init; False when the container is already gone."""
+        proc = self.run(["kill", "--signal", signal, name], check=False, timeout=30)
+        if proc.returncode == 0:
+            return True
+        low = proc.stderr.lower()
+        if "no such container" in low or "is not running" in low:
+            return False
+        raise self.translate(["kill"], proc.stderr)
+
+    def remove(self, name: str) -> bool:
+        """Force-remove a container; idempotent: a container already gone is not an error."""
+        proc = self.run(["rm", "--force", "--volumes", name], check=False, timeout=60)
+        if proc.returncode == 0:
+            return True
+        low = proc.stderr.lower()
+        if "no such container" in low or "is already in progress" in low:
+            return False
+        raise self.translate(["rm"], proc.stderr)
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of an engine message, for one-line errors."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""

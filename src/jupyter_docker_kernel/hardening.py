@@ -1,0 +1,197 @@
+"""Settings plus one launch's facts -> the `docker run` arguments (pure: no I/O, no engine).
+
+launcher.py calls `run_args()` once per kernel start; `cli show` prints the same list, so
+what users read is exactly what runs. Every hardening choice is made here, in one place,
+and tested as a table in tests/test_hardening.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jupyter_docker_kernel import engine
+from jupyter_docker_kernel.settings import CONNECTION_FILE_PLACEHOLDER, KernelSettings
+
+#: Where the per-kernel runtime dir (connection file, sockets) appears in the container.
+RUNTIME_TARGET = "/run/jupyter-docker-kernel"
+#: The in-container connection file and the ipc socket prefix inside RUNTIME_TARGET.
+CONNECTION_NAME = "kernel.json"
+SOCKET_PREFIX = "k"
+SUPERVISOR_TARGET = "/opt/jupyter-docker-kernel/supervise.py"
+#: HOME inside the container: a private tmpfs, never the host's home.
+HOME = "/home/kernel"
+#: The uid:gid a kernel gets when the launching user is root: never root in the container.
+ROOT_FALLBACK_USER = "65534:65534"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What one kernel start adds to the settings; built by launcher.py."""
+
+    kernel_id: str
+    container_name: str
+    #: Host directory mounted at RUNTIME_TARGET (holds the in-container connection file).
+    runtime_dir: str
+    #: Host path of _supervise.py, mounted read-only.
+    supervisor_path: str
+    host_uid: int
+    host_gid: int
+    #: The notebook's directory on the host (the launcher's cwd).
+    workdir: str
+    #: With workdir mode "copy": the host copy mounted at `workdir`'s path.
+    workdir_copy: str | None = None
+    launcher_pid: int = 0
+    launcher_start: str = ""
+    hostname: str = ""
+
+
+def kernel_user(settings: KernelSettings, launch: Launch) -> str:
+    """uid:gid for the container: configured, else the host user's, never root."""
+    if settings.kernel_user:
+        return (
+            settings.kernel_user
+            if ":" in settings.kernel_user
+            else f"{settings.kernel_user}:{settings.kernel_user}"
+        )
+    if launch.host_uid == 0:
+        return ROOT_FALLBACK_USER
+    return f"{launch.host_uid}:{launch.host_gid}"
+
+
+def labels(launch: Launch) -> dict[str, str]:
+    """Labels that let gc and the tests find the container and its launcher."""
+    return {
+        engine.LABEL_KERNEL_ID: launch.kernel_id,
+        engine.LABEL_LAUNCHER_PID: str(launch.launcher_pid),
+        engine.LABEL_LAUNCHER_START: launch.launcher_start,
+        engine.LABEL_LAUNCHER_HOST: launch.hostname,
+        engine.LABEL_OWNER_UID: str(launch.host_uid),
+    }
+
+
+def mount_arg(source: str, target: str, read_only: bool = False) -> str:
+    """A `--mount` value, CSV-quoted the way the engine parses it."""
+    fields = ["type=bind", f"source={source}", f"target={target}"]
+    if read_only:
+        fields.append("readonly")
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(fields)
+    return buf.getvalue()
+
+
+def kernel_command(settings: KernelSettings) -> list[str]:
+    """The kernel's in-container argv, with the connection file placeholder filled in."""
+    path = f"{RUNTIME_TARGET}/{CONNECTION_NAME}"
+    return [a.replace(CONNECTION_FILE_PLACEHOLDER, path) for a in settings.command()]
+
+
+def run_args(settings: KernelSettings, launch: Launch) -> list[str]:
+    """The complete `docker run` argument list (without the program name) for one kernel."""
+    user = kernel_user(settings, launch)
+    uid, gid = user.split(":")
+    args: list[str] = [
+        "run",
+        "--rm",
+        # -i: stdin is the supervisor's lifeline; the engine closes it when we disconnect.
+        "--interactive",
+        "--sig-proxy=false",
+        "--init",
+        "--pull=never",
+        "--name",
+        launch.container_name,
+        "--hostname",
+        "kernel",
+        "--user",
+        user,
+        "--network",
+        settings.network,
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--read-only",
+        "--tmpfs",
+        f"/tmp:rw,nosuid,nodev,size={settings.tmp_size},mode=1777",  # noqa: S108 - container path
+        "--tmpfs",
+        f"{HOME}:rw,nosuid,nodev,size={settings.tmp_size},uid={uid},gid={gid},mode=0700",
+        "--memory",
+        settings.memory,
+        "--memory-swap",
+        settings.memory,
+        "--cpus",
+        _cpus(settings.cpus),
+        "--pids-limit",
+        str(settings.pids_limit),
+        "--env",
+        f"HOME={HOME}",
+        "--env",
+        "LANG=C.UTF-8",
+        "--env",
+        "PYTHONUNBUFFERED=1",
+        "--env",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "--env",
+        f"MPLCONFIGDIR={HOME}/.config/matplotlib",
+    ]
+    for key, value in labels(launch).items():
+        args += ["--label", f"{key}={value}"]
+    if settings.runtime:
+        args += ["--runtime", settings.runtime]
+    args += ["--mount", mount_arg(launch.runtime_dir, RUNTIME_TARGET)]
+    args += ["--mount", mount_arg(launch.supervisor_path, SUPERVISOR_TARGET, read_only=True)]
+    if settings.workdir == "none":
+        args += ["--workdir", HOME]
+    else:
+        source = launch.workdir_copy if settings.workdir == "copy" else launch.workdir
+        assert source is not None, "workdir mode 'copy' needs Launch.workdir_copy"
+        args += ["--mount", mount_arg(source, launch.workdir), "--workdir", launch.workdir]
+    for m in settings.mounts:
+        args += ["--mount", mount_arg(m.source, m.target, m.read_only)]
+    for name, value in settings.env:
+        args += ["--env", f"{name}={value}"]
+    args += list(settings.docker_args)
+    args.append(settings.image)
+    args += supervisor_command(settings)
+    return args
+
+
+def supervisor_command(settings: KernelSettings) -> list[str]:
+    """The container's command: our supervisor, run by the image's Python, then the kernel."""
+    return [
+        settings.python,
+        SUPERVISOR_TARGET,
+        "--cleanup",
+        RUNTIME_TARGET,
+        "--",
+        *kernel_command(settings),
+    ]
+
+
+#: Printed by probe_args' command: the image's Python and ipykernel versions.
+PROBE_CODE = "import sys, ipykernel; print(sys.version.split()[0], ipykernel.__version__)"
+
+
+def probe_args(settings: KernelSettings, user: str) -> list[str]:
+    """`docker run` arguments that check the image can run a kernel (used by setup)."""
+    args = ["run", "--rm", "--pull=never", "--network", "none", "--user", user]
+    args += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    if settings.runtime:
+        args += ["--runtime", settings.runtime]
+    args += [settings.image]
+    if settings.kernel_cmd:
+        return [*args, settings.python, "-c", "import sys; print(sys.version.split()[0], '-')"]
+    return [*args, settings.python, "-c", PROBE_CODE]
+
+
+def _cpus(value: float) -> str:
+    return f"{value:g}"
+
+
+def quote_command(program: str, args: Sequence[str]) -> str:
+    """A shell-pasteable rendering of a command, for `show` and debug logs."""
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in (program, *args))

@@ -1,0 +1,138 @@
+"""Settings <-> kernel.json, and installing a kernelspec where Jupyter looks for it.
+
+cli.py's `setup` calls `build_kernel_json()` then `install()`; `read_settings()` is how
+`show`/`list` and the tests get the settings back. The settings travel inside argv (not a
+side file) so the spec works in every client, VS Code included, and can be copied whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jupyter_docker_kernel import __version__
+from jupyter_docker_kernel.errors import KernelSpecError
+from jupyter_docker_kernel.settings import KernelSettings
+
+#: kernel.json metadata key that marks a kernelspec as ours.
+METADATA_KEY = "jupyter_docker_kernel"
+LAUNCHER_MODULE = "jupyter_docker_kernel.launcher"
+INTERRUPT_MODES = ("signal", "message")
+_NAME = re.compile(r"^[a-z0-9._-]+$", re.IGNORECASE)
+
+
+def validate_name(name: str) -> str:
+    """Jupyter's rule for kernel names (letters, digits, . _ -), lower-cased as Jupyter does."""
+    if not _NAME.match(name):
+        raise KernelSpecError(
+            f"Kernel name '{name}' may only contain letters, digits, '.', '_' and '-'. "
+            "No kernelspec was written. Example: --name course-py"
+        )
+    return name.lower()
+
+
+def build_kernel_json(
+    settings: KernelSettings,
+    *,
+    display_name: str,
+    interrupt_mode: str = "signal",
+    python: str | None = None,
+) -> dict[str, Any]:
+    """The kernel.json dict: argv runs our launcher with the settings embedded as JSON."""
+    if interrupt_mode not in INTERRUPT_MODES:
+        raise KernelSpecError(
+            f"interrupt mode '{interrupt_mode}' is not one of {', '.join(INTERRUPT_MODES)}."
+        )
+    return {
+        "argv": [
+            python or sys.executable,
+            "-m",
+            LAUNCHER_MODULE,
+            "--settings",
+            json.dumps(settings.to_dict(), sort_keys=True, separators=(",", ":")),
+            "-f",
+            "{connection_file}",
+        ],
+        "display_name": display_name,
+        "language": "python" if not settings.kernel_cmd else "",
+        "interrupt_mode": interrupt_mode,
+        "metadata": {
+            METADATA_KEY: {"version": __version__, "image": settings.image},
+            # The debugger needs more than bytes relayed on five channels; not offered yet.
+            "debugger": False,
+        },
+    }
+
+
+def settings_from_kernel_json(data: dict[str, Any]) -> KernelSettings:
+    """The settings embedded in one of our kernel.json dicts."""
+    argv = data.get("argv") or []
+    if METADATA_KEY not in (data.get("metadata") or {}) or "--settings" not in argv:
+        raise KernelSpecError("This kernelspec was not written by jupyter-docker-kernel.")
+    raw = argv[argv.index("--settings") + 1]
+    try:
+        return KernelSettings.from_dict(json.loads(raw))
+    except ValueError as exc:
+        raise KernelSpecError(f"The kernelspec's embedded settings are not JSON: {exc}") from exc
+
+
+def destination(name: str, *, user: bool, prefix: str | None) -> Path:
+    """Where install() would put the spec (for the --replace check and messages)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return Path(KernelSpecManager()._get_destination_dir(name, user=user, prefix=prefix))
+
+
+def install(
+    name: str,
+    kernel_json: dict[str, Any],
+    *,
+    user: bool,
+    prefix: str | None,
+    replace: bool,
+) -> Path:
+    """Write the kernelspec; refuses to overwrite an existing one unless replace is set."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = validate_name(name)
+    target = destination(name, user=user, prefix=prefix)
+    if target.exists() and not replace:
+        raise KernelSpecError(
+            f"A kernelspec named '{name}' already exists in {target}. Nothing was written. "
+            "Pass --replace to overwrite it, or choose another --name."
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / name
+        src.mkdir()
+        (src / "kernel.json").write_text(json.dumps(kernel_json, indent=1) + "\n")
+        try:
+            return Path(
+                KernelSpecManager().install_kernel_spec(str(src), name, user=user, prefix=prefix)
+            )
+        except OSError as exc:
+            hint = "" if user else " Perhaps you want --user?"
+            raise KernelSpecError(
+                f"Cannot write the kernelspec to {target}: {exc.strerror or exc}. "
+                f"Nothing was written.{hint}"
+            ) from exc
+
+
+def find_ours() -> dict[str, Path]:
+    """Our kernelspecs that Jupyter can see, by name (used by list/show and the tests)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    out: dict[str, Path] = {}
+    for name, path in KernelSpecManager().find_kernel_specs().items():
+        try:
+            with open(os.path.join(path, "kernel.json")) as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        if METADATA_KEY in (data.get("metadata") or {}):
+            out[name] = Path(path)
+    return out

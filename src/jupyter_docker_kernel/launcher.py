@@ -1,0 +1,424 @@
+"""The kernelspec's argv: start the kernel's container, relay its channels, always clean up.
+
+A Jupyter client runs `python -m jupyter_docker_kernel.launcher --settings JSON -f
+{connection_file}` and treats this process as the kernel: it polls it for liveness, sends
+it SIGINT to interrupt (interrupt_mode "signal"), SIGTERM/SIGKILL to stop it. We turn those
+into container actions. Nothing here parses Jupyter messages; relay.py moves bytes.
+
+Cleanup never depends on this process surviving: a watchdog process (own session, so the
+client's killpg does not reach it) removes the container and our files when we die, and
+the in-container supervisor ends the kernel when our `docker run -i` stdin goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_docker_kernel import hardening
+from jupyter_docker_kernel.engine import Engine, short_id
+from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
+from jupyter_docker_kernel.relay import CHANNELS, Relay, Route, host_endpoints
+from jupyter_docker_kernel.settings import KernelSettings
+
+log = logging.getLogger("jupyter_docker_kernel.launcher")
+
+SUPERVISOR_PATH = str(Path(__file__).with_name("_supervise.py"))
+#: What we forward of the engine CLI's own output (the kernel's raw stdout/stderr).
+FORWARD_LIMIT = 4 << 20
+#: Name prefix of every container and runtime dir we create.
+NAME_PREFIX = "jdk"
+
+
+def kernel_id_from(connection_file: str) -> str:
+    """The kernel id jupyter_client put in the file name (kernel-<id>.json), made name-safe."""
+    stem = Path(connection_file).name
+    stem = stem.removesuffix(".json")
+    stem = stem.removeprefix("kernel-")
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", stem).strip("-.") or "kernel"
+    return safe[:36]
+
+
+def process_start_time(pid: int) -> str:
+    """The process's start time in clock ticks: with the pid, it names a process uniquely."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            # Field 22; the command name (field 2) may hold spaces, so split after ')'.
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def runtime_base() -> Path:
+    """A private (0700, ours) directory for per-kernel runtime dirs, made on first use."""
+    uid = os.getuid()
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
+        base = Path(xdg) / "jupyter-docker-kernel"
+    else:
+        base = Path(tempfile.gettempdir()) / f"jupyter-docker-kernel-{uid}"
+    with contextlib.suppress(FileExistsError):
+        base.mkdir(mode=0o700)
+    st = os.lstat(base)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        raise LaunchError(
+            f"{base} is not a private directory owned by you (uid {uid}, mode 0700). "
+            "No kernel was started. Remove it, or set XDG_RUNTIME_DIR to a private directory."
+        )
+    return base
+
+
+class Launcher:
+    """One kernel's lifetime, from connection file to cleanup. Used by main() only."""
+
+    def __init__(
+        self,
+        settings: KernelSettings,
+        connection_file: str,
+        engine: Engine | None = None,
+    ) -> None:
+        self.settings = settings
+        self.connection_file = connection_file
+        self.engine = engine or Engine()
+        try:
+            with open(connection_file) as fh:
+                self.connection: dict[str, Any] = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise LaunchError(
+                f"Cannot read the connection file {connection_file}: {exc}. No container was "
+                "started. The launcher must be run by a Jupyter client with {connection_file}."
+            ) from exc
+        self.kernel_id = kernel_id_from(connection_file)
+        nonce = secrets.token_hex(3)
+        self.name = f"{NAME_PREFIX}-{self.kernel_id}-{nonce}"
+        self.base = runtime_base() / f"{self.kernel_id}-{nonce}"
+        self.runtime_dir = self.base / "rt"
+        self.cidfile = self.base / "cid"
+        self.container_id = ""
+        self.started = time.monotonic()
+        self.stopping = False
+        self.exit_reason = ""
+
+    # -- preparation (before any container exists) ------------------------------------------
+
+    def prepare(self) -> hardening.Launch:
+        """Create the runtime dir, the in-container connection file and the workdir copy."""
+        self.base.mkdir(mode=0o700)
+        self.runtime_dir.mkdir(mode=0o700)
+        (self.base / "launcher").write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
+        workdir = os.getcwd()
+        launch = hardening.Launch(
+            kernel_id=self.kernel_id,
+            container_name=self.name,
+            runtime_dir=str(self.runtime_dir),
+            supervisor_path=SUPERVISOR_PATH,
+            host_uid=os.getuid(),
+            host_gid=os.getgid(),
+            workdir=workdir,
+            workdir_copy=str(self.base / "work") if self.settings.workdir == "copy" else None,
+            launcher_pid=os.getpid(),
+            launcher_start=process_start_time(os.getpid()),
+            hostname=socket.gethostname(),
+        )
+        if self.settings.workdir != "none" and workdir == "/":
+            raise LaunchError(
+                "The kernel's working directory is '/', and mounting the host's root into the "
+                "container would expose everything. No container was started. Start Jupyter "
+                "from your notebooks' directory, or run setup with --no-workdir."
+            )
+        user = hardening.kernel_user(self.settings, launch)
+        uid, gid = (int(x) for x in user.split(":"))
+        if uid != os.getuid() and os.getuid() != 0:
+            raise LaunchError(
+                f"The kernel is set to run as uid {uid}, but the launcher runs as uid "
+                f"{os.getuid()} and cannot hand the kernel its sockets. No container was "
+                "started. Run setup without --kernel-user, or run Jupyter as root."
+            )
+        conn = {
+            "transport": "ipc",
+            "ip": f"{hardening.RUNTIME_TARGET}/{hardening.SOCKET_PREFIX}",
+            "key": self.connection.get("key", ""),
+            "signature_scheme": self.connection.get("signature_scheme", "hmac-sha256"),
+            "kernel_name": self.connection.get("kernel_name", ""),
+        }
+        for index, channel in enumerate(CHANNELS, start=1):
+            conn[f"{channel}_port"] = index
+        path = self.runtime_dir / hardening.CONNECTION_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(conn, fh)
+        if uid != os.getuid():
+            # Root launching for an unprivileged kernel uid: the kernel must own its dir.
+            os.chown(self.runtime_dir, uid, gid)
+            os.chown(path, uid, gid)
+        if launch.workdir_copy is not None:
+            copy_workdir(workdir, launch.workdir_copy, uid, gid)
+        return launch
+
+    def routes(self) -> list[Route]:
+        endpoints = host_endpoints(self.connection)
+        return [
+            Route(
+                channel,
+                endpoints[channel],
+                str(self.runtime_dir / f"{hardening.SOCKET_PREFIX}-{index}"),
+            )
+            for index, channel in enumerate(CHANNELS, start=1)
+        ]
+
+    # -- the watchdog -------------------------------------------------------------------------
+
+    def start_watchdog(self) -> int:
+        """Fork a process that cleans up after us however we die; returns the lifeline fd.
+
+        It blocks reading a pipe whose only writer is this process; EOF means we are gone
+        (exit, crash or SIGKILL). It then force-removes our container and runtime dir. Two
+        forks and setsid: it is nobody's zombie and the client's killpg does not reach it.
+        """
+        read_fd, write_fd = os.pipe()
+        engine_exe = self.engine.executable()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the forked child
+            try:
+                os.close(write_fd)
+                os.setsid()
+                if os.fork() > 0:
+                    os._exit(0)
+                for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+                    signal.signal(sig, signal.SIG_IGN)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                os.dup2(devnull, 0)
+                os.dup2(devnull, 1)
+                while os.read(read_fd, 64):
+                    pass
+                _watchdog_cleanup(engine_exe, self.name, self.cidfile, self.base)
+            finally:
+                os._exit(0)
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+        return write_fd
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run_async(self, launch: hardening.Launch) -> int:
+        loop = asyncio.get_running_loop()
+        relay = Relay(self.routes())
+        await relay.start()
+        args = hardening.run_args(self.settings, launch)
+        args.insert(1, f"--cidfile={self.cidfile}")
+        proc = await self._start_container(args)
+        for sig in (signal.SIGINT,):
+            loop.add_signal_handler(sig, self._interrupt)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._terminate)
+        forwards = [
+            loop.create_task(forward(proc.stdout, sys.stderr.buffer)),
+            loop.create_task(forward(proc.stderr, sys.stderr.buffer)),
+        ]
+        cid_task = loop.create_task(self._log_started())
+        code = await proc.wait()
+        cid_task.cancel()
+        await asyncio.gather(*forwards, return_exceptions=True)
+        await relay.close()
+        ran = time.monotonic() - self.started
+        why = f" ({self.exit_reason})" if self.exit_reason else ""
+        level = logging.INFO if code == 0 or self.stopping else logging.WARNING
+        log.log(
+            level,
+            "kernel container %s exited with code %s%s after %.1f s; relayed %d bytes out, %d in",
+            self.name,
+            code,
+            why,
+            ran,
+            relay.bytes_to_host,
+            relay.bytes_to_kernel,
+        )
+        if code == 125 and not self.stopping:
+            log.error(
+                "The engine could not start the kernel container (see its message above). "
+                "Check the image with: jupyter-docker-kernel doctor"
+            )
+        return code
+
+    async def _start_container(self, args: list[str]) -> asyncio.subprocess.Process:
+        # Own session: the client's killpg(SIGINT) must reach us, not the CLI, which would
+        # exit on it and take the kernel's lifeline with it.
+        return await asyncio.create_subprocess_exec(
+            self.engine.executable(),
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    async def _log_started(self) -> None:
+        for _ in range(600):
+            with contextlib.suppress(OSError):
+                self.container_id = self.cidfile.read_text().strip()
+            if self.container_id:
+                break
+            await asyncio.sleep(0.05)
+        s = self.settings
+        log.info(
+            "kernel %s started in container %s (%s) from %s: network %s, memory %s, cpus %g, "
+            "pids %d%s",
+            self.kernel_id,
+            self.name,
+            short_id(self.container_id),
+            s.image,
+            s.network,
+            s.memory,
+            s.cpus,
+            s.pids_limit,
+            f", runtime {s.runtime}" if s.runtime else "",
+        )
+
+    def _interrupt(self) -> None:
+        log.info("interrupt: sending SIGINT to the kernel in %s", self.name)
+        self._in_thread(self.engine.kill, self.name, "INT")
+
+    def _terminate(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.exit_reason = "stopped by the Jupyter client"
+        log.info("terminate: removing container %s", self.name)
+        self._in_thread(self.engine.remove, self.name)
+
+    def _in_thread(self, func: Any, *args: Any) -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, func, *args)
+        future.add_done_callback(_log_failure)
+
+    def cleanup(self) -> None:
+        """Remove our container (if still there) and our files; idempotent."""
+        with contextlib.suppress(DockerKernelError):
+            if self.container_id or self.cidfile.exists():
+                self.engine.remove(self.name)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+async def forward(stream: asyncio.StreamReader | None, out: Any) -> None:
+    """Copy the engine CLI's output to our stderr (the server's log), up to FORWARD_LIMIT."""
+    if stream is None:
+        return
+    sent = 0
+    while chunk := await stream.read(65536):
+        if sent < FORWARD_LIMIT:
+            out.write(chunk[: FORWARD_LIMIT - sent])
+            out.flush()
+            sent += len(chunk)
+            if sent >= FORWARD_LIMIT:
+                log.warning(
+                    "kernel's own stdout/stderr exceeded %d bytes; dropping the rest", FORWARD_LIMIT
+                )
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.warning("%s", exc)
+
+
+def _watchdog_cleanup(engine_exe: str, name: str, cidfile: Path, base: Path) -> None:
+    """In the watchdog: force-remove the container by name and id, then our files."""
+    import subprocess
+
+    targets = [name]
+    with contextlib.suppress(OSError):
+        cid = cidfile.read_text().strip()
+        if cid:
+            targets.append(cid)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [engine_exe, "rm", "--force", *targets],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def copy_workdir(source: str, dest: str, uid: int, gid: int) -> None:
+    """Copy the notebook directory for --copy-workdir; symlinks are copied, never followed."""
+    try:
+        shutil.copytree(source, dest, symlinks=True)
+    except (OSError, shutil.Error) as exc:
+        raise LaunchError(
+            f"Could not copy the work directory {source} for --copy-workdir: {exc}. "
+            "No container was started."
+        ) from exc
+    if uid != os.getuid():
+        for root, dirs, files in os.walk(dest):
+            for name in [*dirs, *files]:
+                os.lchown(os.path.join(root, name), uid, gid)
+        os.chown(dest, uid, gid)
+
+
+def configure_logging(debug: bool) -> None:
+    """One line per event on stderr, in the shape of the Jupyter server's own log lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(
+            "[%(levelname).1s %(asctime)s.%(msecs)03d DockerKernel] %(message)s",
+            datefmt="%Y-%m-%d %H:%M:%S",
+        )
+    )
+    root = logging.getLogger("jupyter_docker_kernel")
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the kernelspec's argv; returns the kernel container's exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jupyter_docker_kernel.launcher",
+        description="Run by Jupyter through a kernelspec written by `jupyter-docker-kernel setup`.",
+    )
+    parser.add_argument("--settings", required=True, help="the kernel's settings as JSON")
+    parser.add_argument("-f", "--connection-file", required=True)
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    configure_logging(args.debug or bool(os.environ.get("JUPYTER_DOCKER_KERNEL_DEBUG")))
+    launcher: Launcher | None = None
+    lifeline = -1
+    try:
+        settings = KernelSettings.from_dict(json.loads(args.settings))
+        launcher = Launcher(settings, args.connection_file)
+        lifeline = launcher.start_watchdog()
+        launch = launcher.prepare()
+        return asyncio.run(launcher.run_async(launch))
+    except DockerKernelError as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        if launcher is not None:
+            launcher.cleanup()
+        if lifeline >= 0:
+            os.close(lifeline)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""One frozen dataclass of everything a kernel needs; the CLI builds it, kernel.json stores it.
+
+`KernelSettings.to_dict()` is what kernelspec.py embeds in kernel.json, and
+`KernelSettings.from_dict()` is how the launcher reads it back: validation happens once,
+here, so a kernel.json edited by hand fails with the same clear message as a bad flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from jupyter_docker_kernel.errors import SettingsError
+
+#: The image `setup` uses when no --image is given; `image build` makes it offline.
+DEFAULT_IMAGE = "jupyter-docker-kernel/default:latest"
+
+#: The placeholder in kernel_cmd that becomes the in-container connection file.
+CONNECTION_FILE_PLACEHOLDER = "{connection_file}"
+
+WorkdirMode = Literal["mount", "copy", "none"]
+WORKDIR_MODES: tuple[WorkdirMode, ...] = ("mount", "copy", "none")
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MEMORY = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
+#: Container paths we own; a --mount onto them would break the kernel or the supervisor.
+RESERVED_TARGETS = ("/run/jupyter-docker-kernel", "/opt/jupyter-docker-kernel")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory or file made visible in the container (`--mount HOST:DEST[:ro]`)."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    @classmethod
+    def parse(cls, text: str, base_dir: str) -> Mount:
+        """Parse `HOST:DEST[:ro|:rw]`; a relative HOST is resolved against base_dir."""
+        parts = text.split(":")
+        mode = "rw"
+        if len(parts) == 3 and parts[2] in ("ro", "rw"):
+            mode = parts.pop()
+        if len(parts) != 2 or not parts[0] or not parts[1]:
+            raise SettingsError(
+                f"--mount '{text}' is not HOST:DEST or HOST:DEST:ro. No kernelspec was written. "
+                "Example: --mount ./data:/data:ro (paths containing ':' cannot be mounted)."
+            )
+        host, dest = parts
+        source = str(PurePosixPath(base_dir, host)) if not host.startswith("/") else host
+        return cls(source=_normalise(source), target=dest, read_only=mode == "ro").validated()
+
+    def validated(self) -> Mount:
+        """Return self after checking both paths are absolute and the target is not ours."""
+        for what, path in (("host path", self.source), ("container path", self.target)):
+            if not path.startswith("/"):
+                raise SettingsError(
+                    f"Mount {what} '{path}' must be absolute. No kernelspec was written."
+                )
+            if "," in path or "\n" in path:
+                raise SettingsError(
+                    f"Mount {what} '{path}' contains ',' or a newline, which the engine's "
+                    "--mount syntax cannot carry. No kernelspec was written; rename the path."
+                )
+        target = _normalise(self.target)
+        if target == "/" or any(
+            target == t or target.startswith(t + "/") for t in RESERVED_TARGETS
+        ):
+            raise SettingsError(
+                f"Mount target '{self.target}' is reserved for the container's own use. "
+                "No kernelspec was written. Choose another container path."
+            )
+        return dataclasses.replace(self, target=target)
+
+    def to_spec(self) -> str:
+        """The `HOST:DEST[:ro]` form users type, for `show` and error messages."""
+        return f"{self.source}:{self.target}{':ro' if self.read_only else ''}"
+
+
+@dataclass(frozen=True)
+class KernelSettings:
+    """Everything one dockerized kernel needs, shared by setup, launcher and provisioner."""
+
+    image: str = DEFAULT_IMAGE
+    #: "mount": the notebook's directory at the same path, writable; "copy": a private copy
+    #: that never reaches the host; "none": nothing mounted, the kernel starts in HOME.
+    workdir: WorkdirMode = "mount"
+    mounts: tuple[Mount, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    #: The in-container command; empty means `python -m ipykernel_launcher -f {connection_file}`.
+    kernel_cmd: tuple[str, ...] = ()
+    python: str = "python3"
+    #: Passed verbatim to `docker run`, after ours: the escape hatch for what we do not model.
+    docker_args: tuple[str, ...] = ()
+    network: str = "none"
+    runtime: str | None = None
+    memory: str = "2g"
+    cpus: float = 2.0
+    pids_limit: int = 512
+    #: Size of the writable tmpfs mounted at /tmp and at HOME.
+    tmp_size: str = "512m"
+    #: The container runs as this uid:gid; None means the launching user's (or 65534 for root).
+    kernel_user: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.image or any(c.isspace() for c in self.image):
+            raise SettingsError(f"Image name '{self.image}' is empty or contains spaces.")
+        if self.workdir not in WORKDIR_MODES:
+            raise SettingsError(
+                f"workdir must be one of {', '.join(WORKDIR_MODES)}, not '{self.workdir}'."
+            )
+        for name, _ in self.env:
+            if not _ENV_NAME.match(name):
+                raise SettingsError(
+                    f"--env name '{name}' is not a valid variable name. No kernelspec was written."
+                )
+        for size_name in ("memory", "tmp_size"):
+            if not _MEMORY.match(getattr(self, size_name)):
+                raise SettingsError(
+                    f"{size_name} '{getattr(self, size_name)}' is not a size such as 512m or 2g."
+                )
+        if self.cpus <= 0:
+            raise SettingsError(f"cpus must be positive, not {self.cpus}.")
+        if self.pids_limit < 16:
+            raise SettingsError(
+                f"pids_limit {self.pids_limit} is too small for a kernel (it needs about 16 "
+                "threads of its own); use 64 or more."
+            )
+        if self.kernel_user is not None and not re.match(r"^[0-9]+(:[0-9]+)?$", self.kernel_user):
+            raise SettingsError(f"kernel_user '{self.kernel_user}' is not UID or UID:GID.")
+        if self.kernel_user is not None and self.kernel_user.split(":")[0] == "0":
+            raise SettingsError(
+                "kernel_user 0 would run hostile code as root in the container. "
+                "No kernelspec was written. Pick an unprivileged uid such as 1000."
+            )
+        if self.kernel_cmd and not any(CONNECTION_FILE_PLACEHOLDER in a for a in self.kernel_cmd):
+            raise SettingsError(
+                f"--kernel-cmd must contain {CONNECTION_FILE_PLACEHOLDER} so the kernel finds "
+                "its sockets. No kernelspec was written."
+            )
+
+    def command(self) -> tuple[str, ...]:
+        """The kernel's command inside the container, with the placeholder still in it."""
+        if self.kernel_cmd:
+            return self.kernel_cmd
+        return (self.python, "-m", "ipykernel_launcher", "-f", CONNECTION_FILE_PLACEHOLDER)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the fields that differ from the defaults (plus the image)."""
+        out: dict[str, Any] = {}
+        defaults = KernelSettings()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value == getattr(defaults, f.name) and f.name != "image":
+                continue
+            if f.name == "mounts":
+                value = [dataclasses.asdict(m) for m in value]
+            elif f.name == "env":
+                value = dict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KernelSettings:
+        """Rebuild settings from to_dict() output; unknown keys are an error, not ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SettingsError(
+                f"Unknown setting(s) {', '.join(unknown)} in the kernelspec. It was probably "
+                "written by a newer jupyter-docker-kernel; upgrade, or run setup again."
+            )
+        kwargs: dict[str, Any] = dict(data)
+        try:
+            if "mounts" in kwargs:
+                kwargs["mounts"] = tuple(Mount(**m).validated() for m in kwargs["mounts"])
+            if "env" in kwargs:
+                kwargs["env"] = tuple((str(k), str(v)) for k, v in dict(kwargs["env"]).items())
+            for name in ("kernel_cmd", "docker_args"):
+                if name in kwargs:
+                    kwargs[name] = tuple(str(a) for a in kwargs[name])
+            if "cpus" in kwargs:
+                kwargs["cpus"] = float(kwargs["cpus"])
+            if "pids_limit" in kwargs:
+                kwargs["pids_limit"] = int(kwargs["pids_limit"])
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"The kernelspec's settings are malformed: {exc}.") from exc
+        return cls(**kwargs)
+
+
+def parse_env(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """Parse repeated `--env NAME=VALUE` options, keeping order and the last of duplicates."""
+    env: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SettingsError(
+                f"--env '{item}' has no '='. No kernelspec was written. Use --env NAME=VALUE."
+            )
+        env[name] = value
+    return tuple(env.items())
+
+
+def _normalise(path: str) -> str:
+    """Collapse '.', '..' and duplicate slashes without touching the filesystem."""
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return "/" + "/".join(parts)

@@ -74,11 +74,17 @@ def settings_from_kernel_json(data: dict[str, Any]) -> KernelSettings:
     argv = data.get("argv") or []
     if METADATA_KEY not in (data.get("metadata") or {}) or "--settings" not in argv:
         raise KernelSpecError("This kernelspec was not written by jupyter-docker-kernel.")
-    raw = argv[argv.index("--settings") + 1]
+    index = argv.index("--settings") + 1
     try:
-        return KernelSettings.from_dict(json.loads(raw))
+        raw = json.loads(argv[index]) if index < len(argv) else None
     except ValueError as exc:
         raise KernelSpecError(f"The kernelspec's embedded settings are not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise KernelSpecError(
+            "The kernelspec's embedded settings are missing or not a JSON object. "
+            "Run setup again with --replace to rewrite it."
+        )
+    return KernelSettings.from_dict(raw)
 
 
 def destination(name: str, *, user: bool, prefix: str | None) -> Path:

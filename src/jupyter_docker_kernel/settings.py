@@ -8,6 +8,7 @@ here, so a kernel.json edited by hand fails with the same clear message as a bad
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,12 +121,15 @@ class KernelSettings:
                     f"--env name '{name}' is not a valid variable name. No kernelspec was written."
                 )
         for size_name in ("memory", "tmp_size"):
-            if not _MEMORY.match(getattr(self, size_name)):
+            size = getattr(self, size_name)
+            if not _MEMORY.match(size):
+                raise SettingsError(f"{size_name} '{size}' is not a size such as 512m or 2g.")
+            if int(size.rstrip("bkmgBKMG")) == 0:
                 raise SettingsError(
-                    f"{size_name} '{getattr(self, size_name)}' is not a size such as 512m or 2g."
+                    f"{size_name} '{size}' must be more than 0 (the engine reads 0 as unlimited)."
                 )
-        if self.cpus <= 0:
-            raise SettingsError(f"cpus must be positive, not {self.cpus}.")
+        if not math.isfinite(self.cpus) or self.cpus <= 0:
+            raise SettingsError(f"cpus must be a positive number, not {self.cpus}.")
         if self.pids_limit < 16:
             raise SettingsError(
                 f"pids_limit {self.pids_limit} is too small for a kernel (it needs about 16 "
@@ -133,7 +137,7 @@ class KernelSettings:
             )
         if self.kernel_user is not None and not re.match(r"^[0-9]+(:[0-9]+)?$", self.kernel_user):
             raise SettingsError(f"kernel_user '{self.kernel_user}' is not UID or UID:GID.")
-        if self.kernel_user is not None and self.kernel_user.split(":")[0] == "0":
+        if self.kernel_user is not None and int(self.kernel_user.split(":")[0]) == 0:
             raise SettingsError(
                 "kernel_user 0 would run hostile code as root in the container. "
                 "No kernelspec was written. Pick an unprivileged uid such as 1000."
@@ -170,6 +174,11 @@ class KernelSettings:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> KernelSettings:
         """Rebuild settings from to_dict() output; unknown keys are an error, not ignored."""
+        if not isinstance(data, Mapping):
+            raise SettingsError(
+                "The kernelspec's settings are malformed: not a JSON object. "
+                "Run setup again to rewrite the kernelspec."
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -1,0 +1,142 @@
+"""Shared fixtures: an isolated Jupyter environment, the engine, the test image, cleanup.
+
+Tests that need Docker use the `engine` or `kernel_image` fixtures and carry the `docker`
+marker. When the engine is unreachable they FAIL if the CI variable is set (so a green run
+cannot come from skipping) and skip otherwise (a laptop without Docker can still run the
+pure tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jupyter_docker_kernel import cli, reaper
+from jupyter_docker_kernel import engine as engine_mod
+from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.settings import DEFAULT_IMAGE
+
+#: The real user's cache (wheels, rootfs), captured before HOME is pointed elsewhere.
+REAL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+OUR_LABEL = engine_mod.LABEL_KERNEL_ID
+#: Every kernelspec the tests install is named with this prefix.
+TEST_KERNEL = "jdk-test"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point HOME and Jupyter's paths at a temp dir: tests never touch real kernelspecs."""
+    root = Path(tempfile.mkdtemp(prefix="jdk-tests-"))
+    config._jdk_root = root  # type: ignore[attr-defined]
+    os.environ["XDG_CACHE_HOME"] = str(REAL_CACHE)
+    for name, sub in (
+        ("HOME", "home"),
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_DATA_DIR", "data"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("IPYTHONDIR", "ipython"),
+    ):
+        (root / sub).mkdir()
+        os.environ[name] = str(root / sub)
+    os.environ["JUPYTER_PATH"] = str(root / "data")
+    os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
+    os.environ.pop("XDG_RUNTIME_DIR", None)
+    # The host venv's bin first, so `jupyter`, `nbgrader` and the launcher are ours.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = getattr(config, "_jdk_root", None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    """A reachable engine; fails under CI, skips elsewhere, when there is none."""
+    eng = Engine()
+    try:
+        eng.info()
+    except Exception as exc:
+        message = f"container engine unreachable: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set: Docker tests must run, not skip)")
+        pytest.skip(message)
+    return eng
+
+
+@pytest.fixture(scope="session")
+def kernel_image(engine: Engine) -> str:
+    """The default kernel image, built offline on first use and reused after."""
+    from jupyter_docker_kernel import image
+
+    result = image.ensure_image(engine, DEFAULT_IMAGE, progress=lambda line: print(line))
+    return result.tag
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_containers_left() -> Iterator[None]:
+    """At the end, remove (and report) containers of ours whose launcher is gone.
+
+    Only orphans: other test sessions or users on this machine may have live kernels.
+    """
+    yield
+    if shutil.which("docker") is None:
+        return
+    try:
+        result = reaper.collect(Engine())
+    except Exception as exc:  # the engine may be unreachable in a pure-test run
+        print(f"\ncould not check for leftover containers: {exc}", file=sys.stderr)
+        return
+    if result.containers:
+        print(f"\nremoved leftover containers: {result.containers}", file=sys.stderr)
+
+
+def our_containers() -> list[str]:
+    """Ids of all containers (any state) carrying our kernel label."""
+    proc = subprocess.run(
+        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={OUR_LABEL}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.split()
+
+
+def inspect(container: str) -> dict[str, object]:
+    """`docker inspect` of one container."""
+    proc = subprocess.run(
+        ["docker", "inspect", container], capture_output=True, text=True, check=True
+    )
+    data = json.loads(proc.stdout)[0]
+    assert isinstance(data, dict)
+    return data
+
+
+def install_kernel(name: str, image: str, *extra: str) -> Path:
+    """Run `setup --user` through cli.main, as a user would; returns the spec dir."""
+    code = cli.main(["setup", "--name", name, "--image", image, "--user", "--replace", *extra])
+    assert code == 0, f"setup {name} failed with exit code {code}"
+    return Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / name
+
+
+@pytest.fixture(scope="session")
+def kernel_name(kernel_image: str) -> str:
+    """A kernelspec for the default image with default (hardened) settings."""
+    install_kernel(TEST_KERNEL, kernel_image)
+    return TEST_KERNEL
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A notebook directory readable by the kernel's uid (65534 when tests run as root)."""
+    # Only the mounted dir itself matters inside the container, not its host parents.
+    tmp_path.chmod(0o777)
+    return tmp_path

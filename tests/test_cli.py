@@ -1,0 +1,241 @@
+"""cli.main(argv): exit codes and what users read, for what needs no container engine."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jupyter_docker_kernel import __version__, cli
+from jupyter_docker_kernel.kernelspec import settings_from_kernel_json
+from jupyter_docker_kernel.settings import KernelSettings, Mount
+
+needs_docker_cli = pytest.mark.skipif(
+    shutil.which("docker") is None, reason="needs the docker CLI (not a daemon) on PATH"
+)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Jupyter data dir of this test's own; `setup --user` writes under it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
+    return data
+
+
+@pytest.fixture
+def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine is unreachable: DOCKER_HOST names a socket that does not exist."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+
+
+def spec_dirs(data_dir: Path) -> list[str]:
+    kernels = data_dir / "kernels"
+    return sorted(p.name for p in kernels.iterdir()) if kernels.exists() else []
+
+
+def one_error_line(err: str) -> str:
+    """stderr must be exactly one 'error: ...' line; returns it."""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+# -- the top level --------------------------------------------------------------------------
+
+
+def test_version_prints_version_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the program name and version and exits 0."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"jupyter-docker-kernel {__version__}"
+
+
+def test_no_command_prints_help_and_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a subcommand main prints the help (listing the commands) and returns 2."""
+    assert cli.main([]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: jupyter-docker-kernel")
+    assert all(command in out for command in ("setup", "image", "gc"))
+
+
+def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown option exits 2 with argparse's usage message."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["setup", "--name", "x", "--bogus"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+# -- setup: refused before anything is checked or written -----------------------------------
+
+
+def test_setup_invalid_name_fails_with_one_line_and_writes_nothing(
+    data_dir: Path, no_engine: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad --name: exit 1, one 'error:' line naming it, no kernelspec directory."""
+    assert cli.main(["setup", "--name", "my kernel", "--image", "y", "--user"]) == 1
+    assert "'my kernel'" in one_error_line(capsys.readouterr().err)
+    assert spec_dirs(data_dir) == []
+
+
+def test_setup_missing_mount_source_fails_naming_the_path(
+    data_dir: Path,
+    tmp_path: Path,
+    no_engine: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--mount of a host path that does not exist: exit 1 naming the resolved path."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["setup", "--name", "x", "--image", "y", "--user", "--mount", "nonexistent:/x"]
+    assert cli.main(argv) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{tmp_path}/nonexistent does not exist" in line
+    assert spec_dirs(data_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--env", "NOEQUALS"], "--env 'NOEQUALS' has no '='"),
+        (["--env", "1X=2"], "--env name '1X'"),
+        (["--mount", "a:b:c:d"], "--mount 'a:b:c:d' is not HOST:DEST"),
+        (["--memory", "lots"], "memory 'lots'"),
+        (["--pids-limit", "8"], "pids_limit 8"),
+        (["--kernel-cmd", "python3", "-m", "foo"], "--kernel-cmd must contain {connection_file}"),
+    ],
+)
+def test_setup_invalid_option_fails_with_one_line_and_writes_nothing(
+    data_dir: Path,
+    no_engine: None,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    """Each invalid setting: exit 1, one 'error:' line saying what is wrong, nothing written."""
+    assert cli.main(["setup", "--name", "x", "--image", "y", "--user", *extra]) == 1
+    assert message in one_error_line(capsys.readouterr().err)
+    assert spec_dirs(data_dir) == []
+
+
+@needs_docker_cli
+def test_setup_with_unreachable_engine_fails_and_writes_nothing(
+    data_dir: Path, no_engine: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No engine: exit 1, one line saying it cannot be reached and nothing was done."""
+    assert cli.main(["setup", "--name", "x", "--image", "y", "--user"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "Cannot reach the container engine at unix:///nonexistent.sock" in line
+    assert "Nothing was done" in line
+    assert spec_dirs(data_dir) == []
+
+
+@needs_docker_cli
+def test_setup_debug_shows_the_traceback(data_dir: Path, no_engine: None) -> None:
+    """With --debug our error propagates (a traceback) instead of becoming one line."""
+    from jupyter_docker_kernel.errors import EngineError
+
+    with pytest.raises(EngineError, match="Cannot reach the container engine"):
+        cli.main(["--debug", "setup", "--name", "x", "--image", "y", "--user"])
+
+
+# -- setup --skip-checks: writes a spec ----------------------------------------------------
+
+
+def test_setup_skip_checks_writes_spec_and_prints_how_to_use_it(
+    data_dir: Path, no_engine: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--skip-checks needs no engine; it installs the spec and prints the nbgrader line."""
+    argv = ["setup", "--name", "Course", "--image", "course/py:1", "--user", "--skip-checks"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"Installed kernelspec course in {data_dir / 'kernels' / 'course'}" in out
+    assert re.search(r"--ExecutePreprocessor\.kernel_name=course$", out, re.MULTILINE)
+    assert spec_dirs(data_dir) == ["course"]
+
+
+def test_setup_options_become_the_specs_settings(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What setup's options say is exactly what the written kernel.json's settings hold."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "setup", "--name", "k", "--image", "i:1", "--user", "--skip-checks",
+        "--mount", "data:/data:ro", "--env", "A=1", "--env", "A=2", "--copy-workdir",
+        "--python", "python3.12", "--docker-arg=--shm-size=1g", "--network", "bridge",
+        "--runtime", "runsc", "--memory", "1g", "--cpus", "0.5", "--pids-limit", "64",
+        "--kernel-cmd", "python3.12", "-m", "k", "-f", "{connection_file}",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    data = json.loads((data_dir / "kernels" / "k" / "kernel.json").read_text())
+    assert settings_from_kernel_json(data) == KernelSettings(
+        image="i:1",
+        workdir="copy",
+        mounts=(Mount(str(tmp_path / "data"), "/data", read_only=True),),
+        env=(("A", "2"),),
+        kernel_cmd=("python3.12", "-m", "k", "-f", "{connection_file}"),
+        python="python3.12",
+        docker_args=("--shm-size=1g",),
+        network="bridge",
+        runtime="runsc",
+        memory="1g",
+        cpus=0.5,
+        pids_limit=64,
+    )
+
+
+def test_setup_interrupt_mode_and_display_name_reach_kernel_json(data_dir: Path) -> None:
+    """--interrupt-mode and --display-name are written into kernel.json."""
+    argv = ["setup", "--name", "k", "--user", "--skip-checks", "--interrupt-mode", "message",
+            "--display-name", "Course (sandbox)"]  # fmt: skip
+    assert cli.main(argv) == 0
+    data = json.loads((data_dir / "kernels" / "k" / "kernel.json").read_text())
+    assert (data["interrupt_mode"], data["display_name"]) == ("message", "Course (sandbox)")
+
+
+def test_setup_existing_name_fails_without_replace(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second setup of the same name: exit 1, message says '--replace', first spec kept."""
+    base = ["setup", "--name", "k", "--user", "--skip-checks"]
+    assert cli.main([*base, "--image", "first"]) == 0
+    capsys.readouterr()
+    assert cli.main([*base, "--image", "second"]) == 1
+    assert "--replace" in one_error_line(capsys.readouterr().err)
+    data = json.loads((data_dir / "kernels" / "k" / "kernel.json").read_text())
+    assert settings_from_kernel_json(data).image == "first"
+
+
+def test_setup_replace_overwrites_existing_spec(data_dir: Path) -> None:
+    """With --replace a second setup of the same name succeeds and its settings win."""
+    base = ["setup", "--name", "k", "--user", "--skip-checks"]
+    assert cli.main([*base, "--image", "first"]) == 0
+    assert cli.main([*base, "--image", "second", "--replace"]) == 0
+    data = json.loads((data_dir / "kernels" / "k" / "kernel.json").read_text())
+    assert settings_from_kernel_json(data).image == "second"
+
+
+def test_setup_prefix_installs_under_prefix(tmp_path: Path, data_dir: Path) -> None:
+    """--prefix P installs into P/share/jupyter/kernels, not the user's data dir."""
+    argv = ["setup", "--name", "k", "--prefix", str(tmp_path / "env"), "--skip-checks"]
+    assert cli.main(argv) == 0
+    assert (tmp_path / "env" / "share" / "jupyter" / "kernels" / "k" / "kernel.json").is_file()
+    assert spec_dirs(data_dir) == []
+
+
+def test_setup_user_and_prefix_conflict(capsys: pytest.CaptureFixture[str]) -> None:
+    """--user and --prefix together are a usage error naming both."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["setup", "--name", "k", "--user", "--prefix", "/p"])
+    assert info.value.code == 2
+    assert "--prefix: not allowed with argument --user" in capsys.readouterr().err

@@ -1,0 +1,183 @@
+"""When things go wrong: a killed launcher, a dying kernel, many kernels at once, gc.
+
+Whatever happens, nothing of ours may be left running, and the launcher's log (which the
+Jupyter server and nbgrader show) must say why a kernel ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import AsyncKernelManager, KernelManager
+
+from jupyter_docker_kernel import cli
+from jupyter_docker_kernel import engine as engine_mod
+from tests.conftest import install_kernel, our_containers
+from tests.kernels import (
+    containers_of,
+    execute,
+    kernel_key,
+    launcher_process,
+    start,
+    stop,
+    stream_text,
+    wait_until,
+)
+
+pytestmark = pytest.mark.docker
+
+
+def test_sigkill_to_the_launcher_mid_execution_removes_the_container_within_5s(
+    kernel_name: str, workdir: Path
+) -> None:
+    """SIGKILL (no handler can run) still removes the container, with nobody running gc."""
+    km, kc = start(kernel_name, str(workdir))
+    try:
+        launcher = launcher_process(km)
+        kc.execute("while True: pass")
+        time.sleep(0.5)
+        os.killpg(launcher.pid, signal.SIGKILL)  # as jupyter_client's kill does
+        launcher.wait(timeout=5)
+        took = wait_until(lambda: not containers_of(kernel_key(km)), 5)
+        print(f"container removed {took:.2f} s after SIGKILL")
+    finally:
+        kc.stop_channels()
+        km.cleanup_resources()
+
+
+def test_sigkill_to_the_launcher_leaves_no_process_or_runtime_dir(
+    kernel_name: str, workdir: Path
+) -> None:
+    """After a SIGKILL the watchdog also goes, taking the runtime dir (and the key) with it."""
+    km, kc = start(kernel_name, str(workdir))
+    base = Path("/tmp") / f"jupyter-docker-kernel-{os.getuid()}"
+    try:
+        launcher = launcher_process(km)
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=5)
+        wait_until(lambda: not containers_of(kernel_key(km)), 5)
+        wait_until(lambda: not any(p.name.startswith(kernel_key(km)) for p in base.iterdir()), 5)
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+        assert kernel_key(km) not in ps.stdout
+    finally:
+        kc.stop_channels()
+        km.cleanup_resources()
+
+
+def _launch_with_log(
+    kernel: str, workdir: Path, log: Path
+) -> tuple[KernelManager, BlockingKernelClient]:
+    with log.open("w") as stderr:
+        km = KernelManager(kernel_name=kernel)
+        km.start_kernel(cwd=str(workdir), stderr=stderr)
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=120)
+    return km, kc
+
+
+def test_kernel_exiting_by_itself_ends_the_launcher_with_its_exit_code_logged(
+    kernel_name: str, workdir: Path, tmp_path: Path
+) -> None:
+    """os._exit(3) in a cell: the container goes, the launcher exits 3 and says so."""
+    log = tmp_path / "launcher.log"
+    km, kc = _launch_with_log(kernel_name, workdir, log)
+    launcher = launcher_process(km)
+    try:
+        kc.execute("import os; os._exit(3)")
+        wait_until(lambda: launcher.poll() is not None, 10)
+        assert launcher.returncode == 3
+        wait_until(lambda: not containers_of(kernel_key(km)), 5)
+        text = log.read_text()
+        assert "kernel exited with code 3" in text
+        assert "exited with code 3" in text
+    finally:
+        kc.stop_channels()
+        km.cleanup_resources()
+
+
+def test_out_of_memory_is_reported_as_such(
+    kernel_image: str, workdir: Path, tmp_path: Path
+) -> None:
+    """A memory bomb under --memory 256m is OOM-killed and the log says 'out of memory'."""
+    install_kernel("jdk-test-oom", kernel_image, "--memory", "256m")
+    log = tmp_path / "launcher.log"
+    km, kc = _launch_with_log("jdk-test-oom", workdir, log)
+    launcher = launcher_process(km)
+    try:
+        kc.execute("x = bytearray(1 << 30)")
+        wait_until(lambda: launcher.poll() is not None, 30)
+        wait_until(lambda: not containers_of(kernel_key(km)), 5)
+        assert "out of memory (limit 256 MiB)" in log.read_text()
+    finally:
+        kc.stop_channels()
+        km.cleanup_resources()
+
+
+def test_twenty_kernels_at_once_all_answer_and_all_are_removed(
+    kernel_name: str, workdir: Path
+) -> None:
+    """20 kernels started concurrently never collide: each answers with its own result."""
+
+    async def one(i: int) -> tuple[str, str]:
+        km = AsyncKernelManager(kernel_name=kernel_name)
+        await km.start_kernel(cwd=str(workdir))
+        kc = km.client()
+        kc.start_channels()
+        out: list[dict[str, Any]] = []
+        try:
+            await kc.wait_for_ready(timeout=180)
+            await kc.execute_interactive(f"print({i} * 2)", timeout=120, output_hook=out.append)
+            return kernel_key(km), stream_text(out)
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel()
+
+    async def all_of_them() -> list[tuple[str, str]]:
+        return list(await asyncio.gather(*(one(i) for i in range(20))))
+
+    results = asyncio.run(all_of_them())
+    assert [text for _, text in results] == [f"{i * 2}\n" for i in range(20)]
+    assert len({kid for kid, _ in results}) == 20
+    wait_until(lambda: not our_containers(), 20)
+
+
+def test_gc_removes_containers_of_dead_launchers_and_keeps_live_ones(
+    kernel_name: str, kernel_image: str, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A container whose labelled launcher is gone is removed by gc; a live kernel is not."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = subprocess.run(
+        [
+            "docker", "run", "-d", "--pull=never", "--network", "none",
+            "--label", f"{engine_mod.LABEL_KERNEL_ID}=orphan-test",
+            "--label", f"{engine_mod.LABEL_LAUNCHER_PID}={dead.pid}",
+            "--label", f"{engine_mod.LABEL_LAUNCHER_START}=1",
+            "--label", f"{engine_mod.LABEL_LAUNCHER_HOST}={os.uname().nodename}",
+            "--label", f"{engine_mod.LABEL_OWNER_UID}={os.getuid()}",
+            kernel_image, "sleep", "300",
+        ],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    km, kc = start(kernel_name, str(workdir))
+    try:
+        assert cli.main(["gc"]) == 0
+        out = capsys.readouterr().out
+        assert "Removed 1 container(s)" in out
+        assert containers_of("orphan-test") == []
+        assert containers_of(kernel_key(km), running_only=True) != []
+        reply, _ = execute(kc, "1")
+        assert reply["status"] == "ok"
+    finally:
+        subprocess.run(["docker", "rm", "-f", orphan], capture_output=True, check=False)
+        stop(km, kc)

@@ -43,7 +43,7 @@ def main() -> int:
     if os.getuid() == 0:
         workdir.chmod(0o777)  # as root the kernel runs as an unprivileged uid; let it write
     path = workdir / args.notebook.name
-    nb = nbformat.read(path, as_version=4)
+    nb = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]  # nbformat untyped
     started = time.monotonic()
     NotebookClient(
         nb, kernel_name=args.kernel, timeout=120, resources={"metadata": {"path": str(workdir)}}
@@ -52,10 +52,11 @@ def main() -> int:
         print(f"--- cell {number + 1}: {cell.source.splitlines()[0]}")
         for output in cell.outputs:
             print(describe(output))
-    nbformat.write(nb, path)
+    nbformat.write(nb, path)  # type: ignore[no-untyped-call]  # nbformat is untyped
     print(
-        f"--- ran {len(nb.cells)} cells in {time.monotonic() - started:.1f} s with kernel "
-        f"'{args.kernel}'; results in {workdir}: {', '.join(sorted(p.name for p in workdir.iterdir()))}"
+        f"--- ran {len(nb.cells)} cells in {time.monotonic() - started:.1f} s with "
+        f"kernel '{args.kernel}'; results in {workdir}: "
+        f"{', '.join(sorted(p.name for p in workdir.iterdir()))}"
     )
     return 0
 

@@ -8,10 +8,12 @@ its pid no longer runs or now belongs to a process that started at another time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass, field
 
 from jupyter_docker_kernel import engine as engine_mod
@@ -19,6 +21,9 @@ from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.launcher import process_start_time, runtime_base
 
 log = logging.getLogger(__name__)
+
+#: A runtime dir without a launcher marker younger than this may belong to a starting kernel.
+STARTING_GRACE = 60.0
 
 
 def launcher_alive(pid_text: str, start: str) -> bool:
@@ -65,12 +70,16 @@ def collect(engine: Engine, *, dry_run: bool = False) -> GcResult:
             engine.remove(name)
         result.containers.append(name)
     base = runtime_base()
+    now = time.time()
     for entry in sorted(base.iterdir()):
         marker = entry / "launcher"
         try:
             pid, _, start = marker.read_text().partition(" ")
         except OSError:
             pid, start = "", ""
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime < STARTING_GRACE:
+                    continue  # a launcher may be between mkdir and writing its marker
         if launcher_alive(pid, start.strip()):
             continue
         if not dry_run:

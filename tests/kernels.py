@@ -56,6 +56,20 @@ def execute(
     return reply["content"], outputs
 
 
+def wait_for_stream(kc: BlockingKernelClient, msg_id: str, text: str, timeout: float = 60) -> None:
+    """Block until the cell `msg_id` has written `text` to a stream (so it is running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "stream"
+            and text in msg["content"]["text"]
+        ):
+            return
+    raise AssertionError(f"the cell never printed {text!r}")
+
+
 def stream_text(outputs: list[dict[str, Any]], name: str = "stdout") -> str:
     """All text a cell wrote to one stream."""
     return "".join(

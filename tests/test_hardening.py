@@ -16,6 +16,7 @@ LAUNCH = Launch(
     kernel_id="0123-abcd",
     container_name="jdk-0123-abcd",
     runtime_dir="/tmp/jupyter-docker-kernel-1000/jdk-0123-abcd",
+    connection_file="/tmp/jupyter-docker-kernel-1000/jdk-0123-abcd/kernel.json",
     supervisor_path="/venv/lib/jupyter_docker_kernel/_supervise.py",
     host_uid=1000,
     host_gid=100,
@@ -30,18 +31,20 @@ SUPERVISED_KERNEL = [
     "/opt/jupyter-docker-kernel/supervise.py",
     "--cleanup",
     "/run/jupyter-docker-kernel",
+    "--lifetime",
+    "86400",
     "--",
     "python3",
     "-m",
     "ipykernel_launcher",
     "-f",
-    "/run/jupyter-docker-kernel/kernel.json",
+    "/opt/jupyter-docker-kernel/kernel.json",
 ]
 
 
 def options(args: list[str], settings: KernelSettings) -> list[str]:
     """The `docker run` options: everything before the image (the image's position is fixed)."""
-    image_at = len(args) - len(hardening.supervisor_command(settings)) - 1
+    image_at = args.index(hardening.SUPERVISOR_TARGET) - 2  # IMAGE PYTHON SUPERVISOR ...
     assert args[image_at] == settings.image
     return args[:image_at]
 
@@ -87,13 +90,25 @@ def test_default_run_has_switch(flag: str) -> None:
         ("--memory", "2g"),
         ("--memory-swap", "2g"),
         ("--pids-limit", "512"),
-        ("--cpus", "2"),
+        ("--cpus", "1"),
         ("--user", "1000:100"),
+        ("--ipc", "private"),
+        ("--oom-score-adj", "1000"),
+        ("--shm-size", "64m"),
+        ("--ulimit", "nofile=1024:1024"),
+        ("--ulimit", "core=0"),
+        ("--ulimit", "fsize=1073741824"),
+        ("--log-driver", "none"),
+        ("--env", "OMP_NUM_THREADS=1"),
+        ("--env", "OPENBLAS_NUM_THREADS=1"),
         ("--name", "jdk-0123-abcd"),
         ("--hostname", "kernel"),
         ("--workdir", "/home/u/course/week1"),
-        ("--tmpfs", "/tmp:rw,nosuid,nodev,size=512m,mode=1777"),
-        ("--tmpfs", "/home/kernel:rw,nosuid,nodev,size=512m,uid=1000,gid=100,mode=0700"),
+        ("--tmpfs", "/tmp:rw,nosuid,nodev,size=512m,nr_inodes=65536,mode=1777"),
+        (
+            "--tmpfs",
+            "/home/kernel:rw,nosuid,nodev,size=512m,nr_inodes=65536,uid=1000,gid=100,mode=0700",
+        ),
         ("--env", "HOME=/home/kernel"),
     ],
 )
@@ -103,7 +118,16 @@ def test_default_run_has_option(flag: str, value: str) -> None:
 
 
 CUSTOM = KernelSettings(
-    network="bridge", memory="1g", cpus=0.5, pids_limit=64, tmp_size="64m", runtime="runsc"
+    network="bridge",
+    memory="1g",
+    cpus=2.5,
+    pids_limit=64,
+    tmp_size="64m",
+    tmp_inodes=1000,
+    runtime="runsc",
+    nofile=256,
+    fsize="10m",
+    max_lifetime=600,
 )
 
 
@@ -114,15 +138,56 @@ CUSTOM = KernelSettings(
         ("--memory", "1g"),
         ("--memory-swap", "1g"),
         ("--pids-limit", "64"),
-        ("--cpus", "0.5"),
+        ("--cpus", "2.5"),
         ("--runtime", "runsc"),
-        ("--tmpfs", "/tmp:rw,nosuid,nodev,size=64m,mode=1777"),
-        ("--tmpfs", "/home/kernel:rw,nosuid,nodev,size=64m,uid=1000,gid=100,mode=0700"),
+        ("--tmpfs", "/tmp:rw,nosuid,nodev,size=64m,nr_inodes=1000,mode=1777"),
+        (
+            "--tmpfs",
+            "/home/kernel:rw,nosuid,nodev,size=64m,nr_inodes=1000,uid=1000,gid=100,mode=0700",
+        ),
+        ("--ulimit", "nofile=256:256"),
+        ("--ulimit", "fsize=10485760"),
+        ("--env", "OMP_NUM_THREADS=3"),
     ],
 )
 def test_custom_settings_reach_their_option(flag: str, value: str) -> None:
     """Each limit set in the settings becomes the value of its option."""
     assert (flag, value) in pairs(run_opts(CUSTOM))
+
+
+def test_max_lifetime_reaches_the_supervisor() -> None:
+    """The lifetime cap is the supervisor's --lifetime, enforced inside the container."""
+    command = hardening.supervisor_command(CUSTOM)
+    assert ("--lifetime", "600") in pairs(command[: command.index("--")])
+
+
+def test_dedicated_uid_sharing_our_group_gets_a_group_umask() -> None:
+    """A kernel uid other than a non-root launcher's runs with umask 0007 (sockets by group)."""
+    args = run_args(KernelSettings(kernel_user="2000"), LAUNCH)
+    assert ("--user", "2000:100") in pairs(args)
+    assert ("--umask", "0007") in pairs(args[args.index(hardening.SUPERVISOR_TARGET) :])
+    assert "--umask" not in run_args(KernelSettings(), LAUNCH)
+
+
+def test_workdir_readonly_mounts_the_notebook_dir_readonly() -> None:
+    """--workdir-readonly makes the work dir mount read-only; the default is writable."""
+    ro = values(run_opts(KernelSettings(workdir_readonly=True)), "--mount")
+    rw = values(run_opts(), "--mount")
+    assert "type=bind,source=/home/u/course/week1,target=/home/u/course/week1,readonly" in ro
+    assert "type=bind,source=/home/u/course/week1,target=/home/u/course/week1" in rw
+
+
+def test_connection_file_is_mounted_readonly_apart_from_the_socket_dir() -> None:
+    """The kernel cannot rewrite its connection file; its sockets dir is writable."""
+    mounts = values(run_opts(), "--mount")
+    assert (
+        "type=bind,source=/tmp/jupyter-docker-kernel-1000/jdk-0123-abcd/kernel.json,"
+        "target=/opt/jupyter-docker-kernel/kernel.json,readonly"
+    ) in mounts
+    assert (
+        "type=bind,source=/tmp/jupyter-docker-kernel-1000/jdk-0123-abcd,"
+        "target=/run/jupyter-docker-kernel"
+    ) in mounts
 
 
 @pytest.mark.parametrize("settings", [KernelSettings(), CUSTOM], ids=["default", "custom"])
@@ -156,14 +221,14 @@ def test_runtime_absent_unless_set() -> None:
         (None, 0, 0, "65534:65534"),
         (None, 0, 1000, "65534:65534"),
         ("1000", 0, 0, "1000:1000"),
-        ("1000", 1234, 1234, "1000:1000"),
+        ("1000", 1234, 4321, "1000:4321"),  # a dedicated uid shares our group
         ("2000:3000", 1000, 100, "2000:3000"),
     ],
 )
 def test_user_is_configured_or_host_user_never_root(
     kernel_user: str | None, host_uid: int, host_gid: int, expected: str
 ) -> None:
-    """--user: kernel_user (UID means UID:UID), else the host uid:gid, else 65534 for root."""
+    """--user: kernel_user (UID alone: our gid, or UID:UID under root), else ours, never 0."""
     launch = dataclasses.replace(LAUNCH, host_uid=host_uid, host_gid=host_gid)
     opts = run_opts(KernelSettings(kernel_user=kernel_user), launch)
     assert values(opts, "--user") == [expected]
@@ -233,6 +298,7 @@ def test_workdir_none_mounts_nothing_and_starts_in_home() -> None:
     targets = [mount_fields(v)[2] for v in values(opts, "--mount")]
     assert targets == [
         "target=/run/jupyter-docker-kernel",
+        "target=/opt/jupyter-docker-kernel/kernel.json",
         "target=/opt/jupyter-docker-kernel/supervise.py",
     ]
     assert values(opts, "--workdir") == ["/home/kernel"]
@@ -289,16 +355,18 @@ def test_custom_kernel_cmd_gets_the_in_container_connection_file() -> None:
         kernel_cmd=("irkernel", "--conn={connection_file}", "-f", "{connection_file}"),
     )
     args = run_args(settings, LAUNCH)
-    assert args[-9:] == [
+    assert args[-11:] == [
         "python3.12",
         "/opt/jupyter-docker-kernel/supervise.py",
         "--cleanup",
         "/run/jupyter-docker-kernel",
+        "--lifetime",
+        "86400",
         "--",
         "irkernel",
-        "--conn=/run/jupyter-docker-kernel/kernel.json",
+        "--conn=/opt/jupyter-docker-kernel/kernel.json",
         "-f",
-        "/run/jupyter-docker-kernel/kernel.json",
+        "/opt/jupyter-docker-kernel/kernel.json",
     ]
 
 

@@ -21,7 +21,7 @@ from jupyter_client.manager import AsyncKernelManager, KernelManager
 
 from jupyter_docker_kernel import cli
 from jupyter_docker_kernel import engine as engine_mod
-from tests.conftest import install_kernel, our_containers
+from tests.conftest import install_kernel
 from tests.kernels import (
     containers_of,
     execute,
@@ -148,7 +148,7 @@ def test_twenty_kernels_at_once_all_answer_and_all_are_removed(
     results = asyncio.run(all_of_them())
     assert [text for _, text in results] == [f"{i * 2}\n" for i in range(20)]
     assert len({kid for kid, _ in results}) == 20
-    wait_until(lambda: not our_containers(), 20)
+    wait_until(lambda: not any(containers_of(kid) for kid, _ in results), 20)
 
 
 def test_gc_removes_containers_of_dead_launchers_and_keeps_live_ones(

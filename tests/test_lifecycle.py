@@ -27,6 +27,7 @@ from tests.kernels import (
     start,
     stop,
     stream_text,
+    wait_for_stream,
     wait_until,
 )
 
@@ -166,8 +167,8 @@ def test_interrupt_stops_a_sleep_within_two_seconds_and_keeps_state(
     try:
         execute(kc, "x = 41")
         for _ in range(3):
-            msg_id = kc.execute("import time; time.sleep(60)")
-            time.sleep(0.5)
+            msg_id = kc.execute("print('sleeping', flush=True); import time; time.sleep(60)")
+            wait_for_stream(kc, msg_id, "sleeping")  # interrupting before it runs aborts it
             began = time.monotonic()
             km.interrupt_kernel()
             while True:

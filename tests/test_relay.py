@@ -40,8 +40,18 @@ def flipped(data: bytes) -> bytes:
     return bytes(b ^ 0xFF for b in data)
 
 
+#: A ZMTP 3 greeting (NULL mechanism): the relay meters the kernel's side as ZMTP.
+GREETING = b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + b"\0" * 32
+
+
+def frame(body: bytes, flags: int = 0) -> bytes:
+    """One ZMTP long frame (8-byte size), as a kernel's socket would send it."""
+    return bytes([flags | 0x02]) + len(body).to_bytes(8, "big") + body
+
+
 class EchoKernel:
-    """A unix-socket server that answers every byte with its inverse (chunking-independent)."""
+    """A unix-socket server speaking ZMTP framing: a greeting, then each chunk it receives
+    comes back inverted in one frame (so an answer proves it reached the kernel)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -52,8 +62,9 @@ class EchoKernel:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
         self.writers.append(writer)
+        writer.write(GREETING)
         while data := await reader.read(4096):
-            writer.write(flipped(data))
+            writer.write(frame(flipped(data)))
             await writer.drain()
         writer.close()
 
@@ -89,9 +100,20 @@ async def exchange(
     """Send payload, return exactly the echo's answer, then close the connection."""
     writer.write(payload)
     await writer.drain()
-    answer = await asyncio.wait_for(reader.readexactly(len(payload)), TIMEOUT)
+    answer = await asyncio.wait_for(read_answer(reader, len(payload)), TIMEOUT)
     writer.close()
     await writer.wait_closed()
+    return answer
+
+
+async def read_answer(reader: asyncio.StreamReader, size: int) -> bytes:
+    """The echo's greeting, then frame bodies until `size` bytes of answer arrived."""
+    assert await reader.readexactly(len(GREETING)) == GREETING
+    answer = b""
+    while len(answer) < size:
+        flags = (await reader.readexactly(1))[0]
+        length = int.from_bytes(await reader.readexactly(8 if flags & 0x02 else 1), "big")
+        answer += await reader.readexactly(length)
     return answer
 
 
@@ -142,7 +164,7 @@ def test_relay_counts_bytes_each_way(tmp_path: Path) -> None:
             await kernel.stop()
 
     asyncio.run(main())
-    assert counts == [4, 4]
+    assert counts == [4, len(GREETING) + len(frame(b"ping"))]
 
 
 def test_host_connection_made_before_the_kernel_socket_exists_is_relayed(
@@ -160,7 +182,7 @@ def test_host_connection_made_before_the_kernel_socket_exists_is_relayed(
         await asyncio.sleep(0.3)
         assert not kernel.path.exists()
         await kernel.start()
-        answers.append(await asyncio.wait_for(reader.readexactly(5), TIMEOUT))
+        answers.append(await asyncio.wait_for(read_answer(reader, 5), TIMEOUT))
         writer.close()
         await writer.wait_closed()
 
@@ -313,3 +335,62 @@ def test_binding_a_busy_tcp_port_fails_after_the_bind_timeout() -> None:
         with pytest.raises(RelayError, match=re.escape(f"iopub endpoint 127.0.0.1:{port}")):
             asyncio.run(with_relay([route], lambda relay: asyncio.sleep(0), bind_timeout=0.3))
         assert time.monotonic() - started >= 0.3
+
+
+def test_an_oversized_message_from_the_kernel_is_refused_before_it_flows(tmp_path: Path) -> None:
+    """A frame larger than max_message closes the connection and reports the violation."""
+    kernel = EchoKernel(tmp_path / "k-iopub")
+    host = Endpoint("ipc", str(tmp_path / "host-iopub"))
+    reasons: list[str] = []
+    received: list[bytes] = []
+
+    async def main() -> None:
+        await kernel.start()
+        relay = Relay(
+            [Route("iopub", host, str(kernel.path))], max_message=1000, on_violation=reasons.append
+        )
+        try:
+            await relay.start()
+            reader, writer = await asyncio.open_unix_connection(host.address)
+            writer.write(b"x" * 2000)  # the echo answers with one 2000-byte frame
+            await writer.drain()
+            received.append(await asyncio.wait_for(reader.read(), TIMEOUT))
+            writer.close()
+        finally:
+            await relay.close()
+            await kernel.stop()
+
+    asyncio.run(main())
+    assert reasons == ["the kernel sent a message of more than 1000 bytes (at least 2000) on iopub"]
+    assert len(received[0]) < 2000  # the greeting at most; never the oversized body
+
+
+def test_output_beyond_the_budget_is_refused(tmp_path: Path) -> None:
+    """More bytes from the kernel than output_budget ends the relay with a reason."""
+    kernel = EchoKernel(tmp_path / "k-iopub")
+    host = Endpoint("ipc", str(tmp_path / "host-iopub"))
+    reasons: list[str] = []
+
+    async def main() -> None:
+        await kernel.start()
+        relay = Relay(
+            [Route("iopub", host, str(kernel.path))],
+            output_budget=500,
+            on_violation=reasons.append,
+        )
+        try:
+            await relay.start()
+            reader, writer = await asyncio.open_unix_connection(host.address)
+            with contextlib.suppress(ConnectionError):  # the relay cuts us off mid-way
+                for _ in range(10):
+                    writer.write(b"y" * 100)
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+                await asyncio.wait_for(reader.read(), TIMEOUT)
+            writer.close()
+        finally:
+            await relay.close()
+            await kernel.stop()
+
+    asyncio.run(main())
+    assert reasons == ["the kernel sent more than 500 bytes of output in all on iopub"]

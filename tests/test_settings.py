@@ -198,6 +198,14 @@ FULL = KernelSettings(
     pids_limit=64,
     tmp_size="64m",
     kernel_user="1000:1000",
+    workdir_readonly=True,
+    max_lifetime=600.0,
+    nofile=256,
+    fsize="10m",
+    tmp_inodes=1000,
+    max_message="8m",
+    output_budget="100m",
+    copy_limit="10m",
 )
 
 

@@ -78,12 +78,15 @@ class Supervisor:
     def __init__(self, argv: List[str]) -> None:
         self.lifetime = 0.0
         self.cleanup_dir: Optional[str] = None
+        self.umask: Optional[int] = None
         while argv and argv[0] != "--":
             opt = argv.pop(0)
             if opt == "--lifetime":
                 self.lifetime = float(argv.pop(0))
             elif opt == "--cleanup":
                 self.cleanup_dir = argv.pop(0)
+            elif opt == "--umask":
+                self.umask = int(argv.pop(0), 8)
             else:
                 say(f"unknown supervisor option {opt!r}")
                 sys.exit(2)
@@ -142,6 +145,10 @@ class Supervisor:
             # JPY_PARENT_PID: ipykernel then exits if we die (it watches for reparenting)
             # and skips its interactive banner, as under a local Jupyter.
             env = dict(os.environ, JPY_PARENT_PID=str(os.getpid()))
+            if self.umask is not None:
+                # A dedicated uid sharing the launcher's group: its sockets must be
+                # group-accessible for the launcher to connect.
+                os.umask(self.umask)
             self.child = subprocess.Popen(
                 self.cmd, stdin=subprocess.DEVNULL, start_new_session=True, env=env
             )

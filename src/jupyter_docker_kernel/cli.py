@@ -16,12 +16,30 @@ import time
 from jupyter_docker_kernel import __version__, hardening, kernelspec, reaper
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError, ImageError, SettingsError
+from jupyter_docker_kernel.launcher import NBGRADER_MARKERS
 from jupyter_docker_kernel.settings import (
     DEFAULT_IMAGE,
     KernelSettings,
     Mount,
     WorkdirMode,
     parse_env,
+)
+
+DEFAULTS = KernelSettings()
+#: Setting fields that `setup` exposes one to one as options: (flag, field, type, help).
+LIMIT_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    ("--network", "network", str, "container network"),
+    ("--memory", "memory", str, "memory limit, swap included"),
+    ("--cpus", "cpus", float, "CPU limit"),
+    ("--pids-limit", "pids_limit", int, "processes and threads"),
+    ("--tmp-size", "tmp_size", str, "size of each tmpfs (/tmp, HOME)"),
+    ("--tmp-inodes", "tmp_inodes", int, "files per tmpfs"),
+    ("--nofile", "nofile", int, "open files per process"),
+    ("--fsize", "fsize", str, "largest file the kernel may write"),
+    ("--max-lifetime", "max_lifetime", float, "seconds before the kernel is ended"),
+    ("--max-message", "max_message", str, "largest message accepted from the kernel"),
+    ("--output-budget", "output_budget", str, "bytes the kernel may send in all"),
+    ("--copy-limit", "copy_limit", str, "largest work dir --copy-workdir copies"),
 )
 
 
@@ -78,11 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="pass ARG verbatim to docker run (repeatable; use --docker-arg=--flag)",
     )
-    setup.add_argument("--network", default="none", help="container network (default none)")
-    setup.add_argument("--runtime", help="OCI runtime, e.g. runsc for gVisor")
-    setup.add_argument("--memory", default="2g", help="memory limit, swap included (default 2g)")
-    setup.add_argument("--cpus", type=float, default=2.0, help="CPU limit (default 2)")
-    setup.add_argument("--pids-limit", type=int, default=512, help="process/thread limit")
+    setup.add_argument(
+        "--workdir-readonly", action="store_true", help="mount the notebook's directory read-only"
+    )
+    setup.add_argument(
+        "--kernel-user",
+        metavar="UID[:GID]",
+        help="run the kernel as this dedicated uid (default: yours; 65534 under root)",
+    )
+    setup.add_argument("--runtime", help="OCI runtime, e.g. runsc for gVisor (checked now)")
+    limits = setup.add_argument_group("limits (defaults in brackets)")
+    for flag, field, kind, text in LIMIT_OPTIONS:
+        limits.add_argument(
+            flag,
+            dest=field,
+            type=kind,
+            default=getattr(DEFAULTS, field),
+            help=f"{text} [{getattr(DEFAULTS, field)}]",
+        )
     setup.add_argument("--interrupt-mode", choices=kernelspec.INTERRUPT_MODES, default="signal")
     setup.add_argument("--replace", action="store_true", help="overwrite an existing kernelspec")
     setup.add_argument(
@@ -129,11 +160,10 @@ def settings_from_args(args: argparse.Namespace) -> KernelSettings:
         kernel_cmd=tuple(args.kernel_cmd or ()),
         python=args.python,
         docker_args=tuple(args.docker_arg),
-        network=args.network,
         runtime=args.runtime,
-        memory=args.memory,
-        cpus=args.cpus,
-        pids_limit=args.pids_limit,
+        kernel_user=args.kernel_user,
+        workdir_readonly=args.workdir_readonly,
+        **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},
     )
 
 
@@ -159,7 +189,15 @@ def check_image(engine: Engine, settings: KernelSettings) -> str:
             "No kernelspec was written. Use an image with Python and ipykernel installed "
             "(jupyter-docker-kernel image build), or pass --python PATH."
         )
-    return proc.stdout.strip()
+    versions = proc.stdout.strip()
+    release = versions.rsplit(" ", 1)[-1]
+    if settings.runtime and "runsc" in settings.runtime and release == os.uname().release:
+        raise SettingsError(
+            f"Runtime '{settings.runtime}' was asked for, but the probe container saw the "
+            f"host's own kernel ({release}), so it is not sandboxing. No kernelspec was "
+            "written. Check the runtime's entry in /etc/docker/daemon.json."
+        )
+    return versions
 
 
 def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
@@ -177,12 +215,27 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     path = kernelspec.install(name, data, user=args.user, prefix=prefix, replace=args.replace)
     print(f"Installed kernelspec {name} in {path}")
     if versions:
-        py, _, ipk = versions.partition(" ")
-        print(f"  image {settings.image}: Python {py}, ipykernel {ipk}")
+        py, ipk, release = [*versions.split(), "?", "?"][:3]
+        runtime = f", runtime {settings.runtime} (kernel {release})" if settings.runtime else ""
+        print(f"  image {settings.image}: Python {py}, ipykernel {ipk}{runtime}")
     print(
         f"  network {settings.network}, memory {settings.memory}, cpus {settings.cpus:g}, "
         f"pids {settings.pids_limit}, workdir {settings.workdir}"
+        f"{' (read-only)' if settings.workdir_readonly else ''}, "
+        f"lifetime {settings.max_lifetime:g} s"
     )
+    for m in settings.mounts:
+        exposed = [n for n in NBGRADER_MARKERS if os.path.lexists(os.path.join(m.source, n))]
+        if exposed and not m.read_only:
+            print(
+                f"  warning: --mount {m.to_spec()} exposes {', '.join(exposed)} writable "
+                "to the kernel; add :ro, or mount a directory without nbgrader's files."
+            )
+    if os.getuid() == 0 and settings.workdir == "mount":
+        print(
+            "  note: as root, kernels run as uid 65534 and cannot write directories root "
+            "owns (such as nbgrader's autograded/); for grading, --copy-workdir is safer."
+        )
     print("Use it with:")
     print(f"  nbgrader autograde ASSIGNMENT --ExecutePreprocessor.kernel_name={name}")
     print(f"  jupyter nbconvert --execute --to notebook NB.ipynb --kernel {name}")

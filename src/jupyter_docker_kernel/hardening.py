@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jupyter_docker_kernel import engine
-from jupyter_docker_kernel.settings import CONNECTION_FILE_PLACEHOLDER, KernelSettings
+from jupyter_docker_kernel.settings import CONNECTION_FILE_PLACEHOLDER, KernelSettings, size_bytes
 
-#: Where the per-kernel runtime dir (connection file, sockets) appears in the container.
+#: Where the per-kernel socket dir appears in the container (the kernel binds its sockets here).
 RUNTIME_TARGET = "/run/jupyter-docker-kernel"
-#: The in-container connection file and the ipc socket prefix inside RUNTIME_TARGET.
-CONNECTION_NAME = "kernel.json"
 SOCKET_PREFIX = "k"
+#: The in-container connection file, mounted read-only: the kernel cannot rewrite it.
+CONNECTION_TARGET = "/opt/jupyter-docker-kernel/kernel.json"
 SUPERVISOR_TARGET = "/opt/jupyter-docker-kernel/supervise.py"
 #: HOME inside the container: a private tmpfs, never the host's home.
 HOME = "/home/kernel"
@@ -33,8 +34,10 @@ class Launch:
 
     kernel_id: str
     container_name: str
-    #: Host directory mounted at RUNTIME_TARGET (holds the in-container connection file).
+    #: Host directory mounted at RUNTIME_TARGET, where the kernel binds its sockets.
     runtime_dir: str
+    #: Host path of the in-container connection file, mounted read-only.
+    connection_file: str
     #: Host path of _supervise.py, mounted read-only.
     supervisor_path: str
     host_uid: int
@@ -49,16 +52,25 @@ class Launch:
 
 
 def kernel_user(settings: KernelSettings, launch: Launch) -> str:
-    """uid:gid for the container: configured, else the host user's, never root."""
+    """uid:gid for the container: configured, else the host user's, never root.
+
+    A configured uid without a gid shares the launching user's group (so the launcher can
+    reach the sockets the kernel creates), or its own number when root launches it.
+    """
     if settings.kernel_user:
-        return (
-            settings.kernel_user
-            if ":" in settings.kernel_user
-            else f"{settings.kernel_user}:{settings.kernel_user}"
-        )
+        if ":" in settings.kernel_user:
+            return settings.kernel_user
+        gid = settings.kernel_user if launch.host_uid == 0 else str(launch.host_gid)
+        return f"{settings.kernel_user}:{gid}"
     if launch.host_uid == 0:
         return ROOT_FALLBACK_USER
     return f"{launch.host_uid}:{launch.host_gid}"
+
+
+def shares_group_only(settings: KernelSettings, launch: Launch) -> bool:
+    """True when the kernel's uid differs from a non-root launcher's: access goes by group."""
+    uid = int(kernel_user(settings, launch).split(":")[0])
+    return launch.host_uid != 0 and uid != launch.host_uid
 
 
 def labels(launch: Launch) -> dict[str, str]:
@@ -84,14 +96,22 @@ def mount_arg(source: str, target: str, read_only: bool = False) -> str:
 
 def kernel_command(settings: KernelSettings) -> list[str]:
     """The kernel's in-container argv, with the connection file placeholder filled in."""
-    path = f"{RUNTIME_TARGET}/{CONNECTION_NAME}"
-    return [a.replace(CONNECTION_FILE_PLACEHOLDER, path) for a in settings.command()]
+    return [a.replace(CONNECTION_FILE_PLACEHOLDER, CONNECTION_TARGET) for a in settings.command()]
+
+
+def thread_env(settings: KernelSettings) -> list[str]:
+    """Cap BLAS/OpenMP pools at the CPU limit: one thread per host core would waste the
+    pids budget and thrash under --cpus."""
+    threads = str(max(1, math.ceil(settings.cpus)))
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+    return [f"{name}={threads}" for name in names]
 
 
 def run_args(settings: KernelSettings, launch: Launch) -> list[str]:
     """The complete `docker run` argument list (without the program name) for one kernel."""
     user = kernel_user(settings, launch)
     uid, gid = user.split(":")
+    tmpfs_opts = f"rw,nosuid,nodev,size={settings.tmp_size},nr_inodes={settings.tmp_inodes}"
     args: list[str] = [
         "run",
         "--rm",
@@ -108,70 +128,104 @@ def run_args(settings: KernelSettings, launch: Launch) -> list[str]:
         user,
         "--network",
         settings.network,
+        "--ipc",
+        "private",
         "--cap-drop",
         "ALL",
         "--security-opt",
         "no-new-privileges",
         "--read-only",
         "--tmpfs",
-        f"/tmp:rw,nosuid,nodev,size={settings.tmp_size},mode=1777",  # noqa: S108 - container path
+        f"/tmp:{tmpfs_opts},mode=1777",  # noqa: S108 - a path inside the container
         "--tmpfs",
-        f"{HOME}:rw,nosuid,nodev,size={settings.tmp_size},uid={uid},gid={gid},mode=0700",
+        f"{HOME}:{tmpfs_opts},uid={uid},gid={gid},mode=0700",
         "--memory",
         settings.memory,
         "--memory-swap",
         settings.memory,
+        "--oom-score-adj",
+        "1000",
+        "--shm-size",
+        "64m",
         "--cpus",
-        _cpus(settings.cpus),
+        f"{settings.cpus:g}",
         "--pids-limit",
         str(settings.pids_limit),
-        "--env",
-        f"HOME={HOME}",
-        "--env",
-        "LANG=C.UTF-8",
-        "--env",
-        "PYTHONUNBUFFERED=1",
-        "--env",
-        "PYTHONDONTWRITEBYTECODE=1",
-        "--env",
-        f"MPLCONFIGDIR={HOME}/.config/matplotlib",
+        "--ulimit",
+        f"nofile={settings.nofile}:{settings.nofile}",
+        "--ulimit",
+        "core=0",
+        "--ulimit",
+        f"fsize={size_bytes(settings.fsize)}",
+        # The kernel's raw stdout/stderr reach the launcher through the attach stream
+        # (capped there); nothing of it is written to the engine's disk.
+        "--log-driver",
+        "none",
     ]
+    for item in (
+        f"HOME={HOME}",
+        "LANG=C.UTF-8",
+        "PYTHONUNBUFFERED=1",
+        "PYTHONDONTWRITEBYTECODE=1",
+        f"MPLCONFIGDIR={HOME}/.config/matplotlib",
+        *thread_env(settings),
+    ):
+        args += ["--env", item]
     for key, value in labels(launch).items():
         args += ["--label", f"{key}={value}"]
     if settings.runtime:
         args += ["--runtime", settings.runtime]
     args += ["--mount", mount_arg(launch.runtime_dir, RUNTIME_TARGET)]
+    args += ["--mount", mount_arg(launch.connection_file, CONNECTION_TARGET, read_only=True)]
     args += ["--mount", mount_arg(launch.supervisor_path, SUPERVISOR_TARGET, read_only=True)]
     if settings.workdir == "none":
         args += ["--workdir", HOME]
     else:
         source = launch.workdir_copy if settings.workdir == "copy" else launch.workdir
         assert source is not None, "workdir mode 'copy' needs Launch.workdir_copy"
-        args += ["--mount", mount_arg(source, launch.workdir), "--workdir", launch.workdir]
+        read_only = settings.workdir == "mount" and settings.workdir_readonly
+        args += [
+            "--mount",
+            mount_arg(source, launch.workdir, read_only),
+            "--workdir",
+            launch.workdir,
+        ]
     for m in settings.mounts:
         args += ["--mount", mount_arg(m.source, m.target, m.read_only)]
     for name, value in settings.env:
         args += ["--env", f"{name}={value}"]
     args += list(settings.docker_args)
     args.append(settings.image)
-    args += supervisor_command(settings)
+    args += supervisor_command(
+        settings, umask="0007" if shares_group_only(settings, launch) else None
+    )
     return args
 
 
-def supervisor_command(settings: KernelSettings) -> list[str]:
+def supervisor_command(settings: KernelSettings, umask: str | None = None) -> list[str]:
     """The container's command: our supervisor, run by the image's Python, then the kernel."""
-    return [
+    args = [
         settings.python,
         SUPERVISOR_TARGET,
         "--cleanup",
         RUNTIME_TARGET,
-        "--",
-        *kernel_command(settings),
+        "--lifetime",
+        f"{settings.max_lifetime:g}",
     ]
+    if umask is not None:
+        args += ["--umask", umask]
+    return [*args, "--", *kernel_command(settings)]
 
 
-#: Printed by probe_args' command: the image's Python and ipykernel versions.
-PROBE_CODE = "import sys, ipykernel; print(sys.version.split()[0], ipykernel.__version__)"
+#: Printed by probe_args' command: the image's Python, ipykernel, and kernel release (a
+#: sandboxing runtime such as gVisor reports its own, which is how setup checks it is real).
+PROBE_CODE = (
+    "import sys, platform, ipykernel; "
+    "print(sys.version.split()[0], ipykernel.__version__, platform.release())"
+)
+PROBE_CODE_NO_IPYKERNEL = (
+    "import sys, platform; print(sys.version.split()[0], '-', platform.release())"
+)
 
 
 def probe_args(settings: KernelSettings, user: str) -> list[str]:
@@ -182,12 +236,8 @@ def probe_args(settings: KernelSettings, user: str) -> list[str]:
         args += ["--runtime", settings.runtime]
     args += [settings.image]
     if settings.kernel_cmd:
-        return [*args, settings.python, "-c", "import sys; print(sys.version.split()[0], '-')"]
+        return [*args, settings.python, "-c", PROBE_CODE_NO_IPYKERNEL]
     return [*args, settings.python, "-c", PROBE_CODE]
-
-
-def _cpus(value: float) -> str:
-    return f"{value:g}"
 
 
 def quote_command(program: str, args: Sequence[str]) -> str:

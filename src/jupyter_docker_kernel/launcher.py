@@ -34,7 +34,7 @@ from jupyter_docker_kernel import hardening
 from jupyter_docker_kernel.engine import Engine, short_id
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.relay import CHANNELS, Relay, Route, host_endpoints
-from jupyter_docker_kernel.settings import KernelSettings
+from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 
 log = logging.getLogger("jupyter_docker_kernel.launcher")
 
@@ -126,6 +126,7 @@ class Launcher:
             kernel_id=self.kernel_id,
             container_name=self.name,
             runtime_dir=str(self.runtime_dir),
+            connection_file=str(self.base / "kernel.json"),
             supervisor_path=SUPERVISOR_PATH,
             host_uid=os.getuid(),
             host_gid=os.getgid(),
@@ -141,15 +142,26 @@ class Launcher:
                 "container would expose everything. No container was started. Start Jupyter "
                 "from your notebooks' directory, or run setup with --no-workdir."
             )
-        user = hardening.kernel_user(self.settings, launch)
-        uid, gid = (int(x) for x in user.split(":"))
-        if uid != os.getuid() and os.getuid() != 0:
-            raise LaunchError(
-                f"The kernel is set to run as uid {uid}, but the launcher runs as uid "
-                f"{os.getuid()} and cannot hand the kernel its sockets. No container was "
-                "started. Run setup without --kernel-user, or run Jupyter as root."
+        uid, gid = (int(x) for x in hardening.kernel_user(self.settings, launch).split(":"))
+        self._write_connection_file(launch.connection_file, uid, gid, launch)
+        if launch.workdir_copy is not None:
+            copy_workdir(
+                workdir,
+                launch.workdir_copy,
+                uid,
+                gid,
+                limit=size_bytes(self.settings.copy_limit),
+                group_access=hardening.shares_group_only(self.settings, launch),
             )
-        conn = {
+        elif self.settings.workdir == "mount":
+            warn_about_workdir(workdir, uid, gid, self.settings.workdir_readonly)
+        return launch
+
+    def _write_connection_file(
+        self, path: str, uid: int, gid: int, launch: hardening.Launch
+    ) -> None:
+        """The kernel's connection file: ipc sockets in RUNTIME_TARGET, the client's key."""
+        conn: dict[str, Any] = {
             "transport": "ipc",
             "ip": f"{hardening.RUNTIME_TARGET}/{hardening.SOCKET_PREFIX}",
             "key": self.connection.get("key", ""),
@@ -158,17 +170,18 @@ class Launcher:
         }
         for index, channel in enumerate(CHANNELS, start=1):
             conn[f"{channel}_port"] = index
-        path = self.runtime_dir / hardening.CONNECTION_NAME
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        group_only = hardening.shares_group_only(self.settings, launch)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640 if group_only else 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(conn, fh)
-        if uid != os.getuid():
-            # Root launching for an unprivileged kernel uid: the kernel must own its dir.
+        if group_only:
+            # A dedicated kernel uid in our group: it reads the file and binds sockets by
+            # group permission (its umask is 007), and we reach them the same way.
+            os.chmod(self.runtime_dir, 0o770)  # noqa: S103 - inside our 0700 base dir
+        elif uid != os.getuid():
+            # Root launching for an unprivileged kernel uid: the kernel must own its files.
             os.chown(self.runtime_dir, uid, gid)
             os.chown(path, uid, gid)
-        if launch.workdir_copy is not None:
-            copy_workdir(workdir, launch.workdir_copy, uid, gid)
-        return launch
 
     def routes(self) -> list[Route]:
         endpoints = host_endpoints(self.connection)
@@ -217,7 +230,12 @@ class Launcher:
 
     async def run_async(self, launch: hardening.Launch) -> int:
         loop = asyncio.get_running_loop()
-        relay = Relay(self.routes())
+        relay = Relay(
+            self.routes(),
+            max_message=size_bytes(self.settings.max_message),
+            output_budget=size_bytes(self.settings.output_budget),
+            on_violation=self._budget_exceeded,
+        )
         await relay.start()
         args = hardening.run_args(self.settings, launch)
         args.insert(1, f"--cidfile={self.cidfile}")
@@ -301,6 +319,13 @@ class Launcher:
         log.info("terminate: removing container %s", self.name)
         self._in_thread(self.engine.remove, self.name)
 
+    def _budget_exceeded(self, what: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.exit_reason = f"budget exceeded: {what}"
+        self._in_thread(self.engine.remove, self.name)
+
     def _in_thread(self, func: Any, *args: Any) -> None:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(None, func, *args)
@@ -357,19 +382,89 @@ def _watchdog_cleanup(engine_exe: str, name: str, cidfile: Path, base: Path) -> 
     shutil.rmtree(base, ignore_errors=True)
 
 
-def copy_workdir(source: str, dest: str, uid: int, gid: int) -> None:
-    """Copy the notebook directory for --copy-workdir; symlinks are copied, never followed."""
+#: Files in a mounted work dir that mean nbgrader's private data is within the kernel's reach.
+NBGRADER_MARKERS = ("gradebook.db", "nbgrader_config.py")
+
+
+def warn_about_workdir(workdir: str, uid: int, gid: int, read_only: bool) -> None:
+    """Log what a mounted work dir exposes or lacks; never refuses, the user chose it."""
+    exposed = [name for name in NBGRADER_MARKERS if os.path.lexists(os.path.join(workdir, name))]
+    if exposed:
+        log.warning(
+            "the kernel's work directory %s holds %s: code in the kernel can read%s it. "
+            "Use --copy-workdir (or --workdir-readonly) for untrusted notebooks.",
+            workdir,
+            " and ".join(exposed),
+            "" if read_only else " and change",
+        )
+    if read_only or uid == os.getuid():
+        return
+    st = os.stat(workdir)
+    writable = (
+        (st.st_uid == uid and st.st_mode & 0o200)
+        or (st.st_gid == gid and st.st_mode & 0o020)
+        or st.st_mode & 0o002
+    )
+    if not writable:
+        log.warning(
+            "the kernel runs as uid %d and cannot write its work directory %s (owner uid %d, "
+            "mode %o): notebooks that save files there will fail. Use --copy-workdir to give "
+            "it a private writable copy.",
+            uid,
+            workdir,
+            st.st_uid,
+            stat.S_IMODE(st.st_mode),
+        )
+
+
+def copy_workdir(
+    source: str, dest: str, uid: int, gid: int, *, limit: int, group_access: bool = False
+) -> None:
+    """Copy the notebook directory for --copy-workdir, safely and within `limit` bytes.
+
+    Symlinks are copied as links, never followed (one pointing out of the directory then
+    points into the container's own filesystem); fifos, sockets and devices are skipped.
+    Nothing is ever copied back.
+    """
+    total = 0
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        nonlocal total
+        skipped: set[str] = set()
+        for name in names:
+            st = os.lstat(os.path.join(directory, name))
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+            elif not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                skipped.add(name)
+        if total > limit:
+            raise LaunchError(
+                f"The work directory {source} holds more than {limit} bytes, the "
+                "--copy-workdir limit. No container was started. Raise copy_limit in the "
+                "kernelspec (setup --copy-limit), or start the notebook from a smaller directory."
+            )
+        return skipped
+
     try:
-        shutil.copytree(source, dest, symlinks=True)
+        shutil.copytree(source, dest, symlinks=True, ignore=ignore)
     except (OSError, shutil.Error) as exc:
         raise LaunchError(
             f"Could not copy the work directory {source} for --copy-workdir: {exc}. "
             "No container was started."
         ) from exc
-    if uid != os.getuid():
-        for root, dirs, files in os.walk(dest):
-            for name in [*dirs, *files]:
-                os.lchown(os.path.join(root, name), uid, gid)
+    if uid == os.getuid() and not group_access:
+        return
+    for root, dirs, files in os.walk(dest):
+        for name in [*dirs, *files]:
+            path = os.path.join(root, name)
+            if group_access:
+                if not os.path.islink(path):
+                    os.chmod(path, os.lstat(path).st_mode | 0o070)  # noqa: S103 - as above
+            else:
+                os.lchown(path, uid, gid)
+    if group_access:
+        os.chmod(dest, 0o770)  # noqa: S103 - group access for the kernel's uid, in base dir
+    else:
         os.chown(dest, uid, gid)
 
 

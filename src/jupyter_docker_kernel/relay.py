@@ -90,6 +90,65 @@ def connect_kernel_socket(path: str) -> socket.socket:
         os.close(fd)
 
 
+class BudgetExceededError(Exception):
+    """The kernel sent more than a host-side budget allows; the message says which."""
+
+
+class ZmtpMeter:
+    """Follows ZMTP 3 framing in one direction and refuses oversized messages.
+
+    Reads only the frame headers (flags byte and length), skipping bodies by count, so it
+    costs nothing per byte. A hostile kernel holds the HMAC key and can send frames of any
+    size; this stops one before its body reaches the host client's memory.
+    """
+
+    GREETING = 64
+
+    def __init__(self, max_message: int) -> None:
+        self.max_message = max_message
+        self.greeting_left = self.GREETING
+        self.header = bytearray()
+        self.body_left = 0
+        self.message_size = 0
+
+    def feed(self, data: bytes) -> None:
+        """Account for `data`; raises BudgetExceededError before an oversized frame flows."""
+        view = memoryview(data)
+        pos = 0
+        end = len(view)
+        while pos < end:
+            if self.greeting_left:
+                step = min(self.greeting_left, end - pos)
+                self.greeting_left -= step
+                pos += step
+            elif self.body_left:
+                step = min(self.body_left, end - pos)
+                self.body_left -= step
+                pos += step
+            else:
+                self.header.append(view[pos])
+                pos += 1
+                flags = self.header[0]
+                need = 9 if flags & 0x02 else 2
+                if len(self.header) < need:
+                    continue
+                size = int.from_bytes(self.header[1:need], "big")
+                self.header.clear()
+                if flags & 0x04:  # a command (READY, PING, SUBSCRIBE...), not a message
+                    if size > self.max_message:
+                        raise BudgetExceededError(f"a protocol command of {size} bytes")
+                else:
+                    self.message_size += size
+                    if self.message_size > self.max_message:
+                        raise BudgetExceededError(
+                            f"a message of more than {self.max_message} bytes "
+                            f"(at least {self.message_size})"
+                        )
+                    if not flags & 0x01:  # last frame of this message
+                        self.message_size = 0
+                self.body_left = size
+
+
 class _Half(asyncio.Protocol):
     """One side of a relayed connection; writes what it receives to its peer."""
 
@@ -99,14 +158,24 @@ class _Half(asyncio.Protocol):
         self.to_host = to_host  # True for the kernel side: its data flows to the host
         self.transport: asyncio.Transport | None = None
         self.peer: _Half | None = None
+        self.meter = ZmtpMeter(relay.max_message) if to_host else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.to_host:
+        if self.meter is not None:
             self.relay.bytes_to_host += len(data)
+            try:
+                self.meter.feed(data)
+                if self.relay.bytes_to_host > self.relay.output_budget:
+                    raise BudgetExceededError(
+                        f"more than {self.relay.output_budget} bytes of output in all"
+                    )
+            except BudgetExceededError as exc:
+                self.relay.violated(self.route.channel, str(exc))
+                return
         else:
             self.relay.bytes_to_kernel += len(data)
         peer = self.peer
@@ -181,8 +250,19 @@ class _HostSide(_Half):
 class Relay:
     """All five channels of one kernel. launcher.py calls start() once and close() once."""
 
-    def __init__(self, routes: list[Route]) -> None:
+    def __init__(
+        self,
+        routes: list[Route],
+        *,
+        max_message: int = 64 << 20,
+        output_budget: int = 1 << 30,
+        on_violation: Callable[[str], None] | None = None,
+    ) -> None:
         self.routes = routes
+        self.max_message = max_message
+        self.output_budget = output_budget
+        self.on_violation = on_violation
+        self.violation = ""
         self.servers: list[asyncio.AbstractServer] = []
         self.connections: set[_Half] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -222,6 +302,17 @@ class Relay:
         return await loop.create_server(
             factory, host.address, host.port, backlog=64, reuse_address=True
         )
+
+    def violated(self, channel: str, what: str) -> None:
+        """A budget was exceeded: drop every connection and tell the launcher, once."""
+        if not self.violation:
+            self.violation = f"the kernel sent {what} on {channel}"
+            log.error("budget exceeded: %s; stopping the kernel", self.violation)
+            if self.on_violation is not None:
+                self.on_violation(self.violation)
+        for half in list(self.connections):
+            if half.transport is not None:
+                half.transport.close()
 
     async def close(self) -> None:
         """Stop listening and drop every relayed connection; idempotent."""

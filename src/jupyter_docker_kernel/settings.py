@@ -101,12 +101,26 @@ class KernelSettings:
     network: str = "none"
     runtime: str | None = None
     memory: str = "2g"
-    cpus: float = 2.0
+    cpus: float = 1.0
     pids_limit: int = 512
     #: Size of the writable tmpfs mounted at /tmp and at HOME.
     tmp_size: str = "512m"
     #: The container runs as this uid:gid; None means the launching user's (or 65534 for root).
     kernel_user: str | None = None
+    #: Mount the notebook's directory read-only (workdir mode "mount").
+    workdir_readonly: bool = False
+    #: Hard cap on the kernel's life, enforced inside the container (holds without the host).
+    max_lifetime: float = 24 * 3600.0
+    #: Per-process limits: open files and the largest file it may write.
+    nofile: int = 1024
+    fsize: str = "1g"
+    #: Files and directories each tmpfs (/tmp, HOME) may hold.
+    tmp_inodes: int = 65536
+    #: Host-side budgets, enforced by the relay while bytes flow from the kernel.
+    max_message: str = "64m"
+    output_budget: str = "1g"
+    #: Largest work directory --copy-workdir will copy.
+    copy_limit: str = "1g"
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
@@ -120,7 +134,14 @@ class KernelSettings:
                 raise SettingsError(
                     f"--env name '{name}' is not a valid variable name. No kernelspec was written."
                 )
-        for size_name in ("memory", "tmp_size"):
+        for size_name in (
+            "memory",
+            "tmp_size",
+            "fsize",
+            "max_message",
+            "output_budget",
+            "copy_limit",
+        ):
             size = getattr(self, size_name)
             if not _MEMORY.match(size):
                 raise SettingsError(f"{size_name} '{size}' is not a size such as 512m or 2g.")
@@ -128,8 +149,18 @@ class KernelSettings:
                 raise SettingsError(
                     f"{size_name} '{size}' must be more than 0 (the engine reads 0 as unlimited)."
                 )
+        if not math.isfinite(self.max_lifetime) or self.max_lifetime < 1:
+            raise SettingsError(
+                f"max_lifetime must be at least 1 second, not {self.max_lifetime}; "
+                "there is no unlimited lifetime (a kernel must not outlive its purpose)."
+            )
+        for count_name, floor in (("nofile", 64), ("tmp_inodes", 64)):
+            if getattr(self, count_name) < floor:
+                raise SettingsError(
+                    f"{count_name} {getattr(self, count_name)} is too small; use {floor} or more."
+                )
         if not math.isfinite(self.cpus) or self.cpus <= 0:
-            raise SettingsError(f"cpus must be a positive number, not {self.cpus}.")
+            raise SettingsError(f"cpus must be positive, not {self.cpus}.")
         if self.pids_limit < 16:
             raise SettingsError(
                 f"pids_limit {self.pids_limit} is too small for a kernel (it needs about 16 "
@@ -197,11 +228,22 @@ class KernelSettings:
                     kwargs[name] = tuple(str(a) for a in kwargs[name])
             if "cpus" in kwargs:
                 kwargs["cpus"] = float(kwargs["cpus"])
-            if "pids_limit" in kwargs:
-                kwargs["pids_limit"] = int(kwargs["pids_limit"])
+            for name in ("pids_limit", "nofile", "tmp_inodes"):
+                if name in kwargs:
+                    kwargs[name] = int(kwargs[name])
+            if "max_lifetime" in kwargs:
+                kwargs["max_lifetime"] = float(kwargs["max_lifetime"])
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"The kernelspec's settings are malformed: {exc}.") from exc
         return cls(**kwargs)
+
+
+def size_bytes(size: str) -> int:
+    """'512m' -> 536870912: the engine's size syntax (b, k, m, g; binary multiples)."""
+    unit = size[-1].lower()
+    if unit.isdigit():
+        return int(size)
+    return int(size[:-1]) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
 
 
 def parse_env(items: list[str]) -> tuple[tuple[str, str], ...]:

@@ -140,3 +140,38 @@ def workdir(tmp_path: Path) -> Path:
     # Only the mounted dir itself matters inside the container, not its host parents.
     tmp_path.chmod(0o777)
     return tmp_path
+
+
+#: Tight limits for hostile-notebook tests: small enough to trip quickly, big enough for
+#: ipykernel with numpy. Each hostile test asserts the limit's effect, not these numbers.
+HOSTILE_LIMITS = (
+    "--memory", "512m",
+    "--pids-limit", "128",
+    "--tmp-size", "64m",
+    "--tmp-inodes", "2048",
+    "--fsize", "32m",
+    "--max-message", "16m",
+    "--output-budget", "64m",
+    "--max-lifetime", "300",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session", params=["runc", "runsc"])
+def runtime(request: pytest.FixtureRequest, engine: Engine) -> str:
+    """Each hostile test runs under the default runtime and under gVisor (runsc)."""
+    name = str(request.param)
+    if name != "runc" and name not in engine.runtimes():
+        message = f"runtime {name} is not registered (scripts/bootstrap-engine --runsc does it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return name
+
+
+@pytest.fixture(scope="session")
+def hostile_kernel(kernel_image: str, runtime: str) -> str:
+    """A kernelspec with HOSTILE_LIMITS under `runtime` ("runc" means the engine default)."""
+    name = f"jdk-test-hostile-{runtime}"
+    extra = ["--runtime", runtime] if runtime != "runc" else []
+    install_kernel(name, kernel_image, *HOSTILE_LIMITS, *extra)
+    return name

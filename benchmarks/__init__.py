@@ -1,0 +1,1 @@
+"""Native vs container kernel benchmarks (see run.py)."""

@@ -97,15 +97,18 @@ def start_and_first_reply(kernel: str, cwd: Path) -> tuple[float, Any, Any]:
     km.start_kernel(cwd=str(cwd))
     kc = km.client()
     kc.start_channels()
+    # Ask again every half second (a request sent before the kernel listens may be lost
+    # by a tcp front), and take the first reply to any of them.
+    sent: set[str] = set()
     while True:
-        msg_id = kc.kernel_info()
+        sent.add(kc.kernel_info())
         try:
             reply = kc.get_shell_msg(timeout=0.5)
         except Exception:  # queue.Empty: not answered yet, ask again
             if not km.is_alive():
                 raise RuntimeError(f"kernel {kernel} died while starting") from None
             continue
-        if reply["parent_header"].get("msg_id") == msg_id:
+        if reply["parent_header"].get("msg_id") in sent:
             break
     elapsed = time.perf_counter() - began
     # Let iopub settle so later measurements see only their own messages.

@@ -367,3 +367,10 @@ def _instruction(dockerfile: str, name: str) -> dict[str, str]:
             key, _, value = word.partition("=")
             pairs[key] = value
     return pairs
+
+
+def test_dockerfile_drops_debugpy_which_no_kernel_of_ours_uses() -> None:
+    """debugpy is uninstalled after the wheels: importing it costs every kernel start."""
+    text = recipe().dockerfile
+    assert "pip uninstall --yes --quiet debugpy" in text
+    assert text.index("pip uninstall --yes --quiet debugpy") > text.index("pip install")

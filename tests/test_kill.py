@@ -21,6 +21,7 @@ from jupyter_client.manager import AsyncKernelManager, KernelManager
 
 from jupyter_docker_kernel import cli
 from jupyter_docker_kernel import engine as engine_mod
+from jupyter_docker_kernel.launcher import kernel_id_from
 from tests.conftest import install_kernel
 from tests.kernels import (
     containers_of,
@@ -181,3 +182,35 @@ def test_gc_removes_containers_of_dead_launchers_and_keeps_live_ones(
     finally:
         subprocess.run(["docker", "rm", "-f", orphan], capture_output=True, check=False)
         stop(km, kc)
+
+
+def test_a_dead_jupyter_client_takes_its_kernels_container_with_it(
+    kernel_name: str, workdir: Path
+) -> None:
+    """The client process SIGKILLed (no shutdown ever sent): the launcher notices and the
+    container goes, as a local ipykernel exits when its parent dies."""
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from jupyter_client.manager import KernelManager\n"
+            f"km = KernelManager(kernel_name={kernel_name!r})\n"
+            f"km.start_kernel(cwd={str(workdir)!r})\n"
+            "print(km.connection_file, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert client.stdout is not None
+        kernel_id = kernel_id_from(client.stdout.readline().strip())
+        wait_until(lambda: containers_of(kernel_id, running_only=True) != [], 60)
+    finally:
+        client.kill()
+        client.wait()
+        if client.stdout is not None:
+            client.stdout.close()
+    took = wait_until(lambda: not containers_of(kernel_id), 10)
+    print(f"container removed {took:.2f} s after the client died")

@@ -12,11 +12,18 @@ It ends the kernel (and so the container, since tini exits with its child) when:
 SIGINT and SIGQUIT/SIGUSR* are forwarded to the kernel's process group, as a local
 jupyter_client does with killpg. On the kernel's exit it prints one line saying why
 (exit code, signal, out of memory, pids limit), which reaches the launcher's log.
+
+With --pool-wait SOCKET (a warm pooled container) it imports ipykernel ahead of time, then
+waits on SOCKET for the one launcher that claims it: that connection carries the kernel's
+connection info and is from then on the lifeline. The kernel is a fork of this process,
+so its imports are already paid. An unclaimed container ends after --pool-ttl seconds.
 """
 
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -79,6 +86,8 @@ class Supervisor:
         self.lifetime = 0.0
         self.cleanup_dir: Optional[str] = None
         self.umask: Optional[int] = None
+        self.pool_socket: Optional[str] = None
+        self.pool_ttl = 600.0
         while argv and argv[0] != "--":
             opt = argv.pop(0)
             if opt == "--lifetime":
@@ -87,21 +96,27 @@ class Supervisor:
                 self.cleanup_dir = argv.pop(0)
             elif opt == "--umask":
                 self.umask = int(argv.pop(0), 8)
+            elif opt == "--pool-wait":
+                self.pool_socket = argv.pop(0)
+            elif opt == "--pool-ttl":
+                self.pool_ttl = float(argv.pop(0))
             else:
                 say(f"unknown supervisor option {opt!r}")
                 sys.exit(2)
         self.cmd = argv[1:]
-        self.child: Optional[subprocess.Popen[bytes]] = None
+        self.pid = 0
+        self.returncode: Optional[int] = None
+        self.lifeline: Optional[socket.socket] = None
         self.reason: Optional[str] = None
         self.started = time.time()
         self.oom_before = oom_kills()
         self.pids_before = pids_max_hits()
 
     def signal_group(self, sig: int) -> None:
-        if self.child is None or self.child.returncode is not None:
+        if not self.pid or self.returncode is not None:
             return
         with contextlib.suppress(OSError):
-            os.killpg(self.child.pid, sig)
+            os.killpg(self.pid, sig)
 
     def end(self, reason: str) -> None:
         """Stop the kernel: TERM to its group, KILL after a grace period."""
@@ -118,52 +133,134 @@ class Supervisor:
     def on_signal(self, signum: int, frame: object) -> None:
         if signum in FORWARDED:
             self.signal_group(signum)
+        elif signum == signal.SIGALRM and not self.pid:
+            self.reason = f"the pool's time of {self.pool_ttl:.0f} s ran out"
+            raise InterruptedError  # leaves accept()
         elif signum == signal.SIGALRM:
             self.reason = f"maximum lifetime of {self.lifetime:.0f} s reached"
             self.signal_group(signal.SIGKILL)
+        elif not self.pid:
+            self.reason = f"stopped by signal {signum}"
+            raise InterruptedError
         else:
             self.end(f"stopped by signal {signum}")
 
-    def watch_stdin(self) -> None:
+    def watch_lifeline(self) -> None:
+        """Block reading the lifeline (stdin, or the claim connection) until EOF."""
         try:
-            while os.read(0, 4096):
-                pass
+            if self.lifeline is not None:
+                while self.lifeline.recv(4096):
+                    pass
+            else:
+                while os.read(0, 4096):
+                    pass
         except OSError:
             pass
         # EOF: the launcher (our only client) is gone; a kernel must not outlive it.
         self.end("the host launcher went away")
 
-    def run(self) -> int:
-        if not self.cmd:
-            say("no kernel command given")
-            return 2
-        for sig in (*FORWARDED, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
-            signal.signal(sig, self.on_signal)
+    def child_setup(self) -> None:
+        """In the kernel's process, before it runs: own session, env, umask."""
+        # Own session: the kernel leads its process group, as under a local launcher, so
+        # message-mode interrupts and our killpg reach its subprocesses too. JPY_PARENT_PID:
+        # ipykernel exits if we die, and skips its interactive banner, as under Jupyter.
+        os.setsid()
+        os.environ["JPY_PARENT_PID"] = str(os.getppid())
+        if self.umask is not None:
+            # A dedicated uid sharing the launcher's group: its sockets must be
+            # group-accessible for the launcher to connect.
+            os.umask(self.umask)
+
+    def start_command(self) -> int:
+        """Start the kernel command as our child; returns 0, or an exit code on failure."""
         try:
-            # Own session: the kernel leads its process group, as under a local launcher,
-            # so message-mode interrupts and our killpg reach its subprocesses too.
-            # JPY_PARENT_PID: ipykernel then exits if we die (it watches for reparenting)
-            # and skips its interactive banner, as under a local Jupyter.
-            env = dict(os.environ, JPY_PARENT_PID=str(os.getpid()))
-            if self.umask is not None:
-                # A dedicated uid sharing the launcher's group: its sockets must be
-                # group-accessible for the launcher to connect.
-                os.umask(self.umask)
-            self.child = subprocess.Popen(
-                self.cmd, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+            child = subprocess.Popen(
+                self.cmd, stdin=subprocess.DEVNULL, preexec_fn=self.child_setup
             )
         except OSError as exc:
             say(f"cannot start the kernel command {self.cmd[0]!r}: {exc}")
             return 127
-        threading.Thread(target=self.watch_stdin, daemon=True).start()
-        if self.lifetime > 0:
-            signal.alarm(max(1, int(self.lifetime)))
+        self.pid = child.pid
+        return 0
+
+    def wait_for_claim(self) -> int:
+        """Pooled: pre-import, wait for the claiming launcher, fork the kernel in-process."""
+        assert self.pool_socket is not None
+        # Paid now, while nobody waits: the forked kernel inherits these modules.
+        import ipykernel.kernelapp
+
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(self.pool_socket)
+        server.listen(1)
+        signal.alarm(max(1, int(self.pool_ttl)))
+        try:
+            conn, _ = server.accept()
+        except InterruptedError:
+            return 0
+        finally:
+            server.close()
+        signal.alarm(0)
+        if self.reason:  # the pool's time ran out while we waited
+            return 0
+        claim = json.loads(conn.makefile("r").readline())
+        path = "/tmp/.jupyter-docker-kernel.json"  # noqa: S108 - the container's own tmpfs
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(claim["connection"], fh)
+        self.lifeline = conn
+        # No `docker run` client is attached to a pooled container: what we and the kernel
+        # write to stdout/stderr goes to the launcher over the lifeline instead.
+        sys.stderr.flush()
+        os.dup2(conn.fileno(), 1)
+        os.dup2(conn.fileno(), 2)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                conn.close()
+                self.child_setup()
+                os.chdir(claim.get("cwd") or os.environ.get("HOME", "/"))
+                for sig in (*FORWARDED, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                sys.argv = ["ipykernel_launcher", "-f", path]
+                ipykernel.kernelapp.launch_new_instance()
+                code = 0
+            finally:
+                os._exit(code)
+        self.pid = pid
+        return 0
+
+    def wait_child(self) -> int:
+        """Wait for the kernel; returns its code (negative: killed by that signal)."""
         while True:
             try:
-                code = self.child.wait()
+                _, status = os.waitpid(self.pid, 0)
                 break
             except InterruptedError:
                 continue
+        if os.WIFSIGNALED(status):
+            self.returncode = -os.WTERMSIG(status)
+        else:
+            self.returncode = os.WEXITSTATUS(status)
+        return self.returncode
+
+    def run(self) -> int:
+        if not self.cmd and not self.pool_socket:
+            say("no kernel command given")
+            return 2
+        for sig in (*FORWARDED, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
+            signal.signal(sig, self.on_signal)
+        failed = self.wait_for_claim() if self.pool_socket else self.start_command()
+        if failed or not self.pid:
+            if self.reason:
+                say(f"pooled kernel not claimed: {self.reason}")
+            self.clean()
+            return failed
+        threading.Thread(target=self.watch_lifeline, daemon=True).start()
+        if self.lifetime > 0:
+            signal.alarm(max(1, int(self.lifetime)))
+        code = self.wait_child()
         signal.alarm(0)
         self.report(code)
         self.signal_group_all()
@@ -172,9 +269,9 @@ class Supervisor:
 
     def signal_group_all(self) -> None:
         # Lingering background processes of the kernel's group die with it.
-        if self.child is not None:
+        if self.pid:
             with contextlib.suppress(OSError):
-                os.killpg(self.child.pid, signal.SIGKILL)
+                os.killpg(self.pid, signal.SIGKILL)
 
     def report(self, code: int) -> None:
         ran = time.time() - self.started

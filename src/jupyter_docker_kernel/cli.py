@@ -40,6 +40,8 @@ LIMIT_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--max-message", "max_message", str, "largest message accepted from the kernel"),
     ("--output-budget", "output_budget", str, "bytes the kernel may send in all"),
     ("--copy-limit", "copy_limit", str, "largest work dir --copy-workdir copies"),
+    ("--pool", "pool", int, "warm containers kept ready (needs --copy-workdir or --no-workdir)"),
+    ("--pool-ttl", "pool_ttl", float, "seconds an unclaimed warm container waits"),
 )
 
 
@@ -138,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     gc = sub.add_parser("gc", help="remove containers and files of launchers that are gone")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.add_argument(
+        "--pools", action="store_true", help="also remove warm-pool containers nobody claimed"
+    )
     gc.set_defaults(func=cmd_gc)
     return parser
 
@@ -263,7 +268,7 @@ def cmd_image_build(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
-    result = reaper.collect(engine, dry_run=args.dry_run)
+    result = reaper.collect(engine, dry_run=args.dry_run, pools=args.pools)
     verb = "Would remove" if args.dry_run else "Removed"
     for name in result.containers:
         print(f"{verb} container {name}")

@@ -27,6 +27,9 @@ LABEL_LAUNCHER_PID = f"{LABEL_PREFIX}.launcher-pid"
 LABEL_LAUNCHER_START = f"{LABEL_PREFIX}.launcher-start"
 LABEL_LAUNCHER_HOST = f"{LABEL_PREFIX}.launcher-host"
 LABEL_OWNER_UID = f"{LABEL_PREFIX}.owner-uid"
+#: On warm-pool containers: the pool (settings + user) they serve, and their host dir.
+LABEL_POOL = f"{LABEL_PREFIX}.pool"
+LABEL_POOL_DIR = f"{LABEL_PREFIX}.pool-dir"
 #: Label an image built by `image build`, holding the hash of the recipe that made it.
 LABEL_RECIPE = f"{LABEL_PREFIX}.recipe"
 
@@ -74,8 +77,13 @@ class Engine:
         timeout: float = 60,
         check: bool = True,
         input_text: str | None = None,
+        own_session: bool = True,
     ) -> subprocess.CompletedProcess[str]:
-        """Run one CLI command and return it; on failure raise our error, not the CLI's."""
+        """Run one CLI command and return it; on failure raise our error, not the CLI's.
+
+        own_session: the CLI does not get our process group's signals. A launcher's group
+        receives the client's SIGINT (interrupt); an engine call must not die of it halfway.
+        """
         argv = [self.executable(), *args]
         log.debug("engine: %s", " ".join(args[:3]))
         try:
@@ -86,6 +94,7 @@ class Engine:
                 timeout=timeout,
                 input=input_text,
                 check=False,
+                start_new_session=own_session,
             )
         except subprocess.TimeoutExpired as exc:
             raise EngineError(
@@ -202,3 +211,68 @@ def first_line(text: str) -> str:
         if line.strip():
             return line.strip()
     return ""
+
+
+class EngineApi:
+    """The engine's HTTP API on its unix socket, for the few calls on a kernel's start path.
+
+    A CLI call costs tens of milliseconds of process start; the pool's claim (list, rename)
+    must cost a few. Only unix-socket endpoints are supported: available() says whether
+    DOCKER_HOST points at one, and callers fall back to the CLI otherwise.
+    """
+
+    def __init__(self, socket_path: str | None = None) -> None:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        self.socket_path = socket_path or (
+            host.removeprefix("unix://") if host.startswith("unix://") else ""
+        )
+
+    def available(self) -> bool:
+        return bool(self.socket_path) and os.path.exists(self.socket_path)
+
+    def request(self, method: str, path: str, timeout: float = 10) -> tuple[int, Any]:
+        """One request; returns (status, parsed JSON body or None)."""
+        import http.client
+        import socket as socket_mod
+
+        conn = http.client.HTTPConnection("localhost", timeout=timeout)
+        sock = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(self.socket_path)
+            conn.sock = sock
+            conn.request(method, path)
+            response = conn.getresponse()
+            body = response.read()
+        except OSError as exc:
+            raise EngineError(
+                f"Cannot reach the container engine at {self.socket_path}: {exc}. "
+                "Is it running? Try 'docker info'."
+            ) from exc
+        finally:
+            conn.close()
+        data = json.loads(body) if body and body[:1] in (b"{", b"[") else None
+        return response.status, data
+
+    def containers(
+        self, labels: Mapping[str, str], *, running: bool = True
+    ) -> list[dict[str, Any]]:
+        """Containers carrying all the labels (GET /containers/json with filters)."""
+        from urllib.parse import quote
+
+        filters: dict[str, list[str]] = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        if running:
+            filters["status"] = ["running"]
+        status, data = self.request("GET", f"/containers/json?filters={quote(json.dumps(filters))}")
+        if status != 200 or not isinstance(data, list):
+            raise EngineError(f"The engine refused to list containers (HTTP {status}).")
+        return data
+
+    def rename(self, container: str, name: str) -> bool:
+        """Rename a container; False when it is gone or the name is taken (someone won)."""
+        from urllib.parse import quote
+
+        status, _ = self.request(
+            "POST", f"/containers/{quote(container)}/rename?name={quote(name)}"
+        )
+        return status == 204

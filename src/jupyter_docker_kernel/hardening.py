@@ -22,6 +22,8 @@ SOCKET_PREFIX = "k"
 #: The in-container connection file, mounted read-only: the kernel cannot rewrite it.
 CONNECTION_TARGET = "/opt/jupyter-docker-kernel/kernel.json"
 SUPERVISOR_TARGET = "/opt/jupyter-docker-kernel/supervise.py"
+#: A pooled container's claim socket, in RUNTIME_TARGET (see pool.py).
+CLAIM_SOCKET = "claim"
 #: HOME inside the container: a private tmpfs, never the host's home.
 HOME = "/home/kernel"
 #: The uid:gid a kernel gets when the launching user is root: never root in the container.
@@ -107,17 +109,24 @@ def thread_env(settings: KernelSettings) -> list[str]:
     return [f"{name}={threads}" for name in names]
 
 
-def run_args(settings: KernelSettings, launch: Launch) -> list[str]:
-    """The complete `docker run` argument list (without the program name) for one kernel."""
+def run_args(
+    settings: KernelSettings, launch: Launch, *, pool: tuple[str, str] | None = None
+) -> list[str]:
+    """The complete `docker run` argument list (without the program name) for one kernel.
+
+    With pool=(key, host dir) it is a detached warm-pool container instead: it waits for a
+    launcher to claim it (pool.py), so it has no connection file and no attached client.
+    """
     user = kernel_user(settings, launch)
     uid, gid = user.split(":")
     tmpfs_opts = f"rw,nosuid,nodev,size={settings.tmp_size},nr_inodes={settings.tmp_inodes}"
+    # -i: stdin is the supervisor's lifeline; the engine closes it when we disconnect.
+    # A pooled container gets its lifeline when claimed, over its claim socket.
+    attach = ["--detach"] if pool else ["--interactive", "--sig-proxy=false"]
     args: list[str] = [
         "run",
         "--rm",
-        # -i: stdin is the supervisor's lifeline; the engine closes it when we disconnect.
-        "--interactive",
-        "--sig-proxy=false",
+        *attach,
         "--init",
         "--pull=never",
         "--name",
@@ -171,12 +180,16 @@ def run_args(settings: KernelSettings, launch: Launch) -> list[str]:
         *thread_env(settings),
     ):
         args += ["--env", item]
-    for key, value in labels(launch).items():
+    all_labels = labels(launch)
+    if pool:
+        all_labels[engine.LABEL_POOL], all_labels[engine.LABEL_POOL_DIR] = pool
+    for key, value in all_labels.items():
         args += ["--label", f"{key}={value}"]
     if settings.runtime:
         args += ["--runtime", settings.runtime]
     args += ["--mount", mount_arg(launch.runtime_dir, RUNTIME_TARGET)]
-    args += ["--mount", mount_arg(launch.connection_file, CONNECTION_TARGET, read_only=True)]
+    if launch.connection_file:
+        args += ["--mount", mount_arg(launch.connection_file, CONNECTION_TARGET, read_only=True)]
     args += ["--mount", mount_arg(launch.supervisor_path, SUPERVISOR_TARGET, read_only=True)]
     if settings.workdir == "none":
         args += ["--workdir", HOME]
@@ -196,13 +209,14 @@ def run_args(settings: KernelSettings, launch: Launch) -> list[str]:
         args += ["--env", f"{name}={value}"]
     args += list(settings.docker_args)
     args.append(settings.image)
-    args += supervisor_command(
-        settings, umask="0007" if shares_group_only(settings, launch) else None
-    )
+    umask = "0007" if shares_group_only(settings, launch) else None
+    args += supervisor_command(settings, umask=umask, pooled=pool is not None)
     return args
 
 
-def supervisor_command(settings: KernelSettings, umask: str | None = None) -> list[str]:
+def supervisor_command(
+    settings: KernelSettings, umask: str | None = None, *, pooled: bool = False
+) -> list[str]:
     """The container's command: our supervisor, run by the image's Python, then the kernel."""
     args = [
         settings.python,
@@ -214,6 +228,13 @@ def supervisor_command(settings: KernelSettings, umask: str | None = None) -> li
     ]
     if umask is not None:
         args += ["--umask", umask]
+    if pooled:
+        args += [
+            "--pool-wait",
+            f"{RUNTIME_TARGET}/{CLAIM_SOCKET}",
+            "--pool-ttl",
+            f"{settings.pool_ttl:g}",
+        ]
     return [*args, "--", *kernel_command(settings)]
 
 

@@ -142,6 +142,7 @@ class Recipe:
 # images/default/Dockerfile is the same image built online: change both together.
 
 # Stage 1 installs the wheels, so that the final image has no layer holding them.
+# debugpy goes: kernel.json offers no debugger, and importing it costs every kernel start.
 FROM {self.base_tag} AS wheels
 LABEL {LABEL_STAGE}=wheels
 COPY wheels /tmp/wheels
@@ -150,6 +151,7 @@ RUN set -eu; \\
     python3 -m venv {VENV}; \\
     {VENV}/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \\
         --find-links /tmp/wheels {pip_args}; \\
+    {VENV}/bin/pip uninstall --yes --quiet debugpy; \\
     {VENV}/bin/python -m compileall -q {VENV}
 
 FROM {self.base_tag}
@@ -279,7 +281,11 @@ def build_image(
             assert rootfs is not None
             old_base = engine.image_inspect(recipe.base_tag)
             message = f"mmdebstrap {recipe.suite} for jupyter-docker-kernel"
-            engine.run(["import", "--message", message, str(rootfs), recipe.base_tag], timeout=900)
+            engine.run(
+                ["import", "--message", message, str(rootfs), recipe.base_tag],
+                timeout=900,
+                own_session=False,
+            )
         else:
             old_base = None
             note("present")
@@ -377,7 +383,7 @@ def _docker_build(
         if force:
             args.append("--no-cache")
         try:
-            proc = engine.run([*args, str(context)], timeout=1800, check=False)
+            proc = engine.run([*args, str(context)], timeout=1800, check=False, own_session=False)
             image_id = iidfile.read_text().strip() if iidfile.is_file() else ""
         finally:
             iidfile.unlink(missing_ok=True)

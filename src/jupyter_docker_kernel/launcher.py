@@ -13,7 +13,6 @@ the in-container supervisor ends the kernel when our `docker run -i` stdin goes 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
@@ -24,17 +23,25 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-from jupyter_docker_kernel import hardening
+from jupyter_docker_kernel import hardening, pool
 from jupyter_docker_kernel.engine import Engine, short_id
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
-from jupyter_docker_kernel.relay import CHANNELS, Relay, Route, host_endpoints
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
+
+if TYPE_CHECKING:
+    from jupyter_docker_kernel.relay import Route
+
+#: The channels in the order of their in-container socket numbers (k-1 .. k-5); relay.py
+#: has the same tuple, but importing it here would pull in asyncio before the engine starts.
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 
 log = logging.getLogger("jupyter_docker_kernel.launcher")
 
@@ -113,6 +120,8 @@ class Launcher:
         self.started = time.monotonic()
         self.stopping = False
         self.exit_reason = ""
+        self.pooled = False
+        self.lifeline: socket.socket | None = None
 
     # -- preparation (before any container exists) ------------------------------------------
 
@@ -120,22 +129,9 @@ class Launcher:
         """Create the runtime dir, the in-container connection file and the workdir copy."""
         self.base.mkdir(mode=0o700)
         self.runtime_dir.mkdir(mode=0o700)
-        (self.base / "launcher").write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
-        workdir = os.getcwd()
-        launch = hardening.Launch(
-            kernel_id=self.kernel_id,
-            container_name=self.name,
-            runtime_dir=str(self.runtime_dir),
-            connection_file=str(self.base / "kernel.json"),
-            supervisor_path=SUPERVISOR_PATH,
-            host_uid=os.getuid(),
-            host_gid=os.getgid(),
-            workdir=workdir,
-            workdir_copy=str(self.base / "work") if self.settings.workdir == "copy" else None,
-            launcher_pid=os.getpid(),
-            launcher_start=process_start_time(os.getpid()),
-            hostname=socket.gethostname(),
-        )
+        self._write_marker()
+        launch = self.launch_facts()
+        workdir = launch.workdir
         if self.settings.workdir != "none" and workdir == "/":
             raise LaunchError(
                 "The kernel's working directory is '/', and mounting the host's root into the "
@@ -157,10 +153,62 @@ class Launcher:
             warn_about_workdir(workdir, uid, gid, self.settings.workdir_readonly)
         return launch
 
-    def _write_connection_file(
-        self, path: str, uid: int, gid: int, launch: hardening.Launch
-    ) -> None:
-        """The kernel's connection file: ipc sockets in RUNTIME_TARGET, the client's key."""
+    def launch_facts(self) -> hardening.Launch:
+        """What this start adds to the settings (paths, ids, who we are); no side effects."""
+        return hardening.Launch(
+            kernel_id=self.kernel_id,
+            container_name=self.name,
+            runtime_dir=str(self.runtime_dir),
+            connection_file=str(self.base / "kernel.json"),
+            supervisor_path=SUPERVISOR_PATH,
+            host_uid=os.getuid(),
+            host_gid=os.getgid(),
+            workdir=os.getcwd(),
+            workdir_copy=str(self.base / "work") if self.settings.workdir == "copy" else None,
+            launcher_pid=os.getpid(),
+            launcher_start=process_start_time(os.getpid()),
+            hostname=socket.gethostname(),
+        )
+
+    def _write_marker(self) -> None:
+        """Who owns this runtime dir: gc keeps it (and its container) while we live."""
+        (self.base / "launcher").write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
+
+    def adopt(self, claimed: pool.Claim) -> subprocess.Popen[bytes]:
+        """Take over a claimed warm container: its dir becomes ours, the kernel gets its key.
+
+        Returns the `docker wait` process whose end (and output) is the container's exit.
+        """
+        os.rename(claimed.pool_dir, self.base)  # its bind mounts follow the directory
+        self._write_marker()
+        self.cidfile.write_text(claimed.container_id)
+        launch = self.launch_facts()
+        uid, gid = (int(x) for x in hardening.kernel_user(self.settings, launch).split(":"))
+        cwd = hardening.HOME
+        if launch.workdir_copy is not None:
+            copy_workdir(
+                launch.workdir,
+                launch.workdir_copy,
+                uid,
+                gid,
+                limit=size_bytes(self.settings.copy_limit),
+                group_access=hardening.shares_group_only(self.settings, launch),
+            )
+            cwd = pool.WORK_TARGET
+        self.lifeline = pool.hand_over(
+            pool.Claim(claimed.container_id, self.base), self.kernel_connection(), cwd
+        )
+        self.pooled = True
+        return subprocess.Popen(
+            [self.engine.executable(), "wait", claimed.container_id],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def kernel_connection(self) -> dict[str, Any]:
+        """The kernel's connection info: ipc sockets in RUNTIME_TARGET, the client's key."""
         conn: dict[str, Any] = {
             "transport": "ipc",
             "ip": f"{hardening.RUNTIME_TARGET}/{hardening.SOCKET_PREFIX}",
@@ -170,6 +218,13 @@ class Launcher:
         }
         for index, channel in enumerate(CHANNELS, start=1):
             conn[f"{channel}_port"] = index
+        return conn
+
+    def _write_connection_file(
+        self, path: str, uid: int, gid: int, launch: hardening.Launch
+    ) -> None:
+        """The in-container connection file, readable by the kernel's uid only."""
+        conn = self.kernel_connection()
         group_only = hardening.shares_group_only(self.settings, launch)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640 if group_only else 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -184,6 +239,8 @@ class Launcher:
             os.chown(path, uid, gid)
 
     def routes(self) -> list[Route]:
+        from jupyter_docker_kernel.relay import Route, host_endpoints
+
         endpoints = host_endpoints(self.connection)
         return [
             Route(
@@ -228,7 +285,30 @@ class Launcher:
 
     # -- running ------------------------------------------------------------------------------
 
-    async def run_async(self, launch: hardening.Launch) -> int:
+    def start_container(self, launch: hardening.Launch) -> subprocess.Popen[bytes]:
+        """Start `docker run` now, before asyncio and the relay are even imported.
+
+        The engine needs a few hundred milliseconds to create and start the container and
+        the kernel needs more to import; our own imports and binding overlap with that. The
+        CLI gets its own session: the client's killpg(SIGINT) must reach us, not the CLI,
+        which would exit on it and take the kernel's stdin lifeline with it.
+        """
+        args = hardening.run_args(self.settings, launch)
+        args.insert(1, f"--cidfile={self.cidfile}")
+        return subprocess.Popen(
+            [self.engine.executable(), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    async def run_async(self, proc: subprocess.Popen[bytes]) -> int:
+        """Relay until the container exits; returns its exit code. asyncio.run() calls it."""
+        import asyncio
+
+        from jupyter_docker_kernel.relay import Relay
+
         loop = asyncio.get_running_loop()
         relay = Relay(
             self.routes(),
@@ -237,21 +317,31 @@ class Launcher:
             on_violation=self._budget_exceeded,
         )
         await relay.start()
-        args = hardening.run_args(self.settings, launch)
-        args.insert(1, f"--cidfile={self.cidfile}")
-        proc = await self._start_container(args)
         for sig in (signal.SIGINT,):
             loop.add_signal_handler(sig, self._interrupt)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self._terminate)
+        # A pooled kernel's raw output and its supervisor's words come over the lifeline;
+        # `docker wait` prints the exit code on stdout.
+        streams: list[Any] = [proc.stderr]
+        streams.append(self.lifeline if self.pooled else proc.stdout)
         forwards = [
-            loop.create_task(forward(proc.stdout, sys.stderr.buffer)),
-            loop.create_task(forward(proc.stderr, sys.stderr.buffer)),
+            threading.Thread(target=forward, args=(stream, sys.stderr.buffer), daemon=True)
+            for stream in streams
         ]
-        cid_task = loop.create_task(self._log_started())
-        code = await proc.wait()
-        cid_task.cancel()
-        await asyncio.gather(*forwards, return_exceptions=True)
+        for thread in forwards:
+            thread.start()
+        tasks = [loop.create_task(self._log_started()), loop.create_task(self._watch_parent())]
+        if self.settings.pool:
+            threading.Thread(target=self._fill_pool, daemon=True).start()
+        code = await loop.run_in_executor(None, proc.wait)
+        if self.pooled and code == 0 and proc.stdout is not None:
+            output = proc.stdout.read().decode().strip()
+            code = int(output) if output.lstrip("-").isdigit() else 1
+        for task in tasks:
+            task.cancel()
+        for thread in forwards:
+            thread.join(timeout=5)
         await relay.close()
         ran = time.monotonic() - self.started
         why = f" ({self.exit_reason})" if self.exit_reason else ""
@@ -273,19 +363,9 @@ class Launcher:
             )
         return code
 
-    async def _start_container(self, args: list[str]) -> asyncio.subprocess.Process:
-        # Own session: the client's killpg(SIGINT) must reach us, not the CLI, which would
-        # exit on it and take the kernel's lifeline with it.
-        return await asyncio.create_subprocess_exec(
-            self.engine.executable(),
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-
     async def _log_started(self) -> None:
+        import asyncio
+
         for _ in range(600):
             with contextlib.suppress(OSError):
                 self.container_id = self.cidfile.read_text().strip()
@@ -294,9 +374,10 @@ class Launcher:
             await asyncio.sleep(0.05)
         s = self.settings
         log.info(
-            "kernel %s started in container %s (%s) from %s: network %s, memory %s, cpus %g, "
+            "kernel %s started in %scontainer %s (%s) from %s: network %s, memory %s, cpus %g, "
             "pids %d%s",
             self.kernel_id,
+            "warm " if self.pooled else "",
             self.name,
             short_id(self.container_id),
             s.image,
@@ -307,15 +388,37 @@ class Launcher:
             f", runtime {s.runtime}" if s.runtime else "",
         )
 
+    def _fill_pool(self) -> None:
+        """Top the warm pool up for the next kernel (background thread; errors logged)."""
+        try:
+            started = pool.fill(self.engine, self.settings, runtime_base(), self.launch_facts())
+        except (DockerKernelError, OSError) as exc:
+            log.warning("could not refill the warm pool: %s", exc)
+            return
+        if started:
+            log.debug("warm pool: started %d container(s)", started)
+
+    async def _watch_parent(self) -> None:
+        """End the kernel when the Jupyter client that started us dies without stopping it
+        (a local ipykernel does the same through JPY_PARENT_PID): otherwise the container
+        would run on under a launcher nobody will ever stop."""
+        import asyncio
+
+        parent = os.getppid()
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        log.warning("the Jupyter client (pid %d) went away; stopping the kernel", parent)
+        self._terminate("the Jupyter client went away")
+
     def _interrupt(self) -> None:
         log.info("interrupt: sending SIGINT to the kernel in %s", self.name)
         self._in_thread(self.engine.kill, self.name, "INT")
 
-    def _terminate(self) -> None:
+    def _terminate(self, reason: str = "stopped by the Jupyter client") -> None:
         if self.stopping:
             return
         self.stopping = True
-        self.exit_reason = "stopped by the Jupyter client"
+        self.exit_reason = reason
         log.info("terminate: removing container %s", self.name)
         self._in_thread(self.engine.remove, self.name)
 
@@ -327,38 +430,53 @@ class Launcher:
         self._in_thread(self.engine.remove, self.name)
 
     def _in_thread(self, func: Any, *args: Any) -> None:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, func, *args)
-        future.add_done_callback(_log_failure)
+        """Run an engine call off the event loop; log (not raise) its failure."""
+
+        def call() -> None:
+            try:
+                func(*args)
+            except DockerKernelError as exc:
+                log.warning("%s", exc)
+
+        threading.Thread(target=call, daemon=True).start()
 
     def cleanup(self) -> None:
         """Remove our container (if still there) and our files; idempotent."""
+        if self.lifeline is not None:
+            self.lifeline.close()
         with contextlib.suppress(DockerKernelError):
             if self.container_id or self.cidfile.exists():
                 self.engine.remove(self.name)
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-async def forward(stream: asyncio.StreamReader | None, out: Any) -> None:
-    """Copy the engine CLI's output to our stderr (the server's log), up to FORWARD_LIMIT."""
+def _read_quietly(read: Any) -> bytes:
+    """One chunk from a pipe or socket; b"" at EOF or when it was closed under us."""
+    try:
+        data: bytes = read(65536)
+    except (OSError, ValueError):
+        return b""
+    return data
+
+
+def forward(stream: IO[bytes] | socket.socket | None, out: IO[bytes]) -> None:
+    """Copy the engine CLI's output (the kernel's raw stdout/stderr) to our stderr, which is
+    the server's log, up to FORWARD_LIMIT bytes. Runs in a thread per stream."""
     if stream is None:
         return
     sent = 0
-    while chunk := await stream.read(65536):
-        if sent < FORWARD_LIMIT:
-            out.write(chunk[: FORWARD_LIMIT - sent])
-            out.flush()
-            sent += len(chunk)
-            if sent >= FORWARD_LIMIT:
-                log.warning(
-                    "kernel's own stdout/stderr exceeded %d bytes; dropping the rest", FORWARD_LIMIT
-                )
-
-
-def _log_failure(future: asyncio.Future[Any]) -> None:
-    exc = future.exception()
-    if exc is not None:
-        log.warning("%s", exc)
+    fd = stream.fileno()
+    read = stream.recv if isinstance(stream, socket.socket) else (lambda n: os.read(fd, n))
+    while chunk := _read_quietly(read):
+        if sent >= FORWARD_LIMIT:
+            continue  # keep draining, or the kernel would block on a full pipe
+        out.write(chunk[: FORWARD_LIMIT - sent])
+        out.flush()
+        sent += len(chunk)
+        if sent >= FORWARD_LIMIT:
+            log.warning(
+                "kernel's own stdout/stderr exceeded %d bytes; dropping the rest", FORWARD_LIMIT
+            )
 
 
 def _watchdog_cleanup(engine_exe: str, name: str, cidfile: Path, base: Path) -> None:
@@ -446,7 +564,7 @@ def copy_workdir(
         return skipped
 
     try:
-        shutil.copytree(source, dest, symlinks=True, ignore=ignore)
+        shutil.copytree(source, dest, symlinks=True, ignore=ignore, dirs_exist_ok=True)
     except (OSError, shutil.Error) as exc:
         raise LaunchError(
             f"Could not copy the work directory {source} for --copy-workdir: {exc}. "
@@ -494,14 +612,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.debug or bool(os.environ.get("JUPYTER_DOCKER_KERNEL_DEBUG")))
+    # Until the event loop's handler is installed, an interrupt has no kernel to reach yet;
+    # it must not kill the launcher halfway through starting one.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     launcher: Launcher | None = None
     lifeline = -1
     try:
         settings = KernelSettings.from_dict(json.loads(args.settings))
         launcher = Launcher(settings, args.connection_file)
         lifeline = launcher.start_watchdog()
-        launch = launcher.prepare()
-        return asyncio.run(launcher.run_async(launch))
+        claimed = pool.claim(settings, launcher.name) if settings.pool else None
+        if claimed is not None:
+            proc = launcher.adopt(claimed)
+        else:
+            proc = launcher.start_container(launcher.prepare())
+        import asyncio
+
+        return asyncio.run(launcher.run_async(proc))
     except DockerKernelError as exc:
         log.error("%s", exc)
         return 1

@@ -15,10 +15,12 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel.engine import Engine
-from jupyter_docker_kernel.launcher import process_start_time, runtime_base
+from jupyter_docker_kernel.launcher import NAME_PREFIX, process_start_time, runtime_base
+from jupyter_docker_kernel.pool import POOL_NAME_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -47,40 +49,63 @@ class GcResult:
     kept: int = 0
 
 
-def collect(engine: Engine, *, dry_run: bool = False) -> GcResult:
-    """Remove this host's orphaned kernel containers and runtime dirs; returns what went."""
+def read_marker(directory: Path) -> tuple[str, str] | None:
+    """The (pid, start time) a launcher wrote into its runtime dir, if it did."""
+    try:
+        pid, _, start = (directory / "launcher").read_text().partition(" ")
+    except OSError:
+        return None
+    return pid, start.strip()
+
+
+def collect(engine: Engine, *, dry_run: bool = False, pools: bool = False) -> GcResult:
+    """Remove this host's orphaned kernel containers and runtime dirs; returns what went.
+
+    Unclaimed warm-pool containers have no launcher by design and end themselves after
+    their pool time; pools=True removes them now (and their dirs) as well.
+    """
     result = GcResult()
     host = socket.gethostname()
     uid = str(os.getuid())
+    base = runtime_base()
     for item in engine.list_containers({engine_mod.LABEL_KERNEL_ID: None}):
         labels = parse_labels(item.get("Labels", ""))
         if labels.get(engine_mod.LABEL_LAUNCHER_HOST) != host:
             continue  # another machine's launcher: we cannot tell whether it lives
         if uid != "0" and labels.get(engine_mod.LABEL_OWNER_UID) != uid:
             continue  # another user's kernel
-        alive = launcher_alive(
-            labels.get(engine_mod.LABEL_LAUNCHER_PID, ""),
-            labels.get(engine_mod.LABEL_LAUNCHER_START, ""),
-        )
-        if alive:
-            result.kept += 1
-            continue
         name = str(item.get("Names") or item.get("ID"))
+        if name.startswith(POOL_NAME_PREFIX):
+            if not pools:
+                result.kept += 1
+                continue
+        else:
+            # The launcher that runs it wrote a marker in the dir named after the container
+            # (for a claimed warm container, the claimer, not whoever started it).
+            marker = read_marker(base / name.removeprefix(f"{NAME_PREFIX}-"))
+            pid, start = marker or (
+                labels.get(engine_mod.LABEL_LAUNCHER_PID, ""),
+                labels.get(engine_mod.LABEL_LAUNCHER_START, ""),
+            )
+            if launcher_alive(pid, start):
+                result.kept += 1
+                continue
         if not dry_run:
             engine.remove(name)
         result.containers.append(name)
-    base = runtime_base()
     now = time.time()
     for entry in sorted(base.iterdir()):
-        marker = entry / "launcher"
-        try:
-            pid, _, start = marker.read_text().partition(" ")
-        except OSError:
-            pid, start = "", ""
+        marker = read_marker(entry)
+        if marker is None:
+            pool_owner = entry / "pool"
+            if pool_owner.exists() and not pools:
+                container = pool_owner.read_text().strip()
+                if engine.container_inspect(container) is not None:
+                    continue  # a warm container waiting to be claimed
             with contextlib.suppress(OSError):
                 if now - entry.stat().st_mtime < STARTING_GRACE:
                     continue  # a launcher may be between mkdir and writing its marker
-        if launcher_alive(pid, start.strip()):
+        elif launcher_alive(*marker):
             continue
         if not dry_run:
             shutil.rmtree(entry, ignore_errors=True)

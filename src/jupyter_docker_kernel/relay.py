@@ -217,7 +217,7 @@ class _HostSide(_Half):
     async def _open_kernel_side(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + KERNEL_SOCKET_WAIT
-        delay = 0.002
+        delay = 0.001
         while True:
             if self.transport is None or self.transport.is_closing():
                 return
@@ -229,7 +229,7 @@ class _HostSide(_Half):
                     self.transport.close()
                     return
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                delay = min(delay * 2, 0.01)  # the kernel is usually a few ms away
             except OSError as exc:
                 log.warning("%s: cannot reach the kernel's socket: %s", self.route.channel, exc)
                 self.transport.close()

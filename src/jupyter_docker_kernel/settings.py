@@ -121,6 +121,9 @@ class KernelSettings:
     output_budget: str = "1g"
     #: Largest work directory --copy-workdir will copy.
     copy_limit: str = "1g"
+    #: Warm containers to keep ready (0: none), and how long an unclaimed one waits.
+    pool: int = 0
+    pool_ttl: float = 600.0
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
@@ -159,6 +162,16 @@ class KernelSettings:
                 raise SettingsError(
                     f"{count_name} {getattr(self, count_name)} is too small; use {floor} or more."
                 )
+        if self.pool < 0 or self.pool > 32:
+            raise SettingsError(f"pool must be between 0 and 32 containers, not {self.pool}.")
+        if self.pool and (self.workdir == "mount" or self.kernel_cmd):
+            raise SettingsError(
+                "--pool needs --copy-workdir or --no-workdir and the default ipykernel command: "
+                "a running container cannot gain the notebook's directory as a mount, and a "
+                "pooled kernel is ipykernel started ahead of time. No kernelspec was written."
+            )
+        if not math.isfinite(self.pool_ttl) or self.pool_ttl < 10:
+            raise SettingsError(f"pool_ttl must be at least 10 seconds, not {self.pool_ttl}.")
         if not math.isfinite(self.cpus) or self.cpus <= 0:
             raise SettingsError(f"cpus must be positive, not {self.cpus}.")
         if self.pids_limit < 16:
@@ -228,11 +241,12 @@ class KernelSettings:
                     kwargs[name] = tuple(str(a) for a in kwargs[name])
             if "cpus" in kwargs:
                 kwargs["cpus"] = float(kwargs["cpus"])
-            for name in ("pids_limit", "nofile", "tmp_inodes"):
+            for name in ("pids_limit", "nofile", "tmp_inodes", "pool"):
                 if name in kwargs:
                     kwargs[name] = int(kwargs[name])
-            if "max_lifetime" in kwargs:
-                kwargs["max_lifetime"] = float(kwargs["max_lifetime"])
+            for name in ("max_lifetime", "pool_ttl"):
+                if name in kwargs:
+                    kwargs[name] = float(kwargs[name])
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"The kernelspec's settings are malformed: {exc}.") from exc
         return cls(**kwargs)

@@ -29,12 +29,16 @@ def launcher_process(km: KernelManager) -> subprocess.Popen[bytes]:
 
 
 def containers_of(kernel_id: str, *, running_only: bool = False) -> list[str]:
-    """Ids of the containers labelled with this kernel id."""
-    args = ["docker", "ps", "-q", "--no-trunc", "--filter", f"label={LABEL_KERNEL_ID}={kernel_id}"]
-    if not running_only:
-        args.insert(2, "-a")
-    proc = subprocess.run(args, capture_output=True, text=True, check=True)
-    return proc.stdout.split()
+    """Ids of the containers serving this kernel id: labelled with it, or (a claimed warm
+    container, whose labels were set before it had a kernel) named after it."""
+    found: set[str] = set()
+    for selector in (f"label={LABEL_KERNEL_ID}={kernel_id}", f"name=^jdk-{kernel_id}-"):
+        args = ["docker", "ps", "-q", "--no-trunc", "--filter", selector]
+        if not running_only:
+            args.insert(2, "-a")
+        proc = subprocess.run(args, capture_output=True, text=True, check=True)
+        found.update(proc.stdout.split())
+    return sorted(found)
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> float:

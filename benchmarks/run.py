@@ -71,6 +71,8 @@ def isolated_jupyter_env() -> Path:
     os.environ["JUPYTER_CONFIG_DIR"] = str(root / "config")
     os.environ["IPYTHONDIR"] = str(root / "ipython")
     os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
+    # nbgrader runs `alembic` from PATH: the venv's bin must come first.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     work = root / "work"
     work.mkdir(parents=True)
     work.chmod(0o777)
@@ -213,6 +215,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = root / "work"
     kernels = {"native": NATIVE, "container": "bench-docker"}
     install("bench-docker")
+    if args.pool:
+        install("bench-pool", "--copy-workdir", "--pool", "2")
+        kernels["pooled"] = "bench-pool"
     if args.gvisor:
         install("bench-gvisor", "--runtime", "runsc")
         kernels["gvisor"] = "bench-gvisor"
@@ -232,21 +237,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 if label != "native":
                     rows["rss"].of(label).add(rss_mib(km.provisioner.process.pid))
-                if rep < args.heavy_repeat:
+                if rep < args.heavy_repeat and label != "pooled":
                     rows["rtt"].of(label).add(round_trips(kc, args.round_trips) * 1000)
                     if label != "gvisor" or args.gvisor_heavy:
                         rows["stdout"].of(label).add(stdout_throughput(kc, args.megabytes))
                         rows["display"].of(label).add(big_display(kc, 50))
             finally:
                 stop(km, kc)
-            if rep < args.heavy_repeat:
+            if rep < args.heavy_repeat and label != "pooled":
                 rows["notebook"].of(label).add(notebook(kernel, work, 20))
     if args.nbgrader:
         rows["nbgrader"] = Row(f"nbgrader autograde, {args.nbgrader} submissions", "s")
         for label, kernel in kernels.items():
-            if label == "gvisor":
+            if label in ("gvisor", "pooled"):
                 continue
             rows["nbgrader"].of(label).add(autograde(kernel, root, args.nbgrader))
+    if args.pool:
+        from jupyter_docker_kernel import cli
+
+        cli.main(["gc", "--pools"])  # the pool's waiting containers, not needed any more
     shutil.rmtree(root, ignore_errors=True)
     return {
         "machine": machine(),
@@ -304,7 +313,7 @@ def table(result: dict[str, Any]) -> str:
     """The results as a text table: min/median/max per kernel and the ratio to native."""
     labels = sorted(
         {label for row in result["rows"].values() for label in row["series"]},
-        key=lambda x: ["native", "container", "gvisor"].index(x),
+        key=lambda x: ["native", "container", "pooled", "gvisor"].index(x),
     )
     lines = []
     head = f"{'metric':48} {'unit':>5} " + " ".join(
@@ -344,7 +353,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     series = result["rows"]["start"]["series"]
     labels = list(series)
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.boxplot([series[label]["samples"] for label in labels], vert=False)
+    ax.boxplot([series[label]["samples"] for label in labels], orientation="horizontal")
     for i, label in enumerate(labels, start=1):
         ax.scatter(series[label]["samples"], [i] * len(series[label]["samples"]), s=12, alpha=0.6)
     ax.set_yticks(range(1, len(labels) + 1), labels)
@@ -362,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--nbgrader", type=int, default=10, help="submissions (0: skip)")
     parser.add_argument("--no-gvisor", dest="gvisor", action="store_false")
+    parser.add_argument("--no-pool", dest="pool", action="store_false")
     parser.add_argument("--gvisor-heavy", action="store_true", help="throughput runs on gVisor too")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few repeats")
     args = parser.parse_args(argv)

@@ -994,16 +994,6 @@ def test_c12_a_deep_tree_in_the_copy_does_not_stop_the_launchers_cleanup(
     """C12: the kernel nests 1200 dirs in its --copy-workdir copy. At shutdown the launcher
     still exits with the kernel's code and removes its runtime dir, which holds the HMAC key
     and the copy."""
-    if rmtree_recurses(tmp_path):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: Launcher.cleanup() and the watchdog use shutil.rmtree, which "
-                "raises RecursionError on a tree ~1000 levels deep (Python < 3.13) despite "
-                "ignore_errors: the launcher dies with a traceback and exit 1 and leaves the "
-                "runtime dir (connection file with the HMAC key, the copy) on the host",
-            )
-        )
     session = open_session(copy_kernel, private_dir(tmp_path / "src"), tmp_path / "log")
     base = Path(runtime_dir_of(session)).parent
     try:
@@ -1032,12 +1022,6 @@ def test_c12_a_deep_tree_in_the_copy_does_not_stop_the_launchers_cleanup(
             remove_tree(base)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: launcher.forward() copies the kernel's raw stdout/stderr byte for byte into "
-    "the server's log, terminal escape sequences included (a kernel can retitle or clear the "
-    "admin's terminal, or forge log lines)",
-)
 def test_c12_the_kernels_raw_output_reaches_the_server_log_without_terminal_escapes(
     probe: Session,
 ) -> None:
@@ -1251,13 +1235,6 @@ class OutlivedItsLifetimeError(Exception):
     """The kernel's container was still there after --max-lifetime (and the grace)."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OutlivedItsLifetimeError,
-    reason="BUG: only the in-container supervisor enforces --max-lifetime, and it runs as the "
-    "kernel's uid: the kernel can SIGSTOP (or, under runc, PTRACE_ATTACH) it and then run "
-    "forever",
-)
 def test_d06_stopping_the_supervisor_does_not_lift_the_lifetime_limit(
     kernel_image: str, runtime: str, tmp_path: Path
 ) -> None:

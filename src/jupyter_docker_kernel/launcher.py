@@ -48,6 +48,8 @@ log = logging.getLogger("jupyter_docker_kernel.launcher")
 SUPERVISOR_PATH = str(Path(__file__).with_name("_supervise.py"))
 #: What we forward of the engine CLI's own output (the kernel's raw stdout/stderr).
 FORWARD_LIMIT = 4 << 20
+#: How long after max_lifetime the launcher removes a container the supervisor did not end.
+LIFETIME_GRACE = 5.0
 #: Name prefix of every container and runtime dir we create.
 NAME_PREFIX = "jdk"
 
@@ -334,6 +336,13 @@ class Launcher:
         tasks = [loop.create_task(self._log_started()), loop.create_task(self._watch_parent())]
         if self.settings.pool:
             threading.Thread(target=self._fill_pool, daemon=True).start()
+        # The supervisor enforces the lifetime inside; the kernel runs as the same uid and
+        # could stop it, so we enforce it here too, a little later.
+        loop.call_later(
+            self.settings.max_lifetime + LIFETIME_GRACE,
+            self._terminate,
+            f"maximum lifetime of {self.settings.max_lifetime:g} s reached",
+        )
         code = await loop.run_in_executor(None, proc.wait)
         if self.pooled and code == 0 and proc.stdout is not None:
             output = proc.stdout.read().decode().strip()
@@ -447,7 +456,20 @@ class Launcher:
         with contextlib.suppress(DockerKernelError):
             if self.container_id or self.cidfile.exists():
                 self.engine.remove(self.name)
-        shutil.rmtree(self.base, ignore_errors=True)
+        remove_tree(self.base)
+
+
+#: Bytes a kernel must not put into the server's log as they are: C0 controls (but tab and
+#: newline), DEL. Escaped, they cannot retitle or clear a terminal or forge log lines' colours.
+_CONTROL = bytes(c for c in range(32) if c not in (9, 10)) + b"\x7f"
+_ESCAPES = {c: f"\\x{c:02x}".encode() for c in _CONTROL}
+
+
+def printable(data: bytes) -> bytes:
+    """The kernel's raw output with control bytes shown as \\xNN (a cheap no-op if none)."""
+    if not any(c in data for c in _CONTROL):
+        return data
+    return b"".join(_ESCAPES.get(c, bytes((c,))) for c in data)
 
 
 def _read_quietly(read: Any) -> bytes:
@@ -470,7 +492,7 @@ def forward(stream: IO[bytes] | socket.socket | None, out: IO[bytes]) -> None:
     while chunk := _read_quietly(read):
         if sent >= FORWARD_LIMIT:
             continue  # keep draining, or the kernel would block on a full pipe
-        out.write(chunk[: FORWARD_LIMIT - sent])
+        out.write(printable(chunk[: FORWARD_LIMIT - sent]))
         out.flush()
         sent += len(chunk)
         if sent >= FORWARD_LIMIT:
@@ -497,7 +519,33 @@ def _watchdog_cleanup(engine_exe: str, name: str, cidfile: Path, base: Path) -> 
             timeout=60,
             check=False,
         )
-    shutil.rmtree(base, ignore_errors=True)
+    remove_tree(base)
+
+
+def remove_tree(root: Path | str) -> None:
+    """Remove a directory tree the kernel may have shaped, without recursion or following links.
+
+    shutil.rmtree recurses once per level and fails on a tree a kernel nested a thousand
+    levels deep; this walks with an explicit stack and never raises.
+    """
+    stack = [str(root)]
+    seen: list[str] = []
+    while stack:
+        path = stack.pop()
+        seen.append(path)
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
+        except OSError:
+            continue
+    for path in reversed(seen):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 #: Files in a mounted work dir that mean nbgrader's private data is within the kernel's reach.
@@ -565,6 +613,11 @@ def copy_workdir(
 
     try:
         shutil.copytree(source, dest, symlinks=True, ignore=ignore, dirs_exist_ok=True)
+    except RecursionError as exc:
+        raise LaunchError(
+            f"The work directory {source} is nested too deeply to copy for --copy-workdir. "
+            "No container was started."
+        ) from exc
     except (OSError, shutil.Error) as exc:
         raise LaunchError(
             f"Could not copy the work directory {source} for --copy-workdir: {exc}. "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,12 @@ from pathlib import Path
 
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel.engine import Engine
-from jupyter_docker_kernel.launcher import NAME_PREFIX, process_start_time, runtime_base
+from jupyter_docker_kernel.launcher import (
+    NAME_PREFIX,
+    process_start_time,
+    remove_tree,
+    runtime_base,
+)
 from jupyter_docker_kernel.pool import POOL_NAME_PREFIX
 
 log = logging.getLogger(__name__)
@@ -108,7 +112,7 @@ def collect(engine: Engine, *, dry_run: bool = False, pools: bool = False) -> Gc
         elif launcher_alive(*marker):
             continue
         if not dry_run:
-            shutil.rmtree(entry, ignore_errors=True)
+            remove_tree(entry)
         result.dirs.append(str(entry))
     return result
 

@@ -224,14 +224,21 @@ def test_to_dict_holds_only_non_default_fields_plus_image() -> None:
     }
 
 
+#: The pool fields; a pool cannot go with FULL's custom kernel command, so POOLED has them.
+POOL_FIELDS = {"pool", "pool_ttl"}
+POOLED = KernelSettings(workdir="copy", pool=3, pool_ttl=60.0)
+
+
 def test_full_settings_differ_from_defaults_in_every_field() -> None:
-    """FULL really is fully non-default, so the round-trip test covers every field."""
-    assert set(FULL.to_dict()) == set(KernelSettings.__dataclass_fields__)
+    """FULL and POOLED together are non-default everywhere, so round trips cover every field."""
+    assert set(FULL.to_dict()) == set(KernelSettings.__dataclass_fields__) - POOL_FIELDS
+    assert set(POOLED.to_dict()) >= POOL_FIELDS
 
 
-def test_from_dict_of_to_dict_is_identity() -> None:
+@pytest.mark.parametrize("settings", [FULL, POOLED], ids=["full", "pooled"])
+def test_from_dict_of_to_dict_is_identity(settings: KernelSettings) -> None:
     """from_dict(to_dict(s)) == s for settings that differ from the defaults everywhere."""
-    assert KernelSettings.from_dict(FULL.to_dict()) == FULL
+    assert KernelSettings.from_dict(settings.to_dict()) == settings
 
 
 def test_from_dict_refuses_unknown_keys_naming_them() -> None:

@@ -46,7 +46,8 @@ from tests.kernels import (
     wait_until,
 )
 
-pytestmark = pytest.mark.docker
+# Timing-sensitive attacks on a shared machine: rerun a failure before calling it one.
+pytestmark = [pytest.mark.docker, pytest.mark.flaky(reruns=2, reruns_delay=2)]
 
 #: A variable in the host's environment when the probe kernel starts (D08).
 CANARY_ENV = "JDK_CANARY_SECRET"

@@ -60,7 +60,8 @@ from tests.kernels import (
     wait_until,
 )
 
-pytestmark = pytest.mark.docker
+# Timing-sensitive attacks on a shared machine: rerun a failure before calling it one.
+pytestmark = [pytest.mark.docker, pytest.mark.flaky(reruns=2, reruns_delay=2)]
 
 _LIMITS = dict(zip(HOSTILE_LIMITS[::2], HOSTILE_LIMITS[1::2], strict=True))
 MEMORY = size_bytes(_LIMITS["--memory"])

@@ -206,6 +206,7 @@ FULL = KernelSettings(
     max_message="8m",
     output_budget="100m",
     copy_limit="10m",
+    engine_host="unix:///run/podman/podman.sock",
 )
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 
 from jupyter_docker_kernel import __version__, hardening, kernelspec, reaper
-from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.engine import Engine, podman_socket
 from jupyter_docker_kernel.errors import DockerKernelError, ImageError, SettingsError
 from jupyter_docker_kernel.launcher import NBGRADER_MARKERS
 from jupyter_docker_kernel.settings import (
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the kernel as this dedicated uid (default: yours; 65534 under root)",
     )
     setup.add_argument("--runtime", help="OCI runtime, e.g. runsc for gVisor (checked now)")
+    add_engine_options(setup)
     limits = setup.add_argument_group("limits (defaults in brackets)")
     for flag, field, kind, text in LIMIT_OPTIONS:
         limits.add_argument(
@@ -143,8 +144,33 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--pools", action="store_true", help="also remove warm-pool containers nobody claimed"
     )
+    add_engine_options(gc)
     gc.set_defaults(func=cmd_gc)
     return parser
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """--engine-host / --podman: which engine API to use (default: DOCKER_HOST or Docker's)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--engine-host",
+        metavar="URL",
+        help="engine API address, as DOCKER_HOST (e.g. unix:///run/podman/podman.sock); "
+        "setup stores it in the kernelspec",
+    )
+    group.add_argument(
+        "--podman",
+        action="store_true",
+        help="use Podman's Docker-compatible API socket (root's, or your rootless one)",
+    )
+
+
+def engine_host(args: argparse.Namespace) -> str | None:
+    """The engine address the options ask for; None leaves DOCKER_HOST to the environment."""
+    if getattr(args, "podman", False):
+        return podman_socket()
+    host: str | None = getattr(args, "engine_host", None)
+    return host
 
 
 def settings_from_args(args: argparse.Namespace) -> KernelSettings:
@@ -168,6 +194,7 @@ def settings_from_args(args: argparse.Namespace) -> KernelSettings:
         runtime=args.runtime,
         kernel_user=args.kernel_user,
         workdir_readonly=args.workdir_readonly,
+        engine_host=engine_host(args),
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},
     )
 
@@ -229,6 +256,8 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         f"{' (read-only)' if settings.workdir_readonly else ''}, "
         f"lifetime {settings.max_lifetime:g} s"
     )
+    if settings.engine_host:
+        print(f"  engine {settings.engine_host}")
     for m in settings.mounts:
         exposed = [n for n in NBGRADER_MARKERS if os.path.lexists(os.path.join(m.source, n))]
         if exposed and not m.read_only:
@@ -293,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args, Engine()))
+        return int(args.func(args, Engine(host=engine_host(args))))
     except DockerKernelError as exc:
         if args.debug:
             raise

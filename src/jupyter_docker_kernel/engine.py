@@ -54,8 +54,16 @@ class Engine:
     method is called).
     """
 
-    def __init__(self, command: str | None = None) -> None:
+    def __init__(self, command: str | None = None, host: str | None = None) -> None:
         self.command = command or os.environ.get("JUPYTER_DOCKER_KERNEL_ENGINE", "docker")
+        #: DOCKER_HOST for this engine's CLI calls; None: whatever the environment says.
+        self.host = host
+
+    def env(self) -> dict[str, str] | None:
+        """The environment for a CLI call: ours, with DOCKER_HOST set when a host was given."""
+        if self.host is None:
+            return None
+        return {**os.environ, "DOCKER_HOST": self.host}
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -95,6 +103,7 @@ class Engine:
                 input=input_text,
                 check=False,
                 start_new_session=own_session,
+                env=self.env(),
             )
         except subprocess.TimeoutExpired as exc:
             raise EngineError(
@@ -116,7 +125,7 @@ class Engine:
                 "or use a rootless engine via DOCKER_HOST."
             )
         if any(marker in low for marker in _UNREACHABLE_MARKERS) and "daemon" in low:
-            host = os.environ.get("DOCKER_HOST", "the default socket")
+            host = self.host or os.environ.get("DOCKER_HOST", "the default socket")
             return EngineError(
                 f"Cannot reach the container engine at {host}: {first_line(text)} "
                 f"Nothing was done. Is it running? Try '{self.command} info', or start one "
@@ -203,6 +212,36 @@ class Engine:
         if "no such container" in low or "is already in progress" in low:
             return False
         raise self.translate(["rm"], proc.stderr)
+
+
+def use_host(host: str | None) -> None:
+    """Point this process and every engine CLI it starts at `host` (a kernelspec's
+    engine_host). The launcher calls it once, first: its watchdog, warm pool and API calls
+    all read DOCKER_HOST. None keeps the environment's DOCKER_HOST (or Docker's default)."""
+    if host:
+        os.environ["DOCKER_HOST"] = host
+
+
+def podman_socket() -> str:
+    """The DOCKER_HOST address of a running Podman API service, for `setup --podman`.
+
+    Root uses the system service's socket, anyone else their own (rootless) one; the
+    socket must exist, since a kernelspec pointing at nothing would fail at every start.
+    """
+    if os.getuid() == 0:
+        path = "/run/podman/podman.sock"
+        start = "podman system service --time=0 unix:///run/podman/podman.sock &"
+    else:
+        runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+        path = f"{runtime}/podman/podman.sock"
+        start = "systemctl --user start podman.socket (or: podman system service --time=0 &)"
+    if not os.path.exists(path):
+        raise EngineError(
+            f"No Podman API socket at {path}. No kernelspec was written. Start the service "
+            f"with `{start}` (scripts/bootstrap-podman does it as root), or pass "
+            "--engine-host with its address."
+        )
+    return f"unix://{path}"
 
 
 def first_line(text: str) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from jupyter_docker_kernel import hardening, pool
-from jupyter_docker_kernel.engine import Engine, short_id
+from jupyter_docker_kernel.engine import Engine, short_id, use_host
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 
@@ -672,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     lifeline = -1
     try:
         settings = KernelSettings.from_dict(json.loads(args.settings))
+        use_host(settings.engine_host)
         launcher = Launcher(settings, args.connection_file)
         lifeline = launcher.start_watchdog()
         claimed = pool.claim(settings, launcher.name) if settings.pool else None

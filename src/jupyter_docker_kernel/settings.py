@@ -27,6 +27,7 @@ WorkdirMode = Literal["mount", "copy", "none"]
 WORKDIR_MODES: tuple[WorkdirMode, ...] = ("mount", "copy", "none")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENGINE_HOST = re.compile(r"^(unix:///\S+|(tcp|ssh)://\S+)$")
 _MEMORY = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
 #: Container paths we own; a --mount onto them would break the kernel or the supervisor.
 RESERVED_TARGETS = ("/run/jupyter-docker-kernel", "/opt/jupyter-docker-kernel")
@@ -124,6 +125,9 @@ class KernelSettings:
     #: Warm containers to keep ready (0: none), and how long an unclaimed one waits.
     pool: int = 0
     pool_ttl: float = 600.0
+    #: The engine's API (DOCKER_HOST form, e.g. unix:///run/podman/podman.sock for Podman);
+    #: None: the launcher's DOCKER_HOST, else the Docker default. Setup checked the image there.
+    engine_host: str | None = None
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
@@ -185,6 +189,12 @@ class KernelSettings:
             raise SettingsError(
                 "kernel_user 0 would run hostile code as root in the container. "
                 "No kernelspec was written. Pick an unprivileged uid such as 1000."
+            )
+        if self.engine_host is not None and not _ENGINE_HOST.match(self.engine_host):
+            raise SettingsError(
+                f"engine_host '{self.engine_host}' is not a DOCKER_HOST address such as "
+                "unix:///run/podman/podman.sock (unix://, tcp:// or ssh://). "
+                "No kernelspec was written."
             )
         if self.kernel_cmd and not any(CONNECTION_FILE_PLACEHOLDER in a for a in self.kernel_cmd):
             raise SettingsError(

@@ -207,6 +207,7 @@ FULL = KernelSettings(
     output_budget="100m",
     copy_limit="10m",
     engine_host="unix:///run/podman/podman.sock",
+    engine="podman",
 )
 
 

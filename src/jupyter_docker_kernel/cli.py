@@ -8,6 +8,7 @@ our family become one line on stderr and exit code 1 (a traceback only with --de
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -232,13 +233,31 @@ def check_image(engine: Engine, settings: KernelSettings) -> str:
     return versions
 
 
+def engine_settings(engine: Engine, settings: KernelSettings) -> KernelSettings:
+    """Record which engine setup checked: Podman's API takes some options differently, and
+    the kernel must start where the image was found (DOCKER_HOST included)."""
+    if engine.kind() != "podman":
+        return settings
+    host = settings.engine_host or os.environ.get("DOCKER_HOST") or None
+    docker_args = settings.docker_args
+    if not any("nproc" in arg for arg in docker_args):
+        engine.require_image(settings.image)
+        nproc = engine.default_nproc(settings.image, settings.python)
+        if nproc is not None:
+            docker_args = (*docker_args, f"--ulimit=nproc={nproc}:{nproc}")
+    return dataclasses.replace(settings, engine="podman", engine_host=host, docker_args=docker_args)
+
+
 def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     settings = settings_from_args(args)
     name = kernelspec.validate_name(args.name)
     prefix = sys.prefix if args.sys_prefix else args.prefix
     versions = ""
     if not args.skip_checks:
+        settings = engine_settings(engine, settings)
         versions = check_image(engine, settings)
+    elif args.podman:
+        settings = dataclasses.replace(settings, engine="podman")
     data = kernelspec.build_kernel_json(
         settings,
         display_name=args.display_name or f"{name} (container)",
@@ -256,8 +275,8 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         f"{' (read-only)' if settings.workdir_readonly else ''}, "
         f"lifetime {settings.max_lifetime:g} s"
     )
-    if settings.engine_host:
-        print(f"  engine {settings.engine_host}")
+    if settings.engine_host or settings.engine != "docker":
+        print(f"  engine {settings.engine} at {settings.engine_host or 'the default socket'}")
     for m in settings.mounts:
         exposed = [n for n in NBGRADER_MARKERS if os.path.lexists(os.path.join(m.source, n))]
         if exposed and not m.read_only:

@@ -147,6 +147,24 @@ class Engine:
             raise self.translate(["info"], "daemon: " + "; ".join(data["ServerErrors"]))
         return data
 
+    def kind(self) -> str:
+        """ "podman" when the API is Podman's Docker-compatible one, else "docker"."""
+        proc = self.run(["version", "--format", "{{json .Server.Components}}"], timeout=20)
+        return "podman" if "podman engine" in proc.stdout.lower() else "docker"
+
+    def default_nproc(self, image: str, python: str) -> int | None:
+        """The process limit a container of `image` gets when run with no --ulimit.
+
+        Podman replaces its nofile/nproc defaults (containers.conf) by 1048576 as soon as
+        any --ulimit is given, which a service without CAP_SYS_RESOURCE cannot grant; setup
+        pins nproc to this value instead. None when the probe fails.
+        """
+        code = "import resource; print(resource.getrlimit(resource.RLIMIT_NPROC)[1])"
+        args = ["run", "--rm", "--pull=never", "--network", "none", image, python, "-c", code]
+        proc = self.run(args, check=False, timeout=120)
+        text = proc.stdout.strip()
+        return int(text) if proc.returncode == 0 and text.isdigit() else None
+
     def runtimes(self) -> set[str]:
         """Names of the OCI runtimes the engine knows (runc, runsc, ...)."""
         return set((self.info().get("Runtimes") or {}).keys())

@@ -120,6 +120,12 @@ def run_args(
     user = kernel_user(settings, launch)
     uid, gid = user.split(":")
     tmpfs_opts = f"rw,nosuid,nodev,size={settings.tmp_size},nr_inodes={settings.tmp_inodes}"
+    home_owner = f"uid={uid},gid={gid}"
+    if settings.engine == "podman":
+        # Podman 4 refuses tmpfs options it does not know (nr_inodes, uid, gid); "U"
+        # chowns the tmpfs to --user instead. The inode cap is lost there; size still holds.
+        tmpfs_opts = f"rw,nosuid,nodev,size={settings.tmp_size}"
+        home_owner = "U"
     # -i: stdin is the supervisor's lifeline; the engine closes it when we disconnect.
     # A pooled container gets its lifeline when claimed, over its claim socket.
     attach = ["--detach"] if pool else ["--interactive", "--sig-proxy=false"]
@@ -147,7 +153,7 @@ def run_args(
         "--tmpfs",
         f"/tmp:{tmpfs_opts},mode=1777",  # noqa: S108 - a path inside the container
         "--tmpfs",
-        f"{HOME}:{tmpfs_opts},uid={uid},gid={gid},mode=0700",
+        f"{HOME}:{tmpfs_opts},{home_owner},mode=0700",
         "--memory",
         settings.memory,
         "--memory-swap",

@@ -24,6 +24,8 @@ DEFAULT_IMAGE = "jupyter-docker-kernel/default:latest"
 CONNECTION_FILE_PLACEHOLDER = "{connection_file}"
 
 WorkdirMode = Literal["mount", "copy", "none"]
+EngineKind = Literal["docker", "podman"]
+ENGINE_KINDS: tuple[EngineKind, ...] = ("docker", "podman")
 WORKDIR_MODES: tuple[WorkdirMode, ...] = ("mount", "copy", "none")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -128,6 +130,8 @@ class KernelSettings:
     #: The engine's API (DOCKER_HOST form, e.g. unix:///run/podman/podman.sock for Podman);
     #: None: the launcher's DOCKER_HOST, else the Docker default. Setup checked the image there.
     engine_host: str | None = None
+    #: Whose Docker-compatible API that is: Podman's takes a few options differently.
+    engine: EngineKind = "docker"
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
@@ -189,6 +193,10 @@ class KernelSettings:
             raise SettingsError(
                 "kernel_user 0 would run hostile code as root in the container. "
                 "No kernelspec was written. Pick an unprivileged uid such as 1000."
+            )
+        if self.engine not in ENGINE_KINDS:
+            raise SettingsError(
+                f"engine must be one of {', '.join(ENGINE_KINDS)}, not '{self.engine}'."
             )
         if self.engine_host is not None and not _ENGINE_HOST.match(self.engine_host):
             raise SettingsError(

@@ -121,11 +121,15 @@ def run_args(
     uid, gid = user.split(":")
     tmpfs_opts = f"rw,nosuid,nodev,size={settings.tmp_size},nr_inodes={settings.tmp_inodes}"
     home_owner = f"uid={uid},gid={gid}"
+    podman_tmpfs: list[str] = []
     if settings.engine == "podman":
         # Podman 4 refuses tmpfs options it does not know (nr_inodes, uid, gid); "U"
         # chowns the tmpfs to --user instead. The inode cap is lost there; size still holds.
         tmpfs_opts = f"rw,nosuid,nodev,size={settings.tmp_size}"
         home_owner = "U"
+        # Podman's --read-only also mounts an unbounded writable tmpfs at /var/tmp (and a
+        # root-only one at /run); ours takes its place, with /tmp's size cap.
+        podman_tmpfs = ["--tmpfs", f"/var/tmp:{tmpfs_opts},mode=1777"]  # noqa: S108
     # -i: stdin is the supervisor's lifeline; the engine closes it when we disconnect.
     # A pooled container gets its lifeline when claimed, over its claim socket.
     attach = ["--detach"] if pool else ["--interactive", "--sig-proxy=false"]
@@ -154,6 +158,7 @@ def run_args(
         f"/tmp:{tmpfs_opts},mode=1777",  # noqa: S108 - a path inside the container
         "--tmpfs",
         f"{HOME}:{tmpfs_opts},{home_owner},mode=0700",
+        *podman_tmpfs,
         "--memory",
         settings.memory,
         "--memory-swap",

@@ -1,0 +1,227 @@
+"""Podman as the engine: the same end-to-end stories as with Docker, through its compat API.
+
+The Docker tests below are called as they are, with a kernelspec written by `setup --podman`
+and DOCKER_HOST pointing at Podman's socket so their `docker ps`/`docker inspect` checks
+look at Podman's containers. scripts/bootstrap-podman makes the service and the image ready.
+The pure tests at the top (no engine) pin what differs in the arguments Podman gets.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from jupyter_docker_kernel import cli, hardening
+from jupyter_docker_kernel.engine import Engine, podman_socket
+from jupyter_docker_kernel.errors import SettingsError
+from jupyter_docker_kernel.settings import DEFAULT_IMAGE, KernelSettings
+from tests import test_kill, test_lifecycle, test_notebooks
+from tests.conftest import install_kernel
+from tests.kernels import execute, kernel_key, start, stop, stream_text
+from tests.test_hardening import LAUNCH
+
+PODMAN_KERNEL = "jdk-test-podman"
+
+# -- pure: what Podman is given -------------------------------------------------------------
+
+
+def tmpfs_values(settings: KernelSettings) -> list[str]:
+    args = hardening.run_args(settings, LAUNCH)
+    return [args[i + 1] for i, a in enumerate(args) if a == "--tmpfs"]
+
+
+def test_podman_tmpfs_options_leave_out_what_podman_4_refuses() -> None:
+    """For Podman: no nr_inodes/uid/gid (Podman 4 rejects them), HOME is chowned by 'U', and
+    /var/tmp (which Podman's --read-only makes writable) gets /tmp's size cap."""
+    tmp, home, var_tmp = tmpfs_values(KernelSettings(engine="podman", tmp_size="64m"))
+    assert tmp == "/tmp:rw,nosuid,nodev,size=64m,mode=1777"
+    assert home == f"{hardening.HOME}:rw,nosuid,nodev,size=64m,U,mode=0700"
+    assert var_tmp == "/var/tmp:rw,nosuid,nodev,size=64m,mode=1777"
+
+
+def test_docker_tmpfs_options_keep_the_inode_cap_and_owner() -> None:
+    """For Docker nothing changes: nr_inodes and the owner's uid/gid are on the tmpfs."""
+    tmp, home = tmpfs_values(KernelSettings(tmp_inodes=100))
+    assert "nr_inodes=100" in tmp
+    assert "nr_inodes=100,uid=" in home
+
+
+@pytest.mark.parametrize(
+    "host", ["/run/podman/podman.sock", "unix://", "http://localhost:2375", "unix:///a b"]
+)
+def test_engine_host_must_be_a_docker_host_address(host: str) -> None:
+    """engine_host takes unix:///path, tcp:// or ssh:// addresses only, with a clear error."""
+    with pytest.raises(SettingsError, match="not a DOCKER_HOST address"):
+        KernelSettings(engine_host=host)
+
+
+def test_an_explicit_engine_host_lands_in_the_kernelspec(tmp_path: Path) -> None:
+    """setup --engine-host (checks skipped) stores the address the launcher will use."""
+    code = cli.main(
+        [
+            *("setup", "--name", "jdk-test-host", "--user", "--replace", "--skip-checks"),
+            *("--engine-host", "tcp://127.0.0.1:1"),
+        ]
+    )
+    assert code == 0
+    spec = Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / "jdk-test-host" / "kernel.json"
+    assert '\\"engine_host\\":\\"tcp://127.0.0.1:1\\"' in spec.read_text()
+
+
+# -- against a real Podman ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def podman_host() -> str:
+    """Podman's API address with the default image in its storage; fails under CI if not."""
+    try:
+        host = podman_socket()
+        engine = Engine(host=host)
+        engine.info()
+        assert engine.kind() == "podman", f"{host} is not Podman's API"
+        engine.require_image(DEFAULT_IMAGE)
+    except Exception as exc:
+        message = f"Podman is not ready ({exc}); run scripts/bootstrap-podman"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set: Podman tests must run, not skip)")
+        pytest.skip(message)
+    return host
+
+
+@pytest.fixture(scope="session")
+def podman_kernel(podman_host: str) -> str:
+    """A kernelspec for the default image written by `setup --podman`."""
+    install_kernel(PODMAN_KERNEL, DEFAULT_IMAGE, "--podman")
+    return PODMAN_KERNEL
+
+
+@pytest.fixture
+def on_podman(podman_host: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """DOCKER_HOST at Podman for this test: the shared helpers' docker CLI calls see its
+    containers. (The kernelspec's engine_host alone decides where the kernel runs.)"""
+    monkeypatch.setenv("DOCKER_HOST", podman_host)
+    return podman_host
+
+
+@pytest.mark.docker
+def test_setup_podman_records_the_engine_and_pins_nproc(podman_kernel: str) -> None:
+    """setup --podman stores engine=podman, its socket, and an nproc ulimit Podman can grant."""
+    spec = Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / podman_kernel / "kernel.json"
+    text = spec.read_text()
+    assert '\\"engine\\":\\"podman\\"' in text
+    assert f'\\"engine_host\\":\\"{podman_socket()}\\"' in text
+    assert "--ulimit=nproc=" in text
+
+
+@pytest.mark.docker
+def test_kernelspec_engine_wins_over_the_environment(
+    podman_kernel: str, podman_host: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With DOCKER_HOST at Docker's socket, a Podman kernelspec's kernel still runs in Podman."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
+    km, kc = start(podman_kernel, str(workdir))
+    try:
+        label = f"label=io.github.jupyter-docker-kernel.kernel-id={kernel_key(km)}"
+
+        def ids(host: str) -> list[str]:
+            env = {**os.environ, "DOCKER_HOST": host}
+            args = ["docker", "ps", "-q", "--filter", label]
+            return subprocess.run(args, capture_output=True, text=True, env=env).stdout.split()
+
+        assert len(ids(podman_host)) == 1
+        assert ids("unix:///var/run/docker.sock") == []
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.docker
+def test_kernel_on_podman_is_unprivileged_offline_and_read_only(
+    podman_kernel: str, workdir: Path, on_podman: str
+) -> None:
+    """Seen from inside: not root, no capabilities, no network but lo, root fs read-only,
+    and /var/tmp (writable under Podman's --read-only) capped like /tmp."""
+    km, kc = start(podman_kernel, str(workdir))
+    try:
+        reply, out = execute(
+            kc,
+            "import os, socket\n"
+            "caps = open('/proc/self/status').read().split('CapEff:')[1].split()[0]\n"
+            "try:\n"
+            "    socket.create_connection(('1.1.1.1', 53), timeout=2); net = 'online'\n"
+            "except OSError:\n"
+            "    net = 'offline'\n"
+            "try:\n"
+            "    open('/etc/x', 'w'); root_fs = 'writable'\n"
+            "except OSError:\n"
+            "    root_fs = 'read-only'\n"
+            "nics = sorted(os.listdir('/sys/class/net'))\n"
+            "st = os.statvfs('/var/tmp')\n"
+            "var_tmp_mb = st.f_blocks * st.f_frsize >> 20\n"
+            "print(os.getuid() != 0, int(caps, 16), net, root_fs, nics, var_tmp_mb)",
+        )
+        assert reply["status"] == "ok"
+        assert stream_text(out) == "True 0 offline read-only ['lo'] 512\n"
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.docker
+def test_on_podman_code_runs_in_a_hardened_container(
+    podman_kernel: str, workdir: Path, on_podman: str
+) -> None:
+    """test_lifecycle's story (iopub output, inspect shows the hardening) on Podman."""
+    test_lifecycle.test_code_runs_in_a_hardened_container_and_output_arrives_on_iopub(
+        podman_kernel, workdir
+    )
+
+
+@pytest.mark.docker
+def test_on_podman_interrupt_stops_a_sleep_within_two_seconds(
+    podman_host: str, workdir: Path, on_podman: str
+) -> None:
+    """test_lifecycle's interrupt test, its kernelspec set up with DOCKER_HOST at Podman
+    (setup detects Podman and records it)."""
+    test_lifecycle.test_interrupt_stops_a_sleep_within_two_seconds_and_keeps_state(
+        DEFAULT_IMAGE, workdir, "signal"
+    )
+
+
+@pytest.mark.docker
+def test_on_podman_restart_gives_a_fresh_container(
+    podman_kernel: str, workdir: Path, on_podman: str
+) -> None:
+    """test_lifecycle's restart test on Podman."""
+    test_lifecycle.test_restart_gives_a_fresh_container_and_removes_the_old_one(
+        podman_kernel, workdir
+    )
+
+
+@pytest.mark.docker
+def test_on_podman_shutdown_leaves_nothing(
+    podman_kernel: str, workdir: Path, on_podman: str
+) -> None:
+    """test_lifecycle's clean-shutdown test on Podman."""
+    test_lifecycle.test_shutdown_leaves_no_container_no_process_and_no_files(podman_kernel, workdir)
+
+
+@pytest.mark.docker
+def test_on_podman_sigkill_to_the_launcher_removes_the_container(
+    podman_kernel: str, workdir: Path, on_podman: str
+) -> None:
+    """test_kill's SIGKILL test on Podman: the watchdog reaches Podman too."""
+    test_kill.test_sigkill_to_the_launcher_mid_execution_removes_the_container_within_5s(
+        podman_kernel, workdir
+    )
+
+
+@pytest.mark.docker
+def test_on_podman_nbclient_runs_a_notebook(
+    podman_kernel: str, workdir: Path, on_podman: str
+) -> None:
+    """test_notebooks' nbclient story on Podman: files next to the notebook, read and written."""
+    test_notebooks.test_nbclient_runs_a_notebook_that_reads_and_writes_files_next_to_it(
+        podman_kernel, workdir
+    )

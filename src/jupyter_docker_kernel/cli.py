@@ -238,6 +238,14 @@ def engine_settings(engine: Engine, settings: KernelSettings) -> KernelSettings:
     the kernel must start where the image was found (DOCKER_HOST included)."""
     if engine.kind() != "podman":
         return settings
+    facts = engine.podman_host()
+    if facts.get("security", {}).get("rootless") and facts.get("cgroupVersion") == "v1":
+        raise SettingsError(
+            "Podman runs rootless on cgroup v1 here, where it ignores memory, CPU and "
+            "process limits ('Resource limits are not supported and ignored on cgroups V1 "
+            "rootless systems'). No kernelspec was written. Use rootful Podman "
+            "(scripts/bootstrap-podman as root), Docker, or a host with cgroup v2."
+        )
     host = settings.engine_host or os.environ.get("DOCKER_HOST") or None
     docker_args = settings.docker_args
     if not any("nproc" in arg for arg in docker_args):

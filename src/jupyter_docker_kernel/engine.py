@@ -165,6 +165,19 @@ class Engine:
         text = proc.stdout.strip()
         return int(text) if proc.returncode == 0 and text.isdigit() else None
 
+    def podman_host(self) -> dict[str, Any]:
+        """Podman's own `info` host section (rootless? cgroup version?), which its Docker
+        compatible `info` leaves out; {} when the API is not reachable over a unix socket."""
+        host = self.host or os.environ.get("DOCKER_HOST", "")
+        if not host.startswith("unix://"):
+            return {}
+        api = EngineApi(host.removeprefix("unix://"))
+        if not api.available():
+            return {}
+        status, data = api.request("GET", "/v4.0.0/libpod/info")
+        found = data.get("host") if status == 200 and isinstance(data, dict) else None
+        return found if isinstance(found, dict) else {}
+
     def runtimes(self) -> set[str]:
         """Names of the OCI runtimes the engine knows (runc, runsc, ...)."""
         return set((self.info().get("Runtimes") or {}).keys())

@@ -9,14 +9,18 @@ The pure tests at the top (no engine) pin what differs in the arguments Podman g
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from jupyter_docker_kernel import cli, hardening
+from jupyter_docker_kernel import cli, hardening, reaper
 from jupyter_docker_kernel.engine import Engine, podman_socket
 from jupyter_docker_kernel.errors import SettingsError
+from jupyter_docker_kernel.launcher import runtime_base
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE, KernelSettings
 from tests import test_kill, test_lifecycle, test_notebooks
 from tests.conftest import install_kernel
@@ -225,3 +229,24 @@ def test_on_podman_nbclient_runs_a_notebook(
     test_notebooks.test_nbclient_runs_a_notebook_that_reads_and_writes_files_next_to_it(
         podman_kernel, workdir
     )
+
+
+@pytest.mark.docker
+def test_gc_leaves_another_engines_warm_pool_dir_alone(engine: Engine) -> None:
+    """gc asking Docker keeps a pool dir that Podman's warm container uses (Docker does not
+    know that container), and still takes such a dir when it is Docker's own and orphaned."""
+    docker = Engine(host="unix:///var/run/docker.sock")
+    pool_dir = runtime_base() / f"pool-test-{secrets.token_hex(4)}"
+    pool_dir.mkdir()
+    try:
+        for address, orphan in (
+            ("unix:///run/podman/podman.sock", False),
+            (docker.address(), True),
+        ):
+            (pool_dir / "pool").write_text(f"jdk-pool-test-gone\n{address}")
+            an_hour_ago = time.time() - 3600
+            os.utime(pool_dir, (an_hour_ago, an_hour_ago))
+            result = reaper.collect(docker, dry_run=True)
+            assert (str(pool_dir) in result.dirs) is orphan
+    finally:
+        shutil.rmtree(pool_dir)

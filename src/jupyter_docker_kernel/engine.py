@@ -59,6 +59,10 @@ class Engine:
         #: DOCKER_HOST for this engine's CLI calls; None: whatever the environment says.
         self.host = host
 
+    def address(self) -> str:
+        """The DOCKER_HOST this engine's calls use ("" for the CLI's default socket)."""
+        return self.host or os.environ.get("DOCKER_HOST", "")
+
     def env(self) -> dict[str, str] | None:
         """The environment for a CLI call: ours, with DOCKER_HOST set when a host was given."""
         if self.host is None:

@@ -121,7 +121,8 @@ def start_one(
     name = f"{POOL_NAME_PREFIX}{key[:8]}-{nonce}"
     pool_dir = base / f"pool-{nonce}"
     (pool_dir / "rt").mkdir(parents=True, mode=0o700)
-    (pool_dir / "pool").write_text(name)
+    # Which engine holds it too: gc asking another engine must not take the dir for orphaned.
+    (pool_dir / "pool").write_text(f"{name}\n{engine.address()}")
     pooled = replace(
         launch,
         kernel_id=f"pool-{nonce}",

@@ -103,7 +103,13 @@ def collect(engine: Engine, *, dry_run: bool = False, pools: bool = False) -> Gc
         if marker is None:
             pool_owner = entry / "pool"
             if pool_owner.exists() and not pools:
-                container = pool_owner.read_text().strip()
+                try:
+                    text = pool_owner.read_text()
+                except OSError:
+                    continue  # claimed (renamed) or removed while we looked
+                container, _, address = text.strip().partition("\n")
+                if address != engine.address():
+                    continue  # another engine's warm container (Docker's, Podman's)
                 if engine.container_inspect(container) is not None:
                     continue  # a warm container waiting to be claimed
             with contextlib.suppress(OSError):

@@ -272,7 +272,7 @@ def podman_socket() -> str:
         start = "systemctl --user start podman.socket (or: podman system service --time=0 &)"
     if not os.path.exists(path):
         raise EngineError(
-            f"No Podman API socket at {path}. No kernelspec was written. Start the service "
+            f"No Podman API socket at {path}. Nothing was done. Start the service "
             f"with `{start}` (scripts/bootstrap-podman does it as root), or pass "
             "--engine-host with its address."
         )

@@ -46,6 +46,15 @@ def test_podman_tmpfs_options_leave_out_what_podman_4_refuses() -> None:
     assert var_tmp == "/var/tmp:rw,nosuid,nodev,size=64m,mode=1777"
 
 
+def test_podman_kernel_containers_are_removed_by_the_launcher_not_by_rm() -> None:
+    """Podman 4.3 loses `run --rm`'s exit code: a Podman kernel runs without --rm (the
+    launcher removes it), a warm-pool container (detached, no exit code read) keeps it."""
+    podman = KernelSettings(engine="podman", workdir="none")
+    assert "--rm" not in hardening.run_args(podman, LAUNCH)
+    assert "--rm" in hardening.run_args(podman, LAUNCH, pool=("key", "/pool"))
+    assert "--rm" in hardening.run_args(KernelSettings(), LAUNCH)
+
+
 def test_docker_tmpfs_options_keep_the_inode_cap_and_owner() -> None:
     """For Docker nothing changes: nr_inodes and the owner's uid/gid are on the tmpfs."""
     tmp, home = tmpfs_values(KernelSettings(tmp_inodes=100))
@@ -250,3 +259,21 @@ def test_gc_leaves_another_engines_warm_pool_dir_alone(engine: Engine) -> None:
             assert (str(pool_dir) in result.dirs) is orphan
     finally:
         shutil.rmtree(pool_dir)
+
+
+@pytest.mark.docker
+def test_on_podman_out_of_memory_is_reported_as_such(
+    podman_host: str, workdir: Path, tmp_path: Path, on_podman: str
+) -> None:
+    """test_kill's memory bomb on Podman: the memory limit holds and the log says so."""
+    test_kill.test_out_of_memory_is_reported_as_such(DEFAULT_IMAGE, workdir, tmp_path)
+
+
+@pytest.mark.docker
+def test_on_podman_a_kernel_exiting_by_itself_ends_the_launcher_with_its_code(
+    podman_kernel: str, workdir: Path, tmp_path: Path, on_podman: str
+) -> None:
+    """test_kill's os._exit(3) story on Podman: exit code through `docker run` and the log."""
+    test_kill.test_kernel_exiting_by_itself_ends_the_launcher_with_its_exit_code_logged(
+        podman_kernel, workdir, tmp_path
+    )

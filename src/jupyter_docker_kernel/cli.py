@@ -213,7 +213,8 @@ def check_image(engine: Engine, settings: KernelSettings) -> str:
     engine.require_image(settings.image)
     user = "65534:65534" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
     proc = engine.run(hardening.probe_args(settings, user), check=False, timeout=120)
-    if proc.returncode != 0:
+    # No output is failure too: Podman 4.3 reports exit code 0 for any `run --rm`.
+    if proc.returncode != 0 or not proc.stdout.strip():
         what = "ipykernel" if not settings.kernel_cmd else settings.python
         raise ImageError(
             f"Image '{settings.image}' cannot run {what} as an unprivileged user "

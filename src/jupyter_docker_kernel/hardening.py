@@ -133,9 +133,13 @@ def run_args(
     # -i: stdin is the supervisor's lifeline; the engine closes it when we disconnect.
     # A pooled container gets its lifeline when claimed, over its claim socket.
     attach = ["--detach"] if pool else ["--interactive", "--sig-proxy=false"]
+    # Podman 4.3's compat API answers the CLI's wait for an attached `run --rm` with exit
+    # code 0 whatever the kernel's (podman#18889, fixed in 4.6); without --rm the code is
+    # right, and the launcher and its watchdog remove the container anyway.
+    remove = [] if settings.engine == "podman" and not pool else ["--rm"]
     args: list[str] = [
         "run",
-        "--rm",
+        *remove,
         *attach,
         "--init",
         "--pull=never",

@@ -277,3 +277,14 @@ def test_on_podman_a_kernel_exiting_by_itself_ends_the_launcher_with_its_code(
     test_kill.test_kernel_exiting_by_itself_ends_the_launcher_with_its_exit_code_logged(
         podman_kernel, workdir, tmp_path
     )
+
+
+@pytest.mark.docker
+def test_on_podman_copy_workdir_writes_stay_in_the_container(
+    podman_host: str, workdir: Path, on_podman: str
+) -> None:
+    """test_notebooks' --copy-workdir story on Podman: reads work, writes never reach the host."""
+    install_kernel("jdk-test-podman-copy", DEFAULT_IMAGE, "--podman", "--copy-workdir")
+    test_notebooks.test_copy_workdir_kernel_reads_the_notebooks_files_but_writes_stay_in_the_container(
+        "jdk-test-podman-copy", workdir
+    )

@@ -230,7 +230,7 @@ class EngineApi:
     def available(self) -> bool:
         return bool(self.socket_path) and os.path.exists(self.socket_path)
 
-    def request(self, method: str, path: str, timeout: float = 10) -> tuple[int, Any]:
+    def request(self, method: str, path: str, timeout: float | None = 10) -> tuple[int, Any]:
         """One request; returns (status, parsed JSON body or None)."""
         import http.client
         import socket as socket_mod
@@ -276,3 +276,14 @@ class EngineApi:
             "POST", f"/containers/{quote(container)}/rename?name={quote(name)}"
         )
         return status == 204
+
+    def wait(self, container: str) -> int:
+        """Block until the container exits; returns its exit code (POST /containers/ID/wait)."""
+        from urllib.parse import quote
+
+        status, data = self.request("POST", f"/containers/{quote(container)}/wait", timeout=None)
+        if status != 200 or not isinstance(data, dict):
+            raise EngineError(
+                f"The engine could not wait for container {container} (HTTP {status})."
+            )
+        return int(data.get("StatusCode", 1))

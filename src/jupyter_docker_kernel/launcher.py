@@ -29,19 +29,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from jupyter_docker_kernel import hardening, pool
-from jupyter_docker_kernel.engine import Engine, short_id
+from jupyter_docker_kernel.endpoints import CHANNELS, Route, host_endpoints, listen
+from jupyter_docker_kernel.engine import Engine, EngineApi, short_id
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
-
-if TYPE_CHECKING:
-    from jupyter_docker_kernel.relay import Route
-
-#: The channels in the order of their in-container socket numbers (k-1 .. k-5); relay.py
-#: has the same tuple, but importing it here would pull in asyncio before the engine starts.
-CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 
 log = logging.getLogger("jupyter_docker_kernel.launcher")
 
@@ -50,6 +44,10 @@ SUPERVISOR_PATH = str(Path(__file__).with_name("_supervise.py"))
 FORWARD_LIMIT = 4 << 20
 #: How long after max_lifetime the launcher removes a container the supervisor did not end.
 LIFETIME_GRACE = 5.0
+#: The pool is topped up after this many bytes reached the host (the kernel's first
+#: kernel_info reply, with the ZMTP greetings and status messages), or FIRST_REPLY_WAIT s.
+FIRST_REPLY_BYTES = 2048
+FIRST_REPLY_WAIT = 3.0
 #: Name prefix of every container and runtime dir we create.
 NAME_PREFIX = "jdk"
 
@@ -71,6 +69,17 @@ def process_start_time(pid: int) -> str:
             return fh.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return ""
+
+
+def process_age() -> float:
+    """Seconds since this process was started (exec included); 0.0 if /proc cannot tell."""
+    try:
+        ticks = int(process_start_time(os.getpid()))
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+    except (OSError, ValueError):
+        return 0.0
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def runtime_base() -> Path:
@@ -176,14 +185,19 @@ class Launcher:
         """Who owns this runtime dir: gc keeps it (and its container) while we live."""
         (self.base / "launcher").write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
 
-    def adopt(self, claimed: pool.Claim) -> subprocess.Popen[bytes]:
-        """Take over a claimed warm container: its dir becomes ours, the kernel gets its key.
+    def adopt(self, claimed: pool.Claim) -> None:
+        """Take over a claimed warm container (its dir is ours now): the kernel gets its key.
 
-        Returns the `docker wait` process whose end (and output) is the container's exit.
+        The container's exit is then awaited through the engine's API (run_async).
         """
-        os.rename(claimed.pool_dir, self.base)  # its bind mounts follow the directory
         self._write_marker()
-        self.cidfile.write_text(claimed.container_id)
+        self.container_id = claimed.container_id
+        if not self.container_id:  # claimed before its starter wrote the id down
+            info = self.engine.container_inspect(claimed.container_name) or {}
+            self.container_id = str(info.get("Id") or claimed.container_name)
+            self.cidfile.write_text(self.container_id)
+        # Off the start path: our kernel's name on the container, for `docker ps` and gc.
+        self._in_thread(self._rename_claimed, claimed.container_name)
         launch = self.launch_facts()
         uid, gid = (int(x) for x in hardening.kernel_user(self.settings, launch).split(":"))
         cwd = hardening.HOME
@@ -197,17 +211,8 @@ class Launcher:
                 group_access=hardening.shares_group_only(self.settings, launch),
             )
             cwd = pool.WORK_TARGET
-        self.lifeline = pool.hand_over(
-            pool.Claim(claimed.container_id, self.base), self.kernel_connection(), cwd
-        )
+        self.lifeline = pool.hand_over(claimed, self.kernel_connection(), cwd)
         self.pooled = True
-        return subprocess.Popen(
-            [self.engine.executable(), "wait", claimed.container_id],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
 
     def kernel_connection(self) -> dict[str, Any]:
         """The kernel's connection info: ipc sockets in RUNTIME_TARGET, the client's key."""
@@ -241,8 +246,6 @@ class Launcher:
             os.chown(path, uid, gid)
 
     def routes(self) -> list[Route]:
-        from jupyter_docker_kernel.relay import Route, host_endpoints
-
         endpoints = host_endpoints(self.connection)
         return [
             Route(
@@ -305,8 +308,16 @@ class Launcher:
             start_new_session=True,
         )
 
-    async def run_async(self, proc: subprocess.Popen[bytes]) -> int:
-        """Relay until the container exits; returns its exit code. asyncio.run() calls it."""
+    async def run_async(
+        self,
+        proc: subprocess.Popen[bytes] | None,
+        listening: dict[str, socket.socket] | None = None,
+    ) -> int:
+        """Relay until the container exits; returns its exit code. asyncio.run() calls it.
+
+        `proc` is the attached `docker run`; None for a claimed warm container, whose exit
+        comes from the engine's API. `listening` are the host endpoints bound early.
+        """
         import asyncio
 
         from jupyter_docker_kernel.relay import Relay
@@ -318,24 +329,24 @@ class Launcher:
             output_budget=size_bytes(self.settings.output_budget),
             on_violation=self._budget_exceeded,
         )
-        await relay.start()
+        await relay.start(listening=listening)
+        self.mark("relay serving")
         for sig in (signal.SIGINT,):
             loop.add_signal_handler(sig, self._interrupt)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self._terminate)
-        # A pooled kernel's raw output and its supervisor's words come over the lifeline;
-        # `docker wait` prints the exit code on stdout.
-        streams: list[Any] = [proc.stderr]
-        streams.append(self.lifeline if self.pooled else proc.stdout)
+        # A pooled kernel's raw output and its supervisor's words come over the lifeline.
+        streams: list[Any] = [self.lifeline] if proc is None else [proc.stderr, proc.stdout]
         forwards = [
             threading.Thread(target=forward, args=(stream, sys.stderr.buffer), daemon=True)
             for stream in streams
         ]
         for thread in forwards:
             thread.start()
-        tasks = [loop.create_task(self._log_started()), loop.create_task(self._watch_parent())]
-        if self.settings.pool:
-            threading.Thread(target=self._fill_pool, daemon=True).start()
+        tasks = [
+            loop.create_task(self._log_started(relay)),
+            loop.create_task(self._watch_parent()),
+        ]
         # The supervisor enforces the lifetime inside; the kernel runs as the same uid and
         # could stop it, so we enforce it here too, a little later.
         loop.call_later(
@@ -343,10 +354,7 @@ class Launcher:
             self._terminate,
             f"maximum lifetime of {self.settings.max_lifetime:g} s reached",
         )
-        code = await loop.run_in_executor(None, proc.wait)
-        if self.pooled and code == 0 and proc.stdout is not None:
-            output = proc.stdout.read().decode().strip()
-            code = int(output) if output.lstrip("-").isdigit() else 1
+        code = await loop.run_in_executor(None, self._wait_container if proc is None else proc.wait)
         for task in tasks:
             task.cancel()
         for thread in forwards:
@@ -372,7 +380,10 @@ class Launcher:
             )
         return code
 
-    async def _log_started(self) -> None:
+    async def _log_started(self, relay: Any) -> None:
+        """Log the start once the container id is known; after the kernel's first reply
+        (or FIRST_REPLY_WAIT), top the warm pool up: a refill's `docker run` competes for
+        the CPU with the kernel that is answering right now."""
         import asyncio
 
         for _ in range(600):
@@ -396,16 +407,44 @@ class Launcher:
             s.pids_limit,
             f", runtime {s.runtime}" if s.runtime else "",
         )
+        for _ in range(int(FIRST_REPLY_WAIT / 0.02)):
+            if relay.bytes_to_host >= FIRST_REPLY_BYTES:
+                self.mark("first reply relayed")
+                break
+            await asyncio.sleep(0.02)
+        if self.settings.pool:
+            self._fill_pool()
+
+    def _rename_claimed(self, pooled_name: str) -> None:
+        api = EngineApi()
+        if api.available():
+            if not api.rename(self.container_id, self.name):
+                log.warning("could not rename warm container %s to %s", pooled_name, self.name)
+        else:
+            self.engine.run(["rename", self.container_id, self.name])
+
+    def _wait_container(self) -> int:
+        """The claimed warm container's exit code, from the engine (blocks)."""
+        try:
+            api = EngineApi()
+            if api.available():
+                return api.wait(self.container_id)
+            output = self.engine.run(["wait", self.container_id], timeout=1e9).stdout.strip()
+            return int(output) if output.lstrip("-").isdigit() else 1
+        except DockerKernelError as exc:
+            log.warning("%s", exc)
+            return 1
+
+    def mark(self, what: str) -> None:
+        """A point of the start timeline, logged at debug level (--debug)."""
+        log.debug("start timeline: %s at %.0f ms", what, (time.monotonic() - self.started) * 1000)
 
     def _fill_pool(self) -> None:
-        """Top the warm pool up for the next kernel (background thread; errors logged)."""
+        """Top the warm pool up for the next kernel, in a process that may outlive us."""
         try:
-            started = pool.fill(self.engine, self.settings, runtime_base(), self.launch_facts())
-        except (DockerKernelError, OSError) as exc:
+            pool.fill_in_background(self.settings, runtime_base(), self.launch_facts())
+        except OSError as exc:
             log.warning("could not refill the warm pool: %s", exc)
-            return
-        if started:
-            log.debug("warm pool: started %d container(s)", started)
 
     async def _watch_parent(self) -> None:
         """End the kernel when the Jupyter client that started us dies without stopping it
@@ -421,7 +460,7 @@ class Launcher:
 
     def _interrupt(self) -> None:
         log.info("interrupt: sending SIGINT to the kernel in %s", self.name)
-        self._in_thread(self.engine.kill, self.name, "INT")
+        self._in_thread(self.engine.kill, self.container_id or self.name, "INT")
 
     def _terminate(self, reason: str = "stopped by the Jupyter client") -> None:
         if self.stopping:
@@ -429,14 +468,14 @@ class Launcher:
         self.stopping = True
         self.exit_reason = reason
         log.info("terminate: removing container %s", self.name)
-        self._in_thread(self.engine.remove, self.name)
+        self._in_thread(self.engine.remove, self.container_id or self.name)
 
     def _budget_exceeded(self, what: str) -> None:
         if self.stopping:
             return
         self.stopping = True
         self.exit_reason = f"budget exceeded: {what}"
-        self._in_thread(self.engine.remove, self.name)
+        self._in_thread(self.engine.remove, self.container_id or self.name)
 
     def _in_thread(self, func: Any, *args: Any) -> None:
         """Run an engine call off the event loop; log (not raise) its failure."""
@@ -455,7 +494,7 @@ class Launcher:
             self.lifeline.close()
         with contextlib.suppress(DockerKernelError):
             if self.container_id or self.cidfile.exists():
-                self.engine.remove(self.name)
+                self.engine.remove(self.container_id or self.name)
         remove_tree(self.base)
 
 
@@ -673,15 +712,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = KernelSettings.from_dict(json.loads(args.settings))
         launcher = Launcher(settings, args.connection_file)
+        launcher.mark(f"launcher up ({process_age() * 1000:.0f} ms after exec)")
         lifeline = launcher.start_watchdog()
-        claimed = pool.claim(settings, launcher.name) if settings.pool else None
+        claimed = pool.claim(settings, runtime_base(), launcher.base) if settings.pool else None
+        proc = None
         if claimed is not None:
-            proc = launcher.adopt(claimed)
+            launcher.mark("warm container claimed")
+            launcher.adopt(claimed)
+            launcher.mark("connection handed over")
         else:
             proc = launcher.start_container(launcher.prepare())
+            launcher.mark("docker run started")
+        # Listening now, before asyncio is imported: the client's first connection
+        # attempt waits in the backlog instead of being refused and retried later.
+        listening = {
+            route.channel: listen(route.host, route.channel) for route in launcher.routes()
+        }
         import asyncio
 
-        return asyncio.run(launcher.run_async(proc))
+        return asyncio.run(launcher.run_async(proc, listening))
     except DockerKernelError as exc:
         log.error("%s", exc)
         return 1

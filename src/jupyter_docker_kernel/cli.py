@@ -367,6 +367,11 @@ def format_show(info: manage.SpecInfo, args: list[str], program: str) -> list[st
     lines.append(f"  {program} \\")
     lines += [f"    {hardening.quote_command(a, ())} \\" for a in args[:-1]]
     lines.append(f"    {hardening.quote_command(args[-1], ())}")
+    if info.settings.pool:
+        lines.append(
+            f"note: with pool {info.settings.pool}, a start usually claims a warm container "
+            "started ahead with these arguments (--detach, no connection file, a claim socket)."
+        )
     return lines
 
 

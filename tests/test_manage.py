@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_docker_kernel import cli, doctor, kernelspec, manage
+from jupyter_docker_kernel.launcher import runtime_base
 from jupyter_docker_kernel.settings import KernelSettings, Mount
 
 needs_docker_cli = pytest.mark.skipif(
@@ -363,6 +364,38 @@ def test_doctor_with_engine_but_no_image_fails_the_image_with_how_to_build_it(
     assert f"{MISSING_IMAGE} is not present (kernels never pull)" in out
     assert f"fix: jupyter-docker-kernel image build --tag {MISSING_IMAGE}" in out
     assert "jdk-test-noimg: kernel" not in found
+
+
+@pytest.mark.docker
+def test_doctor_fails_the_kernel_check_when_the_python_has_no_ipykernel(
+    data_dir: Path, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image Python without ipykernel: 'kernel' FAILs saying so; the socket path works."""
+    write_spec("jdk-test-noipk", KernelSettings(image=kernel_image, python="/usr/bin/python3.11"))
+    code, out, _ = run(["doctor", "jdk-test-noipk"], capsys)
+    found = statuses(out)
+    assert code == 1
+    assert found["jdk-test-noipk: kernel"] == "FAIL"
+    assert f"{kernel_image} has Python 3." in out
+    assert "but no ipykernel" in out
+    assert found["jdk-test-noipk: sockets"] == "OK"
+
+
+@pytest.mark.docker
+def test_doctor_fails_the_kernel_check_when_the_python_does_not_exist(
+    data_dir: Path, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --python path missing in the image: 'kernel' FAILs with the engine's reason and
+    'sockets' is SKIP (no container ran); nothing of the probe is left behind."""
+    write_spec("jdk-test-nopy", KernelSettings(image=kernel_image, python="/nope/python3"))
+    code, out, _ = run(["doctor", "jdk-test-nopy"], capsys)
+    found = statuses(out)
+    assert code == 1
+    assert found["jdk-test-nopy: kernel"] == "FAIL"
+    assert "/nope/python3" in out
+    assert "no such file or directory" in out
+    assert found["jdk-test-nopy: sockets"] == "SKIP"
+    assert not [p for p in runtime_base().iterdir() if p.name.startswith("doctor-")]
 
 
 @pytest.mark.docker

@@ -436,8 +436,10 @@ def probe_container(
             proc.wait()
         remove_tree(directory)
     kernel = _kernel_verdict(settings, user, proc.returncode, out, err)
-    if reached == "ok":
-        sockets: tuple[Status, str, str] = (
+    if not out.strip():
+        sockets: tuple[Status, str, str] = ("SKIP", "the probe container did not run", "")
+    elif reached == "ok":
+        sockets = (
             "OK",
             f"the kernel's uid bound a unix socket in the bind-mounted runtime dir and the "
             f"host connected to it ({connected:.1f} s after docker run)",
@@ -490,7 +492,9 @@ def _kernel_verdict(
         "build), or run setup again with --python PATH"
     )
     if len(words) != 4:
-        last = (err.strip().splitlines() or [f"exit code {code}"])[-1]
+        # The engine's own reason, not the CLI's trailing "Run 'docker run --help'".
+        said = [x for x in err.splitlines() if x.strip() and not x.startswith("Run '")]
+        last = (said or [f"exit code {code}"])[-1]
         return "FAIL", f"{settings.image} did not run {settings.python} as {user}: {last}", fix
     py, ipk, release, ids = words
     if ipk == "-" and not settings.kernel_cmd:

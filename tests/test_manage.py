@@ -297,6 +297,42 @@ def test_doctor_json_without_engine_parses_and_says_not_ok(
     assert any(c["name"] == "kernelspecs" and c["status"] == "WARN" for c in data["checks"])
 
 
+def test_doctor_without_an_engine_cli_fails_it_and_list_still_works(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No engine CLI on PATH: 'engine CLI' FAILs, 'engine' is SKIP; list shows '?'."""
+    monkeypatch.setenv("JUPYTER_DOCKER_KERNEL_ENGINE", "no-such-docker-cli")
+    write_spec("jdk-test-doc", KernelSettings())
+    code, out, _ = run(["doctor"], capsys)
+    found = statuses(out)
+    assert code == 1
+    assert found["engine CLI"] == "FAIL"
+    assert "'no-such-docker-cli' is not on PATH" in out
+    assert found["engine"] == "SKIP"
+    code, out, _ = run(["list"], capsys)
+    assert code == 0
+    assert out.splitlines()[1].split()[2] == "?"
+
+
+def test_doctor_fails_a_runtime_dir_that_others_can_read(
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The kernels' socket dir must be ours and 0700: a 0755 one FAILs with the fix."""
+    xdg = tmp_path / "xdg"
+    (xdg / "jupyter-docker-kernel").mkdir(parents=True)
+    (xdg / "jupyter-docker-kernel").chmod(0o755)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    monkeypatch.setenv("JUPYTER_DOCKER_KERNEL_ENGINE", "no-such-docker-cli")
+    code, out, _ = run(["doctor"], capsys)
+    assert code == 1
+    assert statuses(out)["runtime dir"] == "FAIL"
+    assert f"{xdg}/jupyter-docker-kernel is not a private directory owned by you" in out
+    assert "fix: remove it, or set XDG_RUNTIME_DIR to a private directory" in out
+
+
 def test_doctor_of_a_foreign_name_is_an_error_and_checks_nothing(
     data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

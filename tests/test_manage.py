@@ -219,10 +219,30 @@ def test_show_prints_settings_and_the_hardened_docker_run_command(
     write_spec("jdk-test-show", KernelSettings(memory="1g", mounts=(Mount("/srv", "/data"),)))
     code, out, _ = run(["show", "jdk-test-show"], capsys)
     assert code == 0
-    assert '  memory            "1g"' in out
-    assert "    --network \\\n    none \\" in out
-    assert "    --cap-drop \\\n    ALL \\" in out
+    assert '  * memory            "1g"' in out
+    assert "    cpus              1.0" in out
+    assert "\n    --network none \\\n" in out
+    assert "\n    --cap-drop ALL \\\n" in out
     assert "type=bind,source=/srv,target=/data" in out
+
+
+def test_show_command_is_the_run_args_with_line_breaks_only(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Joining show's command lines gives back exactly the launcher's argument list."""
+    import shlex
+
+    settings = KernelSettings(docker_args=("--privileged",), env=(("A", "x y"),))
+    write_spec("jdk-test-show", settings)
+    code, out, _ = run(["show", "jdk-test-show"], capsys)
+    command = out.split("filled in per start; the work dir is the notebook's):\n")[1]
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert code == 0
+    assert argv[0] == "docker"
+    assert argv[1:] == manage.effective_args(settings)
+    assert command.splitlines()[-1].startswith(
+        "    python3 /opt/jupyter-docker-kernel/supervise.py"
+    )
 
 
 def test_show_json_has_settings_and_the_docker_argv(

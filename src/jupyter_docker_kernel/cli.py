@@ -357,22 +357,54 @@ def format_show(info: manage.SpecInfo, args: list[str], program: str) -> list[st
     assert info.settings is not None
     lines = [f"{info.name}: {info.display_name}", f"  path      {info.path}"]
     lines.append(f"  launcher  {info.launcher_python} -m {kernelspec.LAUNCHER_MODULE}")
-    lines.append("settings:")
+    lines.append("settings (* = chosen at setup, the rest are defaults):")
     for key, value in dataclasses.asdict(info.settings).items():
-        lines.append(f"  {key:<17} {json.dumps(value)}")
+        mark = "*" if getattr(info.settings, key) != getattr(DEFAULTS, key) else " "
+        lines.append(f"  {mark} {key:<17} {json.dumps(value)}")
     lines.append(
         f"docker run command ({manage.PLACEHOLDER_KERNEL_ID}/{manage.PLACEHOLDER_NONCE}, "
         "START and HOST are filled in per start; the work dir is the notebook's):"
     )
-    lines.append(f"  {program} \\")
-    lines += [f"    {hardening.quote_command(a, ())} \\" for a in args[:-1]]
-    lines.append(f"    {hardening.quote_command(args[-1], ())}")
+    lines.append(f"  {program} {args[0]} \\")
+    lines += [f"    {part} \\" for part in option_lines(args[1:], info.settings)]
+    lines[-1] = lines[-1].removesuffix(" \\")
     if info.settings.pool:
         lines.append(
             f"note: with pool {info.settings.pool}, a start usually claims a warm container "
             "started ahead with these arguments (--detach, no connection file, a claim socket)."
         )
     return lines
+
+
+def option_lines(args: list[str], settings: KernelSettings) -> list[str]:
+    """Shell-quoted `docker run` options, one option and its value per line, then the
+    image, then the container's command on one line (line breaks only: pasteable)."""
+    tail = next(
+        (
+            i
+            for i in range(len(args) - 2)
+            if args[i] == settings.image
+            and args[i + 1 : i + 3] == [settings.python, hardening.SUPERVISOR_TARGET]
+        ),
+        len(args),
+    )
+    out: list[str] = []
+    i = 0
+    while i < tail:
+        arg = args[i]
+        takes_value = arg.startswith("--") and "=" not in arg and i + 1 < tail
+        if takes_value and not args[i + 1].startswith("-"):
+            out.append(hardening.quote_command(arg, [args[i + 1]]))
+            i += 2
+        else:
+            out.append(hardening.quote_command(arg, ()))
+            i += 1
+    if tail < len(args):
+        out += [
+            hardening.quote_command(args[tail], ()),
+            hardening.quote_command(args[tail + 1], args[tail + 2 :]),
+        ]
+    return out
 
 
 def cmd_show(args: argparse.Namespace, engine: Engine) -> int:

@@ -283,7 +283,12 @@ def _check_spec(
             "create them, or run setup again without that --mount",
         )
     else:
-        add(f"{label}: mounts", "OK", f"{len(settings.mounts)} extra mount(s), all present")
+        count = len(settings.mounts)
+        add(
+            f"{label}: mounts",
+            "OK",
+            f"{count} extra mount(s), host paths exist" if count else "no extra mounts",
+        )
     if info is None:
         add(f"{label}: image", "SKIP", "engine unreachable")
         return

@@ -346,7 +346,11 @@ def format_list(specs: list[manage.SpecInfo], note: str = "") -> list[str]:
 def cmd_list(args: argparse.Namespace, engine: Engine) -> int:
     specs, note = manage.list_specs(engine)
     if args.json:
-        print(json.dumps({"kernelspecs": [s.to_json() for s in specs], "note": note or None}))
+        print(
+            json.dumps(
+                {"kernelspecs": [s.to_json() for s in specs], "note": note or None}, indent=1
+            )
+        )
         return 0
     print("\n".join(format_list(specs, note)))
     return 0
@@ -416,7 +420,7 @@ def cmd_show(args: argparse.Namespace, engine: Engine) -> int:
         data = info.to_json()
         data["settings_effective"] = dataclasses.asdict(info.settings)
         data["docker_argv"] = [engine.command, *run_args]
-        print(json.dumps(data))
+        print(json.dumps(data, indent=1))
         return 0
     print("\n".join(format_show(info, run_args, engine.command)))
     return 0

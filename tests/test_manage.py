@@ -489,8 +489,8 @@ def test_doctor_with_everything_in_place_is_all_ok_and_quick(
     kernel = next(c for c in data["checks"] if c["name"] == "jdk-test-good: kernel")
     assert "ipykernel" in kernel["detail"]
     assert "uid:gid 0:" not in kernel["detail"]
-    # The budget is ~5 s on an idle machine; shared CI cores get slack.
-    assert data["seconds"] < 30
+    # About 1 s (runc) and 2-4 s (runsc) here when idle; a loaded shared machine gets slack.
+    assert data["seconds"] < 60
 
 
 @pytest.mark.docker

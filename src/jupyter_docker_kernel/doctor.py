@@ -187,7 +187,7 @@ def _check_engine(engine: Engine, add: Callable[..., None]) -> dict[str, Any] | 
     add("engine CLI", "OK", path)
     where = os.environ.get("DOCKER_HOST") or "the default socket"
     try:
-        info = engine.info(timeout=10)
+        info = engine.info(timeout=30)
     except DockerKernelError as exc:
         add(
             "engine",

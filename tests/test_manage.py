@@ -78,7 +78,15 @@ def statuses(out: str) -> dict[str, str]:
         head = line[:4].strip()
         if head in ("OK", "WARN", "FAIL", "SKIP"):
             body = line[6:]
-            for c in ("kernelspec", "launcher", "mounts", "image", "kernel", "sockets"):
+            for c in (
+                "kernelspec",
+                "launcher",
+                "hardening",
+                "mounts",
+                "image",
+                "kernel",
+                "sockets",
+            ):
                 marker = f": {c}: "
                 if marker in body:
                     found[body.split(marker)[0] + f": {c}"] = head
@@ -121,6 +129,16 @@ def test_report_is_ok_with_warnings_and_skips_but_not_with_a_failure() -> None:
     assert data["ok"] is False
     assert data["counts"] == {"OK": 1, "WARN": 1, "FAIL": 1, "SKIP": 0}
     assert [c["status"] for c in data["checks"]] == ["OK", "WARN", "FAIL"]
+
+
+def test_split_advice_separates_what_happened_from_what_to_do() -> None:
+    """Our one-line errors become a detail and a fix; without the marker, no fix."""
+    message = "Permission denied (x). Nothing was done. Add your user to the 'docker' group."
+    assert doctor.split_advice(message, "Nothing was done.") == (
+        "Permission denied (x).",
+        "Add your user to the 'docker' group.",
+    )
+    assert doctor.split_advice("It failed.", "Nothing was done.") == ("It failed.", "")
 
 
 def test_doctor_probe_runs_setups_hardened_probe_with_the_runtime_dir_mounted() -> None:
@@ -292,7 +310,7 @@ def test_doctor_without_engine_fails_the_engine_and_skips_what_needs_it(
     assert found["engine CLI"] == "OK"
     assert found["engine"] == "FAIL"
     assert "Cannot reach the container engine at unix:///nonexistent.sock" in out
-    assert "      fix: start the engine" in out
+    assert "      fix: Is it running? Try 'docker info'" in out
     assert found["runtimes"] == "SKIP"
     assert found["runtime dir"] == "OK"
     assert found["jdk-test-doc: launcher"] == "OK"
@@ -350,7 +368,19 @@ def test_doctor_fails_a_runtime_dir_that_others_can_read(
     assert code == 1
     assert statuses(out)["runtime dir"] == "FAIL"
     assert f"{xdg}/jupyter-docker-kernel is not a private directory owned by you" in out
-    assert "fix: remove it, or set XDG_RUNTIME_DIR to a private directory" in out
+    assert "fix: Remove it, or set XDG_RUNTIME_DIR to a private directory." in out
+
+
+def test_doctor_warns_about_network_access_and_verbatim_docker_args(
+    data_dir: Path, no_engine: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A spec that loosens the defaults gets a WARN line (not a FAIL) naming what."""
+    write_spec("jdk-test-open", KernelSettings(network="bridge", docker_args=("--gpus=all",)))
+    code, out, _ = run(["doctor"], capsys)
+    assert statuses(out)["jdk-test-open: hardening"] == "WARN"
+    assert "network 'bridge' (the kernel can reach the network)" in out
+    assert "docker args passed verbatim: --gpus=all" in out
+    assert code == 1  # the engine is down; the WARN alone would not fail doctor
 
 
 def test_doctor_of_a_foreign_name_is_an_error_and_checks_nothing(

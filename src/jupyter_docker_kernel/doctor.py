@@ -171,6 +171,12 @@ def run_checks(engine: Engine, name: str | None = None, *, probe: bool = True) -
     return report
 
 
+def split_advice(message: str, marker: str) -> tuple[str, str]:
+    """Our errors read 'what happened. <marker> what to do.': (what happened, what to do)."""
+    what, found, advice = message.partition(f" {marker}")
+    return what.strip(), advice.strip() if found else ""
+
+
 def _check_engine(engine: Engine, add: Callable[..., None]) -> dict[str, Any] | None:
     """The engine CLI on PATH, then the engine answering; returns `docker info` or None."""
     path = shutil.which(engine.command)
@@ -189,11 +195,13 @@ def _check_engine(engine: Engine, add: Callable[..., None]) -> dict[str, Any] | 
     try:
         info = engine.info(timeout=30)
     except DockerKernelError as exc:
+        detail, advice = split_advice(str(exc), "Nothing was done.")
         add(
             "engine",
             "FAIL",
-            str(exc).split(" Nothing was done.")[0],
-            f"start the engine (as root: scripts/bootstrap-engine) or point DOCKER_HOST at "
+            detail,
+            advice
+            or f"start the engine (as root: scripts/bootstrap-engine) or point DOCKER_HOST at "
             f"one that runs; '{engine.command} info' shows what is wrong",
         )
         return None
@@ -239,11 +247,12 @@ def _check_runtime_dir(add: Callable[..., None]) -> Path | None:
     try:
         base = runtime_base()
     except DockerKernelError as exc:
+        detail, advice = split_advice(str(exc), "No kernel was started.")
         add(
             "runtime dir",
             "FAIL",
-            str(exc).split(" No kernel was started.")[0],
-            "remove it, or set XDG_RUNTIME_DIR to a private directory of yours",
+            detail,
+            advice or "remove it, or set XDG_RUNTIME_DIR to a private directory of yours",
         )
         return None
     mode = base.stat().st_mode & 0o777
@@ -274,6 +283,18 @@ def _check_spec(
         return
     add(f"{label}: kernelspec", "OK", f"{spec.path} (image {settings.image})")
     _check_launcher(spec, add)
+    loosened = []
+    if settings.network != "none":
+        loosened.append(f"network '{settings.network}' (the kernel can reach the network)")
+    if settings.docker_args:
+        loosened.append(f"docker args passed verbatim: {' '.join(settings.docker_args)}")
+    if loosened:
+        add(
+            f"{label}: hardening",
+            "WARN",
+            "; ".join(loosened),
+            "only if intended: setup --replace without them restores the defaults",
+        )
     missing = [m.source for m in settings.mounts if not os.path.exists(m.source)]
     if missing:
         add(

@@ -524,6 +524,21 @@ def test_doctor_with_everything_in_place_is_all_ok_and_quick(
 
 
 @pytest.mark.docker
+def test_doctor_probes_as_the_specs_dedicated_kernel_user(
+    data_dir: Path, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --kernel-user the probe runs as that uid and its socket dir is set up the way
+    the launcher sets one up for it, so the socket check passes as it would for a kernel."""
+    write_spec("jdk-test-uid", KernelSettings(image=kernel_image, kernel_user="4321:4321"))
+    code, out, _ = run(["doctor", "jdk-test-uid"], capsys)
+    found = statuses(out)
+    assert code == 0, out
+    assert found["jdk-test-uid: kernel"] == "OK"
+    assert "as uid:gid 4321:4321" in out
+    assert found["jdk-test-uid: sockets"] == "OK"
+
+
+@pytest.mark.docker
 def test_gc_json_parses(engine: object, capsys: pytest.CaptureFixture[str]) -> None:
     """gc --dry-run --json prints one JSON object with what would go and what was kept."""
     code, out, _ = run(["gc", "--dry-run", "--json"], capsys)

@@ -539,6 +539,27 @@ def test_doctor_probes_as_the_specs_dedicated_kernel_user(
 
 
 @pytest.mark.docker
+def test_doctor_runs_one_probe_for_specs_that_share_it_and_keeps_each_specs_lines_together(
+    data_dir: Path, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two specs with the same image and runtime share one probe container; each spec's
+    kernel/sockets lines still follow its own image line."""
+    write_spec("jdk-test-a", KernelSettings(image=kernel_image))
+    write_spec("jdk-test-b", KernelSettings(image=kernel_image, memory="1g"))
+    code, out, _ = run(["doctor", "--json"], capsys)
+    checks = json.loads(out)["checks"]
+    names = [c["name"] for c in checks if c["name"].startswith("jdk-test-")]
+    assert code == 0
+    assert names == [
+        f"jdk-test-{spec}: {check}"
+        for spec in "ab"
+        for check in ("kernelspec", "launcher", "mounts", "image", "kernel", "sockets")
+    ]
+    second = next(c for c in checks if c["name"] == "jdk-test-b: kernel")
+    assert second["detail"].endswith("(same probe as above)")
+
+
+@pytest.mark.docker
 def test_gc_json_parses(engine: object, capsys: pytest.CaptureFixture[str]) -> None:
     """gc --dry-run --json prints one JSON object with what would go and what was kept."""
     code, out, _ = run(["gc", "--dry-run", "--json"], capsys)

@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,8 @@ PROBE_WAIT = 30.0
 #: Seconds we give a probe container to start and bind (gVisor's first start is slowest).
 PROBE_TIMEOUT = 60.0
 SOCKET_NAME = "doctor"
+#: A probe's verdicts: (check, status, detail, fix, seconds) for 'kernel' and 'sockets'.
+ProbeResult = list[tuple[str, Status, str, str, float]]
 
 #: Runs in the image as the kernel's uid: report versions, then serve one connection on a
 #: unix socket in the bind-mounted runtime dir. Python 3.7-compatible, no f-strings needed.
@@ -164,9 +167,27 @@ def run_checks(engine: Engine, name: str | None = None, *, probe: bool = True) -
                 "none of ours is installed",
                 "jupyter-docker-kernel setup --name NAME --user",
             )
-        probes: dict[tuple[Any, ...], tuple[Status, str, str, Status, str, str]] = {}
-        for spec in specs:
-            _check_spec(engine, spec, info, runtimes, base, probe, probes, add)
+        # Probe containers start as soon as a spec needs one and run side by side (one per
+        # distinct key); their two lines are slotted in after the spec's other checks.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures: dict[tuple[Any, ...], Future[ProbeResult]] = {}
+            slots: list[tuple[int, str, tuple[Any, ...], bool]] = []
+            for spec in specs:
+                wanted = _check_spec(engine, spec, info, runtimes, base, probe, add)
+                if wanted is None or base is None:
+                    continue
+                key, settings = wanted
+                first = key not in futures
+                if first:
+                    futures[key] = pool.submit(_probe_safely, engine, settings, base)
+                slots.append((len(report.checks), spec.name, key, first))
+            for index, label, key, first in reversed(slots):
+                result = futures[key].result()
+                note = "" if first else " (same probe as above)"
+                report.checks[index:index] = [
+                    Check(f"{label}: {name}", status, detail + note, fix, seconds if first else 0)
+                    for name, status, detail, fix, seconds in result
+                ]
     report.seconds = time.monotonic() - started
     return report
 
@@ -267,10 +288,10 @@ def _check_spec(
     runtimes: set[str],
     base: Path | None,
     probe: bool,
-    probes: dict[tuple[Any, ...], tuple[Status, str, str, Status, str, str]],
     add: Callable[..., None],
-) -> None:
-    """Per kernelspec: settings, launcher, mounts, image, then the probe container."""
+) -> tuple[tuple[Any, ...], KernelSettings] | None:
+    """Per kernelspec: settings, launcher, mounts, image; returns (probe key, settings)
+    when a probe container should run for it (run_checks runs it)."""
     label = spec.name
     settings = spec.settings
     if settings is None:
@@ -280,7 +301,7 @@ def _check_spec(
             f"{spec.path}: {spec.error}",
             f"jupyter-docker-kernel setup --name {label} --replace ... (rewrite it)",
         )
-        return
+        return None
     add(f"{label}: kernelspec", "OK", f"{spec.path} (image {settings.image})")
     _check_launcher(spec, add)
     loosened = []
@@ -312,12 +333,12 @@ def _check_spec(
         )
     if info is None:
         add(f"{label}: image", "SKIP", "engine unreachable")
-        return
+        return None
     try:
         image = engine.image_inspect(settings.image)
     except DockerKernelError as exc:
         add(f"{label}: image", "FAIL", str(exc), f"'{engine.command} info' shows what is wrong")
-        return
+        return None
     if image is None:
         build = (
             "jupyter-docker-kernel image build"
@@ -331,7 +352,7 @@ def _check_spec(
             f"{settings.image} is not present (kernels never pull)",
             f"{build}; or point the spec at another image with setup --replace",
         )
-        return
+        return None
     size = int(image.get("Size") or 0) / 1e6
     add(
         f"{label}: image",
@@ -339,23 +360,16 @@ def _check_spec(
         f"{settings.image} present ({str(image.get('Id', ''))[7:19]}, {size:.0f} MB)",
     )
     if not probe:
-        return
+        return None
     if settings.runtime and settings.runtime not in runtimes:
         add(f"{label}: kernel", "SKIP", f"runtime {settings.runtime} not registered")
-        return
+        return None
     if base is None:
         add(f"{label}: kernel", "SKIP", "runtime dir unusable")
-        return
+        return None
     key = (settings.image, settings.runtime, settings.python, settings.kernel_user,
            bool(settings.kernel_cmd))  # fmt: skip
-    if key not in probes:
-        probes[key] = probe_container(engine, settings, base)
-        note = ""
-    else:
-        note = " (same probe as above)"
-    k_status, k_detail, k_fix, s_status, s_detail, s_fix = probes[key]
-    add(f"{label}: kernel", k_status, k_detail + note, k_fix)
-    add(f"{label}: sockets", s_status, s_detail + note, s_fix)
+    return key, settings
 
 
 @functools.cache
@@ -418,11 +432,22 @@ def probe_args(settings: KernelSettings, user: str, runtime_dir: str, name: str)
     ]
 
 
-def probe_container(
-    engine: Engine, settings: KernelSettings, base: Path
-) -> tuple[Status, str, str, Status, str, str]:
-    """Start one probe container; returns the (status, detail, fix) of 'kernel' and of
-    'sockets'. The container and its dir are removed whatever happens."""
+def _probe_safely(engine: Engine, settings: KernelSettings, base: Path) -> ProbeResult:
+    """probe_container, with an engine or filesystem error as the kernel check's FAIL."""
+    started = time.monotonic()
+    try:
+        return probe_container(engine, settings, base)
+    except (DockerKernelError, OSError) as exc:
+        spent = time.monotonic() - started
+        return [
+            ("kernel", "FAIL", f"the probe container could not be run: {exc}", "", spent),
+            ("sockets", "SKIP", "the probe container did not run", "", 0.0),
+        ]
+
+
+def probe_container(engine: Engine, settings: KernelSettings, base: Path) -> ProbeResult:
+    """Start one probe container; returns the 'kernel' and 'sockets' verdicts. The
+    container and its dir are removed whatever happens."""
     launch = manage.placeholder_launch(settings)
     user = hardening.kernel_user(settings, launch)
     uid, gid = (int(x) for x in user.split(":"))
@@ -483,7 +508,8 @@ def probe_container(
             else "put the runtime dir on a local filesystem (set XDG_RUNTIME_DIR), and check "
             "the runtime supports unix sockets on bind mounts",
         )
-    return (*kernel, *sockets)
+    spent = time.monotonic() - started
+    return [("kernel", *kernel, spent), ("sockets", *sockets, 0.0)]
 
 
 def _connect(proc: subprocess.Popen[str], path: Path, deadline: float) -> tuple[str, str]:

@@ -453,23 +453,26 @@ def probe_container(engine: Engine, settings: KernelSettings, base: Path) -> Pro
     uid, gid = (int(x) for x in user.split(":"))
     directory = Path(tempfile.mkdtemp(prefix="doctor-", dir=base))
     runtime_dir = directory / "rt"
-    runtime_dir.mkdir(mode=0o700)
-    # The same ownership the launcher gives a kernel's runtime dir (launcher.py).
-    if hardening.shares_group_only(settings, launch):
-        os.chmod(runtime_dir, 0o770)  # noqa: S103 - inside our 0700 base dir
-    elif uid != os.getuid():
-        os.chown(runtime_dir, uid, gid)
     name = f"{NAME_PREFIX}-doctor-{secrets.token_hex(3)}"
-    args = probe_args(settings, user, str(runtime_dir), name)
-    started = time.monotonic()
-    reached, error = "", ""
-    proc = subprocess.Popen(
-        [engine.executable(), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    try:
+        runtime_dir.mkdir(mode=0o700)
+        # The same ownership the launcher gives a kernel's runtime dir (launcher.py).
+        if hardening.shares_group_only(settings, launch):
+            os.chmod(runtime_dir, 0o770)  # noqa: S103 - inside our 0700 base dir
+        elif uid != os.getuid():
+            os.chown(runtime_dir, uid, gid)
+        args = probe_args(settings, user, str(runtime_dir), name)
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [engine.executable(), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    except BaseException:
+        remove_tree(directory)
+        raise
     try:
         reached, error = _connect(proc, runtime_dir / SOCKET_NAME, started + PROBE_TIMEOUT)
         connected = time.monotonic() - started

@@ -8,14 +8,21 @@ our family become one line on stderr and exit code 1 (a traceback only with --de
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
 import time
 
-from jupyter_docker_kernel import __version__, hardening, kernelspec, reaper
+from jupyter_docker_kernel import __version__, doctor, hardening, kernelspec, manage, reaper
 from jupyter_docker_kernel.engine import Engine
-from jupyter_docker_kernel.errors import DockerKernelError, ImageError, SettingsError
+from jupyter_docker_kernel.errors import (
+    DockerKernelError,
+    ImageError,
+    KernelSpecError,
+    SettingsError,
+)
 from jupyter_docker_kernel.launcher import NBGRADER_MARKERS
 from jupyter_docker_kernel.settings import (
     DEFAULT_IMAGE,
@@ -143,8 +150,34 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--pools", action="store_true", help="also remove warm-pool containers nobody claimed"
     )
+    gc.add_argument("--json", action="store_true", help="print JSON instead of text")
     gc.set_defaults(func=cmd_gc)
+    add_manage_commands(sub)
     return parser
+
+
+def add_manage_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """list / show / remove / doctor: our installed kernelspecs (manage.py, doctor.py)."""
+    listing = sub.add_parser("list", help="our kernelspecs: image (present or not) and limits")
+    listing.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="a kernelspec's settings and its exact docker run command")
+    show.add_argument("name", help="kernel name")
+    show.set_defaults(func=cmd_show)
+    remove = sub.add_parser("remove", help="delete one of our kernelspecs")
+    remove.add_argument("name", help="kernel name")
+    remove.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    remove.set_defaults(func=cmd_remove)
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the engine, runtimes, runtime dir and kernelspecs; exit 1 on any FAIL",
+    )
+    doctor.add_argument("name", nargs="?", help="check only this kernelspec")
+    doctor.add_argument(
+        "--no-probe", action="store_true", help="do not start a probe container per image"
+    )
+    doctor.set_defaults(func=cmd_doctor)
+    for command in (listing, show, remove, doctor):
+        command.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def settings_from_args(args: argparse.Namespace) -> KernelSettings:
@@ -269,6 +302,9 @@ def cmd_image_build(args: argparse.Namespace, engine: Engine) -> int:
 
 def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
     result = reaper.collect(engine, dry_run=args.dry_run, pools=args.pools)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, **dataclasses.asdict(result)}, indent=1))
+        return 0
     verb = "Would remove" if args.dry_run else "Removed"
     for name in result.containers:
         print(f"{verb} container {name}")
@@ -279,6 +315,144 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
         f"{result.kept} kernel(s) still running were kept."
     )
     return 0
+
+
+def format_list(specs: list[manage.SpecInfo], note: str = "") -> list[str]:
+    """`list` as a table: name, image, present?, limits, path; unreadable specs say why."""
+    present = {True: "yes", False: "MISSING", None: "?"}
+    rows = [("NAME", "IMAGE", "PRESENT", "LIMITS", "PATH")]
+    for s in specs:
+        if s.settings is None:
+            rows.append((s.name, "-", "-", f"unreadable: {s.error}", s.path))
+            continue
+        lim = s.limits()
+        limits = (
+            f"net {lim['network']}, mem {lim['memory']}, cpus {lim['cpus']:g}, "
+            f"pids {lim['pids_limit']}, runtime {lim['runtime']}, workdir {lim['workdir']}"
+        )
+        rows.append((s.name, s.image, present[s.image_present], limits, s.path))
+    if not specs:
+        return ["No jupyter-docker-kernel kernelspecs installed; add one with setup."]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join(v.ljust(w) for v, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    ]
+    if note:
+        lines.append(f"note: {note}")
+    return [line.rstrip() for line in lines]
+
+
+def cmd_list(args: argparse.Namespace, engine: Engine) -> int:
+    specs, note = manage.list_specs(engine)
+    if args.json:
+        print(
+            json.dumps(
+                {"kernelspecs": [s.to_json() for s in specs], "note": note or None}, indent=1
+            )
+        )
+        return 0
+    print("\n".join(format_list(specs, note)))
+    return 0
+
+
+def format_show(info: manage.SpecInfo, args: list[str], program: str) -> list[str]:
+    """`show`: where the spec is, every setting (defaults included), the docker run command."""
+    assert info.settings is not None
+    lines = [f"{info.name}: {info.display_name}", f"  path      {info.path}"]
+    lines.append(f"  launcher  {info.launcher_python} -m {kernelspec.LAUNCHER_MODULE}")
+    lines.append("settings (* = chosen at setup, the rest are defaults):")
+    for key, value in dataclasses.asdict(info.settings).items():
+        mark = "*" if getattr(info.settings, key) != getattr(DEFAULTS, key) else " "
+        lines.append(f"  {mark} {key:<17} {json.dumps(value)}")
+    lines.append(
+        f"docker run command ({manage.PLACEHOLDER_KERNEL_ID}/{manage.PLACEHOLDER_NONCE}, "
+        "START and HOST are filled in per start; the work dir is the notebook's):"
+    )
+    lines.append(f"  {program} {args[0]} \\")
+    lines += [f"    {part} \\" for part in option_lines(args[1:], info.settings)]
+    lines[-1] = lines[-1].removesuffix(" \\")
+    if info.settings.pool:
+        lines.append(
+            f"note: with pool {info.settings.pool}, a start usually claims a warm container "
+            "started ahead with these arguments (--detach, no connection file, a claim socket)."
+        )
+    return lines
+
+
+def option_lines(args: list[str], settings: KernelSettings) -> list[str]:
+    """Shell-quoted `docker run` options, one option and its value per line, then the
+    image, then the container's command on one line (line breaks only: pasteable)."""
+    tail = next(
+        (
+            i
+            for i in range(len(args) - 2)
+            if args[i] == settings.image
+            and args[i + 1 : i + 3] == [settings.python, hardening.SUPERVISOR_TARGET]
+        ),
+        len(args),
+    )
+    out: list[str] = []
+    i = 0
+    while i < tail:
+        arg = args[i]
+        takes_value = arg.startswith("--") and "=" not in arg and i + 1 < tail
+        if takes_value and not args[i + 1].startswith("-"):
+            out.append(hardening.quote_command(arg, [args[i + 1]]))
+            i += 2
+        else:
+            out.append(hardening.quote_command(arg, ()))
+            i += 1
+    if tail < len(args):
+        out += [
+            hardening.quote_command(args[tail], ()),
+            hardening.quote_command(args[tail + 1], args[tail + 2 :]),
+        ]
+    return out
+
+
+def cmd_show(args: argparse.Namespace, engine: Engine) -> int:
+    info = manage.find(args.name)
+    if info.settings is None:
+        raise SettingsError(f"Kernelspec '{info.name}' in {info.path} cannot be read: {info.error}")
+    run_args = manage.effective_args(info.settings)
+    if args.json:
+        data = info.to_json()
+        data["settings_effective"] = dataclasses.asdict(info.settings)
+        data["docker_argv"] = [engine.command, *run_args]
+        print(json.dumps(data, indent=1))
+        return 0
+    print("\n".join(format_show(info, run_args, engine.command)))
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace, engine: Engine) -> int:
+    info = manage.find(args.name)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise KernelSpecError(
+                f"Not removing '{info.name}' ({info.path}) without confirmation. "
+                "Nothing was removed. Pass -y to remove it."
+            )
+        answer = input(f"Remove kernelspec {info.name} ({info.path})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing was removed.")
+            return 1
+    manage.remove(info.name)
+    if args.json:
+        print(json.dumps({"removed": info.name, "path": info.path}))
+    else:
+        print(f"Removed kernelspec {info.name} ({info.path})")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, engine: Engine) -> int:
+    report = doctor.run_checks(engine, args.name, probe=not args.no_probe)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print("\n".join(doctor.format_report(report)))
+    return 0 if report.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:

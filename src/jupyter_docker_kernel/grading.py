@@ -92,12 +92,14 @@ def write_config_file(path: Path, lines: list[str]) -> str:
 
 
 def _outside_our_block(text: str) -> list[str | None]:
-    """text's lines, with those of our marked block (markers included) replaced by None."""
+    """text's lines, with our marked block (markers and the blank line before) as None."""
     out: list[str | None] = []
     inside = False
     for line in text.splitlines():
         if line.strip() == BEGIN:
             inside = True
+            if out and out[-1] == "":
+                out[-1] = None  # the separator write_config_file put before the block
         out.append(None if inside else line)
         if inside and line.strip() == END:
             inside = False

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,10 @@ def test_setup_with_a_bad_config_file_writes_no_kernelspec(
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: Config file {path} has a bad value")
     assert not (data_dir / "kernels").exists()
+
+
+def test_the_launcher_does_not_import_traitlets() -> None:
+    """A kernel start never reads the config file: the launcher imports no traitlets."""
+    code = "import sys, jupyter_docker_kernel.launcher; print('traitlets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -185,3 +185,24 @@ def test_the_launcher_does_not_import_traitlets() -> None:
     code = "import sys, jupyter_docker_kernel.launcher; print('traitlets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_pool_in_the_config_file_combines_with_copy_workdir_on_the_line(
+    config_dir: Path, data_dir: Path
+) -> None:
+    """pool needs a copied work dir; the line may supply it: the file is not judged alone."""
+    write_config(config_dir, "c.DockerKernel.pool = 2")
+    assert setup("k", "--copy-workdir") == 0
+    assert (installed(data_dir, "k").pool, installed(data_dir, "k").workdir) == (2, "copy")
+
+
+def test_a_conflict_between_file_and_line_names_the_file(
+    config_dir: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pool from the file and a mounted work dir: the error says where the defaults came from."""
+    path = write_config(config_dir, "c.DockerKernel.pool = 2")
+    assert setup("k") == 1
+    err = capsys.readouterr().err
+    assert "--pool needs --copy-workdir" in err
+    assert f"(Defaults came from {path}.)" in err
+    assert not (data_dir / "kernels").exists()

@@ -242,7 +242,12 @@ def check_image(engine: Engine, settings: KernelSettings) -> str:
 
 def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     defaults = config.load_defaults()
-    settings = settings_from_args(args, defaults)
+    try:
+        settings = settings_from_args(args, defaults)
+    except SettingsError as exc:
+        if not defaults.files:
+            raise
+        raise SettingsError(f"{exc} (Defaults came from {', '.join(defaults.files)}.)") from exc
     name = kernelspec.validate_name(args.name)
     for_nbgrader = bool(args.for_nbgrader or args.write_nbgrader_config)
     timeout = grading.DEFAULT_TIMEOUT if args.cell_timeout is None else args.cell_timeout

@@ -139,7 +139,9 @@ def _load_file(
     if "env" in values:
         values["env"] = tuple(values["env"].items())
     try:
-        KernelSettings(**values)
+        # A neutral workdir: "pool needs a workdir other than mount" may be met by another
+        # file or the command line; cli checks the merged settings again.
+        KernelSettings(**{"workdir": "copy", **values})
     except SettingsError as exc:
         raise SettingsError(f"Config file {path}: {_inner(exc)} {fix}") from exc
     return values

@@ -75,7 +75,7 @@ class ConfigDefaults:
 
 
 def config_dirs() -> list[str]:
-    """Jupyter's config path, highest priority first (JUPYTER_CONFIG_DIR leads)."""
+    """Jupyter's config path in `jupyter --paths` order, highest priority first."""
     from jupyter_core.paths import jupyter_config_path
 
     return list(jupyter_config_path())

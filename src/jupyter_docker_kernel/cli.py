@@ -293,7 +293,7 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     if os.getuid() == 0 and settings.workdir == "mount":
         print(
             "  note: as root, kernels run as uid 65534 and cannot write directories root "
-            "owns (such as nbgrader's autograded/); for grading, --copy-workdir is safer."
+            "owns (such as nbgrader's autograded/); for grading, use --for-nbgrader."
         )
     if for_nbgrader:
         lines = grading.config_lines(name, timeout)

@@ -14,8 +14,19 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
-from jupyter_docker_kernel import __version__, doctor, hardening, kernelspec, manage, reaper
+from jupyter_docker_kernel import (
+    __version__,
+    config,
+    doctor,
+    grading,
+    hardening,
+    kernelspec,
+    manage,
+    reaper,
+)
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import (
     DockerKernelError,
@@ -28,11 +39,10 @@ from jupyter_docker_kernel.settings import (
     DEFAULT_IMAGE,
     KernelSettings,
     Mount,
-    WorkdirMode,
     parse_env,
 )
 
-DEFAULTS = KernelSettings()
+DEFAULTS = KernelSettings()  # built-in values, for the help text
 #: Setting fields that `setup` exposes one to one as options: (flag, field, type, help).
 LIMIT_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--network", "network", str, "container network"),
@@ -69,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     setup.add_argument("--name", required=True, help="kernel name (letters, digits, . _ -)")
     setup.add_argument("--display-name", help="name shown in Jupyter (default: from --name)")
-    setup.add_argument("--image", default=DEFAULT_IMAGE, help=f"image (default {DEFAULT_IMAGE})")
+    setup.add_argument("--image", help=f"image (default {DEFAULT_IMAGE})")
     where = setup.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for the current user")
     where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix")
@@ -91,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="set in the kernel"
     )
-    setup.add_argument("--python", default="python3", help="the image's Python (default python3)")
+    setup.add_argument("--python", help="the image's Python (default python3)")
     setup.add_argument(
         "--kernel-cmd",
         nargs=argparse.REMAINDER,
@@ -114,15 +124,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the kernel as this dedicated uid (default: yours; 65534 under root)",
     )
     setup.add_argument("--runtime", help="OCI runtime, e.g. runsc for gVisor (checked now)")
-    limits = setup.add_argument_group("limits (defaults in brackets)")
+    limits = setup.add_argument_group(
+        "limits (built-in defaults in brackets; jupyter_docker_kernel_config.py may change them)"
+    )
     for flag, field, kind, text in LIMIT_OPTIONS:
         limits.add_argument(
             flag,
             dest=field,
             type=kind,
-            default=getattr(DEFAULTS, field),
             help=f"{text} [{getattr(DEFAULTS, field)}]",
         )
+    nbgrader = setup.add_argument_group("grading with nbgrader")
+    nbgrader.add_argument(
+        "--for-nbgrader",
+        action="store_true",
+        help="grading profile (network none, --copy-workdir, --max-lifetime "
+        f"{grading.PROFILE['max_lifetime']:g}) and print the nbgrader_config.py lines",
+    )
+    nbgrader.add_argument(
+        "--write-nbgrader-config",
+        metavar="PATH",
+        type=Path,
+        help="also add those lines to PATH (a marked block; implies --for-nbgrader)",
+    )
+    nbgrader.add_argument(
+        "--cell-timeout",
+        type=int,
+        metavar="SECONDS",
+        help=f"ExecutePreprocessor.timeout in those lines [{grading.DEFAULT_TIMEOUT}]",
+    )
     setup.add_argument("--interrupt-mode", choices=kernelspec.INTERRUPT_MODES, default="signal")
     setup.add_argument("--replace", action="store_true", help="overwrite an existing kernelspec")
     setup.add_argument(
@@ -180,7 +210,17 @@ def add_manage_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         command.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def settings_from_args(args: argparse.Namespace) -> KernelSettings:
+def settings_from_args(
+    args: argparse.Namespace, defaults: config.ConfigDefaults | None = None
+) -> KernelSettings:
+    """Built-in defaults < config file < --for-nbgrader profile < options given on the line.
+
+    An option given replaces the config file's value; --env adds to (and overrides by name)
+    the config file's env.
+    """
+    values: dict[str, Any] = dict(defaults.values) if defaults else {}
+    if args.for_nbgrader or args.write_nbgrader_config:
+        values.update(grading.PROFILE)
     cwd = os.getcwd()
     mounts = tuple(Mount.parse(m, cwd) for m in args.mount)
     for m in mounts:
@@ -189,20 +229,24 @@ def settings_from_args(args: argparse.Namespace) -> KernelSettings:
                 f"--mount source {m.source} does not exist. No kernelspec was written. "
                 "Create it first, or fix the path."
             )
-    workdir: WorkdirMode = "copy" if args.copy_workdir else "none" if args.no_workdir else "mount"
-    return KernelSettings(
-        image=args.image,
-        workdir=workdir,
-        mounts=mounts,
-        env=parse_env(args.env),
-        kernel_cmd=tuple(args.kernel_cmd or ()),
-        python=args.python,
-        docker_args=tuple(args.docker_arg),
-        runtime=args.runtime,
-        kernel_user=args.kernel_user,
-        workdir_readonly=args.workdir_readonly,
+    if args.copy_workdir or args.no_workdir:
+        values["workdir"] = "copy" if args.copy_workdir else "none"
+    if args.workdir_readonly:
+        values["workdir_readonly"] = True
+    if args.env:
+        values["env"] = tuple({**dict(values.get("env", ())), **dict(parse_env(args.env))}.items())
+    given: dict[str, Any] = {
+        "image": args.image,
+        "mounts": mounts or None,
+        "kernel_cmd": tuple(args.kernel_cmd) if args.kernel_cmd else None,
+        "python": args.python,
+        "docker_args": tuple(args.docker_arg) or None,
+        "runtime": args.runtime,
+        "kernel_user": args.kernel_user,
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},
-    )
+    }
+    values.update({k: v for k, v in given.items() if v is not None})
+    return KernelSettings(**values)
 
 
 def check_image(engine: Engine, settings: KernelSettings) -> str:
@@ -239,8 +283,25 @@ def check_image(engine: Engine, settings: KernelSettings) -> str:
 
 
 def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
-    settings = settings_from_args(args)
+    defaults = config.load_defaults()
+    try:
+        settings = settings_from_args(args, defaults)
+    except SettingsError as exc:
+        if not defaults.files:
+            raise
+        raise SettingsError(f"{exc} (Defaults came from {', '.join(defaults.files)}.)") from exc
     name = kernelspec.validate_name(args.name)
+    for_nbgrader = bool(args.for_nbgrader or args.write_nbgrader_config)
+    timeout = grading.DEFAULT_TIMEOUT if args.cell_timeout is None else args.cell_timeout
+    if for_nbgrader:
+        grading.check_timeout(timeout, settings.max_lifetime)
+    elif args.cell_timeout is not None:
+        raise SettingsError(
+            "--cell-timeout only sets the nbgrader_config.py lines. No kernelspec was written. "
+            "Add --for-nbgrader, or leave it out."
+        )
+    if args.write_nbgrader_config:
+        grading.check_config_file(args.write_nbgrader_config)
     prefix = sys.prefix if args.sys_prefix else args.prefix
     versions = ""
     if not args.skip_checks:
@@ -252,6 +313,8 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     )
     path = kernelspec.install(name, data, user=args.user, prefix=prefix, replace=args.replace)
     print(f"Installed kernelspec {name} in {path}")
+    for used in defaults.files:
+        print(f"  defaults from {used}")
     if versions:
         py, ipk, release = [*versions.split(), "?", "?"][:3]
         runtime = f", runtime {settings.runtime} (kernel {release})" if settings.runtime else ""
@@ -272,8 +335,19 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     if os.getuid() == 0 and settings.workdir == "mount":
         print(
             "  note: as root, kernels run as uid 65534 and cannot write directories root "
-            "owns (such as nbgrader's autograded/); for grading, --copy-workdir is safer."
+            "owns (such as nbgrader's autograded/); for grading, use --for-nbgrader."
         )
+    if for_nbgrader:
+        lines = grading.config_lines(name, timeout)
+        target = args.write_nbgrader_config
+        if target:
+            done = grading.write_config_file(target, lines)
+            print(f"{done} {target}:")
+        else:
+            print("Add to nbgrader_config.py (or rerun with --write-nbgrader-config PATH):")
+        print("\n".join(f"  {line}" for line in lines))
+        print("Then: nbgrader autograde ASSIGNMENT")
+        return 0
     print("Use it with:")
     print(f"  nbgrader autograde ASSIGNMENT --ExecutePreprocessor.kernel_name={name}")
     print(f"  jupyter nbconvert --execute --to notebook NB.ipynb --kernel {name}")

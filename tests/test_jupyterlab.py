@@ -81,6 +81,15 @@ class Lab:
         return json.loads(body) if body else None
 
 
+def session_alive(sid: int) -> bool:
+    """Whether any process still belongs to session `sid`."""
+    try:
+        os.killpg(sid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -155,6 +164,8 @@ def lab(workdir: Path, kernel_name: str, tmp_path_factory: pytest.TempPathFactor
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+        # Nothing of the server's session is left (kernel launchers included).
+        wait_until(lambda: not session_alive(server.pid), timeout=30)
         log.close()
         print(f"jupyter lab log: {log.name}")
         print(Path(log.name).read_text()[-4000:])
@@ -163,9 +174,10 @@ def lab(workdir: Path, kernel_name: str, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture
 def page(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     """A page in a headless system Chromium with a fresh profile; the browser is closed after."""
+    profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
+            str(profile),
             executable_path=chromium,
             headless=True,
             args=CHROMIUM_ARGS,
@@ -177,6 +189,20 @@ def page(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
             yield context.pages[0] if context.pages else context.new_page()
         finally:
             context.close()
+    # Every Chromium process names its profile dir on its command line.
+    wait_until(lambda: not processes_mentioning(str(profile)), timeout=10)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of processes whose command line contains `text`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 def write_notebook(path: Path, kernel_name: str) -> None:

@@ -253,7 +253,7 @@ def kernel_ids(lab: Lab) -> list[str]:
 
 
 def test_jupyterlab_runs_interrupts_restarts_and_plots_in_the_container(
-    lab: Lab, page: Page, workdir: Path, kernel_name: str
+    page: Page, lab: Lab, workdir: Path, kernel_name: str
 ) -> None:
     """In JupyterLab in Chromium: a cell runs in the container, sleep(60) is interrupted,
     a restart gives a fresh container without the old state, and a plot renders as <img>."""
@@ -280,12 +280,15 @@ def test_jupyterlab_runs_interrupts_restarts_and_plots_in_the_container(
     interrupted_in = time.monotonic() - interrupt_at
     shot(page, "2-interrupted")
     assert interrupted_in < 30, f"the interrupt took {interrupted_in:.1f} s"
+    print(f"interrupt click to KeyboardInterrupt shown and idle: {interrupted_in:.1f} s")
 
+    restart_at = time.monotonic()
     page.locator("[data-command='notebook:restart-kernel']").first.click()
     page.locator(".jp-Dialog .jp-mod-accept").click()
     wait_until(lambda: set(containers_for(workdir)) - {first_container}, timeout=60)
     wait_idle(page)
     wait_until(lambda: first_container not in containers_for(workdir), timeout=30)
+    print(f"restart click to idle in a new container: {time.monotonic() - restart_at:.1f} s")
     run_cell(page, 2)
     expect(output_of(page, 2)).to_have_text("False")
     assert kernel_ids(lab) == [kernel_id], "a restart keeps the kernel, in a new container"

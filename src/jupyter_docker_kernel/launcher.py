@@ -12,13 +12,11 @@ the in-container supervisor ends the kernel when our `docker run -i` stdin goes 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -122,7 +120,7 @@ class Launcher:
                 "started. The launcher must be run by a Jupyter client with {connection_file}."
             ) from exc
         self.kernel_id = kernel_id_from(connection_file)
-        nonce = secrets.token_hex(3)
+        nonce = os.urandom(3).hex()
         self.name = f"{NAME_PREFIX}-{self.kernel_id}-{nonce}"
         self.base = runtime_base() / f"{self.kernel_id}-{nonce}"
         self.runtime_dir = self.base / "rt"
@@ -693,16 +691,54 @@ def configure_logging(debug: bool) -> None:
     root.propagate = False
 
 
+USAGE = (
+    "usage: python -m jupyter_docker_kernel.launcher --settings JSON -f CONNECTION_FILE "
+    "[--debug]\nRun by Jupyter through a kernelspec written by `jupyter-docker-kernel setup`."
+)
+
+
+class Args:
+    """The launcher's three options (parsed by hand: argparse costs a kernel start ~10 ms)."""
+
+    def __init__(self) -> None:
+        self.settings = ""
+        self.connection_file = ""
+        self.debug = False
+
+
+def parse_args(argv: list[str]) -> Args:
+    """Parse --settings JSON, -f/--connection-file FILE and --debug; exit 2 on anything else."""
+    args = Args()
+    rest = list(argv)
+    while rest:
+        opt = rest.pop(0)
+        name, eq, value = opt.partition("=")
+        if name in ("--settings", "-f", "--connection-file"):
+            if not eq:
+                if not rest:
+                    break
+                value = rest.pop(0)
+            if name == "--settings":
+                args.settings = value
+            else:
+                args.connection_file = value
+        elif opt == "--debug":
+            args.debug = True
+        elif opt in ("-h", "--help"):
+            print(USAGE)
+            sys.exit(0)
+        else:
+            print(f"{USAGE}\nerror: unexpected argument {opt!r}", file=sys.stderr)
+            sys.exit(2)
+    if not args.settings or not args.connection_file:
+        print(f"{USAGE}\nerror: --settings and -f are required", file=sys.stderr)
+        sys.exit(2)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the kernelspec's argv; returns the kernel container's exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m jupyter_docker_kernel.launcher",
-        description="Run by Jupyter through a kernelspec written by `jupyter-docker-kernel setup`.",
-    )
-    parser.add_argument("--settings", required=True, help="the kernel's settings as JSON")
-    parser.add_argument("-f", "--connection-file", required=True)
-    parser.add_argument("--debug", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging(args.debug or bool(os.environ.get("JUPYTER_DOCKER_KERNEL_DEBUG")))
     # Until the event loop's handler is installed, an interrupt has no kernel to reach yet;
     # it must not kill the launcher halfway through starting one.

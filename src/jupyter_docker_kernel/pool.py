@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import socket
 import sys
@@ -181,7 +180,7 @@ def start_one(
     engine: Engine, settings: KernelSettings, base: Path, launch: hardening.Launch, key: str
 ) -> str:
     """Start one detached pooled container; returns its name."""
-    nonce = secrets.token_hex(4)
+    nonce = os.urandom(4).hex()
     name = f"{POOL_NAME_PREFIX}{key[:8]}-{nonce}"
     pool_dir = base / f"{POOL_DIR_PREFIX}{key}-{nonce}"
     (pool_dir / "rt").mkdir(parents=True, mode=0o700)

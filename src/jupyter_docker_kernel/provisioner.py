@@ -1,0 +1,302 @@
+"""The launcher's container lifecycle as a jupyter_client kernel provisioner.
+
+`setup --provisioner` writes `metadata.kernel_provisioner` into kernel.json; clients that
+honour it (Jupyter Server, nbclient, jupyter_client's KernelManager) then call this class
+instead of running the argv: interrupt, terminate and kill become engine calls, and the
+client connects straight to the kernel's ipc sockets in the bind-mounted runtime dir, with
+no relay process in between. Clients that ignore provisioners (VS Code) run the argv
+launcher from the same kernel.json, with the same settings and the same hardening.
+
+No relay means no message-size or output budgets on this path (they are relay features);
+`setup --provisioner` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+
+from jupyter_docker_kernel import hardening, kernelspec
+from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
+from jupyter_docker_kernel.launcher import (
+    CHANNELS,
+    LIFETIME_GRACE,
+    Launcher,
+    forward,
+    kernel_id_from,
+    remove_tree,
+    runtime_base,
+    start_lifeline_watchdog,
+)
+from jupyter_docker_kernel.settings import KernelSettings
+
+
+def socket_prefix(runtime_dir: Path) -> str:
+    """The host path the kernel's sockets are named after: <prefix>-1 .. <prefix>-5."""
+    return str(runtime_dir / hardening.SOCKET_PREFIX)
+
+
+def direct_connection(runtime_dir: Path) -> dict[str, Any]:
+    """The client's side of the kernel's ipc sockets: the same files, seen from the host.
+
+    The kernel binds ipc://RUNTIME_TARGET/k-N inside (Launcher.kernel_connection); the
+    runtime dir is that directory's bind-mount source, so the host path reaches it.
+    """
+    conn: dict[str, Any] = {"transport": "ipc", "ip": socket_prefix(runtime_dir)}
+    for index, channel in enumerate(CHANNELS, start=1):
+        conn[f"{channel}_port"] = index
+    return conn
+
+
+def settings_of(kernel_spec: Any) -> KernelSettings:
+    """The settings embedded in the kernelspec's argv, exactly as the launcher reads them."""
+    return kernelspec.settings_from_kernel_json(
+        {"argv": list(kernel_spec.argv), "metadata": dict(kernel_spec.metadata)}
+    )
+
+
+class DockerProvisioner(KernelProvisionerBase):
+    """One kernel's containers, one after another across restarts, for a KernelManager.
+
+    The runtime dir (and so the socket paths the client connects to) stays the same across
+    restarts, so a client that stays connected (a server's websocket) reaches the new
+    kernel without reconnecting; each start gets a new container.
+    """
+
+    #: The per-kernel host dir (runtime dir, connection file, workdir copy); set on first start.
+    base: Path | None = None
+    #: The running container's name (a new one on each start).
+    container_name: str = ""
+    settings: KernelSettings
+    _proc: subprocess.Popen[bytes] | None = None
+    _watchdog: subprocess.Popen[bytes] | None = None
+    _forwards: list[threading.Thread]
+    _timer: threading.Timer | None = None
+    _started: float = 0.0
+    _exit_reason: str = ""
+
+    @property
+    def engine(self) -> Engine:
+        return Engine()
+
+    @property
+    def key(self) -> str:
+        """The kernel id as the containers' label and names carry it (name-safe)."""
+        return kernel_id_from(f"kernel-{self.kernel_id}.json")
+
+    @property
+    def has_process(self) -> bool:
+        return self._proc is not None
+
+    # -- start --------------------------------------------------------------------------------
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        """KernelManager.pre_start_kernel calls this first: point the manager's connection
+        info at the kernel's sockets in our runtime dir and write its connection file."""
+        km = self.parent
+        if km is None:
+            raise LaunchError(
+                "The docker provisioner needs a jupyter_client KernelManager as its parent. "
+                "No container was started."
+            )
+        self.settings = settings_of(self.kernel_spec)
+        if self.base is None:
+            self.base = runtime_base() / f"{self.key}-{secrets.token_hex(3)}"
+        conn = direct_connection(self.base / "rt")
+        km.transport = conn["transport"]
+        km.ip = conn["ip"]
+        for name, value in conn.items():
+            if name.endswith("_port"):
+                setattr(km, name, value)
+        km.write_connection_file()
+        self.connection_info = km.get_connection_info()
+        kwargs.pop("extra_arguments", None)
+        return await super().pre_launch(cmd=list(self.kernel_spec.argv), **kwargs)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """KernelManager.start_kernel calls this: start the container (not `cmd`, the argv
+        for clients without provisioners) and return the direct connection info."""
+        assert self.base is not None, "pre_launch() sets the runtime dir"
+        assert self.parent is not None, "pre_launch() checks the parent"
+        engine = self.engine
+        launcher = Launcher(
+            self.settings,
+            self.parent.connection_file,
+            engine,
+            kernel_id=self.key,
+            base=self.base,
+            workdir=str(kwargs.get("cwd") or os.getcwd()),
+        )
+        if self._watchdog is None:
+            self._watchdog = start_lifeline_watchdog(engine.executable(), self.key, self.base)
+        try:
+            launch = await asyncio.to_thread(launcher.prepare)
+            self._proc = launcher.start_container(launch)
+        except (DockerKernelError, OSError):
+            # The manager will not call cleanup() for a start that failed.
+            remove_tree(self.base)
+            self._stop_watchdog()
+            raise
+        self.container_name = launcher.name
+        self._started = time.monotonic()
+        self._exit_reason = ""
+        # The kernel's raw stdout/stderr, escaped and capped, go to the server's log.
+        self._forwards = [
+            threading.Thread(target=forward, args=(stream, sys.stderr.buffer), daemon=True)
+            for stream in (self._proc.stdout, self._proc.stderr)
+        ]
+        for thread in self._forwards:
+            thread.start()
+        # The supervisor enforces the lifetime inside; the kernel could stop it, so we
+        # enforce it from outside too, a little later.
+        self._timer = threading.Timer(
+            self.settings.max_lifetime + LIFETIME_GRACE, self._remove, (launcher.name,)
+        )
+        self._timer.daemon = True
+        self._timer.start()
+        s = self.settings
+        self.log.info(
+            "kernel %s started in container %s from %s: network %s, memory %s, cpus %g, "
+            "pids %d%s; direct ipc sockets in %s",
+            self.kernel_id,
+            launcher.name,
+            s.image,
+            s.network,
+            s.memory,
+            s.cpus,
+            s.pids_limit,
+            f", runtime {s.runtime}" if s.runtime else "",
+            launch.runtime_dir,
+        )
+        return self.connection_info
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def poll(self) -> int | None:
+        """None while the container runs (its `docker run` client does), else its exit code."""
+        return self._proc.poll() if self._proc is not None else 0
+
+    async def wait(self) -> int | None:
+        """Wait for the container to exit, then release its pipes and threads."""
+        if self._proc is None:
+            return 0
+        while self._proc.poll() is None:
+            await asyncio.sleep(0.1)
+        code = self._proc.returncode
+        for thread in self._forwards:
+            await asyncio.to_thread(thread.join, 5)
+        for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._proc = None
+        if self._timer is not None:
+            self._timer.cancel()
+        why = f" ({self._exit_reason})" if self._exit_reason else ""
+        self.log.info(
+            "kernel container %s exited with code %s%s after %.1f s",
+            self.container_name,
+            code,
+            why,
+            time.monotonic() - self._started,
+        )
+        return code
+
+    async def send_signal(self, signum: int) -> None:
+        """KernelManager.signal_kernel (SIGINT: interrupt_kernel) calls this. The engine
+        delivers it to the container's init, which passes it to the supervisor, which
+        forwards it to the kernel's process group, as a local kernel would receive it."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        if signum == signal.SIGKILL:
+            await self.kill()
+        elif signum == signal.SIGTERM:
+            await self.terminate()
+        else:
+            name = signal.Signals(signum).name.removeprefix("SIG")
+            self.log.debug("signal %s to container %s", name, self.container_name)
+            await asyncio.to_thread(self._engine_call, "kill", self.container_name, name)
+
+    async def kill(self, restart: bool = False) -> None:
+        """KernelManager.kill_kernel, or shutdown's last resort: remove the container."""
+        if self._proc is not None:
+            self._exit_reason = self._exit_reason or "killed by the Jupyter client"
+            await asyncio.to_thread(self._remove, self.container_name)
+
+    async def terminate(self, restart: bool = False) -> None:
+        """Shutdown's second step when the kernel ignored shutdown_request: SIGTERM, which
+        the supervisor passes on to the kernel before it exits."""
+        if self._proc is not None:
+            self._exit_reason = self._exit_reason or "terminated by the Jupyter client"
+            await asyncio.to_thread(self._engine_call, "kill", self.container_name, "TERM")
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """KernelManager.cleanup_resources calls this after the kernel stopped: remove the
+        container (if the engine still has it) and the runtime dir; on a final shutdown
+        also release the watchdog, telling it there is nothing left to do."""
+        if self._proc is not None:
+            await self.kill()
+            await self.wait()
+        if self.container_name:
+            await asyncio.to_thread(self._remove, self.container_name)
+        if self.base is not None:
+            await asyncio.to_thread(remove_tree, self.base)
+        if not restart:
+            self._stop_watchdog()
+            self.base = None
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        # A container's kernel exits as fast as a local one; the engine's removal adds
+        # little. The default stays.
+        return recommended
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update({"container_name": self.container_name, "base": str(self.base or "")})
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.container_name = provisioner_info.get("container_name", "")
+        base = provisioner_info.get("base")
+        self.base = Path(base) if base else None
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _engine_call(self, method: str, *args: str) -> None:
+        """An engine call whose failure is logged, not raised: the container may be gone."""
+        try:
+            getattr(self.engine, method)(*args)
+        except DockerKernelError as exc:
+            self.log.warning("%s", exc)
+
+    def _remove(self, name: str) -> None:
+        self._engine_call("remove", name)
+
+    def _stop_watchdog(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is None or watchdog.stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            watchdog.stdin.write(b"q")
+            watchdog.stdin.flush()
+        with contextlib.suppress(OSError):
+            watchdog.stdin.close()
+        try:
+            watchdog.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()

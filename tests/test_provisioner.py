@@ -1,0 +1,285 @@
+"""The kernel provisioner: jupyter_client manages the container itself, with no relay.
+
+Pure parts first (the connection info, the kernel.json stanza, setup's warning), then the
+user's story with a real KernelManager / nbclient on the spec `setup --provisioner` wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
+
+from jupyter_docker_kernel import cli, hardening, kernelspec
+from jupyter_docker_kernel.launcher import runtime_base
+from jupyter_docker_kernel.provisioner import DockerProvisioner, direct_connection
+from jupyter_docker_kernel.settings import KernelSettings
+from tests.conftest import inspect, install_kernel
+from tests.kernels import (
+    containers_of,
+    execute,
+    start,
+    stop,
+    stream_text,
+    wait_for_stream,
+    wait_until,
+)
+
+# -- pure -----------------------------------------------------------------------------------
+
+
+def test_direct_connection_names_the_kernels_sockets_on_the_host(tmp_path: Path) -> None:
+    """ipc to <runtime dir>/k-1..5 in the launcher's channel order: the files the kernel
+    binds as RUNTIME_TARGET/k-N inside the container."""
+    conn = direct_connection(tmp_path / "rt")
+    assert conn == {
+        "transport": "ipc",
+        "ip": f"{tmp_path}/rt/{hardening.SOCKET_PREFIX}",
+        "shell_port": 1,
+        "iopub_port": 2,
+        "stdin_port": 3,
+        "control_port": 4,
+        "hb_port": 5,
+    }
+
+
+def test_provisioner_stanza_names_our_entry_point_and_keeps_the_argv() -> None:
+    """--provisioner adds metadata.kernel_provisioner and changes nothing else, so clients
+    that ignore provisioners (VS Code) still run the same launcher argv."""
+    settings = KernelSettings()
+    plain = kernelspec.build_kernel_json(settings, display_name="x")
+    with_provisioner = kernelspec.build_kernel_json(settings, display_name="x", provisioner=True)
+    stanza = with_provisioner["metadata"].pop("kernel_provisioner")
+    assert stanza == {"provisioner_name": "docker-provisioner", "config": {}}
+    assert with_provisioner == plain
+
+
+def test_setup_provisioner_warns_once_that_budgets_do_not_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """setup --provisioner prints one warning line about the relay-only budgets, and the
+    spec it writes resolves to DockerProvisioner through the entry point."""
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    argv = ["setup", "--name", "prov", "--user", "--skip-checks", "--provisioner"]
+    assert cli.main(argv) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert "--max-message and --output-budget" in warnings[0]
+    spec = KernelSpecManager().get_kernel_spec("prov")
+    factory = KernelProvisionerFactory.instance()
+    provisioner = factory.create_provisioner_instance("k1", spec, parent=None)
+    assert isinstance(provisioner, DockerProvisioner)
+
+
+# -- with Docker ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def provisioned(kernel_image: str) -> str:
+    """A kernelspec written by `setup --provisioner` for the default image."""
+    name = "jdk-test-provisioner"
+    install_kernel(name, kernel_image, "--provisioner")
+    return name
+
+
+def launcher_children() -> list[str]:
+    """Command lines of our child processes that run the argv launcher (the relay)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        ppid = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+        if int(ppid) == os.getpid() and "jupyter_docker_kernel.launcher --settings" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def provisioner_of(km: Any) -> DockerProvisioner:
+    assert isinstance(km.provisioner, DockerProvisioner)
+    return km.provisioner
+
+
+@pytest.mark.docker
+def test_kernel_manager_talks_to_the_containers_sockets_directly(
+    provisioned: str, workdir: Path
+) -> None:
+    """KernelManager uses DockerProvisioner; its connection info is ipc to the sockets in
+    the host runtime dir; no launcher process runs; code runs hardened, output arrives."""
+    km, kc = start(provisioned, str(workdir))
+    try:
+        prov = provisioner_of(km)
+        assert prov.base is not None
+        info = km.get_connection_info()
+        assert info["transport"] == "ipc"
+        assert info["ip"] == f"{prov.base}/rt/{hardening.SOCKET_PREFIX}"
+        assert prov.base.parent == runtime_base()
+        for port in range(1, 6):
+            assert stat.S_ISSOCK(os.stat(f"{info['ip']}-{port}").st_mode)
+        assert launcher_children() == []
+
+        reply, out = execute(kc, "import os, socket; print(os.getcwd(), socket.gethostname())")
+        assert reply["status"] == "ok"
+        assert stream_text(out) == f"{workdir} kernel\n"
+
+        (container,) = containers_of(prov.key)
+        host = inspect(container)["HostConfig"]
+        assert isinstance(host, dict)
+        assert host["NetworkMode"] == "none"
+        assert host["CapDrop"] == ["ALL"]
+        assert host["ReadonlyRootfs"] is True
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.docker
+def test_interrupt_stops_a_sleeping_cell_three_times_in_a_row(
+    provisioned: str, workdir: Path
+) -> None:
+    """interrupt_kernel becomes an engine SIGINT; each sleep(60) ends in KeyboardInterrupt
+    within seconds, and the kernel keeps working after the third."""
+    km, kc = start(provisioned, str(workdir))
+    try:
+        for _ in range(3):
+            msg_id = kc.execute("import time; print('sleeping', flush=True); time.sleep(60)")
+            wait_for_stream(kc, msg_id, "sleeping")
+            km.interrupt_kernel()
+            reply = kc.get_shell_msg(timeout=20)
+            while reply["parent_header"].get("msg_id") != msg_id:  # wait_for_ready's extras
+                reply = kc.get_shell_msg(timeout=20)
+            assert reply["content"]["status"] == "error"
+            assert reply["content"]["ename"] == "KeyboardInterrupt"
+        reply, out = execute(kc, "print('still here')")
+        assert stream_text(out) == "still here\n"
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.docker
+def test_restart_starts_a_new_container_the_connected_client_reaches(
+    provisioned: str, workdir: Path
+) -> None:
+    """restart_kernel replaces the container; the socket paths stay, so the client that
+    was connected before runs code in the new kernel without reconnecting."""
+    km, kc = start(provisioned, str(workdir))
+    try:
+        prov = provisioner_of(km)
+        execute(kc, "x = 1")
+        (before,) = containers_of(prov.key, running_only=True)
+        ip = km.get_connection_info()["ip"]
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=120)
+        (after,) = containers_of(prov.key, running_only=True)
+        assert after != before
+        assert km.get_connection_info()["ip"] == ip
+        _, out = execute(kc, "print('x' in dir())")
+        assert stream_text(out) == "False\n"
+        wait_until(lambda: before not in containers_of(prov.key), 10)
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.docker
+def test_shutdown_leaves_no_container_runtime_dir_or_process(
+    provisioned: str, workdir: Path
+) -> None:
+    """After shutdown_kernel: no container with the kernel's label, no runtime dir, and
+    neither the `docker run` client nor the watchdog process still runs."""
+    km, kc = start(provisioned, str(workdir))
+    prov = provisioner_of(km)
+    base = prov.base
+    assert base is not None
+    proc, watchdog = prov._proc, prov._watchdog
+    assert proc is not None
+    assert watchdog is not None
+    stop(km, kc)
+    wait_until(lambda: not containers_of(prov.key), 10)
+    assert not base.exists()
+    assert proc.poll() is not None
+    assert watchdog.poll() is not None
+
+
+SIGKILL_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name=sys.argv[1])
+    km.start_kernel(cwd=sys.argv[2])
+    kc = km.blocking_client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=120)
+    print(json.dumps({"key": km.provisioner.key, "base": str(km.provisioner.base)}), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.docker
+def test_sigkill_of_the_managing_process_removes_the_container(
+    provisioned: str, workdir: Path, tmp_path: Path
+) -> None:
+    """A process that owns the KernelManager dies by SIGKILL: its container and runtime
+    dir are gone within seconds (stdin lifeline to the supervisor, and the watchdog)."""
+    script = tmp_path / "owner.py"
+    script.write_text(SIGKILL_SCRIPT)
+    with subprocess.Popen(
+        [sys.executable, str(script), provisioned, str(workdir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as owner:
+        try:
+            assert owner.stdout is not None
+            started = json.loads(owner.stdout.readline())
+            assert containers_of(started["key"], running_only=True)
+        finally:
+            owner.send_signal(signal.SIGKILL)
+    took = wait_until(lambda: not containers_of(started["key"]), 15)
+    wait_until(lambda: not Path(started["base"]).exists(), 5)
+    print(f"container gone {took:.1f} s after SIGKILL")
+
+
+@pytest.mark.docker
+def test_nbclient_runs_a_notebook_through_the_provisioner(provisioned: str, workdir: Path) -> None:
+    """nbclient's own AsyncKernelManager picks the provisioner, runs the cells in the
+    container (cwd = the notebook's dir) and leaves no container behind."""
+    from nbclient import NotebookClient
+
+    # nbformat ships py.typed but leaves these functions unannotated.
+    new_nb, new_cell = nbformat.v4.new_notebook, nbformat.v4.new_code_cell
+    cells = ["import os, socket\nprint(os.getcwd(), socket.gethostname())", "6 * 7"]
+    nb = new_nb(cells=[new_cell(c) for c in cells])  # type: ignore[no-untyped-call]
+    seen: list[DockerProvisioner] = []
+    client: NotebookClient
+
+    def on_start(**_: Any) -> None:
+        seen.append(provisioner_of(client.km))
+
+    client = NotebookClient(
+        nb,
+        kernel_name=provisioned,
+        timeout=120,
+        resources={"metadata": {"path": str(workdir)}},
+        on_notebook_start=on_start,
+    )
+    client.execute()
+    assert nb.cells[0].outputs[0]["text"] == f"{workdir} kernel\n"
+    assert nb.cells[1].outputs[0]["data"]["text/plain"] == "42"
+    (prov,) = seen
+    wait_until(lambda: not containers_of(prov.key), 10)

@@ -22,6 +22,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
 from jupyter_docker_kernel import cli, hardening, kernelspec
+from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.launcher import runtime_base
 from jupyter_docker_kernel.provisioner import DockerProvisioner, direct_connection
 from jupyter_docker_kernel.settings import KernelSettings
@@ -52,6 +53,12 @@ def test_direct_connection_names_the_kernels_sockets_on_the_host(tmp_path: Path)
         "control_port": 4,
         "hb_port": 5,
     }
+
+
+def test_too_long_socket_paths_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    """A runtime dir so deep that unix socket paths would not fit fails before any start."""
+    with pytest.raises(LaunchError, match="XDG_RUNTIME_DIR"):
+        direct_connection(tmp_path / ("d" * 120) / "rt")
 
 
 def test_provisioner_stanza_names_our_entry_point_and_keeps_the_argv() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import signal
@@ -43,6 +44,9 @@ from jupyter_docker_kernel.launcher import (
 )
 from jupyter_docker_kernel.settings import KernelSettings
 
+#: sun_path holds 108 bytes with its NUL: a longer socket path cannot be connected to.
+MAX_SOCKET_PATH = 107
+
 
 def socket_prefix(runtime_dir: Path) -> str:
     """The host path the kernel's sockets are named after: <prefix>-1 .. <prefix>-5."""
@@ -55,7 +59,14 @@ def direct_connection(runtime_dir: Path) -> dict[str, Any]:
     The kernel binds ipc://RUNTIME_TARGET/k-N inside (Launcher.kernel_connection); the
     runtime dir is that directory's bind-mount source, so the host path reaches it.
     """
-    conn: dict[str, Any] = {"transport": "ipc", "ip": socket_prefix(runtime_dir)}
+    prefix = socket_prefix(runtime_dir)
+    if len(os.fsencode(prefix)) + 2 > MAX_SOCKET_PATH:
+        raise LaunchError(
+            f"The kernel's socket paths under {runtime_dir} would be longer than the "
+            f"{MAX_SOCKET_PATH} bytes a unix socket path may have. No container was started. "
+            "Set XDG_RUNTIME_DIR (or TMPDIR) to a shorter directory."
+        )
+    conn: dict[str, Any] = {"transport": "ipc", "ip": prefix}
     for index, channel in enumerate(CHANNELS, start=1):
         conn[f"{channel}_port"] = index
     return conn
@@ -66,6 +77,19 @@ def settings_of(kernel_spec: Any) -> KernelSettings:
     return kernelspec.settings_from_kernel_json(
         {"argv": list(kernel_spec.argv), "metadata": dict(kernel_spec.metadata)}
     )
+
+
+def share_log(server_log: Any) -> None:
+    """Send our modules' log lines (the launcher's workdir warnings, engine errors) to the
+    server's log handlers, once, unless someone configured our logger already."""
+    ours = logging.getLogger("jupyter_docker_kernel")
+    if ours.handlers or not isinstance(server_log, logging.Logger):
+        return
+    for handler in server_log.handlers:
+        ours.addHandler(handler)
+    if ours.handlers:
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
 
 
 class DockerProvisioner(KernelProvisionerBase):
@@ -113,6 +137,7 @@ class DockerProvisioner(KernelProvisionerBase):
                 "No container was started."
             )
         self.settings = settings_of(self.kernel_spec)
+        share_log(self.log)
         if self.base is None:
             self.base = runtime_base() / f"{self.key}-{secrets.token_hex(3)}"
         conn = direct_connection(self.base / "rt")

@@ -6,6 +6,7 @@ user's story with a real KernelManager / nbclient on the spec `setup --provision
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
-from jupyter_docker_kernel import cli, hardening, kernelspec
+from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.launcher import runtime_base
 from jupyter_docker_kernel.provisioner import DockerProvisioner, direct_connection
@@ -290,3 +291,51 @@ def test_nbclient_runs_a_notebook_through_the_provisioner(provisioned: str, work
     assert nb.cells[1].outputs[0]["data"]["text/plain"] == "42"
     (prov,) = seen
     wait_until(lambda: not containers_of(prov.key), 10)
+
+
+@pytest.mark.docker
+def test_a_warm_pool_container_is_claimed_through_the_provisioner(
+    kernel_image: str, workdir: Path
+) -> None:
+    """With --pool, the provisioner's second kernel adopts the warm container the first
+    start left ready; the client still talks to its sockets directly, from /work."""
+    name = "jdk-test-provisioner-pool"
+    # The env value makes this spec's pool key ours alone, so cleanup touches no other pool.
+    spec = install_kernel(
+        name,
+        kernel_image,
+        *("--provisioner", "--copy-workdir", "--pool", "1", "--pool-ttl", "60"),
+        *("--env", "JDK_TEST_POOL=provisioner"),
+    )
+    settings = kernelspec.settings_from_kernel_json(json.loads((spec / "kernel.json").read_text()))
+    key = pool.pool_key(settings, os.getuid())
+    api = engine.EngineApi()
+
+    def warm() -> list[str]:
+        return [
+            str(item["Id"])
+            for item in api.containers({engine.LABEL_POOL: key})
+            if str(item["Names"][0]).lstrip("/").startswith(pool.POOL_NAME_PREFIX)
+            and Path(item["Labels"][engine.LABEL_POOL_DIR], "rt", pool.CLAIM_SOCKET).exists()
+        ]
+
+    try:
+        km, kc = start(name, str(workdir))
+        stop(km, kc)
+        wait_until(lambda: bool(warm()), 90)
+        km, kc = start(name, str(workdir))
+        try:
+            prov = provisioner_of(km)
+            assert prov._launcher is not None
+            assert prov._launcher.pooled
+            assert km.get_connection_info()["ip"] == f"{prov.base}/rt/{hardening.SOCKET_PREFIX}"
+            _, out = execute(kc, "import os; print(os.getcwd())")
+            assert stream_text(out) == f"{pool.WORK_TARGET}\n"
+        finally:
+            stop(km, kc)
+        wait_until(lambda: not containers_of(prov.key), 10)
+    finally:
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: bool(warm()), 30)  # the refill after the second start
+        for item in api.containers({engine.LABEL_POOL: key}, running=False):
+            engine.Engine().remove(str(item["Id"]))

@@ -343,7 +343,7 @@ class Launcher:
             thread.start()
         tasks = [loop.create_task(self._log_started()), loop.create_task(self._watch_parent())]
         if self.settings.pool:
-            threading.Thread(target=self._fill_pool, daemon=True).start()
+            threading.Thread(target=self.fill_pool, daemon=True).start()
         # The supervisor enforces the lifetime inside; the kernel runs as the same uid and
         # could stop it, so we enforce it here too, a little later.
         loop.call_later(
@@ -405,8 +405,10 @@ class Launcher:
             f", runtime {s.runtime}" if s.runtime else "",
         )
 
-    def _fill_pool(self) -> None:
-        """Top the warm pool up for the next kernel (background thread; errors logged)."""
+    def fill_pool(self) -> None:
+        """Top the warm pool up for the next kernel (background thread; errors logged).
+
+        The launcher and the provisioner call it once their own kernel has started."""
         try:
             started = pool.fill(self.engine, self.settings, runtime_base(), self.launch_facts())
         except (DockerKernelError, OSError) as exc:
@@ -562,19 +564,24 @@ def watch_lifeline(argv: list[str] | None = None) -> None:
         return
     from jupyter_docker_kernel.engine import LABEL_KERNEL_ID, LABEL_OWNER_UID
 
+    # By label, or (a claimed warm container, labelled before it had a kernel) by name.
+    selectors = (f"label={LABEL_KERNEL_ID}={kernel_id}", f"name=^{NAME_PREFIX}-{kernel_id}-")
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        found = subprocess.run(
-            [
-                *(engine_exe, "ps", "-aq", "--no-trunc"),
-                *("--filter", f"label={LABEL_KERNEL_ID}={kernel_id}"),
-                *("--filter", f"label={LABEL_OWNER_UID}={os.getuid()}"),
-            ],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        ).stdout.split()
+        found = {
+            cid
+            for selector in selectors
+            for cid in subprocess.run(
+                [
+                    *(engine_exe, "ps", "-aq", "--no-trunc", "--filter", selector),
+                    *("--filter", f"label={LABEL_OWNER_UID}={os.getuid()}"),
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            ).stdout.split()
+        }
         if found:
             subprocess.run(
                 [engine_exe, "rm", "--force", *found],

@@ -29,7 +29,7 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
-from jupyter_docker_kernel import hardening, kernelspec
+from jupyter_docker_kernel import hardening, kernelspec, pool
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.launcher import (
@@ -106,6 +106,7 @@ class DockerProvisioner(KernelProvisionerBase):
     container_name: str = ""
     settings: KernelSettings
     _proc: subprocess.Popen[bytes] | None = None
+    _launcher: Launcher | None = None
     _watchdog: subprocess.Popen[bytes] | None = None
     _forwards: list[threading.Thread]
     _timer: threading.Timer | None = None
@@ -167,12 +168,23 @@ class DockerProvisioner(KernelProvisionerBase):
         )
         if self._watchdog is None:
             self._watchdog = start_lifeline_watchdog(engine.executable(), self.key, self.base)
+        self._launcher = launcher
         try:
-            launch = await asyncio.to_thread(launcher.prepare)
-            self._proc = launcher.start_container(launch)
+            claimed = None
+            if self.settings.pool:
+                claimed = await asyncio.to_thread(pool.claim, self.settings, launcher.name)
+            if claimed is not None:
+                # A warm container: `docker wait` stands for it; the claim connection is
+                # its lifeline and carries the kernel's raw output.
+                self._proc = await asyncio.to_thread(launcher.adopt, claimed)
+                streams: list[Any] = [self._proc.stderr, launcher.lifeline]
+            else:
+                launch = await asyncio.to_thread(launcher.prepare)
+                self._proc = launcher.start_container(launch)
+                streams = [self._proc.stdout, self._proc.stderr]
         except (DockerKernelError, OSError):
             # The manager will not call cleanup() for a start that failed.
-            remove_tree(self.base)
+            await asyncio.to_thread(launcher.cleanup)
             self._stop_watchdog()
             raise
         self.container_name = launcher.name
@@ -181,10 +193,12 @@ class DockerProvisioner(KernelProvisionerBase):
         # The kernel's raw stdout/stderr, escaped and capped, go to the server's log.
         self._forwards = [
             threading.Thread(target=forward, args=(stream, sys.stderr.buffer), daemon=True)
-            for stream in (self._proc.stdout, self._proc.stderr)
+            for stream in streams
         ]
         for thread in self._forwards:
             thread.start()
+        if self.settings.pool:
+            threading.Thread(target=launcher.fill_pool, daemon=True).start()
         # The supervisor enforces the lifetime inside; the kernel could stop it, so we
         # enforce it from outside too, a little later.
         self._timer = threading.Timer(
@@ -194,9 +208,10 @@ class DockerProvisioner(KernelProvisionerBase):
         self._timer.start()
         s = self.settings
         self.log.info(
-            "kernel %s started in container %s from %s: network %s, memory %s, cpus %g, "
+            "kernel %s started in %scontainer %s from %s: network %s, memory %s, cpus %g, "
             "pids %d%s; direct ipc sockets in %s",
             self.kernel_id,
+            "warm " if launcher.pooled else "",
             launcher.name,
             s.image,
             s.network,
@@ -204,7 +219,7 @@ class DockerProvisioner(KernelProvisionerBase):
             s.cpus,
             s.pids_limit,
             f", runtime {s.runtime}" if s.runtime else "",
-            launch.runtime_dir,
+            launcher.runtime_dir,
         )
         return self.connection_info
 
@@ -221,6 +236,12 @@ class DockerProvisioner(KernelProvisionerBase):
         while self._proc.poll() is None:
             await asyncio.sleep(0.1)
         code = self._proc.returncode
+        launcher = self._launcher
+        if launcher is not None and launcher.pooled and code == 0 and self._proc.stdout:
+            output = self._proc.stdout.read().decode().strip()  # `docker wait` prints it
+            code = int(output) if output.lstrip("-").isdigit() else 1
+        if launcher is not None and launcher.lifeline is not None:
+            launcher.lifeline.close()
         for thread in self._forwards:
             await asyncio.to_thread(thread.join, 5)
         for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -24,7 +25,7 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
 from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool
 from jupyter_docker_kernel.errors import LaunchError
-from jupyter_docker_kernel.launcher import runtime_base
+from jupyter_docker_kernel.launcher import kernel_id_from, runtime_base
 from jupyter_docker_kernel.provisioner import DockerProvisioner, direct_connection
 from jupyter_docker_kernel.settings import KernelSettings
 from tests.conftest import inspect, install_kernel
@@ -261,6 +262,32 @@ def test_sigkill_of_the_managing_process_removes_the_container(
     took = wait_until(lambda: not containers_of(started["key"]), 15)
     wait_until(lambda: not Path(started["base"]).exists(), 5)
     print(f"container gone {took:.1f} s after SIGKILL")
+
+
+@pytest.mark.docker
+def test_jupyter_run_shuts_the_kernel_down_at_exit_without_errors(
+    provisioned: str, workdir: Path
+) -> None:
+    """`jupyter run` leaves the shutdown to KernelManager's atexit hook, when no thread
+    pool is left: the engine calls still run, nothing is left, nothing is logged as error."""
+    (workdir / "hello.py").write_text("import socket; print(socket.gethostname())\n")
+    jupyter_run = Path(sys.executable).with_name("jupyter-run")
+    proc = subprocess.run(
+        [str(jupyter_run), "--kernel", provisioned, "hello.py"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "kernel\n"
+    assert "Traceback" not in proc.stderr
+    assert "ERROR" not in proc.stderr
+    match = re.search(r"kernel (\S+) started in container", proc.stderr)
+    assert match is not None, proc.stderr
+    key = kernel_id_from(f"kernel-{match[1]}.json")
+    wait_until(lambda: not containers_of(key), 10)
 
 
 @pytest.mark.docker

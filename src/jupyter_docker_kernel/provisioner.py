@@ -23,8 +23,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
@@ -77,6 +78,21 @@ def settings_of(kernel_spec: Any) -> KernelSettings:
     return kernelspec.settings_from_kernel_json(
         {"argv": list(kernel_spec.argv), "metadata": dict(kernel_spec.metadata)}
     )
+
+
+T = TypeVar("T")
+
+
+async def off_loop(func: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call (an engine CLI call, file work) in a thread, so the server's
+    event loop keeps serving; inline when no thread can be had any more: KernelManager
+    shuts kernels down from an atexit hook, after the default executor has closed."""
+    try:
+        return await asyncio.to_thread(func, *args)
+    except RuntimeError as exc:
+        if "interpreter shutdown" not in str(exc):
+            raise
+        return func(*args)
 
 
 def share_log(server_log: Any) -> None:
@@ -172,19 +188,19 @@ class DockerProvisioner(KernelProvisionerBase):
         try:
             claimed = None
             if self.settings.pool:
-                claimed = await asyncio.to_thread(pool.claim, self.settings, launcher.name)
+                claimed = await off_loop(pool.claim, self.settings, launcher.name)
             if claimed is not None:
                 # A warm container: `docker wait` stands for it; the claim connection is
                 # its lifeline and carries the kernel's raw output.
-                self._proc = await asyncio.to_thread(launcher.adopt, claimed)
+                self._proc = await off_loop(launcher.adopt, claimed)
                 streams: list[Any] = [self._proc.stderr, launcher.lifeline]
             else:
-                launch = await asyncio.to_thread(launcher.prepare)
+                launch = await off_loop(launcher.prepare)
                 self._proc = launcher.start_container(launch)
                 streams = [self._proc.stdout, self._proc.stderr]
         except (DockerKernelError, OSError):
             # The manager will not call cleanup() for a start that failed.
-            await asyncio.to_thread(launcher.cleanup)
+            await off_loop(launcher.cleanup)
             self._stop_watchdog()
             raise
         self.container_name = launcher.name
@@ -243,7 +259,7 @@ class DockerProvisioner(KernelProvisionerBase):
         if launcher is not None and launcher.lifeline is not None:
             launcher.lifeline.close()
         for thread in self._forwards:
-            await asyncio.to_thread(thread.join, 5)
+            await off_loop(thread.join, 5)
         for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):
@@ -274,20 +290,20 @@ class DockerProvisioner(KernelProvisionerBase):
         else:
             name = signal.Signals(signum).name.removeprefix("SIG")
             self.log.debug("signal %s to container %s", name, self.container_name)
-            await asyncio.to_thread(self._engine_call, "kill", self.container_name, name)
+            await off_loop(self._engine_call, "kill", self.container_name, name)
 
     async def kill(self, restart: bool = False) -> None:
         """KernelManager.kill_kernel, or shutdown's last resort: remove the container."""
         if self._proc is not None:
             self._exit_reason = self._exit_reason or "killed by the Jupyter client"
-            await asyncio.to_thread(self._remove, self.container_name)
+            await off_loop(self._remove, self.container_name)
 
     async def terminate(self, restart: bool = False) -> None:
         """Shutdown's second step when the kernel ignored shutdown_request: SIGTERM, which
         the supervisor passes on to the kernel before it exits."""
         if self._proc is not None:
             self._exit_reason = self._exit_reason or "terminated by the Jupyter client"
-            await asyncio.to_thread(self._engine_call, "kill", self.container_name, "TERM")
+            await off_loop(self._engine_call, "kill", self.container_name, "TERM")
 
     async def cleanup(self, restart: bool = False) -> None:
         """KernelManager.cleanup_resources calls this after the kernel stopped: remove the
@@ -297,9 +313,9 @@ class DockerProvisioner(KernelProvisionerBase):
             await self.kill()
             await self.wait()
         if self.container_name:
-            await asyncio.to_thread(self._remove, self.container_name)
+            await off_loop(self._remove, self.container_name)
         if self.base is not None:
-            await asyncio.to_thread(remove_tree, self.base)
+            await off_loop(remove_tree, self.base)
         if not restart:
             self._stop_watchdog()
             self.base = None

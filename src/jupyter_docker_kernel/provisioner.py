@@ -295,14 +295,16 @@ class DockerProvisioner(KernelProvisionerBase):
     async def kill(self, restart: bool = False) -> None:
         """KernelManager.kill_kernel, or shutdown's last resort: remove the container."""
         if self._proc is not None:
-            self._exit_reason = self._exit_reason or "killed by the Jupyter client"
+            if self._proc.poll() is None:
+                self._exit_reason = self._exit_reason or "killed by the Jupyter client"
             await off_loop(self._remove, self.container_name)
 
     async def terminate(self, restart: bool = False) -> None:
         """Shutdown's second step when the kernel ignored shutdown_request: SIGTERM, which
         the supervisor passes on to the kernel before it exits."""
         if self._proc is not None:
-            self._exit_reason = self._exit_reason or "terminated by the Jupyter client"
+            if self._proc.poll() is None:
+                self._exit_reason = self._exit_reason or "terminated by the Jupyter client"
             await off_loop(self._engine_call, "kill", self.container_name, "TERM")
 
     async def cleanup(self, restart: bool = False) -> None:

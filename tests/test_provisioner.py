@@ -42,13 +42,13 @@ from tests.kernels import (
 # -- pure -----------------------------------------------------------------------------------
 
 
-def test_direct_connection_names_the_kernels_sockets_on_the_host(tmp_path: Path) -> None:
-    """ipc to <runtime dir>/k-1..5 in the launcher's channel order: the files the kernel
+def test_direct_connection_names_the_pinned_sockets_on_the_host(tmp_path: Path) -> None:
+    """ipc to <pin dir>/k-1..5 in the launcher's channel order, the numbers the kernel
     binds as RUNTIME_TARGET/k-N inside the container."""
-    conn = direct_connection(tmp_path / "rt")
+    conn = direct_connection(tmp_path / "pinned")
     assert conn == {
         "transport": "ipc",
-        "ip": f"{tmp_path}/rt/{hardening.SOCKET_PREFIX}",
+        "ip": f"{tmp_path}/pinned/{hardening.SOCKET_PREFIX}",
         "shell_port": 1,
         "iopub_port": 2,
         "stdin_port": 3,
@@ -137,10 +137,12 @@ def test_kernel_manager_talks_to_the_containers_sockets_directly(
         assert prov.base is not None
         info = km.get_connection_info()
         assert info["transport"] == "ipc"
-        assert info["ip"] == f"{prov.base}/rt/{hardening.SOCKET_PREFIX}"
+        assert info["ip"] == f"{prov.base}/pinned/{hardening.SOCKET_PREFIX}"
         assert prov.base.parent == runtime_base()
         for port in range(1, 6):
-            assert stat.S_ISSOCK(os.stat(f"{info['ip']}-{port}").st_mode)
+            pinned = os.stat(f"{info['ip']}-{port}")
+            assert stat.S_ISSOCK(pinned.st_mode)
+            assert pinned.st_ino == os.lstat(prov.base / "rt" / f"k-{port}").st_ino
         assert launcher_children() == []
 
         reply, out = execute(kc, "import os, socket; print(os.getcwd(), socket.gethostname())")
@@ -153,6 +155,38 @@ def test_kernel_manager_talks_to_the_containers_sockets_directly(
         assert host["NetworkMode"] == "none"
         assert host["CapDrop"] == ["ALL"]
         assert host["ReadonlyRootfs"] is True
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.docker
+def test_a_socket_swapped_for_a_symlink_does_not_redirect_new_connections(
+    provisioned: str, workdir: Path
+) -> None:
+    """The kernel renames its shell socket and puts a symlink to the engine's socket in its
+    place: the client's path still leads to the socket the kernel bound at start, and a
+    new client connecting now still reaches the kernel."""
+    km, kc = start(provisioned, str(workdir))
+    try:
+        prov = provisioner_of(km)
+        assert prov.base is not None
+        bound = os.lstat(prov.base / "rt" / "k-1").st_ino
+        code = (
+            "import os; d = '/run/jupyter-docker-kernel'\n"
+            "os.rename(d + '/k-1', d + '/k-1.old')\n"
+            "os.symlink('/var/run/docker.sock', d + '/k-1')"
+        )
+        reply, _ = execute(kc, code)
+        assert reply["status"] == "ok"
+        assert os.path.islink(prov.base / "rt" / "k-1")
+        assert os.stat(f"{km.get_connection_info()['ip']}-1").st_ino == bound
+        kc2 = km.blocking_client()
+        kc2.start_channels()
+        try:
+            _, out = execute(kc2, "print('reached')")
+            assert stream_text(out) == "reached\n"
+        finally:
+            kc2.stop_channels()
     finally:
         stop(km, kc)
 
@@ -355,7 +389,7 @@ def test_a_warm_pool_container_is_claimed_through_the_provisioner(
             prov = provisioner_of(km)
             assert prov._launcher is not None
             assert prov._launcher.pooled
-            assert km.get_connection_info()["ip"] == f"{prov.base}/rt/{hardening.SOCKET_PREFIX}"
+            assert km.get_connection_info()["ip"] == f"{prov.base}/pinned/{hardening.SOCKET_PREFIX}"
             _, out = execute(kc, "import os; print(os.getcwd())")
             assert stream_text(out) == f"{pool.WORK_TARGET}\n"
         finally:

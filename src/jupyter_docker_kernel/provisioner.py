@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -45,6 +46,10 @@ from jupyter_docker_kernel.launcher import (
 )
 from jupyter_docker_kernel.settings import KernelSettings
 
+log = logging.getLogger(__name__)
+
+#: The host-only dir (in the kernel's base dir, never mounted) the client connects through.
+PIN_DIR = "pinned"
 #: sun_path holds 108 bytes with its NUL: a longer socket path cannot be connected to.
 MAX_SOCKET_PATH = 107
 
@@ -54,16 +59,13 @@ def socket_prefix(runtime_dir: Path) -> str:
     return str(runtime_dir / hardening.SOCKET_PREFIX)
 
 
-def direct_connection(runtime_dir: Path) -> dict[str, Any]:
-    """The client's side of the kernel's ipc sockets: the same files, seen from the host.
-
-    The kernel binds ipc://RUNTIME_TARGET/k-N inside (Launcher.kernel_connection); the
-    runtime dir is that directory's bind-mount source, so the host path reaches it.
-    """
-    prefix = socket_prefix(runtime_dir)
+def direct_connection(pin_dir: Path) -> dict[str, Any]:
+    """The client's side of the kernel's ipc sockets: links in pin_dir to the very sockets
+    the kernel bound (see SocketPins), in the launcher's channel order."""
+    prefix = socket_prefix(pin_dir)
     if len(os.fsencode(prefix)) + 2 > MAX_SOCKET_PATH:
         raise LaunchError(
-            f"The kernel's socket paths under {runtime_dir} would be longer than the "
+            f"The kernel's socket paths under {pin_dir} would be longer than the "
             f"{MAX_SOCKET_PATH} bytes a unix socket path may have. No container was started. "
             "Set XDG_RUNTIME_DIR (or TMPDIR) to a shorter directory."
         )
@@ -71,6 +73,62 @@ def direct_connection(runtime_dir: Path) -> dict[str, Any]:
     for index, channel in enumerate(CHANNELS, start=1):
         conn[f"{channel}_port"] = index
     return conn
+
+
+class SocketPins:
+    """Pins the sockets the kernel binds, so the client cannot be pointed elsewhere.
+
+    The kernel can write in its runtime dir and could swap a socket for a symlink to any
+    host socket (the engine's, say), which the client's next connect would follow. The
+    relay guards against that on each connect; here a thread opens each socket once it
+    appears (O_PATH|O_NOFOLLOW, checked to be a socket) and links pin_dir/k-N, a dir the
+    container cannot see, to /proc/<our pid>/fd/<fd>: the very inode that was checked.
+    The client connects through those links. That happens before any notebook code runs,
+    as the kernel answers nothing until the client is connected.
+    """
+
+    def __init__(self, runtime_dir: Path, pin_dir: Path) -> None:
+        self.runtime_dir = runtime_dir
+        self.pin_dir = pin_dir
+        self.fds: dict[int, int] = {}
+        self.stop = threading.Event()
+        pin_dir.mkdir(mode=0o700)
+        self.thread = threading.Thread(target=self._pin_all, daemon=True)
+        self.thread.start()
+
+    def _pin_all(self) -> None:
+        refused: set[int] = set()
+        while len(self.fds) + len(refused) < len(CHANNELS) and not self.stop.wait(0.02):
+            for index in range(1, len(CHANNELS) + 1):
+                if index in self.fds or index in refused:
+                    continue
+                name = f"{hardening.SOCKET_PREFIX}-{index}"
+                try:
+                    fd = os.open(self.runtime_dir / name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue  # not bound yet
+                except OSError as exc:  # ELOOP: a symlink
+                    refused.add(index)
+                    log.warning("not connecting to %s: %s", self.runtime_dir / name, exc)
+                    continue
+                if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    refused.add(index)
+                    log.warning("not connecting to %s: not a socket", self.runtime_dir / name)
+                    continue
+                self.fds[index] = fd
+                link = self.pin_dir / name
+                tmp = link.with_suffix(".new")
+                os.symlink(f"/proc/{os.getpid()}/fd/{fd}", tmp)
+                os.replace(tmp, link)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
 
 
 def settings_of(kernel_spec: Any) -> KernelSettings:
@@ -123,6 +181,7 @@ class DockerProvisioner(KernelProvisionerBase):
     settings: KernelSettings
     _proc: subprocess.Popen[bytes] | None = None
     _launcher: Launcher | None = None
+    _pins: SocketPins | None = None
     _watchdog: subprocess.Popen[bytes] | None = None
     _forwards: list[threading.Thread]
     _timer: threading.Timer | None = None
@@ -157,7 +216,7 @@ class DockerProvisioner(KernelProvisionerBase):
         share_log(self.log)
         if self.base is None:
             self.base = runtime_base() / f"{self.key}-{secrets.token_hex(3)}"
-        conn = direct_connection(self.base / "rt")
+        conn = direct_connection(self.base / PIN_DIR)
         km.transport = conn["transport"]
         km.ip = conn["ip"]
         for name, value in conn.items():
@@ -203,6 +262,7 @@ class DockerProvisioner(KernelProvisionerBase):
             await off_loop(launcher.cleanup)
             self._stop_watchdog()
             raise
+        self._pins = SocketPins(launcher.runtime_dir, self.base / PIN_DIR)
         self.container_name = launcher.name
         self._started = time.monotonic()
         self._exit_reason = ""
@@ -258,6 +318,8 @@ class DockerProvisioner(KernelProvisionerBase):
             code = int(output) if output.lstrip("-").isdigit() else 1
         if launcher is not None and launcher.lifeline is not None:
             launcher.lifeline.close()
+        if self._pins is not None:
+            self._pins.close()
         for thread in self._forwards:
             await off_loop(thread.join, 5)
         for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
@@ -316,6 +378,8 @@ class DockerProvisioner(KernelProvisionerBase):
             await self.wait()
         if self.container_name:
             await off_loop(self._remove, self.container_name)
+        if self._pins is not None:
+            await off_loop(self._pins.close)
         if self.base is not None:
             await off_loop(remove_tree, self.base)
         if not restart:

@@ -285,7 +285,7 @@ class DockerProvisioner(KernelProvisionerBase):
         s = self.settings
         self.log.info(
             "kernel %s started in %scontainer %s from %s: network %s, memory %s, cpus %g, "
-            "pids %d%s; direct ipc sockets in %s",
+            "pids %d%s; no relay: the client connects to its sockets in %s",
             self.kernel_id,
             "warm " if launcher.pooled else "",
             launcher.name,

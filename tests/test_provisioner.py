@@ -6,11 +6,14 @@ user's story with a real KernelManager / nbclient on the spec `setup --provision
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import re
+import secrets
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -400,3 +403,105 @@ def test_a_warm_pool_container_is_claimed_through_the_provisioner(
             wait_until(lambda: bool(warm()), 30)  # the refill after the second start
         for item in api.containers({engine.LABEL_POOL: key}, running=False):
             engine.Engine().remove(str(item["Id"]))
+
+
+class Server:
+    """A real Jupyter Server in a subprocess, driven over REST and one kernel websocket."""
+
+    def __init__(self, root: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.token = secrets.token_hex(16)
+        exe = Path(sys.executable).with_name("jupyter-server")
+        off = "{'jupyterlab': False, 'nbgrader': False, 'notebook': False, 'jupyter_lsp': False}"
+        argv = [str(exe), f"--port={self.port}", "--ip=127.0.0.1", "--no-browser"]
+        argv += [f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}"]
+        argv += [f"--ServerApp.jpserver_extensions={off}"]
+        argv += ["--allow-root"] if os.getuid() == 0 else []
+        self.log = root / "server.log"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+        wait_until(self._up, 60, interval=0.2)
+
+    def _up(self) -> bool:
+        try:
+            self.rest("GET", "/api/status")
+        except OSError:
+            return False
+        return True
+
+    def rest(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"token {self.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback
+            return json.loads(response.read() or b"null")
+
+    def ws_url(self, kernel_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?token={self.token}"
+
+
+async def run_cell(ws: Any, code: str, on_stream: Any = None) -> dict[str, Any]:
+    """Send an execute_request over the server's websocket; returns the execute_reply."""
+    msg_id = secrets.token_hex(8)
+    header = {"msg_id": msg_id, "msg_type": "execute_request", "session": "test"}
+    header |= {"username": "test", "version": "5.3", "date": ""}
+    content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
+    content |= {"user_expressions": {}}
+    message = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
+    await ws.write_message(json.dumps(message | {"channel": "shell", "buffers": []}))
+    while True:
+        reply = json.loads(await asyncio.wait_for(ws.read_message(), 60))
+        if reply["parent_header"].get("msg_id") != msg_id:
+            continue
+        if reply["msg_type"] == "stream" and on_stream is not None:
+            await on_stream(reply["content"]["text"])
+        if reply["channel"] == "shell":
+            return dict(reply["content"])
+
+
+@pytest.mark.docker
+def test_jupyter_server_interrupts_through_the_engine_and_its_sigkill_leaves_nothing(
+    provisioned: str, workdir: Path
+) -> None:
+    """Jupyter Server starts the kernel through the provisioner, its interrupt endpoint
+    ends a running cell, and when the server is SIGKILLed the container goes away."""
+    from tornado.websocket import websocket_connect
+
+    server = Server(workdir)
+    try:
+        kernel_id = server.rest("POST", "/api/kernels", {"name": provisioned})["id"]
+        key = kernel_id_from(f"kernel-{kernel_id}.json")
+
+        async def story() -> None:
+            ws = await websocket_connect(server.ws_url(kernel_id))
+            try:
+                reply = await run_cell(ws, "import socket; print(socket.gethostname())")
+                assert reply["status"] == "ok"
+
+                async def interrupt(text: str) -> None:
+                    if "sleeping" in text:
+                        await asyncio.to_thread(
+                            server.rest, "POST", f"/api/kernels/{kernel_id}/interrupt"
+                        )
+
+                code = "import time; print('sleeping', flush=True); time.sleep(60)"
+                reply = await run_cell(ws, code, interrupt)
+                assert reply["ename"] == "KeyboardInterrupt"
+            finally:
+                ws.close()
+
+        asyncio.run(story())
+        assert containers_of(key, running_only=True)
+        assert "no relay" in server.log.read_text()
+    finally:
+        server.proc.kill()
+        server.proc.wait()
+    took = wait_until(lambda: not containers_of(key), 15)
+    print(f"container gone {took:.1f} s after the server's SIGKILL")

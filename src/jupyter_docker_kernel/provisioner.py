@@ -3,9 +3,10 @@
 `setup --provisioner` writes `metadata.kernel_provisioner` into kernel.json; clients that
 honour it (Jupyter Server, nbclient, jupyter_client's KernelManager) then call this class
 instead of running the argv: interrupt, terminate and kill become engine calls, and the
-client connects straight to the kernel's ipc sockets in the bind-mounted runtime dir, with
-no relay process in between. Clients that ignore provisioners (VS Code) run the argv
-launcher from the same kernel.json, with the same settings and the same hardening.
+client connects straight to the kernel's ipc sockets in the bind-mounted runtime dir
+(pinned, see SocketPins), with no relay process in between. Clients that ignore
+provisioners (VS Code) run the argv launcher from the same kernel.json, with the same
+settings and the same hardening.
 
 No relay means no message-size or output budgets on this path (they are relay features);
 `setup --provisioner` says so.
@@ -343,8 +344,8 @@ class DockerProvisioner(KernelProvisionerBase):
         """KernelManager.signal_kernel (SIGINT: interrupt_kernel) calls this. The engine
         delivers it to the container's init, which passes it to the supervisor, which
         forwards it to the kernel's process group, as a local kernel would receive it."""
-        if self._proc is None or self._proc.poll() is not None:
-            return
+        if self._proc is None or self._proc.poll() is not None or signum == 0:
+            return  # signal 0 only asks whether it runs, as poll() says
         if signum == signal.SIGKILL:
             await self.kill()
         elif signum == signal.SIGTERM:

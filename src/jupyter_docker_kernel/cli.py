@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"ExecutePreprocessor.timeout in those lines [{grading.DEFAULT_TIMEOUT}]",
     )
     setup.add_argument("--interrupt-mode", choices=kernelspec.INTERRUPT_MODES, default="signal")
+    setup.add_argument(
+        "--provisioner",
+        action="store_true",
+        help="also name our kernel provisioner: Jupyter Server and nbclient then manage the "
+        "container directly, with no relay (VS Code keeps using the launcher)",
+    )
     setup.add_argument("--replace", action="store_true", help="overwrite an existing kernelspec")
     setup.add_argument(
         "--skip-checks", action="store_true", help="do not check the engine and image first"
@@ -310,6 +316,7 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         settings,
         display_name=args.display_name or f"{name} (container)",
         interrupt_mode=args.interrupt_mode,
+        provisioner=args.provisioner,
     )
     path = kernelspec.install(name, data, user=args.user, prefix=prefix, replace=args.replace)
     print(f"Installed kernelspec {name} in {path}")
@@ -325,6 +332,12 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         f"{' (read-only)' if settings.workdir_readonly else ''}, "
         f"lifetime {settings.max_lifetime:g} s"
     )
+    if args.provisioner:
+        print(
+            "  warning: clients that use the provisioner (Jupyter Server, nbclient) talk to "
+            "the kernel's sockets directly: --max-message and --output-budget apply only "
+            "to clients that run the launcher (VS Code)."
+        )
     for m in settings.mounts:
         exposed = [n for n in NBGRADER_MARKERS if os.path.lexists(os.path.join(m.source, n))]
         if exposed and not m.read_only:

@@ -107,7 +107,14 @@ class Launcher:
         settings: KernelSettings,
         connection_file: str,
         engine: Engine | None = None,
+        *,
+        kernel_id: str | None = None,
+        base: Path | None = None,
+        workdir: str | None = None,
     ) -> None:
+        """kernel_id, base and workdir default to what an argv launcher has (the connection
+        file's name, a fresh dir, its cwd); the provisioner passes its own, as its base
+        dir outlives restarts."""
         self.settings = settings
         self.connection_file = connection_file
         self.engine = engine or Engine()
@@ -119,10 +126,11 @@ class Launcher:
                 f"Cannot read the connection file {connection_file}: {exc}. No container was "
                 "started. The launcher must be run by a Jupyter client with {connection_file}."
             ) from exc
-        self.kernel_id = kernel_id_from(connection_file)
+        self.kernel_id = kernel_id or kernel_id_from(connection_file)
         nonce = os.urandom(3).hex()
         self.name = f"{NAME_PREFIX}-{self.kernel_id}-{nonce}"
-        self.base = runtime_base() / f"{self.kernel_id}-{nonce}"
+        self.base = base or runtime_base() / f"{self.kernel_id}-{nonce}"
+        self.workdir = workdir or os.getcwd()
         self.runtime_dir = self.base / "rt"
         self.cidfile = self.base / "cid"
         self.container_id = ""
@@ -172,7 +180,7 @@ class Launcher:
             supervisor_path=SUPERVISOR_PATH,
             host_uid=os.getuid(),
             host_gid=os.getgid(),
-            workdir=os.getcwd(),
+            workdir=self.workdir,
             workdir_copy=str(self.base / "work") if self.settings.workdir == "copy" else None,
             launcher_pid=os.getpid(),
             launcher_start=process_start_time(os.getpid()),
@@ -411,7 +419,18 @@ class Launcher:
                 break
             await asyncio.sleep(0.02)
         if self.settings.pool:
-            self._fill_pool()
+            self.fill_pool()
+
+    def wait_process(self) -> subprocess.Popen[bytes]:
+        """A `docker wait` process for the claimed warm container: its end (and output) is
+        the container's exit. The provisioner polls it; the launcher uses the API instead."""
+        return subprocess.Popen(
+            [self.engine.executable(), "wait", self.container_id],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
 
     def _rename_claimed(self, pooled_name: str) -> None:
         api = EngineApi()
@@ -437,8 +456,10 @@ class Launcher:
         """A point of the start timeline, logged at debug level (--debug)."""
         log.debug("start timeline: %s at %.0f ms", what, (time.monotonic() - self.started) * 1000)
 
-    def _fill_pool(self) -> None:
-        """Top the warm pool up for the next kernel, in a process that may outlive us."""
+    def fill_pool(self) -> None:
+        """Top the warm pool up for the next kernel, in a process that may outlive us.
+
+        The launcher (after its kernel's first reply) and the provisioner call it."""
         try:
             pool.fill_in_background(self.settings, runtime_base(), self.launch_facts())
         except OSError as exc:
@@ -556,6 +577,68 @@ def _watchdog_cleanup(engine_exe: str, name: str, cidfile: Path, base: Path) -> 
             timeout=60,
             check=False,
         )
+    remove_tree(base)
+
+
+def start_lifeline_watchdog(engine_exe: str, kernel_id: str, base: Path) -> subprocess.Popen[bytes]:
+    """Start a process that cleans up after a provisioner's host process however it dies.
+
+    The provisioner (inside the Jupyter server) holds the write end of its stdin; EOF
+    means that process is gone, even by SIGKILL, and the watchdog then force-removes every
+    container labelled with `kernel_id` and the runtime dir `base`. Writing b"q" first
+    means "already cleaned up": it exits without doing anything. A fresh process rather
+    than a fork: forking a threaded server is unsafe, and its own session keeps the
+    terminal's Ctrl-C (meant for the server) away from it.
+    """
+    code = "import sys; from jupyter_docker_kernel.launcher import watch_lifeline; watch_lifeline()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, engine_exe, kernel_id, str(base)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def watch_lifeline(argv: list[str] | None = None) -> None:
+    """The watchdog process started by start_lifeline_watchdog(): wait for EOF, clean up."""
+    engine_exe, kernel_id, base = (argv or sys.argv[1:])[:3]
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+    last = b""
+    while chunk := _read_quietly(lambda n: os.read(0, n)):
+        last = chunk[-1:]
+    if last == b"q":
+        return
+    from jupyter_docker_kernel.engine import LABEL_KERNEL_ID, LABEL_OWNER_UID
+
+    # By label, or (a claimed warm container, labelled before it had a kernel) by name.
+    selectors = (f"label={LABEL_KERNEL_ID}={kernel_id}", f"name=^{NAME_PREFIX}-{kernel_id}-")
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        found = {
+            cid
+            for selector in selectors
+            for cid in subprocess.run(
+                [
+                    *(engine_exe, "ps", "-aq", "--no-trunc", "--filter", selector),
+                    *("--filter", f"label={LABEL_OWNER_UID}={os.getuid()}"),
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            ).stdout.split()
+        }
+        if found:
+            subprocess.run(
+                [engine_exe, "rm", "--force", *found],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=60,
+                check=False,
+            )
     remove_tree(base)
 
 

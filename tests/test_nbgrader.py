@@ -163,9 +163,11 @@ def score(course: Path, student: str, assignment: str = "ps1") -> float:
         return float(gb.find_submission(assignment, student).score)
 
 
-def autograded_cell(course: Path, student: str, grade_id: str) -> dict[str, Any]:
+def autograded_cell(
+    course: Path, student: str, grade_id: str, assignment: str = "ps1"
+) -> dict[str, Any]:
     """One cell of the student's autograded notebook, which must exist."""
-    path = course / "autograded" / student / "ps1" / "ps1.ipynb"  # ps1 is graded by the fixture
+    path = course / "autograded" / student / assignment / f"{assignment}.ipynb"
     assert path.is_file(), f"autograde wrote no notebook for {student}"
     cells = read_json(path)["cells"]
     found: list[dict[str, Any]] = [

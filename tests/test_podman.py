@@ -20,7 +20,7 @@ import pytest
 from jupyter_docker_kernel import cli, hardening, reaper
 from jupyter_docker_kernel.engine import Engine, podman_socket
 from jupyter_docker_kernel.errors import SettingsError
-from jupyter_docker_kernel.launcher import runtime_base
+from jupyter_docker_kernel.launcher import kernel_id_from, runtime_base
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE, KernelSettings
 from tests import test_kill, test_lifecycle, test_notebooks
 from tests.conftest import install_kernel
@@ -130,14 +130,28 @@ def test_setup_podman_records_the_engine_and_pins_nproc(podman_kernel: str) -> N
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("client_side", ["launcher", "provisioner"])
 def test_kernelspec_engine_wins_over_the_environment(
-    podman_kernel: str, podman_host: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+    podman_kernel: str,
+    podman_host: str,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    client_side: str,
 ) -> None:
-    """With DOCKER_HOST at Docker's socket, a Podman kernelspec's kernel still runs in Podman."""
+    """With DOCKER_HOST at Docker's socket, a Podman kernelspec's kernel still runs in Podman,
+    whether the kernelspec's launcher or our provisioner (setup --provisioner) starts it."""
+    kernel = podman_kernel
+    if client_side == "provisioner":
+        kernel = "jdk-test-podman-prov"
+        install_kernel(kernel, DEFAULT_IMAGE, "--podman", "--provisioner")
     monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
-    km, kc = start(podman_kernel, str(workdir))
+    km, kc = start(kernel, str(workdir))
     try:
-        label = f"label=io.github.jupyter-docker-kernel.kernel-id={kernel_key(km)}"
+        # The provisioner labels with the kernel id itself (no connection file name).
+        key = kernel_key(km)
+        if client_side == "provisioner":
+            key = kernel_id_from(f"kernel-{km.kernel_id}.json")
+        label = f"label=io.github.jupyter-docker-kernel.kernel-id={key}"
 
         def ids(host: str) -> list[str]:
             env = {**os.environ, "DOCKER_HOST": host}
@@ -146,8 +160,11 @@ def test_kernelspec_engine_wins_over_the_environment(
 
         assert len(ids(podman_host)) == 1
         assert ids("unix:///var/run/docker.sock") == []
+        _, out = execute(kc, "print(6 * 7)")
+        assert stream_text(out) == "42\n"
     finally:
         stop(km, kc)
+    assert ids(podman_host) == []
 
 
 @pytest.mark.docker

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import itertools
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -67,7 +72,101 @@ def test_pooled_container_is_detached_labelled_and_waits_to_be_claimed() -> None
     pairs = list(itertools.pairwise(args))
     assert ("--label", f"{engine.LABEL_POOL}={'k' * 16}") in pairs
     assert ("--pool-wait", "/run/jupyter-docker-kernel/claim") in pairs
+    assert ("--pool-ip", "/run/jupyter-docker-kernel/k") in pairs
     assert ("--workdir", "/work") in pairs
+
+
+@pytest.fixture
+def warm_dirs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Makes pool dirs as start_one leaves them; `ready` adds a listening claim socket, as
+    the supervisor binds once its kernel is initialised."""
+    servers: list[socket.socket] = []
+
+    def make(key: str, nonce: str, *, ready: bool, age: float = 0.0) -> Path:
+        entry = tmp_path / f"{pool.POOL_DIR_PREFIX}{key}-{nonce}"
+        (entry / "rt").mkdir(parents=True)
+        (entry / "pool").write_text(f"jdk-pool-{nonce}")
+        (entry / "cid").write_text(f"id-{nonce}")
+        if ready:
+            server = socket.socket(socket.AF_UNIX)
+            server.bind(str(entry / "rt" / pool.CLAIM_SOCKET))
+            server.listen(8)
+            servers.append(server)
+        stamp = time.time() - age
+        os.utime(entry, (stamp, stamp))
+        return entry
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def close_claim(claimed: pool.Claim | None) -> tuple[str, str, Path] | None:
+    """The claim's identity, its lifeline closed."""
+    if claimed is None:
+        return None
+    claimed.lifeline.close()
+    return claimed.container_name, claimed.container_id, claimed.pool_dir
+
+
+def test_claim_takes_the_oldest_ready_warm_dir_by_renaming_it(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """The claim is a rename of the warm container's dir to the launcher's own: the oldest
+    ready one is taken, one whose kernel is still initialising (no claim socket) is not."""
+    key = pool.pool_key(POOLED, os.getuid())
+    warm_dirs(key, "young", ready=True, age=5)
+    warm_dirs(key, "old", ready=True, age=50)
+    warm_dirs(key, "oldest-unready", ready=False, age=90)
+    claimed = close_claim(pool.claim(POOLED, tmp_path, tmp_path / "mine"))
+    assert claimed == ("jdk-pool-old", "id-old", tmp_path / "mine")
+    assert (tmp_path / "mine" / "rt" / pool.CLAIM_SOCKET).exists()
+    assert not (tmp_path / f"pool-{key}-old").exists()
+
+
+def test_claim_passes_over_other_settings_and_containers_near_their_end(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """Another key's container, or one within CLAIM_MARGIN of its pool time, is not taken."""
+    key = pool.pool_key(POOLED, os.getuid())
+    settings = dataclasses.replace(POOLED, pool_ttl=60)
+    warm_dirs("0" * 16, "other", ready=True)
+    warm_dirs(key, "expiring", ready=True, age=60 - pool.CLAIM_MARGIN + 1)
+    assert pool.claim(settings, tmp_path, tmp_path / "mine") is None
+    assert not (tmp_path / "mine").exists()
+
+
+def test_claim_drops_a_warm_dir_whose_container_is_gone(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """A claim socket nobody listens on (its container removed) is skipped and its dir
+    removed; the next ready container is claimed instead."""
+    key = pool.pool_key(POOLED, os.getuid())
+    dead = warm_dirs(key, "dead", ready=False, age=20)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(dead / "rt" / pool.CLAIM_SOCKET))  # bound, then closed: refuses
+    os.utime(dead, (time.time() - 20, time.time() - 20))
+    warm_dirs(key, "alive", ready=True, age=10)
+    claimed = close_claim(pool.claim(POOLED, tmp_path, tmp_path / "mine"))
+    assert claimed == ("jdk-pool-alive", "id-alive", tmp_path / "mine")
+    assert not dead.exists()
+
+
+def test_racing_claims_each_get_a_different_warm_container(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """Launchers claiming at once never share a container: each rename wins at most one."""
+    key = pool.pool_key(POOLED, os.getuid())
+    for index in range(3):
+        warm_dirs(key, f"w{index}", ready=True, age=index)
+    with concurrent.futures.ThreadPoolExecutor(8) as executor:
+        claims = list(
+            executor.map(
+                lambda i: close_claim(pool.claim(POOLED, tmp_path, tmp_path / f"l{i}")), range(8)
+            )
+        )
+    won = [c[0] for c in claims if c is not None]
+    assert sorted(won) == ["jdk-pool-w0", "jdk-pool-w1", "jdk-pool-w2"]
 
 
 @pytest.mark.docker
@@ -100,6 +199,31 @@ def test_a_pooled_kernel_is_a_fresh_container_that_never_ran_another_notebook(
         finally:
             stop(km2, kc2)
         wait_until(lambda: not containers_of(kernel_key(km2)), 10)
+    finally:
+        assert cli.main(["gc", "--pools"]) == 0
+        wait_until(lambda: not warm_ready(), 10)
+
+
+@pytest.mark.docker
+def test_a_warm_kernel_is_initialised_before_it_is_claimed(
+    kernel_image: str, workdir: Path
+) -> None:
+    """What a claim leaves to do is hand over the key: the waiting kernel has already bound
+    its five sockets (and built its shell) under a placeholder key."""
+    name = "jdk-test-pool-init"
+    install_kernel(name, kernel_image, "--no-workdir", "--pool", "1", "--pool-ttl", "120")
+    try:
+        km, kc = start(name, str(workdir))
+        stop(km, kc)
+        wait_until(lambda: bool(warm_ready()), 60)
+        (warm,) = [
+            item
+            for item in engine.EngineApi().containers({})
+            if item["Names"][0].lstrip("/") in warm_ready()
+        ]
+        rt = Path(warm["Labels"][engine.LABEL_POOL_DIR]) / "rt"
+        sockets = sorted(p.name for p in rt.iterdir() if p.is_socket())
+        assert sockets == ["claim", "k-1", "k-2", "k-3", "k-4", "k-5"]
     finally:
         assert cli.main(["gc", "--pools"]) == 0
         wait_until(lambda: not warm_ready(), 10)

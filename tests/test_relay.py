@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_docker_kernel.endpoints import listen
 from jupyter_docker_kernel.relay import (
     CHANNELS,
     Endpoint,
@@ -194,6 +195,36 @@ def test_host_connection_made_before_the_kernel_socket_exists_is_relayed(
 
     asyncio.run(main())
     assert answers == [flipped(b"early")]
+
+
+def test_a_client_that_connects_before_the_relay_runs_waits_in_the_backlog(
+    tmp_path: Path,
+) -> None:
+    """Endpoints bound early by the launcher (endpoints.listen) accept a client's connection
+    before asyncio even runs; the relay serves it once it takes the socket over."""
+    kernel = EchoKernel(tmp_path / "k-shell")
+    host = Endpoint("tcp", "127.0.0.1", free_port())
+    early = listen(host, "shell")
+    client = socket.create_connection((host.address, host.port), timeout=TIMEOUT)
+    client.sendall(b"before the relay")
+    answers: list[bytes] = []
+
+    async def main() -> None:
+        await kernel.start()
+        relay = Relay([Route("shell", host, str(kernel.path))])
+        try:
+            await relay.start(listening={"shell": early})
+            reader, writer = await asyncio.open_connection(sock=client)
+            answers.append(await asyncio.wait_for(read_answer(reader, 16), TIMEOUT))
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            await relay.close()
+            await kernel.stop()
+            await asyncio.sleep(0.02)
+
+    asyncio.run(main())
+    assert answers == [flipped(b"before the relay")]
 
 
 def test_connect_kernel_socket_refuses_a_symlink(tmp_path: Path) -> None:

@@ -13,10 +13,13 @@ SIGINT and SIGQUIT/SIGUSR* are forwarded to the kernel's process group, as a loc
 jupyter_client does with killpg. On the kernel's exit it prints one line saying why
 (exit code, signal, out of memory, pids limit), which reaches the launcher's log.
 
-With --pool-wait SOCKET (a warm pooled container) it imports ipykernel ahead of time, then
-waits on SOCKET for the one launcher that claims it: that connection carries the kernel's
-connection info and is from then on the lifeline. The kernel is a fork of this process,
-so its imports are already paid. An unclaimed container ends after --pool-ttl seconds.
+With --pool-wait SOCKET (a warm pooled container) it imports ipykernel and forks the
+kernel ahead of time; the kernel initialises (binds its sockets at --pool-ip, builds its
+shell) with a placeholder key, then blocks until the one launcher that claims the
+container connects to SOCKET: that connection carries the real key and the cwd, which the
+kernel takes before it starts serving, and is from then on the lifeline. So what is left
+to pay at a claim is handing over a few bytes. An unclaimed container ends after
+--pool-ttl seconds, or as soon as its kernel dies.
 """
 
 import contextlib
@@ -28,10 +31,12 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 PREFIX = "jupyter-docker-kernel:"
 FORWARDED = (signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+#: The kernel's channels, numbered 1..5 in the socket names (as the launcher numbers them).
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 GRACE_SECONDS = 2.0
 
 
@@ -87,7 +92,9 @@ class Supervisor:
         self.cleanup_dir: Optional[str] = None
         self.umask: Optional[int] = None
         self.pool_socket: Optional[str] = None
+        self.pool_ip = ""
         self.pool_ttl = 600.0
+        self.claimed = False
         while argv and argv[0] != "--":
             opt = argv.pop(0)
             if opt == "--lifetime":
@@ -98,6 +105,8 @@ class Supervisor:
                 self.umask = int(argv.pop(0), 8)
             elif opt == "--pool-wait":
                 self.pool_socket = argv.pop(0)
+            elif opt == "--pool-ip":
+                self.pool_ip = argv.pop(0)
             elif opt == "--pool-ttl":
                 self.pool_ttl = float(argv.pop(0))
             else:
@@ -131,11 +140,21 @@ class Supervisor:
         threading.Thread(target=hard_kill, daemon=True).start()
 
     def on_signal(self, signum: int, frame: object) -> None:
+        if self.pool_socket and not self.claimed:
+            # Waiting for a claim: leave accept() and end the warm container, unclaimed.
+            if signum == signal.SIGALRM:
+                self.reason = f"the pool's time of {self.pool_ttl:.0f} s ran out"
+            elif signum == signal.SIGCHLD:
+                self.reason = "the pre-started kernel ended"
+            elif signum not in FORWARDED:
+                self.reason = f"stopped by signal {signum}"
+            else:
+                return
+            raise InterruptedError
         if signum in FORWARDED:
             self.signal_group(signum)
-        elif signum == signal.SIGALRM and not self.pid:
-            self.reason = f"the pool's time of {self.pool_ttl:.0f} s ran out"
-            raise InterruptedError  # leaves accept()
+        elif signum == signal.SIGCHLD:
+            pass  # wait_child() reaps it
         elif signum == signal.SIGALRM:
             self.reason = f"maximum lifetime of {self.lifetime:.0f} s reached"
             self.signal_group(signal.SIGKILL)
@@ -184,51 +203,76 @@ class Supervisor:
         return 0
 
     def wait_for_claim(self) -> int:
-        """Pooled: pre-import, wait for the claiming launcher, fork the kernel in-process."""
+        """Pooled: fork the kernel and let it initialise, then wait for the claiming launcher."""
         assert self.pool_socket is not None
         # Paid now, while nobody waits: the forked kernel inherits these modules.
-        import ipykernel.kernelapp
+        import ipykernel.kernelapp  # noqa: F401
 
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(self.pool_socket)
-        server.listen(1)
-        signal.alarm(max(1, int(self.pool_ttl)))
-        try:
-            conn, _ = server.accept()
-        except InterruptedError:
-            return 0
-        finally:
-            server.close()
-        signal.alarm(0)
-        if self.reason:  # the pool's time ran out while we waited
-            return 0
-        claim = json.loads(conn.makefile("r").readline())
-        path = "/tmp/.jupyter-docker-kernel.json"  # noqa: S108 - the container's own tmpfs
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(claim["connection"], fh)
-        self.lifeline = conn
-        # No `docker run` client is attached to a pooled container: what we and the kernel
-        # write to stdout/stderr goes to the launcher over the lifeline instead.
-        sys.stderr.flush()
-        os.dup2(conn.fileno(), 1)
-        os.dup2(conn.fileno(), 2)
+        claim_r, claim_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        # The kernel's own stdout/stderr: through us, so that after the claim they reach
+        # the launcher over the lifeline (no `docker run` client is attached to us).
+        out_r, out_w = os.pipe()
+        signal.signal(signal.SIGCHLD, self.on_signal)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                conn.close()
-                self.child_setup()
-                os.chdir(claim.get("cwd") or os.environ.get("HOME", "/"))
-                for sig in (*FORWARDED, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                sys.argv = ["ipykernel_launcher", "-f", path]
-                ipykernel.kernelapp.launch_new_instance()
-                code = 0
+                server.close()
+                os.close(claim_w)
+                os.close(ready_r)
+                os.close(out_r)
+                os.dup2(out_w, 1)
+                os.dup2(out_w, 2)
+                os.close(out_w)
+                code = run_pooled_kernel(claim_r, ready_w, self.pool_ip, self.child_setup)
             finally:
                 os._exit(code)
         self.pid = pid
+        os.close(claim_r)
+        os.close(ready_w)
+        os.close(out_w)
+        threading.Thread(target=copy_fd, args=(out_r, 1), daemon=True).start()
+        try:
+            signal.alarm(max(1, int(self.pool_ttl)))
+            # The claim socket appears only once the kernel is ready: a claimer then
+            # waits for nothing but the hand-over.
+            ready = os.read(ready_r, 1)
+            os.close(ready_r)
+            if not ready:
+                self.reason = "the pre-started kernel ended before it was ready"
+                raise InterruptedError
+            server.bind(self.pool_socket)
+            server.listen(1)
+            conn, _ = server.accept()
+        except InterruptedError:
+            os.close(claim_w)
+            return self.unclaimed()
+        finally:
+            server.close()
+        signal.alarm(0)
+        self.claimed = True
+        if self.reason:  # the pool's time ran out, or the kernel died, as we accepted
+            conn.close()
+            os.close(claim_w)
+            return self.unclaimed()
+        line = conn.makefile("rb").readline()
+        self.lifeline = conn
+        # What we say from now on goes to the launcher over the lifeline too.
+        sys.stderr.flush()
+        os.dup2(conn.fileno(), 1)
+        os.dup2(conn.fileno(), 2)
+        with contextlib.suppress(OSError), os.fdopen(claim_w, "wb") as fh:
+            fh.write(line)  # a kernel that died meanwhile is reported by wait_child()
+        return 0
+
+    def unclaimed(self) -> int:
+        """End the pre-started kernel of a warm container nobody claimed."""
+        self.signal_group_all()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.pid = 0
         return 0
 
     def wait_child(self) -> int:
@@ -297,6 +341,64 @@ class Supervisor:
         for name in names:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.cleanup_dir, name))
+
+
+def copy_fd(source: int, target: int) -> None:
+    """Copy bytes from one fd to another until EOF or an error (a forwarding thread)."""
+    try:
+        while True:
+            data = os.read(source, 65536)
+            if not data:
+                return
+            os.write(target, data)
+    except OSError:
+        return
+
+
+def run_pooled_kernel(claim_fd: int, ready_fd: int, ip: str, setup: "Callable[[], None]") -> int:
+    """In the forked kernel of a warm container: initialise, wait for the claim, serve.
+
+    The sockets are bound and the shell built before anyone claims the container; the
+    claim line (from the supervisor) brings the client's key, signature scheme and cwd.
+    """
+    import ipykernel.kernelapp
+
+    setup()
+    for sig in (*FORWARDED, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    path = "/tmp/.jupyter-docker-kernel.json"  # noqa: S108 - the container's own tmpfs
+    connection: Dict[str, object] = {
+        "transport": "ipc",
+        "ip": ip,
+        "key": os.urandom(16).hex(),  # a placeholder nobody knows: replaced at the claim
+        "signature_scheme": "hmac-sha256",
+    }
+    for port, channel in enumerate(CHANNELS, start=1):
+        connection[channel + "_port"] = port
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(connection, fh)
+    app = ipykernel.kernelapp.IPKernelApp.instance()
+    app.initialize(["-f", path])  # type: ignore[no-untyped-call]
+    os.write(ready_fd, b"1")
+    os.close(ready_fd)
+    with os.fdopen(claim_fd, "rb") as fh:
+        line = fh.readline()
+    if not line:
+        return 0  # not claimed: the supervisor is ending the container
+    claim = json.loads(line.decode())
+    given = claim["connection"]
+    for name in ("transport", "ip", *(channel + "_port" for channel in CHANNELS)):
+        if given.get(name) != connection[name]:
+            say(f"claim refused: {name} {given.get(name)!r} is not {connection[name]!r}")
+            return 1
+    app.session.signature_scheme = given.get("signature_scheme") or "hmac-sha256"
+    app.session.key = str(given.get("key", "")).encode()
+    app.write_connection_file()
+    os.chdir(claim.get("cwd") or os.environ.get("HOME", "/"))
+    app.start()  # type: ignore[no-untyped-call]
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,24 +9,40 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
-from jupyter_docker_kernel import __version__, hardening, kernelspec, reaper
+from jupyter_docker_kernel import (
+    __version__,
+    config,
+    doctor,
+    grading,
+    hardening,
+    kernelspec,
+    manage,
+    reaper,
+)
 from jupyter_docker_kernel.engine import Engine, podman_socket
-from jupyter_docker_kernel.errors import DockerKernelError, ImageError, SettingsError
+from jupyter_docker_kernel.errors import (
+    DockerKernelError,
+    ImageError,
+    KernelSpecError,
+    SettingsError,
+)
 from jupyter_docker_kernel.launcher import NBGRADER_MARKERS
 from jupyter_docker_kernel.settings import (
     DEFAULT_IMAGE,
     KernelSettings,
     Mount,
-    WorkdirMode,
     parse_env,
 )
 
-DEFAULTS = KernelSettings()
+DEFAULTS = KernelSettings()  # built-in values, for the help text
 #: Setting fields that `setup` exposes one to one as options: (flag, field, type, help).
 LIMIT_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--network", "network", str, "container network"),
@@ -63,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     setup.add_argument("--name", required=True, help="kernel name (letters, digits, . _ -)")
     setup.add_argument("--display-name", help="name shown in Jupyter (default: from --name)")
-    setup.add_argument("--image", default=DEFAULT_IMAGE, help=f"image (default {DEFAULT_IMAGE})")
+    setup.add_argument("--image", help=f"image (default {DEFAULT_IMAGE})")
     where = setup.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for the current user")
     where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix")
@@ -85,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="set in the kernel"
     )
-    setup.add_argument("--python", default="python3", help="the image's Python (default python3)")
+    setup.add_argument("--python", help="the image's Python (default python3)")
     setup.add_argument(
         "--kernel-cmd",
         nargs=argparse.REMAINDER,
@@ -109,16 +125,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     setup.add_argument("--runtime", help="OCI runtime, e.g. runsc for gVisor (checked now)")
     add_engine_options(setup)
-    limits = setup.add_argument_group("limits (defaults in brackets)")
+    limits = setup.add_argument_group(
+        "limits (built-in defaults in brackets; jupyter_docker_kernel_config.py may change them)"
+    )
     for flag, field, kind, text in LIMIT_OPTIONS:
         limits.add_argument(
             flag,
             dest=field,
             type=kind,
-            default=getattr(DEFAULTS, field),
             help=f"{text} [{getattr(DEFAULTS, field)}]",
         )
+    nbgrader = setup.add_argument_group("grading with nbgrader")
+    nbgrader.add_argument(
+        "--for-nbgrader",
+        action="store_true",
+        help="grading profile (network none, --copy-workdir, --max-lifetime "
+        f"{grading.PROFILE['max_lifetime']:g}) and print the nbgrader_config.py lines",
+    )
+    nbgrader.add_argument(
+        "--write-nbgrader-config",
+        metavar="PATH",
+        type=Path,
+        help="also add those lines to PATH (a marked block; implies --for-nbgrader)",
+    )
+    nbgrader.add_argument(
+        "--cell-timeout",
+        type=int,
+        metavar="SECONDS",
+        help=f"ExecutePreprocessor.timeout in those lines [{grading.DEFAULT_TIMEOUT}]",
+    )
     setup.add_argument("--interrupt-mode", choices=kernelspec.INTERRUPT_MODES, default="signal")
+    setup.add_argument(
+        "--provisioner",
+        action="store_true",
+        help="also name our kernel provisioner: Jupyter Server and nbclient then manage the "
+        "container directly, with no relay (VS Code keeps using the launcher)",
+    )
     setup.add_argument("--replace", action="store_true", help="overwrite an existing kernelspec")
     setup.add_argument(
         "--skip-checks", action="store_true", help="do not check the engine and image first"
@@ -145,8 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--pools", action="store_true", help="also remove warm-pool containers nobody claimed"
     )
+    gc.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_engine_options(gc)
     gc.set_defaults(func=cmd_gc)
+    add_manage_commands(sub)
     return parser
 
 
@@ -174,7 +218,41 @@ def engine_host(args: argparse.Namespace) -> str | None:
     return host
 
 
-def settings_from_args(args: argparse.Namespace) -> KernelSettings:
+def add_manage_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """list / show / remove / doctor: our installed kernelspecs (manage.py, doctor.py)."""
+    listing = sub.add_parser("list", help="our kernelspecs: image (present or not) and limits")
+    listing.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="a kernelspec's settings and its exact docker run command")
+    show.add_argument("name", help="kernel name")
+    show.set_defaults(func=cmd_show)
+    remove = sub.add_parser("remove", help="delete one of our kernelspecs")
+    remove.add_argument("name", help="kernel name")
+    remove.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    remove.set_defaults(func=cmd_remove)
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the engine, runtimes, runtime dir and kernelspecs; exit 1 on any FAIL",
+    )
+    doctor.add_argument("name", nargs="?", help="check only this kernelspec")
+    doctor.add_argument(
+        "--no-probe", action="store_true", help="do not start a probe container per image"
+    )
+    doctor.set_defaults(func=cmd_doctor)
+    for command in (listing, show, remove, doctor):
+        command.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def settings_from_args(
+    args: argparse.Namespace, defaults: config.ConfigDefaults | None = None
+) -> KernelSettings:
+    """Built-in defaults < config file < --for-nbgrader profile < options given on the line.
+
+    An option given replaces the config file's value; --env adds to (and overrides by name)
+    the config file's env.
+    """
+    values: dict[str, Any] = dict(defaults.values) if defaults else {}
+    if args.for_nbgrader or args.write_nbgrader_config:
+        values.update(grading.PROFILE)
     cwd = os.getcwd()
     mounts = tuple(Mount.parse(m, cwd) for m in args.mount)
     for m in mounts:
@@ -183,21 +261,25 @@ def settings_from_args(args: argparse.Namespace) -> KernelSettings:
                 f"--mount source {m.source} does not exist. No kernelspec was written. "
                 "Create it first, or fix the path."
             )
-    workdir: WorkdirMode = "copy" if args.copy_workdir else "none" if args.no_workdir else "mount"
-    return KernelSettings(
-        image=args.image,
-        workdir=workdir,
-        mounts=mounts,
-        env=parse_env(args.env),
-        kernel_cmd=tuple(args.kernel_cmd or ()),
-        python=args.python,
-        docker_args=tuple(args.docker_arg),
-        runtime=args.runtime,
-        kernel_user=args.kernel_user,
-        workdir_readonly=args.workdir_readonly,
-        engine_host=engine_host(args),
+    if args.copy_workdir or args.no_workdir:
+        values["workdir"] = "copy" if args.copy_workdir else "none"
+    if args.workdir_readonly:
+        values["workdir_readonly"] = True
+    if args.env:
+        values["env"] = tuple({**dict(values.get("env", ())), **dict(parse_env(args.env))}.items())
+    given: dict[str, Any] = {
+        "image": args.image,
+        "mounts": mounts or None,
+        "kernel_cmd": tuple(args.kernel_cmd) if args.kernel_cmd else None,
+        "python": args.python,
+        "docker_args": tuple(args.docker_arg) or None,
+        "runtime": args.runtime,
+        "kernel_user": args.kernel_user,
+        "engine_host": engine_host(args),
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},
-    )
+    }
+    values.update({k: v for k, v in given.items() if v is not None})
+    return KernelSettings(**values)
 
 
 def check_image(engine: Engine, settings: KernelSettings) -> str:
@@ -258,8 +340,25 @@ def engine_settings(engine: Engine, settings: KernelSettings) -> KernelSettings:
 
 
 def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
-    settings = settings_from_args(args)
+    defaults = config.load_defaults()
+    try:
+        settings = settings_from_args(args, defaults)
+    except SettingsError as exc:
+        if not defaults.files:
+            raise
+        raise SettingsError(f"{exc} (Defaults came from {', '.join(defaults.files)}.)") from exc
     name = kernelspec.validate_name(args.name)
+    for_nbgrader = bool(args.for_nbgrader or args.write_nbgrader_config)
+    timeout = grading.DEFAULT_TIMEOUT if args.cell_timeout is None else args.cell_timeout
+    if for_nbgrader:
+        grading.check_timeout(timeout, settings.max_lifetime)
+    elif args.cell_timeout is not None:
+        raise SettingsError(
+            "--cell-timeout only sets the nbgrader_config.py lines. No kernelspec was written. "
+            "Add --for-nbgrader, or leave it out."
+        )
+    if args.write_nbgrader_config:
+        grading.check_config_file(args.write_nbgrader_config)
     prefix = sys.prefix if args.sys_prefix else args.prefix
     versions = ""
     if not args.skip_checks:
@@ -271,9 +370,12 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         settings,
         display_name=args.display_name or f"{name} (container)",
         interrupt_mode=args.interrupt_mode,
+        provisioner=args.provisioner,
     )
     path = kernelspec.install(name, data, user=args.user, prefix=prefix, replace=args.replace)
     print(f"Installed kernelspec {name} in {path}")
+    for used in defaults.files:
+        print(f"  defaults from {used}")
     if versions:
         py, ipk, release = [*versions.split(), "?", "?"][:3]
         runtime = f", runtime {settings.runtime} (kernel {release})" if settings.runtime else ""
@@ -286,6 +388,12 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     )
     if settings.engine_host or settings.engine != "docker":
         print(f"  engine {settings.engine} at {settings.engine_host or 'the default socket'}")
+    if args.provisioner:
+        print(
+            "  warning: clients that use the provisioner (Jupyter Server, nbclient) talk to "
+            "the kernel's sockets directly: --max-message and --output-budget apply only "
+            "to clients that run the launcher (VS Code)."
+        )
     for m in settings.mounts:
         exposed = [n for n in NBGRADER_MARKERS if os.path.lexists(os.path.join(m.source, n))]
         if exposed and not m.read_only:
@@ -296,8 +404,19 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     if os.getuid() == 0 and settings.workdir == "mount":
         print(
             "  note: as root, kernels run as uid 65534 and cannot write directories root "
-            "owns (such as nbgrader's autograded/); for grading, --copy-workdir is safer."
+            "owns (such as nbgrader's autograded/); for grading, use --for-nbgrader."
         )
+    if for_nbgrader:
+        lines = grading.config_lines(name, timeout)
+        target = args.write_nbgrader_config
+        if target:
+            done = grading.write_config_file(target, lines)
+            print(f"{done} {target}:")
+        else:
+            print("Add to nbgrader_config.py (or rerun with --write-nbgrader-config PATH):")
+        print("\n".join(f"  {line}" for line in lines))
+        print("Then: nbgrader autograde ASSIGNMENT")
+        return 0
     print("Use it with:")
     print(f"  nbgrader autograde ASSIGNMENT --ExecutePreprocessor.kernel_name={name}")
     print(f"  jupyter nbconvert --execute --to notebook NB.ipynb --kernel {name}")
@@ -326,6 +445,9 @@ def cmd_image_build(args: argparse.Namespace, engine: Engine) -> int:
 
 def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
     result = reaper.collect(engine, dry_run=args.dry_run, pools=args.pools)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, **dataclasses.asdict(result)}, indent=1))
+        return 0
     verb = "Would remove" if args.dry_run else "Removed"
     for name in result.containers:
         print(f"{verb} container {name}")
@@ -336,6 +458,146 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
         f"{result.kept} kernel(s) still running were kept."
     )
     return 0
+
+
+def format_list(specs: list[manage.SpecInfo], note: str = "") -> list[str]:
+    """`list` as a table: name, image, present?, limits, path; unreadable specs say why."""
+    present = {True: "yes", False: "MISSING", None: "?"}
+    rows = [("NAME", "IMAGE", "PRESENT", "LIMITS", "PATH")]
+    for s in specs:
+        if s.settings is None:
+            rows.append((s.name, "-", "-", f"unreadable: {s.error}", s.path))
+            continue
+        lim = s.limits()
+        limits = (
+            f"net {lim['network']}, mem {lim['memory']}, cpus {lim['cpus']:g}, "
+            f"pids {lim['pids_limit']}, runtime {lim['runtime']}, workdir {lim['workdir']}"
+        )
+        rows.append((s.name, s.image, present[s.image_present], limits, s.path))
+    if not specs:
+        return ["No jupyter-docker-kernel kernelspecs installed; add one with setup."]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join(v.ljust(w) for v, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    ]
+    if note:
+        lines.append(f"note: {note}")
+    return [line.rstrip() for line in lines]
+
+
+def cmd_list(args: argparse.Namespace, engine: Engine) -> int:
+    specs, note = manage.list_specs(engine)
+    if args.json:
+        print(
+            json.dumps(
+                {"kernelspecs": [s.to_json() for s in specs], "note": note or None}, indent=1
+            )
+        )
+        return 0
+    print("\n".join(format_list(specs, note)))
+    return 0
+
+
+def format_show(info: manage.SpecInfo, args: list[str], program: str) -> list[str]:
+    """`show`: where the spec is, every setting (defaults included), the docker run command."""
+    assert info.settings is not None
+    lines = [f"{info.name}: {info.display_name}", f"  path      {info.path}"]
+    lines.append(f"  launcher  {info.launcher_python} -m {kernelspec.LAUNCHER_MODULE}")
+    lines.append("settings (* = chosen at setup, the rest are defaults):")
+    for key, value in dataclasses.asdict(info.settings).items():
+        mark = "*" if getattr(info.settings, key) != getattr(DEFAULTS, key) else " "
+        lines.append(f"  {mark} {key:<17} {json.dumps(value)}")
+    lines.append(
+        f"docker run command ({manage.PLACEHOLDER_KERNEL_ID}/{manage.PLACEHOLDER_NONCE}, "
+        "START and HOST are filled in per start; the work dir is the notebook's):"
+    )
+    # The kernelspec's engine, so the pasted command reaches the same one (Podman's, say).
+    host = f"DOCKER_HOST={info.settings.engine_host} " if info.settings.engine_host else ""
+    lines.append(f"  {host}{program} {args[0]} \\")
+    lines += [f"    {part} \\" for part in option_lines(args[1:], info.settings)]
+    lines[-1] = lines[-1].removesuffix(" \\")
+    if info.settings.pool:
+        lines.append(
+            f"note: with pool {info.settings.pool}, a start usually claims a warm container "
+            "started ahead with these arguments (--detach, no connection file, a claim socket)."
+        )
+    return lines
+
+
+def option_lines(args: list[str], settings: KernelSettings) -> list[str]:
+    """Shell-quoted `docker run` options, one option and its value per line, then the
+    image, then the container's command on one line (line breaks only: pasteable)."""
+    tail = next(
+        (
+            i
+            for i in range(len(args) - 2)
+            if args[i] == settings.image
+            and args[i + 1 : i + 3] == [settings.python, hardening.SUPERVISOR_TARGET]
+        ),
+        len(args),
+    )
+    out: list[str] = []
+    i = 0
+    while i < tail:
+        arg = args[i]
+        takes_value = arg.startswith("--") and "=" not in arg and i + 1 < tail
+        if takes_value and not args[i + 1].startswith("-"):
+            out.append(hardening.quote_command(arg, [args[i + 1]]))
+            i += 2
+        else:
+            out.append(hardening.quote_command(arg, ()))
+            i += 1
+    if tail < len(args):
+        out += [
+            hardening.quote_command(args[tail], ()),
+            hardening.quote_command(args[tail + 1], args[tail + 2 :]),
+        ]
+    return out
+
+
+def cmd_show(args: argparse.Namespace, engine: Engine) -> int:
+    info = manage.find(args.name)
+    if info.settings is None:
+        raise SettingsError(f"Kernelspec '{info.name}' in {info.path} cannot be read: {info.error}")
+    run_args = manage.effective_args(info.settings)
+    if args.json:
+        data = info.to_json()
+        data["settings_effective"] = dataclasses.asdict(info.settings)
+        data["docker_argv"] = [engine.command, *run_args]
+        print(json.dumps(data, indent=1))
+        return 0
+    print("\n".join(format_show(info, run_args, engine.command)))
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace, engine: Engine) -> int:
+    info = manage.find(args.name)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise KernelSpecError(
+                f"Not removing '{info.name}' ({info.path}) without confirmation. "
+                "Nothing was removed. Pass -y to remove it."
+            )
+        answer = input(f"Remove kernelspec {info.name} ({info.path})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing was removed.")
+            return 1
+    manage.remove(info.name)
+    if args.json:
+        print(json.dumps({"removed": info.name, "path": info.path}))
+    else:
+        print(f"Removed kernelspec {info.name} ({info.path})")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, engine: Engine) -> int:
+    report = doctor.run_checks(engine, args.name, probe=not args.no_probe)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print("\n".join(doctor.format_report(report)))
+    return 0 if report.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,11 @@ class Engine:
         """The DOCKER_HOST this engine's calls use ("" for the CLI's default socket)."""
         return self.host or os.environ.get("DOCKER_HOST", "")
 
+    def api(self) -> EngineApi:
+        """This engine's HTTP API (available() only when its address is a unix socket)."""
+        address = self.address() or "unix:///var/run/docker.sock"
+        return EngineApi(address.removeprefix("unix://") if address.startswith("unix://") else "")
+
     def env(self) -> dict[str, str] | None:
         """The environment for a CLI call: ours, with DOCKER_HOST set when a host was given."""
         if self.host is None:
@@ -297,14 +302,16 @@ class EngineApi:
 
     def __init__(self, socket_path: str | None = None) -> None:
         host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        self.socket_path = socket_path or (
-            host.removeprefix("unix://") if host.startswith("unix://") else ""
+        self.socket_path = (
+            socket_path
+            if socket_path is not None
+            else (host.removeprefix("unix://") if host.startswith("unix://") else "")
         )
 
     def available(self) -> bool:
         return bool(self.socket_path) and os.path.exists(self.socket_path)
 
-    def request(self, method: str, path: str, timeout: float = 10) -> tuple[int, Any]:
+    def request(self, method: str, path: str, timeout: float | None = 10) -> tuple[int, Any]:
         """One request; returns (status, parsed JSON body or None)."""
         import http.client
         import socket as socket_mod
@@ -350,3 +357,14 @@ class EngineApi:
             "POST", f"/containers/{quote(container)}/rename?name={quote(name)}"
         )
         return status == 204
+
+    def wait(self, container: str) -> int:
+        """Block until the container exits; returns its exit code (POST /containers/ID/wait)."""
+        from urllib.parse import quote
+
+        status, data = self.request("POST", f"/containers/{quote(container)}/wait", timeout=None)
+        if status != 200 or not isinstance(data, dict):
+            raise EngineError(
+                f"The engine could not wait for container {container} (HTTP {status})."
+            )
+        return int(data.get("StatusCode", 1))

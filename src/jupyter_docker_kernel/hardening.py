@@ -247,6 +247,8 @@ def supervisor_command(
         args += [
             "--pool-wait",
             f"{RUNTIME_TARGET}/{CLAIM_SOCKET}",
+            "--pool-ip",
+            f"{RUNTIME_TARGET}/{SOCKET_PREFIX}",
             "--pool-ttl",
             f"{settings.pool_ttl:g}",
         ]

@@ -22,6 +22,8 @@ from jupyter_docker_kernel.settings import KernelSettings
 #: kernel.json metadata key that marks a kernelspec as ours.
 METADATA_KEY = "jupyter_docker_kernel"
 LAUNCHER_MODULE = "jupyter_docker_kernel.launcher"
+#: Our entry point in the `jupyter_client.kernel_provisioners` group (pyproject.toml).
+PROVISIONER_NAME = "docker-provisioner"
 INTERRUPT_MODES = ("signal", "message")
 _NAME = re.compile(r"^[a-z0-9._-]+$", re.IGNORECASE)
 
@@ -42,13 +44,18 @@ def build_kernel_json(
     display_name: str,
     interrupt_mode: str = "signal",
     python: str | None = None,
+    provisioner: bool = False,
 ) -> dict[str, Any]:
-    """The kernel.json dict: argv runs our launcher with the settings embedded as JSON."""
+    """The kernel.json dict: argv runs our launcher with the settings embedded as JSON.
+
+    provisioner: also name our kernel provisioner, which clients that honour provisioners
+    use instead of the argv (the argv stays, for clients that do not, such as VS Code).
+    """
     if interrupt_mode not in INTERRUPT_MODES:
         raise KernelSpecError(
             f"interrupt mode '{interrupt_mode}' is not one of {', '.join(INTERRUPT_MODES)}."
         )
-    return {
+    data: dict[str, Any] = {
         "argv": [
             python or sys.executable,
             "-m",
@@ -67,6 +74,14 @@ def build_kernel_json(
             "debugger": False,
         },
     }
+    if provisioner:
+        # jupyter_client passes "config" to the provisioner as keyword arguments; the
+        # settings stay in argv, the one copy both paths read.
+        data["metadata"]["kernel_provisioner"] = {
+            "provisioner_name": PROVISIONER_NAME,
+            "config": {},
+        }
+    return data
 
 
 def settings_from_kernel_json(data: dict[str, Any]) -> KernelSettings:

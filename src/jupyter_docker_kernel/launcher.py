@@ -12,13 +12,11 @@ the in-container supervisor ends the kernel when our `docker run -i` stdin goes 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -29,19 +27,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from jupyter_docker_kernel import hardening, pool
+from jupyter_docker_kernel.endpoints import CHANNELS, Route, host_endpoints, listen
 from jupyter_docker_kernel.engine import Engine, short_id, use_host
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
-
-if TYPE_CHECKING:
-    from jupyter_docker_kernel.relay import Route
-
-#: The channels in the order of their in-container socket numbers (k-1 .. k-5); relay.py
-#: has the same tuple, but importing it here would pull in asyncio before the engine starts.
-CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 
 log = logging.getLogger("jupyter_docker_kernel.launcher")
 
@@ -50,6 +42,10 @@ SUPERVISOR_PATH = str(Path(__file__).with_name("_supervise.py"))
 FORWARD_LIMIT = 4 << 20
 #: How long after max_lifetime the launcher removes a container the supervisor did not end.
 LIFETIME_GRACE = 5.0
+#: The pool is topped up after this many bytes reached the host (the kernel's first
+#: kernel_info reply, with the ZMTP greetings and status messages), or FIRST_REPLY_WAIT s.
+FIRST_REPLY_BYTES = 2048
+FIRST_REPLY_WAIT = 3.0
 #: Name prefix of every container and runtime dir we create.
 NAME_PREFIX = "jdk"
 
@@ -71,6 +67,17 @@ def process_start_time(pid: int) -> str:
             return fh.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return ""
+
+
+def process_age() -> float:
+    """Seconds since this process was started (exec included); 0.0 if /proc cannot tell."""
+    try:
+        ticks = int(process_start_time(os.getpid()))
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+    except (OSError, ValueError):
+        return 0.0
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def runtime_base() -> Path:
@@ -100,7 +107,14 @@ class Launcher:
         settings: KernelSettings,
         connection_file: str,
         engine: Engine | None = None,
+        *,
+        kernel_id: str | None = None,
+        base: Path | None = None,
+        workdir: str | None = None,
     ) -> None:
+        """kernel_id, base and workdir default to what an argv launcher has (the connection
+        file's name, a fresh dir, its cwd); the provisioner passes its own, as its base
+        dir outlives restarts."""
         self.settings = settings
         self.connection_file = connection_file
         self.engine = engine or Engine()
@@ -112,10 +126,11 @@ class Launcher:
                 f"Cannot read the connection file {connection_file}: {exc}. No container was "
                 "started. The launcher must be run by a Jupyter client with {connection_file}."
             ) from exc
-        self.kernel_id = kernel_id_from(connection_file)
-        nonce = secrets.token_hex(3)
+        self.kernel_id = kernel_id or kernel_id_from(connection_file)
+        nonce = os.urandom(3).hex()
         self.name = f"{NAME_PREFIX}-{self.kernel_id}-{nonce}"
-        self.base = runtime_base() / f"{self.kernel_id}-{nonce}"
+        self.base = base or runtime_base() / f"{self.kernel_id}-{nonce}"
+        self.workdir = workdir or os.getcwd()
         self.runtime_dir = self.base / "rt"
         self.cidfile = self.base / "cid"
         self.container_id = ""
@@ -165,7 +180,7 @@ class Launcher:
             supervisor_path=SUPERVISOR_PATH,
             host_uid=os.getuid(),
             host_gid=os.getgid(),
-            workdir=os.getcwd(),
+            workdir=self.workdir,
             workdir_copy=str(self.base / "work") if self.settings.workdir == "copy" else None,
             launcher_pid=os.getpid(),
             launcher_start=process_start_time(os.getpid()),
@@ -176,14 +191,19 @@ class Launcher:
         """Who owns this runtime dir: gc keeps it (and its container) while we live."""
         (self.base / "launcher").write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
 
-    def adopt(self, claimed: pool.Claim) -> subprocess.Popen[bytes]:
-        """Take over a claimed warm container: its dir becomes ours, the kernel gets its key.
+    def adopt(self, claimed: pool.Claim) -> None:
+        """Take over a claimed warm container (its dir is ours now): the kernel gets its key.
 
-        Returns the `docker wait` process whose end (and output) is the container's exit.
+        The container's exit is then awaited through the engine's API (run_async).
         """
-        os.rename(claimed.pool_dir, self.base)  # its bind mounts follow the directory
         self._write_marker()
-        self.cidfile.write_text(claimed.container_id)
+        self.container_id = claimed.container_id
+        if not self.container_id:  # claimed before its starter wrote the id down
+            info = self.engine.container_inspect(claimed.container_name) or {}
+            self.container_id = str(info.get("Id") or claimed.container_name)
+            self.cidfile.write_text(self.container_id)
+        # Off the start path: our kernel's name on the container, for `docker ps` and gc.
+        self._in_thread(self._rename_claimed, claimed.container_name)
         launch = self.launch_facts()
         uid, gid = (int(x) for x in hardening.kernel_user(self.settings, launch).split(":"))
         cwd = hardening.HOME
@@ -197,17 +217,8 @@ class Launcher:
                 group_access=hardening.shares_group_only(self.settings, launch),
             )
             cwd = pool.WORK_TARGET
-        self.lifeline = pool.hand_over(
-            pool.Claim(claimed.container_id, self.base), self.kernel_connection(), cwd
-        )
+        self.lifeline = pool.hand_over(claimed, self.kernel_connection(), cwd)
         self.pooled = True
-        return subprocess.Popen(
-            [self.engine.executable(), "wait", claimed.container_id],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
 
     def kernel_connection(self) -> dict[str, Any]:
         """The kernel's connection info: ipc sockets in RUNTIME_TARGET, the client's key."""
@@ -241,8 +252,6 @@ class Launcher:
             os.chown(path, uid, gid)
 
     def routes(self) -> list[Route]:
-        from jupyter_docker_kernel.relay import Route, host_endpoints
-
         endpoints = host_endpoints(self.connection)
         return [
             Route(
@@ -303,10 +312,19 @@ class Launcher:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            env=self.engine.env(),
         )
 
-    async def run_async(self, proc: subprocess.Popen[bytes]) -> int:
-        """Relay until the container exits; returns its exit code. asyncio.run() calls it."""
+    async def run_async(
+        self,
+        proc: subprocess.Popen[bytes] | None,
+        listening: dict[str, socket.socket] | None = None,
+    ) -> int:
+        """Relay until the container exits; returns its exit code. asyncio.run() calls it.
+
+        `proc` is the attached `docker run`; None for a claimed warm container, whose exit
+        comes from the engine's API. `listening` are the host endpoints bound early.
+        """
         import asyncio
 
         from jupyter_docker_kernel.relay import Relay
@@ -318,24 +336,24 @@ class Launcher:
             output_budget=size_bytes(self.settings.output_budget),
             on_violation=self._budget_exceeded,
         )
-        await relay.start()
+        await relay.start(listening=listening)
+        self.mark("relay serving")
         for sig in (signal.SIGINT,):
             loop.add_signal_handler(sig, self._interrupt)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self._terminate)
-        # A pooled kernel's raw output and its supervisor's words come over the lifeline;
-        # `docker wait` prints the exit code on stdout.
-        streams: list[Any] = [proc.stderr]
-        streams.append(self.lifeline if self.pooled else proc.stdout)
+        # A pooled kernel's raw output and its supervisor's words come over the lifeline.
+        streams: list[Any] = [self.lifeline] if proc is None else [proc.stderr, proc.stdout]
         forwards = [
             threading.Thread(target=forward, args=(stream, sys.stderr.buffer), daemon=True)
             for stream in streams
         ]
         for thread in forwards:
             thread.start()
-        tasks = [loop.create_task(self._log_started()), loop.create_task(self._watch_parent())]
-        if self.settings.pool:
-            threading.Thread(target=self._fill_pool, daemon=True).start()
+        tasks = [
+            loop.create_task(self._log_started(relay)),
+            loop.create_task(self._watch_parent()),
+        ]
         # The supervisor enforces the lifetime inside; the kernel runs as the same uid and
         # could stop it, so we enforce it here too, a little later.
         loop.call_later(
@@ -343,10 +361,7 @@ class Launcher:
             self._terminate,
             f"maximum lifetime of {self.settings.max_lifetime:g} s reached",
         )
-        code = await loop.run_in_executor(None, proc.wait)
-        if self.pooled and code == 0 and proc.stdout is not None:
-            output = proc.stdout.read().decode().strip()
-            code = int(output) if output.lstrip("-").isdigit() else 1
+        code = await loop.run_in_executor(None, self._wait_container if proc is None else proc.wait)
         for task in tasks:
             task.cancel()
         for thread in forwards:
@@ -372,7 +387,10 @@ class Launcher:
             )
         return code
 
-    async def _log_started(self) -> None:
+    async def _log_started(self, relay: Any) -> None:
+        """Log the start once the container id is known; after the kernel's first reply
+        (or FIRST_REPLY_WAIT), top the warm pool up: a refill's `docker run` competes for
+        the CPU with the kernel that is answering right now."""
         import asyncio
 
         for _ in range(600):
@@ -396,16 +414,58 @@ class Launcher:
             s.pids_limit,
             f", runtime {s.runtime}" if s.runtime else "",
         )
+        for _ in range(int(FIRST_REPLY_WAIT / 0.02)):
+            if relay.bytes_to_host >= FIRST_REPLY_BYTES:
+                self.mark("first reply relayed")
+                break
+            await asyncio.sleep(0.02)
+        if self.settings.pool:
+            self.fill_pool()
 
-    def _fill_pool(self) -> None:
-        """Top the warm pool up for the next kernel (background thread; errors logged)."""
+    def wait_process(self) -> subprocess.Popen[bytes]:
+        """A `docker wait` process for the claimed warm container: its end (and output) is
+        the container's exit. The provisioner polls it; the launcher uses the API instead."""
+        return subprocess.Popen(
+            [self.engine.executable(), "wait", self.container_id],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env=self.engine.env(),
+        )
+
+    def _rename_claimed(self, pooled_name: str) -> None:
+        api = self.engine.api()
+        if api.available():
+            if not api.rename(self.container_id, self.name):
+                log.warning("could not rename warm container %s to %s", pooled_name, self.name)
+        else:
+            self.engine.run(["rename", self.container_id, self.name])
+
+    def _wait_container(self) -> int:
+        """The claimed warm container's exit code, from the engine (blocks)."""
         try:
-            started = pool.fill(self.engine, self.settings, runtime_base(), self.launch_facts())
-        except (DockerKernelError, OSError) as exc:
+            api = self.engine.api()
+            if api.available():
+                return api.wait(self.container_id)
+            output = self.engine.run(["wait", self.container_id], timeout=1e9).stdout.strip()
+            return int(output) if output.lstrip("-").isdigit() else 1
+        except DockerKernelError as exc:
+            log.warning("%s", exc)
+            return 1
+
+    def mark(self, what: str) -> None:
+        """A point of the start timeline, logged at debug level (--debug)."""
+        log.debug("start timeline: %s at %.0f ms", what, (time.monotonic() - self.started) * 1000)
+
+    def fill_pool(self) -> None:
+        """Top the warm pool up for the next kernel, in a process that may outlive us.
+
+        The launcher (after its kernel's first reply) and the provisioner call it."""
+        try:
+            pool.fill_in_background(self.settings, runtime_base(), self.launch_facts())
+        except OSError as exc:
             log.warning("could not refill the warm pool: %s", exc)
-            return
-        if started:
-            log.debug("warm pool: started %d container(s)", started)
 
     async def _watch_parent(self) -> None:
         """End the kernel when the Jupyter client that started us dies without stopping it
@@ -421,7 +481,7 @@ class Launcher:
 
     def _interrupt(self) -> None:
         log.info("interrupt: sending SIGINT to the kernel in %s", self.name)
-        self._in_thread(self.engine.kill, self.name, "INT")
+        self._in_thread(self.engine.kill, self.container_id or self.name, "INT")
 
     def _terminate(self, reason: str = "stopped by the Jupyter client") -> None:
         if self.stopping:
@@ -429,14 +489,14 @@ class Launcher:
         self.stopping = True
         self.exit_reason = reason
         log.info("terminate: removing container %s", self.name)
-        self._in_thread(self.engine.remove, self.name)
+        self._in_thread(self.engine.remove, self.container_id or self.name)
 
     def _budget_exceeded(self, what: str) -> None:
         if self.stopping:
             return
         self.stopping = True
         self.exit_reason = f"budget exceeded: {what}"
-        self._in_thread(self.engine.remove, self.name)
+        self._in_thread(self.engine.remove, self.container_id or self.name)
 
     def _in_thread(self, func: Any, *args: Any) -> None:
         """Run an engine call off the event loop; log (not raise) its failure."""
@@ -455,7 +515,7 @@ class Launcher:
             self.lifeline.close()
         with contextlib.suppress(DockerKernelError):
             if self.container_id or self.cidfile.exists():
-                self.engine.remove(self.name)
+                self.engine.remove(self.container_id or self.name)
         remove_tree(self.base)
 
 
@@ -519,6 +579,71 @@ def _watchdog_cleanup(engine_exe: str, name: str, cidfile: Path, base: Path) -> 
             timeout=60,
             check=False,
         )
+    remove_tree(base)
+
+
+def start_lifeline_watchdog(
+    engine_exe: str, kernel_id: str, base: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a process that cleans up after a provisioner's host process however it dies.
+
+    The provisioner (inside the Jupyter server) holds the write end of its stdin; EOF
+    means that process is gone, even by SIGKILL, and the watchdog then force-removes every
+    container labelled with `kernel_id` and the runtime dir `base`. Writing b"q" first
+    means "already cleaned up": it exits without doing anything. A fresh process rather
+    than a fork: forking a threaded server is unsafe, and its own session keeps the
+    terminal's Ctrl-C (meant for the server) away from it.
+    """
+    code = "import sys; from jupyter_docker_kernel.launcher import watch_lifeline; watch_lifeline()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, engine_exe, kernel_id, str(base)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,  # the kernelspec's engine (DOCKER_HOST), which its docker calls inherit
+    )
+
+
+def watch_lifeline(argv: list[str] | None = None) -> None:
+    """The watchdog process started by start_lifeline_watchdog(): wait for EOF, clean up."""
+    engine_exe, kernel_id, base = (argv or sys.argv[1:])[:3]
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+    last = b""
+    while chunk := _read_quietly(lambda n: os.read(0, n)):
+        last = chunk[-1:]
+    if last == b"q":
+        return
+    from jupyter_docker_kernel.engine import LABEL_KERNEL_ID, LABEL_OWNER_UID
+
+    # By label, or (a claimed warm container, labelled before it had a kernel) by name.
+    selectors = (f"label={LABEL_KERNEL_ID}={kernel_id}", f"name=^{NAME_PREFIX}-{kernel_id}-")
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        found = {
+            cid
+            for selector in selectors
+            for cid in subprocess.run(
+                [
+                    *(engine_exe, "ps", "-aq", "--no-trunc", "--filter", selector),
+                    *("--filter", f"label={LABEL_OWNER_UID}={os.getuid()}"),
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            ).stdout.split()
+        }
+        if found:
+            subprocess.run(
+                [engine_exe, "rm", "--force", *found],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=60,
+                check=False,
+            )
     remove_tree(base)
 
 
@@ -654,16 +779,54 @@ def configure_logging(debug: bool) -> None:
     root.propagate = False
 
 
+USAGE = (
+    "usage: python -m jupyter_docker_kernel.launcher --settings JSON -f CONNECTION_FILE "
+    "[--debug]\nRun by Jupyter through a kernelspec written by `jupyter-docker-kernel setup`."
+)
+
+
+class Args:
+    """The launcher's three options (parsed by hand: argparse costs a kernel start ~10 ms)."""
+
+    def __init__(self) -> None:
+        self.settings = ""
+        self.connection_file = ""
+        self.debug = False
+
+
+def parse_args(argv: list[str]) -> Args:
+    """Parse --settings JSON, -f/--connection-file FILE and --debug; exit 2 on anything else."""
+    args = Args()
+    rest = list(argv)
+    while rest:
+        opt = rest.pop(0)
+        name, eq, value = opt.partition("=")
+        if name in ("--settings", "-f", "--connection-file"):
+            if not eq:
+                if not rest:
+                    break
+                value = rest.pop(0)
+            if name == "--settings":
+                args.settings = value
+            else:
+                args.connection_file = value
+        elif opt == "--debug":
+            args.debug = True
+        elif opt in ("-h", "--help"):
+            print(USAGE)
+            sys.exit(0)
+        else:
+            print(f"{USAGE}\nerror: unexpected argument {opt!r}", file=sys.stderr)
+            sys.exit(2)
+    if not args.settings or not args.connection_file:
+        print(f"{USAGE}\nerror: --settings and -f are required", file=sys.stderr)
+        sys.exit(2)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the kernelspec's argv; returns the kernel container's exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m jupyter_docker_kernel.launcher",
-        description="Run by Jupyter through a kernelspec written by `jupyter-docker-kernel setup`.",
-    )
-    parser.add_argument("--settings", required=True, help="the kernel's settings as JSON")
-    parser.add_argument("-f", "--connection-file", required=True)
-    parser.add_argument("--debug", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging(args.debug or bool(os.environ.get("JUPYTER_DOCKER_KERNEL_DEBUG")))
     # Until the event loop's handler is installed, an interrupt has no kernel to reach yet;
     # it must not kill the launcher halfway through starting one.
@@ -674,15 +837,25 @@ def main(argv: list[str] | None = None) -> int:
         settings = KernelSettings.from_dict(json.loads(args.settings))
         use_host(settings.engine_host)
         launcher = Launcher(settings, args.connection_file)
+        launcher.mark(f"launcher up ({process_age() * 1000:.0f} ms after exec)")
         lifeline = launcher.start_watchdog()
-        claimed = pool.claim(settings, launcher.name) if settings.pool else None
+        claimed = pool.claim(settings, runtime_base(), launcher.base) if settings.pool else None
+        proc = None
         if claimed is not None:
-            proc = launcher.adopt(claimed)
+            launcher.mark("warm container claimed")
+            launcher.adopt(claimed)
+            launcher.mark("connection handed over")
         else:
             proc = launcher.start_container(launcher.prepare())
+            launcher.mark("docker run started")
+        # Listening now, before asyncio is imported: the client's first connection
+        # attempt waits in the backlog instead of being refused and retried later.
+        listening = {
+            route.channel: listen(route.host, route.channel) for route in launcher.routes()
+        }
         import asyncio
 
-        return asyncio.run(launcher.run_async(proc))
+        return asyncio.run(launcher.run_async(proc, listening))
     except DockerKernelError as exc:
         log.error("%s", exc)
         return 1

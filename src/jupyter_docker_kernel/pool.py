@@ -1,13 +1,14 @@
 """Warm pool: containers started ahead of time with the kernel's imports done.
 
 A kernelspec with `--pool N` keeps up to N such containers per user. The launcher claims
-one (an atomic rename through the engine's API: exactly one launcher wins it), sends the
-kernel's connection info over the container's claim socket, and relays as usual; that
-connection is then the container's lifeline. Each pooled container serves exactly one
-kernel and is removed with it: never reused, so no notebook sees another's state. After
-every start the launcher tops the pool up in the background. An unclaimed container ends
-itself after `pool_ttl` seconds, so a pool never outlives its users by long; `gc --pools`
-removes unclaimed ones at once.
+one by renaming its host runtime dir to its own (atomic: exactly one launcher wins it, and
+no engine call sits on the start path), sends the kernel's connection info over the
+container's claim socket, and relays as usual; that connection is then the container's
+lifeline. The container itself is renamed to the kernel's name right after. Each pooled
+container serves exactly one kernel and is removed with it: never reused, so no notebook
+sees another's state. After each start has answered, the launcher tops the pool up. An
+unclaimed container ends itself after `pool_ttl` seconds, so a pool never outlives its
+users by long; `gc --pools` removes unclaimed ones at once.
 
 Only work-dir modes "copy" and "none" can be pooled: a running container cannot gain the
 notebook's directory as a mount, so a pooled kernel gets its private copy at /work.
@@ -15,19 +16,23 @@ notebook's directory as a mount, so a pooled kernel gets its private copy at /wo
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import socket
+import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel import hardening
-from jupyter_docker_kernel.engine import Engine, EngineApi
+from jupyter_docker_kernel.endpoints import connect_kernel_socket
+from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.settings import KernelSettings
 
@@ -37,6 +42,10 @@ LABEL_POOL = engine_mod.LABEL_POOL
 LABEL_POOL_DIR = engine_mod.LABEL_POOL_DIR
 #: Name prefix of unclaimed pooled containers; a claim renames them to the kernel's name.
 POOL_NAME_PREFIX = "jdk-pool-"
+#: Runtime dirs of unclaimed pooled containers: pool-<pool key>-<nonce>.
+POOL_DIR_PREFIX = "pool-"
+#: A warm container this close to the end of its pool time (s) is not claimed.
+CLAIM_MARGIN = 10.0
 #: Where a pooled kernel finds its copy of the work dir.
 WORK_TARGET = "/work"
 CLAIM_SOCKET = hardening.CLAIM_SOCKET
@@ -53,40 +62,60 @@ def pool_key(settings: KernelSettings, uid: int) -> str:
 
 @dataclass(frozen=True)
 class Claim:
-    """A pooled container now ours: its id, and the host dir holding its sockets."""
+    """A pooled container now ours: its name and id, the host dir holding its sockets,
+    and our connection to its claim socket (the lifeline once the connection info is sent)."""
 
+    container_name: str
     container_id: str
     pool_dir: Path
+    lifeline: socket.socket
 
 
-def claim(settings: KernelSettings, new_name: str) -> Claim | None:
-    """Take one running pooled container for these settings, renamed to new_name; or None."""
-    api = EngineApi()
-    if not api.available():
-        return None
+def pool_dirs(base: Path, key: str) -> list[Path]:
+    """The runtime dirs of this key's unclaimed warm containers, oldest first."""
+    found = []
+    for entry in base.glob(f"{POOL_DIR_PREFIX}{key}-*"):
+        with contextlib.suppress(OSError):
+            found.append((entry.stat().st_mtime, entry))
+    return [entry for _, entry in sorted(found)]
+
+
+def claim(settings: KernelSettings, base: Path, new_dir: Path) -> Claim | None:
+    """Take one ready warm container for these settings by renaming its dir to new_dir.
+
+    rename(2) is atomic: of launchers racing for one dir exactly one wins, with no engine
+    call on the start path (the container is renamed later, off it). A container near the
+    end of its pool time is passed over: it may end while we hand over. One whose claim
+    socket does not answer is gone (removed by gc, or ended): its dir is dropped.
+    """
     key = pool_key(settings, os.getuid())
-    try:
-        candidates = api.containers({LABEL_POOL: key})
-        for item in candidates:
-            labels = item.get("Labels") or {}
-            pool_dir = Path(labels.get(LABEL_POOL_DIR, ""))
-            names = item.get("Names") or []
-            if not names or not str(names[0]).lstrip("/").startswith(POOL_NAME_PREFIX):
-                continue  # already claimed by another launcher
-            if not (pool_dir / "rt" / CLAIM_SOCKET).exists():
-                continue  # still importing: not ready to be claimed
-            if api.rename(str(item["Id"]), new_name):
-                return Claim(str(item["Id"]), pool_dir)
-    except DockerKernelError as exc:
-        log.warning("warm pool unavailable (%s); starting a fresh container", exc)
+    oldest = time.time() - max(0.0, settings.pool_ttl - CLAIM_MARGIN)
+    for entry in pool_dirs(base, key):
+        try:
+            if entry.stat().st_mtime < oldest:
+                continue
+            if not (entry / "rt" / CLAIM_SOCKET).exists():
+                continue  # its kernel is still initialising: not ready to be claimed
+            name = (entry / "pool").read_text().partition("\n")[0].strip()
+            os.rename(entry, new_dir)
+        except OSError:
+            continue  # another launcher won it, or it is being removed
+        try:
+            lifeline = connect_kernel_socket(str(new_dir / "rt" / CLAIM_SOCKET))
+        except OSError:
+            log.debug("warm container %s no longer answers; trying another", name)
+            shutil.rmtree(new_dir, ignore_errors=True)
+            continue
+        container_id = ""
+        with contextlib.suppress(OSError):
+            container_id = (new_dir / "cid").read_text().strip()
+        return Claim(name, container_id, new_dir, lifeline)
     return None
 
 
 def hand_over(claimed: Claim, connection: dict[str, object], cwd: str) -> socket.socket:
     """Send the kernel its connection info over the claim socket; returns the lifeline."""
-    from jupyter_docker_kernel.relay import connect_kernel_socket
-
-    sock = connect_kernel_socket(str(claimed.pool_dir / "rt" / CLAIM_SOCKET))
+    sock = claimed.lifeline
     sock.setblocking(True)
     sock.sendall(json.dumps({"connection": connection, "cwd": cwd}).encode() + b"\n")
     return sock
@@ -95,17 +124,18 @@ def hand_over(claimed: Claim, connection: dict[str, object], cwd: str) -> socket
 def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening.Launch) -> int:
     """Start pooled containers until `settings.pool` are waiting; returns how many started.
 
-    Called by the launcher in a background thread after its own kernel is up.
+    Run in fill_in_background's process, after the launcher's own kernel has answered.
     """
-    api = EngineApi()
     key = pool_key(settings, os.getuid())
-    waiting = 0
+    api = engine.api()
     if api.available():
         waiting = sum(
             1
             for item in api.containers({LABEL_POOL: key})
             if str((item.get("Names") or ["/"])[0]).lstrip("/").startswith(POOL_NAME_PREFIX)
         )
+    else:
+        waiting = len(pool_dirs(base, key))
     started = 0
     for _ in range(max(0, settings.pool - waiting)):
         start_one(engine, settings, base, launch, key)
@@ -113,13 +143,51 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
     return started
 
 
+def fill_in_background(settings: KernelSettings, base: Path, launch: hardening.Launch) -> None:
+    """Run fill() in a process of its own: it must outlive a launcher whose kernel is
+    stopped right after answering, as nbgrader does with every notebook. The launcher
+    calls this once its kernel's first reply has gone through."""
+    import subprocess
+    import sys
+    import threading
+
+    payload = json.dumps(
+        {"settings": settings.to_dict(), "base": str(base), "launch": dataclasses.asdict(launch)}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_docker_kernel.pool", payload],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    threading.Thread(target=proc.wait, daemon=True).start()  # no zombie while we run
+
+
+def main(argv: list[str]) -> int:
+    """`python -m jupyter_docker_kernel.pool PAYLOAD`: fill_in_background's process."""
+    data = json.loads(argv[0])
+    settings = KernelSettings.from_dict(data["settings"])
+    try:
+        started = fill(
+            Engine(host=settings.engine_host),
+            settings,
+            Path(data["base"]),
+            hardening.Launch(**data["launch"]),
+        )
+    except (DockerKernelError, OSError) as exc:
+        print(f"jupyter-docker-kernel: could not refill the warm pool: {exc}", file=sys.stderr)
+        return 1
+    log.debug("warm pool: started %d container(s)", started)
+    return 0
+
+
 def start_one(
     engine: Engine, settings: KernelSettings, base: Path, launch: hardening.Launch, key: str
 ) -> str:
     """Start one detached pooled container; returns its name."""
-    nonce = secrets.token_hex(4)
+    nonce = os.urandom(4).hex()
     name = f"{POOL_NAME_PREFIX}{key[:8]}-{nonce}"
-    pool_dir = base / f"pool-{nonce}"
+    pool_dir = base / f"{POOL_DIR_PREFIX}{key}-{nonce}"
     (pool_dir / "rt").mkdir(parents=True, mode=0o700)
     # Which engine holds it too: gc asking another engine must not take the dir for orphaned.
     (pool_dir / "pool").write_text(f"{name}\n{engine.address()}")
@@ -139,8 +207,14 @@ def start_one(
         os.chown(pool_dir / "rt", uid, gid)  # root starting it for an unprivileged kernel
     args = hardening.run_args(settings, pooled, pool=(key, str(pool_dir)))
     try:
-        engine.run(args, timeout=120)
+        container_id = engine.run(args, timeout=120).stdout.strip()
     except DockerKernelError:
         shutil.rmtree(pool_dir, ignore_errors=True)
         raise
+    with contextlib.suppress(OSError):  # claimed already: the claimer wrote its own
+        (pool_dir / "cid").write_text(container_id)
     return name
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

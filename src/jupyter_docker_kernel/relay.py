@@ -12,82 +12,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import logging
 import os
 import socket
-import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from jupyter_docker_kernel.endpoints import (
+    CHANNELS,
+    Endpoint,
+    RelayError,
+    Route,
+    connect_kernel_socket,
+    host_endpoints,
+    listen,
+)
+
+__all__ = [
+    "CHANNELS",
+    "BudgetExceededError",
+    "Endpoint",
+    "Relay",
+    "RelayError",
+    "Route",
+    "ZmtpMeter",
+    "connect_kernel_socket",
+    "host_endpoints",
+]
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 #: How long an accepted host connection waits for the kernel to bind its socket.
 KERNEL_SOCKET_WAIT = 300.0
-
-
-class RelayError(OSError):
-    """A host endpoint could not be bound, or a kernel socket is not what it should be."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One host-side endpoint from the client's connection file."""
-
-    transport: str  # "tcp" or "ipc"
-    address: str  # ip for tcp, socket path for ipc
-    port: int = 0
-
-    def describe(self) -> str:
-        return f"{self.address}:{self.port}" if self.transport == "tcp" else self.address
-
-
-@dataclass(frozen=True)
-class Route:
-    """A channel: the host endpoint clients use and the kernel's socket path on the host."""
-
-    channel: str
-    host: Endpoint
-    kernel_socket: str
-
-
-def host_endpoints(connection: dict[str, object]) -> dict[str, Endpoint]:
-    """The five host endpoints named by a jupyter_client connection file."""
-    transport = str(connection.get("transport", "tcp"))
-    ip = str(connection.get("ip", "127.0.0.1"))
-    out: dict[str, Endpoint] = {}
-    for channel in CHANNELS:
-        port = int(connection[f"{channel}_port"])  # type: ignore[call-overload]
-        if transport == "ipc":
-            out[channel] = Endpoint("ipc", f"{ip}-{port}")
-        else:
-            out[channel] = Endpoint("tcp", ip, port)
-    return out
-
-
-def connect_kernel_socket(path: str) -> socket.socket:
-    """Connect to a socket the kernel created, refusing anything that is not a socket.
-
-    The kernel can write in its runtime dir, so it could swap its socket for a symlink to
-    a host socket (the engine's, say). Opening with O_PATH|O_NOFOLLOW and connecting
-    through /proc/self/fd pins the very inode we checked.
-    """
-    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            raise RelayError(errno.EPERM, f"{path} is not a socket (replaced by the kernel?)")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(f"/proc/self/fd/{fd}")
-        except OSError:
-            sock.close()
-            raise
-        sock.setblocking(False)
-        return sock
-    finally:
-        os.close(fd)
 
 
 class BudgetExceededError(Exception):
@@ -270,38 +226,26 @@ class Relay:
         self.bytes_to_kernel = 0
         self.closed = False
 
-    async def start(self, bind_timeout: float = 10.0) -> None:
-        """Bind every host endpoint; retries briefly while a previous launcher lets go."""
+    async def start(
+        self, bind_timeout: float = 10.0, listening: dict[str, socket.socket] | None = None
+    ) -> None:
+        """Serve every host endpoint: on the sockets in `listening` (bound early by the
+        launcher, keyed by channel), else bound now, retrying briefly while a previous
+        launcher lets go."""
         loop = asyncio.get_running_loop()
+        listening = listening or {}
         for route in self.routes:
             factory = functools.partial(_HostSide, self, route, False)
-            deadline = loop.time() + bind_timeout
-            while True:
-                try:
-                    self.servers.append(await self._bind(route, factory))
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.EADDRINUSE or loop.time() > deadline:
-                        raise RelayError(
-                            exc.errno or errno.EIO,
-                            f"cannot listen on {route.channel} endpoint "
-                            f"{route.host.describe()}: {exc.strerror or exc}",
-                        ) from exc
-                    await asyncio.sleep(0.05)
-
-    async def _bind(
-        self, route: Route, factory: Callable[[], asyncio.Protocol]
-    ) -> asyncio.AbstractServer:
-        loop = asyncio.get_running_loop()
-        host = route.host
-        if host.transport == "ipc":
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.lstat(host.address).st_mode):
-                    os.unlink(host.address)  # left by a previous run of this kernel
-            return await loop.create_unix_server(factory, host.address, backlog=64)
-        return await loop.create_server(
-            factory, host.address, host.port, backlog=64, reuse_address=True
-        )
+            sock = listening.get(route.channel)
+            if sock is None:
+                sock = await loop.run_in_executor(
+                    None, listen, route.host, route.channel, bind_timeout
+                )
+            if route.host.transport == "ipc":
+                server = await loop.create_unix_server(factory, sock=sock)
+            else:
+                server = await loop.create_server(factory, sock=sock)
+            self.servers.append(server)
 
     def violated(self, channel: str, what: str) -> None:
         """A budget was exceeded: drop every connection and tell the launcher, once."""

@@ -1,0 +1,440 @@
+"""The launcher's container lifecycle as a jupyter_client kernel provisioner.
+
+`setup --provisioner` writes `metadata.kernel_provisioner` into kernel.json; clients that
+honour it (Jupyter Server, nbclient, jupyter_client's KernelManager) then call this class
+instead of running the argv: interrupt, terminate and kill become engine calls, and the
+client connects straight to the kernel's ipc sockets in the bind-mounted runtime dir
+(pinned, see SocketPins), with no relay process in between. Clients that ignore
+provisioners (VS Code) run the argv launcher from the same kernel.json, with the same
+settings and the same hardening.
+
+No relay means no message-size or output budgets on this path (they are relay features);
+`setup --provisioner` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+
+from jupyter_docker_kernel import hardening, kernelspec, pool
+from jupyter_docker_kernel.endpoints import CHANNELS
+from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
+from jupyter_docker_kernel.launcher import (
+    FIRST_REPLY_WAIT,
+    LIFETIME_GRACE,
+    Launcher,
+    forward,
+    kernel_id_from,
+    remove_tree,
+    runtime_base,
+    start_lifeline_watchdog,
+)
+from jupyter_docker_kernel.settings import KernelSettings
+
+log = logging.getLogger(__name__)
+
+#: The host-only dir (in the kernel's base dir, never mounted) the client connects through.
+PIN_DIR = "pinned"
+#: sun_path holds 108 bytes with its NUL: a longer socket path cannot be connected to.
+MAX_SOCKET_PATH = 107
+
+
+def socket_prefix(runtime_dir: Path) -> str:
+    """The host path the kernel's sockets are named after: <prefix>-1 .. <prefix>-5."""
+    return str(runtime_dir / hardening.SOCKET_PREFIX)
+
+
+def direct_connection(pin_dir: Path) -> dict[str, Any]:
+    """The client's side of the kernel's ipc sockets: links in pin_dir to the very sockets
+    the kernel bound (see SocketPins), in the launcher's channel order."""
+    prefix = socket_prefix(pin_dir)
+    if len(os.fsencode(prefix)) + 2 > MAX_SOCKET_PATH:
+        raise LaunchError(
+            f"The kernel's socket paths under {pin_dir} would be longer than the "
+            f"{MAX_SOCKET_PATH} bytes a unix socket path may have. No container was started. "
+            "Set XDG_RUNTIME_DIR (or TMPDIR) to a shorter directory."
+        )
+    conn: dict[str, Any] = {"transport": "ipc", "ip": prefix}
+    for index, channel in enumerate(CHANNELS, start=1):
+        conn[f"{channel}_port"] = index
+    return conn
+
+
+class SocketPins:
+    """Pins the sockets the kernel binds, so the client cannot be pointed elsewhere.
+
+    The kernel can write in its runtime dir and could swap a socket for a symlink to any
+    host socket (the engine's, say), which the client's next connect would follow. The
+    relay guards against that on each connect; here a thread opens each socket once it
+    appears (O_PATH|O_NOFOLLOW, checked to be a socket) and links pin_dir/k-N, a dir the
+    container cannot see, to /proc/<our pid>/fd/<fd>: the very inode that was checked.
+    The client connects through those links. That happens before any notebook code runs,
+    as the kernel answers nothing until the client is connected.
+    """
+
+    def __init__(self, runtime_dir: Path, pin_dir: Path) -> None:
+        self.runtime_dir = runtime_dir
+        self.pin_dir = pin_dir
+        self.fds: dict[int, int] = {}
+        self.stop = threading.Event()
+        pin_dir.mkdir(mode=0o700)
+        self.thread = threading.Thread(target=self._pin_all, daemon=True)
+        self.thread.start()
+
+    def _pin_all(self) -> None:
+        refused: set[int] = set()
+        while len(self.fds) + len(refused) < len(CHANNELS) and not self.stop.wait(0.02):
+            for index in range(1, len(CHANNELS) + 1):
+                if index in self.fds or index in refused:
+                    continue
+                name = f"{hardening.SOCKET_PREFIX}-{index}"
+                try:
+                    fd = os.open(self.runtime_dir / name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue  # not bound yet
+                except OSError as exc:  # ELOOP: a symlink
+                    refused.add(index)
+                    log.warning("not connecting to %s: %s", self.runtime_dir / name, exc)
+                    continue
+                if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    refused.add(index)
+                    log.warning("not connecting to %s: not a socket", self.runtime_dir / name)
+                    continue
+                self.fds[index] = fd
+                link = self.pin_dir / name
+                tmp = link.with_suffix(".new")
+                os.symlink(f"/proc/{os.getpid()}/fd/{fd}", tmp)
+                os.replace(tmp, link)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+
+def settings_of(kernel_spec: Any) -> KernelSettings:
+    """The settings embedded in the kernelspec's argv, exactly as the launcher reads them."""
+    return kernelspec.settings_from_kernel_json(
+        {"argv": list(kernel_spec.argv), "metadata": dict(kernel_spec.metadata)}
+    )
+
+
+T = TypeVar("T")
+
+
+async def off_loop(func: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call (an engine CLI call, file work) in a thread, so the server's
+    event loop keeps serving; inline when no thread can be had any more: KernelManager
+    shuts kernels down from an atexit hook, after the default executor has closed."""
+    try:
+        return await asyncio.to_thread(func, *args)
+    except RuntimeError as exc:
+        if "interpreter shutdown" not in str(exc):
+            raise
+        return func(*args)
+
+
+def share_log(server_log: Any) -> None:
+    """Send our modules' log lines (the launcher's workdir warnings, engine errors) to the
+    server's log handlers, once, unless someone configured our logger already."""
+    ours = logging.getLogger("jupyter_docker_kernel")
+    if ours.handlers or not isinstance(server_log, logging.Logger):
+        return
+    for handler in server_log.handlers:
+        ours.addHandler(handler)
+    if ours.handlers:
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
+
+
+class DockerProvisioner(KernelProvisionerBase):
+    """One kernel's containers, one after another across restarts, for a KernelManager.
+
+    The runtime dir (and so the socket paths the client connects to) stays the same across
+    restarts, so a client that stays connected (a server's websocket) reaches the new
+    kernel without reconnecting; each start gets a new container.
+    """
+
+    #: The per-kernel host dir (runtime dir, connection file, workdir copy); set on first start.
+    base: Path | None = None
+    #: The running container's name (a new one on each start).
+    container_name: str = ""
+    settings: KernelSettings
+    _proc: subprocess.Popen[bytes] | None = None
+    _launcher: Launcher | None = None
+    _pins: SocketPins | None = None
+    _watchdog: subprocess.Popen[bytes] | None = None
+    _forwards: list[threading.Thread]
+    _timer: threading.Timer | None = None
+    _started: float = 0.0
+    _exit_reason: str = ""
+
+    @property
+    def engine(self) -> Engine:
+        settings = getattr(self, "settings", None)  # None before pre_launch()
+        return Engine(host=settings.engine_host if settings else None)
+
+    @property
+    def key(self) -> str:
+        """The kernel id as the containers' label and names carry it (name-safe)."""
+        return kernel_id_from(f"kernel-{self.kernel_id}.json")
+
+    @property
+    def has_process(self) -> bool:
+        return self._proc is not None
+
+    # -- start --------------------------------------------------------------------------------
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        """KernelManager.pre_start_kernel calls this first: point the manager's connection
+        info at the kernel's sockets in our runtime dir and write its connection file."""
+        km = self.parent
+        if km is None:
+            raise LaunchError(
+                "The docker provisioner needs a jupyter_client KernelManager as its parent. "
+                "No container was started."
+            )
+        self.settings = settings_of(self.kernel_spec)
+        share_log(self.log)
+        if self.base is None:
+            self.base = runtime_base() / f"{self.key}-{secrets.token_hex(3)}"
+        conn = direct_connection(self.base / PIN_DIR)
+        km.transport = conn["transport"]
+        km.ip = conn["ip"]
+        for name, value in conn.items():
+            if name.endswith("_port"):
+                setattr(km, name, value)
+        km.write_connection_file()
+        self.connection_info = km.get_connection_info()
+        kwargs.pop("extra_arguments", None)
+        return await super().pre_launch(cmd=list(self.kernel_spec.argv), **kwargs)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """KernelManager.start_kernel calls this: start the container (not `cmd`, the argv
+        for clients without provisioners) and return the direct connection info."""
+        assert self.base is not None, "pre_launch() sets the runtime dir"
+        assert self.parent is not None, "pre_launch() checks the parent"
+        engine = self.engine
+        launcher = Launcher(
+            self.settings,
+            self.parent.connection_file,
+            engine,
+            kernel_id=self.key,
+            base=self.base,
+            workdir=str(kwargs.get("cwd") or os.getcwd()),
+        )
+        if self._watchdog is None:
+            self._watchdog = start_lifeline_watchdog(
+                engine.executable(), self.key, self.base, engine.env()
+            )
+        self._launcher = launcher
+        try:
+            claimed = None
+            if self.settings.pool:
+                claimed = await off_loop(pool.claim, self.settings, runtime_base(), launcher.base)
+            if claimed is not None:
+                # A warm container: `docker wait` stands for it; the claim connection is
+                # its lifeline and carries the kernel's raw output.
+                await off_loop(launcher.adopt, claimed)
+                self._proc = launcher.wait_process()
+                streams: list[Any] = [self._proc.stderr, launcher.lifeline]
+            else:
+                launch = await off_loop(launcher.prepare)
+                self._proc = launcher.start_container(launch)
+                streams = [self._proc.stdout, self._proc.stderr]
+        except (DockerKernelError, OSError):
+            # The manager will not call cleanup() for a start that failed.
+            await off_loop(launcher.cleanup)
+            self._stop_watchdog()
+            raise
+        self._pins = SocketPins(launcher.runtime_dir, self.base / PIN_DIR)
+        self.container_name = launcher.name
+        self._started = time.monotonic()
+        self._exit_reason = ""
+        # The kernel's raw stdout/stderr, escaped and capped, go to the server's log.
+        self._forwards = [
+            threading.Thread(target=forward, args=(stream, sys.stderr.buffer), daemon=True)
+            for stream in streams
+        ]
+        for thread in self._forwards:
+            thread.start()
+        if self.settings.pool:
+            # Later, as the launcher does after the first reply: a refill's `docker run`
+            # would compete for the CPU with the kernel that is starting.
+            refill = threading.Timer(FIRST_REPLY_WAIT, launcher.fill_pool)
+            refill.daemon = True
+            refill.start()
+        # The supervisor enforces the lifetime inside; the kernel could stop it, so we
+        # enforce it from outside too, a little later.
+        self._timer = threading.Timer(
+            self.settings.max_lifetime + LIFETIME_GRACE, self._remove, (launcher.name,)
+        )
+        self._timer.daemon = True
+        self._timer.start()
+        s = self.settings
+        self.log.info(
+            "kernel %s started in %scontainer %s from %s: network %s, memory %s, cpus %g, "
+            "pids %d%s; no relay: the client connects to its sockets in %s",
+            self.kernel_id,
+            "warm " if launcher.pooled else "",
+            launcher.name,
+            s.image,
+            s.network,
+            s.memory,
+            s.cpus,
+            s.pids_limit,
+            f", runtime {s.runtime}" if s.runtime else "",
+            launcher.runtime_dir,
+        )
+        return self.connection_info
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def poll(self) -> int | None:
+        """None while the container runs (its `docker run` client does), else its exit code."""
+        return self._proc.poll() if self._proc is not None else 0
+
+    async def wait(self) -> int | None:
+        """Wait for the container to exit, then release its pipes and threads."""
+        if self._proc is None:
+            return 0
+        while self._proc.poll() is None:
+            await asyncio.sleep(0.1)
+        code = self._proc.returncode
+        launcher = self._launcher
+        if launcher is not None and launcher.pooled and code == 0 and self._proc.stdout:
+            output = self._proc.stdout.read().decode().strip()  # `docker wait` prints it
+            code = int(output) if output.lstrip("-").isdigit() else 1
+        if launcher is not None and launcher.lifeline is not None:
+            launcher.lifeline.close()
+        if self._pins is not None:
+            self._pins.close()
+        for thread in self._forwards:
+            await off_loop(thread.join, 5)
+        for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._proc = None
+        if self._timer is not None:
+            self._timer.cancel()
+        why = f" ({self._exit_reason})" if self._exit_reason else ""
+        self.log.info(
+            "kernel container %s exited with code %s%s after %.1f s",
+            self.container_name,
+            code,
+            why,
+            time.monotonic() - self._started,
+        )
+        return code
+
+    async def send_signal(self, signum: int) -> None:
+        """KernelManager.signal_kernel (SIGINT: interrupt_kernel) calls this. The engine
+        delivers it to the container's init, which passes it to the supervisor, which
+        forwards it to the kernel's process group, as a local kernel would receive it."""
+        if self._proc is None or self._proc.poll() is not None or signum == 0:
+            return  # signal 0 only asks whether it runs, as poll() says
+        if signum == signal.SIGKILL:
+            await self.kill()
+        elif signum == signal.SIGTERM:
+            await self.terminate()
+        else:
+            name = signal.Signals(signum).name.removeprefix("SIG")
+            self.log.debug("signal %s to container %s", name, self.container_name)
+            await off_loop(self._engine_call, "kill", self.container_name, name)
+
+    async def kill(self, restart: bool = False) -> None:
+        """KernelManager.kill_kernel, or shutdown's last resort: remove the container."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._exit_reason = self._exit_reason or "killed by the Jupyter client"
+            await off_loop(self._remove, self.container_name)
+
+    async def terminate(self, restart: bool = False) -> None:
+        """Shutdown's second step when the kernel ignored shutdown_request: SIGTERM, which
+        the supervisor passes on to the kernel before it exits."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._exit_reason = self._exit_reason or "terminated by the Jupyter client"
+            await off_loop(self._engine_call, "kill", self.container_name, "TERM")
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """KernelManager.cleanup_resources calls this after the kernel stopped: remove the
+        container (if the engine still has it) and the runtime dir; on a final shutdown
+        also release the watchdog, telling it there is nothing left to do."""
+        if self._proc is not None:
+            await self.kill()
+            await self.wait()
+        if self.container_name:
+            await off_loop(self._remove, self.container_name)
+        if self._pins is not None:
+            await off_loop(self._pins.close)
+        if self.base is not None:
+            await off_loop(remove_tree, self.base)
+        if not restart:
+            self._stop_watchdog()
+            self.base = None
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        # A container's kernel exits as fast as a local one; the engine's removal adds
+        # little. The default stays.
+        return recommended
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update({"container_name": self.container_name, "base": str(self.base or "")})
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.container_name = provisioner_info.get("container_name", "")
+        base = provisioner_info.get("base")
+        self.base = Path(base) if base else None
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _engine_call(self, method: str, *args: str) -> None:
+        """An engine call whose failure is logged, not raised: the container may be gone."""
+        try:
+            getattr(self.engine, method)(*args)
+        except DockerKernelError as exc:
+            self.log.warning("%s", exc)
+
+    def _remove(self, name: str) -> None:
+        self._engine_call("remove", name)
+
+    def _stop_watchdog(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is None or watchdog.stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            watchdog.stdin.write(b"q")
+            watchdog.stdin.flush()
+        with contextlib.suppress(OSError):
+            watchdog.stdin.close()
+        try:
+            watchdog.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()

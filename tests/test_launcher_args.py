@@ -1,0 +1,46 @@
+"""The launcher's command line, parsed by hand to keep a kernel start lean."""
+
+from __future__ import annotations
+
+import pytest
+
+from jupyter_docker_kernel.launcher import parse_args
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--settings", "{}", "-f", "/run/k.json"],
+        ["--settings={}", "--connection-file=/run/k.json"],
+        ["-f", "/run/k.json", "--settings", "{}"],
+    ],
+)
+def test_the_kernelspec_argv_forms_parse_to_settings_and_connection_file(argv: list[str]) -> None:
+    """Separate and `=` forms, in any order, give the same two values."""
+    args = parse_args(argv)
+    assert (args.settings, args.connection_file, args.debug) == ("{}", "/run/k.json", False)
+
+
+def test_debug_flag_is_read() -> None:
+    """--debug turns the start timeline and engine calls on."""
+    assert parse_args(["--settings", "{}", "-f", "k.json", "--debug"]).debug
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--settings", "{}"], "--settings and -f are required"),
+        (["--settings", "{}", "-f"], "--settings and -f are required"),
+        (["--settings", "{}", "-f", "k.json", "--bogus"], "unexpected argument '--bogus'"),
+    ],
+)
+def test_bad_command_lines_exit_2_with_usage(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing option or an unknown one exits 2 and says which, like argparse did."""
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m jupyter_docker_kernel.launcher" in err
+    assert message in err

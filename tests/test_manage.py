@@ -1,0 +1,569 @@
+"""list / show / remove / doctor / gc --json through cli.main, as users run them.
+
+Specs are written with kernelspec.install directly (setup would refuse a missing image)
+into a data dir of each test's own. Doctor's verdicts are tested in the three situations
+that matter: no engine, an engine without the spec's image, and everything in place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jupyter_docker_kernel import cli, doctor, kernelspec, manage
+from jupyter_docker_kernel.launcher import runtime_base
+from jupyter_docker_kernel.settings import KernelSettings, Mount
+
+needs_docker_cli = pytest.mark.skipif(
+    shutil.which("docker") is None, reason="needs the docker CLI (not a daemon) on PATH"
+)
+MISSING_IMAGE = "jupyter-docker-kernel/absent:no-such-tag"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Jupyter data dir of this test's own: list/doctor see only what the test installs."""
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
+    return data
+
+
+@pytest.fixture
+def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine is unreachable: DOCKER_HOST names a socket that does not exist."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+
+
+def write_spec(name: str, settings: KernelSettings) -> Path:
+    """Install one of our kernelspecs without setup's checks."""
+    data = kernelspec.build_kernel_json(settings, display_name=f"{name} (container)")
+    return kernelspec.install(name, data, user=True, prefix=None, replace=True)
+
+
+def write_foreign_spec(data_dir: Path, name: str) -> Path:
+    """A kernelspec somebody else wrote (no metadata of ours)."""
+    path = data_dir / "kernels" / name
+    path.mkdir(parents=True)
+    (path / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Other",
+                "language": "python",
+            }
+        )
+    )
+    return path
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def statuses(out: str) -> dict[str, str]:
+    """doctor's text output ('STATUS  name: detail' lines) as {check name: status}.
+
+    A per-spec name is 'spec: check', so the known check words say where the name ends.
+    """
+    found: dict[str, str] = {}
+    for line in out.splitlines():
+        head = line[:4].strip()
+        if head in ("OK", "WARN", "FAIL", "SKIP"):
+            body = line[6:]
+            for c in (
+                "kernelspec",
+                "launcher",
+                "hardening",
+                "mounts",
+                "image",
+                "kernel",
+                "sockets",
+            ):
+                marker = f": {c}: "
+                if marker in body:
+                    found[body.split(marker)[0] + f": {c}"] = head
+                    break
+            else:
+                found[body.split(": ", 1)[0]] = head
+    return found
+
+
+# -- pure: formatting and argument lists ----------------------------------------------------
+
+
+def test_format_report_puts_a_fix_line_under_failures_only() -> None:
+    """Each check is one 'STATUS  name: detail' line; FAIL and WARN get a 'fix:' line."""
+    report = doctor.Report(
+        [
+            doctor.Check("engine", "OK", "docker 20.10", fix="never shown"),
+            doctor.Check("image", "FAIL", "x is not present", fix="build it"),
+            doctor.Check("kernel", "SKIP", "engine unreachable"),
+        ],
+        seconds=1.25,
+    )
+    lines = doctor.format_report(report)
+    assert lines[:4] == [
+        "OK    engine: docker 20.10",
+        "FAIL  image: x is not present",
+        "      fix: build it",
+        "SKIP  kernel: engine unreachable",
+    ]
+    assert lines[4] == "NOT ready: 1 OK, 1 FAIL, 1 SKIP (3 checks in 1.2 s)"
+
+
+def test_report_is_ok_with_warnings_and_skips_but_not_with_a_failure() -> None:
+    """Only FAIL makes a report not ok (doctor exits 1); its JSON says the same."""
+    good = doctor.Report([doctor.Check("a", "OK", ""), doctor.Check("b", "WARN", "", "f")])
+    bad = doctor.Report([*good.checks, doctor.Check("c", "FAIL", "", "f")])
+    assert good.ok
+    assert not bad.ok
+    data = json.loads(json.dumps(bad.to_json()))
+    assert data["ok"] is False
+    assert data["counts"] == {"OK": 1, "WARN": 1, "FAIL": 1, "SKIP": 0}
+    assert [c["status"] for c in data["checks"]] == ["OK", "WARN", "FAIL"]
+
+
+def test_split_advice_separates_what_happened_from_what_to_do() -> None:
+    """Our one-line errors become a detail and a fix; without the marker, no fix."""
+    message = "Permission denied (x). Nothing was done. Add your user to the 'docker' group."
+    assert doctor.split_advice(message, "Nothing was done.") == (
+        "Permission denied (x).",
+        "Add your user to the 'docker' group.",
+    )
+    assert doctor.split_advice("It failed.", "Nothing was done.") == ("It failed.", "")
+
+
+def test_doctor_probe_runs_setups_hardened_probe_with_the_runtime_dir_mounted() -> None:
+    """The probe container has setup's hardening, the spec's runtime, and the socket dir."""
+    settings = KernelSettings(image="img:1", runtime="runsc", python="/opt/py")
+    args = doctor.probe_args(settings, "65534:65534", "/run/x/rt", "jdk-doctor-abc")
+    joined = " ".join(args[: args.index("img:1")])
+    for part in (
+        "--rm",
+        "--pull=never",
+        "--name jdk-doctor-abc",
+        "--network none",
+        "--user 65534:65534",
+        "--cap-drop ALL",
+        "--security-opt no-new-privileges",
+        "--runtime runsc",
+        "--mount type=bind,source=/run/x/rt,target=/run/jupyter-docker-kernel",
+    ):
+        assert part in joined
+    assert args[args.index("img:1") + 1 :][:2] == ["/opt/py", "-c"]
+    assert args[-2] == "/run/jupyter-docker-kernel/doctor"
+
+
+def test_show_args_are_the_launchers_hardened_run_args() -> None:
+    """effective_args is hardening.run_args for a placeholder kernel, plus the cidfile."""
+    args = manage.effective_args(KernelSettings(image="img:1", memory="1g"), workdir="/nb")
+    joined = " ".join(args)
+    assert args[0] == "run"
+    assert args[1].startswith("--cidfile=")
+    for part in ("--network none", "--cap-drop ALL", "--read-only", "--memory 1g",
+                 "--name jdk-KERNEL-ID-NONCE", "target=/nb", "img:1"):  # fmt: skip
+        assert part in joined
+
+
+def test_format_list_shows_image_presence_and_limits() -> None:
+    """A present image reads 'yes', a missing one 'MISSING', an unknown one '?'."""
+    settings = KernelSettings(image="img:1", memory="1g", runtime="runsc")
+    specs = [
+        manage.SpecInfo("a", "/p/a", "A", "/py", settings, image_present=True),
+        manage.SpecInfo("b", "/p/b", "B", "/py", settings, image_present=False),
+        manage.SpecInfo("c", "/p/c", "C", "/py", settings),
+        manage.SpecInfo("d", "/p/d", "", "", None, error="cannot read kernel.json"),
+    ]
+    lines = cli.format_list(specs, note="engine down")
+    assert lines[0].split() == ["NAME", "IMAGE", "PRESENT", "LIMITS", "PATH"]
+    assert lines[1].split()[:3] == ["a", "img:1", "yes"]
+    assert lines[2].split()[:3] == ["b", "img:1", "MISSING"]
+    assert lines[3].split()[:3] == ["c", "img:1", "?"]
+    assert "mem 1g" in lines[1]
+    assert "runtime runsc" in lines[1]
+    assert "unreadable: cannot read kernel.json" in lines[4]
+    assert lines[-1] == "note: engine down"
+
+
+# -- remove, show: refusals need no engine ----------------------------------------------------
+
+
+def test_remove_refuses_a_kernelspec_that_is_not_ours(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """remove NAME of someone else's spec exits 1 with one error line; the spec stays."""
+    path = write_foreign_spec(data_dir, "other")
+    code, _out, err = run(["remove", "other", "-y"], capsys)
+    assert code == 1
+    assert "not written by jupyter-docker-kernel. Nothing was done." in err
+    assert len(err.splitlines()) == 1
+    assert (path / "kernel.json").exists()
+
+
+def test_remove_of_an_unknown_name_says_so_and_lists_ours(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """remove of a name nobody installed exits 1 and names the specs that exist."""
+    write_spec("jdk-test-kept", KernelSettings())
+    code, _, err = run(["remove", "nosuch", "-y"], capsys)
+    assert code == 1
+    assert "No kernelspec named 'nosuch' (ours: jdk-test-kept)" in err
+    assert (data_dir / "kernels" / "jdk-test-kept").exists()
+
+
+def test_remove_without_yes_and_no_terminal_removes_nothing(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without -y and with stdin not a terminal, remove asks for -y and keeps the spec."""
+    write_spec("jdk-test-kept", KernelSettings())
+    code, _, err = run(["remove", "jdk-test-kept"], capsys)
+    assert code == 1
+    assert "Pass -y" in err
+    assert (data_dir / "kernels" / "jdk-test-kept").exists()
+
+
+def test_show_prints_settings_and_the_hardened_docker_run_command(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """show NAME prints every setting and the docker run command, --network none included."""
+    write_spec("jdk-test-show", KernelSettings(memory="1g", mounts=(Mount("/srv", "/data"),)))
+    code, out, _ = run(["show", "jdk-test-show"], capsys)
+    assert code == 0
+    assert '  * memory            "1g"' in out
+    assert "    cpus              1.0" in out
+    assert "\n    --network none \\\n" in out
+    assert "\n    --cap-drop ALL \\\n" in out
+    assert "type=bind,source=/srv,target=/data" in out
+
+
+def test_show_command_is_the_run_args_with_line_breaks_only(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Joining show's command lines gives back exactly the launcher's argument list."""
+    import shlex
+
+    settings = KernelSettings(docker_args=("--privileged",), env=(("A", "x y"),))
+    write_spec("jdk-test-show", settings)
+    code, out, _ = run(["show", "jdk-test-show"], capsys)
+    command = out.split("filled in per start; the work dir is the notebook's):\n")[1]
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert code == 0
+    assert argv[0] == "docker"
+    assert argv[1:] == manage.effective_args(settings)
+    assert command.splitlines()[-1].startswith(
+        "    python3 /opt/jupyter-docker-kernel/supervise.py"
+    )
+
+
+def test_show_json_has_settings_and_the_docker_argv(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """show --json parses; docker_argv is the full command and settings_effective has
+    the defaults too."""
+    write_spec("jdk-test-show", KernelSettings(cpus=0.5))
+    code, out, _ = run(["show", "jdk-test-show", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0
+    assert data["name"] == "jdk-test-show"
+    assert data["docker_argv"][:2] == ["docker", "run"]
+    assert "--network" in data["docker_argv"]
+    assert "none" in data["docker_argv"]
+    assert data["settings"] == {"image": KernelSettings().image, "cpus": 0.5}
+    assert data["settings_effective"]["memory"] == "2g"
+
+
+# -- no engine ------------------------------------------------------------------------------
+
+
+@needs_docker_cli
+def test_list_without_engine_shows_specs_with_unknown_image_presence(
+    data_dir: Path, no_engine: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """list still works without an engine: presence is '?' and a note says why."""
+    write_spec("jdk-test-listed", KernelSettings())
+    code, out, _ = run(["list"], capsys)
+    assert code == 0
+    assert out.splitlines()[1].split()[:3] == ["jdk-test-listed", KernelSettings().image, "?"]
+    assert "image presence is unknown" in out
+    data = json.loads(run(["list", "--json"], capsys)[1])
+    assert data["kernelspecs"][0]["image_present"] is None
+
+
+@needs_docker_cli
+def test_doctor_without_engine_fails_the_engine_and_skips_what_needs_it(
+    data_dir: Path, no_engine: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No engine: 'engine' FAILs with a fix, runtimes and images are SKIP, host-side
+    checks still run (a missing mount source FAILs too), and doctor exits 1."""
+    write_spec("jdk-test-doc", KernelSettings(mounts=(Mount(str(tmp_path / "gone"), "/d"),)))
+    code, out, _ = run(["doctor"], capsys)
+    found = statuses(out)
+    assert code == 1
+    assert found["engine CLI"] == "OK"
+    assert found["engine"] == "FAIL"
+    assert "Cannot reach the container engine at unix:///nonexistent.sock" in out
+    assert "      fix: Is it running? Try 'docker info'" in out
+    assert found["runtimes"] == "SKIP"
+    assert found["runtime dir"] == "OK"
+    assert found["jdk-test-doc: launcher"] == "OK"
+    assert found["jdk-test-doc: mounts"] == "FAIL"
+    assert found["jdk-test-doc: image"] == "SKIP"
+    assert "jdk-test-doc: kernel" not in found
+    assert out.splitlines()[-1].startswith("NOT ready: ")
+
+
+@needs_docker_cli
+def test_doctor_json_without_engine_parses_and_says_not_ok(
+    data_dir: Path, no_engine: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """doctor --json is one JSON document with ok false and the engine check's fix."""
+    code, out, _ = run(["doctor", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 1
+    assert data["ok"] is False
+    engine = next(c for c in data["checks"] if c["name"] == "engine")
+    assert engine["status"] == "FAIL"
+    assert engine["fix"]
+    assert any(c["name"] == "kernelspecs" and c["status"] == "WARN" for c in data["checks"])
+
+
+def test_doctor_without_an_engine_cli_fails_it_and_list_still_works(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No engine CLI on PATH: 'engine CLI' FAILs, 'engine' is SKIP; list shows '?'."""
+    monkeypatch.setenv("JUPYTER_DOCKER_KERNEL_ENGINE", "no-such-docker-cli")
+    write_spec("jdk-test-doc", KernelSettings())
+    code, out, _ = run(["doctor"], capsys)
+    found = statuses(out)
+    assert code == 1
+    assert found["engine CLI"] == "FAIL"
+    assert "'no-such-docker-cli' is not on PATH" in out
+    assert found["engine"] == "SKIP"
+    code, out, _ = run(["list"], capsys)
+    assert code == 0
+    assert out.splitlines()[1].split()[2] == "?"
+
+
+def test_doctor_fails_a_runtime_dir_that_others_can_read(
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The kernels' socket dir must be ours and 0700: a 0755 one FAILs with the fix."""
+    xdg = tmp_path / "xdg"
+    (xdg / "jupyter-docker-kernel").mkdir(parents=True)
+    (xdg / "jupyter-docker-kernel").chmod(0o755)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    monkeypatch.setenv("JUPYTER_DOCKER_KERNEL_ENGINE", "no-such-docker-cli")
+    code, out, _ = run(["doctor"], capsys)
+    assert code == 1
+    assert statuses(out)["runtime dir"] == "FAIL"
+    assert f"{xdg}/jupyter-docker-kernel is not a private directory owned by you" in out
+    assert "fix: Remove it, or set XDG_RUNTIME_DIR to a private directory." in out
+
+
+def test_doctor_warns_about_network_access_and_verbatim_docker_args(
+    data_dir: Path, no_engine: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A spec that loosens the defaults gets a WARN line (not a FAIL) naming what."""
+    write_spec("jdk-test-open", KernelSettings(network="bridge", docker_args=("--gpus=all",)))
+    code, out, _ = run(["doctor"], capsys)
+    assert statuses(out)["jdk-test-open: hardening"] == "WARN"
+    assert "network 'bridge' (the kernel can reach the network)" in out
+    assert "docker args passed verbatim: --gpus=all" in out
+    assert code == 1  # the engine is down; the WARN alone would not fail doctor
+
+
+def test_doctor_of_a_foreign_name_is_an_error_and_checks_nothing(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """doctor NAME for a spec that is not ours exits 1 with one error line, no checks."""
+    write_foreign_spec(data_dir, "other")
+    code, out, err = run(["doctor", "other"], capsys)
+    assert code == 1
+    assert out == ""
+    assert err.startswith("error: Kernelspec 'other'")
+
+
+# -- with an engine -----------------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_list_shows_present_and_missing_images(
+    data_dir: Path, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """list shows each of our specs with its image, 'yes' when present, 'MISSING' when not."""
+    write_spec("jdk-test-here", KernelSettings(image=kernel_image))
+    write_spec("jdk-test-gone", KernelSettings(image=MISSING_IMAGE))
+    write_foreign_spec(data_dir, "other")
+    code, out, _ = run(["list"], capsys)
+    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()[1:]}
+    assert code == 0
+    assert rows == {
+        "jdk-test-gone": [MISSING_IMAGE, "MISSING"],
+        "jdk-test-here": [kernel_image, "yes"],
+    }
+    data = json.loads(run(["list", "--json"], capsys)[1])
+    assert {s["name"]: s["image_present"] for s in data["kernelspecs"]} == {
+        "jdk-test-gone": False,
+        "jdk-test-here": True,
+    }
+
+
+@pytest.mark.docker
+def test_remove_deletes_the_spec_and_list_no_longer_shows_it(
+    data_dir: Path, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """remove NAME -y deletes the spec dir; list afterwards does not show it."""
+    path = write_spec("jdk-test-doomed", KernelSettings(image=kernel_image))
+    write_spec("jdk-test-kept", KernelSettings(image=kernel_image))
+    code, out, _ = run(["remove", "jdk-test-doomed", "-y", "--json"], capsys)
+    assert code == 0
+    assert json.loads(out) == {"removed": "jdk-test-doomed", "path": str(path)}
+    assert not path.exists()
+    names = [line.split()[0] for line in run(["list"], capsys)[1].splitlines()[1:]]
+    assert names == ["jdk-test-kept"]
+
+
+@pytest.mark.docker
+def test_doctor_with_engine_but_no_image_fails_the_image_with_how_to_build_it(
+    data_dir: Path, engine: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Engine up, image missing: engine and runtimes OK, image FAIL (with a fix), the
+    probe is not attempted, exit 1."""
+    write_spec("jdk-test-noimg", KernelSettings(image=MISSING_IMAGE))
+    code, out, _ = run(["doctor", "jdk-test-noimg"], capsys)
+    found = statuses(out)
+    assert code == 1
+    assert found["engine"] == "OK"
+    assert found["runtime runc"] == "OK"
+    assert found["jdk-test-noimg: image"] == "FAIL"
+    assert f"{MISSING_IMAGE} is not present (kernels never pull)" in out
+    assert f"fix: jupyter-docker-kernel image build --tag {MISSING_IMAGE}" in out
+    assert "jdk-test-noimg: kernel" not in found
+
+
+@pytest.mark.docker
+def test_doctor_fails_the_kernel_check_when_the_python_has_no_ipykernel(
+    data_dir: Path, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image Python without ipykernel: 'kernel' FAILs saying so; the socket path works."""
+    write_spec("jdk-test-noipk", KernelSettings(image=kernel_image, python="/usr/bin/python3.11"))
+    code, out, _ = run(["doctor", "jdk-test-noipk"], capsys)
+    found = statuses(out)
+    assert code == 1
+    assert found["jdk-test-noipk: kernel"] == "FAIL"
+    assert f"{kernel_image} has Python 3." in out
+    assert "but no ipykernel" in out
+    assert found["jdk-test-noipk: sockets"] == "OK"
+
+
+@pytest.mark.docker
+def test_doctor_fails_the_kernel_check_when_the_python_does_not_exist(
+    data_dir: Path, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --python path missing in the image: 'kernel' FAILs with the engine's reason and
+    'sockets' is SKIP (no container ran); nothing of the probe is left behind."""
+    write_spec("jdk-test-nopy", KernelSettings(image=kernel_image, python="/nope/python3"))
+    code, out, _ = run(["doctor", "jdk-test-nopy"], capsys)
+    found = statuses(out)
+    assert code == 1
+    assert found["jdk-test-nopy: kernel"] == "FAIL"
+    assert "/nope/python3" in out
+    assert "no such file or directory" in out
+    assert found["jdk-test-nopy: sockets"] == "SKIP"
+    assert not [p for p in runtime_base().iterdir() if p.name.startswith("doctor-")]
+
+
+@pytest.mark.docker
+def test_doctor_with_an_unregistered_runtime_fails_it_and_skips_the_probe(
+    data_dir: Path, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A spec asking for a runtime the engine lacks: that runtime FAILs naming the spec."""
+    write_spec("jdk-test-rt", KernelSettings(image=kernel_image, runtime="no-such-runtime"))
+    code, out, _ = run(["doctor"], capsys)
+    found = statuses(out)
+    assert code == 1
+    assert found["runtime no-such-runtime"] == "FAIL"
+    assert "not registered, but asked for by jdk-test-rt" in out
+    assert found["jdk-test-rt: kernel"] == "SKIP"
+
+
+@pytest.mark.docker
+def test_doctor_with_everything_in_place_is_all_ok_and_quick(
+    data_dir: Path, kernel_image: str, runtime: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Engine, image and spec in place (under runc and gVisor): every check OK (the probe
+    container imported ipykernel unprivileged and the host reached its socket), exit 0."""
+    chosen = None if runtime == "runc" else runtime
+    write_spec("jdk-test-good", KernelSettings(image=kernel_image, runtime=chosen))
+    code, out, _ = run(["doctor", "--json"], capsys)
+    data = json.loads(out)
+    bad = [c for c in data["checks"] if c["status"] != "OK"]
+    assert not bad
+    assert code == 0
+    assert data["ok"] is True
+    names = [c["name"] for c in data["checks"]]
+    assert {"engine", "runtime dir", "jdk-test-good: kernel", "jdk-test-good: sockets"} <= set(
+        names
+    )
+    kernel = next(c for c in data["checks"] if c["name"] == "jdk-test-good: kernel")
+    assert "ipykernel" in kernel["detail"]
+    assert "uid:gid 0:" not in kernel["detail"]
+    # About 1 s (runc) and 2-4 s (runsc) here when idle; a loaded shared machine gets slack.
+    assert data["seconds"] < 60
+
+
+@pytest.mark.docker
+def test_doctor_probes_as_the_specs_dedicated_kernel_user(
+    data_dir: Path, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --kernel-user the probe runs as that uid and its socket dir is set up the way
+    the launcher sets one up for it, so the socket check passes as it would for a kernel."""
+    write_spec("jdk-test-uid", KernelSettings(image=kernel_image, kernel_user="4321:4321"))
+    code, out, _ = run(["doctor", "jdk-test-uid"], capsys)
+    found = statuses(out)
+    assert code == 0, out
+    assert found["jdk-test-uid: kernel"] == "OK"
+    assert "as uid:gid 4321:4321" in out
+    assert found["jdk-test-uid: sockets"] == "OK"
+
+
+@pytest.mark.docker
+def test_doctor_runs_one_probe_for_specs_that_share_it_and_keeps_each_specs_lines_together(
+    data_dir: Path, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two specs with the same image and runtime share one probe container; each spec's
+    kernel/sockets lines still follow its own image line."""
+    write_spec("jdk-test-a", KernelSettings(image=kernel_image))
+    write_spec("jdk-test-b", KernelSettings(image=kernel_image, memory="1g"))
+    code, out, _ = run(["doctor", "--json"], capsys)
+    checks = json.loads(out)["checks"]
+    names = [c["name"] for c in checks if c["name"].startswith("jdk-test-")]
+    assert code == 0
+    assert names == [
+        f"jdk-test-{spec}: {check}"
+        for spec in "ab"
+        for check in ("kernelspec", "launcher", "mounts", "image", "kernel", "sockets")
+    ]
+    second = next(c for c in checks if c["name"] == "jdk-test-b: kernel")
+    assert second["detail"].endswith("(same probe as above)")
+
+
+@pytest.mark.docker
+def test_gc_json_parses(engine: object, capsys: pytest.CaptureFixture[str]) -> None:
+    """gc --dry-run --json prints one JSON object with what would go and what was kept."""
+    code, out, _ = run(["gc", "--dry-run", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0
+    assert set(data) == {"dry_run", "containers", "dirs", "kept"}
+    assert data["dry_run"] is True

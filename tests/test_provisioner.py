@@ -1,0 +1,507 @@
+"""The kernel provisioner: jupyter_client manages the container itself, with no relay.
+
+Pure parts first (the connection info, the kernel.json stanza, setup's warning), then the
+user's story with a real KernelManager / nbclient on the spec `setup --provisioner` wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
+
+from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool
+from jupyter_docker_kernel.errors import LaunchError
+from jupyter_docker_kernel.launcher import kernel_id_from, runtime_base
+from jupyter_docker_kernel.provisioner import DockerProvisioner, direct_connection
+from jupyter_docker_kernel.settings import KernelSettings
+from tests.conftest import inspect, install_kernel
+from tests.kernels import (
+    containers_of,
+    execute,
+    start,
+    stop,
+    stream_text,
+    wait_for_stream,
+    wait_until,
+)
+
+# -- pure -----------------------------------------------------------------------------------
+
+
+def test_direct_connection_names_the_pinned_sockets_on_the_host(tmp_path: Path) -> None:
+    """ipc to <pin dir>/k-1..5 in the launcher's channel order, the numbers the kernel
+    binds as RUNTIME_TARGET/k-N inside the container."""
+    conn = direct_connection(tmp_path / "pinned")
+    assert conn == {
+        "transport": "ipc",
+        "ip": f"{tmp_path}/pinned/{hardening.SOCKET_PREFIX}",
+        "shell_port": 1,
+        "iopub_port": 2,
+        "stdin_port": 3,
+        "control_port": 4,
+        "hb_port": 5,
+    }
+
+
+def test_too_long_socket_paths_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    """A runtime dir so deep that unix socket paths would not fit fails before any start."""
+    with pytest.raises(LaunchError, match="XDG_RUNTIME_DIR"):
+        direct_connection(tmp_path / ("d" * 120) / "rt")
+
+
+def test_provisioner_stanza_names_our_entry_point_and_keeps_the_argv() -> None:
+    """--provisioner adds metadata.kernel_provisioner and changes nothing else, so clients
+    that ignore provisioners (VS Code) still run the same launcher argv."""
+    settings = KernelSettings()
+    plain = kernelspec.build_kernel_json(settings, display_name="x")
+    with_provisioner = kernelspec.build_kernel_json(settings, display_name="x", provisioner=True)
+    stanza = with_provisioner["metadata"].pop("kernel_provisioner")
+    assert stanza == {"provisioner_name": "docker-provisioner", "config": {}}
+    assert with_provisioner == plain
+
+
+def test_setup_provisioner_warns_once_that_budgets_do_not_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """setup --provisioner prints one warning line about the relay-only budgets, and the
+    spec it writes resolves to DockerProvisioner through the entry point."""
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    argv = ["setup", "--name", "prov", "--user", "--skip-checks", "--provisioner"]
+    assert cli.main(argv) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert "--max-message and --output-budget" in warnings[0]
+    spec = KernelSpecManager().get_kernel_spec("prov")
+    factory = KernelProvisionerFactory.instance()
+    provisioner = factory.create_provisioner_instance("k1", spec, parent=None)
+    assert isinstance(provisioner, DockerProvisioner)
+
+
+# -- with Docker ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def provisioned(kernel_image: str) -> str:
+    """A kernelspec written by `setup --provisioner` for the default image."""
+    name = "jdk-test-provisioner"
+    install_kernel(name, kernel_image, "--provisioner")
+    return name
+
+
+def launcher_children() -> list[str]:
+    """Command lines of our child processes that run the argv launcher (the relay)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        ppid = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+        if int(ppid) == os.getpid() and "jupyter_docker_kernel.launcher --settings" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def provisioner_of(km: Any) -> DockerProvisioner:
+    assert isinstance(km.provisioner, DockerProvisioner)
+    return km.provisioner
+
+
+@pytest.mark.docker
+def test_kernel_manager_talks_to_the_containers_sockets_directly(
+    provisioned: str, workdir: Path
+) -> None:
+    """KernelManager uses DockerProvisioner; its connection info is ipc to the sockets in
+    the host runtime dir; no launcher process runs; code runs hardened, output arrives."""
+    km, kc = start(provisioned, str(workdir))
+    try:
+        prov = provisioner_of(km)
+        assert prov.base is not None
+        info = km.get_connection_info()
+        assert info["transport"] == "ipc"
+        assert info["ip"] == f"{prov.base}/pinned/{hardening.SOCKET_PREFIX}"
+        assert prov.base.parent == runtime_base()
+        for port in range(1, 6):
+            pinned = os.stat(f"{info['ip']}-{port}")
+            assert stat.S_ISSOCK(pinned.st_mode)
+            assert pinned.st_ino == os.lstat(prov.base / "rt" / f"k-{port}").st_ino
+        assert launcher_children() == []
+
+        reply, out = execute(kc, "import os, socket; print(os.getcwd(), socket.gethostname())")
+        assert reply["status"] == "ok"
+        assert stream_text(out) == f"{workdir} kernel\n"
+
+        (container,) = containers_of(prov.key)
+        host = inspect(container)["HostConfig"]
+        assert isinstance(host, dict)
+        assert host["NetworkMode"] == "none"
+        assert host["CapDrop"] == ["ALL"]
+        assert host["ReadonlyRootfs"] is True
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.docker
+def test_a_socket_swapped_for_a_symlink_does_not_redirect_new_connections(
+    provisioned: str, workdir: Path
+) -> None:
+    """The kernel renames its shell socket and puts a symlink to the engine's socket in its
+    place: the client's path still leads to the socket the kernel bound at start, and a
+    new client connecting now still reaches the kernel."""
+    km, kc = start(provisioned, str(workdir))
+    try:
+        prov = provisioner_of(km)
+        assert prov.base is not None
+        bound = os.lstat(prov.base / "rt" / "k-1").st_ino
+        code = (
+            "import os; d = '/run/jupyter-docker-kernel'\n"
+            "os.rename(d + '/k-1', d + '/k-1.old')\n"
+            "os.symlink('/var/run/docker.sock', d + '/k-1')"
+        )
+        reply, _ = execute(kc, code)
+        assert reply["status"] == "ok"
+        assert os.path.islink(prov.base / "rt" / "k-1")
+        assert os.stat(f"{km.get_connection_info()['ip']}-1").st_ino == bound
+        kc2 = km.blocking_client()
+        kc2.start_channels()
+        try:
+            _, out = execute(kc2, "print('reached')")
+            assert stream_text(out) == "reached\n"
+        finally:
+            kc2.stop_channels()
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.docker
+def test_interrupt_stops_a_sleeping_cell_three_times_in_a_row(
+    provisioned: str, workdir: Path
+) -> None:
+    """interrupt_kernel becomes an engine SIGINT; each sleep(60) ends in KeyboardInterrupt
+    within seconds, and the kernel keeps working after the third."""
+    km, kc = start(provisioned, str(workdir))
+    try:
+        for _ in range(3):
+            msg_id = kc.execute("import time; print('sleeping', flush=True); time.sleep(60)")
+            wait_for_stream(kc, msg_id, "sleeping")
+            km.interrupt_kernel()
+            reply = kc.get_shell_msg(timeout=20)
+            while reply["parent_header"].get("msg_id") != msg_id:  # wait_for_ready's extras
+                reply = kc.get_shell_msg(timeout=20)
+            assert reply["content"]["status"] == "error"
+            assert reply["content"]["ename"] == "KeyboardInterrupt"
+        reply, out = execute(kc, "print('still here')")
+        assert stream_text(out) == "still here\n"
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.docker
+def test_restart_starts_a_new_container_the_connected_client_reaches(
+    provisioned: str, workdir: Path
+) -> None:
+    """restart_kernel replaces the container; the socket paths stay, so the client that
+    was connected before runs code in the new kernel without reconnecting."""
+    km, kc = start(provisioned, str(workdir))
+    try:
+        prov = provisioner_of(km)
+        execute(kc, "x = 1")
+        (before,) = containers_of(prov.key, running_only=True)
+        ip = km.get_connection_info()["ip"]
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=120)
+        (after,) = containers_of(prov.key, running_only=True)
+        assert after != before
+        assert km.get_connection_info()["ip"] == ip
+        _, out = execute(kc, "print('x' in dir())")
+        assert stream_text(out) == "False\n"
+        wait_until(lambda: before not in containers_of(prov.key), 10)
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.docker
+def test_shutdown_leaves_no_container_runtime_dir_or_process(
+    provisioned: str, workdir: Path
+) -> None:
+    """After shutdown_kernel: no container with the kernel's label, no runtime dir, and
+    neither the `docker run` client nor the watchdog process still runs."""
+    km, kc = start(provisioned, str(workdir))
+    prov = provisioner_of(km)
+    base = prov.base
+    assert base is not None
+    proc, watchdog = prov._proc, prov._watchdog
+    assert proc is not None
+    assert watchdog is not None
+    stop(km, kc)
+    wait_until(lambda: not containers_of(prov.key), 10)
+    assert not base.exists()
+    assert proc.poll() is not None
+    assert watchdog.poll() is not None
+
+
+SIGKILL_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name=sys.argv[1])
+    km.start_kernel(cwd=sys.argv[2])
+    kc = km.blocking_client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=120)
+    print(json.dumps({"key": km.provisioner.key, "base": str(km.provisioner.base)}), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.docker
+def test_sigkill_of_the_managing_process_removes_the_container(
+    provisioned: str, workdir: Path, tmp_path: Path
+) -> None:
+    """A process that owns the KernelManager dies by SIGKILL: its container and runtime
+    dir are gone within seconds (stdin lifeline to the supervisor, and the watchdog)."""
+    script = tmp_path / "owner.py"
+    script.write_text(SIGKILL_SCRIPT)
+    with subprocess.Popen(
+        [sys.executable, str(script), provisioned, str(workdir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as owner:
+        try:
+            assert owner.stdout is not None
+            started = json.loads(owner.stdout.readline())
+            assert containers_of(started["key"], running_only=True)
+        finally:
+            owner.send_signal(signal.SIGKILL)
+    took = wait_until(lambda: not containers_of(started["key"]), 15)
+    wait_until(lambda: not Path(started["base"]).exists(), 5)
+    print(f"container gone {took:.1f} s after SIGKILL")
+
+
+@pytest.mark.docker
+def test_jupyter_run_shuts_the_kernel_down_at_exit_without_errors(
+    provisioned: str, workdir: Path
+) -> None:
+    """`jupyter run` leaves the shutdown to KernelManager's atexit hook, when no thread
+    pool is left: the engine calls still run, nothing is left, nothing is logged as error."""
+    (workdir / "hello.py").write_text("import socket; print(socket.gethostname())\n")
+    jupyter_run = Path(sys.executable).with_name("jupyter-run")
+    proc = subprocess.run(
+        [str(jupyter_run), "--kernel", provisioned, "hello.py"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "kernel\n"
+    assert "Traceback" not in proc.stderr
+    assert "ERROR" not in proc.stderr
+    match = re.search(r"kernel (\S+) started in container", proc.stderr)
+    assert match is not None, proc.stderr
+    key = kernel_id_from(f"kernel-{match[1]}.json")
+    wait_until(lambda: not containers_of(key), 10)
+
+
+@pytest.mark.docker
+def test_nbclient_runs_a_notebook_through_the_provisioner(provisioned: str, workdir: Path) -> None:
+    """nbclient's own AsyncKernelManager picks the provisioner, runs the cells in the
+    container (cwd = the notebook's dir) and leaves no container behind."""
+    from nbclient import NotebookClient
+
+    # nbformat ships py.typed but leaves these functions unannotated.
+    new_nb, new_cell = nbformat.v4.new_notebook, nbformat.v4.new_code_cell
+    cells = ["import os, socket\nprint(os.getcwd(), socket.gethostname())", "6 * 7"]
+    nb = new_nb(cells=[new_cell(c) for c in cells])  # type: ignore[no-untyped-call]
+    seen: list[DockerProvisioner] = []
+    client: NotebookClient
+
+    def on_start(**_: Any) -> None:
+        seen.append(provisioner_of(client.km))
+
+    client = NotebookClient(
+        nb,
+        kernel_name=provisioned,
+        timeout=120,
+        resources={"metadata": {"path": str(workdir)}},
+        on_notebook_start=on_start,
+    )
+    client.execute()
+    assert nb.cells[0].outputs[0]["text"] == f"{workdir} kernel\n"
+    assert nb.cells[1].outputs[0]["data"]["text/plain"] == "42"
+    (prov,) = seen
+    wait_until(lambda: not containers_of(prov.key), 10)
+
+
+@pytest.mark.docker
+def test_a_warm_pool_container_is_claimed_through_the_provisioner(
+    kernel_image: str, workdir: Path
+) -> None:
+    """With --pool, the provisioner's second kernel adopts the warm container the first
+    start left ready; the client still talks to its sockets directly, from /work."""
+    name = "jdk-test-provisioner-pool"
+    # The env value makes this spec's pool key ours alone, so cleanup touches no other pool.
+    spec = install_kernel(
+        name,
+        kernel_image,
+        *("--provisioner", "--copy-workdir", "--pool", "1", "--pool-ttl", "60"),
+        *("--env", "JDK_TEST_POOL=provisioner"),
+    )
+    settings = kernelspec.settings_from_kernel_json(json.loads((spec / "kernel.json").read_text()))
+    key = pool.pool_key(settings, os.getuid())
+    api = engine.EngineApi()
+
+    def warm() -> list[str]:
+        return [
+            str(item["Id"])
+            for item in api.containers({engine.LABEL_POOL: key})
+            if str(item["Names"][0]).lstrip("/").startswith(pool.POOL_NAME_PREFIX)
+            and Path(item["Labels"][engine.LABEL_POOL_DIR], "rt", pool.CLAIM_SOCKET).exists()
+        ]
+
+    try:
+        km, kc = start(name, str(workdir))
+        stop(km, kc)
+        wait_until(lambda: bool(warm()), 90)
+        km, kc = start(name, str(workdir))
+        try:
+            prov = provisioner_of(km)
+            assert prov._launcher is not None
+            assert prov._launcher.pooled
+            assert km.get_connection_info()["ip"] == f"{prov.base}/pinned/{hardening.SOCKET_PREFIX}"
+            _, out = execute(kc, "import os; print(os.getcwd())")
+            assert stream_text(out) == f"{pool.WORK_TARGET}\n"
+        finally:
+            stop(km, kc)
+        wait_until(lambda: not containers_of(prov.key), 10)
+    finally:
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: bool(warm()), 30)  # the refill after the second start
+        for item in api.containers({engine.LABEL_POOL: key}, running=False):
+            engine.Engine().remove(str(item["Id"]))
+
+
+class Server:
+    """A real Jupyter Server in a subprocess, driven over REST and one kernel websocket."""
+
+    def __init__(self, root: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.token = secrets.token_hex(16)
+        exe = Path(sys.executable).with_name("jupyter-server")
+        off = "{'jupyterlab': False, 'nbgrader': False, 'notebook': False, 'jupyter_lsp': False}"
+        argv = [str(exe), f"--port={self.port}", "--ip=127.0.0.1", "--no-browser"]
+        argv += [f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}"]
+        argv += [f"--ServerApp.jpserver_extensions={off}"]
+        argv += ["--allow-root"] if os.getuid() == 0 else []
+        self.log = root / "server.log"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+        wait_until(self._up, 60, interval=0.2)
+
+    def _up(self) -> bool:
+        try:
+            self.rest("GET", "/api/status")
+        except OSError:
+            return False
+        return True
+
+    def rest(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"token {self.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback
+            return json.loads(response.read() or b"null")
+
+    def ws_url(self, kernel_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?token={self.token}"
+
+
+async def run_cell(ws: Any, code: str, on_stream: Any = None) -> dict[str, Any]:
+    """Send an execute_request over the server's websocket; returns the execute_reply."""
+    msg_id = secrets.token_hex(8)
+    header = {"msg_id": msg_id, "msg_type": "execute_request", "session": "test"}
+    header |= {"username": "test", "version": "5.3", "date": ""}
+    content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
+    content |= {"user_expressions": {}}
+    message = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
+    await ws.write_message(json.dumps(message | {"channel": "shell", "buffers": []}))
+    while True:
+        reply = json.loads(await asyncio.wait_for(ws.read_message(), 60))
+        if reply["parent_header"].get("msg_id") != msg_id:
+            continue
+        if reply["msg_type"] == "stream" and on_stream is not None:
+            await on_stream(reply["content"]["text"])
+        if reply["channel"] == "shell":
+            return dict(reply["content"])
+
+
+@pytest.mark.docker
+def test_jupyter_server_interrupts_through_the_engine_and_its_sigkill_leaves_nothing(
+    provisioned: str, workdir: Path
+) -> None:
+    """Jupyter Server starts the kernel through the provisioner, its interrupt endpoint
+    ends a running cell, and when the server is SIGKILLed the container goes away."""
+    from tornado.websocket import websocket_connect
+
+    server = Server(workdir)
+    try:
+        kernel_id = server.rest("POST", "/api/kernels", {"name": provisioned})["id"]
+        key = kernel_id_from(f"kernel-{kernel_id}.json")
+
+        async def story() -> None:
+            ws = await websocket_connect(server.ws_url(kernel_id))
+            try:
+                reply = await run_cell(ws, "import socket; print(socket.gethostname())")
+                assert reply["status"] == "ok"
+
+                async def interrupt(text: str) -> None:
+                    if "sleeping" in text:
+                        await asyncio.to_thread(
+                            server.rest, "POST", f"/api/kernels/{kernel_id}/interrupt"
+                        )
+
+                code = "import time; print('sleeping', flush=True); time.sleep(60)"
+                reply = await run_cell(ws, code, interrupt)
+                assert reply["ename"] == "KeyboardInterrupt"
+            finally:
+                ws.close()
+
+        asyncio.run(story())
+        assert containers_of(key, running_only=True)
+        assert "no relay" in server.log.read_text()
+    finally:
+        server.proc.kill()
+        server.proc.wait()
+    took = wait_until(lambda: not containers_of(key), 15)
+    print(f"container gone {took:.1f} s after the server's SIGKILL")

@@ -8,6 +8,7 @@ The pure tests at the top (no engine) pin what differs in the arguments Podman g
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -305,3 +306,28 @@ def test_on_podman_copy_workdir_writes_stay_in_the_container(
     test_notebooks.test_copy_workdir_kernel_reads_the_notebooks_files_but_writes_stay_in_the_container(
         "jdk-test-podman-copy", workdir
     )
+
+
+@pytest.mark.docker
+def test_doctor_and_list_look_for_a_podman_kernelspecs_image_in_podman(
+    podman_host: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """doctor and list, themselves pointed at Docker, find an image that only Podman has
+    for a Podman kernelspec, and doctor's probe kernel runs there."""
+    only_podman = "jdk-test/podman-only:latest"
+    tag = ["docker", "-H", podman_host, "tag", DEFAULT_IMAGE, only_podman]
+    subprocess.run(tag, check=True, capture_output=True)
+    try:
+        install_kernel("jdk-test-podman-only", only_podman, "--podman")
+        monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
+        assert cli.main(["doctor", "jdk-test-podman-only"]) == 0
+        out = capsys.readouterr().out
+        assert "OK    jdk-test-podman-only: image:" in out
+        assert "OK    jdk-test-podman-only: kernel: Python" in out
+        assert "OK    jdk-test-podman-only: sockets:" in out
+        assert cli.main(["list", "--json"]) == 0
+        listed = {s["name"]: s for s in json.loads(capsys.readouterr().out)["kernelspecs"]}
+        assert listed["jdk-test-podman-only"]["image_present"] is True
+    finally:
+        untag = ["docker", "-H", podman_host, "rmi", only_podman]
+        subprocess.run(untag, check=False, capture_output=True)

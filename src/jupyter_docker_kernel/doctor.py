@@ -281,6 +281,14 @@ def _check_runtime_dir(add: Callable[..., None]) -> Path | None:
     return base
 
 
+def engine_of(engine: Engine, settings: KernelSettings) -> Engine:
+    """The engine a kernelspec's kernels run in: its own engine_host (Podman's, say),
+    else the one doctor was started with."""
+    if settings.engine_host and settings.engine_host != engine.host:
+        return Engine(engine.command, host=settings.engine_host)
+    return engine
+
+
 def _check_spec(
     engine: Engine,
     spec: manage.SpecInfo,
@@ -303,6 +311,7 @@ def _check_spec(
         )
         return None
     add(f"{label}: kernelspec", "OK", f"{spec.path} (image {settings.image})")
+    engine = engine_of(engine, settings)
     _check_launcher(spec, add)
     loosened = []
     if settings.network != "none":
@@ -368,7 +377,7 @@ def _check_spec(
         add(f"{label}: kernel", "SKIP", "runtime dir unusable")
         return None
     key = (settings.image, settings.runtime, settings.python, settings.kernel_user,
-           bool(settings.kernel_cmd))  # fmt: skip
+           bool(settings.kernel_cmd), settings.engine, settings.engine_host)  # fmt: skip
     return key, settings
 
 
@@ -436,7 +445,7 @@ def _probe_safely(engine: Engine, settings: KernelSettings, base: Path) -> Probe
     """probe_container, with an engine or filesystem error as the kernel check's FAIL."""
     started = time.monotonic()
     try:
-        return probe_container(engine, settings, base)
+        return probe_container(engine_of(engine, settings), settings, base)
     except (DockerKernelError, OSError) as exc:
         spent = time.monotonic() - started
         return [
@@ -469,6 +478,7 @@ def probe_container(engine: Engine, settings: KernelSettings, base: Path) -> Pro
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            env=engine.env(),
         )
     except BaseException:
         remove_tree(directory)

@@ -103,11 +103,20 @@ def list_specs(engine: Engine | None) -> tuple[list[SpecInfo], str]:
     specs = [read_spec(name, path) for name, path in sorted(kernelspec.find_ours().items())]
     if engine is None or not specs:
         return specs, ""
-    presence = image_presence(engine, {s.image for s in specs if s.settings})
-    if presence is None:
-        return specs, "the container engine did not answer; image presence is unknown"
+    # Each kernelspec's image is looked up in its own engine (engine_host: Podman's, say).
+    hosts = {s.settings.engine_host for s in specs if s.settings}
+    by_host: dict[str | None, dict[str, bool]] = {}
+    for host in hosts:
+        asked = Engine(engine.command, host=host) if host else engine
+        images = {s.image for s in specs if s.settings and s.settings.engine_host == host}
+        presence = image_presence(asked, images)
+        if presence is None:
+            return specs, "the container engine did not answer; image presence is unknown"
+        by_host[host] = presence
     return [
-        dataclasses.replace(s, image_present=presence.get(s.image)) if s.settings else s
+        dataclasses.replace(s, image_present=by_host[s.settings.engine_host].get(s.image))
+        if s.settings
+        else s
         for s in specs
     ], ""
 

@@ -106,19 +106,25 @@ def list_specs(engine: Engine | None) -> tuple[list[SpecInfo], str]:
     # Each kernelspec's image is looked up in its own engine (engine_host: Podman's, say).
     hosts = {s.settings.engine_host for s in specs if s.settings}
     by_host: dict[str | None, dict[str, bool]] = {}
-    for host in hosts:
+    silent: list[str] = []
+    for host in sorted(hosts, key=str):
         asked = Engine(engine.command, host=host) if host else engine
         images = {s.image for s in specs if s.settings and s.settings.engine_host == host}
         presence = image_presence(asked, images)
         if presence is None:
-            return specs, "the container engine did not answer; image presence is unknown"
-        by_host[host] = presence
+            silent.append(host or "the default engine")
+        by_host[host] = presence or {}
+    why = ""
+    if silent:
+        why = f"{', '.join(silent)} did not answer; image presence is unknown there"
+        if silent == ["the default engine"]:
+            why = "the container engine did not answer; image presence is unknown"
     return [
         dataclasses.replace(s, image_present=by_host[s.settings.engine_host].get(s.image))
         if s.settings
         else s
         for s in specs
-    ], ""
+    ], why
 
 
 def find(name: str) -> SpecInfo:

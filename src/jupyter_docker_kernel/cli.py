@@ -361,6 +361,8 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         grading.check_config_file(args.write_nbgrader_config)
     prefix = sys.prefix if args.sys_prefix else args.prefix
     versions = ""
+    if settings.engine_host and settings.engine_host != engine.host:
+        engine = Engine(engine.command, host=settings.engine_host)  # from a config file
     if not args.skip_checks:
         settings = engine_settings(engine, settings)
         versions = check_image(engine, settings)

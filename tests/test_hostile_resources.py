@@ -193,11 +193,14 @@ def assert_gone(km: KernelManager, container: str, within: float = 5) -> None:
 
 
 def cgroup_file(container: str, controller: str, v1: str, v2: str) -> Path:
-    """A container's cgroup file, cgroup v1 (cgroupfs driver) or v2 (either driver)."""
+    """A container's cgroup file, cgroup v1 (cgroupfs driver) or v2 (either driver), under
+    Docker or Podman."""
     candidates = [
         Path("/sys/fs/cgroup", controller, "docker", container, v1),
         Path("/sys/fs/cgroup/system.slice", f"docker-{container}.scope", v2),
         Path("/sys/fs/cgroup/docker", container, v2),
+        # Podman (cgroupfs manager, rootful): see tests/test_podman.py.
+        Path("/sys/fs/cgroup", controller, "libpod_parent", f"libpod-{container}", v1),
     ]
     for path in candidates:
         if path.exists():

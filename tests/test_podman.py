@@ -173,7 +173,8 @@ def test_kernel_on_podman_is_unprivileged_offline_and_read_only(
     podman_kernel: str, workdir: Path, on_podman: str
 ) -> None:
     """Seen from inside: not root, no capabilities, no network but lo, root fs read-only,
-    and /var/tmp (writable under Podman's --read-only) capped like /tmp."""
+    /var/tmp (writable under Podman's --read-only) capped like /tmp, and no user namespace
+    (Podman's own seccomp profile allows unshare; bootstrap-podman's narrowed one does not)."""
     km, kc = start(podman_kernel, str(workdir))
     try:
         reply, out = execute(
@@ -189,12 +190,15 @@ def test_kernel_on_podman_is_unprivileged_offline_and_read_only(
             "except OSError:\n"
             "    root_fs = 'read-only'\n"
             "nics = sorted(os.listdir('/sys/class/net'))\n"
+            "import ctypes, errno\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "userns = libc.unshare(0x10000000) == 0 or errno.errorcode[ctypes.get_errno()]\n"
             "st = os.statvfs('/var/tmp')\n"
             "var_tmp_mb = st.f_blocks * st.f_frsize >> 20\n"
-            "print(os.getuid() != 0, int(caps, 16), net, root_fs, nics, var_tmp_mb)",
+            "print(os.getuid() != 0, int(caps, 16), net, root_fs, nics, var_tmp_mb, userns)",
         )
         assert reply["status"] == "ok"
-        assert stream_text(out) == "True 0 offline read-only ['lo'] 512\n"
+        assert stream_text(out) == "True 0 offline read-only ['lo'] 512 EPERM\n"
     finally:
         stop(km, kc)
 

@@ -8,12 +8,13 @@ our family become one line on stderr and exit code 1 (a traceback only with --de
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import time
 
-from jupyter_docker_kernel import __version__, hardening, kernelspec, reaper
+from jupyter_docker_kernel import __version__, hardening, image_kernels, kernelspec, reaper
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError, ImageError, SettingsError
 from jupyter_docker_kernel.launcher import NBGRADER_MARKERS
@@ -92,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         "rest of the line",
     )
     setup.add_argument(
+        "--kernel-spec-in-image",
+        metavar="NAME",
+        help="run the image's own kernelspec NAME (e.g. ir for IRkernel) instead of ipykernel",
+    )
+    setup.add_argument(
         "--docker-arg",
         action="append",
         default=[],
@@ -116,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
             default=getattr(DEFAULTS, field),
             help=f"{text} [{getattr(DEFAULTS, field)}]",
         )
-    setup.add_argument("--interrupt-mode", choices=kernelspec.INTERRUPT_MODES, default="signal")
+    setup.add_argument(
+        "--interrupt-mode",
+        choices=kernelspec.INTERRUPT_MODES,
+        help="how Jupyter interrupts the kernel [signal, or the image kernelspec's]",
+    )
     setup.add_argument("--replace", action="store_true", help="overwrite an existing kernelspec")
     setup.add_argument(
         "--skip-checks", action="store_true", help="do not check the engine and image first"
@@ -172,6 +182,36 @@ def settings_from_args(args: argparse.Namespace) -> KernelSettings:
     )
 
 
+def probe_user() -> str:
+    """The uid:gid probe containers run as: the caller's, never root."""
+    return "65534:65534" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
+
+
+def with_image_kernel(
+    engine: Engine, settings: KernelSettings, name: str
+) -> tuple[KernelSettings, image_kernels.ImageKernelSpec]:
+    """Settings whose kernel is the image's own kernelspec `name` (--kernel-spec-in-image).
+
+    Its argv becomes kernel_cmd; its env comes first, so the user's --env wins.
+    """
+    if settings.kernel_cmd:
+        raise SettingsError(
+            "--kernel-spec-in-image and --kernel-cmd both name the kernel's command. "
+            "No kernelspec was written. Pass only one of them."
+        )
+    prefix, specs = image_kernels.find_in_image(engine, settings, probe_user())
+    spec = image_kernels.pick(specs, name, settings.image)
+    env = dict(spec.env)
+    env.update(settings.env)
+    changed = dataclasses.replace(
+        settings,
+        kernel_cmd=image_kernels.command_for(spec, prefix),
+        kernel_spec_in_image=spec.name,
+        env=tuple(env.items()),
+    )
+    return changed, spec
+
+
 def check_image(engine: Engine, settings: KernelSettings) -> str:
     """Fail unless the engine answers, the image exists and can run the kernel's Python."""
     engine.info()
@@ -183,8 +223,7 @@ def check_image(engine: Engine, settings: KernelSettings) -> str:
             "gVisor) and restart the engine."
         )
     engine.require_image(settings.image)
-    user = "65534:65534" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
-    proc = engine.run(hardening.probe_args(settings, user), check=False, timeout=120)
+    proc = engine.run(hardening.probe_args(settings, probe_user()), check=False, timeout=120)
     if proc.returncode != 0:
         what = "ipykernel" if not settings.kernel_cmd else settings.python
         raise ImageError(
@@ -210,19 +249,31 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     name = kernelspec.validate_name(args.name)
     prefix = sys.prefix if args.sys_prefix else args.prefix
     versions = ""
+    in_image = None
+    if args.kernel_spec_in_image:
+        # Even with --skip-checks: the command can only come from the image.
+        settings, in_image = with_image_kernel(engine, settings, args.kernel_spec_in_image)
     if not args.skip_checks:
         versions = check_image(engine, settings)
+    default_display = f"{in_image.display_name if in_image else name} (container)"
     data = kernelspec.build_kernel_json(
         settings,
-        display_name=args.display_name or f"{name} (container)",
-        interrupt_mode=args.interrupt_mode,
+        display_name=args.display_name or default_display,
+        interrupt_mode=args.interrupt_mode or (in_image.interrupt_mode if in_image else "signal"),
+        language=in_image.language if in_image else None,
     )
     path = kernelspec.install(name, data, user=args.user, prefix=prefix, replace=args.replace)
     print(f"Installed kernelspec {name} in {path}")
     if versions:
         py, ipk, release = [*versions.split(), "?", "?"][:3]
         runtime = f", runtime {settings.runtime} (kernel {release})" if settings.runtime else ""
-        print(f"  image {settings.image}: Python {py}, ipykernel {ipk}{runtime}")
+        if in_image is None:
+            print(f"  image {settings.image}: Python {py}, ipykernel {ipk}{runtime}")
+        else:
+            print(f"  image {settings.image}: Python {py} (for the supervisor){runtime}")
+    if in_image is not None:
+        command = " ".join(settings.kernel_cmd)
+        print(f"  kernel '{in_image.name}' from the image ({in_image.language}): {command}")
     print(
         f"  network {settings.network}, memory {settings.memory}, cpus {settings.cpus:g}, "
         f"pids {settings.pids_limit}, workdir {settings.workdir}"

@@ -249,13 +249,16 @@ PROBE_CODE_NO_IPYKERNEL = (
 )
 
 
-def probe_args(settings: KernelSettings, user: str) -> list[str]:
-    """`docker run` arguments that check the image can run a kernel (used by setup)."""
+def probe_args(settings: KernelSettings, user: str, *, code: str | None = None) -> list[str]:
+    """`docker run` arguments that check the image can run a kernel (used by setup), or
+    that run `code` with the image's Python instead (image_kernels.py lists kernelspecs)."""
     args = ["run", "--rm", "--pull=never", "--network", "none", "--user", user]
     args += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
     if settings.runtime:
         args += ["--runtime", settings.runtime]
     args += [settings.image]
+    if code is not None:
+        return [*args, settings.python, "-c", code]
     if settings.kernel_cmd:
         return [*args, settings.python, "-c", PROBE_CODE_NO_IPYKERNEL]
     return [*args, settings.python, "-c", PROBE_CODE]

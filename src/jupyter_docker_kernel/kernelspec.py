@@ -42,8 +42,13 @@ def build_kernel_json(
     display_name: str,
     interrupt_mode: str = "signal",
     python: str | None = None,
+    language: str | None = None,
 ) -> dict[str, Any]:
-    """The kernel.json dict: argv runs our launcher with the settings embedded as JSON."""
+    """The kernel.json dict: argv runs our launcher with the settings embedded as JSON.
+
+    `language` is the kernel's (Jupyter matches notebooks to kernels by it); by default
+    python for ipykernel and empty for a --kernel-cmd whose language we cannot know.
+    """
     if interrupt_mode not in INTERRUPT_MODES:
         raise KernelSpecError(
             f"interrupt mode '{interrupt_mode}' is not one of {', '.join(INTERRUPT_MODES)}."
@@ -59,7 +64,7 @@ def build_kernel_json(
             "{connection_file}",
         ],
         "display_name": display_name,
-        "language": "python" if not settings.kernel_cmd else "",
+        "language": language if language is not None else "" if settings.kernel_cmd else "python",
         "interrupt_mode": interrupt_mode,
         "metadata": {
             METADATA_KEY: {"version": __version__, "image": settings.image},

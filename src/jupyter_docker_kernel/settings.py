@@ -95,6 +95,8 @@ class KernelSettings:
     env: tuple[tuple[str, str], ...] = ()
     #: The in-container command; empty means `python -m ipykernel_launcher -f {connection_file}`.
     kernel_cmd: tuple[str, ...] = ()
+    #: The image's own kernelspec that kernel_cmd came from (setup --kernel-spec-in-image).
+    kernel_spec_in_image: str = ""
     python: str = "python3"
     #: Passed verbatim to `docker run`, after ours: the escape hatch for what we do not model.
     docker_args: tuple[str, ...] = ()
@@ -185,6 +187,11 @@ class KernelSettings:
             raise SettingsError(
                 "kernel_user 0 would run hostile code as root in the container. "
                 "No kernelspec was written. Pick an unprivileged uid such as 1000."
+            )
+        if self.kernel_spec_in_image and not self.kernel_cmd:
+            raise SettingsError(
+                f"kernel_spec_in_image '{self.kernel_spec_in_image}' needs the kernel_cmd "
+                "read from it. Run setup again with --kernel-spec-in-image to rewrite it."
             )
         if self.kernel_cmd and not any(CONNECTION_FILE_PLACEHOLDER in a for a in self.kernel_cmd):
             raise SettingsError(

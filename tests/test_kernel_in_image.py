@@ -1,0 +1,251 @@
+"""Kernels the image provides: `setup --kernel-spec-in-image NAME` runs IRkernel, not ipykernel.
+
+The pure tests cover reading an image's kernelspec listing and turning a spec's argv into
+the in-container command. The Docker tests are an R user's story with Debian's IRkernel:
+setup -> a real KernelManager runs R code -> interrupt -> shutdown leaves nothing ->
+nbclient runs an R notebook; and a name the image lacks is refused, listing what it has.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from jupyter_docker_kernel import cli, kernelspec
+from jupyter_docker_kernel.errors import ImageError, KernelSpecError, SettingsError
+from jupyter_docker_kernel.image_kernels import (
+    ImageKernelSpec,
+    command_for,
+    parse_listing,
+    pick,
+)
+from jupyter_docker_kernel.relay import _connect_any
+from jupyter_docker_kernel.settings import KernelSettings
+from tests.conftest import install_kernel
+from tests.kernels import (
+    containers_of,
+    execute,
+    kernel_key,
+    start,
+    stop,
+    stream_text,
+    wait_for_stream,
+    wait_until,
+)
+
+IR_SPEC = {
+    "argv": ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"],
+    "display_name": "R",
+    "language": "R",
+}
+R_KERNEL = "jdk-test-r"
+
+
+def listing(**kernels: object) -> str:
+    return json.dumps({"prefix": "/usr", "kernels": kernels})
+
+
+def ir_spec(**changes: object) -> ImageKernelSpec:
+    fields: dict[str, object] = {
+        "name": "ir",
+        "resource_dir": "/usr/share/jupyter/kernels/ir",
+        "argv": tuple(IR_SPEC["argv"]),
+        "display_name": "R",
+        "language": "R",
+    }
+    fields.update(changes)
+    return ImageKernelSpec(**fields)  # type: ignore[arg-type]
+
+
+# -- pure -------------------------------------------------------------------------------------
+
+
+def test_listing_reads_argv_language_and_interrupt_mode() -> None:
+    """parse_listing keeps each spec's argv, display name, language, interrupt mode, env."""
+    text = listing(
+        ir={"resource_dir": "/usr/share/jupyter/kernels/ir", "spec": IR_SPEC},
+        bash={
+            "resource_dir": "/k/bash",
+            "spec": {
+                "argv": ["bash-kernel", "-f", "{connection_file}"],
+                "interrupt_mode": "message",
+                "env": {"PS1": "$ "},
+            },
+        },
+    )
+    prefix, specs = parse_listing("a warning line\n" + text)
+    assert prefix == "/usr"
+    assert specs["ir"] == ir_spec()
+    assert specs["bash"].interrupt_mode == "message"
+    assert specs["bash"].env == (("PS1", "$ "),)
+    assert specs["bash"].display_name == "bash"
+
+
+def test_listing_skips_specs_without_an_argv_list() -> None:
+    """A malformed kernel.json in the image is left out, not fatal to the others."""
+    text = listing(
+        ir={"resource_dir": "/x", "spec": IR_SPEC},
+        broken={"resource_dir": "/y", "spec": {"argv": "R -e main"}},
+        empty={"resource_dir": "/z", "spec": {"argv": []}},
+    )
+    assert list(parse_listing(text)[1]) == ["ir"]
+
+
+def test_listing_that_is_not_json_is_an_image_error() -> None:
+    """Output the probe should not print gives a clear error, not a traceback."""
+    with pytest.raises(ImageError, match="No kernelspec was written"):
+        parse_listing("Traceback (most recent call last):")
+
+
+def test_command_fills_resource_dir_and_prefix_and_keeps_connection_file() -> None:
+    """{resource_dir} and {prefix} become image paths; {connection_file} stays for the launch."""
+    spec = ir_spec(argv=("{prefix}/bin/k", "--res", "{resource_dir}/x", "-f", "{connection_file}"))
+    assert command_for(spec, "/opt/kernel") == (
+        "/opt/kernel/bin/k",
+        "--res",
+        "/usr/share/jupyter/kernels/ir/x",
+        "-f",
+        "{connection_file}",
+    )
+
+
+def test_command_without_connection_file_is_refused() -> None:
+    """A spec whose kernel could not find its sockets is refused at setup."""
+    with pytest.raises(KernelSpecError, match=r"no \{connection_file\}"):
+        command_for(ir_spec(argv=("R", "-e", "IRkernel::main()")), "/usr")
+
+
+def test_unknown_name_lists_the_kernelspecs_the_image_has() -> None:
+    """pick() names every kernelspec the image does have, so the user can choose one."""
+    specs = {"ir": ir_spec(), "python3": ir_spec(name="python3", display_name="Python 3")}
+    with pytest.raises(KernelSpecError) as info:
+        pick(specs, "julia", "img:1")
+    assert "has no kernelspec 'julia'" in str(info.value)
+    assert "ir (R), python3 (Python 3)" in str(info.value)
+    assert pick(specs, "IR", "img:1").name == "ir"
+
+
+def test_settings_with_an_image_kernel_need_its_command() -> None:
+    """kernel_spec_in_image without kernel_cmd (a hand-edited kernel.json) is an error."""
+    with pytest.raises(SettingsError, match="needs the kernel_cmd"):
+        KernelSettings(kernel_spec_in_image="ir")
+    settings = KernelSettings(kernel_spec_in_image="ir", kernel_cmd=tuple(IR_SPEC["argv"]))
+    assert KernelSettings.from_dict(settings.to_dict()) == settings
+
+
+def test_kernel_json_carries_the_image_kernels_language() -> None:
+    """Jupyter matches notebooks to kernels by language: the R spec says R."""
+    settings = KernelSettings(kernel_spec_in_image="ir", kernel_cmd=tuple(IR_SPEC["argv"]))
+    data = kernelspec.build_kernel_json(settings, display_name="R (container)", language="R")
+    assert data["language"] == "R"
+    assert kernelspec.settings_from_kernel_json(data) == settings
+
+
+def test_relay_connects_to_a_socket_named_ip_colon_port(tmp_path: Path) -> None:
+    """IRkernel binds `k:1` where ipykernel binds `k-1`; the relay takes whichever exists."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "k:1"))
+    server.listen(1)
+    try:
+        sock = _connect_any((str(tmp_path / "k-1"), str(tmp_path / "k:1")))
+        sock.close()
+        with pytest.raises(FileNotFoundError):
+            _connect_any((str(tmp_path / "k-2"), str(tmp_path / "k:2")))
+    finally:
+        server.close()
+
+
+# -- with Docker ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def r_kernel(r_image: str) -> str:
+    """`setup --kernel-spec-in-image ir` for the IRkernel test image."""
+    install_kernel(R_KERNEL, r_image, "--kernel-spec-in-image", "ir")
+    return R_KERNEL
+
+
+@pytest.mark.docker
+def test_setup_writes_a_kernelspec_for_the_images_r_kernel(r_kernel: str) -> None:
+    """The written kernel.json is an R kernel whose command is the image's IRkernel argv."""
+    spec_dir = Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / r_kernel
+    data = json.loads((spec_dir / "kernel.json").read_text())
+    settings = kernelspec.settings_from_kernel_json(data)
+    assert data["language"] == "R"
+    assert data["display_name"] == "R (container)"
+    assert settings.kernel_spec_in_image == "ir"
+    assert settings.kernel_cmd == tuple(IR_SPEC["argv"])
+
+
+@pytest.mark.docker
+def test_r_kernel_runs_code_interrupts_and_leaves_nothing(r_kernel: str, workdir: Path) -> None:
+    """R code runs in the container (cat(6*7) prints 42), Sys.sleep is interrupted, and
+    shutdown removes the container."""
+    km, kc = start(r_kernel, str(workdir))
+    kernel_id = kernel_key(km)
+    try:
+        info = kc.kernel_info(reply=True, timeout=60)["content"]
+        assert info["language_info"]["name"] == "R"
+        reply, outputs = execute(kc, "cat(6*7)")
+        assert reply["status"] == "ok"
+        assert stream_text(outputs) == "42"
+
+        msg_id = kc.execute('cat("sleeping\\n"); Sys.sleep(120); cat("not interrupted")')
+        wait_for_stream(kc, msg_id, "sleeping")
+        km.interrupt_kernel()
+        interrupted = kc.get_shell_msg(timeout=30)
+        assert interrupted["parent_header"]["msg_id"] == msg_id
+        reply, outputs = execute(kc, "cat(R.version$language)")
+        assert stream_text(outputs) == "R"
+        assert len(containers_of(kernel_id, running_only=True)) == 1
+    finally:
+        stop(km, kc)
+    wait_until(lambda: not containers_of(kernel_id), timeout=30)
+
+
+@pytest.mark.docker
+def test_nbclient_runs_an_r_notebook(r_kernel: str, workdir: Path) -> None:
+    """A two-cell R notebook runs headless through nbclient; outputs land in the notebook."""
+    new_nb, new_cell = nbformat.v4.new_notebook, nbformat.v4.new_code_cell
+    cells = [new_cell("x <- c(1, 2, 39)"), new_cell("cat(sum(x))")]  # type: ignore[no-untyped-call]
+    nb = new_nb(cells=cells)  # type: ignore[no-untyped-call]
+    NotebookClient(
+        nb, kernel_name=r_kernel, timeout=120, resources={"metadata": {"path": str(workdir)}}
+    ).execute()
+    assert nb.cells[1].outputs[0]["text"] == "42"
+
+
+@pytest.mark.docker
+def test_unknown_kernelspec_lists_the_images_and_writes_nothing(
+    r_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--kernel-spec-in-image julia on the R image: exit 1, the error names `ir`, no spec."""
+    code = cli.main(
+        ["setup", "--name", "jdk-test-julia", "--image", r_image, "--user",
+         "--kernel-spec-in-image", "julia"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "has no kernelspec 'julia'; it has: ir (R)" in err
+    assert not (Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / "jdk-test-julia").exists()
+
+
+@pytest.mark.docker
+def test_image_kernel_without_the_python_says_the_supervisor_needs_it(
+    r_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The supervisor runs with the image's Python: a missing one is named at setup."""
+    code = cli.main(
+        ["setup", "--name", "jdk-test-nopy", "--image", r_image, "--user",
+         "--python", "/no/python3", "--kernel-spec-in-image", "ir"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "needs Python 3 in the image" in err
+    assert not (Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / "jdk-test-nopy").exists()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import nbformat
@@ -25,7 +24,6 @@ from jupyter_docker_kernel.image_kernels import (
     parse_listing,
     pick,
 )
-from jupyter_docker_kernel.relay import _connect_any
 from jupyter_docker_kernel.settings import KernelSettings
 from tests.conftest import install_kernel
 from tests.kernels import (
@@ -147,18 +145,20 @@ def test_kernel_json_carries_the_image_kernels_language() -> None:
     assert kernelspec.settings_from_kernel_json(data) == settings
 
 
-def test_relay_connects_to_a_socket_named_ip_colon_port(tmp_path: Path) -> None:
-    """IRkernel binds `k:1` where ipykernel binds `k-1`; the relay takes whichever exists."""
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(tmp_path / "k:1"))
-    server.listen(1)
-    try:
-        sock = _connect_any((str(tmp_path / "k-1"), str(tmp_path / "k:1")))
-        sock.close()
-        with pytest.raises(FileNotFoundError):
-            _connect_any((str(tmp_path / "k-2"), str(tmp_path / "k:2")))
-    finally:
-        server.close()
+def test_kernel_cmd_placeholder_survives_jupyter_clients_substitution() -> None:
+    """jupyter_client fills {connection_file} in every argv item; the one inside our
+    settings JSON must reach the launcher unchanged (the real KernelManager formats it)."""
+    from jupyter_client.manager import KernelManager
+
+    settings = KernelSettings(kernel_spec_in_image="ir", kernel_cmd=tuple(IR_SPEC["argv"]))
+    data = kernelspec.build_kernel_json(settings, display_name="R (container)", language="R")
+    kernelspec.install("jdk-test-format", data, user=True, prefix=None, replace=True)
+    km = KernelManager(kernel_name="jdk-test-format")
+    km.connection_file = "/host/runtime/kernel-1.json"
+    argv = km.format_kernel_cmd()
+    assert argv[-2:] == ["-f", "/host/runtime/kernel-1.json"]
+    launched = KernelSettings.from_dict(json.loads(argv[argv.index("--settings") + 1]))
+    assert launched == settings
 
 
 # -- with Docker ----------------------------------------------------------------------------

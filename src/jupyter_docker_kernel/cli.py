@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.set_defaults(func=cmd_image_build)
+    kernels = image_sub.add_parser(
+        "kernels", help="list the kernelspecs inside an image (for setup --kernel-spec-in-image)"
+    )
+    kernels.add_argument("image", help="the image to look into")
+    kernels.add_argument("--python", default="python3", help="the image's Python")
+    kernels.set_defaults(func=cmd_image_kernels)
 
     gc = sub.add_parser("gc", help="remove containers and files of launchers that are gone")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
@@ -315,6 +321,17 @@ def cmd_image_build(args: argparse.Namespace, engine: Engine) -> int:
         f"{verb} {result.tag} ({result.image_id[:19]}, recipe {result.digest[:12]}) "
         f"in {time.monotonic() - started:.1f} s"
     )
+    return 0
+
+
+def cmd_image_kernels(args: argparse.Namespace, engine: Engine) -> int:
+    settings = KernelSettings(image=args.image, python=args.python)
+    _, specs = image_kernels.find_in_image(engine, settings, probe_user())
+    if not specs:
+        print(f"Image {args.image} has no kernelspecs in Jupyter's data paths.")
+    for spec in specs.values():
+        language = f", {spec.language}" if spec.language else ""
+        print(f"{spec.name}  ({spec.display_name}{language})  {' '.join(spec.argv)}")
     return 0
 
 

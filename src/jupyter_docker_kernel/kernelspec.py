@@ -59,7 +59,7 @@ def build_kernel_json(
             "-m",
             LAUNCHER_MODULE,
             "--settings",
-            json.dumps(settings.to_dict(), sort_keys=True, separators=(",", ":")),
+            settings_argument(settings),
             "-f",
             "{connection_file}",
         ],
@@ -72,6 +72,22 @@ def build_kernel_json(
             "debugger": False,
         },
     }
+
+
+#: What jupyter_client's format_kernel_cmd substitutes in every argv item, JSON included.
+_CLIENT_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
+
+
+def settings_argument(settings: KernelSettings) -> str:
+    """The settings as the JSON argv item, with `{name}` written `\\u007bname}`.
+
+    jupyter_client replaces `{connection_file}` (and `{prefix}`, `{resource_dir}`) in every
+    argv item before it starts the launcher, so a kernel_cmd's placeholder would arrive as
+    the host's connection file path. The JSON escape decodes back to `{`, and cannot match
+    anything else: outside strings, JSON has no `{` followed by a bare word.
+    """
+    text = json.dumps(settings.to_dict(), sort_keys=True, separators=(",", ":"))
+    return _CLIENT_PLACEHOLDER.sub(lambda m: "\\u007b" + m.group(1) + "}", text)
 
 
 def settings_from_kernel_json(data: dict[str, Any]) -> KernelSettings:

@@ -249,10 +249,6 @@ class Launcher:
                 channel,
                 endpoints[channel],
                 str(self.runtime_dir / f"{hardening.SOCKET_PREFIX}-{index}"),
-                # A kernel from the image (IRkernel) may name its socket `ip:port`.
-                (str(self.runtime_dir / f"{hardening.SOCKET_PREFIX}:{index}"),)
-                if self.settings.kernel_cmd
-                else (),
             )
             for index, channel in enumerate(CHANNELS, start=1)
         ]

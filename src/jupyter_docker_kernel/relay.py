@@ -51,9 +51,6 @@ class Route:
     channel: str
     host: Endpoint
     kernel_socket: str
-    #: Other names the kernel may give the same socket: kernels spell an ipc endpoint
-    #: `ip-port` (jupyter_client, ipykernel) or `ip:port` (IRkernel); whichever exists wins.
-    kernel_socket_alternates: tuple[str, ...] = ()
 
 
 def host_endpoints(connection: dict[str, object]) -> dict[str, Endpoint]:
@@ -91,18 +88,6 @@ def connect_kernel_socket(path: str) -> socket.socket:
         return sock
     finally:
         os.close(fd)
-
-
-def _connect_any(paths: tuple[str, ...]) -> socket.socket:
-    """connect_kernel_socket to the first of `paths` that exists; else the first's error."""
-    first: OSError | None = None
-    for path in paths:
-        try:
-            return connect_kernel_socket(path)
-        except FileNotFoundError as exc:
-            first = first or exc
-    assert first is not None
-    raise first
 
 
 class BudgetExceededError(Exception):
@@ -237,9 +222,7 @@ class _HostSide(_Half):
             if self.transport is None or self.transport.is_closing():
                 return
             try:
-                sock = _connect_any(
-                    (self.route.kernel_socket, *self.route.kernel_socket_alternates)
-                )
+                sock = connect_kernel_socket(self.route.kernel_socket)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 if loop.time() > deadline or self.relay.closed:

@@ -222,6 +222,33 @@ def test_nbclient_runs_an_r_notebook(r_kernel: str, workdir: Path) -> None:
 
 
 @pytest.mark.docker
+def test_image_kernels_lists_the_r_kernelspec(
+    r_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`image kernels IMAGE` prints each kernelspec in the image with its argv."""
+    assert cli.main(["image", "kernels", r_image]) == 0
+    out = capsys.readouterr().out
+    assert out == "ir  (R, R)  R --slave -e IRkernel::main() --args {connection_file}\n"
+
+
+@pytest.mark.docker
+def test_default_images_python3_spec_runs_ipykernel_through_the_same_path(
+    kernel_image: str, workdir: Path
+) -> None:
+    """--kernel-spec-in-image python3 on the default image: the image's own ipykernel
+    kernelspec is run as a kernel_cmd, and Python code runs."""
+    install_kernel("jdk-test-inimage-py", kernel_image, "--kernel-spec-in-image", "python3")
+    km, kc = start("jdk-test-inimage-py", str(workdir))
+    kernel_id = kernel_key(km)
+    try:
+        _, outputs = execute(kc, "print(6 * 7)")
+        assert stream_text(outputs) == "42\n"
+    finally:
+        stop(km, kc)
+    wait_until(lambda: not containers_of(kernel_id), timeout=30)
+
+
+@pytest.mark.docker
 def test_unknown_kernelspec_lists_the_images_and_writes_nothing(
     r_image: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -228,7 +228,8 @@ def test_image_kernels_lists_the_r_kernelspec(
     """`image kernels IMAGE` prints each kernelspec in the image with its argv."""
     assert cli.main(["image", "kernels", r_image]) == 0
     out = capsys.readouterr().out
-    assert out == "ir  (R, R)  R --slave -e IRkernel::main() --args {connection_file}\n"
+    argv = "R --slave -e IRkernel::main() --args {connection_file}"
+    assert out == f'ir: "R" (language R): {argv}\n'
 
 
 @pytest.mark.docker

@@ -300,7 +300,11 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         )
     print("Use it with:")
     print(f"  nbgrader autograde ASSIGNMENT --ExecutePreprocessor.kernel_name={name}")
-    print(f"  jupyter nbconvert --execute --to notebook NB.ipynb --kernel {name}")
+    # nbconvert has no --kernel option: the kernel name is the preprocessor's setting.
+    print(
+        "  jupyter nbconvert --execute --to notebook NB.ipynb "
+        f"--ExecutePreprocessor.kernel_name={name}"
+    )
     return 0
 
 
@@ -330,8 +334,8 @@ def cmd_image_kernels(args: argparse.Namespace, engine: Engine) -> int:
     if not specs:
         print(f"Image {args.image} has no kernelspecs in Jupyter's data paths.")
     for spec in specs.values():
-        language = f", {spec.language}" if spec.language else ""
-        print(f"{spec.name}  ({spec.display_name}{language})  {' '.join(spec.argv)}")
+        language = f" (language {spec.language})" if spec.language else ""
+        print(f'{spec.name}: "{spec.display_name}"{language}: {" ".join(spec.argv)}')
     return 0
 
 

@@ -17,6 +17,7 @@ import pytest
 from nbclient import NotebookClient
 
 from jupyter_docker_kernel import cli, kernelspec
+from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import ImageError, KernelSpecError, SettingsError
 from jupyter_docker_kernel.image_kernels import (
     ImageKernelSpec,
@@ -204,6 +205,28 @@ def test_r_kernel_runs_code_interrupts_and_leaves_nothing(r_kernel: str, workdir
         reply, outputs = execute(kc, "cat(R.version$language)")
         assert stream_text(outputs) == "R"
         assert len(containers_of(kernel_id, running_only=True)) == 1
+    finally:
+        stop(km, kc)
+    wait_until(lambda: not containers_of(kernel_id), timeout=30)
+
+
+@pytest.mark.docker
+def test_r_kernel_runs_under_gvisor(r_image: str, engine: Engine, workdir: Path) -> None:
+    """With --runtime runsc the R kernel runs on gVisor's kernel (release 4.4.0), not ours."""
+    if "runsc" not in engine.runtimes():
+        message = "runtime runsc is not registered (scripts/bootstrap-engine --runsc does it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    name = "jdk-test-r-gvisor"
+    install_kernel(name, r_image, "--kernel-spec-in-image", "ir", "--runtime", "runsc")
+    km, kc = start(name, str(workdir))
+    kernel_id = kernel_key(km)
+    try:
+        _, outputs = execute(
+            kc, 'cat(6*7, Sys.info()[["release"]] != "' + os.uname().release + '")'
+        )
+        assert stream_text(outputs) == "42 TRUE"
     finally:
         stop(km, kc)
     wait_until(lambda: not containers_of(kernel_id), timeout=30)

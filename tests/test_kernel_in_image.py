@@ -162,6 +162,24 @@ def test_kernel_cmd_placeholder_survives_jupyter_clients_substitution() -> None:
     assert launched == settings
 
 
+def test_tcp_transport_makes_the_supervisor_bridge_each_channel() -> None:
+    """kernel_transport tcp: five --bridge PORT=SOCKET options, ports above the base."""
+    from jupyter_docker_kernel import hardening
+
+    args = hardening.supervisor_command(KernelSettings(kernel_transport="tcp"))
+    bridges = [args[i + 1] for i, a in enumerate(args) if a == "--bridge"]
+    assert bridges == [f"4000{n}=/run/jupyter-docker-kernel/k-{n}" for n in range(1, 6)]
+    assert "--bridge" not in hardening.supervisor_command(KernelSettings())
+
+
+@pytest.mark.parametrize("other", [{"network": "host"}, {"pool": 1, "workdir": "copy"}])
+def test_tcp_transport_refuses_host_network_and_pool(other: dict[str, object]) -> None:
+    """The kernel's tcp ports must be on the container's own loopback, and a pooled
+    kernel binds ipc before it is claimed."""
+    with pytest.raises(SettingsError, match="--kernel-transport tcp"):
+        KernelSettings(kernel_transport="tcp", **other)  # type: ignore[arg-type]
+
+
 # -- with Docker ----------------------------------------------------------------------------
 
 
@@ -205,6 +223,22 @@ def test_r_kernel_runs_code_interrupts_and_leaves_nothing(r_kernel: str, workdir
         reply, outputs = execute(kc, "cat(R.version$language)")
         assert stream_text(outputs) == "R"
         assert len(containers_of(kernel_id, running_only=True)) == 1
+    finally:
+        stop(km, kc)
+    wait_until(lambda: not containers_of(kernel_id), timeout=30)
+
+
+@pytest.mark.docker
+def test_r_kernel_over_the_tcp_bridge_runs_code(r_image: str, workdir: Path) -> None:
+    """--kernel-transport tcp: IRkernel binds 127.0.0.1 in the container, the supervisor
+    bridges it to the runtime dir's unix sockets, and cat(6*7) still prints 42."""
+    name = "jdk-test-r-tcp"
+    install_kernel(name, r_image, "--kernel-spec-in-image", "ir", "--kernel-transport", "tcp")
+    km, kc = start(name, str(workdir))
+    kernel_id = kernel_key(km)
+    try:
+        _, outputs = execute(kc, "cat(6*7)")
+        assert stream_text(outputs) == "42"
     finally:
         stop(km, kc)
     wait_until(lambda: not containers_of(kernel_id), timeout=30)

@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the image's own kernelspec NAME (e.g. ir for IRkernel) instead of ipykernel",
     )
     setup.add_argument(
+        "--kernel-transport",
+        choices=("ipc", "tcp"),
+        default="ipc",
+        help="tcp for a kernel that cannot bind unix sockets: it listens on the container's "
+        "loopback and the supervisor bridges [ipc]",
+    )
+    setup.add_argument(
         "--docker-arg",
         action="append",
         default=[],
@@ -184,6 +191,7 @@ def settings_from_args(args: argparse.Namespace) -> KernelSettings:
         runtime=args.runtime,
         kernel_user=args.kernel_user,
         workdir_readonly=args.workdir_readonly,
+        kernel_transport=args.kernel_transport,
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},
     )
 
@@ -286,6 +294,8 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         f"{' (read-only)' if settings.workdir_readonly else ''}, "
         f"lifetime {settings.max_lifetime:g} s"
     )
+    if settings.kernel_transport == "tcp":
+        print("  transport tcp on the container's loopback, bridged to unix sockets")
     for m in settings.mounts:
         exposed = [n for n in NBGRADER_MARKERS if os.path.lexists(os.path.join(m.source, n))]
         if exposed and not m.read_only:

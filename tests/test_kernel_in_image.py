@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
+from typing import Any, ClassVar
 
+import jupyter_kernel_test as jkt  # not its classes: pytest would collect (and run) them
 import nbformat
 import pytest
+from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 
 from jupyter_docker_kernel import cli, kernelspec
@@ -37,6 +41,7 @@ from tests.kernels import (
     wait_for_stream,
     wait_until,
 )
+from tests.test_kernel_protocol import empty_dir
 
 IR_SPEC = {
     "argv": ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"],
@@ -334,3 +339,54 @@ def test_image_kernel_without_the_python_says_the_supervisor_needs_it(
     assert code == 1
     assert "needs Python 3 in the image" in err
     assert not (Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / "jdk-test-nopy").exists()
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("r_kernel")
+class TestRKernelProtocol(jkt.KernelTests):  # type: ignore[misc]  # the suite has no types
+    """jupyter_kernel_test's message checks against IRkernel in the container: the relay
+    carries a kernel that is not ipykernel frame for frame."""
+
+    kernel_name = R_KERNEL
+    _cwd: tempfile.TemporaryDirectory[str]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._cwd = empty_dir()
+        cls.km, cls.kc = start_new_kernel(kernel_name=cls.kernel_name, cwd=cls._cwd.name)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        super().tearDownClass()
+        cls._cwd.cleanup()
+
+    language_name = "R"
+    file_extension = ".r"
+    code_hello_world = 'cat("hello, world")'
+    code_stderr = 'message("test")'
+    completion_samples: ClassVar[list[dict[str, Any]]] = [{"text": "zi", "matches": {"zip"}}]
+    complete_code_samples: ClassVar[list[str]] = ["1", 'cat("x")', "f <- function(x) x * 2"]
+    incomplete_code_samples: ClassVar[list[str]] = ['cat("x', "f <- function(x) {"]
+    invalid_code_samples: ClassVar[list[str]] = ["1 +* 2"]
+    code_generate_error = 'stop("boom")'
+    code_inspect_sample = "paste"
+    code_page_something = "?cat"
+    code_clear_output = "IRdisplay::clear_output()"
+    code_display_data: ClassVar[list[dict[str, str]]] = [
+        {"code": 'IRdisplay::display_html("<b>test</b>")', "mime": "text/html"}
+    ]
+
+    # The suite's execute_result and history tests need code_execute_result, which IRkernel
+    # cannot satisfy; these state what it does instead, so nothing here is skipped.
+    def test_execute_result(self) -> None:
+        """IRkernel 1.3 sends a value as display_data ([1] 42), not execute_result."""
+        self.flush_channels()
+        reply, outputs = self.execute_helper("6*7")
+        assert reply["content"]["status"] == "ok"
+        shown = [m["content"]["data"] for m in outputs if m["msg_type"] == "display_data"]
+        assert [data["text/plain"] for data in shown] == ["[1] 42"]
+
+    def test_history(self) -> None:
+        """IRkernel answers history_request, with an empty history."""
+        reply = self.history_helper(["6*7"], output=False, raw=True, hist_access_type="tail", n=1)
+        assert reply["content"]["history"] == []

@@ -54,7 +54,10 @@ def ensure_r_image(engine: Engine, progress: bool = True) -> str:
         )
         hooks = [f"--customize-hook={hook}" for hook in HOOKS]
         argv = [argv[0], *hooks, *argv[1:]]
-        subprocess.run(argv, check=True, capture_output=True, timeout=1800)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
+            raise RuntimeError(f"mmdebstrap failed ({proc.returncode}) for {wanted}:\n{tail}")
         built = time.monotonic() - start
         engine.run(
             [

@@ -43,6 +43,10 @@ from tests.kernels import (
 )
 from tests.test_kernel_protocol import empty_dir
 
+#: The first test to use `r_image` on a fresh machine builds it (about 3 minutes, more on
+#: a loaded one), inside that test's timeout.
+pytestmark = pytest.mark.timeout(900)
+
 IR_SPEC = {
     "argv": ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"],
     "display_name": "R",

@@ -30,7 +30,7 @@ from jupyter_docker_kernel.image_kernels import (
     pick,
 )
 from jupyter_docker_kernel.settings import KernelSettings
-from tests.conftest import install_kernel
+from tests.conftest import inspect, install_kernel
 from tests.kernels import (
     containers_of,
     execute,
@@ -232,6 +232,30 @@ def test_r_kernel_runs_code_interrupts_and_leaves_nothing(r_kernel: str, workdir
         reply, outputs = execute(kc, "cat(R.version$language)")
         assert stream_text(outputs) == "R"
         assert len(containers_of(kernel_id, running_only=True)) == 1
+    finally:
+        stop(km, kc)
+    wait_until(lambda: not containers_of(kernel_id), timeout=30)
+
+
+@pytest.mark.docker
+def test_r_kernel_container_is_hardened_like_ipykernels(r_kernel: str, workdir: Path) -> None:
+    """The image's kernel gets the same container: no network, read-only root, no
+    capabilities, not root, and R itself sees no network interface but loopback."""
+    km, kc = start(r_kernel, str(workdir))
+    kernel_id = kernel_key(km)
+    try:
+        (container,) = containers_of(kernel_id, running_only=True)
+        host = inspect(container)["HostConfig"]
+        assert isinstance(host, dict)
+        assert host["NetworkMode"] == "none"
+        assert host["ReadonlyRootfs"] is True
+        assert host["CapDrop"] == ["ALL"]
+        _, outputs = execute(kc, 'cat(Sys.getenv("HOME"), system("id -u", intern = TRUE))')
+        home, uid = stream_text(outputs).split()
+        assert home == "/home/kernel"
+        assert uid != "0"
+        _, outputs = execute(kc, 'cat(list.files("/sys/class/net"))')
+        assert stream_text(outputs) == "lo"
     finally:
         stop(km, kc)
     wait_until(lambda: not containers_of(kernel_id), timeout=30)

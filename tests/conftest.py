@@ -81,6 +81,14 @@ def kernel_image(engine: Engine) -> str:
     return result.tag
 
 
+@pytest.fixture(scope="session")
+def r_image(engine: Engine) -> str:
+    """An image with Debian's IRkernel (tests/r_image.py), built offline on first use."""
+    from tests.r_image import ensure_r_image
+
+    return ensure_r_image(engine)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_containers_left() -> Iterator[None]:
     """At the end, remove (and report) containers of ours whose launcher is gone.

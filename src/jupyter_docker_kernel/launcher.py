@@ -221,16 +221,22 @@ class Launcher:
         self.pooled = True
 
     def kernel_connection(self) -> dict[str, Any]:
-        """The kernel's connection info: ipc sockets in RUNTIME_TARGET, the client's key."""
+        """The kernel's connection info: ipc sockets in RUNTIME_TARGET, the client's key.
+
+        With kernel_transport "tcp": ports on the container's loopback, which the
+        supervisor bridges to the same socket paths (see hardening.BRIDGE_PORT_BASE).
+        """
+        tcp = self.settings.kernel_transport == "tcp"
         conn: dict[str, Any] = {
-            "transport": "ipc",
-            "ip": f"{hardening.RUNTIME_TARGET}/{hardening.SOCKET_PREFIX}",
+            "transport": "tcp" if tcp else "ipc",
+            # 127.0.0.1 inside the container's own network namespace, never the host's.
+            "ip": "127.0.0.1" if tcp else f"{hardening.RUNTIME_TARGET}/{hardening.SOCKET_PREFIX}",
             "key": self.connection.get("key", ""),
             "signature_scheme": self.connection.get("signature_scheme", "hmac-sha256"),
             "kernel_name": self.connection.get("kernel_name", ""),
         }
         for index, channel in enumerate(CHANNELS, start=1):
-            conn[f"{channel}_port"] = index
+            conn[f"{channel}_port"] = hardening.BRIDGE_PORT_BASE + index if tcp else index
         return conn
 
     def _write_connection_file(

@@ -42,6 +42,7 @@ from jupyter_docker_kernel.launcher import (
     Launcher,
     forward,
     kernel_id_from,
+    limits_summary,
     remove_tree,
     runtime_base,
     start_lifeline_watchdog,
@@ -296,19 +297,14 @@ class DockerProvisioner(KernelProvisionerBase):
         )
         self._timer.daemon = True
         self._timer.start()
-        s = self.settings
         self.log.info(
-            "kernel %s started in %scontainer %s from %s: network %s, memory %s, cpus %g, "
-            "pids %d%s; no relay: the client connects to its sockets in %s",
+            "kernel %s started in %scontainer %s from %s: %s; no relay: the client connects "
+            "to its sockets in %s",
             self.kernel_id,
             "warm " if launcher.pooled else "",
             launcher.name,
-            s.image,
-            s.network,
-            s.memory,
-            s.cpus,
-            s.pids_limit,
-            f", runtime {s.runtime}" if s.runtime else "",
+            self.settings.image,
+            limits_summary(self.settings),
             launcher.runtime_dir,
         )
         return self.connection_info

@@ -24,6 +24,9 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 NATIVE = "python3"
+#: The order of the table's kernels; the pooled ones only have start rows (and nbgrader).
+LABELS = ("native", "container", "pooled", "provisioner", "provisioner-pooled", "gvisor")
+POOLED = ("pooled", "provisioner-pooled")
 
 
 @dataclass
@@ -218,6 +221,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.pool:
         install("bench-pool", "--copy-workdir", "--pool", "2")
         kernels["pooled"] = "bench-pool"
+    install("bench-prov", "--provisioner")
+    kernels["provisioner"] = "bench-prov"
+    if args.pool:
+        # Its own pool (the env value changes the pool key): each pool serves one row.
+        install("bench-prov-pool", "--provisioner", "--copy-workdir", "--pool", "2", "--env",
+                "BENCH_POOL=provisioner")  # fmt: skip
+        kernels["provisioner-pooled"] = "bench-prov-pool"
     if args.gvisor:
         install("bench-gvisor", "--runtime", "runsc")
         kernels["gvisor"] = "bench-gvisor"
@@ -229,28 +239,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "notebook": Row("20-cell notebook, fresh kernel (nbclient)", "s"),
         "rss": Row("launcher + engine CLI memory (RSS)", "MiB"),
     }
+    pooled = [kernel for label, kernel in kernels.items() if label in POOLED]
+    if pooled:
+        warm_pools(pooled, work)
     for rep in range(args.repeat):
         for label, kernel in kernels.items():
             print(f"[{rep + 1}/{args.repeat}] {label}: start", file=sys.stderr)
             elapsed, km, kc = start_and_first_reply(kernel, work)
             rows["start"].of(label).add(elapsed)
             try:
-                if label != "native":
+                if label in ("container", "pooled", "gvisor"):  # a launcher process
                     rows["rss"].of(label).add(rss_mib(km.provisioner.process.pid))
-                if rep < args.heavy_repeat and label != "pooled":
+                if rep < args.heavy_repeat and label not in POOLED:
                     rows["rtt"].of(label).add(round_trips(kc, args.round_trips) * 1000)
                     if label != "gvisor" or args.gvisor_heavy:
                         rows["stdout"].of(label).add(stdout_throughput(kc, args.megabytes))
                         rows["display"].of(label).add(big_display(kc, 50))
             finally:
                 stop(km, kc)
-            if rep < args.heavy_repeat and label != "pooled":
+            if rep < args.heavy_repeat and label not in POOLED:
                 rows["notebook"].of(label).add(notebook(kernel, work, 20))
     if args.nbgrader:
         rows["nbgrader"] = Row(f"nbgrader autograde, {args.nbgrader} submissions", "s")
         for label, kernel in kernels.items():
-            if label in ("gvisor", "pooled"):
-                continue
+            if label in ("gvisor", "pooled", "provisioner"):
+                continue  # the launcher's pool and a cold provisioner add little here
             rows["nbgrader"].of(label).add(autograde(kernel, root, args.nbgrader))
     if args.pool:
         from jupyter_docker_kernel import cli
@@ -272,6 +285,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for key, row in rows.items()
         },
     }
+
+
+def warm_pools(kernels: list[str], cwd: Path, timeout: float = 120) -> None:
+    """Start each pooled kernel once (not measured) and wait until its pool is full, so
+    the pooled rows measure claims, not the first cold start."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from jupyter_docker_kernel import kernelspec, pool
+    from jupyter_docker_kernel.launcher import runtime_base
+
+    for kernel in kernels:
+        _, km, kc = start_and_first_reply(kernel, cwd)
+        stop(km, kc)
+    deadline = time.monotonic() + timeout
+    for kernel in kernels:
+        spec = KernelSpecManager().get_kernel_spec(kernel)
+        settings = kernelspec.settings_from_kernel_json(
+            {"argv": spec.argv, "metadata": spec.metadata}
+        )
+        key = pool.pool_key(settings, os.getuid())
+        while time.monotonic() < deadline:
+            ready = [
+                d for d in pool.pool_dirs(runtime_base(), key) if (d / "rt" / "claim").exists()
+            ]
+            if len(ready) >= settings.pool:
+                break
+            time.sleep(0.5)
+        else:
+            print(f"warning: the pool of {kernel} did not fill in {timeout:.0f} s", file=sys.stderr)
 
 
 def autograde(kernel: str, root: Path, students: int) -> float:
@@ -310,36 +352,35 @@ def machine() -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    """The results as a text table: min/median/max per kernel and the ratio to native."""
-    labels = sorted(
-        {label for row in result["rows"].values() for label in row["series"]},
-        key=lambda x: ["native", "container", "pooled", "gvisor"].index(x),
-    )
-    lines = []
-    head = f"{'metric':48} {'unit':>5} " + " ".join(
-        f"{label + ' min/med/max':>26}" for label in labels
-    )
-    lines.append(head + "  ratio (median vs native)")
-    lines.append("-" * len(head) + "-" * 26)
-    for row in result["rows"].values():
-        cells = []
-        for label in labels:
-            s = row["series"].get(label)
-            cells.append(
-                f"{s['min']:8.3g} {s['median']:8.3g} {s['max']:8.3g}" if s else f"{'-':>26}"
-            )
+    """The results as a text table: a line per metric and kernel, min/median/max and the
+    median's ratio to native (for start, also the difference in seconds); for the
+    launcher's container, also its ratio to the provisioner's: the relay's own cost."""
+    lines = [
+        f"{'metric':46} {'kernel':18} {'min':>8} {'median':>8} {'max':>8}  vs native",
+        "-" * 104,
+    ]
+    for key, row in result["rows"].items():
         native = row["series"].get("native")
-        ratios = []
-        for label in labels[1:]:
+        first = True
+        for label in LABELS:
             s = row["series"].get(label)
-            if s and native:
-                ratios.append(f"{label} x{s['median'] / native['median']:.2f}")
-        lines.append(
-            f"{row['metric']:48} {row['unit']:>5} "
-            + " ".join(f"{c:>26}" for c in cells)
-            + "  "
-            + ", ".join(ratios)
-        )
+            if not s:
+                continue
+            versus = ""
+            if native and label != "native":
+                versus = f"x{s['median'] / native['median']:.2f}"
+                if key == "start":
+                    versus += f" ({s['median'] - native['median']:+.2f} s)"
+            direct = row["series"].get("provisioner")
+            if label == "container" and direct and key != "start":
+                # Same container, same kernel: the launcher relays, the provisioner does not.
+                versus += f"   relay: x{s['median'] / direct['median']:.2f} vs provisioner"
+            metric = f"{row['metric']} ({row['unit']})" if first else ""
+            lines.append(
+                f"{metric:46} {label:18} {s['min']:8.3g} {s['median']:8.3g} {s['max']:8.3g}"
+                f"  {versus}"
+            )
+            first = False
     return "\n".join(lines)
 
 
@@ -351,8 +392,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     series = result["rows"]["start"]["series"]
-    labels = list(series)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    labels = [label for label in LABELS if label in series]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     ax.boxplot([series[label]["samples"] for label in labels], orientation="horizontal")
     for i, label in enumerate(labels, start=1):
         ax.scatter(series[label]["samples"], [i] * len(series[label]["samples"]), s=12, alpha=0.6)

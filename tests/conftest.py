@@ -81,6 +81,14 @@ def kernel_image(engine: Engine) -> str:
     return result.tag
 
 
+@pytest.fixture(scope="session")
+def r_image(engine: Engine) -> str:
+    """An image with Debian's IRkernel (tests/r_image.py), built offline on first use."""
+    from tests.r_image import ensure_r_image
+
+    return ensure_r_image(engine)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_containers_left() -> Iterator[None]:
     """At the end, remove (and report) containers of ours whose launcher is gone.
@@ -175,3 +183,26 @@ def hostile_kernel(kernel_image: str, runtime: str) -> str:
     extra = ["--runtime", runtime] if runtime != "runc" else []
     install_kernel(name, kernel_image, *HOSTILE_LIMITS, *extra)
     return name
+
+
+needs_docker_cli = pytest.mark.skipif(
+    shutil.which("docker") is None, reason="needs the docker CLI (not a daemon) on PATH"
+)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Jupyter data dir of this test's own: `setup --user` writes under it, and list and
+    doctor see only what the test installs."""
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
+    return data
+
+
+@pytest.fixture
+def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine is unreachable: DOCKER_HOST names a socket that does not exist."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)

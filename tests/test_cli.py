@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,27 +11,7 @@ import pytest
 from jupyter_docker_kernel import __version__, cli
 from jupyter_docker_kernel.kernelspec import settings_from_kernel_json
 from jupyter_docker_kernel.settings import KernelSettings, Mount
-
-needs_docker_cli = pytest.mark.skipif(
-    shutil.which("docker") is None, reason="needs the docker CLI (not a daemon) on PATH"
-)
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A Jupyter data dir of this test's own; `setup --user` writes under it."""
-    data = tmp_path / "data"
-    data.mkdir()
-    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
-    monkeypatch.setenv("JUPYTER_PATH", str(data))
-    return data
-
-
-@pytest.fixture
-def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The engine is unreachable: DOCKER_HOST names a socket that does not exist."""
-    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
-    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+from tests.conftest import needs_docker_cli
 
 
 def spec_dirs(data_dir: Path) -> list[str]:

@@ -29,16 +29,6 @@ def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This test's Jupyter data dir; `setup --user` writes kernelspecs under it."""
-    path = tmp_path / "data"
-    path.mkdir()
-    monkeypatch.setenv("JUPYTER_DATA_DIR", str(path))
-    monkeypatch.setenv("JUPYTER_PATH", str(path))
-    return path
-
-
 def write_config(config_dir: Path, *lines: str) -> Path:
     path = config_dir / "jupyter_docker_kernel_config.py"
     path.write_text("\n".join(lines) + "\n")

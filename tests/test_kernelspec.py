@@ -31,16 +31,6 @@ SETTINGS = KernelSettings(
 )
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A Jupyter data dir of this test's own (user installs land here, and only here)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
-    monkeypatch.setenv("JUPYTER_PATH", str(data))
-    return data
-
-
 # -- build_kernel_json ----------------------------------------------------------------------
 
 

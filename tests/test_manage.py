@@ -8,7 +8,6 @@ that matter: no engine, an engine without the spec's image, and everything in pl
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,28 +15,9 @@ import pytest
 from jupyter_docker_kernel import cli, doctor, kernelspec, manage
 from jupyter_docker_kernel.launcher import runtime_base
 from jupyter_docker_kernel.settings import KernelSettings, Mount
+from tests.conftest import needs_docker_cli
 
-needs_docker_cli = pytest.mark.skipif(
-    shutil.which("docker") is None, reason="needs the docker CLI (not a daemon) on PATH"
-)
 MISSING_IMAGE = "jupyter-docker-kernel/absent:no-such-tag"
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A Jupyter data dir of this test's own: list/doctor see only what the test installs."""
-    data = tmp_path / "data"
-    data.mkdir()
-    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
-    monkeypatch.setenv("JUPYTER_PATH", str(data))
-    return data
-
-
-@pytest.fixture
-def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The engine is unreachable: DOCKER_HOST names a socket that does not exist."""
-    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
-    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
 
 
 def write_spec(name: str, settings: KernelSettings) -> Path:

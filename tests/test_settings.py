@@ -189,6 +189,8 @@ FULL = KernelSettings(
     mounts=(Mount("/data", "/data", read_only=True), Mount("/scratch", "/scratch")),
     env=(("A", "1"), ("B", "x=y")),
     kernel_cmd=("python3.12", "-m", "mykernel", "-f", "{connection_file}"),
+    kernel_spec_in_image="mykernel",
+    kernel_transport="tcp",
     python="python3.12",
     docker_args=("--gpus", "all"),
     network="bridge",

@@ -169,3 +169,38 @@ def test_bad_invocation_exits_2(
     code, err = supervise(*args).wait(timeout=10)
     assert code == 2
     assert message in err
+
+
+ECHO_KERNEL = """\
+import socket, sys
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+print("listening", flush=True)
+conn, _ = server.accept()
+while data := conn.recv(65536):
+    conn.sendall(data.upper())
+"""
+
+
+def test_bridge_splices_a_unix_socket_to_the_kernels_tcp_port(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """--bridge PORT=PATH: bytes sent to the unix socket reach the kernel's tcp port on
+    127.0.0.1 and its answer comes back (how a tcp-only kernel meets the host's relay)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = tmp_path / "k-1"
+    sup = supervise("--bridge", f"{port}={path}", "--", PY, "-c", ECHO_KERNEL, str(port))
+    assert sup.proc.stdout is not None
+    assert sup.proc.stdout.readline() == b"listening\n"
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(5)
+        client.connect(str(path))
+        client.sendall(b"hello kernel")
+        client.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := client.recv(1024):
+            received += chunk
+    assert received == b"HELLO KERNEL"

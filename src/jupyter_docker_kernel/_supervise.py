@@ -9,6 +9,9 @@ It ends the kernel (and so the container, since tini exits with its child) when:
   `docker run -i` container's stdin when its client disconnects);
 - SIGTERM/SIGHUP arrive (`docker stop`, the launcher's terminate);
 - the maximum lifetime passes (it holds even with the whole host side gone).
+With --bridge PORT=PATH (a kernel that binds only tcp), it listens on the unix socket PATH
+in the runtime dir and splices each connection to 127.0.0.1:PORT, the kernel's port on
+the container's own loopback: the host side sees the same unix sockets as with ipc.
 SIGINT and SIGQUIT/SIGUSR* are forwarded to the kernel's process group, as a local
 jupyter_client does with killpg. On the kernel's exit it prints one line saying why
 (exit code, signal, out of memory, pids limit), which reaches the launcher's log.
@@ -38,6 +41,8 @@ FORWARDED = (signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 #: The kernel's channels, numbered 1..5 in the socket names (as the launcher numbers them).
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 GRACE_SECONDS = 2.0
+#: How long a bridged connection waits for the kernel to listen on its tcp port.
+BRIDGE_WAIT_SECONDS = 300.0
 
 
 def say(text: str) -> None:
@@ -95,6 +100,7 @@ class Supervisor:
         self.pool_ip = ""
         self.pool_ttl = 600.0
         self.claimed = False
+        self.bridges: List[str] = []
         while argv and argv[0] != "--":
             opt = argv.pop(0)
             if opt == "--lifetime":
@@ -109,6 +115,8 @@ class Supervisor:
                 self.pool_ip = argv.pop(0)
             elif opt == "--pool-ttl":
                 self.pool_ttl = float(argv.pop(0))
+            elif opt == "--bridge":
+                self.bridges.append(argv.pop(0))
             else:
                 say(f"unknown supervisor option {opt!r}")
                 sys.exit(2)
@@ -275,6 +283,52 @@ class Supervisor:
         self.pid = 0
         return 0
 
+    def start_bridges(self) -> None:
+        """Listen on each bridge's unix socket; every connection is spliced to its port."""
+        old = os.umask(self.umask) if self.umask is not None else None
+        try:
+            for spec in self.bridges:
+                port, _, path = spec.partition("=")
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                server.bind(path)
+                server.listen(16)
+                threading.Thread(
+                    target=self.accept_loop, args=(server, int(port)), daemon=True
+                ).start()
+        finally:
+            if old is not None:
+                os.umask(old)
+
+    def accept_loop(self, server: socket.socket, port: int) -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.splice, args=(conn, port), daemon=True).start()
+
+    def splice(self, conn: socket.socket, port: int) -> None:
+        """Connect to the kernel's port (it may still be starting) and pump both ways."""
+        deadline = time.time() + BRIDGE_WAIT_SECONDS
+        while True:
+            try:
+                kernel = socket.create_connection(("127.0.0.1", port))
+                break
+            except OSError:
+                if time.time() > deadline or self.returncode is not None:
+                    conn.close()
+                    return
+                time.sleep(0.01)
+        kernel.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        back = threading.Thread(target=pump, args=(kernel, conn), daemon=True)
+        back.start()
+        pump(conn, kernel)
+        back.join()
+        conn.close()
+        kernel.close()
+
     def wait_child(self) -> int:
         """Wait for the kernel; returns its code (negative: killed by that signal)."""
         while True:
@@ -295,6 +349,8 @@ class Supervisor:
             return 2
         for sig in (*FORWARDED, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
             signal.signal(sig, self.on_signal)
+        if self.bridges:
+            self.start_bridges()
         failed = self.wait_for_claim() if self.pool_socket else self.start_command()
         if failed or not self.pid:
             if self.reason:
@@ -399,6 +455,22 @@ def run_pooled_kernel(claim_fd: int, ready_fd: int, ip: str, setup: "Callable[[]
     os.chdir(claim.get("cwd") or os.environ.get("HOME", "/"))
     app.start()  # type: ignore[no-untyped-call]
     return 0
+
+
+def pump(src: socket.socket, dst: socket.socket) -> None:
+    """Copy bytes from src to dst until EOF or an error, then half-close dst."""
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+    with contextlib.suppress(OSError):
+        src.shutdown(socket.SHUT_RD)
 
 
 if __name__ == "__main__":

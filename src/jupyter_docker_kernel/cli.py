@@ -23,6 +23,7 @@ from jupyter_docker_kernel import (
     doctor,
     grading,
     hardening,
+    image_kernels,
     kernelspec,
     manage,
     reaper,
@@ -109,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
         "rest of the line",
     )
     setup.add_argument(
+        "--kernel-spec-in-image",
+        metavar="NAME",
+        help="run the image's own kernelspec NAME (e.g. ir for IRkernel) instead of ipykernel",
+    )
+    setup.add_argument(
+        "--kernel-transport",
+        choices=("ipc", "tcp"),
+        help="tcp for a kernel that cannot bind unix sockets: it listens on the container's "
+        "loopback and the supervisor bridges [ipc]",
+    )
+    setup.add_argument(
         "--docker-arg",
         action="append",
         default=[],
@@ -154,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"ExecutePreprocessor.timeout in those lines [{grading.DEFAULT_TIMEOUT}]",
     )
-    setup.add_argument("--interrupt-mode", choices=kernelspec.INTERRUPT_MODES, default="signal")
+    setup.add_argument(
+        "--interrupt-mode",
+        choices=kernelspec.INTERRUPT_MODES,
+        help="how Jupyter interrupts the kernel [signal, or the image kernelspec's]",
+    )
     setup.add_argument(
         "--provisioner",
         action="store_true",
@@ -181,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.set_defaults(func=cmd_image_build)
+    kernels = image_sub.add_parser(
+        "kernels", help="list the kernelspecs inside an image (for setup --kernel-spec-in-image)"
+    )
+    kernels.add_argument("image", help="the image to look into")
+    kernels.add_argument("--python", default="python3", help="the image's Python")
+    kernels.set_defaults(func=cmd_image_kernels)
 
     gc = sub.add_parser("gc", help="remove containers and files of launchers that are gone")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
@@ -276,10 +298,41 @@ def settings_from_args(
         "runtime": args.runtime,
         "kernel_user": args.kernel_user,
         "engine_host": engine_host(args),
+        "kernel_transport": args.kernel_transport,
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},
     }
     values.update({k: v for k, v in given.items() if v is not None})
     return KernelSettings(**values)
+
+
+def probe_user() -> str:
+    """The uid:gid probe containers run as: the caller's, never root."""
+    return "65534:65534" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
+
+
+def with_image_kernel(
+    engine: Engine, settings: KernelSettings, name: str
+) -> tuple[KernelSettings, image_kernels.ImageKernelSpec]:
+    """Settings whose kernel is the image's own kernelspec `name` (--kernel-spec-in-image).
+
+    Its argv becomes kernel_cmd; its env comes first, so the user's --env wins.
+    """
+    if settings.kernel_cmd:
+        raise SettingsError(
+            "--kernel-spec-in-image and --kernel-cmd both name the kernel's command. "
+            "No kernelspec was written. Pass only one of them."
+        )
+    prefix, specs = image_kernels.find_in_image(engine, settings, probe_user())
+    spec = image_kernels.pick(specs, name, settings.image)
+    env = dict(spec.env)
+    env.update(settings.env)
+    changed = dataclasses.replace(
+        settings,
+        kernel_cmd=image_kernels.command_for(spec, prefix),
+        kernel_spec_in_image=spec.name,
+        env=tuple(env.items()),
+    )
+    return changed, spec
 
 
 def check_image(engine: Engine, settings: KernelSettings) -> str:
@@ -293,8 +346,7 @@ def check_image(engine: Engine, settings: KernelSettings) -> str:
             "gVisor) and restart the engine."
         )
     engine.require_image(settings.image)
-    user = "65534:65534" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
-    proc = engine.run(hardening.probe_args(settings, user), check=False, timeout=120)
+    proc = engine.run(hardening.probe_args(settings, probe_user()), check=False, timeout=120)
     # No output is failure too: Podman 4.3 reports exit code 0 for any `run --rm`.
     if proc.returncode != 0 or not proc.stdout.strip():
         what = "ipykernel" if not settings.kernel_cmd else settings.python
@@ -363,15 +415,21 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     versions = ""
     if settings.engine_host and settings.engine_host != engine.host:
         engine = Engine(engine.command, host=settings.engine_host)  # from a config file
+    in_image = None
+    if args.kernel_spec_in_image:
+        # Even with --skip-checks: the command can only come from the image.
+        settings, in_image = with_image_kernel(engine, settings, args.kernel_spec_in_image)
     if not args.skip_checks:
         settings = engine_settings(engine, settings)
         versions = check_image(engine, settings)
     elif args.podman:
         settings = dataclasses.replace(settings, engine="podman")
+    default_display = f"{in_image.display_name if in_image else name} (container)"
     data = kernelspec.build_kernel_json(
         settings,
-        display_name=args.display_name or f"{name} (container)",
-        interrupt_mode=args.interrupt_mode,
+        display_name=args.display_name or default_display,
+        interrupt_mode=args.interrupt_mode or (in_image.interrupt_mode if in_image else "signal"),
+        language=in_image.language if in_image else None,
         provisioner=args.provisioner,
     )
     path = kernelspec.install(name, data, user=args.user, prefix=prefix, replace=args.replace)
@@ -381,7 +439,13 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     if versions:
         py, ipk, release = [*versions.split(), "?", "?"][:3]
         runtime = f", runtime {settings.runtime} (kernel {release})" if settings.runtime else ""
-        print(f"  image {settings.image}: Python {py}, ipykernel {ipk}{runtime}")
+        if in_image is None:
+            print(f"  image {settings.image}: Python {py}, ipykernel {ipk}{runtime}")
+        else:
+            print(f"  image {settings.image}: Python {py} (for the supervisor){runtime}")
+    if in_image is not None:
+        command = " ".join(settings.kernel_cmd)
+        print(f"  kernel '{in_image.name}' from the image ({in_image.language}): {command}")
     print(
         f"  network {settings.network}, memory {settings.memory}, cpus {settings.cpus:g}, "
         f"pids {settings.pids_limit}, workdir {settings.workdir}"
@@ -396,6 +460,8 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
             "the kernel's sockets directly: --max-message and --output-budget apply only "
             "to clients that run the launcher (VS Code)."
         )
+    if settings.kernel_transport == "tcp":
+        print("  transport tcp on the container's loopback, bridged to unix sockets")
     for m in settings.mounts:
         exposed = [n for n in NBGRADER_MARKERS if os.path.lexists(os.path.join(m.source, n))]
         if exposed and not m.read_only:
@@ -421,7 +487,11 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         return 0
     print("Use it with:")
     print(f"  nbgrader autograde ASSIGNMENT --ExecutePreprocessor.kernel_name={name}")
-    print(f"  jupyter nbconvert --execute --to notebook NB.ipynb --kernel {name}")
+    # nbconvert has no --kernel option: the kernel name is the preprocessor's setting.
+    print(
+        "  jupyter nbconvert --execute --to notebook NB.ipynb "
+        f"--ExecutePreprocessor.kernel_name={name}"
+    )
     return 0
 
 
@@ -442,6 +512,17 @@ def cmd_image_build(args: argparse.Namespace, engine: Engine) -> int:
         f"{verb} {result.tag} ({result.image_id[:19]}, recipe {result.digest[:12]}) "
         f"in {time.monotonic() - started:.1f} s"
     )
+    return 0
+
+
+def cmd_image_kernels(args: argparse.Namespace, engine: Engine) -> int:
+    settings = KernelSettings(image=args.image, python=args.python)
+    _, specs = image_kernels.find_in_image(engine, settings, probe_user())
+    if not specs:
+        print(f"Image {args.image} has no kernelspecs in Jupyter's data paths.")
+    for spec in specs.values():
+        language = f" (language {spec.language})" if spec.language else ""
+        print(f'{spec.name}: "{spec.display_name}"{language}: {" ".join(spec.argv)}')
     return 0
 
 

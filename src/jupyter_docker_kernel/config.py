@@ -21,7 +21,13 @@ from traitlets.config import Config, Configurable
 from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
 
 from jupyter_docker_kernel.errors import SettingsError
-from jupyter_docker_kernel.settings import ENGINE_KINDS, WORKDIR_MODES, KernelSettings, Mount
+from jupyter_docker_kernel.settings import (
+    ENGINE_KINDS,
+    KERNEL_TRANSPORTS,
+    WORKDIR_MODES,
+    KernelSettings,
+    Mount,
+)
 
 #: The file's base name; `.py` and `.json` are both read (the .py wins where both set a key).
 CONFIG_NAME = "jupyter_docker_kernel_config"
@@ -31,6 +37,9 @@ SECTION = "DockerKernel"
 #: Fields whose config form differs from a plain scalar: the list/dict users write.
 _SPECIAL: dict[str, TraitType[Any, Any]] = {
     "workdir": Enum(WORKDIR_MODES, default_value="mount", help="mount, copy or none"),
+    "kernel_transport": Enum(
+        KERNEL_TRANSPORTS, default_value="ipc", help="ipc, or tcp bridged (--kernel-transport)"
+    ),
     "mounts": List(Unicode(), help="'HOST:DEST[:ro]' (--mount); HOST relative to this file"),
     "env": Dict(value_trait=Unicode(), help="variables set in the kernel (--env)"),
     "kernel_cmd": List(Unicode(), help="in-container kernel command (--kernel-cmd)"),

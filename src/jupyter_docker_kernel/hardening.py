@@ -24,6 +24,10 @@ CONNECTION_TARGET = "/opt/jupyter-docker-kernel/kernel.json"
 SUPERVISOR_TARGET = "/opt/jupyter-docker-kernel/supervise.py"
 #: A pooled container's claim socket, in RUNTIME_TARGET (see pool.py).
 CLAIM_SOCKET = "claim"
+#: With kernel_transport "tcp", channel N listens on 127.0.0.1:BRIDGE_PORT_BASE+N in the
+#: container's own network namespace; the supervisor bridges it to the socket SOCKET_PREFIX-N.
+BRIDGE_PORT_BASE = 40000
+CHANNEL_COUNT = 5
 #: HOME inside the container: a private tmpfs, never the host's home.
 HOME = "/home/kernel"
 #: The uid:gid a kernel gets when the launching user is root: never root in the container.
@@ -243,6 +247,10 @@ def supervisor_command(
     ]
     if umask is not None:
         args += ["--umask", umask]
+    if settings.kernel_transport == "tcp":
+        for index in range(1, CHANNEL_COUNT + 1):
+            path = f"{RUNTIME_TARGET}/{SOCKET_PREFIX}-{index}"
+            args += ["--bridge", f"{BRIDGE_PORT_BASE + index}={path}"]
     if pooled:
         args += [
             "--pool-wait",
@@ -266,13 +274,16 @@ PROBE_CODE_NO_IPYKERNEL = (
 )
 
 
-def probe_args(settings: KernelSettings, user: str) -> list[str]:
-    """`docker run` arguments that check the image can run a kernel (used by setup)."""
+def probe_args(settings: KernelSettings, user: str, *, code: str | None = None) -> list[str]:
+    """`docker run` arguments that check the image can run a kernel (used by setup), or
+    that run `code` with the image's Python instead (image_kernels.py lists kernelspecs)."""
     args = ["run", "--rm", "--pull=never", "--network", "none", "--user", user]
     args += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
     if settings.runtime:
         args += ["--runtime", settings.runtime]
     args += [settings.image]
+    if code is not None:
+        return [*args, settings.python, "-c", code]
     if settings.kernel_cmd:
         return [*args, settings.python, "-c", PROBE_CODE_NO_IPYKERNEL]
     return [*args, settings.python, "-c", PROBE_CODE]

@@ -45,11 +45,14 @@ def build_kernel_json(
     interrupt_mode: str = "signal",
     python: str | None = None,
     provisioner: bool = False,
+    language: str | None = None,
 ) -> dict[str, Any]:
     """The kernel.json dict: argv runs our launcher with the settings embedded as JSON.
 
     provisioner: also name our kernel provisioner, which clients that honour provisioners
     use instead of the argv (the argv stays, for clients that do not, such as VS Code).
+    `language` is the kernel's (Jupyter matches notebooks to kernels by it); by default
+    python for ipykernel and empty for a --kernel-cmd whose language we cannot know.
     """
     if interrupt_mode not in INTERRUPT_MODES:
         raise KernelSpecError(
@@ -61,12 +64,12 @@ def build_kernel_json(
             "-m",
             LAUNCHER_MODULE,
             "--settings",
-            json.dumps(settings.to_dict(), sort_keys=True, separators=(",", ":")),
+            settings_argument(settings),
             "-f",
             "{connection_file}",
         ],
         "display_name": display_name,
-        "language": "python" if not settings.kernel_cmd else "",
+        "language": language if language is not None else "" if settings.kernel_cmd else "python",
         "interrupt_mode": interrupt_mode,
         "metadata": {
             METADATA_KEY: {"version": __version__, "image": settings.image},
@@ -82,6 +85,22 @@ def build_kernel_json(
             "config": {},
         }
     return data
+
+
+#: What jupyter_client's format_kernel_cmd substitutes in every argv item, JSON included.
+_CLIENT_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
+
+
+def settings_argument(settings: KernelSettings) -> str:
+    """The settings as the JSON argv item, with `{name}` written `\\u007bname}`.
+
+    jupyter_client replaces `{connection_file}` (and `{prefix}`, `{resource_dir}`) in every
+    argv item before it starts the launcher, so a kernel_cmd's placeholder would arrive as
+    the host's connection file path. The JSON escape decodes back to `{`, and cannot match
+    anything else: outside strings, JSON has no `{` followed by a bare word.
+    """
+    text = json.dumps(settings.to_dict(), sort_keys=True, separators=(",", ":"))
+    return _CLIENT_PLACEHOLDER.sub(lambda m: "\\u007b" + m.group(1) + "}", text)
 
 
 def settings_from_kernel_json(data: dict[str, Any]) -> KernelSettings:

@@ -46,6 +46,10 @@ LIFETIME_GRACE = 5.0
 #: kernel_info reply, with the ZMTP greetings and status messages), or FIRST_REPLY_WAIT s.
 FIRST_REPLY_BYTES = 2048
 FIRST_REPLY_WAIT = 3.0
+#: A kernel ending with SIGINT's exit code this soon after an interrupt is taken as ended
+#: by it (expected: Jupyter interrupts right before a shutdown), not as a failure.
+SIGINT_EXIT = 130
+INTERRUPT_EXIT_WINDOW = 5.0
 #: Name prefix of every container and runtime dir we create.
 NAME_PREFIX = "jdk"
 
@@ -67,6 +71,24 @@ def process_start_time(pid: int) -> str:
             return fh.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return ""
+
+
+def exit_verdict(code: int, reason: str, *, stopping: bool, interrupted: bool) -> tuple[int, str]:
+    """The log level and reason of a kernel container's exit line.
+
+    A stop we asked for, or code 0, is INFO. So is SIGINT's 130 right after an interrupt:
+    jupyter_client interrupts before every shutdown, and our SIGINT, taking the engine's
+    path, may reach a kernel already quitting on the shutdown request. Anything else warns.
+    """
+    if not reason and code == SIGINT_EXIT and interrupted:
+        return logging.INFO, "SIGINT just after an interrupt, as Jupyter sends before a shutdown"
+    return (logging.INFO if code == 0 or stopping else logging.WARNING), reason
+
+
+def limits_summary(s: KernelSettings) -> str:
+    """The limits a kernel's start log line names (launcher and provisioner alike)."""
+    runtime = f", runtime {s.runtime}" if s.runtime else ""
+    return f"network {s.network}, memory {s.memory}, cpus {s.cpus:g}, pids {s.pids_limit}{runtime}"
 
 
 def process_age() -> float:
@@ -139,6 +161,7 @@ class Launcher:
         self.exit_reason = ""
         self.pooled = False
         self.lifeline: socket.socket | None = None
+        self.last_interrupt = float("-inf")
 
     # -- preparation (before any container exists) ------------------------------------------
 
@@ -221,16 +244,22 @@ class Launcher:
         self.pooled = True
 
     def kernel_connection(self) -> dict[str, Any]:
-        """The kernel's connection info: ipc sockets in RUNTIME_TARGET, the client's key."""
+        """The kernel's connection info: ipc sockets in RUNTIME_TARGET, the client's key.
+
+        With kernel_transport "tcp": ports on the container's loopback, which the
+        supervisor bridges to the same socket paths (see hardening.BRIDGE_PORT_BASE).
+        """
+        tcp = self.settings.kernel_transport == "tcp"
         conn: dict[str, Any] = {
-            "transport": "ipc",
-            "ip": f"{hardening.RUNTIME_TARGET}/{hardening.SOCKET_PREFIX}",
+            "transport": "tcp" if tcp else "ipc",
+            # 127.0.0.1 inside the container's own network namespace, never the host's.
+            "ip": "127.0.0.1" if tcp else f"{hardening.RUNTIME_TARGET}/{hardening.SOCKET_PREFIX}",
             "key": self.connection.get("key", ""),
             "signature_scheme": self.connection.get("signature_scheme", "hmac-sha256"),
             "kernel_name": self.connection.get("kernel_name", ""),
         }
         for index, channel in enumerate(CHANNELS, start=1):
-            conn[f"{channel}_port"] = index
+            conn[f"{channel}_port"] = hardening.BRIDGE_PORT_BASE + index if tcp else index
         return conn
 
     def _write_connection_file(
@@ -368,8 +397,10 @@ class Launcher:
             thread.join(timeout=5)
         await relay.close()
         ran = time.monotonic() - self.started
-        why = f" ({self.exit_reason})" if self.exit_reason else ""
-        level = logging.INFO if code == 0 or self.stopping else logging.WARNING
+        level, reason = exit_verdict(
+            code, self.exit_reason, stopping=self.stopping, interrupted=self.interrupted_lately()
+        )
+        why = f" ({reason})" if reason else ""
         log.log(
             level,
             "kernel container %s exited with code %s%s after %.1f s; relayed %d bytes out, %d in",
@@ -399,20 +430,14 @@ class Launcher:
             if self.container_id:
                 break
             await asyncio.sleep(0.05)
-        s = self.settings
         log.info(
-            "kernel %s started in %scontainer %s (%s) from %s: network %s, memory %s, cpus %g, "
-            "pids %d%s",
+            "kernel %s started in %scontainer %s (%s) from %s: %s",
             self.kernel_id,
             "warm " if self.pooled else "",
             self.name,
             short_id(self.container_id),
-            s.image,
-            s.network,
-            s.memory,
-            s.cpus,
-            s.pids_limit,
-            f", runtime {s.runtime}" if s.runtime else "",
+            self.settings.image,
+            limits_summary(self.settings),
         )
         for _ in range(int(FIRST_REPLY_WAIT / 0.02)):
             if relay.bytes_to_host >= FIRST_REPLY_BYTES:
@@ -480,8 +505,13 @@ class Launcher:
         self._terminate("the Jupyter client went away")
 
     def _interrupt(self) -> None:
+        self.last_interrupt = time.monotonic()
         log.info("interrupt: sending SIGINT to the kernel in %s", self.name)
         self._in_thread(self.engine.kill, self.container_id or self.name, "INT")
+
+    def interrupted_lately(self) -> bool:
+        """Whether an interrupt was sent in the last INTERRUPT_EXIT_WINDOW seconds."""
+        return time.monotonic() - self.last_interrupt < INTERRUPT_EXIT_WINDOW
 
     def _terminate(self, reason: str = "stopped by the Jupyter client") -> None:
         if self.stopping:
@@ -563,13 +593,20 @@ def forward(stream: IO[bytes] | socket.socket | None, out: IO[bytes]) -> None:
 
 def _watchdog_cleanup(engine_exe: str, name: str, cidfile: Path, base: Path) -> None:
     """In the watchdog: force-remove the container by name and id, then our files."""
-    import subprocess
 
     targets = [name]
     with contextlib.suppress(OSError):
         cid = cidfile.read_text().strip()
         if cid:
             targets.append(cid)
+    force_remove(engine_exe, targets)
+    remove_tree(base)
+
+
+def force_remove(engine_exe: str, targets: list[str] | set[str]) -> None:
+    """`docker rm --force` these containers, quietly (a watchdog has nobody to tell)."""
+    import subprocess
+
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(
             [engine_exe, "rm", "--force", *targets],
@@ -579,7 +616,6 @@ def _watchdog_cleanup(engine_exe: str, name: str, cidfile: Path, base: Path) -> 
             timeout=60,
             check=False,
         )
-    remove_tree(base)
 
 
 def start_lifeline_watchdog(
@@ -619,6 +655,7 @@ def watch_lifeline(argv: list[str] | None = None) -> None:
 
     # By label, or (a claimed warm container, labelled before it had a kernel) by name.
     selectors = (f"label={LABEL_KERNEL_ID}={kernel_id}", f"name=^{NAME_PREFIX}-{kernel_id}-")
+    found: set[str] = set()
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         found = {
             cid
@@ -635,15 +672,8 @@ def watch_lifeline(argv: list[str] | None = None) -> None:
                 check=False,
             ).stdout.split()
         }
-        if found:
-            subprocess.run(
-                [engine_exe, "rm", "--force", *found],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=60,
-                check=False,
-            )
+    if found:
+        force_remove(engine_exe, found)
     remove_tree(base)
 
 

@@ -42,6 +42,7 @@ from jupyter_docker_kernel.launcher import (
     Launcher,
     forward,
     kernel_id_from,
+    limits_summary,
     remove_tree,
     runtime_base,
     start_lifeline_watchdog,
@@ -95,34 +96,41 @@ class SocketPins:
         self.fds: dict[int, int] = {}
         self.stop = threading.Event()
         pin_dir.mkdir(mode=0o700)
+        self.refused: set[int] = set()
+        # A warm kernel's sockets exist already: pinned now, before the client's first
+        # connect (a missing path would cost it ZeroMQ's 100 ms reconnect interval).
+        self._pin_ready()
         self.thread = threading.Thread(target=self._pin_all, daemon=True)
         self.thread.start()
 
     def _pin_all(self) -> None:
-        refused: set[int] = set()
-        while len(self.fds) + len(refused) < len(CHANNELS) and not self.stop.wait(0.02):
-            for index in range(1, len(CHANNELS) + 1):
-                if index in self.fds or index in refused:
-                    continue
-                name = f"{hardening.SOCKET_PREFIX}-{index}"
-                try:
-                    fd = os.open(self.runtime_dir / name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue  # not bound yet
-                except OSError as exc:  # ELOOP: a symlink
-                    refused.add(index)
-                    log.warning("not connecting to %s: %s", self.runtime_dir / name, exc)
-                    continue
-                if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                    os.close(fd)
-                    refused.add(index)
-                    log.warning("not connecting to %s: not a socket", self.runtime_dir / name)
-                    continue
-                self.fds[index] = fd
-                link = self.pin_dir / name
-                tmp = link.with_suffix(".new")
-                os.symlink(f"/proc/{os.getpid()}/fd/{fd}", tmp)
-                os.replace(tmp, link)
+        while len(self.fds) + len(self.refused) < len(CHANNELS) and not self.stop.wait(0.02):
+            self._pin_ready()
+
+    def _pin_ready(self) -> None:
+        """Pin each socket that is bound and not pinned (or refused) yet."""
+        for index in range(1, len(CHANNELS) + 1):
+            if index in self.fds or index in self.refused:
+                continue
+            name = f"{hardening.SOCKET_PREFIX}-{index}"
+            try:
+                fd = os.open(self.runtime_dir / name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # not bound yet
+            except OSError as exc:  # ELOOP: a symlink
+                self.refused.add(index)
+                log.warning("not connecting to %s: %s", self.runtime_dir / name, exc)
+                continue
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+                self.refused.add(index)
+                log.warning("not connecting to %s: not a socket", self.runtime_dir / name)
+                continue
+            self.fds[index] = fd
+            link = self.pin_dir / name
+            tmp = link.with_suffix(".new")
+            os.symlink(f"/proc/{os.getpid()}/fd/{fd}", tmp)
+            os.replace(tmp, link)
 
     def close(self) -> None:
         self.stop.set()
@@ -292,19 +300,14 @@ class DockerProvisioner(KernelProvisionerBase):
         )
         self._timer.daemon = True
         self._timer.start()
-        s = self.settings
         self.log.info(
-            "kernel %s started in %scontainer %s from %s: network %s, memory %s, cpus %g, "
-            "pids %d%s; no relay: the client connects to its sockets in %s",
+            "kernel %s started in %scontainer %s from %s: %s; no relay: the client connects "
+            "to its sockets in %s",
             self.kernel_id,
             "warm " if launcher.pooled else "",
             launcher.name,
-            s.image,
-            s.network,
-            s.memory,
-            s.cpus,
-            s.pids_limit,
-            f", runtime {s.runtime}" if s.runtime else "",
+            self.settings.image,
+            limits_summary(self.settings),
             launcher.runtime_dir,
         )
         return self.connection_info

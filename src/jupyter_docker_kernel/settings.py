@@ -26,6 +26,10 @@ CONNECTION_FILE_PLACEHOLDER = "{connection_file}"
 WorkdirMode = Literal["mount", "copy", "none"]
 EngineKind = Literal["docker", "podman"]
 ENGINE_KINDS: tuple[EngineKind, ...] = ("docker", "podman")
+#: How the kernel binds its sockets: "ipc" (unix sockets in the runtime dir) or "tcp" on
+#: the container's loopback, bridged to those unix sockets by the supervisor.
+KernelTransport = Literal["ipc", "tcp"]
+KERNEL_TRANSPORTS: tuple[KernelTransport, ...] = ("ipc", "tcp")
 WORKDIR_MODES: tuple[WorkdirMode, ...] = ("mount", "copy", "none")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -98,6 +102,10 @@ class KernelSettings:
     env: tuple[tuple[str, str], ...] = ()
     #: The in-container command; empty means `python -m ipykernel_launcher -f {connection_file}`.
     kernel_cmd: tuple[str, ...] = ()
+    #: The image's own kernelspec that kernel_cmd came from (setup --kernel-spec-in-image).
+    kernel_spec_in_image: str = ""
+    #: "tcp" for a kernel that cannot bind ipc sockets (costs a hop in the supervisor).
+    kernel_transport: KernelTransport = "ipc"
     python: str = "python3"
     #: Passed verbatim to `docker run`, after ours: the escape hatch for what we do not model.
     docker_args: tuple[str, ...] = ()
@@ -203,6 +211,21 @@ class KernelSettings:
                 f"engine_host '{self.engine_host}' is not a DOCKER_HOST address such as "
                 "unix:///run/podman/podman.sock (unix://, tcp:// or ssh://). "
                 "No kernelspec was written."
+            )
+        if self.kernel_transport not in KERNEL_TRANSPORTS:
+            raise SettingsError(
+                f"kernel_transport must be ipc or tcp, not '{self.kernel_transport}'."
+            )
+        if self.kernel_transport == "tcp" and (self.network == "host" or self.pool):
+            raise SettingsError(
+                "--kernel-transport tcp needs the container's own loopback, so it cannot go "
+                "with --network host (the kernel's ports would open on the host) or --pool. "
+                "No kernelspec was written. Drop one of them."
+            )
+        if self.kernel_spec_in_image and not self.kernel_cmd:
+            raise SettingsError(
+                f"kernel_spec_in_image '{self.kernel_spec_in_image}' needs the kernel_cmd "
+                "read from it. Run setup again with --kernel-spec-in-image to rewrite it."
             )
         if self.kernel_cmd and not any(CONNECTION_FILE_PLACEHOLDER in a for a in self.kernel_cmd):
             raise SettingsError(

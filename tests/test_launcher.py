@@ -1,10 +1,12 @@
-"""The launcher's command line, parsed by hand to keep a kernel start lean."""
+"""The launcher's command line (parsed by hand to keep a start lean) and its exit verdicts."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from jupyter_docker_kernel.launcher import parse_args
+from jupyter_docker_kernel.launcher import exit_verdict, parse_args
 
 
 @pytest.mark.parametrize(
@@ -44,3 +46,24 @@ def test_bad_command_lines_exit_2_with_usage(
     err = capsys.readouterr().err
     assert "usage: python -m jupyter_docker_kernel.launcher" in err
     assert message in err
+
+
+@pytest.mark.parametrize(
+    ("code", "stopping", "interrupted", "level"),
+    [
+        (0, False, False, logging.INFO),
+        (137, True, False, logging.INFO),
+        (130, False, True, logging.INFO),
+        (130, False, False, logging.WARNING),
+        (1, False, True, logging.WARNING),
+    ],
+    ids=["clean", "we stopped it", "sigint after interrupt", "sigint unasked", "crash"],
+)
+def test_a_kernel_exit_warns_only_when_nobody_asked_for_it(
+    code: int, stopping: bool, interrupted: bool, level: int
+) -> None:
+    """Exit 130 right after an interrupt (Jupyter interrupts before each shutdown) is
+    expected and says why; an exit nobody asked for is a warning."""
+    got, reason = exit_verdict(code, "", stopping=stopping, interrupted=interrupted)
+    assert got == level
+    assert ("before a shutdown" in reason) == (code == 130 and interrupted)

@@ -136,7 +136,9 @@ def round_trips(kc: Any, count: int) -> float:
 
 
 def stdout_throughput(kc: Any, megabytes: int) -> float:
-    """MB/s of stdout received, printed in 1 MB chunks."""
+    """MB/s of stdout received, printed in 1 MB chunks (flushed: one message each; unflushed,
+    ipykernel may coalesce everything into one message larger than the relay's
+    --max-message budget, which then stops the kernel, as it should)."""
     received = 0
 
     def hook(msg: dict[str, Any]) -> None:
@@ -145,7 +147,8 @@ def stdout_throughput(kc: Any, megabytes: int) -> float:
             received += len(msg["content"]["text"])
 
     code = (
-        f"import sys\nchunk = 'x' * (1 << 20)\nfor _ in range({megabytes}): sys.stdout.write(chunk)"
+        "import sys\nchunk = 'x' * (1 << 20)\n"
+        f"for _ in range({megabytes}):\n    sys.stdout.write(chunk)\n    sys.stdout.flush()"
     )
     began = time.perf_counter()
     kc.execute_interactive(code, timeout=300, output_hook=hook)

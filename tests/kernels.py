@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+import jupyter_kernel_test as jkt
 from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.manager import AsyncKernelManager, KernelManager
+from jupyter_client.manager import AsyncKernelManager, KernelManager, start_new_kernel
 
 from jupyter_docker_kernel.engine import LABEL_KERNEL_ID
 from jupyter_docker_kernel.launcher import kernel_id_from
@@ -99,3 +102,33 @@ def stop(km: KernelManager, kc: BlockingKernelClient) -> None:
     if km.has_kernel:
         km.shutdown_kernel(now=False)
     km.cleanup_resources()
+
+
+def empty_dir() -> tempfile.TemporaryDirectory[str]:
+    """A cwd for jupyter_kernel_test's kernels: the kernel mounts its cwd, and this
+    repository is no business of a kernel under test. 0777, as the kernel may run as
+    another uid."""
+    cwd = tempfile.TemporaryDirectory(prefix="jdk-protocol-")
+    Path(cwd.name).chmod(0o777)
+    return cwd
+
+
+class ContainerKernelTests(jkt.KernelTests):  # type: ignore[misc]  # the suite has no types
+    """jupyter_kernel_test's suite with its kernel started in an empty directory.
+
+    Subclass it through this module (`kernels.ContainerKernelTests`), never import the
+    name into a test module: pytest would collect and run it there.
+    """
+
+    kernel_name = ""
+    _cwd: tempfile.TemporaryDirectory[str]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._cwd = empty_dir()
+        cls.km, cls.kc = start_new_kernel(kernel_name=cls.kernel_name, cwd=cls._cwd.name)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        super().tearDownClass()
+        cls._cwd.cleanup()

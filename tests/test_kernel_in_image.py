@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
-import jupyter_kernel_test as jkt  # not its classes: pytest would collect (and run) them
 import nbformat
 import pytest
-from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 
 from jupyter_docker_kernel import cli, kernelspec
@@ -30,6 +27,7 @@ from jupyter_docker_kernel.image_kernels import (
     pick,
 )
 from jupyter_docker_kernel.settings import KernelSettings
+from tests import kernels
 from tests.conftest import inspect, install_kernel
 from tests.kernels import (
     containers_of,
@@ -41,7 +39,6 @@ from tests.kernels import (
     wait_for_stream,
     wait_until,
 )
-from tests.test_kernel_protocol import empty_dir
 
 #: The first test to use `r_image` on a fresh machine builds it (about 3 minutes, more on
 #: a loaded one), inside that test's timeout.
@@ -371,22 +368,11 @@ def test_image_kernel_without_the_python_says_the_supervisor_needs_it(
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("r_kernel")
-class TestRKernelProtocol(jkt.KernelTests):  # type: ignore[misc]  # the suite has no types
+class TestRKernelProtocol(kernels.ContainerKernelTests):
     """jupyter_kernel_test's message checks against IRkernel in the container: the relay
     carries a kernel that is not ipykernel frame for frame."""
 
     kernel_name = R_KERNEL
-    _cwd: tempfile.TemporaryDirectory[str]
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls._cwd = empty_dir()
-        cls.km, cls.kc = start_new_kernel(kernel_name=cls.kernel_name, cwd=cls._cwd.name)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        super().tearDownClass()
-        cls._cwd.cleanup()
 
     language_name = "R"
     file_extension = ".r"

@@ -17,36 +17,17 @@ import jupyter_kernel_test as jkt  # not its classes: pytest would collect (and 
 import pytest
 from jupyter_client.manager import KernelManager, start_new_kernel
 
+from tests import kernels
 from tests.conftest import TEST_KERNEL
 
 pytestmark = pytest.mark.docker
 
 
-def empty_dir() -> tempfile.TemporaryDirectory[str]:
-    """A cwd for the suite's kernels: the kernel mounts its cwd, and this repository is no
-    business of a kernel under test. 0777, as the kernel may run as another uid."""
-    cwd = tempfile.TemporaryDirectory(prefix="jdk-protocol-")
-    Path(cwd.name).chmod(0o777)
-    return cwd
-
-
 @pytest.mark.usefixtures("kernel_name")
-class TestContainerKernel(jkt.KernelTests):  # type: ignore[misc]  # the suite has no types
+class TestContainerKernel(kernels.ContainerKernelTests):
     """Every message type the suite knows, sent through the relay to ipykernel and back."""
 
     kernel_name = TEST_KERNEL
-    _cwd: tempfile.TemporaryDirectory[str]
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        """As the suite's own, in an empty directory."""
-        cls._cwd = empty_dir()
-        cls.km, cls.kc = start_new_kernel(kernel_name=cls.kernel_name, cwd=cls._cwd.name)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        super().tearDownClass()
-        cls._cwd.cleanup()
 
     language_name = "python"
     file_extension = ".py"
@@ -91,7 +72,7 @@ class TestContainerKernelIopubWelcome(jkt.IopubWelcomeTests):  # type: ignore[mi
     @classmethod
     def setUpClass(cls) -> None:
         """As the suite's own, in an empty directory."""
-        cls._cwd = empty_dir()
+        cls._cwd = kernels.empty_dir()
         cls.km = KernelManager(kernel_name=cls.kernel_name)
         cls.km.start_kernel(cwd=cls._cwd.name)
         cls.kc = cls.km.client()

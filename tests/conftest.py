@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -65,11 +66,15 @@ def engine() -> Engine:
     try:
         eng.info()
     except Exception as exc:
-        message = f"container engine unreachable: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI is set: Docker tests must run, not skip)")
-        pytest.skip(message)
+        not_here(f"container engine unreachable: {exc}", "Docker")
     return eng
+
+
+def not_here(message: str, kind: str) -> NoReturn:
+    """What a test needs is missing: fail under CI (its tests must run there), skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set: {kind} tests must run, not skip)")
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -169,10 +174,9 @@ def runtime(request: pytest.FixtureRequest, engine: Engine) -> str:
     """Each hostile test runs under the default runtime and under gVisor (runsc)."""
     name = str(request.param)
     if name != "runc" and name not in engine.runtimes():
-        message = f"runtime {name} is not registered (scripts/bootstrap-engine --runsc does it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        not_here(
+            f"runtime {name} is not registered (scripts/bootstrap-engine --runsc does it)", "gVisor"
+        )
     return name
 
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from jupyter_docker_kernel.launcher import exit_verdict, parse_args
+from jupyter_docker_kernel.launcher import exit_verdict, parse_args, wait_exit_code
 
 
 @pytest.mark.parametrize(
@@ -67,3 +67,11 @@ def test_a_kernel_exit_warns_only_when_nobody_asked_for_it(
     got, reason = exit_verdict(code, "", stopping=stopping, interrupted=interrupted)
     assert got == level
     assert ("before a shutdown" in reason) == (code == 130 and interrupted)
+
+
+@pytest.mark.parametrize(
+    ("output", "code"), [("0\n", 0), ("137\n", 137), ("-1", -1), ("", 1), ("Error: x", 1)]
+)
+def test_docker_wait_output_gives_the_exit_code_or_1(output: str, code: int) -> None:
+    """What `docker wait` printed is the container's code; nothing (an engine error) is 1."""
+    assert wait_exit_code(output) == code

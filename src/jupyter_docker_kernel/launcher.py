@@ -85,6 +85,12 @@ def exit_verdict(code: int, reason: str, *, stopping: bool, interrupted: bool) -
     return (logging.INFO if code == 0 or stopping else logging.WARNING), reason
 
 
+def wait_exit_code(output: str) -> int:
+    """The exit code `docker wait` printed; 1 if it printed none (the engine failed)."""
+    text = output.strip()
+    return int(text) if text.lstrip("-").isdigit() else 1
+
+
 def limits_summary(s: KernelSettings) -> str:
     """The limits a kernel's start log line names (launcher and provisioner alike)."""
     runtime = f", runtime {s.runtime}" if s.runtime else ""
@@ -473,8 +479,7 @@ class Launcher:
             api = self.engine.api()
             if api.available():
                 return api.wait(self.container_id)
-            output = self.engine.run(["wait", self.container_id], timeout=1e9).stdout.strip()
-            return int(output) if output.lstrip("-").isdigit() else 1
+            return wait_exit_code(self.engine.run(["wait", self.container_id], timeout=1e9).stdout)
         except DockerKernelError as exc:
             log.warning("%s", exc)
             return 1

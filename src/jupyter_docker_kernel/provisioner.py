@@ -46,6 +46,7 @@ from jupyter_docker_kernel.launcher import (
     remove_tree,
     runtime_base,
     start_lifeline_watchdog,
+    wait_exit_code,
 )
 from jupyter_docker_kernel.settings import KernelSettings
 
@@ -327,8 +328,7 @@ class DockerProvisioner(KernelProvisionerBase):
         code = self._proc.returncode
         launcher = self._launcher
         if launcher is not None and launcher.pooled and code == 0 and self._proc.stdout:
-            output = self._proc.stdout.read().decode().strip()  # `docker wait` prints it
-            code = int(output) if output.lstrip("-").isdigit() else 1
+            code = wait_exit_code(self._proc.stdout.read().decode())  # `docker wait` prints it
         if launcher is not None and launcher.lifeline is not None:
             launcher.lifeline.close()
         if self._pins is not None:

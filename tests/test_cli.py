@@ -128,7 +128,7 @@ def test_setup_missing_mount_source_fails_naming_the_path(
         (["--env", "1X=2"], "--env name '1X'"),
         (["--mount", "a:b:c:d"], "--mount 'a:b:c:d' is not HOST:DEST"),
         (["--memory", "lots"], "--memory 'lots' is not a size such as 512m, 2g or 2gb"),
-        (["--memory", "0gb"], "--memory '0' must be more than 0"),
+        (["--memory", "0gb"], "--memory '0gb' must be more than 0"),
         (["--pids-limit", "8"], "--pids-limit 8 is too small"),
         (["--nofile", "8"], "--nofile 8 is too small"),
         (["--tmp-size", "1.5.2g"], "--tmp-size '1.5.2g' is not a size"),

@@ -892,6 +892,7 @@ def cmd_remove(args: argparse.Namespace, engine: Engine) -> int:
     key = ""
     if info.settings is not None:
         key = pool.pool_key(info.settings, os.getuid())
+    if info.settings is not None and info.settings.pool:  # no pool, no engine call
         try:
             warm = manage.warm_containers(engine, info.settings)
         except DockerKernelError:

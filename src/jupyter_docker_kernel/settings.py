@@ -226,13 +226,14 @@ class KernelSettings:
             "output_budget",
             "copy_limit",
         ):
-            size = normalise_size(getattr(self, size_name), size_name)
+            given = getattr(self, size_name)
+            size = normalise_size(given, size_name)
             # Frozen: the normalised spelling is what kernel.json stores and docker gets.
             object.__setattr__(self, size_name, size)
             if size_bytes(size) == 0:
                 raise SettingsError(
-                    f"{option(size_name)} '{size}' must be more than 0 (the engine reads 0 as "
-                    "unlimited)."
+                    f"{option(size_name)} '{given}' must be more than 0 (the engine reads 0 "
+                    "as unlimited)."
                 )
         if not math.isfinite(self.max_lifetime) or self.max_lifetime < 1:
             raise SettingsError(

@@ -85,7 +85,8 @@ def isolated_jupyter_env() -> Path:
 def install(name: str, *extra: str) -> None:
     from jupyter_docker_kernel import cli
 
-    code = cli.main(["setup", "--name", name, "--user", "--replace", *extra])
+    # --reset: exactly these options, not those of an earlier run's spec of this name.
+    code = cli.main(["setup", "--name", name, "--user", "--replace", "--reset", *extra])
     if code != 0:
         raise SystemExit(f"setup {name} failed ({code})")
 

@@ -134,8 +134,12 @@ def inspect(container: str) -> dict[str, object]:
 
 
 def install_kernel(name: str, image: str, *extra: str) -> Path:
-    """Run `setup --user` through cli.main, as a user would; returns the spec dir."""
-    code = cli.main(["setup", "--name", name, "--image", image, "--user", "--replace", *extra])
+    """Run `setup --user` through cli.main, as a user would; returns the spec dir.
+
+    --reset: the spec holds exactly these options, whatever an earlier test installed
+    under the same name (--replace alone would keep that one's other settings)."""
+    argv = ["setup", "--name", name, "--image", image, "--user", "--replace", "--reset"]
+    code = cli.main([*argv, *extra])
     assert code == 0, f"setup {name} failed with exit code {code}"
     return Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / name
 

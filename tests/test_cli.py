@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -46,12 +47,50 @@ def test_no_command_prints_help_and_returns_2(capsys: pytest.CaptureFixture[str]
     assert all(command in out for command in ("setup", "image", "gc"))
 
 
-def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown option exits 2 with argparse's usage message."""
-    with pytest.raises(SystemExit) as info:
-        cli.main(["setup", "--name", "x", "--bogus"])
-    assert info.value.code == 2
-    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["setup", "--name", "x", "--bogus"], "unrecognized arguments: --bogus. "
+         "See 'jupyter-docker-kernel setup --help'."),
+        (["setup"], "the following arguments are required: --name. "
+         "See 'jupyter-docker-kernel setup --help'."),
+        (["setup", "--name", "x", "--cpus", "two"], "argument --cpus: invalid float value: "
+         "'two'. See 'jupyter-docker-kernel setup --help'."),
+        (["image", "build", "--bogus"], "See 'jupyter-docker-kernel image build --help'."),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+    ],
+)  # fmt: skip
+def test_a_usage_error_is_one_line_naming_the_help_to_read(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A command line argparse refuses: exit 2, one 'error:' line that names the option and
+    the --help to read, no usage wall."""
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert message in one_error_line(captured.err)
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_is_accepted_before_and_after_the_subcommand(
+    where: str, data_dir: Path, no_engine: None
+) -> None:
+    """--debug works where people type it, after the subcommand too: our error then comes
+    as a traceback."""
+    from jupyter_docker_kernel.errors import KernelSpecError
+
+    argv = ["remove", "nosuch", "-y"]
+    argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
+    with pytest.raises(KernelSpecError, match="No kernelspec named 'nosuch'"):
+        cli.main(argv)
+
+
+def test_without_debug_a_subcommand_keeps_errors_to_one_line(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The subcommand's --debug default must not switch the top-level --debug on or off."""
+    assert cli.main(["remove", "nosuch", "-y"]) == 1
+    one_error_line(capsys.readouterr().err)
 
 
 # -- setup: refused before anything is checked or written -----------------------------------
@@ -88,8 +127,16 @@ def test_setup_missing_mount_source_fails_naming_the_path(
         (["--env", "NOEQUALS"], "--env 'NOEQUALS' has no '='"),
         (["--env", "1X=2"], "--env name '1X'"),
         (["--mount", "a:b:c:d"], "--mount 'a:b:c:d' is not HOST:DEST"),
-        (["--memory", "lots"], "memory 'lots'"),
-        (["--pids-limit", "8"], "pids_limit 8"),
+        (["--memory", "lots"], "--memory 'lots' is not a size such as 512m, 2g or 2gb"),
+        (["--memory", "0gb"], "--memory '0gb' must be more than 0"),
+        (["--pids-limit", "8"], "--pids-limit 8 is too small"),
+        (["--nofile", "8"], "--nofile 8 is too small"),
+        (["--tmp-size", "1.5.2g"], "--tmp-size '1.5.2g' is not a size"),
+        (["--cpus", "0"], "--cpus must be positive"),
+        (["--max-lifetime", "0"], "--max-lifetime must be at least 1 second"),
+        (["--pool", "40"], "--pool must be between 0 and 32"),
+        (["--kernel-user", "abc"], "--kernel-user 'abc' is not UID or UID:GID"),
+        (["--engine-host", "/var/run/docker.sock"], "--engine-host '/var/run/docker.sock'"),
         (["--kernel-cmd", "python3", "-m", "foo"], "--kernel-cmd must contain {connection_file}"),
     ],
 )
@@ -214,7 +261,28 @@ def test_setup_prefix_installs_under_prefix(tmp_path: Path, data_dir: Path) -> N
 
 def test_setup_user_and_prefix_conflict(capsys: pytest.CaptureFixture[str]) -> None:
     """--user and --prefix together are a usage error naming both."""
-    with pytest.raises(SystemExit) as info:
-        cli.main(["setup", "--name", "k", "--user", "--prefix", "/p"])
-    assert info.value.code == 2
+    assert cli.main(["setup", "--name", "k", "--user", "--prefix", "/p"]) == 2
     assert "--prefix: not allowed with argument --user" in capsys.readouterr().err
+
+
+def test_show_into_a_closed_pipe_ends_without_a_traceback(data_dir: Path) -> None:
+    """`show NAME | head`: the reader goes away before show has written; the command ends
+    quietly (exit 141, as a shell reports SIGPIPE) instead of a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    assert cli.main(["setup", "--name", "piped", "--user", "--skip-checks"]) == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: always EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "jupyter_docker_kernel", "show", "piped"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode == 141

@@ -28,6 +28,17 @@ def test_debug_flag_is_read() -> None:
     assert parse_args(["--settings", "{}", "-f", "k.json", "--debug"]).debug
 
 
+def test_extra_positional_arguments_from_the_client_are_accepted() -> None:
+    """`jupyter run --kernel NAME file.py` appends file.py to the kernelspec's argv
+    (jupyter_client's extra_arguments): the launcher takes it and ignores it."""
+    args = parse_args(["--settings", "{}", "-f", "k.json", "file.py", "other.py"])
+    assert (args.settings, args.connection_file, args.extra) == (
+        "{}",
+        "k.json",
+        ["file.py", "other.py"],
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -67,6 +78,15 @@ def test_a_kernel_exit_warns_only_when_nobody_asked_for_it(
     got, reason = exit_verdict(code, "", stopping=stopping, interrupted=interrupted)
     assert got == level
     assert ("before a shutdown" in reason) == (code == 130 and interrupted)
+
+
+def test_a_clean_exit_right_after_an_interrupt_says_the_interrupt_was_the_shutdowns() -> None:
+    """jupyter_client interrupts before every shutdown, so an 'interrupt' line precedes
+    every stop in the log; the exit line says it was part of the shutdown."""
+    level, reason = exit_verdict(0, "", stopping=False, interrupted=True)
+    assert level == logging.INFO
+    assert "the interrupt just before was part of the shutdown" in reason
+    assert exit_verdict(0, "", stopping=False, interrupted=False) == (logging.INFO, "")
 
 
 @pytest.mark.parametrize(

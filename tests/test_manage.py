@@ -8,11 +8,12 @@ that matter: no engine, an engine without the spec's image, and everything in pl
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from jupyter_docker_kernel import cli, doctor, kernelspec, manage
+from jupyter_docker_kernel import cli, doctor, kernelspec, manage, pool
 from jupyter_docker_kernel.launcher import runtime_base
 from jupyter_docker_kernel.settings import KernelSettings, Mount
 from tests.conftest import needs_docker_cli
@@ -169,7 +170,7 @@ def test_format_list_shows_image_presence_and_limits() -> None:
     assert lines[3].split()[:3] == ["c", "img:1", "?"]
     assert "mem 1g" in lines[1]
     assert "runtime runsc" in lines[1]
-    assert "unreadable: cannot read kernel.json" in lines[4]
+    assert "BROKEN (see below)" in lines[4]
     assert lines[-1] == "note: engine down"
 
 
@@ -408,7 +409,12 @@ def test_remove_deletes_the_spec_and_list_no_longer_shows_it(
     write_spec("jdk-test-kept", KernelSettings(image=kernel_image))
     code, out, _ = run(["remove", "jdk-test-doomed", "-y", "--json"], capsys)
     assert code == 0
-    assert json.loads(out) == {"removed": "jdk-test-doomed", "path": str(path)}
+    assert json.loads(out) == {
+        "removed": "jdk-test-doomed",
+        "path": str(path),
+        "warm_containers": [],
+        "pool_key": pool.pool_key(KernelSettings(image=kernel_image), os.getuid()),
+    }
     assert not path.exists()
     names = [line.split()[0] for line in run(["list"], capsys)[1].splitlines()[1:]]
     assert names == ["jdk-test-kept"]
@@ -547,3 +553,210 @@ def test_gc_json_parses(engine: object, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 0
     assert set(data) == {"dry_run", "containers", "dirs", "kept"}
     assert data["dry_run"] is True
+
+
+# -- broken and shadowed specs of ours (issue 12, item 8) -----------------------------------
+
+
+def break_spec(path: Path, text: str = '{"argv": [') -> None:
+    """Leave kernel.json as an editor or a full disk might: not JSON any more."""
+    (path / "kernel.json").write_text(text)
+
+
+@pytest.mark.parametrize("marker", [True, False], ids=["marker file", "older spec, no marker"])
+def test_a_broken_spec_of_ours_is_listed_with_the_reason_and_can_be_removed(
+    data_dir: Path, no_engine: None, marker: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kernel.json that no longer parses: list shows the spec as broken and why, show says
+    so in one line, remove removes it. Ours by the marker file, or (specs written before
+    it) by the launcher module named in kernel.json's text."""
+    path = write_spec("jdk-test-broken", KernelSettings())
+    if marker:
+        break_spec(path)
+    else:
+        (path / kernelspec.MARKER_FILE).unlink()
+        break_spec(path, '{"argv": ["python3", "-m", "jupyter_docker_kernel.launcher",')
+    code, out, _ = run(["list"], capsys)
+    assert code == 0
+    assert out.splitlines()[1].split()[:2] == ["jdk-test-broken", "-"]
+    assert f"warning: jdk-test-broken ({path}) is broken: kernel.json is not valid JSON" in out
+    assert "remove jdk-test-broken" in out
+    data = json.loads(run(["list", "--json"], capsys)[1])
+    assert data["kernelspecs"][0]["error"].startswith("kernel.json is not valid JSON (")
+    code, _, err = run(["show", "jdk-test-broken"], capsys)
+    assert code == 1
+    assert "is ours but broken" in err
+    code, out, _ = run(["remove", "jdk-test-broken", "-y"], capsys)
+    assert (code, out.splitlines()[0]) == (0, f"Removed kernelspec jdk-test-broken ({path})")
+    assert not path.exists()
+
+
+def test_a_broken_spec_that_is_not_ours_is_neither_listed_nor_removed(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A foreign spec with broken JSON and no trace of our launcher stays someone else's."""
+    path = write_foreign_spec(data_dir, "other")
+    break_spec(path)
+    assert "other" not in run(["list"], capsys)[1]
+    code, _, err = run(["remove", "other", "-y"], capsys)
+    assert code == 1
+    assert "not written by jupyter-docker-kernel" in err
+    assert path.exists()
+
+
+@pytest.fixture
+def front_dir(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A kernel dir Jupyter searches before the user's (as a venv's share/jupyter comes
+    before the system's): whatever is named there shadows the same name further on."""
+    front = tmp_path / "front"
+    (front / "kernels").mkdir(parents=True)
+    monkeypatch.setenv("JUPYTER_PATH", f"{front}{os.pathsep}{data_dir}")
+    return front
+
+
+def test_a_shadowed_spec_of_ours_is_listed_as_shadowed_and_remove_removes_ours(
+    data_dir: Path, front_dir: Path, no_engine: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ours named like a spec Jupyter finds first: list names the spec that shadows it,
+    and remove removes ours (not the other one, which was never ours to remove)."""
+    ours = write_spec("jdk-test-twin", KernelSettings())
+    theirs = write_foreign_spec(front_dir, "jdk-test-twin")
+    code, out, _ = run(["list"], capsys)
+    assert code == 0
+    assert f"warning: jdk-test-twin ({ours}) is shadowed by {theirs}" in out
+    data = json.loads(run(["list", "--json"], capsys)[1])
+    assert data["kernelspecs"][0]["shadowed_by"] == str(theirs)
+    assert f"is shadowed by {theirs}" in run(["show", "jdk-test-twin"], capsys)[1]
+    code, out, _ = run(["remove", "jdk-test-twin", "-y"], capsys)
+    assert (code, out.splitlines()[0]) == (0, f"Removed kernelspec jdk-test-twin ({ours})")
+    assert not ours.exists()
+    assert (theirs / "kernel.json").exists()
+
+
+def test_setup_refuses_a_name_that_an_earlier_spec_would_shadow(
+    data_dir: Path, front_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """setup --name X where Jupyter finds another X first: refused up front, nothing written
+    (it used to be written, never used, and then not removable)."""
+    theirs = write_foreign_spec(front_dir, "python3")
+    argv = ["setup", "--name", "python3", "--user", "--skip-checks"]
+    code, _, err = run(argv, capsys)
+    assert code == 1
+    assert f"A kernelspec named 'python3' in {theirs} comes first in Jupyter's search" in err
+    assert "Nothing was written. Choose another --name (e.g. python3-docker)" in err
+    assert not (data_dir / "kernels" / "python3").exists()
+
+
+def test_setup_of_python3_warns_that_it_takes_jupyters_own_kernels_place(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where ours would come first, python3 is written, with a warning that every notebook
+    asking for python3 now gets the container."""
+    code, out, _ = run(["setup", "--name", "python3", "--user", "--skip-checks"], capsys)
+    assert code == 0
+    assert "warning: 'python3' is the name of Jupyter's own Python kernel" in out
+    assert kernelspec.find_ours() == {"python3": data_dir / "kernels" / "python3"}
+
+
+def spec_json(data_dir: Path, name: str) -> dict[str, object]:
+    data = json.loads((data_dir / "kernels" / name / "kernel.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_setup_replace_keeps_what_is_not_given_and_says_what_changed(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--replace with one option changes that option only: the other settings, the display
+    name and the interrupt mode stay, and the output lists the change."""
+    base = ["setup", "--name", "k", "--user", "--skip-checks"]
+    first = ["--image", "course:1", "--memory", "1g", "--cpus", "0.5", "--env", "A=1",
+             "--display-name", "Course", "--interrupt-mode", "message",
+             "--network", "bridge"]  # fmt: skip
+    assert run([*base, *first], capsys)[0] == 0
+    code, out, _ = run([*base, "--replace", "--cpus", "2", "--env", "B=2"], capsys)
+    assert code == 0
+    assert "  changed: --env B; --cpus 0.5 -> 2" in out
+    data = spec_json(data_dir, "k")
+    assert kernelspec.settings_from_kernel_json(data) == KernelSettings(
+        image="course:1", memory="1g", cpus=2.0, env=(("A", "1"), ("B", "2")), network="bridge"
+    )
+    assert (data["display_name"], data["interrupt_mode"]) == ("Course", "message")
+    code, out, _ = run([*base, "--replace"], capsys)
+    assert "settings unchanged" in out
+    code, out, _ = run([*base, "--replace", "--reset", "--image", "course:1"], capsys)
+    assert code == 0
+    assert "--memory 1g -> 2g" in out
+    assert kernelspec.settings_from_kernel_json(spec_json(data_dir, "k")) == KernelSettings(
+        image="course:1"
+    )
+
+
+def test_setup_replace_of_a_broken_spec_needs_reset(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Settings that cannot be read cannot be kept: --replace says so and writes nothing;
+    --replace --reset rewrites the spec."""
+    path = write_spec("k", KernelSettings(memory="1g"))
+    break_spec(path)
+    base = ["setup", "--name", "k", "--user", "--skip-checks", "--replace"]
+    code, _, err = run(base, capsys)
+    assert code == 1
+    assert "is broken" in err
+    assert "Add --reset" in err
+    assert run([*base, "--reset"], capsys)[0] == 0
+    assert kernelspec.settings_from_kernel_json(spec_json(data_dir, "k")) == KernelSettings()
+
+
+def test_show_as_command_recreates_the_same_settings_under_a_new_name(
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """setup with many options -> show --as-command -> that line under another name gives
+    a spec with identical settings, display name aside."""
+    import shlex
+
+    (tmp_path / "data dir").mkdir()
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "setup", "--name", "orig", "--user", "--skip-checks", "--image", "course/py:2",
+        "--mount", "data dir:/data:ro", "--env", "A=x y", "--env", "B=", "--copy-workdir",
+        "--python", "python3.12", "--docker-arg=--shm-size=1g", "--network", "bridge",
+        "--runtime", "runsc", "--memory", "1.5g", "--cpus", "0.5", "--pids-limit", "64",
+        "--tmp-size", "256m", "--tmp-inodes", "4096", "--nofile", "2048", "--fsize", "2gb",
+        "--max-lifetime", "3600", "--max-message", "8m", "--output-budget", "100m",
+        "--copy-limit", "200m", "--kernel-user", "1234:1234", "--interrupt-mode", "message",
+        "--provisioner", "--engine-host", "unix:///run/podman/podman.sock",
+        "--kernel-transport", "tcp",
+        "--kernel-cmd", "python3.12", "-m", "ipykernel_launcher", "-f", "{connection_file}",
+    ]  # fmt: skip
+    assert run(argv, capsys)[0] == 0
+    code, out, _ = run(["show", "orig", "--as-command"], capsys)
+    assert code == 0
+    line = shlex.split(out)
+    assert line[:4] == ["jupyter-docker-kernel", "setup", "--name", "orig"]
+    assert "--user" in line
+    again = [*line[1:3], "copy", *line[4:]]
+    at = again.index("--kernel-cmd")  # it takes the rest of the line: options go before
+    assert run([*again[:at], "--skip-checks", *again[at:]], capsys)[0] == 0
+    orig, copy = spec_json(data_dir, "orig"), spec_json(data_dir, "copy")
+    assert kernelspec.settings_from_kernel_json(copy) == kernelspec.settings_from_kernel_json(orig)
+    for key in ("interrupt_mode", "language", "metadata"):
+        assert copy[key] == orig[key]
+
+
+def test_setup_replace_refuses_to_overwrite_a_spec_that_is_not_ours(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--replace over someone else's spec (ipykernel's python3, say) is refused: remove
+    could never give it back."""
+    theirs = write_foreign_spec(data_dir, "python3")
+    before = (theirs / "kernel.json").read_text()
+    code, _, err = run(
+        ["setup", "--name", "python3", "--user", "--skip-checks", "--replace"], capsys
+    )
+    assert code == 1
+    assert "was not written by jupyter-docker-kernel; --replace only replaces our own" in err
+    assert (theirs / "kernel.json").read_text() == before

@@ -152,6 +152,52 @@ def test_claim_drops_a_warm_dir_whose_container_is_gone(
     assert not dead.exists()
 
 
+class ListingEngine:
+    """Just enough of Engine for fill(): an API listing these warm containers."""
+
+    def __init__(self, running: list[str]) -> None:
+        self.running = running
+
+    def api(self) -> ListingEngine:
+        return self
+
+    def available(self) -> bool:
+        return True
+
+    def containers(self, labels: object) -> list[dict[str, object]]:
+        return [{"Names": [f"/{name}"]} for name in self.running]
+
+
+def test_filling_the_pool_removes_the_dirs_of_warm_containers_that_ended(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """A warm container that reached its pool time ends itself; its host dir used to stay
+    for good. fill() (after each start) removes the dirs whose container is gone: not a
+    running one's, not one too young to have its container yet, not another pool's."""
+    key = pool.pool_key(POOLED, os.getuid())
+    ended = warm_dirs(key, "ended", ready=True, age=pool.EXPIRED_GRACE + 5)
+    alive = warm_dirs(key, "alive", ready=True, age=pool.EXPIRED_GRACE + 5)
+    young = warm_dirs(key, "young", ready=False, age=1)
+    other = warm_dirs("0" * 16, "other", ready=False, age=pool.EXPIRED_GRACE + 5)
+    fake = ListingEngine(["jdk-pool-alive"])  # "young" has no container yet
+    settings = dataclasses.replace(POOLED, pool=0)  # nothing to start: only the sweep
+    assert pool.fill(fake, settings, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
+    assert not ended.exists()
+    assert [d.exists() for d in (alive, young, other)] == [True, True, True]
+
+
+def test_without_the_engine_api_an_ended_warm_dir_is_told_by_its_age(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """No API to ask (the CLI fallback): a dir older than the pool time plus a grace is
+    that of a container that has ended; a younger one stays."""
+    key = pool.pool_key(POOLED, os.getuid())
+    ended = warm_dirs(key, "ended", ready=True, age=POOLED.pool_ttl + pool.EXPIRED_GRACE + 5)
+    waiting = warm_dirs(key, "waiting", ready=True, age=POOLED.pool_ttl - 5)
+    assert pool.remove_expired(tmp_path, key, None, POOLED.pool_ttl) == [ended]
+    assert waiting.exists()
+
+
 def test_racing_claims_each_get_a_different_warm_container(
     tmp_path: Path, warm_dirs: Callable[..., Path]
 ) -> None:
@@ -238,3 +284,54 @@ def warm_ready() -> list[str]:
         if name.startswith(pool.POOL_NAME_PREFIX) and (pool_dir / "rt" / "claim").exists():
             ready.append(name)
     return ready
+
+
+def start_warm(settings: KernelSettings) -> str:
+    """One real warm container for these settings, started as a launcher's refill would."""
+    import socket as socket_mod
+
+    from jupyter_docker_kernel import launcher, manage
+
+    launch = dataclasses.replace(
+        manage.placeholder_launch(settings),
+        launcher_pid=os.getpid(),
+        launcher_start=launcher.process_start_time(os.getpid()),
+        hostname=socket_mod.gethostname(),
+    )
+    key = pool.pool_key(settings, os.getuid())
+    return pool.start_one(engine.Engine(), settings, launcher.runtime_base(), launch, key)
+
+
+def names_running(*names: str) -> list[str]:
+    listed = {str(item.get("Names")) for item in engine.Engine().list_containers({})}
+    return [name for name in names if name in listed]
+
+
+@pytest.mark.docker
+def test_remove_counts_the_specs_warm_containers_and_gc_pools_name_removes_only_those(
+    data_dir: Path, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """remove says how many warm containers of the spec still run and the gc line that
+    removes them; gc --pools NAME (or that key) removes that spec's, not another's."""
+    from tests.test_manage import write_spec
+
+    doomed = KernelSettings(image=kernel_image, workdir="none", pool=1, pool_ttl=120)
+    kept = dataclasses.replace(doomed, env=(("OTHER", "1"),))
+    write_spec("jdk-test-pool-doomed", doomed)
+    write_spec("jdk-test-pool-kept", kept)
+    warm_doomed, warm_kept = start_warm(doomed), start_warm(kept)
+    try:
+        assert cli.main(["remove", "jdk-test-pool-doomed", "-y"]) == 0
+        key = pool.pool_key(doomed, os.getuid())
+        out = capsys.readouterr().out
+        assert "1 warm container(s) of it still run, until their pool time (120 s)" in out
+        assert f"jupyter-docker-kernel gc --pools {key}" in out
+        assert cli.main(["gc", "--pools", key]) == 0
+        assert f"Removed container {warm_doomed}" in capsys.readouterr().out
+        assert names_running(warm_doomed, warm_kept) == [warm_kept]
+        assert cli.main(["gc", "--pools", "jdk-test-pool-kept"]) == 0
+        assert f"Removed container {warm_kept}" in capsys.readouterr().out
+        assert names_running(warm_kept) == []
+    finally:
+        for name in (warm_doomed, warm_kept):
+            engine.Engine().remove(name)

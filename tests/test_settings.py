@@ -11,7 +11,9 @@ from jupyter_docker_kernel.settings import (
     DEFAULT_IMAGE,
     KernelSettings,
     Mount,
+    option,
     parse_env,
+    size_bytes,
 )
 
 BASE = "/home/u/course"
@@ -127,29 +129,32 @@ def test_parse_env_refuses_item_without_equals() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("image", "", "Image name ''"),
-        ("image", "my image", "Image name 'my image'"),
+        ("image", "", "--image ''"),
+        ("image", "my image", "--image 'my image'"),
         ("workdir", "home", "workdir must be one of mount, copy, none, not 'home'"),
         ("env", (("1BAD", "x"),), "--env name '1BAD'"),
         ("env", (("A-B", "x"),), "--env name 'A-B'"),
-        ("memory", "2 GB", "memory '2 GB'"),
-        ("memory", "lots", "memory 'lots'"),
-        ("tmp_size", "-1m", "tmp_size '-1m'"),
-        ("cpus", 0.0, "cpus must be positive, not 0.0"),
-        ("cpus", -1.0, "cpus must be positive, not -1.0"),
-        ("pids_limit", 15, "pids_limit 15"),
-        ("pids_limit", 0, "pids_limit 0"),
-        ("kernel_user", "kernel", "kernel_user 'kernel'"),
-        ("kernel_user", "1000:", "kernel_user '1000:'"),
-        ("kernel_user", "0", "kernel_user 0"),
-        ("kernel_user", "0:1000", "kernel_user 0"),
+        ("memory", "2 G B", "--memory '2 G B'"),
+        ("memory", "lots", "--memory 'lots'"),
+        ("memory", "1.5.2g", "--memory '1.5.2g'"),
+        ("memory", "2x", "--memory '2x'"),
+        ("tmp_size", "-1m", "--tmp-size '-1m'"),
+        ("cpus", 0.0, "--cpus must be positive, not 0.0"),
+        ("cpus", -1.0, "--cpus must be positive, not -1.0"),
+        ("pids_limit", 15, "--pids-limit 15"),
+        ("pids_limit", 0, "--pids-limit 0"),
+        ("kernel_user", "kernel", "--kernel-user 'kernel'"),
+        ("kernel_user", "1000:", "--kernel-user '1000:'"),
+        ("kernel_user", "0", "--kernel-user 0"),
+        ("kernel_user", "0:1000", "--kernel-user 0"),
         ("kernel_cmd", ("python3", "-m", "foo"), "--kernel-cmd must contain {connection_file}"),
     ],
 )
 def test_invalid_setting_is_refused_naming_field_and_value(
     field: str, value: Any, message: str
 ) -> None:
-    """Each invalid field raises SettingsError whose message names the field and the value."""
+    """Each invalid field raises SettingsError whose message names the value and the setup
+    option that sets it (--pids-limit, not the field pids_limit)."""
     with pytest.raises(SettingsError) as info:
         KernelSettings(**{field: value})
     assert message in str(info.value)
@@ -170,8 +175,44 @@ def test_kernel_user_zero_with_leading_zeros_is_refused(user: str) -> None:
 @pytest.mark.parametrize(("field", "value"), [("memory", "0"), ("memory", "0g"), ("tmp_size", "0")])
 def test_zero_size_is_refused(field: str, value: Any) -> None:
     """A zero memory or tmpfs size, which the engine treats as unlimited, is refused."""
-    with pytest.raises(SettingsError, match=field):
+    with pytest.raises(SettingsError, match=option(field)):
         KernelSettings(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("2g", "2g"),
+        ("2G", "2G"),
+        ("512m", "512m"),
+        ("2048m", "2048m"),
+        ("2gb", "2g"),
+        ("2GB", "2g"),
+        ("512MB", "512m"),
+        ("512mb", "512m"),
+        ("2GiB", "2g"),
+        ("2 GB", "2g"),
+        ("1.5g", "1536m"),
+        ("0.5gb", "512m"),
+        ("1t", "1024g"),
+        ("1536kb", "1536k"),
+        ("100b", "100b"),
+        ("1.5k", "1536"),
+    ],
+)
+def test_sizes_take_dockers_spellings_and_store_ours(given: str, stored: str) -> None:
+    """What docker run --memory takes (go-units: b/k/m/g/t/p, optional b or ib, a decimal,
+    any case, one space) is accepted; a spelling other than ours becomes ours, since the
+    tmpfs size= option and the relay's budgets read only digits with k, m or g."""
+    settings = KernelSettings(memory=given, tmp_size=given, max_message=given)
+    assert (settings.memory, settings.tmp_size, settings.max_message) == (stored,) * 3
+    assert size_bytes(settings.memory) == size_bytes(stored)
+
+
+def test_a_malformed_number_in_kernel_json_names_the_field_and_its_option() -> None:
+    """from_dict: a value of the wrong type names the kernel.json field and the option."""
+    with pytest.raises(SettingsError, match=r"setting pids_limit \(--pids-limit\) is malformed"):
+        KernelSettings.from_dict({"pids_limit": "many"})
 
 
 @pytest.mark.parametrize("cpus", [float("nan"), float("inf")])

@@ -12,10 +12,12 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from jupyter_docker_kernel import (
     __version__,
@@ -26,6 +28,7 @@ from jupyter_docker_kernel import (
     image_kernels,
     kernelspec,
     manage,
+    pool,
     reaper,
 )
 from jupyter_docker_kernel.engine import Engine, podman_socket
@@ -40,6 +43,7 @@ from jupyter_docker_kernel.settings import (
     DEFAULT_IMAGE,
     KernelSettings,
     Mount,
+    option,
     parse_env,
 )
 
@@ -63,8 +67,47 @@ LIMIT_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
 )
 
 
+class UsageError(Exception):
+    """A command line argparse refuses; main() prints it as one line and returns 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the --help to read, not the usage
+    wall (setup's usage alone is 20 lines, and the error was at its end)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def help_command(parser: argparse.ArgumentParser, argv: list[str]) -> str:
+    """The `... --help` that documents what argv tried: the deepest subcommand named in it
+    (argparse reports unknown options from the top parser, whose help lists none)."""
+    words = [parser.prog]
+    current = parser
+    for arg in argv:
+        subs = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and arg in subs[0].choices:
+            current = subs[0].choices[arg]
+            words.append(arg)
+    return " ".join([*words, "--help"])
+
+
+def add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept --debug after the subcommand too (`setup ... --debug`), as people type it.
+
+    SUPPRESS: a subcommand that is not given --debug must not reset the top-level one.
+    """
+    for action in parser._actions:  # argparse has no public walk over its subcommands
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument(
+                    "--debug", action="store_true", default=argparse.SUPPRESS, help="as above"
+                )
+                add_debug_everywhere(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="jupyter-docker-kernel",
         description="Run Jupyter kernels in hardened containers while Jupyter stays on the host.",
     )
@@ -177,7 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="also name our kernel provisioner: Jupyter Server and nbclient then manage the "
         "container directly, with no relay (VS Code keeps using the launcher)",
     )
-    setup.add_argument("--replace", action="store_true", help="overwrite an existing kernelspec")
+    setup.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite an existing kernelspec, keeping its settings but those given",
+    )
+    setup.add_argument(
+        "--reset",
+        action="store_true",
+        help="with --replace: start from the defaults, not the existing spec's settings",
+    )
     setup.add_argument(
         "--skip-checks", action="store_true", help="do not check the engine and image first"
     )
@@ -207,12 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help="remove containers and files of launchers that are gone")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     gc.add_argument(
-        "--pools", action="store_true", help="also remove warm-pool containers nobody claimed"
+        "--pools",
+        nargs="*",
+        metavar="NAME",
+        help="also remove warm-pool containers nobody claimed: all, or only those of the "
+        "kernelspecs NAME (or the pool keys `remove` printed)",
     )
     gc.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_engine_options(gc)
     gc.set_defaults(func=cmd_gc)
     add_manage_commands(sub)
+    add_debug_everywhere(parser)
     return parser
 
 
@@ -240,12 +297,17 @@ def engine_host(args: argparse.Namespace) -> str | None:
     return host
 
 
-def add_manage_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_manage_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     """list / show / remove / doctor: our installed kernelspecs (manage.py, doctor.py)."""
     listing = sub.add_parser("list", help="our kernelspecs: image (present or not) and limits")
     listing.set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="a kernelspec's settings and its exact docker run command")
     show.add_argument("name", help="kernel name")
+    show.add_argument(
+        "--as-command",
+        action="store_true",
+        help="print the setup command line that recreates this kernelspec",
+    )
     show.set_defaults(func=cmd_show)
     remove = sub.add_parser("remove", help="delete one of our kernelspecs")
     remove.add_argument("name", help="kernel name")
@@ -265,14 +327,24 @@ def add_manage_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def settings_from_args(
-    args: argparse.Namespace, defaults: config.ConfigDefaults | None = None
+    args: argparse.Namespace,
+    defaults: config.ConfigDefaults | None = None,
+    previous: KernelSettings | None = None,
 ) -> KernelSettings:
     """Built-in defaults < config file < --for-nbgrader profile < options given on the line.
 
     An option given replaces the config file's value; --env adds to (and overrides by name)
-    the config file's env.
+    the config file's env. With `previous` (setup --replace: the settings of the spec being
+    replaced) those take the place of the defaults and the config file, so only the
+    options given change.
     """
     values: dict[str, Any] = dict(defaults.values) if defaults else {}
+    if previous is not None:
+        values = {f.name: getattr(previous, f.name) for f in dataclasses.fields(previous)}
+        if args.kernel_cmd or args.kernel_spec_in_image:
+            # A new kernel command: the old one (and the image kernel it came from) goes.
+            values.pop("kernel_cmd", None)
+            values.pop("kernel_spec_in_image", None)
     if args.for_nbgrader or args.write_nbgrader_config:
         values.update(grading.PROFILE)
     cwd = os.getcwd()
@@ -391,15 +463,80 @@ def engine_settings(engine: Engine, settings: KernelSettings) -> KernelSettings:
     return dataclasses.replace(settings, engine="podman", engine_host=host, docker_args=docker_args)
 
 
+def replaced_spec(
+    name: str, args: argparse.Namespace, prefix: str | None
+) -> tuple[KernelSettings, dict[str, Any]] | None:
+    """The settings and kernel.json of the spec `setup --replace` overwrites, so that it
+    keeps them (unless --reset) and can say what changed; None: nothing of ours there. A
+    spec of ours too broken to read is an error without --reset: silently starting from
+    the defaults is what --replace used to do."""
+    if args.reset and not args.replace:
+        raise SettingsError(
+            "--reset only applies with --replace (it drops the replaced spec's settings). "
+            "No kernelspec was written. Add --replace, or leave --reset out."
+        )
+    if not args.replace:
+        return None
+    target = kernelspec.destination(name, user=args.user, prefix=prefix)
+    if not (target / "kernel.json").exists() or not kernelspec.is_ours(target):
+        return None
+    info = manage.read_spec(name, target)
+    if info.settings is None:
+        if args.reset:
+            return None
+        raise KernelSpecError(
+            f"The kernelspec being replaced ({target}) is broken: {sentence(info.error)} "
+            "Its settings cannot be kept. No kernelspec was written. Add --reset to write "
+            "it from the options given (and the defaults) alone."
+        )
+    return info.settings, json.loads((target / "kernel.json").read_text())
+
+
+def changes(old: KernelSettings, new: KernelSettings) -> list[str]:
+    """'--memory 2g -> 1g' for each setting that differs (env: names only; its values may
+    be secrets)."""
+    out = []
+    for f in dataclasses.fields(old):
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if before == after:
+            continue
+        if f.name == "env":
+            names = sorted({k for k, _ in set(before) ^ set(after)})
+            out.append(f"--env {', '.join(names)}")
+        elif f.name == "mounts":
+            out.append(
+                f"--mount {' '.join(m.to_spec() for m in before) or '(none)'} -> "
+                f"{' '.join(m.to_spec() for m in after) or '(none)'}"
+            )
+        else:
+            out.append(f"{option(f.name)} {show_value(before)} -> {show_value(after)}")
+    return out
+
+
+def show_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return shlex.join(value) or "(none)"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "(none)" if value is None else str(value)
+
+
 def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
-    defaults = config.load_defaults()
+    name = kernelspec.validate_name(args.name)
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    replaced = replaced_spec(name, args, prefix)
+    old_settings, old_json = replaced if replaced else (None, {})
+    previous = None if args.reset else old_settings
+    if args.reset:
+        old_json = {}
+    # The replaced spec's settings already hold what the config files said then.
+    defaults = config.ConfigDefaults({}, ()) if previous else config.load_defaults()
     try:
-        settings = settings_from_args(args, defaults)
+        settings = settings_from_args(args, defaults, previous)
     except SettingsError as exc:
         if not defaults.files:
             raise
         raise SettingsError(f"{exc} (Defaults came from {', '.join(defaults.files)}.)") from exc
-    name = kernelspec.validate_name(args.name)
     for_nbgrader = bool(args.for_nbgrader or args.write_nbgrader_config)
     timeout = grading.DEFAULT_TIMEOUT if args.cell_timeout is None else args.cell_timeout
     if for_nbgrader:
@@ -411,7 +548,6 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         )
     if args.write_nbgrader_config:
         grading.check_config_file(args.write_nbgrader_config)
-    prefix = sys.prefix if args.sys_prefix else args.prefix
     versions = ""
     if settings.engine_host and settings.engine_host != engine.host:
         engine = Engine(engine.command, host=settings.engine_host)  # from a config file
@@ -425,15 +561,31 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     elif args.podman:
         settings = dataclasses.replace(settings, engine="podman")
     default_display = f"{in_image.display_name if in_image else name} (container)"
+    # What kernel.json holds beyond the settings is kept on --replace as well.
+    kept_language = None if args.kernel_cmd else old_json.get("language")
     data = kernelspec.build_kernel_json(
         settings,
-        display_name=args.display_name or default_display,
-        interrupt_mode=args.interrupt_mode or (in_image.interrupt_mode if in_image else "signal"),
-        language=in_image.language if in_image else None,
-        provisioner=args.provisioner,
+        display_name=args.display_name or old_json.get("display_name") or default_display,
+        interrupt_mode=args.interrupt_mode
+        or (in_image.interrupt_mode if in_image else old_json.get("interrupt_mode", "signal")),
+        language=in_image.language if in_image else kept_language,
+        provisioner=args.provisioner or "kernel_provisioner" in (old_json.get("metadata") or {}),
     )
     path = kernelspec.install(name, data, user=args.user, prefix=prefix, replace=args.replace)
     print(f"Installed kernelspec {name} in {path}")
+    if old_settings is not None:
+        changed = changes(old_settings, settings)
+        print(
+            f"  changed: {'; '.join(changed)}"
+            if changed
+            else "  settings unchanged (--replace keeps what is not given; --reset does not)"
+        )
+    if name == kernelspec.NATIVE_KERNEL_NAME:
+        print(
+            f"  warning: '{name}' is the name of Jupyter's own Python kernel: every notebook "
+            "that asks for python3 now runs in this container. Pick another --name to keep "
+            "both."
+        )
     for used in defaults.files:
         print(f"  defaults from {used}")
     if versions:
@@ -526,8 +678,40 @@ def cmd_image_kernels(args: argparse.Namespace, engine: Engine) -> int:
     return 0
 
 
+def pool_keys(names: list[str]) -> set[str] | None:
+    """`gc --pools NAME...` -> those kernelspecs' pool keys (None: every pool).
+
+    A pool key (what `remove` prints) is taken as is: after `remove` the spec that
+    would give it is gone, while its warm containers wait out their pool time.
+    """
+    if not names:
+        return None
+    keys = set()
+    for name in names:
+        if re.fullmatch(r"[0-9a-f]{16}", name):
+            keys.add(name)
+            continue
+        try:
+            info = manage.find(name)
+        except KernelSpecError as exc:
+            raise KernelSpecError(
+                f"{exc} (After remove, name the pool by the key that remove printed.)"
+            ) from exc
+        if info.settings is None:
+            raise KernelSpecError(
+                f"Kernelspec '{info.name}' in {info.path} is broken ({info.error}), so its "
+                "warm containers cannot be told apart. Nothing was removed. Run gc --pools "
+                "without a name to remove every unclaimed warm container of yours."
+            )
+        keys.add(pool.pool_key(info.settings, os.getuid()))
+    return keys
+
+
 def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
-    result = reaper.collect(engine, dry_run=args.dry_run, pools=args.pools)
+    keys = pool_keys(args.pools or [])
+    result = reaper.collect(
+        engine, dry_run=args.dry_run, pools=args.pools is not None, pool_keys=keys
+    )
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, **dataclasses.asdict(result)}, indent=1))
         return 0
@@ -549,7 +733,7 @@ def format_list(specs: list[manage.SpecInfo], note: str = "") -> list[str]:
     rows = [("NAME", "IMAGE", "PRESENT", "LIMITS", "PATH")]
     for s in specs:
         if s.settings is None:
-            rows.append((s.name, "-", "-", f"unreadable: {s.error}", s.path))
+            rows.append((s.name, "-", "-", "BROKEN (see below)", s.path))
             continue
         lim = s.limits()
         limits = (
@@ -564,9 +748,36 @@ def format_list(specs: list[manage.SpecInfo], note: str = "") -> list[str]:
         "  ".join(v.ljust(w) for v, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
         for row in rows
     ]
+    lines += spec_warnings(specs)
     if note:
         lines.append(f"note: {note}")
     return [line.rstrip() for line in lines]
+
+
+def sentence(text: str) -> str:
+    """text ending in a full stop, so a message can go on after it."""
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
+def spec_warnings(specs: list[manage.SpecInfo]) -> list[str]:
+    """One warning per broken or shadowed spec of ours: what is wrong and what to do."""
+    out = []
+    for s in specs:
+        if s.settings is None:
+            out.append(
+                f"warning: {s.name} ({s.path}) is broken: {sentence(s.error)} Jupyter cannot "
+                "start it. "
+                f"Rewrite it with setup --name {s.name} --replace --reset ..., or remove it "
+                f"with: jupyter-docker-kernel remove {s.name}"
+            )
+        if s.shadowed_by:
+            out.append(
+                f"warning: {s.name} ({s.path}) is shadowed by {s.shadowed_by}: Jupyter "
+                f"uses that one for the name {s.name}. Remove ours (jupyter-docker-kernel "
+                f"remove {s.name}) and set it up again under another --name."
+            )
+    return out
 
 
 def cmd_list(args: argparse.Namespace, engine: Engine) -> int:
@@ -642,7 +853,15 @@ def option_lines(args: list[str], settings: KernelSettings) -> list[str]:
 def cmd_show(args: argparse.Namespace, engine: Engine) -> int:
     info = manage.find(args.name)
     if info.settings is None:
-        raise SettingsError(f"Kernelspec '{info.name}' in {info.path} cannot be read: {info.error}")
+        raise KernelSpecError(
+            f"Kernelspec '{info.name}' in {info.path} is ours but broken: {sentence(info.error)} "
+            f"Nothing can be shown. Rewrite it with setup --name {info.name} --replace "
+            f"--reset ..., or remove it with: jupyter-docker-kernel remove {info.name}"
+        )
+    if args.as_command:
+        argv = manage.setup_argv(info, config.load_defaults().values)
+        print(shlex.join(["jupyter-docker-kernel", *argv]))
+        return 0
     run_args = manage.effective_args(info.settings)
     if args.json:
         data = info.to_json()
@@ -651,6 +870,8 @@ def cmd_show(args: argparse.Namespace, engine: Engine) -> int:
         print(json.dumps(data, indent=1))
         return 0
     print("\n".join(format_show(info, run_args, engine.command)))
+    for line in spec_warnings([info]):
+        print(line)
     return 0
 
 
@@ -667,10 +888,43 @@ def cmd_remove(args: argparse.Namespace, engine: Engine) -> int:
             print("Nothing was removed.")
             return 1
     manage.remove(info.name)
+    warm: list[str] | None = []
+    key = ""
+    if info.settings is not None:
+        key = pool.pool_key(info.settings, os.getuid())
+    if info.settings is not None and info.settings.pool:  # no pool, no engine call
+        try:
+            warm = manage.warm_containers(engine, info.settings)
+        except DockerKernelError:
+            warm = None  # no engine: nothing to count, and nothing for gc to do now either
+    left = manage.find_or_none(info.name)
     if args.json:
-        print(json.dumps({"removed": info.name, "path": info.path}))
-    else:
-        print(f"Removed kernelspec {info.name} ({info.path})")
+        print(
+            json.dumps(
+                {
+                    "removed": info.name,
+                    "path": info.path,
+                    "warm_containers": warm,
+                    "pool_key": key or None,
+                }
+            )
+        )
+        return 0
+    print(f"Removed kernelspec {info.name} ({info.path})")
+    if warm:
+        print(
+            f"  {len(warm)} warm container(s) of it still run, until their pool time "
+            f"({info.settings.pool_ttl if info.settings else 0:g} s) ends. Remove them now "
+            f"with: jupyter-docker-kernel gc --pools {key}"
+        )
+    elif warm is None and info.settings is not None and info.settings.pool:
+        print(
+            "  note: the engine did not answer, so its warm containers were not counted; "
+            f"once it does: jupyter-docker-kernel gc --pools {key}"
+        )
+    if left is not None:
+        where = f"shadowed by {left.shadowed_by}" if left.shadowed_by else "Jupyter uses it now"
+        print(f"  Another '{info.name}' of ours remains in {left.path} ({where}).")
     return 0
 
 
@@ -683,10 +937,34 @@ def cmd_doctor(args: argparse.Namespace, engine: Engine) -> int:
     return 0 if report.ok else 1
 
 
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null: its reader went away (`show | head`), and Python's
+    flush at exit would print a BrokenPipeError traceback (the recipe in Python's docs)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # not a real file (a test's capture): nothing will be flushed to a pipe
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse argv, run one subcommand, return its exit code (0 ok, 1 our error, 2 usage)."""
+    """Parse argv, run one subcommand, return its exit code (0 ok, 1 our error, 2 usage,
+    141 when stdout's reader went away, as a shell reports SIGPIPE)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        quiet_stdout()
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        given = sys.argv[1:] if argv is None else argv
+        print(f"error: {exc}. See '{help_command(parser, given)}'.", file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -708,4 +986,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    try:
+        sys.stdout.flush()  # here, not at exit, where a closed pipe cannot be caught
+    except BrokenPipeError:
+        quiet_stdout()
+        code = 141
+    sys.exit(code)

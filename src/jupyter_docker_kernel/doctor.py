@@ -307,7 +307,8 @@ def _check_spec(
             f"{label}: kernelspec",
             "FAIL",
             f"{spec.path}: {spec.error}",
-            f"jupyter-docker-kernel setup --name {label} --replace ... (rewrite it)",
+            f"jupyter-docker-kernel setup --name {label} --replace --reset ... (rewrite it), "
+            f"or jupyter-docker-kernel remove {label}",
         )
         return None
     add(f"{label}: kernelspec", "OK", f"{spec.path} (image {settings.image})")
@@ -323,7 +324,8 @@ def _check_spec(
             f"{label}: hardening",
             "WARN",
             "; ".join(loosened),
-            "only if intended: setup --replace without them restores the defaults",
+            f"only if intended: `show {label} --as-command` prints the setup line; rerun it "
+            "without them, adding --replace --reset",
         )
     missing = [m.source for m in settings.mounts if not os.path.exists(m.source)]
     if missing:

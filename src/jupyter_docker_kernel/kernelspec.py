@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ from jupyter_docker_kernel.settings import KernelSettings
 #: kernel.json metadata key that marks a kernelspec as ours.
 METADATA_KEY = "jupyter_docker_kernel"
 LAUNCHER_MODULE = "jupyter_docker_kernel.launcher"
+#: Written next to kernel.json by install(): how `list` and `remove` still know a spec dir
+#: is ours when its kernel.json no longer parses (a hand edit, a disk that filled up).
+MARKER_FILE = "jupyter-docker-kernel.txt"
+#: The kernel name Jupyter gives its own Python kernel (ipykernel's built-in spec).
+NATIVE_KERNEL_NAME = "python3"
 #: Our entry point in the `jupyter_client.kernel_provisioners` group (pyproject.toml).
 PROVISIONER_NAME = "docker-provisioner"
 INTERRUPT_MODES = ("signal", "message")
@@ -146,10 +152,40 @@ def install(
             f"A kernelspec named '{name}' already exists in {target}. Nothing was written. "
             "Pass --replace to overwrite it, or choose another --name."
         )
+    if target.exists() and not is_ours(target):
+        # --replace is for our own specs: over ipykernel's python3 it would take away the
+        # host's Python kernel, and `remove` could not give it back.
+        raise KernelSpecError(
+            f"The kernelspec '{name}' in {target} was not written by jupyter-docker-kernel; "
+            "--replace only replaces our own. Nothing was written. Choose another --name."
+        )
+    shadow = shadowed_by(name, target)
+    if shadow is not None:
+        # Suggest a place only where nothing would shadow the spec (in a virtualenv,
+        # jupyter_core searches the env's dir before the user's).
+        places = [
+            flag
+            for flag, other in (
+                ("--user", destination(name, user=True, prefix=None)),
+                ("--sys-prefix", destination(name, user=False, prefix=sys.prefix)),
+            )
+            if other != target and not other.exists() and shadowed_by(name, other) is None
+        ]
+        where = f", or install with {places[0]}, where nothing shadows it" if places else ""
+        raise KernelSpecError(
+            f"A kernelspec named '{name}' in {shadow} comes first in Jupyter's search path, "
+            f"so one written to {target} would never be used (Jupyter takes the first spec "
+            f"of a name). Nothing was written. Choose another --name (e.g. {name}-docker)"
+            f"{where}."
+        )
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / name
         src.mkdir()
         (src / "kernel.json").write_text(json.dumps(kernel_json, indent=1) + "\n")
+        (src / MARKER_FILE).write_text(
+            f"Written by jupyter-docker-kernel {__version__}. "
+            f"'jupyter-docker-kernel remove {name}' removes this directory.\n"
+        )
         try:
             return Path(
                 KernelSpecManager().install_kernel_spec(str(src), name, user=user, prefix=prefix)
@@ -162,17 +198,97 @@ def install(
             ) from exc
 
 
-def find_ours() -> dict[str, Path]:
-    """Our kernelspecs that Jupyter can see, by name (used by list/show and the tests)."""
+def is_ours(path: Path) -> bool:
+    """Whether the spec dir at `path` was written by us (so list/remove may manage it).
+
+    Our marker file says so; for specs written before the marker existed, kernel.json's
+    text naming our launcher module does (the text, not the parsed JSON, so that a
+    kernel.json broken by an edit still counts: it can only have run our launcher).
+    """
+    if (path / MARKER_FILE).is_file():
+        return True
+    try:
+        text = (path / "kernel.json").read_text(errors="replace")
+    except OSError:
+        return False
+    return LAUNCHER_MODULE in text
+
+
+@dataclass(frozen=True)
+class Found:
+    """One spec dir of ours in Jupyter's kernel dirs (kernelspec.scan_ours)."""
+
+    name: str
+    path: Path
+    #: The spec dir Jupyter uses for this name instead (None: ours is the one it uses).
+    shadowed_by: Path | None = None
+
+
+def kernel_dirs() -> list[Path]:
+    """Jupyter's kernel dirs in its search order, each once (JUPYTER_PATH may repeat one)."""
     from jupyter_client.kernelspec import KernelSpecManager
 
+    seen: set[str] = set()
+    out: list[Path] = []
+    for directory in KernelSpecManager().kernel_dirs:
+        key = os.path.realpath(directory)
+        if key not in seen:
+            seen.add(key)
+            out.append(Path(directory))
+    return out
+
+
+def _spec_dirs(directory: Path) -> list[tuple[str, Path]]:
+    """(lower-cased name, path) of every subdirectory, as Jupyter names specs."""
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [(e.lower(), directory / e) for e in entries if (directory / e).is_dir()]
+
+
+def scan_ours() -> list[Found]:
+    """Every spec dir of ours, in Jupyter's search order, broken and shadowed ones too.
+
+    Jupyter resolves a name to the first dir holding a kernel.json of that name
+    (jupyter_client's find_kernel_specs), so ours may be hidden behind another spec of
+    the same name; we walk the same dirs to say by which. A dir whose kernel.json does
+    not parse is still listed here (manage.read_spec says why it is broken).
+    """
+    first: dict[str, Path] = {}
+    found: list[tuple[str, Path]] = []
+    for directory in kernel_dirs():
+        for name, path in _spec_dirs(directory):
+            if (path / "kernel.json").is_file():
+                first.setdefault(name, path)
+            if is_ours(path):
+                found.append((name, path))
+    return [
+        Found(name, path, None if first.get(name, path) == path else first[name])
+        for name, path in found
+    ]
+
+
+def shadowed_by(name: str, target: Path) -> Path | None:
+    """The spec Jupyter would use instead of one installed at `target`, if any.
+
+    Only dirs searched before target's count; a target outside Jupyter's path is not
+    shadowed (nor found: --prefix for another environment's Jupyter).
+    """
+    name = name.lower()
+    for directory in kernel_dirs():
+        if os.path.realpath(directory) == os.path.realpath(target.parent):
+            return None
+        for key, path in _spec_dirs(directory):
+            if key == name and (path / "kernel.json").is_file():
+                return path
+    return None
+
+
+def find_ours() -> dict[str, Path]:
+    """Our kernelspecs that Jupyter uses, by name (broken ones included; shadowed ones not)."""
     out: dict[str, Path] = {}
-    for name, path in KernelSpecManager().find_kernel_specs().items():
-        try:
-            with open(os.path.join(path, "kernel.json")) as fh:
-                data = json.load(fh)
-        except (OSError, ValueError):
-            continue
-        if METADATA_KEY in (data.get("metadata") or {}):
-            out[name] = Path(path)
+    for found in scan_ours():
+        if found.shadowed_by is None:
+            out.setdefault(found.name, found.path)
     return out

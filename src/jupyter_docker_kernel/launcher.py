@@ -82,6 +82,9 @@ def exit_verdict(code: int, reason: str, *, stopping: bool, interrupted: bool) -
     """
     if not reason and code == SIGINT_EXIT and interrupted:
         return logging.INFO, "SIGINT just after an interrupt, as Jupyter sends before a shutdown"
+    if not reason and code == 0 and interrupted:
+        # The interrupt line above reads like a user's; say it was the shutdown's first step.
+        return logging.INFO, "shut down; the interrupt just before was part of the shutdown"
     return (logging.INFO if code == 0 or stopping else logging.WARNING), reason
 
 
@@ -511,7 +514,13 @@ class Launcher:
 
     def _interrupt(self) -> None:
         self.last_interrupt = time.monotonic()
-        log.info("interrupt: sending SIGINT to the kernel in %s", self.name)
+        # jupyter_client interrupts before every shutdown; we cannot tell which this is yet,
+        # so say both (the exit line then says whether it was the shutdown's).
+        log.info(
+            "interrupt: sending SIGINT to the kernel in %s (a user's interrupt, or the first "
+            "step of a shutdown)",
+            self.name,
+        )
         self._in_thread(self.engine.kill, self.container_id or self.name, "INT")
 
     def interrupted_lately(self) -> bool:
@@ -816,7 +825,9 @@ def configure_logging(debug: bool) -> None:
 
 USAGE = (
     "usage: python -m jupyter_docker_kernel.launcher --settings JSON -f CONNECTION_FILE "
-    "[--debug]\nRun by Jupyter through a kernelspec written by `jupyter-docker-kernel setup`."
+    "[--debug] [EXTRA ...]\nRun by Jupyter through a kernelspec written by "
+    "`jupyter-docker-kernel setup`. EXTRA arguments (`jupyter run` passes its file names) "
+    "are ignored: the kernel in the container cannot see the host's files."
 )
 
 
@@ -827,6 +838,8 @@ class Args:
         self.settings = ""
         self.connection_file = ""
         self.debug = False
+        #: Positional arguments a client appended; logged at DEBUG and otherwise ignored.
+        self.extra: list[str] = []
 
 
 def parse_args(argv: list[str]) -> Args:
@@ -850,6 +863,11 @@ def parse_args(argv: list[str]) -> Args:
         elif opt in ("-h", "--help"):
             print(USAGE)
             sys.exit(0)
+        elif not opt.startswith("-"):
+            # jupyter_client appends a client's extra arguments to the kernelspec's argv
+            # (`jupyter run --kernel NAME file.py` sends file.py; it runs the file's code
+            # itself): a kernel that refused them could not be used there at all.
+            args.extra.append(opt)
         else:
             print(f"{USAGE}\nerror: unexpected argument {opt!r}", file=sys.stderr)
             sys.exit(2)
@@ -863,6 +881,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the kernelspec's argv; returns the kernel container's exit code."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging(args.debug or bool(os.environ.get("JUPYTER_DOCKER_KERNEL_DEBUG")))
+    if args.extra:
+        log.debug("ignoring extra arguments from the client: %s", " ".join(args.extra))
     # Until the event loop's handler is installed, an interrupt has no kernel to reach yet;
     # it must not kill the launcher halfway through starting one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,6 +1,7 @@
 """Our installed kernelspecs as data: `list`, `show` and `remove` (cli.py prints them).
 
-kernelspec.find_ours() finds the specs; this module reads each one back into settings,
+kernelspec.scan_ours() finds the specs (broken and shadowed ones too, so they can be
+listed and removed); this module reads each one back into settings,
 asks the engine (once per image) whether its image is present, and builds the exact
 `docker run` argument list the launcher would use, with placeholders for what only a
 real start knows (kernel id, connection file).
@@ -8,19 +9,21 @@ real start knows (kernel id, connection file).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_docker_kernel import hardening, kernelspec
-from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel import hardening, kernelspec, pool
+from jupyter_docker_kernel.engine import LABEL_POOL, Engine
 from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError
 from jupyter_docker_kernel.launcher import NAME_PREFIX, SUPERVISOR_PATH, runtime_base
-from jupyter_docker_kernel.settings import KernelSettings
+from jupyter_docker_kernel.settings import KernelSettings, option
 
 #: What `show` puts where a real start has a value of its own.
 PLACEHOLDER_KERNEL_ID = "KERNEL-ID"
@@ -41,6 +44,8 @@ class SpecInfo:
     error: str = ""
     #: True/False from the engine; None when it was not asked or did not answer.
     image_present: bool | None = None
+    #: The spec dir Jupyter uses for this name instead of ours ("" when ours is used).
+    shadowed_by: str = ""
 
     @property
     def image(self) -> str:
@@ -72,22 +77,32 @@ class SpecInfo:
             "limits": self.limits(),
             "settings": self.settings.to_dict() if self.settings else None,
             "error": self.error or None,
+            "shadowed_by": self.shadowed_by or None,
         }
 
 
-def read_spec(name: str, path: Path) -> SpecInfo:
+def read_spec(name: str, path: Path, shadowed_by: Path | None = None) -> SpecInfo:
     """Read one spec dir; a spec whose settings do not parse comes back with `error` set."""
+    shadow = str(shadowed_by) if shadowed_by else ""
     try:
         data = json.loads((path / "kernel.json").read_text())
-    except (OSError, ValueError) as exc:
-        return SpecInfo(name, str(path), "", "", None, error=f"cannot read kernel.json: {exc}")
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except OSError as exc:
+        why = f"cannot read kernel.json: {exc.strerror or exc}"
+        return SpecInfo(name, str(path), "", "", None, error=why, shadowed_by=shadow)
+    except ValueError as exc:
+        why = f"kernel.json is not valid JSON ({exc})"
+        return SpecInfo(name, str(path), "", "", None, error=why, shadowed_by=shadow)
     argv = data.get("argv") or [""]
     display = str(data.get("display_name", ""))
     try:
         settings = kernelspec.settings_from_kernel_json(data)
     except DockerKernelError as exc:
-        return SpecInfo(name, str(path), display, str(argv[0]), None, error=str(exc))
-    return SpecInfo(name, str(path), display, str(argv[0]), settings)
+        return SpecInfo(
+            name, str(path), display, str(argv[0]), None, error=str(exc), shadowed_by=shadow
+        )
+    return SpecInfo(name, str(path), display, str(argv[0]), settings, shadowed_by=shadow)
 
 
 def image_presence(engine: Engine, images: set[str]) -> dict[str, bool] | None:
@@ -100,7 +115,10 @@ def image_presence(engine: Engine, images: set[str]) -> dict[str, bool] | None:
 
 def list_specs(engine: Engine | None) -> tuple[list[SpecInfo], str]:
     """Our kernelspecs by name, with image presence; plus why presence is unknown ("")."""
-    specs = [read_spec(name, path) for name, path in sorted(kernelspec.find_ours().items())]
+    specs = [
+        read_spec(f.name, f.path, f.shadowed_by)
+        for f in sorted(kernelspec.scan_ours(), key=lambda f: f.name)
+    ]
     if engine is None or not specs:
         return specs, ""
     # Each kernelspec's image is looked up in its own engine (engine_host: Podman's, say).
@@ -131,10 +149,13 @@ def find(name: str) -> SpecInfo:
     """One of our kernelspecs by name, or a KernelSpecError saying what to do instead."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    ours = kernelspec.find_ours()
     key = name.lower()
-    if key in ours:
-        return read_spec(key, ours[key])
+    found = kernelspec.scan_ours()
+    # In search order: the one Jupyter uses comes first when there are two of ours.
+    for spec in found:
+        if spec.name == key:
+            return read_spec(key, spec.path, spec.shadowed_by)
+    ours = {spec.name for spec in found}
     other = KernelSpecManager().find_kernel_specs().get(key)
     if other is not None:
         raise KernelSpecError(
@@ -146,6 +167,107 @@ def find(name: str) -> SpecInfo:
         f"No kernelspec named '{name}' (ours: {known}). Nothing was done. "
         "'jupyter-docker-kernel list' shows them."
     )
+
+
+def find_or_none(name: str) -> SpecInfo | None:
+    """Like find(), but None when no spec of ours has this name."""
+    key = name.lower()
+    for spec in kernelspec.scan_ours():
+        if spec.name == key:
+            return read_spec(key, spec.path, spec.shadowed_by)
+    return None
+
+
+def location_options(path: str) -> list[str]:
+    """The setup option that installs where `path` (a spec dir) is: --user, --sys-prefix,
+    --prefix P, or none for the system-wide dir setup uses by default."""
+    from jupyter_core.paths import jupyter_data_dir
+
+    kernels = os.path.realpath(os.path.dirname(path))
+    if kernels == os.path.realpath(os.path.join(jupyter_data_dir(), "kernels")):
+        return ["--user"]
+    if kernels == os.path.realpath(os.path.join(sys.prefix, "share", "jupyter", "kernels")):
+        return ["--sys-prefix"]
+    prefix, tail = kernels, list[str]()
+    for _ in range(3):
+        prefix, part = os.path.split(prefix)
+        tail.insert(0, part)
+    if tail == ["share", "jupyter", "kernels"] and kernelspec.destination(
+        "x", user=False, prefix=None
+    ).parent != Path(kernels):
+        return ["--prefix", prefix]
+    return []
+
+
+def setup_argv(info: SpecInfo, configured: dict[str, Any]) -> list[str]:
+    """`setup` arguments that recreate this spec: `show --as-command`.
+
+    Every setting that differs from the built-in default is written out, and so is every
+    one the config files set (`configured`), so that the line gives the same spec even
+    when it runs where the config says otherwise. --kernel-cmd goes last: it takes the
+    rest of the line. No --replace and no --skip-checks: the line is the user's to adapt.
+    """
+    s = info.settings
+    assert s is not None
+    data: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((Path(info.path) / "kernel.json").read_text())
+    defaults = KernelSettings()
+    argv = ["setup", "--name", info.name]
+    if info.display_name and info.display_name != f"{info.name} (container)":
+        argv += ["--display-name", info.display_name]
+    argv += location_options(info.path)
+    argv += ["--image", s.image]
+    if s.workdir != "mount":
+        argv.append("--copy-workdir" if s.workdir == "copy" else "--no-workdir")
+    if s.workdir_readonly:
+        argv.append("--workdir-readonly")
+    for m in s.mounts:
+        argv += ["--mount", m.to_spec()]
+    for name, value in s.env:
+        argv += ["--env", f"{name}={value}"]
+    for field in ("python", "runtime", "kernel_user", "engine_host"):
+        value = getattr(s, field)
+        if value is not None and (value != getattr(defaults, field) or field in configured):
+            argv += [option(field), str(value)]
+    if s.kernel_transport != "ipc":
+        argv += ["--kernel-transport", s.kernel_transport]
+    for arg in s.docker_args:
+        argv.append(f"--docker-arg={arg}")  # one item: a value starting with - stays a value
+    for field in LIMIT_FIELDS:
+        value = getattr(s, field)
+        if value != getattr(defaults, field) or field in configured:
+            argv += [option(field), f"{value:g}" if isinstance(value, float) else str(value)]
+    mode = str(data.get("interrupt_mode", "signal"))
+    if mode != "signal" or s.kernel_spec_in_image:
+        argv += ["--interrupt-mode", mode]
+    if "kernel_provisioner" in (data.get("metadata") or {}):
+        argv.append("--provisioner")
+    if s.kernel_spec_in_image:
+        # The command and the image kernel's env come from the image again, as they did.
+        argv += ["--kernel-spec-in-image", s.kernel_spec_in_image]
+    elif s.kernel_cmd:
+        argv += ["--kernel-cmd", *s.kernel_cmd]
+    return argv
+
+
+#: Settings setup sets with one option of the same name (cli.LIMIT_OPTIONS' fields).
+LIMIT_FIELDS = (
+    "network",
+    "memory",
+    "cpus",
+    "pids_limit",
+    "tmp_size",
+    "tmp_inodes",
+    "nofile",
+    "fsize",
+    "max_lifetime",
+    "max_message",
+    "output_budget",
+    "copy_limit",
+    "pool",
+    "pool_ttl",
+)
 
 
 def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> hardening.Launch:
@@ -191,3 +313,14 @@ def remove(name: str) -> SpecInfo:
             "check its permissions (a system-wide spec needs root) and run remove again."
         ) from exc
     return info
+
+
+def warm_containers(engine: Engine, settings: KernelSettings) -> list[str]:
+    """Names of the warm containers (unclaimed, this user's) for these settings.
+
+    `remove` reports them: they outlive their kernelspec until their pool time ends.
+    Raises our EngineError when the engine cannot be asked.
+    """
+    key = pool.pool_key(settings, os.getuid())
+    names = [str(item.get("Names", "")) for item in engine.list_containers({LABEL_POOL: key})]
+    return [name for name in names if name.startswith(pool.POOL_NAME_PREFIX)]

@@ -129,18 +129,54 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
     key = pool_key(settings, os.getuid())
     api = engine.api()
     if api.available():
-        waiting = sum(
-            1
+        names = {
+            str((item.get("Names") or ["/"])[0]).lstrip("/")
             for item in api.containers({LABEL_POOL: key})
-            if str((item.get("Names") or ["/"])[0]).lstrip("/").startswith(POOL_NAME_PREFIX)
-        )
+        }
+        waiting = sum(1 for name in names if name.startswith(POOL_NAME_PREFIX))
+        remove_expired(base, key, names)
     else:
+        remove_expired(base, key, None, settings.pool_ttl)
         waiting = len(pool_dirs(base, key))
     started = 0
     for _ in range(max(0, settings.pool - waiting)):
         start_one(engine, settings, base, launch, key)
         started += 1
     return started
+
+
+#: A warm container's dir younger than this may be one still starting (no container yet).
+EXPIRED_GRACE = 60.0
+
+
+def remove_expired(
+    base: Path, key: str, running: set[str] | None, pool_ttl: float = 0.0
+) -> list[Path]:
+    """Remove the dirs of this pool's warm containers that have ended; returns them.
+
+    An unclaimed warm container ends itself after its pool time (the supervisor), but
+    its host dir (sockets, work copy) stays: fill() calls this each time it tops the pool
+    up, so they do not pile up until someone runs gc. `running` are the names of the
+    engine's containers of this pool; None when the engine's API cannot be asked, and
+    then a dir older than pool_ttl plus a grace counts as ended.
+    """
+    now = time.time()
+    removed = []
+    for entry in pool_dirs(base, key):
+        try:
+            age = now - entry.stat().st_mtime
+            name = (entry / "pool").read_text().partition("\n")[0].strip()
+        except OSError:
+            continue  # claimed (renamed) or removed while we looked
+        if age < EXPIRED_GRACE:
+            continue  # its container may not have been created yet
+        if (name in running) if running is not None else age < pool_ttl + EXPIRED_GRACE:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    if removed:
+        log.debug("warm pool: removed %d ended container dir(s)", len(removed))
+    return removed
 
 
 def fill_in_background(settings: KernelSettings, base: Path, launch: hardening.Launch) -> None:

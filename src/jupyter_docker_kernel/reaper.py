@@ -24,7 +24,7 @@ from jupyter_docker_kernel.launcher import (
     remove_tree,
     runtime_base,
 )
-from jupyter_docker_kernel.pool import POOL_NAME_PREFIX
+from jupyter_docker_kernel.pool import POOL_DIR_PREFIX, POOL_NAME_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,30 @@ def read_marker(directory: Path) -> tuple[str, str] | None:
     return pid, start.strip()
 
 
-def collect(engine: Engine, *, dry_run: bool = False, pools: bool = False) -> GcResult:
+def dir_pool_key(entry: Path) -> str:
+    """The pool key in a warm container's runtime dir name (pool-<key>-<nonce>), or ""."""
+    if not entry.name.startswith(POOL_DIR_PREFIX):
+        return ""
+    return entry.name.removeprefix(POOL_DIR_PREFIX).rpartition("-")[0]
+
+
+def collect(
+    engine: Engine,
+    *,
+    dry_run: bool = False,
+    pools: bool = False,
+    pool_keys: set[str] | None = None,
+) -> GcResult:
     """Remove this host's orphaned kernel containers and runtime dirs; returns what went.
 
     Unclaimed warm-pool containers have no launcher by design and end themselves after
-    their pool time; pools=True removes them now (and their dirs) as well.
+    their pool time; pools=True removes them now (and their dirs) as well; pool_keys
+    narrows that to these pools (`gc --pools NAME`: one kernelspec's, pool.pool_key).
     """
+
+    def swept(key: str) -> bool:
+        return pools and (pool_keys is None or key in pool_keys)
+
     result = GcResult()
     host = socket.gethostname()
     uid = str(os.getuid())
@@ -80,7 +98,7 @@ def collect(engine: Engine, *, dry_run: bool = False, pools: bool = False) -> Gc
             continue  # another user's kernel
         name = str(item.get("Names") or item.get("ID"))
         if name.startswith(POOL_NAME_PREFIX):
-            if not pools:
+            if not swept(labels.get(engine_mod.LABEL_POOL, "")):
                 result.kept += 1
                 continue
         else:
@@ -102,7 +120,7 @@ def collect(engine: Engine, *, dry_run: bool = False, pools: bool = False) -> Gc
         marker = read_marker(entry)
         if marker is None:
             pool_owner = entry / "pool"
-            if pool_owner.exists() and not pools:
+            if pool_owner.exists() and not swept(dir_pool_key(entry)):
                 try:
                     text = pool_owner.read_text()
                 except OSError:

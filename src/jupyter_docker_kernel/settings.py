@@ -35,8 +35,73 @@ WORKDIR_MODES: tuple[WorkdirMode, ...] = ("mount", "copy", "none")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENGINE_HOST = re.compile(r"^(unix:///\S+|(tcp|ssh)://\S+)$")
 _MEMORY = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
+#: What Docker's own size options take (go-units RAMInBytes): 2g, 2gb, 2GiB, 1.5g, "512 MB".
+_DOCKER_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?) ?([kmgtp]?)i?b?$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 #: Container paths we own; a --mount onto them would break the kernel or the supervisor.
 RESERVED_TARGETS = ("/run/jupyter-docker-kernel", "/opt/jupyter-docker-kernel")
+
+#: The setup option that sets each field: errors name what people type (--pids-limit), not
+#: the field (pids_limit); `show --as-command` and `setup --replace` speak in options too.
+OPTIONS: dict[str, str] = {
+    "image": "--image",
+    "workdir": "--copy-workdir/--no-workdir",
+    "mounts": "--mount",
+    "env": "--env",
+    "kernel_cmd": "--kernel-cmd",
+    "kernel_spec_in_image": "--kernel-spec-in-image",
+    "kernel_transport": "--kernel-transport",
+    "python": "--python",
+    "docker_args": "--docker-arg",
+    "network": "--network",
+    "runtime": "--runtime",
+    "memory": "--memory",
+    "cpus": "--cpus",
+    "pids_limit": "--pids-limit",
+    "tmp_size": "--tmp-size",
+    "kernel_user": "--kernel-user",
+    "workdir_readonly": "--workdir-readonly",
+    "max_lifetime": "--max-lifetime",
+    "nofile": "--nofile",
+    "fsize": "--fsize",
+    "tmp_inodes": "--tmp-inodes",
+    "max_message": "--max-message",
+    "output_budget": "--output-budget",
+    "copy_limit": "--copy-limit",
+    "pool": "--pool",
+    "pool_ttl": "--pool-ttl",
+    "engine_host": "--engine-host",
+    "engine": "--podman",
+}
+
+
+def option(field: str) -> str:
+    """The setup option for a settings field ('pids_limit' -> '--pids-limit')."""
+    return OPTIONS.get(field, field)
+
+
+def normalise_size(value: str, field: str) -> str:
+    """A size as Docker spells it (2gb, 512MB, 1.5g, 2GiB) -> our form (2g, 512m, 1536m).
+
+    Docker's size options accept all of those (binary multiples, case-insensitive, an
+    optional 'b' or 'ib'), but the tmpfs size= mount option and our byte budgets take only
+    digits with k, m or g; so anything else becomes the largest whole unit. A size already
+    in that form is kept as written (so existing kernelspecs read back unchanged).
+    """
+    text = str(value).strip()
+    if _MEMORY.match(text):
+        return text
+    found = _DOCKER_SIZE.match(text)
+    if not found:
+        raise SettingsError(
+            f"{option(field)} '{value}' is not a size such as 512m, 2g or 2gb. "
+            "No kernelspec was written."
+        )
+    number = int(float(found.group(1)) * _UNITS[found.group(2).lower()])
+    for unit in ("g", "m", "k"):
+        if number and number % _UNITS[unit] == 0:
+            return f"{number // _UNITS[unit]}{unit}"
+    return str(number)
 
 
 @dataclass(frozen=True)
@@ -143,7 +208,7 @@ class KernelSettings:
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
-            raise SettingsError(f"Image name '{self.image}' is empty or contains spaces.")
+            raise SettingsError(f"--image '{self.image}' is empty or contains spaces.")
         if self.workdir not in WORKDIR_MODES:
             raise SettingsError(
                 f"workdir must be one of {', '.join(WORKDIR_MODES)}, not '{self.workdir}'."
@@ -161,25 +226,28 @@ class KernelSettings:
             "output_budget",
             "copy_limit",
         ):
-            size = getattr(self, size_name)
-            if not _MEMORY.match(size):
-                raise SettingsError(f"{size_name} '{size}' is not a size such as 512m or 2g.")
-            if int(size.rstrip("bkmgBKMG")) == 0:
+            given = getattr(self, size_name)
+            size = normalise_size(given, size_name)
+            # Frozen: the normalised spelling is what kernel.json stores and docker gets.
+            object.__setattr__(self, size_name, size)
+            if size_bytes(size) == 0:
                 raise SettingsError(
-                    f"{size_name} '{size}' must be more than 0 (the engine reads 0 as unlimited)."
+                    f"{option(size_name)} '{given}' must be more than 0 (the engine reads 0 "
+                    "as unlimited)."
                 )
         if not math.isfinite(self.max_lifetime) or self.max_lifetime < 1:
             raise SettingsError(
-                f"max_lifetime must be at least 1 second, not {self.max_lifetime}; "
+                f"--max-lifetime must be at least 1 second, not {self.max_lifetime}; "
                 "there is no unlimited lifetime (a kernel must not outlive its purpose)."
             )
         for count_name, floor in (("nofile", 64), ("tmp_inodes", 64)):
             if getattr(self, count_name) < floor:
                 raise SettingsError(
-                    f"{count_name} {getattr(self, count_name)} is too small; use {floor} or more."
+                    f"{option(count_name)} {getattr(self, count_name)} is too small; "
+                    f"use {floor} or more."
                 )
         if self.pool < 0 or self.pool > 32:
-            raise SettingsError(f"pool must be between 0 and 32 containers, not {self.pool}.")
+            raise SettingsError(f"--pool must be between 0 and 32 containers, not {self.pool}.")
         if self.pool and (self.workdir == "mount" or self.kernel_cmd):
             raise SettingsError(
                 "--pool needs --copy-workdir or --no-workdir and the default ipykernel command: "
@@ -187,19 +255,19 @@ class KernelSettings:
                 "pooled kernel is ipykernel started ahead of time. No kernelspec was written."
             )
         if not math.isfinite(self.pool_ttl) or self.pool_ttl < 10:
-            raise SettingsError(f"pool_ttl must be at least 10 seconds, not {self.pool_ttl}.")
+            raise SettingsError(f"--pool-ttl must be at least 10 seconds, not {self.pool_ttl}.")
         if not math.isfinite(self.cpus) or self.cpus <= 0:
-            raise SettingsError(f"cpus must be positive, not {self.cpus}.")
+            raise SettingsError(f"--cpus must be positive, not {self.cpus}.")
         if self.pids_limit < 16:
             raise SettingsError(
-                f"pids_limit {self.pids_limit} is too small for a kernel (it needs about 16 "
+                f"--pids-limit {self.pids_limit} is too small for a kernel (it needs about 16 "
                 "threads of its own); use 64 or more."
             )
         if self.kernel_user is not None and not re.match(r"^[0-9]+(:[0-9]+)?$", self.kernel_user):
-            raise SettingsError(f"kernel_user '{self.kernel_user}' is not UID or UID:GID.")
+            raise SettingsError(f"--kernel-user '{self.kernel_user}' is not UID or UID:GID.")
         if self.kernel_user is not None and int(self.kernel_user.split(":")[0]) == 0:
             raise SettingsError(
-                "kernel_user 0 would run hostile code as root in the container. "
+                "--kernel-user 0 would run hostile code as root in the container. "
                 "No kernelspec was written. Pick an unprivileged uid such as 1000."
             )
         if self.engine not in ENGINE_KINDS:
@@ -208,13 +276,13 @@ class KernelSettings:
             )
         if self.engine_host is not None and not _ENGINE_HOST.match(self.engine_host):
             raise SettingsError(
-                f"engine_host '{self.engine_host}' is not a DOCKER_HOST address such as "
+                f"--engine-host '{self.engine_host}' is not a DOCKER_HOST address such as "
                 "unix:///run/podman/podman.sock (unix://, tcp:// or ssh://). "
                 "No kernelspec was written."
             )
         if self.kernel_transport not in KERNEL_TRANSPORTS:
             raise SettingsError(
-                f"kernel_transport must be ipc or tcp, not '{self.kernel_transport}'."
+                f"--kernel-transport must be ipc or tcp, not '{self.kernel_transport}'."
             )
         if self.kernel_transport == "tcp" and (self.network == "host" or self.pool):
             raise SettingsError(
@@ -224,7 +292,7 @@ class KernelSettings:
             )
         if self.kernel_spec_in_image and not self.kernel_cmd:
             raise SettingsError(
-                f"kernel_spec_in_image '{self.kernel_spec_in_image}' needs the kernel_cmd "
+                f"--kernel-spec-in-image '{self.kernel_spec_in_image}' needs the kernel_cmd "
                 "read from it. Run setup again with --kernel-spec-in-image to rewrite it."
             )
         if self.kernel_cmd and not any(CONNECTION_FILE_PLACEHOLDER in a for a in self.kernel_cmd):
@@ -272,24 +340,26 @@ class KernelSettings:
                 "written by a newer jupyter-docker-kernel; upgrade, or run setup again."
             )
         kwargs: dict[str, Any] = dict(data)
-        try:
-            if "mounts" in kwargs:
-                kwargs["mounts"] = tuple(Mount(**m).validated() for m in kwargs["mounts"])
-            if "env" in kwargs:
-                kwargs["env"] = tuple((str(k), str(v)) for k, v in dict(kwargs["env"]).items())
-            for name in ("kernel_cmd", "docker_args"):
-                if name in kwargs:
-                    kwargs[name] = tuple(str(a) for a in kwargs[name])
-            if "cpus" in kwargs:
-                kwargs["cpus"] = float(kwargs["cpus"])
-            for name in ("pids_limit", "nofile", "tmp_inodes", "pool"):
-                if name in kwargs:
-                    kwargs[name] = int(kwargs[name])
-            for name in ("max_lifetime", "pool_ttl"):
-                if name in kwargs:
-                    kwargs[name] = float(kwargs[name])
-        except (TypeError, ValueError) as exc:
-            raise SettingsError(f"The kernelspec's settings are malformed: {exc}.") from exc
+        converters: dict[str, Any] = {
+            "mounts": lambda v: tuple(Mount(**m).validated() for m in v),
+            "env": lambda v: tuple((str(k), str(x)) for k, x in dict(v).items()),
+            "kernel_cmd": lambda v: tuple(str(a) for a in v),
+            "docker_args": lambda v: tuple(str(a) for a in v),
+            "cpus": float,
+            **dict.fromkeys(("pids_limit", "nofile", "tmp_inodes", "pool"), int),
+            **dict.fromkeys(("max_lifetime", "pool_ttl"), float),
+        }
+        for name, convert in converters.items():
+            if name not in kwargs:
+                continue
+            try:
+                kwargs[name] = convert(kwargs[name])
+            except (TypeError, ValueError) as exc:
+                # Name the field as kernel.json spells it and the option that sets it.
+                raise SettingsError(
+                    f"The kernelspec's setting {name} ({option(name)}) is malformed: {exc}. "
+                    "Run setup again with --replace to rewrite it."
+                ) from exc
         return cls(**kwargs)
 
 

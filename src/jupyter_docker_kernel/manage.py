@@ -19,7 +19,7 @@ from typing import Any
 from jupyter_docker_kernel import hardening, kernelspec
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError
-from jupyter_docker_kernel.launcher import NAME_PREFIX, SUPERVISOR_PATH, runtime_base
+from jupyter_docker_kernel.launcher import NAME_PREFIX, SUPERVISOR_PATH, owner_of, runtime_base
 from jupyter_docker_kernel.settings import KernelSettings
 
 #: What `show` puts where a real start has a value of its own.
@@ -168,6 +168,7 @@ def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> 
         launcher_pid=0,
         launcher_start="START",
         hostname="HOST",
+        workdir_owner=owner_of(workdir or os.getcwd(), settings),
     )
 
 

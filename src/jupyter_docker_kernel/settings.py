@@ -35,6 +35,8 @@ WORKDIR_MODES: tuple[WorkdirMode, ...] = ("mount", "copy", "none")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENGINE_HOST = re.compile(r"^(unix:///\S+|(tcp|ssh)://\S+)$")
 _MEMORY = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
+#: kernel_user meaning "the uid:gid that owns the notebook's directory", resolved per start.
+OWNER_USER = "owner"
 #: Container paths we own; a --mount onto them would break the kernel or the supervisor.
 RESERVED_TARGETS = ("/run/jupyter-docker-kernel", "/opt/jupyter-docker-kernel")
 
@@ -116,7 +118,8 @@ class KernelSettings:
     pids_limit: int = 512
     #: Size of the writable tmpfs mounted at /tmp and at HOME.
     tmp_size: str = "512m"
-    #: The container runs as this uid:gid; None means the launching user's (or 65534 for root).
+    #: The container runs as this uid:gid; None means the launching user's (or 65534 for
+    #: root); "owner" the notebook directory's owner when root launches (never uid 0).
     kernel_user: str | None = None
     #: Mount the notebook's directory read-only (workdir mode "mount").
     workdir_readonly: bool = False
@@ -195,9 +198,18 @@ class KernelSettings:
                 f"pids_limit {self.pids_limit} is too small for a kernel (it needs about 16 "
                 "threads of its own); use 64 or more."
             )
-        if self.kernel_user is not None and not re.match(r"^[0-9]+(:[0-9]+)?$", self.kernel_user):
-            raise SettingsError(f"kernel_user '{self.kernel_user}' is not UID or UID:GID.")
-        if self.kernel_user is not None and int(self.kernel_user.split(":")[0]) == 0:
+        if self.kernel_user == OWNER_USER:
+            if self.pool:
+                raise SettingsError(
+                    "--kernel-user owner is looked up at each start, from the notebook's "
+                    "directory, so it cannot go with --pool (warm containers start before "
+                    "that directory is known). No kernelspec was written. Drop one of them."
+                )
+        elif self.kernel_user is not None and not re.match(r"^[0-9]+(:[0-9]+)?$", self.kernel_user):
+            raise SettingsError(
+                f"kernel_user '{self.kernel_user}' is not UID, UID:GID or {OWNER_USER}."
+            )
+        elif self.kernel_user is not None and int(self.kernel_user.split(":")[0]) == 0:
             raise SettingsError(
                 "kernel_user 0 would run hostile code as root in the container. "
                 "No kernelspec was written. Pick an unprivileged uid such as 1000."

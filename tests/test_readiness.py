@@ -171,6 +171,13 @@ RUN_FAILURES: list[tuple[str, KernelSettings, str, int, str, str]] = [
     ("missing network", KernelSettings(network="nosuchnet"),
      "docker: Error response from daemon: network nosuchnet not found.\n", 125,
      "--network nosuchnet: the engine has no network 'nosuchnet'", "docker network create"),
+    ("missing network, Podman", KernelSettings(network="nosuchnet"),
+     "Error: container create: unable to find network with name or ID nosuchnet: network not "
+     "found\n", 125, "--network nosuchnet: the engine has no network 'nosuchnet'",
+     "docker network create"),
+    ("memory below the minimum, Podman", KernelSettings(memory="2"),
+     "unable to upgrade to tcp, received 409\n", 1,
+     "memory 2 is 2 bytes, below the engines' minimum (6 MiB for Docker)", "--memory 2g"),
     ("PATH replaced", KernelSettings(env=(("PATH", "/x"),)),
      'docker: Error response from daemon: failed to create shim task: OCI runtime create '
      'failed: runc create failed: unable to start container process: exec: "python3": '
@@ -239,7 +246,7 @@ def test_probe_args_are_the_kernels_run_args_with_only_the_kernel_command_replac
     assert args[: cut + 1] == real[: cut + 1]
     assert args[cut + 1 : cut + 3] == ["/opt/py", "-c"]
     assert args[-2] == f"{hardening.RUNTIME_TARGET}/{readiness.SOCKET_NAME}"
-    assert launch.container_name.startswith("jdk-probe-") or "probe-" in launch.container_name
+    assert launch.container_name.startswith("jdk-probe-")
     assert launch.launcher_pid == os.getpid()  # gc keeps it while we live, removes it after
 
 
@@ -401,6 +408,31 @@ def test_doctor_fails_a_hand_edited_kernel_json_whose_docker_arg_the_engine_refu
     assert "fix: remove or correct that --docker-arg" in out
     assert "WARN  jdk-test-edited: hardening: --docker-arg=--bogus-flag is passed verbatim" in out
     assert "NOT ready" in out
+
+
+@pytest.mark.docker
+def test_doctor_shows_setups_warnings_and_fails_a_mount_over_the_images_python(
+    data_dir: Path, kernel_image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A spec written with --force (a mount over the image's venv): doctor's hardening WARN
+    carries setup's refusal, and the probe FAILs naming the mount."""
+    settings = KernelSettings(image=kernel_image, mounts=(Mount(str(tmp_path), "/opt/kernel"),))
+    kernelspec.install(
+        "jdk-test-hidden",
+        kernelspec.build_kernel_json(settings, display_name="hidden"),
+        user=True,
+        prefix=None,
+        replace=True,
+    )
+    code = cli.main(["doctor", "jdk-test-hidden"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert (
+        f"WARN  jdk-test-hidden: hardening: --mount {tmp_path}:/opt/kernel hides "
+        "/opt/kernel/bin, where the image keeps its Python"
+    ) in out
+    assert "setup refuses some of these without --force" in out
+    assert f"no ipykernel (--mount {tmp_path}:/opt/kernel hides the image's own)" in out
 
 
 @pytest.mark.docker

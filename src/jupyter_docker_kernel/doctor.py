@@ -283,8 +283,20 @@ def _check_spec(
     add(f"{label}: kernelspec", "OK", f"{spec.path} (image {settings.image})")
     engine = engine_of(engine, settings)
     _check_launcher(spec, add)
+    # The image's PATH (when the engine answers) names a mount that hides its Python, as
+    # setup's check does; the image check below reports the lookup's own failure.
+    image: dict[str, Any] | None = None
+    lookup: DockerKernelError | None = None
+    if info is not None:
+        try:
+            image = engine.image_inspect(settings.image)
+        except DockerKernelError as exc:
+            lookup = exc
     loosened = readiness.loosenings(
-        settings, engine_sockets=readiness.engine_sockets(engine), resolve=os.path.realpath
+        settings,
+        engine_sockets=readiness.engine_sockets(engine),
+        image_path=readiness.image_path(image or {}, settings) if image else (),
+        resolve=os.path.realpath,
     )
     if loosened:
         forced = any(f.refused for f in loosened)
@@ -313,10 +325,8 @@ def _check_spec(
     if info is None:
         add(f"{label}: image", "SKIP", "engine unreachable")
         return None
-    try:
-        image = engine.image_inspect(settings.image)
-    except DockerKernelError as exc:
-        add(f"{label}: image", "FAIL", str(exc), f"'{engine.command} info' shows what is wrong")
+    if lookup is not None:
+        add(f"{label}: image", "FAIL", str(lookup), f"'{engine.command} info' shows what is wrong")
         return None
     if image is None:
         build = (

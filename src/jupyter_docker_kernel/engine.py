@@ -286,6 +286,8 @@ def podman_socket() -> str:
     return f"unix://{path}"
 
 
+#: Docker's smallest --memory (Podman's is similar); below it a start fails at once.
+MIN_MEMORY = 6 << 20
 #: Environment variables that change how the image's Python starts (or which one runs).
 _PYTHON_ENV = ("PATH", "PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "LD_PRELOAD", "LD_LIBRARY_PATH")
 
@@ -345,7 +347,9 @@ def explain_run_failure(
             f"{match.group(1)} to {match.group(2)} (the CPUs this host has)",
             f"use --cpus {match.group(2).rstrip('0').rstrip('.')} or less ({redo})",
         )
-    match = re.search(r"network ([^ ]+) not found", low)
+    match = re.search(r"network ([^ ]+) not found", low) or re.search(
+        r"unable to find network with name or id ([^ :]+)", low
+    )
     if match:
         return (
             f"--network {settings.network}: the engine has no network '{match.group(1)}'",
@@ -386,13 +390,24 @@ def explain_run_failure(
             f"--env {name}={value} breaks the image's {settings.python}: {errors[-1]}",
             f"remove --env {name} ({redo}); the image sets what its Python needs",
         )
+    if code not in (None, 0) and size_bytes(settings.memory) < MIN_MEMORY:
+        # Podman's compat API only says "unable to upgrade to tcp, received 409" here.
+        return (
+            f"memory {settings.memory} is {size_bytes(settings.memory)} bytes, below the "
+            f"engines' minimum (6 MiB for Docker): {engine_line or f'exit code {code}'}",
+            f"use e.g. --memory 2g ({redo}); a size without a unit is in bytes",
+        )
     if code == 125:
         return (
             f"the engine refused the kernel's container: {engine_line}",
             f"correct the option it names ({redo}); 'jupyter-docker-kernel show NAME' prints "
             "the full docker run command",
         )
-    return (said[-1] if said else f"exit code {code}", "")
+    return (
+        said[-1] if said else f"exit code {code}",
+        "'jupyter-docker-kernel show NAME' prints the kernel's docker run command: run it "
+        "to see the engine's and the image's own words",
+    )
 
 
 def _python_missing(

@@ -531,15 +531,7 @@ def _kernel_verdict(
                 "raise --memory (a kernel needs about 100m; e.g. --memory 2g)",
             )
         detail, fix = explain_run_failure(err, code, settings, image_path)
-        return (
-            "FAIL",
-            detail,
-            fix
-            or (
-                "use an image with Python and ipykernel installed (jupyter-docker-kernel image "
-                "build), or run setup again with --python PATH"
-            ),
-        )
+        return "FAIL", detail, fix
     py, ipk, release, ids, caps, nets = words
     result.python, result.ipykernel, result.release = py, ipk, release
     if ipk == "-" and not settings.kernel_cmd:

@@ -94,6 +94,8 @@ LOOSENINGS: list[tuple[str, KernelSettings, dict[str, object], list[tuple[str, b
          True)]),
     ("socket via --mount", docker_args("--mount=type=bind,source=/run/docker.sock,target=/s"), {}, [
         ("gives the kernel the container engine's API (/run/docker.sock)", True)]),
+    ("socket via -vSRC", docker_args("-v/run/docker.sock:/s"), {}, [
+        ("gives the kernel the container engine's API (/run/docker.sock)", True)]),
     ("another -v", docker_args("--volume=/srv:/srv"), {}, [
         ("mounts /srv:/srv, which setup does not check", False)]),
     ("mount on /usr", mounted("/srv/d", "/usr"), {}, [("covers /usr", True)]),

@@ -198,13 +198,16 @@ class Launcher:
             )
         uid, gid = (int(x) for x in hardening.kernel_user(self.settings, launch).split(":"))
         if self.settings.kernel_user == OWNER_USER and f"{uid}:{gid}" != launch.workdir_owner:
+            # Root-owned (never uid 0), unreadable, or a non-root launcher (it cannot hand
+            # its private runtime dir to another uid): the default user instead.
             log.warning(
-                "kernel_user owner: the work directory %s is owned by %s, not an ordinary "
-                "user, so the kernel runs as %d:%d instead (never as root).",
-                workdir,
-                f"uid:gid {launch.workdir_owner}" if launch.workdir_owner else "nobody we can see",
+                "kernel_user owner: the kernel runs as %d:%d, not as the owner (%s) of its work "
+                "directory %s: the owner is taken only when the launcher runs as root, and "
+                "never when it is root.",
                 uid,
                 gid,
+                launch.workdir_owner or "unknown",
+                workdir,
             )
         self._write_connection_file(launch.connection_file, uid, gid, launch)
         if launch.workdir_copy is not None:

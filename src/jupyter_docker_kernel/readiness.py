@@ -169,6 +169,8 @@ def _docker_arg_findings(docker_args: Sequence[str], sockets: Sequence[str]) -> 
         flag, eq, value = arg.partition("=")
         if not flag.startswith("-"):
             continue
+        if flag[:2] in ("-v", "-u", "-m") and len(flag) > 2 and not flag.startswith("--"):
+            flag, eq, value = flag[:2], "=", arg[2:]  # the short form's value attached: -vSRC:DST
         if not eq and flag in _TAKES_VALUE and i < len(docker_args):
             value = docker_args[i]
             i += 1

@@ -288,7 +288,8 @@ def engine_sockets(engine: Engine) -> list[str]:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         paths += [f"{runtime}/docker.sock", f"{runtime}/podman/podman.sock"]
-    return sorted({*paths, *(os.path.realpath(p) for p in paths)})
+    # In this order: an error names Docker's socket before containerd's.
+    return list(dict.fromkeys([*paths, *(os.path.realpath(p) for p in paths)]))
 
 
 def image_path(image: dict[str, Any], settings: KernelSettings) -> tuple[str, ...]:

@@ -2,7 +2,9 @@
 
 Used by scripts/demo: `python examples/run_notebook.py NOTEBOOK --kernel NAME`. The
 notebook's directory is copied to a fresh temporary directory first, so the run writes
-its results there and the repository stays clean.
+its results there and the repository stays clean. As root, that copy belongs to an
+ordinary user (sudo's caller, else uid 1000); the kernelspec should use `--kernel-user
+owner` (scripts/demo does) so the kernel writes there as that user.
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="jdk-demo-"))
     shutil.copytree(args.notebook.parent, workdir, dirs_exist_ok=True)
     if os.getuid() == 0:
-        workdir.chmod(0o777)  # as root the kernel runs as an unprivileged uid; let it write
+        # Root's kernels never run as root: hand the copy to an ordinary user (sudo's
+        # caller, else uid 1000), whose uid a `--kernel-user owner` kernel then runs as,
+        # so it writes here without the directory being world-writable.
+        uid = int(os.environ.get("SUDO_UID") or 1000)
+        gid = int(os.environ.get("SUDO_GID") or uid)
+        for path in [workdir, *workdir.rglob("*")]:
+            os.lchown(path, uid, gid)
     path = workdir / args.notebook.name
     nb = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]  # nbformat untyped
     started = time.monotonic()

@@ -135,7 +135,7 @@ def test_setup_missing_mount_source_fails_naming_the_path(
         (["--cpus", "0"], "--cpus must be positive"),
         (["--max-lifetime", "0"], "--max-lifetime must be at least 1 second"),
         (["--pool", "40"], "--pool must be between 0 and 32"),
-        (["--kernel-user", "abc"], "--kernel-user 'abc' is not UID or UID:GID"),
+        (["--kernel-user", "abc"], "--kernel-user 'abc' is not UID, UID:GID or owner"),
         (["--engine-host", "/var/run/docker.sock"], "--engine-host '/var/run/docker.sock'"),
         (["--kernel-cmd", "python3", "-m", "foo"], "--kernel-cmd must contain {connection_file}"),
     ],

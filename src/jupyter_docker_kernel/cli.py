@@ -29,6 +29,7 @@ from jupyter_docker_kernel import (
     kernelspec,
     manage,
     pool,
+    readiness,
     reaper,
 )
 from jupyter_docker_kernel.engine import Engine, podman_socket
@@ -38,9 +39,10 @@ from jupyter_docker_kernel.errors import (
     KernelSpecError,
     SettingsError,
 )
-from jupyter_docker_kernel.launcher import NBGRADER_MARKERS
+from jupyter_docker_kernel.launcher import NBGRADER_MARKERS, runtime_base
 from jupyter_docker_kernel.settings import (
     DEFAULT_IMAGE,
+    OWNER_USER,
     KernelSettings,
     Mount,
     option,
@@ -175,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     setup.add_argument(
         "--kernel-user",
-        metavar="UID[:GID]",
-        help="run the kernel as this dedicated uid (default: yours; 65534 under root)",
+        metavar="UID[:GID]|owner",
+        help="run the kernel as this dedicated uid (default: yours; 65534 under root); "
+        "'owner': as root, the uid:gid owning the notebook's directory (never 0)",
     )
     setup.add_argument("--runtime", help="OCI runtime, e.g. runsc for gVisor (checked now)")
     add_engine_options(setup)
@@ -232,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     setup.add_argument(
         "--skip-checks", action="store_true", help="do not check the engine and image first"
+    )
+    setup.add_argument(
+        "--force",
+        action="store_true",
+        help="accept what setup otherwise refuses: a mount of the engine's socket or over "
+        "a path the kernel needs (each still printed as a warning)",
     )
     setup.set_defaults(func=cmd_setup)
 
@@ -407,8 +416,11 @@ def with_image_kernel(
     return changed, spec
 
 
-def check_image(engine: Engine, settings: KernelSettings) -> str:
-    """Fail unless the engine answers, the image exists and can run the kernel's Python."""
+def check_image(
+    engine: Engine, settings: KernelSettings, *, for_nbgrader: bool = False, force: bool = False
+) -> tuple[readiness.Probe, list[readiness.Finding]]:
+    """Fail unless the engine answers, the image exists, the settings loosen nothing setup
+    refuses (unless forced), and the kernel's real container runs (readiness.probe)."""
     engine.info()
     if settings.runtime and settings.runtime not in engine.runtimes():
         raise SettingsError(
@@ -417,27 +429,41 @@ def check_image(engine: Engine, settings: KernelSettings) -> str:
             "it in /etc/docker/daemon.json (scripts/bootstrap-engine --runsc does this for "
             "gVisor) and restart the engine."
         )
-    engine.require_image(settings.image)
-    proc = engine.run(hardening.probe_args(settings, probe_user()), check=False, timeout=120)
-    # No output is failure too: Podman 4.3 reports exit code 0 for any `run --rm`.
-    if proc.returncode != 0 or not proc.stdout.strip():
-        what = "ipykernel" if not settings.kernel_cmd else settings.python
+    image = engine.require_image(settings.image)
+    path = readiness.image_path(image, settings)
+    findings = check_loosenings(settings, engine, for_nbgrader, force, path)
+    found = readiness.probe(engine, settings, runtime_base(), path)
+    failure = found.failure
+    if failure is not None:
+        fix = f" To fix: {failure.fix}." if failure.fix else ""
         raise ImageError(
-            f"Image '{settings.image}' cannot run {what} as an unprivileged user "
-            f"(`{settings.python} -c 'import ipykernel'` exited {proc.returncode}: "
-            f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}). "
-            "No kernelspec was written. Use an image with Python and ipykernel installed "
-            "(jupyter-docker-kernel image build), or pass --python PATH."
+            f"A kernel could not start with these settings: {failure.detail}. "
+            f"No kernelspec was written.{fix}"
         )
-    versions = proc.stdout.strip()
-    release = versions.rsplit(" ", 1)[-1]
-    if settings.runtime and "runsc" in settings.runtime and release == os.uname().release:
+    return found, findings
+
+
+def check_loosenings(
+    settings: KernelSettings,
+    engine: Engine,
+    for_nbgrader: bool,
+    force: bool,
+    image_path: tuple[str, ...] = (),
+) -> list[readiness.Finding]:
+    """readiness.loosenings; the first refused one is an error unless --force."""
+    findings = readiness.loosenings(
+        settings,
+        for_nbgrader=for_nbgrader,
+        engine_sockets=readiness.engine_sockets(engine),
+        image_path=image_path,
+        resolve=os.path.realpath,
+    )
+    refused = [f for f in findings if f.refused]
+    if refused and not force:
         raise SettingsError(
-            f"Runtime '{settings.runtime}' was asked for, but the probe container saw the "
-            f"host's own kernel ({release}), so it is not sandboxing. No kernelspec was "
-            "written. Check the runtime's entry in /etc/docker/daemon.json."
+            f"{refused[0].message}. No kernelspec was written. Add --force if you mean it."
         )
-    return versions
+    return findings
 
 
 def engine_settings(engine: Engine, settings: KernelSettings) -> KernelSettings:
@@ -557,9 +583,12 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         settings, in_image = with_image_kernel(engine, settings, args.kernel_spec_in_image)
     if not args.skip_checks:
         settings = engine_settings(engine, settings)
-        versions = check_image(engine, settings)
-    elif args.podman:
-        settings = dataclasses.replace(settings, engine="podman")
+        found, findings = check_image(engine, settings, for_nbgrader=for_nbgrader, force=args.force)
+        versions = " ".join((found.python, found.ipykernel, found.release))
+    else:
+        findings = check_loosenings(settings, engine, for_nbgrader, args.force)
+        if args.podman:
+            settings = dataclasses.replace(settings, engine="podman")
     default_display = f"{in_image.display_name if in_image else name} (container)"
     # What kernel.json holds beyond the settings is kept on --replace as well.
     kept_language = None if args.kernel_cmd else old_json.get("language")
@@ -621,11 +650,10 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
                 f"  warning: --mount {m.to_spec()} exposes {', '.join(exposed)} writable "
                 "to the kernel; add :ro, or mount a directory without nbgrader's files."
             )
-    if os.getuid() == 0 and settings.workdir == "mount":
-        print(
-            "  note: as root, kernels run as uid 65534 and cannot write directories root "
-            "owns (such as nbgrader's autograded/); for grading, use --for-nbgrader."
-        )
+    for finding in findings:
+        print(f"  warning: {finding.message}{' (forced)' if finding.refused else ''}")
+    if os.getuid() == 0:
+        print(f"  {root_note(settings)}")
     if for_nbgrader:
         lines = grading.config_lines(name, timeout)
         target = args.write_nbgrader_config
@@ -645,6 +673,28 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         f"--ExecutePreprocessor.kernel_name={name}"
     )
     return 0
+
+
+def root_note(settings: KernelSettings) -> str:
+    """What a kernel started by root runs as, and what it can write, in plain words."""
+    if settings.kernel_user == OWNER_USER:
+        return (
+            "as root: each kernel runs as the uid:gid that owns the notebook's directory "
+            "(looked up at each start), so it writes there as that user; a directory root "
+            f"owns gets uid {hardening.ROOT_FALLBACK_USER} instead, never root."
+        )
+    if settings.kernel_user:
+        return f"as root: kernels run as {settings.kernel_user}, never as root."
+    where = {
+        "mount": "cannot write the notebook's directory unless that uid may (root's "
+        "directories, nbgrader's autograded/ included, it may not)",
+        "copy": "write a private copy of the notebook's directory",
+        "none": "have no notebook directory, only their private /tmp and HOME",
+    }[settings.workdir]
+    return (
+        f"note: as root, kernels run as uid:gid {hardening.ROOT_FALLBACK_USER} (never root) "
+        f"and {where}. To write next to the notebook as its owner, use --kernel-user owner."
+    )
 
 
 def cmd_image_build(args: argparse.Namespace, engine: Engine) -> int:

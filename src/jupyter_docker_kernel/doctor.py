@@ -5,10 +5,11 @@ bottom up (engine CLI, engine, runtimes, the private runtime dir) and then per k
 (launcher Python, mounts, image, and one real probe container). A check that cannot run
 because an earlier one failed is SKIP, not FAIL, so the first FAIL is the one to fix.
 
-The probe is the setup probe (hardening.probe_args: no network, no capabilities, the
-kernel's unprivileged uid, the spec's runtime) plus the runtime dir bind-mounted where the
-kernel binds its sockets: the container imports ipykernel, binds a unix socket there, and
-the host connects to it, which is exactly the path every kernel's five channels take.
+The probe is setup's (readiness.probe): the kernel's container created from its real
+`docker run` arguments, every limit, mount, env, network and docker arg included, with a
+few lines of Python as its kernel that import ipykernel, report uid, capabilities and
+network, and bind a unix socket the host connects to, the path every kernel's five
+channels take. The hardening WARN lists readiness.loosenings, the warnings setup prints.
 """
 
 from __future__ import annotations
@@ -16,11 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import secrets
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,43 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from jupyter_docker_kernel import hardening, manage
-from jupyter_docker_kernel.engine import Engine, first_line
+from jupyter_docker_kernel import manage, readiness
+from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
-from jupyter_docker_kernel.launcher import NAME_PREFIX, remove_tree, runtime_base
+from jupyter_docker_kernel.launcher import runtime_base
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE, KernelSettings
 
 Status = Literal["OK", "WARN", "FAIL", "SKIP"]
-#: Seconds the probe container waits for the host to connect (it is removed sooner).
-PROBE_WAIT = 30.0
-#: Seconds we give a probe container to start and bind (gVisor's first start is slowest).
-PROBE_TIMEOUT = 60.0
-SOCKET_NAME = "doctor"
 #: A probe's verdicts: (check, status, detail, fix, seconds) for 'kernel' and 'sockets'.
 ProbeResult = list[tuple[str, Status, str, str, float]]
-
-#: Runs in the image as the kernel's uid: report versions, then serve one connection on a
-#: unix socket in the bind-mounted runtime dir. Python 3.7-compatible, no f-strings needed.
-PROBE_CODE = """\
-import os, platform, socket, sys
-try:
-    import ipykernel
-    ipk = ipykernel.__version__
-except Exception as exc:
-    ipk = "-"
-    sys.stderr.write("cannot import ipykernel: %s\\n" % exc)
-sys.stdout.write("%s %s %s %d:%d\\n" % (sys.version.split()[0], ipk, platform.release(),
-                                      os.getuid(), os.getgid()))
-sys.stdout.flush()
-os.umask(0o007)
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(sys.argv[1])
-s.listen(1)
-s.settimeout(float(sys.argv[2]))
-c, _ = s.accept()
-c.sendall(b"ok")
-c.close()
-"""
 
 
 @dataclass(frozen=True)
@@ -314,18 +284,30 @@ def _check_spec(
     add(f"{label}: kernelspec", "OK", f"{spec.path} (image {settings.image})")
     engine = engine_of(engine, settings)
     _check_launcher(spec, add)
-    loosened = []
-    if settings.network != "none":
-        loosened.append(f"network '{settings.network}' (the kernel can reach the network)")
-    if settings.docker_args:
-        loosened.append(f"docker args passed verbatim: {' '.join(settings.docker_args)}")
+    # The image's PATH (when the engine answers) names a mount that hides its Python, as
+    # setup's check does; the image check below reports the lookup's own failure.
+    image: dict[str, Any] | None = None
+    lookup: DockerKernelError | None = None
+    if info is not None:
+        try:
+            image = engine.image_inspect(settings.image)
+        except DockerKernelError as exc:
+            lookup = exc
+    loosened = readiness.loosenings(
+        settings,
+        engine_sockets=readiness.engine_sockets(engine),
+        image_path=readiness.image_path(image or {}, settings) if image else (),
+        resolve=os.path.realpath,
+    )
     if loosened:
+        forced = any(f.refused for f in loosened)
         add(
             f"{label}: hardening",
             "WARN",
-            "; ".join(loosened),
+            "; ".join(f.message for f in loosened),
             f"only if intended: `show {label} --as-command` prints the setup line; rerun it "
-            "without them, adding --replace --reset",
+            "without them, adding --replace --reset"
+            + ("; setup refuses some of these without --force" if forced else ""),
         )
     missing = [m.source for m in settings.mounts if not os.path.exists(m.source)]
     if missing:
@@ -345,10 +327,8 @@ def _check_spec(
     if info is None:
         add(f"{label}: image", "SKIP", "engine unreachable")
         return None
-    try:
-        image = engine.image_inspect(settings.image)
-    except DockerKernelError as exc:
-        add(f"{label}: image", "FAIL", str(exc), f"'{engine.command} info' shows what is wrong")
+    if lookup is not None:
+        add(f"{label}: image", "FAIL", str(lookup), f"'{engine.command} info' shows what is wrong")
         return None
     if image is None:
         build = (
@@ -378,8 +358,8 @@ def _check_spec(
     if base is None:
         add(f"{label}: kernel", "SKIP", "runtime dir unusable")
         return None
-    key = (settings.image, settings.runtime, settings.python, settings.kernel_user,
-           bool(settings.kernel_cmd), settings.engine, settings.engine_host)  # fmt: skip
+    # The probe runs the spec's whole docker run line: specs share one when it is the same.
+    key = (settings.engine_host, *manage.effective_args(settings))
     return key, settings
 
 
@@ -420,169 +400,18 @@ def _check_launcher(spec: manage.SpecInfo, add: Callable[..., None]) -> None:
     add(f"{spec.name}: launcher", "OK", f"{python} imports jupyter_docker_kernel.launcher")
 
 
-def probe_args(settings: KernelSettings, user: str, runtime_dir: str, name: str) -> list[str]:
-    """setup's probe (hardening.probe_args) with a name and the runtime dir mounted, running
-    PROBE_CODE; pure, so its hardening is tested without an engine."""
-    args = hardening.probe_args(settings, user)
-    image_at = len(args) - 4  # probe_args ends: image, python, -c, code
-    assert args[image_at] == settings.image, args
-    socket_path = f"{hardening.RUNTIME_TARGET}/{SOCKET_NAME}"
-    return [
-        args[0],
-        "--name",
-        name,
-        *args[1:image_at],
-        "--mount",
-        hardening.mount_arg(runtime_dir, hardening.RUNTIME_TARGET),
-        settings.image,
-        settings.python,
-        "-c",
-        PROBE_CODE,
-        socket_path,
-        f"{PROBE_WAIT:g}",
-    ]
-
-
 def _probe_safely(engine: Engine, settings: KernelSettings, base: Path) -> ProbeResult:
-    """probe_container, with an engine or filesystem error as the kernel check's FAIL."""
+    """readiness.probe (setup's probe), with an engine or filesystem error as the kernel
+    check's FAIL."""
     started = time.monotonic()
     try:
-        return probe_container(engine_of(engine, settings), settings, base)
+        engine = engine_of(engine, settings)
+        image = engine.image_inspect(settings.image) or {}
+        found = readiness.probe(engine, settings, base, readiness.image_path(image, settings))
     except (DockerKernelError, OSError) as exc:
         spent = time.monotonic() - started
         return [
             ("kernel", "FAIL", f"the probe container could not be run: {exc}", "", spent),
             ("sockets", "SKIP", "the probe container did not run", "", 0.0),
         ]
-
-
-def probe_container(engine: Engine, settings: KernelSettings, base: Path) -> ProbeResult:
-    """Start one probe container; returns the 'kernel' and 'sockets' verdicts. The
-    container and its dir are removed whatever happens."""
-    launch = manage.placeholder_launch(settings)
-    user = hardening.kernel_user(settings, launch)
-    uid, gid = (int(x) for x in user.split(":"))
-    directory = Path(tempfile.mkdtemp(prefix="doctor-", dir=base))
-    runtime_dir = directory / "rt"
-    name = f"{NAME_PREFIX}-doctor-{secrets.token_hex(3)}"
-    try:
-        runtime_dir.mkdir(mode=0o700)
-        # The same ownership the launcher gives a kernel's runtime dir (launcher.py).
-        if hardening.shares_group_only(settings, launch):
-            os.chmod(runtime_dir, 0o770)  # noqa: S103 - inside our 0700 base dir
-        elif uid != os.getuid():
-            os.chown(runtime_dir, uid, gid)
-        args = probe_args(settings, user, str(runtime_dir), name)
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [engine.executable(), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            env=engine.env(),
-        )
-    except BaseException:
-        remove_tree(directory)
-        raise
-    try:
-        reached, error = _connect(proc, runtime_dir / SOCKET_NAME, started + PROBE_TIMEOUT)
-        connected = time.monotonic() - started
-        if reached != "ok" and proc.poll() is None:
-            engine.remove(name)  # it would wait PROBE_WAIT for a connection in vain
-        try:
-            out, err = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            engine.remove(name)
-            out, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            engine.remove(name)
-            proc.kill()
-            proc.wait()
-        remove_tree(directory)
-    kernel = _kernel_verdict(settings, user, proc.returncode, out, err)
-    if not out.strip():
-        sockets: tuple[Status, str, str] = ("SKIP", "the probe container did not run", "")
-    elif reached == "ok":
-        sockets = (
-            "OK",
-            f"the kernel's uid bound a unix socket in the bind-mounted runtime dir and the "
-            f"host connected to it ({connected:.1f} s after docker run)",
-            "",
-        )
-    else:
-        runsc = bool(settings.runtime and "runsc" in settings.runtime)
-        sockets = (
-            "FAIL",
-            f"the host could not reach a unix socket the container bound: "
-            f"{error or first_line(err) or 'no socket appeared'}",
-            "gVisor needs '--host-uds=create' in runsc's runtimeArgs (scripts/bootstrap-engine "
-            "--runsc sets it)"
-            if runsc
-            else "put the runtime dir on a local filesystem (set XDG_RUNTIME_DIR), and check "
-            "the runtime supports unix sockets on bind mounts",
-        )
-    spent = time.monotonic() - started
-    return [("kernel", *kernel, spent), ("sockets", *sockets, 0.0)]
-
-
-def _connect(proc: subprocess.Popen[str], path: Path, deadline: float) -> tuple[str, str]:
-    """Poll for the probe's socket and read its greeting; ('ok', '') or ('', why not)."""
-    error, failed_at = "", 0.0
-    while time.monotonic() < deadline and proc.poll() is None:
-        if error and time.monotonic() > failed_at + 3:
-            break  # the socket is there but refuses us: retrying will not help
-        if path.exists():
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(5)
-                try:
-                    s.connect(str(path))
-                    return s.recv(2).decode(errors="replace"), ""
-                except OSError as exc:
-                    if not error:
-                        failed_at = time.monotonic()
-                    error = f"{exc.strerror or exc} connecting to {path.name}"
-        time.sleep(0.02)
-    if proc.poll() is None and not error:
-        error = f"no socket within {PROBE_TIMEOUT:.0f} s"
-    return "", error
-
-
-def _kernel_verdict(
-    settings: KernelSettings, user: str, code: int | None, out: str, err: str
-) -> tuple[Status, str, str]:
-    """Read the probe's version line: Python and ipykernel present, not root, sandboxed."""
-    words = (out.strip().splitlines() or [""])[0].split()
-    fix = (
-        "use an image with Python and ipykernel installed (jupyter-docker-kernel image "
-        "build), or run setup again with --python PATH"
-    )
-    if len(words) != 4:
-        # The engine's own reason, not the CLI's trailing "Run 'docker run --help'".
-        said = [x for x in err.splitlines() if x.strip() and not x.startswith("Run '")]
-        last = (said or [f"exit code {code}"])[-1]
-        return "FAIL", f"{settings.image} did not run {settings.python} as {user}: {last}", fix
-    py, ipk, release, ids = words
-    if ipk == "-" and not settings.kernel_cmd:
-        return "FAIL", f"{settings.image} has Python {py} but no ipykernel", fix
-    if ids.split(":")[0] == "0":
-        return (
-            "FAIL",
-            f"the kernel would run as root ({ids})",
-            "run setup again with --kernel-user UID",
-        )
-    runtime = f", runtime {settings.runtime}" if settings.runtime else ""
-    if settings.runtime and "runsc" in settings.runtime and release == os.uname().release:
-        return (
-            "FAIL",
-            f"runtime {settings.runtime} shows the host's kernel {release}: not sandboxing",
-            "check the runtime's entry in /etc/docker/daemon.json",
-        )
-    what = f"ipykernel {ipk}" if ipk != "-" else "a custom kernel command"
-    return (
-        "OK",
-        f"Python {py}, {what}, as uid:gid {ids}, no network, no capabilities{runtime} "
-        f"(kernel {release})",
-        "",
-    )
+    return [(r.name, r.status, r.detail, r.fix, r.seconds) for r in found.results]

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jupyter_docker_kernel.errors import EngineError, ImageError
+from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +284,154 @@ def podman_socket() -> str:
             "--engine-host with its address."
         )
     return f"unix://{path}"
+
+
+#: Docker's smallest --memory (Podman's is similar); below it a start fails at once.
+MIN_MEMORY = 6 << 20
+#: Environment variables that change how the image's Python starts (or which one runs).
+_PYTHON_ENV = ("PATH", "PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "LD_PRELOAD", "LD_LIBRARY_PATH")
+
+
+def explain_run_failure(
+    text: str, code: int | None, settings: KernelSettings, image_path: Sequence[str] = ()
+) -> tuple[str, str]:
+    """(what happened, what to do) for a kernel's `docker run` that failed, naming the
+    setting at fault: the engine's own words say which limit or flag it refused, and the
+    settings say which option put it there.
+
+    readiness.probe() (setup, doctor) and the launcher's start-failure log call this with
+    the CLI's stderr; image_path is the image's PATH when known (it names a --mount that
+    hides the image's Python).
+    """
+    said = [
+        x.strip() for x in text.splitlines() if x.strip() and not x.startswith(("Run '", "Usage:"))
+    ]
+    engine_line = next(
+        (x for x in said if "docker:" in x or "Error" in x), said[-1] if said else ""
+    )
+    for prefix in ("docker: ", "Error response from daemon: "):
+        engine_line = engine_line.removeprefix(prefix)
+    engine_line = engine_line.rstrip(".")
+    low = text.lower()
+    redo = "run setup again with --replace and the corrected option"
+    if any(marker in low for marker in _UNREACHABLE_MARKERS) and "daemon" in low:
+        where = re.search(r"daemon at (\S+?)\.?(\s|$)", text)
+        return (
+            f"cannot reach the container engine at {where.group(1) if where else 'its socket'}",
+            "start it (as root: scripts/bootstrap-engine) or point DOCKER_HOST at one that "
+            "runs; 'docker info' shows what is wrong",
+        )
+    if "unknown flag" in low or "unknown shorthand flag" in low:
+        flag = text[low.index("flag") + 4 :].strip().split("\n")[0].strip(": ")
+        flag = flag.split(" in ")[-1] if "shorthand" in low else flag
+        source = next(
+            (a for a in settings.docker_args if a.split("=")[0] == flag.split("=")[0]), flag
+        )
+        return (
+            f"the engine does not know the flag {flag} (from --docker-arg={source})",
+            f"remove or correct that --docker-arg ({redo}); "
+            "'docker run --help' lists the flags this engine takes",
+        )
+    match = re.search(r"minimum memory limit allowed is (\d+)\s*([kmg]?)b", low)
+    if match:
+        floor = f"{match.group(1)} {match.group(2).upper()}iB" if match.group(2) else match.group(1)
+        return (
+            f"memory {settings.memory} is {size_bytes(settings.memory)} bytes, below the "
+            f"engine's minimum {floor}",
+            f"use e.g. --memory 2g ({redo}); a size without a unit is in bytes",
+        )
+    match = re.search(r"range of cpus is from ([0-9.]+) to ([0-9.]+)", low)
+    if match:
+        return (
+            f"--cpus {settings.cpus:g}: the engine says the range of CPUs is from "
+            f"{match.group(1)} to {match.group(2)} (the CPUs this host has)",
+            f"use --cpus {match.group(2).rstrip('0').rstrip('.')} or less ({redo})",
+        )
+    match = re.search(r"network ([^ ]+) not found", low) or re.search(
+        r"unable to find network with name or id ([^ :]+)", low
+    )
+    if match:
+        return (
+            f"--network {settings.network}: the engine has no network '{match.group(1)}'",
+            f"create it first ('docker network create {match.group(1)}'), or use the default "
+            f"--network none ({redo})",
+        )
+    if "unable to find image" in low or "no such image" in low:
+        return (
+            f"image {settings.image} is not present (kernels never pull)",
+            "build it with 'jupyter-docker-kernel image build' (the default image) or "
+            f"'docker pull {settings.image}' where a registry is reachable",
+        )
+    if "unknown runtime" in low:
+        return (
+            f"the engine has no runtime '{settings.runtime}': {engine_line}",
+            "register it in /etc/docker/daemon.json and restart the engine "
+            "(scripts/bootstrap-engine --runsc does this for gVisor)",
+        )
+    if "duplicate mount point" in low:
+        return (
+            f"two mounts share a container path: {engine_line}",
+            f"give each --mount its own container path, away from /tmp and {'/home/kernel'} "
+            f"({redo})",
+        )
+    if "not found in $path" in low or ("no such file or directory" in low and "exec" in low):
+        return _python_missing(settings, engine_line, image_path, redo)
+    if code == 137:
+        return (
+            f"the kernel's {settings.python} was killed (SIGKILL) as it started: most likely "
+            f"out of memory under --memory {settings.memory}",
+            f"raise --memory (a kernel needs about 100m; e.g. --memory 2g) ({redo})",
+        )
+    broken = [(n, v) for n, v in settings.env if n in _PYTHON_ENV]
+    if broken and code not in (None, 0, 125):
+        name, value = broken[0]
+        errors = [x for x in said if "Error" in x] or said or [f"exit code {code}"]
+        return (
+            f"--env {name}={value} breaks the image's {settings.python}: {errors[-1]}",
+            f"remove --env {name} ({redo}); the image sets what its Python needs",
+        )
+    if code not in (None, 0) and size_bytes(settings.memory) < MIN_MEMORY:
+        # Podman's compat API only says "unable to upgrade to tcp, received 409" here.
+        return (
+            f"memory {settings.memory} is {size_bytes(settings.memory)} bytes, below the "
+            f"engines' minimum (6 MiB for Docker): {engine_line or f'exit code {code}'}",
+            f"use e.g. --memory 2g ({redo}); a size without a unit is in bytes",
+        )
+    if code == 125:
+        return (
+            f"the engine refused the kernel's container: {engine_line}",
+            f"correct the option it names ({redo}); 'jupyter-docker-kernel show NAME' prints "
+            "the full docker run command",
+        )
+    return (
+        said[-1] if said else f"exit code {code}",
+        "'jupyter-docker-kernel show NAME' prints the kernel's docker run command: run it "
+        "to see the engine's and the image's own words",
+    )
+
+
+def _python_missing(
+    settings: KernelSettings, engine_line: str, image_path: Sequence[str], redo: str
+) -> tuple[str, str]:
+    """Why the image's Python was not found: a --env PATH, a --mount over it, or --python."""
+    path = dict(settings.env).get("PATH")
+    if path is not None:
+        return (
+            f"--env PATH={path} replaces the image's PATH, so {settings.python} is not found",
+            f"remove --env PATH, or include the image's own PATH in it ({redo})",
+        )
+    for m in settings.mounts:
+        hidden = [p for p in image_path if p == m.target or p.startswith(m.target + "/")]
+        if hidden:
+            return (
+                f"--mount {m.to_spec()} hides {hidden[0]}, where the image keeps {settings.python}",
+                f"mount it at another container path ({redo})",
+            )
+    return (
+        f"the image has no {settings.python}: {engine_line}",
+        "pass --python with the image's Python, or use an image with Python and ipykernel "
+        "(jupyter-docker-kernel image build)",
+    )
 
 
 def first_line(text: str) -> str:

@@ -14,7 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jupyter_docker_kernel import engine
-from jupyter_docker_kernel.settings import CONNECTION_FILE_PLACEHOLDER, KernelSettings, size_bytes
+from jupyter_docker_kernel.settings import (
+    CONNECTION_FILE_PLACEHOLDER,
+    OWNER_USER,
+    KernelSettings,
+    size_bytes,
+)
 
 #: Where the per-kernel socket dir appears in the container (the kernel binds its sockets here).
 RUNTIME_TARGET = "/run/jupyter-docker-kernel"
@@ -55,6 +60,8 @@ class Launch:
     launcher_pid: int = 0
     launcher_start: str = ""
     hostname: str = ""
+    #: uid:gid owning `workdir`, looked up at each start for kernel_user "owner".
+    workdir_owner: str = ""
 
 
 def kernel_user(settings: KernelSettings, launch: Launch) -> str:
@@ -62,8 +69,15 @@ def kernel_user(settings: KernelSettings, launch: Launch) -> str:
 
     A configured uid without a gid shares the launching user's group (so the launcher can
     reach the sockets the kernel creates), or its own number when root launches it.
+    "owner" (root only) is the work dir's owner, so the kernel writes next to the notebook
+    as the person who owns it; a root-owned dir, or a non-root launcher, falls back to the
+    default (a non-root launcher cannot hand its runtime dir to another uid).
     """
-    if settings.kernel_user:
+    if settings.kernel_user == OWNER_USER:
+        owner = launch.workdir_owner
+        if launch.host_uid == 0 and owner and owner.split(":")[0] != "0":
+            return owner
+    elif settings.kernel_user:
         if ":" in settings.kernel_user:
             return settings.kernel_user
         gid = settings.kernel_user if launch.host_uid == 0 else str(launch.host_gid)

@@ -31,9 +31,9 @@ from typing import IO, Any
 
 from jupyter_docker_kernel import hardening, pool
 from jupyter_docker_kernel.endpoints import CHANNELS, Route, host_endpoints, listen
-from jupyter_docker_kernel.engine import Engine, short_id, use_host
+from jupyter_docker_kernel.engine import Engine, explain_run_failure, short_id, use_host
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
-from jupyter_docker_kernel.settings import KernelSettings, size_bytes
+from jupyter_docker_kernel.settings import OWNER_USER, KernelSettings, size_bytes
 
 log = logging.getLogger("jupyter_docker_kernel.launcher")
 
@@ -109,6 +109,18 @@ def process_age() -> float:
     except (OSError, ValueError):
         return 0.0
     return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def owner_of(workdir: str, settings: KernelSettings) -> str:
+    """The uid:gid owning the work dir, for kernel_user "owner" ("" otherwise, or when it
+    cannot be read): looked up at each start, as the notebook's directory changes."""
+    if settings.kernel_user != OWNER_USER:
+        return ""
+    try:
+        st = os.stat(workdir)
+    except OSError:
+        return ""
+    return f"{st.st_uid}:{st.st_gid}"
 
 
 def runtime_base() -> Path:
@@ -188,6 +200,18 @@ class Launcher:
                 "from your notebooks' directory, or run setup with --no-workdir."
             )
         uid, gid = (int(x) for x in hardening.kernel_user(self.settings, launch).split(":"))
+        if self.settings.kernel_user == OWNER_USER and f"{uid}:{gid}" != launch.workdir_owner:
+            # Root-owned (never uid 0), unreadable, or a non-root launcher (it cannot hand
+            # its private runtime dir to another uid): the default user instead.
+            log.warning(
+                "kernel_user owner: the kernel runs as %d:%d, not as the owner (%s) of its work "
+                "directory %s: the owner is taken only when the launcher runs as root, and "
+                "never when it is root.",
+                uid,
+                gid,
+                launch.workdir_owner or "unknown",
+                workdir,
+            )
         self._write_connection_file(launch.connection_file, uid, gid, launch)
         if launch.workdir_copy is not None:
             copy_workdir(
@@ -217,6 +241,7 @@ class Launcher:
             launcher_pid=os.getpid(),
             launcher_start=process_start_time(os.getpid()),
             hostname=socket.gethostname(),
+            workdir_owner=owner_of(self.workdir, self.settings),
         )
 
     def _write_marker(self) -> None:
@@ -382,9 +407,14 @@ class Launcher:
             loop.add_signal_handler(sig, self._terminate)
         # A pooled kernel's raw output and its supervisor's words come over the lifeline.
         streams: list[Any] = [self.lifeline] if proc is None else [proc.stderr, proc.stdout]
+        said = bytearray()  # the engine CLI's last words on stderr, to explain a failed start
         forwards = [
-            threading.Thread(target=forward, args=(stream, sys.stderr.buffer), daemon=True)
-            for stream in streams
+            threading.Thread(
+                target=forward,
+                args=(stream, sys.stderr.buffer, said if index == 0 else None),
+                daemon=True,
+            )
+            for index, stream in enumerate(streams)
         ]
         for thread in forwards:
             thread.start()
@@ -420,10 +450,14 @@ class Launcher:
             relay.bytes_to_host,
             relay.bytes_to_kernel,
         )
-        if code == 125 and not self.stopping:
+        if code in (125, 126, 127) and not self.stopping and proc is not None:
+            text = bytes(said).decode(errors="replace")
+            what, fix = explain_run_failure(text, code, self.settings)
             log.error(
-                "The engine could not start the kernel container (see its message above). "
-                "Check the image with: jupyter-docker-kernel doctor"
+                "The kernel's container did not start: %s. %s%s",
+                what,
+                f"To fix: {fix}. " if fix else "",
+                "'jupyter-docker-kernel doctor' checks every kernelspec the same way.",
             )
         return code
 
@@ -563,6 +597,9 @@ class Launcher:
         remove_tree(self.base)
 
 
+#: How much of the engine CLI's stderr the launcher keeps to explain a failed start.
+TAIL_BYTES = 4096
+
 #: Bytes a kernel must not put into the server's log as they are: C0 controls (but tab and
 #: newline), DEL. Escaped, they cannot retitle or clear a terminal or forge log lines' colours.
 _CONTROL = bytes(c for c in range(32) if c not in (9, 10)) + b"\x7f"
@@ -585,15 +622,21 @@ def _read_quietly(read: Any) -> bytes:
     return data
 
 
-def forward(stream: IO[bytes] | socket.socket | None, out: IO[bytes]) -> None:
+def forward(
+    stream: IO[bytes] | socket.socket | None, out: IO[bytes], tail: bytearray | None = None
+) -> None:
     """Copy the engine CLI's output (the kernel's raw stdout/stderr) to our stderr, which is
-    the server's log, up to FORWARD_LIMIT bytes. Runs in a thread per stream."""
+    the server's log, up to FORWARD_LIMIT bytes. Runs in a thread per stream. `tail` keeps
+    the last TAIL_BYTES, so a failed start can be explained (engine.explain_run_failure)."""
     if stream is None:
         return
     sent = 0
     fd = stream.fileno()
     read = stream.recv if isinstance(stream, socket.socket) else (lambda n: os.read(fd, n))
     while chunk := _read_quietly(read):
+        if tail is not None:
+            tail += chunk
+            del tail[:-TAIL_BYTES]
         if sent >= FORWARD_LIMIT:
             continue  # keep draining, or the kernel would block on a full pipe
         out.write(printable(chunk[: FORWARD_LIMIT - sent]))

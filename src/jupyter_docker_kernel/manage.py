@@ -22,7 +22,7 @@ from typing import Any
 from jupyter_docker_kernel import hardening, kernelspec, pool
 from jupyter_docker_kernel.engine import LABEL_POOL, Engine
 from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError
-from jupyter_docker_kernel.launcher import NAME_PREFIX, SUPERVISOR_PATH, runtime_base
+from jupyter_docker_kernel.launcher import NAME_PREFIX, SUPERVISOR_PATH, owner_of, runtime_base
 from jupyter_docker_kernel.settings import KernelSettings, option
 
 #: What `show` puts where a real start has a value of its own.
@@ -290,6 +290,7 @@ def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> 
         launcher_pid=0,
         launcher_start="START",
         hostname="HOST",
+        workdir_owner=owner_of(workdir or os.getcwd(), settings),
     )
 
 

@@ -38,6 +38,8 @@ _MEMORY = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
 #: What Docker's own size options take (go-units RAMInBytes): 2g, 2gb, 2GiB, 1.5g, "512 MB".
 _DOCKER_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?) ?([kmgtp]?)i?b?$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+#: kernel_user meaning "the uid:gid that owns the notebook's directory", resolved per start.
+OWNER_USER = "owner"
 #: Container paths we own; a --mount onto them would break the kernel or the supervisor.
 RESERVED_TARGETS = ("/run/jupyter-docker-kernel", "/opt/jupyter-docker-kernel")
 
@@ -181,7 +183,8 @@ class KernelSettings:
     pids_limit: int = 512
     #: Size of the writable tmpfs mounted at /tmp and at HOME.
     tmp_size: str = "512m"
-    #: The container runs as this uid:gid; None means the launching user's (or 65534 for root).
+    #: The container runs as this uid:gid; None means the launching user's (or 65534 for
+    #: root); "owner" the notebook directory's owner when root launches (never uid 0).
     kernel_user: str | None = None
     #: Mount the notebook's directory read-only (workdir mode "mount").
     workdir_readonly: bool = False
@@ -263,9 +266,18 @@ class KernelSettings:
                 f"--pids-limit {self.pids_limit} is too small for a kernel (it needs about 16 "
                 "threads of its own); use 64 or more."
             )
-        if self.kernel_user is not None and not re.match(r"^[0-9]+(:[0-9]+)?$", self.kernel_user):
-            raise SettingsError(f"--kernel-user '{self.kernel_user}' is not UID or UID:GID.")
-        if self.kernel_user is not None and int(self.kernel_user.split(":")[0]) == 0:
+        if self.kernel_user == OWNER_USER:
+            if self.pool:
+                raise SettingsError(
+                    "--kernel-user owner is looked up at each start, from the notebook's "
+                    "directory, so it cannot go with --pool (warm containers start before "
+                    "that directory is known). No kernelspec was written. Drop one of them."
+                )
+        elif self.kernel_user is not None and not re.match(r"^[0-9]+(:[0-9]+)?$", self.kernel_user):
+            raise SettingsError(
+                f"--kernel-user '{self.kernel_user}' is not UID, UID:GID or {OWNER_USER}."
+            )
+        elif self.kernel_user is not None and int(self.kernel_user.split(":")[0]) == 0:
             raise SettingsError(
                 "--kernel-user 0 would run hostile code as root in the container. "
                 "No kernelspec was written. Pick an unprivileged uid such as 1000."

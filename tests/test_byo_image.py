@@ -202,6 +202,19 @@ def test_unknown_requirement_names_its_line(
     assert "No image was built" in err
 
 
+def test_conda_only_dependency_is_named(
+    kernel_image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = tmp_path / "environment.yml"
+    env.write_text("dependencies:\n  - python=3.11\n  - jdk-test-conda-only-h6=1.0\n")
+    argv = ["image", "build", "--from", kernel_image, "--tag", "jdk-test-byo/never:1"]
+    assert cli.main([*argv, "--environment", str(env)]) == 1
+    captured = capsys.readouterr()
+    assert "python=3.11: left out" in captured.out
+    assert "'jdk-test-conda-only-h6==1.0.*' from the conda dependencies of" in captured.err
+    assert "conda-only" in captured.err
+
+
 # -- pip in a kernel has no network ----------------------------------------------------------
 
 

@@ -101,10 +101,10 @@ def test_environment_yml_errors(tmp_path: Path, text: str, message: str) -> None
 
 def test_conda_only_package_is_named_with_where_it_came_from() -> None:
     recipe = image.default_recipe(pip_packages=["cudatoolkit==11.8.*"])
-    origins = {"cudatoolkit": f"{image.CONDA_ORIGIN} (environment.yml)"}
+    origins = {"cudatoolkit": f"{image.CONDA_ORIGIN} of environment.yml"}
     out = "ERROR: No matching distribution found for cudatoolkit==11.8.*\n"
     message = str(image._pip_error(recipe, out, origins))
-    assert "'cudatoolkit==11.8.*' from environment.yml's conda dependencies" in message
+    assert "'cudatoolkit==11.8.*' from the conda dependencies of environment.yml" in message
     assert "conda-only" in message
     assert "No image was built" in message
 

@@ -83,7 +83,7 @@ _ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "a
 #: image we build runs it, so `pip install` and `%pip install` in a kernel fail fast.
 PIP_GUARD = Path(__file__).with_name("_pip_guard.py")
 #: What an origin of a conda dependency starts with (see read_environment and _pip_error).
-CONDA_ORIGIN = "environment.yml's conda dependencies"
+CONDA_ORIGIN = "the conda dependencies"
 
 
 class WheelRecipe(Protocol):
@@ -365,7 +365,7 @@ def read_environment(
             continue
         requirements.append(converted)
         if origins is not None:
-            origins.setdefault(_normal_name(converted), f"{CONDA_ORIGIN} ({path})")
+            origins.setdefault(_normal_name(converted), f"{CONDA_ORIGIN} of {path}")
     return requirements, notes
 
 
@@ -503,7 +503,14 @@ def layer_recipe(
     try:
         facts = json.loads(lines[-1])
     except (IndexError, ValueError):
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        errors = [
+            line.strip()
+            for line in proc.stderr.splitlines()
+            if line.strip() and not line.startswith("Run '")  # the CLI's "see --help"
+        ]
+        last = (errors or ["no output"])[-1]
+        if proc.returncode in (126, 127) or "executable file not found" in proc.stderr:
+            last = "not found: not on the image's PATH, or no such file"
         raise ImageError(
             f"Image '{base}' cannot run {python} ({last}). No image was built. --from needs "
             "an image with Python; name it with --python PATH if it is not python3."
@@ -917,7 +924,7 @@ def _pip_error(
                 f"'{name}' from {origin} has no wheel on PyPI for {target}: it is probably "
                 "a conda-only package (or PyPI knows it by another name). No image was "
                 "built. Drop it from the conda dependencies, or list its PyPI name under "
-                "'- pip:' in environment.yml."
+                "'- pip:' in that file."
             )
         if origin:
             return ImageError(

@@ -321,7 +321,9 @@ def test_moved_tag_is_a_warning_with_what_to_do() -> None:
 
 def test_list_marks_a_moved_tag_and_warns() -> None:
     settings = KernelSettings(image="course/py:1", image_id=OLD_ID)
-    info = manage.SpecInfo("c1", "/k/c1", "C1", "python", settings, "", True, NEW_ID)
+    info = manage.SpecInfo(
+        "c1", "/k/c1", "C1", "python", settings, image_present=True, current_id=NEW_ID
+    )
     lines = cli.format_list([info])
     assert "MOVED" in lines[1]
     assert lines[-1].startswith("warning: c1: course/py:1 now points to another image")

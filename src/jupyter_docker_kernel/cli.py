@@ -507,8 +507,11 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
             "--pin records the image's ID, which needs the engine that --skip-checks does not "
             "ask. No kernelspec was written. Leave out one of them."
         )
-    elif args.podman:
-        settings = dataclasses.replace(settings, engine="podman")
+    else:
+        # Unchecked: no ID to record (one kept from a replaced spec would be stale).
+        settings = dataclasses.replace(settings, image_id="")
+        if args.podman:
+            settings = dataclasses.replace(settings, engine="podman")
     default_display = f"{in_image.display_name if in_image else name} (container)"
     data = kernelspec.build_kernel_json(
         settings,

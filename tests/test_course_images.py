@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,18 @@ def test_build_progress_passes_each_engine_step_on() -> None:
         "      Step 5/8 : RUN set -eu; python3 -m pip install --no-index",
         "      #7 [wheels 3/5] RUN python3 -m venv /opt/kernel",
     ]
+
+
+def test_a_quiet_build_step_still_says_it_is_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the engine's build printed nothing for about 50 s."""
+    monkeypatch.setattr(image._Ticker, "HEARTBEAT", 0.05)
+    seen: list[str] = []
+    ticker = image._Ticker(seen.append)
+    ticker.say("      Step 5/14 : RUN set -eu")
+    time.sleep(0.3)
+    ticker.stop()
+    assert seen[0] == "      Step 5/14 : RUN set -eu"
+    assert any("still running" in line for line in seen[1:])
 
 
 def test_step_says_when_it_starts_and_when_it_ends() -> None:

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -789,14 +790,16 @@ def _build_in_context(
             args.append("--progress=plain")  # BuildKit's tty display would not stream
         if force:
             args.append("--no-cache")
+        ticker = _Ticker(progress)
         try:
             proc = engine.stream(
                 [*args, str(context)],
-                on_line=lambda line: _build_progress(line, progress),
+                on_line=lambda line: _build_progress(line, ticker.say),
                 timeout=1800,
             )
             image_id = iidfile.read_text().strip() if iidfile.is_file() else ""
         finally:
+            ticker.stop()
             iidfile.unlink(missing_ok=True)
             # The legacy builder keeps the wheel stage as an untagged image; BuildKit does not.
             engine.run(
@@ -813,6 +816,37 @@ def _build_in_context(
 #: The engine's line for each build step: the legacy builder's `Step 3/12 : RUN ...` and
 #: BuildKit's plain `#7 [wheels 3/5] RUN ...`.
 _BUILD_STEP = re.compile(r"^(Step \d+/\d+ : .*|#\d+ \[[^\]]+\] .*)$")
+
+
+class _Ticker:
+    """Says `... still running (45 s)` when a build step has printed nothing for
+    HEARTBEAT seconds: the venv's RUN step alone takes a minute or more."""
+
+    HEARTBEAT = 15.0
+
+    def __init__(self, progress: Callable[[str], None]) -> None:
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._since = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="build-ticker", daemon=True)
+        self._thread.start()
+
+    def say(self, line: str) -> None:
+        with self._lock:
+            self._since = time.monotonic()
+            self._progress(line)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.HEARTBEAT):
+            with self._lock:
+                quiet = time.monotonic() - self._since
+                if quiet >= self.HEARTBEAT:
+                    self._progress(f"      ... still running ({quiet:.0f} s in this step)")
 
 
 def _build_progress(line: str, progress: Callable[[str], None]) -> None:

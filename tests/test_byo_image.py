@@ -224,4 +224,4 @@ def test_pip_install_in_a_kernel_says_no_network_at_once(kernel_name: str, workd
     out, _status, seconds = run_code(kernel_name, workdir, "%pip install requests")
     assert "no network, by design" in out
     assert "image build --from IMAGE --tag course/NAME:1 --requirements" in out
-    assert seconds < 3
+    assert seconds < 2

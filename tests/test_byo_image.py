@@ -93,6 +93,25 @@ def test_setup_prints_the_probes_versions_past_an_entrypoints_output(
     assert "ENTRYPOINT is kept" in out
 
 
+def test_kept_entrypoint_that_execs_runs_the_kernel_and_passes_interrupts(
+    byo: dict[str, str], workdir: Path
+) -> None:
+    """--keep-entrypoint: tini + start.sh run first and exec the supervisor; the kernel
+    answers and an interrupt reaches it through them."""
+    install_kernel("jdk-test-byo-keep-run", byo["stacks"], "--keep-entrypoint")
+    km, kc = kernels.start("jdk-test-byo-keep-run", str(workdir))
+    try:
+        reply, outputs = kernels.execute(kc, "print(6 * 7)")
+        assert "42" in kernels.stream_text(outputs)
+        msg_id = kc.execute("import time; print('sleeping', flush=True); time.sleep(60)")
+        kernels.wait_for_stream(kc, msg_id, "sleeping")
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=30)
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+    finally:
+        kernels.stop(km, kc)
+
+
 def test_kept_entrypoint_that_fails_is_named(
     byo: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -30,6 +30,9 @@ REAL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 OUR_LABEL = engine_mod.LABEL_KERNEL_ID
 #: Every kernelspec the tests install is named with this prefix.
 TEST_KERNEL = "jdk-test"
+#: The tag kernel_image builds the default recipe as. JDK_TEST_IMAGE=jdk-test-x/default:1
+#: tests a changed recipe without rebuilding the default tag other checkouts share.
+TEST_IMAGE = os.environ.get("JDK_TEST_IMAGE") or DEFAULT_IMAGE
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -82,7 +85,7 @@ def kernel_image(engine: Engine) -> str:
     """The default kernel image, built offline on first use and reused after."""
     from jupyter_docker_kernel import image
 
-    result = image.ensure_image(engine, DEFAULT_IMAGE, progress=lambda line: print(line))
+    result = image.ensure_image(engine, TEST_IMAGE, progress=lambda line: print(line))
     return result.tag
 
 

@@ -410,6 +410,7 @@ def test_probe_runs_the_image_hardened_as_the_given_user() -> None:
         "ALL",
         "--security-opt",
         "no-new-privileges",
+        "--entrypoint=",
         "course/py:1",
         "python3",
         "-c",

@@ -25,7 +25,7 @@ from jupyter_docker_kernel.image import (
     default_recipe,
     ensure_image,
 )
-from jupyter_docker_kernel.settings import DEFAULT_IMAGE
+from tests.conftest import TEST_IMAGE
 
 ONLINE_DOCKERFILE = Path(__file__).parents[1] / "images" / "default" / "Dockerfile"
 #: Builds that must fail are tagged here, and the tag is removed whatever happens.
@@ -153,6 +153,8 @@ def test_online_dockerfile_matches_the_generated_one() -> None:
         key: value for key, value in _labels(generated).items() if key != LABEL_RECIPE
     }
     assert "tini" in online
+    assert "/opt/kernel/bin/python /tmp/pip_guard.py" in online
+    assert (ONLINE_DOCKERFILE.parent / "pip_guard.py").read_bytes() == image.PIP_GUARD.read_bytes()
     for line in ("USER 1000:1000", "WORKDIR /home/kernel", "chmod ug-s {} +", "CMD ["):
         assert line in online
         assert line in generated
@@ -325,7 +327,7 @@ def test_image_labels(engine: Engine, kernel_image: str) -> None:
 def test_second_ensure_reuses_the_image(engine: Engine, kernel_image: str) -> None:
     result = ensure_image(engine, kernel_image)
     assert result.reused
-    assert result.tag == kernel_image == DEFAULT_IMAGE
+    assert result.tag == kernel_image == TEST_IMAGE
     assert result.seconds < 5
 
 

@@ -709,7 +709,7 @@ def test_show_as_command_recreates_the_same_settings_under_a_new_name(
         "--max-lifetime", "3600", "--max-message", "8m", "--output-budget", "100m",
         "--copy-limit", "200m", "--kernel-user", "1234:1234", "--interrupt-mode", "message",
         "--provisioner", "--engine-host", "unix:///run/podman/podman.sock",
-        "--kernel-transport", "tcp",
+        "--kernel-transport", "tcp", "--keep-entrypoint",
         "--kernel-cmd", "python3.12", "-m", "ipykernel_launcher", "-f", "{connection_file}",
     ]  # fmt: skip
     assert run(argv, capsys)[0] == 0

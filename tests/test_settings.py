@@ -251,6 +251,8 @@ FULL = KernelSettings(
     copy_limit="10m",
     engine_host="unix:///run/podman/podman.sock",
     engine="podman",
+    keep_entrypoint=True,
+    image_id="sha256:" + "ab" * 32,
 )
 
 

@@ -182,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
         "'owner': as root, the uid:gid owning the notebook's directory (never 0)",
     )
     setup.add_argument("--runtime", help="OCI runtime, e.g. runsc for gVisor (checked now)")
+    setup.add_argument(
+        "--keep-entrypoint",
+        action="store_true",
+        help="run the image's ENTRYPOINT before the kernel (it must exec its arguments); by "
+        "default it is cleared and the supervisor is the command",
+    )
+    setup.add_argument(
+        "--pin",
+        action="store_true",
+        help="refer to the image by the ID it has now (sha256:...), so rebuilding or "
+        "retagging it does not change this kernel",
+    )
     add_engine_options(setup)
     limits = setup.add_argument_group(
         "limits (built-in defaults in brackets; jupyter_docker_kernel_config.py may change them)"
@@ -247,7 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     image = sub.add_parser("image", help="build the default kernel image offline")
     image_sub = image.add_subparsers(dest="image_command", metavar="ACTION")
     build = image_sub.add_parser(
-        "build", help="build an image from Debian packages and PyPI wheels (no registry needed)"
+        "build",
+        help="build an image from Debian packages and PyPI wheels (no registry needed), or "
+        "add a course's packages to an image you have",
+        description="Without --from: the default recipe (Debian root filesystem + a venv "
+        "with ipykernel) plus your packages. With --from IMAGE: your pip packages layered "
+        "onto IMAGE. Adding packages needs a --tag of its own: the default tag is shared by "
+        "every kernel set up without --image.",
     )
     build.add_argument("--tag", default=DEFAULT_IMAGE, help=f"image tag (default {DEFAULT_IMAGE})")
     build.add_argument(
@@ -255,6 +273,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--apt-packages", nargs="*", default=[], metavar="PKG", help="extra Debian packages"
+    )
+    build.add_argument(
+        "--requirements",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="a requirements.txt of PyPI packages (repeatable; -r lines are followed)",
+    )
+    build.add_argument(
+        "--apt-file", type=Path, metavar="FILE", help="an apt.txt of Debian packages"
+    )
+    build.add_argument(
+        "--environment",
+        type=Path,
+        metavar="FILE",
+        help="an environment.yml: its pip section and the conda dependencies PyPI has",
+    )
+    build.add_argument(
+        "--from",
+        dest="from_image",
+        metavar="IMAGE",
+        help="layer the pip packages onto IMAGE (local, never pulled) instead of building "
+        "the default recipe",
+    )
+    build.add_argument(
+        "--python", default="python3", help="with --from: the image's Python [python3]"
     )
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.set_defaults(func=cmd_image_build)
@@ -264,6 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument("image", help="the image to look into")
     kernels.add_argument("--python", default="python3", help="the image's Python")
     kernels.set_defaults(func=cmd_image_kernels)
+    checking = image_sub.add_parser(
+        "check",
+        help="say what an image of your own lacks to run kernels (python3, ipykernel, any "
+        "uid, read-only root)",
+    )
+    checking.add_argument("image", help="the image to check (never pulled)")
+    checking.add_argument("--python", default="python3", help="the image's Python")
+    checking.add_argument(
+        "--keep-entrypoint",
+        action="store_true",
+        help="check with the image's ENTRYPOINT kept, as setup --keep-entrypoint runs it",
+    )
+    checking.add_argument("--json", action="store_true", help="print JSON instead of text")
+    checking.set_defaults(func=cmd_image_check)
 
     gc = sub.add_parser("gc", help="remove containers and files of launchers that are gone")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
@@ -380,6 +439,7 @@ def settings_from_args(
         "kernel_user": args.kernel_user,
         "engine_host": engine_host(args),
         "kernel_transport": args.kernel_transport,
+        "keep_entrypoint": args.keep_entrypoint or None,
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},
     }
     values.update({k: v for k, v in given.items() if v is not None})
@@ -464,6 +524,16 @@ def check_loosenings(
             f"{refused[0].message}. No kernelspec was written. Add --force if you mean it."
         )
     return findings
+
+
+def with_image_id(engine: Engine, settings: KernelSettings, *, pin: bool) -> KernelSettings:
+    """Record the ID the image has now (list and doctor warn when the tag moves); with
+    --pin, also refer to the image by that ID, so no rebuild or retag changes the kernel."""
+    image_id = str(engine.require_image(settings.image).get("Id", ""))
+    if not image_id.startswith("sha256:"):
+        return settings  # an engine that reports no content ID: nothing to record
+    image = image_id if pin else settings.image
+    return dataclasses.replace(settings, image=image, image_id=image_id)
 
 
 def engine_settings(engine: Engine, settings: KernelSettings) -> KernelSettings:
@@ -585,7 +655,15 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         settings = engine_settings(engine, settings)
         found, findings = check_image(engine, settings, for_nbgrader=for_nbgrader, force=args.force)
         versions = " ".join((found.python, found.ipykernel, found.release))
+        settings = with_image_id(engine, settings, pin=args.pin)
+    elif args.pin:
+        raise SettingsError(
+            "--pin records the image's ID, which needs the engine that --skip-checks does not "
+            "ask. No kernelspec was written. Leave out one of them."
+        )
     else:
+        # Unchecked: no ID to record (one kept from a replaced spec would be stale).
+        settings = dataclasses.replace(settings, image_id="")
         findings = check_loosenings(settings, engine, for_nbgrader, args.force)
         if args.podman:
             settings = dataclasses.replace(settings, engine="podman")
@@ -624,6 +702,13 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
             print(f"  image {settings.image}: Python {py}, ipykernel {ipk}{runtime}")
         else:
             print(f"  image {settings.image}: Python {py} (for the supervisor){runtime}")
+    if args.pin:
+        print(f"  pinned: image {settings.image} (the ID {args.image or DEFAULT_IMAGE} has now)")
+    elif settings.image_id:
+        short = settings.image_id[7:19]
+        print(f"  image ID {short} recorded; list and doctor warn if the tag moves")
+    if settings.keep_entrypoint:
+        print("  the image's ENTRYPOINT is kept and runs the supervisor (--keep-entrypoint)")
     if in_image is not None:
         command = " ".join(settings.kernel_cmd)
         print(f"  kernel '{in_image.name}' from the image ({in_image.language}): {command}")
@@ -700,21 +785,66 @@ def root_note(settings: KernelSettings) -> str:
 def cmd_image_build(args: argparse.Namespace, engine: Engine) -> int:
     from jupyter_docker_kernel import image
 
-    recipe = image.default_recipe(pip_packages=args.packages, apt_packages=args.apt_packages)
+    origins: dict[str, str] = {}
+    pip = list(args.packages)
+    for path in args.requirements:
+        pip += image.read_requirements(path, origins)
+    if args.environment:
+        found, notes = image.read_environment(args.environment, origins)
+        pip += found
+        for note in notes:
+            print(f"note: {args.environment}: {note}")
+    apt = list(args.apt_packages)
+    if args.apt_file:
+        apt += image.read_apt_file(args.apt_file)
+    image.check_tag(args.tag, adds_packages=bool(pip or apt), layered=bool(args.from_image))
+    if args.from_image and apt:
+        raise SettingsError(
+            "--apt-packages/--apt-file cannot go with --from: Debian packages go into the "
+            "root filesystem, which only the default recipe's build makes (builds have no "
+            "network). No image was built. Leave out --from to build the default recipe "
+            "with them under --tag, or install them in the --from image."
+        )
     started = time.monotonic()
-    result = image.build_image(
-        engine,
-        recipe,
-        tag=args.tag,
-        force=args.force,
-        progress=lambda line: print(line, flush=True),
-    )
+    say = lambda line: print(line, flush=True)  # noqa: E731 - one-line progress sink
+    # An image a kernelspec names by ID (setup --pin) is not removed when its tag moves
+    # to the new build: that kernel still runs it.
+    keep = {
+        spec.settings.image
+        for spec in manage.list_specs(None)[0]
+        if spec.settings and spec.settings.image.startswith("sha256:")
+    }
+    if args.from_image:
+        layer = image.layer_recipe(engine, args.from_image, pip, args.python)
+        result = image.build_layer(
+            engine, layer, tag=args.tag, force=args.force, progress=say, origins=origins, keep=keep
+        )
+    else:
+        recipe = image.default_recipe(pip_packages=pip, apt_packages=apt)
+        result = image.build_image(
+            engine, recipe, tag=args.tag, force=args.force, progress=say, origins=origins, keep=keep
+        )
     verb = "Reused" if result.reused else "Built"
     print(
         f"{verb} {result.tag} ({result.image_id[:19]}, recipe {result.digest[:12]}) "
         f"in {time.monotonic() - started:.1f} s"
     )
+    if result.tag != DEFAULT_IMAGE:
+        print(f"Use it: jupyter-docker-kernel setup --name NAME --image {result.tag}")
     return 0
+
+
+def cmd_image_check(args: argparse.Namespace, engine: Engine) -> int:
+    from jupyter_docker_kernel import image_check
+
+    verdicts = image_check.check(
+        engine, args.image, python=args.python, keep_entrypoint=args.keep_entrypoint
+    )
+    if args.json:
+        print(json.dumps({"image": args.image, "checks": [v.to_json() for v in verdicts]}))
+    else:
+        print("\n".join(image_check.format_verdicts(args.image, verdicts)))
+    return 1 if any(v.status == "FAIL" for v in verdicts) else 0
 
 
 def cmd_image_kernels(args: argparse.Namespace, engine: Engine) -> int:
@@ -780,6 +910,7 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
 def format_list(specs: list[manage.SpecInfo], note: str = "") -> list[str]:
     """`list` as a table: name, image, present?, limits, path; unreadable specs say why."""
     present = {True: "yes", False: "MISSING", None: "?"}
+    moved_state = "MOVED"  # present, but not the image setup checked (a warning says more)
     rows = [("NAME", "IMAGE", "PRESENT", "LIMITS", "PATH")]
     for s in specs:
         if s.settings is None:
@@ -790,7 +921,8 @@ def format_list(specs: list[manage.SpecInfo], note: str = "") -> list[str]:
             f"net {lim['network']}, mem {lim['memory']}, cpus {lim['cpus']:g}, "
             f"pids {lim['pids_limit']}, runtime {lim['runtime']}, workdir {lim['workdir']}"
         )
-        rows.append((s.name, s.image, present[s.image_present], limits, s.path))
+        state = moved_state if s.image_moved else present[s.image_present]
+        rows.append((s.name, s.image, state, limits, s.path))
     if not specs:
         return ["No jupyter-docker-kernel kernelspecs installed; add one with setup."]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -801,6 +933,10 @@ def format_list(specs: list[manage.SpecInfo], note: str = "") -> list[str]:
     lines += spec_warnings(specs)
     if note:
         lines.append(f"note: {note}")
+    for s in specs:
+        moved = manage.moved_warning(s.settings, s.current_id) if s.settings else None
+        if moved:
+            lines.append(f"warning: {s.name}: {moved[0]}; {moved[1]}.")
     return [line.rstrip() for line in lines]
 
 

@@ -345,11 +345,15 @@ def _check_spec(
         )
         return None
     size = int(image.get("Size") or 0) / 1e6
-    add(
-        f"{label}: image",
-        "OK",
-        f"{settings.image} present ({str(image.get('Id', ''))[7:19]}, {size:.0f} MB)",
-    )
+    moved = manage.moved_warning(settings, str(image.get("Id", "")))
+    if moved:
+        add(f"{label}: image", "WARN", moved[0], moved[1])
+    else:
+        add(
+            f"{label}: image",
+            "OK",
+            f"{settings.image} present ({str(image.get('Id', ''))[7:19]}, {size:.0f} MB)",
+        )
     if not probe:
         return None
     if settings.runtime and settings.runtime not in runtimes:

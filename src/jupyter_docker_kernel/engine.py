@@ -14,7 +14,8 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jupyter_docker_kernel.errors import EngineError, ImageError
@@ -125,6 +126,49 @@ class Engine:
             raise self.translate(args, proc.stderr)
         return proc
 
+    def stream(
+        self, args: Sequence[str], *, on_line: Callable[[str], None], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        """Run one CLI command, passing each output line (stdout and stderr merged) to
+        on_line as it comes; returns it with the whole output as stdout.
+
+        image.py's `docker build` uses it, so a build of a minute shows its steps. Runs in
+        our session, as run(own_session=False): Ctrl-C stops the build too. Raises
+        EngineError after `timeout` seconds (the command is killed).
+        """
+        argv = [self.executable(), *args]
+        log.debug("engine (streamed): %s", " ".join(args[:3]))
+        lines: list[str] = []
+        expired = threading.Event()
+        with subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env(),
+        ) as proc:
+
+            def expire() -> None:
+                expired.set()
+                proc.kill()
+
+            timer = threading.Timer(timeout, expire)
+            timer.start()
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    lines.append(line)
+                    on_line(line.rstrip("\n"))
+                code = proc.wait()
+            finally:
+                timer.cancel()
+        if expired.is_set():
+            raise EngineError(
+                f"'{self.command} {args[0]}' did not finish within {timeout:.0f} s and was "
+                f"stopped. Check the engine with '{self.command} info', then try again."
+            )
+        return subprocess.CompletedProcess(argv, code, "".join(lines), "")
+
     def translate(self, args: Sequence[str], stderr: str) -> EngineError:
         """Turn a CLI failure into an error that says what to do next."""
         text = stderr.strip()
@@ -171,7 +215,8 @@ class Engine:
         pins nproc to this value instead. None when the probe fails.
         """
         code = "import resource; print(resource.getrlimit(resource.RLIMIT_NPROC)[1])"
-        args = ["run", "--rm", "--pull=never", "--network", "none", image, python, "-c", code]
+        args = ["run", "--rm", "--pull=never", "--network", "none", "--entrypoint=", image]
+        args += [python, "-c", code]
         proc = self.run(args, check=False, timeout=120)
         text = proc.stdout.strip()
         return int(text) if proc.returncode == 0 and text.isdigit() else None

@@ -161,6 +161,7 @@ def run_args(
         *attach,
         "--init",
         "--pull=never",
+        *entrypoint_args(settings),
         "--name",
         launch.container_name,
         "--hostname",
@@ -247,6 +248,29 @@ def run_args(
     return args
 
 
+def entrypoint_args(settings: KernelSettings) -> list[str]:
+    """`--entrypoint=` (the image's ENTRYPOINT cleared) unless settings.keep_entrypoint.
+
+    Our supervisor is the container's command. An image's ENTRYPOINT would run it as
+    arguments of its own: Jupyter Docker Stacks' tini + start.sh wants root or a writable
+    HOME, repo2docker's sources a conda environment first. run_args puts this before the
+    user's --docker-arg options, so a `--docker-arg=--entrypoint=X` given there wins.
+    """
+    return [] if settings.keep_entrypoint else ["--entrypoint="]
+
+
+def user_entrypoint(docker_args: Sequence[str]) -> list[str]:
+    """The --entrypoint options among the user's --docker-arg values, for the probes: a
+    kernel started with another entrypoint must be probed with it too."""
+    out: list[str] = []
+    for i, arg in enumerate(docker_args):
+        if arg.startswith("--entrypoint="):
+            out.append(arg)
+        elif arg == "--entrypoint" and i + 1 < len(docker_args):
+            out += [arg, docker_args[i + 1]]
+    return out
+
+
 def supervisor_command(
     settings: KernelSettings, umask: str | None = None, *, pooled: bool = False
 ) -> list[str]:
@@ -293,6 +317,9 @@ def probe_args(settings: KernelSettings, user: str, *, code: str | None = None) 
     that run `code` with the image's Python instead (image_kernels.py lists kernelspecs)."""
     args = ["run", "--rm", "--pull=never", "--network", "none", "--user", user]
     args += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    # The same entrypoint as the kernel's container: ours cleared, or the image's kept,
+    # or the user's own from --docker-arg.
+    args += entrypoint_args(settings) + user_entrypoint(settings.docker_args)
     if settings.runtime:
         args += ["--runtime", settings.runtime]
     args += [settings.image]

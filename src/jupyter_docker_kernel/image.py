@@ -21,11 +21,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from jupyter_docker_kernel import __version__
 from jupyter_docker_kernel.engine import LABEL_PREFIX, LABEL_RECIPE, Engine, first_line
@@ -78,6 +80,38 @@ _PIP_SPEC = re.compile(
 _ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
+#: The in-image script that makes pip say "no network" at once (_pip_guard.py); every
+#: image we build runs it, so `pip install` and `%pip install` in a kernel fail fast.
+PIP_GUARD = Path(__file__).with_name("_pip_guard.py")
+#: What an origin of a conda dependency starts with (see read_environment and _pip_error).
+CONDA_ORIGIN = "the conda dependencies"
+
+
+class WheelRecipe(Protocol):
+    """What fetch_wheels needs: the target Python and platform, and the packages."""
+
+    @property
+    def python_version(self) -> str: ...
+    @property
+    def arch(self) -> str: ...
+    @property
+    def glibc(self) -> tuple[int, int]: ...
+    @property
+    def pip_packages(self) -> tuple[str, ...]: ...
+    def pip_digest(self) -> str: ...
+
+
+def _pip_digest(recipe: WheelRecipe) -> str:
+    return _sha256(
+        {
+            "version": RECIPE_VERSION,
+            "python": recipe.python_version,
+            "platforms": platform_tags(recipe.arch, recipe.glibc),
+            "pip": recipe.pip_packages,
+        }
+    )
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything that decides the image's content; its digest labels the built image.
@@ -104,16 +138,14 @@ class Recipe:
             }
         )
 
+    @property
+    def glibc(self) -> tuple[int, int]:
+        """The suite's glibc: the newest manylinux tag its wheels may carry."""
+        return GLIBC_FOR_SUITE[self.suite]
+
     def pip_digest(self) -> str:
         """Hash of what pip downloads; keys the wheel cache."""
-        return _sha256(
-            {
-                "version": self.version,
-                "python": self.python_version,
-                "platforms": platform_tags(self.arch, GLIBC_FOR_SUITE[self.suite]),
-                "pip": self.pip_packages,
-            }
-        )
+        return _pip_digest(self)
 
     def digest(self) -> str:
         """sha256 of the whole recipe, Dockerfile text included: the image's LABEL_RECIPE."""
@@ -123,6 +155,7 @@ class Recipe:
                 "apt": self.apt_digest(),
                 "pip": self.pip_digest(),
                 "dockerfile": self.dockerfile,
+                "pip_guard": _file_digest(PIP_GUARD),
             }
         )
 
@@ -146,12 +179,15 @@ class Recipe:
 FROM {self.base_tag} AS wheels
 LABEL {LABEL_STAGE}=wheels
 COPY wheels /tmp/wheels
+COPY pip_guard.py /tmp/pip_guard.py
+# The pip guard: `pip install` in a kernel says at once that there is no network.
 RUN set -eu; \\
     python3 -c 'import sys; assert sys.version_info[:2] == ({major}, {minor}), sys.version'; \\
     python3 -m venv {VENV}; \\
     {VENV}/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \\
         --find-links /tmp/wheels {pip_args}; \\
     {VENV}/bin/pip uninstall --yes --quiet debugpy; \\
+    {VENV}/bin/python /tmp/pip_guard.py; \\
     {VENV}/bin/python -m compileall -q {VENV}
 
 FROM {self.base_tag}
@@ -204,18 +240,357 @@ def default_recipe(pip_packages: Sequence[str] = (), apt_packages: Sequence[str]
                 f"'{name}' is not a Debian package name (lowercase letters, digits, "
                 "'+', '-', '.'). No image was built. Check it with 'apt-cache search'."
             )
-    for spec in pip_packages:
-        if not _PIP_SPEC.match(spec):
-            raise SettingsError(
-                f"'{spec}' is not a pip requirement this build accepts (a name, optional "
-                "[extras] and version clauses such as 'scipy>=1.11', no spaces, URLs or "
-                "options). No image was built. Fix or drop it from --packages."
-            )
+    _check_pip_specs(pip_packages, "--packages")
     return Recipe(
         apt_packages=_unique(DEFAULT_APT_PACKAGES, apt_packages),
         pip_packages=_unique(DEFAULT_PIP_PACKAGES, pip_packages),
         arch=host_arch(),
     )
+
+
+def check_tag(tag: str, *, adds_packages: bool, layered: bool = False) -> None:
+    """Refuse to build packages (or a --from layer) into the shared default tag.
+
+    Every kernelspec set up without --image runs DEFAULT_IMAGE: rebuilding it with a
+    course's packages would change all of those kernels at once, mid-course.
+    """
+    if tag == DEFAULT_IMAGE and (adds_packages or layered):
+        what = "--from" if layered and not adds_packages else "added packages"
+        raise SettingsError(
+            f"An image with {what} needs a tag of its own: {DEFAULT_IMAGE} is the shared "
+            "default, and rebuilding it would change every kernel that uses it. No image "
+            "was built. Pass --tag, e.g. --tag course/NAME:1, then setup --image course/NAME:1."
+        )
+
+
+# -- course files: requirements.txt, apt.txt, environment.yml --------------------------------
+
+
+def read_requirements(path: Path, origins: dict[str, str] | None = None) -> list[str]:
+    """A requirements.txt's requirements, checked like --packages; `-r FILE` is followed.
+
+    `origins` (if given) gets normalised name -> "FILE:LINE", so that a package pip cannot
+    find is reported with the line it came from. Options (--index-url, -e, hashes) and
+    URLs are refused: the image installs wheels from the host pip's index, offline.
+    """
+    requirements: list[str] = []
+    for number, line in _lines(path):
+        if line.startswith(("-r ", "--requirement ", "-r", "--requirement=")):
+            included = re.sub(r"^(-r|--requirement)[= ]?", "", line).strip()
+            requirements += read_requirements(path.parent / included, origins)
+            continue
+        spec = "".join(line.split())
+        where = f"{path}:{number}"
+        if spec.startswith("-") or not _PIP_SPEC.match(spec):
+            raise SettingsError(
+                f"{where}: '{line}' is not a requirement this build accepts (a name, optional "
+                "[extras] and version clauses such as 'scipy>=1.11'; no pip options, URLs, "
+                "paths or ';' markers). No image was built. Fix or drop that line."
+            )
+        requirements.append(spec)
+        if origins is not None:
+            origins.setdefault(_normal_name(spec), where)
+    return requirements
+
+
+def read_apt_file(path: Path) -> list[str]:
+    """An apt.txt (repo2docker's format): Debian package names, one or more a line."""
+    names: list[str] = []
+    for number, line in _lines(path):
+        for name in line.split():
+            if not _APT_NAME.match(name):
+                raise SettingsError(
+                    f"{path}:{number}: '{name}' is not a Debian package name (lowercase "
+                    "letters, digits, '+', '-', '.'). No image was built. Fix or drop it."
+                )
+            names.append(name)
+    return names
+
+
+def read_environment(
+    path: Path, origins: dict[str, str] | None = None
+) -> tuple[list[str], list[str]]:
+    """environment.yml -> (pip requirements, notes): its `pip:` section, and its conda
+    dependencies as PyPI requirements (conda's `numpy=1.26` becomes `numpy==1.26.*`).
+
+    python and pip themselves are left out (the image has them); a conda dependency that
+    PyPI has no wheel of fails the build's pip step, naming the package (see _pip_error).
+    """
+    try:
+        import yaml
+    except ImportError as exc:  # PyYAML comes with Jupyter Server, not with us
+        raise SettingsError(
+            "Reading environment.yml needs PyYAML, which is not installed for "
+            f"{sys.executable}. No image was built. Install it (pip install pyyaml), or "
+            "list the packages in a requirements.txt and pass --requirements."
+        ) from exc
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SettingsError(
+            f"Cannot read {path}: {exc.strerror or exc}. No image was built."
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(
+            f"{path} is not valid YAML ({str(exc).splitlines()[0]}). No image was built."
+        ) from exc
+    deps = data.get("dependencies") if isinstance(data, dict) else None
+    if not isinstance(deps, list):
+        raise SettingsError(
+            f"{path} has no 'dependencies:' list, so there is nothing to install. "
+            "No image was built."
+        )
+    requirements: list[str] = []
+    notes: list[str] = []
+    for item in deps:
+        if isinstance(item, dict) and isinstance(item.get("pip"), list):
+            for entry in item["pip"]:
+                text = str(entry).strip()
+                if text.startswith(("-r", "--requirement")):
+                    included = re.sub(r"^(-r|--requirement)[= ]?", "", text).strip()
+                    requirements += read_requirements(path.parent / included, origins)
+                    continue
+                spec = "".join(text.split())
+                if not _PIP_SPEC.match(spec):
+                    raise SettingsError(
+                        f"{path}: pip entry '{text}' is not a requirement this build accepts "
+                        "(a name, optional [extras] and version clauses). No image was built."
+                    )
+                requirements.append(spec)
+                if origins is not None:
+                    origins.setdefault(_normal_name(spec), f"{path}'s pip section")
+            continue
+        converted = conda_to_pip(str(item), path)
+        if converted is None:
+            notes.append(f"{item}: left out (the image has its own python and pip)")
+            continue
+        requirements.append(converted)
+        if origins is not None:
+            origins.setdefault(_normal_name(converted), f"{CONDA_ORIGIN} of {path}")
+    return requirements, notes
+
+
+_CONDA_SPEC = re.compile(r"^(?:[A-Za-z0-9_.-]+::)?([A-Za-z0-9_.-]+)\s*(.*)$")
+
+
+def conda_to_pip(item: str, path: Path) -> str | None:
+    """One conda dependency as a pip requirement; None for python and pip themselves."""
+    match = _CONDA_SPEC.match(item.strip())
+    if not match:
+        raise SettingsError(
+            f"{path}: conda dependency '{item}' is not 'name', 'name=version' or "
+            "'name>=version'. No image was built."
+        )
+    name, constraint = match.group(1), "".join(match.group(2).split())
+    if name.lower() in ("python", "pip"):
+        return None
+    if constraint and (constraint[0].isdigit() or re.match(r"^=[^=]", constraint)):
+        # conda's "=1.26" and "1.26" mean 1.26.*; a third field is a build string.
+        version = constraint.lstrip("=").split("=")[0]
+        constraint = f"=={version}" if version.endswith("*") else f"=={version}.*"
+    spec = f"{name}{constraint}"
+    if not _PIP_SPEC.match(spec):
+        raise SettingsError(
+            f"{path}: conda dependency '{item}' cannot be read as a PyPI requirement "
+            f"('{spec}'). No image was built. Write it as name, name=1.2 or name>=1.2."
+        )
+    return spec
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered non-empty lines of a course file, comments removed."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(
+            f"Cannot read {path}: {exc.strerror or exc}. No image was built."
+        ) from exc
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        if line:
+            yield number, line
+
+
+# -- layering onto an existing image (--from) ------------------------------------------------
+
+#: Run in the --from image by its Python as root: version, libc, pip, site dir, user.
+BASE_PROBE_CODE = r"""
+import json, platform, sys
+try:
+    import pip
+    has_pip = True
+except Exception:
+    has_pip = False
+print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "libc": list(platform.libc_ver()),
+                  "pip": has_pip, "executable": sys.executable}))
+"""
+
+
+@dataclass(frozen=True)
+class LayerRecipe:
+    """Packages layered onto an image the engine already has (`image build --from`).
+
+    Made by layer_recipe() from a probe of that image; build_layer only reads it. Its
+    digest covers the base's ID, so a rebuilt base makes the layer stale.
+    """
+
+    base: str
+    base_id: str
+    base_user: str
+    python: str
+    python_version: str
+    glibc: tuple[int, int]
+    pip_packages: tuple[str, ...]
+    arch: str = field(default_factory=lambda: host_arch())
+
+    def pip_digest(self) -> str:
+        return _pip_digest(self)
+
+    def digest(self) -> str:
+        return _sha256(
+            {
+                "layer": self.base_id,
+                "pip": self.pip_digest(),
+                "dockerfile": self.dockerfile,
+                "pip_guard": _file_digest(PIP_GUARD),
+            }
+        )
+
+    @property
+    def dockerfile(self) -> str:
+        """Install the wheels with the base's own Python, as root; then its USER again.
+
+        One stage: the legacy builder cannot mount the wheels for a RUN, so their COPY
+        layer stays in the image (the size of the added wheels).
+        """
+        pip_args = " ".join(shlex.quote(spec) for spec in self.pip_packages)
+        py = shlex.quote(self.python)
+        install = (
+            f"{py} -m pip install --no-index --no-cache-dir --disable-pip-version-check "
+            f"--find-links /tmp/wheels {pip_args}; \\\n    "
+            if self.pip_packages
+            else ""
+        )
+        user = f"USER {self.base_user}\n" if self.base_user else ""
+        return f"""\
+# Generated by jupyter_docker_kernel.image (image build --from); do not edit.
+FROM {self.base_id}
+USER root
+COPY wheels /tmp/wheels
+COPY pip_guard.py /tmp/pip_guard.py
+RUN set -eu; \\
+    {install}{py} /tmp/pip_guard.py; \\
+    {py} -m compileall -q "$({py} -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+{user}ARG RECIPE_DIGEST
+LABEL {LABEL_RECIPE}=$RECIPE_DIGEST \\
+    org.opencontainers.image.base.name="{self.base}"
+"""
+
+
+def layer_recipe(
+    engine: Engine, base: str, pip_packages: Sequence[str], python: str = "python3"
+) -> LayerRecipe:
+    """Probe the --from image (its Python's version, glibc and pip) and make the recipe.
+
+    Raises ImageError when the image is missing, has no such Python or no pip, or is not
+    glibc-based (PyPI's manylinux wheels need glibc).
+    """
+    _check_pip_specs(pip_packages, "--packages/--requirements")
+    inspect = engine.require_image(base)
+    config = inspect.get("Config") or {}
+    args = ["run", "--rm", "--pull=never", "--network", "none", "--entrypoint=", "--user", "0"]
+    proc = engine.run([*args, base, python, "-c", BASE_PROBE_CODE], check=False, timeout=120)
+    lines = proc.stdout.strip().splitlines()
+    try:
+        facts = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        errors = [
+            line.strip()
+            for line in proc.stderr.splitlines()
+            if line.strip() and not line.startswith("Run '")  # the CLI's "see --help"
+        ]
+        last = (errors or ["no output"])[-1]
+        if proc.returncode in (126, 127) or "executable file not found" in proc.stderr:
+            last = "not found: not on the image's PATH, or no such file"
+        raise ImageError(
+            f"Image '{base}' cannot run {python} ({last}). No image was built. --from needs "
+            "an image with Python; name it with --python PATH if it is not python3."
+        ) from None
+    libc, libc_version = facts["libc"]
+    if libc != "glibc":
+        raise ImageError(
+            f"Image '{base}' is not glibc-based ({libc or 'unknown libc'}, e.g. Alpine), so "
+            "PyPI's manylinux wheels do not fit it. No image was built. Layer onto a "
+            "Debian or Ubuntu based image instead."
+        )
+    if not facts["pip"]:
+        raise ImageError(
+            f"{facts['executable']} in '{base}' has no pip, which installs the wheels. No "
+            "image was built. Use an image whose Python has pip (python3 -m ensurepip)."
+        )
+    major, minor = (int(part) for part in libc_version.split(".")[:2])
+    return LayerRecipe(
+        base=base,
+        base_id=str(inspect["Id"]),
+        base_user=str(config.get("User") or ""),
+        python=python,
+        python_version=str(facts["python"]),
+        glibc=(major, minor),
+        pip_packages=tuple(dict.fromkeys(pip_packages)),
+    )
+
+
+def build_layer(
+    engine: Engine,
+    recipe: LayerRecipe,
+    *,
+    tag: str,
+    force: bool = False,
+    cache_dir: Path | None = None,
+    progress: Callable[[str], None] = lambda s: None,
+    origins: Mapping[str, str] | None = None,
+    keep: Collection[str] = (),
+) -> BuildResult:
+    """Build `recipe` as `tag` in two steps (wheels, docker build), or reuse `tag` when it
+    already carries the recipe's digest. Raises ImageError or EngineError."""
+    start = time.monotonic()
+    digest = recipe.digest()
+    previous = engine.image_inspect(tag)
+    if previous is not None and not force and _labels(previous).get(LABEL_RECIPE) == digest:
+        return BuildResult(tag, previous["Id"], digest, True, time.monotonic() - start)
+    cache = cache_dir or default_cache_dir()
+    progress(
+        f"building {tag} from {recipe.base} ({recipe.base_id[7:19]}, Python "
+        f"{recipe.python_version}, glibc {recipe.glibc[0]}.{recipe.glibc[1]})"
+    )
+    with _step(progress, 1, "wheels (pip download)", total=2) as note:
+        if recipe.pip_packages:
+            wheels, fetched = fetch_wheels(recipe, cache, force=force, origins=origins)
+            note(f"{len(list(wheels.glob('*.whl')))} wheels, {_megabytes(wheels)}")
+            if not fetched:
+                note("cached")
+        else:
+            wheels = cache / "wheels" / "none"
+            wheels.mkdir(parents=True, exist_ok=True)
+            note("none to add")
+    with _step(progress, 2, "layer (docker build --network none)", total=2) as note:
+        image_id = _build_in_context(
+            engine, recipe.dockerfile, wheels, cache, tag, digest, force=force, progress=progress
+        )
+        note(_size_of(engine, image_id))
+    if previous is not None and previous["Id"] != image_id and previous["Id"] not in keep:
+        engine.run(["image", "rm", previous["Id"]], check=False, timeout=120)
+    return BuildResult(tag, image_id, digest, False, time.monotonic() - start)
+
+
+def _check_pip_specs(specs: Sequence[str], option: str) -> None:
+    for spec in specs:
+        if not _PIP_SPEC.match(spec):
+            raise SettingsError(
+                f"'{spec}' is not a pip requirement this build accepts (a name, optional "
+                "[extras] and version clauses such as 'scipy>=1.11', no spaces, URLs or "
+                f"options). No image was built. Fix or drop it from {option}."
+            )
 
 
 def ensure_image(
@@ -244,6 +619,8 @@ def build_image(
     force: bool = False,
     cache_dir: Path | None = None,
     progress: Callable[[str], None] = lambda s: None,
+    origins: Mapping[str, str] | None = None,
+    keep: Collection[str] = (),
 ) -> BuildResult:
     """Build `recipe` as `tag`, or reuse `tag` when it already carries the recipe's digest.
 
@@ -263,7 +640,7 @@ def build_image(
     progress(f"building {tag} (recipe {digest[:12]}); a first build takes a few minutes")
 
     with _step(progress, 1, "wheels (pip download)") as note:
-        wheels, fetched = fetch_wheels(recipe, cache, force=force)
+        wheels, fetched = fetch_wheels(recipe, cache, force=force, origins=origins)
         note(f"{len(list(wheels.glob('*.whl')))} wheels, {_megabytes(wheels)}")
         if not fetched:
             note("cached")
@@ -291,13 +668,15 @@ def build_image(
             note("present")
 
     with _step(progress, 4, "kernel image (docker build --network none)") as note:
-        image_id = _docker_build(engine, recipe, wheels, cache, tag, digest, force=force)
+        image_id = _docker_build(
+            engine, recipe, wheels, cache, tag, digest, force=force, progress=progress
+        )
         note(_size_of(engine, image_id))
 
     # Best effort, without --force: an image still tagged elsewhere or used by a container
-    # stays, which is what the user wants.
+    # stays, which is what the user wants; so does one a kernelspec names by ID (`keep`).
     for old in (previous, old_base):
-        if old is not None and old["Id"] != image_id:
+        if old is not None and old["Id"] != image_id and old["Id"] not in keep:
             engine.run(["image", "rm", old["Id"]], check=False, timeout=120)
     return BuildResult(tag, image_id, digest, False, time.monotonic() - start)
 
@@ -305,7 +684,13 @@ def build_image(
 # -- steps ----------------------------------------------------------------------------------
 
 
-def fetch_wheels(recipe: Recipe, cache: Path, *, force: bool = False) -> tuple[Path, bool]:
+def fetch_wheels(
+    recipe: WheelRecipe,
+    cache: Path,
+    *,
+    force: bool = False,
+    origins: Mapping[str, str] | None = None,
+) -> tuple[Path, bool]:
     """Step 1: every wheel the venv needs, in the cache; returns (directory, downloaded).
 
     A finished directory is renamed into place whole, so a present one is complete and
@@ -321,7 +706,7 @@ def fetch_wheels(recipe: Recipe, cache: Path, *, force: bool = False) -> tuple[P
         log.debug("running %s", " ".join(argv))
         proc = _run_tool(argv, "pip", timeout=1800)
         if proc.returncode != 0:
-            raise _pip_error(recipe, proc.stderr + proc.stdout)
+            raise _pip_error(recipe, proc.stderr + proc.stdout, origins or {})
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -362,11 +747,32 @@ def _docker_build(
     digest: str,
     *,
     force: bool,
+    progress: Callable[[str], None] = lambda s: None,
 ) -> str:
-    """Step 4: `docker build` in a scratch context of hard links to the cached wheels."""
+    """Step 4: `docker build` of the recipe's Dockerfile (see _build_in_context)."""
+    return _build_in_context(
+        engine, recipe.dockerfile, wheels, cache, tag, digest, force=force, progress=progress
+    )
+
+
+def _build_in_context(
+    engine: Engine,
+    dockerfile: str,
+    wheels: Path,
+    cache: Path,
+    tag: str,
+    digest: str,
+    *,
+    force: bool,
+    progress: Callable[[str], None],
+) -> str:
+    """`docker build --network none` in a scratch context of hard links to the cached
+    wheels plus the pip guard; each build step the engine starts goes to `progress`."""
+    cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".context-", dir=cache) as tmp:
         context = Path(tmp)
-        (context / "Dockerfile").write_text(recipe.dockerfile)
+        (context / "Dockerfile").write_text(dockerfile)
+        shutil.copyfile(PIP_GUARD, context / "pip_guard.py")
         (context / "wheels").mkdir()
         for wheel in wheels.glob("*.whl"):
             _link_or_copy(wheel, context / "wheels" / wheel.name)
@@ -380,12 +786,20 @@ def _docker_build(
             "--iidfile", str(iidfile),
             "--tag", tag,
         ]  # fmt: skip
+        if os.environ.get("DOCKER_BUILDKIT") == "1":
+            args.append("--progress=plain")  # BuildKit's tty display would not stream
         if force:
             args.append("--no-cache")
+        ticker = _Ticker(progress)
         try:
-            proc = engine.run([*args, str(context)], timeout=1800, check=False, own_session=False)
+            proc = engine.stream(
+                [*args, str(context)],
+                on_line=lambda line: _build_progress(line, ticker.say),
+                timeout=1800,
+            )
             image_id = iidfile.read_text().strip() if iidfile.is_file() else ""
         finally:
+            ticker.stop()
             iidfile.unlink(missing_ok=True)
             # The legacy builder keeps the wheel stage as an untagged image; BuildKit does not.
             engine.run(
@@ -393,10 +807,55 @@ def _docker_build(
                 check=False,
                 timeout=120,
             )
-    log.debug("docker build output:\n%s\n%s", proc.stdout, proc.stderr)
+    log.debug("docker build output:\n%s", proc.stdout)
     if proc.returncode != 0 or not image_id:
-        raise _build_error(engine, proc.stdout + proc.stderr, tag)
+        raise _build_error(engine, proc.stdout, tag)
     return image_id
+
+
+#: The engine's line for each build step: the legacy builder's `Step 3/12 : RUN ...` and
+#: BuildKit's plain `#7 [wheels 3/5] RUN ...`.
+_BUILD_STEP = re.compile(r"^(Step \d+/\d+ : .*|#\d+ \[[^\]]+\] .*)$")
+
+
+class _Ticker:
+    """Says `... still running (45 s)` when a build step has printed nothing for
+    HEARTBEAT seconds: the venv's RUN step alone takes a minute or more."""
+
+    HEARTBEAT = 15.0
+
+    def __init__(self, progress: Callable[[str], None]) -> None:
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._since = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="build-ticker", daemon=True)
+        self._thread.start()
+
+    def say(self, line: str) -> None:
+        with self._lock:
+            self._since = time.monotonic()
+            self._progress(line)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.HEARTBEAT):
+            with self._lock:
+                quiet = time.monotonic() - self._since
+                if quiet >= self.HEARTBEAT:
+                    self._progress(f"      ... still running ({quiet:.0f} s in this step)")
+
+
+def _build_progress(line: str, progress: Callable[[str], None]) -> None:
+    """Pass the engine's step lines on (shortened), so a long build shows where it is."""
+    log.debug("build: %s", line)
+    line = " ".join(line.split())
+    if _BUILD_STEP.match(line):
+        short = line if len(line) <= 96 else line[:93] + "..."
+        progress(f"      {short}")
 
 
 # -- pure helpers (tested without Docker) ---------------------------------------------------
@@ -423,7 +882,7 @@ def platform_tags(arch: str, glibc: tuple[int, int] = GLIBC_FOR_SUITE[SUITE]) ->
     return tags + [f"manylinux{name}_{arch}" for name in legacy]
 
 
-def pip_download_args(recipe: Recipe, dest: Path) -> list[str]:
+def pip_download_args(recipe: WheelRecipe, dest: Path) -> list[str]:
     """The pip command for step 1; runs with this interpreter's pip and its configuration."""
     major, minor = recipe.python_version.split(".")
     argv = [
@@ -434,7 +893,7 @@ def pip_download_args(recipe: Recipe, dest: Path) -> list[str]:
         "--implementation", "cp",
         "--abi", f"cp{major}{minor}",
     ]  # fmt: skip
-    for tag in platform_tags(recipe.arch, GLIBC_FOR_SUITE[recipe.suite]):
+    for tag in platform_tags(recipe.arch, recipe.glibc):
         argv += ["--platform", tag]
     return [*argv, "--dest", str(dest), *recipe.pip_packages]
 
@@ -484,12 +943,29 @@ def default_cache_dir() -> Path:
 # -- errors ---------------------------------------------------------------------------------
 
 
-def _pip_error(recipe: Recipe, output: str) -> ImageError:
-    """Turn a failed `pip download` into an error naming the package at fault."""
+def _pip_error(
+    recipe: WheelRecipe, output: str, origins: Mapping[str, str] | None = None
+) -> ImageError:
+    """Turn a failed `pip download` into an error naming the package at fault, and the
+    file and line it came from (`origins`: normalised name -> "requirements.txt:3")."""
     missing = re.search(r"No matching distribution found for (\S+)", output)
     target = f"CPython {recipe.python_version} on manylinux {recipe.arch}"
     if missing:
         name = missing.group(1)
+        origin = (origins or {}).get(_normal_name(name), "")
+        if origin.startswith(CONDA_ORIGIN):
+            return ImageError(
+                f"'{name}' from {origin} has no wheel on PyPI for {target}: it is probably "
+                "a conda-only package (or PyPI knows it by another name). No image was "
+                "built. Drop it from the conda dependencies, or list its PyPI name under "
+                "'- pip:' in that file."
+            )
+        if origin:
+            return ImageError(
+                f"pip could not find '{name}' ({origin}) as a wheel for {target}. No image "
+                "was built. Check the name on PyPI or drop it from that file (the image "
+                "installs wheels only, so a package published only as source cannot be added)."
+            )
         return ImageError(
             f"pip could not find '{name}' as a wheel for {target}. No image was built. "
             "Check the name on PyPI or drop it from --packages (the image installs wheels "
@@ -573,14 +1049,16 @@ def _last_error(output: str) -> str:
 
 @contextmanager
 def _step(
-    progress: Callable[[str], None], number: int, title: str
+    progress: Callable[[str], None], number: int, title: str, total: int = 4
 ) -> Iterator[Callable[[str], None]]:
-    """Time one step and report it as `[n/4] title (notes) ... 12.3 s` when it finishes."""
+    """Say `[n/4] title ...` when a step starts (pip and mmdebstrap can take minutes), and
+    `[n/4] title (notes) ... 12.3 s` when it finishes."""
     notes: list[str] = []
     start = time.monotonic()
+    progress(f"[{number}/{total}] {title} ...")
     yield notes.append
     detail = f", {', '.join(notes)}" if notes else ""
-    progress(f"[{number}/4] {title}{detail} ... {time.monotonic() - start:.1f} s")
+    progress(f"[{number}/{total}] {title}{detail} ... {time.monotonic() - start:.1f} s")
 
 
 def _run_tool(argv: list[str], name: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -631,6 +1109,16 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _unique(*groups: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(item for group in groups for item in group))
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _normal_name(spec: str) -> str:
+    """A requirement's project name, normalised as PyPI does (PEP 503)."""
+    name = re.split(r"[\[<>=!~;@ ]", spec, maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _sha256(data: object) -> str:

@@ -46,6 +46,13 @@ class SpecInfo:
     image_present: bool | None = None
     #: The spec dir Jupyter uses for this name instead of ours ("" when ours is used).
     shadowed_by: str = ""
+    #: The ID the image reference has now ("" when unknown or missing).
+    current_id: str = ""
+
+    @property
+    def image_moved(self) -> bool:
+        """True when the tag now names another image than the one setup checked."""
+        return bool(self.settings and moved_warning(self.settings, self.current_id))
 
     @property
     def image(self) -> str:
@@ -74,6 +81,8 @@ class SpecInfo:
             "launcher_python": self.launcher_python,
             "image": self.image,
             "image_present": self.image_present,
+            "image_id": self.current_id or None,
+            "image_moved": self.image_moved,
             "limits": self.limits(),
             "settings": self.settings.to_dict() if self.settings else None,
             "error": self.error or None,
@@ -107,10 +116,35 @@ def read_spec(name: str, path: Path, shadowed_by: Path | None = None) -> SpecInf
 
 def image_presence(engine: Engine, images: set[str]) -> dict[str, bool] | None:
     """Which of these images the engine has; None when the engine cannot be asked."""
+    ids = image_ids(engine, images)
+    return None if ids is None else {ref: bool(found) for ref, found in ids.items()}
+
+
+def image_ids(engine: Engine, images: set[str]) -> dict[str, str] | None:
+    """The ID each image reference names now ("" when missing); None when the engine
+    cannot be asked."""
     try:
-        return {ref: engine.image_inspect(ref) is not None for ref in sorted(images)}
+        found = {ref: engine.image_inspect(ref) for ref in sorted(images)}
     except DockerKernelError:
         return None
+    return {ref: str(data.get("Id", "")) if data else "" for ref, data in found.items()}
+
+
+def moved_warning(settings: KernelSettings, current_id: str) -> tuple[str, str] | None:
+    """(what, what to do) when the image's tag now names another image than the one setup
+    recorded (a rebuild or retag since); None when it does not, or nothing was recorded.
+
+    `list` prints it under the table and `doctor` as a WARN: the kernels already run the
+    new image, which setup never checked.
+    """
+    if not settings.image_id or not current_id or current_id == settings.image_id:
+        return None
+    return (
+        f"{settings.image} now points to another image ({current_id[7:19]}) than the one "
+        f"setup checked ({settings.image_id[7:19]}); new kernels start the new one",
+        "check it and record it with setup --replace (same options), or set up with "
+        "--image and --pin to choose one image ID for good",
+    )
 
 
 def list_specs(engine: Engine | None) -> tuple[list[SpecInfo], str]:
@@ -123,26 +157,30 @@ def list_specs(engine: Engine | None) -> tuple[list[SpecInfo], str]:
         return specs, ""
     # Each kernelspec's image is looked up in its own engine (engine_host: Podman's, say).
     hosts = {s.settings.engine_host for s in specs if s.settings}
-    by_host: dict[str | None, dict[str, bool]] = {}
+    by_host: dict[str | None, dict[str, str]] = {}
     silent: list[str] = []
     for host in sorted(hosts, key=str):
         asked = Engine(engine.command, host=host) if host else engine
         images = {s.image for s in specs if s.settings and s.settings.engine_host == host}
-        presence = image_presence(asked, images)
-        if presence is None:
+        ids = image_ids(asked, images)
+        if ids is None:
             silent.append(host or "the default engine")
-        by_host[host] = presence or {}
+        by_host[host] = ids or {}
     why = ""
     if silent:
         why = f"{', '.join(silent)} did not answer; image presence is unknown there"
         if silent == ["the default engine"]:
             why = "the container engine did not answer; image presence is unknown"
-    return [
-        dataclasses.replace(s, image_present=by_host[s.settings.engine_host].get(s.image))
-        if s.settings
-        else s
-        for s in specs
-    ], why
+    out: list[SpecInfo] = []
+    for s in specs:
+        if s.settings is None:
+            out.append(s)
+            continue
+        ids = by_host[s.settings.engine_host]
+        now = ids.get(s.image)
+        present = None if now is None else bool(now)
+        out.append(dataclasses.replace(s, image_present=present, current_id=now or ""))
+    return out, why
 
 
 def find(name: str) -> SpecInfo:
@@ -232,6 +270,8 @@ def setup_argv(info: SpecInfo, configured: dict[str, Any]) -> list[str]:
             argv += [option(field), str(value)]
     if s.kernel_transport != "ipc":
         argv += ["--kernel-transport", s.kernel_transport]
+    if s.keep_entrypoint:
+        argv.append("--keep-entrypoint")
     for arg in s.docker_args:
         argv.append(f"--docker-arg={arg}")  # one item: a value starting with - stays a value
     for field in LIMIT_FIELDS:

@@ -525,7 +525,9 @@ def _kernel_verdict(
 ) -> tuple[Status, str, str]:
     """Read the probe's report line: it ran, has ipykernel, is not root, has no
     capabilities or network it should not have, and gVisor shows its own kernel."""
-    words = (out.strip().splitlines() or [""])[0].split()
+    # The last line: an entrypoint kept with --keep-entrypoint may print before it
+    # (Docker Stacks' start.sh logs to stdout).
+    words = (out.strip().splitlines() or [""])[-1].split()
     if len(words) != 6:
         if "out of memory" in err:
             return (
@@ -534,6 +536,12 @@ def _kernel_verdict(
                 "raise --memory (a kernel needs about 100m; e.g. --memory 2g)",
             )
         detail, fix = explain_run_failure(err, code, settings, image_path)
+        if settings.keep_entrypoint:
+            fix = (
+                "the image's ENTRYPOINT ran first (--keep-entrypoint): leave that option out "
+                f"to clear it, or see 'jupyter-docker-kernel image check --keep-entrypoint "
+                f"{settings.image}'; else {fix}"
+            )
         return "FAIL", detail, fix
     py, ipk, release, ids, caps, nets = words
     result.python, result.ipykernel, result.release = py, ipk, release

@@ -34,6 +34,7 @@ WORKDIR_MODES: tuple[WorkdirMode, ...] = ("mount", "copy", "none")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENGINE_HOST = re.compile(r"^(unix:///\S+|(tcp|ssh)://\S+)$")
+_IMAGE_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
 _MEMORY = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
 #: What Docker's own size options take (go-units RAMInBytes): 2g, 2gb, 2GiB, 1.5g, "512 MB".
 _DOCKER_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?) ?([kmgtp]?)i?b?$", re.IGNORECASE)
@@ -208,6 +209,14 @@ class KernelSettings:
     engine_host: str | None = None
     #: Whose Docker-compatible API that is: Podman's takes a few options differently.
     engine: EngineKind = "docker"
+    #: Keep the image's ENTRYPOINT (setup --keep-entrypoint): it then runs our supervisor
+    #: command as its arguments, so it must end in `exec "$@"`. Off by default: the
+    #: supervisor is the command, and an entrypoint such as Docker Stacks' start.sh expects
+    #: root or a writable HOME that a kernel container does not have.
+    keep_entrypoint: bool = False
+    #: The image ID (sha256:...) `image` named when setup checked it; list and doctor warn
+    #: when the tag has moved to another image since. "" when setup did not ask the engine.
+    image_id: str = ""
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
@@ -291,6 +300,11 @@ class KernelSettings:
                 f"--engine-host '{self.engine_host}' is not a DOCKER_HOST address such as "
                 "unix:///run/podman/podman.sock (unix://, tcp:// or ssh://). "
                 "No kernelspec was written."
+            )
+        if self.image_id and not _IMAGE_ID.match(self.image_id):
+            raise SettingsError(
+                f"image_id '{self.image_id}' is not an image ID (sha256: and 64 hex digits). "
+                "Run setup again to record it."
             )
         if self.kernel_transport not in KERNEL_TRANSPORTS:
             raise SettingsError(

@@ -33,6 +33,8 @@ SUPERVISED_KERNEL = [
     "/run/jupyter-docker-kernel",
     "--lifetime",
     "86400",
+    "--site",
+    "/opt/jupyter-docker-kernel/site",
     "--",
     "python3",
     "-m",
@@ -300,6 +302,7 @@ def test_workdir_none_mounts_nothing_and_starts_in_home() -> None:
         "target=/run/jupyter-docker-kernel",
         "target=/opt/jupyter-docker-kernel/kernel.json",
         "target=/opt/jupyter-docker-kernel/supervise.py",
+        "target=/opt/jupyter-docker-kernel/site/sitecustomize.py",
     ]
     assert values(opts, "--workdir") == ["/home/kernel"]
 
@@ -355,13 +358,15 @@ def test_custom_kernel_cmd_gets_the_in_container_connection_file() -> None:
         kernel_cmd=("irkernel", "--conn={connection_file}", "-f", "{connection_file}"),
     )
     args = run_args(settings, LAUNCH)
-    assert args[-11:] == [
+    assert args[-13:] == [
         "python3.12",
         "/opt/jupyter-docker-kernel/supervise.py",
         "--cleanup",
         "/run/jupyter-docker-kernel",
         "--lifetime",
         "86400",
+        "--site",
+        "/opt/jupyter-docker-kernel/site",
         "--",
         "irkernel",
         "--conn=/opt/jupyter-docker-kernel/kernel.json",

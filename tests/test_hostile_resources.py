@@ -1059,7 +1059,7 @@ def test_hostile_notebook_metadata_and_outputs_reach_nbclient_as_inert_data(
 
     - F11: notebook metadata naming another kernel and asking for another image and a
       mount of / is ignored: the kernel is the one the host chose, its image ours, and
-      its mounts exactly the four every kernel gets (there is no mechanism to ask).
+      its mounts exactly the five every kernel gets (there is no mechanism to ask).
     - F05: HTML with an onerror handler and JavaScript arrive unchanged as text/html and
       application/javascript data; rendering them safely is the frontend's job.
     - F07: invalid UTF-8 on fd 1 arrives replaced (U+FFFD), a 200-deep JSON document
@@ -1080,6 +1080,7 @@ def test_hostile_notebook_metadata_and_outputs_reach_nbclient_as_inert_data(
         hardening.RUNTIME_TARGET,
         hardening.CONNECTION_TARGET,
         hardening.SUPERVISOR_TARGET,
+        hardening.USAGE_HOOK_TARGET,
         str(workdir),
     }
     assert mounts[str(workdir)] == str(workdir)

@@ -3,6 +3,7 @@
 The user's story: a notebook whose kernelspec is ours opens in JupyterLab, its cells run in
 the container, a long cell is interrupted from the toolbar, the kernel is restarted from the
 toolbar (a new container, the old state gone) and a matplotlib plot renders as an image.
+The Kernel Usage panel (jupyter-resource-usage) shows the container's limits.
 Screenshots of each step land in the artifacts directory (ARTIFACTS, printed by the test).
 
 The browser is the system Chromium (scripts/bootstrap-browser installs it; JDK_CHROMIUM
@@ -28,6 +29,7 @@ import nbformat
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
+from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 from tests.conftest import not_here
 from tests.kernels import wait_until
 from tests.test_notebooks import assert_no_container_left, containers_for
@@ -302,3 +304,26 @@ def test_jupyterlab_runs_interrupts_restarts_and_plots_in_the_container(
     lab.api(f"kernels/{kernel_id}", method="DELETE")
     assert_no_container_left(workdir, within=30)
     print(f"browser story took {time.monotonic() - started:.1f} s")
+
+
+def test_kernel_usage_panel_shows_the_containers_memory_limit_and_cpus(
+    page: Page, lab: Lab, workdir: Path, kernel_name: str
+) -> None:
+    """The Kernel Usage side panel (jupyter-resource-usage, fed by usage_request) shows the
+    container's --memory as total and its --cpus, not the host's 24 GiB and cores."""
+    defaults = KernelSettings()  # kernel_name's spec has the default limits
+    total = f"{size_bytes(defaults.memory) / (1 << 30):.2f} GB"  # the panel's format
+    cpus = f"{defaults.cpus:g} CPU" + ("" if defaults.cpus == 1 else "s")
+    write_notebook(workdir / "usage.ipynb", kernel_name)
+
+    page.goto(f"{lab.url}/lab/tree/usage.ipynb?token={lab.token}")
+    wait_idle(page)
+    page.locator(".jp-SideBar [data-id='kernelusage-panel-id']").click()
+    panel = page.locator("#kernelusage-panel-id")
+    # Its first reply has no CPU share (nothing sampled yet); it asks again every 5 s.
+    expect(panel).to_contain_text(f"used on {cpus}")
+    expect(panel.locator(".jp-KernelUsage-separator", has_text="Total:")).to_have_text(
+        f"Total: {total}"
+    )
+    print(f"Kernel Usage panel:\n{panel.inner_text()}")
+    shot(page, "usage-panel")

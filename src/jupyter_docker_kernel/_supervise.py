@@ -23,6 +23,10 @@ container connects to SOCKET: that connection carries the real key and the cwd, 
 kernel takes before it starts serving, and is from then on the lifeline. So what is left
 to pay at a claim is handing over a few bytes. An unclaimed container ends after
 --pool-ttl seconds, or as soon as its kernel dies.
+
+With --site DIR (the directory holding _usage.py as sitecustomize.py), the kernel's
+command gets DIR first on PYTHONPATH, so ipykernel's usage_reply tells the container's
+limits (see _usage.py); a pooled kernel, forked from us, installs that hook directly.
 """
 
 import contextlib
@@ -101,6 +105,7 @@ class Supervisor:
         self.pool_ttl = 600.0
         self.claimed = False
         self.bridges: List[str] = []
+        self.site_dir: Optional[str] = None
         while argv and argv[0] != "--":
             opt = argv.pop(0)
             if opt == "--lifetime":
@@ -117,6 +122,8 @@ class Supervisor:
                 self.pool_ttl = float(argv.pop(0))
             elif opt == "--bridge":
                 self.bridges.append(argv.pop(0))
+            elif opt == "--site":
+                self.site_dir = argv.pop(0)
             else:
                 say(f"unknown supervisor option {opt!r}")
                 sys.exit(2)
@@ -193,6 +200,11 @@ class Supervisor:
         # ipykernel exits if we die, and skips its interactive banner, as under Jupyter.
         os.setsid()
         os.environ["JPY_PARENT_PID"] = str(os.getppid())
+        if self.site_dir:
+            # The kernel only (we set it after the fork): its Python imports our
+            # sitecustomize, which makes usage_reply tell the container's limits.
+            paths = [self.site_dir, os.environ.get("PYTHONPATH", "")]
+            os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         if self.umask is not None:
             # A dedicated uid sharing the launcher's group: its sockets must be
             # group-accessible for the launcher to connect.
@@ -234,6 +246,7 @@ class Supervisor:
                 os.dup2(out_w, 1)
                 os.dup2(out_w, 2)
                 os.close(out_w)
+                install_usage_hook(self.site_dir)
                 code = run_pooled_kernel(claim_r, ready_w, self.pool_ip, self.child_setup)
             finally:
                 os._exit(code)
@@ -409,6 +422,25 @@ def copy_fd(source: int, target: int) -> None:
             os.write(target, data)
     except OSError:
         return
+
+
+def install_usage_hook(site_dir: Optional[str]) -> None:
+    """In a pooled kernel (forked from us: no new Python, so no sitecustomize): load the
+    usage hook from site_dir and install it; a failure only leaves usage_reply as it was."""
+    if not site_dir:
+        return
+    try:
+        import importlib.util
+
+        path = os.path.join(site_dir, "sitecustomize.py")
+        spec = importlib.util.spec_from_file_location("jupyter_docker_kernel_usage", path)
+        if spec is None or spec.loader is None:
+            return
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.install()
+    except Exception as exc:  # fail safe: the kernel runs unpatched
+        say(f"usage hook not installed: {exc}")
 
 
 def run_pooled_kernel(claim_fd: int, ready_fd: int, ip: str, setup: "Callable[[], None]") -> int:

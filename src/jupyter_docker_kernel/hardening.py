@@ -12,6 +12,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from jupyter_docker_kernel import engine
 from jupyter_docker_kernel.settings import (
@@ -27,6 +28,10 @@ SOCKET_PREFIX = "k"
 #: The in-container connection file, mounted read-only: the kernel cannot rewrite it.
 CONNECTION_TARGET = "/opt/jupyter-docker-kernel/kernel.json"
 SUPERVISOR_TARGET = "/opt/jupyter-docker-kernel/supervise.py"
+#: A directory holding only _usage.py, as sitecustomize.py: the supervisor puts it on the
+#: kernel's PYTHONPATH so usage_reply tells the container's limits (see _usage.py).
+USAGE_SITE_TARGET = "/opt/jupyter-docker-kernel/site"
+USAGE_HOOK_TARGET = f"{USAGE_SITE_TARGET}/sitecustomize.py"
 #: A pooled container's claim socket, in RUNTIME_TARGET (see pool.py).
 CLAIM_SOCKET = "claim"
 #: With kernel_transport "tcp", channel N listens on 127.0.0.1:BRIDGE_PORT_BASE+N in the
@@ -62,6 +67,11 @@ class Launch:
     hostname: str = ""
     #: uid:gid owning `workdir`, looked up at each start for kernel_user "owner".
     workdir_owner: str = ""
+
+
+def usage_hook_path(launch: Launch) -> str:
+    """Host path of _usage.py: shipped next to the supervisor, in this package."""
+    return str(PurePath(launch.supervisor_path).with_name("_usage.py"))
 
 
 def kernel_user(settings: KernelSettings, launch: Launch) -> str:
@@ -225,6 +235,7 @@ def run_args(
     if launch.connection_file:
         args += ["--mount", mount_arg(launch.connection_file, CONNECTION_TARGET, read_only=True)]
     args += ["--mount", mount_arg(launch.supervisor_path, SUPERVISOR_TARGET, read_only=True)]
+    args += ["--mount", mount_arg(usage_hook_path(launch), USAGE_HOOK_TARGET, read_only=True)]
     if settings.workdir == "none":
         args += ["--workdir", HOME]
     else:
@@ -285,6 +296,7 @@ def supervisor_command(
     ]
     if umask is not None:
         args += ["--umask", umask]
+    args += ["--site", USAGE_SITE_TARGET]
     if settings.kernel_transport == "tcp":
         for index in range(1, CHANNEL_COUNT + 1):
             path = f"{RUNTIME_TARGET}/{SOCKET_PREFIX}-{index}"

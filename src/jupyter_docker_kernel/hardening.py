@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jupyter_docker_kernel import engine
+from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.settings import CONNECTION_FILE_PLACEHOLDER, KernelSettings, size_bytes
 
 #: Where the per-kernel socket dir appears in the container (the kernel binds its sockets here).
@@ -55,6 +56,10 @@ class Launch:
     launcher_pid: int = 0
     launcher_start: str = ""
     hostname: str = ""
+    #: Host path of the 0600 `--env-file` holding settings.env (env_file_text), in the
+    #: kernel's private dir and never mounted; None: the --env values go in argv, where
+    #: `ps` shows them to every local user (doctor's probe, which has none).
+    env_file: str | None = None
 
 
 def kernel_user(settings: KernelSettings, launch: Launch) -> str:
@@ -224,13 +229,32 @@ def run_args(
         ]
     for m in settings.mounts:
         args += ["--mount", mount_arg(m.source, m.target, m.read_only)]
-    for name, value in settings.env:
-        args += ["--env", f"{name}={value}"]
+    if settings.env and launch.env_file:
+        args += ["--env-file", launch.env_file]
+    else:
+        for name, value in settings.env:
+            args += ["--env", f"{name}={value}"]
     args += list(settings.docker_args)
     args.append(settings.image)
     umask = "0007" if shares_group_only(settings, launch) else None
     args += supervisor_command(settings, umask=umask, pooled=pool is not None)
     return args
+
+
+def env_file_text(settings: KernelSettings) -> str:
+    """settings.env as an `--env-file`: one NAME=VALUE a line, taken verbatim by Docker's
+    and Podman's CLIs (no quoting, no expansion). A line break cannot be carried, and a
+    '#' starts a comment line: such entries are refused rather than silently changed."""
+    lines = []
+    for name, value in settings.env:
+        if any(c in name + value for c in "\r\n") or name.startswith("#") or not name:
+            raise SettingsError(
+                f"--env {name!r} has an empty name, a name starting with '#', or a line break "
+                "in its name or value, which the engine's --env-file cannot carry. No "
+                "container was started. Run setup again with a one-line value."
+            )
+        lines.append(f"{name}={value}\n")
+    return "".join(lines)
 
 
 def supervisor_command(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_docker_kernel import hardening, kernelspec
+from jupyter_docker_kernel import hardening, hostpython, kernelspec
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError
 from jupyter_docker_kernel.launcher import NAME_PREFIX, SUPERVISOR_PATH, runtime_base
@@ -41,6 +41,18 @@ class SpecInfo:
     error: str = ""
     #: True/False from the engine; None when it was not asked or did not answer.
     image_present: bool | None = None
+    #: kernel.json's whole argv (its form tells an earlier version's spec).
+    launcher_argv: tuple[str, ...] = ()
+
+    @property
+    def launcher_isolated(self) -> bool:
+        """Whether argv starts Python isolated from the notebook's directory (hostpython)."""
+        return hostpython.argv_is_isolated(list(self.launcher_argv))
+
+    @property
+    def settings_in_argv(self) -> bool:
+        """Whether the settings are in argv (an earlier version's spec), where `ps` shows them."""
+        return "--settings" in self.launcher_argv
 
     @property
     def image(self) -> str:
@@ -81,13 +93,15 @@ def read_spec(name: str, path: Path) -> SpecInfo:
         data = json.loads((path / "kernel.json").read_text())
     except (OSError, ValueError) as exc:
         return SpecInfo(name, str(path), "", "", None, error=f"cannot read kernel.json: {exc}")
-    argv = data.get("argv") or [""]
+    argv = [str(a) for a in data.get("argv") or [""]]
     display = str(data.get("display_name", ""))
     try:
         settings = kernelspec.settings_from_kernel_json(data)
     except DockerKernelError as exc:
-        return SpecInfo(name, str(path), display, str(argv[0]), None, error=str(exc))
-    return SpecInfo(name, str(path), display, str(argv[0]), settings)
+        return SpecInfo(
+            name, str(path), display, argv[0], None, error=str(exc), launcher_argv=tuple(argv)
+        )
+    return SpecInfo(name, str(path), display, argv[0], settings, launcher_argv=tuple(argv))
 
 
 def image_presence(engine: Engine, images: set[str]) -> dict[str, bool] | None:
@@ -165,6 +179,7 @@ def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> 
         host_gid=os.getgid(),
         workdir=workdir or os.getcwd(),
         workdir_copy=f"{kernel_dir}/work" if settings.workdir == "copy" else None,
+        env_file=f"{kernel_dir}/env" if settings.env else None,
         launcher_pid=0,
         launcher_start="START",
         hostname="HOST",

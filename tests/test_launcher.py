@@ -116,7 +116,7 @@ def test_docker_wait_output_gives_the_exit_code_or_1(output: str, code: int) -> 
     assert wait_exit_code(output) == code
 
 
-# -- the runtime base when someone else took its place (H08) ---------------------------------
+# -- the runtime base when someone else took its place (H07) ---------------------------------
 
 
 @pytest.fixture
@@ -153,7 +153,7 @@ TAKEN = ("other owner", "file", "symlink", "mode 0777")
 
 
 @pytest.mark.parametrize("how", TAKEN)
-def test_h08_a_taken_runtime_base_falls_back_to_a_private_dir(tmp_root: Path, how: str) -> None:
+def test_h07_a_taken_runtime_base_falls_back_to_a_private_dir(tmp_root: Path, how: str) -> None:
     """A pre-created <tmp>/jupyter-docker-kernel-<uid> does not deny service: kernels use
     a fresh 0700 dir of ours instead, the same one on every call (gc and pool find it)."""
     if how == "other owner" and os.getuid() != 0:
@@ -173,12 +173,12 @@ def test_h08_a_taken_runtime_base_falls_back_to_a_private_dir(tmp_root: Path, ho
     assert runtime_base() == base
 
 
-def test_h08_the_usual_runtime_base_is_used_when_it_is_ours(tmp_root: Path) -> None:
+def test_h07_the_usual_runtime_base_is_used_when_it_is_ours(tmp_root: Path) -> None:
     base, why = runtime_base_choice()
     assert (base, why) == (tmp_root / f"jupyter-docker-kernel-{os.getuid()}", "")
 
 
-def test_h08_the_oldest_private_fallback_of_ours_wins(tmp_root: Path) -> None:
+def test_h07_the_oldest_private_fallback_of_ours_wins(tmp_root: Path) -> None:
     """Processes agree on one fallback: the oldest (by name) that is ours and private;
     look-alikes of other owners, with other modes, or of another shape are skipped."""
     taken(tmp_root / f"jupyter-docker-kernel-{os.getuid()}", "mode 0777")
@@ -198,7 +198,7 @@ def test_h08_the_oldest_private_fallback_of_ours_wins(tmp_root: Path) -> None:
     assert runtime_base() == tmp_root / f"jdk-{uid}-00000000000002"
 
 
-def test_h08_no_private_dir_at_all_is_an_error_that_says_what_to_do(
+def test_h07_no_private_dir_at_all_is_an_error_that_says_what_to_do(
     tmp_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Nowhere to make one (a temp dir that is gone): a LaunchError that says what to do."""

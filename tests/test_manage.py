@@ -341,7 +341,7 @@ def test_doctor_warns_when_the_runtime_dir_is_not_private_and_names_the_fallback
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The kernels' socket dir must be ours and 0700: with a 0755 one kernels use a private
-    fallback (H08), and doctor WARNs, naming both and what to do."""
+    fallback (H07), and doctor WARNs, naming both and what to do."""
     xdg = tmp_path / "xdg"
     (xdg / "jupyter-docker-kernel").mkdir(parents=True)
     (xdg / "jupyter-docker-kernel").chmod(0o755)

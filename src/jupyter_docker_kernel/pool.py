@@ -163,8 +163,14 @@ def fill_in_background(settings: KernelSettings, base: Path, launch: hardening.L
         stdout=subprocess.DEVNULL,
         start_new_session=True,
     )
-    # communicate() writes the payload, closes stdin and reaps the child: no zombie.
-    threading.Thread(target=proc.communicate, args=(payload.encode(),), daemon=True).start()
+    # Written here, not in a thread: the launcher may exit right after (nbgrader stops each
+    # kernel once it answered), and a daemon thread would die with it, payload unsent.
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(payload.encode())
+    finally:
+        proc.stdin.close()
+    threading.Thread(target=proc.wait, daemon=True).start()  # no zombie while we run
 
 
 def main(argv: list[str]) -> int:

@@ -690,8 +690,9 @@ def print_upgrades(done: list[tuple[str, Path, str]], file: Any = None) -> None:
     for name, path, why in done:
         if why:
             print(
-                f"  warning: kernelspec {name} in {path} is of an earlier version (its Python "
-                f"imports from the notebook's directory) and could not be rewritten: {why}. "
+                f"  warning: kernelspec {name} in {path} is of an earlier version (its "
+                "launcher may import from the notebook's directory; `ps` shows its settings) "
+                f"and could not be rewritten: {why}. "
                 f"Rewrite it as its owner (root for a system-wide one) with "
                 f"'jupyter-docker-kernel doctor --fix'.",
                 file=file,

@@ -9,6 +9,7 @@ import itertools
 import pytest
 
 from jupyter_docker_kernel import engine, hardening
+from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.hardening import Launch, mount_arg, probe_args, run_args
 from jupyter_docker_kernel.settings import KernelSettings, Mount
 
@@ -435,3 +436,42 @@ def test_probe_with_custom_kernel_cmd_checks_only_python() -> None:
     args = probe_args(settings, "1:1")
     assert args[-3:-1] == ["python3.12", "-c"]
     assert "ipykernel" not in args[-1]
+
+
+# -- env by file (H05) ------------------------------------------------------------------------
+
+ENV_FILE_LAUNCH = dataclasses.replace(LAUNCH, env_file="/tmp/jupyter-docker-kernel-1000/k/env")
+
+
+def test_with_an_env_file_no_env_value_is_in_argv() -> None:
+    """User env values may be secrets and argv is public (`ps`): with Launch.env_file the
+    whole environment goes to --env-file, and no --env is left in argv."""
+    settings = KernelSettings(env=(("TOKEN", "s3cret"),))
+    opts = run_opts(settings, ENV_FILE_LAUNCH)
+    assert values(opts, "--env-file") == [ENV_FILE_LAUNCH.env_file]
+    assert values(opts, "--env") == []
+    assert not [a for a in opts if "s3cret" in a]
+
+
+def test_env_file_keeps_our_order_so_the_users_values_win() -> None:
+    """The file holds ours first, then the user's, as the --env flags did (last one wins)."""
+    settings = KernelSettings(env=(("LANG", "de_DE.UTF-8"), ("X", "a=b c")))
+    text = hardening.env_file_text(settings)
+    lines = text.splitlines()
+    assert lines[:2] == ["HOME=/home/kernel", "LANG=C.UTF-8"]
+    assert lines[-2:] == ["LANG=de_DE.UTF-8", "X=a=b c"]
+    assert [f"--env={line}" for line in lines] == [
+        f"--env={v}" for v in values(run_opts(settings), "--env")
+    ]
+
+
+def test_without_user_env_the_fixed_env_stays_in_argv() -> None:
+    """Nothing secret: our fixed values stay visible in argv (and in `show`)."""
+    assert values(run_opts(KernelSettings(), ENV_FILE_LAUNCH), "--env-file") == []
+
+
+@pytest.mark.parametrize("value", ["two\nlines", "cr\r"])
+def test_env_the_env_file_cannot_carry_is_refused(value: str) -> None:
+    """A line break would end the value early (or be dropped): refused, not mangled."""
+    with pytest.raises(SettingsError, match="--env X has a line break"):
+        hardening.env_file_text(KernelSettings(env=(("X", value),)))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_docker_kernel import __version__, image
+from jupyter_docker_kernel import __version__, hostpython, image
 from jupyter_docker_kernel.engine import LABEL_RECIPE, Engine
 from jupyter_docker_kernel.errors import ImageError, SettingsError
 from jupyter_docker_kernel.image import (
@@ -187,7 +187,9 @@ def test_platform_tags_refuse_other_architectures() -> None:
 
 def test_pip_download_args(tmp_path: Path) -> None:
     argv = image.pip_download_args(recipe(), tmp_path)
-    assert argv[1:4] == ["-m", "pip", "download"]
+    # pip runs from the cwd of whoever builds the image: never importing from it.
+    assert argv[:3] == hostpython.module_argv("pip")
+    assert argv[3] == "download"
     text = " ".join(argv)
     assert "--only-binary=:all: --python-version 3.11 --implementation cp --abi cp311" in text
     assert argv.count("--platform") == len(image.platform_tags("x86_64"))

@@ -153,18 +153,26 @@ def test_kernel_json_carries_the_image_kernels_language() -> None:
 
 
 def test_kernel_cmd_placeholder_survives_jupyter_clients_substitution() -> None:
-    """jupyter_client fills {connection_file} in every argv item; the one inside our
-    settings JSON must reach the launcher unchanged (the real KernelManager formats it)."""
+    """jupyter_client fills {connection_file} in every argv item and $NAME of its own
+    environment in every env value; the settings JSON (in env) must reach the launcher
+    unchanged, `{connection_file}` and `$HOME` included (the real KernelManager does it)."""
     from jupyter_client.manager import KernelManager
 
-    settings = KernelSettings(kernel_spec_in_image="ir", kernel_cmd=tuple(IR_SPEC["argv"]))
+    settings = KernelSettings(
+        kernel_spec_in_image="ir",
+        kernel_cmd=tuple(IR_SPEC["argv"]),
+        env=(("A", "$HOME and ${PATH}"),),
+    )
     data = kernelspec.build_kernel_json(settings, display_name="R (container)", language="R")
     kernelspec.install("jdk-test-format", data, user=True, prefix=None, replace=True)
     km = KernelManager(kernel_name="jdk-test-format")
-    km.connection_file = "/host/runtime/kernel-1.json"
-    argv = km.format_kernel_cmd()
-    assert argv[-2:] == ["-f", "/host/runtime/kernel-1.json"]
-    launched = KernelSettings.from_dict(json.loads(argv[argv.index("--settings") + 1]))
+    try:
+        argv, kw = km.pre_start_kernel()
+    finally:
+        km.cleanup_connection_file()
+    assert argv[-2:] == ["-f", km.connection_file]
+    assert "--settings" not in argv
+    launched = KernelSettings.from_dict(json.loads(kw["env"][kernelspec.SETTINGS_ENV]))
     assert launched == settings
 
 

@@ -9,15 +9,19 @@ from typing import Any
 
 import pytest
 
-from jupyter_docker_kernel import __version__
+from jupyter_docker_kernel import __version__, hostpython
 from jupyter_docker_kernel.errors import KernelSpecError
 from jupyter_docker_kernel.kernelspec import (
     LAUNCHER_MODULE,
     METADATA_KEY,
+    SETTINGS_ENV,
     build_kernel_json,
     find_ours,
     install,
+    needs_upgrade,
     settings_from_kernel_json,
+    upgrade,
+    upgraded,
     validate_name,
 )
 from jupyter_docker_kernel.settings import KernelSettings, Mount
@@ -34,11 +38,22 @@ SETTINGS = KernelSettings(
 # -- build_kernel_json ----------------------------------------------------------------------
 
 
-def test_argv_runs_our_launcher_with_settings_and_connection_file() -> None:
-    """argv is `PYTHON -m launcher --settings JSON -f {connection_file}`."""
+def test_argv_runs_our_launcher_isolated_with_the_connection_file() -> None:
+    """argv is `PYTHON -I -m launcher -f {connection_file}`: -I keeps the notebook's
+    directory (the cwd) off sys.path; the settings are not in argv, where `ps` shows them."""
     argv = build_kernel_json(SETTINGS, display_name="D")["argv"]
-    assert argv[:4] == [sys.executable, "-m", LAUNCHER_MODULE, "--settings"]
-    assert argv[5:] == ["-f", "{connection_file}"]
+    assert argv == [sys.executable, "-I", "-m", LAUNCHER_MODULE, "-f", "{connection_file}"]
+
+
+def test_argv_without_isolation_drops_the_cwd_instead() -> None:
+    """For a package only the user's site-packages provide (-I would hide it), argv runs
+    the launcher through hostpython's safe-path form."""
+    argv = build_kernel_json(SETTINGS, display_name="D", isolated=False)["argv"]
+    assert argv[1] == "-c"
+    assert argv[2].startswith(hostpython.SAFE_PATH_PREFIX)
+    assert LAUNCHER_MODULE in argv[2]
+    assert argv[3:] == ["-f", "{connection_file}"]
+    assert hostpython.argv_is_isolated(argv)
 
 
 def test_argv_python_can_be_chosen() -> None:
@@ -47,9 +62,22 @@ def test_argv_python_can_be_chosen() -> None:
 
 
 def test_embedded_settings_are_to_dict_as_json() -> None:
-    """The --settings value is exactly settings.to_dict() as JSON."""
-    argv = build_kernel_json(SETTINGS, display_name="D")["argv"]
-    assert json.loads(argv[4]) == SETTINGS.to_dict()
+    """The settings in env are exactly settings.to_dict() as JSON."""
+    env = build_kernel_json(SETTINGS, display_name="D")["env"]
+    assert json.loads(env[SETTINGS_ENV]) == SETTINGS.to_dict()
+
+
+def test_embedded_settings_hide_dollars_and_placeholders_from_clients() -> None:
+    """Clients substitute $NAME in env values and {name} in argv items: the JSON text
+    holds neither, and decodes back to the very values."""
+    settings = KernelSettings(env=(("A", "$HOME ${PATH} {connection_file}"),))
+    text = build_kernel_json(settings, display_name="D")["env"][SETTINGS_ENV]
+    assert "$" not in text
+    assert "{connection_file}" not in text
+    assert (
+        settings_from_kernel_json({"env": {SETTINGS_ENV: text}, "metadata": {METADATA_KEY: {}}})
+        == settings
+    )
 
 
 def test_settings_round_trip_through_kernel_json_file() -> None:
@@ -61,7 +89,7 @@ def test_settings_round_trip_through_kernel_json_file() -> None:
 def test_kernel_json_fields() -> None:
     """display name, interrupt mode, python language, our metadata and no debugger."""
     data = build_kernel_json(SETTINGS, display_name="Course", interrupt_mode="message")
-    assert {k: v for k, v in data.items() if k != "argv"} == {
+    assert {k: v for k, v in data.items() if k not in ("argv", "env")} == {
         "display_name": "Course",
         "language": "python",
         "interrupt_mode": "message",
@@ -196,9 +224,9 @@ def test_foreign_kernel_json_is_refused(data: dict[str, Any]) -> None:
 
 
 def test_embedded_settings_that_are_not_json_are_refused() -> None:
-    """Hand-broken --settings JSON is a KernelSpecError, not a traceback."""
+    """Hand-broken settings JSON is a KernelSpecError, not a traceback."""
     data = build_kernel_json(SETTINGS, display_name="D")
-    data["argv"][4] = "{broken"
+    data["env"][SETTINGS_ENV] = "{broken"
     with pytest.raises(KernelSpecError, match="not JSON"):
         settings_from_kernel_json(data)
 
@@ -213,3 +241,82 @@ def test_embedded_settings_that_are_not_an_object_are_refused(argv: list[str]) -
     """A missing or non-object --settings value is a KernelSpecError saying so."""
     with pytest.raises(KernelSpecError, match="settings"):
         settings_from_kernel_json({"argv": argv, "metadata": {METADATA_KEY: {}}})
+
+
+# -- kernelspecs of earlier versions -----------------------------------------------------------
+
+
+def old_kernel_json(settings: KernelSettings, python: str = sys.executable) -> dict[str, Any]:
+    """kernel.json exactly as versions before the isolation fix wrote it: settings in argv
+    (only `{` escaped) and `python -m launcher`, which imports from the notebook's dir."""
+    data = build_kernel_json(settings, display_name="Old", python=python)
+    text = json.dumps(settings.to_dict(), sort_keys=True, separators=(",", ":"))
+    text = text.replace("{connection_file}", "\\u007bconnection_file}")
+    data["argv"] = [python, "-m", LAUNCHER_MODULE, "--settings", text, "-f", "{connection_file}"]
+    del data["env"]
+    return data
+
+
+OLD_SETTINGS = KernelSettings(env=(("TOKEN", "$ecret {connection_file}"),), memory="1g")
+
+
+def test_kernel_json_of_earlier_versions_still_reads_back() -> None:
+    """The launcher and the provisioner still read settings from an old spec's argv."""
+    assert settings_from_kernel_json(old_kernel_json(OLD_SETTINGS)) == OLD_SETTINGS
+
+
+def test_earlier_versions_need_an_upgrade_and_current_ones_do_not() -> None:
+    assert needs_upgrade(old_kernel_json(OLD_SETTINGS))
+    assert not needs_upgrade(build_kernel_json(OLD_SETTINGS, display_name="D"))
+    assert not needs_upgrade(build_kernel_json(OLD_SETTINGS, display_name="D", isolated=False))
+
+
+def test_upgraded_spec_is_isolated_and_keeps_everything_else() -> None:
+    """argv in the current form, settings (with `$` and `{`) moved to env unchanged; names,
+    metadata, other env entries and --debug stay."""
+    old = old_kernel_json(OLD_SETTINGS, python="/opt/venv/bin/python")
+    old["argv"].append("--debug")
+    old["env"] = {"OTHER": "1"}
+    new = upgraded(old, isolated=True)
+    assert new["argv"] == [
+        *("/opt/venv/bin/python", "-I", "-m", LAUNCHER_MODULE),
+        *("-f", "{connection_file}", "--debug"),
+    ]
+    assert new["env"]["OTHER"] == "1"
+    assert "$" not in new["env"][SETTINGS_ENV]
+    assert settings_from_kernel_json(new) == OLD_SETTINGS
+    rest = {k: v for k, v in new.items() if k not in ("argv", "env")}
+    assert rest == {k: v for k, v in old.items() if k not in ("argv", "env")}
+    assert not needs_upgrade(new)
+
+
+def test_upgrade_rewrites_the_file_in_place_once(tmp_path: Path) -> None:
+    """upgrade() replaces kernel.json (its mode kept) and is a no-op the second time."""
+    (tmp_path / "kernel.json").write_text(json.dumps(old_kernel_json(OLD_SETTINGS)))
+    (tmp_path / "kernel.json").chmod(0o640)
+    assert upgrade(tmp_path)
+    data = json.loads((tmp_path / "kernel.json").read_text())
+    assert data["argv"][1:3] == ["-I", "-m"]
+    assert settings_from_kernel_json(data) == OLD_SETTINGS
+    assert (tmp_path / "kernel.json").stat().st_mode & 0o777 == 0o640
+    assert not upgrade(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kernel.json"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "isolated"),
+    [
+        (["p", "-m", "m"], False),
+        (["p", "-I", "-m", "m"], True),
+        (["p", "-P", "-m", "m"], True),
+        (["p", "-IB", "-m", "m"], True),
+        (["p", "-B", "-m", "m"], False),
+        (["p", "-c", "import runpy"], False),
+        (["p", "-c", hostpython.SAFE_PATH_PREFIX + "import runpy"], True),
+        (["p", "m.py"], False),
+        (["p"], False),
+    ],
+)
+def test_argv_is_isolated(argv: list[str], isolated: bool) -> None:
+    """Which kernel.json argv forms keep the cwd off sys.path (doctor and setup ask)."""
+    assert hostpython.argv_is_isolated(argv) is isolated

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from jupyter_docker_kernel.launcher import exit_verdict, parse_args, wait_exit_code
+from jupyter_docker_kernel.errors import LaunchError
+from jupyter_docker_kernel.launcher import (
+    exit_verdict,
+    parse_args,
+    runtime_base,
+    runtime_base_choice,
+    wait_exit_code,
+)
 
 
 @pytest.mark.parametrize(
@@ -39,23 +52,49 @@ def test_extra_positional_arguments_from_the_client_are_accepted() -> None:
     )
 
 
+def test_settings_come_from_the_environment_and_leave_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Current kernelspecs pass the settings in env (not argv, which `ps` shows); the
+    launcher takes them out of its environment, so its children do not inherit them."""
+    monkeypatch.setenv("JUPYTER_DOCKER_KERNEL_SETTINGS", '{"image": "x"}')
+    args = parse_args(["-f", "k.json"])
+    assert args.settings == '{"image": "x"}'
+    assert "JUPYTER_DOCKER_KERNEL_SETTINGS" not in os.environ
+
+
+def test_inline_settings_of_earlier_kernelspecs_still_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kernel.json files of earlier versions pass `--settings JSON`: it wins over env."""
+    monkeypatch.setenv("JUPYTER_DOCKER_KERNEL_SETTINGS", '{"image": "env"}')
+    assert parse_args(["--settings", '{"image": "argv"}', "-f", "k"]).settings == (
+        '{"image": "argv"}'
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--settings", "{}"], "--settings and -f are required"),
-        (["--settings", "{}", "-f"], "--settings and -f are required"),
+        (["--settings", "{}"], "-f and the settings"),
+        (["--settings", "{}", "-f"], "-f and the settings"),
+        (["-f", "k.json"], "-f and the settings (JUPYTER_DOCKER_KERNEL_SETTINGS or --settings)"),
         (["--settings", "{}", "-f", "k.json", "--bogus"], "unexpected argument '--bogus'"),
     ],
 )
 def test_bad_command_lines_exit_2_with_usage(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A missing option or an unknown one exits 2 and says which, like argparse did."""
+    monkeypatch.delenv("JUPYTER_DOCKER_KERNEL_SETTINGS", raising=False)
     with pytest.raises(SystemExit) as info:
         parse_args(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "usage: python -m jupyter_docker_kernel.launcher" in err
+    assert "usage: python -I -m jupyter_docker_kernel.launcher" in err
     assert message in err
 
 
@@ -95,3 +134,94 @@ def test_a_clean_exit_right_after_an_interrupt_says_the_interrupt_was_the_shutdo
 def test_docker_wait_output_gives_the_exit_code_or_1(output: str, code: int) -> None:
     """What `docker wait` printed is the container's code; nothing (an engine error) is 1."""
     assert wait_exit_code(output) == code
+
+
+# -- the runtime base when someone else took its place (H07) ---------------------------------
+
+
+@pytest.fixture
+def tmp_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A short, sticky, world-writable temp dir standing in for /tmp (and no XDG dir)."""
+    root = Path(tempfile.mkdtemp(prefix="jh", dir="/tmp"))  # short: socket paths go below
+    root.chmod(0o1777)
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+OTHER_UID = 4242
+
+
+def taken(usual: Path, how: str) -> None:
+    """Put something that is not ours, or not private, where the usual runtime base goes."""
+    if how == "other owner":
+        usual.mkdir(mode=0o700)
+        os.chown(usual, OTHER_UID, OTHER_UID)
+    elif how == "file":
+        usual.write_text("")
+    elif how == "symlink":
+        target = usual.with_name("elsewhere")
+        target.mkdir(mode=0o700)
+        usual.symlink_to(target)
+    elif how == "mode 0777":
+        usual.mkdir()
+        usual.chmod(0o777)
+
+
+TAKEN = ("other owner", "file", "symlink", "mode 0777")
+
+
+@pytest.mark.parametrize("how", TAKEN)
+def test_h07_a_taken_runtime_base_falls_back_to_a_private_dir(tmp_root: Path, how: str) -> None:
+    """A pre-created <tmp>/jupyter-docker-kernel-<uid> does not deny service: kernels use
+    a fresh 0700 dir of ours instead, the same one on every call (gc and pool find it)."""
+    if how == "other owner" and os.getuid() != 0:
+        pytest.skip("needs root to give a directory to another uid")
+    usual = tmp_root / f"jupyter-docker-kernel-{os.getuid()}"
+    taken(usual, how)
+
+    base, why = runtime_base_choice()
+
+    assert base != usual
+    assert base.parent == tmp_root
+    assert str(usual) in why
+    st = os.lstat(base)
+    assert stat.S_ISDIR(st.st_mode)
+    assert st.st_uid == os.getuid()
+    assert stat.S_IMODE(st.st_mode) == 0o700
+    assert runtime_base() == base
+
+
+def test_h07_the_usual_runtime_base_is_used_when_it_is_ours(tmp_root: Path) -> None:
+    base, why = runtime_base_choice()
+    assert (base, why) == (tmp_root / f"jupyter-docker-kernel-{os.getuid()}", "")
+
+
+def test_h07_the_oldest_private_fallback_of_ours_wins(tmp_root: Path) -> None:
+    """Processes agree on one fallback: the oldest (by name) that is ours and private;
+    look-alikes of other owners, with other modes, or of another shape are skipped."""
+    taken(tmp_root / f"jupyter-docker-kernel-{os.getuid()}", "mode 0777")
+    uid = os.getuid()
+    for name, mode in (
+        (f"jdk-{uid}-00000000000000", 0o755),  # ours, not private
+        (f"jdk-{uid}-0000000000001", 0o700),  # not our name shape
+        (f"jdk-{uid}-00000000000002", 0o700),  # the one
+        (f"jdk-{uid}-00000000000003", 0o700),  # younger
+    ):
+        (tmp_root / name).mkdir()
+        (tmp_root / name).chmod(mode)
+    if uid == 0:
+        (tmp_root / f"jdk-{uid}-00000000000001").mkdir(mode=0o700)
+        os.chown(tmp_root / f"jdk-{uid}-00000000000001", OTHER_UID, OTHER_UID)
+
+    assert runtime_base() == tmp_root / f"jdk-{uid}-00000000000002"
+
+
+def test_h07_no_private_dir_at_all_is_an_error_that_says_what_to_do(
+    tmp_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nowhere to make one (a temp dir that is gone): a LaunchError that says what to do."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_root / "gone"))
+    with pytest.raises(LaunchError, match=r"No kernel was started\. Set XDG_RUNTIME_DIR"):
+        runtime_base()

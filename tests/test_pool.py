@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import itertools
+import json
 import os
 import socket
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_docker_kernel import cli, engine, hardening, pool
+from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool
 from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.settings import KernelSettings
 from tests.conftest import install_kernel
@@ -222,7 +223,8 @@ def test_a_pooled_kernel_is_a_fresh_container_that_never_ran_another_notebook(
     """The second kernel gets a warm container started for it, not the first one's: a new
     container, no state, and the first container is gone."""
     name = "jdk-test-pool"
-    install_kernel(name, kernel_image, "--copy-workdir", "--pool", "1", "--pool-ttl", "120")
+    spec = install_kernel(name, kernel_image, "--copy-workdir", "--pool", "1", "--pool-ttl", "120")
+    key = key_of(spec)
     try:
         km, kc = start(name, str(workdir))
         try:
@@ -231,7 +233,7 @@ def test_a_pooled_kernel_is_a_fresh_container_that_never_ran_another_notebook(
         finally:
             stop(km, kc)
         wait_until(lambda: not containers_of(kernel_key(km)), 10)
-        waiting = wait_until(lambda: bool(warm_ready()), 60)
+        waiting = wait_until(lambda: bool(warm_ready(key)), 60)
         print(f"warm container ready {waiting:.1f} s after the first kernel stopped")
         log = workdir / "launcher.log"
         with log.open("w") as stderr:
@@ -257,15 +259,16 @@ def test_a_warm_kernel_is_initialised_before_it_is_claimed(
     """What a claim leaves to do is hand over the key: the waiting kernel has already bound
     its five sockets (and built its shell) under a placeholder key."""
     name = "jdk-test-pool-init"
-    install_kernel(name, kernel_image, "--no-workdir", "--pool", "1", "--pool-ttl", "120")
+    spec = install_kernel(name, kernel_image, "--no-workdir", "--pool", "1", "--pool-ttl", "120")
+    key = key_of(spec)
     try:
         km, kc = start(name, str(workdir))
         stop(km, kc)
-        wait_until(lambda: bool(warm_ready()), 60)
+        wait_until(lambda: bool(warm_ready(key)), 60)
         (warm,) = [
             item
             for item in engine.EngineApi().containers({})
-            if item["Names"][0].lstrip("/") in warm_ready()
+            if item["Names"][0].lstrip("/") in warm_ready(key)
         ]
         rt = Path(warm["Labels"][engine.LABEL_POOL_DIR]) / "rt"
         sockets = sorted(p.name for p in rt.iterdir() if p.is_socket())
@@ -275,10 +278,17 @@ def test_a_warm_kernel_is_initialised_before_it_is_claimed(
         wait_until(lambda: not warm_ready(), 10)
 
 
-def warm_ready() -> list[str]:
-    """Names of unclaimed warm containers of ours whose claim socket is up."""
+def key_of(spec: Path) -> str:
+    """The pool key of an installed kernelspec's settings (for this uid)."""
+    data = json.loads((spec / "kernel.json").read_text())
+    return pool.pool_key(kernelspec.settings_from_kernel_json(data), os.getuid())
+
+
+def warm_ready(key: str | None = None) -> list[str]:
+    """Names of unclaimed warm containers of ours whose claim socket is up; of one pool key
+    only when given (other test sessions on the machine may have warm containers too)."""
     ready = []
-    for item in engine.EngineApi().containers({}):
+    for item in engine.EngineApi().containers({engine.LABEL_POOL: key} if key else {}):
         name = str(item["Names"][0]).lstrip("/")
         pool_dir = Path((item.get("Labels") or {}).get(engine.LABEL_POOL_DIR, "/nonexistent"))
         if name.startswith(pool.POOL_NAME_PREFIX) and (pool_dir / "rt" / "claim").exists():

@@ -118,7 +118,9 @@ def launcher_children() -> list[str]:
         except OSError:
             continue
         ppid = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
-        if int(ppid) == os.getpid() and "jupyter_docker_kernel.launcher --settings" in cmdline:
+        # The launcher's argv (any form) ends "-f CONNECTION_FILE"; the watchdog's does not.
+        launcher = "jupyter_docker_kernel.launcher" in cmdline and " -f " in cmdline
+        if int(ppid) == os.getpid() and launcher:
             found.append(cmdline)
     return found
 

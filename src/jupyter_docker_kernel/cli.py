@@ -25,6 +25,7 @@ from jupyter_docker_kernel import (
     doctor,
     grading,
     hardening,
+    hostpython,
     image_kernels,
     kernelspec,
     manage,
@@ -389,6 +390,11 @@ def add_manage_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     doctor.add_argument(
         "--no-probe", action="store_true", help="do not start a probe container per image"
     )
+    doctor.add_argument(
+        "--fix",
+        action="store_true",
+        help="first rewrite kernelspecs of earlier versions in the current, isolated form",
+    )
     doctor.set_defaults(func=cmd_doctor)
     for command in (listing, show, remove, doctor):
         command.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -677,9 +683,11 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         or (in_image.interrupt_mode if in_image else old_json.get("interrupt_mode", "signal")),
         language=in_image.language if in_image else kept_language,
         provisioner=args.provisioner or "kernel_provisioner" in (old_json.get("metadata") or {}),
+        isolated=hostpython.isolated_import_works(sys.executable),
     )
     path = kernelspec.install(name, data, user=args.user, prefix=prefix, replace=args.replace)
     print(f"Installed kernelspec {name} in {path}")
+    print_upgrades(kernelspec.upgrade_all())
     if old_settings is not None:
         changed = changes(old_settings, settings)
         print(
@@ -983,7 +991,10 @@ def format_show(info: manage.SpecInfo, args: list[str], program: str) -> list[st
     """`show`: where the spec is, every setting (defaults included), the docker run command."""
     assert info.settings is not None
     lines = [f"{info.name}: {info.display_name}", f"  path      {info.path}"]
-    lines.append(f"  launcher  {info.launcher_python} -m {kernelspec.LAUNCHER_MODULE}")
+    launcher = hardening.quote_command(info.launcher_python, info.launcher_argv[1:3])
+    old = info.settings_in_argv or not info.launcher_isolated
+    note = "  (an earlier version's form: doctor --fix rewrites it)" if old else ""
+    lines.append(f"  launcher  {launcher}{note}")
     lines.append("settings (* = chosen at setup, the rest are defaults):")
     for key, value in dataclasses.asdict(info.settings).items():
         mark = "*" if getattr(info.settings, key) != getattr(DEFAULTS, key) else " "
@@ -1114,7 +1125,33 @@ def cmd_remove(args: argparse.Namespace, engine: Engine) -> int:
     return 0
 
 
+def print_upgrades(done: list[tuple[str, Path, str]], file: Any = None) -> None:
+    """What kernelspec.upgrade_all() rewrote (setup, doctor --fix) or could not."""
+    for name, path, why in done:
+        if why:
+            print(
+                f"  warning: kernelspec {name} in {path} is of an earlier version (its "
+                "launcher may import from the notebook's directory; `ps` shows its settings) "
+                f"and could not be rewritten: {why}. "
+                f"Rewrite it as its owner (root for a system-wide one) with "
+                f"'jupyter-docker-kernel doctor --fix'.",
+                file=file,
+            )
+        else:
+            print(
+                f"  rewrote kernelspec {name} ({path}) of an earlier version: its launcher now "
+                "starts isolated from the notebook's directory, settings out of argv",
+                file=file,
+            )
+
+
 def cmd_doctor(args: argparse.Namespace, engine: Engine) -> int:
+    if args.fix:
+        done = kernelspec.upgrade_all()
+        out = sys.stderr if args.json else sys.stdout  # stdout is the JSON report's
+        print_upgrades(done, file=out)
+        if not done:
+            print("doctor --fix: every kernelspec of ours is in the current form", file=out)
     report = doctor.run_checks(engine, args.name, probe=not args.no_probe)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))

@@ -29,7 +29,10 @@ from typing import Any, Literal
 from jupyter_docker_kernel import manage, readiness
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
-from jupyter_docker_kernel.launcher import runtime_base
+from jupyter_docker_kernel.hostpython import SAFE_PATH_PREFIX
+from jupyter_docker_kernel.launcher import (
+    runtime_base_choice,
+)
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE, KernelSettings
 
 Status = Literal["OK", "WARN", "FAIL", "SKIP"]
@@ -234,9 +237,10 @@ def _check_runtimes(
 
 
 def _check_runtime_dir(add: Callable[..., None]) -> Path | None:
-    """The launcher's private dir for kernel sockets: creatable, ours, mode 0700."""
+    """The launcher's private dir for kernel sockets: creatable, ours, mode 0700; WARN when
+    the usual place is taken and kernels use a fallback (launcher.runtime_base_choice)."""
     try:
-        base = runtime_base()
+        base, why = runtime_base_choice()
     except DockerKernelError as exc:
         detail, advice = split_advice(str(exc), "No kernel was started.")
         add(
@@ -247,7 +251,17 @@ def _check_runtime_dir(add: Callable[..., None]) -> Path | None:
         )
         return None
     mode = base.stat().st_mode & 0o777
-    add("runtime dir", "OK", f"{base} (owner uid {os.getuid()}, mode {mode:04o})")
+    detail = f"{base} (owner uid {os.getuid()}, mode {mode:04o})"
+    if why:
+        add(
+            "runtime dir",
+            "WARN",
+            f"{why}; kernels use {detail}",
+            "kernels still start; to use the usual place, have its owner (or root) remove "
+            "it, or set XDG_RUNTIME_DIR to a private directory of yours",
+        )
+        return base
+    add("runtime dir", "OK", detail)
     return base
 
 
@@ -368,16 +382,15 @@ def _check_spec(
 
 
 @functools.cache
-def _launcher_problem(python: str) -> str:
-    """Why this Python cannot import our launcher ("" when it can); run_checks clears the
-    cache, so each distinct argv[0] costs one interpreter start per doctor run."""
+def _launcher_problem(python: str, isolated: bool) -> str:
+    """Why this Python cannot import our launcher the way the spec starts it ("" when it
+    can); run_checks clears the cache, so each distinct argv[0] costs one interpreter start
+    per doctor run. From "/" and never from doctor's own cwd (see hostpython)."""
+    code = "import jupyter_docker_kernel.launcher"
+    argv = [python, "-I", "-c", code] if isolated else [python, "-c", SAFE_PATH_PREFIX + code]
     try:
         proc = subprocess.run(
-            [python, "-c", "import jupyter_docker_kernel.launcher"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+            argv, cwd="/", capture_output=True, text=True, timeout=30, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"did not run: {exc}"
@@ -387,8 +400,16 @@ def _launcher_problem(python: str) -> str:
     return ""
 
 
+#: doctor's advice for a kernelspec written by an earlier version.
+UPGRADE_FIX = (
+    "jupyter-docker-kernel doctor --fix rewrites it in place (settings unchanged; so does "
+    "every setup run)"
+)
+
+
 def _check_launcher(spec: manage.SpecInfo, add: Callable[..., None]) -> None:
-    """argv[0] of kernel.json exists and can import our launcher."""
+    """argv[0] of kernel.json exists and can import our launcher, isolated from the cwd,
+    with the settings out of argv."""
     python = spec.launcher_python
     fix = (
         f"run 'jupyter-docker-kernel setup --name {spec.name} --replace ...' from the "
@@ -397,7 +418,27 @@ def _check_launcher(spec: manage.SpecInfo, add: Callable[..., None]) -> None:
     if not (os.path.isabs(python) and os.access(python, os.X_OK)):
         add(f"{spec.name}: launcher", "FAIL", f"{python} does not exist or is not executable", fix)
         return
-    problem = _launcher_problem(python)
+    if not spec.launcher_isolated:
+        # An earlier version's `python -m ...launcher`: run in the notebook's directory, a
+        # json.py handed in there runs on the host before any container exists.
+        add(
+            f"{spec.name}: launcher",
+            "FAIL",
+            f"{python} starts the launcher without isolation: it imports modules from the "
+            "notebook's directory (a submitted json.py would run on the host)",
+            UPGRADE_FIX,
+        )
+        return
+    if spec.settings_in_argv:
+        add(
+            f"{spec.name}: launcher",
+            "FAIL",
+            "the settings (--env values included) are in argv, where `ps` shows them to "
+            "every local user",
+            UPGRADE_FIX,
+        )
+        return
+    problem = _launcher_problem(python, "-I" in spec.launcher_argv[1:3])
     if problem:
         add(f"{spec.name}: launcher", "FAIL", f"{python} {problem}", fix)
         return

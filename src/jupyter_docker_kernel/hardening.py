@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from jupyter_docker_kernel import engine
+from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.settings import (
     CONNECTION_FILE_PLACEHOLDER,
     OWNER_USER,
@@ -67,6 +68,11 @@ class Launch:
     hostname: str = ""
     #: uid:gid owning `workdir`, looked up at each start for kernel_user "owner".
     workdir_owner: str = ""
+
+    #: Host path of the 0600 `--env-file` holding settings.env (env_file_text), in the
+    #: kernel's private dir and never mounted; None: the --env values go in argv, where
+    #: `ps` shows them to every local user (doctor's probe, which has none).
+    env_file: str | None = None
 
 
 def usage_hook_path(launch: Launch) -> str:
@@ -215,15 +221,12 @@ def run_args(
         "--log-driver",
         "none",
     ]
-    for item in (
-        f"HOME={HOME}",
-        "LANG=C.UTF-8",
-        "PYTHONUNBUFFERED=1",
-        "PYTHONDONTWRITEBYTECODE=1",
-        f"MPLCONFIGDIR={HOME}/.config/matplotlib",
-        *thread_env(settings),
-    ):
-        args += ["--env", item]
+    if settings.env and launch.env_file:
+        # The user's values may be secrets: `ps` shows every local user our argv.
+        args += ["--env-file", launch.env_file]
+    else:
+        for name, value in container_env(settings):
+            args += ["--env", f"{name}={value}"]
     all_labels = labels(launch)
     if pool:
         all_labels[engine.LABEL_POOL], all_labels[engine.LABEL_POOL_DIR] = pool
@@ -250,8 +253,6 @@ def run_args(
         ]
     for m in settings.mounts:
         args += ["--mount", mount_arg(m.source, m.target, m.read_only)]
-    for name, value in settings.env:
-        args += ["--env", f"{name}={value}"]
     args += list(settings.docker_args)
     args.append(settings.image)
     umask = "0007" if shares_group_only(settings, launch) else None
@@ -280,6 +281,39 @@ def user_entrypoint(docker_args: Sequence[str]) -> list[str]:
         elif arg == "--entrypoint" and i + 1 < len(docker_args):
             out += [arg, docker_args[i + 1]]
     return out
+
+
+def container_env(settings: KernelSettings) -> list[tuple[str, str]]:
+    """The kernel's whole environment: ours, then settings.env, so that a user's HOME=...
+    or LANG=... wins (of two entries for one name the engine keeps the last)."""
+    threads = [item.partition("=") for item in thread_env(settings)]
+    return [
+        ("HOME", HOME),
+        ("LANG", "C.UTF-8"),
+        ("PYTHONUNBUFFERED", "1"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+        ("MPLCONFIGDIR", f"{HOME}/.config/matplotlib"),
+        *((name, value) for name, _, value in threads),
+        *settings.env,
+    ]
+
+
+def env_file_text(settings: KernelSettings) -> str:
+    """container_env() as an `--env-file`, in order: one NAME=VALUE a line, taken verbatim
+    by Docker's and Podman's CLIs (no quoting, no expansion). All of it, not only
+    settings.env: the engine applies --env after the file, which would turn the order
+    round. A line break cannot be carried: such a value is refused rather than silently
+    changed. (Names are checked by KernelSettings: no '#', '=' or blanks.)"""
+    lines = []
+    for name, value in container_env(settings):
+        if "\n" in value or "\r" in value:
+            raise SettingsError(
+                f"--env {name} has a line break in its value, which the engine's --env-file "
+                "cannot carry. No container was started. Run setup again with a one-line "
+                "value."
+            )
+        lines.append(f"{name}={value}\n")
+    return "".join(lines)
 
 
 def supervisor_command(

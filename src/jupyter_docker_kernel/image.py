@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from jupyter_docker_kernel import __version__
+from jupyter_docker_kernel import __version__, hostpython
 from jupyter_docker_kernel.engine import LABEL_PREFIX, LABEL_RECIPE, Engine, first_line
 from jupyter_docker_kernel.errors import ImageError, SettingsError
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE
@@ -883,10 +883,11 @@ def platform_tags(arch: str, glibc: tuple[int, int] = GLIBC_FOR_SUITE[SUITE]) ->
 
 
 def pip_download_args(recipe: WheelRecipe, dest: Path) -> list[str]:
-    """The pip command for step 1; runs with this interpreter's pip and its configuration."""
+    """The pip command for step 1; runs with this interpreter's pip and its configuration,
+    never importing from the cwd (see hostpython)."""
     major, minor = recipe.python_version.split(".")
     argv = [
-        sys.executable, "-m", "pip", "download",
+        *hostpython.module_argv("pip"), "download",
         "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
         "--only-binary=:all:",
         "--python-version", recipe.python_version,

@@ -1,12 +1,18 @@
 """Settings <-> kernel.json, and installing a kernelspec where Jupyter looks for it.
 
-cli.py's `setup` calls `build_kernel_json()` then `install()`; `read_settings()` is how
-`show`/`list` and the tests get the settings back. The settings travel inside argv (not a
-side file) so the spec works in every client, VS Code included, and can be copied whole.
+cli.py's `setup` calls `build_kernel_json()` then `install()`; `settings_from_kernel_json()`
+is how `show`/`list`, the provisioner and the tests get the settings back. The settings
+travel inside kernel.json (not a side file) so the spec works in every client, VS Code
+included, and can be copied whole: in its `env`, which every client passes to the argv it
+runs, not in the argv itself, which `ps` shows every local user (/proc/PID/environ is
+readable by the owner only). Specs of earlier versions carry them as `--settings JSON` in
+argv and start Python without isolation from the notebook's directory; `upgrade()`
+rewrites those, and the launcher still reads them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_docker_kernel import __version__
+from jupyter_docker_kernel import __version__, hostpython
 from jupyter_docker_kernel.errors import KernelSpecError
 from jupyter_docker_kernel.settings import KernelSettings
 
@@ -28,6 +34,8 @@ LAUNCHER_MODULE = "jupyter_docker_kernel.launcher"
 MARKER_FILE = "jupyter-docker-kernel.txt"
 #: The kernel name Jupyter gives its own Python kernel (ipykernel's built-in spec).
 NATIVE_KERNEL_NAME = "python3"
+#: kernel.json `env` entry that carries the settings JSON to the launcher.
+SETTINGS_ENV = "JUPYTER_DOCKER_KERNEL_SETTINGS"
 #: Our entry point in the `jupyter_client.kernel_provisioners` group (pyproject.toml).
 PROVISIONER_NAME = "docker-provisioner"
 INTERRUPT_MODES = ("signal", "message")
@@ -52,8 +60,14 @@ def build_kernel_json(
     python: str | None = None,
     provisioner: bool = False,
     language: str | None = None,
+    isolated: bool = True,
 ) -> dict[str, Any]:
-    """The kernel.json dict: argv runs our launcher with the settings embedded as JSON.
+    """The kernel.json dict: argv runs our launcher, `env` carries the settings as JSON.
+
+    isolated: start the launcher with `python -I` (setup passes
+    hostpython.isolated_import_works(python)); else in hostpython's safe-path form, for a
+    package that only the user's site-packages or PYTHONPATH provide. Either way nothing
+    is imported from the notebook's directory, the launcher's cwd.
 
     provisioner: also name our kernel provisioner, which clients that honour provisioners
     use instead of the argv (the argv stays, for clients that do not, such as VS Code).
@@ -66,14 +80,11 @@ def build_kernel_json(
         )
     data: dict[str, Any] = {
         "argv": [
-            python or sys.executable,
-            "-m",
-            LAUNCHER_MODULE,
-            "--settings",
-            settings_argument(settings),
+            *launcher_argv(python or sys.executable, isolated=isolated),
             "-f",
             "{connection_file}",
         ],
+        "env": {SETTINGS_ENV: settings_argument(settings)},
         "display_name": display_name,
         "language": language if language is not None else "" if settings.kernel_cmd else "python",
         "interrupt_mode": interrupt_mode,
@@ -85,7 +96,7 @@ def build_kernel_json(
     }
     if provisioner:
         # jupyter_client passes "config" to the provisioner as keyword arguments; the
-        # settings stay in argv, the one copy both paths read.
+        # settings stay in `env`, the one copy both paths read.
         data["metadata"]["kernel_provisioner"] = {
             "provisioner_name": PROVISIONER_NAME,
             "config": {},
@@ -97,26 +108,47 @@ def build_kernel_json(
 _CLIENT_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
 
 
+def launcher_argv(python: str, *, isolated: bool = True) -> list[str]:
+    """The start of kernel.json's argv: python running our launcher, isolated from the cwd."""
+    if isolated:
+        return hostpython.isolated_argv(python, LAUNCHER_MODULE)
+    return hostpython.safe_path_argv(python, LAUNCHER_MODULE)
+
+
 def settings_argument(settings: KernelSettings) -> str:
-    """The settings as the JSON argv item, with `{name}` written `\\u007bname}`.
+    """The settings as JSON text, with `{name}` written `\\u007bname}` and `$` `\\u0024`.
 
     jupyter_client replaces `{connection_file}` (and `{prefix}`, `{resource_dir}`) in every
-    argv item before it starts the launcher, so a kernel_cmd's placeholder would arrive as
-    the host's connection file path. The JSON escape decodes back to `{`, and cannot match
-    anything else: outside strings, JSON has no `{` followed by a bare word.
+    argv item, and `$NAME`/`${NAME}` of its own environment in every `env` value
+    (string.Template), before it starts the launcher: a kernel_cmd's placeholder or an
+    --env value's `$HOME` would arrive changed. The JSON escapes decode back to `{` and `$`,
+    and cannot match anything else: outside strings, JSON has no `{` followed by a bare word.
     """
     text = json.dumps(settings.to_dict(), sort_keys=True, separators=(",", ":"))
+    text = text.replace("$", "\\u0024")
     return _CLIENT_PLACEHOLDER.sub(lambda m: "\\u007b" + m.group(1) + "}", text)
 
 
-def settings_from_kernel_json(data: dict[str, Any]) -> KernelSettings:
-    """The settings embedded in one of our kernel.json dicts."""
+def settings_text(data: dict[str, Any]) -> str | None:
+    """The settings JSON text of one of our kernel.json dicts: from `env`, else from an
+    earlier version's `--settings JSON` argv item; None when there is none."""
+    env = data.get("env") or {}
+    if isinstance(env, dict) and isinstance(env.get(SETTINGS_ENV), str):
+        return str(env[SETTINGS_ENV])
     argv = data.get("argv") or []
-    if METADATA_KEY not in (data.get("metadata") or {}) or "--settings" not in argv:
+    if "--settings" in argv:
+        index = argv.index("--settings") + 1
+        return str(argv[index]) if index < len(argv) else ""
+    return None
+
+
+def settings_from_kernel_json(data: dict[str, Any]) -> KernelSettings:
+    """The settings embedded in one of our kernel.json dicts (env, or an old spec's argv)."""
+    text = settings_text(data)
+    if METADATA_KEY not in (data.get("metadata") or {}) or text is None:
         raise KernelSpecError("This kernelspec was not written by jupyter-docker-kernel.")
-    index = argv.index("--settings") + 1
     try:
-        raw = json.loads(argv[index]) if index < len(argv) else None
+        raw = json.loads(text) if text else None
     except ValueError as exc:
         raise KernelSpecError(f"The kernelspec's embedded settings are not JSON: {exc}") from exc
     if not isinstance(raw, dict):
@@ -292,3 +324,66 @@ def find_ours() -> dict[str, Path]:
         if found.shadowed_by is None:
             out.setdefault(found.name, found.path)
     return out
+
+
+def needs_upgrade(data: dict[str, Any]) -> bool:
+    """Whether one of our kernel.json dicts is of an earlier version: its Python may import
+    from the notebook's directory, or its settings are in argv, where `ps` shows them."""
+    argv = [str(a) for a in data.get("argv") or []]
+    return not hostpython.argv_is_isolated(argv) or "--settings" in argv
+
+
+def upgraded(data: dict[str, Any], *, isolated: bool) -> dict[str, Any]:
+    """The same kernel.json in the current form: argv isolated, the settings in `env`.
+
+    Everything else (names, interrupt mode, metadata, other env entries, --debug) stays.
+    The settings text is kept as written, with `$` escaped for `env` (see settings_argument).
+    """
+    settings_from_kernel_json(data)  # refuse to rewrite what we could not read back
+    text = settings_text(data) or ""
+    argv = [str(a) for a in data.get("argv") or []]
+    extra = ["--debug"] if "--debug" in argv else []
+    new = dict(data)
+    new["argv"] = [*launcher_argv(argv[0], isolated=isolated), "-f", "{connection_file}", *extra]
+    new["env"] = {**(data.get("env") or {}), SETTINGS_ENV: text.replace("$", "\\u0024")}
+    return new
+
+
+def upgrade(path: Path) -> bool:
+    """Rewrite the spec dir's kernel.json in the current form if it needs it; True if done.
+
+    Called by every `setup` run and by `doctor --fix` for each of our specs. The file is
+    replaced atomically with its mode kept; an OSError (a system-wide spec without root)
+    or KernelSpecError (unreadable settings) goes to the caller, and nothing is changed.
+    """
+    target = path / "kernel.json"
+    data = json.loads(target.read_text())
+    if METADATA_KEY not in (data.get("metadata") or {}) or not needs_upgrade(data):
+        return False
+    python = str((data.get("argv") or [sys.executable])[0])
+    new = upgraded(data, isolated=hostpython.isolated_import_works(python))
+    mode = os.stat(target).st_mode & 0o777
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".kernel.json.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(new, indent=1) + "\n")
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def upgrade_all() -> list[tuple[str, Path, str]]:
+    """Upgrade every kernelspec of ours that needs it: (name, path, "" or why not) each."""
+    done: list[tuple[str, Path, str]] = []
+    for name, path in sorted(find_ours().items()):
+        try:
+            if upgrade(path):
+                done.append((name, path, ""))
+        except (OSError, ValueError, KernelSpecError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            done.append((name, path, why))
+    return done

@@ -1,9 +1,11 @@
 """The kernelspec's argv: start the kernel's container, relay its channels, always clean up.
 
-A Jupyter client runs `python -m jupyter_docker_kernel.launcher --settings JSON -f
-{connection_file}` and treats this process as the kernel: it polls it for liveness, sends
-it SIGINT to interrupt (interrupt_mode "signal"), SIGTERM/SIGKILL to stop it. We turn those
-into container actions. Nothing here parses Jupyter messages; relay.py moves bytes.
+A Jupyter client runs `python -I -m jupyter_docker_kernel.launcher -f {connection_file}`
+(the settings JSON in kernel.json's env, kernelspec.SETTINGS_ENV; specs of earlier versions
+pass `--settings JSON` instead) and treats this process as the kernel: it polls it for
+liveness, sends it SIGINT to interrupt (interrupt_mode "signal"), SIGTERM/SIGKILL to stop
+it. We turn those into container actions. Nothing here parses Jupyter messages; relay.py
+moves bytes.
 
 Cleanup never depends on this process surviving: a watchdog process (own session, so the
 client's killpg does not reach it) removes the container and our files when we die, and
@@ -29,10 +31,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from jupyter_docker_kernel import hardening, pool
+from jupyter_docker_kernel import hardening, hostpython, pool
 from jupyter_docker_kernel.endpoints import CHANNELS, Route, host_endpoints, listen
 from jupyter_docker_kernel.engine import Engine, explain_run_failure, short_id, use_host
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
+from jupyter_docker_kernel.kernelspec import SETTINGS_ENV
 from jupyter_docker_kernel.settings import OWNER_USER, KernelSettings, size_bytes
 
 log = logging.getLogger("jupyter_docker_kernel.launcher")
@@ -52,6 +55,8 @@ SIGINT_EXIT = 130
 INTERRUPT_EXIT_WINDOW = 5.0
 #: Name prefix of every container and runtime dir we create.
 NAME_PREFIX = "jdk"
+#: The `docker run --env-file` in a kernel's base dir (the engine CLI reads it; not mounted).
+ENV_FILE = "env"
 
 
 def kernel_id_from(connection_file: str) -> str:
@@ -123,23 +128,111 @@ def owner_of(workdir: str, settings: KernelSettings) -> str:
     return f"{st.st_uid}:{st.st_gid}"
 
 
+def write_private(path: str | Path, text: str) -> None:
+    """Create a file only we can read (0600, never an existing one or a link), with text."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
 def runtime_base() -> Path:
-    """A private (0700, ours) directory for per-kernel runtime dirs, made on first use."""
+    """A private (0700, ours) directory for per-kernel runtime dirs, made on first use.
+
+    Launcher, provisioner, pool, gc, list and doctor all call this and must agree: see
+    runtime_base_choice() for how, also when another local user took the usual place.
+    """
+    return runtime_base_choice()[0]
+
+
+def runtime_base_choice() -> tuple[Path, str]:
+    """The runtime base, and why the usual one is not used ("" when it is).
+
+    The usual one is $XDG_RUNTIME_DIR/jupyter-docker-kernel (a private tmpfs, when set),
+    else <tmp>/jupyter-docker-kernel-<uid>. Anyone may create the latter name first (a
+    directory they own, a file, a symlink): then we do not refuse service, we fall back to
+    one of ours named <tmp>/jdk-<uid>-<time><random>, which nobody else can create in time
+    or take from us (/tmp is sticky). Every process picks the oldest
+    such dir that is still ours and private, so all of one user's processes agree on it,
+    and gc/pool find each other's dirs. doctor reports the fallback and why.
+    """
     uid = os.getuid()
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
-        base = Path(xdg) / "jupyter-docker-kernel"
+        usual = Path(xdg) / "jupyter-docker-kernel"
     else:
-        base = Path(tempfile.gettempdir()) / f"jupyter-docker-kernel-{uid}"
-    with contextlib.suppress(FileExistsError):
-        base.mkdir(mode=0o700)
-    st = os.lstat(base)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
-        raise LaunchError(
-            f"{base} is not a private directory owned by you (uid {uid}, mode 0700). "
-            "No kernel was started. Remove it, or set XDG_RUNTIME_DIR to a private directory."
+        usual = Path(tempfile.gettempdir()) / f"jupyter-docker-kernel-{uid}"
+    with contextlib.suppress(OSError):  # exists already (ours or not), or cannot be made
+        usual.mkdir(mode=0o700)
+    problem = not_private(usual, uid)
+    if not problem:
+        return usual, ""
+    why = f"{usual} {problem}"
+    if why not in _WARNED:
+        _WARNED.add(why)
+        log.warning("%s; using a private runtime dir of our own instead", why)
+    return fallback_base(uid, why), why
+
+
+#: Fallback reasons already logged by this process (one warning each, not one per call).
+_WARNED: set[str] = set()
+
+
+def not_private(path: Path, uid: int) -> str:
+    """Why path is not a private directory of uid's ("" when it is): a symlink, another
+    owner or group/other permissions would let someone else reach our sockets and files."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"cannot be created ({exc.strerror or exc})"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory (a file or symlink is in its place)"
+    if st.st_uid != uid:
+        return f"is owned by uid {st.st_uid}, not by you (uid {uid})"
+    if st.st_mode & 0o077:
+        return f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0700"
+    return ""
+
+
+def fallback_base(uid: int, why: str) -> Path:
+    """The oldest private <tmp>/jdk-<uid>-<time><random> of ours, made if there is none.
+
+    Names sort by creation time (ms), so two processes making one at once both end up with
+    the older (the other's is removed while still empty); dirs of other owners, and names
+    someone made ahead of time, are skipped. Short, as socket paths below it are limited.
+    """
+    tmp = Path(tempfile.gettempdir())
+    pattern = re.compile(rf"^{NAME_PREFIX}-{uid}-[0-9a-f]{{14}}$")
+
+    def oldest() -> Path | None:
+        with contextlib.suppress(OSError), os.scandir(tmp) as entries:
+            names = sorted(e.name for e in entries if pattern.match(e.name))
+            return next((tmp / n for n in names if not not_private(tmp / n, uid)), None)
+        return None
+
+    found = oldest()
+    if found is not None:
+        return found
+    error: OSError | None = None
+    for _ in range(5):  # a name taken ahead of time by someone else: try a new one
+        mine = (
+            tmp / f"{NAME_PREFIX}-{uid}-{time.time_ns() // 1_000_000:011x}{os.urandom(2).hex()[:3]}"
         )
-    return base
+        try:
+            mine.mkdir(mode=0o700)
+            break
+        except OSError as exc:
+            error = exc
+    else:
+        raise LaunchError(
+            f"{why}, and no private directory could be made in {tmp} instead: "
+            f"{error.strerror if error else ''}. No kernel was started. Set XDG_RUNTIME_DIR "
+            "(or TMPDIR) to a private directory of yours."
+        )
+    found = oldest() or mine
+    if found != mine:
+        with contextlib.suppress(OSError):
+            mine.rmdir()
+    return found
 
 
 class Launcher:
@@ -213,6 +306,8 @@ class Launcher:
                 workdir,
             )
         self._write_connection_file(launch.connection_file, uid, gid, launch)
+        if launch.env_file is not None:
+            write_private(launch.env_file, hardening.env_file_text(self.settings))
         if launch.workdir_copy is not None:
             copy_workdir(
                 workdir,
@@ -242,6 +337,7 @@ class Launcher:
             launcher_start=process_start_time(os.getpid()),
             hostname=socket.gethostname(),
             workdir_owner=owner_of(self.workdir, self.settings),
+            env_file=str(self.base / ENV_FILE) if self.settings.env else None,
         )
 
     def _write_marker(self) -> None:
@@ -687,9 +783,10 @@ def start_lifeline_watchdog(
     than a fork: forking a threaded server is unsafe, and its own session keeps the
     terminal's Ctrl-C (meant for the server) away from it.
     """
-    code = "import sys; from jupyter_docker_kernel.launcher import watch_lifeline; watch_lifeline()"
+    code = "from jupyter_docker_kernel.launcher import watch_lifeline; watch_lifeline()"
     return subprocess.Popen(
-        [sys.executable, "-c", code, engine_exe, kernel_id, str(base)],
+        # Isolated: the server's cwd is the notebook's directory (see hostpython).
+        hostpython.code_argv(code, engine_exe, kernel_id, str(base)),
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -867,9 +964,10 @@ def configure_logging(debug: bool) -> None:
 
 
 USAGE = (
-    "usage: python -m jupyter_docker_kernel.launcher --settings JSON -f CONNECTION_FILE "
-    "[--debug] [EXTRA ...]\nRun by Jupyter through a kernelspec written by "
-    "`jupyter-docker-kernel setup`. EXTRA arguments (`jupyter run` passes its file names) "
+    "usage: python -I -m jupyter_docker_kernel.launcher [--settings JSON] -f CONNECTION_FILE "
+    f"[--debug] [EXTRA ...]\nRun by Jupyter through a kernelspec written by "
+    f"`jupyter-docker-kernel setup`, with the settings JSON in the environment variable "
+    f"{SETTINGS_ENV} (or --settings). EXTRA arguments (`jupyter run` passes its file names) "
     "are ignored: the kernel in the container cannot see the host's files."
 )
 
@@ -886,7 +984,10 @@ class Args:
 
 
 def parse_args(argv: list[str]) -> Args:
-    """Parse --settings JSON, -f/--connection-file FILE and --debug; exit 2 on anything else."""
+    """Parse -f/--connection-file FILE, --debug and (specs of earlier versions) --settings
+    JSON; without --settings the settings come from $JUPYTER_DOCKER_KERNEL_SETTINGS, which
+    is removed from our environment so that the engine CLI and our other children do not
+    inherit it. Exits 2 on anything else."""
     args = Args()
     rest = list(argv)
     while rest:
@@ -914,8 +1015,13 @@ def parse_args(argv: list[str]) -> Args:
         else:
             print(f"{USAGE}\nerror: unexpected argument {opt!r}", file=sys.stderr)
             sys.exit(2)
+    from_env = os.environ.pop(SETTINGS_ENV, "")
+    args.settings = args.settings or from_env
     if not args.settings or not args.connection_file:
-        print(f"{USAGE}\nerror: --settings and -f are required", file=sys.stderr)
+        print(
+            f"{USAGE}\nerror: -f and the settings ({SETTINGS_ENV} or --settings) are required",
+            file=sys.stderr,
+        )
         sys.exit(2)
     return args
 

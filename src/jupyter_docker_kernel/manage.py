@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_docker_kernel import hardening, kernelspec, pool
+from jupyter_docker_kernel import hardening, hostpython, kernelspec, pool
 from jupyter_docker_kernel.engine import LABEL_POOL, Engine
 from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError
 from jupyter_docker_kernel.launcher import NAME_PREFIX, SUPERVISOR_PATH, owner_of, runtime_base
@@ -48,11 +48,23 @@ class SpecInfo:
     shadowed_by: str = ""
     #: The ID the image reference has now ("" when unknown or missing).
     current_id: str = ""
+    #: kernel.json's whole argv (its form tells an earlier version's spec).
+    launcher_argv: tuple[str, ...] = ()
 
     @property
     def image_moved(self) -> bool:
         """True when the tag now names another image than the one setup checked."""
         return bool(self.settings and moved_warning(self.settings, self.current_id))
+
+    @property
+    def launcher_isolated(self) -> bool:
+        """Whether argv starts Python isolated from the notebook's directory (hostpython)."""
+        return hostpython.argv_is_isolated(list(self.launcher_argv))
+
+    @property
+    def settings_in_argv(self) -> bool:
+        """Whether the settings are in argv (an earlier version's spec), where `ps` shows them."""
+        return "--settings" in self.launcher_argv
 
     @property
     def image(self) -> str:
@@ -103,15 +115,24 @@ def read_spec(name: str, path: Path, shadowed_by: Path | None = None) -> SpecInf
     except ValueError as exc:
         why = f"kernel.json is not valid JSON ({exc})"
         return SpecInfo(name, str(path), "", "", None, error=why, shadowed_by=shadow)
-    argv = data.get("argv") or [""]
+    argv = [str(a) for a in data.get("argv") or [""]]
     display = str(data.get("display_name", ""))
     try:
         settings = kernelspec.settings_from_kernel_json(data)
     except DockerKernelError as exc:
         return SpecInfo(
-            name, str(path), display, str(argv[0]), None, error=str(exc), shadowed_by=shadow
+            name,
+            str(path),
+            display,
+            argv[0],
+            None,
+            error=str(exc),
+            shadowed_by=shadow,
+            launcher_argv=tuple(argv),
         )
-    return SpecInfo(name, str(path), display, str(argv[0]), settings, shadowed_by=shadow)
+    return SpecInfo(
+        name, str(path), display, argv[0], settings, shadowed_by=shadow, launcher_argv=tuple(argv)
+    )
 
 
 def image_presence(engine: Engine, images: set[str]) -> dict[str, bool] | None:
@@ -327,6 +348,7 @@ def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> 
         host_gid=os.getgid(),
         workdir=workdir or os.getcwd(),
         workdir_copy=f"{kernel_dir}/work" if settings.workdir == "copy" else None,
+        env_file=f"{kernel_dir}/env" if settings.env else None,
         launcher_pid=0,
         launcher_start="START",
         hostname="HOST",

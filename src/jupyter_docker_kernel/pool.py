@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from jupyter_docker_kernel import engine as engine_mod
-from jupyter_docker_kernel import hardening
+from jupyter_docker_kernel import hardening, hostpython
 from jupyter_docker_kernel.endpoints import connect_kernel_socket
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
@@ -182,26 +182,37 @@ def remove_expired(
 def fill_in_background(settings: KernelSettings, base: Path, launch: hardening.Launch) -> None:
     """Run fill() in a process of its own: it must outlive a launcher whose kernel is
     stopped right after answering, as nbgrader does with every notebook. The launcher
-    calls this once its kernel's first reply has gone through."""
+    calls this once its kernel's first reply has gone through.
+
+    The process never imports from our cwd, the notebook's directory (see hostpython), and
+    gets the settings on its stdin: in argv, `ps` would show them to every local user.
+    """
     import subprocess
-    import sys
     import threading
 
     payload = json.dumps(
         {"settings": settings.to_dict(), "base": str(base), "launch": dataclasses.asdict(launch)}
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_docker_kernel.pool", payload],
-        stdin=subprocess.DEVNULL,
+        hostpython.module_argv("jupyter_docker_kernel.pool", "-"),
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
     )
+    # Written here, not in a thread: the launcher may exit right after (nbgrader stops each
+    # kernel once it answered), and a daemon thread would die with it, payload unsent.
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(payload.encode())
+    finally:
+        proc.stdin.close()
     threading.Thread(target=proc.wait, daemon=True).start()  # no zombie while we run
 
 
 def main(argv: list[str]) -> int:
-    """`python -m jupyter_docker_kernel.pool PAYLOAD`: fill_in_background's process."""
-    data = json.loads(argv[0])
+    """`python -m jupyter_docker_kernel.pool -`: fill_in_background's process; the payload
+    is read from stdin ("-"), or (earlier versions) is the argument itself."""
+    data = json.loads(sys.stdin.read() if argv[:1] == ["-"] else argv[0])
     settings = KernelSettings.from_dict(data["settings"])
     try:
         started = fill(
@@ -235,7 +246,13 @@ def start_one(
         connection_file="",
         workdir=WORK_TARGET,
         workdir_copy=str(pool_dir / "work") if settings.workdir == "copy" else None,
+        env_file=str(pool_dir / "env") if settings.env else None,
     )
+    if pooled.env_file is not None:
+        # 0600 and out of argv, as launcher.prepare writes it (see hardening.env_file_text).
+        fd = os.open(pooled.env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(hardening.env_file_text(settings))
     if pooled.workdir_copy is not None:
         Path(pooled.workdir_copy).mkdir(mode=0o700)
     uid, gid = (int(x) for x in hardening.kernel_user(settings, pooled).split(":"))

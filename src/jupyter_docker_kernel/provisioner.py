@@ -143,9 +143,14 @@ class SocketPins:
 
 
 def settings_of(kernel_spec: Any) -> KernelSettings:
-    """The settings embedded in the kernelspec's argv, exactly as the launcher reads them."""
+    """The settings embedded in the kernelspec (env, or an earlier version's argv), exactly
+    as the launcher reads them."""
     return kernelspec.settings_from_kernel_json(
-        {"argv": list(kernel_spec.argv), "metadata": dict(kernel_spec.metadata)}
+        {
+            "argv": list(kernel_spec.argv),
+            "env": dict(kernel_spec.env or {}),
+            "metadata": dict(kernel_spec.metadata),
+        }
     )
 
 

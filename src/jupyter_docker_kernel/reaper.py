@@ -103,8 +103,13 @@ def collect(
                 continue
         else:
             # The launcher that runs it wrote a marker in the dir named after the container
-            # (for a claimed warm container, the claimer, not whoever started it).
-            marker = read_marker(base / name.removeprefix(f"{NAME_PREFIX}-"))
+            # (for a claimed warm container, the claimer, not whoever started it). A claim
+            # renames the pool dir within its base, which the label names: that base, not
+            # ours, when the claimer's differs (a TMPDIR of its own, or the fallback of
+            # runtime_base_choice), or a live kernel would be taken for an orphan.
+            pool_dir = labels.get(engine_mod.LABEL_POOL_DIR)
+            where = Path(pool_dir).parent if pool_dir else base
+            marker = read_marker(where / name.removeprefix(f"{NAME_PREFIX}-"))
             pid, start = marker or (
                 labels.get(engine_mod.LABEL_LAUNCHER_PID, ""),
                 labels.get(engine_mod.LABEL_LAUNCHER_START, ""),

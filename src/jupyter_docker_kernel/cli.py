@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
         "'owner': as root, the uid:gid owning the notebook's directory (never 0)",
     )
     setup.add_argument("--runtime", help="OCI runtime, e.g. runsc for gVisor (checked now)")
+    setup.add_argument(
+        "--gpus",
+        metavar="all|N|device=IDS",
+        help="GPUs for the kernel, as docker run --gpus takes them (Docker with the NVIDIA "
+        "Container Toolkit; checked now)",
+    )
     add_engine_options(setup)
     limits = setup.add_argument_group(
         "limits (built-in defaults in brackets; jupyter_docker_kernel_config.py may change them)"
@@ -377,6 +383,7 @@ def settings_from_args(
         "python": args.python,
         "docker_args": tuple(args.docker_arg) or None,
         "runtime": args.runtime,
+        "gpus": args.gpus,
         "kernel_user": args.kernel_user,
         "engine_host": engine_host(args),
         "kernel_transport": args.kernel_transport,

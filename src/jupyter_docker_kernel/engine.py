@@ -362,6 +362,15 @@ def explain_run_failure(
             "build it with 'jupyter-docker-kernel image build' (the default image) or "
             f"'docker pull {settings.image}' where a registry is reachable",
         )
+    if "could not select device driver" in low:
+        return (
+            f"--gpus {settings.gpus}: the engine has no GPU support ({engine_line}): its "
+            "host has no NVIDIA Container Toolkit (or no GPU driver for Docker)",
+            "install the NVIDIA Container Toolkit on the engine's host (nvidia-ctk runtime "
+            "configure --runtime=docker, then restart Docker; 'docker info' then lists the "
+            "nvidia runtime and 'docker run --rm --gpus all IMAGE nvidia-smi' works), or set "
+            "the kernel up without --gpus",
+        )
     if "unknown runtime" in low:
         return (
             f"the engine has no runtime '{settings.runtime}': {engine_line}",

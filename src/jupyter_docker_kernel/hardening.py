@@ -220,6 +220,10 @@ def run_args(
         args += ["--label", f"{key}={value}"]
     if settings.runtime:
         args += ["--runtime", settings.runtime]
+    if settings.gpus:
+        # Docker's own syntax, already checked and quoted by settings.parse_gpus; Podman is
+        # refused there (its compat API drops GPU requests without a word).
+        args += ["--gpus", settings.gpus]
     args += ["--mount", mount_arg(launch.runtime_dir, RUNTIME_TARGET)]
     if launch.connection_file:
         args += ["--mount", mount_arg(launch.connection_file, CONNECTION_TARGET, read_only=True)]

@@ -62,6 +62,9 @@ class Launch:
     hostname: str = ""
     #: uid:gid owning `workdir`, looked up at each start for kernel_user "owner".
     workdir_owner: str = ""
+    #: The kernelspec's name (from the connection file) and the client's host pid: `ps`.
+    kernelspec: str = ""
+    client_pid: int = 0
 
 
 def kernel_user(settings: KernelSettings, launch: Launch) -> str:
@@ -101,6 +104,9 @@ def labels(launch: Launch) -> dict[str, str]:
         engine.LABEL_LAUNCHER_START: launch.launcher_start,
         engine.LABEL_LAUNCHER_HOST: launch.hostname,
         engine.LABEL_OWNER_UID: str(launch.host_uid),
+        engine.LABEL_KERNELSPEC: launch.kernelspec,
+        engine.LABEL_CLIENT_PID: str(launch.client_pid),
+        engine.LABEL_WORKDIR: launch.workdir,
     }
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_docker_kernel import engine as engine_mod
+from jupyter_docker_kernel import kernel_log
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.launcher import (
     NAME_PREFIX,
@@ -51,6 +52,8 @@ class GcResult:
     containers: list[str] = field(default_factory=list)
     dirs: list[str] = field(default_factory=list)
     kept: int = 0
+    #: Kept kernel logs (`logs`) past their time (kernel_log.KEEP_AFTER_EXIT).
+    logs: list[str] = field(default_factory=list)
 
 
 def read_marker(directory: Path) -> tuple[str, str] | None:
@@ -75,12 +78,14 @@ def collect(
     dry_run: bool = False,
     pools: bool = False,
     pool_keys: set[str] | None = None,
+    log_keep: float = kernel_log.KEEP_AFTER_EXIT,
 ) -> GcResult:
     """Remove this host's orphaned kernel containers and runtime dirs; returns what went.
 
     Unclaimed warm-pool containers have no launcher by design and end themselves after
     their pool time; pools=True removes them now (and their dirs) as well; pool_keys
     narrows that to these pools (`gc --pools NAME`: one kernelspec's, pool.pool_key).
+    Kept kernel logs go log_keep seconds after their kernel ended.
     """
 
     def swept(key: str) -> bool:
@@ -117,6 +122,8 @@ def collect(
         result.containers.append(name)
     now = time.time()
     for entry in sorted(base.iterdir()):
+        if entry.name == kernel_log.LOG_DIR:
+            continue  # kernels' kept output: pruned below, by age, not by launcher
         marker = read_marker(entry)
         if marker is None:
             pool_owner = entry / "pool"
@@ -138,6 +145,7 @@ def collect(
         if not dry_run:
             remove_tree(entry)
         result.dirs.append(str(entry))
+    result.logs = kernel_log.prune(base, launcher_alive, keep=log_keep, now=now, dry_run=dry_run)
     return result
 
 

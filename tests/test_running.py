@@ -19,6 +19,7 @@ import pytest
 from jupyter_docker_kernel import cli, kernel_log, reaper, running
 from jupyter_docker_kernel.engine import Engine, cli_size
 from jupyter_docker_kernel.launcher import alive, process_start_time, runtime_base
+from jupyter_docker_kernel.provisioner import DockerProvisioner
 from tests.conftest import TEST_KERNEL, install_kernel
 from tests.kernels import execute, kernel_key, launcher_process, start, stop, wait_until
 
@@ -211,3 +212,29 @@ def test_logs_says_a_kernel_was_killed_out_of_memory(
     first = capsys.readouterr().out.splitlines()[0]
     assert "exited with code 137" in first, first
     assert "inside the container: kernel killed: out of memory (limit 256 MiB)" in first, first
+
+
+@pytest.mark.docker
+def test_ps_and_logs_cover_kernels_the_provisioner_runs(
+    kernel_image: str, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --provisioner the server itself runs the container: ps names this process as
+    the client, and logs has the kernel's fd-1 output and its exit."""
+    install_kernel("jdk-test-provisioner", kernel_image, "--provisioner")
+    km, kc = start("jdk-test-provisioner", str(workdir))
+    assert isinstance(km.provisioner, DockerProvisioner)
+    key = km.provisioner.key
+    try:
+        execute(kc, "import os; os.write(1, b'provisioned fd-1 output\\n')")
+        capsys.readouterr()
+        assert cli.main(["ps", "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)["kernels"]
+        mine = next((k for k in listed if k["kernel_id"] == key), None)
+        assert mine is not None, (key, listed)
+        assert mine["kernelspec"] == "jdk-test-provisioner"
+        assert mine["client_pid"] == os.getpid()
+        wait_until(lambda: b"provisioned fd-1" in running.find_logs(key).output, 10)
+    finally:
+        stop(km, kc)
+    wait_until(lambda: running.find_logs(key).status != "running", 10)
+    assert "exited with code" in running.find_logs(key).status

@@ -165,6 +165,22 @@ def test_setup_gpus_is_refused_in_one_line_by_an_engine_without_gpu_support(
 
 
 @pytest.mark.docker
+def test_doctor_fails_a_gpu_spec_the_engine_cannot_serve(
+    data_dir: Path, engine: Engine, kernel_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A spec written with --skip-checks is checked by doctor the same way."""
+    if {"nvidia"} & engine.runtimes():
+        pytest.skip("this engine has the nvidia runtime: the gpu-marked test covers it")
+    argv = ["setup", "--name", "jdk-test-gpu", "--user", "--gpus", "device=0,1", "--skip-checks"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main(["doctor", "jdk-test-gpu"]) == 1
+    out = capsys.readouterr().out
+    assert 'FAIL  jdk-test-gpu: kernel: --gpus "device=0,1": the engine has no GPU support' in out
+    assert "NVIDIA Container Toolkit" in out
+
+
+@pytest.mark.docker
 def test_setup_gpus_with_podman_is_refused_and_writes_nothing(
     data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -651,6 +651,11 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         f"{' (read-only)' if settings.workdir_readonly else ''}, "
         f"lifetime {settings.max_lifetime:g} s"
     )
+    if settings.gpus:
+        checked = (
+            "" if args.skip_checks else " (the engine started the kernel's container with them)"
+        )
+        print(f"  gpus {settings.gpus}{checked}")
     if settings.engine_host or settings.engine != "docker":
         print(f"  engine {settings.engine} at {settings.engine_host or 'the default socket'}")
     if args.provisioner:
@@ -809,6 +814,7 @@ def format_list(specs: list[manage.SpecInfo], note: str = "") -> list[str]:
         limits = (
             f"net {lim['network']}, mem {lim['memory']}, cpus {lim['cpus']:g}, "
             f"pids {lim['pids_limit']}, runtime {lim['runtime']}, workdir {lim['workdir']}"
+            + (f", gpus {lim['gpus']}" if lim["gpus"] else "")
         )
         rows.append((s.name, s.image, present[s.image_present], limits, s.path))
     if not specs:

@@ -238,3 +238,21 @@ def test_ps_and_logs_cover_kernels_the_provisioner_runs(
         stop(km, kc)
     wait_until(lambda: running.find_logs(key).status != "running", 10)
     assert "exited with code" in running.find_logs(key).status
+
+
+def test_logs_shows_the_kernels_control_bytes_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kernel's raw output may hold terminal escapes (retitle, clear, fake colours):
+    `logs` prints them as \\xNN, as the server log does, never raw."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    log = kept(runtime_base(), "jdk-esc-abc123")
+    log.write(b"before\x1b]0;pwned\x07\x1b[2Jafter\n")
+    assert cli.main(["logs", "esc"]) == 0
+    out = capsys.readouterr().out
+    assert "before\\x1b]0;pwned\\x07\\x1b[2Jafter" in out
+    assert "\x1b" not in out
+    assert cli.main(["logs", "esc", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "\x1b" not in data["output"]
+    assert data["status"] == "running"

@@ -21,28 +21,16 @@ from jupyter_docker_kernel import kernel_log
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.launcher import (
     NAME_PREFIX,
-    process_start_time,
     remove_tree,
     runtime_base,
 )
+from jupyter_docker_kernel.launcher import alive as launcher_alive
 from jupyter_docker_kernel.pool import POOL_DIR_PREFIX, POOL_NAME_PREFIX
 
 log = logging.getLogger(__name__)
 
 #: A runtime dir without a launcher marker younger than this may belong to a starting kernel.
 STARTING_GRACE = 60.0
-
-
-def launcher_alive(pid_text: str, start: str) -> bool:
-    """True while the process with this pid and start time still runs."""
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if pid <= 0:
-        return False
-    current = process_start_time(pid)
-    return bool(current) and (not start or current == start)
 
 
 @dataclass

@@ -124,6 +124,70 @@ def test_stats_sizes_are_read_as_bytes(text: str, size: int | None) -> None:
     assert cli_size(text) == size
 
 
+def test_ps_table_marks_warm_containers_and_shows_usage_against_limits() -> None:
+    common: dict[str, Any] = {
+        "engine": "",
+        "image": "img",
+        "cpus": 1.0,
+        "pids_limit": 512,
+        "memory_limit": 2 << 30,
+    }
+    kernel = running.RunningKernel(
+        container="jdk-k1-abc",
+        container_id="0123456789ab",
+        kind="kernel",
+        kernel_id="k1",
+        kernelspec="course-py",
+        uptime=3725.0,
+        memory_used=36 << 20,
+        pids=16,
+        client_pid=4242,
+        workdir="/home/u/project/notebooks",
+        **common,
+    )
+    warm = running.RunningKernel(
+        container="jdk-pool-1234-abcd",
+        container_id="ba9876543210",
+        kind="warm",
+        kernel_id="",
+        kernelspec="",
+        uptime=5.0,
+        memory_used=None,
+        pids=None,
+        client_pid=None,
+        workdir="",
+        **common,
+    )
+    header, first, second = cli.format_ps([kernel, warm], [])
+    assert header.split() == [
+        "KERNELSPEC",
+        "CONTAINER",
+        "ID",
+        "UP",
+        "MEMORY",
+        "PIDS",
+        "CLIENT",
+        "NOTEBOOK",
+        "DIR",
+    ]
+    assert first.split() == [
+        "course-py",
+        "jdk-k1-abc",
+        "0123456789ab",
+        "1h02m",
+        "36M/2.0G",
+        "16/512",
+        "4242",
+        "/home/u/project/notebooks",
+    ]
+    assert second.split()[:2] == ["(warm", "pool)"]
+    assert "?/2.0G" in second
+    assert cli.format_ps([], ["x did not answer"]) == [
+        "No kernels of jupyter-docker-kernel are running.",
+        "note: x did not answer",
+    ]
+
+
 # -- against the real engine ---------------------------------------------------------------------
 
 

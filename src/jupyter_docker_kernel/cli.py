@@ -1074,7 +1074,7 @@ def format_ps(kernels: list[running.RunningKernel], notes: list[str]) -> list[st
             for row in rows
         ]
         if len({k.engine for k in kernels}) > 1:
-            lines += [f"{k.container}: engine {k.engine}" for k in kernels]
+            lines += [f"{k.container}: engine {k.engine or 'default'}" for k in kernels]
     lines += [f"note: {note}" for note in notes]
     return [line.rstrip() for line in lines]
 

@@ -37,6 +37,7 @@ SUPERVISOR_PREFIX = "jupyter-docker-kernel:"
 class RunningKernel:
     """One of our running containers, as `ps` shows it."""
 
+    #: The engine's DOCKER_HOST address ("": the CLI's default, Docker's socket).
     engine: str
     container: str
     container_id: str
@@ -93,7 +94,7 @@ def running_kernels(engines: list[Engine]) -> tuple[list[RunningKernel], list[st
     for eng in engines:
         where = eng.address() or "the default engine"
         try:
-            out += _from_engine(eng, where, records)
+            out += _from_engine(eng, eng.address(), records)
         except DockerKernelError as exc:
             notes.append(f"{where} did not answer: {exc}")
     return out, notes

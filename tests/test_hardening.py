@@ -26,6 +26,8 @@ LAUNCH = Launch(
     launcher_pid=4242,
     launcher_start="987654",
     hostname="grader-1",
+    kernelspec="course-py",
+    client_pid=4200,
 )
 SUPERVISED_KERNEL = [
     "python3",
@@ -256,10 +258,13 @@ def test_home_tmpfs_is_owned_by_the_container_user(host_uid: int, owner: str) ->
         (engine.LABEL_LAUNCHER_START, "987654"),
         (engine.LABEL_LAUNCHER_HOST, "grader-1"),
         (engine.LABEL_OWNER_UID, "1000"),
+        (engine.LABEL_KERNELSPEC, "course-py"),
+        (engine.LABEL_CLIENT_PID, "4200"),
+        (engine.LABEL_WORKDIR, "/home/u/course/week1"),
     ],
 )
 def test_container_carries_label(key: str, value: str) -> None:
-    """Each label gc and the tests rely on is set from the launch."""
+    """Each label gc, `ps` and the tests rely on is set from the launch."""
     assert f"{key}={value}" in values(run_opts(), "--label")
 
 

@@ -47,7 +47,9 @@ from nbclient import NotebookClient
 from nbformat import NotebookNode
 
 from jupyter_docker_kernel import hardening
+from jupyter_docker_kernel.kernel_log import TAIL_KEEP
 from jupyter_docker_kernel.launcher import FORWARD_LIMIT
+from jupyter_docker_kernel.running import find_logs
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 from tests.conftest import HOSTILE_LIMITS, inspect, install_kernel
 from tests.kernels import (
@@ -771,7 +773,8 @@ def test_fd_level_output_is_counted_and_the_raw_stream_is_capped(
     ipykernel captures fd 1 onto iopub, so it counts against the output budget (the
     relayed byte count covers it), and it echoes it to the container's real stdout: the
     engine writes none of that to its disk (--log-driver none, nothing under the
-    container's directory), and the launcher forwards at most FORWARD_LIMIT to its log.
+    container's directory), the launcher forwards at most FORWARD_LIMIT to its log, and
+    keeps at most 2 * TAIL_KEEP of its end (0600) for `logs`.
     """
     root = subprocess.run(
         ["docker", "info", "--format", "{{.DockerRootDir}}"],
@@ -804,6 +807,12 @@ def test_fd_level_output_is_counted_and_the_raw_stream_is_capped(
     # The 6 MiB the cell saw arrived through the relay and were counted; the subprocess's
     # 2 MiB may still be in ipykernel's fd watcher when the kernel shuts down.
     assert relayed_out(log) >= 6 * MIB
+    # What `logs` keeps of it is its end, bounded, private to the launching user.
+    kept = find_logs(kernel_key(km))
+    size = os.stat(kept.record["output_path"]).st_size
+    assert 0 < size <= 2 * TAIL_KEEP
+    assert set(kept.output) <= set(b"zy\n")
+    assert os.stat(kept.record["output_path"]).st_mode & 0o777 == 0o600
 
 
 RATE_FLOOD = """\

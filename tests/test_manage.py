@@ -340,11 +340,13 @@ def test_doctor_warns_about_network_access_and_verbatim_docker_args(
 ) -> None:
     """A spec that loosens the defaults gets a WARN line (not a FAIL) naming what: the
     same words setup prints as warnings (readiness.loosenings)."""
-    write_spec("jdk-test-open", KernelSettings(network="bridge", docker_args=("--gpus=all",)))
+    write_spec(
+        "jdk-test-open", KernelSettings(network="bridge", docker_args=("--add-host=db:10.0.0.5",))
+    )
     code, out, _ = run(["doctor"], capsys)
     assert statuses(out)["jdk-test-open: hardening"] == "WARN"
     assert "--network bridge: the kernel can reach the network" in out
-    assert "--docker-arg=--gpus=all is passed verbatim to docker run, unchecked" in out
+    assert "--docker-arg=--add-host=db:10.0.0.5 is passed verbatim to docker run, unchecked" in out
     assert code == 1  # the engine is down; the WARN alone would not fail doctor
 
 
@@ -535,7 +537,7 @@ def test_gc_json_parses(engine: object, capsys: pytest.CaptureFixture[str]) -> N
     code, out, _ = run(["gc", "--dry-run", "--json"], capsys)
     data = json.loads(out)
     assert code == 0
-    assert set(data) == {"dry_run", "containers", "dirs", "kept"}
+    assert set(data) == {"dry_run", "containers", "dirs", "kept", "logs"}
     assert data["dry_run"] is True
 
 

@@ -25,7 +25,7 @@ from jupyter_docker_kernel.launcher import kernel_id_from, runtime_base
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE, KernelSettings
 from tests import test_kill, test_lifecycle, test_notebooks
 from tests.conftest import install_kernel, not_here
-from tests.kernels import execute, kernel_key, start, stop, stream_text
+from tests.kernels import execute, kernel_key, start, stop, stream_text, wait_until
 from tests.test_hardening import LAUNCH
 
 PODMAN_KERNEL = "jdk-test-podman"
@@ -332,3 +332,31 @@ def test_doctor_and_list_look_for_a_podman_kernelspecs_image_in_podman(
     finally:
         untag = ["docker", "-H", podman_host, "rmi", only_podman]
         subprocess.run(untag, check=False, capture_output=True)
+
+
+@pytest.mark.docker
+def test_ps_finds_a_podman_kernel_without_being_told_and_logs_keeps_its_output(
+    podman_kernel: str, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ps` asks every engine a kernelspec names: a Podman kernel is listed with its
+    limits and usage, with no --podman given; `logs` has its fd-1 output."""
+    from jupyter_docker_kernel import running
+
+    km, kc = start(podman_kernel, str(workdir))
+    key = kernel_key(km)
+    try:
+        execute(kc, "import os; os.write(1, b'podman fd-1 output\\n')")
+        capsys.readouterr()
+        assert cli.main(["ps", "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)["kernels"]
+        mine = next((k for k in listed if k["kernel_id"] == key), None)
+        assert mine is not None, (key, listed)
+        assert mine["engine"] == podman_socket()
+        assert mine["kernelspec"] == podman_kernel
+        assert mine["memory_limit"] == 2 << 30
+        assert mine["memory_used"] > 0
+        assert mine["pids"] > 0
+        assert mine["workdir"] == str(workdir)
+        wait_until(lambda: b"podman fd-1 output" in running.find_logs(key).output, 10)
+    finally:
+        stop(km, kc)

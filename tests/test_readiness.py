@@ -76,8 +76,8 @@ LOOSENINGS: list[tuple[str, KernelSettings, dict[str, object], list[tuple[str, b
         ("replaces the kernel's own --memory limit", False)]),
     ("writable image", docker_args("--read-only=false"), {}, [
         ("makes the image's filesystem writable", False)]),
-    ("an unmodelled flag", docker_args("--gpus=all"), {}, [
-        ("--docker-arg=--gpus=all is passed verbatim to docker run, unchecked", False)]),
+    ("an unmodelled flag", docker_args("--dns=1.1.1.1"), {}, [
+        ("--docker-arg=--dns=1.1.1.1 is passed verbatim to docker run, unchecked", False)]),
     ("podman's own nproc pin", docker_args("--ulimit=nproc=4096:4096"), {}, []),
     ("the engine socket", mounted("/var/run/docker.sock", "/d.sock"), {}, [
         ("gives the kernel the container engine's API (/var/run/docker.sock)", True)]),

@@ -32,6 +32,7 @@ from jupyter_docker_kernel import (
     pool,
     readiness,
     reaper,
+    running,
 )
 from jupyter_docker_kernel.engine import Engine, podman_socket
 from jupyter_docker_kernel.errors import (
@@ -41,6 +42,7 @@ from jupyter_docker_kernel.errors import (
     SettingsError,
 )
 from jupyter_docker_kernel.launcher import NBGRADER_MARKERS, runtime_base
+from jupyter_docker_kernel.launcher import printable as launcher_printable
 from jupyter_docker_kernel.settings import (
     DEFAULT_IMAGE,
     OWNER_USER,
@@ -194,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refer to the image by the ID it has now (sha256:...), so rebuilding or "
         "retagging it does not change this kernel",
+    )
+    setup.add_argument(
+        "--gpus",
+        metavar="all|N|device=IDS",
+        help="GPUs for the kernel, as docker run --gpus takes them (Docker with the NVIDIA "
+        "Container Toolkit; checked now)",
     )
     add_engine_options(setup)
     limits = setup.add_argument_group(
@@ -396,7 +404,16 @@ def add_manage_commands(sub: argparse._SubParsersAction[Parser]) -> None:
         help="first rewrite kernelspecs of earlier versions in the current, isolated form",
     )
     doctor.set_defaults(func=cmd_doctor)
-    for command in (listing, show, remove, doctor):
+    ps = sub.add_parser(
+        "ps",
+        help="running kernels: kernelspec, container, uptime, memory, pids, client, notebook dir",
+    )
+    add_engine_options(ps)
+    ps.set_defaults(func=cmd_ps)
+    logs = sub.add_parser("logs", help="a kernel's own output (its last 64 KiB) and exit reason")
+    logs.add_argument("kernel", help="container name or id, or kernel id (a prefix will do)")
+    logs.set_defaults(func=cmd_logs)
+    for command in (listing, show, remove, doctor, ps, logs):
         command.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -442,6 +459,7 @@ def settings_from_args(
         "python": args.python,
         "docker_args": tuple(args.docker_arg) or None,
         "runtime": args.runtime,
+        "gpus": args.gpus,
         "kernel_user": args.kernel_user,
         "engine_host": engine_host(args),
         "kernel_transport": args.kernel_transport,
@@ -726,6 +744,11 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         f"{' (read-only)' if settings.workdir_readonly else ''}, "
         f"lifetime {settings.max_lifetime:g} s"
     )
+    if settings.gpus:
+        checked = (
+            "" if args.skip_checks else " (the engine started the kernel's container with them)"
+        )
+        print(f"  gpus {settings.gpus}{checked}")
     if settings.engine_host or settings.engine != "docker":
         print(f"  engine {settings.engine} at {settings.engine_host or 'the default socket'}")
     if args.provisioner:
@@ -908,6 +931,8 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
         print(f"{verb} container {name}")
     for path in result.dirs:
         print(f"{verb} {path}")
+    if result.logs:
+        print(f"{verb} {len(result.logs)} kept kernel log(s) older than a day")
     print(
         f"{verb} {len(result.containers)} container(s) and {len(result.dirs)} runtime dir(s); "
         f"{result.kept} kernel(s) still running were kept."
@@ -928,6 +953,7 @@ def format_list(specs: list[manage.SpecInfo], note: str = "") -> list[str]:
         limits = (
             f"net {lim['network']}, mem {lim['memory']}, cpus {lim['cpus']:g}, "
             f"pids {lim['pids_limit']}, runtime {lim['runtime']}, workdir {lim['workdir']}"
+            + (f", gpus {lim['gpus']}" if lim["gpus"] else "")
         )
         state = moved_state if s.image_moved else present[s.image_present]
         rows.append((s.name, s.image, state, limits, s.path))
@@ -1158,6 +1184,96 @@ def cmd_doctor(args: argparse.Namespace, engine: Engine) -> int:
     else:
         print("\n".join(doctor.format_report(report)))
     return 0 if report.ok else 1
+
+
+def cmd_ps(args: argparse.Namespace, engine: Engine) -> int:
+    given = engine if (args.engine_host or args.podman) else None
+    kernels, notes = running.running_kernels(running.engines_in_use(given))
+    if args.json:
+        print(json.dumps({"kernels": [k.to_json() for k in kernels], "notes": notes}, indent=1))
+        return 0
+    print("\n".join(format_ps(kernels, notes)))
+    return 0
+
+
+def human_size(size: int | None) -> str:
+    """1536 MiB -> '1.5G', as `ps` shows memory; '?' when unknown."""
+    if size is None:
+        return "?"
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift:
+            value = size / (1 << shift)
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return f"{size}B"
+
+
+def human_time(seconds: float | None) -> str:
+    """3725 -> '1h02m'."""
+    if seconds is None:
+        return "?"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def format_ps(kernels: list[running.RunningKernel], notes: list[str]) -> list[str]:
+    """`ps` as a table; the notebook directory last (it is the longest)."""
+    if not kernels:
+        lines = ["No kernels of jupyter-docker-kernel are running."]
+    else:
+        rows = [("KERNELSPEC", "CONTAINER", "ID", "UP", "MEMORY", "PIDS", "CLIENT", "NOTEBOOK DIR")]
+        for k in kernels:
+            pids = f"{k.pids if k.pids is not None else '?'}/{k.pids_limit or '-'}"
+            rows.append(
+                (
+                    "(warm pool)" if k.kind == "warm" else k.kernelspec or "?",
+                    k.container,
+                    k.container_id,
+                    human_time(k.uptime),
+                    f"{human_size(k.memory_used)}/{human_size(k.memory_limit)}",
+                    pids,
+                    str(k.client_pid or "-"),
+                    k.workdir or "-",
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        lines = [
+            "  ".join(v.ljust(w) for v, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+            for row in rows
+        ]
+        if len({k.engine for k in kernels}) > 1:
+            lines += [f"{k.container}: engine {k.engine or 'default'}" for k in kernels]
+    lines += [f"note: {note}" for note in notes]
+    return [line.rstrip() for line in lines]
+
+
+def cmd_logs(args: argparse.Namespace, engine: Engine) -> int:
+    found = running.find_logs(args.kernel)
+    if args.json:
+        print(json.dumps(found.to_json(), indent=1))
+        return 0
+    record = found.record
+    spec = record.get("kernelspec") or "?"
+    print(
+        f"kernel {record.get('kernel_id')} ({spec}) in container {record.get('container')}: "
+        f"{found.status}"
+    )
+    if found.output:
+        print(f"--- its own stdout/stderr (the last {len(found.output)} bytes kept) ---")
+        # Escaped as in the server's log: the kernel's bytes must not drive the terminal.
+        sys.stdout.flush()
+        sys.stdout.buffer.write(launcher_printable(found.output))
+        if not found.output.endswith(b"\n"):
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.buffer.flush()
+    else:
+        print("(the kernel wrote nothing to its stdout or stderr)")
+    return 0
 
 
 def quiet_stdout() -> None:

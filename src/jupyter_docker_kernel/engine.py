@@ -30,6 +30,11 @@ LABEL_LAUNCHER_PID = f"{LABEL_PREFIX}.launcher-pid"
 LABEL_LAUNCHER_START = f"{LABEL_PREFIX}.launcher-start"
 LABEL_LAUNCHER_HOST = f"{LABEL_PREFIX}.launcher-host"
 LABEL_OWNER_UID = f"{LABEL_PREFIX}.owner-uid"
+#: For `ps`: the kernelspec's name, the client's host pid (the Jupyter server, or whoever
+#: ran the launcher) and the notebook's directory on the host.
+LABEL_KERNELSPEC = f"{LABEL_PREFIX}.kernelspec"
+LABEL_CLIENT_PID = f"{LABEL_PREFIX}.client-pid"
+LABEL_WORKDIR = f"{LABEL_PREFIX}.workdir"
 #: On warm-pool containers: the pool (settings + user) they serve, and their host dir.
 LABEL_POOL = f"{LABEL_PREFIX}.pool"
 LABEL_POOL_DIR = f"{LABEL_PREFIX}.pool-dir"
@@ -278,6 +283,67 @@ class Engine:
         proc = self.run(args, timeout=30)
         return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
+    def inspect_containers(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        """Inspect data of these containers in one call; ones gone meanwhile are left out."""
+        if not names:
+            return []
+        proc = self.run(["container", "inspect", *names], check=False, timeout=30)
+        if proc.returncode != 0 and "no such" not in proc.stderr.lower():
+            raise self.translate(["container", "inspect"], proc.stderr)
+        items = json.loads(proc.stdout or "[]")
+        return [item for item in items if isinstance(item, dict)]
+
+    def stats(self, ids: Sequence[str]) -> dict[str, dict[str, int | None]]:
+        """Memory used, memory limit and pids of these containers, by the id given.
+
+        One sample each, taken in parallel (about a second in all, however many), through
+        the engine's API where it is a unix socket, else its CLI. Not one `docker stats`
+        call for all: that fails as a whole ("EOF") when any of them exits while it
+        samples, as kernels do. A container gone meanwhile is left out.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        api = self.api()
+        one = self._api_stats if api.available() else self._cli_stats
+        with ThreadPoolExecutor(max_workers=min(8, len(ids) or 1)) as pool:
+            found = dict(zip(ids, pool.map(one, ids), strict=True))
+        return {cid: sample for cid, sample in found.items() if sample is not None}
+
+    def _api_stats(self, container: str) -> dict[str, int | None] | None:
+        from urllib.parse import quote
+
+        status, data = self.api().request(
+            "GET", f"/containers/{quote(container)}/stats?stream=false&one-shot=true", timeout=30
+        )
+        if status != 200 or not isinstance(data, dict):
+            return None
+        memory = data.get("memory_stats") or {}
+        usage = memory.get("usage")
+        inner = memory.get("stats") or {}
+        # As `docker stats` shows it: the page cache the kernel can drop is not counted.
+        cache = inner.get("inactive_file", inner.get("total_inactive_file", 0))
+        pids = (data.get("pids_stats") or {}).get("current")
+        return {
+            "memory_used": int(usage) - int(cache or 0) if usage is not None else None,
+            "memory_limit": int(memory["limit"]) if memory.get("limit") else None,
+            "pids": int(pids) if pids is not None else None,
+        }
+
+    def _cli_stats(self, container: str) -> dict[str, int | None] | None:
+        args = ["stats", "--no-stream", "--no-trunc", "--format", "{{json .}}", container]
+        proc = self.run(args, check=False, timeout=60)
+        try:
+            item = json.loads(proc.stdout.splitlines()[0])
+        except (IndexError, ValueError):
+            return None
+        used, _, limit = str(item.get("MemUsage", "")).partition("/")
+        pids = str(item.get("PIDs", "")).strip()
+        return {
+            "memory_used": cli_size(used),
+            "memory_limit": cli_size(limit),
+            "pids": int(pids) if pids.isdigit() else None,
+        }
+
     # -- actions ----------------------------------------------------------------------------
 
     def kill(self, name: str, signal: str = "KILL") -> bool:
@@ -299,6 +365,15 @@ class Engine:
         if "no such container" in low or "is already in progress" in low:
             return False
         raise self.translate(["rm"], proc.stderr)
+
+
+def cli_size(text: str) -> int | None:
+    """'42.5MiB' (as `docker stats` prints sizes) -> bytes; None when it is not a size."""
+    found = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)i?b\s*", text, re.IGNORECASE)
+    if not found:
+        return None
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    return int(float(found.group(1)) * units[found.group(2).lower()])
 
 
 def use_host(host: str | None) -> None:
@@ -406,6 +481,15 @@ def explain_run_failure(
             f"image {settings.image} is not present (kernels never pull)",
             "build it with 'jupyter-docker-kernel image build' (the default image) or "
             f"'docker pull {settings.image}' where a registry is reachable",
+        )
+    if "could not select device driver" in low:
+        return (
+            f"--gpus {settings.gpus}: the engine has no GPU support ({engine_line}): its "
+            "host has no NVIDIA Container Toolkit (or no GPU driver for Docker)",
+            "install the NVIDIA Container Toolkit on the engine's host (nvidia-ctk runtime "
+            "configure --runtime=docker, then restart Docker; 'docker info' then lists the "
+            "nvidia runtime and 'docker run --rm --gpus all IMAGE nvidia-smi' works), or set "
+            "the kernel up without --gpus",
         )
     if "unknown runtime" in low:
         return (

@@ -68,6 +68,9 @@ class Launch:
     hostname: str = ""
     #: uid:gid owning `workdir`, looked up at each start for kernel_user "owner".
     workdir_owner: str = ""
+    #: The kernelspec's name (from the connection file) and the client's host pid: `ps`.
+    kernelspec: str = ""
+    client_pid: int = 0
 
     #: Host path of the 0600 `--env-file` holding settings.env (env_file_text), in the
     #: kernel's private dir and never mounted; None: the --env values go in argv, where
@@ -117,6 +120,9 @@ def labels(launch: Launch) -> dict[str, str]:
         engine.LABEL_LAUNCHER_START: launch.launcher_start,
         engine.LABEL_LAUNCHER_HOST: launch.hostname,
         engine.LABEL_OWNER_UID: str(launch.host_uid),
+        engine.LABEL_KERNELSPEC: launch.kernelspec,
+        engine.LABEL_CLIENT_PID: str(launch.client_pid),
+        engine.LABEL_WORKDIR: launch.workdir,
     }
 
 
@@ -234,6 +240,10 @@ def run_args(
         args += ["--label", f"{key}={value}"]
     if settings.runtime:
         args += ["--runtime", settings.runtime]
+    if settings.gpus:
+        # Docker's own syntax, already checked and quoted by settings.parse_gpus; Podman is
+        # refused there (its compat API drops GPU requests without a word).
+        args += ["--gpus", settings.gpus]
     args += ["--mount", mount_arg(launch.runtime_dir, RUNTIME_TARGET)]
     if launch.connection_file:
         args += ["--mount", mount_arg(launch.connection_file, CONNECTION_TARGET, read_only=True)]

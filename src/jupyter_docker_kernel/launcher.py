@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from jupyter_docker_kernel import hardening, hostpython, pool
+from jupyter_docker_kernel import hardening, hostpython, kernel_log, pool
 from jupyter_docker_kernel.endpoints import CHANNELS, Route, host_endpoints, listen
 from jupyter_docker_kernel.engine import Engine, explain_run_failure, short_id, use_host
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
@@ -76,6 +76,16 @@ def process_start_time(pid: int) -> str:
             return fh.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return ""
+
+
+def alive(pid_text: str, start: str) -> bool:
+    """True while the process with this pid (and, given, this start time) still runs."""
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    current = process_start_time(pid) if pid > 0 else ""
+    return bool(current) and (not start or current == start)
 
 
 def exit_verdict(code: int, reason: str, *, stopping: bool, interrupted: bool) -> tuple[int, str]:
@@ -247,10 +257,12 @@ class Launcher:
         kernel_id: str | None = None,
         base: Path | None = None,
         workdir: str | None = None,
+        client_pid: int | None = None,
     ) -> None:
         """kernel_id, base and workdir default to what an argv launcher has (the connection
         file's name, a fresh dir, its cwd); the provisioner passes its own, as its base
-        dir outlives restarts."""
+        dir outlives restarts. client_pid: the Jupyter client's (our parent by default;
+        the provisioner runs inside the server and passes the server's)."""
         self.settings = settings
         self.connection_file = connection_file
         self.engine = engine or Engine()
@@ -276,6 +288,9 @@ class Launcher:
         self.pooled = False
         self.lifeline: socket.socket | None = None
         self.last_interrupt = float("-inf")
+        self.client_pid = client_pid or os.getppid()
+        #: The kernel's kept output and exit, for `jupyter-docker-kernel logs`.
+        self.kernel_log: kernel_log.KernelLog | None = None
 
     # -- preparation (before any container exists) ------------------------------------------
 
@@ -338,7 +353,37 @@ class Launcher:
             hostname=socket.gethostname(),
             workdir_owner=owner_of(self.workdir, self.settings),
             env_file=str(self.base / ENV_FILE) if self.settings.env else None,
+            kernelspec=str(self.connection.get("kernel_name") or ""),
+            client_pid=self.client_pid,
         )
+
+    def open_log(self) -> kernel_log.KernelLog | None:
+        """Start keeping the kernel's output and exit for `logs` (see kernel_log.py)."""
+        launch = self.launch_facts()
+        self.kernel_log = kernel_log.KernelLog.create(
+            runtime_base(),
+            self.name,
+            {
+                "kernel_id": self.kernel_id,
+                "kernelspec": launch.kernelspec,
+                "image": self.settings.image,
+                "memory": self.settings.memory,
+                "client_pid": self.client_pid,
+                "launcher_pid": launch.launcher_pid,
+                "launcher_start": launch.launcher_start,
+                "workdir": launch.workdir,
+                "container_id": self.container_id,
+                "warm": self.pooled,
+            },
+        )
+        return self.kernel_log
+
+    def close_log(self, code: int, reason: str) -> None:
+        """Record the kernel's exit in its kept log, then drop logs past their time."""
+        if self.kernel_log is not None:
+            self.kernel_log.finish(code, reason, time.monotonic() - self.started)
+        with contextlib.suppress(OSError, DockerKernelError):
+            kernel_log.prune(runtime_base(), alive)
 
     def _write_marker(self) -> None:
         """Who owns this runtime dir: gc keeps it (and its container) while we live."""
@@ -504,10 +549,11 @@ class Launcher:
         # A pooled kernel's raw output and its supervisor's words come over the lifeline.
         streams: list[Any] = [self.lifeline] if proc is None else [proc.stderr, proc.stdout]
         said = bytearray()  # the engine CLI's last words on stderr, to explain a failed start
+        keep = self.open_log()
         forwards = [
             threading.Thread(
                 target=forward,
-                args=(stream, sys.stderr.buffer, said if index == 0 else None),
+                args=(stream, sys.stderr.buffer, said if index == 0 else None, keep),
                 daemon=True,
             )
             for index, stream in enumerate(streams)
@@ -546,6 +592,7 @@ class Launcher:
             relay.bytes_to_host,
             relay.bytes_to_kernel,
         )
+        self.close_log(code, reason)
         if code in (125, 126, 127) and not self.stopping and proc is not None:
             text = bytes(said).decode(errors="replace")
             what, fix = explain_run_failure(text, code, self.settings)
@@ -569,6 +616,8 @@ class Launcher:
             if self.container_id:
                 break
             await asyncio.sleep(0.05)
+        if self.kernel_log is not None:
+            self.kernel_log.update(container_id=self.container_id)
         log.info(
             "kernel %s started in %scontainer %s (%s) from %s: %s",
             self.kernel_id,
@@ -719,11 +768,15 @@ def _read_quietly(read: Any) -> bytes:
 
 
 def forward(
-    stream: IO[bytes] | socket.socket | None, out: IO[bytes], tail: bytearray | None = None
+    stream: IO[bytes] | socket.socket | None,
+    out: IO[bytes],
+    tail: bytearray | None = None,
+    keep: kernel_log.KernelLog | None = None,
 ) -> None:
     """Copy the engine CLI's output (the kernel's raw stdout/stderr) to our stderr, which is
     the server's log, up to FORWARD_LIMIT bytes. Runs in a thread per stream. `tail` keeps
-    the last TAIL_BYTES, so a failed start can be explained (engine.explain_run_failure)."""
+    the last TAIL_BYTES, so a failed start can be explained (engine.explain_run_failure);
+    `keep` all of it, past FORWARD_LIMIT too, for `logs` (it keeps only the end)."""
     if stream is None:
         return
     sent = 0
@@ -733,6 +786,8 @@ def forward(
         if tail is not None:
             tail += chunk
             del tail[:-TAIL_BYTES]
+        if keep is not None:
+            keep.write(chunk)
         if sent >= FORWARD_LIMIT:
             continue  # keep draining, or the kernel would block on a full pipe
         out.write(printable(chunk[: FORWARD_LIMIT - sent]))

@@ -78,6 +78,7 @@ class SpecInfo:
         return {
             "network": s.network,
             "runtime": s.runtime or "default",
+            "gpus": s.gpus,
             "memory": s.memory,
             "cpus": s.cpus,
             "pids_limit": s.pids_limit,
@@ -285,7 +286,7 @@ def setup_argv(info: SpecInfo, configured: dict[str, Any]) -> list[str]:
         argv += ["--mount", m.to_spec()]
     for name, value in s.env:
         argv += ["--env", f"{name}={value}"]
-    for field in ("python", "runtime", "kernel_user", "engine_host"):
+    for field in ("python", "runtime", "gpus", "kernel_user", "engine_host"):
         value = getattr(s, field)
         if value is not None and (value != getattr(defaults, field) or field in configured):
             argv += [option(field), str(value)]

@@ -257,6 +257,7 @@ class DockerProvisioner(KernelProvisionerBase):
             kernel_id=self.key,
             base=self.base,
             workdir=str(kwargs.get("cwd") or os.getcwd()),
+            client_pid=os.getpid(),  # we run inside the client (the server)
         )
         if self._watchdog is None:
             self._watchdog = start_lifeline_watchdog(
@@ -286,9 +287,13 @@ class DockerProvisioner(KernelProvisionerBase):
         self.container_name = launcher.name
         self._started = time.monotonic()
         self._exit_reason = ""
-        # The kernel's raw stdout/stderr, escaped and capped, go to the server's log.
+        # The kernel's raw stdout/stderr, escaped and capped, go to the server's log; its
+        # end is kept for `jupyter-docker-kernel logs`.
+        keep = launcher.open_log()
         self._forwards = [
-            threading.Thread(target=forward, args=(stream, sys.stderr.buffer), daemon=True)
+            threading.Thread(
+                target=forward, args=(stream, sys.stderr.buffer, None, keep), daemon=True
+            )
             for stream in streams
         ]
         for thread in self._forwards:
@@ -347,6 +352,8 @@ class DockerProvisioner(KernelProvisionerBase):
         self._proc = None
         if self._timer is not None:
             self._timer.cancel()
+        if launcher is not None:
+            await off_loop(launcher.close_log, code, self._exit_reason)
         why = f" ({self._exit_reason})" if self._exit_reason else ""
         self.log.info(
             "kernel container %s exited with code %s%s after %.1f s",

@@ -156,6 +156,7 @@ _TAKES_VALUE = {
     *_NAMESPACE_FLAGS,
     *_LIMIT_FLAGS,
     "--security-opt",
+    "--gpus",
 }
 
 
@@ -190,6 +191,14 @@ def _docker_arg_findings(docker_args: Sequence[str], sockets: Sequence[str]) -> 
                 )
                 continue
         if flag == "--read-only" and value.lower() not in ("false", "0"):
+            continue
+        if flag == "--gpus":
+            found.append(
+                Finding(
+                    f"{shown}: use setup --gpus {value or 'all'} instead, which setup checks "
+                    "against the engine and show and kernel.json carry"
+                )
+            )
             continue
         if flag == "--security-opt":
             if value.replace(" ", "") in _UNCONFINED:

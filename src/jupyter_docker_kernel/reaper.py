@@ -17,31 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_docker_kernel import engine as engine_mod
+from jupyter_docker_kernel import kernel_log
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.launcher import (
     NAME_PREFIX,
-    process_start_time,
     remove_tree,
     runtime_base,
 )
+from jupyter_docker_kernel.launcher import alive as launcher_alive
 from jupyter_docker_kernel.pool import POOL_DIR_PREFIX, POOL_NAME_PREFIX
 
 log = logging.getLogger(__name__)
 
 #: A runtime dir without a launcher marker younger than this may belong to a starting kernel.
 STARTING_GRACE = 60.0
-
-
-def launcher_alive(pid_text: str, start: str) -> bool:
-    """True while the process with this pid and start time still runs."""
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if pid <= 0:
-        return False
-    current = process_start_time(pid)
-    return bool(current) and (not start or current == start)
 
 
 @dataclass
@@ -51,6 +40,8 @@ class GcResult:
     containers: list[str] = field(default_factory=list)
     dirs: list[str] = field(default_factory=list)
     kept: int = 0
+    #: Kept kernel logs (`logs`) past their time (kernel_log.KEEP_AFTER_EXIT).
+    logs: list[str] = field(default_factory=list)
 
 
 def read_marker(directory: Path) -> tuple[str, str] | None:
@@ -75,12 +66,14 @@ def collect(
     dry_run: bool = False,
     pools: bool = False,
     pool_keys: set[str] | None = None,
+    log_keep: float = kernel_log.KEEP_AFTER_EXIT,
 ) -> GcResult:
     """Remove this host's orphaned kernel containers and runtime dirs; returns what went.
 
     Unclaimed warm-pool containers have no launcher by design and end themselves after
     their pool time; pools=True removes them now (and their dirs) as well; pool_keys
     narrows that to these pools (`gc --pools NAME`: one kernelspec's, pool.pool_key).
+    Kept kernel logs go log_keep seconds after their kernel ended.
     """
 
     def swept(key: str) -> bool:
@@ -122,6 +115,8 @@ def collect(
         result.containers.append(name)
     now = time.time()
     for entry in sorted(base.iterdir()):
+        if entry.name == kernel_log.LOG_DIR:
+            continue  # kernels' kept output: pruned below, by age, not by launcher
         marker = read_marker(entry)
         if marker is None:
             pool_owner = entry / "pool"
@@ -143,6 +138,7 @@ def collect(
         if not dry_run:
             remove_tree(entry)
         result.dirs.append(str(entry))
+    result.logs = kernel_log.prune(base, launcher_alive, keep=log_keep, now=now, dry_run=dry_run)
     return result
 
 

@@ -7,7 +7,9 @@ here, so a kernel.json edited by hand fails with the same clear message as a bad
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import math
 import re
 from collections.abc import Mapping
@@ -58,6 +60,7 @@ OPTIONS: dict[str, str] = {
     "docker_args": "--docker-arg",
     "network": "--network",
     "runtime": "--runtime",
+    "gpus": "--gpus",
     "memory": "--memory",
     "cpus": "--cpus",
     "pids_limit": "--pids-limit",
@@ -179,6 +182,9 @@ class KernelSettings:
     docker_args: tuple[str, ...] = ()
     network: str = "none"
     runtime: str | None = None
+    #: GPUs for the kernel in Docker's --gpus syntax (all, a count, device=0,1), kept in
+    #: the form parse_gpus() writes; None: no GPU.
+    gpus: str | None = None
     memory: str = "2g"
     cpus: float = 1.0
     pids_limit: int = 512
@@ -306,6 +312,17 @@ class KernelSettings:
                 f"image_id '{self.image_id}' is not an image ID (sha256: and 64 hex digits). "
                 "Run setup again to record it."
             )
+        if self.gpus is not None:
+            # Frozen: the canonical spelling is what kernel.json stores and docker gets.
+            object.__setattr__(self, "gpus", parse_gpus(self.gpus).value)
+            if self.engine == "podman":
+                raise SettingsError(
+                    f"--gpus {self.gpus} cannot be used with Podman: its Docker-compatible API "
+                    "(which jupyter-docker-kernel drives) accepts GPU requests, --gpus and CDI "
+                    "--device nvidia.com/gpu=... alike, and silently drops them, so the kernel "
+                    "would run without a GPU. No kernelspec was written. Use Docker with the "
+                    "NVIDIA Container Toolkit for GPU kernels."
+                )
         if self.kernel_transport not in KERNEL_TRANSPORTS:
             raise SettingsError(
                 f"--kernel-transport must be ipc or tcp, not '{self.kernel_transport}'."
@@ -387,6 +404,108 @@ class KernelSettings:
                     "Run setup again with --replace to rewrite it."
                 ) from exc
         return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class GpuRequest:
+    """A --gpus value read the way Docker's CLI reads it (opts/gpus.go), for one request.
+
+    count: -1 for all, else how many; devices: indexes or UUIDs (then no count).
+    """
+
+    value: str
+    count: int | None = None
+    devices: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    driver: str = ""
+
+
+_GPU_KEYS = ("count", "device", "capabilities", "driver")
+
+
+def parse_gpus(text: str) -> GpuRequest:
+    """Check a --gpus value as `docker run --gpus` does, and spell it so Docker reads it back.
+
+    Docker's value is one CSV record: `all` or a count, or key=value fields (count, device,
+    capabilities, driver). `device=0,1` unquoted would be read by Docker as device 0 plus a
+    count of 1 (which the engine then refuses): a bare field after device= or capabilities=
+    is taken as another id of that list, and the list is quoted in the stored form
+    ('"device=0,1"'). Raises SettingsError naming --gpus.
+    """
+    where = f"--gpus '{text}'"
+    example = "Examples: --gpus all, --gpus 2, --gpus device=0,1, --gpus device=GPU-<uuid>."
+    try:
+        fields = next(csv.reader([text.strip()]), [])
+    except csv.Error as exc:
+        raise SettingsError(
+            f"{where} is not valid: {exc}. No kernelspec was written. {example}"
+        ) from exc
+    if not fields or not all(f.strip() for f in fields):
+        raise SettingsError(
+            f"{where} is empty or has an empty field. No kernelspec was written. {example}"
+        )
+    values: dict[str, list[str]] = {}
+    last = ""
+    for raw in fields:
+        field = raw.strip()
+        key, eq, value = field.partition("=")
+        if not eq and last in ("device", "capabilities") and key != "all":
+            values[last] += [key]  # device=0,1 unquoted: 1 is another device, not a count
+            continue
+        if not eq:
+            key, value = "count", key
+        if key not in _GPU_KEYS:
+            raise SettingsError(
+                f"{where}: unexpected key '{key}' (Docker's --gpus takes all, a count, or "
+                f"{', '.join(k + '=' for k in _GPU_KEYS)}). No kernelspec was written. {example}"
+            )
+        if key in values:
+            raise SettingsError(
+                f"{where}: {key} is given twice. No kernelspec was written. {example}"
+            )
+        values[key] = [v.strip() for v in value.split(",")] if key != "count" else [value]
+        last = key
+    count: int | None = None
+    if "count" in values:
+        word = values["count"][0]
+        if word != "all" and not re.fullmatch(r"[0-9]+", word):
+            raise SettingsError(
+                f"{where}: the count '{word}' is not 'all' or a whole number. "
+                f"No kernelspec was written. {example}"
+            )
+        count = -1 if word == "all" else int(word)
+        if count == 0:
+            raise SettingsError(
+                f"{where} asks for no GPU. No kernelspec was written. Leave --gpus out for a "
+                "kernel without one."
+            )
+    devices = tuple(values.get("device", ()))
+    if count is not None and devices:
+        raise SettingsError(
+            f"{where} names GPUs both by count and by device, which the engine refuses. "
+            f"No kernelspec was written. Give one: --gpus 2 or --gpus device=0,1."
+        )
+    bad = [d for d in devices if not re.fullmatch(r"[A-Za-z0-9_.:-]+", d)]
+    if bad or "" in devices:
+        raise SettingsError(
+            f"{where}: '{bad[0] if bad else ''}' is not a GPU index or UUID. "
+            f"No kernelspec was written. {example}"
+        )
+    out: list[str] = []
+    if count is not None:
+        out.append("all" if count < 0 else str(count))
+    for key in ("device", "capabilities", "driver"):
+        if key in values:
+            out.append(f"{key}={','.join(values[key])}")
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(out)
+    return GpuRequest(
+        value=buf.getvalue(),
+        count=count,
+        devices=devices,
+        capabilities=tuple(values.get("capabilities", ())),
+        driver=values.get("driver", [""])[0],
+    )
 
 
 def size_bytes(size: str) -> int:

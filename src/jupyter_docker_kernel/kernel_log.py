@@ -1,0 +1,187 @@
+"""A kernel's own output and exit, kept on the host for `jupyter-docker-kernel logs`.
+
+Why here and not in the engine or the server's log: kernel containers run with
+`--log-driver none` (a kernel's output must not fill the engine's disk) and are removed
+when they exit, so the engine keeps nothing; the launcher forwards at most FORWARD_LIMIT
+bytes of the kernel's raw stdout/stderr to its stderr, which is the Jupyter server's log,
+wherever that goes (a terminal, journald, a file only the admin reads). So the launcher
+(and the provisioner) also keep the last TAIL_KEEP bytes of that raw output, and a small
+record of the kernel (kernelspec, container, client, work dir, exit code and reason), in
+LOG_DIR of the private runtime base (0700, ours): files 0600, at most 2 * TAIL_KEEP bytes
+each, kept KEEP_AFTER_EXIT seconds after the kernel ended, then removed by `gc` (and by
+the next launcher that ends). The kernel cannot reach them: only its own `rt` dir is mounted.
+
+Writing never stops a kernel: an OSError here turns the log off, with one warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: The directory in the runtime base (launcher.runtime_base) that holds the logs.
+LOG_DIR = "logs"
+#: The most recent raw output kept per kernel (the file grows to twice this, then is cut).
+TAIL_KEEP = 64 << 10
+#: How long a log stays after its kernel ended (or its launcher vanished).
+KEEP_AFTER_EXIT = 24 * 3600.0
+
+
+def log_dir(base: Path) -> Path:
+    """The logs directory in the runtime base, made 0700 on first use."""
+    path = base / LOG_DIR
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    return path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write data to path atomically, 0600 (a reader sees the old or the new record)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class KernelLog:
+    """The kept output and record of one kernel; written from the output-forwarding threads.
+
+    The launcher creates it when the kernel's output starts flowing (Launcher.open_log),
+    its forward() threads call write(), and it calls finish() with the exit code.
+    """
+
+    def __init__(self, directory: Path, name: str, record: dict[str, Any]) -> None:
+        self.directory = directory
+        self.name = name
+        self.record = dict(record)
+        self.record_path = directory / f"{name}.json"
+        self.output_path = directory / f"{name}.log"
+        self.lock = threading.Lock()
+        self.size = 0
+        self.fd = os.open(
+            self.output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600
+        )
+        self._save()
+
+    @classmethod
+    def create(cls, base: Path, name: str, record: dict[str, Any]) -> KernelLog | None:
+        """A new log in base's LOG_DIR; None (and one warning) when it cannot be written."""
+        try:
+            return cls(log_dir(base), name, {**record, "container": name, "started": time.time()})
+        except OSError as exc:
+            log.warning("not keeping the kernel's output for `logs`: %s", exc)
+            return None
+
+    def _save(self) -> None:
+        _write_private(self.record_path, json.dumps(self.record).encode())
+
+    def write(self, chunk: bytes) -> None:
+        """Append raw output; past 2 * TAIL_KEEP bytes keep only the last TAIL_KEEP."""
+        with self.lock:
+            if self.fd < 0:
+                return
+            try:
+                os.write(self.fd, chunk)
+                self.size += len(chunk)
+                if self.size > 2 * TAIL_KEEP:
+                    self._cut()
+            except OSError as exc:
+                log.warning("stopped keeping the kernel's output for `logs`: %s", exc)
+                self._close()
+
+    def _cut(self) -> None:
+        keep = read_tail(self.output_path)
+        _write_private(self.output_path, keep)
+        os.close(self.fd)
+        self.fd = os.open(self.output_path, os.O_WRONLY | os.O_APPEND)
+        self.size = len(keep)
+
+    def update(self, **fields: Any) -> None:
+        """Add facts learnt later (the container id) to the record."""
+        with self.lock:
+            self.record.update(fields)
+            with contextlib.suppress(OSError):
+                self._save()
+
+    def finish(self, code: int, reason: str, ran: float) -> None:
+        """Record the exit (the launcher's facts: code, why it stopped it, run time)."""
+        self.update(ended=time.time(), exit_code=code, exit_reason=reason, ran=round(ran, 1))
+        with self.lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+def read_tail(path: Path, limit: int = TAIL_KEEP) -> bytes:
+    """The last `limit` bytes of a kept output file (b"" when there is none)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - limit))
+            return fh.read()
+    except OSError:
+        return b""
+
+
+def records(base: Path) -> list[dict[str, Any]]:
+    """Every kept record in base's LOG_DIR, newest start first; unreadable ones are skipped."""
+    out = []
+    directory = base / LOG_DIR
+    with contextlib.suppress(OSError):
+        for path in directory.glob("*.json"):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict):
+                data["output_path"] = str(path.with_suffix(".log"))
+                out.append(data)
+    return sorted(out, key=lambda r: -float(r.get("started") or 0))
+
+
+def prune(
+    base: Path,
+    alive: Callable[[str, str], bool],
+    *,
+    keep: float = KEEP_AFTER_EXIT,
+    now: float | None = None,
+    dry_run: bool = False,
+) -> list[str]:
+    """Remove the logs of kernels that ended more than `keep` seconds ago, and of those whose
+    launcher is gone (alive(pid, start) False) without recording an end, once their files
+    are that old. Returns the record paths removed (or that would be, with dry_run)."""
+    now = time.time() if now is None else now
+    removed = []
+    for record in records(base):
+        output = Path(record["output_path"])
+        path = output.with_suffix(".json")
+        ended = record.get("ended")
+        if ended is None:
+            if alive(str(record.get("launcher_pid", "")), str(record.get("launcher_start", ""))):
+                continue
+            with contextlib.suppress(OSError):
+                ended = max(path.stat().st_mtime, output.stat().st_mtime)
+        if ended is None or now - float(ended) < keep:
+            continue
+        if not dry_run:
+            for item in (output, path):
+                with contextlib.suppress(OSError):
+                    item.unlink()
+        removed.append(str(path))
+    return removed

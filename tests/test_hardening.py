@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import itertools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from jupyter_docker_kernel import engine, hardening
 from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.hardening import Launch, mount_arg, probe_args, run_args
-from jupyter_docker_kernel.settings import KernelSettings, Mount
+from jupyter_docker_kernel.settings import EngineKind, KernelSettings, Mount
 
 LAUNCH = Launch(
     kernel_id="0123-abcd",
@@ -92,6 +98,7 @@ def test_default_run_has_switch(flag: str) -> None:
         ("--network", "none"),
         ("--cap-drop", "ALL"),
         ("--security-opt", "no-new-privileges"),
+        ("--security-opt", f"seccomp={hardening.SECCOMP_PROFILE}"),
         ("--memory", "2g"),
         ("--memory-swap", "2g"),
         ("--pids-limit", "512"),
@@ -142,7 +149,9 @@ CUSTOM = KernelSettings(
         ("--network", "bridge"),
         ("--memory", "1g"),
         ("--memory-swap", "1g"),
-        ("--pids-limit", "64"),
+        # gVisor: room for the Sentry on the host, the user's 64 as RLIMIT_NPROC inside.
+        ("--pids-limit", str(512 + 10 * 64)),
+        ("--ulimit", "nproc=64:64"),
         ("--cpus", "2.5"),
         ("--runtime", "runsc"),
         ("--tmpfs", "/tmp:rw,nosuid,nodev,size=64m,nr_inodes=1000,mode=1777"),
@@ -214,6 +223,57 @@ def test_hardening_option_is_given_once(flag: str) -> None:
 def test_runtime_absent_unless_set() -> None:
     """--runtime is passed only when the settings name a runtime."""
     assert "--runtime" not in run_opts()
+
+
+@pytest.mark.parametrize(
+    ("runtime", "engine_name", "pids", "nproc", "removed"),
+    [
+        # runc: RLIMIT_NPROC would count the launching user's host processes too.
+        ("", "docker", "512", None, True),
+        ("runc", "docker", "512", None, True),
+        # gVisor: the Sentry's tasks on the host; the kernel's own count inside.
+        ("runsc", "docker", "5632", "nproc=512:512", False),
+        ("runsc-kvm", "docker", "5632", "nproc=512:512", False),
+        # Podman keeps the container for its exit code (podman#18889).
+        ("", "podman", "512", None, False),
+    ],
+)
+def test_pids_limit_and_removal_per_runtime(
+    runtime: str, engine_name: EngineKind, pids: str, nproc: str | None, removed: bool
+) -> None:
+    """Under gVisor the host pids limit leaves room for the Sentry and the user's limit
+    holds inside (RLIMIT_NPROC); the container is kept for the launcher's OOM check."""
+    opts = run_opts(KernelSettings(runtime=runtime or None, engine=engine_name))
+    assert values(opts, "--pids-limit") == [pids]
+    assert [v for v in values(opts, "--ulimit") if v.startswith("nproc=")] == (
+        [nproc] if nproc else []
+    )
+    assert ("--rm" in opts) is removed
+
+
+@pytest.mark.parametrize(
+    ("engine_name", "runtime", "expected"),
+    [
+        ("docker", None, [f"seccomp={hardening.SECCOMP_PROFILE}"]),
+        ("docker", "runsc", [f"seccomp={hardening.SECCOMP_PROFILE}"]),
+        # Podman 4's compat API reads the CLI's inlined profile as a path: the service's.
+        ("podman", None, []),
+    ],
+)
+def test_seccomp_profile_per_engine(
+    engine_name: EngineKind, runtime: str | None, expected: list[str]
+) -> None:
+    """Docker gets our profile per container (run and probe alike); Podman has it as the
+    service's default (scripts/bootstrap-podman), since its compat API cannot take it."""
+    settings = KernelSettings(engine=engine_name, runtime=runtime)
+    for opts in (run_opts(settings), probe_args(settings, "1:1")):
+        assert [v for v in values(opts, "--security-opt") if v.startswith("seccomp=")] == expected
+
+
+def test_pooled_gvisor_containers_are_still_removed_by_the_engine() -> None:
+    """A warm pool container has no attached launcher to inspect it: --rm as ever."""
+    args = run_args(KernelSettings(runtime="runsc"), LAUNCH, pool=("k", "/p"))
+    assert "--rm" in args
 
 
 # -- the container's user -------------------------------------------------------------------
@@ -422,6 +482,8 @@ def test_probe_runs_the_image_hardened_as_the_given_user() -> None:
         "--security-opt",
         "no-new-privileges",
         "--entrypoint=",
+        "--security-opt",
+        f"seccomp={hardening.SECCOMP_PROFILE}",
         "course/py:1",
         "python3",
         "-c",
@@ -480,3 +542,122 @@ def test_env_the_env_file_cannot_carry_is_refused(value: str) -> None:
     """A line break would end the value early (or be dropped): refused, not mangled."""
     with pytest.raises(SettingsError, match="--env X has a line break"):
         hardening.env_file_text(KernelSettings(env=(("X", value),)))
+
+
+# -- the seccomp profile (seccomp.json; docs/seccomp.md says where it comes from) ------------
+
+PROFILE: dict[str, Any] = json.loads(Path(hardening.SECCOMP_PROFILE).read_text())
+SETUID, SETGID = 0o4000, 0o2000
+ARG_TESTS: dict[str, Callable[[int, int, int], bool]] = {
+    "SCMP_CMP_EQ": lambda arg, value, _: arg == value,
+    "SCMP_CMP_NE": lambda arg, value, _: arg != value,
+    "SCMP_CMP_LT": lambda arg, value, _: arg < value,
+    "SCMP_CMP_GT": lambda arg, value, _: arg > value,
+    "SCMP_CMP_MASKED_EQ": lambda arg, mask, datum: arg & mask == datum,
+}
+
+
+def verdict(name: str, *args: int) -> str:
+    """What the profile does with one call from a kernel holding no capabilities (we drop
+    ALL) on x86_64: "allow", or the errno name. Rules for callers with a capability or
+    another architecture never apply; a rule's argument conditions must all hold."""
+    for rule in PROFILE["syscalls"]:
+        includes = rule.get("includes") or {}
+        if name not in rule["names"] or includes.get("caps"):
+            continue
+        if includes.get("arches") and not {"amd64", "x86"} & set(includes["arches"]):
+            continue
+        conditions = rule.get("args") or []
+        if all(
+            ARG_TESTS[c["op"]](args[c["index"]], c["value"], c.get("valueTwo", 0))
+            for c in conditions
+        ):
+            if rule["action"] == "SCMP_ACT_ALLOW":
+                return "allow"
+            return errno.errorcode[rule.get("errnoRet", PROFILE["defaultErrnoRet"])]
+    return errno.errorcode[PROFILE["defaultErrnoRet"]]
+
+
+def test_profile_refuses_by_default_with_eperm() -> None:
+    """Anything the profile does not name fails with EPERM (as upstream's does)."""
+    assert PROFILE["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert PROFILE["defaultErrnoRet"] == errno.EPERM
+
+
+def test_profile_admits_no_i386_or_x32_calls_on_x86_64() -> None:
+    """i386's socketcall hides socket()'s family from seccomp (and libseccomp then allows
+    it): an x86_64 kernel gets no second ABI at all. 32-bit ARM stays (no socketcall)."""
+    arches = {a["architecture"]: a["subArchitectures"] for a in PROFILE["archMap"]}
+    assert arches["SCMP_ARCH_X86_64"] == []
+    assert arches["SCMP_ARCH_AARCH64"] == ["SCMP_ARCH_ARM"]
+
+
+def test_profile_ships_inside_the_package() -> None:
+    """The file sits next to hardening.py, so the wheel (the whole package dir) carries it."""
+    assert Path(hardening.SECCOMP_PROFILE).parent == Path(hardening.__file__).parent
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        # io_uring: its own syscall surface, and its ops (openat, ...) bypass this filter.
+        (("io_uring_setup", 0, 0), "EPERM"),
+        (("io_uring_enter", 0, 0, 0, 0, 0, 0), "EPERM"),
+        (("io_uring_register", 0, 0, 0, 0), "EPERM"),
+        # AF_VSOCK reaches the hypervisor whatever --network says; AF_ALG the kernel's crypto.
+        (("socket", 40, 1, 0), "EPERM"),
+        (("socket", 38, 5, 0), "EPERM"),
+        (("socket", 1, 1, 0), "allow"),
+        (("socket", 2, 1, 0), "allow"),
+        (("socket", 10, 2, 0), "allow"),
+        # Kernel state no namespace covers (catalogue D09) and namespaces (D04).
+        (("keyctl", 0), "EPERM"),
+        (("add_key", 0), "EPERM"),
+        (("bpf", 0), "EPERM"),
+        (("perf_event_open", 0), "EPERM"),
+        (("userfaultfd", 0), "EPERM"),
+        (("kexec_load", 0), "EPERM"),
+        (("unshare", 0), "EPERM"),
+        (("mount", 0), "EPERM"),
+        (("setns", 0), "EPERM"),
+        (("clone", 0x10000000), "EPERM"),  # CLONE_NEWUSER
+        (("clone", 0x003D0F00), "allow"),  # threads: CLONE_VM|CLONE_FS|...|CLONE_SETTLS
+        (("clone3", 0), "ENOSYS"),
+        # Set-id files (item 2): chmod family and every create with a mode.
+        (("chmod", 0, 0o755), "allow"),
+        (("chmod", 0, 0o1777), "allow"),
+        (("chmod", 0, SETUID | 0o755), "EPERM"),
+        (("chmod", 0, SETGID | 0o755), "EPERM"),
+        (("fchmod", 3, 0o644), "allow"),
+        (("fchmod", 3, SETUID | 0o700), "EPERM"),
+        (("fchmodat", -100, 0, 0o600, 0), "allow"),
+        (("fchmodat", -100, 0, SETGID | 0o700, 0), "EPERM"),
+        (("fchmodat2", -100, 0, 0o600, 0x100), "allow"),
+        (("fchmodat2", -100, 0, SETUID | 0o600, 0x100), "EPERM"),
+        (("creat", 0, 0o644), "allow"),
+        (("creat", 0, SETUID | 0o755), "EPERM"),
+        (("open", 0, os.O_RDONLY, 0), "allow"),
+        (("open", 0, os.O_CREAT | os.O_WRONLY, SETUID | 0o755), "EPERM"),
+        (("openat", -100, 0, os.O_RDONLY, 0), "allow"),
+        (("openat", -100, 0, os.O_CREAT | os.O_WRONLY, 0o644), "allow"),
+        (("openat", -100, 0, os.O_CREAT | os.O_WRONLY, SETGID | 0o755), "EPERM"),
+        (("mknod", 0, 0o100644, 0), "allow"),
+        (("mknod", 0, 0o100000 | SETUID | 0o755, 0), "EPERM"),
+        (("mknodat", -100, 0, 0o100000 | SETGID | 0o755, 0), "EPERM"),
+        # openat2's mode sits in a struct seccomp cannot read: ENOSYS, callers fall back.
+        (("openat2", -100, 0, 0, 24), "ENOSYS"),
+        # What every kernel needs stays allowed.
+        (("read", 0, 0, 0), "allow"),
+        (("execve", 0, 0, 0), "allow"),
+        (("mkdir", 0, 0o755), "allow"),
+    ],
+    ids=lambda value: (
+        "-".join(f"{v:o}" if isinstance(v, int) else v for v in value)
+        if isinstance(value, tuple)
+        else value
+    ),
+)
+def test_profile_outcome(call: tuple[Any, ...], expected: str) -> None:
+    """Each call a kernel may make (no capabilities, x86_64) gets the profile's answer."""
+    name, *args = call
+    assert verdict(name, *args, *([0] * 6)) == expected

@@ -487,20 +487,10 @@ def test_b07_raw_and_packet_sockets_are_refused(
     assert outcome == "PermissionError"
 
 
-def test_b07_vsock_sockets_are_refused(
-    probe: Session, runtime: str, request: pytest.FixtureRequest
-) -> None:
+def test_b07_vsock_sockets_are_refused(probe: Session) -> None:
     """B07: no AF_VSOCK socket: vsock is not network-namespaced, and on a VM host CID 2
-    reaches the hypervisor's services whatever --network says. Only socket() is tried."""
-    if runtime == "runc":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: under runc the kernel can create AF_VSOCK sockets (this engine's "
-                "default seccomp profile, Docker 20.10, predates moby#44562); hardening relies "
-                "on that profile and passes no seccomp profile of its own",
-            )
-        )
+    reaches the hypervisor's services whatever --network says. Only socket() is tried.
+    Under runc our seccomp profile refuses it (the engine's own may predate moby#44562)."""
     outcome = probe.ask(
         """
         import json, socket
@@ -514,6 +504,49 @@ def test_b07_vsock_sockets_are_refused(
     )
 
     assert outcome != "allowed"
+
+
+I386_VSOCK = """
+import ctypes, mmap, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+page = libc.mmap(None, 4096, 7, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40, -1, 0)  # 32-bit
+ctypes.memmove(page + 512, struct.pack('<III', 40, 1, 0), 12)  # AF_VSOCK, SOCK_STREAM, 0
+# socketcall(SYS_SOCKET, args) through the i386 ABI (int 0x80), then return eax:
+# push rbx; mov eax, 102; mov ebx, 1; mov ecx, args; int 0x80; pop rbx; movsxd rax, eax; ret
+code = (bytes.fromhex('53b8') + struct.pack('<I', 102) + bytes.fromhex('bb')
+        + struct.pack('<I', 1) + bytes.fromhex('b9') + struct.pack('<I', page + 512)
+        + bytes.fromhex('cd805b4863c0c3'))
+ctypes.memmove(page, code, len(code))
+fd = ctypes.CFUNCTYPE(ctypes.c_long)(page)()
+# gVisor takes int 0x80 for a 64-bit call (102: getuid); only a vsock descriptor counts.
+try:
+    print('vsock' if socket.socket(fileno=fd).family == 40 else 'other socket')
+except OSError:
+    print('no socket')
+"""
+
+
+def test_b07_no_vsock_socket_through_the_i386_abi(spawner: Session) -> None:
+    """B07: an x86_64 process can make i386 calls (int 0x80), where socket() may go
+    through socketcall(SYS_SOCKET, args) with the family in memory, out of seccomp's
+    sight. Our profile admits no i386 calls at all (the process is killed, SIGSYS); gVisor
+    implements none. Either way no vsock descriptor comes back. Run in a child process."""
+    if platform.machine() != "x86_64":
+        pytest.skip("the i386 ABI exists on x86_64 only")
+    outcome = spawner.ask(
+        f"""
+        import json, subprocess, sys
+        child = subprocess.run([sys.executable, '-c', {I386_VSOCK!r}],
+                               capture_output=True, text=True, timeout=60)
+        print(json.dumps([child.returncode, child.stdout.strip()]))
+        """
+    )
+    _, printed = outcome
+
+    assert printed != "vsock", outcome
 
 
 def test_b08_a_listening_backdoor_is_unreachable_from_the_host(probe: Session) -> None:
@@ -1357,6 +1390,8 @@ SYSCALLS = [
     ("userfaultfd", 323, 282),
     ("kexec_load", 246, 104),
     ("io_uring_setup", 425, 425),
+    ("io_uring_enter", 426, 426),
+    ("io_uring_register", 427, 427),
 ]
 
 
@@ -1367,22 +1402,12 @@ def test_d09_syscalls_into_unnamespaced_kernel_state_are_blocked(
     name: str,
     x86_64: int,
     aarch64: int,
-    request: pytest.FixtureRequest,
 ) -> None:
     """D09: under runc seccomp answers EPERM (or ENOSYS) before the host kernel sees the call;
     under gVisor the Sentry implements or refuses it, and it must fail."""
     machine = platform.machine()
     if machine not in ("x86_64", "aarch64"):
         pytest.skip(f"no syscall numbers for {machine}")
-    if name == "io_uring_setup" and runtime == "runc":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: under runc io_uring_setup reaches the host kernel (EFAULT, not "
-                "EPERM): this engine's default seccomp profile, Docker 20.10, predates "
-                "moby#46762, and hardening passes no seccomp profile of its own",
-            )
-        )
     number = x86_64 if machine == "x86_64" else aarch64
     outcome = probe.ask(
         f"""
@@ -1458,6 +1483,104 @@ def test_d11_setting_the_clock_fails(probe: Session) -> None:
     )
 
     assert outcome == "PermissionError"
+
+
+SET_ID_ROUTES = """
+import ctypes, json, os, platform, stat, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+os.umask(0)
+os.makedirs('setid/hidden', exist_ok=True)
+where = os.path.abspath('setid/hidden')
+at = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+raw = {'x86_64': {'chmod': 90, 'creat': 85, 'open': 2, 'mknod': 133, 'fchmodat2': 452},
+       'aarch64': {'fchmodat2': 452}}.get(platform.machine(), {})
+
+def fresh(name):
+    path = os.path.join(where, name)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o755))
+    return path
+
+def syscall(name, *args):
+    value = libc.syscall(raw[name], *args)
+    if value == -1:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return value
+
+def tmpfile(path, mode):
+    fd = os.open(where, os.O_TMPFILE | os.O_WRONLY, mode)
+    os.link(f'/proc/self/fd/{fd}', path)
+
+routes = {
+    'chmod': lambda p, m: os.chmod(fresh(p), m),
+    'fchmod': lambda p, m: os.fchmod(os.open(fresh(p), os.O_RDONLY), m),
+    'fchmodat': lambda p, m: (fresh(p), os.chmod(os.path.basename(p), m, dir_fd=at)),
+    'open': lambda p, m: os.close(os.open(os.path.join(where, p), os.O_CREAT | os.O_WRONLY, m)),
+    'openat': lambda p, m: os.close(os.open(p, os.O_CREAT | os.O_WRONLY, m, dir_fd=at)),
+    'o_tmpfile': lambda p, m: tmpfile(os.path.join(where, p), m),
+    'mknod': lambda p, m: os.mknod(os.path.join(where, p), stat.S_IFREG | m),
+    'mknodat': lambda p, m: os.mknod(p, stat.S_IFREG | m, dir_fd=at),
+    'shell chmod': lambda p, m: subprocess.run(
+        ['chmod', f'{m:o}', fresh(p)], check=True, capture_output=True),
+    'install -m': lambda p, m: subprocess.run(
+        ['install', '-m', f'{m:o}', '/bin/true', os.path.join(where, p)],
+        check=True, capture_output=True),
+}
+def path_of(p):
+    return os.path.join(where, p).encode()
+
+raw_routes = {
+    'chmod': lambda p, m: syscall('chmod', fresh(p).encode(), m),
+    'fchmodat2': lambda p, m: syscall('fchmodat2', at, fresh(p).encode(), m, 0),
+    'creat': lambda p, m: os.close(syscall('creat', path_of(p), m)),
+    'open': lambda p, m: os.close(syscall('open', path_of(p), os.O_CREAT | os.O_WRONLY, m)),
+    'mknod': lambda p, m: syscall('mknod', path_of(p), stat.S_IFREG | m, 0),
+}
+routes.update(('raw ' + name, raw_routes[name]) for name in raw)
+outcome = {}
+for route, make in routes.items():
+    for mode in (0o4755, 0o2755):
+        name = f"{route.replace(' ', '_')}-{mode:o}"
+        try:
+            make(name, mode)
+            outcome[name] = 'no error'
+        except (OSError, subprocess.CalledProcessError) as exc:
+            outcome[name] = type(exc).__name__
+set_inside = sorted(
+    n for n in os.listdir(where) if os.lstat(os.path.join(where, n)).st_mode & 0o6000)
+# Hidden the way the attack hid it: a directory other users can enter but not list.
+os.chmod(where, 0o311)
+print(json.dumps([outcome, set_inside]))
+"""
+
+
+def test_d12_no_setuid_or_setgid_file_can_be_made_in_the_mounted_work_dir(
+    probe: Session, probe_host: Host
+) -> None:
+    """D12: in mount mode the kernel tries every route to a set-id file in its work dir
+    (chmod, fchmod, fchmodat, fchmodat2, creat, open, openat, O_TMPFILE + link, mknod,
+    mknodat, the chmod and install tools), hidden in a 0311 directory. A file owned by the
+    launching user with S_ISUID on the host would make any local user who runs it that user.
+    The host sees no entry with mode & 0o6000: runc's seccomp profile refuses such modes,
+    and under gVisor (which ignores the engine's profile) the supervisor's own filter does."""
+    made = probe_host.workdir / "setid"
+    try:
+        outcome, set_inside = probe.ask(SET_ID_ROUTES, timeout=120)
+        on_host = [
+            os.path.join(dirpath, name)
+            for dirpath, dirnames, filenames in os.walk(made, onerror=_raise)
+            for name in [*dirnames, *filenames]
+            if os.lstat(os.path.join(dirpath, name)).st_mode & 0o6000
+        ]
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
+
+    assert len(outcome) >= 20, outcome
+    assert on_host == [], outcome
+    assert set_inside == []
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
 
 
 # -- G. Runtime ------------------------------------------------------------------------------------

@@ -170,8 +170,10 @@ def test_kernel_on_podman_is_unprivileged_offline_and_read_only(
     podman_kernel: str, workdir: Path, on_podman: str
 ) -> None:
     """Seen from inside: not root, no capabilities, no network but lo, root fs read-only,
-    /var/tmp (writable under Podman's --read-only) capped like /tmp, and no user namespace
-    (Podman's own seccomp profile allows unshare; bootstrap-podman's narrowed one does not)."""
+    /var/tmp (writable under Podman's --read-only) capped like /tmp, no user namespace, no
+    AF_VSOCK socket and no set-id file in the work dir, as under Docker (Podman's own
+    seccomp profile allows all three; the service's is ours, from bootstrap-podman, and the
+    supervisor's filter refuses the last two whatever the service's profile)."""
     km, kc = start(podman_kernel, str(workdir))
     try:
         reply, out = execute(
@@ -192,10 +194,20 @@ def test_kernel_on_podman_is_unprivileged_offline_and_read_only(
             "userns = libc.unshare(0x10000000) == 0 or errno.errorcode[ctypes.get_errno()]\n"
             "st = os.statvfs('/var/tmp')\n"
             "var_tmp_mb = st.f_blocks * st.f_frsize >> 20\n"
-            "print(os.getuid() != 0, int(caps, 16), net, root_fs, nics, var_tmp_mb, userns)",
+            "vsock = libc.socket(40, 1, 0) >= 0 or errno.errorcode[ctypes.get_errno()]\n"
+            "open('setid', 'w').close()\n"
+            "try:\n"
+            "    os.chmod('setid', 0o4755); setid = 'made'\n"
+            "except OSError as exc:\n"
+            "    setid = type(exc).__name__\n"
+            "print(os.getuid() != 0, int(caps, 16), net, root_fs, nics, var_tmp_mb, userns,"
+            " vsock, setid)",
         )
         assert reply["status"] == "ok"
-        assert stream_text(out) == "True 0 offline read-only ['lo'] 512 EPERM\n"
+        assert stream_text(out) == (
+            "True 0 offline read-only ['lo'] 512 EPERM EPERM PermissionError\n"
+        )
+        assert not (workdir / "setid").stat().st_mode & 0o6000
     finally:
         stop(km, kc)
 

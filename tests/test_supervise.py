@@ -204,3 +204,60 @@ def test_bridge_splices_a_unix_socket_to_the_kernels_tcp_port(
         while chunk := client.recv(1024):
             received += chunk
     assert received == b"HELLO KERNEL"
+
+
+DENIALS_PROBE = """
+import ctypes, errno, json, os, socket, stat, sys
+os.umask(0)
+where = sys.argv[1]
+out = {}
+for name, make in [
+    ('chmod 4755', lambda p: (open(p, 'w').close(), os.chmod(p, 0o4755))),
+    ('chmod 2755', lambda p: (open(p, 'w').close(), os.chmod(p, 0o2755))),
+    ('open 4755', lambda p: os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o4755))),
+    ('mknod 6755', lambda p: os.mknod(p, stat.S_IFREG | 0o6755)),
+    ('chmod 1777', lambda p: (open(p, 'w').close(), os.chmod(p, 0o1777))),
+]:
+    path = os.path.join(where, name.replace(' ', '-'))
+    try:
+        make(path)
+        out[name] = oct(os.lstat(path).st_mode & 0o7777)
+    except OSError as exc:
+        out[name] = type(exc).__name__
+try:
+    socket.socket(40, socket.SOCK_STREAM).close()  # AF_VSOCK
+    out['vsock'] = 'allowed'
+except OSError as exc:
+    out['vsock'] = errno.errorcode[exc.errno]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall(425, 0, 0)  # io_uring_setup (x86_64 and aarch64 alike)
+out['io_uring_setup'] = errno.errorcode[ctypes.get_errno()]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64"), reason="no filter there")
+def test_the_kernel_inherits_the_in_container_denials(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """The supervisor's seccomp filter (what holds under gVisor, which ignores the engine's
+    profile, and on a Podman service with its own) is inherited by the kernel: a mode with
+    S_ISUID or S_ISGID fails with EPERM on every route while other modes (the sticky bit
+    too) work; AF_VSOCK sockets and io_uring_setup fail with EPERM."""
+    import json
+
+    supervised = supervise("--", PY, "-c", DENIALS_PROBE, str(tmp_path))
+    assert supervised.proc.stdout is not None
+    line = supervised.proc.stdout.readline()  # stdin (the lifeline) stays open meanwhile
+    code, err = supervised.wait(timeout=30)
+
+    assert code == 0, err
+    assert json.loads(line) == {
+        "chmod 4755": "PermissionError",
+        "chmod 2755": "PermissionError",
+        "open 4755": "PermissionError",
+        "mknod 6755": "PermissionError",
+        "chmod 1777": "0o1777",
+        "vsock": "EPERM",
+        "io_uring_setup": "EPERM",
+    }

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 PREFIX = "jupyter-docker-kernel:"
 FORWARDED = (signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -93,6 +93,114 @@ def memory_limit() -> str:
     if not text.isdigit() or int(text) > 1 << 60:
         return "unlimited"
     return f"{int(text) // (1 << 20)} MiB"
+
+
+#: S_ISUID | S_ISGID. A kernel must not mint set-id files: in a mounted work dir the host
+#: would see a setuid binary owned by the launching user that another local user can run.
+SET_ID_BITS = 0o6000
+AF_VSOCK = 40
+SYS_SOCKET = 1  # socketcall's first argument for socket(); its other arguments are in memory
+
+
+def _denials(
+    set_id: "List[Tuple[int, int]]", socket_nr: int, io_uring: "Tuple[int, ...]"
+) -> "List[Tuple[int, int, str, int]]":
+    return (
+        [(n, i, "bits", SET_ID_BITS) for n, i in set_id]
+        + [(socket_nr, 0, "eq", AF_VSOCK)]
+        + [(n, 0, "all", 0) for n in io_uring]
+    )
+
+
+#: What refuse_in_container() refuses, per machine: (AUDIT_ARCH_*, rules) per ABI, a rule
+#: being (syscall number, argument index, test, value): EPERM when the argument has any of
+#: the value's bits ("bits"), equals it ("eq"), or always ("all"). The set-id rules cover
+#: every call that sets a file's mode (chmod, fchmod, fchmodat, fchmodat2, creat, open,
+#: openat, mknod, mknodat); then socket(AF_VSOCK) and io_uring_setup/enter/register. An
+#: x86_64 process can make i386 calls (int 0x80), so that ABI is covered too, and there
+#: socketcall(SYS_SOCKET), whose family seccomp cannot read.
+DENIALS = {
+    "x86_64": [
+        (0xC000003E, _denials(
+            [(90, 1), (91, 1), (268, 2), (452, 2), (85, 1), (2, 2), (257, 3), (133, 1), (259, 2)],
+            41, (425, 426, 427))),
+        (0x40000003, [*_denials(
+            [(15, 1), (94, 1), (306, 2), (452, 2), (8, 1), (5, 2), (295, 3), (14, 1), (297, 2)],
+            359, (425, 426, 427)), (102, 0, "eq", SYS_SOCKET)]),
+    ],
+    "aarch64": [
+        (0xC00000B7, _denials(
+            [(52, 1), (53, 2), (452, 2), (56, 3), (33, 2)], 198, (425, 426, 427))),
+    ],
+}  # fmt: skip
+
+
+def denial_filter(machine: str) -> bytes:
+    """A classic-BPF seccomp program for DENIALS[machine]: EPERM for those, else allow.
+
+    The engine's profile (seccomp.json) refuses the same and more under runc; this holds
+    where it does not apply: gVisor ignores the OCI profile but honours filters its
+    processes install, and a Podman service keeps its own default profile. Calls of other
+    ABIs (none on these machines but the ones listed) pass.
+    """
+    import struct
+
+    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JSET|K, RET|K
+    allow, eperm = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO|EPERM
+
+    def op(code: int, jt: int, jf: int, k: int) -> bytes:
+        return struct.pack("HBBI", code, jt, jf, k)
+
+    # struct seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 * i (low word first:
+    # these ABIs are little-endian; modes and address families fit in it).
+    prog = [op(ld, 0, 0, 4)]
+    for audit_arch, rules in DENIALS[machine]:
+        block = [op(ld, 0, 0, 0)]
+        for number, index, test, value in rules:
+            if test == "all":
+                block += [op(jeq, 0, 1, number), op(ret, 0, 0, eperm)]
+                continue
+            check = jset if test == "bits" else jeq
+            block += [
+                op(jeq, 0, 4, number),
+                op(ld, 0, 0, 16 + 8 * index),
+                op(check, 0, 1, value),
+                op(ret, 0, 0, eperm),
+                op(ret, 0, 0, allow),
+            ]
+        block.append(op(ret, 0, 0, allow))
+        prog += [op(jeq, 0, len(block), audit_arch), *block]  # another ABI: skip the block
+    prog.append(op(ret, 0, 0, allow))
+    return b"".join(prog)
+
+
+def refuse_in_container() -> None:
+    """Install denial_filter in this process; the kernel and its children inherit it.
+
+    Supervisor.run calls it first. Failing is said, not fatal: under runc the engine's
+    profile holds the same line.
+    """
+    machine = os.uname().machine
+    if machine not in DENIALS:
+        say(f"no in-container seccomp filter on {machine} (the engine's profile still applies)")
+        return
+    try:
+        import ctypes
+
+        program = denial_filter(machine)
+        buf = ctypes.create_string_buffer(program, len(program))
+
+        class SockFprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        fprog = SockFprog(len(program) // 8, ctypes.addressof(buf))
+        libc = ctypes.CDLL(None, use_errno=True)
+        # PR_SET_NO_NEW_PRIVS (38) is a precondition (Docker's no-new-privileges set it
+        # already); PR_SET_SECCOMP (22) with SECCOMP_MODE_FILTER (2).
+        if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except (ImportError, OSError, AttributeError) as exc:
+        say(f"could not install the in-container seccomp filter: {exc}")
 
 
 class Supervisor:
@@ -360,6 +468,7 @@ class Supervisor:
         if not self.cmd and not self.pool_socket:
             say("no kernel command given")
             return 2
+        refuse_in_container()
         for sig in (*FORWARDED, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
             signal.signal(sig, self.on_signal)
         if self.bridges:

@@ -12,7 +12,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from jupyter_docker_kernel import engine
 from jupyter_docker_kernel.errors import SettingsError
@@ -43,6 +43,34 @@ CHANNEL_COUNT = 5
 HOME = "/home/kernel"
 #: The uid:gid a kernel gets when the launching user is root: never root in the container.
 ROOT_FALLBACK_USER = "65534:65534"
+#: Our seccomp profile (upstream Docker's default, narrowed: see docs/seccomp.md), passed
+#: to every engine so an old one (Docker 20.10, Podman 4) is as strict as a new one. The
+#: engine's client reads the file and sends its contents, so a remote engine needs no copy.
+SECCOMP_PROFILE = str(Path(__file__).with_name("seccomp.json"))
+#: gVisor runs the kernel's tasks inside its Sentry, so the host's pids cgroup counts the
+#: Sentry's own threads (about 40 idle, a few hundred when busy) plus, on its ptrace
+#: platform, five to nine host tasks per sandboxed process (threads cost almost nothing).
+#: Fork bombs held at N processes inside peaked at 394 (N=16), 770 (64), 979 (128) and
+#: 4340 (512) host tasks with runsc 20221219 on the CI host; docs/security.md, "gVisor".
+GVISOR_BASE_TASKS = 512
+GVISOR_HOST_TASKS_PER_TASK = 10
+
+
+def is_gvisor(settings: KernelSettings) -> bool:
+    """True when the kernel runs under gVisor (a runtime named runsc, runsc-kvm, ...)."""
+    return settings.runtime is not None and "runsc" in settings.runtime
+
+
+def host_pids_limit(settings: KernelSettings) -> int:
+    """The engine's `--pids-limit`: the user's limit, or under gVisor room for the Sentry.
+
+    Under gVisor the user's limit is enforced inside the sandbox instead (RLIMIT_NPROC, which
+    the Sentry counts per uid, threads included): a fork bomb gets EAGAIN there, as under
+    runc, instead of the host limit ending the whole sandbox. The host limit stays a bound.
+    """
+    if is_gvisor(settings):
+        return GVISOR_BASE_TASKS + GVISOR_HOST_TASKS_PER_TASK * settings.pids_limit
+    return settings.pids_limit
 
 
 @dataclass(frozen=True)
@@ -81,6 +109,20 @@ class Launch:
 def usage_hook_path(launch: Launch) -> str:
     """Host path of _usage.py: shipped next to the supervisor, in this package."""
     return str(PurePath(launch.supervisor_path).with_name("_usage.py"))
+
+
+def seccomp_args(settings: KernelSettings) -> list[str]:
+    """Our seccomp profile as a `docker run` option; none for Podman, whose service has it.
+
+    The docker CLI sends the file's contents, and Podman 4's Docker-compatible API takes
+    that value for a path on its host and fails ("opening seccomp profile failed"); there
+    the service's containers.conf names the profile (scripts/bootstrap-podman installs it).
+    Under gVisor the engine passes it on and runsc ignores it (the Sentry is the boundary;
+    the supervisor's own filter refuses set-id modes there).
+    """
+    if settings.engine == "podman":
+        return []
+    return ["--security-opt", f"seccomp={SECCOMP_PROFILE}"]
 
 
 def kernel_user(settings: KernelSettings, launch: Launch) -> str:
@@ -175,8 +217,11 @@ def run_args(
     attach = ["--detach"] if pool else ["--interactive", "--sig-proxy=false"]
     # Podman 4.3's compat API answers the CLI's wait for an attached `run --rm` with exit
     # code 0 whatever the kernel's (podman#18889, fixed in 4.6); without --rm the code is
-    # right, and the launcher and its watchdog remove the container anyway.
-    remove = [] if settings.engine == "podman" and not pool else ["--rm"]
+    # right, and the launcher and its watchdog remove the container anyway. Under gVisor
+    # the launcher inspects the exited container (State.OOMKilled): the supervisor inside
+    # cannot read the cgroup's OOM count there, so only the engine can say "out of memory".
+    keep = settings.engine == "podman" or is_gvisor(settings)
+    remove = [] if keep and not pool else ["--rm"]
     args: list[str] = [
         "run",
         *remove,
@@ -198,6 +243,7 @@ def run_args(
         "ALL",
         "--security-opt",
         "no-new-privileges",
+        *seccomp_args(settings),
         "--read-only",
         "--tmpfs",
         f"/tmp:{tmpfs_opts},mode=1777",  # noqa: S108 - a path inside the container
@@ -215,7 +261,7 @@ def run_args(
         "--cpus",
         f"{settings.cpus:g}",
         "--pids-limit",
-        str(settings.pids_limit),
+        str(host_pids_limit(settings)),
         "--ulimit",
         f"nofile={settings.nofile}:{settings.nofile}",
         "--ulimit",
@@ -227,6 +273,10 @@ def run_args(
         "--log-driver",
         "none",
     ]
+    if is_gvisor(settings):
+        # RLIMIT_NPROC counts the uid's tasks in the whole host under runc (the launching
+        # user's own processes too), so only where the Sentry counts them itself.
+        args += ["--ulimit", f"nproc={settings.pids_limit}:{settings.pids_limit}"]
     if settings.env and launch.env_file:
         # The user's values may be secrets: `ps` shows every local user our argv.
         args += ["--env-file", launch.env_file]
@@ -376,6 +426,8 @@ def probe_args(settings: KernelSettings, user: str, *, code: str | None = None) 
     # The same entrypoint as the kernel's container: ours cleared, or the image's kept,
     # or the user's own from --docker-arg.
     args += entrypoint_args(settings) + user_entrypoint(settings.docker_args)
+    # The kernel's profile too: setup proves the image starts under it.
+    args += seccomp_args(settings)
     if settings.runtime:
         args += ["--runtime", settings.runtime]
     args += [settings.image]

@@ -52,6 +52,8 @@ FIRST_REPLY_WAIT = 3.0
 #: A kernel ending with SIGINT's exit code this soon after an interrupt is taken as ended
 #: by it (expected: Jupyter interrupts right before a shutdown), not as a failure.
 SIGINT_EXIT = 130
+#: 128 + SIGKILL: how the engine reports a container the OOM killer (or anyone) killed.
+OOM_EXIT = 137
 INTERRUPT_EXIT_WINDOW = 5.0
 #: Name prefix of every container and runtime dir we create.
 NAME_PREFIX = "jdk"
@@ -577,6 +579,8 @@ class Launcher:
         for thread in forwards:
             thread.join(timeout=5)
         await relay.close()
+        if proc is not None and code == OOM_EXIT and not self.exit_reason:
+            self.exit_reason = await loop.run_in_executor(None, self.engine_exit_reason)
         ran = time.monotonic() - self.started
         level, reason = exit_verdict(
             code, self.exit_reason, stopping=self.stopping, interrupted=self.interrupted_lately()
@@ -665,6 +669,23 @@ class Launcher:
         except DockerKernelError as exc:
             log.warning("%s", exc)
             return 1
+
+    def engine_exit_reason(self) -> str:
+        """Why the engine says the exited container died, for what the supervisor inside
+        could not report: under gVisor it cannot read the cgroup's OOM count, and an OOM
+        ends the whole sandbox with it. Only when run_args kept the container (no --rm);
+        "" when the engine has nothing to add. Called by run_async on exit code 137."""
+        if not hardening.is_gvisor(self.settings):
+            return ""
+        try:
+            data = self.engine.container_inspect(self.container_id or self.name)
+        except DockerKernelError as exc:
+            log.debug("no exit reason from the engine: %s", exc)
+            return ""
+        if not data or not data.get("State", {}).get("OOMKilled"):
+            return ""
+        limit = int(data.get("HostConfig", {}).get("Memory") or 0)
+        return f"out of memory (limit {limit >> 20} MiB), as the engine reports"
 
     def mark(self, what: str) -> None:
         """A point of the start timeline, logged at debug level (--debug)."""

@@ -1,12 +1,16 @@
-"""The launcher's command line (parsed by hand to keep a start lean) and its exit verdicts."""
+"""The launcher's command line (parsed by hand to keep a start lean), its exit verdicts and
+what it forwards of the kernel's raw output."""
 
 from __future__ import annotations
 
+import io
 import logging
+import re
+import socket
 
 import pytest
 
-from jupyter_docker_kernel.launcher import exit_verdict, parse_args, wait_exit_code
+from jupyter_docker_kernel.launcher import exit_verdict, forward, parse_args, wait_exit_code
 
 
 @pytest.mark.parametrize(
@@ -75,3 +79,31 @@ def test_a_kernel_exit_warns_only_when_nobody_asked_for_it(
 def test_docker_wait_output_gives_the_exit_code_or_1(output: str, code: int) -> None:
     """What `docker wait` printed is the container's code; nothing (an engine error) is 1."""
     assert wait_exit_code(output) == code
+
+
+#: What a kernel writes to its raw fd 1 or 2 to pass for the server's own log lines: after
+#: a newline, a carriage return, NEL (U+0085) and LINE SEPARATOR (U+2028), which some log
+#: readers (Python's str.splitlines() among them) take for line breaks too.
+FORGED = (
+    b"partial\n[I 2026-12-02 03:00:00.000 ServerApp] forged by newline\n"
+    b"x\r[W 2026-12-02 03:00:00.000 ServerApp] forged by return\n"
+    + "y\x85[E 2026-12-02 03:00:00.000 ServerApp] forged by NEL\n".encode()
+    + "z\u2028[C 2026-12-02 03:00:00.000 ServerApp] forged by LS".encode()
+)
+
+
+def test_the_kernels_raw_output_cannot_forge_server_log_lines() -> None:
+    """Every line forwarded from the kernel's raw stdout/stderr starts with its container's
+    name, and line breaks within it are escaped, however a log reader splits lines."""
+    read, write = socket.socketpair()
+    out = io.BytesIO()
+    with read, write:
+        write.sendall(FORGED)
+        write.shutdown(socket.SHUT_WR)
+        forward(read, out, "jdk-k1-abc123")
+    text = out.getvalue().decode()
+    lines = text.splitlines()
+    assert len(lines) == 5
+    assert all(line.startswith("jdk-k1-abc123| ") for line in lines), lines
+    assert not re.search(r"^\[[DIWEC] ", text, re.MULTILINE)
+    assert "forged by LS" in lines[-1]  # escaped, not dropped

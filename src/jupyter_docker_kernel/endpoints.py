@@ -61,7 +61,12 @@ def host_endpoints(connection: dict[str, object]) -> dict[str, Endpoint]:
 
 def listen(endpoint: Endpoint, channel: str, bind_timeout: float = 10.0) -> socket.socket:
     """A non-blocking socket listening on `endpoint`; retries while a previous launcher
-    of the same kernel (a restart) lets go of the address."""
+    of the same kernel (a restart) lets go of the address.
+
+    A tcp endpoint on 127.0.0.1 is open to every local user, as upstream Jupyter's own
+    kernels are (the HMAC key guards shell, not iopub's reading); an ipc endpoint (the
+    client's `transport: ipc`) is a socket file only its owner can connect to.
+    """
     deadline = time.monotonic() + bind_timeout
     while True:
         if endpoint.transport == "ipc":
@@ -78,6 +83,10 @@ def listen(endpoint: Endpoint, channel: str, bind_timeout: float = 10.0) -> sock
         try:
             if endpoint.transport == "ipc":
                 sock.bind(endpoint.address)
+                # Only we may connect (Linux asks for write permission on the socket file),
+                # whatever the umask and the directory the client chose. Set before listen(),
+                # until which every connection attempt is refused: no window for anyone.
+                os.chmod(endpoint.address, 0o600)
             else:
                 sock.bind((endpoint.address, endpoint.port))
             sock.listen(64)

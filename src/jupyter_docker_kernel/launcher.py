@@ -380,7 +380,9 @@ class Launcher:
         # A pooled kernel's raw output and its supervisor's words come over the lifeline.
         streams: list[Any] = [self.lifeline] if proc is None else [proc.stderr, proc.stdout]
         forwards = [
-            threading.Thread(target=forward, args=(stream, sys.stderr.buffer), daemon=True)
+            threading.Thread(
+                target=forward, args=(stream, sys.stderr.buffer, self.name), daemon=True
+            )
             for stream in streams
         ]
         for thread in forwards:
@@ -409,13 +411,15 @@ class Launcher:
         why = f" ({reason})" if reason else ""
         log.log(
             level,
-            "kernel container %s exited with code %s%s after %.1f s; relayed %d bytes out, %d in",
+            "kernel container %s exited with code %s%s after %.1f s; relayed %d bytes out, "
+            "%d in; %d bytes of output counted against the budget",
             self.name,
             code,
             why,
             ran,
             relay.bytes_to_host,
             relay.bytes_to_kernel,
+            relay.output_charged,
         )
         if code == 125 and not self.stopping:
             log.error(
@@ -526,11 +530,13 @@ class Launcher:
         log.info("terminate: removing container %s", self.name)
         self._in_thread(self.engine.remove, self.container_id or self.name)
 
-    def _budget_exceeded(self, what: str) -> None:
+    def _budget_exceeded(self, reason: str) -> None:
+        """The relay's on_violation: `reason` ("budget exceeded: ...", "protocol refused:
+        ...") becomes the exit line's reason."""
         if self.stopping:
             return
         self.stopping = True
-        self.exit_reason = f"budget exceeded: {what}"
+        self.exit_reason = reason
         self._in_thread(self.engine.remove, self.container_id or self.name)
 
     def _in_thread(self, func: Any, *args: Any) -> None:
@@ -554,17 +560,31 @@ class Launcher:
         remove_tree(self.base)
 
 
-#: Bytes a kernel must not put into the server's log as they are: C0 controls (but tab and
-#: newline), DEL. Escaped, they cannot retitle or clear a terminal or forge log lines' colours.
-_CONTROL = bytes(c for c in range(32) if c not in (9, 10)) + b"\x7f"
-_ESCAPES = {c: f"\\x{c:02x}".encode() for c in _CONTROL}
+#: What a kernel must not put into the server's log as it is: C0 controls (but tab), DEL,
+#: C1 controls in UTF-8 (NEL among them) and U+2028/U+2029, which Python's str.splitlines()
+#: and some log viewers take for line breaks. Escaped as \xNN, they cannot
+#: start a line, retitle or clear a terminal, or forge a log line's colours.
+_UNPRINTABLE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
+
+
+def _escape(match: re.Match[bytes]) -> bytes:
+    return b"".join(b"\\x%02x" % c for c in match.group())
 
 
 def printable(data: bytes) -> bytes:
-    """The kernel's raw output with control bytes shown as \\xNN (a cheap no-op if none)."""
-    if not any(c in data for c in _CONTROL):
-        return data
-    return b"".join(_ESCAPES.get(c, bytes((c,))) for c in data)
+    """The kernel's raw output with control bytes (newlines too, not tabs) shown as \\xNN."""
+    return _UNPRINTABLE.sub(_escape, data)
+
+
+def log_lines(chunk: bytes, name: str) -> bytes:
+    """One chunk of the kernel's raw output as server log lines: one per line of the chunk,
+    each starting with the kernel's container name, so no kernel write can make a line that
+    looks like the server's own (`[I 2026-... ServerApp] ...`)."""
+    prefix = f"{name}| ".encode()
+    lines = chunk.split(b"\n")
+    if not lines[-1]:
+        lines.pop()  # the chunk ended with a newline
+    return b"".join(prefix + printable(line) + b"\n" for line in lines)
 
 
 def _read_quietly(read: Any) -> bytes:
@@ -576,9 +596,12 @@ def _read_quietly(read: Any) -> bytes:
     return data
 
 
-def forward(stream: IO[bytes] | socket.socket | None, out: IO[bytes]) -> None:
+def forward(
+    stream: IO[bytes] | socket.socket | None, out: IO[bytes], name: str = NAME_PREFIX
+) -> None:
     """Copy the engine CLI's output (the kernel's raw stdout/stderr) to our stderr, which is
-    the server's log, up to FORWARD_LIMIT bytes. Runs in a thread per stream."""
+    the server's log, up to FORWARD_LIMIT bytes, as lines prefixed with `name` (log_lines).
+    Runs in a thread per stream; run_async starts them."""
     if stream is None:
         return
     sent = 0
@@ -587,7 +610,7 @@ def forward(stream: IO[bytes] | socket.socket | None, out: IO[bytes]) -> None:
     while chunk := _read_quietly(read):
         if sent >= FORWARD_LIMIT:
             continue  # keep draining, or the kernel would block on a full pipe
-        out.write(printable(chunk[: FORWARD_LIMIT - sent]))
+        out.write(log_lines(chunk[: FORWARD_LIMIT - sent], name))
         out.flush()
         sent += len(chunk)
         if sent >= FORWARD_LIMIT:

@@ -7,10 +7,17 @@ import io
 import logging
 import re
 import socket
+import threading
 
 import pytest
 
-from jupyter_docker_kernel.launcher import exit_verdict, forward, parse_args, wait_exit_code
+from jupyter_docker_kernel.launcher import (
+    FORWARD_LIMIT,
+    exit_verdict,
+    forward,
+    parse_args,
+    wait_exit_code,
+)
 
 
 @pytest.mark.parametrize(
@@ -107,3 +114,19 @@ def test_the_kernels_raw_output_cannot_forge_server_log_lines() -> None:
     assert all(line.startswith("jdk-k1-abc123| ") for line in lines), lines
     assert not re.search(r"^\[[DIWEC] ", text, re.MULTILINE)
     assert "forged by LS" in lines[-1]  # escaped, not dropped
+
+
+def test_forwarded_raw_output_is_capped_as_it_reaches_the_log() -> None:
+    """A kernel writing bare newlines (each a prefixed log line) still puts at most
+    FORWARD_LIMIT bytes, and one more line, into the log."""
+    read, write = socket.socketpair()
+    out = io.BytesIO()
+    with read, write:
+        sender = threading.Thread(target=write.sendall, args=(b"\n" * (FORWARD_LIMIT // 2),))
+        sender.start()
+        forwarder = threading.Thread(target=forward, args=(read, out, "jdk-k1-abc123"))
+        forwarder.start()
+        sender.join()
+        write.shutdown(socket.SHUT_WR)
+        forwarder.join()
+    assert FORWARD_LIMIT <= len(out.getvalue()) <= FORWARD_LIMIT + 1

@@ -600,7 +600,7 @@ def forward(
     stream: IO[bytes] | socket.socket | None, out: IO[bytes], name: str = NAME_PREFIX
 ) -> None:
     """Copy the engine CLI's output (the kernel's raw stdout/stderr) to our stderr, which is
-    the server's log, up to FORWARD_LIMIT bytes, as lines prefixed with `name` (log_lines).
+    the server's log, as lines prefixed with `name` (log_lines), FORWARD_LIMIT bytes of them.
     Runs in a thread per stream; run_async starts them."""
     if stream is None:
         return
@@ -610,9 +610,12 @@ def forward(
     while chunk := _read_quietly(read):
         if sent >= FORWARD_LIMIT:
             continue  # keep draining, or the kernel would block on a full pipe
-        out.write(log_lines(chunk[: FORWARD_LIMIT - sent], name))
+        # The limit counts what reaches the log: prefixes and escapes can make a kernel's
+        # byte (a newline, a control character) dozens of bytes there.
+        lines = log_lines(chunk, name)[: FORWARD_LIMIT - sent]
+        out.write(lines if lines.endswith(b"\n") else lines + b"\n")
         out.flush()
-        sent += len(chunk)
+        sent += len(lines)
         if sent >= FORWARD_LIMIT:
             log.warning(
                 "kernel's own stdout/stderr exceeded %d bytes; dropping the rest", FORWARD_LIMIT

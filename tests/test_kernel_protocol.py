@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -166,3 +167,32 @@ def test_input_prompt_reaches_the_client_and_the_answer_reaches_input(
     assert reply["content"]["status"] == "ok"
     assert prompts == ["name? "]
     assert "".join(printed) == "hello Ada\n"
+
+
+def test_a_client_on_ipc_reaches_the_kernel_through_sockets_only_it_can_open(
+    kernel_name: str, workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--KernelManager.transport=ipc` (what docs/security.md recommends on a shared host):
+    the launcher serves the client's unix sockets where the client looks for them, its own
+    cwd for a relative ip (the launcher's cwd is the notebook's), with mode 0600."""
+    client_dir = tmp_path / "client"
+    client_dir.mkdir()
+    monkeypatch.chdir(client_dir)
+    km = KernelManager(kernel_name=kernel_name, transport="ipc")
+    km.start_kernel(cwd=str(workdir))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        reply, outputs = kernels.execute(kc, "print(6 * 7)", timeout=30)
+        sockets = sorted(client_dir.glob("kernel-ipc-*"))
+        modes = {stat.S_IMODE(path.stat().st_mode) for path in sockets}
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+
+    assert reply["status"] == "ok"
+    assert kernels.stream_text(outputs) == "42\n"
+    assert len(sockets) == 5
+    assert modes == {0o600}
+    assert not list(workdir.glob("kernel-ipc-*"))

@@ -344,6 +344,19 @@ def test_host_endpoints_ipc() -> None:
     }
 
 
+def test_host_endpoints_ipc_relative_to_the_clients_cwd() -> None:
+    """A relative ipc ip ("kernel-ipc", a bare KernelManager's) is where the client's libzmq
+    looks: its cwd, which the launcher passes; an absolute one is kept."""
+    connection: dict[str, object] = {"transport": "ipc", "ip": "kernel-ipc"}
+    connection.update({f"{c}_port": i + 1 for i, c in enumerate(CHANNELS)})
+    endpoints = host_endpoints(connection, relative_to="/home/ada/course")
+    assert endpoints["shell"] == Endpoint("ipc", "/home/ada/course/kernel-ipc-1")
+    connection["ip"] = "/run/user/1/kernel-x"
+    assert host_endpoints(connection, "/elsewhere")["hb"] == Endpoint(
+        "ipc", "/run/user/1/kernel-x-5"
+    )
+
+
 def test_host_endpoints_default_to_tcp_on_localhost() -> None:
     """Without transport and ip the endpoints are tcp on 127.0.0.1, as in jupyter_client."""
     connection: dict[str, object] = {f"{c}_port": 1 for c in CHANNELS}

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from jupyter_docker_kernel import hardening, pool
-from jupyter_docker_kernel.endpoints import CHANNELS, Route, host_endpoints, listen
+from jupyter_docker_kernel.endpoints import CHANNELS, Route, client_cwd, host_endpoints, listen
 from jupyter_docker_kernel.engine import Engine, short_id, use_host
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
@@ -287,7 +287,7 @@ class Launcher:
             os.chown(path, uid, gid)
 
     def routes(self) -> list[Route]:
-        endpoints = host_endpoints(self.connection)
+        endpoints = host_endpoints(self.connection, relative_to=client_cwd())
         return [
             Route(
                 channel,

@@ -318,13 +318,9 @@ class Relay:
         self.bytes_to_kernel = 0
         #: Message bytes counted against output_budget, per channel (see charge()).
         self.charged: dict[str, int] = {route.channel: 0 for route in routes}
+        self.output_charged = 0  # their sum
         self.refusals = 0
         self.closed = False
-
-    @property
-    def output_charged(self) -> int:
-        """What counts against the output budget so far, all channels together."""
-        return sum(self.charged.values())
 
     def charge(self, kernel_side: _Half, sent: int) -> None:
         """Count `sent` message bytes the kernel sent on one connection; raise
@@ -343,15 +339,18 @@ class Relay:
         before = kernel_side.sent
         kernel_side.sent += sent
         if channel == "iopub":
-            self.charged[channel] = max(self.charged[channel], kernel_side.base + kernel_side.sent)
+            more = max(0, kernel_side.base + kernel_side.sent - self.charged[channel])
         elif channel == "hb":
             peer = kernel_side.peer
             echoed = (peer.received if peer is not None else 0) + ECHO_SLACK
-            self.charged[channel] += max(0, kernel_side.sent - echoed) - max(0, before - echoed)
+            more = max(0, kernel_side.sent - echoed) - max(0, before - echoed)
         else:
-            self.charged[channel] += sent
-        if sent and self.output_charged > self.output_budget:
-            raise BudgetExceededError(f"more than {self.output_budget} bytes of output in all")
+            more = sent
+        if more:
+            self.charged[channel] += more
+            self.output_charged += more
+            if self.output_charged > self.output_budget:
+                raise BudgetExceededError(f"more than {self.output_budget} bytes of output in all")
 
     def refused(self, channel: str) -> None:
         """A host connection over MAX_CONNECTIONS was closed: warn once, then count."""

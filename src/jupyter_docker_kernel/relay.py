@@ -62,7 +62,8 @@ ECHO_SLACK = 256
 
 
 class BudgetExceededError(Exception):
-    """The kernel sent more than a host-side budget allows; the message says which."""
+    """The kernel sent more than a host-side budget allows; the message says which.
+    `label` starts the exit reason the launcher logs."""
 
     label = "budget exceeded"
 
@@ -155,8 +156,8 @@ class ZmtpMeter:
             )
         if len(sig) > self.VERSION_AT and sig[self.VERSION_AT] < 3:
             raise ProtocolRefusedError(
-                f"a ZMTP {sig[self.VERSION_AT]}.x greeting; only ZMTP 3 can be metered "
-                "for --max-message"
+                f"a greeting of ZMTP revision {sig[self.VERSION_AT]} (ZMTP 2.0 sends 1); only "
+                "ZMTP 3 can be metered for --max-message"
             )
 
 
@@ -328,12 +329,13 @@ class Relay:
 
         Counted per kernel socket, as bytes the kernel sent once, so that nobody else can
         spend a kernel's budget: anyone on the host can open connections to a tcp endpoint
-        without the key. iopub is a PUB socket that sends each message to every subscriber;
-        a connection's messages count only where they take its total past what the channel
-        had when it opened plus what it received since, so copies to concurrent subscribers
-        count once, and any one client receives at most the budget, however often it
-        reconnects. hb only echoes, so only what it sends beyond what it was sent counts.
-        shell, control and stdin answer signed requests only: everything counts.
+        without the key. iopub is a PUB socket that sends each message to every subscriber,
+        so its charge is a high-water mark: each connection stands at the charge it opened
+        with plus what it has received since, and the channel's charge is the highest such
+        stand. Copies to concurrent subscribers count once, and one client gets at most the
+        budget however often it reconnects. hb only echoes, so only what it sends beyond
+        what it was sent counts. shell, control and stdin answer signed requests only, to
+        the client that sent them: everything counts.
         """
         channel = kernel_side.route.channel
         before = kernel_side.sent

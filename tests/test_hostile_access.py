@@ -1068,6 +1068,24 @@ def test_c12_the_kernels_raw_output_reaches_the_server_log_without_terminal_esca
     assert "\x1b" not in probe.log_text()
 
 
+def test_c13_the_kernels_raw_output_cannot_forge_server_log_lines(probe: Session) -> None:
+    """C13: a kernel writes what looks like the Jupyter server's own log lines to its raw
+    fd 1 and 2, after a newline and after a carriage return. In the server's log each line
+    of it starts with the kernel's container name: none starts with `[I ` or `[W `."""
+    marker = f"C13-FORGED-{os.urandom(4).hex()}"  # this run's lines only, if it is rerun
+    probe.run(
+        "import os\n"
+        f"os.write(1, b'\\n[I 2026-12-02 03:00:00.000 ServerApp] {marker}\\n')\n"
+        f"os.write(2, b'x\\r[W 2026-12-02 03:00:00.000 ServerApp] {marker}\\n')\n"
+    )
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: probe.log_text().count(marker) >= 2, 5)
+    forged = [line for line in probe.log_text().splitlines() if marker in line]
+
+    assert len(forged) == 2
+    assert not [line for line in forged if line.startswith(("[I ", "[W "))], forged
+
+
 # -- D. Privileges, kernel attack surface, leaks ---------------------------------------------------
 
 

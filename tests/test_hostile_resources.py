@@ -16,7 +16,7 @@ Where gVisor behaves differently the expectation says so (catalogue G01 asks for
 - gVisor's tmpfs ignores nr_inodes.
 - gVisor does not let the kernel unlink or rename its socket files (F09 cannot start).
 
-Covered ids: A01-A17, E01-E05, F01-F11 (each test's docstring lists its own).
+Covered ids: A01-A17, E01-E05, F01-F13 (each test's docstring lists its own).
 """
 
 from __future__ import annotations
@@ -1243,3 +1243,89 @@ def test_socket_replaced_by_a_symlink_is_refused_and_its_target_never_reached(
         assert stream_text(out) == "still here\n"
         shut_down(km, kc)
     assert_gone(km, container)
+
+
+# -- F12, F13: other users on the host at the kernel's tcp endpoints ------------------------
+
+BIG_PRINT = "for _ in range(8):\n    print('v' * 2**20, flush=True)\n"
+
+
+def test_others_subscribing_to_iopub_do_not_spend_the_kernels_output_budget(
+    hostile_kernel: str, workdir: Path, launcher_log: Path
+) -> None:
+    """F12: anyone on the host can subscribe to iopub on 127.0.0.1 without the key (as with
+    upstream Jupyter's own kernels: see docs/security.md). 60 such subscribers, all reading,
+    while the victim's cell prints 8 MiB under a 64 MiB budget: the kernel publishes each
+    message to all 61, but the budget counts it once, so the cell ends normally, the victim
+    gets all of it and the kernel goes on."""
+    context = zmq.Context()
+    stop = threading.Event()
+
+    def drain(subscribers: list[zmq.Socket[bytes]]) -> None:
+        poller = zmq.Poller()
+        for sub in subscribers:
+            poller.register(sub, zmq.POLLIN)
+        while not stop.is_set():
+            for sub, _ in poller.poll(100):
+                sub.recv_multipart(copy=False)
+
+    with running(hostile_kernel, workdir, launcher_log) as (km, kc):
+        container = only_container(km)
+        subscribers: list[zmq.Socket[bytes]] = []
+        for _ in range(60):
+            sub = context.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.connect(f"tcp://127.0.0.1:{km.iopub_port}")
+            subscribers.append(sub)
+        drainer = threading.Thread(target=drain, args=(subscribers,), daemon=True)
+        drainer.start()
+        try:
+            time.sleep(1)  # the subscriptions reach the kernel
+            reply, out = execute(kc, BIG_PRINT, timeout=120)
+            assert reply["status"] == "ok"
+            assert stream_text(out).count("v") == 8 * MIB
+            reply, out = execute(kc, "print('still here')", timeout=30)
+            assert stream_text(out) == "still here\n"
+            assert only_container(km) == container
+        finally:
+            stop.set()
+            drainer.join(5)
+            for sub in subscribers:
+                sub.close()
+            context.term()
+        shut_down(km, kc)
+    assert_gone(km, container)
+    assert "budget exceeded" not in launcher_log.read_text()
+
+
+def test_a_thousand_bare_connections_neither_crash_the_kernel_nor_lock_its_client_out(
+    hostile_kernel: str, workdir: Path, launcher_log: Path
+) -> None:
+    """F13: another local user opens 1000 tcp connections to the kernel's shell endpoint and
+    says nothing. Each used to become a connection to the kernel's socket, past its
+    descriptor limit. The launcher relays at most 64 per channel and closes the rest (and
+    says so once in its log); the kernel keeps running in the same container and the
+    client's cells still run."""
+    with running(hostile_kernel, workdir, launcher_log) as (km, kc):
+        container = only_container(km)
+        launcher = launcher_process(km)
+        bare: list[socket.socket] = []
+        try:
+            for _ in range(1000):
+                with contextlib.suppress(OSError):  # closed at once past the cap: fine
+                    bare.append(socket.create_connection(("127.0.0.1", km.shell_port), 10))
+            time.sleep(2)
+            reply, out = execute(kc, "print('still here')", timeout=60)
+            assert reply["status"] == "ok"
+            assert stream_text(out) == "still here\n"
+            assert launcher.poll() is None
+            assert only_container(km) == container
+        finally:
+            for sock in bare:
+                sock.close()
+        reply, out = execute(kc, "print('and after')", timeout=60)
+        assert stream_text(out) == "and after\n"
+        shut_down(km, kc)
+    assert_gone(km, container)
+    assert "more than 64 connections at once" in launcher_log.read_text()

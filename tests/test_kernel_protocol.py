@@ -9,6 +9,11 @@ it (pytest sets session fixtures up before a unittest class's own class-level se
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import stat
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,10 +22,43 @@ import jupyter_kernel_test as jkt  # not its classes: pytest would collect (and 
 import pytest
 from jupyter_client.manager import KernelManager, start_new_kernel
 
+import jupyter_docker_kernel
 from tests import kernels
-from tests.conftest import TEST_KERNEL
+from tests.conftest import TEST_KERNEL, install_kernel, not_here
 
 pytestmark = pytest.mark.docker
+
+#: The distribution's Python (Debian 12: 3.11.2), which runs the launcher in many set-ups.
+SYSTEM_PYTHON = "/usr/bin/python3"
+SYSTEM_PYTHON_KERNEL = "jdk-test-system-python"
+
+
+@pytest.fixture(scope="session")
+def system_python_kernel(kernel_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A kernelspec whose launcher runs on the distribution's Python, from a venv of it
+    holding this package (the launcher imports nothing else, so the venv needs no pip and
+    no python3-venv package: `--without-pip`). Built once per session."""
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        not_here(
+            f"{SYSTEM_PYTHON} is missing: no distribution Python to run the launcher on",
+            "system-Python",
+        )
+    venv = tmp_path_factory.mktemp("system-python") / "venv"
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    package = Path(jupyter_docker_kernel.__file__).parent
+    shutil.copytree(package, Path(purelib, package.name), ignore=shutil.ignore_patterns("*.pyc"))
+    spec = install_kernel(SYSTEM_PYTHON_KERNEL, kernel_image) / "kernel.json"
+    data = json.loads(spec.read_text())
+    data["argv"][0] = str(python)
+    spec.write_text(json.dumps(data))
+    return SYSTEM_PYTHON_KERNEL
 
 
 @pytest.mark.usefixtures("kernel_name")
@@ -59,6 +97,21 @@ class TestContainerKernel(kernels.ContainerKernelTests):
     supported_history_operations = ("tail", "search")
     code_inspect_sample = "zip"
     code_clear_output = "from IPython.display import clear_output; clear_output()"
+
+
+@pytest.mark.usefixtures("system_python_kernel")
+class TestLauncherOnTheSystemPython(kernels.ContainerKernelTests):
+    """The suite's core checks with the launcher on /usr/bin/python3: Debian 12's 3.11.2
+    dropped a client's first bytes in the relay (asyncio before 3.11.3), so such kernels
+    never answered."""
+
+    kernel_name = SYSTEM_PYTHON_KERNEL
+    language_name = "python"
+    file_extension = ".py"
+    code_hello_world = "print('hello, world')"
+    code_stderr = "import sys; print('test', file=sys.stderr)"
+    code_execute_result: ClassVar[list[dict[str, str]]] = [{"code": "1+2+3", "result": "6"}]
+    completion_samples: ClassVar[list[dict[str, Any]]] = [{"text": "zi", "matches": {"zip"}}]
 
 
 @pytest.mark.usefixtures("kernel_name")
@@ -114,3 +167,32 @@ def test_input_prompt_reaches_the_client_and_the_answer_reaches_input(
     assert reply["content"]["status"] == "ok"
     assert prompts == ["name? "]
     assert "".join(printed) == "hello Ada\n"
+
+
+def test_a_client_on_ipc_reaches_the_kernel_through_sockets_only_it_can_open(
+    kernel_name: str, workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--KernelManager.transport=ipc` (what docs/security.md recommends on a shared host):
+    the launcher serves the client's unix sockets where the client looks for them, its own
+    cwd for a relative ip (the launcher's cwd is the notebook's), with mode 0600."""
+    client_dir = tmp_path / "client"
+    client_dir.mkdir()
+    monkeypatch.chdir(client_dir)
+    km = KernelManager(kernel_name=kernel_name, transport="ipc")
+    km.start_kernel(cwd=str(workdir))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        reply, outputs = kernels.execute(kc, "print(6 * 7)", timeout=30)
+        sockets = sorted(client_dir.glob("kernel-ipc-*"))
+        modes = {stat.S_IMODE(path.stat().st_mode) for path in sockets}
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+
+    assert reply["status"] == "ok"
+    assert kernels.stream_text(outputs) == "42\n"
+    assert len(sockets) == 5
+    assert modes == {0o600}
+    assert not list(workdir.glob("kernel-ipc-*"))

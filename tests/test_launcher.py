@@ -1,12 +1,17 @@
-"""The launcher's command line (parsed by hand to keep a start lean) and its exit verdicts."""
+"""The launcher's command line (parsed by hand to keep a start lean), its exit verdicts and
+what it forwards of the kernel's raw output."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
 import shutil
+import socket
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +19,9 @@ import pytest
 
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.launcher import (
+    FORWARD_LIMIT,
     exit_verdict,
+    forward,
     parse_args,
     runtime_base,
     runtime_base_choice,
@@ -225,3 +232,47 @@ def test_h07_no_private_dir_at_all_is_an_error_that_says_what_to_do(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_root / "gone"))
     with pytest.raises(LaunchError, match=r"No kernel was started\. Set XDG_RUNTIME_DIR"):
         runtime_base()
+
+
+#: What a kernel writes to its raw fd 1 or 2 to pass for the server's own log lines: after
+#: a newline, a carriage return, NEL (U+0085) and LINE SEPARATOR (U+2028), which some log
+#: readers (Python's str.splitlines() among them) take for line breaks too.
+FORGED = (
+    b"partial\n[I 2026-12-02 03:00:00.000 ServerApp] forged by newline\n"
+    b"x\r[W 2026-12-02 03:00:00.000 ServerApp] forged by return\n"
+    + "y\x85[E 2026-12-02 03:00:00.000 ServerApp] forged by NEL\n".encode()
+    + "z\u2028[C 2026-12-02 03:00:00.000 ServerApp] forged by LS".encode()
+)
+
+
+def test_the_kernels_raw_output_cannot_forge_server_log_lines() -> None:
+    """Every line forwarded from the kernel's raw stdout/stderr starts with its container's
+    name, and line breaks within it are escaped, however a log reader splits lines."""
+    read, write = socket.socketpair()
+    out = io.BytesIO()
+    with read, write:
+        write.sendall(FORGED)
+        write.shutdown(socket.SHUT_WR)
+        forward(read, out, "jdk-k1-abc123")
+    text = out.getvalue().decode()
+    lines = text.splitlines()
+    assert len(lines) == 5
+    assert all(line.startswith("jdk-k1-abc123| ") for line in lines), lines
+    assert not re.search(r"^\[[DIWEC] ", text, re.MULTILINE)
+    assert "forged by LS" in lines[-1]  # escaped, not dropped
+
+
+def test_forwarded_raw_output_is_capped_as_it_reaches_the_log() -> None:
+    """A kernel writing bare newlines (each a prefixed log line) still puts at most
+    FORWARD_LIMIT bytes, and one more line, into the log."""
+    read, write = socket.socketpair()
+    out = io.BytesIO()
+    with read, write:
+        sender = threading.Thread(target=write.sendall, args=(b"\n" * (FORWARD_LIMIT // 2),))
+        sender.start()
+        forwarder = threading.Thread(target=forward, args=(read, out, "jdk-k1-abc123"))
+        forwarder.start()
+        sender.join()
+        write.shutdown(socket.SHUT_WR)
+        forwarder.join()
+    assert FORWARD_LIMIT <= len(out.getvalue()) <= FORWARD_LIMIT + 1

@@ -45,10 +45,19 @@ class Route:
     kernel_socket: str
 
 
-def host_endpoints(connection: dict[str, object]) -> dict[str, Endpoint]:
-    """The five host endpoints named by a jupyter_client connection file."""
+def host_endpoints(
+    connection: dict[str, object], relative_to: str | None = None
+) -> dict[str, Endpoint]:
+    """The five host endpoints named by a jupyter_client connection file.
+
+    An ipc `ip` may be relative ("kernel-ipc", what a KernelManager without a connection
+    file name uses): the client's libzmq resolves it against the client's cwd, so the
+    launcher passes that as `relative_to` (its own cwd is the kernel's, the notebook's dir).
+    """
     transport = str(connection.get("transport", "tcp"))
     ip = str(connection.get("ip", "127.0.0.1"))
+    if transport == "ipc" and relative_to is not None:
+        ip = os.path.join(relative_to, ip)  # unchanged if ip is absolute
     out: dict[str, Endpoint] = {}
     for channel in CHANNELS:
         port = int(connection[f"{channel}_port"])  # type: ignore[call-overload]
@@ -59,9 +68,22 @@ def host_endpoints(connection: dict[str, object]) -> dict[str, Endpoint]:
     return out
 
 
+def client_cwd() -> str:
+    """The Jupyter client's cwd: our parent's, which started us; ours if it cannot be read."""
+    try:
+        return os.readlink(f"/proc/{os.getppid()}/cwd")
+    except OSError:
+        return os.getcwd()
+
+
 def listen(endpoint: Endpoint, channel: str, bind_timeout: float = 10.0) -> socket.socket:
     """A non-blocking socket listening on `endpoint`; retries while a previous launcher
-    of the same kernel (a restart) lets go of the address."""
+    of the same kernel (a restart) lets go of the address.
+
+    A tcp endpoint on 127.0.0.1 is open to every local user, as upstream Jupyter's own
+    kernels are (the HMAC key guards shell, not iopub's reading); an ipc endpoint (the
+    client's `transport: ipc`) is a socket file only its owner can connect to.
+    """
     deadline = time.monotonic() + bind_timeout
     while True:
         if endpoint.transport == "ipc":
@@ -78,6 +100,10 @@ def listen(endpoint: Endpoint, channel: str, bind_timeout: float = 10.0) -> sock
         try:
             if endpoint.transport == "ipc":
                 sock.bind(endpoint.address)
+                # Only we may connect (Linux asks for write permission on the socket file),
+                # whatever the umask and the directory the client chose. Set before listen(),
+                # until which every connection attempt is refused: no window for anyone.
+                os.chmod(endpoint.address, 0o600)
             else:
                 sock.bind((endpoint.address, endpoint.port))
             sock.listen(64)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from jupyter_docker_kernel import hardening, hostpython, kernel_log, pool
-from jupyter_docker_kernel.endpoints import CHANNELS, Route, host_endpoints, listen
+from jupyter_docker_kernel.endpoints import CHANNELS, Route, client_cwd, host_endpoints, listen
 from jupyter_docker_kernel.engine import Engine, explain_run_failure, short_id, use_host
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.kernelspec import SETTINGS_ENV
@@ -458,7 +458,7 @@ class Launcher:
             os.chown(path, uid, gid)
 
     def routes(self) -> list[Route]:
-        endpoints = host_endpoints(self.connection)
+        endpoints = host_endpoints(self.connection, relative_to=client_cwd())
         return [
             Route(
                 channel,
@@ -555,7 +555,7 @@ class Launcher:
         forwards = [
             threading.Thread(
                 target=forward,
-                args=(stream, sys.stderr.buffer, said if index == 0 else None, keep),
+                args=(stream, sys.stderr.buffer, self.name, said if index == 0 else None, keep),
                 daemon=True,
             )
             for index, stream in enumerate(streams)
@@ -588,13 +588,15 @@ class Launcher:
         why = f" ({reason})" if reason else ""
         log.log(
             level,
-            "kernel container %s exited with code %s%s after %.1f s; relayed %d bytes out, %d in",
+            "kernel container %s exited with code %s%s after %.1f s; relayed %d bytes out, "
+            "%d in; %d bytes of output counted against the budget",
             self.name,
             code,
             why,
             ran,
             relay.bytes_to_host,
             relay.bytes_to_kernel,
+            relay.output_charged,
         )
         self.close_log(code, reason)
         if code in (125, 126, 127) and not self.stopping and proc is not None:
@@ -735,11 +737,13 @@ class Launcher:
         log.info("terminate: removing container %s", self.name)
         self._in_thread(self.engine.remove, self.container_id or self.name)
 
-    def _budget_exceeded(self, what: str) -> None:
+    def _budget_exceeded(self, reason: str) -> None:
+        """The relay's on_violation: `reason` ("budget exceeded: ...", "protocol refused:
+        ...") becomes the exit line's reason."""
         if self.stopping:
             return
         self.stopping = True
-        self.exit_reason = f"budget exceeded: {what}"
+        self.exit_reason = reason
         self._in_thread(self.engine.remove, self.container_id or self.name)
 
     def _in_thread(self, func: Any, *args: Any) -> None:
@@ -766,17 +770,31 @@ class Launcher:
 #: How much of the engine CLI's stderr the launcher keeps to explain a failed start.
 TAIL_BYTES = 4096
 
-#: Bytes a kernel must not put into the server's log as they are: C0 controls (but tab and
-#: newline), DEL. Escaped, they cannot retitle or clear a terminal or forge log lines' colours.
-_CONTROL = bytes(c for c in range(32) if c not in (9, 10)) + b"\x7f"
-_ESCAPES = {c: f"\\x{c:02x}".encode() for c in _CONTROL}
+#: What a kernel must not put into the server's log as it is: C0 controls (but tab), DEL,
+#: C1 controls in UTF-8 (NEL among them) and U+2028/U+2029, which Python's str.splitlines()
+#: and some log viewers take for line breaks. Escaped as \xNN, they cannot
+#: start a line, retitle or clear a terminal, or forge a log line's colours.
+_UNPRINTABLE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
+
+
+def _escape(match: re.Match[bytes]) -> bytes:
+    return b"".join(b"\\x%02x" % c for c in match.group())
 
 
 def printable(data: bytes) -> bytes:
-    """The kernel's raw output with control bytes shown as \\xNN (a cheap no-op if none)."""
-    if not any(c in data for c in _CONTROL):
-        return data
-    return b"".join(_ESCAPES.get(c, bytes((c,))) for c in data)
+    """The kernel's raw output with control bytes (newlines too, not tabs) shown as \\xNN."""
+    return _UNPRINTABLE.sub(_escape, data)
+
+
+def log_lines(chunk: bytes, name: str) -> bytes:
+    """One chunk of the kernel's raw output as server log lines: one per line of the chunk,
+    each starting with the kernel's container name, so no kernel write can make a line that
+    looks like the server's own (`[I 2026-... ServerApp] ...`)."""
+    prefix = f"{name}| ".encode()
+    lines = chunk.split(b"\n")
+    if not lines[-1]:
+        lines.pop()  # the chunk ended with a newline
+    return b"".join(prefix + printable(line) + b"\n" for line in lines)
 
 
 def _read_quietly(read: Any) -> bytes:
@@ -791,13 +809,15 @@ def _read_quietly(read: Any) -> bytes:
 def forward(
     stream: IO[bytes] | socket.socket | None,
     out: IO[bytes],
+    name: str = NAME_PREFIX,
     tail: bytearray | None = None,
     keep: kernel_log.KernelLog | None = None,
 ) -> None:
     """Copy the engine CLI's output (the kernel's raw stdout/stderr) to our stderr, which is
-    the server's log, up to FORWARD_LIMIT bytes. Runs in a thread per stream. `tail` keeps
-    the last TAIL_BYTES, so a failed start can be explained (engine.explain_run_failure);
-    `keep` all of it, past FORWARD_LIMIT too, for `logs` (it keeps only the end)."""
+    the server's log, as lines prefixed with `name` (log_lines), FORWARD_LIMIT bytes of them.
+    Runs in a thread per stream; run_async starts them. `tail` keeps the last TAIL_BYTES, so
+    a failed start can be explained (engine.explain_run_failure); `keep` all of it, past
+    FORWARD_LIMIT too, for `logs` (it keeps only the end)."""
     if stream is None:
         return
     sent = 0
@@ -811,9 +831,12 @@ def forward(
             keep.write(chunk)
         if sent >= FORWARD_LIMIT:
             continue  # keep draining, or the kernel would block on a full pipe
-        out.write(printable(chunk[: FORWARD_LIMIT - sent]))
+        # The limit counts what reaches the log: prefixes and escapes can make a kernel's
+        # byte (a newline, a control character) dozens of bytes there.
+        lines = log_lines(chunk, name)[: FORWARD_LIMIT - sent]
+        out.write(lines if lines.endswith(b"\n") else lines + b"\n")
         out.flush()
-        sent += len(chunk)
+        sent += len(lines)
         if sent >= FORWARD_LIMIT:
             log.warning(
                 "kernel's own stdout/stderr exceeded %d bytes; dropping the rest", FORWARD_LIMIT

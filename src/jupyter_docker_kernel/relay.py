@@ -32,6 +32,7 @@ __all__ = [
     "CHANNELS",
     "BudgetExceededError",
     "Endpoint",
+    "ProtocolRefusedError",
     "Relay",
     "RelayError",
     "Route",
@@ -44,10 +45,33 @@ log = logging.getLogger(__name__)
 
 #: How long an accepted host connection waits for the kernel to bind its socket.
 KERNEL_SOCKET_WAIT = 300.0
+#: Live host connections per channel; one more is closed at once. Every Jupyter client holds
+#: one per channel: a JupyterLab notebook or console through the server (which adds one
+#: iopub to watch activity and a short-lived shell for kernel_info), jupyter console,
+#: nbclient. 64 is dozens of tabs and collaborators on one kernel, while 5 x 64 relayed
+#: connections stay far below the kernel's 1024 descriptors (`nofile`) and ours: a local
+#: user opening a thousand bare connections on 127.0.0.1 used to make the kernel's libzmq
+#: run out of descriptors and abort.
+MAX_CONNECTIONS = 64
+#: What a host connection may send before its kernel side is open. A ZMTP peer sends its
+#: 10-byte signature and then waits for ours, so more than this is not a Jupyter client.
+PENDING_LIMIT = 16 << 10
+#: On hb the kernel only echoes: what it sends beyond what it was sent (plus this much for
+#: its own greeting and READY command) counts against the output budget.
+ECHO_SLACK = 256
 
 
 class BudgetExceededError(Exception):
-    """The kernel sent more than a host-side budget allows; the message says which."""
+    """The kernel sent more than a host-side budget allows; the message says which.
+    `label` starts the exit reason the launcher logs."""
+
+    label = "budget exceeded"
+
+
+class ProtocolRefusedError(BudgetExceededError):
+    """The kernel's socket speaks a protocol the relay cannot meter (not ZMTP 3)."""
+
+    label = "protocol refused"
 
 
 class ZmtpMeter:
@@ -55,32 +79,46 @@ class ZmtpMeter:
 
     Reads only the frame headers (flags byte and length), skipping bodies by count, so it
     costs nothing per byte. A hostile kernel holds the HMAC key and can send frames of any
-    size; this stops one before its body reaches the host client's memory.
+    size; this stops one before its body reaches the host client's memory. The framing it
+    follows starts after a 64-byte ZMTP 3 greeting; an older peer's greeting is shorter and
+    its framing differs, so it is refused (`--max-message` could not be enforced on it).
     """
 
     GREETING = 64
+    #: Signature (0xFF, 8 bytes, 0x7F) and the major version: enough to tell ZMTP 3 from older.
+    VERSION_AT = 10
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
         self.greeting_left = self.GREETING
+        self.signature = bytearray()
         self.header = bytearray()
         self.body_left = 0
+        self.command = False
         self.message_size = 0
 
-    def feed(self, data: bytes) -> None:
-        """Account for `data`; raises BudgetExceededError before an oversized frame flows."""
+    def feed(self, data: bytes) -> int:
+        """Account for `data`; returns how many of its bytes belong to messages (frame
+        headers and bodies, not the greeting or ZMTP commands such as READY or PONG, which
+        the client's libzmq consumes). Raises BudgetExceededError before an oversized frame
+        flows, ProtocolRefusedError on a greeting older than ZMTP 3."""
         view = memoryview(data)
         pos = 0
         end = len(view)
+        counted = 0
         while pos < end:
             if self.greeting_left:
                 step = min(self.greeting_left, end - pos)
+                if len(self.signature) <= self.VERSION_AT:
+                    self._check_greeting(view[pos : pos + step])
                 self.greeting_left -= step
                 pos += step
             elif self.body_left:
                 step = min(self.body_left, end - pos)
                 self.body_left -= step
                 pos += step
+                if not self.command:
+                    counted += step
             else:
                 self.header.append(view[pos])
                 pos += 1
@@ -90,10 +128,12 @@ class ZmtpMeter:
                     continue
                 size = int.from_bytes(self.header[1:need], "big")
                 self.header.clear()
-                if flags & 0x04:  # a command (READY, PING, SUBSCRIBE...), not a message
+                self.command = bool(flags & 0x04)
+                if self.command:  # READY, PING, SUBSCRIBE...: not a message
                     if size > self.max_message:
                         raise BudgetExceededError(f"a protocol command of {size} bytes")
                 else:
+                    counted += need
                     self.message_size += size
                     if self.message_size > self.max_message:
                         raise BudgetExceededError(
@@ -103,10 +143,31 @@ class ZmtpMeter:
                     if not flags & 0x01:  # last frame of this message
                         self.message_size = 0
                 self.body_left = size
+        return counted
+
+    def _check_greeting(self, chunk: memoryview) -> None:
+        """Refuse a peer that is not ZMTP 3 as soon as its major version byte is in."""
+        self.signature += chunk[: self.VERSION_AT + 1 - len(self.signature)]
+        sig = self.signature
+        if sig[0] != 0xFF or (len(sig) > 9 and not sig[9] & 0x01):
+            raise ProtocolRefusedError(
+                "a greeting that is not ZMTP 3 (ZMTP 1.0, or not ZMTP at all); only ZMTP 3 "
+                "can be metered for --max-message"
+            )
+        if len(sig) > self.VERSION_AT and sig[self.VERSION_AT] < 3:
+            raise ProtocolRefusedError(
+                f"a greeting of ZMTP revision {sig[self.VERSION_AT]} (ZMTP 2.0 sends 1); only "
+                "ZMTP 3 can be metered for --max-message"
+            )
 
 
 class _Half(asyncio.Protocol):
-    """One side of a relayed connection; writes what it receives to its peer."""
+    """One side of a relayed connection; writes what it receives to its peer.
+
+    What arrives before the peer's connection is open is kept (up to PENDING_LIMIT) and
+    written once it is: on Python 3.11.2 (Debian 12's) and older, pause_reading() called
+    from connection_made() does not hold, so a client's first bytes arrive anyway.
+    """
 
     def __init__(self, relay: Relay, route: Route, to_host: bool) -> None:
         self.relay = relay
@@ -114,29 +175,45 @@ class _Half(asyncio.Protocol):
         self.to_host = to_host  # True for the kernel side: its data flows to the host
         self.transport: asyncio.Transport | None = None
         self.peer: _Half | None = None
+        self.pending: list[bytes] = []
+        self.pending_size = 0
         self.meter = ZmtpMeter(relay.max_message) if to_host else None
+        self.received = 0  # raw bytes in, on this connection
+        self.sent = 0  # message bytes the kernel sent on this connection (kernel side only)
+        self.base = 0  # the channel's charge when this connection opened (kernel side only)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         if self.meter is not None:
             self.relay.bytes_to_host += len(data)
             try:
-                self.meter.feed(data)
-                if self.relay.bytes_to_host > self.relay.output_budget:
-                    raise BudgetExceededError(
-                        f"more than {self.relay.output_budget} bytes of output in all"
-                    )
+                self.relay.charge(self, self.meter.feed(data))
             except BudgetExceededError as exc:
-                self.relay.violated(self.route.channel, str(exc))
+                self.relay.violated(self.route.channel, exc)
                 return
         else:
             self.relay.bytes_to_kernel += len(data)
         peer = self.peer
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
+            return
+        self.pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size > PENDING_LIMIT and self.transport is not None:
+            log.debug("%s: peer sent too much before the relay was open", self.route.channel)
+            self.transport.close()
+
+    def linked(self, peer: _Half) -> None:
+        """The peer's connection is open: write what waited for it, then relay directly."""
+        self.peer = peer
+        if self.pending and peer.transport is not None:
+            peer.transport.write(b"".join(self.pending))
+        self.pending.clear()
+        self.pending_size = 0
 
     def eof_received(self) -> bool:
         if self.peer is not None and self.peer.transport is not None:
@@ -159,16 +236,29 @@ class _Half(asyncio.Protocol):
 
 
 class _HostSide(_Half):
-    """An accepted host connection; it waits (not reading) until the kernel side is open."""
+    """An accepted host connection; it opens its kernel side, at most MAX_CONNECTIONS per
+    channel (one more is closed at once, before the kernel sees it)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         assert self.transport is not None
+        hosts = self.relay.hosts[self.route.channel]
+        if len(hosts) >= MAX_CONNECTIONS:
+            self.relay.refused(self.route.channel)
+            self.transport.close()
+            return
+        hosts.add(self)
+        # What the client sends meanwhile waits in the socket (or, where this does not hold
+        # in connection_made, in self.pending).
         self.transport.pause_reading()
         self.relay.connections.add(self)
         task = asyncio.get_running_loop().create_task(self._open_kernel_side())
         self.relay.tasks.add(task)
         task.add_done_callback(self.relay.tasks.discard)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.hosts[self.route.channel].discard(self)
+        super().connection_lost(exc)
 
     async def _open_kernel_side(self) -> None:
         loop = asyncio.get_running_loop()
@@ -191,11 +281,12 @@ class _HostSide(_Half):
                 self.transport.close()
                 return
         kernel_side = _Half(self.relay, self.route, to_host=True)
+        kernel_side.base = self.relay.charged[self.route.channel]
         # Linked before the connection exists: the kernel may send as soon as it is open.
         kernel_side.peer = self
         await loop.create_unix_connection(lambda: kernel_side, sock=sock)
         self.relay.connections.add(kernel_side)
-        self.peer = kernel_side
+        self.linked(kernel_side)
         if self.transport.is_closing():
             kernel_side.transport.close()  # type: ignore[union-attr]
             return
@@ -221,10 +312,59 @@ class Relay:
         self.violation = ""
         self.servers: list[asyncio.AbstractServer] = []
         self.connections: set[_Half] = set()
+        self.hosts: dict[str, set[_Half]] = {route.channel: set() for route in routes}
         self.tasks: set[asyncio.Task[None]] = set()
+        #: Raw bytes relayed each way, every copy and the ZMTP handshakes included (the log).
         self.bytes_to_host = 0
         self.bytes_to_kernel = 0
+        #: Message bytes counted against output_budget, per channel (see charge()).
+        self.charged: dict[str, int] = {route.channel: 0 for route in routes}
+        self.output_charged = 0  # their sum
+        self.refusals = 0
         self.closed = False
+
+    def charge(self, kernel_side: _Half, sent: int) -> None:
+        """Count `sent` message bytes the kernel sent on one connection; raise
+        BudgetExceededError when the kernel's output passes the budget.
+
+        Counted per kernel socket, as bytes the kernel sent once, so that nobody else can
+        spend a kernel's budget: anyone on the host can open connections to a tcp endpoint
+        without the key. iopub is a PUB socket that sends each message to every subscriber,
+        so its charge is a high-water mark: each connection stands at the charge it opened
+        with plus what it has received since, and the channel's charge is the highest such
+        stand. Copies to concurrent subscribers count once, and one client gets at most the
+        budget however often it reconnects. hb only echoes, so only what it sends beyond
+        what it was sent counts. shell, control and stdin answer signed requests only, to
+        the client that sent them: everything counts.
+        """
+        channel = kernel_side.route.channel
+        before = kernel_side.sent
+        kernel_side.sent += sent
+        if channel == "iopub":
+            more = max(0, kernel_side.base + kernel_side.sent - self.charged[channel])
+        elif channel == "hb":
+            peer = kernel_side.peer
+            echoed = (peer.received if peer is not None else 0) + ECHO_SLACK
+            more = max(0, kernel_side.sent - echoed) - max(0, before - echoed)
+        else:
+            more = sent
+        if more:
+            self.charged[channel] += more
+            self.output_charged += more
+            if self.output_charged > self.output_budget:
+                raise BudgetExceededError(f"more than {self.output_budget} bytes of output in all")
+
+    def refused(self, channel: str) -> None:
+        """A host connection over MAX_CONNECTIONS was closed: warn once, then count."""
+        self.refusals += 1
+        if self.refusals == 1:
+            log.warning(
+                "%s: more than %d connections at once; closing new ones. A Jupyter client "
+                "holds one per channel: someone else on this host may be connecting to the "
+                "kernel's tcp ports (use --KernelManager.transport=ipc, see docs/security.md)",
+                channel,
+                MAX_CONNECTIONS,
+            )
 
     async def start(
         self, bind_timeout: float = 10.0, listening: dict[str, socket.socket] | None = None
@@ -247,11 +387,12 @@ class Relay:
                 server = await loop.create_server(factory, sock=sock)
             self.servers.append(server)
 
-    def violated(self, channel: str, what: str) -> None:
-        """A budget was exceeded: drop every connection and tell the launcher, once."""
+    def violated(self, channel: str, exc: BudgetExceededError) -> None:
+        """The kernel exceeded a budget or spoke an unmeterable protocol: drop every
+        connection and tell the launcher, once."""
         if not self.violation:
-            self.violation = f"the kernel sent {what} on {channel}"
-            log.error("budget exceeded: %s; stopping the kernel", self.violation)
+            self.violation = f"{exc.label}: the kernel sent {exc} on {channel}"
+            log.error("%s; stopping the kernel", self.violation)
             if self.on_violation is not None:
                 self.on_violation(self.violation)
         for half in list(self.connections):

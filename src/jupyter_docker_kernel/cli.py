@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--for-nbgrader",
         action="store_true",
         help="grading profile (network none, --copy-workdir, --max-lifetime "
-        f"{grading.PROFILE['max_lifetime']:g}) and print the nbgrader_config.py lines",
+        f"{grading.PROFILE['max_lifetime']:g}, --output-budget "
+        f"{grading.PROFILE['output_budget']}, --max-message {grading.PROFILE['max_message']}) "
+        "and print the nbgrader_config.py lines",
     )
     nbgrader.add_argument(
         "--write-nbgrader-config",

@@ -27,7 +27,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
-from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool
+from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool, reaper
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.launcher import kernel_id_from, runtime_base
 from jupyter_docker_kernel.provisioner import DockerProvisioner, client_connection
@@ -388,9 +388,22 @@ def test_a_warm_pool_container_is_claimed_through_the_provisioner(
             and Path(item["Labels"][engine.LABEL_POOL_DIR], "rt", pool.CLAIM_SOCKET).exists()
         ]
 
+    # The first kernel runs in a client process of its own that has ended by the time the
+    # warm container it left is claimed (nbgrader's pattern: one process per notebook).
+    first_client = (
+        "import sys, time\n"
+        "from tests.kernels import start, stop\n"
+        "km, kc = start(sys.argv[1], sys.argv[2])\n"
+        "time.sleep(5)  # past the provisioner's refill delay\n"
+        "stop(km, kc)\n"
+    )
     try:
-        km, kc = start(name, str(workdir))
-        stop(km, kc)
+        subprocess.run(
+            [sys.executable, "-c", first_client, name, str(workdir)],
+            cwd=Path(__file__).parent.parent,
+            check=True,
+            timeout=180,
+        )
         wait_until(lambda: bool(warm()), 90)
         km, kc = start(name, str(workdir))
         try:
@@ -400,6 +413,14 @@ def test_a_warm_pool_container_is_claimed_through_the_provisioner(
             assert km.get_connection_info()["ip"] == f"{prov.base}/client/{hardening.SOCKET_PREFIX}"
             _, out = execute(kc, "import os; print(os.getcwd())")
             assert stream_text(out) == f"{pool.WORK_TARGET}\n"
+            # gc (every test session's teardown runs one) must see that its client lives,
+            # once the claimed container carries the kernel's name (not its runtime dir's).
+            named = prov.container_name
+            ours = engine.Engine().list_containers
+            wait_until(
+                lambda: named in [c.get("Names") for c in ours({engine.LABEL_KERNEL_ID: None})], 30
+            )
+            assert named not in reaper.collect(engine.Engine(), dry_run=True).containers
         finally:
             stop(km, kc)
         wait_until(lambda: not containers_of(prov.key), 10)

@@ -83,6 +83,7 @@ def collect(
     host = socket.gethostname()
     uid = str(os.getuid())
     base = runtime_base()
+    dirs_by_cid: dict[Path, dict[str, Path]] = {}
     for item in engine.list_containers({engine_mod.LABEL_KERNEL_ID: None}):
         labels = parse_labels(item.get("Labels", ""))
         if labels.get(engine_mod.LABEL_LAUNCHER_HOST) != host:
@@ -103,6 +104,12 @@ def collect(
             pool_dir = labels.get(engine_mod.LABEL_POOL_DIR)
             where = Path(pool_dir).parent if pool_dir else base
             marker = read_marker(where / name.removeprefix(f"{NAME_PREFIX}-"))
+            if marker is None and pool_dir:
+                # A provisioner's dir is named after its kernel, not after the container
+                # (its restarts reuse the dir): the claimed dir kept the warm one's cidfile.
+                claimed_by = dirs_by_cid.setdefault(where, cid_dirs(where))
+                owner = claimed_by.get(str(item.get("ID", "")))
+                marker = read_marker(owner) if owner else None
             pid, start = marker or (
                 labels.get(engine_mod.LABEL_LAUNCHER_PID, ""),
                 labels.get(engine_mod.LABEL_LAUNCHER_START, ""),
@@ -140,6 +147,17 @@ def collect(
         result.dirs.append(str(entry))
     result.logs = kernel_log.prune(base, launcher_alive, keep=log_keep, now=now, dry_run=dry_run)
     return result
+
+
+def cid_dirs(base: Path) -> dict[str, Path]:
+    """The runtime dirs below base by the container id in their cidfile (collect's lookup
+    for claimed warm containers, whose dir name need not match the container's)."""
+    out: dict[str, Path] = {}
+    with contextlib.suppress(OSError):
+        for entry in base.iterdir():
+            with contextlib.suppress(OSError):
+                out[(entry / "cid").read_text().strip()] = entry
+    return out
 
 
 def parse_labels(text: str | dict[str, str]) -> dict[str, str]:

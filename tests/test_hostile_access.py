@@ -941,6 +941,42 @@ def test_c11_with_copy_workdir_the_gradebook_is_untouched_by_the_kernel(
     assert (copy_host.workdir / "gradebook.db").read_bytes() == GRADEBOOK_BYTES
 
 
+def test_c13_a_writable_mount_in_nbgraders_autograded_tree_is_refused(
+    hostile_kernel: str, tmp_path: Path
+) -> None:
+    """C13: nbgrader runs a submission in autograded/<student>/<assignment> and then writes
+    the graded notebook back there, following any link the kernel left in its place (to
+    ../../../gradebook.db, say). A mount-mode kernel started there is refused before any
+    container exists, with a message naming the safe set-ups; nothing in the course changes."""
+    course = tmp_path / "course"
+    (course / "gradebook.db").parent.mkdir()
+    (course / "gradebook.db").write_bytes(GRADEBOOK_BYTES)
+    submission = private_dir(course / "autograded" / "mallory" / "ps1")
+    (submission / "ps1.ipynb").write_text("{}")
+    before = tree_digest(course)
+    log = tmp_path / "launcher.log"
+    km = KernelManager(kernel_name=hostile_kernel)
+    with log.open("w") as log_file:
+        km.start_kernel(cwd=str(submission), stderr=log_file)
+    try:
+        launcher = launcher_process(km)
+        code = launcher.wait(timeout=30)
+        text = log.read_text(errors="replace")
+        started = containers_of(kernel_key(km))
+    finally:
+        with contextlib.suppress(Exception):
+            km.shutdown_kernel(now=True)
+        km.cleanup_resources()
+
+    assert code == 1, text
+    assert started == []
+    assert "Refusing to mount the work directory" in text, text
+    assert "No container was started" in text
+    assert "--for-nbgrader" in text
+    assert "--copy-workdir" in text
+    assert tree_digest(course) == before
+
+
 def test_c12_hostile_names_in_the_source_dir_are_copied_intact(copied: Session) -> None:
     """C12: names with control characters, 255 bytes or invalid UTF-8 in a --copy-workdir
     source dir neither break the copy nor get mangled."""

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
-from jupyter_docker_kernel.launcher import exit_verdict, parse_args, wait_exit_code
+from jupyter_docker_kernel.errors import LaunchError
+from jupyter_docker_kernel.launcher import (
+    exit_verdict,
+    nbgrader_layout,
+    parse_args,
+    refuse_grading_mount,
+    wait_exit_code,
+)
 
 
 @pytest.mark.parametrize(
@@ -75,3 +83,35 @@ def test_a_kernel_exit_warns_only_when_nobody_asked_for_it(
 def test_docker_wait_output_gives_the_exit_code_or_1(output: str, code: int) -> None:
     """What `docker wait` printed is the container's code; nothing (an engine error) is 1."""
     assert wait_exit_code(output) == code
+
+
+@pytest.mark.parametrize(
+    ("marker", "workdir", "refused"),
+    [
+        ("gradebook.db", "autograded/mallory/ps1", True),
+        ("gradebook.db", "autograded/mallory/ps1/data", True),
+        (None, "autograded/mallory/ps1", True),  # the name alone is enough
+        ("nbgrader_config.py", "graded/mallory/ps1", True),  # a renamed autograded step
+        ("gradebook.db", "submitted/mallory/ps1", True),
+        ("gradebook.db", "source/ps1", False),  # the instructor's own assignment
+        ("gradebook.db", "source/ps1/data", False),
+        ("gradebook.db", "release/ps1/data", False),
+        ("gradebook.db", ".", False),  # the course root: warned about, not refused
+        (None, "notebooks/week1/lab", False),
+    ],
+)
+def test_a_writable_mount_where_nbgrader_grades_is_refused(
+    tmp_path: Path, marker: str | None, workdir: str, refused: bool
+) -> None:
+    """nbgrader's per-student dirs (<course>/<step>/<student>/<assignment>) are refused as a
+    writable mount; the instructor's source/ and release/ and other dirs are not."""
+    if marker:
+        (tmp_path / marker).write_text("")
+    path = tmp_path / workdir
+    path.mkdir(parents=True, exist_ok=True)
+    assert bool(nbgrader_layout(str(path))) is refused
+    if refused:
+        with pytest.raises(LaunchError, match=r"No container was started.*--for-nbgrader"):
+            refuse_grading_mount(str(path))
+    else:
+        refuse_grading_mount(str(path))

@@ -196,6 +196,8 @@ class Launcher:
                 group_access=hardening.shares_group_only(self.settings, launch),
             )
         elif self.settings.workdir == "mount":
+            if not self.settings.workdir_readonly:
+                refuse_grading_mount(workdir)
             warn_about_workdir(workdir, uid, gid, self.settings.workdir_readonly)
         return launch
 
@@ -710,6 +712,57 @@ def remove_tree(root: Path | str) -> None:
 
 #: Files in a mounted work dir that mean nbgrader's private data is within the kernel's reach.
 NBGRADER_MARKERS = ("gradebook.db", "nbgrader_config.py")
+
+
+#: nbgrader's per-student steps live at <course>/<step>/<student>/<assignment>; these two
+#: steps are the instructor's own (<course>/<step>/<assignment>), where no student code runs.
+NBGRADER_INSTRUCTOR_STEPS = ("source", "release")
+
+
+def nbgrader_layout(workdir: str) -> str:
+    """Why `workdir` looks like a directory nbgrader grades in; "" if it does not.
+
+    nbgrader runs every submission in autograded/<student>/<assignment> and then writes the
+    graded notebook back there, following whatever link the kernel left in its place. The
+    step may be renamed in nbgrader_config.py, so a directory at least three levels below
+    one holding gradebook.db or nbgrader_config.py counts too, unless that step is
+    source/ or release/ (the instructor's own, two levels deep). Pure path checks and
+    lstat: nothing is opened or followed.
+    """
+    path = Path(os.path.abspath(workdir))
+    if "autograded" in path.parts:
+        return "it is inside nbgrader's autograded/ tree"
+    for depth, parent in enumerate(path.parents, start=1):
+        marker = next((m for m in NBGRADER_MARKERS if os.path.lexists(parent / m)), "")
+        if not marker:
+            continue
+        step = path.parts[len(parent.parts)]
+        if depth >= 3 and step not in NBGRADER_INSTRUCTOR_STEPS:
+            return f"it is {depth} levels below {parent / marker}, where nbgrader keeps its " + (
+                f"per-student {step}/ directories"
+            )
+        return ""
+    return ""
+
+
+def refuse_grading_mount(workdir: str) -> None:
+    """Refuse to mount `workdir` writable when it looks like one nbgrader grades in.
+
+    Launcher.prepare() calls it before any container exists, on the argv and provisioner
+    paths alike. A writable mount there lets the kernel swap its notebook for a link to
+    ../../../gradebook.db, which nbgrader then writes the graded notebook through (and
+    chmods): grades lost. No override: --copy-workdir (what --for-nbgrader sets up) and
+    --workdir-readonly are the safe ways to run a notebook there.
+    """
+    why = nbgrader_layout(workdir)
+    if why:
+        raise LaunchError(
+            f"Refusing to mount the work directory {workdir} writable into the kernel: {why}. "
+            "A kernel that can write there can plant links that nbgrader (or any host tool) "
+            "follows when it writes the graded notebook back. No container was started. "
+            "Grade with a kernelspec made by `jupyter-docker-kernel setup --for-nbgrader` "
+            "(a private copy of the directory), or use --copy-workdir or --workdir-readonly."
+        )
 
 
 def warn_about_workdir(workdir: str, uid: int, gid: int, read_only: bool) -> None:

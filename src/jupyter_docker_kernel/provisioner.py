@@ -42,13 +42,16 @@ from jupyter_docker_kernel.launcher import (
     Launcher,
     forward,
     kernel_id_from,
+    kill_now,
     limits_summary,
     remove_tree,
     runtime_base,
+    socket_names,
     start_lifeline_watchdog,
     wait_exit_code,
 )
 from jupyter_docker_kernel.settings import KernelSettings
+from jupyter_docker_kernel.socketdir import SocketDirGuard
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +196,7 @@ class DockerProvisioner(KernelProvisionerBase):
     _proc: subprocess.Popen[bytes] | None = None
     _launcher: Launcher | None = None
     _pins: SocketPins | None = None
+    _guard: SocketDirGuard | None = None
     _watchdog: subprocess.Popen[bytes] | None = None
     _forwards: list[threading.Thread]
     _timer: threading.Timer | None = None
@@ -281,6 +285,7 @@ class DockerProvisioner(KernelProvisionerBase):
         self.container_name = launcher.name
         self._started = time.monotonic()
         self._exit_reason = ""
+        self._guard = SocketDirGuard(launcher.runtime_dir, socket_names(), self._violated)
         # The kernel's raw stdout/stderr, escaped and capped, go to the server's log.
         self._forwards = [
             threading.Thread(target=forward, args=(stream, sys.stderr.buffer), daemon=True)
@@ -333,6 +338,8 @@ class DockerProvisioner(KernelProvisionerBase):
             launcher.lifeline.close()
         if self._pins is not None:
             self._pins.close()
+        if self._guard is not None:
+            self._guard.close()
         for thread in self._forwards:
             await off_loop(thread.join, 5)
         for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
@@ -393,6 +400,8 @@ class DockerProvisioner(KernelProvisionerBase):
             await off_loop(self._remove, self.container_name)
         if self._pins is not None:
             await off_loop(self._pins.close)
+        if self._guard is not None:
+            await off_loop(self._guard.close)
         if self.base is not None:
             await off_loop(remove_tree, self.base)
         if not restart:
@@ -423,6 +432,13 @@ class DockerProvisioner(KernelProvisionerBase):
             getattr(self.engine, method)(*args)
         except DockerKernelError as exc:
             self.log.warning("%s", exc)
+
+    def _violated(self, reason: str) -> None:
+        """The socket dir guard's alarm (its thread): remove the container at once."""
+        self.log.warning("stopping the kernel in %s: %s", self.container_name, reason)
+        self._exit_reason = self._exit_reason or reason
+        kill_now(self.engine, self.container_name)
+        self._remove(self.container_name)
 
     def _remove(self, name: str) -> None:
         self._engine_call("remove", name)

@@ -437,27 +437,30 @@ for top in ('/tmp', '/home', '/var/tmp', '/dev/shm', os.getcwd()):
             path = os.path.join(dirpath, name)
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 elsewhere.append(path)
-print(json.dumps([sorted(os.listdir(SOCKET_DIR)), os.path.exists(OTHER), elsewhere]))
+mark = os.lstat(os.path.join(SOCKET_DIR, 'k-1')).st_mtime
+print(json.dumps([sorted(os.listdir(SOCKET_DIR)), mark, os.path.exists(OTHER), elsewhere]))
 """
 
 
 def test_b06_a_kernel_sees_only_its_own_socket_dir(
     probe: Session, hostile_kernel: str, tmp_path: Path
 ) -> None:
-    """B06: two kernels at once. The host drops a marker in each one's socket dir: each
-    kernel finds its own five sockets and its own marker, never the other's, the other's
-    host dir does not exist for it, and no socket of another kernel is anywhere else."""
+    """B06: two kernels at once. The host marks each one's socket dir (the mtime of its
+    k-1: a file there would be taken for an attack, A18): each kernel finds its own five
+    sockets and its own mark, never the other's, the other's host dir does not exist for
+    it, and no socket of another kernel is anywhere else."""
     sockets = [f"k-{i}" for i in range(1, 6)]
+    marks = {"probe": 1_000_000_000.0, "other": 1_100_000_000.0}
     with session_of(hostile_kernel, private_dir(tmp_path / "work"), tmp_path / "log") as other:
         dirs = {"probe": runtime_dir_of(probe), "other": runtime_dir_of(other)}
         for label, path in dirs.items():
-            (Path(path) / f"marker-{label}").touch()
+            os.utime(Path(path) / "k-1", (marks[label], marks[label]), follow_symlinks=False)
         prelude = f"SOCKET_DIR = {RUNTIME_TARGET!r}\n"
         seen_by_probe = probe.ask(prelude + f"OTHER = {dirs['other']!r}\n" + LIST_SOCKETS)
         seen_by_other = other.ask(prelude + f"OTHER = {dirs['probe']!r}\n" + LIST_SOCKETS)
 
-    assert seen_by_probe == [[*sockets, "marker-probe"], False, []]
-    assert seen_by_other == [[*sockets, "marker-other"], False, []]
+    assert seen_by_probe == [sockets, marks["probe"], False, []]
+    assert seen_by_other == [sockets, marks["other"], False, []]
 
 
 @pytest.mark.parametrize(

@@ -437,7 +437,7 @@ for top in ('/tmp', '/home', '/var/tmp', '/dev/shm', os.getcwd()):
             path = os.path.join(dirpath, name)
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 elsewhere.append(path)
-mark = os.lstat(os.path.join(SOCKET_DIR, 'k-1')).st_mtime
+mark = os.readlink(os.path.join(SOCKET_DIR, 'claim'))
 print(json.dumps([sorted(os.listdir(SOCKET_DIR)), mark, os.path.exists(OTHER), elsewhere]))
 """
 
@@ -445,16 +445,17 @@ print(json.dumps([sorted(os.listdir(SOCKET_DIR)), mark, os.path.exists(OTHER), e
 def test_b06_a_kernel_sees_only_its_own_socket_dir(
     probe: Session, hostile_kernel: str, tmp_path: Path
 ) -> None:
-    """B06: two kernels at once. The host marks each one's socket dir (the mtime of its
-    k-1: a file there would be taken for an attack, A18): each kernel finds its own five
-    sockets and its own mark, never the other's, the other's host dir does not exist for
-    it, and no socket of another kernel is anywhere else."""
-    sockets = [f"k-{i}" for i in range(1, 6)]
-    marks = {"probe": 1_000_000_000.0, "other": 1_100_000_000.0}
+    """B06: two kernels at once. The host marks each one's socket dir with a link named
+    like a socket (a file there would be taken for an attack, A18), its target naming the
+    kernel: each kernel finds its own five sockets and its own mark, never the other's,
+    the other's host dir does not exist for it, and no socket of another kernel is
+    anywhere else."""
+    sockets = ["claim", *(f"k-{i}" for i in range(1, 6))]
+    marks = {"probe": "marker-probe", "other": "marker-other"}
     with session_of(hostile_kernel, private_dir(tmp_path / "work"), tmp_path / "log") as other:
         dirs = {"probe": runtime_dir_of(probe), "other": runtime_dir_of(other)}
         for label, path in dirs.items():
-            os.utime(Path(path) / "k-1", (marks[label], marks[label]), follow_symlinks=False)
+            (Path(path) / "claim").symlink_to(marks[label])
         prelude = f"SOCKET_DIR = {RUNTIME_TARGET!r}\n"
         seen_by_probe = probe.ask(prelude + f"OTHER = {dirs['other']!r}\n" + LIST_SOCKETS)
         seen_by_other = other.ask(prelude + f"OTHER = {dirs['probe']!r}\n" + LIST_SOCKETS)

@@ -793,9 +793,8 @@ def nbgrader_layout(workdir: str) -> str:
             continue
         step = path.parts[len(parent.parts)]
         if depth >= 3 and step not in NBGRADER_INSTRUCTOR_STEPS:
-            return f"it is {depth} levels below {parent / marker}, where nbgrader keeps its " + (
-                f"per-student {step}/ directories"
-            )
+            where = f"{depth} levels below {parent / marker}"
+            return f"it is {where}, where nbgrader keeps its per-student {step}/ directories"
         return ""
     return ""
 

@@ -189,6 +189,33 @@ def test_setup_skip_checks_writes_spec_and_prints_how_to_use_it(
     assert spec_dirs(data_dir) == ["course"]
 
 
+@pytest.mark.parametrize(
+    ("extra", "suggests_grading"),
+    [
+        ([], False),
+        (["--workdir-readonly"], False),
+        (["--copy-workdir"], True),
+        (["--no-workdir"], True),
+    ],
+)
+def test_setup_suggests_nbgrader_only_for_a_spec_that_does_not_mount_the_work_dir(
+    data_dir: Path,
+    no_engine: None,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    suggests_grading: bool,
+) -> None:
+    """A mount-mode spec gets the --for-nbgrader advice instead of the autograde line: a
+    kernel that can write the directory nbgrader writes back into must not grade."""
+    argv = ["setup", "--name", "course", "--image", "course/py:1", "--user", "--skip-checks"]
+    assert cli.main([*argv, *extra]) == 0
+    out = capsys.readouterr().out
+    autograde = "nbgrader autograde ASSIGNMENT --ExecutePreprocessor.kernel_name=course"
+    assert (autograde in out) is suggests_grading, out
+    advice = "jupyter-docker-kernel setup --for-nbgrader --name course-grading"
+    assert (advice in out) is not suggests_grading, out
+
+
 def test_setup_options_become_the_specs_settings(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,7 +28,6 @@ LAUNCH = Launch(
     host_uid=1000,
     host_gid=100,
     workdir="/home/u/course/week1",
-    workdir_copy="/tmp/jupyter-docker-kernel-1000/jdk-0123-abcd-work",
     launcher_pid=4242,
     launcher_start="987654",
     hostname="grader-1",
@@ -44,6 +43,8 @@ SUPERVISED_KERNEL = [
     "86400",
     "--site",
     "/opt/jupyter-docker-kernel/site",
+    "--only-sockets",
+    "k-1,k-2,k-3,k-4,k-5,claim",
     "--",
     "python3",
     "-m",
@@ -348,16 +349,34 @@ def test_supervisor_is_mounted_read_only() -> None:
     assert expected in [mount_fields(v) for v in values(run_opts(), "--mount")]
 
 
-@pytest.mark.parametrize(
-    ("mode", "source"),
-    [("mount", LAUNCH.workdir), ("copy", LAUNCH.workdir_copy)],
-)
-def test_workdir_is_mounted_writable_at_the_notebooks_path(mode: str, source: str) -> None:
-    """mount: the notebook dir itself; copy: its private copy; both at the original path."""
-    opts = run_opts(KernelSettings(workdir=mode))  # type: ignore[arg-type]
+def test_workdir_is_mounted_writable_at_the_notebooks_path() -> None:
+    """mount: the notebook dir itself, at its own path."""
+    opts = run_opts(KernelSettings(workdir="mount"))
     mounts = [mount_fields(v) for v in values(opts, "--mount")]
-    assert ["type=bind", f"source={source}", f"target={LAUNCH.workdir}"] in mounts
+    assert ["type=bind", f"source={LAUNCH.workdir}", f"target={LAUNCH.workdir}"] in mounts
     assert values(opts, "--workdir") == [LAUNCH.workdir]
+
+
+@pytest.mark.parametrize(
+    ("engine", "options_"),
+    [
+        ("docker", "size=1073741824,nr_inodes=65536,uid=1000,gid=100,mode=0700"),
+        ("podman", "size=1073741824,U,mode=0700"),  # Podman 4 refuses nr_inodes and uid
+    ],
+)
+def test_copy_workdir_is_a_capped_tmpfs_the_supervisor_fills(engine: str, options_: str) -> None:
+    """copy: nothing of the host is mounted at the notebook's path; a tmpfs capped at
+    copy_limit bytes and tmp_inodes entries is, and the supervisor unpacks the launcher's
+    stream into it before the kernel starts. Nothing the kernel writes lands on the host."""
+    settings = KernelSettings(workdir="copy", engine=engine)  # type: ignore[arg-type]
+    args = run_args(settings, LAUNCH)
+    opts = options(args, settings)
+    targets = [mount_fields(v)[2] for v in values(opts, "--mount")]
+    assert f"target={LAUNCH.workdir}" not in targets
+    assert f"{LAUNCH.workdir}:rw,nosuid,nodev,{options_}" in values(opts, "--tmpfs")
+    assert values(opts, "--workdir") == [LAUNCH.workdir]
+    command = args[len(opts) :]
+    assert command[command.index("--receive-workdir") + 1] == LAUNCH.workdir
 
 
 def test_workdir_none_mounts_nothing_and_starts_in_home() -> None:
@@ -424,7 +443,7 @@ def test_custom_kernel_cmd_gets_the_in_container_connection_file() -> None:
         kernel_cmd=("irkernel", "--conn={connection_file}", "-f", "{connection_file}"),
     )
     args = run_args(settings, LAUNCH)
-    assert args[-13:] == [
+    assert args[-15:] == [
         "python3.12",
         "/opt/jupyter-docker-kernel/supervise.py",
         "--cleanup",
@@ -433,6 +452,8 @@ def test_custom_kernel_cmd_gets_the_in_container_connection_file() -> None:
         "86400",
         "--site",
         "/opt/jupyter-docker-kernel/site",
+        "--only-sockets",
+        "k-1,k-2,k-3,k-4,k-5,claim",
         "--",
         "irkernel",
         "--conn=/opt/jupyter-docker-kernel/kernel.json",

@@ -437,27 +437,31 @@ for top in ('/tmp', '/home', '/var/tmp', '/dev/shm', os.getcwd()):
             path = os.path.join(dirpath, name)
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 elsewhere.append(path)
-print(json.dumps([sorted(os.listdir(SOCKET_DIR)), os.path.exists(OTHER), elsewhere]))
+mark = os.readlink(os.path.join(SOCKET_DIR, 'claim'))
+print(json.dumps([sorted(os.listdir(SOCKET_DIR)), mark, os.path.exists(OTHER), elsewhere]))
 """
 
 
 def test_b06_a_kernel_sees_only_its_own_socket_dir(
     probe: Session, hostile_kernel: str, tmp_path: Path
 ) -> None:
-    """B06: two kernels at once. The host drops a marker in each one's socket dir: each
-    kernel finds its own five sockets and its own marker, never the other's, the other's
-    host dir does not exist for it, and no socket of another kernel is anywhere else."""
-    sockets = [f"k-{i}" for i in range(1, 6)]
+    """B06: two kernels at once. The host marks each one's socket dir with a link named
+    like a socket (a file there would be taken for an attack, A18), its target naming the
+    kernel: each kernel finds its own five sockets and its own mark, never the other's,
+    the other's host dir does not exist for it, and no socket of another kernel is
+    anywhere else."""
+    sockets = ["claim", *(f"k-{i}" for i in range(1, 6))]
+    marks = {"probe": "marker-probe", "other": "marker-other"}
     with session_of(hostile_kernel, private_dir(tmp_path / "work"), tmp_path / "log") as other:
         dirs = {"probe": runtime_dir_of(probe), "other": runtime_dir_of(other)}
         for label, path in dirs.items():
-            (Path(path) / f"marker-{label}").touch()
+            (Path(path) / "claim").symlink_to(marks[label])
         prelude = f"SOCKET_DIR = {RUNTIME_TARGET!r}\n"
         seen_by_probe = probe.ask(prelude + f"OTHER = {dirs['other']!r}\n" + LIST_SOCKETS)
         seen_by_other = other.ask(prelude + f"OTHER = {dirs['probe']!r}\n" + LIST_SOCKETS)
 
-    assert seen_by_probe == [[*sockets, "marker-probe"], False, []]
-    assert seen_by_other == [[*sockets, "marker-other"], False, []]
+    assert seen_by_probe == [sockets, marks["probe"], False, []]
+    assert seen_by_other == [sockets, marks["other"], False, []]
 
 
 @pytest.mark.parametrize(
@@ -972,6 +976,42 @@ def test_c11_with_copy_workdir_the_gradebook_is_untouched_by_the_kernel(
     )
 
     assert (copy_host.workdir / "gradebook.db").read_bytes() == GRADEBOOK_BYTES
+
+
+def test_c13_a_writable_mount_in_nbgraders_autograded_tree_is_refused(
+    hostile_kernel: str, tmp_path: Path
+) -> None:
+    """C13: nbgrader runs a submission in autograded/<student>/<assignment> and then writes
+    the graded notebook back there, following any link the kernel left in its place (to
+    ../../../gradebook.db, say). A mount-mode kernel started there is refused before any
+    container exists, with a message naming the safe set-ups; nothing in the course changes."""
+    course = tmp_path / "course"
+    (course / "gradebook.db").parent.mkdir()
+    (course / "gradebook.db").write_bytes(GRADEBOOK_BYTES)
+    submission = private_dir(course / "autograded" / "mallory" / "ps1")
+    (submission / "ps1.ipynb").write_text("{}")
+    before = tree_digest(course)
+    log = tmp_path / "launcher.log"
+    km = KernelManager(kernel_name=hostile_kernel)
+    with log.open("w") as log_file:
+        km.start_kernel(cwd=str(submission), stderr=log_file)
+    try:
+        launcher = launcher_process(km)
+        code = launcher.wait(timeout=30)
+        text = log.read_text(errors="replace")
+        started = containers_of(kernel_key(km))
+    finally:
+        with contextlib.suppress(Exception):
+            km.shutdown_kernel(now=True)
+        km.cleanup_resources()
+
+    assert code == 1, text
+    assert started == []
+    assert "Refusing to mount the work directory" in text, text
+    assert "No container was started" in text
+    assert "--for-nbgrader" in text
+    assert "--copy-workdir" in text
+    assert tree_digest(course) == before
 
 
 def test_c12_hostile_names_in_the_source_dir_are_copied_intact(copied: Session) -> None:

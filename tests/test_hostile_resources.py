@@ -674,8 +674,8 @@ def test_filling_memory_disk_inodes_and_descriptors_stops_at_each_limit(
       (CPython ignores SIGXFSZ, so it is an OSError).
     - A10 the mounted work dir: a file stops at --fsize with EFBIG; the host file is
       exactly that size and the host disk holding it did not fill beyond it. (Many files
-      could still fill it: Docker cannot cap a bind mount; use --copy-workdir on a
-      quota'd filesystem for that, see docs/security.md.)
+      could still fill it: Docker cannot cap a bind mount; --copy-workdir's copy is a
+      capped tmpfs instead, A19.)
     - A11 inodes: ENOSPC at --tmp-inodes.
     - A12 descriptors: EMFILE below the nofile limit.
     """
@@ -711,6 +711,157 @@ def test_filling_memory_disk_inodes_and_descriptors_stops_at_each_limit(
     assert result["fds"][1] == "EMFILE", result
     assert NOFILE - 100 < result["fds"][0] < NOFILE, result
     if result["inodes"][1] != "ENOSPC" or not TMP_INODES - 100 < result["inodes"][0] <= TMP_INODES:
+        raise LimitNotEnforcedError(f"inodes: {result['inodes']} with --tmp-inodes {TMP_INODES}")
+
+
+#: A18: what a kernel writes into its socket dir (a host directory, bind-mounted writable
+#: because the kernel binds its sockets there). Each stops at 512 MiB or 20,000 entries
+#: if nobody stops it first, then prints "survived".
+SOCKET_DIR_ATTACKS = {
+    "files": "for i in range(20000):\n    open(f'{D}/f{i}', 'wb').write(b'x' * 4096)\n",
+    "dirs": "for i in range(20000):\n    os.mkdir(f'{D}/d{i}')\n",
+    "big": "for i in range(16):\n"
+    "    with open(f'{D}/big{i}', 'wb') as fh:\n"
+    "        for _ in range(32):\n"
+    "            fh.write(b'x' * 2**20)\n",
+    # Nothing a listing of the dir would ever show: the writes go to unnamed files.
+    "unlinked": "fds = []\n"
+    "for i in range(16):\n"
+    "    fd = os.open(f'{D}/u', os.O_CREAT | os.O_WRONLY, 0o600)\n"
+    "    os.unlink(f'{D}/u')\n"
+    "    fds.append(fd)\n"
+    "    for _ in range(32):\n"
+    "        os.write(fd, b'x' * 2**20)\n",
+    "tmpfile": "fds = []\n"
+    "for i in range(16):\n"
+    "    fd = os.open(D, os.O_TMPFILE | os.O_WRONLY, 0o600)\n"
+    "    fds.append(fd)\n"
+    "    for _ in range(32):\n"
+    "        os.write(fd, b'x' * 2**20)\n",
+}
+
+
+def host_runtime_dir(container: str) -> Path:
+    """The host dir mounted as the kernel's socket dir, from the engine's view."""
+    mounts = inspect(container)["Mounts"]
+    assert isinstance(mounts, list)
+    [source] = [m["Source"] for m in mounts if m["Destination"] == hardening.RUNTIME_TARGET]
+    return Path(source)
+
+
+@pytest.mark.parametrize("attack", list(SOCKET_DIR_ATTACKS))
+def test_writing_into_the_socket_dir_stops_the_kernel_at_once(
+    hostile_kernel: str, runtime: str, workdir: Path, launcher_log: Path, attack: str
+) -> None:
+    """A18: the socket dir is on the host's disk and no user can cap it, so anything but
+    the kernel's sockets appearing there (files, dirs, writes to unlinked or O_TMPFILE
+    files) is an attack: the launcher removes the container at once and says why, and the
+    dir is gone afterwards. Before, a kernel filled the host's /tmp through it (2.9 GiB
+    and 97,000 inodes, past its own /tmp caps)."""
+    if attack == "tmpfile" and runtime == "runsc":
+        pytest.skip("gVisor has no O_TMPFILE on a host bind mount (EOPNOTSUPP)")
+    code = f"import os\nD = {hardening.RUNTIME_TARGET!r}\n" + SOCKET_DIR_ATTACKS[attack]
+    code += "print('survived', flush=True)\n"
+    with running(hostile_kernel, workdir, launcher_log) as (km, kc):
+        container = only_container(km)
+        rundir = host_runtime_dir(container)
+        before = shutil.disk_usage(rundir).used
+        used = Peak(lambda: shutil.disk_usage(rundir).used - before)
+        with used:
+            kc.execute(code)
+            launcher = launcher_process(km)
+            outputs = []
+            deadline = time.monotonic() + 60
+            while launcher.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(queue.Empty):
+                    outputs.append(kc.get_iopub_msg(timeout=0.2))
+        texts = [m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream"]
+        assert launcher.poll() is not None, f"the kernel was not stopped: {texts}"
+        assert_gone(km, container)
+    assert "survived\n" not in texts
+    log = launcher_log.read_text()
+    assert "the kernel wrote to its socket dir, where only its sockets belong" in log, log
+    assert not rundir.exists()
+    # The host disk's peak growth while it ran (shared with other tests: an upper bound).
+    print(f"A18 {attack}: host disk grew by at most {used.value / MIB:.0f} MiB")
+
+
+COPY_LIMIT = 64 * MIB
+
+FILL_COPY = """\
+import errno, json, os
+def fill(size, count):
+    n = 0
+    try:
+        for n in range(count):
+            with open(f'fill-{size}-{n}', 'wb') as fh:
+                fh.write(b'x' * size)
+    except OSError as exc:
+        return [n, errno.errorcode[exc.errno]]
+    return [count, None]
+sv = os.statvfs('.')
+print(json.dumps({'bytes': fill(2**20, 256), 'inodes': fill(0, 5000),
+                  'size': sv.f_blocks * sv.f_frsize}))
+"""
+
+
+@pytest.fixture(scope="session")
+def copy_limited_kernel(kernel_image: str, runtime: str) -> str:
+    """HOSTILE_LIMITS with --copy-workdir and a 64 MiB copy limit."""
+    name = f"jdk-test-hostile-copy-limit-{runtime}"
+    extra = ["--runtime", runtime] if runtime != "runc" else []
+    install_kernel(
+        name, kernel_image, *HOSTILE_LIMITS, "--copy-workdir", "--copy-limit", "64m", *extra
+    )
+    return name
+
+
+def tree_usage(root: Path) -> tuple[int, int]:
+    """(bytes allocated, entries) under root on the host, not following links."""
+    size = count = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            with contextlib.suppress(OSError):
+                size += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                count += 1
+    return size, count
+
+
+def test_copy_workdir_writes_stay_in_a_capped_tmpfs_not_on_the_hosts_disk(
+    copy_limited_kernel: str, runtime: str, workdir: Path, request: pytest.FixtureRequest
+) -> None:
+    """A19: a --copy-workdir kernel fills its work dir with 1 MiB files, then empty ones.
+    Its copy is a tmpfs in the container, capped at --copy-limit bytes and --tmp-inodes
+    entries: ENOSPC at each, and nothing of it lands under the host's runtime dir (before,
+    the copy was a host directory and both were unbounded)."""
+    if runtime == "runsc":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                raises=LimitNotEnforcedError,
+                reason="BUG: gVisor's tmpfs ignores nr_inodes (as A11)",
+            )
+        )
+    (workdir / "notebook-data.csv").write_text("a,b\n1,2\n")
+    with running(copy_limited_kernel, workdir) as (km, kc):
+        container = only_container(km)
+        base = host_runtime_dir(container).parent
+        reply, out = execute(kc, FILL_COPY, timeout=120)
+        assert reply["status"] == "ok", reply
+        result = json.loads(stream_text(out))
+        on_host = tree_usage(base)
+        _, out = execute(kc, "print(open('notebook-data.csv').read())", timeout=20)
+        assert stream_text(out) == "a,b\n1,2\n\n"
+        shut_down(km, kc)
+    assert_gone(km, container)
+
+    assert on_host[0] < MIB, on_host
+    assert on_host[1] < 20, on_host
+    assert sorted(os.listdir(workdir)) == ["notebook-data.csv"]
+    assert result["size"] == COPY_LIMIT, result
+    assert result["bytes"][1] == "ENOSPC", result
+    assert COPY_LIMIT // MIB - 4 <= result["bytes"][0] <= COPY_LIMIT // MIB, result
+    if result["inodes"][1] != "ENOSPC" or not TMP_INODES - 300 < result["inodes"][0] <= TMP_INODES:
         raise LimitNotEnforcedError(f"inodes: {result['inodes']} with --tmp-inodes {TMP_INODES}")
 
 

@@ -22,7 +22,9 @@ from jupyter_docker_kernel.launcher import (
     FORWARD_LIMIT,
     exit_verdict,
     forward,
+    nbgrader_layout,
     parse_args,
+    refuse_grading_mount,
     runtime_base,
     runtime_base_choice,
     wait_exit_code,
@@ -276,3 +278,35 @@ def test_forwarded_raw_output_is_capped_as_it_reaches_the_log() -> None:
         write.shutdown(socket.SHUT_WR)
         forwarder.join()
     assert FORWARD_LIMIT <= len(out.getvalue()) <= FORWARD_LIMIT + 1
+
+
+@pytest.mark.parametrize(
+    ("marker", "workdir", "refused"),
+    [
+        ("gradebook.db", "autograded/mallory/ps1", True),
+        ("gradebook.db", "autograded/mallory/ps1/data", True),
+        (None, "autograded/mallory/ps1", True),  # the name alone is enough
+        ("nbgrader_config.py", "graded/mallory/ps1", True),  # a renamed autograded step
+        ("gradebook.db", "submitted/mallory/ps1", True),
+        ("gradebook.db", "source/ps1", False),  # the instructor's own assignment
+        ("gradebook.db", "source/ps1/data", False),
+        ("gradebook.db", "release/ps1/data", False),
+        ("gradebook.db", ".", False),  # the course root: warned about, not refused
+        (None, "notebooks/week1/lab", False),
+    ],
+)
+def test_a_writable_mount_where_nbgrader_grades_is_refused(
+    tmp_path: Path, marker: str | None, workdir: str, refused: bool
+) -> None:
+    """nbgrader's per-student dirs (<course>/<step>/<student>/<assignment>) are refused as a
+    writable mount; the instructor's source/ and release/ and other dirs are not."""
+    if marker:
+        (tmp_path / marker).write_text("")
+    path = tmp_path / workdir
+    path.mkdir(parents=True, exist_ok=True)
+    assert bool(nbgrader_layout(str(path))) is refused
+    if refused:
+        with pytest.raises(LaunchError, match=r"No container was started.*--for-nbgrader"):
+            refuse_grading_mount(str(path))
+    else:
+        refuse_grading_mount(str(path))

@@ -3,16 +3,16 @@
 The story: course101 has ps1 (write `add(a, b)`; a test cell worth 2 points) and ps2
 (write a function that saves a file next to the notebook; 1 point). The instructor
 releases both with `nbgrader generate_assignment`; alice submits correct solutions, bob a
-wrong ps1; `nbgrader autograde ps1 --ExecutePreprocessor.kernel_name=jdk-test` runs each
-submission in a hardened container. The module fixture runs that story once; each test
-checks one of its results. nbgrader's output, which includes the kernel's stderr (the
-container's log), is printed, so pytest shows it when a test fails.
+wrong ps1; `nbgrader autograde ps1 --ExecutePreprocessor.kernel_name=jdk-test-ro` runs
+each submission in a hardened container (the work dir mounted read-only: a writable mount
+is refused where nbgrader grades, see the last tests). The module fixture runs that story
+once; each test checks one of its results. nbgrader's output, which includes the kernel's
+stderr (the container's log), is printed, so pytest shows it when a test fails.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -133,7 +133,14 @@ def autograde(course: Path, assignment: str, kernel: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def course(kernel_name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def readonly_kernel(kernel_image: str) -> str:
+    """The default settings with the work dir mounted read-only: allowed in autograded/."""
+    install_kernel("jdk-test-ro", kernel_image, "--workdir-readonly")
+    return "jdk-test-ro"
+
+
+@pytest.fixture(scope="module")
+def course(readonly_kernel: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """course101: ps1 autograded for alice and bob; ps2 submitted by alice, not yet graded."""
     root = tmp_path_factory.mktemp("course101")
     root.chmod(0o777)
@@ -151,7 +158,7 @@ def course(kernel_name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
         submit(root, student, "ps1", ps1, PS1_SUBMITTED[student])
     submit(root, "alice", "ps2", ps2, PS2_SUBMITTED)
 
-    autograde(root, "ps1", kernel_name)
+    autograde(root, "ps1", readonly_kernel)
     return root
 
 
@@ -222,20 +229,23 @@ def test_autograde_leaves_no_container_behind(course: Path, student: str) -> Non
     assert containers_for(graded_in) == []
 
 
-@pytest.mark.xfail(
-    os.getuid() == 0,
-    strict=True,
-    reason="BUG: under root the kernel runs as 65534, and nbgrader's autograded/<student>/"
-    "<assignment> dir is root's, mode 0755: a submission that writes a file there gets "
-    "PermissionError and loses its points (the stock python3 kernel would pass)",
-)
-def test_a_submission_that_writes_a_file_in_its_directory_gets_its_points(
+def test_a_writable_mount_kernel_is_refused_where_nbgrader_grades(
     course: Path, kernel_name: str
 ) -> None:
-    """alice's save_answer() writes answer.txt next to the notebook: 1 of 1 point."""
-    autograde(course, "ps2", kernel_name)
+    """A kernel that could write autograded/alice/ps2 could leave links there that
+    nbgrader follows when it writes the graded notebook back: the launcher refuses to
+    start it, says so in nbgrader's output, and alice's code never runs."""
+    exe = str(Path(sys.executable).with_name("nbgrader"))
+    args = ["autograde", "ps2", f"--ExecutePreprocessor.kernel_name={kernel_name}", "--force"]
+    proc = subprocess.run(
+        [exe, *args], cwd=course, capture_output=True, text=True, timeout=240, check=False
+    )
+    output = proc.stdout + proc.stderr
+    print(output)
 
-    assert score(course, "alice", "ps2") == 1
+    assert "Refusing to mount the work directory" in output
+    assert "--for-nbgrader" in output
+    assert not (course / "autograded" / "alice" / "ps2" / "answer.txt").exists()
 
 
 def test_with_copy_workdir_a_submission_that_writes_a_file_gets_its_points(

@@ -30,7 +30,6 @@ LAUNCH = hardening.Launch(
     host_uid=1000,
     host_gid=100,
     workdir=pool.WORK_TARGET,
-    workdir_copy="/tmp/jupyter-docker-kernel-1000/pool-1234/work",
 )
 
 

@@ -199,6 +199,26 @@ def test_a_socket_swapped_for_a_symlink_does_not_redirect_new_connections(
 
 
 @pytest.mark.docker
+def test_a_writable_mount_where_nbgrader_grades_is_refused_before_any_container(
+    provisioned: str, tmp_path: Path
+) -> None:
+    """The provisioner path refuses a mount-mode start in autograded/<student>/<assignment>
+    as the launcher does (Launcher.prepare): the manager's start raises, no container of
+    this kernel exists, and its runtime dir is gone."""
+    from jupyter_client.manager import KernelManager
+
+    (tmp_path / "gradebook.db").write_text("")
+    submission = tmp_path / "autograded" / "mallory" / "ps1"
+    submission.mkdir(parents=True)
+    km = KernelManager(kernel_name=provisioned)
+    with pytest.raises(LaunchError, match=r"Refusing to mount the work directory"):
+        km.start_kernel(cwd=str(submission))
+    prov = provisioner_of(km)
+    assert containers_of(prov.key) == []
+    assert prov.base is None or not prov.base.exists()
+
+
+@pytest.mark.docker
 def test_interrupt_stops_a_sleeping_cell_three_times_in_a_row(
     provisioned: str, workdir: Path
 ) -> None:

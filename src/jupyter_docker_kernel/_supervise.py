@@ -16,6 +16,10 @@ SIGINT and SIGQUIT/SIGUSR* are forwarded to the kernel's process group, as a loc
 jupyter_client does with killpg. On the kernel's exit it prints one line saying why
 (exit code, signal, out of memory, pids limit), which reaches the launcher's log.
 
+With --receive-workdir PATH (--copy-workdir), it first unpacks the notebook's files,
+streamed by the host launcher (workcopy.py), into PATH, a capped tmpfs: from its stdin, or
+after the claim line on a warm container's claim socket. The kernel starts after that.
+
 With --pool-wait SOCKET (a warm pooled container) it imports ipykernel and forks the
 kernel ahead of time; the kernel initialises (binds its sockets at --pool-ip, builds its
 shell) with a placeholder key, then blocks until the one launcher that claims the
@@ -34,6 +38,8 @@ import json
 import os
 import signal
 import socket
+import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -47,6 +53,76 @@ CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 GRACE_SECONDS = 2.0
 #: How long a bridged connection waits for the kernel to listen on its tcp port.
 BRIDGE_WAIT_SECONDS = 300.0
+
+
+#: workcopy.HEADER: kind, mode, mtime, data size, name size.
+COPY_HEADER = struct.Struct("!cIdQI")
+COPY_CHUNK = 1 << 20
+
+
+class CopyError(Exception):
+    """The work dir's copy could not be received; the kernel is not started."""
+
+
+def read_exact(read: "Callable[[int], bytes]", size: int) -> bytes:
+    """Exactly `size` bytes from `read` (a buffered reader's read); CopyError at EOF."""
+    data = read(size) if size else b""
+    if len(data) != size:
+        raise CopyError("the host launcher's stream ended early")
+    return data
+
+
+def receive_tree(read: "Callable[[int], bytes]", root: str) -> int:
+    """Unpack workcopy.send()'s stream into `root`; returns how many entries it made.
+
+    Runs before any notebook code, as the kernel's uid. The host built the stream from
+    lstat, but it is checked anyway: a name must be relative, without "." or "..", and its
+    parent a directory made here, so nothing lands outside `root` or through a link.
+    Files are created exclusively, without following links. Modes lose setuid, setgid and
+    sticky bits (the tmpfs is nosuid too); directories get theirs last, so a read-only one
+    is still filled first.
+    """
+    made = set([b""])
+    dirs = []
+    count = 0
+    base = os.fsencode(root)
+    while True:
+        kind, mode, mtime, size, name_size = COPY_HEADER.unpack(read_exact(read, COPY_HEADER.size))
+        if kind == b".":
+            break
+        name = read_exact(read, name_size)
+        parts = name.split(b"/")
+        if name.startswith(b"/") or any(p in (b"", b".", b"..") for p in parts):
+            raise CopyError(f"refusing the entry {name!r}: not a plain relative name")
+        if b"/".join(parts[:-1]) not in made:
+            raise CopyError(f"refusing the entry {name!r}: its parent was not sent first")
+        path = os.path.join(base, name)
+        if kind == b"d":
+            os.mkdir(path, 0o700)
+            made.add(name)
+            dirs.append((path, mode & 0o777, mtime))
+        elif kind == b"l":
+            os.symlink(read_exact(read, size), path)
+        elif kind == b"f":
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                left = size
+                while left:
+                    view = memoryview(read_exact(read, min(COPY_CHUNK, left)))
+                    left -= len(view)
+                    while view:  # a full tmpfs: a short write, then ENOSPC
+                        view = view[os.write(fd, view) :]
+                os.fchmod(fd, mode & 0o777)
+            finally:
+                os.close(fd)
+            os.utime(path, (mtime, mtime))
+        else:
+            raise CopyError(f"unknown entry kind {kind!r}")
+        count += 1
+    for path, mode, mtime in reversed(dirs):
+        os.chmod(path, mode | stat.S_IRUSR | stat.S_IXUSR)
+        os.utime(path, (mtime, mtime))
+    return count
 
 
 def say(text: str) -> None:
@@ -214,6 +290,8 @@ class Supervisor:
         self.claimed = False
         self.bridges: List[str] = []
         self.site_dir: Optional[str] = None
+        self.receive_dir: Optional[str] = None
+        self.only_sockets: List[str] = []
         while argv and argv[0] != "--":
             opt = argv.pop(0)
             if opt == "--lifetime":
@@ -232,6 +310,10 @@ class Supervisor:
                 self.bridges.append(argv.pop(0))
             elif opt == "--site":
                 self.site_dir = argv.pop(0)
+            elif opt == "--receive-workdir":
+                self.receive_dir = argv.pop(0)
+            elif opt == "--only-sockets":
+                self.only_sockets = argv.pop(0).split(",")
             else:
                 say(f"unknown supervisor option {opt!r}")
                 sys.exit(2)
@@ -386,15 +468,69 @@ class Supervisor:
             conn.close()
             os.close(claim_w)
             return self.unclaimed()
-        line = conn.makefile("rb").readline()
+        reader = conn.makefile("rb")
+        line = reader.readline()
         self.lifeline = conn
         # What we say from now on goes to the launcher over the lifeline too.
         sys.stderr.flush()
         os.dup2(conn.fileno(), 1)
         os.dup2(conn.fileno(), 2)
+        # The work dir's copy follows the claim line; the kernel waits for the line.
+        if self.receive_dir is not None and not self.receive(reader.read):
+            os.close(claim_w)
+            self.unclaimed()
+            return 1
         with contextlib.suppress(OSError), os.fdopen(claim_w, "wb") as fh:
             fh.write(line)  # a kernel that died meanwhile is reported by wait_child()
         return 0
+
+    def receive(self, read: "Callable[[int], bytes]") -> bool:
+        """Unpack the work dir's copy into --receive-workdir; False (said why) on failure."""
+        assert self.receive_dir is not None
+        try:
+            receive_tree(read, self.receive_dir)
+        except (CopyError, OSError, struct.error) as exc:
+            say(
+                f"the work directory's copy was not received ({exc}); the kernel was not "
+                "started. It must fit --copy-limit bytes and --tmp-inodes entries."
+            )
+            return False
+        return True
+
+    def guard_socket_dir(self) -> None:
+        """Kill the kernel the moment anything but its sockets is written in the socket dir
+        (--cleanup), a host directory. The host launcher watches it too and removes the
+        container (the kernel, our uid, could stop us first); this only makes the common
+        case faster: a signal here, before the host's kill travels through the engine."""
+        fd = inotify_watch(self.cleanup_dir or "", INOTIFY_WATCHED)
+        if fd < 0:
+            return
+        allowed = set(self.only_sockets)
+        created = 0
+        while self.returncode is None:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return
+            for mask, name in inotify_events(data):
+                if not name:
+                    continue
+                kind = entry_kind(self.cleanup_dir, name)
+                # "unknown": gVisor refuses lstat on a socket just bound (EPERM); its
+                # creations are counted all the same, and a write to it is an event too.
+                if mask & IN_CREATE and name in allowed and kind != "other":
+                    created += 1  # counted: bind-and-rename in a loop would fill the inodes
+                    if created <= 4 * len(allowed):
+                        continue
+                elif mask & IN_MOVED_TO and kind in ("socket", "link", "gone"):
+                    continue  # one of its sockets renamed: no new inode
+                elif not mask & (IN_CREATE | IN_MOVED_TO) and kind == "socket":
+                    continue  # gVisor reports a bind as a write too; a socket holds no data
+                self.reason = (
+                    f"the kernel wrote {name!r} in its socket dir (only its sockets belong there)"
+                )
+                self.signal_group(signal.SIGKILL)
+                return
 
     def unclaimed(self) -> int:
         """End the pre-started kernel of a warm container nobody claimed."""
@@ -473,6 +609,10 @@ class Supervisor:
             signal.signal(sig, self.on_signal)
         if self.bridges:
             self.start_bridges()
+        # Pooled, the copy comes after the claim (wait_for_claim); else first, on stdin.
+        if self.receive_dir and not self.pool_socket and not self.receive(sys.stdin.buffer.read):
+            self.clean()
+            return 1
         failed = self.wait_for_claim() if self.pool_socket else self.start_command()
         if failed or not self.pid:
             if self.reason:
@@ -480,6 +620,8 @@ class Supervisor:
             self.clean()
             return failed
         threading.Thread(target=self.watch_lifeline, daemon=True).start()
+        if self.only_sockets and self.cleanup_dir:
+            threading.Thread(target=self.guard_socket_dir, daemon=True).start()
         if self.lifetime > 0:
             signal.alarm(max(1, int(self.lifetime)))
         code = self.wait_child()
@@ -519,6 +661,53 @@ class Supervisor:
         for name in names:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.cleanup_dir, name))
+
+
+#: <sys/inotify.h>: what guard_socket_dir watches (socketdir.py on the host: the same).
+IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE, IN_ISDIR = 0x2, 0x8, 0x80, 0x100, 0x40000000
+INOTIFY_WATCHED = IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO
+INOTIFY_EVENT = struct.Struct("iIII")
+
+
+def inotify_watch(path: str, mask: int) -> int:
+    """A blocking inotify fd watching `path`; -1 where there is none (no ctypes, no libc)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = int(libc.inotify_init1(os.O_CLOEXEC))
+        if fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
+            os.close(fd)
+            return -1
+        return fd
+    except (ImportError, OSError, AttributeError):
+        return -1
+
+
+def inotify_events(data: bytes) -> "List[Tuple[int, str]]":
+    """(mask, name) of each event in one read of an inotify fd."""
+    events = []
+    offset = 0
+    while offset + INOTIFY_EVENT.size <= len(data):
+        _, mask, _, size = INOTIFY_EVENT.unpack_from(data, offset)
+        start = offset + INOTIFY_EVENT.size
+        events.append((mask, os.fsdecode(data[start : start + size].rstrip(b"\0"))))
+        offset = start + size
+    return events
+
+
+def entry_kind(directory: "Optional[str]", name: str) -> str:
+    """What `name` is: socket, link (the host refuses to follow it), gone, unknown (lstat
+    failed) or other."""
+    try:
+        mode = os.lstat(os.path.join(directory or "/nonexistent", name)).st_mode
+    except FileNotFoundError:
+        return "gone"
+    except OSError:
+        return "unknown"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "link" if stat.S_ISLNK(mode) else "other"
 
 
 def copy_fd(source: int, target: int) -> None:

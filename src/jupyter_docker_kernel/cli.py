@@ -778,7 +778,17 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         print("Then: nbgrader autograde ASSIGNMENT")
         return 0
     print("Use it with:")
-    print(f"  nbgrader autograde ASSIGNMENT --ExecutePreprocessor.kernel_name={name}")
+    if settings.workdir == "mount":
+        # Never suggest grading with a kernel that can write the directory nbgrader writes
+        # back into: it can leave links there that nbgrader follows (the launcher refuses
+        # such a start anyway, see launcher.refuse_grading_mount).
+        print(
+            "  not with nbgrader: this kernel mounts the notebook's directory, so submitted "
+            "code could leave links there that nbgrader follows when it writes grades back. "
+            f"For grading, run: jupyter-docker-kernel setup --for-nbgrader --name {name}-grading"
+        )
+    else:
+        print(f"  nbgrader autograde ASSIGNMENT --ExecutePreprocessor.kernel_name={name}")
     # nbconvert has no --kernel option: the kernel name is the preprocessor's setting.
     print(
         "  jupyter nbconvert --execute --to notebook NB.ipynb "

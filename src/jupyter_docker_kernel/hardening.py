@@ -87,10 +87,9 @@ class Launch:
     supervisor_path: str
     host_uid: int
     host_gid: int
-    #: The notebook's directory on the host (the launcher's cwd).
+    #: The notebook's directory on the host (the launcher's cwd); with workdir mode "copy",
+    #: where the kernel's tmpfs copy of it appears in the container.
     workdir: str
-    #: With workdir mode "copy": the host copy mounted at `workdir`'s path.
-    workdir_copy: str | None = None
     launcher_pid: int = 0
     launcher_start: str = ""
     hostname: str = ""
@@ -301,13 +300,15 @@ def run_args(
     args += ["--mount", mount_arg(usage_hook_path(launch), USAGE_HOOK_TARGET, read_only=True)]
     if settings.workdir == "none":
         args += ["--workdir", HOME]
+    elif settings.workdir == "copy":
+        # Not a host directory: a tmpfs capped in bytes and inodes (its pages count against
+        # --memory), filled by the supervisor from the launcher's stream (workcopy.py).
+        args += ["--tmpfs", f"{launch.workdir}:{work_tmpfs_options(settings, uid, gid)}"]
+        args += ["--workdir", launch.workdir]
     else:
-        source = launch.workdir_copy if settings.workdir == "copy" else launch.workdir
-        assert source is not None, "workdir mode 'copy' needs Launch.workdir_copy"
-        read_only = settings.workdir == "mount" and settings.workdir_readonly
         args += [
             "--mount",
-            mount_arg(source, launch.workdir, read_only),
+            mount_arg(launch.workdir, launch.workdir, settings.workdir_readonly),
             "--workdir",
             launch.workdir,
         ]
@@ -316,7 +317,8 @@ def run_args(
     args += list(settings.docker_args)
     args.append(settings.image)
     umask = "0007" if shares_group_only(settings, launch) else None
-    args += supervisor_command(settings, umask=umask, pooled=pool is not None)
+    receive = launch.workdir if settings.workdir == "copy" else None
+    args += supervisor_command(settings, umask=umask, pooled=pool is not None, receive=receive)
     return args
 
 
@@ -376,10 +378,29 @@ def env_file_text(settings: KernelSettings) -> str:
     return "".join(lines)
 
 
+def work_tmpfs_options(settings: KernelSettings, uid: str, gid: str) -> str:
+    """The --copy-workdir tmpfs: the copy and what the kernel writes next to it, in at most
+    copy_limit bytes and tmp_inodes entries, owned by the kernel's uid."""
+    if settings.engine == "podman":
+        # As for /tmp: Podman 4 refuses nr_inodes and uid/gid ("U" chowns it instead).
+        return f"rw,nosuid,nodev,size={size_bytes(settings.copy_limit)},U,mode=0700"
+    return (
+        f"rw,nosuid,nodev,size={size_bytes(settings.copy_limit)},nr_inodes={settings.tmp_inodes},"
+        f"uid={uid},gid={gid},mode=0700"
+    )
+
+
 def supervisor_command(
-    settings: KernelSettings, umask: str | None = None, *, pooled: bool = False
+    settings: KernelSettings,
+    umask: str | None = None,
+    *,
+    pooled: bool = False,
+    receive: str | None = None,
 ) -> list[str]:
-    """The container's command: our supervisor, run by the image's Python, then the kernel."""
+    """The container's command: our supervisor, run by the image's Python, then the kernel.
+
+    With `receive` (--copy-workdir), the supervisor first unpacks the launcher's stream of
+    the notebook's directory there."""
     args = [
         settings.python,
         SUPERVISOR_TARGET,
@@ -391,6 +412,12 @@ def supervisor_command(
     if umask is not None:
         args += ["--umask", umask]
     args += ["--site", USAGE_SITE_TARGET]
+    if receive is not None:
+        args += ["--receive-workdir", receive]
+    # The socket dir is on the host's disk: the supervisor kills a kernel that writes
+    # anything else there (the launcher's watch removes its container too).
+    sockets = [f"{SOCKET_PREFIX}-{index}" for index in range(1, CHANNEL_COUNT + 1)]
+    args += ["--only-sockets", ",".join([*sockets, CLAIM_SOCKET])]
     if settings.kernel_transport == "tcp":
         for index in range(1, CHANNEL_COUNT + 1):
             path = f"{RUNTIME_TARGET}/{SOCKET_PREFIX}-{index}"

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
@@ -31,12 +30,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from jupyter_docker_kernel import hardening, hostpython, kernel_log, pool
+from jupyter_docker_kernel import hardening, hostpython, kernel_log, pool, workcopy
 from jupyter_docker_kernel.endpoints import CHANNELS, Route, client_cwd, host_endpoints, listen
 from jupyter_docker_kernel.engine import Engine, explain_run_failure, short_id, use_host
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.kernelspec import SETTINGS_ENV
 from jupyter_docker_kernel.settings import OWNER_USER, KernelSettings, size_bytes
+from jupyter_docker_kernel.socketdir import SocketDirGuard
 
 log = logging.getLogger("jupyter_docker_kernel.launcher")
 
@@ -115,6 +115,21 @@ def limits_summary(s: KernelSettings) -> str:
     """The limits a kernel's start log line names (launcher and provisioner alike)."""
     runtime = f", runtime {s.runtime}" if s.runtime else ""
     return f"network {s.network}, memory {s.memory}, cpus {s.cpus:g}, pids {s.pids_limit}{runtime}"
+
+
+def kill_now(engine: Engine, container: str) -> None:
+    """SIGKILL a container through the engine's API, quietly; a no-op without the API (the
+    caller removes it through the CLI next anyway)."""
+    with contextlib.suppress(DockerKernelError):
+        api = engine.api()
+        if api.available():
+            api.kill(container)
+
+
+def socket_names() -> list[str]:
+    """What may appear in a kernel's socket dir: its five sockets and a warm one's claim."""
+    names = [f"{hardening.SOCKET_PREFIX}-{index}" for index in range(1, len(CHANNELS) + 1)]
+    return [*names, hardening.CLAIM_SOCKET]
 
 
 def process_age() -> float:
@@ -293,6 +308,8 @@ class Launcher:
         self.client_pid = client_pid or os.getppid()
         #: The kernel's kept output and exit, for `jupyter-docker-kernel logs`.
         self.kernel_log: kernel_log.KernelLog | None = None
+        #: With --copy-workdir: what prepare()/adopt() found to stream into the container.
+        self.copy_entries: list[workcopy.Entry] | None = None
 
     # -- preparation (before any container exists) ------------------------------------------
 
@@ -325,16 +342,17 @@ class Launcher:
         self._write_connection_file(launch.connection_file, uid, gid, launch)
         if launch.env_file is not None:
             write_private(launch.env_file, hardening.env_file_text(self.settings))
-        if launch.workdir_copy is not None:
-            copy_workdir(
-                workdir,
-                launch.workdir_copy,
-                uid,
-                gid,
-                limit=size_bytes(self.settings.copy_limit),
-                group_access=hardening.shares_group_only(self.settings, launch),
-            )
+        if self.settings.workdir == "copy":
+            if ":" in workdir:
+                raise LaunchError(
+                    f"The work directory {workdir} contains ':', which the engine's --tmpfs "
+                    "option cannot carry. No container was started. Rename the directory, "
+                    "or use --no-workdir."
+                )
+            self.copy_entries = self.scan_workdir()
         elif self.settings.workdir == "mount":
+            if not self.settings.workdir_readonly:
+                refuse_grading_mount(workdir)
             warn_about_workdir(workdir, uid, gid, self.settings.workdir_readonly)
         return launch
 
@@ -349,7 +367,6 @@ class Launcher:
             host_uid=os.getuid(),
             host_gid=os.getgid(),
             workdir=self.workdir,
-            workdir_copy=str(self.base / "work") if self.settings.workdir == "copy" else None,
             launcher_pid=os.getpid(),
             launcher_start=process_start_time(os.getpid()),
             hostname=socket.gethostname(),
@@ -404,21 +421,42 @@ class Launcher:
             self.cidfile.write_text(self.container_id)
         # Off the start path: our kernel's name on the container, for `docker ps` and gc.
         self._in_thread(self._rename_claimed, claimed.container_name)
-        launch = self.launch_facts()
-        uid, gid = (int(x) for x in hardening.kernel_user(self.settings, launch).split(":"))
         cwd = hardening.HOME
-        if launch.workdir_copy is not None:
-            copy_workdir(
-                launch.workdir,
-                launch.workdir_copy,
-                uid,
-                gid,
-                limit=size_bytes(self.settings.copy_limit),
-                group_access=hardening.shares_group_only(self.settings, launch),
-            )
+        if self.settings.workdir == "copy":
+            self.copy_entries = self.scan_workdir()
             cwd = pool.WORK_TARGET
         self.lifeline = pool.hand_over(claimed, self.kernel_connection(), cwd)
         self.pooled = True
+        if self.copy_entries is not None:
+            # After the claim line, on the same connection: the supervisor unpacks it into
+            # the container's /work tmpfs before its kernel takes the line.
+            self.send_workdir(self.lifeline.sendall)
+
+    def scan_workdir(self) -> list[workcopy.Entry]:
+        """What --copy-workdir will stream, checked against its caps before anything starts."""
+        return workcopy.scan(
+            self.workdir,
+            limit=size_bytes(self.settings.copy_limit),
+            max_entries=self.settings.tmp_inodes,
+        )
+
+    def send_workdir(self, write: Any) -> None:
+        """Stream the work dir's copy (prepare()/adopt() scanned it) in a thread: into
+        `docker run -i`'s stdin, or over the claim socket. That channel stays open after:
+        it is the supervisor's lifeline. On failure the kernel, which never started, is
+        removed, and the log says why."""
+        entries = self.copy_entries
+        assert entries is not None
+
+        def run() -> None:
+            try:
+                workcopy.send(self.workdir, entries, write)
+            except (OSError, DockerKernelError) as exc:
+                if not self.stopping:
+                    log.error("could not send the work directory's copy: %s", exc)
+                    self._terminate(f"its work directory's copy could not be sent: {exc}")
+
+        threading.Thread(target=run, daemon=True).start()
 
     def kernel_connection(self) -> dict[str, Any]:
         """The kernel's connection info: ipc sockets in RUNTIME_TARGET, the client's key.
@@ -512,7 +550,7 @@ class Launcher:
         """
         args = hardening.run_args(self.settings, launch)
         args.insert(1, f"--cidfile={self.cidfile}")
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [self.engine.executable(), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -520,6 +558,15 @@ class Launcher:
             start_new_session=True,
             env=self.engine.env(),
         )
+        if self.copy_entries is not None and proc.stdin is not None:
+            stdin = proc.stdin
+
+            def write(data: bytes) -> None:
+                stdin.write(data)
+                stdin.flush()
+
+            self.send_workdir(write)
+        return proc
 
     async def run_async(
         self,
@@ -536,6 +583,8 @@ class Launcher:
         from jupyter_docker_kernel.relay import Relay
 
         loop = asyncio.get_running_loop()
+        # Before the relay serves: no notebook code runs until a client is connected.
+        guard = SocketDirGuard(self.runtime_dir, socket_names(), self._socket_dir_violated)
         relay = Relay(
             self.routes(),
             max_message=size_bytes(self.settings.max_message),
@@ -578,6 +627,7 @@ class Launcher:
             task.cancel()
         for thread in forwards:
             thread.join(timeout=5)
+        guard.close()
         await relay.close()
         if proc is not None and code == OOM_EXIT and not self.exit_reason:
             self.exit_reason = await loop.run_in_executor(None, self.engine_exit_reason)
@@ -745,6 +795,13 @@ class Launcher:
         self.stopping = True
         self.exit_reason = reason
         self._in_thread(self.engine.remove, self.container_id or self.name)
+
+    def _socket_dir_violated(self, reason: str) -> None:
+        """The socket dir guard's alarm (its thread): kill the container at once, through
+        the API where we can (every millisecond is more of the host's disk), then remove it."""
+        log.warning("stopping the kernel in %s: %s", self.name, reason)
+        kill_now(self.engine, self.container_id or self.name)
+        self._terminate(reason)
 
     def _in_thread(self, func: Any, *args: Any) -> None:
         """Run an engine call off the event loop; log (not raise) its failure."""
@@ -960,6 +1017,56 @@ def remove_tree(root: Path | str) -> None:
 NBGRADER_MARKERS = ("gradebook.db", "nbgrader_config.py")
 
 
+#: nbgrader's per-student steps live at <course>/<step>/<student>/<assignment>; these two
+#: steps are the instructor's own (<course>/<step>/<assignment>), where no student code runs.
+NBGRADER_INSTRUCTOR_STEPS = ("source", "release")
+
+
+def nbgrader_layout(workdir: str) -> str:
+    """Why `workdir` looks like a directory nbgrader grades in; "" if it does not.
+
+    nbgrader runs every submission in autograded/<student>/<assignment> and then writes the
+    graded notebook back there, following whatever link the kernel left in its place. The
+    step may be renamed in nbgrader_config.py, so a directory at least three levels below
+    one holding gradebook.db or nbgrader_config.py counts too, unless that step is
+    source/ or release/ (the instructor's own, two levels deep). Pure path checks and
+    lstat: nothing is opened or followed.
+    """
+    path = Path(os.path.abspath(workdir))
+    if "autograded" in path.parts:
+        return "it is inside nbgrader's autograded/ tree"
+    for depth, parent in enumerate(path.parents, start=1):
+        marker = next((m for m in NBGRADER_MARKERS if os.path.lexists(parent / m)), "")
+        if not marker:
+            continue
+        step = path.parts[len(parent.parts)]
+        if depth >= 3 and step not in NBGRADER_INSTRUCTOR_STEPS:
+            where = f"{depth} levels below {parent / marker}"
+            return f"it is {where}, where nbgrader keeps its per-student {step}/ directories"
+        return ""
+    return ""
+
+
+def refuse_grading_mount(workdir: str) -> None:
+    """Refuse to mount `workdir` writable when it looks like one nbgrader grades in.
+
+    Launcher.prepare() calls it before any container exists, on the argv and provisioner
+    paths alike. A writable mount there lets the kernel swap its notebook for a link to
+    ../../../gradebook.db, which nbgrader then writes the graded notebook through (and
+    chmods): grades lost. No override: --copy-workdir (what --for-nbgrader sets up) and
+    --workdir-readonly are the safe ways to run a notebook there.
+    """
+    why = nbgrader_layout(workdir)
+    if why:
+        raise LaunchError(
+            f"Refusing to mount the work directory {workdir} writable into the kernel: {why}. "
+            "A kernel that can write there can plant links that nbgrader (or any host tool) "
+            "follows when it writes the graded notebook back. No container was started. "
+            "Grade with a kernelspec made by `jupyter-docker-kernel setup --for-nbgrader` "
+            "(a private copy of the directory), or use --copy-workdir or --workdir-readonly."
+        )
+
+
 def warn_about_workdir(workdir: str, uid: int, gid: int, read_only: bool) -> None:
     """Log what a mounted work dir exposes or lacks; never refuses, the user chose it."""
     exposed = [name for name in NBGRADER_MARKERS if os.path.lexists(os.path.join(workdir, name))]
@@ -989,62 +1096,6 @@ def warn_about_workdir(workdir: str, uid: int, gid: int, read_only: bool) -> Non
             st.st_uid,
             stat.S_IMODE(st.st_mode),
         )
-
-
-def copy_workdir(
-    source: str, dest: str, uid: int, gid: int, *, limit: int, group_access: bool = False
-) -> None:
-    """Copy the notebook directory for --copy-workdir, safely and within `limit` bytes.
-
-    Symlinks are copied as links, never followed (one pointing out of the directory then
-    points into the container's own filesystem); fifos, sockets and devices are skipped.
-    Nothing is ever copied back.
-    """
-    total = 0
-
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        nonlocal total
-        skipped: set[str] = set()
-        for name in names:
-            st = os.lstat(os.path.join(directory, name))
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-            elif not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-                skipped.add(name)
-        if total > limit:
-            raise LaunchError(
-                f"The work directory {source} holds more than {limit} bytes, the "
-                "--copy-workdir limit. No container was started. Raise copy_limit in the "
-                "kernelspec (setup --copy-limit), or start the notebook from a smaller directory."
-            )
-        return skipped
-
-    try:
-        shutil.copytree(source, dest, symlinks=True, ignore=ignore, dirs_exist_ok=True)
-    except RecursionError as exc:
-        raise LaunchError(
-            f"The work directory {source} is nested too deeply to copy for --copy-workdir. "
-            "No container was started."
-        ) from exc
-    except (OSError, shutil.Error) as exc:
-        raise LaunchError(
-            f"Could not copy the work directory {source} for --copy-workdir: {exc}. "
-            "No container was started."
-        ) from exc
-    if uid == os.getuid() and not group_access:
-        return
-    for root, dirs, files in os.walk(dest):
-        for name in [*dirs, *files]:
-            path = os.path.join(root, name)
-            if group_access:
-                if not os.path.islink(path):
-                    os.chmod(path, os.lstat(path).st_mode | 0o070)  # noqa: S103 - as above
-            else:
-                os.lchown(path, uid, gid)
-    if group_access:
-        os.chmod(dest, 0o770)  # noqa: S103 - group access for the kernel's uid, in base dir
-    else:
-        os.chown(dest, uid, gid)
 
 
 def configure_logging(debug: bool) -> None:

@@ -348,7 +348,6 @@ def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> 
         host_uid=os.getuid(),
         host_gid=os.getgid(),
         workdir=workdir or os.getcwd(),
-        workdir_copy=f"{kernel_dir}/work" if settings.workdir == "copy" else None,
         env_file=f"{kernel_dir}/env" if settings.env else None,
         launcher_pid=0,
         launcher_start="START",

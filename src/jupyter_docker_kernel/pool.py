@@ -11,7 +11,8 @@ unclaimed container ends itself after `pool_ttl` seconds, so a pool never outliv
 users by long; `gc --pools` removes unclaimed ones at once.
 
 Only work-dir modes "copy" and "none" can be pooled: a running container cannot gain the
-notebook's directory as a mount, so a pooled kernel gets its private copy at /work.
+notebook's directory as a mount, so a pooled kernel gets its private copy at /work (a
+tmpfs; the claiming launcher streams the files over the claim socket, see workcopy.py).
 """
 
 from __future__ import annotations
@@ -244,8 +245,7 @@ def start_one(
         container_name=name,
         runtime_dir=str(pool_dir / "rt"),
         connection_file="",
-        workdir=WORK_TARGET,
-        workdir_copy=str(pool_dir / "work") if settings.workdir == "copy" else None,
+        workdir=WORK_TARGET,  # with --copy-workdir a tmpfs, filled at the claim
         env_file=str(pool_dir / "env") if settings.env else None,
     )
     if pooled.env_file is not None:
@@ -253,8 +253,6 @@ def start_one(
         fd = os.open(pooled.env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(hardening.env_file_text(settings))
-    if pooled.workdir_copy is not None:
-        Path(pooled.workdir_copy).mkdir(mode=0o700)
     uid, gid = (int(x) for x in hardening.kernel_user(settings, pooled).split(":"))
     if uid != os.getuid():
         os.chown(pool_dir / "rt", uid, gid)  # root starting it for an unprivileged kernel

@@ -43,14 +43,17 @@ from jupyter_docker_kernel.launcher import (
     Launcher,
     forward,
     kernel_id_from,
+    kill_now,
     limits_summary,
     remove_tree,
     runtime_base,
+    socket_names,
     start_lifeline_watchdog,
     wait_exit_code,
 )
 from jupyter_docker_kernel.relay import Relay, RelayThread
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
+from jupyter_docker_kernel.socketdir import SocketDirGuard
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +256,7 @@ class DockerProvisioner(KernelProvisionerBase):
     _pins: SocketPins | None = None
     #: The relay between the client and the kernel's sockets, with the budgets.
     _meter: RelayThread | None = None
+    _guard: SocketDirGuard | None = None
     _watchdog: subprocess.Popen[bytes] | None = None
     _forwards: list[threading.Thread]
     _timer: threading.Timer | None = None
@@ -354,6 +358,7 @@ class DockerProvisioner(KernelProvisionerBase):
             await off_loop(launcher.cleanup)
             self._stop_watchdog()
             raise
+        self._guard = SocketDirGuard(launcher.runtime_dir, socket_names(), self._violated)
         # The kernel's raw stdout/stderr, escaped and capped, go to the server's log; its
         # end is kept for `jupyter-docker-kernel logs`.
         keep = launcher.open_log()
@@ -415,6 +420,8 @@ class DockerProvisioner(KernelProvisionerBase):
         relayed = await off_loop(self._stop_meter)
         if self._pins is not None:
             self._pins.close()
+        if self._guard is not None:
+            self._guard.close()
         for thread in self._forwards:
             await off_loop(thread.join, 5)
         for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
@@ -479,6 +486,8 @@ class DockerProvisioner(KernelProvisionerBase):
         await off_loop(self._stop_meter)
         if self._pins is not None:
             await off_loop(self._pins.close)
+        if self._guard is not None:
+            await off_loop(self._guard.close)
         if self.base is not None:
             await off_loop(remove_tree, self.base)
         if not restart:
@@ -509,6 +518,13 @@ class DockerProvisioner(KernelProvisionerBase):
             getattr(self.engine, method)(*args)
         except DockerKernelError as exc:
             self.log.warning("%s", exc)
+
+    def _violated(self, reason: str) -> None:
+        """The socket dir guard's alarm (its thread): remove the container at once."""
+        self.log.warning("stopping the kernel in %s: %s", self.container_name, reason)
+        self._exit_reason = self._exit_reason or reason
+        kill_now(self.engine, self.container_name)
+        self._remove(self.container_name)
 
     def _remove(self, name: str) -> None:
         self._engine_call("remove", name)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from jupyter_docker_kernel import hardening
+from jupyter_docker_kernel import hardening, workcopy
 from jupyter_docker_kernel.engine import Engine, explain_run_failure, first_line
 from jupyter_docker_kernel.launcher import (
     NAME_PREFIX,
@@ -386,7 +386,6 @@ def probe_launch(settings: KernelSettings, directory: Path) -> hardening.Launch:
         host_uid=os.getuid(),
         host_gid=os.getgid(),
         workdir=workdir,
-        workdir_copy=str(directory / "copy") if settings.workdir == "copy" else None,
         launcher_pid=os.getpid(),
         launcher_start=process_start_time(os.getpid()),
         hostname=socket.gethostname(),
@@ -421,10 +420,6 @@ def _prepare(settings: KernelSettings, launch: hardening.Launch, uid: int, gid: 
     elif chown:
         os.chown(runtime_dir, uid, gid)
         os.chown(launch.connection_file, uid, gid)
-    if launch.workdir_copy is not None:
-        Path(launch.workdir_copy).mkdir(mode=0o770 if group_only else 0o700)
-        if chown:
-            os.chown(launch.workdir_copy, uid, gid)
 
 
 def probe(
@@ -450,6 +445,12 @@ def probe(
             start_new_session=True,
             env=engine.env(),
         )
+        if settings.workdir == "copy":
+            # With --copy-workdir the supervisor unpacks the notebook's copy before anything
+            # else (workcopy): the probe's is empty, or it would wait for one.
+            assert proc.stdin is not None
+            stdin = proc.stdin.fileno()  # a few bytes, nothing buffered in the text layer yet
+            workcopy.send(launch.workdir, [], lambda data: os.write(stdin, data))
     except BaseException:
         remove_tree(directory)
         raise

@@ -301,10 +301,10 @@ def test_kernel_user_owner_round_trips_and_refuses_a_pool() -> None:
 
 def test_nothing_in_the_demo_or_the_product_makes_a_directory_world_writable() -> None:
     """The demo once hid the root/uid problem with chmod 777; it uses --kernel-user owner."""
+    # A literal world-writable mode as chmod's argument (not a mask such as mode & 0o777).
+    pattern = r"chmod\(([^),]*,\s*)?0o7[0-7]7\)|chmod (-R )?(a\+w|o\+w|777|0777)"
     found = subprocess.run(
-        # A literal world-writable mode as chmod's argument (not a mask such as mode & 0o777).
-        ["git", "grep", "-nE", r"chmod\(([^),]*,\s*)?0o7[0-7]7\)|chmod (-R )?(a\+w|o\+w|777|0777)", "--",
-         "scripts", "examples", "src"],
+        ["git", "grep", "-nE", pattern, "--", "scripts", "examples", "src"],
         cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert found.stdout == ""

@@ -61,8 +61,11 @@ class Launch:
     host_gid: int
     #: The notebook's directory on the host (the launcher's cwd).
     workdir: str
-    #: With workdir mode "copy": the host copy mounted at `workdir`'s path.
+    #: With workdir mode "copy": the host copy of the root, mounted at the root's path.
     workdir_copy: str | None = None
+    #: The notebook's project root (workdir.project_root, setup --workdir-root), mounted at
+    #: its own path with `workdir` inside it as the cwd; "": `workdir` itself.
+    project_root: str = ""
     launcher_pid: int = 0
     launcher_start: str = ""
     hostname: str = ""
@@ -252,16 +255,18 @@ def run_args(
     if settings.workdir == "none":
         args += ["--workdir", HOME]
     else:
-        source = launch.workdir_copy if settings.workdir == "copy" else launch.workdir
+        root = launch.project_root or launch.workdir
+        source = launch.workdir_copy if settings.workdir == "copy" else root
         assert source is not None, "workdir mode 'copy' needs Launch.workdir_copy"
         read_only = settings.workdir == "mount" and settings.workdir_readonly
         args += [
             "--mount",
-            mount_arg(source, launch.workdir, read_only),
+            mount_arg(source, root, read_only),
             "--workdir",
             launch.workdir,
         ]
     for m in settings.mounts:
+        m = m.resolved(launch.project_root or launch.workdir, launch.workdir)
         args += ["--mount", mount_arg(m.source, m.target, m.read_only)]
     args += list(settings.docker_args)
     args.append(settings.image)

@@ -37,6 +37,7 @@ from jupyter_docker_kernel.engine import Engine, explain_run_failure, short_id, 
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.kernelspec import SETTINGS_ENV
 from jupyter_docker_kernel.settings import OWNER_USER, KernelSettings, size_bytes
+from jupyter_docker_kernel.workdir import check_project, engine_sockets, project_root
 
 log = logging.getLogger("jupyter_docker_kernel.launcher")
 
@@ -279,6 +280,8 @@ class Launcher:
         self.name = f"{NAME_PREFIX}-{self.kernel_id}-{nonce}"
         self.base = base or runtime_base() / f"{self.kernel_id}-{nonce}"
         self.workdir = workdir or os.getcwd()
+        #: The directory mounted (or copied) at its own path, self.workdir inside it.
+        self.project = self.resolve_project()
         self.runtime_dir = self.base / "rt"
         self.cidfile = self.base / "cid"
         self.container_id = ""
@@ -293,6 +296,27 @@ class Launcher:
         self.kernel_log: kernel_log.KernelLog | None = None
 
     # -- preparation (before any container exists) ------------------------------------------
+
+    def resolve_project(self) -> str:
+        """The notebook's project root for this start (setup --workdir-root), checked
+        with the --mount templates it fills in; LaunchError before anything exists.
+
+        Called once, from __init__, by the argv launcher and the provisioner alike (both
+        hand us the client's cwd as self.workdir), so its one log line is logged once.
+        """
+        if self.settings.workdir == "none":
+            return self.workdir
+        root, cwd = project_root(self.workdir, self.settings)
+        templates = [m.resolved(root, cwd) for m in self.settings.mounts if m.template]
+        if root != cwd or templates:
+            check_project(
+                root,
+                cwd,
+                templates,
+                home=os.path.expanduser("~"),
+                sockets=engine_sockets(self.engine),
+            )
+        return root
 
     def prepare(self) -> hardening.Launch:
         """Create the runtime dir, the in-container connection file and the workdir copy."""
@@ -325,7 +349,7 @@ class Launcher:
             write_private(launch.env_file, hardening.env_file_text(self.settings))
         if launch.workdir_copy is not None:
             copy_workdir(
-                workdir,
+                self.project,
                 launch.workdir_copy,
                 uid,
                 gid,
@@ -333,7 +357,7 @@ class Launcher:
                 group_access=hardening.shares_group_only(self.settings, launch),
             )
         elif self.settings.workdir == "mount":
-            warn_about_workdir(workdir, uid, gid, self.settings.workdir_readonly)
+            warn_about_workdir(self.project, uid, gid, self.settings.workdir_readonly)
         return launch
 
     def launch_facts(self) -> hardening.Launch:
@@ -348,6 +372,7 @@ class Launcher:
             host_gid=os.getgid(),
             workdir=self.workdir,
             workdir_copy=str(self.base / "work") if self.settings.workdir == "copy" else None,
+            project_root=self.project if self.project != self.workdir else "",
             launcher_pid=os.getpid(),
             launcher_start=process_start_time(os.getpid()),
             hostname=socket.gethostname(),
@@ -407,14 +432,16 @@ class Launcher:
         cwd = hardening.HOME
         if launch.workdir_copy is not None:
             copy_workdir(
-                launch.workdir,
+                self.project,
                 launch.workdir_copy,
                 uid,
                 gid,
                 limit=size_bytes(self.settings.copy_limit),
                 group_access=hardening.shares_group_only(self.settings, launch),
             )
-            cwd = pool.WORK_TARGET
+            # The root's copy is at WORK_TARGET: the notebook's directory is below it.
+            inside = os.path.relpath(self.workdir, self.project)
+            cwd = pool.WORK_TARGET if inside == "." else f"{pool.WORK_TARGET}/{inside}"
         self.lifeline = pool.hand_over(claimed, self.kernel_connection(), cwd)
         self.pooled = True
 

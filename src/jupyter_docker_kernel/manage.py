@@ -286,7 +286,7 @@ def setup_argv(info: SpecInfo, configured: dict[str, Any]) -> list[str]:
         argv += ["--mount", m.to_spec()]
     for name, value in s.env:
         argv += ["--env", f"{name}={value}"]
-    for field in ("python", "runtime", "gpus", "kernel_user", "engine_host"):
+    for field in ("python", "runtime", "gpus", "workdir_root", "kernel_user", "engine_host"):
         value = getattr(s, field)
         if value is not None and (value != getattr(defaults, field) or field in configured):
             argv += [option(field), str(value)]

@@ -245,6 +245,7 @@ def start_one(
         runtime_dir=str(pool_dir / "rt"),
         connection_file="",
         workdir=WORK_TARGET,
+        project_root="",  # the claimer copies its project root into WORK_TARGET
         workdir_copy=str(pool_dir / "work") if settings.workdir == "copy" else None,
         env_file=str(pool_dir / "env") if settings.env else None,
     )

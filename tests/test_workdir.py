@@ -3,11 +3,12 @@ refusal tables, without an engine; test_project_layout.py runs the layout with r
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from jupyter_docker_kernel import hardening, workdir
+from jupyter_docker_kernel import cli, config, hardening, kernelspec, manage, readiness, workdir
 from jupyter_docker_kernel.errors import LaunchError, SettingsError
 from jupyter_docker_kernel.settings import KernelSettings, Mount
 
@@ -237,3 +238,54 @@ def test_run_args_without_a_root_are_as_before() -> None:
         f"type=bind,source={NB}/in,target=/in",
         NB,
     ]
+
+
+# -- carried everywhere the settings go -------------------------------------------------------
+
+
+def test_root_and_templates_survive_kernel_json_config_traits_and_show_as_command(
+    tmp_path: Path,
+) -> None:
+    settings = KernelSettings(
+        workdir_root="..1", mounts=(Mount.parse("{project}/data:/data:ro", "/x"),)
+    )
+    data = kernelspec.build_kernel_json(settings, display_name="p")
+    assert kernelspec.settings_from_kernel_json(json.loads(json.dumps(data))) == settings
+    assert "workdir_root" in config.DockerKernel.class_trait_names(config=True)
+    spec = tmp_path / "p"
+    spec.mkdir()
+    (spec / "kernel.json").write_text(json.dumps(data))
+    argv = manage.setup_argv(manage.read_spec("p", spec), {})
+    parsed = cli.build_parser().parse_args(argv)
+    assert (parsed.workdir_root, parsed.mount) == ("..1", ["{project}/data:/data:ro"])
+
+
+def test_config_file_sets_the_root_and_a_template(tmp_path: Path) -> None:
+    (tmp_path / "jupyter_docker_kernel_config.py").write_text(
+        'c.DockerKernel.workdir_root = "git"\nc.DockerKernel.mounts = ["{project}/data:/data:ro"]\n'
+    )
+    values = config.load_defaults([str(tmp_path)]).values
+    assert values["workdir_root"] == "git"
+    assert values["mounts"] == (Mount("{project}/data", "/data", read_only=True),)
+
+
+def test_show_resolves_the_root_for_a_notebook_in_the_current_directory(tmp_path: Path) -> None:
+    notebooks = tmp_path / "proj" / "nb"
+    notebooks.mkdir(parents=True)
+    settings = KernelSettings(workdir_root="..1", mounts=(Mount("{project}/d", "/d"),))
+    args = manage.effective_args(settings, str(notebooks))
+    root = str(tmp_path / "proj")
+    assert f"type=bind,source={root},target={root}" in args
+    assert f"type=bind,source={root}/d,target=/d" in args
+    assert args[args.index("--workdir") + 1] == str(notebooks)
+
+
+def test_setups_probe_leaves_templates_out() -> None:
+    """setup's probe container has no notebook: a template has nothing to be filled in with."""
+    settings = KernelSettings(
+        workdir_root="git", mounts=(Mount("/srv/d", "/d"), Mount("{project}/data", "/data"))
+    )
+    args = readiness.probe_args(settings, launch())
+    mounts = [args[i + 1] for i, a in enumerate(args) if a == "--mount"]
+    assert "type=bind,source=/srv/d,target=/d" in mounts
+    assert not [m for m in mounts if "target=/data" in m]

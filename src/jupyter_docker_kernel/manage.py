@@ -24,6 +24,7 @@ from jupyter_docker_kernel.engine import LABEL_POOL, Engine
 from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError
 from jupyter_docker_kernel.launcher import NAME_PREFIX, SUPERVISOR_PATH, owner_of, runtime_base
 from jupyter_docker_kernel.settings import KernelSettings, option
+from jupyter_docker_kernel.workdir import project_root
 
 #: What `show` puts where a real start has a value of its own.
 PLACEHOLDER_KERNEL_ID = "KERNEL-ID"
@@ -339,6 +340,12 @@ def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> 
     except DockerKernelError:
         base = "$RUNTIME_BASE"  # show still works; doctor says what is wrong with it
     kernel_dir = f"{base}/{PLACEHOLDER_KERNEL_ID}-{PLACEHOLDER_NONCE}"
+    notebook_dir = workdir or os.getcwd()
+    project = notebook_dir
+    if settings.workdir_root and settings.workdir != "none":
+        # The root a notebook in this directory would get (as the launcher resolves it).
+        with contextlib.suppress(DockerKernelError):
+            project, _ = project_root(notebook_dir, settings)
     return hardening.Launch(
         kernel_id=PLACEHOLDER_KERNEL_ID,
         container_name=f"{NAME_PREFIX}-{PLACEHOLDER_KERNEL_ID}-{PLACEHOLDER_NONCE}",
@@ -349,6 +356,7 @@ def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> 
         host_gid=os.getgid(),
         workdir=workdir or os.getcwd(),
         workdir_copy=f"{kernel_dir}/work" if settings.workdir == "copy" else None,
+        project_root=project if project != notebook_dir else "",
         env_file=f"{kernel_dir}/env" if settings.env else None,
         launcher_pid=0,
         launcher_start="START",

@@ -23,7 +23,8 @@ from jupyter_docker_kernel import cli
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.settings import KernelSettings
 from tests.conftest import OUR_LABEL, install_kernel
-from tests.kernels import execute, start, stop, stream_text
+from tests.kernels import execute, start, stop, stream_text, wait_until
+from tests.test_pool import key_of, warm_ready
 
 pytestmark = pytest.mark.docker
 
@@ -136,6 +137,34 @@ def test_copy_workdir_with_a_fixed_root_copies_the_project(
     code = PROBE + "open('../data/new.csv', 'w').write('x')\nprint('wrote')\n"
     assert run_in_kernel("jdk-test-root-path", notebooks, code) == expected(notebooks) + "wrote\n"
     assert not (notebooks.parent / "data" / "new.csv").exists()
+
+
+def test_a_warm_kernel_gets_the_project_copied_and_starts_in_the_notebooks_dir(
+    kernel_image: str, tmp_path: Path
+) -> None:
+    """--pool with --copy-workdir --workdir-root ..1: the claimed container gets the root's
+    copy at its work dir and the notebook's directory below it as the cwd."""
+    spec = install_kernel(
+        "jdk-test-root-pool",
+        kernel_image,
+        *("--copy-workdir", "--workdir-root", "..1", "--pool", "1", "--pool-ttl", "120"),
+    )
+    notebooks = project(tmp_path, git=False)
+    try:
+        run_in_kernel("jdk-test-root-pool", notebooks, "1")  # starts the pool's refill
+        wait_until(lambda: bool(warm_ready(key_of(spec))), 90)
+        log = tmp_path / "launcher.log"
+        with log.open("w") as stderr:
+            km, kc = start("jdk-test-root-pool", str(notebooks), stderr=stderr)
+        try:
+            _, outputs = execute(kc, PROBE)
+        finally:
+            stop(km, kc)
+        assert "started in warm container" in log.read_text()
+        assert stream_text(outputs) == "a,b\n1,2\n/work/notebooks\n['data', 'notebooks']\n"
+    finally:
+        assert cli.main(["gc", "--pools"]) == 0
+        wait_until(lambda: not warm_ready(key_of(spec)), 10)
 
 
 # -- refusals: one line, no container -------------------------------------------------------

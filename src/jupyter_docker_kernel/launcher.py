@@ -281,7 +281,7 @@ class Launcher:
         self.base = base or runtime_base() / f"{self.kernel_id}-{nonce}"
         self.workdir = workdir or os.getcwd()
         #: The directory mounted (or copied) at its own path, self.workdir inside it.
-        self.project = self.resolve_project()
+        self.project, self.workdir = self.resolve_project()
         self.runtime_dir = self.base / "rt"
         self.cidfile = self.base / "cid"
         self.container_id = ""
@@ -297,15 +297,15 @@ class Launcher:
 
     # -- preparation (before any container exists) ------------------------------------------
 
-    def resolve_project(self) -> str:
-        """The notebook's project root for this start (setup --workdir-root), checked
+    def resolve_project(self) -> tuple[str, str]:
+        """(root, notebook dir) for this start (setup --workdir-root): the root checked
         with the --mount templates it fills in; LaunchError before anything exists.
 
         Called once, from __init__, by the argv launcher and the provisioner alike (both
         hand us the client's cwd as self.workdir), so its one log line is logged once.
         """
         if self.settings.workdir == "none":
-            return self.workdir
+            return self.workdir, self.workdir
         root, cwd = project_root(self.workdir, self.settings)
         templates = [m.resolved(root, cwd) for m in self.settings.mounts if m.template]
         if root != cwd or templates:
@@ -316,7 +316,7 @@ class Launcher:
                 home=os.path.expanduser("~"),
                 sockets=engine_sockets(self.engine),
             )
-        return root
+        return root, cwd
 
     def prepare(self) -> hardening.Launch:
         """Create the runtime dir, the in-container connection file and the workdir copy."""

@@ -199,5 +199,6 @@ def check_project(
 
 
 def _normalise(path: str) -> str:
-    """An absolute path without '.', '..', doubled or trailing slashes."""
-    return os.path.normpath(path).replace("//", "/", 1) if path else "/"
+    """An absolute path without '.', '..', doubled or trailing slashes (a relative one, as
+    a client may pass its cwd, is taken from the process's cwd, as Popen would)."""
+    return os.path.abspath(path).replace("//", "/", 1) if path else "/"

@@ -18,12 +18,23 @@ from pathlib import Path
 import nbformat
 import pytest
 from jupyter_client.connect import write_connection_file
+from playwright.sync_api import Page, expect
 
 from jupyter_docker_kernel import cli
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.settings import KernelSettings
 from tests.conftest import OUR_LABEL, install_kernel
 from tests.kernels import execute, start, stop, stream_text, wait_until
+from tests.test_jupyterlab import (  # noqa: F401 - fixtures the browser test uses
+    Lab,
+    chromium,
+    lab,
+    output_of,
+    page,
+    run_cell,
+    shot,
+    wait_idle,
+)
 from tests.test_pool import key_of, warm_ready
 
 pytestmark = pytest.mark.docker
@@ -165,6 +176,37 @@ def test_a_warm_kernel_gets_the_project_copied_and_starts_in_the_notebooks_dir(
     finally:
         assert cli.main(["gc", "--pools"]) == 0
         wait_until(lambda: not warm_ready(key_of(spec)), 10)
+
+
+# -- JupyterLab in Chromium: the server's root holds the project ----------------------------
+
+
+@pytest.fixture
+def kernel_name(kernel_image: str) -> str:
+    """The kernelspec the `lab` fixture (test_jupyterlab.py) runs: --workdir-root git."""
+    install_kernel("jdk-test-root-git", kernel_image, "--workdir-root", "git")
+    return "jdk-test-root-git"
+
+
+def test_jupyterlab_opens_a_notebook_in_a_project_and_reads_its_data(
+    page: Page,
+    lab: Lab,
+    workdir: Path,
+    kernel_name: str,  # noqa: F811 - the imported fixtures
+) -> None:
+    """JupyterLab serving the directory above the project: the notebook in
+    proj/notebooks runs in the container with the git work tree mounted."""
+    notebooks = project(workdir)
+    nb = nbformat.read(notebooks / "analysis.ipynb", as_version=4)  # type: ignore[no-untyped-call]
+    nb.metadata["kernelspec"] = {"name": kernel_name, "display_name": "p", "language": "python"}
+    nbformat.write(nb, notebooks / "analysis.ipynb")  # type: ignore[no-untyped-call]
+
+    page.goto(f"{lab.url}/lab/tree/proj/notebooks/analysis.ipynb?token={lab.token}")
+    wait_idle(page)
+    run_cell(page, 0)
+    expect(output_of(page, 0)).to_contain_text("['.git', 'data', 'notebooks']")
+    assert output_of(page, 0).inner_text().split("\n")[:3] == ["a,b", "1,2", str(notebooks)]
+    shot(page, "project-layout")
 
 
 # -- refusals: one line, no container -------------------------------------------------------

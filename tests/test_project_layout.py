@@ -189,10 +189,10 @@ def kernel_name(kernel_image: str) -> str:
 
 
 def test_jupyterlab_opens_a_notebook_in_a_project_and_reads_its_data(
-    page: Page,
-    lab: Lab,
+    page: Page,  # noqa: F811 - test_jupyterlab's fixture, imported above
+    lab: Lab,  # noqa: F811 - as page
     workdir: Path,
-    kernel_name: str,  # noqa: F811 - the imported fixtures
+    kernel_name: str,
 ) -> None:
     """JupyterLab serving the directory above the project: the notebook in
     proj/notebooks runs in the container with the git work tree mounted."""

@@ -289,3 +289,18 @@ def test_setups_probe_leaves_templates_out() -> None:
     mounts = [args[i + 1] for i, a in enumerate(args) if a == "--mount"]
     assert "type=bind,source=/srv/d,target=/d" in mounts
     assert not [m for m in mounts if "target=/data" in m]
+
+
+def test_a_notebook_dir_template_is_checked_with_no_workdir_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--no-workdir --mount {notebook_dir}:/nb from the home directory itself: refused."""
+    from jupyter_client.connect import write_connection_file
+
+    from jupyter_docker_kernel.launcher import Launcher
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    connection, _ = write_connection_file(str(tmp_path / "kernel-x.json"))
+    settings = KernelSettings(workdir="none", mounts=(Mount.parse("{notebook_dir}:/nb", "/"),))
+    with pytest.raises(LaunchError, match=f"{tmp_path} is your home directory itself"):
+        Launcher(settings, connection, workdir=str(tmp_path), base=tmp_path / "b")

@@ -304,8 +304,7 @@ class Launcher:
         Called once, from __init__, by the argv launcher and the provisioner alike (both
         hand us the client's cwd as self.workdir), so its one log line is logged once.
         """
-        if self.settings.workdir == "none":
-            return self.workdir, self.workdir
+        # With --no-workdir (never with a root) this is (cwd, cwd): only templates are checked.
         root, cwd = project_root(self.workdir, self.settings)
         templates = [m.resolved(root, cwd) for m in self.settings.mounts if m.template]
         if root != cwd or templates:

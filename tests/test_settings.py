@@ -227,7 +227,12 @@ def test_cpus_not_finite_is_refused(cpus: float) -> None:
 FULL = KernelSettings(
     image="course/py:2024",
     workdir="copy",
-    mounts=(Mount("/data", "/data", read_only=True), Mount("/scratch", "/scratch")),
+    workdir_root="git",
+    mounts=(
+        Mount("/data", "/data", read_only=True),
+        Mount("/scratch", "/scratch"),
+        Mount("{project}/data", "/pdata", read_only=True),
+    ),
     env=(("A", "1"), ("B", "x=y")),
     kernel_cmd=("python3.12", "-m", "mykernel", "-f", "{connection_file}"),
     kernel_spec_in_image="mykernel",

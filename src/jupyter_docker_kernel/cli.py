@@ -33,6 +33,7 @@ from jupyter_docker_kernel import (
     readiness,
     reaper,
     running,
+    workdir,
 )
 from jupyter_docker_kernel.engine import Engine, podman_socket
 from jupyter_docker_kernel.errors import (
@@ -138,7 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="HOST:DEST[:ro]",
-        help="also mount HOST at DEST (repeatable; relative HOST is resolved now)",
+        help="also mount HOST at DEST (repeatable; relative HOST is resolved now, "
+        "{project}/PATH and {notebook_dir}/PATH at each start)",
+    )
+    setup.add_argument(
+        "--workdir-root",
+        metavar="git|PATH|..N",
+        help="mount the notebook's project root, not just its directory (which stays the "
+        "cwd): its git work tree, the directory PATH, or N levels up",
     )
     workdir = setup.add_mutually_exclusive_group()
     workdir.add_argument(
@@ -443,7 +451,7 @@ def settings_from_args(
     cwd = os.getcwd()
     mounts = tuple(Mount.parse(m, cwd) for m in args.mount)
     for m in mounts:
-        if not os.path.exists(m.source):
+        if not m.template and not os.path.exists(m.source):
             raise SettingsError(
                 f"--mount source {m.source} does not exist. No kernelspec was written. "
                 "Create it first, or fix the path."
@@ -462,6 +470,7 @@ def settings_from_args(
         "docker_args": tuple(args.docker_arg) or None,
         "runtime": args.runtime,
         "gpus": args.gpus,
+        "workdir_root": args.workdir_root,
         "kernel_user": args.kernel_user,
         "engine_host": engine_host(args),
         "kernel_transport": args.kernel_transport,
@@ -469,7 +478,33 @@ def settings_from_args(
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},
     }
     values.update({k: v for k, v in given.items() if v is not None})
-    return KernelSettings(**values)
+    settings = KernelSettings(**values)
+    check_workdir_root(settings)
+    return settings
+
+
+def check_workdir_root(settings: KernelSettings) -> None:
+    """A fixed --workdir-root PATH is known now: refuse it as a kernel start would
+    (workdir.refusal), and when it is not a directory. git and ..N depend on the notebook."""
+    root = settings.workdir_root
+    if not root or not root.startswith("/"):
+        return
+    if not os.path.isdir(root):
+        raise SettingsError(
+            f"--workdir-root {root} is not a directory. No kernelspec was written. "
+            "Create it, or give the project's directory."
+        )
+    for path in dict.fromkeys((root, os.path.realpath(root))):
+        why = workdir.refusal(
+            path,
+            home=os.path.expanduser("~"),
+            sockets=workdir.engine_sockets(Engine(host=settings.engine_host)),
+        )
+        if why:
+            raise SettingsError(
+                f"--workdir-root {path} {why}. No kernelspec was written. Give the "
+                "project's own directory (one that holds your notebooks and their data)."
+            )
 
 
 def probe_user() -> str:
@@ -740,6 +775,11 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
     if in_image is not None:
         command = " ".join(settings.kernel_cmd)
         print(f"  kernel '{in_image.name}' from the image ({in_image.language}): {command}")
+    if settings.workdir_root:
+        print(
+            f"  project root {settings.workdir_root} mounted at each start (--workdir-root), "
+            "the notebook's directory the cwd"
+        )
     print(
         f"  network {settings.network}, memory {settings.memory}, cpus {settings.cpus:g}, "
         f"pids {settings.pids_limit}, workdir {settings.workdir}"

@@ -90,6 +90,10 @@ class Launch:
     #: The notebook's directory on the host (the launcher's cwd); with workdir mode "copy",
     #: where the kernel's tmpfs copy of it appears in the container.
     workdir: str
+    #: The notebook's project root (workdir.project_root, setup --workdir-root), mounted
+    #: (or, with --copy-workdir, streamed into a tmpfs) at its own path with `workdir`
+    #: inside it as the cwd; "": `workdir` itself.
+    project_root: str = ""
     launcher_pid: int = 0
     launcher_start: str = ""
     hostname: str = ""
@@ -302,22 +306,26 @@ def run_args(
         args += ["--workdir", HOME]
     elif settings.workdir == "copy":
         # Not a host directory: a tmpfs capped in bytes and inodes (its pages count against
-        # --memory), filled by the supervisor from the launcher's stream (workcopy.py).
-        args += ["--tmpfs", f"{launch.workdir}:{work_tmpfs_options(settings, uid, gid)}"]
+        # --memory), filled by the supervisor from the launcher's stream (workcopy.py): the
+        # project root's copy, with the notebook's directory inside it as the cwd.
+        root = launch.project_root or launch.workdir
+        args += ["--tmpfs", f"{root}:{work_tmpfs_options(settings, uid, gid)}"]
         args += ["--workdir", launch.workdir]
     else:
+        root = launch.project_root or launch.workdir
         args += [
             "--mount",
-            mount_arg(launch.workdir, launch.workdir, settings.workdir_readonly),
+            mount_arg(root, root, settings.workdir_readonly),
             "--workdir",
             launch.workdir,
         ]
     for m in settings.mounts:
+        m = m.resolved(launch.project_root or launch.workdir, launch.workdir)
         args += ["--mount", mount_arg(m.source, m.target, m.read_only)]
     args += list(settings.docker_args)
     args.append(settings.image)
     umask = "0007" if shares_group_only(settings, launch) else None
-    receive = launch.workdir if settings.workdir == "copy" else None
+    receive = (launch.project_root or launch.workdir) if settings.workdir == "copy" else None
     args += supervisor_command(settings, umask=umask, pooled=pool is not None, receive=receive)
     return args
 

@@ -37,6 +37,7 @@ from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.kernelspec import SETTINGS_ENV
 from jupyter_docker_kernel.settings import OWNER_USER, KernelSettings, size_bytes
 from jupyter_docker_kernel.socketdir import SocketDirGuard
+from jupyter_docker_kernel.workdir import check_project, engine_sockets, project_root
 
 log = logging.getLogger("jupyter_docker_kernel.launcher")
 
@@ -296,6 +297,8 @@ class Launcher:
         self.name = f"{NAME_PREFIX}-{self.kernel_id}-{nonce}"
         self.base = base or runtime_base() / f"{self.kernel_id}-{nonce}"
         self.workdir = workdir or os.getcwd()
+        #: The directory mounted (or copied) at its own path, self.workdir inside it.
+        self.project, self.workdir = self.resolve_project()
         self.runtime_dir = self.base / "rt"
         self.cidfile = self.base / "cid"
         self.container_id = ""
@@ -312,6 +315,26 @@ class Launcher:
         self.copy_entries: list[workcopy.Entry] | None = None
 
     # -- preparation (before any container exists) ------------------------------------------
+
+    def resolve_project(self) -> tuple[str, str]:
+        """(root, notebook dir) for this start (setup --workdir-root): the root checked
+        with the --mount templates it fills in; LaunchError before anything exists.
+
+        Called once, from __init__, by the argv launcher and the provisioner alike (both
+        hand us the client's cwd as self.workdir), so its one log line is logged once.
+        """
+        # With --no-workdir (never with a root) this is (cwd, cwd): only templates are checked.
+        root, cwd = project_root(self.workdir, self.settings)
+        templates = [m.resolved(root, cwd) for m in self.settings.mounts if m.template]
+        if root != cwd or templates:
+            check_project(
+                root,
+                cwd,
+                templates,
+                home=os.path.expanduser("~"),
+                sockets=engine_sockets(self.engine),
+            )
+        return root, cwd
 
     def prepare(self) -> hardening.Launch:
         """Create the runtime dir, the in-container connection file and the workdir copy."""
@@ -343,17 +366,19 @@ class Launcher:
         if launch.env_file is not None:
             write_private(launch.env_file, hardening.env_file_text(self.settings))
         if self.settings.workdir == "copy":
-            if ":" in workdir:
+            if ":" in self.project:
                 raise LaunchError(
-                    f"The work directory {workdir} contains ':', which the engine's --tmpfs "
-                    "option cannot carry. No container was started. Rename the directory, "
-                    "or use --no-workdir."
+                    f"The work directory {self.project} contains ':', which the engine's "
+                    "--tmpfs option cannot carry. No container was started. Rename the "
+                    "directory, or use --no-workdir."
                 )
             self.copy_entries = self.scan_workdir()
         elif self.settings.workdir == "mount":
             if not self.settings.workdir_readonly:
-                refuse_grading_mount(workdir)
-            warn_about_workdir(workdir, uid, gid, self.settings.workdir_readonly)
+                refuse_grading_mount(self.workdir)
+                if self.project != self.workdir:
+                    refuse_grading_mount(self.project)
+            warn_about_workdir(self.project, uid, gid, self.settings.workdir_readonly)
         return launch
 
     def launch_facts(self) -> hardening.Launch:
@@ -367,6 +392,7 @@ class Launcher:
             host_uid=os.getuid(),
             host_gid=os.getgid(),
             workdir=self.workdir,
+            project_root=self.project if self.project != self.workdir else "",
             launcher_pid=os.getpid(),
             launcher_start=process_start_time(os.getpid()),
             hostname=socket.gethostname(),
@@ -424,7 +450,9 @@ class Launcher:
         cwd = hardening.HOME
         if self.settings.workdir == "copy":
             self.copy_entries = self.scan_workdir()
-            cwd = pool.WORK_TARGET
+            # The root's copy is at WORK_TARGET: the notebook's directory is below it.
+            inside = os.path.relpath(self.workdir, self.project)
+            cwd = pool.WORK_TARGET if inside == "." else f"{pool.WORK_TARGET}/{inside}"
         self.lifeline = pool.hand_over(claimed, self.kernel_connection(), cwd)
         self.pooled = True
         if self.copy_entries is not None:
@@ -435,7 +463,7 @@ class Launcher:
     def scan_workdir(self) -> list[workcopy.Entry]:
         """What --copy-workdir will stream, checked against its caps before anything starts."""
         return workcopy.scan(
-            self.workdir,
+            self.project,
             limit=size_bytes(self.settings.copy_limit),
             max_entries=self.settings.tmp_inodes,
         )
@@ -450,7 +478,7 @@ class Launcher:
 
         def run() -> None:
             try:
-                workcopy.send(self.workdir, entries, write)
+                workcopy.send(self.project, entries, write)
             except (OSError, DockerKernelError) as exc:
                 if not self.stopping:
                     log.error("could not send the work directory's copy: %s", exc)

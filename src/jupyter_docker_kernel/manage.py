@@ -24,6 +24,7 @@ from jupyter_docker_kernel.engine import LABEL_POOL, Engine
 from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError
 from jupyter_docker_kernel.launcher import NAME_PREFIX, SUPERVISOR_PATH, owner_of, runtime_base
 from jupyter_docker_kernel.settings import KernelSettings, option
+from jupyter_docker_kernel.workdir import project_root
 
 #: What `show` puts where a real start has a value of its own.
 PLACEHOLDER_KERNEL_ID = "KERNEL-ID"
@@ -286,7 +287,7 @@ def setup_argv(info: SpecInfo, configured: dict[str, Any]) -> list[str]:
         argv += ["--mount", m.to_spec()]
     for name, value in s.env:
         argv += ["--env", f"{name}={value}"]
-    for field in ("python", "runtime", "gpus", "kernel_user", "engine_host"):
+    for field in ("python", "runtime", "gpus", "workdir_root", "kernel_user", "engine_host"):
         value = getattr(s, field)
         if value is not None and (value != getattr(defaults, field) or field in configured):
             argv += [option(field), str(value)]
@@ -339,6 +340,12 @@ def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> 
     except DockerKernelError:
         base = "$RUNTIME_BASE"  # show still works; doctor says what is wrong with it
     kernel_dir = f"{base}/{PLACEHOLDER_KERNEL_ID}-{PLACEHOLDER_NONCE}"
+    notebook_dir = workdir or os.getcwd()
+    project = notebook_dir
+    if settings.workdir_root and settings.workdir != "none":
+        # The root a notebook in this directory would get (as the launcher resolves it).
+        with contextlib.suppress(DockerKernelError):
+            project, _ = project_root(notebook_dir, settings)
     return hardening.Launch(
         kernel_id=PLACEHOLDER_KERNEL_ID,
         container_name=f"{NAME_PREFIX}-{PLACEHOLDER_KERNEL_ID}-{PLACEHOLDER_NONCE}",
@@ -348,6 +355,7 @@ def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> 
         host_uid=os.getuid(),
         host_gid=os.getgid(),
         workdir=workdir or os.getcwd(),
+        project_root=project if project != notebook_dir else "",
         env_file=f"{kernel_dir}/env" if settings.env else None,
         launcher_pid=0,
         launcher_start="START",

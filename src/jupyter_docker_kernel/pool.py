@@ -246,6 +246,7 @@ def start_one(
         runtime_dir=str(pool_dir / "rt"),
         connection_file="",
         workdir=WORK_TARGET,  # with --copy-workdir a tmpfs, filled at the claim
+        project_root="",  # the claimer streams its project root into WORK_TARGET
         env_file=str(pool_dir / "env") if settings.env else None,
     )
     if pooled.env_file is not None:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import secrets
@@ -38,6 +39,14 @@ from jupyter_docker_kernel.launcher import (
     remove_tree,
 )
 from jupyter_docker_kernel.settings import KernelSettings
+from jupyter_docker_kernel.workdir import (  # the rules, kept once with the project root's
+    ENGINE_SOCKETS,
+    OWN_PATHS,
+    SYSTEM_TREES,
+    on_or_above,
+    socket_in,
+)
+from jupyter_docker_kernel.workdir import engine_sockets as engine_sockets  # for setup, doctor
 
 Status = Literal["OK", "WARN", "FAIL", "SKIP"]
 #: Seconds the probe's kernel waits for the host to connect (it is removed sooner).
@@ -46,38 +55,6 @@ PROBE_WAIT = 30.0
 PROBE_TIMEOUT = 60.0
 SOCKET_NAME = "probe"
 
-#: Where engines listen by default; a mount of one of these (or of a directory above it)
-#: hands the kernel the engine's API, which is root on the host.
-ENGINE_SOCKETS = (
-    "/var/run/docker.sock",
-    "/run/docker.sock",
-    "/run/podman/podman.sock",
-    "/var/run/podman/podman.sock",
-    "/run/containerd/containerd.sock",
-)
-#: Container paths the kernel needs whole: a mount on, above or below them hides the
-#: image's Python, its libraries, or the engine's own filesystems.
-SYSTEM_TREES = (
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/usr",
-    "/etc",
-    "/proc",
-    "/sys",
-    "/dev",
-)
-#: Container paths a mount may go below but not on or above: ours, and the tmpfs mounts.
-OWN_PATHS = (
-    hardening.RUNTIME_TARGET,
-    "/opt/jupyter-docker-kernel",
-    "/tmp",  # noqa: S108 - a path inside the container
-    hardening.HOME,
-)
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -85,10 +62,6 @@ class Finding:
 
     message: str
     refused: bool = False
-
-
-def _on_or_above(target: str, path: str) -> bool:
-    return path == target or path.startswith(target.rstrip("/") + "/")
 
 
 def _mount_source(flag: str, value: str) -> str:
@@ -100,13 +73,6 @@ def _mount_source(flag: str, value: str) -> str:
         if key in ("source", "src"):
             return val
     return ""
-
-
-def _socket_in(source: str, sockets: Sequence[str]) -> str:
-    """The engine socket a host path is or contains ("" when none)."""
-    if not source.startswith("/"):
-        return ""
-    return next((s for s in sockets if _on_or_above(source, s)), "")
 
 
 #: --docker-arg flags that undo a default: flag -> what it does (value filled in).
@@ -179,7 +145,7 @@ def _docker_arg_findings(docker_args: Sequence[str], sockets: Sequence[str]) -> 
         if flag == "--ulimit" and value.startswith("nproc="):
             continue  # setup's own pin for Podman (cli.engine_settings)
         if flag in ("--volume", "-v", "--mount"):
-            engine_socket = _socket_in(_mount_source(flag, value), sockets)
+            engine_socket = socket_in(_mount_source(flag, value), sockets)
             if engine_socket:
                 found.append(
                     Finding(
@@ -259,7 +225,7 @@ def loosenings(
     sockets = list(engine_sockets)
     for m in settings.mounts:
         sources = [m.source, resolve(m.source)] if resolve else [m.source]
-        engine_socket = next(filter(None, (_socket_in(s, sockets) for s in sources)), "")
+        engine_socket = next(filter(None, (socket_in(s, sockets) for s in sources)), "")
         if engine_socket:
             found.append(
                 Finding(
@@ -269,9 +235,9 @@ def loosenings(
                     refused=True,
                 )
             )
-        needed = [p for p in SYSTEM_TREES if _on_or_above(m.target, p) or _on_or_above(p, m.target)]
-        ours = [p for p in OWN_PATHS if _on_or_above(m.target, p)]
-        python = [p for p in image_path if _on_or_above(m.target, p)]
+        needed = [p for p in SYSTEM_TREES if on_or_above(m.target, p) or on_or_above(p, m.target)]
+        ours = [p for p in OWN_PATHS if on_or_above(m.target, p)]
+        python = [p for p in image_path if on_or_above(m.target, p)]
         why = ""
         if needed:
             why = f"covers {needed[0]}, which the kernel needs (Python, its libraries, the system)"
@@ -285,20 +251,6 @@ def loosenings(
             )
     found += _docker_arg_findings(settings.docker_args, sockets)
     return found
-
-
-def engine_sockets(engine: Engine) -> list[str]:
-    """The default socket paths plus this engine's own (DOCKER_HOST's, a rootless one),
-    each with its real path too (/var/run is a link to /run)."""
-    paths = list(ENGINE_SOCKETS)
-    address = engine.address()
-    if address.startswith("unix://"):
-        paths.append(address.removeprefix("unix://"))
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        paths += [f"{runtime}/docker.sock", f"{runtime}/podman/podman.sock"]
-    # In this order: an error names Docker's socket before containerd's.
-    return list(dict.fromkeys([*paths, *(os.path.realpath(p) for p in paths)]))
 
 
 def image_path(image: dict[str, Any], settings: KernelSettings) -> tuple[str, ...]:
@@ -395,8 +347,10 @@ def probe_launch(settings: KernelSettings, directory: Path) -> hardening.Launch:
 
 def probe_args(settings: KernelSettings, launch: hardening.Launch) -> list[str]:
     """hardening.run_args for this launch, with the kernel command (after the supervisor's
-    `--`) replaced by PROBE_CODE: everything else is exactly what a kernel start runs."""
-    args = hardening.run_args(settings, launch)
+    `--`) replaced by PROBE_CODE: everything else is exactly what a kernel start runs,
+    but the --mount templates ({project}/data), which only a notebook's start fills in."""
+    plain = tuple(m for m in settings.mounts if not m.template)
+    args = hardening.run_args(dataclasses.replace(settings, mounts=plain), launch)
     kernel = hardening.kernel_command(settings)
     cut = len(args) - len(kernel)
     assert args[cut - 1] == "--", args
@@ -559,7 +513,7 @@ def _kernel_verdict(
         hidden = [
             m.to_spec()
             for m in settings.mounts
-            if any(_on_or_above(m.target, p) for p in image_path)
+            if any(on_or_above(m.target, p) for p in image_path)
         ]
         if hidden:
             return (

@@ -45,12 +45,21 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
 OWNER_USER = "owner"
 #: Container paths we own; a --mount onto them would break the kernel or the supervisor.
 RESERVED_TARGETS = ("/run/jupyter-docker-kernel", "/opt/jupyter-docker-kernel")
+#: --workdir-root values besides an absolute path: the enclosing git work tree, N levels up.
+ROOT_GIT = "git"
+ROOT_UP = r"\.\.([0-9]+)"
+#: The most levels --workdir-root ..N may climb (a deeper project is better named by PATH).
+ROOT_UP_MAX = 16
+#: Placeholders a --mount HOST may start with, filled in at each kernel start (workdir.py):
+#: the project root (--workdir-root) and the notebook's own directory.
+MOUNT_TEMPLATES = ("{project}", "{notebook_dir}")
 
 #: The setup option that sets each field: errors name what people type (--pids-limit), not
 #: the field (pids_limit); `show --as-command` and `setup --replace` speak in options too.
 OPTIONS: dict[str, str] = {
     "image": "--image",
     "workdir": "--copy-workdir/--no-workdir",
+    "workdir_root": "--workdir-root",
     "mounts": "--mount",
     "env": "--env",
     "kernel_cmd": "--kernel-cmd",
@@ -118,9 +127,27 @@ class Mount:
     target: str
     read_only: bool = False
 
+    @property
+    def template(self) -> str:
+        """The placeholder the source starts with ({project}, {notebook_dir}), else ""."""
+        return next((t for t in MOUNT_TEMPLATES if self.source.startswith(t)), "")
+
+    def resolved(self, project: str, notebook_dir: str) -> Mount:
+        """This mount with its placeholder filled in for one start (self if it has none).
+
+        validated() normalised the rest of the path, so '..' cannot climb out of it.
+        """
+        template = self.template
+        if not template:
+            return self
+        base = project if template == "{project}" else notebook_dir
+        rest = self.source[len(template) :]
+        return dataclasses.replace(self, source=base.rstrip("/") + rest if rest else base)
+
     @classmethod
     def parse(cls, text: str, base_dir: str) -> Mount:
-        """Parse `HOST:DEST[:ro|:rw]`; a relative HOST is resolved against base_dir."""
+        """Parse `HOST:DEST[:ro|:rw]`; a relative HOST is resolved against base_dir, now;
+        a HOST starting with {project} or {notebook_dir} at each start (resolved())."""
         parts = text.split(":")
         mode = "rw"
         if len(parts) == 3 and parts[2] in ("ro", "rw"):
@@ -131,12 +158,29 @@ class Mount:
                 "Example: --mount ./data:/data:ro (paths containing ':' cannot be mounted)."
             )
         host, dest = parts
+        if host.startswith("{"):
+            return cls(source=host, target=dest, read_only=mode == "ro").validated()
         source = str(PurePosixPath(base_dir, host)) if not host.startswith("/") else host
         return cls(source=_normalise(source), target=dest, read_only=mode == "ro").validated()
 
     def validated(self) -> Mount:
-        """Return self after checking both paths are absolute and the target is not ours."""
-        for what, path in (("host path", self.source), ("container path", self.target)):
+        """Return self after checking both paths are absolute (or a template) and the
+        target is not ours; a template's rest is normalised ({project}/a/../b -> {project}/b)."""
+        source = self.source
+        if source.startswith("{"):
+            template = next((t for t in MOUNT_TEMPLATES if source.partition("}")[0] + "}" == t), "")
+            rest = source[len(template) :]
+            if not template or (rest and not rest.startswith("/")):
+                raise SettingsError(
+                    f"--mount host path '{source}' starts with an unknown placeholder. "
+                    "No kernelspec was written. Use {project}/PATH or {notebook_dir}/PATH "
+                    "(filled in at each start), or an absolute path."
+                )
+            rest = _normalise(rest) if rest else ""
+            source = template + ("" if rest == "/" else rest)
+        for what, path in (("host path", source), ("container path", self.target)):
+            if what == "host path" and path.startswith("{"):
+                path = path[path.index("}") + 1 :] or "/"
             if not path.startswith("/"):
                 raise SettingsError(
                     f"Mount {what} '{path}' must be absolute. No kernelspec was written."
@@ -154,7 +198,7 @@ class Mount:
                 f"Mount target '{self.target}' is reserved for the container's own use. "
                 "No kernelspec was written. Choose another container path."
             )
-        return dataclasses.replace(self, target=target)
+        return dataclasses.replace(self, source=source, target=target)
 
     def to_spec(self) -> str:
         """The `HOST:DEST[:ro]` form users type, for `show` and error messages."""
@@ -169,6 +213,10 @@ class KernelSettings:
     #: "mount": the notebook's directory at the same path, writable; "copy": a private copy
     #: that never reaches the host; "none": nothing mounted, the kernel starts in HOME.
     workdir: WorkdirMode = "mount"
+    #: What is mounted (or copied) besides the notebook's directory, resolved at each start
+    #: (workdir.project_root): "git" (its git work tree), "..N" (N levels up), an absolute
+    #: path holding it; None: the notebook's directory alone.
+    workdir_root: str | None = None
     mounts: tuple[Mount, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     #: The in-container command; empty means `python -m ipykernel_launcher -f {connection_file}`.
@@ -231,6 +279,7 @@ class KernelSettings:
             raise SettingsError(
                 f"workdir must be one of {', '.join(WORKDIR_MODES)}, not '{self.workdir}'."
             )
+        self._check_workdir_root()
         for name, _ in self.env:
             if not _ENV_NAME.match(name):
                 raise SettingsError(
@@ -342,6 +391,47 @@ class KernelSettings:
             raise SettingsError(
                 f"--kernel-cmd must contain {CONNECTION_FILE_PLACEHOLDER} so the kernel finds "
                 "its sockets. No kernelspec was written."
+            )
+
+    def _check_workdir_root(self) -> None:
+        """--workdir-root is git, ..N or an absolute path, and goes with a work directory;
+        a {project} mount needs it; templates cannot go with --pool. Stores the normal form."""
+        root = self.workdir_root
+        example = "Use --workdir-root git, ..1 (the notebook's parent) or an absolute path."
+        if root is not None:
+            up = re.fullmatch(ROOT_UP, root)
+            if root == ROOT_GIT:
+                pass
+            elif up:
+                if not 1 <= int(up.group(1)) <= ROOT_UP_MAX:
+                    raise SettingsError(
+                        f"--workdir-root {root}: ..N climbs 1 to {ROOT_UP_MAX} levels. "
+                        f"No kernelspec was written. {example}"
+                    )
+                object.__setattr__(self, "workdir_root", f"..{int(up.group(1))}")
+            elif root.startswith("/") and "," not in root and "\n" not in root:
+                object.__setattr__(self, "workdir_root", _normalise(root))
+            else:
+                raise SettingsError(
+                    f"--workdir-root '{root}' is not git, ..N or an absolute path (a path "
+                    f"cannot hold ',' or a newline). No kernelspec was written. {example}"
+                )
+            if self.workdir == "none":
+                raise SettingsError(
+                    "--workdir-root names what is mounted besides the notebook's directory, "
+                    "and --no-workdir mounts nothing. No kernelspec was written. Drop one of them."
+                )
+        templates = [m for m in self.mounts if m.template]
+        if any(m.template == "{project}" for m in templates) and root is None:
+            raise SettingsError(
+                "--mount {project}/... needs --workdir-root (which directory is the project). "
+                "No kernelspec was written. Add --workdir-root git, or use {notebook_dir}/..."
+            )
+        if templates and self.pool:
+            raise SettingsError(
+                f"--mount {templates[0].to_spec()} is filled in at each start, and a warm "
+                "container (--pool) is started before the notebook is known. No kernelspec "
+                "was written. Drop one of them."
             )
 
     def command(self) -> tuple[str, ...]:

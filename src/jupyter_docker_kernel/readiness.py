@@ -53,7 +53,9 @@ Status = Literal["OK", "WARN", "FAIL", "SKIP"]
 PROBE_WAIT = 30.0
 #: Seconds we give a probe container to start and bind (gVisor's first start is slowest).
 PROBE_TIMEOUT = 60.0
-SOCKET_NAME = "probe"
+#: The name of the kernel's first socket: the supervisor's socket-dir guard stops a kernel
+#: that binds anything but its own sockets there, the probe's included.
+SOCKET_NAME = f"{hardening.SOCKET_PREFIX}-1"
 
 
 @dataclass(frozen=True)

@@ -358,7 +358,7 @@ def machine() -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     """The results as a text table: a line per metric and kernel, min/median/max and the
     median's ratio to native (for start, also the difference in seconds); for the
-    launcher's container, also its ratio to the provisioner's: the relay's own cost."""
+    launcher's container, also its ratio to the provisioner's: the launcher process's cost."""
     lines = [
         f"{'metric':46} {'kernel':18} {'min':>8} {'median':>8} {'max':>8}  vs native",
         "-" * 104,
@@ -377,7 +377,8 @@ def table(result: dict[str, Any]) -> str:
                     versus += f" ({s['median'] - native['median']:+.2f} s)"
             direct = row["series"].get("provisioner")
             if label == "container" and direct and key != "start":
-                # Same container, same kernel: the launcher relays, the provisioner does not.
+                # Same container, same kernel: a launcher process relays, vs the
+                # provisioner's relay in the client's own process.
                 versus += f"   relay: x{s['median'] / direct['median']:.2f} vs provisioner"
             metric = f"{row['metric']} ({row['unit']})" if first else ""
             lines.append(

@@ -14,7 +14,7 @@ import pytest
 from jupyter_docker_kernel import cli, grading
 from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.kernelspec import settings_from_kernel_json
-from jupyter_docker_kernel.settings import KernelSettings
+from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 
 
 @pytest.fixture
@@ -49,6 +49,22 @@ def test_for_nbgrader_picks_the_grading_profile(data_dir: Path) -> None:
     assert setup("--for-nbgrader") == 0
     settings = installed(data_dir)
     assert (settings.network, settings.workdir, settings.max_lifetime) == ("none", "copy", 1800)
+
+
+def test_for_nbgrader_gives_each_notebook_a_small_output_budget(data_dir: Path) -> None:
+    """--for-nbgrader: 64 MiB of output per notebook and 16 MiB per message, not the
+    interactive 1 GiB / 64 MiB: what a grader's nbclient holds and writes stays small."""
+    assert setup("--for-nbgrader") == 0
+    settings = installed(data_dir)
+    assert size_bytes(settings.output_budget) == 64 << 20
+    assert size_bytes(settings.max_message) == 16 << 20
+
+
+def test_explicit_budgets_beat_the_grading_profile(data_dir: Path) -> None:
+    """--output-budget and --max-message given on the line replace the profile's budgets."""
+    assert setup("--for-nbgrader", "--output-budget", "1g", "--max-message", "64m") == 0
+    settings = installed(data_dir)
+    assert (settings.output_budget, settings.max_message) == ("1g", "64m")
 
 
 def test_for_nbgrader_prints_the_nbgrader_config_lines(

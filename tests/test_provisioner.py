@@ -1,7 +1,8 @@
-"""The kernel provisioner: jupyter_client manages the container itself, with no relay.
+"""The kernel provisioner: jupyter_client manages the container itself, no launcher process.
 
-Pure parts first (the connection info, the kernel.json stanza, setup's warning), then the
-user's story with a real KernelManager / nbclient on the spec `setup --provisioner` wrote.
+Pure parts first (the connection info, the kernel.json stanza, setup's output), then the
+user's story with a real KernelManager / nbclient on the spec `setup --provisioner` wrote,
+and the budgets the in-process relay enforces on that path.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.launcher import kernel_id_from, runtime_base
-from jupyter_docker_kernel.provisioner import DockerProvisioner, direct_connection
+from jupyter_docker_kernel.provisioner import DockerProvisioner, client_connection
 from jupyter_docker_kernel.settings import KernelSettings
 from tests.conftest import inspect, install_kernel
 from tests.kernels import (
@@ -45,13 +46,13 @@ from tests.kernels import (
 # -- pure -----------------------------------------------------------------------------------
 
 
-def test_direct_connection_names_the_pinned_sockets_on_the_host(tmp_path: Path) -> None:
-    """ipc to <pin dir>/k-1..5 in the launcher's channel order, the numbers the kernel
+def test_client_connection_names_the_relays_sockets_on_the_host(tmp_path: Path) -> None:
+    """ipc to <client dir>/k-1..5 in the launcher's channel order, the numbers the kernel
     binds as RUNTIME_TARGET/k-N inside the container."""
-    conn = direct_connection(tmp_path / "pinned")
+    conn = client_connection(tmp_path / "client")
     assert conn == {
         "transport": "ipc",
-        "ip": f"{tmp_path}/pinned/{hardening.SOCKET_PREFIX}",
+        "ip": f"{tmp_path}/client/{hardening.SOCKET_PREFIX}",
         "shell_port": 1,
         "iopub_port": 2,
         "stdin_port": 3,
@@ -63,7 +64,7 @@ def test_direct_connection_names_the_pinned_sockets_on_the_host(tmp_path: Path) 
 def test_too_long_socket_paths_are_refused_with_what_to_do(tmp_path: Path) -> None:
     """A runtime dir so deep that unix socket paths would not fit fails before any start."""
     with pytest.raises(LaunchError, match="XDG_RUNTIME_DIR"):
-        direct_connection(tmp_path / ("d" * 120) / "rt")
+        client_connection(tmp_path / ("d" * 120) / "rt")
 
 
 def test_provisioner_stanza_names_our_entry_point_and_keeps_the_argv() -> None:
@@ -77,18 +78,17 @@ def test_provisioner_stanza_names_our_entry_point_and_keeps_the_argv() -> None:
     assert with_provisioner == plain
 
 
-def test_setup_provisioner_warns_once_that_budgets_do_not_apply(
+def test_setup_provisioner_no_longer_warns_that_budgets_do_not_apply(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """setup --provisioner prints one warning line about the relay-only budgets, and the
+    """setup --provisioner prints no warning (the budgets apply on both paths), and the
     spec it writes resolves to DockerProvisioner through the entry point."""
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
     argv = ["setup", "--name", "prov", "--user", "--skip-checks", "--provisioner"]
     assert cli.main(argv) == 0
     warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
-    assert len(warnings) == 1
-    assert "--max-message and --output-budget" in warnings[0]
+    assert warnings == []
     spec = KernelSpecManager().get_kernel_spec("prov")
     factory = KernelProvisionerFactory.instance()
     provisioner = factory.create_provisioner_instance("k1", spec, parent=None)
@@ -131,10 +131,11 @@ def provisioner_of(km: Any) -> DockerProvisioner:
 
 
 @pytest.mark.docker
-def test_kernel_manager_talks_to_the_containers_sockets_directly(
+def test_kernel_manager_reaches_the_containers_sockets_without_a_launcher(
     provisioned: str, workdir: Path
 ) -> None:
-    """KernelManager uses DockerProvisioner; its connection info is ipc to the sockets in
+    """KernelManager uses DockerProvisioner; its connection info is ipc to the in-process
+    relay's sockets in a host-only dir, whose pins lead to the sockets the kernel bound in
     the host runtime dir; no launcher process runs; code runs hardened, output arrives."""
     km, kc = start(provisioned, str(workdir))
     try:
@@ -142,10 +143,11 @@ def test_kernel_manager_talks_to_the_containers_sockets_directly(
         assert prov.base is not None
         info = km.get_connection_info()
         assert info["transport"] == "ipc"
-        assert info["ip"] == f"{prov.base}/pinned/{hardening.SOCKET_PREFIX}"
+        assert info["ip"] == f"{prov.base}/client/{hardening.SOCKET_PREFIX}"
         assert prov.base.parent == runtime_base()
         for port in range(1, 6):
-            pinned = os.stat(f"{info['ip']}-{port}")
+            assert stat.S_ISSOCK(os.lstat(f"{info['ip']}-{port}").st_mode)
+            pinned = os.stat(prov.base / "pinned" / f"k-{port}")
             assert stat.S_ISSOCK(pinned.st_mode)
             assert pinned.st_ino == os.lstat(prov.base / "rt" / f"k-{port}").st_ino
         assert launcher_children() == []
@@ -169,8 +171,8 @@ def test_a_socket_swapped_for_a_symlink_does_not_redirect_new_connections(
     provisioned: str, workdir: Path
 ) -> None:
     """The kernel renames its shell socket and puts a symlink to the engine's socket in its
-    place: the client's path still leads to the socket the kernel bound at start, and a
-    new client connecting now still reaches the kernel."""
+    place: the pin the relay connects through still leads to the socket the kernel bound
+    at start, and a new client connecting now still reaches the kernel."""
     km, kc = start(provisioned, str(workdir))
     try:
         prov = provisioner_of(km)
@@ -184,7 +186,7 @@ def test_a_socket_swapped_for_a_symlink_does_not_redirect_new_connections(
         reply, _ = execute(kc, code)
         assert reply["status"] == "ok"
         assert os.path.islink(prov.base / "rt" / "k-1")
-        assert os.stat(f"{km.get_connection_info()['ip']}-1").st_ino == bound
+        assert os.stat(prov.base / "pinned" / "k-1").st_ino == bound
         kc2 = km.blocking_client()
         kc2.start_channels()
         try:
@@ -364,7 +366,8 @@ def test_a_warm_pool_container_is_claimed_through_the_provisioner(
     kernel_image: str, workdir: Path
 ) -> None:
     """With --pool, the provisioner's second kernel adopts the warm container the first
-    start left ready; the client still talks to its sockets directly, from /work."""
+    start left ready; the client still reaches its sockets through the provisioner, from
+    /work."""
     name = "jdk-test-provisioner-pool"
     # The env value makes this spec's pool key ours alone, so cleanup touches no other pool.
     spec = install_kernel(
@@ -394,7 +397,7 @@ def test_a_warm_pool_container_is_claimed_through_the_provisioner(
             prov = provisioner_of(km)
             assert prov._launcher is not None
             assert prov._launcher.pooled
-            assert km.get_connection_info()["ip"] == f"{prov.base}/pinned/{hardening.SOCKET_PREFIX}"
+            assert km.get_connection_info()["ip"] == f"{prov.base}/client/{hardening.SOCKET_PREFIX}"
             _, out = execute(kc, "import os; print(os.getcwd())")
             assert stream_text(out) == f"{pool.WORK_TARGET}\n"
         finally:
@@ -501,7 +504,7 @@ def test_jupyter_server_interrupts_through_the_engine_and_its_sigkill_leaves_not
 
         asyncio.run(story())
         assert containers_of(key, running_only=True)
-        assert "no relay" in server.log.read_text()
+        assert "relayed in this process" in server.log.read_text()
     finally:
         server.proc.kill()
         server.proc.wait()

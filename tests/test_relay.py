@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import stat
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from jupyter_docker_kernel.relay import (
     ProtocolRefusedError,
     Relay,
     RelayError,
+    RelayThread,
     Route,
     ZmtpMeter,
     connect_kernel_socket,
@@ -798,3 +800,52 @@ def test_ipc_endpoints_are_for_their_owner_only(tmp_path: Path) -> None:
         assert stat.S_IMODE(os.stat(tmp_path / "host-iopub").st_mode) == 0o600
     finally:
         sock.close()
+
+
+def test_a_relay_thread_meters_beside_the_callers_loop_and_stops_cleanly(tmp_path: Path) -> None:
+    """RelayThread, the provisioner's meter: the relay serves from its own thread while the
+    caller's loop runs, connects through the `connect` it was given, reports a violation
+    from its thread, and stop() ends the thread and removes the endpoint."""
+    kernel = EchoKernel(tmp_path / "k-iopub")
+    host = Endpoint("ipc", str(tmp_path / "host-iopub"))
+    reasons: list[tuple[str, threading.Thread]] = []
+    connected: list[str] = []
+
+    def connect(path: str) -> socket.socket:
+        connected.append(path)
+        return connect_kernel_socket(path)
+
+    relay = Relay(
+        [Route("iopub", host, str(kernel.path))],
+        output_budget=500,
+        on_violation=lambda what: reasons.append((what, threading.current_thread())),
+        connect=connect,
+    )
+    meter = RelayThread(relay, {"iopub": listen(host, "iopub")})
+
+    async def main() -> None:
+        await kernel.start()
+        meter.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(host.address)
+            writer.write(b"hello")
+            answer = b""
+            while flipped(b"hello") not in answer:
+                answer += await asyncio.wait_for(reader.read(100), TIMEOUT)
+            with contextlib.suppress(ConnectionError):  # the relay cuts us off mid-way
+                for _ in range(10):
+                    writer.write(b"y" * 100)
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+                await asyncio.wait_for(reader.read(), TIMEOUT)
+            writer.close()
+        finally:
+            await asyncio.to_thread(meter.stop)
+            await kernel.stop()
+
+    asyncio.run(main())
+    assert connected == [str(kernel.path)]
+    what = "budget exceeded: the kernel sent more than 500 bytes of output in all on iopub"
+    assert reasons == [(what, meter.thread)]
+    assert not meter.thread.is_alive()
+    assert not os.path.exists(host.address)

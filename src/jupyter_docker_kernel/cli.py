@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--for-nbgrader",
         action="store_true",
         help="grading profile (network none, --copy-workdir, --max-lifetime "
-        f"{grading.PROFILE['max_lifetime']:g}) and print the nbgrader_config.py lines",
+        f"{grading.PROFILE['max_lifetime']:g}, --output-budget "
+        f"{grading.PROFILE['output_budget']}, --max-message {grading.PROFILE['max_message']}) "
+        "and print the nbgrader_config.py lines",
     )
     nbgrader.add_argument(
         "--write-nbgrader-config",
@@ -242,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--provisioner",
         action="store_true",
         help="also name our kernel provisioner: Jupyter Server and nbclient then manage the "
-        "container directly, with no relay (VS Code keeps using the launcher)",
+        "container themselves, with no launcher process (VS Code keeps using the launcher)",
     )
     setup.add_argument(
         "--replace",
@@ -751,12 +753,6 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         print(f"  gpus {settings.gpus}{checked}")
     if settings.engine_host or settings.engine != "docker":
         print(f"  engine {settings.engine} at {settings.engine_host or 'the default socket'}")
-    if args.provisioner:
-        print(
-            "  warning: clients that use the provisioner (Jupyter Server, nbclient) talk to "
-            "the kernel's sockets directly: --max-message and --output-budget apply only "
-            "to clients that run the launcher (VS Code)."
-        )
     if settings.kernel_transport == "tcp":
         print("  transport tcp on the container's loopback, bridged to unix sockets")
     for m in settings.mounts:

@@ -17,7 +17,18 @@ from jupyter_docker_kernel.errors import SettingsError
 #: copy of autograded/<student>/<assignment> (it can read the submission's files and write
 #: next to them, even as uid 65534 under root) and nothing it writes reaches the course.
 #: The lifetime bounds one notebook's whole run, well above DEFAULT_TIMEOUT per cell.
-PROFILE: dict[str, Any] = {"network": "none", "workdir": "copy", "max_lifetime": 1800.0}
+#: The output budget bounds what one notebook can make nbclient hold and nbgrader write
+#: (1 GiB of output took nbclient to 3.1 GiB RSS and wrote a 1 GiB notebook): 64 MiB is
+#: far above what a graded notebook shows, and a grader runs several at once. One message
+#: may be a quarter of that: more than any plot or table a notebook shows, and what
+#: libzmq allocates on the client from one frame header stays small.
+PROFILE: dict[str, Any] = {
+    "network": "none",
+    "workdir": "copy",
+    "max_lifetime": 1800.0,
+    "output_budget": "64m",
+    "max_message": "16m",
+}
 #: Seconds a cell may run before nbclient interrupts it (nbgrader's own default is 30).
 DEFAULT_TIMEOUT = 120
 BEGIN = "# BEGIN jupyter-docker-kernel (written by `jupyter-docker-kernel setup`)"

@@ -2,14 +2,14 @@
 
 `setup --provisioner` writes `metadata.kernel_provisioner` into kernel.json; clients that
 honour it (Jupyter Server, nbclient, jupyter_client's KernelManager) then call this class
-instead of running the argv: interrupt, terminate and kill become engine calls, and the
-client connects straight to the kernel's ipc sockets in the bind-mounted runtime dir
-(pinned, see SocketPins), with no relay process in between. Clients that ignore
+instead of running the argv: interrupt, terminate and kill become engine calls, and no
+launcher process runs. The client connects to unix sockets in a host-only dir of the
+kernel's, served by the relay (relay.py) on a thread of the client's own process
+(RelayThread), which meters what the kernel sends against --max-message and
+--output-budget exactly as the launcher's relay does, and reaches the kernel's ipc sockets
+in the bind-mounted runtime dir through pinned links (see SocketPins). Clients that ignore
 provisioners (VS Code) run the argv launcher from the same kernel.json, with the same
-settings and the same hardening.
-
-No relay means no message-size or output budgets on this path (they are relay features);
-`setup --provisioner` says so.
+settings, the same hardening and the same budgets.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
 from jupyter_docker_kernel import hardening, kernelspec, pool
-from jupyter_docker_kernel.endpoints import CHANNELS
+from jupyter_docker_kernel.endpoints import CHANNELS, Endpoint, Route, listen
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.launcher import (
@@ -48,12 +49,16 @@ from jupyter_docker_kernel.launcher import (
     start_lifeline_watchdog,
     wait_exit_code,
 )
-from jupyter_docker_kernel.settings import KernelSettings
+from jupyter_docker_kernel.relay import Relay, RelayThread
+from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 
 log = logging.getLogger(__name__)
 
-#: The host-only dir (in the kernel's base dir, never mounted) the client connects through.
+#: The host-only dir (in the kernel's base dir, never mounted) of the links to the very
+#: sockets the kernel bound; the relay connects through them.
 PIN_DIR = "pinned"
+#: The host-only dir of the relay's endpoints, which the client connects to.
+CLIENT_DIR = "client"
 #: sun_path holds 108 bytes with its NUL: a longer socket path cannot be connected to.
 MAX_SOCKET_PATH = 107
 
@@ -63,13 +68,13 @@ def socket_prefix(runtime_dir: Path) -> str:
     return str(runtime_dir / hardening.SOCKET_PREFIX)
 
 
-def direct_connection(pin_dir: Path) -> dict[str, Any]:
-    """The client's side of the kernel's ipc sockets: links in pin_dir to the very sockets
-    the kernel bound (see SocketPins), in the launcher's channel order."""
-    prefix = socket_prefix(pin_dir)
+def client_connection(client_dir: Path) -> dict[str, Any]:
+    """The client's connection info: ipc to the relay's endpoints <client_dir>/k-1..5, in
+    the launcher's channel order (the numbers the kernel's own sockets carry)."""
+    prefix = socket_prefix(client_dir)
     if len(os.fsencode(prefix)) + 2 > MAX_SOCKET_PATH:
         raise LaunchError(
-            f"The kernel's socket paths under {pin_dir} would be longer than the "
+            f"The kernel's socket paths under {client_dir} would be longer than the "
             f"{MAX_SOCKET_PATH} bytes a unix socket path may have. No container was started. "
             "Set XDG_RUNTIME_DIR (or TMPDIR) to a shorter directory."
         )
@@ -83,11 +88,11 @@ class SocketPins:
     """Pins the sockets the kernel binds, so the client cannot be pointed elsewhere.
 
     The kernel can write in its runtime dir and could swap a socket for a symlink to any
-    host socket (the engine's, say), which the client's next connect would follow. The
-    relay guards against that on each connect; here a thread opens each socket once it
-    appears (O_PATH|O_NOFOLLOW, checked to be a socket) and links pin_dir/k-N, a dir the
-    container cannot see, to /proc/<our pid>/fd/<fd>: the very inode that was checked.
-    The client connects through those links. That happens before any notebook code runs,
+    host socket (the engine's, say), which the next connect would follow. A thread opens
+    each socket once it appears (O_PATH|O_NOFOLLOW, checked to be a socket) and links
+    pin_dir/k-N, a dir the container cannot see, to /proc/<our pid>/fd/<fd>: the very
+    inode that was checked. The relay connects through those links (connect_pinned), for
+    the first client and for every later one. That happens before any notebook code runs,
     as the kernel answers nothing until the client is connected.
     """
 
@@ -140,6 +145,54 @@ class SocketPins:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fds.clear()
+
+
+def connect_pinned(link: str) -> socket.socket:
+    """Connect to a kernel socket through its pin link (made by SocketPins, in a dir the
+    container cannot see, to the inode checked when it was pinned); non-blocking.
+
+    Raises FileNotFoundError while the socket is not pinned yet: the relay then retries.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(link)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def start_meter(
+    settings: KernelSettings,
+    client_dir: Path,
+    pin_dir: Path,
+    on_violation: Callable[[str], None],
+) -> RelayThread:
+    """Serve the client's endpoints in client_dir with a relay to the pinned kernel sockets,
+    on a thread of this process, with the launcher's budgets. DockerProvisioner calls it
+    on every start, once the sockets are being pinned; on_violation runs in its thread."""
+    client_dir.mkdir(mode=0o700, exist_ok=True)
+    routes = [
+        Route(
+            channel,
+            Endpoint("ipc", f"{socket_prefix(client_dir)}-{index}"),
+            f"{socket_prefix(pin_dir)}-{index}",
+        )
+        for index, channel in enumerate(CHANNELS, start=1)
+    ]
+    relay = Relay(
+        routes,
+        max_message=size_bytes(settings.max_message),
+        output_budget=size_bytes(settings.output_budget),
+        on_violation=on_violation,
+        connect=connect_pinned,
+    )
+    # Bound here, before the client has the connection info: its first connect is accepted.
+    listening = {route.channel: listen(route.host, route.channel) for route in routes}
+    meter = RelayThread(relay, listening)
+    meter.start()
+    return meter
 
 
 def settings_of(kernel_spec: Any) -> KernelSettings:
@@ -198,6 +251,8 @@ class DockerProvisioner(KernelProvisionerBase):
     _proc: subprocess.Popen[bytes] | None = None
     _launcher: Launcher | None = None
     _pins: SocketPins | None = None
+    #: The relay between the client and the kernel's sockets, with the budgets.
+    _meter: RelayThread | None = None
     _watchdog: subprocess.Popen[bytes] | None = None
     _forwards: list[threading.Thread]
     _timer: threading.Timer | None = None
@@ -233,7 +288,7 @@ class DockerProvisioner(KernelProvisionerBase):
         share_log(self.log)
         if self.base is None:
             self.base = runtime_base() / f"{self.key}-{secrets.token_hex(3)}"
-        conn = direct_connection(self.base / PIN_DIR)
+        conn = client_connection(self.base / CLIENT_DIR)
         km.transport = conn["transport"]
         km.ip = conn["ip"]
         for name, value in conn.items():
@@ -287,12 +342,26 @@ class DockerProvisioner(KernelProvisionerBase):
         self.container_name = launcher.name
         self._started = time.monotonic()
         self._exit_reason = ""
+        try:
+            self._meter = start_meter(
+                self.settings, self.base / CLIENT_DIR, self.base / PIN_DIR, self._budget_exceeded
+            )
+        except OSError:
+            # Without the meter the client would reach nothing; the manager will not call
+            # cleanup() for a start that failed.
+            self._pins.close()
+            await off_loop(self._remove, launcher.name)
+            await off_loop(launcher.cleanup)
+            self._stop_watchdog()
+            raise
         # The kernel's raw stdout/stderr, escaped and capped, go to the server's log; its
         # end is kept for `jupyter-docker-kernel logs`.
         keep = launcher.open_log()
         self._forwards = [
             threading.Thread(
-                target=forward, args=(stream, sys.stderr.buffer, None, keep), daemon=True
+                target=forward,
+                args=(stream, sys.stderr.buffer, launcher.name, None, keep),
+                daemon=True,
             )
             for stream in streams
         ]
@@ -312,14 +381,16 @@ class DockerProvisioner(KernelProvisionerBase):
         self._timer.daemon = True
         self._timer.start()
         self.log.info(
-            "kernel %s started in %scontainer %s from %s: %s; no relay: the client connects "
-            "to its sockets in %s",
+            "kernel %s started in %scontainer %s from %s: %s; relayed in this process "
+            "(max message %s, output budget %s) from %s",
             self.kernel_id,
             "warm " if launcher.pooled else "",
             launcher.name,
             self.settings.image,
             limits_summary(self.settings),
-            launcher.runtime_dir,
+            self.settings.max_message,
+            self.settings.output_budget,
+            self.base / CLIENT_DIR,
         )
         return self.connection_info
 
@@ -341,6 +412,7 @@ class DockerProvisioner(KernelProvisionerBase):
             code = wait_exit_code(self._proc.stdout.read().decode())  # `docker wait` prints it
         if launcher is not None and launcher.lifeline is not None:
             launcher.lifeline.close()
+        relayed = await off_loop(self._stop_meter)
         if self._pins is not None:
             self._pins.close()
         for thread in self._forwards:
@@ -356,11 +428,12 @@ class DockerProvisioner(KernelProvisionerBase):
             await off_loop(launcher.close_log, code, self._exit_reason)
         why = f" ({self._exit_reason})" if self._exit_reason else ""
         self.log.info(
-            "kernel container %s exited with code %s%s after %.1f s",
+            "kernel container %s exited with code %s%s after %.1f s; relayed %d bytes out, %d in",
             self.container_name,
             code,
             why,
             time.monotonic() - self._started,
+            *relayed,
         )
         return code
 
@@ -403,6 +476,7 @@ class DockerProvisioner(KernelProvisionerBase):
             await self.wait()
         if self.container_name:
             await off_loop(self._remove, self.container_name)
+        await off_loop(self._stop_meter)
         if self._pins is not None:
             await off_loop(self._pins.close)
         if self.base is not None:
@@ -438,6 +512,24 @@ class DockerProvisioner(KernelProvisionerBase):
 
     def _remove(self, name: str) -> None:
         self._engine_call("remove", name)
+
+    def _budget_exceeded(self, what: str) -> None:
+        """The meter's on_violation (in its thread; it has logged the violation): remove
+        the container, as the launcher does, in a thread of its own: the engine call
+        blocks and the meter's loop must keep closing connections."""
+        if self._exit_reason:
+            return
+        self._exit_reason = what  # the relay words it: "budget exceeded: ...", ...
+        threading.Thread(target=self._remove, args=(self.container_name,), daemon=True).start()
+
+    def _stop_meter(self) -> tuple[int, int]:
+        """Stop the meter (before the pins close: its links lead to their fds); returns the
+        bytes it relayed out and in. Idempotent."""
+        meter, self._meter = self._meter, None
+        if meter is None:
+            return (0, 0)
+        meter.stop()
+        return (meter.relay.bytes_to_host, meter.relay.bytes_to_kernel)
 
     def _stop_watchdog(self) -> None:
         watchdog, self._watchdog = self._watchdog, None

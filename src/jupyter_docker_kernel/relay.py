@@ -5,7 +5,9 @@ file (tcp on 127.0.0.1, or ipc); the kernel in the container binds unix sockets 
 bind-mounted runtime dir and has no network at all. For each accepted host connection the
 relay opens one connection to the kernel's socket and copies bytes both ways. ZeroMQ's wire
 protocol (ZMTP) does not care that the two halves use different transports, so the relay
-never parses messages and adds no serialisation cost. launcher.py owns one Relay per kernel.
+never parses messages and adds no serialisation cost. launcher.py owns one Relay per kernel
+and runs it on its own event loop; provisioner.py runs one inside the Jupyter client's
+process, on a loop of its own in a thread (RelayThread), so both paths share the budgets.
 
 After a kill, Relay.announce() publishes a few messages (notice.py's kill notice) to every
 iopub subscriber itself, speaking ZMTP's PUB side on a fresh connection.
@@ -19,6 +21,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +42,7 @@ __all__ = [
     "ProtocolRefusedError",
     "Relay",
     "RelayError",
+    "RelayThread",
     "Route",
     "ZmtpMeter",
     "connect_kernel_socket",
@@ -318,7 +322,7 @@ class _HostSide(_Half):
             if self.relay.violation or self.relay.announcement:
                 return  # the kernel is being stopped: nothing more reaches it
             try:
-                sock = connect_kernel_socket(self.route.kernel_socket)
+                sock = self.relay.connect(self.route.kernel_socket)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 if loop.time() > deadline or self.relay.closed:
@@ -354,8 +358,13 @@ class Relay:
         max_message: int = 64 << 20,
         output_budget: int = 1 << 30,
         on_violation: Callable[[str], None] | None = None,
+        connect: Callable[[str], socket.socket] = connect_kernel_socket,
     ) -> None:
         self.routes = routes
+        #: Opens a route's kernel socket (non-blocking); raises FileNotFoundError or
+        #: ConnectionRefusedError while the kernel has not bound it yet. The provisioner
+        #: passes one that connects through its pinned links (see SocketPins).
+        self.connect = connect
         self.max_message = max_message
         self.output_budget = output_budget
         self.on_violation = on_violation
@@ -549,3 +558,58 @@ class Relay:
             if route.host.transport == "ipc":
                 with contextlib.suppress(OSError):
                     os.unlink(route.host.address)
+
+
+class RelayThread:
+    """A Relay on an event loop of its own, in a daemon thread.
+
+    For a host process whose own event loop is not ours to use: the provisioner runs
+    inside the Jupyter client (Jupyter Server, nbclient, nbgrader), whose loop may be busy
+    or not running at all between a blocking client's calls. It calls start() once the
+    container is started and stop() once it has exited; the relay's on_violation then runs
+    in this thread, so it must not block (hand engine calls to another thread).
+    """
+
+    def __init__(self, relay: Relay, listening: dict[str, socket.socket]) -> None:
+        self.relay = relay
+        self.listening = listening
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="jupyter-docker-kernel-relay")
+        self.thread.daemon = True  # never keeps a client process alive on its own
+        self.serving = threading.Event()
+        self.error: BaseException | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Serve the listening sockets; returns once they are served, raises if they are not."""
+        self.thread.start()
+        if not self.serving.wait(timeout):
+            raise RelayError(f"the relay did not start serving within {timeout:g} s")
+        if self.error is not None:
+            raise self.error
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the relay (its endpoints and connections) and end the thread; idempotent."""
+        if self.thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop closed between check and call
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            try:
+                self.loop.run_until_complete(self.relay.start(listening=self.listening))
+            except BaseException as exc:  # handed to start()'s caller, not lost in a thread
+                self.error = exc
+                for sock in self.listening.values():
+                    sock.close()
+                return
+            finally:
+                self.serving.set()
+            self.loop.run_forever()
+        finally:
+            self.loop.run_until_complete(self.relay.close())
+            # Transports close and cancelled tasks end on the loop's next iterations.
+            self.loop.run_until_complete(asyncio.sleep(0.01))
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            self.loop.close()

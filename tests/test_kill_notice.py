@@ -45,8 +45,15 @@ def stderr_of(nb: NotebookNode) -> str:
     )
 
 
-def test_an_oom_kill_shows_in_the_cell_with_the_limit(kernel_image: str, workdir: Path) -> None:
-    install_kernel("jdk-test-notice-oom", kernel_image, "--memory", "256m")
+#: The argv launcher's relay, and the provisioner's (in a thread of nbclient's process).
+PATHS = pytest.mark.parametrize("path", [[], ["--provisioner"]], ids=["launcher", "provisioner"])
+
+
+@PATHS
+def test_an_oom_kill_shows_in_the_cell_with_the_limit(
+    kernel_image: str, workdir: Path, path: list[str]
+) -> None:
+    install_kernel("jdk-test-notice-oom", kernel_image, "--memory", "256m", *path)
     nb, raised = run(MEMORY_BOMB, "jdk-test-notice-oom", workdir)
     assert isinstance(raised, DeadKernelError)
     text = stderr_of(nb)
@@ -55,8 +62,11 @@ def test_an_oom_kill_shows_in_the_cell_with_the_limit(kernel_image: str, workdir
     assert "--memory" in text
 
 
-def test_an_output_budget_kill_shows_in_the_cell(kernel_image: str, workdir: Path) -> None:
-    install_kernel("jdk-test-notice-budget", kernel_image, "--output-budget", "8m")
+@PATHS
+def test_an_output_budget_kill_shows_in_the_cell(
+    kernel_image: str, workdir: Path, path: list[str]
+) -> None:
+    install_kernel("jdk-test-notice-budget", kernel_image, "--output-budget", "8m", *path)
     nb, raised = run(FLOOD, "jdk-test-notice-budget", workdir)
     assert isinstance(raised, DeadKernelError)
     text = stderr_of(nb)

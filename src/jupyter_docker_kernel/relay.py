@@ -594,6 +594,15 @@ class RelayThread:
                 self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout)
 
+    def announce(self, messages: list[list[bytes]], wait: float = ANNOUNCE_WAIT) -> int:
+        """Relay.announce() on the relay's loop, from another thread (blocks up to `wait`
+        and a little more); 0 when the relay no longer runs. The provisioner calls it once
+        the container has exited, before stop()."""
+        if not self.thread.is_alive():
+            return 0
+        future = asyncio.run_coroutine_threadsafe(self.relay.announce(messages, wait), self.loop)
+        return future.result(wait + 5.0)
+
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:

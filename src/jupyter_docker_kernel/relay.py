@@ -247,12 +247,11 @@ class _Half(asyncio.Protocol):
             return
         self.pending.append(data)
         self.pending_size += len(data)
-        if self.greeted:
-            self.relay.tell(self)
-            return
         if self.pending_size > PENDING_LIMIT and self.transport is not None:
             log.debug("%s: peer sent too much before the relay was open", self.route.channel)
             self.transport.close()
+        elif self.greeted:
+            self.relay.tell(self)
 
     def linked(self, peer: _Half) -> None:
         """The peer's connection is open: write what waited for it, then relay directly."""
@@ -385,7 +384,6 @@ class Relay:
         self.requests: tuple[bytes, ...] = ()
         #: After a kill: what announce() writes to each iopub subscriber.
         self.announcement = b""
-        self.greeted: list[_Half] = []
         self.announced: list[asyncio.Transport] = []
         self.iopub_lost = 0  # subscribers cut off by the kernel's end or a violation
 
@@ -485,8 +483,8 @@ class Relay:
         subscriber that connects, or waits for a kernel that is gone, gets our own ZMTP
         greeting as a PUB socket and, once its greeting and READY are in, the messages
         (libzmq drops a connection whose first message comes with our READY, before it
-        has sent its own). Waits up to `wait` seconds for the
-        subscribers the kernel's end cut off to come back, and for the bytes to leave.
+        has sent its own). Waits up to `wait` seconds for the subscribers the kernel's end
+        cut off to come back, and for the bytes to leave.
         """
         loop = asyncio.get_running_loop()
         self.announcement = b"".join(zmtp_message(frames) for frames in messages)
@@ -513,7 +511,6 @@ class Relay:
             return
         half.greeted = True
         half.watch = False
-        self.greeted.append(half)
         half.transport.write(PUB_GREETING + PUB_READY)
         half.transport.resume_reading()
         self.tell(half)

@@ -30,7 +30,7 @@ import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
-from tests.conftest import not_here
+from tests.conftest import install_kernel, not_here
 from tests.kernels import wait_until
 from tests.test_notebooks import assert_no_container_left, containers_for
 
@@ -205,11 +205,11 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def write_notebook(path: Path, kernel_name: str) -> None:
-    """A notebook with CELLS whose metadata names our kernelspec, as `setup` users get."""
+def write_notebook(path: Path, kernel_name: str, cells: list[str] = CELLS) -> None:
+    """A notebook with `cells` whose metadata names our kernelspec, as `setup` users get."""
     new_nb, new_cell = nbformat.v4.new_notebook, nbformat.v4.new_code_cell
     nb = new_nb(  # type: ignore[no-untyped-call]
-        cells=[new_cell(source) for source in CELLS],  # type: ignore[no-untyped-call]
+        cells=[new_cell(source) for source in cells],  # type: ignore[no-untyped-call]
         metadata={
             "kernelspec": {"name": kernel_name, "display_name": kernel_name, "language": "python"}
         },
@@ -327,3 +327,28 @@ def test_kernel_usage_panel_shows_the_containers_memory_limit_and_cpus(
     )
     print(f"Kernel Usage panel:\n{panel.inner_text()}")
     shot(page, "usage-panel")
+
+
+def test_an_oom_kill_says_why_in_the_notebook(
+    page: Page, lab: Lab, workdir: Path, kernel_image: str
+) -> None:
+    """A cell that allocates past --memory 256m: the kernel is killed, and the cell's
+    output in JupyterLab says so, with the limit, before the server restarts the kernel
+    (the server's log alone used to say why)."""
+    install_kernel("jdk-test-lab-oom", kernel_image, "--memory", "256m")
+    bomb = "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))"
+    write_notebook(workdir / "oom.ipynb", "jdk-test-lab-oom", [bomb])
+
+    page.goto(f"{lab.url}/lab/tree/oom.ipynb?token={lab.token}")
+    wait_idle(page)
+    prompt = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-InputPrompt")
+    for _ in range(3):  # a Shift+Enter right after the page settles is sometimes lost
+        run_cell(page, 0)
+        try:
+            expect(prompt).to_contain_text("[*]", timeout=10_000)
+            break
+        except AssertionError:
+            continue
+    expect(output_of(page, 0)).to_contain_text("Kernel stopped: out of memory (limit 256 MiB)")
+    print(f"the cell's output: {output_of(page, 0).first.inner_text()}")
+    shot(page, "oom-notice")

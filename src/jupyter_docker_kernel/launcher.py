@@ -55,6 +55,9 @@ FIRST_REPLY_WAIT = 3.0
 SIGINT_EXIT = 130
 #: 128 + SIGKILL: how the engine reports a container the OOM killer (or anyone) killed.
 OOM_EXIT = 137
+#: How long the launcher stays after publishing a kill notice, so that the client has read
+#: it before it sees the kernel's process gone (nbclient checks every second).
+NOTICE_LINGER = 0.3
 INTERRUPT_EXIT_WINDOW = 5.0
 #: Name prefix of every container and runtime dir we create.
 NAME_PREFIX = "jdk"
@@ -656,9 +659,10 @@ class Launcher:
         for thread in forwards:
             thread.join(timeout=5)
         guard.close()
-        await relay.close()
         if proc is not None and code == OOM_EXIT and not self.exit_reason:
             self.exit_reason = await loop.run_in_executor(None, self.engine_exit_reason)
+        await self.announce_kill(relay, code, bytes(said))
+        await relay.close()
         ran = time.monotonic() - self.started
         level, reason = exit_verdict(
             code, self.exit_reason, stopping=self.stopping, interrupted=self.interrupted_lately()
@@ -687,6 +691,36 @@ class Launcher:
                 "'jupyter-docker-kernel doctor' checks every kernelspec the same way.",
             )
         return code
+
+    async def announce_kill(self, relay: Any, code: int, said: bytes) -> None:
+        """Tell the notebook why its kernel was killed (notice.py), before the relay closes:
+        a stderr stream and an idle status to every iopub subscriber, for the cell that
+        was running. Nothing for a shutdown, restart or interrupt. run_async calls it once
+        the container has exited and its stderr (`said`: the supervisor's report) is in."""
+        import asyncio
+
+        from jupyter_docker_kernel.notice import kill_notice, notice_messages
+
+        text = kill_notice(
+            code,
+            self.exit_reason,
+            said.decode(errors="replace"),
+            output_budget=self.settings.output_budget,
+            max_message=self.settings.max_message,
+            stopping=self.stopping,
+        )
+        if not text:
+            return
+        try:
+            messages = notice_messages(self.connection, relay.last_execute(), text)
+            told = await relay.announce(messages)
+        except Exception as exc:  # a courtesy: the exit line and cleanup must still come
+            log.warning("could not tell the notebook why the kernel ended: %s", exc)
+            return
+        if told:
+            # The client reads them now; it must not find us gone (and stop reading) first.
+            await asyncio.sleep(NOTICE_LINGER)
+        log.info("told %d iopub subscriber(s) in the notebook: %s", told, text)
 
     async def _log_started(self, relay: Any) -> None:
         """Log the start once the container id is known; after the kernel's first reply

@@ -40,6 +40,7 @@ from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.launcher import (
     FIRST_REPLY_WAIT,
     LIFETIME_GRACE,
+    NOTICE_LINGER,
     Launcher,
     forward,
     kernel_id_from,
@@ -262,6 +263,11 @@ class DockerProvisioner(KernelProvisionerBase):
     _timer: threading.Timer | None = None
     _started: float = 0.0
     _exit_reason: str = ""
+    #: The end of the kernel's stderr (the supervisor's report), for the kill notice.
+    _said: bytearray
+    #: Publishing the kill notice (notice.py) once the container exited; poll() says the
+    #: kernel runs until it is done, so the client reads it before it sees the kernel gone.
+    _notice: asyncio.Task[None] | None = None
 
     @property
     def engine(self) -> Engine:
@@ -362,13 +368,16 @@ class DockerProvisioner(KernelProvisionerBase):
         # The kernel's raw stdout/stderr, escaped and capped, go to the server's log; its
         # end is kept for `jupyter-docker-kernel logs`.
         keep = launcher.open_log()
+        self._said = bytearray()
+        self._notice = None
         self._forwards = [
             threading.Thread(
                 target=forward,
-                args=(stream, sys.stderr.buffer, launcher.name, None, keep),
+                # The second stream carries the supervisor's words (stderr, or the lifeline).
+                args=(stream, sys.stderr.buffer, launcher.name, self._said if i else None, keep),
                 daemon=True,
             )
-            for stream in streams
+            for i, stream in enumerate(streams)
         ]
         for thread in self._forwards:
             thread.start()
@@ -402,8 +411,45 @@ class DockerProvisioner(KernelProvisionerBase):
     # -- running ------------------------------------------------------------------------------
 
     async def poll(self) -> int | None:
-        """None while the container runs (its `docker run` client does), else its exit code."""
-        return self._proc.poll() if self._proc is not None else 0
+        """None while the container runs (its `docker run` client does), else its exit code.
+        Still None while the kill notice goes out (at most a few seconds)."""
+        if self._proc is None:
+            return 0
+        code = self._proc.poll()
+        if code is None or self._meter is None:
+            return code
+        if self._notice is None:
+            self._notice = asyncio.ensure_future(self._announce_kill(code))
+        return code if self._notice.done() else None
+
+    async def _announce_kill(self, code: int) -> None:
+        """Tell the notebook why the kernel was killed, as the launcher does
+        (Launcher.announce_kill): once its stderr is in, through the meter's relay."""
+        from jupyter_docker_kernel.notice import kill_notice, notice_messages
+
+        meter, launcher = self._meter, self._launcher
+        if meter is None or launcher is None:
+            return
+        try:
+            for thread in self._forwards[1:]:
+                await off_loop(thread.join, 2)
+            text = kill_notice(
+                code,
+                self._exit_reason,
+                bytes(self._said).decode(errors="replace"),
+                output_budget=self.settings.output_budget,
+                max_message=self.settings.max_message,
+                stopping=self._exit_reason.endswith("by the Jupyter client"),
+            )
+            if not text:
+                return
+            messages = notice_messages(launcher.connection, meter.relay.last_execute(), text)
+            told = await off_loop(meter.announce, messages)
+            if told:
+                await asyncio.sleep(NOTICE_LINGER)
+            self.log.info("told %d iopub subscriber(s) in the notebook: %s", told, text)
+        except Exception as exc:  # a courtesy: the exit and cleanup must still come
+            self.log.warning("could not tell the notebook why the kernel ended: %s", exc)
 
     async def wait(self) -> int | None:
         """Wait for the container to exit, then release its pipes and threads."""
@@ -415,6 +461,10 @@ class DockerProvisioner(KernelProvisionerBase):
         launcher = self._launcher
         if launcher is not None and launcher.pooled and code == 0 and self._proc.stdout:
             code = wait_exit_code(self._proc.stdout.read().decode())  # `docker wait` prints it
+        if self._meter is not None:
+            if self._notice is None:
+                self._notice = asyncio.ensure_future(self._announce_kill(code))
+            await self._notice
         if launcher is not None and launcher.lifeline is not None:
             launcher.lifeline.close()
         relayed = await off_loop(self._stop_meter)

@@ -8,6 +8,9 @@ protocol (ZMTP) does not care that the two halves use different transports, so t
 never parses messages and adds no serialisation cost. launcher.py owns one Relay per kernel
 and runs it on its own event loop; provisioner.py runs one inside the Jupyter client's
 process, on a loop of its own in a thread (RelayThread), so both paths share the budgets.
+
+After a kill, Relay.announce() publishes a few messages (notice.py's kill notice) to every
+iopub subscriber itself, speaking ZMTP's PUB side on a fresh connection.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from jupyter_docker_kernel.endpoints import (
     CHANNELS,
@@ -43,6 +47,7 @@ __all__ = [
     "ZmtpMeter",
     "connect_kernel_socket",
     "host_endpoints",
+    "zmtp_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,9 +65,34 @@ MAX_CONNECTIONS = 64
 #: What a host connection may send before its kernel side is open. A ZMTP peer sends its
 #: 10-byte signature and then waits for ours, so more than this is not a Jupyter client.
 PENDING_LIMIT = 16 << 10
+#: How long announce() waits for the iopub subscribers the dead kernel left to reconnect
+#: (libzmq reconnects after 100 ms) and for what it wrote them to leave.
+ANNOUNCE_WAIT = 1.5
+#: The greeting of a ZMTP 3.0 peer with the NULL mechanism (signature, version, mechanism
+#: padded to 20 bytes, as-server 0, filler), then its READY command as a PUB socket.
+PUB_GREETING = (
+    b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + b"\0" + bytes(31)
+)
+PUB_GREETING_SIZE = len(PUB_GREETING)
+_READY = b"\x05READY\x0bSocket-Type" + (3).to_bytes(4, "big") + b"PUB"
+PUB_READY = bytes([0x04, len(_READY)]) + _READY
 #: On hb the kernel only echoes: what it sends beyond what it was sent (plus this much for
 #: its own greeting and READY command) counts against the output budget.
 ECHO_SLACK = 256
+
+
+def zmtp_message(frames: list[bytes]) -> bytes:
+    """One multipart message in ZMTP 3 framing: per frame a flags byte (MORE on all but the
+    last, LONG for bodies over 255 bytes), its size (1 or 8 bytes) and its body."""
+    out = bytearray()
+    for index, body in enumerate(frames):
+        more = 0x01 if index < len(frames) - 1 else 0
+        if len(body) > 255:
+            out += bytes([more | 0x02]) + len(body).to_bytes(8, "big")
+        else:
+            out += bytes([more, len(body)])
+        out += body
+    return bytes(out)
 
 
 class BudgetExceededError(Exception):
@@ -185,6 +215,12 @@ class _Half(asyncio.Protocol):
         self.received = 0  # raw bytes in, on this connection
         self.sent = 0  # message bytes the kernel sent on this connection (kernel side only)
         self.base = 0  # the channel's charge when this connection opened (kernel side only)
+        # A client's shell connection: the last chunk naming execute_request is kept (a
+        # reference, no copy or parse) for the kill notice's parent header; the chunk
+        # before it too, in case the message's start was there.
+        self.watch = route.channel == "shell" and not to_host
+        self.previous = b""
+        self.greeted = False  # announce(): this subscriber got our greeting as a PUB
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -201,6 +237,10 @@ class _Half(asyncio.Protocol):
                 return
         else:
             self.relay.bytes_to_kernel += len(data)
+            if self.watch:
+                if b"execute_request" in data:
+                    self.relay.requests = (self.previous, data)
+                self.previous = data
         peer = self.peer
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
@@ -210,6 +250,8 @@ class _Half(asyncio.Protocol):
         if self.pending_size > PENDING_LIMIT and self.transport is not None:
             log.debug("%s: peer sent too much before the relay was open", self.route.channel)
             self.transport.close()
+        elif self.greeted:
+            self.relay.tell(self)
 
     def linked(self, peer: _Half) -> None:
         """The peer's connection is open: write what waited for it, then relay directly."""
@@ -220,6 +262,8 @@ class _Half(asyncio.Protocol):
         self.pending_size = 0
 
     def eof_received(self) -> bool:
+        if self.to_host and self.route.channel == "iopub":
+            self.relay.iopub_lost += 1  # the kernel went: its subscriber will reconnect
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.close()
         return False
@@ -256,6 +300,9 @@ class _HostSide(_Half):
         # in connection_made, in self.pending).
         self.transport.pause_reading()
         self.relay.connections.add(self)
+        if self.relay.announcement and self.route.channel == "iopub":
+            self.relay.serve_announcement(self)  # the kernel is gone: no kernel side
+            return
         task = asyncio.get_running_loop().create_task(self._open_kernel_side())
         self.relay.tasks.add(task)
         task.add_done_callback(self.relay.tasks.discard)
@@ -271,6 +318,8 @@ class _HostSide(_Half):
         while True:
             if self.transport is None or self.transport.is_closing():
                 return
+            if self.relay.violation or self.relay.announcement:
+                return  # the kernel is being stopped: nothing more reaches it
             try:
                 sock = self.relay.connect(self.route.kernel_socket)
                 break
@@ -331,6 +380,12 @@ class Relay:
         self.output_charged = 0  # their sum
         self.refusals = 0
         self.closed = False
+        #: The last shell chunks that named execute_request (see notice.execute_header).
+        self.requests: tuple[bytes, ...] = ()
+        #: After a kill: what announce() writes to each iopub subscriber.
+        self.announcement = b""
+        self.announced: list[asyncio.Transport] = []
+        self.iopub_lost = 0  # subscribers cut off by the kernel's end or a violation
 
     def charge(self, kernel_side: _Half, sent: int) -> None:
         """Count `sent` message bytes the kernel sent on one connection; raise
@@ -406,7 +461,80 @@ class Relay:
                 self.on_violation(self.violation)
         for half in list(self.connections):
             if half.transport is not None:
+                if half.route.channel == "iopub" and not half.to_host and half.peer:
+                    self.iopub_lost += 1
                 half.transport.close()
+
+    def last_execute(self) -> dict[str, Any] | None:
+        """The header of the last execute_request a client sent, or None (parsed now)."""
+        from jupyter_docker_kernel.notice import execute_header
+
+        return execute_header(self.requests)
+
+    async def announce(self, messages: list[list[bytes]], wait: float = ANNOUNCE_WAIT) -> int:
+        """Publish `messages` (frames, topic first, as notice.notice_messages builds them)
+        to every iopub subscriber; returns how many got them. Called once the kernel has
+        ended (the launcher after its container exits; the provisioner likewise), before
+        close(). Nothing reaches the kernel from then on.
+
+        The relay never parses the kernel's stream, which a kill may have cut in the middle
+        of a message, so the messages go on fresh connections: a subscriber still relayed
+        is closed (its libzmq drops a half-received message and reconnects), and each
+        subscriber that connects, or waits for a kernel that is gone, gets our own ZMTP
+        greeting as a PUB socket and, once its greeting and READY are in, the messages
+        (libzmq drops a connection whose first message comes with our READY, before it
+        has sent its own). Waits up to `wait` seconds for the subscribers the kernel's end
+        cut off to come back, and for the bytes to leave.
+        """
+        loop = asyncio.get_running_loop()
+        self.announcement = b"".join(zmtp_message(frames) for frames in messages)
+        for half in list(self.hosts.get("iopub", ())):
+            if half.peer is None:
+                self.serve_announcement(half)
+            elif half.transport is not None:
+                self.iopub_lost += 1
+                half.transport.close()
+        deadline = loop.time() + wait
+        while len(self.announced) < self.iopub_lost and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        while loop.time() < deadline and any(
+            t.get_write_buffer_size() and not t.is_closing() for t in self.announced
+        ):
+            await asyncio.sleep(0.01)
+        return len(self.announced)
+
+    def serve_announcement(self, half: _Half) -> None:
+        """Greet one iopub subscriber as a PUB socket; tell() follows with the messages."""
+        if half.transport is None or half.transport.is_closing() or half.peer is not None:
+            return
+        if half.greeted:
+            return
+        half.greeted = True
+        half.watch = False
+        half.transport.write(PUB_GREETING + PUB_READY)
+        half.transport.resume_reading()
+        self.tell(half)
+
+    def tell(self, half: _Half) -> None:
+        """Write the announcement to a greeted subscriber once its greeting and READY
+        command are in (what it sends is otherwise dropped: subscriptions, pings)."""
+        data = b"".join(half.pending)
+        if half.transport is None or half.transport in self.announced:
+            half.pending.clear()
+            half.pending_size = 0
+            return
+        size = PUB_GREETING_SIZE + 2
+        if len(data) >= PUB_GREETING_SIZE + 9 and data[PUB_GREETING_SIZE] & 0x02:
+            size = PUB_GREETING_SIZE + 9
+            size += int.from_bytes(data[PUB_GREETING_SIZE + 1 : size], "big")
+        elif len(data) >= size:
+            size += data[PUB_GREETING_SIZE + 1]
+        if len(data) < size:
+            return
+        half.pending.clear()
+        half.pending_size = 0
+        self.announced.append(half.transport)
+        half.transport.write(self.announcement)
 
     async def close(self) -> None:
         """Stop listening and drop every relayed connection; idempotent."""
@@ -462,6 +590,15 @@ class RelayThread:
             with contextlib.suppress(RuntimeError):  # the loop closed between check and call
                 self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout)
+
+    def announce(self, messages: list[list[bytes]], wait: float = ANNOUNCE_WAIT) -> int:
+        """Relay.announce() on the relay's loop, from another thread (blocks up to `wait`
+        and a little more); 0 when the relay no longer runs. The provisioner calls it once
+        the container has exited, before stop()."""
+        if not self.thread.is_alive():
+            return 0
+        future = asyncio.run_coroutine_threadsafe(self.relay.announce(messages, wait), self.loop)
+        return future.result(wait + 5.0)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)

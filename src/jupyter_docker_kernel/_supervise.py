@@ -98,7 +98,13 @@ def receive_tree(read: "Callable[[int], bytes]", root: str) -> int:
             raise CopyError(f"refusing the entry {name!r}: its parent was not sent first")
         path = os.path.join(base, name)
         if kind == b"d":
-            os.mkdir(path, 0o700)
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                # The engine made the --workdir (the notebook's dir, below a project root's
+                # copy) in the fresh tmpfs before we ran; anything else there is refused.
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    raise
             made.add(name)
             dirs.append((path, mode & 0o777, mtime))
         elif kind == b"l":
@@ -291,6 +297,9 @@ class Supervisor:
         self.bridges: List[str] = []
         self.site_dir: Optional[str] = None
         self.receive_dir: Optional[str] = None
+        #: The kernel's cwd when it is not the container's: the notebook's dir inside a
+        #: project root's copy, which exists only once the copy is unpacked.
+        self.chdir: Optional[str] = None
         self.only_sockets: List[str] = []
         while argv and argv[0] != "--":
             opt = argv.pop(0)
@@ -312,6 +321,8 @@ class Supervisor:
                 self.site_dir = argv.pop(0)
             elif opt == "--receive-workdir":
                 self.receive_dir = argv.pop(0)
+            elif opt == "--chdir":
+                self.chdir = argv.pop(0)
             elif opt == "--only-sockets":
                 self.only_sockets = argv.pop(0).split(",")
             else:
@@ -404,7 +415,7 @@ class Supervisor:
         """Start the kernel command as our child; returns 0, or an exit code on failure."""
         try:
             child = subprocess.Popen(
-                self.cmd, stdin=subprocess.DEVNULL, preexec_fn=self.child_setup
+                self.cmd, stdin=subprocess.DEVNULL, preexec_fn=self.child_setup, cwd=self.chdir
             )
         except OSError as exc:
             say(f"cannot start the kernel command {self.cmd[0]!r}: {exc}")

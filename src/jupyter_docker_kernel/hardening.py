@@ -308,9 +308,12 @@ def run_args(
         # Not a host directory: a tmpfs capped in bytes and inodes (its pages count against
         # --memory), filled by the supervisor from the launcher's stream (workcopy.py): the
         # project root's copy, with the notebook's directory inside it as the cwd.
+        # The engine's --workdir is the tmpfs itself: a notebook dir below a project root
+        # would be made by the engine as root before the copy arrives; the supervisor
+        # changes into it once the copy is unpacked.
         root = launch.project_root or launch.workdir
         args += ["--tmpfs", f"{root}:{work_tmpfs_options(settings, uid, gid)}"]
-        args += ["--workdir", launch.workdir]
+        args += ["--workdir", root]
     else:
         root = launch.project_root or launch.workdir
         args += [
@@ -326,7 +329,10 @@ def run_args(
     args.append(settings.image)
     umask = "0007" if shares_group_only(settings, launch) else None
     receive = (launch.project_root or launch.workdir) if settings.workdir == "copy" else None
-    args += supervisor_command(settings, umask=umask, pooled=pool is not None, receive=receive)
+    chdir = launch.workdir if receive is not None and receive != launch.workdir else None
+    args += supervisor_command(
+        settings, umask=umask, pooled=pool is not None, receive=receive, chdir=chdir
+    )
     return args
 
 
@@ -404,6 +410,7 @@ def supervisor_command(
     *,
     pooled: bool = False,
     receive: str | None = None,
+    chdir: str | None = None,
 ) -> list[str]:
     """The container's command: our supervisor, run by the image's Python, then the kernel.
 
@@ -422,6 +429,8 @@ def supervisor_command(
     args += ["--site", USAGE_SITE_TARGET]
     if receive is not None:
         args += ["--receive-workdir", receive]
+    if chdir is not None:
+        args += ["--chdir", chdir]
     # The socket dir is on the host's disk: the supervisor kills a kernel that writes
     # anything else there (the launcher's watch removes its container too).
     sockets = [f"{SOCKET_PREFIX}-{index}" for index in range(1, CHANNEL_COUNT + 1)]

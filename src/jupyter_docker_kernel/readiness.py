@@ -53,9 +53,10 @@ Status = Literal["OK", "WARN", "FAIL", "SKIP"]
 PROBE_WAIT = 30.0
 #: Seconds we give a probe container to start and bind (gVisor's first start is slowest).
 PROBE_TIMEOUT = 60.0
-#: The name of the kernel's first socket: the supervisor's socket-dir guard stops a kernel
-#: that binds anything but its own sockets there, the probe's included.
-SOCKET_NAME = f"{hardening.SOCKET_PREFIX}-1"
+#: A name the supervisor's socket-dir guard allows (it stops a kernel that binds anything
+#: but its own sockets there) and that nothing else binds in a probe: a warm kernel's claim
+#: socket (the kernel's own k-N names are taken by the tcp bridge of --kernel-transport tcp).
+SOCKET_NAME = hardening.CLAIM_SOCKET
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,11 @@ from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE
 
+# nbgrader.utils imports setuptools, whose shim swaps in its own distutils and asserts that
+# nothing imported the standard library's first; in a full run something has, so the tests
+# that import nbgrader in-process failed by order. The standard library's copy is enough.
+os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+
 #: The real user's cache (wheels, rootfs), captured before HOME is pointed elsewhere.
 REAL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 OUR_LABEL = engine_mod.LABEL_KERNEL_ID

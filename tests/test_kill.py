@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -174,7 +175,8 @@ def test_gc_removes_containers_of_dead_launchers_and_keeps_live_ones(
     try:
         assert cli.main(["gc"]) == 0
         out = capsys.readouterr().out
-        assert "Removed 1 container(s)" in out
+        # At least ours: earlier tests of a full run may leave orphans of their own.
+        assert re.search(r"Removed [1-9][0-9]* container\(s\)", out), out
         assert containers_of("orphan-test") == []
         assert containers_of(kernel_key(km), running_only=True) != []
         reply, _ = execute(kc, "1")

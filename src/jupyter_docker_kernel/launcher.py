@@ -21,29 +21,45 @@ import os
 import re
 import signal
 import socket
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from jupyter_docker_kernel import hardening, hostpython, kernel_log, pool, workcopy
 from jupyter_docker_kernel.endpoints import CHANNELS, Route, client_cwd, host_endpoints, listen
 from jupyter_docker_kernel.engine import Engine, explain_run_failure, short_id, use_host
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
+from jupyter_docker_kernel.hardening import SUPERVISOR_PATH
+from jupyter_docker_kernel.kernel_log import FORWARD_LIMIT as FORWARD_LIMIT
+from jupyter_docker_kernel.kernel_log import _read_quietly
+from jupyter_docker_kernel.kernel_log import forward as forward
+from jupyter_docker_kernel.kernel_log import printable as printable
 from jupyter_docker_kernel.kernelspec import SETTINGS_ENV
+from jupyter_docker_kernel.rundir import ENV_FILE as ENV_FILE
+from jupyter_docker_kernel.rundir import NAME_PREFIX as NAME_PREFIX
+from jupyter_docker_kernel.rundir import RunDir, write_private
+from jupyter_docker_kernel.rundir import alive as alive
+from jupyter_docker_kernel.rundir import process_start_time as process_start_time
+from jupyter_docker_kernel.rundir import remove_tree as remove_tree
+from jupyter_docker_kernel.rundir import runtime_base as runtime_base
+from jupyter_docker_kernel.rundir import runtime_base_choice as runtime_base_choice
 from jupyter_docker_kernel.settings import OWNER_USER, KernelSettings, size_bytes
 from jupyter_docker_kernel.socketdir import SocketDirGuard
-from jupyter_docker_kernel.workdir import check_project, engine_sockets, project_root
+from jupyter_docker_kernel.workdir import (
+    check_project,
+    engine_sockets,
+    project_root,
+    warn_about_workdir,
+)
+from jupyter_docker_kernel.workdir import nbgrader_layout as nbgrader_layout
+from jupyter_docker_kernel.workdir import owner_of as owner_of
+from jupyter_docker_kernel.workdir import refuse_grading_mount as refuse_grading_mount
 
 log = logging.getLogger("jupyter_docker_kernel.launcher")
 
-SUPERVISOR_PATH = str(Path(__file__).with_name("_supervise.py"))
-#: What we forward of the engine CLI's own output (the kernel's raw stdout/stderr).
-FORWARD_LIMIT = 4 << 20
 #: How long after max_lifetime the launcher removes a container the supervisor did not end.
 LIFETIME_GRACE = 5.0
 #: The pool is topped up after this many bytes reached the host (the kernel's first
@@ -59,10 +75,6 @@ OOM_EXIT = 137
 #: it before it sees the kernel's process gone (nbclient checks every second).
 NOTICE_LINGER = 0.3
 INTERRUPT_EXIT_WINDOW = 5.0
-#: Name prefix of every container and runtime dir we create.
-NAME_PREFIX = "jdk"
-#: The `docker run --env-file` in a kernel's base dir (the engine CLI reads it; not mounted).
-ENV_FILE = "env"
 
 
 def kernel_id_from(connection_file: str) -> str:
@@ -72,26 +84,6 @@ def kernel_id_from(connection_file: str) -> str:
     stem = stem.removeprefix("kernel-")
     safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", stem).strip("-.") or "kernel"
     return safe[:36]
-
-
-def process_start_time(pid: int) -> str:
-    """The process's start time in clock ticks: with the pid, it names a process uniquely."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            # Field 22; the command name (field 2) may hold spaces, so split after ')'.
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def alive(pid_text: str, start: str) -> bool:
-    """True while the process with this pid (and, given, this start time) still runs."""
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    current = process_start_time(pid) if pid > 0 else ""
-    return bool(current) and (not start or current == start)
 
 
 def exit_verdict(code: int, reason: str, *, stopping: bool, interrupted: bool) -> tuple[int, str]:
@@ -147,125 +139,6 @@ def process_age() -> float:
     return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
-def owner_of(workdir: str, settings: KernelSettings) -> str:
-    """The uid:gid owning the work dir, for kernel_user "owner" ("" otherwise, or when it
-    cannot be read): looked up at each start, as the notebook's directory changes."""
-    if settings.kernel_user != OWNER_USER:
-        return ""
-    try:
-        st = os.stat(workdir)
-    except OSError:
-        return ""
-    return f"{st.st_uid}:{st.st_gid}"
-
-
-def write_private(path: str | Path, text: str) -> None:
-    """Create a file only we can read (0600, never an existing one or a link), with text."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-
-
-def runtime_base() -> Path:
-    """A private (0700, ours) directory for per-kernel runtime dirs, made on first use.
-
-    Launcher, provisioner, pool, gc, list and doctor all call this and must agree: see
-    runtime_base_choice() for how, also when another local user took the usual place.
-    """
-    return runtime_base_choice()[0]
-
-
-def runtime_base_choice() -> tuple[Path, str]:
-    """The runtime base, and why the usual one is not used ("" when it is).
-
-    The usual one is $XDG_RUNTIME_DIR/jupyter-docker-kernel (a private tmpfs, when set),
-    else <tmp>/jupyter-docker-kernel-<uid>. Anyone may create the latter name first (a
-    directory they own, a file, a symlink): then we do not refuse service, we fall back to
-    one of ours named <tmp>/jdk-<uid>-<time><random>, which nobody else can create in time
-    or take from us (/tmp is sticky). Every process picks the oldest
-    such dir that is still ours and private, so all of one user's processes agree on it,
-    and gc/pool find each other's dirs. doctor reports the fallback and why.
-    """
-    uid = os.getuid()
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
-        usual = Path(xdg) / "jupyter-docker-kernel"
-    else:
-        usual = Path(tempfile.gettempdir()) / f"jupyter-docker-kernel-{uid}"
-    with contextlib.suppress(OSError):  # exists already (ours or not), or cannot be made
-        usual.mkdir(mode=0o700)
-    problem = not_private(usual, uid)
-    if not problem:
-        return usual, ""
-    why = f"{usual} {problem}"
-    if why not in _WARNED:
-        _WARNED.add(why)
-        log.warning("%s; using a private runtime dir of our own instead", why)
-    return fallback_base(uid, why), why
-
-
-#: Fallback reasons already logged by this process (one warning each, not one per call).
-_WARNED: set[str] = set()
-
-
-def not_private(path: Path, uid: int) -> str:
-    """Why path is not a private directory of uid's ("" when it is): a symlink, another
-    owner or group/other permissions would let someone else reach our sockets and files."""
-    try:
-        st = os.lstat(path)
-    except OSError as exc:
-        return f"cannot be created ({exc.strerror or exc})"
-    if not stat.S_ISDIR(st.st_mode):
-        return "is not a directory (a file or symlink is in its place)"
-    if st.st_uid != uid:
-        return f"is owned by uid {st.st_uid}, not by you (uid {uid})"
-    if st.st_mode & 0o077:
-        return f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0700"
-    return ""
-
-
-def fallback_base(uid: int, why: str) -> Path:
-    """The oldest private <tmp>/jdk-<uid>-<time><random> of ours, made if there is none.
-
-    Names sort by creation time (ms), so two processes making one at once both end up with
-    the older (the other's is removed while still empty); dirs of other owners, and names
-    someone made ahead of time, are skipped. Short, as socket paths below it are limited.
-    """
-    tmp = Path(tempfile.gettempdir())
-    pattern = re.compile(rf"^{NAME_PREFIX}-{uid}-[0-9a-f]{{14}}$")
-
-    def oldest() -> Path | None:
-        with contextlib.suppress(OSError), os.scandir(tmp) as entries:
-            names = sorted(e.name for e in entries if pattern.match(e.name))
-            return next((tmp / n for n in names if not not_private(tmp / n, uid)), None)
-        return None
-
-    found = oldest()
-    if found is not None:
-        return found
-    error: OSError | None = None
-    for _ in range(5):  # a name taken ahead of time by someone else: try a new one
-        mine = (
-            tmp / f"{NAME_PREFIX}-{uid}-{time.time_ns() // 1_000_000:011x}{os.urandom(2).hex()[:3]}"
-        )
-        try:
-            mine.mkdir(mode=0o700)
-            break
-        except OSError as exc:
-            error = exc
-    else:
-        raise LaunchError(
-            f"{why}, and no private directory could be made in {tmp} instead: "
-            f"{error.strerror if error else ''}. No kernel was started. Set XDG_RUNTIME_DIR "
-            "(or TMPDIR) to a private directory of yours."
-        )
-    found = oldest() or mine
-    if found != mine:
-        with contextlib.suppress(OSError):
-            mine.rmdir()
-    return found
-
-
 class Launcher:
     """One kernel's lifetime, from connection file to cleanup. Used by main() only."""
 
@@ -298,12 +171,13 @@ class Launcher:
         self.kernel_id = kernel_id or kernel_id_from(connection_file)
         nonce = os.urandom(3).hex()
         self.name = f"{NAME_PREFIX}-{self.kernel_id}-{nonce}"
-        self.base = base or runtime_base() / f"{self.kernel_id}-{nonce}"
+        self.rundir = RunDir(base) if base else RunDir.new(runtime_base(), self.kernel_id, nonce)
+        self.base = self.rundir.path
         self.workdir = workdir or os.getcwd()
         #: The directory mounted (or copied) at its own path, self.workdir inside it.
         self.project, self.workdir = self.resolve_project()
-        self.runtime_dir = self.base / "rt"
-        self.cidfile = self.base / "cid"
+        self.runtime_dir = self.rundir.sockets
+        self.cidfile = self.rundir.cid
         self.container_id = ""
         self.started = time.monotonic()
         self.stopping = False
@@ -390,7 +264,7 @@ class Launcher:
             kernel_id=self.kernel_id,
             container_name=self.name,
             runtime_dir=str(self.runtime_dir),
-            connection_file=str(self.base / "kernel.json"),
+            connection_file=str(self.rundir.connection),
             supervisor_path=SUPERVISOR_PATH,
             host_uid=os.getuid(),
             host_gid=os.getgid(),
@@ -400,7 +274,7 @@ class Launcher:
             launcher_start=process_start_time(os.getpid()),
             hostname=socket.gethostname(),
             workdir_owner=owner_of(self.workdir, self.settings),
-            env_file=str(self.base / ENV_FILE) if self.settings.env else None,
+            env_file=str(self.rundir.env_file) if self.settings.env else None,
             kernelspec=str(self.connection.get("kernel_name") or ""),
             client_pid=self.client_pid,
         )
@@ -435,7 +309,7 @@ class Launcher:
 
     def _write_marker(self) -> None:
         """Who owns this runtime dir: gc keeps it (and its container) while we live."""
-        (self.base / "launcher").write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
+        self.rundir.mark_owner()
 
     def adopt(self, claimed: pool.Claim) -> None:
         """Take over a claimed warm container (its dir is ours now): the kernel gets its key.
@@ -579,8 +453,7 @@ class Launcher:
         CLI gets its own session: the client's killpg(SIGINT) must reach us, not the CLI,
         which would exit on it and take the kernel's stdin lifeline with it.
         """
-        args = hardening.run_args(self.settings, launch)
-        args.insert(1, f"--cidfile={self.cidfile}")
+        args = hardening.run_args(self.settings, launch, cidfile=str(self.cidfile))
         proc = subprocess.Popen(
             [self.engine.executable(), *args],
             stdin=subprocess.PIPE,
@@ -886,82 +759,6 @@ class Launcher:
         remove_tree(self.base)
 
 
-#: How much of the engine CLI's stderr the launcher keeps to explain a failed start.
-TAIL_BYTES = 4096
-
-#: What a kernel must not put into the server's log as it is: C0 controls (but tab), DEL,
-#: C1 controls in UTF-8 (NEL among them) and U+2028/U+2029, which Python's str.splitlines()
-#: and some log viewers take for line breaks. Escaped as \xNN, they cannot
-#: start a line, retitle or clear a terminal, or forge a log line's colours.
-_UNPRINTABLE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
-
-
-def _escape(match: re.Match[bytes]) -> bytes:
-    return b"".join(b"\\x%02x" % c for c in match.group())
-
-
-def printable(data: bytes) -> bytes:
-    """The kernel's raw output with control bytes (newlines too, not tabs) shown as \\xNN."""
-    return _UNPRINTABLE.sub(_escape, data)
-
-
-def log_lines(chunk: bytes, name: str) -> bytes:
-    """One chunk of the kernel's raw output as server log lines: one per line of the chunk,
-    each starting with the kernel's container name, so no kernel write can make a line that
-    looks like the server's own (`[I 2026-... ServerApp] ...`)."""
-    prefix = f"{name}| ".encode()
-    lines = chunk.split(b"\n")
-    if not lines[-1]:
-        lines.pop()  # the chunk ended with a newline
-    return b"".join(prefix + printable(line) + b"\n" for line in lines)
-
-
-def _read_quietly(read: Any) -> bytes:
-    """One chunk from a pipe or socket; b"" at EOF or when it was closed under us."""
-    try:
-        data: bytes = read(65536)
-    except (OSError, ValueError):
-        return b""
-    return data
-
-
-def forward(
-    stream: IO[bytes] | socket.socket | None,
-    out: IO[bytes],
-    name: str = NAME_PREFIX,
-    tail: bytearray | None = None,
-    keep: kernel_log.KernelLog | None = None,
-) -> None:
-    """Copy the engine CLI's output (the kernel's raw stdout/stderr) to our stderr, which is
-    the server's log, as lines prefixed with `name` (log_lines), FORWARD_LIMIT bytes of them.
-    Runs in a thread per stream; run_async starts them. `tail` keeps the last TAIL_BYTES, so
-    a failed start can be explained (engine.explain_run_failure); `keep` all of it, past
-    FORWARD_LIMIT too, for `logs` (it keeps only the end)."""
-    if stream is None:
-        return
-    sent = 0
-    fd = stream.fileno()
-    read = stream.recv if isinstance(stream, socket.socket) else (lambda n: os.read(fd, n))
-    while chunk := _read_quietly(read):
-        if tail is not None:
-            tail += chunk
-            del tail[:-TAIL_BYTES]
-        if keep is not None:
-            keep.write(chunk)
-        if sent >= FORWARD_LIMIT:
-            continue  # keep draining, or the kernel would block on a full pipe
-        # The limit counts what reaches the log: prefixes and escapes can make a kernel's
-        # byte (a newline, a control character) dozens of bytes there.
-        lines = log_lines(chunk, name)[: FORWARD_LIMIT - sent]
-        out.write(lines if lines.endswith(b"\n") else lines + b"\n")
-        out.flush()
-        sent += len(lines)
-        if sent >= FORWARD_LIMIT:
-            log.warning(
-                "kernel's own stdout/stderr exceeded %d bytes; dropping the rest", FORWARD_LIMIT
-            )
-
-
 def _watchdog_cleanup(engine_exe: str, name: str, cidfile: Path, base: Path) -> None:
     """In the watchdog: force-remove the container by name and id, then our files."""
 
@@ -1047,117 +844,6 @@ def watch_lifeline(argv: list[str] | None = None) -> None:
     if found:
         force_remove(engine_exe, found)
     remove_tree(base)
-
-
-def remove_tree(root: Path | str) -> None:
-    """Remove a directory tree the kernel may have shaped, without recursion or following links.
-
-    shutil.rmtree recurses once per level and fails on a tree a kernel nested a thousand
-    levels deep; this walks with an explicit stack and never raises.
-    """
-    stack = [str(root)]
-    seen: list[str] = []
-    while stack:
-        path = stack.pop()
-        seen.append(path)
-        try:
-            with os.scandir(path) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    else:
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.path)
-        except OSError:
-            continue
-    for path in reversed(seen):
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
-
-
-#: Files in a mounted work dir that mean nbgrader's private data is within the kernel's reach.
-NBGRADER_MARKERS = ("gradebook.db", "nbgrader_config.py")
-
-
-#: nbgrader's per-student steps live at <course>/<step>/<student>/<assignment>; these two
-#: steps are the instructor's own (<course>/<step>/<assignment>), where no student code runs.
-NBGRADER_INSTRUCTOR_STEPS = ("source", "release")
-
-
-def nbgrader_layout(workdir: str) -> str:
-    """Why `workdir` looks like a directory nbgrader grades in; "" if it does not.
-
-    nbgrader runs every submission in autograded/<student>/<assignment> and then writes the
-    graded notebook back there, following whatever link the kernel left in its place. The
-    step may be renamed in nbgrader_config.py, so a directory at least three levels below
-    one holding gradebook.db or nbgrader_config.py counts too, unless that step is
-    source/ or release/ (the instructor's own, two levels deep). Pure path checks and
-    lstat: nothing is opened or followed.
-    """
-    path = Path(os.path.abspath(workdir))
-    if "autograded" in path.parts:
-        return "it is inside nbgrader's autograded/ tree"
-    for depth, parent in enumerate(path.parents, start=1):
-        marker = next((m for m in NBGRADER_MARKERS if os.path.lexists(parent / m)), "")
-        if not marker:
-            continue
-        step = path.parts[len(parent.parts)]
-        if depth >= 3 and step not in NBGRADER_INSTRUCTOR_STEPS:
-            where = f"{depth} levels below {parent / marker}"
-            return f"it is {where}, where nbgrader keeps its per-student {step}/ directories"
-        return ""
-    return ""
-
-
-def refuse_grading_mount(workdir: str) -> None:
-    """Refuse to mount `workdir` writable when it looks like one nbgrader grades in.
-
-    Launcher.prepare() calls it before any container exists, on the argv and provisioner
-    paths alike. A writable mount there lets the kernel swap its notebook for a link to
-    ../../../gradebook.db, which nbgrader then writes the graded notebook through (and
-    chmods): grades lost. No override: --copy-workdir (what --for-nbgrader sets up) and
-    --workdir-readonly are the safe ways to run a notebook there.
-    """
-    why = nbgrader_layout(workdir)
-    if why:
-        raise LaunchError(
-            f"Refusing to mount the work directory {workdir} writable into the kernel: {why}. "
-            "A kernel that can write there can plant links that nbgrader (or any host tool) "
-            "follows when it writes the graded notebook back. No container was started. "
-            "Grade with a kernelspec made by `jupyter-docker-kernel setup --for-nbgrader` "
-            "(a private copy of the directory), or use --copy-workdir or --workdir-readonly."
-        )
-
-
-def warn_about_workdir(workdir: str, uid: int, gid: int, read_only: bool) -> None:
-    """Log what a mounted work dir exposes or lacks; never refuses, the user chose it."""
-    exposed = [name for name in NBGRADER_MARKERS if os.path.lexists(os.path.join(workdir, name))]
-    if exposed:
-        log.warning(
-            "the kernel's work directory %s holds %s: code in the kernel can read%s it. "
-            "Use --copy-workdir (or --workdir-readonly) for untrusted notebooks.",
-            workdir,
-            " and ".join(exposed),
-            "" if read_only else " and change",
-        )
-    if read_only or uid == os.getuid():
-        return
-    st = os.stat(workdir)
-    writable = (
-        (st.st_uid == uid and st.st_mode & 0o200)
-        or (st.st_gid == gid and st.st_mode & 0o020)
-        or st.st_mode & 0o002
-    )
-    if not writable:
-        log.warning(
-            "the kernel runs as uid %d and cannot write its work directory %s (owner uid %d, "
-            "mode %o): notebooks that save files there will fail. Use --copy-workdir to give "
-            "it a private writable copy.",
-            uid,
-            workdir,
-            st.st_uid,
-            stat.S_IMODE(st.st_mode),
-        )
 
 
 def configure_logging(debug: bool) -> None:

@@ -35,16 +35,15 @@ from jupyter_docker_kernel import hardening, hostpython
 from jupyter_docker_kernel.endpoints import connect_kernel_socket
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
+from jupyter_docker_kernel.rundir import POOL_DIR_PREFIX as POOL_DIR_PREFIX
+from jupyter_docker_kernel.rundir import POOL_NAME_PREFIX as POOL_NAME_PREFIX
+from jupyter_docker_kernel.rundir import RunDir, write_private
 from jupyter_docker_kernel.settings import KernelSettings
 
 log = logging.getLogger(__name__)
 
 LABEL_POOL = engine_mod.LABEL_POOL
 LABEL_POOL_DIR = engine_mod.LABEL_POOL_DIR
-#: Name prefix of unclaimed pooled containers; a claim renames them to the kernel's name.
-POOL_NAME_PREFIX = "jdk-pool-"
-#: Runtime dirs of unclaimed pooled containers: pool-<pool key>-<nonce>.
-POOL_DIR_PREFIX = "pool-"
 #: A warm container this close to the end of its pool time (s) is not claimed.
 CLAIM_MARGIN = 10.0
 #: Where a pooled kernel finds its copy of the work dir.
@@ -95,22 +94,19 @@ def claim(settings: KernelSettings, base: Path, new_dir: Path) -> Claim | None:
         try:
             if entry.stat().st_mtime < oldest:
                 continue
-            if not (entry / "rt" / CLAIM_SOCKET).exists():
+            if not RunDir(entry).claim_socket().exists():
                 continue  # its kernel is still initialising: not ready to be claimed
-            name = (entry / "pool").read_text().partition("\n")[0].strip()
+            name = RunDir(entry).read_pool_note()[0]
             os.rename(entry, new_dir)
         except OSError:
             continue  # another launcher won it, or it is being removed
         try:
-            lifeline = connect_kernel_socket(str(new_dir / "rt" / CLAIM_SOCKET))
+            lifeline = connect_kernel_socket(str(RunDir(new_dir).claim_socket()))
         except OSError:
             log.debug("warm container %s no longer answers; trying another", name)
             shutil.rmtree(new_dir, ignore_errors=True)
             continue
-        container_id = ""
-        with contextlib.suppress(OSError):
-            container_id = (new_dir / "cid").read_text().strip()
-        return Claim(name, container_id, new_dir, lifeline)
+        return Claim(name, RunDir(new_dir).read_cid(), new_dir, lifeline)
     return None
 
 
@@ -166,7 +162,7 @@ def remove_expired(
     for entry in pool_dirs(base, key):
         try:
             age = now - entry.stat().st_mtime
-            name = (entry / "pool").read_text().partition("\n")[0].strip()
+            name = RunDir(entry).read_pool_note()[0]
         except OSError:
             continue  # claimed (renamed) or removed while we looked
         if age < EXPIRED_GRACE:
@@ -235,28 +231,27 @@ def start_one(
     """Start one detached pooled container; returns its name."""
     nonce = os.urandom(4).hex()
     name = f"{POOL_NAME_PREFIX}{key[:8]}-{nonce}"
-    pool_dir = base / f"{POOL_DIR_PREFIX}{key}-{nonce}"
-    (pool_dir / "rt").mkdir(parents=True, mode=0o700)
+    warm = RunDir.warm(base, key, nonce)
+    pool_dir = warm.path
+    warm.sockets.mkdir(parents=True, mode=0o700)
     # Which engine holds it too: gc asking another engine must not take the dir for orphaned.
-    (pool_dir / "pool").write_text(f"{name}\n{engine.address()}")
+    warm.pool_note.write_text(f"{name}\n{engine.address()}")
     pooled = replace(
         launch,
         kernel_id=f"pool-{nonce}",
         container_name=name,
-        runtime_dir=str(pool_dir / "rt"),
+        runtime_dir=str(warm.sockets),
         connection_file="",
         workdir=WORK_TARGET,  # with --copy-workdir a tmpfs, filled at the claim
         project_root="",  # the claimer streams its project root into WORK_TARGET
-        env_file=str(pool_dir / "env") if settings.env else None,
+        env_file=str(warm.env_file) if settings.env else None,
     )
     if pooled.env_file is not None:
         # 0600 and out of argv, as launcher.prepare writes it (see hardening.env_file_text).
-        fd = os.open(pooled.env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(hardening.env_file_text(settings))
+        write_private(pooled.env_file, hardening.env_file_text(settings))
     uid, gid = (int(x) for x in hardening.kernel_user(settings, pooled).split(":"))
     if uid != os.getuid():
-        os.chown(pool_dir / "rt", uid, gid)  # root starting it for an unprivileged kernel
+        os.chown(warm.sockets, uid, gid)  # root starting it for an unprivileged kernel
     args = hardening.run_args(settings, pooled, pool=(key, str(pool_dir)))
     try:
         container_id = engine.run(args, timeout=120).stdout.strip()
@@ -264,7 +259,7 @@ def start_one(
         shutil.rmtree(pool_dir, ignore_errors=True)
         raise
     with contextlib.suppress(OSError):  # claimed already: the claimer wrote its own
-        (pool_dir / "cid").write_text(container_id)
+        warm.cid.write_text(container_id)
     return name
 
 

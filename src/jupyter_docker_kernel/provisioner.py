@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import socket
 import stat
@@ -53,16 +52,12 @@ from jupyter_docker_kernel.launcher import (
     wait_exit_code,
 )
 from jupyter_docker_kernel.relay import Relay, RelayThread
+from jupyter_docker_kernel.rundir import RunDir
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 from jupyter_docker_kernel.socketdir import SocketDirGuard
 
 log = logging.getLogger(__name__)
 
-#: The host-only dir (in the kernel's base dir, never mounted) of the links to the very
-#: sockets the kernel bound; the relay connects through them.
-PIN_DIR = "pinned"
-#: The host-only dir of the relay's endpoints, which the client connects to.
-CLIENT_DIR = "client"
 #: sun_path holds 108 bytes with its NUL: a longer socket path cannot be connected to.
 MAX_SOCKET_PATH = 107
 
@@ -297,8 +292,8 @@ class DockerProvisioner(KernelProvisionerBase):
         self.settings = settings_of(self.kernel_spec)
         share_log(self.log)
         if self.base is None:
-            self.base = runtime_base() / f"{self.key}-{secrets.token_hex(3)}"
-        conn = client_connection(self.base / CLIENT_DIR)
+            self.base = RunDir.new(runtime_base(), self.key).path
+        conn = client_connection(RunDir(self.base).client)
         km.transport = conn["transport"]
         km.ip = conn["ip"]
         for name, value in conn.items():
@@ -348,13 +343,16 @@ class DockerProvisioner(KernelProvisionerBase):
             await off_loop(launcher.cleanup)
             self._stop_watchdog()
             raise
-        self._pins = SocketPins(launcher.runtime_dir, self.base / PIN_DIR)
+        self._pins = SocketPins(launcher.runtime_dir, RunDir(self.base).pins)
         self.container_name = launcher.name
         self._started = time.monotonic()
         self._exit_reason = ""
         try:
             self._meter = start_meter(
-                self.settings, self.base / CLIENT_DIR, self.base / PIN_DIR, self._budget_exceeded
+                self.settings,
+                RunDir(self.base).client,
+                RunDir(self.base).pins,
+                self._budget_exceeded,
             )
         except OSError:
             # Without the meter the client would reach nothing; the manager will not call
@@ -404,7 +402,7 @@ class DockerProvisioner(KernelProvisionerBase):
             limits_summary(self.settings),
             self.settings.max_message,
             self.settings.output_budget,
-            self.base / CLIENT_DIR,
+            RunDir(self.base).client,
         )
         return self.connection_info
 

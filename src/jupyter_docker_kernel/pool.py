@@ -23,8 +23,10 @@ import hashlib
 import json
 import logging
 import os
+import select
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -176,15 +178,43 @@ def remove_expired(
     return removed
 
 
-def fill_in_background(settings: KernelSettings, base: Path, launch: hardening.Launch) -> None:
-    """Run fill() in a process of its own: it must outlive a launcher whose kernel is
-    stopped right after answering, as nbgrader does with every notebook. The launcher
-    calls this once its kernel's first reply has gone through.
+#: How long a gated refill waits for its gate (the kernel's first reply) at most.
+GATE_WAIT = 3.0
+
+
+class GatedRefill:
+    """fill_in_background's process, waiting at its gate: a line on its stdin (open()),
+    EOF (close(), or our process's end) or GATE_WAIT seconds let it start."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def open(self) -> None:
+        stdin = self.proc.stdin
+        with contextlib.suppress(OSError, ValueError):
+            if stdin is not None:
+                stdin.write(b"go\n")
+                stdin.flush()
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+
+
+def fill_in_background(
+    settings: KernelSettings, base: Path, launch: hardening.Launch, *, gated: bool = False
+) -> GatedRefill:
+    """Run fill() in a process of its own: it must outlive a kernel that is stopped right
+    after answering, as nbgrader does with every notebook, and a one-shot client (nbconvert,
+    papermill) whose process ends right after. Container.start spawns it gated: it reads
+    the payload line, then waits for a line, EOF or GATE_WAIT s before it starts anything,
+    so that its `docker run` does not compete with the kernel that is starting.
 
     The process never imports from our cwd, the notebook's directory (see hostpython), and
     gets the settings on its stdin: in argv, `ps` would show them to every local user.
     """
-    import subprocess
     import threading
 
     payload = json.dumps(
@@ -199,17 +229,40 @@ def fill_in_background(settings: KernelSettings, base: Path, launch: hardening.L
     # Written here, not in a thread: the launcher may exit right after (nbgrader stops each
     # kernel once it answered), and a daemon thread would die with it, payload unsent.
     assert proc.stdin is not None
+    refill = GatedRefill(proc)
     try:
-        proc.stdin.write(payload.encode())
-    finally:
-        proc.stdin.close()
+        proc.stdin.write(payload.encode() + b"\n")
+        proc.stdin.flush()
+    except OSError:
+        refill.close()
+        raise
+    if not gated:
+        refill.close()
     threading.Thread(target=proc.wait, daemon=True).start()  # no zombie while we run
+    return refill
+
+
+def read_payload(fd: int, gate: float) -> str:
+    """The payload line on fd; then wait for the gate (a line, EOF or `gate` seconds)."""
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return data.decode()  # EOF: an ungated caller (or an earlier version's)
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    if not rest:
+        ready, _, _ = select.select([fd], [], [], gate)
+        if ready:
+            with contextlib.suppress(OSError):
+                os.read(fd, 64)
+    return line.decode()
 
 
 def main(argv: list[str]) -> int:
     """`python -m jupyter_docker_kernel.pool -`: fill_in_background's process; the payload
     is read from stdin ("-"), or (earlier versions) is the argument itself."""
-    data = json.loads(sys.stdin.read() if argv[:1] == ["-"] else argv[0])
+    data = json.loads(read_payload(0, GATE_WAIT) if argv[:1] == ["-"] else argv[0])
     settings = KernelSettings.from_dict(data["settings"])
     try:
         started = fill(

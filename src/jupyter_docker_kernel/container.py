@@ -865,6 +865,29 @@ class Container:
             self.log.warning("%s", exc)
 
 
+class Running:
+    """A started Container and the thread that waits for its end (Container.wait): an
+    adapter without an event loop of its own (the provisioner's poll(), a host of many
+    kernels) checks `done` instead of running an engine call or holding a Popen."""
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+        self.done = threading.Event()
+        self.ending: Ending | None = None
+        threading.Thread(target=self._wait, daemon=True).start()
+
+    def _wait(self) -> None:
+        try:
+            self.ending = self.container.wait()
+        finally:
+            self.done.set()
+
+    @property
+    def code(self) -> int:
+        """The exit code once done (1 if waiting itself failed)."""
+        return self.ending.code if self.ending is not None else 1
+
+
 # -- watchdogs: cleanup that does not depend on our process surviving --------------------------
 
 

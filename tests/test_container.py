@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,9 @@ class FakeBackend:
     def env(self) -> dict[str, str] | None:
         return None
 
+    def sockets(self) -> list[str]:
+        return ["/run/docker.sock"]
+
 
 @pytest.fixture
 def container(tmp_path: Path) -> Container:
@@ -241,3 +245,30 @@ def test_the_lifetime_notice_is_the_kill_notice_of_both_adapters(container: Cont
     container.stop("maximum lifetime of 60 s reached", block=True)
     end = container.wait()
     assert end.notice.startswith("Kernel stopped: maximum lifetime of 60 s reached.")
+
+
+def test_the_refills_gate_holds_until_a_line_or_eof() -> None:
+    """pool.GATED_FILL reads the payload, then waits at the gate before it imports
+    anything of ours; here its last lines echo the payload instead of filling."""
+    code = pool.GATED_FILL.format(wait=30).replace(
+        "from jupyter_docker_kernel.pool import fill_from\nsys.exit(fill_from(line.decode()))",
+        "print(line.decode(), flush=True)",
+    )
+    assert "print(line" in code
+    for release in (b"go\n", b""):
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(b'{"payload": 1}\n')
+        proc.stdin.flush()
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.5)  # held at the gate
+        proc.stdin.write(release)
+        proc.stdin.close()  # EOF opens it too (the client's exit)
+        assert proc.stdout.read() == b'{"payload": 1}\n'
+        assert proc.wait(timeout=10) == 0
+        proc.stdout.close()

@@ -42,6 +42,7 @@ SSH node, a Kubernetes pod) implements its methods:
     fill(settings, base, launch) -> Refill    Container.attach: the detached, gated refill
     watchdog(name, cidfile, base) -> int      Container.start_watchdog (argv launcher)
     executable() / env()        the provisioner's watchdog process (start_lifeline_watchdog)
+    sockets() -> list[str]      Container.__init__: engine sockets no --mount may reach
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -111,8 +113,6 @@ RUN_FAILURES = (125, 126, 127)
 
 def kernel_id_from(connection_file: str) -> str:
     """The kernel id jupyter_client put in the file name (kernel-<id>.json), made name-safe."""
-    import re
-
     stem = Path(connection_file).name
     stem = stem.removesuffix(".json")
     stem = stem.removeprefix("kernel-")
@@ -241,6 +241,7 @@ class Backend(Protocol):
     def watchdog(self, name: str, cidfile: Path, base: Path) -> int: ...
     def executable(self) -> str: ...
     def env(self) -> dict[str, str] | None: ...
+    def sockets(self) -> list[str]: ...
 
 
 class LocalBackend:
@@ -312,6 +313,10 @@ class LocalBackend:
 
     def env(self) -> dict[str, str] | None:
         return self.engine.env()
+
+    def sockets(self) -> list[str]:
+        """The engine's sockets on this host, which no --mount may reach."""
+        return engine_sockets(self.engine)
 
 
 # -- the lifecycle ----------------------------------------------------------------------------
@@ -396,13 +401,12 @@ class Container:
         root, cwd = project_root(self.workdir, self.settings)
         templates = [m.resolved(root, cwd) for m in self.settings.mounts if m.template]
         if root != cwd or templates:
-            engine = getattr(self.backend, "engine", None) or Engine()
             check_project(
                 root,
                 cwd,
                 templates,
                 home=os.path.expanduser("~"),
-                sockets=engine_sockets(engine),
+                sockets=self.backend.sockets(),
             )
         return root, cwd
 

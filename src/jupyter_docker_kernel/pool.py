@@ -180,6 +180,20 @@ def remove_expired(
 
 #: How long a gated refill waits for its gate (the kernel's first reply) at most.
 GATE_WAIT = 3.0
+#: fill_in_background's process: the payload line, the gate (a line, EOF or {wait} s),
+#: only then our imports and fill_from. Builtin modules only before the gate.
+GATED_FILL = (
+    "import os, select, sys\n"
+    "data = b''\n"
+    "while b'\\n' not in data:\n"
+    "    chunk = os.read(0, 65536)\n"
+    "    if not chunk: break\n"
+    "    data += chunk\n"
+    "line, _, rest = data.partition(b'\\n')\n"
+    "if not rest and select.select([0], [], [], {wait})[0]: os.read(0, 64)\n"
+    "from jupyter_docker_kernel.pool import fill_from\n"
+    "sys.exit(fill_from(line.decode()))\n"
+)
 
 
 class GatedRefill:
@@ -221,7 +235,8 @@ def fill_in_background(
         {"settings": settings.to_dict(), "base": str(base), "launch": dataclasses.asdict(launch)}
     )
     proc = subprocess.Popen(
-        hostpython.module_argv("jupyter_docker_kernel.pool", "-"),
+        # The gate comes before our imports (about 80 ms of CPU): they too would compete.
+        hostpython.code_argv(GATED_FILL.format(wait=GATE_WAIT)),
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
@@ -260,9 +275,15 @@ def read_payload(fd: int, gate: float) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m jupyter_docker_kernel.pool -`: fill_in_background's process; the payload
-    is read from stdin ("-"), or (earlier versions) is the argument itself."""
-    data = json.loads(read_payload(0, GATE_WAIT) if argv[:1] == ["-"] else argv[0])
+    """`python -m jupyter_docker_kernel.pool -`: the payload is read from stdin ("-"), or
+    (earlier versions) is the argument itself; then, with a gate, as fill_in_background's
+    process does."""
+    return fill_from(read_payload(0, GATE_WAIT) if argv[:1] == ["-"] else argv[0])
+
+
+def fill_from(payload: str) -> int:
+    """fill() for a fill_in_background payload; returns the process's exit code."""
+    data = json.loads(payload)
     settings = KernelSettings.from_dict(data["settings"])
     try:
         started = fill(

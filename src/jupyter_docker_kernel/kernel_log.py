@@ -62,7 +62,7 @@ def _write_private(path: Path, data: bytes) -> None:
 class KernelLog:
     """The kept output and record of one kernel; written from the output-forwarding threads.
 
-    The launcher creates it when the kernel's output starts flowing (Launcher.open_log),
+    The launcher creates it when the kernel's output starts flowing (Container.open_log),
     its forward() threads call write(), and it calls finish() with the exit code.
     """
 

@@ -335,7 +335,7 @@ LIMIT_FIELDS = (
 
 
 def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> hardening.Launch:
-    """A Launch like launcher.launch_facts() builds, with placeholders for the per-start parts."""
+    """A Launch like Container.launch_facts() builds, with placeholders for the per-start parts."""
     try:
         base = str(runtime_base())
     except DockerKernelError:
@@ -366,7 +366,7 @@ def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> 
 
 
 def effective_args(settings: KernelSettings, workdir: str | None = None) -> list[str]:
-    """The `docker run` arguments the launcher would use (launcher.start_container's list)."""
+    """The `docker run` arguments the launcher would use (Container.start's list)."""
     launch = placeholder_launch(settings, workdir)
     cidfile = RunDir(Path(launch.runtime_dir).parent).cid
     return hardening.run_args(settings, launch, cidfile=str(cidfile))

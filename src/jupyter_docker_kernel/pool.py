@@ -321,7 +321,7 @@ def start_one(
         env_file=str(warm.env_file) if settings.env else None,
     )
     if pooled.env_file is not None:
-        # 0600 and out of argv, as launcher.prepare writes it (see hardening.env_file_text).
+        # 0600 and out of argv, as Container.prepare writes it (see hardening.env_file_text).
         write_private(pooled.env_file, hardening.env_file_text(settings))
     uid, gid = (int(x) for x in hardening.kernel_user(settings, pooled).split(":"))
     if uid != os.getuid():

@@ -1,6 +1,6 @@
 """Which host directory a kernel gets: the notebook's project root, and what may be mounted.
 
-launcher.Launcher calls `project_root()` once per start (argv launcher and provisioner alike:
+container.Container calls `project_root()` once per start (argv launcher and provisioner alike:
 both hand it the client's cwd, the notebook's directory) and `check_project()` before any
 container exists; hardening.run_args mounts the root at its own path with the notebook's
 directory as the working directory. The rules of what may never reach a kernel (the host's
@@ -170,7 +170,7 @@ def check_project(
     forbids, by its path and by its real path (a symlink to / is /).
 
     A root that is the notebook's own directory is what every kernel mounts without
-    --workdir-root, so only '/' is refused there (as launcher.prepare always did).
+    --workdir-root, so only '/' is refused there (as Container.prepare always did).
     `mounts` are the template mounts already resolved (Mount.resolved); they must exist.
     """
     for path in dict.fromkeys((root, realpath(root))):
@@ -255,7 +255,7 @@ def nbgrader_layout(workdir: str) -> str:
 def refuse_grading_mount(workdir: str) -> None:
     """Refuse to mount `workdir` writable when it looks like one nbgrader grades in.
 
-    Launcher.prepare() calls it before any container exists, on the argv and provisioner
+    Container.prepare() calls it before any container exists, on the argv and provisioner
     paths alike. A writable mount there lets the kernel swap its notebook for a link to
     ../../../gradebook.db, which nbgrader then writes the graded notebook through (and
     chmods): grades lost. No override: --copy-workdir (what --for-nbgrader sets up) and

@@ -275,7 +275,8 @@ def test_shutdown_leaves_no_container_runtime_dir_or_process(
     prov = provisioner_of(km)
     base = prov.base
     assert base is not None
-    proc, watchdog = prov._proc, prov._watchdog
+    assert prov.container is not None
+    proc, watchdog = prov.container.proc, prov._watchdog
     assert proc is not None
     assert watchdog is not None
     stop(km, kc)
@@ -428,8 +429,8 @@ def test_a_warm_pool_container_is_claimed_through_the_provisioner(
         km, kc = start(name, str(workdir))
         try:
             prov = provisioner_of(km)
-            assert prov._launcher is not None
-            assert prov._launcher.pooled
+            assert prov.container is not None
+            assert prov.container.pooled
             assert km.get_connection_info()["ip"] == f"{prov.base}/client/{hardening.SOCKET_PREFIX}"
             _, out = execute(kc, "import os; print(os.getcwd())")
             assert stream_text(out) == f"{pool.WORK_TARGET}\n"

@@ -42,8 +42,8 @@ from jupyter_docker_kernel.errors import (
     KernelSpecError,
     SettingsError,
 )
-from jupyter_docker_kernel.launcher import NBGRADER_MARKERS, runtime_base
-from jupyter_docker_kernel.launcher import printable as launcher_printable
+from jupyter_docker_kernel.kernel_log import printable as launcher_printable
+from jupyter_docker_kernel.rundir import runtime_base
 from jupyter_docker_kernel.settings import (
     DEFAULT_IMAGE,
     OWNER_USER,
@@ -52,6 +52,7 @@ from jupyter_docker_kernel.settings import (
     option,
     parse_env,
 )
+from jupyter_docker_kernel.workdir import NBGRADER_MARKERS
 
 DEFAULTS = KernelSettings()  # built-in values, for the help text
 #: Setting fields that `setup` exposes one to one as options: (flag, field, type, help).

@@ -30,9 +30,7 @@ from jupyter_docker_kernel import manage, readiness
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.hostpython import SAFE_PATH_PREFIX
-from jupyter_docker_kernel.launcher import (
-    runtime_base_choice,
-)
+from jupyter_docker_kernel.rundir import runtime_base_choice
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE, KernelSettings
 
 Status = Literal["OK", "WARN", "FAIL", "SKIP"]

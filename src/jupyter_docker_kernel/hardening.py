@@ -23,6 +23,9 @@ from jupyter_docker_kernel.settings import (
     size_bytes,
 )
 
+#: The in-container supervisor, mounted read-only into every kernel container.
+SUPERVISOR_PATH = str(Path(__file__).with_name("_supervise.py"))
+
 #: Where the per-kernel socket dir appears in the container (the kernel binds its sockets here).
 RUNTIME_TARGET = "/run/jupyter-docker-kernel"
 SOCKET_PREFIX = "k"
@@ -195,12 +198,17 @@ def thread_env(settings: KernelSettings) -> list[str]:
 
 
 def run_args(
-    settings: KernelSettings, launch: Launch, *, pool: tuple[str, str] | None = None
+    settings: KernelSettings,
+    launch: Launch,
+    *,
+    pool: tuple[str, str] | None = None,
+    cidfile: str = "",
 ) -> list[str]:
     """The complete `docker run` argument list (without the program name) for one kernel.
 
     With pool=(key, host dir) it is a detached warm-pool container instead: it waits for a
     launcher to claim it (pool.py), so it has no connection file and no attached client.
+    cidfile: where the engine CLI writes the container's id (a kernel's start and `show`).
     """
     user = kernel_user(settings, launch)
     uid, gid = user.split(":")
@@ -227,6 +235,7 @@ def run_args(
     remove = [] if keep and not pool else ["--rm"]
     args: list[str] = [
         "run",
+        *([f"--cidfile={cidfile}"] if cidfile else []),
         *remove,
         *attach,
         "--init",

@@ -20,11 +20,15 @@ import contextlib
 import json
 import logging
 import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from jupyter_docker_kernel.rundir import NAME_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ def _write_private(path: Path, data: bytes) -> None:
 class KernelLog:
     """The kept output and record of one kernel; written from the output-forwarding threads.
 
-    The launcher creates it when the kernel's output starts flowing (Launcher.open_log),
+    The launcher creates it when the kernel's output starts flowing (Container.open_log),
     its forward() threads call write(), and it calls finish() with the exit code.
     """
 
@@ -185,3 +189,81 @@ def prune(
                     item.unlink()
         removed.append(str(path))
     return removed
+
+
+#: What we forward of the engine CLI's own output (the kernel's raw stdout/stderr).
+FORWARD_LIMIT = 4 << 20
+#: How much of the engine CLI's stderr the launcher keeps to explain a failed start.
+TAIL_BYTES = 4096
+
+#: What a kernel must not put into the server's log as it is: C0 controls (but tab), DEL,
+#: C1 controls in UTF-8 (NEL among them) and U+2028/U+2029, which Python's str.splitlines()
+#: and some log viewers take for line breaks. Escaped as \xNN, they cannot
+#: start a line, retitle or clear a terminal, or forge a log line's colours.
+_UNPRINTABLE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
+
+
+def _escape(match: re.Match[bytes]) -> bytes:
+    return b"".join(b"\\x%02x" % c for c in match.group())
+
+
+def printable(data: bytes) -> bytes:
+    """The kernel's raw output with control bytes (newlines too, not tabs) shown as \\xNN."""
+    return _UNPRINTABLE.sub(_escape, data)
+
+
+def log_lines(chunk: bytes, name: str) -> bytes:
+    """One chunk of the kernel's raw output as server log lines: one per line of the chunk,
+    each starting with the kernel's container name, so no kernel write can make a line that
+    looks like the server's own (`[I 2026-... ServerApp] ...`)."""
+    prefix = f"{name}| ".encode()
+    lines = chunk.split(b"\n")
+    if not lines[-1]:
+        lines.pop()  # the chunk ended with a newline
+    return b"".join(prefix + printable(line) + b"\n" for line in lines)
+
+
+def _read_quietly(read: Any) -> bytes:
+    """One chunk from a pipe or socket; b"" at EOF or when it was closed under us."""
+    try:
+        data: bytes = read(65536)
+    except (OSError, ValueError):
+        return b""
+    return data
+
+
+def forward(
+    stream: IO[bytes] | socket.socket | None,
+    out: IO[bytes],
+    name: str = NAME_PREFIX,
+    tail: bytearray | None = None,
+    keep: KernelLog | None = None,
+) -> None:
+    """Copy the engine CLI's output (the kernel's raw stdout/stderr) to our stderr, which is
+    the server's log, as lines prefixed with `name` (log_lines), FORWARD_LIMIT bytes of them.
+    Runs in a thread per stream; run_async starts them. `tail` keeps the last TAIL_BYTES, so
+    a failed start can be explained (engine.explain_run_failure); `keep` all of it, past
+    FORWARD_LIMIT too, for `logs` (it keeps only the end)."""
+    if stream is None:
+        return
+    sent = 0
+    fd = stream.fileno()
+    read = stream.recv if isinstance(stream, socket.socket) else (lambda n: os.read(fd, n))
+    while chunk := _read_quietly(read):
+        if tail is not None:
+            tail += chunk
+            del tail[:-TAIL_BYTES]
+        if keep is not None:
+            keep.write(chunk)
+        if sent >= FORWARD_LIMIT:
+            continue  # keep draining, or the kernel would block on a full pipe
+        # The limit counts what reaches the log: prefixes and escapes can make a kernel's
+        # byte (a newline, a control character) dozens of bytes there.
+        lines = log_lines(chunk, name)[: FORWARD_LIMIT - sent]
+        out.write(lines if lines.endswith(b"\n") else lines + b"\n")
+        out.flush()
+        sent += len(lines)
+        if sent >= FORWARD_LIMIT:
+            log.warning(
+                "kernel's own stdout/stderr exceeded %d bytes; dropping the rest", FORWARD_LIMIT
+            )

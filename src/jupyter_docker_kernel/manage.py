@@ -22,9 +22,10 @@ from typing import Any
 from jupyter_docker_kernel import hardening, hostpython, kernelspec, pool
 from jupyter_docker_kernel.engine import LABEL_POOL, Engine
 from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError
-from jupyter_docker_kernel.launcher import NAME_PREFIX, SUPERVISOR_PATH, owner_of, runtime_base
+from jupyter_docker_kernel.hardening import SUPERVISOR_PATH
+from jupyter_docker_kernel.rundir import RunDir, runtime_base
 from jupyter_docker_kernel.settings import KernelSettings, option
-from jupyter_docker_kernel.workdir import project_root
+from jupyter_docker_kernel.workdir import owner_of, project_root
 
 #: What `show` puts where a real start has a value of its own.
 PLACEHOLDER_KERNEL_ID = "KERNEL-ID"
@@ -334,12 +335,12 @@ LIMIT_FIELDS = (
 
 
 def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> hardening.Launch:
-    """A Launch like launcher.launch_facts() builds, with placeholders for the per-start parts."""
+    """A Launch like Container.launch_facts() builds, with placeholders for the per-start parts."""
     try:
         base = str(runtime_base())
     except DockerKernelError:
         base = "$RUNTIME_BASE"  # show still works; doctor says what is wrong with it
-    kernel_dir = f"{base}/{PLACEHOLDER_KERNEL_ID}-{PLACEHOLDER_NONCE}"
+    rundir = RunDir.placeholder(base, PLACEHOLDER_KERNEL_ID, PLACEHOLDER_NONCE)
     notebook_dir = workdir or os.getcwd()
     project = notebook_dir
     if settings.workdir_root and settings.workdir != "none":
@@ -348,15 +349,15 @@ def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> 
             project, _ = project_root(notebook_dir, settings)
     return hardening.Launch(
         kernel_id=PLACEHOLDER_KERNEL_ID,
-        container_name=f"{NAME_PREFIX}-{PLACEHOLDER_KERNEL_ID}-{PLACEHOLDER_NONCE}",
-        runtime_dir=f"{kernel_dir}/rt",
-        connection_file=f"{kernel_dir}/kernel.json",
+        container_name=rundir.container_name(),
+        runtime_dir=str(rundir.sockets),
+        connection_file=str(rundir.connection),
         supervisor_path=SUPERVISOR_PATH,
         host_uid=os.getuid(),
         host_gid=os.getgid(),
         workdir=workdir or os.getcwd(),
         project_root=project if project != notebook_dir else "",
-        env_file=f"{kernel_dir}/env" if settings.env else None,
+        env_file=str(rundir.env_file) if settings.env else None,
         launcher_pid=0,
         launcher_start="START",
         hostname="HOST",
@@ -365,12 +366,10 @@ def placeholder_launch(settings: KernelSettings, workdir: str | None = None) -> 
 
 
 def effective_args(settings: KernelSettings, workdir: str | None = None) -> list[str]:
-    """The `docker run` arguments the launcher would use (launcher.start_container's list)."""
+    """The `docker run` arguments the launcher would use (Container.start's list)."""
     launch = placeholder_launch(settings, workdir)
-    args = hardening.run_args(settings, launch)
-    kernel_dir = launch.runtime_dir.rsplit("/", 1)[0]
-    args.insert(1, f"--cidfile={kernel_dir}/cid")
-    return args
+    cidfile = RunDir(Path(launch.runtime_dir).parent).cid
+    return hardening.run_args(settings, launch, cidfile=str(cidfile))
 
 
 def remove(name: str) -> SpecInfo:

@@ -23,8 +23,10 @@ import hashlib
 import json
 import logging
 import os
+import select
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -35,16 +37,15 @@ from jupyter_docker_kernel import hardening, hostpython
 from jupyter_docker_kernel.endpoints import connect_kernel_socket
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
+from jupyter_docker_kernel.rundir import POOL_DIR_PREFIX as POOL_DIR_PREFIX
+from jupyter_docker_kernel.rundir import POOL_NAME_PREFIX as POOL_NAME_PREFIX
+from jupyter_docker_kernel.rundir import RunDir, write_private
 from jupyter_docker_kernel.settings import KernelSettings
 
 log = logging.getLogger(__name__)
 
 LABEL_POOL = engine_mod.LABEL_POOL
 LABEL_POOL_DIR = engine_mod.LABEL_POOL_DIR
-#: Name prefix of unclaimed pooled containers; a claim renames them to the kernel's name.
-POOL_NAME_PREFIX = "jdk-pool-"
-#: Runtime dirs of unclaimed pooled containers: pool-<pool key>-<nonce>.
-POOL_DIR_PREFIX = "pool-"
 #: A warm container this close to the end of its pool time (s) is not claimed.
 CLAIM_MARGIN = 10.0
 #: Where a pooled kernel finds its copy of the work dir.
@@ -95,22 +96,19 @@ def claim(settings: KernelSettings, base: Path, new_dir: Path) -> Claim | None:
         try:
             if entry.stat().st_mtime < oldest:
                 continue
-            if not (entry / "rt" / CLAIM_SOCKET).exists():
+            if not RunDir(entry).claim_socket().exists():
                 continue  # its kernel is still initialising: not ready to be claimed
-            name = (entry / "pool").read_text().partition("\n")[0].strip()
+            name = RunDir(entry).read_pool_note()[0]
             os.rename(entry, new_dir)
         except OSError:
             continue  # another launcher won it, or it is being removed
         try:
-            lifeline = connect_kernel_socket(str(new_dir / "rt" / CLAIM_SOCKET))
+            lifeline = connect_kernel_socket(str(RunDir(new_dir).claim_socket()))
         except OSError:
             log.debug("warm container %s no longer answers; trying another", name)
             shutil.rmtree(new_dir, ignore_errors=True)
             continue
-        container_id = ""
-        with contextlib.suppress(OSError):
-            container_id = (new_dir / "cid").read_text().strip()
-        return Claim(name, container_id, new_dir, lifeline)
+        return Claim(name, RunDir(new_dir).read_cid(), new_dir, lifeline)
     return None
 
 
@@ -166,7 +164,7 @@ def remove_expired(
     for entry in pool_dirs(base, key):
         try:
             age = now - entry.stat().st_mtime
-            name = (entry / "pool").read_text().partition("\n")[0].strip()
+            name = RunDir(entry).read_pool_note()[0]
         except OSError:
             continue  # claimed (renamed) or removed while we looked
         if age < EXPIRED_GRACE:
@@ -180,22 +178,65 @@ def remove_expired(
     return removed
 
 
-def fill_in_background(settings: KernelSettings, base: Path, launch: hardening.Launch) -> None:
-    """Run fill() in a process of its own: it must outlive a launcher whose kernel is
-    stopped right after answering, as nbgrader does with every notebook. The launcher
-    calls this once its kernel's first reply has gone through.
+#: How long a gated refill waits for its gate (the kernel's first reply) at most.
+GATE_WAIT = 3.0
+#: fill_in_background's process: the payload line, the gate (a line, EOF or {wait} s),
+#: only then our imports and fill_from. Builtin modules only before the gate.
+GATED_FILL = (
+    "import os, select, sys\n"
+    "data = b''\n"
+    "while b'\\n' not in data:\n"
+    "    chunk = os.read(0, 65536)\n"
+    "    if not chunk: break\n"
+    "    data += chunk\n"
+    "line, _, rest = data.partition(b'\\n')\n"
+    "if not rest and select.select([0], [], [], {wait})[0]: os.read(0, 64)\n"
+    "from jupyter_docker_kernel.pool import fill_from\n"
+    "sys.exit(fill_from(line.decode()))\n"
+)
+
+
+class GatedRefill:
+    """fill_in_background's process, waiting at its gate: a line on its stdin (open()),
+    EOF (close(), or our process's end) or GATE_WAIT seconds let it start."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def open(self) -> None:
+        stdin = self.proc.stdin
+        with contextlib.suppress(OSError, ValueError):
+            if stdin is not None:
+                stdin.write(b"go\n")
+                stdin.flush()
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+
+
+def fill_in_background(
+    settings: KernelSettings, base: Path, launch: hardening.Launch, *, gated: bool = False
+) -> GatedRefill:
+    """Run fill() in a process of its own: it must outlive a kernel that is stopped right
+    after answering, as nbgrader does with every notebook, and a one-shot client (nbconvert,
+    papermill) whose process ends right after. Container.start spawns it gated: it reads
+    the payload line, then waits for a line, EOF or GATE_WAIT s before it starts anything,
+    so that its `docker run` does not compete with the kernel that is starting.
 
     The process never imports from our cwd, the notebook's directory (see hostpython), and
     gets the settings on its stdin: in argv, `ps` would show them to every local user.
     """
-    import subprocess
     import threading
 
     payload = json.dumps(
         {"settings": settings.to_dict(), "base": str(base), "launch": dataclasses.asdict(launch)}
     )
     proc = subprocess.Popen(
-        hostpython.module_argv("jupyter_docker_kernel.pool", "-"),
+        # The gate comes before our imports (about 80 ms of CPU): they too would compete.
+        hostpython.code_argv(GATED_FILL.format(wait=GATE_WAIT)),
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
@@ -203,17 +244,46 @@ def fill_in_background(settings: KernelSettings, base: Path, launch: hardening.L
     # Written here, not in a thread: the launcher may exit right after (nbgrader stops each
     # kernel once it answered), and a daemon thread would die with it, payload unsent.
     assert proc.stdin is not None
+    refill = GatedRefill(proc)
     try:
-        proc.stdin.write(payload.encode())
-    finally:
-        proc.stdin.close()
+        proc.stdin.write(payload.encode() + b"\n")
+        proc.stdin.flush()
+    except OSError:
+        refill.close()
+        raise
+    if not gated:
+        refill.close()
     threading.Thread(target=proc.wait, daemon=True).start()  # no zombie while we run
+    return refill
+
+
+def read_payload(fd: int, gate: float) -> str:
+    """The payload line on fd; then wait for the gate (a line, EOF or `gate` seconds)."""
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return data.decode()  # EOF: an ungated caller (or an earlier version's)
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    if not rest:
+        ready, _, _ = select.select([fd], [], [], gate)
+        if ready:
+            with contextlib.suppress(OSError):
+                os.read(fd, 64)
+    return line.decode()
 
 
 def main(argv: list[str]) -> int:
-    """`python -m jupyter_docker_kernel.pool -`: fill_in_background's process; the payload
-    is read from stdin ("-"), or (earlier versions) is the argument itself."""
-    data = json.loads(sys.stdin.read() if argv[:1] == ["-"] else argv[0])
+    """`python -m jupyter_docker_kernel.pool -`: the payload is read from stdin ("-"), or
+    (earlier versions) is the argument itself; then, with a gate, as fill_in_background's
+    process does."""
+    return fill_from(read_payload(0, GATE_WAIT) if argv[:1] == ["-"] else argv[0])
+
+
+def fill_from(payload: str) -> int:
+    """fill() for a fill_in_background payload; returns the process's exit code."""
+    data = json.loads(payload)
     settings = KernelSettings.from_dict(data["settings"])
     try:
         started = fill(
@@ -235,28 +305,27 @@ def start_one(
     """Start one detached pooled container; returns its name."""
     nonce = os.urandom(4).hex()
     name = f"{POOL_NAME_PREFIX}{key[:8]}-{nonce}"
-    pool_dir = base / f"{POOL_DIR_PREFIX}{key}-{nonce}"
-    (pool_dir / "rt").mkdir(parents=True, mode=0o700)
+    warm = RunDir.warm(base, key, nonce)
+    pool_dir = warm.path
+    warm.sockets.mkdir(parents=True, mode=0o700)
     # Which engine holds it too: gc asking another engine must not take the dir for orphaned.
-    (pool_dir / "pool").write_text(f"{name}\n{engine.address()}")
+    warm.pool_note.write_text(f"{name}\n{engine.address()}")
     pooled = replace(
         launch,
         kernel_id=f"pool-{nonce}",
         container_name=name,
-        runtime_dir=str(pool_dir / "rt"),
+        runtime_dir=str(warm.sockets),
         connection_file="",
         workdir=WORK_TARGET,  # with --copy-workdir a tmpfs, filled at the claim
         project_root="",  # the claimer streams its project root into WORK_TARGET
-        env_file=str(pool_dir / "env") if settings.env else None,
+        env_file=str(warm.env_file) if settings.env else None,
     )
     if pooled.env_file is not None:
-        # 0600 and out of argv, as launcher.prepare writes it (see hardening.env_file_text).
-        fd = os.open(pooled.env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(hardening.env_file_text(settings))
+        # 0600 and out of argv, as Container.prepare writes it (see hardening.env_file_text).
+        write_private(pooled.env_file, hardening.env_file_text(settings))
     uid, gid = (int(x) for x in hardening.kernel_user(settings, pooled).split(":"))
     if uid != os.getuid():
-        os.chown(pool_dir / "rt", uid, gid)  # root starting it for an unprivileged kernel
+        os.chown(warm.sockets, uid, gid)  # root starting it for an unprivileged kernel
     args = hardening.run_args(settings, pooled, pool=(key, str(pool_dir)))
     try:
         container_id = engine.run(args, timeout=120).stdout.strip()
@@ -264,7 +333,7 @@ def start_one(
         shutil.rmtree(pool_dir, ignore_errors=True)
         raise
     with contextlib.suppress(OSError):  # claimed already: the claimer wrote its own
-        (pool_dir / "cid").write_text(container_id)
+        warm.cid.write_text(container_id)
     return name
 
 

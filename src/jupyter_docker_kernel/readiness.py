@@ -31,19 +31,15 @@ from typing import Any, Literal
 
 from jupyter_docker_kernel import hardening, workcopy
 from jupyter_docker_kernel.engine import Engine, explain_run_failure, first_line
-from jupyter_docker_kernel.launcher import (
-    NAME_PREFIX,
-    SUPERVISOR_PATH,
-    owner_of,
-    process_start_time,
-    remove_tree,
-)
+from jupyter_docker_kernel.hardening import SUPERVISOR_PATH
+from jupyter_docker_kernel.rundir import NAME_PREFIX, RunDir, process_start_time, remove_tree
 from jupyter_docker_kernel.settings import KernelSettings
 from jupyter_docker_kernel.workdir import (  # the rules, kept once with the project root's
     ENGINE_SOCKETS,
     OWN_PATHS,
     SYSTEM_TREES,
     on_or_above,
+    owner_of,
     socket_in,
 )
 from jupyter_docker_kernel.workdir import engine_sockets as engine_sockets  # for setup, doctor
@@ -331,12 +327,13 @@ def probe_launch(settings: KernelSettings, directory: Path) -> hardening.Launch:
     """The Launch of a probe: a kernel's, with its dirs under `directory` and its own
     name; labelled with our pid so gc keeps it while we live and removes it after."""
     token = secrets.token_hex(3)
-    workdir = str(directory / "work")
+    rundir = RunDir(directory)
+    workdir = str(rundir.work)
     return hardening.Launch(
         kernel_id=f"probe-{token}",
         container_name=f"{NAME_PREFIX}-probe-{token}",
-        runtime_dir=str(directory / "rt"),
-        connection_file=str(directory / "kernel.json"),
+        runtime_dir=str(rundir.sockets),
+        connection_file=str(rundir.connection),
         supervisor_path=SUPERVISOR_PATH,
         host_uid=os.getuid(),
         host_gid=os.getgid(),

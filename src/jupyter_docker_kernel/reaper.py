@@ -19,13 +19,15 @@ from pathlib import Path
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel import kernel_log
 from jupyter_docker_kernel.engine import Engine
-from jupyter_docker_kernel.launcher import (
+from jupyter_docker_kernel.rundir import (
     NAME_PREFIX,
+    POOL_DIR_PREFIX,
+    POOL_NAME_PREFIX,
+    RunDir,
     remove_tree,
     runtime_base,
 )
-from jupyter_docker_kernel.launcher import alive as launcher_alive
-from jupyter_docker_kernel.pool import POOL_DIR_PREFIX, POOL_NAME_PREFIX
+from jupyter_docker_kernel.rundir import alive as launcher_alive
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,7 @@ class GcResult:
 
 def read_marker(directory: Path) -> tuple[str, str] | None:
     """The (pid, start time) a launcher wrote into its runtime dir, if it did."""
-    try:
-        pid, _, start = (directory / "launcher").read_text().partition(" ")
-    except OSError:
-        return None
-    return pid, start.strip()
+    return RunDir(directory).read_owner()
 
 
 def dir_pool_key(entry: Path) -> str:
@@ -126,13 +124,12 @@ def collect(
             continue  # kernels' kept output: pruned below, by age, not by launcher
         marker = read_marker(entry)
         if marker is None:
-            pool_owner = entry / "pool"
-            if pool_owner.exists() and not swept(dir_pool_key(entry)):
+            warm = RunDir(entry)
+            if warm.pool_note.exists() and not swept(dir_pool_key(entry)):
                 try:
-                    text = pool_owner.read_text()
+                    container, address = warm.read_pool_note()
                 except OSError:
                     continue  # claimed (renamed) or removed while we looked
-                container, _, address = text.strip().partition("\n")
                 if address != engine.address():
                     continue  # another engine's warm container (Docker's, Podman's)
                 if engine.container_inspect(container) is not None:
@@ -156,7 +153,7 @@ def cid_dirs(base: Path) -> dict[str, Path]:
     with contextlib.suppress(OSError):
         for entry in base.iterdir():
             with contextlib.suppress(OSError):
-                out[(entry / "cid").read_text().strip()] = entry
+                out[RunDir(entry).cid.read_text().strip()] = entry
     return out
 
 

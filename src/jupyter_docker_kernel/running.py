@@ -26,8 +26,8 @@ from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel import kernel_log, kernelspec, manage
 from jupyter_docker_kernel.engine import Engine, short_id
 from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError
-from jupyter_docker_kernel.launcher import NAME_PREFIX, alive, printable, runtime_base
-from jupyter_docker_kernel.pool import POOL_NAME_PREFIX
+from jupyter_docker_kernel.kernel_log import printable
+from jupyter_docker_kernel.rundir import NAME_PREFIX, POOL_NAME_PREFIX, alive, runtime_base
 
 #: What the in-container supervisor prefixes its lines with (_supervise.PREFIX).
 SUPERVISOR_PREFIX = "jupyter-docker-kernel:"

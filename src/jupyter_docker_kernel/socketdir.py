@@ -9,7 +9,7 @@ it: the first entry that is not one of the kernel's sockets, and the first write
 file there, is an attack. The guard removes what was made and calls `on_violation`, which
 removes the container (and with it every open file). Each file is also capped at --fsize.
 
-Used by Launcher.run_async (argv path) and DockerProvisioner.launch_kernel, for the
+Used by Container.attach (argv launcher and provisioner alike), for the
 lifetime of one container; close() before the dir is removed.
 """
 

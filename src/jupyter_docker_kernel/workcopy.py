@@ -5,7 +5,7 @@ at the work dir's path (hardening.run_args; its pages count against the kernel's
 limit), and the launcher streams the files into it, which the in-container supervisor
 (_supervise.receive_tree) unpacks before the kernel starts. Nothing is ever copied back.
 
-launcher.prepare() / adopt() call `scan()` before any container exists or is handed over
+Container.prepare() / adopt() call `scan()` before any container exists or is handed over
 (limits are checked there, so a refused copy starts nothing), then `send()` writes the
 stream: into `docker run -i`'s stdin, or over a warm container's claim socket.
 

@@ -1,6 +1,6 @@
 """Which host directory a kernel gets: the notebook's project root, and what may be mounted.
 
-launcher.Launcher calls `project_root()` once per start (argv launcher and provisioner alike:
+container.Container calls `project_root()` once per start (argv launcher and provisioner alike:
 both hand it the client's cwd, the notebook's directory) and `check_project()` before any
 container exists; hardening.run_args mounts the root at its own path with the notebook's
 directory as the working directory. The rules of what may never reach a kernel (the host's
@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from jupyter_docker_kernel import hardening
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import LaunchError
-from jupyter_docker_kernel.settings import ROOT_GIT, ROOT_UP, KernelSettings, Mount
+from jupyter_docker_kernel.settings import OWNER_USER, ROOT_GIT, ROOT_UP, KernelSettings, Mount
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ def check_project(
     forbids, by its path and by its real path (a symlink to / is /).
 
     A root that is the notebook's own directory is what every kernel mounts without
-    --workdir-root, so only '/' is refused there (as launcher.prepare always did).
+    --workdir-root, so only '/' is refused there (as Container.prepare always did).
     `mounts` are the template mounts already resolved (Mount.resolved); they must exist.
     """
     for path in dict.fromkeys((root, realpath(root))):
@@ -202,3 +204,100 @@ def _normalise(path: str) -> str:
     """An absolute path without '.', '..', doubled or trailing slashes (a relative one, as
     a client may pass its cwd, is taken from the process's cwd, as Popen would)."""
     return os.path.abspath(path).replace("//", "/", 1) if path else "/"
+
+
+def owner_of(workdir: str, settings: KernelSettings) -> str:
+    """The uid:gid owning the work dir, for kernel_user "owner" ("" otherwise, or when it
+    cannot be read): looked up at each start, as the notebook's directory changes."""
+    if settings.kernel_user != OWNER_USER:
+        return ""
+    try:
+        st = os.stat(workdir)
+    except OSError:
+        return ""
+    return f"{st.st_uid}:{st.st_gid}"
+
+
+#: Files in a mounted work dir that mean nbgrader's private data is within the kernel's reach.
+NBGRADER_MARKERS = ("gradebook.db", "nbgrader_config.py")
+
+
+#: nbgrader's per-student steps live at <course>/<step>/<student>/<assignment>; these two
+#: steps are the instructor's own (<course>/<step>/<assignment>), where no student code runs.
+NBGRADER_INSTRUCTOR_STEPS = ("source", "release")
+
+
+def nbgrader_layout(workdir: str) -> str:
+    """Why `workdir` looks like a directory nbgrader grades in; "" if it does not.
+
+    nbgrader runs every submission in autograded/<student>/<assignment> and then writes the
+    graded notebook back there, following whatever link the kernel left in its place. The
+    step may be renamed in nbgrader_config.py, so a directory at least three levels below
+    one holding gradebook.db or nbgrader_config.py counts too, unless that step is
+    source/ or release/ (the instructor's own, two levels deep). Pure path checks and
+    lstat: nothing is opened or followed.
+    """
+    path = Path(os.path.abspath(workdir))
+    if "autograded" in path.parts:
+        return "it is inside nbgrader's autograded/ tree"
+    for depth, parent in enumerate(path.parents, start=1):
+        marker = next((m for m in NBGRADER_MARKERS if os.path.lexists(parent / m)), "")
+        if not marker:
+            continue
+        step = path.parts[len(parent.parts)]
+        if depth >= 3 and step not in NBGRADER_INSTRUCTOR_STEPS:
+            where = f"{depth} levels below {parent / marker}"
+            return f"it is {where}, where nbgrader keeps its per-student {step}/ directories"
+        return ""
+    return ""
+
+
+def refuse_grading_mount(workdir: str) -> None:
+    """Refuse to mount `workdir` writable when it looks like one nbgrader grades in.
+
+    Container.prepare() calls it before any container exists, on the argv and provisioner
+    paths alike. A writable mount there lets the kernel swap its notebook for a link to
+    ../../../gradebook.db, which nbgrader then writes the graded notebook through (and
+    chmods): grades lost. No override: --copy-workdir (what --for-nbgrader sets up) and
+    --workdir-readonly are the safe ways to run a notebook there.
+    """
+    why = nbgrader_layout(workdir)
+    if why:
+        raise LaunchError(
+            f"Refusing to mount the work directory {workdir} writable into the kernel: {why}. "
+            "A kernel that can write there can plant links that nbgrader (or any host tool) "
+            "follows when it writes the graded notebook back. No container was started. "
+            "Grade with a kernelspec made by `jupyter-docker-kernel setup --for-nbgrader` "
+            "(a private copy of the directory), or use --copy-workdir or --workdir-readonly."
+        )
+
+
+def warn_about_workdir(workdir: str, uid: int, gid: int, read_only: bool) -> None:
+    """Log what a mounted work dir exposes or lacks; never refuses, the user chose it."""
+    exposed = [name for name in NBGRADER_MARKERS if os.path.lexists(os.path.join(workdir, name))]
+    if exposed:
+        log.warning(
+            "the kernel's work directory %s holds %s: code in the kernel can read%s it. "
+            "Use --copy-workdir (or --workdir-readonly) for untrusted notebooks.",
+            workdir,
+            " and ".join(exposed),
+            "" if read_only else " and change",
+        )
+    if read_only or uid == os.getuid():
+        return
+    st = os.stat(workdir)
+    writable = (
+        (st.st_uid == uid and st.st_mode & 0o200)
+        or (st.st_gid == gid and st.st_mode & 0o020)
+        or st.st_mode & 0o002
+    )
+    if not writable:
+        log.warning(
+            "the kernel runs as uid %d and cannot write its work directory %s (owner uid %d, "
+            "mode %o): notebooks that save files there will fail. Use --copy-workdir to give "
+            "it a private writable copy.",
+            uid,
+            workdir,
+            st.st_uid,
+            stat.S_IMODE(st.st_mode),
+        )

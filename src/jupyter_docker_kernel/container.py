@@ -1,0 +1,1025 @@
+"""One kernel's container, from launch facts to removal: the lifecycle both adapters share.
+
+The argv launcher (launcher.py) and the provisioner (provisioner.py) are adapters over
+`Container`; where the container runs is a `Backend` (today `LocalBackend`: the local
+engine's CLI and API, through engine.Engine). Nothing here knows about Jupyter's messages
+(the adapters own their relay) or about asyncio: every blocking step runs in the caller's
+thread or in a thread of ours, so the launcher calls it through run_in_executor, the
+provisioner through off_loop, and one process may hold many Containers (no signal
+handlers, no per-kernel globals here).
+
+The adapters call, in this order:
+
+    c = Container(settings, connection_file, backend, kernel_id=..., base=..., workdir=...)
+                                        # reads the connection file, resolves the project;
+                                        # LaunchError before anything exists
+    c.start_watchdog()                  # argv launcher only (a fork: before any thread)
+    c.start()                           # claim a warm container (backend.claim) or
+                                        # prepare() + backend.run()
+    ... the adapter binds/serves its relay on c.runtime_dir's sockets ...
+    c.attach(bytes_to_host)             # socket-dir guard, output forwarding + kept log,
+                                        # lifetime timer, the gated refill (pooled
+                                        # settings), the start line; the first reply
+                                        # (or FIRST_REPLY_WAIT) opens the refill's gate
+    c.interrupt() / c.signal(name) / c.stop(reason)     # any time, from any thread
+    ending = c.wait()                   # blocks until the container exits: code, reason,
+                                        # kill notice text (the adapter publishes it)
+    c.finish(ending, relayed)           # the exit line, the kept log's end, 125/126/127
+    c.close()                           # idempotent: lifeline, container, runtime dir
+
+A `Backend` is the one place that runs engine commands. A new place to run kernels (an
+SSH node, a Kubernetes pod) implements its methods:
+
+    run(args) -> Popen          Container.start (cold): `docker run -i`, stdin = lifeline
+    claim(settings, base, dir)  Container.start (pooled settings): a warm container or None
+    rename(cid, name)           Container.adopt, off the start path
+    inspect(name) -> dict|None  Container.adopt (id of a just-claimed container),
+                                Container.engine_exit_reason (gVisor's OOM verdict)
+    wait(cid) -> int            Container.wait for a claimed warm container
+    signal(name, sig)           Container.interrupt / signal / stop(term=True)
+    kill_now(name)              the socket-dir guard's alarm (before remove)
+    remove(name) -> bool        Container.stop / close (idempotent)
+    fill(settings, base, launch) -> Refill    Container.attach: the detached, gated refill
+    watchdog(name, cidfile, base) -> int      Container.start_watchdog (argv launcher)
+    executable() / env()        the provisioner's watchdog process (start_lifeline_watchdog)
+    sockets() -> list[str]      Container.__init__: engine sockets no --mount may reach
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from jupyter_docker_kernel import hardening, hostpython, kernel_log, pool, workcopy
+from jupyter_docker_kernel.endpoints import CHANNELS
+from jupyter_docker_kernel.engine import Engine, explain_run_failure, short_id
+from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
+from jupyter_docker_kernel.hardening import SUPERVISOR_PATH
+from jupyter_docker_kernel.kernel_log import _read_quietly, forward
+from jupyter_docker_kernel.rundir import (
+    NAME_PREFIX,
+    RunDir,
+    alive,
+    process_start_time,
+    remove_tree,
+    runtime_base,
+    write_private,
+)
+from jupyter_docker_kernel.settings import OWNER_USER, KernelSettings, size_bytes
+from jupyter_docker_kernel.socketdir import SocketDirGuard
+from jupyter_docker_kernel.workdir import (
+    check_project,
+    engine_sockets,
+    owner_of,
+    project_root,
+    refuse_grading_mount,
+    warn_about_workdir,
+)
+
+# The launcher's logger: the lines below are the ones users and tests know from it.
+log = logging.getLogger("jupyter_docker_kernel.launcher")
+
+#: How long after max_lifetime we remove a container the supervisor did not end.
+LIFETIME_GRACE = 5.0
+#: The pool is topped up after this many bytes reached the host (the kernel's first
+#: kernel_info reply, with the ZMTP greetings and status messages), or FIRST_REPLY_WAIT s.
+FIRST_REPLY_BYTES = 2048
+FIRST_REPLY_WAIT = 3.0
+#: A kernel ending with SIGINT's exit code this soon after an interrupt is taken as ended
+#: by it (expected: Jupyter interrupts right before a shutdown), not as a failure.
+SIGINT_EXIT = 130
+#: 128 + SIGKILL: how the engine reports a container the OOM killer (or anyone) killed.
+OOM_EXIT = 137
+#: How long an adapter stays after publishing a kill notice, so that the client has read
+#: it before it sees the kernel's process gone (nbclient checks every second).
+NOTICE_LINGER = 0.3
+INTERRUPT_EXIT_WINDOW = 5.0
+#: Exit codes of the engine CLI itself (not the kernel's): the container did not start.
+RUN_FAILURES = (125, 126, 127)
+
+
+def kernel_id_from(connection_file: str) -> str:
+    """The kernel id jupyter_client put in the file name (kernel-<id>.json), made name-safe."""
+    stem = Path(connection_file).name
+    stem = stem.removesuffix(".json")
+    stem = stem.removeprefix("kernel-")
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", stem).strip("-.") or "kernel"
+    return safe[:36]
+
+
+def exit_verdict(code: int, reason: str, *, stopping: bool, interrupted: bool) -> tuple[int, str]:
+    """The log level and reason of a kernel container's exit line.
+
+    A stop we asked for, or code 0, is INFO. So is SIGINT's 130 right after an interrupt:
+    jupyter_client interrupts before every shutdown, and our SIGINT, taking the engine's
+    path, may reach a kernel already quitting on the shutdown request. Anything else warns.
+    """
+    if not reason and code == SIGINT_EXIT and interrupted:
+        return logging.INFO, "SIGINT just after an interrupt, as Jupyter sends before a shutdown"
+    if not reason and code == 0 and interrupted:
+        # The interrupt line above reads like a user's; say it was the shutdown's first step.
+        return logging.INFO, "shut down; the interrupt just before was part of the shutdown"
+    return (logging.INFO if code == 0 or stopping else logging.WARNING), reason
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """What an adapter's relay moved: bytes to the host, to the kernel, and output charged
+    against --output-budget."""
+
+    out: int = 0
+    into: int = 0
+    charged: int = 0
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a container ended (Container.wait): its code, our reason ("" if none), whether
+    we were stopping it, whether an interrupt came just before, the supervisor's last words
+    and the kill notice for the notebook ("" for none)."""
+
+    code: int
+    reason: str
+    stopping: bool
+    interrupted: bool
+    said: str
+    notice: str
+    #: Whether the engine CLI's own exit code counts (an attached cold start: 125-127).
+    cold: bool
+
+
+@dataclass(frozen=True)
+class ExitReport:
+    """The lines Container.finish logs for an Ending: pure, so both adapters' wording is
+    table-tested (tests/test_container.py)."""
+
+    level: int
+    line: str
+    #: Why a cold start failed (125/126/127), or "".
+    failure: str
+
+
+def exit_report(
+    name: str, ending: Ending, ran: float, relayed: Relayed, settings: KernelSettings
+) -> ExitReport:
+    """The exit line (and the failed start's explanation) for this ending."""
+    level, reason = exit_verdict(
+        ending.code, ending.reason, stopping=ending.stopping, interrupted=ending.interrupted
+    )
+    why = f" ({reason})" if reason else ""
+    line = (
+        f"kernel container {name} exited with code {ending.code}{why} after {ran:.1f} s; "
+        f"relayed {relayed.out} bytes out, {relayed.into} in; "
+        f"{relayed.charged} bytes of output counted against the budget"
+    )
+    failure = ""
+    if ending.code in RUN_FAILURES and not ending.stopping and ending.cold:
+        what, fix = explain_run_failure(ending.said, ending.code, settings)
+        failure = (
+            f"The kernel's container did not start: {what}. "
+            f"{f'To fix: {fix}. ' if fix else ''}"
+            "'jupyter-docker-kernel doctor' checks every kernelspec the same way."
+        )
+    return ExitReport(level, line, failure)
+
+
+def wait_exit_code(output: str) -> int:
+    """The exit code `docker wait` printed; 1 if it printed none (the engine failed)."""
+    text = output.strip()
+    return int(text) if text.lstrip("-").isdigit() else 1
+
+
+def limits_summary(s: KernelSettings) -> str:
+    """The limits a kernel's start log line names."""
+    runtime = f", runtime {s.runtime}" if s.runtime else ""
+    return f"network {s.network}, memory {s.memory}, cpus {s.cpus:g}, pids {s.pids_limit}{runtime}"
+
+
+def socket_names() -> list[str]:
+    """What may appear in a kernel's socket dir: its five sockets and a warm one's claim."""
+    names = [f"{hardening.SOCKET_PREFIX}-{index}" for index in range(1, len(CHANNELS) + 1)]
+    return [*names, hardening.CLAIM_SOCKET]
+
+
+# -- where containers run ---------------------------------------------------------------------
+
+
+class Refill(Protocol):
+    """A refill waiting at its gate (Backend.fill): open() lets it start; close() too
+    (EOF), which is also what happens when our process ends."""
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """Where a kernel's container runs; the one place that runs engine commands. See the
+    module docstring for who calls each method, and when."""
+
+    def run(self, args: list[str]) -> subprocess.Popen[bytes]: ...
+    def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None: ...
+    def rename(self, container_id: str, name: str) -> bool: ...
+    def inspect(self, name: str) -> dict[str, Any] | None: ...
+    def wait(self, container_id: str) -> int: ...
+    def signal(self, name: str, sig: str) -> bool: ...
+    def kill_now(self, name: str) -> None: ...
+    def remove(self, name: str) -> bool: ...
+    def fill(self, settings: KernelSettings, base: Path, launch: hardening.Launch) -> Refill: ...
+    def watchdog(self, name: str, cidfile: Path, base: Path) -> int: ...
+    def executable(self) -> str: ...
+    def env(self) -> dict[str, str] | None: ...
+    def sockets(self) -> list[str]: ...
+
+
+class LocalBackend:
+    """The local engine (Docker or Podman), through its CLI and, where it has one on a unix
+    socket, its API: exactly the calls the launcher made before Container existed."""
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self.engine = engine or Engine()
+
+    def run(self, args: list[str]) -> subprocess.Popen[bytes]:
+        """`docker run -i` with args, attached. The CLI gets its own session: the client's
+        killpg(SIGINT) must reach the launcher, not the CLI, which would exit on it and take
+        the kernel's stdin lifeline with it."""
+        return subprocess.Popen(
+            [self.engine.executable(), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env=self.engine.env(),
+        )
+
+    def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None:
+        return pool.claim(settings, base, new_dir)
+
+    def rename(self, container_id: str, name: str) -> bool:
+        api = self.engine.api()
+        if api.available():
+            return api.rename(container_id, name)
+        self.engine.run(["rename", container_id, name])
+        return True
+
+    def inspect(self, name: str) -> dict[str, Any] | None:
+        return self.engine.container_inspect(name)
+
+    def wait(self, container_id: str) -> int:
+        """The container's exit code, from the engine (blocks); 1 if the engine failed."""
+        try:
+            api = self.engine.api()
+            if api.available():
+                return api.wait(container_id)
+            return wait_exit_code(self.engine.run(["wait", container_id], timeout=1e9).stdout)
+        except DockerKernelError as exc:
+            log.warning("%s", exc)
+            return 1
+
+    def signal(self, name: str, sig: str) -> bool:
+        return self.engine.kill(name, sig)
+
+    def kill_now(self, name: str) -> None:
+        """SIGKILL through the engine's API, quietly; a no-op without the API (the caller
+        removes it through the CLI next anyway)."""
+        with contextlib.suppress(DockerKernelError):
+            api = self.engine.api()
+            if api.available():
+                api.kill(name)
+
+    def remove(self, name: str) -> bool:
+        return self.engine.remove(name)
+
+    def fill(self, settings: KernelSettings, base: Path, launch: hardening.Launch) -> Refill:
+        return pool.fill_in_background(settings, base, launch, gated=True)
+
+    def watchdog(self, name: str, cidfile: Path, base: Path) -> int:
+        return fork_watchdog(self.engine.executable(), name, cidfile, base)
+
+    def executable(self) -> str:
+        return self.engine.executable()
+
+    def env(self) -> dict[str, str] | None:
+        return self.engine.env()
+
+    def sockets(self) -> list[str]:
+        """The engine's sockets on this host, which no --mount may reach."""
+        return engine_sockets(self.engine)
+
+
+# -- the lifecycle ----------------------------------------------------------------------------
+
+
+class Container:
+    """One kernel's container, from connection file to removal; see the module docstring
+    for the order the adapters call its methods in."""
+
+    def __init__(
+        self,
+        settings: KernelSettings,
+        connection_file: str,
+        backend: Backend | Engine | None = None,
+        *,
+        kernel_id: str | None = None,
+        base: Path | None = None,
+        workdir: str | None = None,
+        client_pid: int | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        """kernel_id, base and workdir default to what an argv launcher has (the connection
+        file's name, a fresh dir, its cwd); the provisioner passes its own, as its base
+        dir outlives restarts. client_pid: the Jupyter client's (our parent by default;
+        the provisioner runs inside the server and passes the server's). logger: where
+        the start, stop and exit lines go (the provisioner passes the server's)."""
+        self.log = logger or log
+        self.settings = settings
+        self.connection_file = connection_file
+        if backend is None or isinstance(backend, Engine):
+            backend = LocalBackend(backend)
+        self.backend: Backend = backend
+        try:
+            with open(connection_file) as fh:
+                self.connection: dict[str, Any] = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise LaunchError(
+                f"Cannot read the connection file {connection_file}: {exc}. No container was "
+                "started. The launcher must be run by a Jupyter client with {connection_file}."
+            ) from exc
+        self.kernel_id = kernel_id or kernel_id_from(connection_file)
+        nonce = os.urandom(3).hex()
+        # One nonce for the argv launcher's dir and container; a provisioner's dir outlives
+        # restarts, and each start's container gets a new name.
+        self.name = f"{NAME_PREFIX}-{self.kernel_id}-{nonce}"
+        self.rundir = RunDir(base) if base else RunDir.new(runtime_base(), self.kernel_id, nonce)
+        self.base = self.rundir.path
+        self.workdir = workdir or os.getcwd()
+        #: The directory mounted (or copied) at its own path, self.workdir inside it.
+        self.project, self.workdir = self.resolve_project()
+        self.runtime_dir = self.rundir.sockets
+        self.cidfile = self.rundir.cid
+        self.container_id = ""
+        self.started = time.monotonic()
+        self.stopping = False
+        self.exit_reason = ""
+        self.pooled = False
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lifeline: socket.socket | None = None
+        self.last_interrupt = float("-inf")
+        self.client_pid = client_pid or os.getppid()
+        #: The kernel's kept output and exit, for `jupyter-docker-kernel logs`.
+        self.kernel_log: kernel_log.KernelLog | None = None
+        #: With --copy-workdir: what prepare()/adopt() found to stream into the container.
+        self.copy_entries: list[workcopy.Entry] | None = None
+        self._launch: hardening.Launch | None = None
+        self._lock = threading.Lock()
+        self._removing = False
+        self._refill: Refill | None = None
+        self._guard: SocketDirGuard | None = None
+        self._timer: threading.Timer | None = None
+        self._forwards: list[threading.Thread] = []
+        #: The end of the engine CLI's / supervisor's stderr, to explain an end.
+        self._said = bytearray()
+
+    # -- preparation (before any container exists) ------------------------------------------
+
+    def resolve_project(self) -> tuple[str, str]:
+        """(root, notebook dir) for this start (setup --workdir-root): the root checked
+        with the --mount templates it fills in; LaunchError before anything exists."""
+        # With --no-workdir (never with a root) this is (cwd, cwd): only templates are checked.
+        root, cwd = project_root(self.workdir, self.settings)
+        templates = [m.resolved(root, cwd) for m in self.settings.mounts if m.template]
+        if root != cwd or templates:
+            check_project(
+                root,
+                cwd,
+                templates,
+                home=os.path.expanduser("~"),
+                sockets=self.backend.sockets(),
+            )
+        return root, cwd
+
+    def launch_facts(self) -> hardening.Launch:
+        """What this start adds to the settings (paths, ids, who we are); built once."""
+        if self._launch is None:
+            self._launch = hardening.Launch(
+                kernel_id=self.kernel_id,
+                container_name=self.name,
+                runtime_dir=str(self.runtime_dir),
+                connection_file=str(self.rundir.connection),
+                supervisor_path=SUPERVISOR_PATH,
+                host_uid=os.getuid(),
+                host_gid=os.getgid(),
+                workdir=self.workdir,
+                project_root=self.project if self.project != self.workdir else "",
+                launcher_pid=os.getpid(),
+                launcher_start=process_start_time(os.getpid()),
+                hostname=socket.gethostname(),
+                workdir_owner=owner_of(self.workdir, self.settings),
+                env_file=str(self.rundir.env_file) if self.settings.env else None,
+                kernelspec=str(self.connection.get("kernel_name") or ""),
+                client_pid=self.client_pid,
+            )
+        return self._launch
+
+    def prepare(self) -> hardening.Launch:
+        """Create the runtime dir, the in-container connection file and the workdir copy."""
+        self.rundir.create()
+        self.rundir.mark_owner()
+        launch = self.launch_facts()
+        workdir = launch.workdir
+        if self.settings.workdir != "none" and workdir == "/":
+            raise LaunchError(
+                "The kernel's working directory is '/', and mounting the host's root into the "
+                "container would expose everything. No container was started. Start Jupyter "
+                "from your notebooks' directory, or run setup with --no-workdir."
+            )
+        uid, gid = (int(x) for x in hardening.kernel_user(self.settings, launch).split(":"))
+        if self.settings.kernel_user == OWNER_USER and f"{uid}:{gid}" != launch.workdir_owner:
+            # Root-owned (never uid 0), unreadable, or a non-root launcher (it cannot hand
+            # its private runtime dir to another uid): the default user instead.
+            self.log.warning(
+                "kernel_user owner: the kernel runs as %d:%d, not as the owner (%s) of its work "
+                "directory %s: the owner is taken only when the launcher runs as root, and "
+                "never when it is root.",
+                uid,
+                gid,
+                launch.workdir_owner or "unknown",
+                workdir,
+            )
+        self._write_connection_file(launch.connection_file, uid, gid, launch)
+        if launch.env_file is not None:
+            write_private(launch.env_file, hardening.env_file_text(self.settings))
+        if self.settings.workdir == "copy":
+            if ":" in self.project:
+                raise LaunchError(
+                    f"The work directory {self.project} contains ':', which the engine's "
+                    "--tmpfs option cannot carry. No container was started. Rename the "
+                    "directory, or use --no-workdir."
+                )
+            self.copy_entries = self.scan_workdir()
+        elif self.settings.workdir == "mount":
+            if not self.settings.workdir_readonly:
+                refuse_grading_mount(self.workdir)
+                if self.project != self.workdir:
+                    refuse_grading_mount(self.project)
+            warn_about_workdir(self.project, uid, gid, self.settings.workdir_readonly)
+        return launch
+
+    def scan_workdir(self) -> list[workcopy.Entry]:
+        """What --copy-workdir will stream, checked against its caps before anything starts."""
+        return workcopy.scan(
+            self.project,
+            limit=size_bytes(self.settings.copy_limit),
+            max_entries=self.settings.tmp_inodes,
+        )
+
+    def kernel_connection(self) -> dict[str, Any]:
+        """The kernel's connection info: ipc sockets in RUNTIME_TARGET, the client's key.
+
+        With kernel_transport "tcp": ports on the container's loopback, which the
+        supervisor bridges to the same socket paths (see hardening.BRIDGE_PORT_BASE).
+        """
+        tcp = self.settings.kernel_transport == "tcp"
+        conn: dict[str, Any] = {
+            "transport": "tcp" if tcp else "ipc",
+            # 127.0.0.1 inside the container's own network namespace, never the host's.
+            "ip": "127.0.0.1" if tcp else f"{hardening.RUNTIME_TARGET}/{hardening.SOCKET_PREFIX}",
+            "key": self.connection.get("key", ""),
+            "signature_scheme": self.connection.get("signature_scheme", "hmac-sha256"),
+            "kernel_name": self.connection.get("kernel_name", ""),
+        }
+        for index, channel in enumerate(CHANNELS, start=1):
+            conn[f"{channel}_port"] = hardening.BRIDGE_PORT_BASE + index if tcp else index
+        return conn
+
+    def _write_connection_file(
+        self, path: str, uid: int, gid: int, launch: hardening.Launch
+    ) -> None:
+        """The in-container connection file, readable by the kernel's uid only."""
+        conn = self.kernel_connection()
+        group_only = hardening.shares_group_only(self.settings, launch)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640 if group_only else 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(conn, fh)
+        if group_only:
+            # A dedicated kernel uid in our group: it reads the file and binds sockets by
+            # group permission (its umask is 007), and we reach them the same way.
+            os.chmod(self.runtime_dir, 0o770)  # noqa: S103 - inside our 0700 base dir
+        elif uid != os.getuid():
+            # Root launching for an unprivileged kernel uid: the kernel must own its files.
+            os.chown(self.runtime_dir, uid, gid)
+            os.chown(path, uid, gid)
+
+    # -- start ------------------------------------------------------------------------------
+
+    def start_watchdog(self) -> int:
+        """The argv launcher's watchdog (a fork: call it before any thread runs); returns
+        the fd whose closing (our exit, however it comes) sets it off."""
+        return self.backend.watchdog(self.name, self.cidfile, self.base)
+
+    def start(self) -> None:
+        """Claim a ready warm container (pooled settings) or start a cold one."""
+        claimed = None
+        if self.settings.pool:
+            claimed = self.backend.claim(self.settings, runtime_base(), self.base)
+        if claimed is not None:
+            self.mark("warm container claimed")
+            self.adopt(claimed)
+            self.mark("connection handed over")
+        else:
+            launch = self.prepare()
+            self.proc = self.backend.run(
+                hardening.run_args(self.settings, launch, cidfile=str(self.cidfile))
+            )
+            if self.copy_entries is not None and self.proc.stdin is not None:
+                stdin = self.proc.stdin
+
+                def write(data: bytes) -> None:
+                    stdin.write(data)
+                    stdin.flush()
+
+                self.send_workdir(write)
+            self.mark("docker run started")
+
+    def adopt(self, claimed: pool.Claim) -> None:
+        """Take over a claimed warm container (its dir is ours now): the kernel gets its key.
+        Its exit is then awaited through the backend (wait)."""
+        self.rundir.mark_owner()
+        self.container_id = claimed.container_id
+        if not self.container_id:  # claimed before its starter wrote the id down
+            info = self.backend.inspect(claimed.container_name) or {}
+            self.container_id = str(info.get("Id") or claimed.container_name)
+            self.cidfile.write_text(self.container_id)
+        # Off the start path: our kernel's name on the container, for `docker ps` and gc.
+        self._in_thread(self._rename_claimed, claimed.container_name)
+        cwd = hardening.HOME
+        if self.settings.workdir == "copy":
+            self.copy_entries = self.scan_workdir()
+            # The root's copy is at WORK_TARGET: the notebook's directory is below it.
+            inside = os.path.relpath(self.workdir, self.project)
+            cwd = pool.WORK_TARGET if inside == "." else f"{pool.WORK_TARGET}/{inside}"
+        self.lifeline = pool.hand_over(claimed, self.kernel_connection(), cwd)
+        self.pooled = True
+        if self.copy_entries is not None:
+            # After the claim line, on the same connection: the supervisor unpacks it into
+            # the container's /work tmpfs before its kernel takes the line.
+            self.send_workdir(self.lifeline.sendall)
+
+    def _rename_claimed(self, pooled_name: str) -> None:
+        if not self.backend.rename(self.container_id, self.name):
+            self.log.warning("could not rename warm container %s to %s", pooled_name, self.name)
+
+    def send_workdir(self, write: Any) -> None:
+        """Stream the work dir's copy (prepare()/adopt() scanned it) in a thread: into
+        `docker run -i`'s stdin, or over the claim socket. That channel stays open after:
+        it is the supervisor's lifeline. On failure the kernel, which never started, is
+        removed, and the log says why."""
+        entries = self.copy_entries
+        assert entries is not None
+
+        def run() -> None:
+            try:
+                workcopy.send(self.project, entries, write)
+            except (OSError, DockerKernelError) as exc:
+                if not self.stopping:
+                    self.log.error("could not send the work directory's copy: %s", exc)
+                    self.stop(f"its work directory's copy could not be sent: {exc}")
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def spawn_refill(self) -> None:
+        """Top the warm pool up for the next kernel, in a process that outlives us: spawned
+        now, it waits at its gate until attach() opens it (after the first reply), our
+        process ends (EOF: a one-shot client such as nbconvert), or FIRST_REPLY_WAIT."""
+        try:
+            self._refill = self.backend.fill(self.settings, runtime_base(), self.launch_facts())
+        except OSError as exc:
+            self.log.warning("could not refill the warm pool: %s", exc)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def attach(self, bytes_to_host: Callable[[], int], detail: str = "") -> None:
+        """Start watching the running container; the adapter's relay is set up (not
+        necessarily serving yet). bytes_to_host: how much its relay has sent the client
+        (the first reply opens the refill gate). detail: the adapter's words for the start
+        line. The guard comes first: no notebook code runs before a client is connected."""
+        self._guard = SocketDirGuard(self.runtime_dir, socket_names(), self._socket_dir_violated)
+        # A pooled kernel's raw output and its supervisor's words come over the lifeline.
+        streams: list[Any] = (
+            [self.lifeline] if self.proc is None else [self.proc.stderr, self.proc.stdout]
+        )
+        keep = self.open_log()
+        self._forwards = [
+            threading.Thread(
+                target=forward,
+                args=(stream, sys.stderr.buffer, self.name, self._said if i == 0 else None, keep),
+                daemon=True,
+            )
+            for i, stream in enumerate(streams)
+        ]
+        for thread in self._forwards:
+            thread.start()
+        # The supervisor enforces the lifetime inside; the kernel runs as the same uid and
+        # could stop it, so we enforce it here too, a little later.
+        self._timer = threading.Timer(
+            self.settings.max_lifetime + LIFETIME_GRACE,
+            self.stop,
+            (f"maximum lifetime of {self.settings.max_lifetime:g} s reached",),
+        )
+        self._timer.daemon = True
+        self._timer.start()
+        if self.settings.pool:
+            self.spawn_refill()
+        threading.Thread(
+            target=self._log_started, args=(bytes_to_host, detail), daemon=True
+        ).start()
+
+    def _log_started(self, bytes_to_host: Callable[[], int], detail: str) -> None:
+        """Log the start once the container id is known; after the kernel's first reply
+        (or FIRST_REPLY_WAIT), open the refill's gate: a refill's `docker run` competes for
+        the CPU with the kernel that is answering right now."""
+        for _ in range(600):
+            if not self.container_id:
+                self.container_id = self.rundir.read_cid()
+            if self.container_id or self.stopping:
+                break
+            time.sleep(0.05)
+        if self.kernel_log is not None:
+            self.kernel_log.update(container_id=self.container_id)
+        self.log.info(
+            "kernel %s started in %scontainer %s (%s) from %s: %s%s",
+            self.kernel_id,
+            "warm " if self.pooled else "",
+            self.name,
+            short_id(self.container_id),
+            self.settings.image,
+            limits_summary(self.settings),
+            detail,
+        )
+        for _ in range(int(FIRST_REPLY_WAIT / 0.02)):
+            if bytes_to_host() >= FIRST_REPLY_BYTES:
+                self.mark("first reply relayed")
+                break
+            time.sleep(0.02)
+        if self._refill is not None:
+            self._refill.open()
+
+    def open_log(self) -> kernel_log.KernelLog | None:
+        """Start keeping the kernel's output and exit for `logs` (see kernel_log.py)."""
+        launch = self.launch_facts()
+        self.kernel_log = kernel_log.KernelLog.create(
+            runtime_base(),
+            self.name,
+            {
+                "kernel_id": self.kernel_id,
+                "kernelspec": launch.kernelspec,
+                "image": self.settings.image,
+                "memory": self.settings.memory,
+                "client_pid": self.client_pid,
+                "launcher_pid": launch.launcher_pid,
+                "launcher_start": launch.launcher_start,
+                "workdir": launch.workdir,
+                "container_id": self.container_id,
+                "warm": self.pooled,
+            },
+        )
+        return self.kernel_log
+
+    def interrupt(self, *, block: bool = False) -> None:
+        """SIGINT to the kernel (the client's interrupt); its time is kept for the exit
+        line's 130 rule (exit_verdict). Returns at once (the engine call runs in a thread)
+        unless block."""
+        self.last_interrupt = time.monotonic()
+        # jupyter_client interrupts before every shutdown; we cannot tell which this is yet,
+        # so say both (the exit line then says whether it was the shutdown's).
+        self.log.info(
+            "interrupt: sending SIGINT to the kernel in %s (a user's interrupt, or the first "
+            "step of a shutdown)",
+            self.name,
+        )
+        call = self._quietly if block else self._in_thread
+        call(self.backend.signal, self.container_id or self.name, "INT")
+
+    def interrupted_lately(self) -> bool:
+        """Whether an interrupt was sent in the last INTERRUPT_EXIT_WINDOW seconds."""
+        return time.monotonic() - self.last_interrupt < INTERRUPT_EXIT_WINDOW
+
+    def signal(self, sig: str) -> None:
+        """Another signal by name ("HUP", "USR1"), through the engine (blocks)."""
+        if sig == "INT":
+            self.interrupt(block=True)
+            return
+        self._quietly(self.backend.signal, self.container_id or self.name, sig)
+
+    def stop(
+        self,
+        reason: str = "stopped by the Jupyter client",
+        *,
+        term: bool = False,
+        block: bool = False,
+    ) -> None:
+        """Stop the kernel: the first reason wins and becomes the exit line's. Removes the
+        container (in a thread, once; with block, here and again), or with term=True sends
+        it SIGTERM, which the supervisor passes to the kernel (the provisioner's
+        terminate). Any thread; the relay's and the guard's alarms call it too."""
+        with self._lock:
+            if not self.stopping:
+                self.stopping = True
+                self.exit_reason = reason
+            remove = not term and (block or not self._removing)
+            self._removing = self._removing or remove
+        target = self.container_id or self.name
+        if term:
+            self._quietly(self.backend.signal, target, "TERM")
+        elif remove:
+            self.log.info("terminate: removing container %s", self.name)
+            call = self._quietly if block else self._in_thread
+            call(self.backend.remove, target)
+
+    def _socket_dir_violated(self, reason: str) -> None:
+        """The socket dir guard's alarm (its thread): kill the container at once, through
+        the API where we can (every millisecond is more of the host's disk), then remove it."""
+        self.log.warning("stopping the kernel in %s: %s", self.name, reason)
+        self.backend.kill_now(self.container_id or self.name)
+        self.stop(reason)
+
+    def mark(self, what: str) -> None:
+        """A point of the start timeline, logged at debug level (--debug)."""
+        self.log.debug(
+            "start timeline: %s at %.0f ms", what, (time.monotonic() - self.started) * 1000
+        )
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def wait(self) -> Ending:
+        """Block until the container exits; then its code, reason and kill notice."""
+        if self.proc is not None:
+            code = self.proc.wait()
+        else:
+            code = self.backend.wait(self.container_id or self.name)
+        for thread in self._forwards:
+            thread.join(timeout=5)
+        self._close_pipes()
+        if self._guard is not None:
+            self._guard.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.proc is not None and code == OOM_EXIT and not self.exit_reason:
+            self.exit_reason = self.engine_exit_reason()
+        from jupyter_docker_kernel.notice import kill_notice  # only now: not on the start path
+
+        said = bytes(self._said).decode(errors="replace")
+        notice = kill_notice(
+            code,
+            self.exit_reason,
+            said,
+            output_budget=self.settings.output_budget,
+            max_message=self.settings.max_message,
+            stopping=self.stopping,
+        )
+        return Ending(
+            code=code,
+            reason=self.exit_reason,
+            stopping=self.stopping,
+            interrupted=self.interrupted_lately(),
+            said=said,
+            notice=notice,
+            cold=self.proc is not None,
+        )
+
+    def engine_exit_reason(self) -> str:
+        """Why the engine says the exited container died, for what the supervisor inside
+        could not report: under gVisor it cannot read the cgroup's OOM count, and an OOM
+        ends the whole sandbox with it. Only when run_args kept the container (no --rm);
+        "" when the engine has nothing to add. wait() calls it on exit code 137."""
+        if not hardening.is_gvisor(self.settings):
+            return ""
+        try:
+            data = self.backend.inspect(self.container_id or self.name)
+        except DockerKernelError as exc:
+            self.log.debug("no exit reason from the engine: %s", exc)
+            return ""
+        if not data or not data.get("State", {}).get("OOMKilled"):
+            return ""
+        limit = int(data.get("HostConfig", {}).get("Memory") or 0)
+        return f"out of memory (limit {limit >> 20} MiB), as the engine reports"
+
+    def finish(self, ending: Ending, relayed: Relayed) -> int:
+        """Log the exit line (and why a cold start failed), end the kept log; returns the
+        code. The adapter calls it once it has published ending.notice (if any)."""
+        ran = time.monotonic() - self.started
+        report = exit_report(self.name, ending, ran, relayed, self.settings)
+        self.log.log(report.level, "%s", report.line)
+        reason = exit_verdict(
+            ending.code, ending.reason, stopping=ending.stopping, interrupted=ending.interrupted
+        )[1]
+        if self.kernel_log is not None:
+            self.kernel_log.finish(ending.code, reason, ran)
+        with contextlib.suppress(OSError, DockerKernelError):
+            kernel_log.prune(runtime_base(), alive)
+        if report.failure:
+            self.log.error("%s", report.failure)
+        return ending.code
+
+    def close(self) -> None:
+        """Remove our container (if still there) and our files; idempotent. Also lets a
+        refill still at its gate go (EOF)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._guard is not None:
+            self._guard.close()
+        if self._refill is not None:
+            self._refill.close()
+        if self.lifeline is not None:
+            self.lifeline.close()
+        self._close_pipes()
+        with contextlib.suppress(DockerKernelError):
+            if self.container_id or self.cidfile.exists():
+                self.backend.remove(self.container_id or self.name)
+        remove_tree(self.base)
+
+    def _close_pipes(self) -> None:
+        if self.proc is not None:
+            for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+
+    def _in_thread(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run an engine call in a thread of its own; log (not raise) its failure."""
+        threading.Thread(target=self._quietly, args=(func, *args), daemon=True).start()
+
+    def _quietly(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run an engine call; log (not raise) its failure: the container may be gone."""
+        try:
+            func(*args)
+        except DockerKernelError as exc:
+            self.log.warning("%s", exc)
+
+
+class Running:
+    """A started Container and the thread that waits for its end (Container.wait): an
+    adapter without an event loop of its own (the provisioner's poll(), a host of many
+    kernels) checks `done` instead of running an engine call or holding a Popen."""
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+        self.done = threading.Event()
+        self.ending: Ending | None = None
+        threading.Thread(target=self._wait, daemon=True).start()
+
+    def _wait(self) -> None:
+        try:
+            self.ending = self.container.wait()
+        finally:
+            self.done.set()
+
+    @property
+    def code(self) -> int:
+        """The exit code once done (1 if waiting itself failed)."""
+        return self.ending.code if self.ending is not None else 1
+
+
+# -- watchdogs: cleanup that does not depend on our process surviving --------------------------
+
+
+def fork_watchdog(engine_exe: str, name: str, cidfile: Path, base: Path) -> int:
+    """Fork a process that cleans up after us however we die; returns the lifeline fd.
+
+    It blocks reading a pipe whose only writer is this process; EOF means we are gone
+    (exit, crash or SIGKILL). It then force-removes our container and runtime dir. Two
+    forks and setsid: it is nobody's zombie and the client's killpg does not reach it.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked child
+        try:
+            os.close(write_fd)
+            os.setsid()
+            if os.fork() > 0:
+                os._exit(0)
+            for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+                signal.signal(sig, signal.SIG_IGN)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            while os.read(read_fd, 64):
+                pass
+            _watchdog_cleanup(engine_exe, name, cidfile, base)
+        finally:
+            os._exit(0)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    return write_fd
+
+
+def _watchdog_cleanup(engine_exe: str, name: str, cidfile: Path, base: Path) -> None:
+    """In the watchdog: force-remove the container by name and id, then our files."""
+    targets = [name]
+    with contextlib.suppress(OSError):
+        cid = cidfile.read_text().strip()
+        if cid:
+            targets.append(cid)
+    force_remove(engine_exe, targets)
+    remove_tree(base)
+
+
+def force_remove(engine_exe: str, targets: list[str] | set[str]) -> None:
+    """`docker rm --force` these containers, quietly (a watchdog has nobody to tell)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [engine_exe, "rm", "--force", *targets],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+
+
+def start_lifeline_watchdog(
+    engine_exe: str, kernel_id: str, base: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a process that cleans up after a provisioner's host process however it dies.
+
+    The provisioner (inside the Jupyter server) holds the write end of its stdin; EOF
+    means that process is gone, even by SIGKILL, and the watchdog then force-removes every
+    container labelled with `kernel_id` and the runtime dir `base`. Writing b"q" first
+    means "already cleaned up": it exits without doing anything. A fresh process rather
+    than a fork: forking a threaded server is unsafe, and its own session keeps the
+    terminal's Ctrl-C (meant for the server) away from it.
+    """
+    code = "from jupyter_docker_kernel.container import watch_lifeline; watch_lifeline()"
+    return subprocess.Popen(
+        # Isolated: the server's cwd is the notebook's directory (see hostpython).
+        hostpython.code_argv(code, engine_exe, kernel_id, str(base)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,  # the kernelspec's engine (DOCKER_HOST), which its docker calls inherit
+    )
+
+
+def watch_lifeline(argv: list[str] | None = None) -> None:
+    """The watchdog process started by start_lifeline_watchdog(): wait for EOF, clean up."""
+    engine_exe, kernel_id, base = (argv or sys.argv[1:])[:3]
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+    last = b""
+    while chunk := _read_quietly(lambda n: os.read(0, n)):
+        last = chunk[-1:]
+    if last == b"q":
+        return
+    from jupyter_docker_kernel.engine import LABEL_KERNEL_ID, LABEL_OWNER_UID
+
+    # By label, or (a claimed warm container, labelled before it had a kernel) by name.
+    selectors = (f"label={LABEL_KERNEL_ID}={kernel_id}", f"name=^{NAME_PREFIX}-{kernel_id}-")
+    found: set[str] = set()
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        found = {
+            cid
+            for selector in selectors
+            for cid in subprocess.run(
+                [
+                    *(engine_exe, "ps", "-aq", "--no-trunc", "--filter", selector),
+                    *("--filter", f"label={LABEL_OWNER_UID}={os.getuid()}"),
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            ).stdout.split()
+        }
+    if found:
+        force_remove(engine_exe, found)
+    remove_tree(base)
+
+
+def stop_watchdog(watchdog: subprocess.Popen[bytes] | None) -> None:
+    """Release a start_lifeline_watchdog process: b"q" says there is nothing left to do."""
+    if watchdog is None or watchdog.stdin is None:
+        return
+    with contextlib.suppress(OSError):
+        watchdog.stdin.write(b"q")
+        watchdog.stdin.flush()
+    with contextlib.suppress(OSError):
+        watchdog.stdin.close()
+    try:
+        watchdog.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+        watchdog.wait()

@@ -8,6 +8,7 @@ prints a command users can paste, and so that a Docker-compatible CLI (podman) c
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import http.client
 import json
@@ -696,18 +697,19 @@ class EngineApi:
 
     def _open(
         self, method: str, path: str, timeout: float | None, body: object = None
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send one request; returns the connection and the response (body unread)."""
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, socket.socket]:
+        """Send one request; returns the connection, the response (body unread) and the
+        socket (http.client drops its own reference once a streamed response begins)."""
         conn = http.client.HTTPConnection("localhost", timeout=timeout)
         try:
-            conn.sock = self.transport.connect(timeout)
+            sock = conn.sock = self.transport.connect(timeout)
             headers = {}
             payload = None
             if body is not None:
                 payload = json.dumps(body).encode()
                 headers["Content-Type"] = "application/json"
             conn.request(method, path, body=payload, headers=headers)
-            return conn, conn.getresponse()
+            return conn, conn.getresponse(), sock
         except OSError as exc:
             conn.close()
             raise self.unreachable(exc) from exc
@@ -729,7 +731,7 @@ class EngineApi:
         self, method: str, path: str, timeout: float | None = 10, body: object = None
     ) -> tuple[int, Any]:
         """One request; returns (status, parsed JSON body, or None when it is not JSON)."""
-        conn, response = self._open(method, path, timeout, body)
+        conn, response, _ = self._open(method, path, timeout, body)
         try:
             data = response.read()
         except OSError as exc:
@@ -762,6 +764,12 @@ class EngineApi:
         status, data = self.request("POST", path, timeout=60, body=dict(body))
         if status == 201 and isinstance(data, dict) and data.get("Id"):
             return str(data["Id"])
+        if status == 409 or (status == 500 and "already in use" in str(data)):
+            raise EngineError(
+                f"The container name '{name}' is already in use (HTTP {status}). No container "
+                "was created. Remove the old container ('jupyter-docker-kernel gc' removes "
+                "ours whose launcher is gone), or start it under another name."
+            )
         if status == 404:
             raise ImageError(
                 f"Image '{body.get('Image')}' is not present in the container engine, and "
@@ -782,7 +790,7 @@ class EngineApi:
 
     def signal(self, container: str, name: str = "KILL") -> bool:
         """Send signal `name` (KILL, TERM, INT...) to the container's init; False when it is
-        gone or not running (HTTP 404/409)."""
+        gone or not running (HTTP 404/409, Podman: 500 "can only kill running containers")."""
         from urllib.parse import quote
 
         path = f"/containers/{quote(container)}/kill?signal={quote(name)}"
@@ -791,6 +799,8 @@ class EngineApi:
             return True
         if status in (404, 409):
             return False
+        if status == 500 and "can only kill running" in str(data):
+            return False  # Podman 4.3 says "not running" so ("container state improper")
         raise self.refused(f"signal container {short_id(container)} ({name})", status, data)
 
     def kill(self, container: str) -> bool:
@@ -830,6 +840,12 @@ class EngineApi:
 
         path = f"/containers/{quote(container)}/update"
         status, data = self.request("POST", path, body={"CpuShares": cpu_shares})
+        if status == 404 and data is None:
+            # Podman 4.3's compat API has no such route (a plain "Not Found"); its own API
+            # does, and changes the cgroup (its inspect keeps the created value).
+            path = f"/v4.0.0/libpod/containers/{quote(container)}/update"
+            status, data = self.request("POST", path, body={"cpu": {"shares": cpu_shares}})
+            status = 200 if status == 201 else status
         if status != 200:
             raise self.refused(f"update container {short_id(container)}", status, data,
                                "Its CPU shares were not changed.")  # fmt: skip
@@ -848,6 +864,8 @@ class EngineApi:
         wanted = [k if v is None else f"{k}={v}" for k, v in (labels or {}).items()]
         filters: dict[str, list[str]] = {"label": wanted}
         every = all or not running
+        if not every:
+            filters["status"] = ["running"]
         query = f"filters={quote(json.dumps(filters))}" + ("&all=1" if every else "")
         status, data = self.request("GET", f"/containers/json?{query}")
         if status != 200 or not isinstance(data, list):
@@ -897,18 +915,28 @@ class EngineApi:
         """
         from urllib.parse import quote
 
-        query = f"filters={quote(json.dumps({k: list(v) for k, v in filters.items()}))}"
+        sent = {k: list(v) for k, v in filters.items()}
+        # Podman 4.3 filters on its own event names ("died") but reports Docker's ("die");
+        # Docker ignores the names it does not know. Both are asked.
+        for docker_name, podman_name in PODMAN_EVENT_NAMES.items():
+            if docker_name in sent.get("event", []):
+                sent["event"].append(podman_name)
+        query = f"filters={quote(json.dumps(sent))}"
         if since is not None:
             query += f"&since={since:.6f}"
         if until is not None:
             query += f"&until={until:.6f}"
-        conn, response = self._open("GET", f"/events?{query}", timeout)
+        conn, response, sock = self._open("GET", f"/events?{query}", timeout)
         if response.status != 200:
             data = response.read()
             conn.close()
             parsed = json.loads(data) if data[:1] == b"{" else None
             raise self.refused("stream its events", response.status, parsed)
-        return EventStream(conn, response)
+        return EventStream(response, sock)
+
+
+#: Event names Podman's filters know by another name than Docker's (the reports agree).
+PODMAN_EVENT_NAMES = {"die": "died"}
 
 
 class EventStream:
@@ -918,48 +946,56 @@ class EventStream:
     Both are parsed with a raw JSON decoder over what has arrived, not by lines.
     """
 
-    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse):
-        self._conn = conn
+    def __init__(self, response: http.client.HTTPResponse, sock: socket.socket) -> None:
         self._response = response
+        self._sock = sock
         self._closed = False
+        self._iterating = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         decoder = json.JSONDecoder()
+        text = codecs.getincrementaldecoder("utf-8")()
         buffer = ""
-        while True:
-            try:
-                chunk = self._response.read1(65536)
-            except TimeoutError as exc:
-                if self._closed:
-                    return
-                raise TimeoutError("no engine event within the stream's timeout") from exc
-            except (OSError, ValueError, http.client.HTTPException):
-                if self._closed:
-                    return
-                raise
-            if not chunk:
-                return
-            buffer += chunk.decode()
-            while True:
-                buffer = buffer.lstrip()
-                if not buffer:
-                    break
+        self._iterating = True
+        try:
+            while not self._closed:
                 try:
-                    event, end = decoder.raw_decode(buffer)
-                except ValueError:
-                    break  # an object cut between chunks: wait for the rest
-                buffer = buffer[end:]
-                if isinstance(event, dict):
-                    yield event
+                    chunk = self._response.read1(65536)
+                except TimeoutError as exc:
+                    if self._closed:
+                        return
+                    raise TimeoutError("no engine event within the stream's timeout") from exc
+                except (OSError, ValueError, http.client.HTTPException):
+                    if self._closed:
+                        return  # close() shut the socket under the chunk reader
+                    raise
+                if not chunk:
+                    return
+                buffer += text.decode(chunk)
+                while True:
+                    buffer = buffer.lstrip()
+                    try:
+                        event, end = decoder.raw_decode(buffer)
+                    except ValueError:
+                        break  # empty, or an object cut between chunks: wait for the rest
+                    buffer = buffer[end:]
+                    if isinstance(event, dict):
+                        yield event
+        finally:
+            self._iterating = False
+            self._release()
 
     def close(self) -> None:
-        """End the stream; a thread blocked iterating it returns."""
+        """End the stream, from any thread: one blocked iterating it returns."""
         self._closed = True
-        sock = self._conn.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        self._conn.close()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        if not self._iterating:
+            self._release()
+
+    def _release(self) -> None:
+        self._response.close()
+        self._sock.close()
 
     def __enter__(self) -> EventStream:
         return self

@@ -233,6 +233,7 @@ def test_events_stream_carries_die_with_its_exit_code(target: Target, label: str
         "label": [f"{engine_mod.LABEL_KERNEL_ID}={label}"],
     }
     codes = {}
+    began = time.time() - 1  # the engine's clock is ours, in whole seconds at worst
     for code in (3, 4):
         cid = api.create(body(target, label, ["sh", "-c", f"sleep 0.5; exit {code}"]))
         codes[cid] = code
@@ -246,6 +247,11 @@ def test_events_stream_carries_die_with_its_exit_code(target: Target, label: str
             if len(seen) == len(codes):
                 break
     assert seen == codes
+
+    # Past events, replayed: the engine ends the stream at `until`, the iteration with it.
+    with api.events(filters, since=began, until=time.time() + 1, timeout=20) as past:
+        replayed = {str((e.get("Actor") or {}).get("ID")) for e in past}
+    assert replayed == set(codes)
 
     with api.events(filters, timeout=0.5) as idle, pytest.raises(TimeoutError):
         list(idle)

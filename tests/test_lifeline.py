@@ -92,10 +92,12 @@ def start_detached(target: Target, tmp_path: Path) -> Iterator[Callable[..., Sta
     """start(wait) creates and starts one lifeline container; all are removed at teardown."""
     made: list[str] = []
 
-    def start(wait: float = lifeline.LIFELINE_WAIT_SECONDS) -> Started:
+    def start(
+        wait: float = lifeline.LIFELINE_WAIT_SECONDS, command: list[str] | None = None
+    ) -> Started:
         runtime_dir = tmp_path / f"rt-{len(made)}"
         runtime_dir.mkdir(mode=0o700)
-        args = lifeline_create_args(target.settings, runtime_dir, wait)
+        args = lifeline_create_args(target.settings, runtime_dir, wait, command)
         uid, gid = (
             int(x) for x in hardening.kernel_user(target.settings, launch(runtime_dir)).split(":")
         )
@@ -127,12 +129,23 @@ def launch(runtime_dir: Path) -> hardening.Launch:
     )
 
 
-def lifeline_create_args(settings: KernelSettings, runtime_dir: Path, wait: float) -> list[str]:
-    """The kernel's `docker create` args with --lifeline and `sleep 600` as the kernel."""
+def lifeline_create_args(
+    settings: KernelSettings, runtime_dir: Path, wait: float, command: list[str] | None = None
+) -> list[str]:
+    """The kernel's `docker create` args with --lifeline and `command` (default: `sleep
+    600`) as the kernel."""
     args = hardening.run_args(settings, launch(runtime_dir))
     cut = args.index("--", args.index(hardening.SUPERVISOR_TARGET))
     path = f"{hardening.RUNTIME_TARGET}/{lifeline.LIFELINE_SOCKET}"
-    args = [*args[:cut], "--lifeline", path, "--lifeline-wait", f"{wait:g}", "--", "sleep", "600"]
+    args = [
+        *args[:cut],
+        "--lifeline",
+        path,
+        "--lifeline-wait",
+        f"{wait:g}",
+        "--",
+        *(command or ["sleep", "600"]),
+    ]
     return engine_mod.create_args(args)
 
 
@@ -216,3 +229,20 @@ def test_a_container_nobody_connects_to_ends_within_its_wait(
         # gVisor's host-created socket outlives the sandbox's unlink on the host (as does
         # its lstat EPERM, see _supervise.entry_kind); the host removes the dir anyway.
         assert not (started.runtime_dir / lifeline.LIFELINE_SOCKET).exists()
+
+
+@pytest.mark.docker
+def test_the_claim_cwd_and_the_kernels_output_travel_over_the_lifeline(
+    target: Target, start_detached: Callable[..., Started]
+) -> None:
+    """No `docker run` client is attached and the log driver is none: the kernel's stdout
+    and stderr reach the holder over the lifeline, and it runs in the claim line's cwd."""
+    kernel = ["sh", "-c", "pwd; echo to-stderr >&2; exec sleep 600"]
+    started = start_detached(command=kernel)
+    path = started.runtime_dir / lifeline.LIFELINE_SOCKET
+    with lifeline.connect(str(path), 30) as sock:
+        sock.sendall(lifeline.claim_line(cwd="/tmp"))
+        sock.settimeout(20)
+        reader = sock.makefile("rb")
+        assert [reader.readline(), reader.readline()] == [b"/tmp\n", b"to-stderr\n"]
+        reader.close()

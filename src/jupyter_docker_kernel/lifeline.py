@@ -36,14 +36,19 @@ LIFELINE_SOCKET = "life"
 #: on the host: it runs in the image's Python).
 LIFELINE_WAIT_SECONDS = 4.0
 NO_LIFELINE_EXIT = 75
+#: How long the host tries to connect by default. Generous on purpose: the supervisor's
+#: own --lifeline-wait counts from its start, which comes seconds after the engine's start
+#: under gVisor or a loaded host; that wait, not this one, bounds an orphaned container.
+CONNECT_SECONDS = 60.0
 #: Between connect attempts while the supervisor is still starting (its bind comes about
 #: 50-100 ms after the engine's start returns; a few ms of polling cost nothing).
 POLL_SECONDS = 0.005
 
 
-def connect(path: str, wait: float = LIFELINE_WAIT_SECONDS) -> socket.socket:
+def connect(path: str, wait: float = CONNECT_SECONDS) -> socket.socket:
     """Connect to the supervisor's lifeline socket at `path` (a host path), retrying until
-    it is bound; a blocking socket. Raises TimeoutError after `wait` seconds.
+    it is bound; a blocking socket. Raises TimeoutError after `wait` seconds (the caller
+    then removes the container: its supervisor may have given up waiting, exit 75).
 
     Connects through endpoints.connect_kernel_socket: the runtime dir is writable by the
     kernel's uid, so the socket is opened without following links and checked to be one.

@@ -397,6 +397,20 @@ def test_lifeline_carries_the_work_dir_copy(supervise: type[Supervised], tmp_pat
     sock.close()
 
 
+def test_sigterm_while_waiting_for_the_lifeline_ends_it(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """`docker stop` before anyone connected: it ends at once, the kernel never started."""
+    path, marker = tmp_path / "life", tmp_path / "started"
+    sup = supervise(*lifeline_args(path, 30), "--", PY, "-c", STARTED, str(marker))
+    wait_for(path.exists, 5)
+    sup.proc.send_signal(signal.SIGTERM)
+    code, err = sup.wait(timeout=3)
+    assert code == 1
+    assert f"kernel not started: stopped by signal {int(signal.SIGTERM)}" in err
+    assert not marker.exists()
+
+
 def test_lifeline_and_pool_wait_exclude_each_other(
     supervise: type[Supervised], tmp_path: Path
 ) -> None:

@@ -776,8 +776,9 @@ class EngineApi:
                 "kernels never pull. No container was created. Build it with "
                 "'jupyter-docker-kernel image build' or pull it where a registry is reachable."
             )
-        raise self.refused(f"create container {name or ''}".rstrip(), status, data,
-                           "No container was created.")  # fmt: skip
+        raise self.refused(
+            f"create container {name or ''}".rstrip(), status, data, "No container was created."
+        )
 
     def start(self, container: str) -> None:
         """POST /containers/ID/start; one already running is not an error (HTTP 304)."""
@@ -785,8 +786,12 @@ class EngineApi:
 
         status, data = self.request("POST", f"/containers/{quote(container)}/start", timeout=60)
         if status not in (204, 304):
-            raise self.refused(f"start container {short_id(container)}", status, data,
-                               "The kernel was not started.")  # fmt: skip
+            raise self.refused(
+                f"start container {short_id(container)}",
+                status,
+                data,
+                "The kernel was not started.",
+            )
 
     def signal(self, container: str, name: str = "KILL") -> bool:
         """Send signal `name` (KILL, TERM, INT...) to the container's init; False when it is
@@ -819,8 +824,12 @@ class EngineApi:
             return True
         if status == 404 or (status == 409 and "in progress" in str(data).lower()):
             return False
-        raise self.refused(f"remove container {short_id(container)}", status, data,
-                           "The container was not removed.")  # fmt: skip
+        raise self.refused(
+            f"remove container {short_id(container)}",
+            status,
+            data,
+            "The container was not removed.",
+        )
 
     def inspect(self, container: str) -> dict[str, Any] | None:
         """GET /containers/ID/json, the inspect data; None when there is no such container."""
@@ -847,8 +856,12 @@ class EngineApi:
             status, data = self.request("POST", path, body={"cpu": {"shares": cpu_shares}})
             status = 200 if status == 201 else status
         if status != 200:
-            raise self.refused(f"update container {short_id(container)}", status, data,
-                               "Its CPU shares were not changed.")  # fmt: skip
+            raise self.refused(
+                f"update container {short_id(container)}",
+                status,
+                data,
+                "Its CPU shares were not changed.",
+            )
 
     def containers(
         self,

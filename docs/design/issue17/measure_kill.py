@@ -2,7 +2,7 @@
 from __future__ import annotations
 import os, statistics, sys, tempfile, time
 from pathlib import Path
-sys.path.insert(0, "/work/wt/h4")
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from jupyter_docker_kernel import hardening, lifeline
 from jupyter_docker_kernel.engine import Engine, podman_socket
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE, KernelSettings

@@ -4,7 +4,7 @@ CLI + API start, (c) API create + start; minimal container and the hardened kern
 from __future__ import annotations
 import os, statistics, subprocess, sys, time, tempfile, json
 from pathlib import Path
-sys.path.insert(0, "/work/wt/h4")
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from jupyter_docker_kernel import engine as engine_mod, hardening, lifeline
 from jupyter_docker_kernel.engine import Engine, EngineApi
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE, KernelSettings

@@ -663,6 +663,10 @@ def transport_for(address: str) -> Transport | None:
     return None
 
 
+#: How often EngineApi.remove asks again when Podman catches a container mid-stop.
+RACE_RETRIES = 3
+
+
 class EngineApi:
     """The engine's HTTP API (Docker's, or Podman's Docker-compatible one), for the calls on
     a kernel's start path and for holding many kernels from one process.
@@ -816,10 +820,19 @@ class EngineApi:
     def remove(self, container: str, *, force: bool = True) -> bool:
         """DELETE /containers/ID (with its anonymous volumes); idempotent: False when it is
         already gone or being removed (a --rm container removing itself)."""
+        import time
         from urllib.parse import quote
 
         query = f"force={'1' if force else '0'}&v=1"
-        status, data = self.request("DELETE", f"/containers/{quote(container)}?{query}", timeout=60)
+        for attempt in range(RACE_RETRIES + 1):
+            path = f"/containers/{quote(container)}?{query}"
+            status, data = self.request("DELETE", path, timeout=60)
+            # Podman 4.3, removing a container that is ending by itself (its lifeline's
+            # holder left): "could not be stopped ... container state improper" (500).
+            # Once it has stopped, the same request succeeds.
+            if status != 500 or "state improper" not in str(data) or attempt == RACE_RETRIES:
+                break
+            time.sleep(0.05 * (attempt + 1))
         if status in (200, 204):
             return True
         if status == 404 or (status == 409 and "in progress" in str(data).lower()):

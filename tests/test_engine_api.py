@@ -177,6 +177,29 @@ def test_removing_a_container_that_is_ending_by_itself(target: Target, label: st
 
 
 @pytest.mark.docker
+def test_a_wait_asked_before_start_gets_an_auto_removed_containers_code(
+    target: Target, label: str
+) -> None:
+    """condition=next-exit, asked before start (the docker CLI's order for `run --rm`):
+    the exit code arrives even though the container removes itself at once."""
+    api = target.api
+    cid = api.create(body(target, label, ["sh", "-c", "exit 3"], AutoRemove=True))
+    codes: list[int] = []
+    waiter = threading.Thread(
+        target=lambda: codes.append(api.wait(cid, condition="next-exit", timeout=30))
+    )
+    waiter.start()
+    time.sleep(0.2)  # the wait is registered with the engine
+    api.start(cid)
+    waiter.join(30)
+    assert codes == [3]
+    deadline = time.monotonic() + 10
+    while api.inspect(cid) is not None:
+        assert time.monotonic() < deadline, "not auto-removed"
+        time.sleep(0.05)
+
+
+@pytest.mark.docker
 def test_missing_container_errors(target: Target) -> None:
     """start/wait/update of a container that is not there: NoSuchContainerError, saying so."""
     api = target.api

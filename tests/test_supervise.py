@@ -9,14 +9,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import jupyter_docker_kernel
+from jupyter_docker_kernel import _supervise, lifeline, workcopy
 
 SUPERVISOR = Path(jupyter_docker_kernel.__file__).with_name("_supervise.py")
 PY = sys.executable
@@ -261,3 +264,181 @@ def test_the_kernel_inherits_the_in_container_denials(
         "vsock": "EPERM",
         "io_uring_setup": "EPERM",
     }
+
+
+# -- --lifeline: a socket instead of stdin (a detached container's holder connects to it) --
+
+#: Started by the kernels below once they run: the lifeline tests check it never appears
+#: when the holder did not connect.
+STARTED = "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+
+
+def lifeline_args(path: Path, wait: float = 4.0) -> list[str]:
+    return ["--lifeline", str(path), "--lifeline-wait", f"{wait:g}"]
+
+
+def test_lifeline_nobody_connecting_ends_it_without_the_kernel(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """Nobody connects within --lifeline-wait: exit 75, one line saying so, no kernel ran."""
+    marker = tmp_path / "started"
+    began = time.monotonic()
+    sup = supervise(*lifeline_args(tmp_path / "life", 0.5), "--", PY, "-c", STARTED, str(marker))
+    code, err = sup.wait(timeout=5)
+    assert code == lifeline.NO_LIFELINE_EXIT == _supervise.NO_LIFELINE_EXIT
+    assert time.monotonic() - began < 3
+    assert "nobody connected to the lifeline" in err
+    assert "the kernel was not started" in err
+    assert not marker.exists()
+    assert not (tmp_path / "life").exists()
+
+
+def test_lifeline_closed_before_the_claim_line_ends_it(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """A holder that connects and goes away before its claim line: exit 75, no kernel."""
+    marker = tmp_path / "started"
+    sup = supervise(*lifeline_args(tmp_path / "life"), "--", PY, "-c", STARTED, str(marker))
+    lifeline.connect(str(tmp_path / "life"), wait=5).close()
+    code, err = sup.wait(timeout=5)
+    assert code == lifeline.NO_LIFELINE_EXIT
+    assert "went away before its claim line" in err
+    assert not marker.exists()
+
+
+def test_lifeline_socket_is_private_and_taken_once(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """The socket is 0600 while it waits and unlinked once accepted: nobody else connects.
+    stdin is not the lifeline in this mode: closing it leaves the kernel running."""
+    path = tmp_path / "life"
+    marker = tmp_path / "started"
+    sup = supervise(*lifeline_args(path), "--", PY, "-c", STARTED, str(marker))
+    sock = lifeline.connect(str(path), wait=5)
+    with sock:
+        sock.sendall(lifeline.claim_line())
+        wait_for(marker.exists, 10)
+        assert not path.exists()
+        assert sup.proc.stdin is not None
+        sup.proc.stdin.close()
+        time.sleep(0.5)
+        assert sup.proc.poll() is None
+
+
+def test_lifeline_socket_mode(supervise: type[Supervised], tmp_path: Path) -> None:
+    """0600 by default; 0660 with --umask 0007 (a dedicated kernel uid in the user's group)."""
+    for extra, mode in (((), 0o600), (("--umask", "0007"), 0o660)):
+        path = tmp_path / f"life{mode:o}"
+        sup = supervise(*extra, *lifeline_args(path), "--", "sleep", "60")
+        wait_for(path.exists, 5)
+        assert stat.S_ISSOCK(path.lstat().st_mode)
+        assert stat.S_IMODE(path.lstat().st_mode) == mode
+        sup.kill()
+
+
+def test_lifeline_eof_ends_the_kernel_and_output_comes_over_it(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """The claim line's cwd is the kernel's; its stdout comes back over the lifeline; the
+    holder closing it ends the kernel (TERM) within the grace."""
+    path = tmp_path / "life"
+    kernel = "import os, time; print(os.getcwd(), flush=True); time.sleep(60)"
+    sup = supervise(*lifeline_args(path), "--", PY, "-c", kernel)
+    sock = lifeline.connect(str(path), wait=5)
+    sock.sendall(lifeline.claim_line(cwd=str(tmp_path)))
+    assert sock.makefile("rb").readline() == f"{tmp_path}\n".encode()
+    began = time.monotonic()
+    sock.close()
+    code, _ = sup.wait(timeout=5)
+    assert code == 128 + signal.SIGTERM
+    assert time.monotonic() - began < _supervise.GRACE_SECONDS + 1
+
+
+def test_lifeline_holder_sigkilled_ends_the_kernel(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """The holder is another process, SIGKILLed: the kernel ends within 5 s (issue 17)."""
+    path = tmp_path / "life"
+    marker = tmp_path / "started"
+    sup = supervise(*lifeline_args(path), "--", PY, "-c", STARTED, str(marker))
+    holder = hold_lifeline(path)
+    try:
+        wait_for(marker.exists, 10)
+        holder.kill()
+        began = time.monotonic()
+        code, _ = sup.wait(timeout=5)
+        assert code == 128 + signal.SIGTERM
+        assert time.monotonic() - began < 5
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+
+
+def test_lifeline_carries_the_work_dir_copy(supervise: type[Supervised], tmp_path: Path) -> None:
+    """With --receive-workdir the copy follows the claim line; the kernel starts after it."""
+    source, dest = tmp_path / "src", tmp_path / "dest"
+    source.mkdir()
+    dest.mkdir()
+    (source / "notebook.ipynb").write_text("{}")
+    path = tmp_path / "life"
+    kernel = "import os; print(sorted(os.listdir('.')), flush=True)"
+    sup = supervise(
+        *lifeline_args(path), "--receive-workdir", str(dest), "--chdir", str(dest),
+        "--", PY, "-c", kernel,
+    )  # fmt: skip
+    sock = lifeline.connect(str(path), wait=5)
+    sock.sendall(lifeline.claim_line())
+    limits = {"limit": 1 << 20, "max_entries": 100}
+    workcopy.send(str(source), workcopy.scan(str(source), **limits), sock.sendall)
+    assert sock.makefile("rb").readline() == b"['notebook.ipynb']\n"
+    assert sup.wait(timeout=10)[0] == 0
+    sock.close()
+
+
+def test_sigterm_while_waiting_for_the_lifeline_ends_it(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """`docker stop` before anyone connected: it ends at once, the kernel never started."""
+    path, marker = tmp_path / "life", tmp_path / "started"
+    sup = supervise(*lifeline_args(path, 30), "--", PY, "-c", STARTED, str(marker))
+    wait_for(path.exists, 5)
+    sup.proc.send_signal(signal.SIGTERM)
+    code, err = sup.wait(timeout=3)
+    assert code == 1
+    assert f"kernel not started: stopped by signal {int(signal.SIGTERM)}" in err
+    assert not marker.exists()
+
+
+def test_lifeline_and_pool_wait_exclude_each_other(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    code, err = supervise(
+        *lifeline_args(tmp_path / "life"), "--pool-wait", str(tmp_path / "claim"), "--", "true"
+    ).wait(timeout=10)
+    assert code == 2
+    assert "--lifeline and --pool-wait exclude each other" in err
+
+
+def hold_lifeline(path: Path) -> subprocess.Popen[bytes]:
+    """Another process that connects to the lifeline, sends its claim line and holds it."""
+    code = (
+        "import sys, time\n"
+        "from jupyter_docker_kernel import lifeline\n"
+        "sock = lifeline.connect(sys.argv[1], 10)\n"
+        "sock.sendall(lifeline.claim_line())\n"
+        "print('held', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([PY, "-c", code, str(path)], stdout=subprocess.PIPE)
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == b"held\n"
+    return holder
+
+
+def wait_for(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

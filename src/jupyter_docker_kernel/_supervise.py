@@ -28,6 +28,19 @@ kernel takes before it starts serving, and is from then on the lifeline. So what
 to pay at a claim is handing over a few bytes. An unclaimed container ends after
 --pool-ttl seconds, or as soon as its kernel dies.
 
+With --lifeline PATH [--lifeline-wait SECONDS] (a cold container started detached, its
+lifeline held by whoever started it through the engine's API), it binds the unix socket
+PATH (0600, or 0660 with --umask 0007) before starting the kernel and accepts exactly one
+connection within SECONDS (default 4) of its own start. The bytes on that connection are
+the pooled claim's: one line of JSON (b"{}\n" or b"\n" at least; a "cwd" key, if any,
+is the kernel's working directory), then with --receive-workdir the work dir's copy
+(workcopy.py's stream), then nothing the supervisor reads: from then on the connection
+is the lifeline, and the supervisor's and the kernel's stdout/stderr come back over it
+(the holder must read them). EOF on it ends the kernel (TERM, KILL after GRACE_SECONDS),
+and so the container. Nobody connecting in time, or EOF before the claim line, ends the
+container with exit code NO_LIFELINE_EXIT, the kernel never started. The socket is
+unlinked once accepted: nobody else can connect. stdin is not read then.
+
 With --site DIR (the directory holding _usage.py as sitecustomize.py), the kernel's
 command gets DIR first on PYTHONPATH, so ipykernel's usage_reply tells the container's
 limits (see _usage.py); a pooled kernel, forked from us, installs that hook directly.
@@ -51,6 +64,11 @@ FORWARDED = (signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 #: The kernel's channels, numbered 1..5 in the socket names (as the launcher numbers them).
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 GRACE_SECONDS = 2.0
+#: --lifeline-wait's default: how long after its start the supervisor waits for the holder.
+LIFELINE_WAIT_SECONDS = 4.0
+#: The exit code when nobody held the lifeline (no connection in time, or EOF before the
+#: claim line): the kernel never ran. sysexits' EX_TEMPFAIL: starting again may work.
+NO_LIFELINE_EXIT = 75
 #: How long a bridged connection waits for the kernel to listen on its tcp port.
 BRIDGE_WAIT_SECONDS = 300.0
 
@@ -132,8 +150,10 @@ def receive_tree(read: "Callable[[int], bytes]", root: str) -> int:
 
 
 def say(text: str) -> None:
-    sys.stderr.write(f"{PREFIX} {text}\n")
-    sys.stderr.flush()
+    # stderr may be the lifeline, whose holder is gone (that is often why we speak).
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"{PREFIX} {text}\n")
+        sys.stderr.flush()
 
 
 def read_first(paths: List[str]) -> str:
@@ -301,6 +321,9 @@ class Supervisor:
         #: project root's copy, which exists only once the copy is unpacked.
         self.chdir: Optional[str] = None
         self.only_sockets: List[str] = []
+        #: --lifeline: the socket a cold, detached container's holder connects to.
+        self.lifeline_path: Optional[str] = None
+        self.lifeline_wait = LIFELINE_WAIT_SECONDS
         while argv and argv[0] != "--":
             opt = argv.pop(0)
             if opt == "--lifetime":
@@ -325,9 +348,16 @@ class Supervisor:
                 self.chdir = argv.pop(0)
             elif opt == "--only-sockets":
                 self.only_sockets = argv.pop(0).split(",")
+            elif opt == "--lifeline":
+                self.lifeline_path = argv.pop(0)
+            elif opt == "--lifeline-wait":
+                self.lifeline_wait = float(argv.pop(0))
             else:
                 say(f"unknown supervisor option {opt!r}")
                 sys.exit(2)
+        if self.lifeline_path and self.pool_socket:
+            say("--lifeline and --pool-wait exclude each other (a claim socket is a lifeline)")
+            sys.exit(2)
         self.cmd = argv[1:]
         self.pid = 0
         self.returncode: Optional[int] = None
@@ -495,6 +525,74 @@ class Supervisor:
             fh.write(line)  # a kernel that died meanwhile is reported by wait_child()
         return 0
 
+    def accept_lifeline(self) -> int:
+        """--lifeline: wait for the holder's connection, its claim line and the copy.
+
+        Run before the kernel starts, so a holder that died between the engine's start
+        and its connect leaves nothing running: the container ends within --lifeline-wait
+        of our start. Returns 0 with self.lifeline set, or the exit code (said why).
+        """
+        path = self.lifeline_path or ""
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        # Only the holder may connect: the launching user (0600), or with --umask 0007 (a
+        # dedicated kernel uid) the group the launching user shares with it (0660).
+        old = os.umask(0o177 if self.umask is None else self.umask | 0o117)
+        try:
+            server.bind(path)
+        finally:
+            os.umask(old)
+        server.listen(1)
+        deadline = self.started + self.lifeline_wait
+        try:
+            server.settimeout(max(0.001, deadline - time.time()))
+            conn, _ = server.accept()
+        except socket.timeout:
+            say(
+                f"nobody connected to the lifeline {path} within {self.lifeline_wait:g} s of "
+                "the container's start (its holder is gone?); the kernel was not started"
+            )
+            return NO_LIFELINE_EXIT
+        except InterruptedError:
+            say(f"kernel not started: {self.reason}")
+            return 1
+        finally:
+            server.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        try:
+            # The claim line is due at once; the copy after it may take long (its size is
+            # capped by --copy-limit, and EOF still ends us).
+            conn.settimeout(max(0.001, deadline - time.time()))
+            reader = conn.makefile("rb")
+            line = reader.readline()
+            conn.settimeout(None)
+        except (socket.timeout, OSError):
+            line = b""
+        if not line.endswith(b"\n"):
+            conn.close()
+            say("the lifeline's holder went away before its claim line; the kernel was not started")
+            return NO_LIFELINE_EXIT
+        try:
+            claim = json.loads(line.decode() or "{}") if line.strip() else {}
+            if not isinstance(claim, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            conn.close()
+            say(f"the lifeline's claim line is not valid ({exc}); the kernel was not started")
+            return 1
+        if claim.get("cwd"):
+            self.chdir = str(claim["cwd"])
+        self.lifeline = conn
+        # What we and the kernel say goes to the holder: no `docker run` client is attached.
+        sys.stderr.flush()
+        os.dup2(conn.fileno(), 1)
+        os.dup2(conn.fileno(), 2)
+        if self.receive_dir is not None and not self.receive(reader.read):
+            return 1
+        return 0
+
     def receive(self, read: "Callable[[int], bytes]") -> bool:
         """Unpack the work dir's copy into --receive-workdir; False (said why) on failure."""
         assert self.receive_dir is not None
@@ -620,8 +718,14 @@ class Supervisor:
             signal.signal(sig, self.on_signal)
         if self.bridges:
             self.start_bridges()
+        if self.lifeline_path:
+            # The claim line and the copy come over the lifeline socket, before the kernel.
+            failed = self.accept_lifeline()
+            if failed:
+                self.clean()
+                return failed
         # Pooled, the copy comes after the claim (wait_for_claim); else first, on stdin.
-        if self.receive_dir and not self.pool_socket and not self.receive(sys.stdin.buffer.read):
+        elif self.receive_dir and not self.pool_socket and not self.receive(sys.stdin.buffer.read):
             self.clean()
             return 1
         failed = self.wait_for_claim() if self.pool_socket else self.start_command()

@@ -8,14 +8,18 @@ prints a command users can paste, and so that a Docker-compatible CLI (podman) c
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import http.client
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from jupyter_docker_kernel.errors import EngineError, ImageError
@@ -571,61 +575,327 @@ def first_line(text: str) -> str:
     return ""
 
 
-class EngineApi:
-    """The engine's HTTP API on its unix socket, for the few calls on a kernel's start path.
+class NoSuchContainerError(EngineError):
+    """The engine has no such container (HTTP 404): gone, removed, or never created.
 
-    A CLI call costs tens of milliseconds of process start; the pool's claim (list, rename)
-    must cost a few. Only unix-socket endpoints are supported: available() says whether
-    DOCKER_HOST points at one, and callers fall back to the CLI otherwise.
+    Raised only where a missing container means the caller's plan failed (start, wait,
+    update); remove, signal and inspect return False/None instead (cleanup is idempotent).
     """
 
-    def __init__(self, socket_path: str | None = None) -> None:
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        self.socket_path = (
-            socket_path
-            if socket_path is not None
-            else (host.removeprefix("unix://") if host.startswith("unix://") else "")
-        )
+
+#: `docker run` options that `docker create` refuses or that only make sense attached:
+#: run_args puts exactly these (and --rm, which create keeps as AutoRemove) right after
+#: "run". -i would also leave the container's stdin open forever: with --lifeline the
+#: supervisor does not read it, and nobody attaches.
+RUN_ONLY_OPTIONS = ("--detach", "-d", "--interactive", "-i", "--sig-proxy=false")
+
+
+def create_args(run_args: Sequence[str]) -> list[str]:
+    """hardening.run_args' `run ...` list as `create ...` for `docker create`, the same
+    container without starting or attaching to it (pure).
+
+    Only the run-only options run_args itself puts before "--init" are dropped; the rest
+    (the user's --docker-arg values included) passes verbatim, so the container is exactly
+    what `show` prints, without hand-translating flags into an API body. The engine's
+    start, the lifeline and the wait then go through EngineApi.
+    """
+    if not run_args or run_args[0] != "run":
+        raise ValueError(f"not a `run` argument list: {list(run_args[:1])}")
+    rest = list(run_args[1:])
+    head: list[str] = []
+    while rest and (rest[0] in RUN_ONLY_OPTIONS or rest[0] == "--rm"):
+        option = rest.pop(0)
+        if option == "--rm":
+            head.append(option)
+    return ["create", *head, *rest]
+
+
+class Transport:
+    """How EngineApi reaches the engine's HTTP API: one fresh stream socket per request.
+
+    UnixTransport is the only one now. The seam for a remote engine (issue 13) is a
+    transport whose connect() runs `ssh HOST docker system dial-stdio` and returns one end
+    of a socketpair pumped to that process's stdin/stdout (what the docker CLI does for
+    ssh:// hosts); nothing above connect() changes.
+    """
+
+    def connect(self, timeout: float | None) -> socket.socket:
+        raise NotImplementedError
 
     def available(self) -> bool:
-        return bool(self.socket_path) and os.path.exists(self.socket_path)
+        """Whether a connect() can be tried at all (the socket file exists, say)."""
+        raise NotImplementedError
 
-    def request(self, method: str, path: str, timeout: float | None = 10) -> tuple[int, Any]:
-        """One request; returns (status, parsed JSON body or None)."""
-        import http.client
-        import socket as socket_mod
+    def describe(self) -> str:
+        """The address as people write it (DOCKER_HOST), for messages."""
+        raise NotImplementedError
 
-        conn = http.client.HTTPConnection("localhost", timeout=timeout)
-        sock = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+
+class UnixTransport(Transport):
+    """The engine's API on a local unix socket (Docker's /var/run/docker.sock, Podman's)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def connect(self, timeout: float | None) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
-            sock.connect(self.socket_path)
-            conn.sock = sock
-            conn.request(method, path)
-            response = conn.getresponse()
-            body = response.read()
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def available(self) -> bool:
+        return bool(self.path) and os.path.exists(self.path)
+
+    def describe(self) -> str:
+        return f"unix://{self.path}"
+
+
+def transport_for(address: str) -> Transport | None:
+    """The transport for a DOCKER_HOST address; None where only the CLI can go (ssh://,
+    tcp:// with TLS): callers fall back to the CLI there."""
+    if address.startswith("unix://"):
+        return UnixTransport(address.removeprefix("unix://"))
+    # ssh://: a Transport running `ssh ... docker system dial-stdio` (issue 13).
+    return None
+
+
+#: How often EngineApi.remove asks again when Podman catches a container mid-stop.
+RACE_RETRIES = 3
+
+
+class EngineApi:
+    """The engine's HTTP API (Docker's, or Podman's Docker-compatible one), for the calls on
+    a kernel's start path and for holding many kernels from one process.
+
+    A CLI call costs tens of milliseconds of process start and 25 MiB while it runs; an API
+    call costs a few milliseconds and nothing between calls. Paths are unversioned: Docker
+    20.10 serves them as its newest (1.41), Podman 4.3's compat API as 1.41. available()
+    says whether this engine's address has a transport (a unix socket now); callers fall
+    back to the CLI otherwise.
+
+    Methods raise EngineError (what happened, what was not done, what to do) when the
+    engine cannot be reached or refuses; a missing container is False/None where cleanup
+    asks (remove, signal, inspect) and NoSuchContainerError where it breaks the plan.
+    """
+
+    def __init__(
+        self, socket_path: str | None = None, *, transport: Transport | None = None
+    ) -> None:
+        if transport is None:
+            if socket_path is None:
+                host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+                socket_path = host.removeprefix("unix://") if host.startswith("unix://") else ""
+            transport = UnixTransport(socket_path)
+        self.transport = transport
+        #: Kept for callers that print or compare it ("" when not a unix socket).
+        self.socket_path = transport.path if isinstance(transport, UnixTransport) else ""
+
+    def available(self) -> bool:
+        return self.transport.available()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _open(
+        self, method: str, path: str, timeout: float | None, body: object = None
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, socket.socket]:
+        """Send one request; returns the connection, the response (body unread) and the
+        socket (http.client drops its own reference once a streamed response begins)."""
+        conn = http.client.HTTPConnection("localhost", timeout=timeout)
+        try:
+            sock = conn.sock = self.transport.connect(timeout)
+            headers = {}
+            payload = None
+            if body is not None:
+                payload = json.dumps(body).encode()
+                headers["Content-Type"] = "application/json"
+            conn.request(method, path, body=payload, headers=headers)
+            return conn, conn.getresponse(), sock
         except OSError as exc:
-            raise EngineError(
-                f"Cannot reach the container engine at {self.socket_path}: {exc}. "
-                "Is it running? Try 'docker info'."
-            ) from exc
+            conn.close()
+            raise self.unreachable(exc) from exc
+
+    def unreachable(self, exc: BaseException) -> EngineError:
+        where = self.transport.describe()
+        if isinstance(exc, TimeoutError):
+            return EngineError(
+                f"The container engine at {where} did not answer in time ({exc}). "
+                "The request was not completed. The engine may be overloaded or hung; "
+                "check it with 'docker info'."
+            )
+        return EngineError(
+            f"Cannot reach the container engine at {where}: {exc}. Nothing was done. "
+            "Is it running? Try 'docker info', or start one with scripts/bootstrap-engine."
+        )
+
+    def request(
+        self, method: str, path: str, timeout: float | None = 10, body: object = None
+    ) -> tuple[int, Any]:
+        """One request; returns (status, parsed JSON body, or None when it is not JSON)."""
+        conn, response, _ = self._open(method, path, timeout, body)
+        try:
+            data = response.read()
+        except OSError as exc:
+            raise self.unreachable(exc) from exc
         finally:
             conn.close()
-        data = json.loads(body) if body and body[:1] in (b"{", b"[") else None
-        return response.status, data
+        parsed = json.loads(data) if data and data[:1] in (b"{", b"[") else None
+        return response.status, parsed
 
-    def containers(
-        self, labels: Mapping[str, str], *, running: bool = True
-    ) -> list[dict[str, Any]]:
-        """Containers carrying all the labels (GET /containers/json with filters)."""
+    def refused(self, what: str, status: int, data: Any, not_done: str = "") -> EngineError:
+        """The engine answered with an error: its own message, what we asked, what to do."""
+        said = data.get("message") if isinstance(data, dict) else None
+        cls = NoSuchContainerError if status == 404 else EngineError
+        return cls(
+            f"The engine refused to {what} (HTTP {status}: {said or 'no message'}). "
+            f"{not_done or 'Nothing was changed.'} "
+            "Check the container with 'docker inspect' and the engine with 'docker info'."
+        )
+
+    # -- containers -------------------------------------------------------------------------
+
+    def create(self, body: Mapping[str, Any], name: str | None = None) -> str:
+        """POST /containers/create; returns the new container's id (not started).
+
+        A missing image is an ImageError (kernels never pull), a taken name an EngineError.
+        """
         from urllib.parse import quote
 
-        filters: dict[str, list[str]] = {"label": [f"{k}={v}" for k, v in labels.items()]}
-        if running:
+        path = "/containers/create" + (f"?name={quote(name)}" if name else "")
+        status, data = self.request("POST", path, timeout=60, body=dict(body))
+        if status == 201 and isinstance(data, dict) and data.get("Id"):
+            return str(data["Id"])
+        if status == 409 or (status == 500 and "already in use" in str(data)):
+            raise EngineError(
+                f"The container name '{name}' is already in use (HTTP {status}). No container "
+                "was created. Remove the old container ('jupyter-docker-kernel gc' removes "
+                "ours whose launcher is gone), or start it under another name."
+            )
+        if status == 404:
+            raise ImageError(
+                f"Image '{body.get('Image')}' is not present in the container engine, and "
+                "kernels never pull. No container was created. Build it with "
+                "'jupyter-docker-kernel image build' or pull it where a registry is reachable."
+            )
+        raise self.refused(
+            f"create container {name or ''}".rstrip(), status, data, "No container was created."
+        )
+
+    def start(self, container: str) -> None:
+        """POST /containers/ID/start; one already running is not an error (HTTP 304)."""
+        from urllib.parse import quote
+
+        status, data = self.request("POST", f"/containers/{quote(container)}/start", timeout=60)
+        if status not in (204, 304):
+            raise self.refused(
+                f"start container {short_id(container)}",
+                status,
+                data,
+                "The kernel was not started.",
+            )
+
+    def signal(self, container: str, name: str = "KILL") -> bool:
+        """Send signal `name` (KILL, TERM, INT...) to the container's init; False when it is
+        gone or not running (HTTP 404/409, Podman: 500 "can only kill running containers")."""
+        from urllib.parse import quote
+
+        path = f"/containers/{quote(container)}/kill?signal={quote(name)}"
+        status, data = self.request("POST", path)
+        if status == 204:
+            return True
+        if status in (404, 409):
+            return False
+        if status == 500 and "can only kill running" in str(data):
+            return False  # Podman 4.3 says "not running" so ("container state improper")
+        raise self.refused(f"signal container {short_id(container)} ({name})", status, data)
+
+    def kill(self, container: str) -> bool:
+        """SIGKILL the container now (POST /containers/ID/kill): a few milliseconds, where
+        the CLI's `rm --force` costs a process start first. False if it is not running."""
+        return self.signal(container, "KILL")
+
+    def remove(self, container: str, *, force: bool = True) -> bool:
+        """DELETE /containers/ID (with its anonymous volumes); idempotent: False when it is
+        already gone or being removed (a --rm container removing itself)."""
+        import time
+        from urllib.parse import quote
+
+        query = f"force={'1' if force else '0'}&v=1"
+        for attempt in range(RACE_RETRIES + 1):
+            path = f"/containers/{quote(container)}?{query}"
+            status, data = self.request("DELETE", path, timeout=60)
+            # Podman 4.3, removing a container that is ending by itself (its lifeline's
+            # holder left): "could not be stopped ... container state improper" (500).
+            # Once it has stopped, the same request succeeds.
+            if status != 500 or "state improper" not in str(data) or attempt == RACE_RETRIES:
+                break
+            time.sleep(0.05 * (attempt + 1))
+        if status in (200, 204):
+            return True
+        if status == 404 or (status == 409 and "in progress" in str(data).lower()):
+            return False
+        raise self.refused(
+            f"remove container {short_id(container)}",
+            status,
+            data,
+            "The container was not removed.",
+        )
+
+    def inspect(self, container: str) -> dict[str, Any] | None:
+        """GET /containers/ID/json, the inspect data; None when there is no such container."""
+        from urllib.parse import quote
+
+        status, data = self.request("GET", f"/containers/{quote(container)}/json", timeout=30)
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(data, dict):
+            raise self.refused(f"inspect container {short_id(container)}", status, data)
+        return data
+
+    def update(self, container: str, *, cpu_shares: int) -> None:
+        """POST /containers/ID/update with a new CPU weight (a warm container's low shares
+        raised at its claim)."""
+        from urllib.parse import quote
+
+        path = f"/containers/{quote(container)}/update"
+        status, data = self.request("POST", path, body={"CpuShares": cpu_shares})
+        if status == 404 and data is None:
+            # Podman 4.3's compat API has no such route (a plain "Not Found"); its own API
+            # does, and changes the cgroup (its inspect keeps the created value).
+            path = f"/v4.0.0/libpod/containers/{quote(container)}/update"
+            status, data = self.request("POST", path, body={"cpu": {"shares": cpu_shares}})
+            status = 200 if status == 201 else status
+        if status != 200:
+            raise self.refused(
+                f"update container {short_id(container)}",
+                status,
+                data,
+                "Its CPU shares were not changed.",
+            )
+
+    def containers(
+        self,
+        labels: Mapping[str, str | None] | None = None,
+        *,
+        running: bool = True,
+        all: bool = False,  # the engine's own name (GET ?all=1)
+    ) -> list[dict[str, Any]]:
+        """Containers carrying all the labels (a value None: any value); running ones only
+        unless all=True (or running=False, the older spelling)."""
+        from urllib.parse import quote
+
+        wanted = [k if v is None else f"{k}={v}" for k, v in (labels or {}).items()]
+        filters: dict[str, list[str]] = {"label": wanted}
+        every = all or not running
+        if not every:
             filters["status"] = ["running"]
-        status, data = self.request("GET", f"/containers/json?filters={quote(json.dumps(filters))}")
+        query = f"filters={quote(json.dumps(filters))}" + ("&all=1" if every else "")
+        status, data = self.request("GET", f"/containers/json?{query}")
         if status != 200 or not isinstance(data, list):
-            raise EngineError(f"The engine refused to list containers (HTTP {status}).")
+            raise self.refused("list containers", status, data)
         return data
 
     def rename(self, container: str, name: str) -> bool:
@@ -637,21 +907,124 @@ class EngineApi:
         )
         return status == 204
 
-    def kill(self, container: str) -> bool:
-        """SIGKILL the container now (POST /containers/ID/kill): a few milliseconds, where
-        the CLI's `rm --force` costs a process start first. False if it is not running."""
+    def wait(
+        self, container: str, *, condition: str = "not-running", timeout: float | None = None
+    ) -> int:
+        """Block until the container exits; returns its exit code (POST /containers/ID/wait).
+
+        condition "next-exit", asked before start, cannot miss a --rm container's exit (the
+        docker CLI's own order); "not-running" returns at once for one already stopped.
+        Raises NoSuchContainerError when it is gone, EngineError after `timeout` seconds.
+        """
         from urllib.parse import quote
 
-        status, _ = self.request("POST", f"/containers/{quote(container)}/kill?signal=KILL")
-        return status == 204
-
-    def wait(self, container: str) -> int:
-        """Block until the container exits; returns its exit code (POST /containers/ID/wait)."""
-        from urllib.parse import quote
-
-        status, data = self.request("POST", f"/containers/{quote(container)}/wait", timeout=None)
+        path = f"/containers/{quote(container)}/wait?condition={quote(condition)}"
+        status, data = self.request("POST", path, timeout=timeout)
         if status != 200 or not isinstance(data, dict):
-            raise EngineError(
-                f"The engine could not wait for container {container} (HTTP {status})."
-            )
+            raise self.refused(f"wait for container {short_id(container)}", status, data)
         return int(data.get("StatusCode", 1))
+
+    def events(
+        self,
+        filters: Mapping[str, Sequence[str]],
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        timeout: float | None = None,
+    ) -> EventStream:
+        """GET /events as a stream of dicts (e.g. filters {"type": ["container"], "event":
+        ["die"], "label": [LABEL_KERNEL_ID]}): one connection however many containers.
+
+        Iterating yields events as the engine sends them; it ends when the engine ends the
+        stream (`until` passed) or close() is called (from any thread), and raises
+        TimeoutError when no event came for `timeout` seconds.
+        """
+        from urllib.parse import quote
+
+        sent = {k: list(v) for k, v in filters.items()}
+        # Podman 4.3 filters on its own event names ("died") but reports Docker's ("die");
+        # Docker ignores the names it does not know. Both are asked.
+        for docker_name, podman_name in PODMAN_EVENT_NAMES.items():
+            if docker_name in sent.get("event", []):
+                sent["event"].append(podman_name)
+        query = f"filters={quote(json.dumps(sent))}"
+        if since is not None:
+            query += f"&since={since:.6f}"
+        if until is not None:
+            query += f"&until={until:.6f}"
+        conn, response, sock = self._open("GET", f"/events?{query}", timeout)
+        if response.status != 200:
+            data = response.read()
+            conn.close()
+            parsed = json.loads(data) if data[:1] == b"{" else None
+            raise self.refused("stream its events", response.status, parsed)
+        return EventStream(response, sock)
+
+
+#: Event names Podman's filters know by another name than Docker's (the reports agree).
+PODMAN_EVENT_NAMES = {"die": "died"}
+
+
+class EventStream:
+    """The engine's event stream (EngineApi.events): iterate for dicts, close() to stop.
+
+    Docker sends one JSON object per line; Podman's compat API sends them back to back.
+    Both are parsed with a raw JSON decoder over what has arrived, not by lines.
+    """
+
+    def __init__(self, response: http.client.HTTPResponse, sock: socket.socket) -> None:
+        self._response = response
+        self._sock = sock
+        self._closed = False
+        self._iterating = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        decoder = json.JSONDecoder()
+        text = codecs.getincrementaldecoder("utf-8")()
+        buffer = ""
+        self._iterating = True
+        try:
+            while not self._closed:
+                try:
+                    chunk = self._response.read1(65536)
+                except TimeoutError as exc:
+                    if self._closed:
+                        return
+                    raise TimeoutError("no engine event within the stream's timeout") from exc
+                except (OSError, ValueError, http.client.HTTPException):
+                    if self._closed:
+                        return  # close() shut the socket under the chunk reader
+                    raise
+                if not chunk:
+                    return
+                buffer += text.decode(chunk)
+                while True:
+                    buffer = buffer.lstrip()
+                    try:
+                        event, end = decoder.raw_decode(buffer)
+                    except ValueError:
+                        break  # empty, or an object cut between chunks: wait for the rest
+                    buffer = buffer[end:]
+                    if isinstance(event, dict):
+                        yield event
+        finally:
+            self._iterating = False
+            self._release()
+
+    def close(self) -> None:
+        """End the stream, from any thread: one blocked iterating it returns."""
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        if not self._iterating:
+            self._release()
+
+    def _release(self) -> None:
+        self._response.close()
+        self._sock.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

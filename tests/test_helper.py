@@ -263,6 +263,45 @@ def test_no_helper_when_it_is_switched_off_or_cannot_start(base: Path) -> None:
     assert time.monotonic() - start < thin.SPAWN_WAIT + 2
 
 
+def test_a_helper_refuses_a_kernel_of_another_engine(base: Path) -> None:
+    # The client's engine scan and the helper's json disagree: run it in-process instead.
+    settings = json.dumps({"engine_host": "tcp://elsewhere:2375"})
+    proc = client(base, settings=settings)
+    proc.communicate(timeout=30)
+    assert proc.returncode == FALLBACK_EXIT
+
+
+@pytest.mark.parametrize(
+    ("text", "host"),
+    [
+        ("{}", ""),
+        ('{"image": "x", "engine_host": null}', ""),
+        ('{"engine_host": "ssh://me@node"}', "ssh://me@node"),
+        (
+            '{"engine_host":"unix:///run/podman/podman.sock","pool":1}',
+            "unix:///run/podman/podman.sock",
+        ),
+        ('{\n  "engine_host" :  "tcp://h:2376"\n}', "tcp://h:2376"),
+        ('{"env": {"X": "\\"engine_host\\": \\"tcp://fake:1\\""}}', ""),
+    ],
+)
+def test_engine_host_is_found_without_json(text: str, host: str) -> None:
+    assert thin.engine_host(text) == host
+    assert (json.loads(text).get("engine_host") or "") == host
+
+
+def test_the_request_line_is_json() -> None:
+    request = {
+        "s": 'quote " backslash \\ newline \n tab \t nul \0 del \x7f ünïcode 😀',
+        "n": -3,
+        "t": True,
+        "f": False,
+        "z": None,
+        "env": {"A": "1", "B=": ""},
+    }
+    assert json.loads(thin._dumps(request)) == request
+
+
 def test_a_janitor_client_gets_its_sweep_when_it_closes(base: Path, tmp_path: Path) -> None:
     swept = tmp_path / "swept"
     argv = helper_argv(base, "tests.test_helper:echo", janitor="tests.test_helper:sweep")

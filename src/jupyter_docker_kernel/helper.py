@@ -278,6 +278,18 @@ LOG_FORMAT = "[%(levelname).1s %(asctime)s.%(msecs)03d DockerKernel] %(message)s
 # -- the server ---------------------------------------------------------------------------
 
 
+def engine_of(raw: dict[str, Any]) -> str:
+    """thin.engine_key of a kernel request, computed with json from what it sent: the
+    client only scanned for engine_host (see thin's module doc)."""
+    env = raw.get("env") if isinstance(raw.get("env"), dict) else {}
+    assert isinstance(env, dict)
+    host = ""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        host = json.loads(raw.get("settings") or "{}").get("engine_host") or ""
+    command = env.get("JUPYTER_DOCKER_KERNEL_ENGINE", "docker")
+    return f"{command} {host or env.get('DOCKER_HOST', '')}"
+
+
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process that connected (Linux SO_PEERCRED)."""
     data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -440,7 +452,9 @@ class Helper:
             writer.write(b"R retiring\n")
             self._maybe_finish()
             return
-        if raw.get("engine") != self.engine:
+        if raw.get("engine") != self.engine or (
+            raw.get("kind") == "kernel" and engine_of(raw) != self.engine
+        ):
             writer.write(b"R another engine\n")
             return
         if raw.get("kind") == "janitor":

@@ -2,9 +2,12 @@
 
 A kernel.json argv process that only connects to the user's resident helper
 (`helper.py`), sends one request line, forwards SIGINT/SIGTERM/SIGHUP and exits with the
-kernel's exit code. Its whole import graph is this module plus `os`, `sys`, `socket`,
-`signal` and `json` (no asyncio, subprocess, tempfile, logging): a start costs the
-interpreter's own start and one round trip. The wire protocol is described in helper.py.
+kernel's exit code. It imports nothing beyond what the interpreter has loaded at start but
+the C modules `_socket` and `_signal`: `socket` and `signal` would pull in `enum` and
+`selectors` (5 ms), and `json` pulls in `re` (8 ms), which together would double the cost
+of a `python -I` start. So the request line is encoded by `_dumps` here, and the helper
+checks what the client could only guess cheaply (the engine address, `engine_key`). The
+wire protocol is described in helper.py.
 
 Who calls what:
 
@@ -20,10 +23,9 @@ Who calls what:
 
 from __future__ import annotations
 
-import json
+import _signal  # type: ignore[import-not-found]  # no stub; `signal` costs enum
+import _socket
 import os
-import signal
-import socket
 import sys
 
 from jupyter_docker_kernel import __version__
@@ -44,22 +46,64 @@ SPAWN_WAIT = 2.0
 ENV_PREFIXES = ("JUPYTER", "JPY_", "DOCKER_", "CONTAINER_", "CONTAINERS_")
 ENV_NAMES = ("PATH", "HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "TMPDIR")
 #: Signals forwarded to the helper, each as one byte holding the signal number.
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FORWARDED: tuple[int, ...] = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
 
 
 def engine_key(settings_text: str = "", environ: dict[str, str] | None = None) -> str:
     """The engine address a kernel with these settings (raw JSON) talks to: the helper is
     one per user and engine address, so this names its socket. "" settings: the
-    environment's engine (a Jupyter server registering as a janitor)."""
+    environment's engine (a Jupyter server registering as a janitor).
+
+    The settings' engine_host is found by a scan, not json (see the module doc): the
+    helper computes this again with json from the same text and refuses a mismatch, so a
+    wrong guess costs a fallback to the in-process launcher, never the wrong engine.
+    """
     env = os.environ if environ is None else environ
-    host = ""
-    if settings_text:
-        try:
-            host = json.loads(settings_text).get("engine_host") or ""
-        except (ValueError, AttributeError):
-            host = ""  # the helper's runner reports broken settings; not our job here
+    host = engine_host(settings_text) if settings_text else ""
     command = env.get("JUPYTER_DOCKER_KERNEL_ENGINE", "docker")
     return f"{command} {host or env.get('DOCKER_HOST', '')}"
+
+
+def engine_host(settings_text: str) -> str:
+    """The top-level "engine_host" string of the settings JSON text, "" when absent or
+    null (a scan for `"engine_host" : "..."`; its values are DOCKER_HOST addresses, which
+    have no quotes or backslashes, so the first closing quote ends it)."""
+    at = settings_text.find('"engine_host"')
+    while at > 0 and settings_text[at - 1] == "\\":  # inside another string: look on
+        at = settings_text.find('"engine_host"', at + 1)
+    if at < 0:
+        return ""
+    rest = settings_text[at + len('"engine_host"') :].lstrip()
+    if not rest.startswith(":"):
+        return ""
+    rest = rest[1:].lstrip()
+    if not rest.startswith('"'):
+        return ""  # null
+    end = rest.find('"', 1)
+    return rest[1:end] if end > 0 else ""
+
+
+def _dumps(value: object) -> str:
+    """JSON text of a request: dicts with str keys, str, int, bool, None (json's output
+    for them, byte for byte apart from non-ASCII, which stays UTF-8)."""
+    if isinstance(value, str):
+        out = ['"']
+        for ch in value:
+            if ch == '"' or ch == "\\":
+                out.append("\\" + ch)
+            elif ch < " " or ch == "\x7f":
+                out.append(f"\\u{ord(ch):04x}")
+            else:
+                out.append(ch)
+        out.append('"')
+        return "".join(out)
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_dumps(str(k))}: {_dumps(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"a request holds no {type(value).__name__}")
 
 
 def socket_name(engine: str) -> str:
@@ -141,16 +185,16 @@ def spawn_detached(argv: list[str]) -> None:
     os.waitpid(pid, 0)
 
 
-def _peer_uid(sock: socket.socket) -> int:
+def _peer_uid(sock: _socket.socket) -> int:
     """The uid of the process at the other end (Linux SO_PEERCRED: pid, uid, gid)."""
-    if not hasattr(socket, "SO_PEERCRED"):
+    if not hasattr(_socket, "SO_PEERCRED"):
         return os.getuid()  # no such check here: the 0700 base dir is the only guard
-    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    data = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
     return int.from_bytes(data[4:8], sys.byteorder)
 
 
-def _connect(path: str) -> socket.socket | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _connect(path: str) -> _socket.socket | None:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(path)
     except OSError:
@@ -164,7 +208,7 @@ def _connect(path: str) -> socket.socket | None:
 
 def connect_or_spawn(
     base: str, engine: str, argv: list[str] | None = None, wait: float = SPAWN_WAIT
-) -> socket.socket | None:
+) -> _socket.socket | None:
     """A connection to the helper for `engine`, started (detached) when nobody listens.
 
     Clients that find no helper take an exclusive flock on the lock file, connect again
@@ -224,9 +268,9 @@ def request_for(
     }
 
 
-def _first_line(sock: socket.socket, request: dict[str, object]) -> tuple[bytes, bytes]:
+def _first_line(sock: _socket.socket, request: dict[str, object]) -> tuple[bytes, bytes]:
     """Send the request; return the helper's first line and whatever followed it."""
-    sock.sendall(json.dumps(request).encode() + b"\n")
+    sock.sendall(_dumps(request).encode() + b"\n")
     buf = b""
     while b"\n" not in buf:
         data = sock.recv(4096)
@@ -273,15 +317,15 @@ def run(
     return FALLBACK
 
 
-def _session(sock: socket.socket, buf: bytes, helper_pid: str) -> int:
+def _session(sock: _socket.socket, buf: bytes, helper_pid: str) -> int:
     """Forward signals and the helper's stderr lines until its exit code line arrives."""
     # The C-level signal handler writes each signal's number to the wakeup fd, in the
     # order they arrive, even while we block in recv: exactly our one-byte messages.
     # The fd must be non-blocking; a timeout makes recv wait with poll() instead.
     sock.settimeout(86400.0)
-    signal.set_wakeup_fd(sock.fileno(), warn_on_full_buffer=False)
+    _signal.set_wakeup_fd(sock.fileno(), warn_on_full_buffer=False)
     for signum in FORWARDED:
-        signal.signal(signum, _ignore)
+        _signal.signal(signum, _ignore)
     err = sys.stderr
     while True:
         while b"\n" in buf:
@@ -315,7 +359,7 @@ def _ignore(signum: int, frame: object) -> None:
 
 def register_janitor(
     base: str, engine: str, pid: int, start: str, argv: list[str] | None = None
-) -> socket.socket | None:
+) -> _socket.socket | None:
     """Ask the helper to sweep after process `pid` (started at `start`, as
     rundir.process_start_time spells it) once the returned connection closes: keep it open
     for the process's lifetime (a Jupyter server calls this once). None: no helper."""

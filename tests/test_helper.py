@@ -221,6 +221,31 @@ def test_the_helper_exits_when_idle_and_removes_its_socket(base: Path) -> None:
     assert again.returncode == 0
 
 
+def test_a_stopped_helper_stops_its_sessions_and_reports_their_codes(
+    base: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "gone"
+    proc = client(base, "tests.test_helper:hold", marker=str(marker))
+    pid = int(read_until(proc, "ready").split()[1])
+    os.kill(pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 5, err
+    assert marker.read_text().endswith("helper stopping")
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 5.0)
+
+
+def test_a_client_of_another_version_retires_the_helper(base: Path) -> None:
+    first = client(base)
+    _, err = first.communicate(timeout=30)
+    pid = int(err.split("helper ", 1)[1].split()[0])
+    # An upgraded client: the old helper stops listening and exits (it has no sessions);
+    # the new helper this client starts speaks its version (here: neither does; fallback).
+    newer = client(base, version="0.0.newer")
+    newer.communicate(timeout=30)
+    assert newer.returncode == FALLBACK_EXIT
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 5.0)
+
+
 def test_a_runner_that_raises_fails_only_its_own_session(base: Path) -> None:
     steady = client(base, "tests.test_helper:hold")
     read_until(steady, "ready")

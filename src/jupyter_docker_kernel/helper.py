@@ -256,6 +256,28 @@ def log_janitor(pid: int, start: str) -> None:
     log.info("janitor: process %d (start %s) went away; no sweep is plugged in", pid, start)
 
 
+#: Checks that keep an idle helper alive while any returns True (see keep_alive).
+_BUSY: list[Callable[[], bool]] = []
+
+
+def keep_alive(busy: Callable[[], bool]) -> None:
+    """Register a check the idle timer asks (on the loop thread: it must be quick): the
+    helper does not exit while it returns True, e.g. while the KernelHost has refills
+    queued. Sessions and janitor clients count already."""
+    _BUSY.append(busy)
+
+
+def _busy() -> bool:
+    for check in _BUSY:
+        try:
+            if check():
+                return True
+        except Exception:
+            log.exception("an idle check failed; taken as busy")
+            return True
+    return False
+
+
 # -- routing log records to sessions ------------------------------------------------------
 
 #: thread ident -> the session whose client gets that thread's log records.
@@ -387,7 +409,7 @@ class Helper:
         tick = max(0.05, min(1.0, self.idle / 4))
         while True:
             await asyncio.sleep(tick)
-            if self.sessions or self.janitors or not self.listening:
+            if self.sessions or self.janitors or not self.listening or _busy():
                 self.last_busy = time.monotonic()
                 continue
             due = not self._still_ours() or time.monotonic() - self.last_busy >= self.idle

@@ -331,10 +331,14 @@ def _session(sock: _socket.socket, buf: bytes, helper_pid: str) -> int:
         while b"\n" in buf:
             line, _, buf = buf.partition(b"\n")
             if line.startswith(b"X"):
-                return int(line[2:] or b"1")
+                code = line[2:].strip()
+                return int(code) if code.lstrip(b"-").isdigit() else LOST_EXIT
             if line.startswith(b"E"):
-                err.write(line[2:].decode(errors="replace") + "\n")
-                err.flush()
+                try:
+                    err.write(line[2:].decode(errors="replace") + "\n")
+                    err.flush()
+                except (OSError, ValueError):
+                    pass  # nobody reads our stderr any more: the kernel still runs
         try:
             data = sock.recv(65536)
         except TimeoutError:

@@ -38,6 +38,30 @@ Who calls what: thin.run() is the client. A runner (`Runner`: `(Request, Control
 is named by --runner MODULE:FUNCTION; `--janitor MODULE:FUNCTION` names the sweep
 (`(pid, start) -> None`). Both default to placeholders until the kernel lifecycle
 (container.Container in a KernelHost) is plugged in: `refuse` makes clients fall back.
+
+Plugging the lifecycle in (a sketch of the runner the KernelHost provides)::
+
+    def run_kernel(request: Request, control: Control) -> int:
+        settings = KernelSettings.from_dict(json.loads(request.settings))  # bad: raise
+        control.accept()              # from here on the client waits for X, no fallback
+        box = Container(settings, backend_for(settings, request.env), rundir, ...,
+                        connection=request.connection_file, client_pid=request.client_pid)
+        control.on_signal(lambda n: box.interrupt() if n == SIGINT else box.stop(...))
+        control.on_gone(lambda: box.stop("its client went away"))
+        try:
+            box.prepare(); started = box.start(); box.attach(out=<writes control.write>)
+            relay = asyncio.run_coroutine_threadsafe(
+                start_relay(request, started.sockets), control.loop).result()
+            exit = box.wait()         # this thread blocks; the loop keeps relaying
+            report = box.finish(exit, relay.stats)   # its lines: log -> client's stderr
+            return exit.code
+        finally:
+            box.close()
+
+The engine CLI and anything else run for a session must get `request.env` (the client's
+DOCKER_HOST, PATH, HOME, JUPYTER_*), not this process's environment, which is whichever
+client came first. Threads the runner starts call `control.bind_thread()` to have their
+log records reach the client.
 """
 
 from __future__ import annotations

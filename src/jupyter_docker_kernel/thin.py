@@ -298,6 +298,9 @@ def run(
     base = base or private_base()
     if base is None:
         return FALLBACK
+    # As in the in-process launcher: until a kernel exists, an interrupt has nothing to
+    # reach and must not kill us halfway through starting one (_session forwards it).
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     engine = str(request["engine"])
     for _attempt in range(3):
         sock = connect_or_spawn(base, engine, argv)

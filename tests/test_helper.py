@@ -327,6 +327,29 @@ def test_the_request_line_is_json() -> None:
     assert json.loads(thin._dumps(request)) == request
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "parsed"),
+    [
+        (["-f", "/c.json"], "{}", ("{}", "/c.json", False)),
+        (["--connection-file=/c.json", "--debug", "a.py"], "{}", ("{}", "/c.json", True)),
+        (["--settings", '{"a": 1}', "-f", "/c.json"], "", ('{"a": 1}', "/c.json", False)),
+        (["-f", "/c.json"], "", None),  # no settings: the launcher prints its usage
+        (["--help"], "{}", None),
+        (["-f"], "{}", None),
+        (["--unknown", "-f", "/c.json"], "{}", None),
+    ],
+)
+def test_the_thin_client_parses_only_the_usual_argv(
+    argv: list[str],
+    env: str,
+    parsed: tuple[str, str, bool] | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("JUPYTER_DOCKER_KERNEL_DEBUG", raising=False)
+    monkeypatch.setenv("JUPYTER_DOCKER_KERNEL_SETTINGS", env)
+    assert thin.parse_argv(argv) == parsed
+
+
 def test_a_janitor_client_gets_its_sweep_when_it_closes(base: Path, tmp_path: Path) -> None:
     swept = tmp_path / "swept"
     argv = helper_argv(base, "tests.test_helper:echo", janitor="tests.test_helper:sweep")

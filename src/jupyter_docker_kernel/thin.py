@@ -11,7 +11,9 @@ wire protocol is described in helper.py.
 
 Who calls what:
 
-- `run(request, base)` is what the launcher's `main()` calls first. It returns the kernel's
+- `main(argv)` is what the launcher's entry calls first, with its own argv: the kernel's
+  exit code, or FALLBACK (None) for "run the in-process launcher as before".
+- `run(request, base)` is main's second half. It returns the kernel's
   exit code, or `FALLBACK` (None) when no helper could be reached or started (or
   JUPYTER_DOCKER_KERNEL_NO_HELPER=1): the caller then runs the kernel in-process as today.
 - `connect_or_spawn(base, engine)` connects to the helper for this engine address, starting
@@ -394,3 +396,46 @@ def register_janitor(
         if line and line != b"R retiring":
             return None
     return None
+
+
+def parse_argv(argv: list[str]) -> tuple[str, str, bool] | None:
+    """(settings JSON text, connection file, debug) from the launcher's argv, for the
+    usual forms only: -f FILE / --connection-file[=]FILE, --debug, --settings[=]JSON,
+    extra positional arguments (ignored, as the launcher does). None for anything else
+    (--help, an unknown option, a missing value): the full launcher parses it and prints
+    its usage. The settings may come from $JUPYTER_DOCKER_KERNEL_SETTINGS, which is left
+    in place (the fallback launcher reads it; request_for never sends it twice)."""
+    settings = connection = ""
+    debug = False
+    rest = list(argv)
+    while rest:
+        opt = rest.pop(0)
+        name, eq, value = opt.partition("=")
+        if name in ("--settings", "-f", "--connection-file"):
+            if not eq:
+                if not rest:
+                    return None
+                value = rest.pop(0)
+            if name == "--settings":
+                settings = value
+            else:
+                connection = value
+        elif opt == "--debug":
+            debug = True
+        elif opt.startswith("-"):
+            return None
+    settings = settings or os.environ.get("JUPYTER_DOCKER_KERNEL_SETTINGS", "")
+    if not settings or not connection:
+        return None
+    return settings, connection, debug or bool(os.environ.get("JUPYTER_DOCKER_KERNEL_DEBUG"))
+
+
+def main(argv: list[str]) -> int | None:
+    """The launcher's first step: run this kernel through the helper and return its exit
+    code, or FALLBACK (None): then the caller runs the in-process launcher with the same
+    argv and environment (nothing was started, nothing consumed)."""
+    parsed = parse_argv(argv)
+    if parsed is None or os.environ.get(NO_HELPER_ENV) == "1":
+        return FALLBACK
+    settings, connection, debug = parsed
+    return run(request_for(settings, connection, debug=debug))

@@ -164,7 +164,11 @@ def test_racing_clients_start_one_helper_and_get_their_exit_codes(base: Path) ->
     assert [proc.returncode for proc in procs] == [3, 4, 0, 7, 9], outs
     pids = {line for _, err in outs for line in err.splitlines() if line.startswith("helper ")}
     assert len(pids) == 1, outs
-    assert len(helper_pids(base)) == 1
+    (pid,) = helper_pids(base)
+    # Detached: a kernel manager's killpg of a client's process group cannot reach it.
+    # (the clients ran in this test's session and process group)
+    assert os.getsid(pid) != os.getsid(0)
+    assert os.getpgid(pid) != os.getpgid(0)
     sock = base / thin.socket_name(thin.engine_key())
     assert sock.is_socket()
     assert sock.stat().st_mode & 0o777 == 0o600
@@ -206,6 +210,11 @@ def test_a_killed_helper_ends_its_clients_with_a_message_within_a_second(base: P
     assert time.monotonic() - start < 1.0
     assert proc.returncode == thin.LOST_EXIT
     assert f"the resident helper (pid {pid}) went away" in err
+    # Its socket file stayed behind, refusing connections: the next client starts a helper.
+    again = client(base)
+    _, err = again.communicate(timeout=30)
+    assert again.returncode == 0, err
+    assert f"helper {pid}" not in err
 
 
 def test_the_helper_exits_when_idle_and_removes_its_socket(base: Path) -> None:

@@ -438,4 +438,8 @@ def main(argv: list[str]) -> int | None:
     if parsed is None or os.environ.get(NO_HELPER_ENV) == "1":
         return FALLBACK
     settings, connection, debug = parsed
-    return run(request_for(settings, connection, debug=debug))
+    try:
+        request = request_for(settings, connection, debug=debug)
+    except OSError:  # no cwd (removed under us): the launcher says what is wrong
+        return FALLBACK
+    return run(request)

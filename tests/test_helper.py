@@ -118,7 +118,9 @@ def helper_pids(base: Path) -> set[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"helper.main" in b" ".join(argv) and str(base).encode() in argv:
+        joined = b" ".join(argv)
+        ours = b"helper.main" in joined or b"jupyter_docker_kernel.helper" in joined
+        if ours and str(base).encode() in argv:
             found.add(int(entry.name))
     return found
 
@@ -274,6 +276,38 @@ def test_the_default_runner_refuses_so_the_launcher_runs_in_process(base: Path) 
     proc = client(base, "jupyter_docker_kernel.helper:refuse")
     proc.communicate(timeout=30)
     assert proc.returncode == FALLBACK_EXIT
+
+
+def test_the_launchers_argv_starts_the_real_helper_which_refuses_until_plugged_in(
+    tmp_path: Path,
+) -> None:
+    # The whole default path: private_base() from XDG_RUNTIME_DIR, spawn_argv's
+    # `python -I -m jupyter_docker_kernel.helper`, the default runner's refusal.
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    base = xdg / "jupyter-docker-kernel"
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(xdg), "JUPYTER_DOCKER_KERNEL_SETTINGS": "{}"}
+    env.pop(thin.NO_HELPER_ENV, None)
+    code = "import sys; from jupyter_docker_kernel import thin; print(thin.main(sys.argv[1:]))"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", code, "-f", "/nonexistent/kernel.json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert proc.stdout.strip() == "None", proc.stderr
+        assert base.stat().st_mode & 0o777 == 0o700
+        (pid,) = helper_pids(base)
+        assert b"-I" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        # Run as __main__, it still logs as jupyter_docker_kernel.helper, to its file.
+        (log,) = base.glob("helper-*.log")
+        assert f"helper {pid} serving" in log.read_text()
+    finally:
+        for pid in helper_pids(base):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_no_helper_when_it_is_switched_off_or_cannot_start(base: Path) -> None:

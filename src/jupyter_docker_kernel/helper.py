@@ -87,7 +87,8 @@ from typing import Any
 
 from jupyter_docker_kernel import __version__, thin
 
-log = logging.getLogger(__name__)
+#: Named, not __name__: run with -m this module is __main__ (see the end of the file).
+log = logging.getLogger("jupyter_docker_kernel.helper")
 
 #: Seconds without sessions or janitor clients after which the helper exits.
 IDLE_SECONDS = 120.0
@@ -618,19 +619,25 @@ def load(spec: str) -> Any:
 def bind(path: str) -> socket.socket:
     """A listening socket at `path`, 0600, put in place atomically: bound under a temporary
     name and renamed over the path, so a stale socket of a dead helper is replaced and a
-    client never finds a path that refuses connections because it is half made."""
-    tmp = f"{path}.{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
+    client never finds a path that refuses connections because it is half made. Bound
+    through /proc/self/fd/DIR/NAME: a socket path is limited to 107 bytes, a base is not."""
+    folder, name = os.path.split(path)
+    tmp = f"{name}.{os.getpid()}"
+    dirfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        listener.bind(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dirfd)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            listener.bind(f"/proc/self/fd/{dirfd}/{tmp}")
+        finally:
+            os.umask(old)
+        os.chmod(tmp, 0o600, dir_fd=dirfd)
+        listener.listen(128)
+        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
     finally:
-        os.umask(old)
-    os.chmod(tmp, 0o600)
-    listener.listen(128)
-    os.rename(tmp, path)
+        os.close(dirfd)
     return listener
 
 
@@ -672,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the helper process (spawned detached by thin.connect_or_spawn)."""
     args = list(sys.argv[1:] if argv is None else argv)
     opts = {"--base": "", "--engine": "", "--idle": str(IDLE_SECONDS)}
-    opts |= {"--runner": f"{__name__}:refuse", "--janitor": f"{__name__}:log_janitor"}
+    opts |= {"--runner": f"{log.name}:refuse", "--janitor": f"{log.name}:log_janitor"}
     while args:
         name = args.pop(0)
         if name not in opts or not args:
@@ -699,4 +706,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module, not this __main__ copy of it: a runner that raises
+    # jupyter_docker_kernel.helper.RefusedError must meet the same class here.
+    from jupyter_docker_kernel import helper
+
+    sys.exit(helper.main())

@@ -109,9 +109,9 @@ def _dumps(value: object) -> str:
 
 
 def socket_name(engine: str) -> str:
-    """`helper-<hash>.sock`: a short fixed-length name (a unix socket path is limited to
-    107 bytes) per engine address. The request repeats the address, so a hash collision
-    is refused by the helper rather than served by the wrong engine."""
+    """`helper-<hash>.sock`: a fixed-length name per engine address. The request repeats
+    the address, so a hash collision is refused by the helper, not served by the wrong
+    engine."""
     digest = 0xCBF29CE484222325  # FNV-1a, 64 bit: no hashlib/zlib import for one name
     for byte in engine.encode():
         digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
@@ -196,12 +196,20 @@ def _peer_uid(sock: _socket.socket) -> int:
 
 
 def _connect(path: str) -> _socket.socket | None:
+    """Connect through /proc/self/fd: a socket path is limited to 107 bytes and a runtime
+    base under a long TMPDIR can exceed that; the opened inode is also not a symlink."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        sock.connect(path)
+        sock.connect(f"/proc/self/fd/{fd}")
     except OSError:
         sock.close()
         return None
+    finally:
+        os.close(fd)
     if _peer_uid(sock) != os.getuid():  # the base is 0700 and ours: only root could
         sock.close()
         return None

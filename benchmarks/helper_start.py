@@ -91,6 +91,7 @@ def main() -> int:
             "python -I -c pass": [py, "-I", "-c", "pass"],
             "import thin": [py, "-I", "-c", "import jupyter_docker_kernel.thin"],
             "-m thin (runpy, import only)": [py, "-I", "-m", "jupyter_docker_kernel.thin"],
+            "import launcher (today)": [py, "-I", "-c", "import jupyter_docker_kernel.launcher"],
             "round trip (noop runner)": [py, "-I", "-c", client_code(base, argv)],
         }
         timed(cases["round trip (noop runner)"])  # starts the helper

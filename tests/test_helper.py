@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -31,8 +32,9 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def echo(request: helper.Request, control: helper.Control) -> int:
-    """Says which helper ran it, returns the request's `code`."""
+    """Says which helper ran it, logs at DEBUG, returns the request's `code`."""
     control.write(f"helper {os.getpid()}")
+    logging.getLogger("jupyter_docker_kernel.test").debug("a debug line")
     return int(request.raw.get("code", 0))
 
 
@@ -230,6 +232,17 @@ def test_the_helper_exits_when_idle_and_removes_its_socket(base: Path) -> None:
     again = client(base, idle=0.3)
     again.communicate(timeout=30)
     assert again.returncode == 0
+
+
+def test_debug_lines_reach_only_the_clients_that_asked(base: Path) -> None:
+    quiet, loud = client(base), client(base, debug=True)
+    _, quiet_err = quiet.communicate(timeout=30)
+    _, loud_err = loud.communicate(timeout=30)
+    assert "a debug line" not in quiet_err
+    assert "a debug line" in loud_err
+    assert "DockerKernel] a debug line" in loud_err  # in the launcher's log format
+    logs = "".join(p.read_text() for p in base.glob("helper-*.log"))
+    assert "a debug line" not in logs  # the helper itself was not started with debug
 
 
 def test_a_stopped_helper_stops_its_sessions_and_reports_their_codes(

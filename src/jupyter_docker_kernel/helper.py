@@ -314,7 +314,9 @@ class _SessionHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         control = _ROUTES.get(record.thread or 0)
-        if control is not None:
+        if control is None:
+            return
+        if record.levelno >= logging.INFO or control.request.debug:
             with contextlib.suppress(Exception):
                 control.write(self.format(record))
 
@@ -565,6 +567,8 @@ class Helper:
                 loop.call_soon_threadsafe(finished, result)
 
         self.sessions.add(control)
+        if request.debug:
+            _debug_session(+1)
         control._start()
         threading.Thread(target=run, name=f"session-{request.peer_pid}", daemon=True).start()
         reading = asyncio.create_task(self._forward_signals(reader, control))
@@ -573,6 +577,8 @@ class Helper:
         finally:
             reading.cancel()
             self.sessions.discard(control)
+            if request.debug:
+                _debug_session(-1)
             self.last_busy = time.monotonic()
             control._close()
         if isinstance(result, str):
@@ -662,10 +668,26 @@ def configure_logging(base: str, engine: str, debug: bool) -> None:
     )
     session_handler = _SessionHandler()
     session_handler.setFormatter(formatter)
+    file_handler.setLevel(logging.DEBUG if debug else logging.INFO)
     root.addHandler(file_handler)
     root.addHandler(session_handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
+    global _LEVEL
+    _LEVEL = root.level
+
+
+#: The level the helper was started with; DEBUG while a session asked for --debug.
+_LEVEL = logging.INFO
+_DEBUG_SESSIONS = [0]
+
+
+def _debug_session(delta: int) -> None:
+    """Count sessions started with --debug (on the loop thread): only while there is one
+    do DEBUG records get made at all (the relay's traffic lines are DEBUG)."""
+    _DEBUG_SESSIONS[0] += delta
+    level = logging.DEBUG if _DEBUG_SESSIONS[0] > 0 else _LEVEL
+    logging.getLogger("jupyter_docker_kernel").setLevel(level)
 
 
 USAGE = (

@@ -1,0 +1,735 @@
+"""The resident helper: one process per user and engine address that runs kernel sessions.
+
+`python -I -m jupyter_docker_kernel.helper --base DIR --engine KEY` is started on demand by
+the first thin client (thin.connect_or_spawn) and exits when idle. It listens on
+`DIR/helper-<hash>.sock` (thin.paths), 0600 inside the 0700 runtime base, and serves only
+peers of its own uid (SO_PEERCRED). Each session runs a pluggable *runner* in a thread of
+its own; all client sockets are served by one asyncio loop in one thread, which runners
+share for their relays (`Control.loop`). A runner that raises ends its own session with
+exit code 1 and a log line; the helper and the other sessions go on.
+
+The protocol (unix stream socket; every line is UTF-8 ending in "\\n"):
+
+client -> helper
+  1. One JSON object on one line (at most 1 MiB), the request. Common fields:
+     ``v`` (thin.PROTOCOL), ``version`` (the package's), ``kind``, ``engine`` (the engine
+     address, thin.engine_key). ``kind: "kernel"`` adds ``settings`` (the kernelspec's
+     raw settings JSON text), ``connection_file`` (absolute), ``cwd``, ``client_pid`` (the
+     thin client's parent: the Jupyter server or nbclient), ``env`` (the variables named
+     by thin.ENV_PREFIXES/ENV_NAMES), ``debug``. ``kind: "janitor"`` adds ``pid`` and
+     ``start`` (the process to sweep after).
+  2. Then single bytes, each a signal number the client received: 2 (SIGINT),
+     15 (SIGTERM), 1 (SIGHUP), in the order they arrived.
+  3. EOF (or a reset): the client is gone. A kernel session's runner must stop the kernel;
+     a janitor's pid is swept.
+
+helper -> client
+  ``A <helper pid>``   accepted: the runner is starting the kernel (Control.accept). Sent
+                       once, before any other line.
+  ``R <reason>``       refused, nothing started; the helper closes. ``R retiring`` means
+                       the helper speaks another protocol or version and has stopped
+                       listening: connect again (a new helper starts). Any other reason:
+                       the client falls back to running the kernel in-process.
+  ``E <text>``         a line for the client's stderr (which Jupyter puts in its log).
+  ``X <code>``         the session's exit code, last; the helper closes.
+  EOF before ``X`` after ``A``: the helper died; the client exits with thin.LOST_EXIT.
+
+Who calls what: thin.run() is the client. A runner (`Runner`: `(Request, Control) -> int`)
+is named by --runner MODULE:FUNCTION; `--janitor MODULE:FUNCTION` names the sweep
+(`(pid, start) -> None`). Both default to placeholders until the kernel lifecycle
+(container.Container in a KernelHost) is plugged in: `refuse` makes clients fall back.
+
+Plugging the lifecycle in (a sketch of the runner the KernelHost provides)::
+
+    def run_kernel(request: Request, control: Control) -> int:
+        settings = KernelSettings.from_dict(json.loads(request.settings))  # bad: raise
+        control.accept()              # from here on the client waits for X, no fallback
+        box = Container(settings, backend_for(settings, request.env), rundir, ...,
+                        connection=request.connection_file, client_pid=request.client_pid)
+        control.on_signal(lambda n: box.interrupt() if n == SIGINT else box.stop(...))
+        control.on_gone(lambda: box.stop("its client went away"))
+        try:
+            box.prepare(); started = box.start(); box.attach(out=<writes control.write>)
+            relay = asyncio.run_coroutine_threadsafe(
+                start_relay(request, started.sockets), control.loop).result()
+            exit = box.wait()         # this thread blocks; the loop keeps relaying
+            report = box.finish(exit, relay.stats)   # its lines: log -> client's stderr
+            return exit.code
+        finally:
+            box.close()
+
+The engine CLI and anything else run for a session must get `request.env` (the client's
+DOCKER_HOST, PATH, HOME, JUPYTER_*), not this process's environment, which is whichever
+client came first. Threads the runner starts call `control.bind_thread()` to have their
+log records reach the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from queue import SimpleQueue
+from typing import Any
+
+from jupyter_docker_kernel import __version__, thin
+
+#: Named, not __name__: run with -m this module is __main__ (see the end of the file).
+log = logging.getLogger("jupyter_docker_kernel.helper")
+
+#: Seconds without sessions or janitor clients after which the helper exits.
+IDLE_SECONDS = 120.0
+#: The longest request line accepted, and how long a client may take to send it.
+MAX_REQUEST = 1 << 20
+REQUEST_TIMEOUT = 10.0
+#: How long a stopping helper (SIGTERM) waits for its runners to stop their kernels.
+STOP_WAIT = 10.0
+#: Our log file is cut back to nothing at start when it grew beyond this.
+LOG_CAP = 1 << 20
+
+
+@dataclass(frozen=True)
+class Request:
+    """One kernel session's request, as the thin client sent it (see the module doc)."""
+
+    settings: str
+    connection_file: str
+    cwd: str
+    client_pid: int
+    env: dict[str, str]
+    debug: bool
+    #: The thin client's own pid, from SO_PEERCRED (not from the request: it cannot lie).
+    peer_pid: int
+    #: The whole request, for fields a later client adds.
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any], peer_pid: int) -> Request:
+        """Raises ValueError naming the first field that is missing or of the wrong type."""
+        env = raw.get("env", {})
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise ValueError("env must be an object of strings")
+        for name, kind in (("settings", str), ("connection_file", str), ("cwd", str)):
+            if not isinstance(raw.get(name), kind):
+                raise ValueError(f"{name} must be a string")
+        client_pid = raw.get("client_pid", 0)
+        if not isinstance(client_pid, int):
+            raise ValueError("client_pid must be an integer")
+        return cls(
+            settings=raw["settings"],
+            connection_file=raw["connection_file"],
+            cwd=raw["cwd"],
+            client_pid=client_pid,
+            env=env,
+            debug=bool(raw.get("debug", False)),
+            peer_pid=peer_pid,
+            raw=raw,
+        )
+
+
+_Callback = Callable[..., None]
+
+
+class Control:
+    """A session's link to its client, handed to the runner.
+
+    - `loop`: the helper's one asyncio loop (its own thread). Run the kernel's relay there
+      (`asyncio.run_coroutine_threadsafe(coro, control.loop)`); never block it.
+    - `on_signal(fn)`: fn(signum) for each signal the client forwards (SIGINT -> interrupt,
+      SIGTERM/SIGHUP -> stop), in arrival order, on this session's dispatcher thread (so
+      fn may block briefly, e.g. on an engine API call). Signals that arrived before the
+      first on_signal() are delivered to it, so a SIGTERM during start-up is not lost.
+    - `gone` / `on_gone(fn)`: set / called once when the client went away (EOF: killed,
+      killpg'd by its kernel manager) or the helper is stopping. The runner must then stop
+      and remove the kernel and return; what it returns goes nowhere after an EOF.
+    - `accept()`: tells the client the kernel is being started (`A`): from then on it
+      forwards signals and waits for the exit code. Until then the runner may raise
+      `RefusedError` and the client falls back to the in-process launcher. write() and
+      returning accept too; call it first unless refusing is possible.
+    - `write(text)`: lines to the client's stderr. Log records of the runner's thread and
+      the dispatcher's go there too (and to the helper's log); `bind_thread()` adds others.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, request: Request, send: _Callback):
+        self.loop = loop
+        self.request = request
+        self.gone = threading.Event()
+        #: Why `gone` was set: "client gone" or "helper stopping".
+        self.gone_reason = ""
+        self._send = send
+        self.accepted = False
+        self._events: SimpleQueue[object] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._signal_fns: list[Callable[[int], None]] = []
+        self._gone_fns: list[Callable[[], None]] = []
+        self._handler_ready = threading.Event()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="dispatch", daemon=True)
+
+    def on_signal(self, fn: Callable[[int], None]) -> None:
+        with self._lock:
+            self._signal_fns.append(fn)
+        self._handler_ready.set()
+
+    def on_gone(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._gone_fns.append(fn)
+            already = self.gone.is_set()
+        if already:
+            self._events.put(("gone", fn))
+
+    def accept(self) -> None:
+        """Send `A` (once, thread-safe): the client now waits for the exit code."""
+        with self._lock:
+            if self.accepted:
+                return
+            self.accepted = True
+        with contextlib.suppress(RuntimeError):  # loop closed: helper exiting
+            self.loop.call_soon_threadsafe(self._send, f"A {os.getpid()}\n".encode())
+
+    def write(self, text: str) -> None:
+        """Send text to the client's stderr, line by line (thread-safe, never blocks)."""
+        self.accept()
+        for line in text.splitlines() or [""]:
+            data = b"E " + line.encode(errors="replace") + b"\n"
+            with contextlib.suppress(RuntimeError):  # loop closed: helper exiting
+                self.loop.call_soon_threadsafe(self._send, data)
+
+    def bind_thread(self) -> None:
+        """Route the calling thread's log records to this client too."""
+        _ROUTES[threading.get_ident()] = self
+
+    # -- called by the helper ------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._dispatcher.start()
+
+    def _signal(self, signum: int) -> None:
+        self._events.put(signum)
+
+    def _set_gone(self, reason: str) -> None:
+        with self._lock:
+            if self.gone.is_set():
+                return
+            self.gone_reason = reason
+            self.gone.set()
+            fns = list(self._gone_fns)
+        self._handler_ready.set()  # signals still waiting for a handler no longer matter
+        for fn in fns:
+            self._events.put(("gone", fn))
+
+    def _close(self) -> None:
+        self._handler_ready.set()
+        self._events.put(None)
+
+    def _dispatch(self) -> None:
+        self.bind_thread()
+        try:
+            while (event := self._events.get()) is not None:
+                if isinstance(event, tuple):
+                    _call(event[1])
+                    continue
+                assert isinstance(event, int)
+                self._handler_ready.wait()
+                with self._lock:
+                    fns = [] if self.gone.is_set() else list(self._signal_fns)
+                for fn in fns:
+                    _call(fn, event)
+        finally:
+            _ROUTES.pop(threading.get_ident(), None)
+
+
+def _call(fn: _Callback, *args: object) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("a session's signal or gone handler failed")
+
+
+#: Runner: run one kernel session to its end and return the exit code for the client.
+Runner = Callable[[Request, Control], int]
+#: Janitor: sweep what process `pid` (started at `start`) left behind; it has just gone.
+Janitor = Callable[[int, str], None]
+
+
+class RefusedError(Exception):
+    """Raised by a runner before it started anything: the client is sent `R <reason>`
+    (instead of `A`) and falls back to running the kernel in-process."""
+
+
+def refuse(request: Request, control: Control) -> int:
+    """The default runner until the lifecycle is plugged in: clients fall back."""
+    raise RefusedError("no kernel runner in this helper")
+
+
+def log_janitor(pid: int, start: str) -> None:
+    """The default janitor: only says that it would sweep."""
+    log.info("janitor: process %d (start %s) went away; no sweep is plugged in", pid, start)
+
+
+#: Checks that keep an idle helper alive while any returns True (see keep_alive).
+_BUSY: list[Callable[[], bool]] = []
+
+
+def keep_alive(busy: Callable[[], bool]) -> None:
+    """Register a check the idle timer asks (on the loop thread: it must be quick): the
+    helper does not exit while it returns True, e.g. while the KernelHost has refills
+    queued. Sessions and janitor clients count already."""
+    _BUSY.append(busy)
+
+
+def _busy() -> bool:
+    for check in _BUSY:
+        try:
+            if check():
+                return True
+        except Exception:
+            log.exception("an idle check failed; taken as busy")
+            return True
+    return False
+
+
+# -- routing log records to sessions ------------------------------------------------------
+
+#: thread ident -> the session whose client gets that thread's log records.
+_ROUTES: dict[int, Control] = {}
+
+
+class _SessionHandler(logging.Handler):
+    """Sends a record to the client of the session its thread is bound to, if any."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        control = _ROUTES.get(record.thread or 0)
+        if control is None:
+            return
+        if record.levelno >= logging.INFO or control.request.debug:
+            with contextlib.suppress(Exception):
+                control.write(self.format(record))
+
+
+LOG_FORMAT = "[%(levelname).1s %(asctime)s.%(msecs)03d DockerKernel] %(message)s"
+
+
+# -- the server ---------------------------------------------------------------------------
+
+
+def engine_of(raw: dict[str, Any]) -> str:
+    """thin.engine_key of a kernel request, computed with json from what it sent: the
+    client only scanned for engine_host (see thin's module doc)."""
+    env = raw.get("env") if isinstance(raw.get("env"), dict) else {}
+    assert isinstance(env, dict)
+    host = ""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        host = json.loads(raw.get("settings") or "{}").get("engine_host") or ""
+    command = env.get("JUPYTER_DOCKER_KERNEL_ENGINE", "docker")
+    return f"{command} {host or env.get('DOCKER_HOST', '')}"
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process that connected (Linux SO_PEERCRED)."""
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", data)
+    return pid, uid, gid
+
+
+def peer_allowed(peer_uid: int, own_uid: int) -> bool:
+    """Only our own uid may run kernels as us. Root is refused too: a root peer reaching
+    our 0700 dir is not a client of ours, and our kernels must not serve it."""
+    return peer_uid == own_uid
+
+
+class Helper:
+    """The server: accepts connections on `listener`, runs sessions, exits when idle."""
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        path: str,
+        engine: str,
+        runner: Runner,
+        janitor: Janitor = log_janitor,
+        idle: float = IDLE_SECONDS,
+    ) -> None:
+        self.listener = listener
+        self.path = path
+        self.lock_path = thin.paths(os.path.dirname(path), engine)[1]
+        self.engine = engine
+        self.runner = runner
+        self.janitor = janitor
+        self.idle = idle
+        self.sessions: set[Control] = set()
+        self.janitors = 0
+        self.last_busy = time.monotonic()
+        self.listening = True
+        self.stopping = False
+        self.uid = os.getuid()
+        self.inode = os.stat(path).st_ino
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    async def serve(self) -> None:
+        """Run until idle (or SIGTERM and the runners stopped)."""
+        self.loop = asyncio.get_running_loop()
+        self._done = self.loop.create_future()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self.stop)
+        self.loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        self._server = await asyncio.start_unix_server(
+            self._connection, sock=self.listener, limit=MAX_REQUEST
+        )
+        watch = asyncio.create_task(self._watch_idle())
+        log.info("helper %d serving %s (engine %s)", os.getpid(), self.path, self.engine)
+        try:
+            await self._done
+        finally:
+            watch.cancel()
+            self._stop_listening()
+
+    def stop(self) -> None:
+        """SIGTERM: every session's runner is told to stop (gone), then the helper exits."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("helper stopping: %d session(s) to end", len(self.sessions))
+        self._stop_listening()
+        for control in list(self.sessions):
+            control._set_gone("helper stopping")
+        assert self.loop is not None
+        self.loop.call_later(STOP_WAIT, self._finish)
+        self._maybe_finish()
+
+    def _finish(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _maybe_finish(self) -> None:
+        if (self.stopping or not self.listening) and not self.sessions and not self.janitors:
+            self._finish()
+
+    def _stop_listening(self) -> None:
+        """Unlink our socket (if still ours: a newer helper may have replaced it) and close."""
+        if not self.listening:
+            return
+        self.listening = False
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
+        if self._server is not None:
+            self._server.close()
+
+    async def _watch_idle(self) -> None:
+        tick = max(0.05, min(1.0, self.idle / 4))
+        while True:
+            await asyncio.sleep(tick)
+            if self.sessions or self.janitors or not self.listening or _busy():
+                self.last_busy = time.monotonic()
+                continue
+            due = not self._still_ours() or time.monotonic() - self.last_busy >= self.idle
+            if due and self._retire_if_quiet():
+                log.info("helper idle (or replaced): exiting")
+                self._finish()
+                return
+
+    def _still_ours(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except OSError:
+            return False
+
+    def _retire_if_quiet(self) -> bool:
+        """Stop listening unless a client is connecting. Under the spawn lock, so that a
+        client that found no socket spawns a new helper only after we unlinked ours."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            fd = -1
+        try:
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            pending, _, _ = select.select([self.listener], [], [], 0)
+            if pending:
+                return False  # asyncio accepts it next; then we are busy again
+            self._stop_listening()
+            return True
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._handle(reader, writer)
+        except Exception:
+            log.exception("a connection to the helper failed")
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        peer_pid, peer_uid, _ = peer_credentials(sock)
+        if not peer_allowed(peer_uid, self.uid):
+            log.warning("refused a connection from uid %d (pid %d)", peer_uid, peer_pid)
+            writer.write(b"R not your helper\n")
+            return
+        try:
+            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            raw = json.loads(line)
+            if not isinstance(raw, dict):
+                raise ValueError("the request is not a JSON object")
+        except (ValueError, asyncio.TimeoutError, asyncio.LimitOverrunError) as exc:
+            log.warning("refused a malformed request from pid %d: %s", peer_pid, exc)
+            writer.write(b"R malformed request\n")
+            return
+        if raw.get("v") != thin.PROTOCOL or raw.get("version") != __version__:
+            # Another release's client (an upgrade): let it start a helper of its own.
+            log.info("a client of version %s came: retiring", raw.get("version"))
+            self._stop_listening()
+            writer.write(b"R retiring\n")
+            self._maybe_finish()
+            return
+        if raw.get("engine") != self.engine or (
+            raw.get("kind") == "kernel" and engine_of(raw) != self.engine
+        ):
+            writer.write(b"R another engine\n")
+            return
+        if raw.get("kind") == "janitor":
+            await self._janitor(reader, writer, raw)
+        elif raw.get("kind") == "kernel":
+            try:
+                request = Request.parse(raw, peer_pid)
+            except ValueError as exc:
+                writer.write(f"R malformed request: {exc}\n".encode())
+                return
+            await self._session(reader, writer, request)
+        else:
+            writer.write(b"R unknown kind\n")
+
+    async def _janitor(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: dict[str, Any]
+    ) -> None:
+        pid, start = int(raw.get("pid", 0)), str(raw.get("start", ""))
+        self.janitors += 1
+        try:
+            writer.write(f"A {os.getpid()}\n".encode())
+            while await _read_some(reader):
+                pass  # a janitor client sends nothing more; only its EOF matters
+        finally:
+            self.janitors -= 1
+            self.last_busy = time.monotonic()
+        assert self.loop is not None
+        try:
+            await self.loop.run_in_executor(None, self.janitor, pid, start)
+        except Exception:
+            log.exception("the janitor's sweep after pid %d failed", pid)
+        self._maybe_finish()
+
+    async def _session(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request
+    ) -> None:
+        assert self.loop is not None
+        loop = self.loop
+        done: asyncio.Future[int | str] = loop.create_future()
+        control = Control(loop, request, lambda data: _write(writer, data))
+
+        def finished(result: int | str) -> None:
+            if not done.done():
+                done.set_result(result)
+
+        def run() -> None:
+            control.bind_thread()
+            result: int | str
+            try:
+                result = self.runner(request, control)
+            except RefusedError as exc:
+                result = str(exc) or "refused"
+            except SystemExit as exc:
+                result = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                log.exception("the session of pid %d failed in the helper", request.peer_pid)
+                result = 1
+            finally:
+                _ROUTES.pop(threading.get_ident(), None)
+            with contextlib.suppress(RuntimeError):  # the loop closed: helper exiting
+                loop.call_soon_threadsafe(finished, result)
+
+        self.sessions.add(control)
+        if request.debug:
+            _debug_session(+1)
+        control._start()
+        threading.Thread(target=run, name=f"session-{request.peer_pid}", daemon=True).start()
+        reading = asyncio.create_task(self._forward_signals(reader, control))
+        try:
+            result = await done
+        finally:
+            reading.cancel()
+            self.sessions.discard(control)
+            if request.debug:
+                _debug_session(-1)
+            self.last_busy = time.monotonic()
+            control._close()
+        if isinstance(result, str):
+            if not control.accepted:  # nothing started: the client runs it in-process
+                writer.write(f"R {result}\n".encode())
+                with contextlib.suppress(OSError):
+                    await writer.drain()
+                self._maybe_finish()
+                return
+            control.write(f"jupyter-docker-kernel: the helper refused this kernel: {result}")
+            result = 1
+        control.accept()
+        if control.gone_reason != "client gone":
+            writer.write(f"X {result}\n".encode())
+            with contextlib.suppress(OSError):
+                await writer.drain()
+        self._maybe_finish()
+
+    async def _forward_signals(self, reader: asyncio.StreamReader, control: Control) -> None:
+        while data := await _read_some(reader):
+            for signum in data:
+                control._signal(signum)
+        control._set_gone("client gone")
+
+
+async def _read_some(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.read(256)
+    except OSError:
+        return b""  # a reset is a close
+
+
+def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    if not writer.is_closing():
+        writer.write(data)
+
+
+def load(spec: str) -> Any:
+    """MODULE:NAME -> the object (--runner, --janitor)."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def bind(path: str) -> socket.socket:
+    """A listening socket at `path`, 0600, put in place atomically: bound under a temporary
+    name and renamed over the path, so a stale socket of a dead helper is replaced and a
+    client never finds a path that refuses connections because it is half made. Bound
+    through /proc/self/fd/DIR/NAME: a socket path is limited to 107 bytes, a base is not."""
+    folder, name = os.path.split(path)
+    tmp = f"{name}.{os.getpid()}"
+    dirfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dirfd)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            listener.bind(f"/proc/self/fd/{dirfd}/{tmp}")
+        finally:
+            os.umask(old)
+        os.chmod(tmp, 0o600, dir_fd=dirfd)
+        listener.listen(128)
+        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    finally:
+        os.close(dirfd)
+    return listener
+
+
+def configure_logging(base: str, engine: str, debug: bool) -> None:
+    """The helper's own log file (helper-<hash>.log, 0600) gets every record; a session's
+    client gets its own session's (see _SessionHandler)."""
+    path = thin.paths(base, engine)[0][: -len(".sock")] + ".log"
+    with contextlib.suppress(OSError):
+        if os.path.getsize(path) > LOG_CAP:
+            os.truncate(path, 0)
+    formatter = logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
+    root = logging.getLogger("jupyter_docker_kernel")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        file_handler: logging.Handler = logging.StreamHandler(open(fd, "a", buffering=1))  # noqa: SIM115
+    except OSError:
+        file_handler = logging.StreamHandler(sys.stderr)
+    file_handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(threadName)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+        )
+    )
+    session_handler = _SessionHandler()
+    session_handler.setFormatter(formatter)
+    file_handler.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.addHandler(file_handler)
+    root.addHandler(session_handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+    global _LEVEL
+    _LEVEL = root.level
+
+
+#: The level the helper was started with; DEBUG while a session asked for --debug.
+_LEVEL = logging.INFO
+_DEBUG_SESSIONS = [0]
+
+
+def _debug_session(delta: int) -> None:
+    """Count sessions started with --debug (on the loop thread): only while there is one
+    do DEBUG records get made at all (the relay's traffic lines are DEBUG)."""
+    _DEBUG_SESSIONS[0] += delta
+    level = logging.DEBUG if _DEBUG_SESSIONS[0] > 0 else _LEVEL
+    logging.getLogger("jupyter_docker_kernel").setLevel(level)
+
+
+USAGE = (
+    "usage: python -I -m jupyter_docker_kernel.helper --base DIR --engine KEY "
+    "[--idle SECONDS] [--runner MODULE:NAME] [--janitor MODULE:NAME]\n"
+    "Started by a kernel's launcher when no helper serves this user and engine yet."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the helper process (spawned detached by thin.connect_or_spawn)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    opts = {"--base": "", "--engine": "", "--idle": str(IDLE_SECONDS)}
+    opts |= {"--runner": f"{log.name}:refuse", "--janitor": f"{log.name}:log_janitor"}
+    while args:
+        name = args.pop(0)
+        if name not in opts or not args:
+            print(f"{USAGE}\nerror: unexpected argument {name!r}", file=sys.stderr)
+            return 2
+        opts[name] = args.pop(0)
+    base, engine = opts["--base"], opts["--engine"]
+    if not base:
+        print(f"{USAGE}\nerror: --base is required", file=sys.stderr)
+        return 2
+    configure_logging(base, engine, bool(os.environ.get("JUPYTER_DOCKER_KERNEL_DEBUG")))
+    try:
+        runner, janitor = load(opts["--runner"]), load(opts["--janitor"])
+        path = thin.paths(base, engine)[0]
+        listener = bind(path)
+    except (ImportError, AttributeError, OSError) as exc:
+        log.error("the helper could not start: %s", exc)
+        return 1
+    helper = Helper(listener, path, engine, runner, janitor, float(opts["--idle"]))
+    asyncio.run(helper.serve())
+    # Runner threads still stopping their kernels after STOP_WAIT: their lifelines close
+    # with this process, and the engine side ends those kernels.
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the imported module, not this __main__ copy of it: a runner that raises
+    # jupyter_docker_kernel.helper.RefusedError must meet the same class here.
+    from jupyter_docker_kernel import helper
+
+    sys.exit(helper.main())

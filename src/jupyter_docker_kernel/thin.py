@@ -1,0 +1,453 @@
+"""The argv launcher's thin client of the resident helper (issue 17): one request, then wait.
+
+A kernel.json argv process that only connects to the user's resident helper
+(`helper.py`), sends one request line, forwards SIGINT/SIGTERM/SIGHUP and exits with the
+kernel's exit code. It imports nothing beyond what the interpreter has loaded at start but
+the C modules `_socket` and `_signal`: `socket` and `signal` would pull in `enum` and
+`selectors` (5 ms), and `json` pulls in `re` (8 ms), which together would double the cost
+of a `python -I` start. So the request line is encoded by `_dumps` here, and the helper
+checks what the client could only guess cheaply (the engine address, `engine_key`). The
+wire protocol is described in helper.py.
+
+Who calls what:
+
+- `main(argv)` is what the launcher's entry calls first, with its own argv: the kernel's
+  exit code, or FALLBACK (None) for "run the in-process launcher as before".
+- `run(request, base)` is main's second half. It returns the kernel's
+  exit code, or `FALLBACK` (None) when no helper could be reached or started (or
+  JUPYTER_DOCKER_KERNEL_NO_HELPER=1): the caller then runs the kernel in-process as today.
+- `connect_or_spawn(base, engine)` connects to the helper for this engine address, starting
+  it first when nobody listens (under a lock file, so racing clients start one helper).
+- `register_janitor(base, engine, pid, start)` is for a Jupyter server running the
+  provisioner in-process: it keeps one connection open for the server's lifetime, and the
+  helper sweeps what that server left behind when the connection closes.
+"""
+
+from __future__ import annotations
+
+import _signal  # type: ignore[import-not-found]  # no stub; `signal` costs enum
+import _socket
+import os
+import sys
+
+from jupyter_docker_kernel import __version__
+
+#: Bumped when the bytes on the wire change; a helper that speaks another one retires.
+PROTOCOL = 1
+#: Set to 1: never use the helper (the launcher runs the kernel in its own process).
+NO_HELPER_ENV = "JUPYTER_DOCKER_KERNEL_NO_HELPER"
+#: What run() returns when the caller must run the kernel in-process instead.
+FALLBACK = None
+#: The exit code when the helper went away in the middle of a session (killed, crashed).
+LOST_EXIT = 1
+#: How long a client waits for a helper it started to listen (the design's 2 s).
+SPAWN_WAIT = 2.0
+#: Environment variables a session carries to the helper, which was started by whichever
+#: client came first and so must not use its own environment for a kernel: names with these
+#: prefixes, and these names exactly. The engine CLI needs PATH and HOME (~/.docker).
+ENV_PREFIXES = ("JUPYTER", "JPY_", "DOCKER_", "CONTAINER_", "CONTAINERS_")
+ENV_NAMES = ("PATH", "HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "TMPDIR")
+#: Signals forwarded to the helper, each as one byte holding the signal number.
+FORWARDED: tuple[int, ...] = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
+
+
+def engine_key(settings_text: str = "", environ: dict[str, str] | None = None) -> str:
+    """The engine address a kernel with these settings (raw JSON) talks to: the helper is
+    one per user and engine address, so this names its socket. "" settings: the
+    environment's engine (a Jupyter server registering as a janitor).
+
+    The settings' engine_host is found by a scan, not json (see the module doc): the
+    helper computes this again with json from the same text and refuses a mismatch, so a
+    wrong guess costs a fallback to the in-process launcher, never the wrong engine.
+    """
+    env = os.environ if environ is None else environ
+    host = engine_host(settings_text) if settings_text else ""
+    command = env.get("JUPYTER_DOCKER_KERNEL_ENGINE", "docker")
+    return f"{command} {host or env.get('DOCKER_HOST', '')}"
+
+
+def engine_host(settings_text: str) -> str:
+    """The top-level "engine_host" string of the settings JSON text, "" when absent or
+    null (a scan for `"engine_host" : "..."`; its values are DOCKER_HOST addresses, which
+    have no quotes or backslashes, so the first closing quote ends it)."""
+    at = settings_text.find('"engine_host"')
+    while at > 0 and settings_text[at - 1] == "\\":  # inside another string: look on
+        at = settings_text.find('"engine_host"', at + 1)
+    if at < 0:
+        return ""
+    rest = settings_text[at + len('"engine_host"') :].lstrip()
+    if not rest.startswith(":"):
+        return ""
+    rest = rest[1:].lstrip()
+    if not rest.startswith('"'):
+        return ""  # null
+    end = rest.find('"', 1)
+    return rest[1:end] if end > 0 else ""
+
+
+def _dumps(value: object) -> str:
+    """JSON text of a request: dicts with str keys, str, int, bool, None (json's output
+    for them, byte for byte apart from non-ASCII, which stays UTF-8)."""
+    if isinstance(value, str):
+        out = ['"']
+        for ch in value:
+            if ch == '"' or ch == "\\":
+                out.append("\\" + ch)
+            elif ch < " " or ch == "\x7f":
+                out.append(f"\\u{ord(ch):04x}")
+            else:
+                out.append(ch)
+        out.append('"')
+        return "".join(out)
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_dumps(str(k))}: {_dumps(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"a request holds no {type(value).__name__}")
+
+
+def socket_name(engine: str) -> str:
+    """`helper-<hash>.sock`: a fixed-length name per engine address. The request repeats
+    the address, so a hash collision is refused by the helper, not served by the wrong
+    engine."""
+    digest = 0xCBF29CE484222325  # FNV-1a, 64 bit: no hashlib/zlib import for one name
+    for byte in engine.encode():
+        digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"helper-{digest:016x}.sock"
+
+
+def paths(base: str, engine: str) -> tuple[str, str]:
+    """(socket path, lock file path) of the helper for `engine` in the runtime base."""
+    sock = os.path.join(base, socket_name(engine))
+    return sock, sock[: -len(".sock")] + ".lock"
+
+
+def private_base() -> str | None:
+    """The runtime base dir as rundir.runtime_base() finds it in the usual case (made
+    0700 here when missing), or None when that dir is not ours and private: then the
+    caller falls back to the in-process launcher, which knows the fallback dirs."""
+    uid = os.getuid()
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
+        base = os.path.join(xdg, "jupyter-docker-kernel")
+    else:
+        tmp = os.environ.get("TMPDIR") or os.environ.get("TEMP") or os.environ.get("TMP")
+        base = os.path.join(tmp or "/tmp", f"jupyter-docker-kernel-{uid}")  # noqa: S108
+    try:  # noqa: SIM105 - contextlib is one more import on every kernel start
+        os.mkdir(base, 0o700)
+    except OSError:
+        pass  # there already (ours or not: checked next), or cannot be made
+    try:
+        st = os.lstat(base)
+    except OSError:
+        return None
+    private = (st.st_mode & 0o170777) == 0o040700 and st.st_uid == uid  # a dir, 0700
+    return base if private else None
+
+
+def spawn_argv(base: str, engine: str) -> list[str]:
+    """argv of the helper process, isolated like the launcher that starts it (see
+    hostpython.module_argv, which this mirrors without importing subprocess)."""
+    args = ["--base", base, "--engine", engine]
+    if sys.flags.isolated:
+        return [sys.executable, "-I", "-m", "jupyter_docker_kernel.helper", *args]
+    code = (
+        "import sys; sys.path[:] = [p for p in sys.path if p]; import runpy; "
+        "runpy.run_module('jupyter_docker_kernel.helper', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", code, *args]
+
+
+def spawn_detached(argv: list[str]) -> None:
+    """Start argv in a new session, fully detached (double fork: no zombie here, no
+    controlling terminal there), with stdio on /dev/null and no inherited descriptors (the
+    lock file's among them: the helper must not hold the spawn lock)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.closerange(3, 1 << 16)
+            os.chdir("/")
+            os.umask(0o077)
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith("JPY_") and k != "JUPYTER_DOCKER_KERNEL_SETTINGS"
+            }
+            os.execve(argv[0], argv, env)  # noqa: S606 - our own argv, no shell wanted
+        finally:
+            os._exit(127)
+    os.waitpid(pid, 0)
+
+
+def _peer_uid(sock: _socket.socket) -> int:
+    """The uid of the process at the other end (Linux SO_PEERCRED: pid, uid, gid)."""
+    if not hasattr(_socket, "SO_PEERCRED"):
+        return os.getuid()  # no such check here: the 0700 base dir is the only guard
+    data = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return int.from_bytes(data[4:8], sys.byteorder)
+
+
+def _connect(path: str) -> _socket.socket | None:
+    """Connect through /proc/self/fd: a socket path is limited to 107 bytes and a runtime
+    base under a long TMPDIR can exceed that; the opened inode is also not a symlink."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(f"/proc/self/fd/{fd}")
+    except OSError:
+        sock.close()
+        return None
+    finally:
+        os.close(fd)
+    if _peer_uid(sock) != os.getuid():  # the base is 0700 and ours: only root could
+        sock.close()
+        return None
+    return sock
+
+
+def connect_or_spawn(
+    base: str, engine: str, argv: list[str] | None = None, wait: float = SPAWN_WAIT
+) -> _socket.socket | None:
+    """A connection to the helper for `engine`, started (detached) when nobody listens.
+
+    Clients that find no helper take an exclusive flock on the lock file, connect again
+    (another client may just have started one) and only then spawn, so racing clients
+    start one helper. The lock is held until the new helper answers or `wait` seconds
+    pass. None: no helper could be reached; the caller falls back to running in-process.
+    """
+    path, lock = paths(base, engine)
+    sock = _connect(path)
+    if sock is not None:
+        return sock
+    import fcntl  # only on the slow path: a C module, but why pay it on every start
+    import time
+
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        sock = _connect(path)
+        if sock is not None:
+            return sock
+        spawn_detached(argv or spawn_argv(base, engine))
+        deadline = time.monotonic() + wait
+        delay = 0.002
+        while time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            sock = _connect(path)
+            if sock is not None:
+                return sock
+        return None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def request_for(
+    settings: str, connection_file: str, *, debug: bool = False, kind: str = "kernel"
+) -> dict[str, object]:
+    """The one JSON line a kernel session starts with (see helper.py's protocol)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES) or k in ENV_NAMES}
+    env.pop("JUPYTER_DOCKER_KERNEL_SETTINGS", None)  # it is `settings`, sent once
+    return {
+        "v": PROTOCOL,
+        "version": __version__,
+        "kind": kind,
+        "engine": engine_key(settings),
+        "settings": settings,
+        "connection_file": os.path.abspath(connection_file) if connection_file else "",
+        "cwd": os.getcwd(),
+        "client_pid": os.getppid(),
+        "env": env,
+        "debug": debug,
+    }
+
+
+def _first_line(sock: _socket.socket, request: dict[str, object]) -> tuple[bytes, bytes]:
+    """Send the request; return the helper's first line and whatever followed it."""
+    sock.sendall(_dumps(request).encode() + b"\n")
+    buf = b""
+    while b"\n" not in buf:
+        data = sock.recv(4096)
+        if not data:
+            return b"", b""
+        buf += data
+    line, _, rest = buf.partition(b"\n")
+    return line, rest
+
+
+def run(
+    request: dict[str, object], base: str | None = None, argv: list[str] | None = None
+) -> int | None:
+    """Run one kernel session through the helper and return its exit code, or FALLBACK
+    (None) when the caller must run the kernel in-process: helper disabled, not
+    startable, refusing (another protocol), or the runtime base is not the usual one.
+
+    Before the helper accepted, nothing of the kernel exists, so falling back is safe.
+    After it accepted, this returns only with the session's exit code, or LOST_EXIT with
+    a message on stderr when the helper went away (its kernel ends with it: the
+    engine-side lifeline does not depend on the helper).
+    """
+    if os.environ.get(NO_HELPER_ENV) == "1":
+        return FALLBACK
+    base = base or private_base()
+    if base is None:
+        return FALLBACK
+    # As in the in-process launcher: until a kernel exists, an interrupt has nothing to
+    # reach and must not kill us halfway through starting one (_session forwards it).
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    engine = str(request["engine"])
+    for _attempt in range(3):
+        sock = connect_or_spawn(base, engine, argv)
+        if sock is None:
+            return FALLBACK
+        try:
+            line, rest = _first_line(sock, request)
+        except OSError:
+            line, rest = b"", b""
+        if line.startswith(b"A"):
+            return _session(sock, rest, line[2:].decode(errors="replace"))
+        sock.close()
+        # EOF before an answer: the helper was retiring as we connected. "R retiring":
+        # it speaks another version and has stopped listening. Both: connect again.
+        if line and line != b"R retiring":
+            return FALLBACK  # refused for good (engine or uid): run in-process
+    return FALLBACK
+
+
+def _session(sock: _socket.socket, buf: bytes, helper_pid: str) -> int:
+    """Forward signals and the helper's stderr lines until its exit code line arrives."""
+    # The C-level signal handler writes each signal's number to the wakeup fd, in the
+    # order they arrive, even while we block in recv: exactly our one-byte messages.
+    # The fd must be non-blocking; a timeout makes recv wait with poll() instead.
+    sock.settimeout(86400.0)
+    _signal.set_wakeup_fd(sock.fileno(), warn_on_full_buffer=False)
+    for signum in FORWARDED:
+        _signal.signal(signum, _ignore)
+    err = sys.stderr
+    while True:
+        while b"\n" in buf:
+            line, _, buf = buf.partition(b"\n")
+            if line.startswith(b"X"):
+                code = line[2:].strip()
+                return int(code) if code.lstrip(b"-").isdigit() else LOST_EXIT
+            if line.startswith(b"E"):
+                try:
+                    err.write(line[2:].decode(errors="replace") + "\n")
+                    err.flush()
+                except (OSError, ValueError):
+                    pass  # nobody reads our stderr any more: the kernel still runs
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            err.write(
+                f"jupyter-docker-kernel: the resident helper (pid {helper_pid}) went away "
+                "before this kernel ended; its container ends with it. Restart the kernel; "
+                "the helper's log is helper-*.log in the runtime directory "
+                "(`jupyter-docker-kernel doctor` shows where).\n"
+            )
+            err.flush()
+            return LOST_EXIT
+        buf += data
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A Python-level handler must exist for the wakeup fd to receive the signal."""
+
+
+def register_janitor(
+    base: str, engine: str, pid: int, start: str, argv: list[str] | None = None
+) -> _socket.socket | None:
+    """Ask the helper to sweep after process `pid` (started at `start`, as
+    rundir.process_start_time spells it) once the returned connection closes: keep it open
+    for the process's lifetime (a Jupyter server calls this once). None: no helper."""
+    if os.environ.get(NO_HELPER_ENV) == "1":
+        return None
+    request = {
+        "v": PROTOCOL,
+        "version": __version__,
+        "kind": "janitor",
+        "engine": engine,
+        "pid": pid,
+        "start": start,
+    }
+    for _attempt in range(3):
+        sock = connect_or_spawn(base, engine, argv)
+        if sock is None:
+            return None
+        try:
+            line, _ = _first_line(sock, request)
+        except OSError:
+            line = b""
+        if line.startswith(b"A"):
+            return sock
+        sock.close()
+        if line and line != b"R retiring":
+            return None
+    return None
+
+
+def parse_argv(argv: list[str]) -> tuple[str, str, bool] | None:
+    """(settings JSON text, connection file, debug) from the launcher's argv, for the
+    usual forms only: -f FILE / --connection-file[=]FILE, --debug, --settings[=]JSON,
+    extra positional arguments (ignored, as the launcher does). None for anything else
+    (--help, an unknown option, a missing value): the full launcher parses it and prints
+    its usage. The settings may come from $JUPYTER_DOCKER_KERNEL_SETTINGS, which is left
+    in place (the fallback launcher reads it; request_for never sends it twice)."""
+    settings = connection = ""
+    debug = False
+    rest = list(argv)
+    while rest:
+        opt = rest.pop(0)
+        name, eq, value = opt.partition("=")
+        if name in ("--settings", "-f", "--connection-file"):
+            if not eq:
+                if not rest:
+                    return None
+                value = rest.pop(0)
+            if name == "--settings":
+                settings = value
+            else:
+                connection = value
+        elif opt == "--debug":
+            debug = True
+        elif opt.startswith("-"):
+            return None
+    settings = settings or os.environ.get("JUPYTER_DOCKER_KERNEL_SETTINGS", "")
+    if not settings or not connection:
+        return None
+    return settings, connection, debug or bool(os.environ.get("JUPYTER_DOCKER_KERNEL_DEBUG"))
+
+
+def main(argv: list[str]) -> int | None:
+    """The launcher's first step: run this kernel through the helper and return its exit
+    code, or FALLBACK (None): then the caller runs the in-process launcher with the same
+    argv and environment (nothing was started, nothing consumed)."""
+    parsed = parse_argv(argv)
+    if parsed is None or os.environ.get(NO_HELPER_ENV) == "1":
+        return FALLBACK
+    settings, connection, debug = parsed
+    try:
+        request = request_for(settings, connection, debug=debug)
+    except OSError:  # no cwd (removed under us): the launcher says what is wrong
+        return FALLBACK
+    return run(request)

@@ -55,13 +55,17 @@ def _read(path: str) -> bytes:
         return fh.read()
 
 
+def container_cgroup(text: str) -> bool:
+    """Whether /proc/PID/cgroup's text names a container's cgroup."""
+    return any(_CONTAINER_CGROUP.search(line) for line in text.splitlines())
+
+
 def in_container(pid: int) -> bool:
     """Whether the process is in a container's cgroup (then it is the kernel's, not ours)."""
     try:
-        text = _read(f"/proc/{pid}/cgroup").decode(errors="replace")
+        return container_cgroup(_read(f"/proc/{pid}/cgroup").decode(errors="replace"))
     except OSError:
         return False
-    return any(_CONTAINER_CGROUP.search(line) for line in text.splitlines())
 
 
 def _kib(text: str, field: str) -> int:

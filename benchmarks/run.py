@@ -438,22 +438,128 @@ def kernelspecs(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     return specs
 
 
-def measure(args: argparse.Namespace, trees: list[Tree], root: Path) -> dict[str, Any]:
-    """Install every spec in every tree, then take every row's samples, interleaved: each
-    step runs for every kernel and tree before the next step. Returns rows and details."""
-    work = str(root / "work")
-    kernels: dict[str, tuple[Tree, str]] = {"native": (trees[0], NATIVE)}
-    mem_kernels: dict[str, tuple[Tree, str]] = {"native": (trees[0], NATIVE)}
-    argvs: dict[str, list[str]] = {}
+@dataclass
+class Plan:
+    """Which kernelspec, in which tree, each table label runs; `memory` holds the specs of
+    the plumbing-memory rows (same labels, their own specs)."""
+
+    main: dict[str, tuple[Tree, str]]
+    memory: dict[str, tuple[Tree, str]]
+    argv: dict[str, list[str]] = field(default_factory=dict)
+
+    def pooled(self, tree: Tree, group: dict[str, tuple[Tree, str]] | None = None) -> list[str]:
+        """The pooled kernelspecs of one tree (of `group`, else of both groups)."""
+        groups = [group] if group is not None else [self.main, self.memory]
+        return [
+            spec
+            for g in groups
+            for label, (t, spec) in g.items()
+            if t is tree and kind(label) in POOLED
+        ]
+
+
+def install_all(args: argparse.Namespace, trees: list[Tree]) -> Plan:
+    """Write every spec with every tree's own `setup`; the baseline's get a `-base` suffix.
+
+    Each spec gets its tree's name in its env: the two trees' pools must not serve each
+    other (the env is part of the pool key), as they would for identical settings.
+    """
+    plan = Plan(main={"native": (trees[0], NATIVE)}, memory={"native": (trees[0], NATIVE)})
     for label, name, extra in kernelspecs(args):
         for tree in trees:
             spec = f"{name}-{tree.name}" if tree.suffix else name
-            # The tree's name in the env: pools of the two trees must not serve each other.
-            argvs[spec] = tree.call(
+            plan.argv[spec] = tree.call(
                 "install", name=spec, extra=[*extra, "--env", f"BENCH_TREE={tree.name}"]
             )
-            target = mem_kernels if label.startswith("mem:") else kernels
-            target[label.removeprefix("mem:") + tree.suffix] = (tree, spec)
+            group = plan.memory if label.startswith("mem:") else plan.main
+            group[label.removeprefix("mem:") + tree.suffix] = (tree, spec)
+    return plan
+
+
+def kernel_rounds(args: argparse.Namespace, plan: Plan, rows: dict[str, Row], work: str) -> None:
+    """The start and traffic rows: each repetition starts every kernel once, in turn."""
+    for tree in {tree for tree, _ in plan.main.values()}:
+        if pools := plan.pooled(tree, plan.main):
+            tree.call("warm_pools", kernels=pools, cwd=work)
+    for rep in range(args.repeat):
+        for label, (tree, kernel) in plan.main.items():
+            print(f"[{rep + 1}/{args.repeat}] {label}: start", file=sys.stderr)
+            values = tree.call(
+                "kernel_round",
+                label=kind(label),
+                kernel=kernel,
+                cwd=work,
+                heavy=rep < args.heavy_repeat,
+                gvisor_heavy=args.gvisor_heavy,
+                round_trips_n=args.round_trips,
+                megabytes=args.megabytes,
+            )
+            for key, value in values.items():
+                rows[key].of(label).add(value)
+
+
+def back_to_back_rows(
+    args: argparse.Namespace, plan: Plan, rows: dict[str, Row], work: str
+) -> None:
+    """The back-to-back row: per kernel, --back-to-back starts in a row, from a full pool."""
+    kernels = {label: tk for label, tk in plan.main.items() if kind(label) in BACK_TO_BACK_KINDS}
+    if not args.back_to_back or len(kernels) < 2:
+        return
+    row = rows["b2b"] = Row(f"start, {args.back_to_back} back to back (start, reply, stop)", "s")
+    for label, (tree, kernel) in kernels.items():
+        print(f"{label}: {args.back_to_back} starts back to back", file=sys.stderr)
+        if kind(label) in POOLED:  # full, and no refill of another row still running
+            tree.call("warm_pools", kernels=[kernel], cwd=work)
+        for value in tree.call("back_to_back", kernel=kernel, cwd=work, count=args.back_to_back):
+            row.of(label).add(value)
+
+
+def plumbing_rows(
+    args: argparse.Namespace, plan: Plan, rows: dict[str, Row], work: str
+) -> dict[str, Any]:
+    """The plumbing-memory rows, per --concurrency count; returns the processes counted."""
+    counted: dict[str, Any] = {}
+    for count in args.concurrency:
+        rss = rows[f"rss{count}"] = Row(f"host plumbing per kernel, {count} kernels: RSS", "MiB")
+        pss = rows[f"pss{count}"] = Row(f"host plumbing per kernel, {count} kernels: PSS", "MiB")
+        procs = rows[f"procs{count}"] = Row(f"host processes per kernel, {count} kernels", "")
+        client = rows[f"client{count}"] = Row(
+            f"client RSS growth per kernel, {count} kernels", "MiB"
+        )
+        for label, (tree, kernel) in plan.memory.items():
+            print(f"{label}: {count} kernels at once", file=sys.stderr)
+            if kind(label) in POOLED:  # a full pool, as on a server that has run a while
+                tree.call("warm_pools", kernels=[kernel], cwd=work)
+            got = tree.call(
+                "plumbing", kernel=kernel, count=count, batch=args.batch, cwd=work,
+                settle=args.settle,
+            )  # fmt: skip
+            rss.of(label).add(got["rss"])
+            pss.of(label).add(got["pss"])
+            procs.of(label).add(got["processes"])
+            client.of(label).add(got["client_rss"])
+            counted[f"{label} x{count}"] = got["names"]
+    return counted
+
+
+def nbgrader_rows(args: argparse.Namespace, plan: Plan, rows: dict[str, Row], root: Path) -> None:
+    if not args.nbgrader:
+        return
+    row = rows["nbgrader"] = Row(f"nbgrader autograde, {args.nbgrader} submissions", "s")
+    for label, (tree, kernel) in plan.main.items():
+        if kind(label) in ("gvisor", "pooled", "provisioner"):
+            continue  # the launcher's pool and a cold provisioner add little here
+        row.of(label).add(
+            tree.call("autograde", kernel=kernel, root=str(root), students=args.nbgrader)
+        )
+
+
+def measure(args: argparse.Namespace, trees: list[Tree], root: Path) -> dict[str, Any]:
+    """Install every spec in every tree, then take every row's samples, interleaved: each
+    step runs for every kernel of every tree before the next step. Returns the rows and
+    details for the JSON (each spec's argv, the processes the memory rows counted)."""
+    work = str(root / "work")
+    plan = install_all(args, trees)
     rows = {
         "start": Row("start -> first kernel_info reply", "s"),
         "rtt": Row(f"execute `pass` round trip (x{args.round_trips})", "ms"),
@@ -462,85 +568,17 @@ def measure(args: argparse.Namespace, trees: list[Tree], root: Path) -> dict[str
         "notebook": Row("20-cell notebook, fresh kernel (nbclient)", "s"),
         "rss": Row("launcher + engine CLI memory (RSS)", "MiB"),
     }
-    details: dict[str, Any] = {"kernelspec_argv": argvs, "plumbing_processes": {}}
     try:
-        for tree in trees:
-            tree_pools = [
-                k for label, (t, k) in kernels.items() if t is tree and kind(label) in POOLED
-            ]
-            if tree_pools:
-                tree.call("warm_pools", kernels=tree_pools, cwd=work)
-        for rep in range(args.repeat):
-            for label, (tree, kernel) in kernels.items():
-                print(f"[{rep + 1}/{args.repeat}] {label}: start", file=sys.stderr)
-                values = tree.call(
-                    "kernel_round",
-                    label=kind(label),
-                    kernel=kernel,
-                    cwd=work,
-                    heavy=rep < args.heavy_repeat,
-                    gvisor_heavy=args.gvisor_heavy,
-                    round_trips_n=args.round_trips,
-                    megabytes=args.megabytes,
-                )
-                for key, value in values.items():
-                    rows[key].of(label).add(value)
-        b2b = {label: tk for label, tk in kernels.items() if kind(label) in BACK_TO_BACK_KINDS}
-        if args.back_to_back and len(b2b) > 1:
-            rows["b2b"] = Row(
-                f"start, {args.back_to_back} back to back (start, reply, shutdown)", "s"
-            )
-            for label, (tree, kernel) in b2b.items():
-                print(f"{label}: {args.back_to_back} starts back to back", file=sys.stderr)
-                if kind(label) in POOLED:  # full, and no refill of another row running
-                    tree.call("warm_pools", kernels=[kernel], cwd=work)
-                for value in tree.call(
-                    "back_to_back", kernel=kernel, cwd=work, count=args.back_to_back
-                ):
-                    rows["b2b"].of(label).add(value)
-        for count in args.concurrency:
-            rows[f"rss{count}"] = Row(f"host plumbing per kernel at {count} kernels, RSS", "MiB")
-            rows[f"pss{count}"] = Row(f"host plumbing per kernel at {count} kernels, PSS", "MiB")
-            rows[f"procs{count}"] = Row(f"host processes per kernel at {count} kernels", "")
-            rows[f"client{count}"] = Row(f"client RSS growth per kernel at {count} kernels", "MiB")
-            for label, (tree, kernel) in mem_kernels.items():
-                print(f"{label}: {count} kernels at once", file=sys.stderr)
-                if kind(label) in POOLED:  # a full pool, as a server that has run a while
-                    tree.call("warm_pools", kernels=[kernel], cwd=work)
-                got = tree.call(
-                    "plumbing",
-                    kernel=kernel,
-                    count=count,
-                    batch=args.batch,
-                    cwd=work,
-                    settle=args.settle,
-                )
-                rows[f"rss{count}"].of(label).add(got["rss"])
-                rows[f"pss{count}"].of(label).add(got["pss"])
-                rows[f"procs{count}"].of(label).add(got["processes"])
-                rows[f"client{count}"].of(label).add(got["client_rss"])
-                details["plumbing_processes"][f"{label} x{count}"] = got["names"]
-        if args.nbgrader:
-            rows["nbgrader"] = Row(f"nbgrader autograde, {args.nbgrader} submissions", "s")
-            for label, (tree, kernel) in kernels.items():
-                if kind(label) in ("gvisor", "pooled", "provisioner"):
-                    continue  # the launcher's pool and a cold provisioner add little here
-                students = args.nbgrader
-                rows["nbgrader"].of(label).add(
-                    tree.call("autograde", kernel=kernel, root=str(root), students=students)
-                )
+        kernel_rounds(args, plan, rows, work)
+        back_to_back_rows(args, plan, rows, work)
+        counted = plumbing_rows(args, plan, rows, work)
+        nbgrader_rows(args, plan, rows, root)
     finally:
         for tree in trees:  # the pools' waiting containers, not needed any more
-            ours = [
-                k
-                for group in (kernels, mem_kernels)
-                for label, (t, k) in group.items()
-                if t is tree and kind(label) in POOLED
-            ]
-            if ours:
+            if pools := plan.pooled(tree):
                 with contextlib.suppress(Exception):
-                    tree.call("drain_pools", kernels=ours)
-    return {"rows": rows, "details": details}
+                    tree.call("drain_pools", kernels=pools)
+    return {"rows": rows, "details": {"kernelspec_argv": plan.argv, "plumbing": counted}}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -158,6 +158,8 @@ class Tree:
             except subprocess.TimeoutExpired:
                 self.worker.kill()
                 self.worker.wait()
+            if self.worker.stdout is not None:
+                self.worker.stdout.close()
 
 
 def serve() -> int:

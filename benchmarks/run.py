@@ -26,12 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.worker import Baseline, Tree, prepare_baseline, serve
+from benchmarks.worker import Baseline, OpError, Tree, prepare_baseline, serve
 
 RESULTS = Path(__file__).parent / "results"
 NATIVE = "python3"
@@ -132,23 +132,27 @@ def start_and_first_reply(kernel: str, cwd: Path) -> tuple[float, Any, Any]:
     began = time.perf_counter()
     km.start_kernel(cwd=str(cwd))
     kc = km.client()
-    kc.start_channels()
-    # Ask again every half second (a request sent before the kernel listens may be lost
-    # by a tcp front), and take the first reply to any of them.
-    sent: set[str] = set()
-    while True:
-        sent.add(kc.kernel_info())
-        try:
-            reply = kc.get_shell_msg(timeout=0.5)
-        except Exception:  # queue.Empty: not answered yet, ask again
-            if not km.is_alive():
-                raise RuntimeError(f"kernel {kernel} died while starting") from None
-            continue
-        if reply["parent_header"].get("msg_id") in sent:
-            break
-    elapsed = time.perf_counter() - began
-    # Let iopub settle so later measurements see only their own messages.
-    kc.wait_for_ready(timeout=60)
+    try:
+        kc.start_channels()
+        # Ask again every half second (a request sent before the kernel listens may be
+        # lost by a tcp front), and take the first reply to any of them.
+        sent: set[str] = set()
+        while True:
+            sent.add(kc.kernel_info())
+            try:
+                reply = kc.get_shell_msg(timeout=0.5)
+            except Exception:  # queue.Empty: not answered yet, ask again
+                if not km.is_alive():
+                    raise RuntimeError(f"kernel {kernel} died while starting") from None
+                continue
+            if reply["parent_header"].get("msg_id") in sent:
+                break
+        elapsed = time.perf_counter() - began
+        # Let iopub settle so later measurements see only their own messages.
+        kc.wait_for_ready(timeout=60)
+    except BaseException:
+        stop(km, kc)  # no kernel (or container) outlives a failed measurement
+        raise
     return elapsed, km, kc
 
 
@@ -338,8 +342,11 @@ def warm_pools(kernels: list[str], cwd: str, timeout: float = 120) -> None:
     """Start each pooled kernel once (not measured) and wait until its pool is full, so
     the pooled rows measure claims, not the first cold start."""
     for kernel in kernels:
-        _, km, kc = start_and_first_reply(kernel, Path(cwd))
-        stop(km, kc)
+        try:
+            _, km, kc = start_and_first_reply(kernel, Path(cwd))
+            stop(km, kc)
+        except Exception as exc:  # not measured: the pool fills from the next start, too
+            print(f"warning: the warm-up start of {kernel} failed: {exc}", file=sys.stderr)
     deadline = time.monotonic() + timeout
     for kernel in kernels:
         try:
@@ -366,12 +373,16 @@ def autograde(kernel: str, root: str, students: int) -> float:
     course_dir = course.make(Path(root) / f"course-{kernel}", students)
     nbgrader = str(Path(sys.executable).with_name("nbgrader"))
     began = time.perf_counter()
-    subprocess.run(
+    proc = subprocess.run(
         [nbgrader, "autograde", "ps1", "--force", f"--ExecutePreprocessor.kernel_name={kernel}"],
         cwd=course_dir,
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
     )
+    if proc.returncode != 0:
+        errors = [line for line in proc.stderr.splitlines() if "ERROR" in line or "Error" in line]
+        raise RuntimeError(f"nbgrader autograde exited {proc.returncode}: {errors[-3:]}")
     return time.perf_counter() - began
 
 
@@ -417,7 +428,8 @@ OPS: dict[str, Callable[..., Any]] = {
 
 def kernelspecs(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     """(label, kernelspec name, setup options) of every spec a run measures; the
-    plumbing-memory rows' own specs (smallest memory limit) have labels `mem:KIND`."""
+    plumbing-memory rows' own specs (smallest memory limit) have labels `mem:KIND`, the
+    nbgrader row's (`--for-nbgrader`) `grade:KIND`."""
     pool = ["--copy-workdir", "--pool", str(POOL_SIZE)]
     specs: list[tuple[str, str, list[str]]] = [("container", "bench-docker", [])]
     if args.pool:
@@ -429,6 +441,12 @@ def kernelspecs(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
                       ["--provisioner", *pool, "--env", "BENCH_POOL=provisioner"]))  # fmt: skip
     if args.gvisor:
         specs.append(("gvisor", "bench-gvisor", ["--runtime", "runsc"]))
+    if args.nbgrader:
+        # A kernel that mounts the notebook's dir refuses nbgrader's autograded/ tree.
+        specs.append(("grade:container", "bench-grade", ["--for-nbgrader"]))
+        if args.pool:
+            grade_pool = ["--for-nbgrader", "--provisioner", "--pool", str(POOL_SIZE)]
+            specs.append(("grade:provisioner-pooled", "bench-grade-prov-pool", grade_pool))
     if args.concurrency:
         limit = ["--memory", args.memory_limit]
         specs.append(("mem:container", "bench-mem-docker", limit))
@@ -440,16 +458,28 @@ def kernelspecs(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
 
 @dataclass
 class Plan:
-    """Which kernelspec, in which tree, each table label runs; `memory` holds the specs of
-    the plumbing-memory rows (same labels, their own specs)."""
+    """Which kernelspec, in which tree, each table label runs; `memory` and `grading` hold
+    the specs of the plumbing-memory and nbgrader rows (same labels, their own specs)."""
 
     main: dict[str, tuple[Tree, str]]
     memory: dict[str, tuple[Tree, str]]
+    grading: dict[str, tuple[Tree, str]]
     argv: dict[str, list[str]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def attempt(self, what: str, tree: Tree, op: str, **kwargs: Any) -> Any:
+        """tree.call(op, ...), or None when the operation failed: then the sample is left
+        out, and the run says so and goes on (a shared machine's kernels can collide)."""
+        try:
+            return tree.call(op, **kwargs)
+        except OpError as exc:
+            print(f"warning: {what} left out: {exc}", file=sys.stderr)
+            self.failures.append(f"{what}: {exc}")
+            return None
 
     def pooled(self, tree: Tree, group: dict[str, tuple[Tree, str]] | None = None) -> list[str]:
         """The pooled kernelspecs of one tree (of `group`, else of both groups)."""
-        groups = [group] if group is not None else [self.main, self.memory]
+        groups = [group] if group is not None else [self.main, self.memory, self.grading]
         return [
             spec
             for g in groups
@@ -464,15 +494,17 @@ def install_all(args: argparse.Namespace, trees: list[Tree]) -> Plan:
     Each spec gets its tree's name in its env: the two trees' pools must not serve each
     other (the env is part of the pool key), as they would for identical settings.
     """
-    plan = Plan(main={"native": (trees[0], NATIVE)}, memory={"native": (trees[0], NATIVE)})
+    native = {"native": (trees[0], NATIVE)}
+    plan = Plan(main=dict(native), memory=dict(native), grading=dict(native))
     for label, name, extra in kernelspecs(args):
         for tree in trees:
             spec = f"{name}-{tree.name}" if tree.suffix else name
             plan.argv[spec] = tree.call(
                 "install", name=spec, extra=[*extra, "--env", f"BENCH_TREE={tree.name}"]
             )
-            group = plan.memory if label.startswith("mem:") else plan.main
-            group[label.removeprefix("mem:") + tree.suffix] = (tree, spec)
+            group, _, kind_ = label.rpartition(":")
+            groups = {"": plan.main, "mem": plan.memory, "grade": plan.grading}
+            groups[group][kind_ + tree.suffix] = (tree, spec)
     return plan
 
 
@@ -480,11 +512,13 @@ def kernel_rounds(args: argparse.Namespace, plan: Plan, rows: dict[str, Row], wo
     """The start and traffic rows: each repetition starts every kernel once, in turn."""
     for tree in {tree for tree, _ in plan.main.values()}:
         if pools := plan.pooled(tree, plan.main):
-            tree.call("warm_pools", kernels=pools, cwd=work)
+            plan.attempt("warm-up", tree, "warm_pools", kernels=pools, cwd=work)
     for rep in range(args.repeat):
         for label, (tree, kernel) in plan.main.items():
             print(f"[{rep + 1}/{args.repeat}] {label}: start", file=sys.stderr)
-            values = tree.call(
+            values = plan.attempt(
+                f"{label} start {rep + 1}",
+                tree,
                 "kernel_round",
                 label=kind(label),
                 kernel=kernel,
@@ -494,7 +528,7 @@ def kernel_rounds(args: argparse.Namespace, plan: Plan, rows: dict[str, Row], wo
                 round_trips_n=args.round_trips,
                 megabytes=args.megabytes,
             )
-            for key, value in values.items():
+            for key, value in (values or {}).items():
                 rows[key].of(label).add(value)
 
 
@@ -509,8 +543,12 @@ def back_to_back_rows(
     for label, (tree, kernel) in kernels.items():
         print(f"{label}: {args.back_to_back} starts back to back", file=sys.stderr)
         if kind(label) in POOLED:  # full, and no refill of another row still running
-            tree.call("warm_pools", kernels=[kernel], cwd=work)
-        for value in tree.call("back_to_back", kernel=kernel, cwd=work, count=args.back_to_back):
+            plan.attempt(f"{label} warm-up", tree, "warm_pools", kernels=[kernel], cwd=work)
+        times = plan.attempt(
+            f"{label} back to back", tree, "back_to_back", kernel=kernel, cwd=work,
+            count=args.back_to_back,
+        )  # fmt: skip
+        for value in times or []:
             row.of(label).add(value)
 
 
@@ -529,11 +567,13 @@ def plumbing_rows(
         for label, (tree, kernel) in plan.memory.items():
             print(f"{label}: {count} kernels at once", file=sys.stderr)
             if kind(label) in POOLED:  # a full pool, as on a server that has run a while
-                tree.call("warm_pools", kernels=[kernel], cwd=work)
-            got = tree.call(
-                "plumbing", kernel=kernel, count=count, batch=args.batch, cwd=work,
-                settle=args.settle,
+                plan.attempt(f"{label} warm-up", tree, "warm_pools", kernels=[kernel], cwd=work)
+            got = plan.attempt(
+                f"{label} at {count} kernels", tree, "plumbing", kernel=kernel, count=count,
+                batch=args.batch, cwd=work, settle=args.settle,
             )  # fmt: skip
+            if got is None:
+                continue
             rss.of(label).add(got["rss"])
             pss.of(label).add(got["pss"])
             procs.of(label).add(got["processes"])
@@ -543,15 +583,20 @@ def plumbing_rows(
 
 
 def nbgrader_rows(args: argparse.Namespace, plan: Plan, rows: dict[str, Row], root: Path) -> None:
+    """The nbgrader row: one `autograde` of --nbgrader submissions per grading spec."""
+    work = str(root / "work")
     if not args.nbgrader:
         return
     row = rows["nbgrader"] = Row(f"nbgrader autograde, {args.nbgrader} submissions", "s")
-    for label, (tree, kernel) in plan.main.items():
-        if kind(label) in ("gvisor", "pooled", "provisioner"):
-            continue  # the launcher's pool and a cold provisioner add little here
-        row.of(label).add(
-            tree.call("autograde", kernel=kernel, root=str(root), students=args.nbgrader)
-        )
+    for label, (tree, kernel) in plan.grading.items():
+        if kind(label) in POOLED:
+            plan.attempt(f"{label} warm-up", tree, "warm_pools", kernels=[kernel], cwd=work)
+        took = plan.attempt(
+            f"{label} nbgrader", tree, "autograde", kernel=kernel, root=str(root),
+            students=args.nbgrader,
+        )  # fmt: skip
+        if took is not None:
+            row.of(label).add(took)
 
 
 def measure(args: argparse.Namespace, trees: list[Tree], root: Path) -> dict[str, Any]:
@@ -568,17 +613,37 @@ def measure(args: argparse.Namespace, trees: list[Tree], root: Path) -> dict[str
         "notebook": Row("20-cell notebook, fresh kernel (nbclient)", "s"),
         "rss": Row("launcher + engine CLI memory (RSS)", "MiB"),
     }
+    took: dict[str, float] = {}  # seconds per phase: what to leave out of a shorter run
+
+    @contextlib.contextmanager
+    def phase(name: str) -> Iterator[None]:
+        began = time.monotonic()
+        yield
+        took[name] = round(time.monotonic() - began, 1)
+        print(f"bench: {name} took {took[name]:.0f} s", file=sys.stderr)
+
+    counted: dict[str, Any] = {}
     try:
-        kernel_rounds(args, plan, rows, work)
-        back_to_back_rows(args, plan, rows, work)
-        counted = plumbing_rows(args, plan, rows, work)
-        nbgrader_rows(args, plan, rows, root)
+        with phase("starts and traffic"):
+            kernel_rounds(args, plan, rows, work)
+        with phase("back to back"):
+            back_to_back_rows(args, plan, rows, work)
+        with phase("plumbing memory"):
+            counted = plumbing_rows(args, plan, rows, work)
+        with phase("nbgrader"):
+            nbgrader_rows(args, plan, rows, root)
     finally:
         for tree in trees:  # the pools' waiting containers, not needed any more
             if pools := plan.pooled(tree):
                 with contextlib.suppress(Exception):
                     tree.call("drain_pools", kernels=pools)
-    return {"rows": rows, "details": {"kernelspec_argv": plan.argv, "plumbing": counted}}
+    details = {
+        "kernelspec_argv": plan.argv,
+        "plumbing": counted,
+        "seconds": took,
+        "failures": plan.failures,
+    }
+    return {"rows": rows, "details": details}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -790,6 +855,10 @@ def main(argv: list[str] | None = None) -> int:
         base = result["baseline"]
         print(f"baseline: {base['source']} at {base['commit'][:12]} (KERNEL@base rows)")
     print(table(result))
+    if failures := result["details"]["failures"]:
+        print(f"{len(failures)} sample(s) left out (see the warnings above):")
+        for failure in failures:
+            print(f"  {failure}")
     print(f"results: {RESULTS / 'latest.json'}, plot: {RESULTS / 'start-times.png'}")
     return 0
 

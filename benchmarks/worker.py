@@ -33,6 +33,11 @@ from typing import IO, Any
 REPO = Path(__file__).resolve().parent.parent
 
 
+class OpError(RuntimeError):
+    """One operation failed in its tree (a kernel that did not start, ...); run.py leaves
+    that sample out, says so, and goes on."""
+
+
 @dataclass
 class Baseline:
     """A source tree to compare with: where it is, which commit, and its Python."""
@@ -132,11 +137,17 @@ class Tree:
         return cls(name, proc)
 
     def call(self, op: str, **kwargs: Any) -> Any:
-        """Run OPS[op](**kwargs) in this tree's process; its result, or RuntimeError."""
+        """Run OPS[op](**kwargs) in this tree's process; its result. Raises OpError when
+        the operation failed (the worker still serves) and RuntimeError when the worker
+        died."""
         if self.worker is None:
             from benchmarks.run import OPS
 
-            return OPS[op](**kwargs)
+            try:
+                return OPS[op](**kwargs)
+            except Exception as exc:
+                traceback.print_exc()
+                raise OpError(f"{op} failed in the {self.name} tree: {exc!r}") from exc
         assert self.worker.stdin is not None
         assert self.worker.stdout is not None
         self.worker.stdin.write(json.dumps({"op": op, "kwargs": kwargs}) + "\n")
@@ -146,7 +157,7 @@ class Tree:
             raise RuntimeError(f"the {self.name} tree's worker died during {op} (see above)")
         reply = json.loads(line)
         if "error" in reply:
-            raise RuntimeError(f"{op} failed in the {self.name} tree: {reply['error']}")
+            raise OpError(f"{op} failed in the {self.name} tree: {reply['error']}")
         return reply["result"]
 
     def close(self) -> None:
@@ -181,6 +192,6 @@ def serve() -> int:
             reply = {"result": OPS[request["op"]](**request["kwargs"])}
         except Exception as exc:  # reported to run.py, which stops the run
             traceback.print_exc()
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
+            reply = {"error": repr(exc)}
         replies.write(json.dumps(reply) + "\n")
     return 0

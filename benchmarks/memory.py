@@ -1,0 +1,196 @@
+"""Host memory of the plumbing a kernel adds, per kernel, at N concurrent kernels.
+
+benchmarks/run.py calls plumbing() once per kernelspec and kernel count, in the process of
+the source tree under test (this one, or the baseline's worker: see worker.py). It starts
+N kernels a few at a time, waits for each one's first kernel_info reply, and then sums
+RSS and PSS over every host process the kernels added:
+
+- which processes: those whose environment carries this client's JDK_BENCH_TAG (the
+  launcher, its `docker run`, forked watchdogs, the provisioner's lifeline watchdog and
+  its `docker run -i`/`docker wait`, detached pool refills, a resident helper started on
+  demand: all inherit the client's environment), minus the client itself and minus
+  processes inside a container's cgroup (the kernel's own; the engine does not pass the
+  host's environment in, but a shared PID namespace or `--env-host` would).
+- RSS (VmRSS of /proc/PID/status) counts shared pages (libpython, the docker binary) in
+  full in every process; PSS (/proc/PID/smaps_rollup) divides each shared page among the
+  processes that map it, so N kernels' PSS sums to what they really cost together.
+
+Engine processes (dockerd, containerd, the per-container shim) are not ours and not
+counted: they do not inherit our environment. For the provisioner the client's own RSS
+growth per kernel is reported too (its relay threads and sockets live in the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: The environment variable that marks every host process started for one client.
+TAG_VAR = "JDK_BENCH_TAG"
+#: A cgroup path that belongs to a container (cgroup v1 `/docker/<id>`, the systemd
+#: driver's `docker-<id>.scope`, Podman's `libpod-<id>`, containerd's and CRI-O's).
+_CONTAINER_CGROUP = re.compile(r"(docker|libpod|containerd|crio)[-/][0-9a-f]{12,}")
+#: Command lines of processes that end on their own after a kernel stopped (a refill, a
+#: launcher still removing its container): plumbing() waits for them before it counts.
+_TRANSIENT = (b"jupyter_docker_kernel.pool", b"jupyter_docker_kernel.launcher", b"ipykernel")
+
+
+@dataclass(frozen=True)
+class HostProcess:
+    """One host process of ours, with its memory in KiB."""
+
+    pid: int
+    argv0: str
+    rss_kib: int
+    pss_kib: int
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def container_cgroup(text: str) -> bool:
+    """Whether /proc/PID/cgroup's text names a container's cgroup."""
+    return any(_CONTAINER_CGROUP.search(line) for line in text.splitlines())
+
+
+def in_container(pid: int) -> bool:
+    """Whether the process is in a container's cgroup (then it is the kernel's, not ours)."""
+    try:
+        return container_cgroup(_read(f"/proc/{pid}/cgroup").decode(errors="replace"))
+    except OSError:
+        return False
+
+
+def _kib(text: str, field: str) -> int:
+    for line in text.splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def tagged(tag: str, exclude: set[int]) -> list[tuple[int, bytes]]:
+    """(pid, cmdline) of the host processes whose environment has TAG_VAR=tag."""
+    marker = f"{TAG_VAR}={tag}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in exclude:
+            continue
+        try:
+            environ = _read(f"/proc/{entry}/environ").split(b"\0")
+            cmdline = _read(f"/proc/{entry}/cmdline")
+        except OSError:
+            continue  # gone, or not ours to read
+        if marker in environ and not in_container(int(entry)):
+            found.append((int(entry), cmdline))
+    return found
+
+
+def host_processes(tag: str, exclude: set[int]) -> list[HostProcess]:
+    """The tagged host processes with their RSS and PSS (KiB); vanished ones are skipped."""
+    procs = []
+    for pid, cmdline in tagged(tag, exclude):
+        try:
+            rss = _kib(_read(f"/proc/{pid}/status").decode(), "VmRSS:")
+            pss = _kib(_read(f"/proc/{pid}/smaps_rollup").decode(), "Pss:")
+        except OSError:
+            continue
+        argv0 = Path(cmdline.split(b"\0")[0].decode(errors="replace")).name
+        procs.append(HostProcess(pid, argv0, rss, pss))
+    return procs
+
+
+def own_rss_kib() -> int:
+    return _kib(Path("/proc/self/status").read_text(), "VmRSS:")
+
+
+def wait_quiet(tag: str, exclude: set[int], timeout: float = 20.0) -> None:
+    """Wait until no tagged refill, launcher or kernel of an earlier measurement is left,
+    so that it is not counted as this one's (a resident helper may stay: it is counted)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [
+            cmd
+            for _, cmd in tagged(tag, exclude)
+            if any(t in cmd for t in _TRANSIENT) or cmd.startswith(b"docker")
+        ]
+        if not left:
+            return
+        time.sleep(0.5)
+
+
+async def _start_many(kernel: str, count: int, batch: int, cwd: str) -> list[tuple[Any, Any]]:
+    """Start `count` kernels, `batch` at a time, each until its first kernel_info reply.
+
+    Every manager is recorded before it starts, so that a failure stops all started ones.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    running: list[list[Any]] = []  # [manager, client or None], in start order
+
+    async def one() -> None:
+        entry: list[Any] = [AsyncKernelManager(kernel_name=kernel), None]
+        running.append(entry)
+        await entry[0].start_kernel(cwd=cwd)
+        entry[1] = entry[0].client()
+        entry[1].start_channels()
+        await entry[1].wait_for_ready(timeout=180)
+
+    try:
+        for first in range(0, count, batch):
+            await asyncio.gather(*(one() for _ in range(min(batch, count - first))))
+    except BaseException:
+        await _stop_all([(km, kc) for km, kc in running], batch)
+        raise
+    return [(km, kc) for km, kc in running]
+
+
+async def _stop_all(kernels: list[tuple[Any, Any]], batch: int) -> None:
+    async def one(km: Any, kc: Any) -> None:
+        if kc is not None:
+            kc.stop_channels()
+        await km.shutdown_kernel(now=False)  # cleans its resources up too
+
+    for first in range(0, len(kernels), batch):
+        await asyncio.gather(
+            *(one(km, kc) for km, kc in kernels[first : first + batch]), return_exceptions=True
+        )
+
+
+def plumbing(kernel: str, count: int, batch: int, cwd: str, settle: float) -> dict[str, Any]:
+    """Per-kernel host memory (MiB) with `count` kernels of `kernel` running at once.
+
+    Returns rss, pss (sums over our host processes, divided by count), processes (host
+    processes per kernel), client_rss (this client's RSS growth per kernel) and, for the
+    record, the processes of the sample by name.
+    """
+    tag = os.environ[TAG_VAR]
+    me = {os.getpid()}
+    wait_quiet(tag, me)
+    before = own_rss_kib()
+
+    async def measure() -> tuple[list[HostProcess], int]:
+        kernels = await _start_many(kernel, count, batch, cwd)
+        try:
+            await asyncio.sleep(settle)  # let a refill or a lifeline child come up
+            return host_processes(tag, me), own_rss_kib()
+        finally:
+            await _stop_all(kernels, batch)
+
+    procs, after = asyncio.run(measure())
+    names: dict[str, int] = {}
+    for p in procs:
+        names[p.argv0] = names.get(p.argv0, 0) + 1
+    return {
+        "rss": sum(p.rss_kib for p in procs) / 1024 / count,
+        "pss": sum(p.pss_kib for p in procs) / 1024 / count,
+        "processes": len(procs) / count,
+        "client_rss": (after - before) / 1024 / count,
+        "names": names,
+    }

@@ -1,0 +1,107 @@
+"""The benchmark's own machinery (benchmarks/): table, process accounting, baseline worker.
+
+No engine: these check what scripts/bench computes, not what it measures.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from benchmarks import memory, run, worker
+
+
+def test_p90_and_summary() -> None:
+    series = run.Series([float(x) for x in range(1, 11)])
+    assert series.median == 5.5
+    assert series.p90 == pytest.approx(9.1)
+    assert run.Series([2.0]).p90 == 2.0
+    assert run.Series([1.0, 3.0]).summary()["p90"] == pytest.approx(2.8)
+
+
+def test_counts() -> None:
+    assert run.counts("1,10,50") == [1, 10, 50]
+    assert run.counts("0") == []
+    assert run.counts("") == []
+    with pytest.raises(Exception, match="1,10,50"):
+        run.counts("ten")
+
+
+def test_table_puts_the_baseline_under_its_kernel_with_the_ratio() -> None:
+    def s(median: float) -> dict[str, float]:
+        return {"min": median, "median": median, "p90": median, "max": median, "n": 1}
+
+    result = {
+        "rows": {
+            "b2b": {
+                "metric": "back to back",
+                "unit": "s",
+                "series": {"pooled@base": s(0.4), "native": s(0.5), "pooled": s(0.2)},
+            }
+        }
+    }
+    lines = run.table(result).splitlines()[2:]
+    assert [line[51:74].strip() for line in lines] == ["native", "pooled", "pooled@base"]
+    pooled = next(line for line in lines if " pooled " in line)
+    assert "x0.50" in pooled  # new/base: 0.2 / 0.4
+    assert "x0.40 (p90 x0.40)" in pooled  # vs native, median and p90
+
+
+@pytest.mark.parametrize(
+    ("text", "inside"),
+    [
+        ("12:memory:/docker/" + "a" * 64 + "\n1:name=systemd:/docker/" + "a" * 64, True),
+        ("0::/system.slice/docker-" + "b" * 64 + ".scope", True),
+        ("0::/machine.slice/libpod-" + "c" * 64 + ".scope/container", True),
+        ("0::/user.slice/user-1000.slice/session-2.scope", False),
+        ("9:name=systemd:/\n8:pids:/", False),
+        ("0::/system.slice/docker.service", False),  # dockerd itself: not a container
+    ],
+)
+def test_container_cgroup(text: str, inside: bool) -> None:
+    assert memory.container_cgroup(text) is inside
+
+
+@pytest.fixture
+def tagged_sleep() -> Iterator[subprocess.Popen[bytes]]:
+    env = os.environ | {memory.TAG_VAR: f"test-{os.getpid()}"}
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    time.sleep(0.3)  # exec'd: its environ is the new one
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_tagged_host_processes_are_found_with_rss_and_pss(
+    tagged_sleep: subprocess.Popen[bytes],
+) -> None:
+    tag = f"test-{os.getpid()}"
+    found = memory.host_processes(tag, exclude={os.getpid()})
+    assert [p.pid for p in found] == [tagged_sleep.pid]
+    assert found[0].rss_kib > 1000
+    assert 0 < found[0].pss_kib <= found[0].rss_kib
+    assert memory.host_processes(tag, exclude={tagged_sleep.pid}) == []
+    assert memory.host_processes(tag + "-other", exclude=set()) == []
+
+
+def test_worker_runs_operations_and_reports_their_errors() -> None:
+    tree = worker.Tree.spawn("base", sys.executable, {})
+    try:
+        assert tree.suffix == "@base"
+        assert tree.call("drain_pools", kernels=[]) == 0
+        with pytest.raises(RuntimeError, match="drain_pools failed in the base tree: TypeError"):
+            tree.call("drain_pools", bogus=1)
+        assert tree.call("drain_pools", kernels=[]) == 0  # still serving after an error
+    finally:
+        tree.close()
+    assert tree.worker is not None
+    assert tree.worker.returncode == 0
+
+
+def test_baseline_that_is_neither_a_path_nor_a_revision() -> None:
+    with pytest.raises(SystemExit, match="neither a directory nor a git revision"):
+        worker.prepare_baseline("no-such-revision-or-dir", None)

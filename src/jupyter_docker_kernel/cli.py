@@ -453,8 +453,9 @@ def settings_from_args(
     for m in mounts:
         if not m.template and not os.path.exists(m.source):
             raise SettingsError(
-                f"--mount source {m.source} does not exist. No kernelspec was written. "
-                "Create it first, or fix the path."
+                f"--mount source {m.source} does not exist",
+                "No kernelspec was written",
+                "Create it first, or fix the path.",
             )
     if args.copy_workdir or args.no_workdir:
         values["workdir"] = "copy" if args.copy_workdir else "none"
@@ -491,8 +492,9 @@ def check_workdir_root(settings: KernelSettings) -> None:
         return
     if not os.path.isdir(root):
         raise SettingsError(
-            f"--workdir-root {root} is not a directory. No kernelspec was written. "
-            "Create it, or give the project's directory."
+            f"--workdir-root {root} is not a directory",
+            "No kernelspec was written",
+            "Create it, or give the project's directory.",
         )
     for path in dict.fromkeys((root, os.path.realpath(root))):
         why = workdir.refusal(
@@ -502,8 +504,9 @@ def check_workdir_root(settings: KernelSettings) -> None:
         )
         if why:
             raise SettingsError(
-                f"--workdir-root {path} {why}. No kernelspec was written. Give the "
-                "project's own directory (one that holds your notebooks and their data)."
+                f"--workdir-root {path} {why}",
+                "No kernelspec was written",
+                "Give the project's own directory (one that holds your notebooks and their data).",
             )
 
 
@@ -521,8 +524,9 @@ def with_image_kernel(
     """
     if settings.kernel_cmd:
         raise SettingsError(
-            "--kernel-spec-in-image and --kernel-cmd both name the kernel's command. "
-            "No kernelspec was written. Pass only one of them."
+            "--kernel-spec-in-image and --kernel-cmd both name the kernel's command",
+            "No kernelspec was written",
+            "Pass only one of them.",
         )
     prefix, specs = image_kernels.find_in_image(engine, settings, probe_user())
     spec = image_kernels.pick(specs, name, settings.image)
@@ -546,9 +550,11 @@ def check_image(
     if settings.runtime and settings.runtime not in engine.runtimes():
         raise SettingsError(
             f"The engine has no runtime '{settings.runtime}' (it has: "
-            f"{', '.join(sorted(engine.runtimes()))}). No kernelspec was written. Register "
+            f"{', '.join(sorted(engine.runtimes()))})",
+            "No kernelspec was written",
+            "Register "
             "it in /etc/docker/daemon.json (scripts/bootstrap-engine --runsc does this for "
-            "gVisor) and restart the engine."
+            "gVisor) and restart the engine.",
         )
     image = engine.require_image(settings.image)
     path = readiness.image_path(image, settings)
@@ -556,10 +562,10 @@ def check_image(
     found = readiness.probe(engine, settings, runtime_base(), path)
     failure = found.failure
     if failure is not None:
-        fix = f" To fix: {failure.fix}." if failure.fix else ""
         raise ImageError(
-            f"A kernel could not start with these settings: {failure.detail}. "
-            f"No kernelspec was written.{fix}"
+            f"A kernel could not start with these settings: {failure.detail}",
+            "No kernelspec was written",
+            f"To fix: {failure.fix}" if failure.fix else "",
         )
     return found, findings
 
@@ -582,7 +588,7 @@ def check_loosenings(
     refused = [f for f in findings if f.refused]
     if refused and not force:
         raise SettingsError(
-            f"{refused[0].message}. No kernelspec was written. Add --force if you mean it."
+            f"{refused[0].message}", "No kernelspec was written", "Add --force if you mean it."
         )
     return findings
 
@@ -607,8 +613,10 @@ def engine_settings(engine: Engine, settings: KernelSettings) -> KernelSettings:
         raise SettingsError(
             "Podman runs rootless on cgroup v1 here, where it ignores memory, CPU and "
             "process limits ('Resource limits are not supported and ignored on cgroups V1 "
-            "rootless systems'). No kernelspec was written. Use rootful Podman "
-            "(scripts/bootstrap-podman as root), Docker, or a host with cgroup v2."
+            "rootless systems')",
+            "No kernelspec was written",
+            "Use rootful Podman "
+            "(scripts/bootstrap-podman as root), Docker, or a host with cgroup v2.",
         )
     host = settings.engine_host or os.environ.get("DOCKER_HOST") or None
     docker_args = settings.docker_args
@@ -629,8 +637,9 @@ def replaced_spec(
     the defaults is what --replace used to do."""
     if args.reset and not args.replace:
         raise SettingsError(
-            "--reset only applies with --replace (it drops the replaced spec's settings). "
-            "No kernelspec was written. Add --replace, or leave --reset out."
+            "--reset only applies with --replace (it drops the replaced spec's settings)",
+            "No kernelspec was written",
+            "Add --replace, or leave --reset out.",
         )
     if not args.replace:
         return None
@@ -643,8 +652,9 @@ def replaced_spec(
             return None
         raise KernelSpecError(
             f"The kernelspec being replaced ({target}) is broken: {sentence(info.error)} "
-            "Its settings cannot be kept. No kernelspec was written. Add --reset to write "
-            "it from the options given (and the defaults) alone."
+            "Its settings cannot be kept",
+            "No kernelspec was written",
+            "Add --reset to write it from the options given (and the defaults) alone.",
         )
     return info.settings, json.loads((target / "kernel.json").read_text())
 
@@ -700,8 +710,9 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         grading.check_timeout(timeout, settings.max_lifetime)
     elif args.cell_timeout is not None:
         raise SettingsError(
-            "--cell-timeout only sets the nbgrader_config.py lines. No kernelspec was written. "
-            "Add --for-nbgrader, or leave it out."
+            "--cell-timeout only sets the nbgrader_config.py lines",
+            "No kernelspec was written",
+            "Add --for-nbgrader, or leave it out.",
         )
     if args.write_nbgrader_config:
         grading.check_config_file(args.write_nbgrader_config)
@@ -719,8 +730,9 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         settings = with_image_id(engine, settings, pin=args.pin)
     elif args.pin:
         raise SettingsError(
-            "--pin records the image's ID, which needs the engine that --skip-checks does not "
-            "ask. No kernelspec was written. Leave out one of them."
+            "--pin records the image's ID, which needs the engine that --skip-checks does not ask",
+            "No kernelspec was written",
+            "Leave out one of them.",
         )
     else:
         # Unchecked: no ID to record (one kept from a replaced spec would be stale).

@@ -165,12 +165,6 @@ def run_checks(engine: Engine, name: str | None = None, *, probe: bool = True) -
     return report
 
 
-def split_advice(message: str, marker: str) -> tuple[str, str]:
-    """Our errors read 'what happened. <marker> what to do.': (what happened, what to do)."""
-    what, found, advice = message.partition(f" {marker}")
-    return what.strip(), advice.strip() if found else ""
-
-
 def _check_engine(engine: Engine, add: Callable[..., None]) -> dict[str, Any] | None:
     """The engine CLI on PATH, then the engine answering; returns `docker info` or None."""
     path = shutil.which(engine.command)
@@ -189,12 +183,11 @@ def _check_engine(engine: Engine, add: Callable[..., None]) -> dict[str, Any] | 
     try:
         info = engine.info(timeout=30)
     except DockerKernelError as exc:
-        detail, advice = split_advice(str(exc), "Nothing was done.")
         add(
             "engine",
             "FAIL",
-            detail,
-            advice
+            exc.what,
+            exc.fix
             or f"start the engine (as root: scripts/bootstrap-engine) or point DOCKER_HOST at "
             f"one that runs; '{engine.command} info' shows what is wrong",
         )
@@ -242,12 +235,11 @@ def _check_runtime_dir(add: Callable[..., None]) -> Path | None:
     try:
         base, why = runtime_base_choice()
     except DockerKernelError as exc:
-        detail, advice = split_advice(str(exc), "No kernel was started.")
         add(
             "runtime dir",
             "FAIL",
-            detail,
-            advice or "remove it, or set XDG_RUNTIME_DIR to a private directory of yours",
+            exc.what,
+            exc.fix or "remove it, or set XDG_RUNTIME_DIR to a private directory of yours",
         )
         return None
     mode = base.stat().st_mode & 0o777

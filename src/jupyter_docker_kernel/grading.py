@@ -64,14 +64,16 @@ def check_config_file(path: Path) -> None:
     """Fail unless write_config_file(path) can add our lines without changing the user's."""
     if path.is_dir():
         raise SettingsError(
-            f"--write-nbgrader-config {path} is a directory. No kernelspec was written. "
-            "Name the file, e.g. nbgrader_config.py."
+            f"--write-nbgrader-config {path} is a directory",
+            "No kernelspec was written",
+            "Name the file, e.g. nbgrader_config.py.",
         )
     if not path.exists():
         if not path.parent.is_dir():
             raise SettingsError(
-                f"--write-nbgrader-config: directory {path.parent} does not exist. "
-                "No kernelspec was written. Create it first, or fix the path."
+                f"--write-nbgrader-config: directory {path.parent} does not exist",
+                "No kernelspec was written",
+                "Create it first, or fix the path.",
             )
         return
     clashes = [

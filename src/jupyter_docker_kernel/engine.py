@@ -263,9 +263,9 @@ class Engine:
         if data is None:
             raise ImageError(
                 f"Image '{ref}' is not present in the container engine, and kernels never "
-                "pull (a missing image is an error, not a registry lookup). "
-                f"Build the default image with 'jupyter-docker-kernel image build', or run "
-                f"'{self.command} pull {ref}' where a registry is reachable."
+                "pull (a missing image is an error, not a registry lookup)",
+                fix="Build the default image with 'jupyter-docker-kernel image build', or run "
+                f"'{self.command} pull {ref}' where a registry is reachable",
             )
         return data
 

@@ -114,7 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and engine calls")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_setup_command(sub)
+    add_image_commands(sub)
+    add_gc_command(sub)
+    add_manage_commands(sub)
+    add_debug_everywhere(parser)
+    return parser
 
+
+def add_setup_command(sub: argparse._SubParsersAction[Parser]) -> None:
+    """setup: write a kernelspec (setup.py does the checks, cmd_setup prints)."""
     setup = sub.add_parser(
         "setup",
         help="write a kernelspec whose kernel runs in a container",
@@ -269,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     setup.set_defaults(func=cmd_setup)
 
+
+def add_image_commands(sub: argparse._SubParsersAction[Parser]) -> None:
+    """image build / kernels / check: the kernel image (image.py, image_kernels.py,
+    image_check.py)."""
     image = sub.add_parser("image", help="build the default kernel image offline")
     image_sub = image.add_subparsers(dest="image_command", metavar="ACTION")
     build = image_sub.add_parser(
@@ -337,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("--json", action="store_true", help="print JSON instead of text")
     checking.set_defaults(func=cmd_image_check)
 
+
+def add_gc_command(sub: argparse._SubParsersAction[Parser]) -> None:
+    """gc: remove what launchers that are gone left behind (reaper.py)."""
     gc = sub.add_parser("gc", help="remove containers and files of launchers that are gone")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     gc.add_argument(
@@ -349,9 +365,6 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_engine_options(gc)
     gc.set_defaults(func=cmd_gc)
-    add_manage_commands(sub)
-    add_debug_everywhere(parser)
-    return parser
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:

@@ -91,9 +91,10 @@ class Engine:
         path = shutil.which(self.command)
         if path is None:
             raise EngineError(
-                f"The container engine command '{self.command}' was not found on PATH. "
-                "Nothing was started. Install Docker (on Debian as root: "
-                "scripts/bootstrap-engine) or set JUPYTER_DOCKER_KERNEL_ENGINE to its CLI."
+                f"The container engine command '{self.command}' was not found on PATH",
+                "Nothing was started",
+                "Install Docker (on Debian as root: scripts/bootstrap-engine) or set "
+                "JUPYTER_DOCKER_KERNEL_ENGINE to its CLI.",
             )
         return path
 

@@ -83,10 +83,10 @@ def check_config_file(path: Path) -> None:
     ]
     if clashes:
         raise SettingsError(
-            f"{path} already sets what setup would write ({'; '.join(clashes)}). "
-            "No kernelspec was written and the file was not changed. "
+            f"{path} already sets what setup would write ({'; '.join(clashes)})",
+            "No kernelspec was written and the file was not changed",
             "Remove those lines and run setup again, or leave out "
-            "--write-nbgrader-config and edit the file by hand."
+            "--write-nbgrader-config and edit the file by hand.",
         )
 
 

@@ -450,8 +450,9 @@ class KernelSettings:
         if templates and self.pool:
             raise SettingsError(
                 f"--mount {templates[0].to_spec()} is filled in at each start, and a warm "
-                "container (--pool) is started before the notebook is known. No kernelspec "
-                "was written. Drop one of them."
+                "container (--pool) is started before the notebook is known",
+                "No kernelspec was written",
+                "Drop one of them.",
             )
 
     def command(self) -> tuple[str, ...]:

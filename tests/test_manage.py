@@ -113,16 +113,6 @@ def test_report_is_ok_with_warnings_and_skips_but_not_with_a_failure() -> None:
     assert [c["status"] for c in data["checks"]] == ["OK", "WARN", "FAIL"]
 
 
-def test_split_advice_separates_what_happened_from_what_to_do() -> None:
-    """Our one-line errors become a detail and a fix; without the marker, no fix."""
-    message = "Permission denied (x). Nothing was done. Add your user to the 'docker' group."
-    assert doctor.split_advice(message, "Nothing was done.") == (
-        "Permission denied (x).",
-        "Add your user to the 'docker' group.",
-    )
-    assert doctor.split_advice("It failed.", "Nothing was done.") == ("It failed.", "")
-
-
 def test_show_args_are_the_launchers_hardened_run_args() -> None:
     """effective_args is hardening.run_args for a placeholder kernel, plus the cidfile."""
     args = manage.effective_args(KernelSettings(image="img:1", memory="1g"), workdir="/nb")

@@ -25,34 +25,27 @@ from jupyter_docker_kernel import (
     doctor,
     grading,
     hardening,
-    hostpython,
     image_kernels,
     kernelspec,
     manage,
     pool,
-    readiness,
     reaper,
     running,
-    workdir,
 )
+from jupyter_docker_kernel import setup as setup_mod
 from jupyter_docker_kernel.engine import Engine, podman_socket
 from jupyter_docker_kernel.errors import (
     DockerKernelError,
-    ImageError,
     KernelSpecError,
     SettingsError,
 )
 from jupyter_docker_kernel.kernel_log import printable as launcher_printable
-from jupyter_docker_kernel.rundir import runtime_base
 from jupyter_docker_kernel.settings import (
     DEFAULT_IMAGE,
-    OWNER_USER,
     KernelSettings,
     Mount,
-    option,
     parse_env,
 )
-from jupyter_docker_kernel.workdir import NBGRADER_MARKERS
 
 DEFAULTS = KernelSettings()  # built-in values, for the help text
 #: Setting fields that `setup` exposes one to one as options: (flag, field, type, help).
@@ -121,7 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and engine calls")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_setup_command(sub)
+    add_image_commands(sub)
+    add_gc_command(sub)
+    add_manage_commands(sub)
+    add_debug_everywhere(parser)
+    return parser
 
+
+def add_setup_command(sub: argparse._SubParsersAction[Parser]) -> None:
+    """setup: write a kernelspec (setup.py does the checks, cmd_setup prints)."""
     setup = sub.add_parser(
         "setup",
         help="write a kernelspec whose kernel runs in a container",
@@ -276,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     setup.set_defaults(func=cmd_setup)
 
+
+def add_image_commands(sub: argparse._SubParsersAction[Parser]) -> None:
+    """image build / kernels / check: the kernel image (image.py, image_kernels.py,
+    image_check.py)."""
     image = sub.add_parser("image", help="build the default kernel image offline")
     image_sub = image.add_subparsers(dest="image_command", metavar="ACTION")
     build = image_sub.add_parser(
@@ -344,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("--json", action="store_true", help="print JSON instead of text")
     checking.set_defaults(func=cmd_image_check)
 
+
+def add_gc_command(sub: argparse._SubParsersAction[Parser]) -> None:
+    """gc: remove what launchers that are gone left behind (reaper.py)."""
     gc = sub.add_parser("gc", help="remove containers and files of launchers that are gone")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     gc.add_argument(
@@ -356,9 +365,6 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_engine_options(gc)
     gc.set_defaults(func=cmd_gc)
-    add_manage_commands(sub)
-    add_debug_everywhere(parser)
-    return parser
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -454,8 +460,9 @@ def settings_from_args(
     for m in mounts:
         if not m.template and not os.path.exists(m.source):
             raise SettingsError(
-                f"--mount source {m.source} does not exist. No kernelspec was written. "
-                "Create it first, or fix the path."
+                f"--mount source {m.source} does not exist",
+                "No kernelspec was written",
+                "Create it first, or fix the path.",
             )
     if args.copy_workdir or args.no_workdir:
         values["workdir"] = "copy" if args.copy_workdir else "none"
@@ -479,276 +486,43 @@ def settings_from_args(
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},
     }
     values.update({k: v for k, v in given.items() if v is not None})
-    settings = KernelSettings(**values)
-    check_workdir_root(settings)
-    return settings
+    return KernelSettings(**values)
 
 
-def check_workdir_root(settings: KernelSettings) -> None:
-    """A fixed --workdir-root PATH is known now: refuse it as a kernel start would
-    (workdir.refusal), and when it is not a directory. git and ..N depend on the notebook."""
-    root = settings.workdir_root
-    if not root or not root.startswith("/"):
-        return
-    if not os.path.isdir(root):
-        raise SettingsError(
-            f"--workdir-root {root} is not a directory. No kernelspec was written. "
-            "Create it, or give the project's directory."
-        )
-    for path in dict.fromkeys((root, os.path.realpath(root))):
-        why = workdir.refusal(
-            path,
-            home=os.path.expanduser("~"),
-            sockets=workdir.engine_sockets(Engine(host=settings.engine_host)),
-        )
-        if why:
-            raise SettingsError(
-                f"--workdir-root {path} {why}. No kernelspec was written. Give the "
-                "project's own directory (one that holds your notebooks and their data)."
-            )
-
-
-def probe_user() -> str:
-    """The uid:gid probe containers run as: the caller's, never root."""
-    return "65534:65534" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
-
-
-def with_image_kernel(
-    engine: Engine, settings: KernelSettings, name: str
-) -> tuple[KernelSettings, image_kernels.ImageKernelSpec]:
-    """Settings whose kernel is the image's own kernelspec `name` (--kernel-spec-in-image).
-
-    Its argv becomes kernel_cmd; its env comes first, so the user's --env wins.
-    """
-    if settings.kernel_cmd:
-        raise SettingsError(
-            "--kernel-spec-in-image and --kernel-cmd both name the kernel's command. "
-            "No kernelspec was written. Pass only one of them."
-        )
-    prefix, specs = image_kernels.find_in_image(engine, settings, probe_user())
-    spec = image_kernels.pick(specs, name, settings.image)
-    env = dict(spec.env)
-    env.update(settings.env)
-    changed = dataclasses.replace(
-        settings,
-        kernel_cmd=image_kernels.command_for(spec, prefix),
-        kernel_spec_in_image=spec.name,
-        env=tuple(env.items()),
+def setup_request(args: argparse.Namespace) -> setup_mod.SetupRequest:
+    """The parsed `setup` options as setup.plan takes them."""
+    return setup_mod.SetupRequest(
+        name=kernelspec.validate_name(args.name),
+        settings=lambda defaults, previous: settings_from_args(args, defaults, previous),
+        user=args.user,
+        prefix=sys.prefix if args.sys_prefix else args.prefix,
+        replace=args.replace,
+        reset=args.reset,
+        for_nbgrader=bool(args.for_nbgrader or args.write_nbgrader_config),
+        write_nbgrader_config=args.write_nbgrader_config,
+        cell_timeout=args.cell_timeout,
+        kernel_spec_in_image=args.kernel_spec_in_image,
+        new_kernel_cmd=bool(args.kernel_cmd),
+        skip_checks=args.skip_checks,
+        force=args.force,
+        pin=args.pin,
+        podman=args.podman,
+        display_name=args.display_name,
+        interrupt_mode=args.interrupt_mode,
+        provisioner=bool(args.provisioner),
     )
-    return changed, spec
-
-
-def check_image(
-    engine: Engine, settings: KernelSettings, *, for_nbgrader: bool = False, force: bool = False
-) -> tuple[readiness.Probe, list[readiness.Finding]]:
-    """Fail unless the engine answers, the image exists, the settings loosen nothing setup
-    refuses (unless forced), and the kernel's real container runs (readiness.probe)."""
-    engine.info()
-    if settings.runtime and settings.runtime not in engine.runtimes():
-        raise SettingsError(
-            f"The engine has no runtime '{settings.runtime}' (it has: "
-            f"{', '.join(sorted(engine.runtimes()))}). No kernelspec was written. Register "
-            "it in /etc/docker/daemon.json (scripts/bootstrap-engine --runsc does this for "
-            "gVisor) and restart the engine."
-        )
-    image = engine.require_image(settings.image)
-    path = readiness.image_path(image, settings)
-    findings = check_loosenings(settings, engine, for_nbgrader, force, path)
-    found = readiness.probe(engine, settings, runtime_base(), path)
-    failure = found.failure
-    if failure is not None:
-        fix = f" To fix: {failure.fix}." if failure.fix else ""
-        raise ImageError(
-            f"A kernel could not start with these settings: {failure.detail}. "
-            f"No kernelspec was written.{fix}"
-        )
-    return found, findings
-
-
-def check_loosenings(
-    settings: KernelSettings,
-    engine: Engine,
-    for_nbgrader: bool,
-    force: bool,
-    image_path: tuple[str, ...] = (),
-) -> list[readiness.Finding]:
-    """readiness.loosenings; the first refused one is an error unless --force."""
-    findings = readiness.loosenings(
-        settings,
-        for_nbgrader=for_nbgrader,
-        engine_sockets=readiness.engine_sockets(engine),
-        image_path=image_path,
-        resolve=os.path.realpath,
-    )
-    refused = [f for f in findings if f.refused]
-    if refused and not force:
-        raise SettingsError(
-            f"{refused[0].message}. No kernelspec was written. Add --force if you mean it."
-        )
-    return findings
-
-
-def with_image_id(engine: Engine, settings: KernelSettings, *, pin: bool) -> KernelSettings:
-    """Record the ID the image has now (list and doctor warn when the tag moves); with
-    --pin, also refer to the image by that ID, so no rebuild or retag changes the kernel."""
-    image_id = str(engine.require_image(settings.image).get("Id", ""))
-    if not image_id.startswith("sha256:"):
-        return settings  # an engine that reports no content ID: nothing to record
-    image = image_id if pin else settings.image
-    return dataclasses.replace(settings, image=image, image_id=image_id)
-
-
-def engine_settings(engine: Engine, settings: KernelSettings) -> KernelSettings:
-    """Record which engine setup checked: Podman's API takes some options differently, and
-    the kernel must start where the image was found (DOCKER_HOST included)."""
-    if engine.kind() != "podman":
-        return settings
-    facts = engine.podman_host()
-    if facts.get("security", {}).get("rootless") and facts.get("cgroupVersion") == "v1":
-        raise SettingsError(
-            "Podman runs rootless on cgroup v1 here, where it ignores memory, CPU and "
-            "process limits ('Resource limits are not supported and ignored on cgroups V1 "
-            "rootless systems'). No kernelspec was written. Use rootful Podman "
-            "(scripts/bootstrap-podman as root), Docker, or a host with cgroup v2."
-        )
-    host = settings.engine_host or os.environ.get("DOCKER_HOST") or None
-    docker_args = settings.docker_args
-    if not any("nproc" in arg for arg in docker_args):
-        engine.require_image(settings.image)
-        nproc = engine.default_nproc(settings.image, settings.python)
-        if nproc is not None:
-            docker_args = (*docker_args, f"--ulimit=nproc={nproc}:{nproc}")
-    return dataclasses.replace(settings, engine="podman", engine_host=host, docker_args=docker_args)
-
-
-def replaced_spec(
-    name: str, args: argparse.Namespace, prefix: str | None
-) -> tuple[KernelSettings, dict[str, Any]] | None:
-    """The settings and kernel.json of the spec `setup --replace` overwrites, so that it
-    keeps them (unless --reset) and can say what changed; None: nothing of ours there. A
-    spec of ours too broken to read is an error without --reset: silently starting from
-    the defaults is what --replace used to do."""
-    if args.reset and not args.replace:
-        raise SettingsError(
-            "--reset only applies with --replace (it drops the replaced spec's settings). "
-            "No kernelspec was written. Add --replace, or leave --reset out."
-        )
-    if not args.replace:
-        return None
-    target = kernelspec.destination(name, user=args.user, prefix=prefix)
-    if not (target / "kernel.json").exists() or not kernelspec.is_ours(target):
-        return None
-    info = manage.read_spec(name, target)
-    if info.settings is None:
-        if args.reset:
-            return None
-        raise KernelSpecError(
-            f"The kernelspec being replaced ({target}) is broken: {sentence(info.error)} "
-            "Its settings cannot be kept. No kernelspec was written. Add --reset to write "
-            "it from the options given (and the defaults) alone."
-        )
-    return info.settings, json.loads((target / "kernel.json").read_text())
-
-
-def changes(old: KernelSettings, new: KernelSettings) -> list[str]:
-    """'--memory 2g -> 1g' for each setting that differs (env: names only; its values may
-    be secrets)."""
-    out = []
-    for f in dataclasses.fields(old):
-        before, after = getattr(old, f.name), getattr(new, f.name)
-        if before == after:
-            continue
-        if f.name == "env":
-            names = sorted({k for k, _ in set(before) ^ set(after)})
-            out.append(f"--env {', '.join(names)}")
-        elif f.name == "mounts":
-            out.append(
-                f"--mount {' '.join(m.to_spec() for m in before) or '(none)'} -> "
-                f"{' '.join(m.to_spec() for m in after) or '(none)'}"
-            )
-        else:
-            out.append(f"{option(f.name)} {show_value(before)} -> {show_value(after)}")
-    return out
-
-
-def show_value(value: Any) -> str:
-    if isinstance(value, tuple):
-        return shlex.join(value) or "(none)"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return "(none)" if value is None else str(value)
 
 
 def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
-    name = kernelspec.validate_name(args.name)
-    prefix = sys.prefix if args.sys_prefix else args.prefix
-    replaced = replaced_spec(name, args, prefix)
-    old_settings, old_json = replaced if replaced else (None, {})
-    previous = None if args.reset else old_settings
-    if args.reset:
-        old_json = {}
-    # The replaced spec's settings already hold what the config files said then.
-    defaults = config.ConfigDefaults({}, ()) if previous else config.load_defaults()
-    try:
-        settings = settings_from_args(args, defaults, previous)
-    except SettingsError as exc:
-        if not defaults.files:
-            raise
-        raise SettingsError(f"{exc} (Defaults came from {', '.join(defaults.files)}.)") from exc
-    for_nbgrader = bool(args.for_nbgrader or args.write_nbgrader_config)
-    timeout = grading.DEFAULT_TIMEOUT if args.cell_timeout is None else args.cell_timeout
-    if for_nbgrader:
-        grading.check_timeout(timeout, settings.max_lifetime)
-    elif args.cell_timeout is not None:
-        raise SettingsError(
-            "--cell-timeout only sets the nbgrader_config.py lines. No kernelspec was written. "
-            "Add --for-nbgrader, or leave it out."
-        )
-    if args.write_nbgrader_config:
-        grading.check_config_file(args.write_nbgrader_config)
-    versions = ""
-    if settings.engine_host and settings.engine_host != engine.host:
-        engine = Engine(engine.command, host=settings.engine_host)  # from a config file
-    in_image = None
-    if args.kernel_spec_in_image:
-        # Even with --skip-checks: the command can only come from the image.
-        settings, in_image = with_image_kernel(engine, settings, args.kernel_spec_in_image)
-    if not args.skip_checks:
-        settings = engine_settings(engine, settings)
-        found, findings = check_image(engine, settings, for_nbgrader=for_nbgrader, force=args.force)
-        versions = " ".join((found.python, found.ipykernel, found.release))
-        settings = with_image_id(engine, settings, pin=args.pin)
-    elif args.pin:
-        raise SettingsError(
-            "--pin records the image's ID, which needs the engine that --skip-checks does not "
-            "ask. No kernelspec was written. Leave out one of them."
-        )
-    else:
-        # Unchecked: no ID to record (one kept from a replaced spec would be stale).
-        settings = dataclasses.replace(settings, image_id="")
-        findings = check_loosenings(settings, engine, for_nbgrader, args.force)
-        if args.podman:
-            settings = dataclasses.replace(settings, engine="podman")
-    default_display = f"{in_image.display_name if in_image else name} (container)"
-    # What kernel.json holds beyond the settings is kept on --replace as well.
-    kept_language = None if args.kernel_cmd else old_json.get("language")
-    data = kernelspec.build_kernel_json(
-        settings,
-        display_name=args.display_name or old_json.get("display_name") or default_display,
-        interrupt_mode=args.interrupt_mode
-        or (in_image.interrupt_mode if in_image else old_json.get("interrupt_mode", "signal")),
-        language=in_image.language if in_image else kept_language,
-        provisioner=args.provisioner or "kernel_provisioner" in (old_json.get("metadata") or {}),
-        isolated=hostpython.isolated_import_works(sys.executable),
-    )
-    path = kernelspec.install(name, data, user=args.user, prefix=prefix, replace=args.replace)
-    print(f"Installed kernelspec {name} in {path}")
-    print_upgrades(kernelspec.upgrade_all())
-    if old_settings is not None:
-        changed = changes(old_settings, settings)
+    planned = setup_mod.plan(setup_request(args), engine)
+    done = setup_mod.write(planned)
+    name, settings, in_image = planned.request.name, planned.settings, planned.in_image
+    print(f"Installed kernelspec {name} in {done.path}")
+    print_upgrades(done.upgrades)
+    if done.changes is not None:
         print(
-            f"  changed: {'; '.join(changed)}"
-            if changed
+            f"  changed: {'; '.join(done.changes)}"
+            if done.changes
             else "  settings unchanged (--replace keeps what is not given; --reset does not)"
         )
     if name == kernelspec.NATIVE_KERNEL_NAME:
@@ -757,10 +531,10 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
             "that asks for python3 now runs in this container. Pick another --name to keep "
             "both."
         )
-    for used in defaults.files:
+    for used in planned.config_files:
         print(f"  defaults from {used}")
-    if versions:
-        py, ipk, release = [*versions.split(), "?", "?"][:3]
+    if planned.versions:
+        py, ipk, release = [*planned.versions.split(), "?", "?"][:3]
         runtime = f", runtime {settings.runtime} (kernel {release})" if settings.runtime else ""
         if in_image is None:
             print(f"  image {settings.image}: Python {py}, ipykernel {ipk}{runtime}")
@@ -796,26 +570,17 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         print(f"  engine {settings.engine} at {settings.engine_host or 'the default socket'}")
     if settings.kernel_transport == "tcp":
         print("  transport tcp on the container's loopback, bridged to unix sockets")
-    for m in settings.mounts:
-        exposed = [n for n in NBGRADER_MARKERS if os.path.lexists(os.path.join(m.source, n))]
-        if exposed and not m.read_only:
-            print(
-                f"  warning: --mount {m.to_spec()} exposes {', '.join(exposed)} writable "
-                "to the kernel; add :ro, or mount a directory without nbgrader's files."
-            )
-    for finding in findings:
-        print(f"  warning: {finding.message}{' (forced)' if finding.refused else ''}")
-    if os.getuid() == 0:
-        print(f"  {root_note(settings)}")
-    if for_nbgrader:
-        lines = grading.config_lines(name, timeout)
+    for warning in planned.warnings:
+        print(f"  warning: {warning}")
+    if planned.root_note:
+        print(f"  {planned.root_note}")
+    if planned.nbgrader_lines:
         target = args.write_nbgrader_config
         if target:
-            done = grading.write_config_file(target, lines)
-            print(f"{done} {target}:")
+            print(f"{done.nbgrader_written} {target}:")
         else:
             print("Add to nbgrader_config.py (or rerun with --write-nbgrader-config PATH):")
-        print("\n".join(f"  {line}" for line in lines))
+        print("\n".join(f"  {line}" for line in planned.nbgrader_lines))
         print("Then: nbgrader autograde ASSIGNMENT")
         return 0
     print("Use it with:")
@@ -836,28 +601,6 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         f"--ExecutePreprocessor.kernel_name={name}"
     )
     return 0
-
-
-def root_note(settings: KernelSettings) -> str:
-    """What a kernel started by root runs as, and what it can write, in plain words."""
-    if settings.kernel_user == OWNER_USER:
-        return (
-            "as root: each kernel runs as the uid:gid that owns the notebook's directory "
-            "(looked up at each start), so it writes there as that user; a directory root "
-            f"owns gets uid {hardening.ROOT_FALLBACK_USER} instead, never root."
-        )
-    if settings.kernel_user:
-        return f"as root: kernels run as {settings.kernel_user}, never as root."
-    where = {
-        "mount": "cannot write the notebook's directory unless that uid may (root's "
-        "directories, nbgrader's autograded/ included, it may not)",
-        "copy": "write a private copy of the notebook's directory",
-        "none": "have no notebook directory, only their private /tmp and HOME",
-    }[settings.workdir]
-    return (
-        f"note: as root, kernels run as uid:gid {hardening.ROOT_FALLBACK_USER} (never root) "
-        f"and {where}. To write next to the notebook as its owner, use --kernel-user owner."
-    )
 
 
 def cmd_image_build(args: argparse.Namespace, engine: Engine) -> int:
@@ -927,7 +670,7 @@ def cmd_image_check(args: argparse.Namespace, engine: Engine) -> int:
 
 def cmd_image_kernels(args: argparse.Namespace, engine: Engine) -> int:
     settings = KernelSettings(image=args.image, python=args.python)
-    _, specs = image_kernels.find_in_image(engine, settings, probe_user())
+    _, specs = image_kernels.find_in_image(engine, settings, setup_mod.probe_user())
     if not specs:
         print(f"Image {args.image} has no kernelspecs in Jupyter's data paths.")
     for spec in specs.values():

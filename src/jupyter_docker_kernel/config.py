@@ -113,18 +113,21 @@ def _load_file(
     path: Path, loader: type[PyFileConfigLoader | JSONFileConfigLoader]
 ) -> dict[str, Any]:
     """The KernelSettings keyword arguments one file sets; errors name the file."""
-    fix = "No kernelspec was written; fix the file or remove it."
+    # A lower-case fix continues the sentence: "No kernelspec was written; fix the file ..."
+    not_done, fix = "No kernelspec was written", "fix the file or remove it"
     try:
         cfg: Config = loader(path.name, path=str(path.parent)).load_config()
     except Exception as exc:  # SyntaxError, NameError, JSON errors: anything the file raises
         raise SettingsError(
-            f"Config file {path} could not be read ({_describe(exc)}). {fix}"
+            f"Config file {path} could not be read ({_describe(exc)})", not_done, fix
         ) from exc
     unknown_sections = sorted(set(cfg) - {SECTION})
     if unknown_sections:
         raise SettingsError(
             f"Config file {path} sets {', '.join(unknown_sections)}, but only "
-            f"c.{SECTION}.<setting> is read there. {fix}"
+            f"c.{SECTION}.<setting> is read there",
+            not_done,
+            fix,
         )
     section = cfg.get(SECTION, Config())
     names = DockerKernel.class_trait_names(config=True)
@@ -132,17 +135,21 @@ def _load_file(
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {SECTION}.{close[0]}?)" if close else ""
-            raise SettingsError(f"Config file {path} sets unknown {SECTION}.{key}{hint}. {fix}")
+            raise SettingsError(
+                f"Config file {path} sets unknown {SECTION}.{key}{hint}", not_done, fix
+            )
     try:
         configured = DockerKernel(config=cfg)
     except TraitError as exc:
-        raise SettingsError(f"Config file {path} has a bad value: {_describe(exc)}. {fix}") from exc
+        raise SettingsError(
+            f"Config file {path} has a bad value: {_describe(exc)}", not_done, fix
+        ) from exc
     values = {key: getattr(configured, key) for key in section}
     if "mounts" in values:
         try:
             values["mounts"] = tuple(Mount.parse(m, str(path.parent)) for m in values["mounts"])
         except SettingsError as exc:
-            raise SettingsError(f"Config file {path}: {_inner(exc)} {fix}") from exc
+            raise _in_file(path, exc, not_done, fix) from exc
     for key in ("kernel_cmd", "docker_args"):
         if key in values:
             values[key] = tuple(values[key])
@@ -153,7 +160,7 @@ def _load_file(
         # file or the command line; cli checks the merged settings again.
         KernelSettings(**{"workdir": "copy", **values})
     except SettingsError as exc:
-        raise SettingsError(f"Config file {path}: {_inner(exc)} {fix}") from exc
+        raise _in_file(path, exc, not_done, fix) from exc
     return values
 
 
@@ -165,6 +172,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _inner(exc: SettingsError) -> str:
-    """A settings error's message without its own 'nothing written' clause (we add ours)."""
-    return str(exc).replace(" No kernelspec was written.", "").rstrip()
+def _in_file(path: Path, exc: SettingsError, not_done: str, fix: str) -> SettingsError:
+    """A value KernelSettings refused, said of the file: "Config file PATH: what happened."
+    Its own advice (written for the command line) stays as detail; ours comes last."""
+    return SettingsError(f"Config file {path}: {exc.what}", not_done, fix, detail=exc.fix)

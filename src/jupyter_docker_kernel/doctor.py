@@ -163,12 +163,6 @@ def run_checks(engine: Engine, name: str | None = None, *, probe: bool = True) -
     return report
 
 
-def split_advice(message: str, marker: str) -> tuple[str, str]:
-    """Our errors read 'what happened. <marker> what to do.': (what happened, what to do)."""
-    what, found, advice = message.partition(f" {marker}")
-    return what.strip(), advice.strip() if found else ""
-
-
 def _check_engine(engine: Engine, add: Callable[..., None]) -> dict[str, Any] | None:
     """The engine CLI on PATH, then the engine answering; returns `docker info` or None."""
     path = shutil.which(engine.command)
@@ -187,12 +181,11 @@ def _check_engine(engine: Engine, add: Callable[..., None]) -> dict[str, Any] | 
     try:
         info = engine.info(timeout=30)
     except DockerKernelError as exc:
-        detail, advice = split_advice(str(exc), "Nothing was done.")
         add(
             "engine",
             "FAIL",
-            detail,
-            advice
+            exc.what,
+            exc.fix
             or f"start the engine (as root: scripts/bootstrap-engine) or point DOCKER_HOST at "
             f"one that runs; '{engine.command} info' shows what is wrong",
         )
@@ -236,16 +229,15 @@ def _check_runtimes(
 
 def _check_runtime_dir(add: Callable[..., None]) -> Path | None:
     """The launcher's private dir for kernel sockets: creatable, ours, mode 0700; WARN when
-    the usual place is taken and kernels use a fallback (launcher.runtime_base_choice)."""
+    the usual place is taken and kernels use a fallback (rundir.runtime_base_choice)."""
     try:
         base, why = runtime_base_choice()
     except DockerKernelError as exc:
-        detail, advice = split_advice(str(exc), "No kernel was started.")
         add(
             "runtime dir",
             "FAIL",
-            detail,
-            advice or "remove it, or set XDG_RUNTIME_DIR to a private directory of yours",
+            exc.what,
+            exc.fix or "remove it, or set XDG_RUNTIME_DIR to a private directory of yours",
         )
         return None
     mode = base.stat().st_mode & 0o777
@@ -444,17 +436,22 @@ def _check_launcher(spec: manage.SpecInfo, add: Callable[..., None]) -> None:
 
 
 def _probe_safely(engine: Engine, settings: KernelSettings, base: Path) -> ProbeResult:
-    """readiness.probe (setup's probe), with an engine or filesystem error as the kernel
-    check's FAIL."""
+    """readiness.verdict (setup's verdict: runtime, image, the probe of the kernel's real
+    docker run), every check listed, with an engine or filesystem error as the kernel
+    check's FAIL. The spec is written, so loosenings setup refuses were forced: WARN, and
+    listed once already by _check_spec (as "hardening", with doctor's own advice)."""
     started = time.monotonic()
     try:
         engine = engine_of(engine, settings)
-        image = engine.image_inspect(settings.image) or {}
-        found = readiness.probe(engine, settings, base, readiness.image_path(image, settings))
+        found = readiness.verdict(engine, settings, base, force=True)
     except (DockerKernelError, OSError) as exc:
         spent = time.monotonic() - started
         return [
             ("kernel", "FAIL", f"the probe container could not be run: {exc}", "", spent),
             ("sockets", "SKIP", "the probe container did not run", "", 0.0),
         ]
-    return [(r.name, r.status, r.detail, r.fix, r.seconds) for r in found.results]
+    return [
+        (r.name, r.status, r.detail, r.fix, r.seconds)
+        for r in found.results
+        if r.name != "hardening"
+    ]

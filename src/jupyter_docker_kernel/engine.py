@@ -20,10 +20,12 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
-from jupyter_docker_kernel.errors import EngineError, ImageError
+from jupyter_docker_kernel.errors import DockerKernelError, EngineError, ImageError
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
+
+_E = TypeVar("_E", bound=DockerKernelError)
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +95,10 @@ class Engine:
         path = shutil.which(self.command)
         if path is None:
             raise EngineError(
-                f"The container engine command '{self.command}' was not found on PATH. "
-                "Nothing was started. Install Docker (on Debian as root: "
-                "scripts/bootstrap-engine) or set JUPYTER_DOCKER_KERNEL_ENGINE to its CLI."
+                f"The container engine command '{self.command}' was not found on PATH",
+                "Nothing was started",
+                "Install Docker (on Debian as root: scripts/bootstrap-engine) or set "
+                "JUPYTER_DOCKER_KERNEL_ENGINE to its CLI.",
             )
         return path
 
@@ -184,16 +187,18 @@ class Engine:
         low = text.lower()
         if "permission denied" in low and "docker" in low and "sock" in low:
             return EngineError(
-                f"Permission denied talking to the container engine ({first_line(text)}). "
-                "Nothing was done. Add your user to the 'docker' group (then log in again) "
-                "or use a rootless engine via DOCKER_HOST."
+                f"Permission denied talking to the container engine ({first_line(text)})",
+                "Nothing was done",
+                "Add your user to the 'docker' group (then log in again) "
+                "or use a rootless engine via DOCKER_HOST",
             )
         if any(marker in low for marker in _UNREACHABLE_MARKERS) and "daemon" in low:
             host = self.host or os.environ.get("DOCKER_HOST", "the default socket")
             return EngineError(
-                f"Cannot reach the container engine at {host}: {first_line(text)} "
-                f"Nothing was done. Is it running? Try '{self.command} info', or start one "
-                "with scripts/bootstrap-engine."
+                f"Cannot reach the container engine at {host}: {first_line(text)}",
+                "Nothing was done",
+                f"Is it running? Try '{self.command} info', or start one "
+                "with scripts/bootstrap-engine",
             )
         return EngineError(
             f"'{self.command} {' '.join(args[:2])}' failed: {first_line(text) or 'no message'}"
@@ -263,9 +268,9 @@ class Engine:
         if data is None:
             raise ImageError(
                 f"Image '{ref}' is not present in the container engine, and kernels never "
-                "pull (a missing image is an error, not a registry lookup). "
-                f"Build the default image with 'jupyter-docker-kernel image build', or run "
-                f"'{self.command} pull {ref}' where a registry is reachable."
+                "pull (a missing image is an error, not a registry lookup)",
+                fix="Build the default image with 'jupyter-docker-kernel image build', or run "
+                f"'{self.command} pull {ref}' where a registry is reachable",
             )
         return data
 
@@ -403,9 +408,10 @@ def podman_socket() -> str:
         start = "systemctl --user start podman.socket (or: podman system service --time=0 &)"
     if not os.path.exists(path):
         raise EngineError(
-            f"No Podman API socket at {path}. Nothing was done. Start the service "
-            f"with `{start}` (scripts/bootstrap-podman does it as root), or pass "
-            "--engine-host with its address."
+            f"No Podman API socket at {path}",
+            "Nothing was done",
+            f"Start the service with `{start}` (scripts/bootstrap-podman does it as root), "
+            "or pass --engine-host with its address",
         )
     return f"unix://{path}"
 
@@ -416,10 +422,22 @@ MIN_MEMORY = 6 << 20
 _PYTHON_ENV = ("PATH", "PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "LD_PRELOAD", "LD_LIBRARY_PATH")
 
 
+class RunFailure(NamedTuple):
+    """Why a kernel's `docker run` failed: what happened and what to do. It unpacks as
+    (what, fix); the caller knows what was not done, so `error()` adds that."""
+
+    what: str
+    fix: str
+
+    def error(self, not_done: str, kind: type[_E]) -> _E:
+        """This failure as a `kind` error that says not_done ("No kernel was started")."""
+        return kind(self.what, not_done, self.fix)
+
+
 def explain_run_failure(
     text: str, code: int | None, settings: KernelSettings, image_path: Sequence[str] = ()
-) -> tuple[str, str]:
-    """(what happened, what to do) for a kernel's `docker run` that failed, naming the
+) -> RunFailure:
+    """What happened and what to do, for a kernel's `docker run` that failed, naming the
     setting at fault: the engine's own words say which limit or flag it refused, and the
     settings say which option put it there.
 
@@ -427,6 +445,13 @@ def explain_run_failure(
     the CLI's stderr; image_path is the image's PATH when known (it names a --mount that
     hides the image's Python).
     """
+    return RunFailure(*_explain(text, code, settings, image_path))
+
+
+def _explain(
+    text: str, code: int | None, settings: KernelSettings, image_path: Sequence[str]
+) -> tuple[str, str]:
+    """explain_run_failure's cases, one per engine refusal."""
     said = [
         x.strip() for x in text.splitlines() if x.strip() and not x.startswith(("Run '", "Usage:"))
     ]

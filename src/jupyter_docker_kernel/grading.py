@@ -64,14 +64,16 @@ def check_config_file(path: Path) -> None:
     """Fail unless write_config_file(path) can add our lines without changing the user's."""
     if path.is_dir():
         raise SettingsError(
-            f"--write-nbgrader-config {path} is a directory. No kernelspec was written. "
-            "Name the file, e.g. nbgrader_config.py."
+            f"--write-nbgrader-config {path} is a directory",
+            "No kernelspec was written",
+            "Name the file, e.g. nbgrader_config.py.",
         )
     if not path.exists():
         if not path.parent.is_dir():
             raise SettingsError(
-                f"--write-nbgrader-config: directory {path.parent} does not exist. "
-                "No kernelspec was written. Create it first, or fix the path."
+                f"--write-nbgrader-config: directory {path.parent} does not exist",
+                "No kernelspec was written",
+                "Create it first, or fix the path.",
             )
         return
     clashes = [
@@ -81,10 +83,10 @@ def check_config_file(path: Path) -> None:
     ]
     if clashes:
         raise SettingsError(
-            f"{path} already sets what setup would write ({'; '.join(clashes)}). "
-            "No kernelspec was written and the file was not changed. "
+            f"{path} already sets what setup would write ({'; '.join(clashes)})",
+            "No kernelspec was written and the file was not changed",
             "Remove those lines and run setup again, or leave out "
-            "--write-nbgrader-config and edit the file by hand."
+            "--write-nbgrader-config and edit the file by hand.",
         )
 
 

@@ -114,9 +114,9 @@ def command_for(spec: ImageKernelSpec, prefix: str) -> tuple[str, ...]:
     if not any(CONNECTION_FILE_PLACEHOLDER in arg for arg in spec.argv):
         raise KernelSpecError(
             f"The image's kernelspec '{spec.name}' has no {CONNECTION_FILE_PLACEHOLDER} in "
-            f"its argv ({' '.join(spec.argv)}), so its kernel could not find its sockets. "
-            "No kernelspec was written. Fix the kernel.json in the image, or pass "
-            "--kernel-cmd with the command spelled out."
+            f"its argv ({' '.join(spec.argv)}), so its kernel could not find its sockets",
+            "No kernelspec was written",
+            "Fix the kernel.json in the image, or pass --kernel-cmd with the command spelled out.",
         )
     return tuple(
         arg.replace("{resource_dir}", spec.resource_dir).replace("{prefix}", prefix)
@@ -152,8 +152,10 @@ def find_in_image(
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise ImageError(
             f"Image '{settings.image}' cannot run {settings.python} to list its kernelspecs "
-            f"(exit {proc.returncode}: {last}). No kernelspec was written. The supervisor "
+            f"(exit {proc.returncode}: {last})",
+            "No kernelspec was written",
+            "The supervisor "
             "that runs every kernel needs Python 3 in the image: install python3 there, or "
-            "pass --python PATH."
+            "pass --python PATH.",
         )
     return parse_listing(proc.stdout)

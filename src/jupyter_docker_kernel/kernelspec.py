@@ -46,8 +46,9 @@ def validate_name(name: str) -> str:
     """Jupyter's rule for kernel names (letters, digits, . _ -), lower-cased as Jupyter does."""
     if not _NAME.match(name):
         raise KernelSpecError(
-            f"Kernel name '{name}' may only contain letters, digits, '.', '_' and '-'. "
-            "No kernelspec was written. Example: --name course-py"
+            f"Kernel name '{name}' may only contain letters, digits, '.', '_' and '-'",
+            "No kernelspec was written",
+            "Example: --name course-py",
         )
     return name.lower()
 

@@ -221,13 +221,15 @@ def find(name: str) -> SpecInfo:
     other = KernelSpecManager().find_kernel_specs().get(key)
     if other is not None:
         raise KernelSpecError(
-            f"Kernelspec '{name}' in {other} was not written by jupyter-docker-kernel. "
-            f"Nothing was done. Use 'jupyter kernelspec' to manage it."
+            f"Kernelspec '{name}' in {other} was not written by jupyter-docker-kernel",
+            "Nothing was done",
+            "Use 'jupyter kernelspec' to manage it.",
         )
     known = ", ".join(sorted(ours)) or "none"
     raise KernelSpecError(
-        f"No kernelspec named '{name}' (ours: {known}). Nothing was done. "
-        "'jupyter-docker-kernel list' shows them."
+        f"No kernelspec named '{name}' (ours: {known})",
+        "Nothing was done",
+        "'jupyter-docker-kernel list' shows them.",
     )
 
 

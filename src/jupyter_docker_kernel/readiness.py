@@ -11,6 +11,9 @@
   interfaces), bind a unix socket in the runtime dir and serve the host one connection,
   the path every kernel's five channels take. A container the engine refuses is explained
   by engine.explain_run_failure, which names the option at fault.
+- `verdict(engine, settings, base)`: the one answer to "can this kernelspec start here",
+  from the kernel's real `docker run` arguments: runtime, image, loosenings, then the
+  probe. setup stops at its first FAIL (`first_fail=True`) and raises it; doctor lists them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any, Literal
 
 from jupyter_docker_kernel import hardening, workcopy
 from jupyter_docker_kernel.engine import Engine, explain_run_failure, first_line
+from jupyter_docker_kernel.errors import DockerKernelError, ImageError, SettingsError
 from jupyter_docker_kernel.hardening import SUPERVISOR_PATH
 from jupyter_docker_kernel.rundir import NAME_PREFIX, RunDir, process_start_time, remove_tree
 from jupyter_docker_kernel.settings import KernelSettings
@@ -306,6 +310,8 @@ class Result:
     detail: str
     fix: str = ""
     seconds: float = 0.0
+    #: A FAIL as the error setup raises (what and what to do; setup says what was not done).
+    error: DockerKernelError | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -567,3 +573,86 @@ def _kernel_verdict(
         if status == "WARN"
         else "the engine does not apply the hardening; check its configuration",
     )
+
+
+@dataclass
+class Verdict:
+    """Can a kernel with these settings start here: each check in order (runtime, image,
+    hardening, then the probe's kernel and sockets), the loosenings found, and the probe
+    (its versions) when it ran."""
+
+    results: list[Result] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    probe: Probe | None = None
+
+    @property
+    def failure(self) -> Result | None:
+        """The first FAIL (the one to fix), or None when the kernel can start."""
+        return next((r for r in self.results if r.status == "FAIL"), None)
+
+
+def verdict(
+    engine: Engine,
+    settings: KernelSettings,
+    base: Path,
+    *,
+    for_nbgrader: bool = False,
+    force: bool = False,
+    first_fail: bool = False,
+    run_probe: bool = True,
+) -> Verdict:
+    """The one verdict setup and doctor share, from the kernel's real `docker run`.
+
+    Checks, in order: the runtime is registered, the image is present, the settings loosen
+    nothing refused (unless `force`: then a refused one is a WARN), and the probe container
+    (`probe`) runs the kernel's command with every limit, mount and option. With
+    `first_fail` (setup) it returns at the first FAIL, whose `error` setup raises; without
+    (doctor) it goes on where it can. Raises only what the engine's absence or the
+    filesystem raise (DockerKernelError, OSError).
+    """
+    out = Verdict()
+    runtimes = engine.runtimes() if settings.runtime else set()
+    if settings.runtime and settings.runtime not in runtimes:
+        error = SettingsError(
+            f"The engine has no runtime '{settings.runtime}' (it has: "
+            f"{', '.join(sorted(runtimes))})",
+            fix="Register it in /etc/docker/daemon.json (scripts/bootstrap-engine --runsc does "
+            "this for gVisor) and restart the engine",
+        )
+        out.results.append(Result("runtime", "FAIL", error.what, error.fix, error=error))
+        return out  # no probe can run without its runtime
+    try:
+        image = engine.require_image(settings.image)
+    except ImageError as exc:
+        out.results.append(Result("image", "FAIL", exc.what, exc.fix, error=exc))
+        return out
+    path = image_path(image, settings)
+    out.findings = loosenings(
+        settings,
+        for_nbgrader=for_nbgrader,
+        engine_sockets=engine_sockets(engine),
+        image_path=path,
+        resolve=os.path.realpath,
+    )
+    refused = [f for f in out.findings if f.refused]
+    if refused and not force:
+        error = SettingsError(refused[0].message, fix="Add --force if you mean it")
+        out.results.append(Result("hardening", "FAIL", error.what, error.fix, error=error))
+        if first_fail:
+            return out
+    elif out.findings:
+        out.results.append(Result("hardening", "WARN", "; ".join(f.message for f in out.findings)))
+    if not run_probe:
+        return out
+    out.probe = probe(engine, settings, base, path)
+    for result in out.probe.results:
+        if result.status == "FAIL":
+            result = dataclasses.replace(
+                result,
+                error=ImageError(
+                    f"A kernel could not start with these settings: {result.detail}",
+                    fix=f"To fix: {result.fix}" if result.fix else "",
+                ),
+            )
+        out.results.append(result)
+    return out

@@ -170,8 +170,9 @@ def fallback_base(uid: int, why: str) -> Path:
     else:
         raise LaunchError(
             f"{why}, and no private directory could be made in {tmp} instead: "
-            f"{error.strerror if error else ''}. No kernel was started. Set XDG_RUNTIME_DIR "
-            "(or TMPDIR) to a private directory of yours."
+            f"{error.strerror if error else ''}",
+            "No kernel was started",
+            "Set XDG_RUNTIME_DIR (or TMPDIR) to a private directory of yours.",
         )
     found = oldest() or mine
     if found != mine:

@@ -109,8 +109,8 @@ def normalise_size(value: str, field: str) -> str:
     found = _DOCKER_SIZE.match(text)
     if not found:
         raise SettingsError(
-            f"{option(field)} '{value}' is not a size such as 512m, 2g or 2gb. "
-            "No kernelspec was written."
+            f"{option(field)} '{value}' is not a size such as 512m, 2g or 2gb",
+            "No kernelspec was written",
         )
     number = int(float(found.group(1)) * _UNITS[found.group(2).lower()])
     for unit in ("g", "m", "k"):
@@ -154,8 +154,9 @@ class Mount:
             mode = parts.pop()
         if len(parts) != 2 or not parts[0] or not parts[1]:
             raise SettingsError(
-                f"--mount '{text}' is not HOST:DEST or HOST:DEST:ro. No kernelspec was written. "
-                "Example: --mount ./data:/data:ro (paths containing ':' cannot be mounted)."
+                f"--mount '{text}' is not HOST:DEST or HOST:DEST:ro",
+                "No kernelspec was written",
+                "Example: --mount ./data:/data:ro (paths containing ':' cannot be mounted).",
             )
         host, dest = parts
         if host.startswith("{"):
@@ -172,9 +173,10 @@ class Mount:
             rest = source[len(template) :]
             if not template or (rest and not rest.startswith("/")):
                 raise SettingsError(
-                    f"--mount host path '{source}' starts with an unknown placeholder. "
-                    "No kernelspec was written. Use {project}/PATH or {notebook_dir}/PATH "
-                    "(filled in at each start), or an absolute path."
+                    f"--mount host path '{source}' starts with an unknown placeholder",
+                    "No kernelspec was written",
+                    "Use {project}/PATH or {notebook_dir}/PATH "
+                    "(filled in at each start), or an absolute path.",
                 )
             rest = _normalise(rest) if rest else ""
             source = template + ("" if rest == "/" else rest)
@@ -183,20 +185,24 @@ class Mount:
                 path = path[path.index("}") + 1 :] or "/"
             if not path.startswith("/"):
                 raise SettingsError(
-                    f"Mount {what} '{path}' must be absolute. No kernelspec was written."
+                    f"Mount {what} '{path}' must be absolute",
+                    "No kernelspec was written",
                 )
             if "," in path or "\n" in path:
                 raise SettingsError(
                     f"Mount {what} '{path}' contains ',' or a newline, which the engine's "
-                    "--mount syntax cannot carry. No kernelspec was written; rename the path."
+                    "--mount syntax cannot carry",
+                    "No kernelspec was written",
+                    "rename the path.",
                 )
         target = _normalise(self.target)
         if target == "/" or any(
             target == t or target.startswith(t + "/") for t in RESERVED_TARGETS
         ):
             raise SettingsError(
-                f"Mount target '{self.target}' is reserved for the container's own use. "
-                "No kernelspec was written. Choose another container path."
+                f"Mount target '{self.target}' is reserved for the container's own use",
+                "No kernelspec was written",
+                "Choose another container path.",
             )
         return dataclasses.replace(self, source=source, target=target)
 
@@ -283,7 +289,8 @@ class KernelSettings:
         for name, _ in self.env:
             if not _ENV_NAME.match(name):
                 raise SettingsError(
-                    f"--env name '{name}' is not a valid variable name. No kernelspec was written."
+                    f"--env name '{name}' is not a valid variable name",
+                    "No kernelspec was written",
                 )
         for size_name in (
             "memory",
@@ -319,7 +326,8 @@ class KernelSettings:
             raise SettingsError(
                 "--pool needs --copy-workdir or --no-workdir and the default ipykernel command: "
                 "a running container cannot gain the notebook's directory as a mount, and a "
-                "pooled kernel is ipykernel started ahead of time. No kernelspec was written."
+                "pooled kernel is ipykernel started ahead of time",
+                "No kernelspec was written",
             )
         if not math.isfinite(self.pool_ttl) or self.pool_ttl < 10:
             raise SettingsError(f"--pool-ttl must be at least 10 seconds, not {self.pool_ttl}.")
@@ -335,7 +343,9 @@ class KernelSettings:
                 raise SettingsError(
                     "--kernel-user owner is looked up at each start, from the notebook's "
                     "directory, so it cannot go with --pool (warm containers start before "
-                    "that directory is known). No kernelspec was written. Drop one of them."
+                    "that directory is known)",
+                    "No kernelspec was written",
+                    "Drop one of them.",
                 )
         elif self.kernel_user is not None and not re.match(r"^[0-9]+(:[0-9]+)?$", self.kernel_user):
             raise SettingsError(
@@ -343,8 +353,9 @@ class KernelSettings:
             )
         elif self.kernel_user is not None and int(self.kernel_user.split(":")[0]) == 0:
             raise SettingsError(
-                "--kernel-user 0 would run hostile code as root in the container. "
-                "No kernelspec was written. Pick an unprivileged uid such as 1000."
+                "--kernel-user 0 would run hostile code as root in the container",
+                "No kernelspec was written",
+                "Pick an unprivileged uid such as 1000.",
             )
         if self.engine not in ENGINE_KINDS:
             raise SettingsError(
@@ -353,8 +364,8 @@ class KernelSettings:
         if self.engine_host is not None and not _ENGINE_HOST.match(self.engine_host):
             raise SettingsError(
                 f"--engine-host '{self.engine_host}' is not a DOCKER_HOST address such as "
-                "unix:///run/podman/podman.sock (unix://, tcp:// or ssh://). "
-                "No kernelspec was written."
+                "unix:///run/podman/podman.sock (unix://, tcp:// or ssh://)",
+                "No kernelspec was written",
             )
         if self.image_id and not _IMAGE_ID.match(self.image_id):
             raise SettingsError(
@@ -369,8 +380,9 @@ class KernelSettings:
                     f"--gpus {self.gpus} cannot be used with Podman: its Docker-compatible API "
                     "(which jupyter-docker-kernel drives) accepts GPU requests, --gpus and CDI "
                     "--device nvidia.com/gpu=... alike, and silently drops them, so the kernel "
-                    "would run without a GPU. No kernelspec was written. Use Docker with the "
-                    "NVIDIA Container Toolkit for GPU kernels."
+                    "would run without a GPU",
+                    "No kernelspec was written",
+                    "Use Docker with the NVIDIA Container Toolkit for GPU kernels.",
                 )
         if self.kernel_transport not in KERNEL_TRANSPORTS:
             raise SettingsError(
@@ -379,8 +391,9 @@ class KernelSettings:
         if self.kernel_transport == "tcp" and (self.network == "host" or self.pool):
             raise SettingsError(
                 "--kernel-transport tcp needs the container's own loopback, so it cannot go "
-                "with --network host (the kernel's ports would open on the host) or --pool. "
-                "No kernelspec was written. Drop one of them."
+                "with --network host (the kernel's ports would open on the host) or --pool",
+                "No kernelspec was written",
+                "Drop one of them.",
             )
         if self.kernel_spec_in_image and not self.kernel_cmd:
             raise SettingsError(
@@ -390,7 +403,8 @@ class KernelSettings:
         if self.kernel_cmd and not any(CONNECTION_FILE_PLACEHOLDER in a for a in self.kernel_cmd):
             raise SettingsError(
                 f"--kernel-cmd must contain {CONNECTION_FILE_PLACEHOLDER} so the kernel finds "
-                "its sockets. No kernelspec was written."
+                "its sockets",
+                "No kernelspec was written",
             )
 
     def _check_workdir_root(self) -> None:
@@ -405,8 +419,9 @@ class KernelSettings:
             elif up:
                 if not 1 <= int(up.group(1)) <= ROOT_UP_MAX:
                     raise SettingsError(
-                        f"--workdir-root {root}: ..N climbs 1 to {ROOT_UP_MAX} levels. "
-                        f"No kernelspec was written. {example}"
+                        f"--workdir-root {root}: ..N climbs 1 to {ROOT_UP_MAX} levels",
+                        "No kernelspec was written",
+                        f"{example}",
                     )
                 object.__setattr__(self, "workdir_root", f"..{int(up.group(1))}")
             elif root.startswith("/") and "," not in root and "\n" not in root:
@@ -414,24 +429,30 @@ class KernelSettings:
             else:
                 raise SettingsError(
                     f"--workdir-root '{root}' is not git, ..N or an absolute path (a path "
-                    f"cannot hold ',' or a newline). No kernelspec was written. {example}"
+                    f"cannot hold ',' or a newline)",
+                    "No kernelspec was written",
+                    f"{example}",
                 )
             if self.workdir == "none":
                 raise SettingsError(
                     "--workdir-root names what is mounted besides the notebook's directory, "
-                    "and --no-workdir mounts nothing. No kernelspec was written. Drop one of them."
+                    "and --no-workdir mounts nothing",
+                    "No kernelspec was written",
+                    "Drop one of them.",
                 )
         templates = [m for m in self.mounts if m.template]
         if any(m.template == "{project}" for m in templates) and root is None:
             raise SettingsError(
-                "--mount {project}/... needs --workdir-root (which directory is the project). "
-                "No kernelspec was written. Add --workdir-root git, or use {notebook_dir}/..."
+                "--mount {project}/... needs --workdir-root (which directory is the project)",
+                "No kernelspec was written",
+                "Add --workdir-root git, or use {notebook_dir}/...",
             )
         if templates and self.pool:
             raise SettingsError(
                 f"--mount {templates[0].to_spec()} is filled in at each start, and a warm "
-                "container (--pool) is started before the notebook is known. No kernelspec "
-                "was written. Drop one of them."
+                "container (--pool) is started before the notebook is known",
+                "No kernelspec was written",
+                "Drop one of them.",
             )
 
     def command(self) -> tuple[str, ...]:
@@ -528,11 +549,11 @@ def parse_gpus(text: str) -> GpuRequest:
         fields = next(csv.reader([text.strip()]), [])
     except csv.Error as exc:
         raise SettingsError(
-            f"{where} is not valid: {exc}. No kernelspec was written. {example}"
+            f"{where} is not valid: {exc}", "No kernelspec was written", f"{example}"
         ) from exc
     if not fields or not all(f.strip() for f in fields):
         raise SettingsError(
-            f"{where} is empty or has an empty field. No kernelspec was written. {example}"
+            f"{where} is empty or has an empty field", "No kernelspec was written", f"{example}"
         )
     values: dict[str, list[str]] = {}
     last = ""
@@ -547,11 +568,13 @@ def parse_gpus(text: str) -> GpuRequest:
         if key not in _GPU_KEYS:
             raise SettingsError(
                 f"{where}: unexpected key '{key}' (Docker's --gpus takes all, a count, or "
-                f"{', '.join(k + '=' for k in _GPU_KEYS)}). No kernelspec was written. {example}"
+                f"{', '.join(k + '=' for k in _GPU_KEYS)})",
+                "No kernelspec was written",
+                f"{example}",
             )
         if key in values:
             raise SettingsError(
-                f"{where}: {key} is given twice. No kernelspec was written. {example}"
+                f"{where}: {key} is given twice", "No kernelspec was written", f"{example}"
             )
         values[key] = [v.strip() for v in value.split(",")] if key != "count" else [value]
         last = key
@@ -560,26 +583,30 @@ def parse_gpus(text: str) -> GpuRequest:
         word = values["count"][0]
         if word != "all" and not re.fullmatch(r"[0-9]+", word):
             raise SettingsError(
-                f"{where}: the count '{word}' is not 'all' or a whole number. "
-                f"No kernelspec was written. {example}"
+                f"{where}: the count '{word}' is not 'all' or a whole number",
+                "No kernelspec was written",
+                f"{example}",
             )
         count = -1 if word == "all" else int(word)
         if count == 0:
             raise SettingsError(
-                f"{where} asks for no GPU. No kernelspec was written. Leave --gpus out for a "
-                "kernel without one."
+                f"{where} asks for no GPU",
+                "No kernelspec was written",
+                "Leave --gpus out for a kernel without one.",
             )
     devices = tuple(values.get("device", ()))
     if count is not None and devices:
         raise SettingsError(
-            f"{where} names GPUs both by count and by device, which the engine refuses. "
-            f"No kernelspec was written. Give one: --gpus 2 or --gpus device=0,1."
+            f"{where} names GPUs both by count and by device, which the engine refuses",
+            "No kernelspec was written",
+            "Give one: --gpus 2 or --gpus device=0,1.",
         )
     bad = [d for d in devices if not re.fullmatch(r"[A-Za-z0-9_.:-]+", d)]
     if bad or "" in devices:
         raise SettingsError(
-            f"{where}: '{bad[0] if bad else ''}' is not a GPU index or UUID. "
-            f"No kernelspec was written. {example}"
+            f"{where}: '{bad[0] if bad else ''}' is not a GPU index or UUID",
+            "No kernelspec was written",
+            f"{example}",
         )
     out: list[str] = []
     if count is not None:
@@ -613,7 +640,7 @@ def parse_env(items: list[str]) -> tuple[tuple[str, str], ...]:
         name, sep, value = item.partition("=")
         if not sep:
             raise SettingsError(
-                f"--env '{item}' has no '='. No kernelspec was written. Use --env NAME=VALUE."
+                f"--env '{item}' has no '='", "No kernelspec was written", "Use --env NAME=VALUE."
             )
         env[name] = value
     return tuple(env.items())

@@ -18,7 +18,15 @@ from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool
 from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.settings import KernelSettings
 from tests.conftest import install_kernel
-from tests.kernels import containers_of, execute, kernel_key, start, stop, wait_until
+from tests.kernels import (
+    containers_of,
+    execute,
+    kernel_key,
+    running_kernel,
+    start,
+    stop,
+    wait_until,
+)
 
 POOLED = KernelSettings(workdir="copy", pool=2)
 LAUNCH = hardening.Launch(
@@ -225,12 +233,9 @@ def test_a_pooled_kernel_is_a_fresh_container_that_never_ran_another_notebook(
     spec = install_kernel(name, kernel_image, "--copy-workdir", "--pool", "1", "--pool-ttl", "120")
     key = key_of(spec)
     try:
-        km, kc = start(name, str(workdir))
-        try:
+        with running_kernel(name, str(workdir)) as (km, kc):
             execute(kc, "secret = 'first notebook'")
             (first,) = containers_of(kernel_key(km))
-        finally:
-            stop(km, kc)
         wait_until(lambda: not containers_of(kernel_key(km)), 10)
         waiting = wait_until(lambda: bool(warm_ready(key)), 60)
         print(f"warm container ready {waiting:.1f} s after the first kernel stopped")

@@ -47,8 +47,6 @@ from tests.kernels import (
     execute,
     kernel_key,
     running_kernel,
-    start,
-    stop,
     stream_text,
     wait_until,
 )
@@ -432,8 +430,8 @@ def test_h07_a_runtime_base_taken_by_another_user_does_not_stop_kernels(
         found = reaper.collect(engine.Engine(), dry_run=True, pools=True)
         assert str(orphan) in found.dirs
         assert set(warm_names(key)) <= set(found.containers)
-        km, kc = start(name, str(workdir))  # claims the warm container from the fallback
-        try:
+        # Claims the warm container from the fallback.
+        with running_kernel(name, workdir) as (km, kc):
             _, out = execute(kc, "import os; print(os.getcwd())")
             assert stream_text(out) == f"{pool.WORK_TARGET}\n"
             # gc run with another base (the usual TMPDIR) keeps this live claimed kernel:
@@ -443,8 +441,6 @@ def test_h07_a_runtime_base_taken_by_another_user_does_not_stop_kernels(
                 other.setattr(tempfile, "tempdir", None)
                 seen = reaper.collect(engine.Engine(), dry_run=True)
             assert not [c for c in seen.containers if kernel_key(km) in c]
-        finally:
-            stop(km, kc)
         with running_kernel(provisioned, str(workdir)) as (km, kc):
             _, out = execute(kc, "print('up')")
             assert stream_text(out) == "up\n"

@@ -61,6 +61,31 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On a failure, add each kernel's launcher log and `docker inspect` of its container
+    (kept by tests.kernels.running_kernel) to the report; after teardown, forget them."""
+    from tests import kernels
+
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed:
+        for started in kernels.STARTED:
+            try:
+                log = started.log.read_text(errors="replace")
+            except OSError as exc:
+                log = f"(cannot read {started.log}: {exc})"
+            inspected = started.inspect or kernels.inspect_text(started)
+            title = f"kernel {started.kernel_name} ({started.key})"
+            report.sections.append((f"{title}: launcher log {started.log}", log))
+            report.sections.append((f"{title}: docker inspect", inspected))
+    if report.when == "teardown":
+        for started in kernels.STARTED:
+            if started.own_log:
+                started.log.unlink(missing_ok=True)
+        kernels.STARTED.clear()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     root = getattr(config, "_jdk_root", None)
     if root is not None:
@@ -199,6 +224,69 @@ def hostile_kernel(kernel_image: str, runtime: str) -> str:
     extra = ["--runtime", runtime] if runtime != "runc" else []
     install_kernel(name, kernel_image, *HOSTILE_LIMITS, *extra)
     return name
+
+
+#: The kernelspec `setup --podman` writes for the default image in Podman's storage.
+PODMAN_KERNEL = "jdk-test-podman"
+
+
+@pytest.fixture(scope="session")
+def podman_host() -> str:
+    """Podman's API address with the default image in its storage; fails under CI if not
+    (scripts/bootstrap-podman makes the service and the image ready)."""
+    try:
+        host = engine_mod.podman_socket()
+        podman = Engine(host=host)
+        podman.info()
+        assert podman.kind() == "podman", f"{host} is not Podman's API"
+        podman.require_image(DEFAULT_IMAGE)
+    except Exception as exc:
+        not_here(f"Podman is not ready ({exc}); run scripts/bootstrap-podman", "Podman")
+    return host
+
+
+@pytest.fixture(scope="session")
+def podman_kernel(podman_host: str) -> str:
+    """A kernelspec for the default image written by `setup --podman`."""
+    install_kernel(PODMAN_KERNEL, DEFAULT_IMAGE, "--podman")
+    return PODMAN_KERNEL
+
+
+@pytest.fixture
+def on_podman(podman_host: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """DOCKER_HOST at Podman for this test: the shared helpers' docker CLI calls see its
+    containers, and `setup` detects Podman and records it. (A kernelspec's engine_host
+    alone decides where its kernel runs.)"""
+    monkeypatch.setenv("DOCKER_HOST", podman_host)
+    return podman_host
+
+
+@pytest.fixture(params=["docker", "podman"])
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    """The engine a story runs on, for the stories that must hold on Docker and on Podman
+    alike: a test that takes this fixture (or engine_kernel / engine_image) runs once per
+    engine. On "podman" DOCKER_HOST points at Podman for the test (on_podman).
+    Parametrize it indirectly to run a story on fewer engines, e.g.
+    `@pytest.mark.parametrize("engine_kind", ["docker"], indirect=True)`."""
+    kind = str(request.param)
+    request.getfixturevalue("on_podman" if kind == "podman" else "engine")
+    return kind
+
+
+@pytest.fixture
+def engine_image(engine_kind: str, request: pytest.FixtureRequest) -> str:
+    """The default kernel image, in the storage of the test's engine."""
+    if engine_kind == "podman":
+        return DEFAULT_IMAGE  # podman_host checked that Podman has it
+    return str(request.getfixturevalue("kernel_image"))
+
+
+@pytest.fixture
+def engine_kernel(engine_kind: str, request: pytest.FixtureRequest) -> str:
+    """The default-settings kernelspec for the test's engine: kernel_name on Docker,
+    podman_kernel (`setup --podman`) on Podman."""
+    name = "podman_kernel" if engine_kind == "podman" else "kernel_name"
+    return str(request.getfixturevalue(name))
 
 
 needs_docker_cli = pytest.mark.skipif(

@@ -1,10 +1,22 @@
-"""Helpers the Docker tests share: run code through a real client, find a kernel's container."""
+"""Helpers the Docker tests share: start a kernel, run code through a real client, find a
+kernel's container, wait for events.
+
+`running_kernel()` is the one way a test starts a kernel through jupyter_client and stops it
+again: it checks that nothing of the kernel is left afterwards, and records what
+conftest.pytest_runtest_makereport prints when the test fails (the launcher's log and
+`docker inspect` of the kernel's container).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +24,9 @@ import jupyter_kernel_test as jkt
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import AsyncKernelManager, KernelManager, start_new_kernel
 
+from jupyter_docker_kernel import kernelspec
 from jupyter_docker_kernel.engine import LABEL_KERNEL_ID
-from jupyter_docker_kernel.launcher import kernel_id_from
+from jupyter_docker_kernel.launcher import kernel_id_from, runtime_base
 
 
 def kernel_key(km: KernelManager | AsyncKernelManager) -> str:
@@ -31,15 +44,18 @@ def launcher_process(km: KernelManager) -> subprocess.Popen[bytes]:
     return process
 
 
-def containers_of(kernel_id: str, *, running_only: bool = False) -> list[str]:
+def containers_of(
+    kernel_id: str, *, running_only: bool = False, env: dict[str, str] | None = None
+) -> list[str]:
     """Ids of the containers serving this kernel id: labelled with it, or (a claimed warm
-    container, whose labels were set before it had a kernel) named after it."""
+    container, whose labels were set before it had a kernel) named after it. `env` (see
+    docker_env) picks another engine than the current DOCKER_HOST's."""
     found: set[str] = set()
     for selector in (f"label={LABEL_KERNEL_ID}={kernel_id}", f"name=^jdk-{kernel_id}-"):
         args = ["docker", "ps", "-q", "--no-trunc", "--filter", selector]
         if not running_only:
             args.insert(2, "-a")
-        proc = subprocess.run(args, capture_output=True, text=True, check=True)
+        proc = subprocess.run(args, capture_output=True, text=True, check=True, env=env)
         found.update(proc.stdout.split())
     return sorted(found)
 
@@ -77,6 +93,17 @@ def wait_for_stream(kc: BlockingKernelClient, msg_id: str, text: str, timeout: f
     raise AssertionError(f"the cell never printed {text!r}")
 
 
+def wait_for_execute_input(kc: BlockingKernelClient, msg_id: str, timeout: float = 60) -> None:
+    """Block until the kernel has begun the cell `msg_id` (its execute_input on iopub): an
+    event to act on (a kill, an interrupt) instead of a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+            return
+    raise AssertionError(f"the kernel never began the cell {msg_id} within {timeout} s")
+
+
 def stream_text(outputs: list[dict[str, Any]], name: str = "stdout") -> str:
     """All text a cell wrote to one stream."""
     return "".join(
@@ -86,8 +113,151 @@ def stream_text(outputs: list[dict[str, Any]], name: str = "stdout") -> str:
     )
 
 
+@dataclasses.dataclass
+class StartedKernel:
+    """What a failure report needs about one kernel a test started with running_kernel()."""
+
+    kernel_name: str
+    #: The id our container and runtime dir are named and labelled with.
+    key: str
+    #: The launcher's (or the provisioner's kernel's) stderr.
+    log: Path
+    #: The engine the kernel runs on (engine_of): the one whose containers the checks list.
+    docker_host: str | None
+    #: `docker inspect` taken when the test's body failed, before the kernel was shut down.
+    inspect: str = ""
+    #: True when running_kernel made the log file (and so removes it afterwards).
+    own_log: bool = False
+
+
+#: The kernels running_kernel() started during the current test, oldest first.
+#: conftest.pytest_runtest_makereport prints them on a failure and clears the list.
+STARTED: list[StartedKernel] = []
+
+
+def key_of(km: KernelManager | AsyncKernelManager) -> str:
+    """The id the kernel's container is labelled with, for the argv launcher (from the
+    connection file's name) and for our provisioner (its own `key`) alike."""
+    key = getattr(km.provisioner, "key", None)
+    return key if isinstance(key, str) else kernel_key(km)
+
+
+def engine_of(km: KernelManager) -> str | None:
+    """The engine address the kernel runs on: its kernelspec's engine_host (a Podman
+    kernelspec names Podman's socket), else DOCKER_HOST now (None: the CLI's default)."""
+    spec = km.kernel_spec
+    try:
+        settings = kernelspec.settings_from_kernel_json(spec.to_dict()) if spec else None
+    except Exception:  # not one of ours (e.g. the stock python3): the environment decides
+        settings = None
+    if settings is not None and settings.engine_host:
+        return settings.engine_host
+    return os.environ.get("DOCKER_HOST")
+
+
+def runtime_dirs_of(key: str) -> list[Path]:
+    """The kernel's runtime dirs (`<key>-<nonce>` under the runtime base) that still exist."""
+    return sorted(p for p in runtime_base().iterdir() if p.name.startswith(f"{key}-"))
+
+
+def docker_env(host: str | None) -> dict[str, str]:
+    """The environment for a docker CLI call that must ask the engine at `host`."""
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    if host:
+        env["DOCKER_HOST"] = host
+    return env
+
+
+def inspect_text(started: StartedKernel) -> str:
+    """`docker inspect` of the kernel's containers, as text (or why there is none)."""
+    env = docker_env(started.docker_host)
+    try:
+        ids = containers_of(started.key, env=env)
+        if not ids:
+            return f"(no container of kernel {started.key} left to inspect)"
+        args = ["docker", "inspect", *ids]
+        proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    except (OSError, subprocess.CalledProcessError) as exc:  # the report must not crash
+        return f"(cannot ask the engine: {exc})"
+    return proc.stdout + proc.stderr
+
+
+@contextlib.contextmanager
+def running_kernel(
+    kernel_name: str,
+    cwd: str | Path,
+    *,
+    log: Path | None = None,
+    ready_timeout: float = 120,
+    now: bool = False,
+    gone_within: float = 10,
+    manager: dict[str, Any] | None = None,
+    **start_kw: Any,
+) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+    """A kernel started the way Jupyter starts it, answering; stopped and checked after.
+
+    Works for the argv launcher's kernelspecs and our provisioner's alike (both through a
+    KernelManager). Yields the manager and a started blocking client once kernel_info
+    has been answered. On the way out, whatever happened in the body, the client stops
+    and the kernel is shut down (`now=True`: without the polite shutdown request; a kernel
+    the body killed is only cleaned up). Then, if the body succeeded, it ASSERTS that
+    within `gone_within` seconds no container labelled with the kernel's id is left on
+    the kernel's engine (engine_of), and no runtime dir of the kernel either.
+
+    The launcher's stderr goes to `log` (kept open while the kernel runs: a restart
+    writes to it too), or to a temporary file; a failing test prints it (conftest).
+    `manager` holds KernelManager traits (e.g. transport="ipc"); `start_kw` go to
+    start_kernel.
+    """
+    own_log = log is None
+    if log is None:
+        fd, name = tempfile.mkstemp(prefix="jdk-launcher-", suffix=".log")
+        os.close(fd)
+        log = Path(name)
+    km = KernelManager(kernel_name=kernel_name, **(manager or {}))
+    with log.open("w") as stderr:
+        km.start_kernel(cwd=str(cwd), stderr=stderr, **start_kw)
+        started = StartedKernel(kernel_name, key_of(km), log, engine_of(km), own_log=own_log)
+        STARTED.append(started)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=ready_timeout)
+            yield km, kc
+        except BaseException:
+            started.inspect = inspect_text(started)
+            raise
+        finally:
+            kc.stop_channels()
+            if km.has_kernel and km.is_alive():
+                km.shutdown_kernel(now=now)
+            else:
+                with contextlib.suppress(Exception):
+                    km.shutdown_kernel(now=True)
+            km.cleanup_resources()
+    assert_nothing_left(started, gone_within)
+
+
+def assert_nothing_left(started: StartedKernel, within: float) -> None:
+    """No container of the kernel on its engine and no runtime dir of it, within seconds."""
+    env = docker_env(started.docker_host)
+    try:
+        wait_until(
+            lambda: not containers_of(started.key, env=env) and not runtime_dirs_of(started.key),
+            within,
+        )
+    except AssertionError:
+        raise AssertionError(
+            f"{within} s after {started.kernel_name}'s shutdown, left: containers "
+            f"{containers_of(started.key, env=env)}, runtime dirs {runtime_dirs_of(started.key)}"
+        ) from None
+
+
 def start(kernel_name: str, cwd: str, **kw: Any) -> tuple[KernelManager, BlockingKernelClient]:
-    """Start a kernel the way Jupyter does and wait until it answers."""
+    """Start a kernel the way Jupyter does and wait until it answers.
+
+    For the tests whose story is the stop itself (a kill, a shutdown they check); any
+    other test uses running_kernel()."""
     km = KernelManager(kernel_name=kernel_name)
     km.start_kernel(cwd=cwd, **kw)
     kc = km.client()
@@ -102,6 +272,14 @@ def stop(km: KernelManager, kc: BlockingKernelClient) -> None:
     if km.has_kernel:
         km.shutdown_kernel(now=False)
     km.cleanup_resources()
+
+
+def free_port() -> int:
+    """A TCP port on the host's 127.0.0.1 where nothing listens now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
 
 
 def empty_dir() -> tempfile.TemporaryDirectory[str]:

@@ -52,13 +52,10 @@ def course(kernel_image: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def run_code(name: str, cwd: Path, code: str) -> tuple[str, str, float]:
     """Start the kernel `name`, run one cell; returns (stdout, status, seconds)."""
-    km, kc = kernels.start(name, str(cwd))
-    try:
+    with kernels.running_kernel(name, str(cwd)) as (_km, kc):
         started = time.monotonic()
         reply, outputs = kernels.execute(kc, code)
         return kernels.stream_text(outputs), reply["status"], time.monotonic() - started
-    finally:
-        kernels.stop(km, kc)
 
 
 # -- bring your own image -------------------------------------------------------------------
@@ -99,8 +96,7 @@ def test_kept_entrypoint_that_execs_runs_the_kernel_and_passes_interrupts(
     """--keep-entrypoint: tini + start.sh run first and exec the supervisor; the kernel
     answers and an interrupt reaches it through them."""
     install_kernel("jdk-test-byo-keep-run", byo["stacks"], "--keep-entrypoint")
-    km, kc = kernels.start("jdk-test-byo-keep-run", str(workdir))
-    try:
+    with kernels.running_kernel("jdk-test-byo-keep-run", str(workdir)) as (km, kc):
         reply, outputs = kernels.execute(kc, "print(6 * 7)")
         assert "42" in kernels.stream_text(outputs)
         msg_id = kc.execute("import time; print('sleeping', flush=True); time.sleep(60)")
@@ -108,8 +104,6 @@ def test_kept_entrypoint_that_execs_runs_the_kernel_and_passes_interrupts(
         km.interrupt_kernel()
         reply = kc.get_shell_msg(timeout=30)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
-    finally:
-        kernels.stop(km, kc)
 
 
 def test_kept_entrypoint_that_fails_is_named(

@@ -20,7 +20,7 @@ from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.settings import KernelSettings, parse_gpus
 from tests.conftest import install_kernel, not_here
-from tests.kernels import execute, start, stop, stream_text
+from tests.kernels import execute, running_kernel, stream_text
 from tests.test_hardening import LAUNCH, run_opts, values
 
 # -- the syntax, as `docker run --gpus` reads it ----------------------------------------------
@@ -207,8 +207,7 @@ def test_a_gpu_kernel_sees_its_gpu(
     the image has it) says CUDA is available."""
     name = "jdk-test-gpu"
     install_kernel(name, gpu_image, "--gpus", "all")
-    km, kc = start(name, str(workdir))
-    try:
+    with running_kernel(name, str(workdir)) as (_km, kc):
         code = (
             "import shutil, subprocess\n"
             "smi = shutil.which('nvidia-smi')\n"
@@ -218,8 +217,6 @@ def test_a_gpu_kernel_sees_its_gpu(
             "except ImportError:\n    print('cuda', 'no torch')\n"
         )
         out = stream_text(execute(kc, code)[1])
-    finally:
-        stop(km, kc)
     assert "GPU 0" in out, out
     assert "cuda False" not in out, out
 

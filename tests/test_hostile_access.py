@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
@@ -40,8 +40,10 @@ from tests.conftest import HOSTILE_LIMITS, inspect, install_kernel
 from tests.kernels import (
     containers_of,
     execute,
+    free_port,
     kernel_key,
     launcher_process,
+    running_kernel,
     stream_text,
     wait_until,
 )
@@ -93,8 +95,9 @@ class Session:
     km: KernelManager
     kc: BlockingKernelClient
     log: Path
-    #: Open for the session's life: a restart starts a new launcher with the same stderr.
-    log_file: IO[str]
+    #: Holds tests.kernels.running_kernel open for the session's life; closing it shuts
+    #: the kernel down and checks that nothing of it is left.
+    stack: contextlib.ExitStack
     started_in: float
 
     def run(self, code: str, timeout: float = 60) -> str:
@@ -115,34 +118,19 @@ class Session:
 
 
 def open_session(kernel: str, workdir: Path, log: Path, timeout: float = 60) -> Session:
-    """Start `kernel` in `workdir`; fails (rather than hangs) if it is not ready in time."""
+    """Start `kernel` in `workdir` (tests.kernels.running_kernel, the launcher's stderr in
+    `log`); fails (rather than hangs) if it is not ready in time."""
     started = time.monotonic()
-    km = KernelManager(kernel_name=kernel)
-    log_file = log.open("w")
-    km.start_kernel(cwd=str(workdir), stderr=log_file)
-    session = Session(km, km.client(), log, log_file, 0.0)
-    session.kc.start_channels()
-    try:
-        session.kc.wait_for_ready(timeout=timeout)
-    except BaseException:
-        close_session(session)
-        raise
-    session.started_in = time.monotonic() - started
-    return session
+    stack = contextlib.ExitStack()
+    kernel_cm = running_kernel(kernel, workdir, log=log, ready_timeout=timeout, gone_within=15)
+    km, kc = stack.enter_context(kernel_cm)
+    return Session(km, kc, log, stack, time.monotonic() - started)
 
 
 def close_session(session: Session) -> None:
-    """Shut the kernel down (or clean up after a dead one); its container must go."""
-    key = kernel_key(session.km)
-    session.kc.stop_channels()
-    if session.km.has_kernel and session.km.is_alive():
-        session.km.shutdown_kernel(now=False)
-    else:
-        with contextlib.suppress(Exception):
-            session.km.shutdown_kernel(now=True)
-    session.km.cleanup_resources()
-    session.log_file.close()
-    wait_until(lambda: not containers_of(key), 15)
+    """Shut the kernel down (or clean up after a dead one); its container and runtime dir
+    must go within 15 s."""
+    session.stack.close()
 
 
 @contextlib.contextmanager
@@ -175,14 +163,6 @@ def tree_digest(root: Path) -> dict[str, str]:
             else:
                 out[path] = f"mode:{stat.S_IFMT(st.st_mode):o}"
     return out
-
-
-def free_port() -> int:
-    """A TCP port on the host's 127.0.0.1 where nothing listens now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def container_of(session: Session) -> str:

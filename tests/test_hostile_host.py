@@ -31,16 +31,24 @@ from jupyter_docker_kernel import cli, engine, kernelspec, pool, reaper
 from jupyter_docker_kernel.launcher import ENV_FILE, runtime_base_choice
 from jupyter_docker_kernel.provisioner import DockerProvisioner
 from tests.conftest import install_kernel
-from tests.kernels import containers_of, execute, kernel_key, start, stop, stream_text, wait_until
-from tests.test_nbgrader import (
+from tests.courses import (
     COURSE_ID,
     PS1_SOLUTION,
     PS1_TESTS,
     make_dirs,
     nbgrader,
+    new_course,
     release,
     source_notebook,
     submit,
+)
+from tests.kernels import (
+    containers_of,
+    execute,
+    kernel_key,
+    running_kernel,
+    stream_text,
+    wait_until,
 )
 
 # Other test sessions on this machine may run `gc --pools`, which removes every warm
@@ -164,14 +172,11 @@ def test_h01_the_launcher_and_its_pool_refill_never_import_from_the_notebooks_di
     name = "jdk-test-h01"
     _, key = pooled_kernel(name, kernel_image)
     try:
-        km, kc = start(name, str(planted.workdir))
-        try:
+        with running_kernel(name, str(planted.workdir)) as (_km, kc):
             reply, out = execute(kc, "print(6 * 7)")
             assert reply["status"] == "ok"
             assert stream_text(out) == "42\n"
             wait_until(lambda: bool(warm_containers(key)), 90)  # the refill has run
-        finally:
-            stop(km, kc)
     finally:
         remove_pool(key)
 
@@ -187,8 +192,7 @@ def test_h02_the_provisioner_its_watchdog_and_refill_never_import_from_the_cwd(
     _, key = pooled_kernel(name, kernel_image, "--provisioner")
     monkeypatch.chdir(planted.workdir)
     try:
-        km, kc = start(name, str(planted.workdir))
-        try:
+        with running_kernel(name, str(planted.workdir)) as (km, kc):
             assert isinstance(km.provisioner, DockerProvisioner)
             watchdog = km.provisioner._watchdog
             assert watchdog is not None
@@ -196,8 +200,6 @@ def test_h02_the_provisioner_its_watchdog_and_refill_never_import_from_the_cwd(
             reply, _ = execute(kc, "x = 1")
             assert reply["status"] == "ok"
             wait_until(lambda: bool(warm_containers(key)), 90)  # the refill has run
-        finally:
-            stop(km, kc)
         assert watchdog.wait(timeout=15) == 0
     finally:
         remove_pool(key)
@@ -212,17 +214,7 @@ def test_h03_nbgrader_autograde_never_imports_a_submitted_json_py(
     (the --for-nbgrader kernel) grades her like anyone else and runs neither on the host."""
     grader = "jdk-test-h03"
     install_kernel(grader, kernel_image, "--for-nbgrader")
-    course = tmp_path / "course"
-    course.mkdir()
-    course.chmod(0o777)
-    (course / "nbgrader_config.py").write_text(
-        "c = get_config()  # noqa: F821\n"
-        f"c.CourseDirectory.course_id = {COURSE_ID!r}\n"
-        f"c.CourseDirectory.root = {str(course)!r}\n"
-        f"c.CourseDirectory.db_url = {'sqlite:///' + str(course / 'gradebook.db')!r}\n"
-    )
-    (course / "students.csv").write_text("id\nmallory\n")
-    nbgrader(course, "db", "student", "import", "students.csv")
+    course = new_course(tmp_path / "course", ["mallory"])
     released = release(course, "ps1", source_notebook(PS1_SOLUTION, PS1_TESTS, points=2))
     submit(course, "mallory", "ps1", released, "def add(a, b):\n    return a + b")
     submission = make_dirs(course, "submitted", "mallory", "ps1")
@@ -266,12 +258,9 @@ def test_h04_an_old_kernelspec_still_runs_is_flagged_and_is_rewritten(
     old_form(spec)
     workdir = tmp_path / "nb"
     workdir.mkdir(mode=0o777)
-    km, kc = start(name, str(workdir))
-    try:
+    with running_kernel(name, str(workdir)) as (_km, kc):
         _, out = execute(kc, "import os; print(os.environ['JDK_TEST_OLD'])")
         assert stream_text(out) == "$HOME {x}\n"
-    finally:
-        stop(km, kc)
     capsys.readouterr()
 
     assert cli.main(["doctor", "--no-probe", name]) == 1
@@ -286,12 +275,9 @@ def test_h04_an_old_kernelspec_still_runs_is_flagged_and_is_rewritten(
     assert data["argv"][1:3] == ["-I", "-m"]
     assert kernelspec.settings_from_kernel_json(data) == settings
     assert cli.main(["doctor", "--no-probe", name]) == 0
-    km, kc = start(name, str(workdir))
-    try:
+    with running_kernel(name, str(workdir)) as (_km, kc):
         _, out = execute(kc, "import os; print(os.environ['JDK_TEST_OLD'])")
         assert stream_text(out) == "$HOME {x}\n"
-    finally:
-        stop(km, kc)
 
 
 def test_h04_setup_rewrites_our_old_kernelspecs_and_says_so(
@@ -350,8 +336,7 @@ def test_h05_h06_settings_and_env_values_never_appear_in_ps(
     workdir.mkdir(mode=0o777)
     watch = CmdlineWatch()
     try:
-        km, kc = start(name, str(workdir))
-        try:
+        with running_kernel(name, str(workdir)) as (km, kc):
             _, out = execute(kc, "import os; print(os.environ['JDK_SECRET'])")
             assert stream_text(out) == f"{secret}\n"
             key_of = km.provisioner.key if isinstance(km.provisioner, DockerProvisioner) else ""
@@ -364,8 +349,6 @@ def test_h05_h06_settings_and_env_values_never_appear_in_ps(
                 for p in runtime_base_choice()[0].glob(f"{kernel}-*/{ENV_FILE}")
             }
             wait_until(lambda: bool(warm_containers(key)), 90)  # the refill has run
-        finally:
-            stop(km, kc)
     finally:
         # The secret is in the settings JSON too, as is '"JDK_SECRET"' (quoted: JSON only).
         leaked = watch.holding(secret, '"JDK_SECRET"')
@@ -438,20 +421,17 @@ def test_h07_a_runtime_base_taken_by_another_user_does_not_stop_kernels(
     orphan.mkdir(mode=0o700)
     (orphan / "launcher").write_text("999999999 1")  # no such pid
     try:
-        km, kc = start(name, str(workdir))
-        try:
+        with running_kernel(name, str(workdir)) as (km, kc):
             _, out = execute(kc, "print('up')")
             assert stream_text(out) == "up\n"
             wait_until(lambda: bool(warm_containers(key)), 90)  # refilled into the fallback
-        finally:
-            stop(km, kc)
         assert list(base.glob(f"{pool.POOL_DIR_PREFIX}{key}-*"))
         # gc looks in the fallback (a dry run: other sessions here have pools of their own).
         found = reaper.collect(engine.Engine(), dry_run=True, pools=True)
         assert str(orphan) in found.dirs
         assert set(warm_names(key)) <= set(found.containers)
-        km, kc = start(name, str(workdir))  # claims the warm container from the fallback
-        try:
+        # Claims the warm container from the fallback.
+        with running_kernel(name, workdir) as (km, kc):
             _, out = execute(kc, "import os; print(os.getcwd())")
             assert stream_text(out) == f"{pool.WORK_TARGET}\n"
             # gc run with another base (the usual TMPDIR) keeps this live claimed kernel:
@@ -461,17 +441,12 @@ def test_h07_a_runtime_base_taken_by_another_user_does_not_stop_kernels(
                 other.setattr(tempfile, "tempdir", None)
                 seen = reaper.collect(engine.Engine(), dry_run=True)
             assert not [c for c in seen.containers if kernel_key(km) in c]
-        finally:
-            stop(km, kc)
-        km, kc = start(provisioned, str(workdir))
-        try:
+        with running_kernel(provisioned, str(workdir)) as (km, kc):
             _, out = execute(kc, "print('up')")
             assert stream_text(out) == "up\n"
             assert isinstance(km.provisioner, DockerProvisioner)
             assert km.provisioner.base is not None
             assert km.provisioner.base.parent == base
-        finally:
-            stop(km, kc)
     finally:
         remove_pool(key)
     assert os.listdir(usual) == []  # nothing of ours went where the other user can look

@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HOSTILE_LIMITS, install_kernel
-from tests.test_nbgrader import (
+from tests.courses import (
     COURSE_ID,
     PS1_SOLUTION,
     PS1_TESTS,
     containers_for,
-    nbgrader,
+    new_course,
     release,
     source_notebook,
     submit,
@@ -176,16 +176,7 @@ def autograde(course: Path) -> tuple[str, float]:
 def graded(kernel_image: str, tmp_path_factory: pytest.TempPathFactory) -> Graded:
     """course101 with six ps1 submissions, autograded once by a --copy-workdir kernel."""
     install_kernel(GRADER, kernel_image, "--copy-workdir", *HOSTILE_LIMITS)
-    course = tmp_path_factory.mktemp("hostile-course")
-    course.chmod(0o777)
-    (course / "nbgrader_config.py").write_text(
-        "c = get_config()  # noqa: F821\n"
-        f"c.CourseDirectory.course_id = {COURSE_ID!r}\n"
-        f"c.CourseDirectory.root = {str(course)!r}\n"
-        f"c.CourseDirectory.db_url = {'sqlite:///' + str(course / 'gradebook.db')!r}\n"
-    )
-    (course / "students.csv").write_text("id\n" + "\n".join(STUDENTS) + "\n")
-    nbgrader(course, "db", "student", "import", "students.csv")
+    course = new_course(tmp_path_factory.mktemp("hostile-course"), STUDENTS)
     released = release(course, "ps1", source_notebook(PS1_SOLUTION, PS1_TESTS, points=2))
     answers = {
         "alice": "def add(a, b):\n    return a + b",

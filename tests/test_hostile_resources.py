@@ -58,6 +58,7 @@ from tests.kernels import (
     execute,
     kernel_key,
     launcher_process,
+    running_kernel,
     stream_text,
     wait_for_stream,
     wait_until,
@@ -98,26 +99,12 @@ class LimitNotEnforcedError(AssertionError):
 def running(
     kernel: str, workdir: Path, log: Path | None = None
 ) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    """A started kernel and a client; on the way out the kernel is gone whatever happened.
-
-    The launcher's stderr goes to `log`, kept open until then: a restart reuses it.
+    """A started kernel and a client; on the way out the kernel is gone whatever happened
+    (tests.kernels.running_kernel, shutting down without asking: a hostile kernel may not
+    answer). The launcher's stderr goes to `log`, kept open until then: a restart reuses it.
     """
-    with contextlib.ExitStack() as stack:
-        km = KernelManager(kernel_name=kernel)
-        if log is None:
-            km.start_kernel(cwd=str(workdir))
-        else:
-            km.start_kernel(cwd=str(workdir), stderr=stack.enter_context(log.open("w")))
-        kc = km.client()
-        kc.start_channels()
-        try:
-            kc.wait_for_ready(timeout=60)
-            yield km, kc
-        finally:
-            kc.stop_channels()
-            if km.has_kernel and km.is_alive():
-                km.shutdown_kernel(now=True)
-            km.cleanup_resources()
+    with running_kernel(kernel, workdir, log=log, ready_timeout=60, now=True) as (km, kc):
+        yield km, kc
 
 
 @pytest.fixture
@@ -374,6 +361,7 @@ for _ in range(2):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         while True:
             pass
+print('spinning', flush=True)
 while True:
     pass
 """
@@ -394,8 +382,7 @@ def test_multicore_spin_is_held_to_one_cpu_and_a_sibling_kernel_answers(
     with running(hostile_kernel, workdir) as (km, kc):
         container = only_container(km)
         usage = cgroup_file(container, "cpuacct", "cpuacct.usage", "cpu.stat")
-        kc.execute(MULTI_SPIN)
-        time.sleep(1.5)  # let the children start
+        wait_for_stream(kc, kc.execute(MULTI_SPIN), "spinning", timeout=30)  # children forked
         before, started = cpu_seconds(usage), time.monotonic()
         time.sleep(2)
         cpus = (cpu_seconds(usage) - before) / (time.monotonic() - started)

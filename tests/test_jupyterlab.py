@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 from tests.conftest import install_kernel, not_here
-from tests.kernels import wait_until
+from tests.kernels import free_port, wait_until
 from tests.test_notebooks import assert_no_container_left, containers_for
 
 pytestmark = pytest.mark.docker
@@ -58,7 +57,7 @@ UI_TIMEOUT_MS = 60_000
 CELLS = [
     'import os, socket\nmarker = "set before the restart"\n'
     'print(f"host={socket.gethostname()} uid={os.getuid()}")',
-    "import time\ntime.sleep(60)",
+    "import time\nprint('sleeping', flush=True)\ntime.sleep(60)",
     'print("marker" in globals())',
     "import matplotlib.pyplot as plt\n"
     "plt.plot([1, 2, 3, 4], [1, 4, 9, 16], marker='o')\n"
@@ -91,13 +90,6 @@ def session_alive(sid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -274,10 +266,10 @@ def test_jupyterlab_runs_interrupts_restarts_and_plots_in_the_container(
 
     run_cell(page, 1)
     expect(page.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute("data-status", "busy")
-    time.sleep(1)  # let time.sleep(60) begin
+    expect(output_of(page, 1).first).to_contain_text("sleeping")  # interrupting sooner aborts it
     interrupt_at = time.monotonic()
     page.locator("[data-command='notebook:interrupt-kernel']").first.click()
-    expect(output_of(page, 1)).to_contain_text("KeyboardInterrupt")
+    expect(output_of(page, 1).last).to_contain_text("KeyboardInterrupt")  # after "sleeping"
     wait_idle(page)
     interrupted_in = time.monotonic() - interrupt_at
     shot(page, "2-interrupted")

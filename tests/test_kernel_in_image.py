@@ -33,11 +33,9 @@ from tests.kernels import (
     containers_of,
     execute,
     kernel_key,
-    start,
-    stop,
+    running_kernel,
     stream_text,
     wait_for_stream,
-    wait_until,
 )
 
 #: The first test to use `r_image` on a fresh machine builds it (about 3 minutes, more on
@@ -220,9 +218,8 @@ def test_setup_writes_a_kernelspec_for_the_images_r_kernel(r_kernel: str) -> Non
 def test_r_kernel_runs_code_interrupts_and_leaves_nothing(r_kernel: str, workdir: Path) -> None:
     """R code runs in the container (cat(6*7) prints 42), Sys.sleep is interrupted, and
     shutdown removes the container."""
-    km, kc = start(r_kernel, str(workdir))
-    kernel_id = kernel_key(km)
-    try:
+    with running_kernel(r_kernel, workdir, gone_within=30) as (km, kc):
+        kernel_id = kernel_key(km)
         info = kc.kernel_info(reply=True, timeout=60)["content"]
         assert info["language_info"]["name"] == "R"
         reply, outputs = execute(kc, "cat(6*7)")
@@ -237,18 +234,14 @@ def test_r_kernel_runs_code_interrupts_and_leaves_nothing(r_kernel: str, workdir
         reply, outputs = execute(kc, "cat(R.version$language)")
         assert stream_text(outputs) == "R"
         assert len(containers_of(kernel_id, running_only=True)) == 1
-    finally:
-        stop(km, kc)
-    wait_until(lambda: not containers_of(kernel_id), timeout=30)
 
 
 @pytest.mark.docker
 def test_r_kernel_container_is_hardened_like_ipykernels(r_kernel: str, workdir: Path) -> None:
     """The image's kernel gets the same container: no network, read-only root, no
     capabilities, not root, and R itself sees no network interface but loopback."""
-    km, kc = start(r_kernel, str(workdir))
-    kernel_id = kernel_key(km)
-    try:
+    with running_kernel(r_kernel, workdir, gone_within=30) as (km, kc):
+        kernel_id = kernel_key(km)
         (container,) = containers_of(kernel_id, running_only=True)
         host = inspect(container)["HostConfig"]
         assert isinstance(host, dict)
@@ -261,9 +254,6 @@ def test_r_kernel_container_is_hardened_like_ipykernels(r_kernel: str, workdir: 
         assert uid != "0"
         _, outputs = execute(kc, 'cat(list.files("/sys/class/net"))')
         assert stream_text(outputs) == "lo"
-    finally:
-        stop(km, kc)
-    wait_until(lambda: not containers_of(kernel_id), timeout=30)
 
 
 @pytest.mark.docker
@@ -272,14 +262,9 @@ def test_r_kernel_over_the_tcp_bridge_runs_code(r_image: str, workdir: Path) -> 
     bridges it to the runtime dir's unix sockets, and cat(6*7) still prints 42."""
     name = "jdk-test-r-tcp"
     install_kernel(name, r_image, "--kernel-spec-in-image", "ir", "--kernel-transport", "tcp")
-    km, kc = start(name, str(workdir))
-    kernel_id = kernel_key(km)
-    try:
+    with running_kernel(name, workdir, gone_within=30) as (_km, kc):
         _, outputs = execute(kc, "cat(6*7)")
         assert stream_text(outputs) == "42"
-    finally:
-        stop(km, kc)
-    wait_until(lambda: not containers_of(kernel_id), timeout=30)
 
 
 @pytest.mark.docker
@@ -291,16 +276,11 @@ def test_r_kernel_runs_under_gvisor(r_image: str, engine: Engine, workdir: Path)
         )
     name = "jdk-test-r-gvisor"
     install_kernel(name, r_image, "--kernel-spec-in-image", "ir", "--runtime", "runsc")
-    km, kc = start(name, str(workdir))
-    kernel_id = kernel_key(km)
-    try:
+    with running_kernel(name, workdir, gone_within=30) as (_km, kc):
         _, outputs = execute(
             kc, 'cat(6*7, Sys.info()[["release"]] != "' + os.uname().release + '")'
         )
         assert stream_text(outputs) == "42 TRUE"
-    finally:
-        stop(km, kc)
-    wait_until(lambda: not containers_of(kernel_id), timeout=30)
 
 
 @pytest.mark.docker
@@ -333,14 +313,9 @@ def test_default_images_python3_spec_runs_ipykernel_through_the_same_path(
     """--kernel-spec-in-image python3 on the default image: the image's own ipykernel
     kernelspec is run as a kernel_cmd, and Python code runs."""
     install_kernel("jdk-test-inimage-py", kernel_image, "--kernel-spec-in-image", "python3")
-    km, kc = start("jdk-test-inimage-py", str(workdir))
-    kernel_id = kernel_key(km)
-    try:
+    with running_kernel("jdk-test-inimage-py", workdir, gone_within=30) as (_km, kc):
         _, outputs = execute(kc, "print(6 * 7)")
         assert stream_text(outputs) == "42\n"
-    finally:
-        stop(km, kc)
-    wait_until(lambda: not containers_of(kernel_id), timeout=30)
 
 
 @pytest.mark.docker

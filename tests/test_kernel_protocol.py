@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import jupyter_kernel_test as jkt  # not its classes: pytest would collect (and run) them
 import pytest
-from jupyter_client.manager import KernelManager, start_new_kernel
+from jupyter_client.manager import KernelManager
 
 import jupyter_docker_kernel
 from tests import kernels
@@ -140,19 +140,19 @@ def test_input_prompt_reaches_the_client_and_the_answer_reaches_input(
     kernel_name: str, workdir: Path
 ) -> None:
     """input() in the kernel asks the client on stdin; the client's answer is what it returns."""
-    km, kc = start_new_kernel(kernel_name=kernel_name, cwd=str(workdir))
     prompts: list[str] = []
     printed: list[str] = []
-
-    def answer(msg: dict[str, Any]) -> None:
-        prompts.append(msg["content"]["prompt"])
-        kc.input("Ada")
 
     def collect(msg: dict[str, Any]) -> None:
         if msg["msg_type"] == "stream":
             printed.append(msg["content"]["text"])
 
-    try:
+    with kernels.running_kernel(kernel_name, workdir) as (_km, kc):
+
+        def answer(msg: dict[str, Any]) -> None:
+            prompts.append(msg["content"]["prompt"])
+            kc.input("Ada")
+
         reply = kc.execute_interactive(
             "print('hello', input('name? '))",
             allow_stdin=True,
@@ -160,9 +160,6 @@ def test_input_prompt_reaches_the_client_and_the_answer_reaches_input(
             output_hook=collect,
             timeout=30,
         )
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel()
 
     assert reply["content"]["status"] == "ok"
     assert prompts == ["name? "]
@@ -178,18 +175,11 @@ def test_a_client_on_ipc_reaches_the_kernel_through_sockets_only_it_can_open(
     client_dir = tmp_path / "client"
     client_dir.mkdir()
     monkeypatch.chdir(client_dir)
-    km = KernelManager(kernel_name=kernel_name, transport="ipc")
-    km.start_kernel(cwd=str(workdir))
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
+    ipc = {"transport": "ipc"}
+    with kernels.running_kernel(kernel_name, workdir, ready_timeout=60, manager=ipc) as (_, kc):
         reply, outputs = kernels.execute(kc, "print(6 * 7)", timeout=30)
         sockets = sorted(client_dir.glob("kernel-ipc-*"))
         modes = {stat.S_IMODE(path.stat().st_mode) for path in sockets}
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel()
 
     assert reply["status"] == "ok"
     assert kernels.stream_text(outputs) == "42\n"

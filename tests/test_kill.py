@@ -12,13 +12,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.manager import AsyncKernelManager, KernelManager
+from jupyter_client.manager import AsyncKernelManager
 
 from jupyter_docker_kernel import cli
 from jupyter_docker_kernel import engine as engine_mod
@@ -29,9 +27,10 @@ from tests.kernels import (
     execute,
     kernel_key,
     launcher_process,
+    running_kernel,
     start,
-    stop,
     stream_text,
+    wait_for_execute_input,
     wait_until,
 )
 
@@ -39,14 +38,15 @@ pytestmark = pytest.mark.docker
 
 
 def test_sigkill_to_the_launcher_mid_execution_removes_the_container_within_5s(
-    kernel_name: str, workdir: Path
+    engine_kernel: str, workdir: Path
 ) -> None:
-    """SIGKILL (no handler can run) still removes the container, with nobody running gc."""
-    km, kc = start(kernel_name, str(workdir))
+    """SIGKILL (no handler can run) still removes the container, with nobody running gc
+    (on Podman too: the watchdog reaches it)."""
+    km, kc = start(engine_kernel, str(workdir))
     try:
         launcher = launcher_process(km)
-        kc.execute("while True: pass")
-        time.sleep(0.5)
+        msg_id = kc.execute("while True: pass")
+        wait_for_execute_input(kc, msg_id)
         os.killpg(launcher.pid, signal.SIGKILL)  # as jupyter_client's kill does
         launcher.wait(timeout=5)
         took = wait_until(lambda: not containers_of(kernel_key(km)), 5)
@@ -75,26 +75,14 @@ def test_sigkill_to_the_launcher_leaves_no_process_or_runtime_dir(
         km.cleanup_resources()
 
 
-def _launch_with_log(
-    kernel: str, workdir: Path, log: Path
-) -> tuple[KernelManager, BlockingKernelClient]:
-    with log.open("w") as stderr:
-        km = KernelManager(kernel_name=kernel)
-        km.start_kernel(cwd=str(workdir), stderr=stderr)
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=120)
-    return km, kc
-
-
 def test_kernel_exiting_by_itself_ends_the_launcher_with_its_exit_code_logged(
-    kernel_name: str, workdir: Path, tmp_path: Path
+    engine_kernel: str, workdir: Path, tmp_path: Path
 ) -> None:
-    """os._exit(3) in a cell: the container goes, the launcher exits 3 and says so."""
+    """os._exit(3) in a cell: the container goes, the launcher exits 3 and says so (the
+    exit code through `docker run`, or Podman's)."""
     log = tmp_path / "launcher.log"
-    km, kc = _launch_with_log(kernel_name, workdir, log)
-    launcher = launcher_process(km)
-    try:
+    with running_kernel(engine_kernel, workdir, log=log) as (km, kc):
+        launcher = launcher_process(km)
         kc.execute("import os; os._exit(3)")
         wait_until(lambda: launcher.poll() is not None, 10)
         assert launcher.returncode == 3
@@ -102,27 +90,21 @@ def test_kernel_exiting_by_itself_ends_the_launcher_with_its_exit_code_logged(
         text = log.read_text()
         assert "kernel exited with code 3" in text
         assert "exited with code 3" in text
-    finally:
-        kc.stop_channels()
-        km.cleanup_resources()
 
 
 def test_out_of_memory_is_reported_as_such(
-    kernel_image: str, workdir: Path, tmp_path: Path
+    engine_kind: str, engine_image: str, workdir: Path, tmp_path: Path
 ) -> None:
     """A memory bomb under --memory 256m is OOM-killed and the log says 'out of memory'."""
-    install_kernel("jdk-test-oom", kernel_image, "--memory", "256m")
+    name = f"jdk-test-oom-{engine_kind}"
+    install_kernel(name, engine_image, "--memory", "256m")
     log = tmp_path / "launcher.log"
-    km, kc = _launch_with_log("jdk-test-oom", workdir, log)
-    launcher = launcher_process(km)
-    try:
+    with running_kernel(name, workdir, log=log) as (km, kc):
+        launcher = launcher_process(km)
         kc.execute("x = bytearray(1 << 30)")
         wait_until(lambda: launcher.poll() is not None, 30)
         wait_until(lambda: not containers_of(kernel_key(km)), 5)
         assert "out of memory (limit 256 MiB)" in log.read_text()
-    finally:
-        kc.stop_channels()
-        km.cleanup_resources()
 
 
 def test_twenty_kernels_at_once_all_answer_and_all_are_removed(
@@ -171,19 +153,18 @@ def test_gc_removes_containers_of_dead_launchers_and_keeps_live_ones(
         ],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    km, kc = start(kernel_name, str(workdir))
     try:
-        assert cli.main(["gc"]) == 0
-        out = capsys.readouterr().out
-        # At least ours: earlier tests of a full run may leave orphans of their own.
-        assert re.search(r"Removed [1-9][0-9]* container\(s\)", out), out
-        assert containers_of("orphan-test") == []
-        assert containers_of(kernel_key(km), running_only=True) != []
-        reply, _ = execute(kc, "1")
-        assert reply["status"] == "ok"
+        with running_kernel(kernel_name, workdir) as (km, kc):
+            assert cli.main(["gc"]) == 0
+            out = capsys.readouterr().out
+            # At least ours: earlier tests of a full run may leave orphans of their own.
+            assert re.search(r"Removed [1-9][0-9]* container\(s\)", out), out
+            assert containers_of("orphan-test") == []
+            assert containers_of(kernel_key(km), running_only=True) != []
+            reply, _ = execute(kc, "1")
+            assert reply["status"] == "ok"
     finally:
         subprocess.run(["docker", "rm", "-f", orphan], capture_output=True, check=False)
-        stop(km, kc)
 
 
 def test_a_dead_jupyter_client_takes_its_kernels_container_with_it(

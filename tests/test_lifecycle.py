@@ -24,9 +24,11 @@ from tests.kernels import (
     execute,
     kernel_key,
     launcher_process,
+    running_kernel,
     start,
     stop,
     stream_text,
+    wait_for_execute_input,
     wait_for_stream,
     wait_until,
 )
@@ -35,12 +37,12 @@ pytestmark = pytest.mark.docker
 
 
 def test_code_runs_in_a_hardened_container_and_output_arrives_on_iopub(
-    kernel_name: str, workdir: Path
+    engine_kernel: str, workdir: Path
 ) -> None:
-    """stdout, stderr, execute_result and error come back; the container is locked down."""
+    """stdout, stderr, execute_result and error come back; the container is locked down
+    (on Docker and on Podman)."""
     (workdir / "data.txt").write_text("from the host\n")
-    km, kc = start(kernel_name, str(workdir))
-    try:
+    with running_kernel(engine_kernel, str(workdir)) as (km, kc):
         (container,) = containers_of(kernel_key(km))
         reply, out = execute(
             kc,
@@ -77,15 +79,11 @@ def test_code_runs_in_a_hardened_container_and_output_arrives_on_iopub(
         assert host["NanoCpus"] > 0
         assert not config["User"].startswith("0")
         assert not any(e.startswith("JPY_") or e.startswith("JUPYTER_") for e in config["Env"])
-    finally:
-        stop(km, kc)
-    wait_until(lambda: not containers_of(kernel_key(km)), 10)
 
 
 def test_completion_inspection_and_history_work(kernel_name: str, workdir: Path) -> None:
     """complete, inspect and history requests are answered by the containerized kernel."""
-    km, kc = start(kernel_name, str(workdir))
-    try:
+    with running_kernel(kernel_name, str(workdir)) as (_km, kc):
         execute(kc, "alpha_beta = 1")
         msg = kc.complete("alpha_b", 7, reply=True, timeout=30)
         assert "alpha_beta" in msg["content"]["matches"]
@@ -93,36 +91,30 @@ def test_completion_inspection_and_history_work(kernel_name: str, workdir: Path)
         assert msg["content"]["found"] is True
         msg = kc.history(hist_access_type="tail", n=5, reply=True, timeout=30)
         assert any("alpha_beta = 1" in entry[2] for entry in msg["content"]["history"])
-    finally:
-        stop(km, kc)
 
 
 def test_input_round_trips_through_the_stdin_channel(kernel_name: str, workdir: Path) -> None:
     """input() in the kernel reaches the client's stdin handler and gets its answer."""
-    km, kc = start(kernel_name, str(workdir))
     prompts: list[str] = []
+    with running_kernel(kernel_name, str(workdir)) as (_km, kc):
 
-    def answer(msg: dict[str, Any]) -> None:
-        prompts.append(msg["content"]["prompt"])
-        kc.input("Ada")
+        def answer(msg: dict[str, Any]) -> None:
+            prompts.append(msg["content"]["prompt"])
+            kc.input("Ada")
 
-    try:
         reply, out = execute(
             kc, "name = input('who? ')\nprint('hello', name)", allow_stdin=True, stdin_hook=answer
         )
         assert reply["status"] == "ok"
         assert prompts == ["who? "]
         assert stream_text(out) == "hello Ada\n"
-    finally:
-        stop(km, kc)
 
 
 def test_matplotlib_png_display_and_clear_output_pass_unchanged(
     kernel_name: str, workdir: Path
 ) -> None:
     """A matplotlib figure arrives as image/png display_data; clear_output is relayed."""
-    km, kc = start(kernel_name, str(workdir))
-    try:
+    with running_kernel(kernel_name, str(workdir)) as (_km, kc):
         reply, out = execute(
             kc,
             "%matplotlib inline\n"
@@ -135,14 +127,11 @@ def test_matplotlib_png_display_and_clear_output_pass_unchanged(
         pngs = [m for m in out if m["msg_type"] == "display_data"]
         assert base64.b64decode(pngs[0]["content"]["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
         assert any(m["msg_type"] == "clear_output" for m in out)
-    finally:
-        stop(km, kc)
 
 
 def test_comm_messages_pass_between_kernel_and_client(kernel_name: str, workdir: Path) -> None:
     """A comm opened by the kernel reaches the client with its data."""
-    km, kc = start(kernel_name, str(workdir))
-    try:
+    with running_kernel(kernel_name, str(workdir)) as (_km, kc):
         reply, out = execute(
             kc,
             "from comm import create_comm\n"
@@ -154,19 +143,21 @@ def test_comm_messages_pass_between_kernel_and_client(kernel_name: str, workdir:
         assert kinds["comm_open"]["target_name"] == "probe"
         assert kinds["comm_open"]["data"] == {"hello": "world"}
         assert kinds["comm_msg"]["data"] == {"n": 1}
-    finally:
-        stop(km, kc)
 
 
-@pytest.mark.parametrize("mode", ["signal", "message"])
+@pytest.mark.parametrize(
+    ("engine_kind", "mode"),
+    [("docker", "signal"), ("docker", "message"), ("podman", "signal")],
+    indirect=["engine_kind"],
+)
 def test_interrupt_stops_a_sleep_within_two_seconds_and_keeps_state(
-    kernel_image: str, workdir: Path, mode: str
+    engine_kind: str, engine_image: str, workdir: Path, mode: str
 ) -> None:
-    """Interrupt (both modes) ends time.sleep(60) quickly; variables survive, three times over."""
-    name = f"jdk-test-int-{mode}"
-    install_kernel(name, kernel_image, "--interrupt-mode", mode)
-    km, kc = start(name, str(workdir))
-    try:
+    """Interrupt (both modes) ends time.sleep(60) quickly; variables survive, three times over.
+    On Podman the kernelspec is set up with DOCKER_HOST at Podman (setup detects it)."""
+    name = f"jdk-test-int-{mode}-{engine_kind}"
+    install_kernel(name, engine_image, "--interrupt-mode", mode)
+    with running_kernel(name, str(workdir)) as (km, kc):
         execute(kc, "x = 41")
         for _ in range(3):
             msg_id = kc.execute("print('sleeping', flush=True); import time; time.sleep(60)")
@@ -184,16 +175,13 @@ def test_interrupt_stops_a_sleep_within_two_seconds_and_keeps_state(
         assert [
             m["content"]["data"]["text/plain"] for m in out if m["msg_type"] == "execute_result"
         ] == ["42"]
-    finally:
-        stop(km, kc)
 
 
 def test_restart_gives_a_fresh_container_and_removes_the_old_one(
-    kernel_name: str, workdir: Path
+    engine_kernel: str, workdir: Path
 ) -> None:
     """After restart the kernel state is new, in a new container; the old one is gone."""
-    km, kc = start(kernel_name, str(workdir))
-    try:
+    with running_kernel(engine_kernel, str(workdir)) as (km, kc):
         execute(kc, "x = 1")
         (before,) = containers_of(kernel_key(km))
         km.restart_kernel(now=False)
@@ -204,9 +192,6 @@ def test_restart_gives_a_fresh_container_and_removes_the_old_one(
         assert [
             m["content"]["data"]["text/plain"] for m in out if m["msg_type"] == "execute_result"
         ] == ["False"]
-    finally:
-        stop(km, kc)
-    wait_until(lambda: not containers_of(kernel_key(km)), 10)
 
 
 def test_async_kernel_manager_runs_and_shuts_down_the_kernel(
@@ -234,10 +219,10 @@ def test_async_kernel_manager_runs_and_shuts_down_the_kernel(
 
 
 def test_shutdown_leaves_no_container_no_process_and_no_files(
-    kernel_name: str, workdir: Path
+    engine_kernel: str, workdir: Path
 ) -> None:
     """A clean shutdown removes the container, ends the launcher and empties our runtime dir."""
-    km, kc = start(kernel_name, str(workdir))
+    km, kc = start(engine_kernel, str(workdir))
     launcher = launcher_process(km)
     base = Path("/tmp") / f"jupyter-docker-kernel-{os.getuid()}"
     assert any(p.name.startswith(kernel_key(km)) for p in base.iterdir())
@@ -252,8 +237,8 @@ def test_sigterm_to_the_launcher_removes_the_container(kernel_name: str, workdir
     km, kc = start(kernel_name, str(workdir))
     try:
         launcher = launcher_process(km)
-        kc.execute("import time; time.sleep(100)")
-        time.sleep(0.3)
+        msg_id = kc.execute("import time; time.sleep(100)")
+        wait_for_execute_input(kc, msg_id)
         os.kill(launcher.pid, signal.SIGTERM)
         wait_until(lambda: not containers_of(kernel_key(km)), 5)
         wait_until(lambda: launcher.poll() is not None, 5)

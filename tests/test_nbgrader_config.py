@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 
 from jupyter_docker_kernel import cli, grading
-from tests.test_nbgrader import (
+from tests.courses import (
     COURSE_ID,
     PS2_SOLUTION,
     PS2_SUBMITTED,
     PS2_TESTS,
     autograded_cell,
-    nbgrader,
+    new_course,
     release,
     score,
     source_notebook,
@@ -54,22 +54,14 @@ class Autograde:
 @pytest.fixture(scope="module")
 def course(kernel_image: str, tmp_path_factory: pytest.TempPathFactory) -> Autograde:
     """course101 with ps2 autograded for alice and bob."""
-    root = tmp_path_factory.mktemp("course101-config")
-    root.chmod(0o777)
+    root = new_course(tmp_path_factory.mktemp("course101-config"), ["alice", "bob"])
     config = root / "nbgrader_config.py"
-    config.write_text(
-        COURSE_LINES
-        + f"c.CourseDirectory.root = {str(root)!r}\n"
-        + f"c.CourseDirectory.db_url = {'sqlite:///' + str(root / 'gradebook.db')!r}\n"
-    )
     code = cli.main(
         ["setup", "--name", KERNEL, "--image", kernel_image, "--user", "--replace",
          "--for-nbgrader", "--cell-timeout", str(CELL_TIMEOUT),
          "--write-nbgrader-config", str(config)]
     )  # fmt: skip
     assert code == 0, f"setup --for-nbgrader exited {code}"
-    (root / "students.csv").write_text("id\nalice\nbob\n")
-    nbgrader(root, "db", "student", "import", "students.csv")
     ps2 = release(root, "ps2", source_notebook(PS2_SOLUTION, PS2_TESTS, points=1))
     submit(root, "alice", "ps2", ps2, PS2_SUBMITTED)
     submit(root, "bob", "ps2", ps2, BOB_SUBMITTED)

@@ -36,11 +36,13 @@ print(open("result.txt").read(), end="")"""
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def copy_kernel_name(kernel_image: str) -> str:
+@pytest.fixture
+def copy_kernel_name(engine_kind: str, engine_image: str) -> str:
     """A kernelspec whose kernel works on a private copy of the notebook's directory."""
-    install_kernel("jdk-test-copy", kernel_image, "--copy-workdir")
-    return "jdk-test-copy"
+    name = f"jdk-test-copy-{engine_kind}"
+    podman = ["--podman"] if engine_kind == "podman" else []
+    install_kernel(name, engine_image, *podman, "--copy-workdir")
+    return name
 
 
 def notebook_in(workdir: Path, *cells: str) -> NotebookNode:
@@ -98,12 +100,12 @@ def assert_no_container_left(workdir: Path, within: float = 5.0) -> None:
 
 
 def test_nbclient_runs_a_notebook_that_reads_and_writes_files_next_to_it(
-    kernel_name: str, workdir: Path
+    engine_kernel: str, workdir: Path
 ) -> None:
     """nbclient: relative paths resolve in the notebook's directory, and writes reach the host."""
     nb = notebook_in(workdir, READ_AND_SUM, WRITE_RESULT)
 
-    executed = execute(nb, kernel_name, workdir)
+    executed = execute(nb, engine_kernel, workdir)
 
     assert stdout_of(executed.cells[0]) == "sum=42\n"
     assert (workdir / "result.txt").read_text() == "total 42\n"

@@ -14,7 +14,8 @@ from jupyter_client.session import Session
 
 from jupyter_docker_kernel.notice import execute_header, kill_notice, notice_messages
 from jupyter_docker_kernel.relay import Endpoint, Relay, Route, zmtp_message
-from tests.test_relay import EchoKernel, PubKernel, free_port
+from tests.kernels import free_port
+from tests.test_relay import EchoKernel, PubKernel
 
 KEY = "a0b1c2d3-secret"
 CONNECTION = {"key": KEY, "signature_scheme": "hmac-sha256"}

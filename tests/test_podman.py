@@ -1,9 +1,11 @@
 """Podman as the engine: the same end-to-end stories as with Docker, through its compat API.
 
-The Docker tests below are called as they are, with a kernelspec written by `setup --podman`
-and DOCKER_HOST pointing at Podman's socket so their `docker ps`/`docker inspect` checks
-look at Podman's containers. scripts/bootstrap-podman makes the service and the image ready.
-The pure tests at the top (no engine) pin what differs in the arguments Podman gets.
+The end-to-end stories that must hold on both engines live with their Docker versions and
+run once per engine (conftest's `engine_kind` fixture: test_lifecycle, test_kill and
+test_notebooks, their `[podman]` ids). Here: the pure tests (no engine) that pin what differs
+in the arguments Podman gets, and the stories that only Podman has (a kernelspec's engine
+winning over DOCKER_HOST, what `ps`, `doctor` and `gc` see across engines).
+scripts/bootstrap-podman makes the service and the image ready.
 """
 
 from __future__ import annotations
@@ -23,12 +25,9 @@ from jupyter_docker_kernel.engine import Engine, podman_socket
 from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.launcher import kernel_id_from, runtime_base
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE, KernelSettings
-from tests import test_kill, test_lifecycle, test_notebooks
-from tests.conftest import install_kernel, not_here
-from tests.kernels import execute, kernel_key, start, stop, stream_text, wait_until
+from tests.conftest import install_kernel
+from tests.kernels import execute, kernel_key, running_kernel, stream_text, wait_until
 from tests.test_hardening import LAUNCH
-
-PODMAN_KERNEL = "jdk-test-podman"
 
 # -- pure: what Podman is given -------------------------------------------------------------
 
@@ -88,35 +87,6 @@ def test_an_explicit_engine_host_lands_in_the_kernelspec(tmp_path: Path) -> None
 # -- against a real Podman ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def podman_host() -> str:
-    """Podman's API address with the default image in its storage; fails under CI if not."""
-    try:
-        host = podman_socket()
-        engine = Engine(host=host)
-        engine.info()
-        assert engine.kind() == "podman", f"{host} is not Podman's API"
-        engine.require_image(DEFAULT_IMAGE)
-    except Exception as exc:
-        not_here(f"Podman is not ready ({exc}); run scripts/bootstrap-podman", "Podman")
-    return host
-
-
-@pytest.fixture(scope="session")
-def podman_kernel(podman_host: str) -> str:
-    """A kernelspec for the default image written by `setup --podman`."""
-    install_kernel(PODMAN_KERNEL, DEFAULT_IMAGE, "--podman")
-    return PODMAN_KERNEL
-
-
-@pytest.fixture
-def on_podman(podman_host: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """DOCKER_HOST at Podman for this test: the shared helpers' docker CLI calls see its
-    containers. (The kernelspec's engine_host alone decides where the kernel runs.)"""
-    monkeypatch.setenv("DOCKER_HOST", podman_host)
-    return podman_host
-
-
 @pytest.mark.docker
 def test_setup_podman_records_the_engine_and_pins_nproc(podman_kernel: str) -> None:
     """setup --podman stores engine=podman, its socket, and an nproc ulimit Podman can grant."""
@@ -143,8 +113,7 @@ def test_kernelspec_engine_wins_over_the_environment(
         kernel = "jdk-test-podman-prov"
         install_kernel(kernel, DEFAULT_IMAGE, "--podman", "--provisioner")
     monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
-    km, kc = start(kernel, str(workdir))
-    try:
+    with running_kernel(kernel, str(workdir)) as (km, kc):
         # The provisioner labels with the kernel id itself (no connection file name).
         key = kernel_key(km)
         if client_side == "provisioner":
@@ -160,8 +129,6 @@ def test_kernelspec_engine_wins_over_the_environment(
         assert ids("unix:///var/run/docker.sock") == []
         _, out = execute(kc, "print(6 * 7)")
         assert stream_text(out) == "42\n"
-    finally:
-        stop(km, kc)
     assert ids(podman_host) == []
 
 
@@ -174,8 +141,7 @@ def test_kernel_on_podman_is_unprivileged_offline_and_read_only(
     AF_VSOCK socket and no set-id file in the work dir, as under Docker (Podman's own
     seccomp profile allows all three; the service's is ours, from bootstrap-podman, and the
     supervisor's filter refuses the last two whatever the service's profile)."""
-    km, kc = start(podman_kernel, str(workdir))
-    try:
+    with running_kernel(podman_kernel, str(workdir)) as (_km, kc):
         reply, out = execute(
             kc,
             "import os, socket\n"
@@ -208,67 +174,6 @@ def test_kernel_on_podman_is_unprivileged_offline_and_read_only(
             "True 0 offline read-only ['lo'] 512 EPERM EPERM PermissionError\n"
         )
         assert not (workdir / "setid").stat().st_mode & 0o6000
-    finally:
-        stop(km, kc)
-
-
-@pytest.mark.docker
-def test_on_podman_code_runs_in_a_hardened_container(
-    podman_kernel: str, workdir: Path, on_podman: str
-) -> None:
-    """test_lifecycle's story (iopub output, inspect shows the hardening) on Podman."""
-    test_lifecycle.test_code_runs_in_a_hardened_container_and_output_arrives_on_iopub(
-        podman_kernel, workdir
-    )
-
-
-@pytest.mark.docker
-def test_on_podman_interrupt_stops_a_sleep_within_two_seconds(
-    podman_host: str, workdir: Path, on_podman: str
-) -> None:
-    """test_lifecycle's interrupt test, its kernelspec set up with DOCKER_HOST at Podman
-    (setup detects Podman and records it)."""
-    test_lifecycle.test_interrupt_stops_a_sleep_within_two_seconds_and_keeps_state(
-        DEFAULT_IMAGE, workdir, "signal"
-    )
-
-
-@pytest.mark.docker
-def test_on_podman_restart_gives_a_fresh_container(
-    podman_kernel: str, workdir: Path, on_podman: str
-) -> None:
-    """test_lifecycle's restart test on Podman."""
-    test_lifecycle.test_restart_gives_a_fresh_container_and_removes_the_old_one(
-        podman_kernel, workdir
-    )
-
-
-@pytest.mark.docker
-def test_on_podman_shutdown_leaves_nothing(
-    podman_kernel: str, workdir: Path, on_podman: str
-) -> None:
-    """test_lifecycle's clean-shutdown test on Podman."""
-    test_lifecycle.test_shutdown_leaves_no_container_no_process_and_no_files(podman_kernel, workdir)
-
-
-@pytest.mark.docker
-def test_on_podman_sigkill_to_the_launcher_removes_the_container(
-    podman_kernel: str, workdir: Path, on_podman: str
-) -> None:
-    """test_kill's SIGKILL test on Podman: the watchdog reaches Podman too."""
-    test_kill.test_sigkill_to_the_launcher_mid_execution_removes_the_container_within_5s(
-        podman_kernel, workdir
-    )
-
-
-@pytest.mark.docker
-def test_on_podman_nbclient_runs_a_notebook(
-    podman_kernel: str, workdir: Path, on_podman: str
-) -> None:
-    """test_notebooks' nbclient story on Podman: files next to the notebook, read and written."""
-    test_notebooks.test_nbclient_runs_a_notebook_that_reads_and_writes_files_next_to_it(
-        podman_kernel, workdir
-    )
 
 
 @pytest.mark.docker
@@ -290,35 +195,6 @@ def test_gc_leaves_another_engines_warm_pool_dir_alone(engine: Engine) -> None:
             assert (str(pool_dir) in result.dirs) is orphan
     finally:
         shutil.rmtree(pool_dir)
-
-
-@pytest.mark.docker
-def test_on_podman_out_of_memory_is_reported_as_such(
-    podman_host: str, workdir: Path, tmp_path: Path, on_podman: str
-) -> None:
-    """test_kill's memory bomb on Podman: the memory limit holds and the log says so."""
-    test_kill.test_out_of_memory_is_reported_as_such(DEFAULT_IMAGE, workdir, tmp_path)
-
-
-@pytest.mark.docker
-def test_on_podman_a_kernel_exiting_by_itself_ends_the_launcher_with_its_code(
-    podman_kernel: str, workdir: Path, tmp_path: Path, on_podman: str
-) -> None:
-    """test_kill's os._exit(3) story on Podman: exit code through `docker run` and the log."""
-    test_kill.test_kernel_exiting_by_itself_ends_the_launcher_with_its_exit_code_logged(
-        podman_kernel, workdir, tmp_path
-    )
-
-
-@pytest.mark.docker
-def test_on_podman_copy_workdir_writes_stay_in_the_container(
-    podman_host: str, workdir: Path, on_podman: str
-) -> None:
-    """test_notebooks' --copy-workdir story on Podman: reads work, writes never reach the host."""
-    install_kernel("jdk-test-podman-copy", DEFAULT_IMAGE, "--podman", "--copy-workdir")
-    test_notebooks.test_copy_workdir_kernel_reads_the_notebooks_files_but_writes_stay_in_the_container(
-        "jdk-test-podman-copy", workdir
-    )
 
 
 @pytest.mark.docker
@@ -354,9 +230,8 @@ def test_ps_finds_a_podman_kernel_without_being_told_and_logs_keeps_its_output(
     limits and usage, with no --podman given; `logs` has its fd-1 output."""
     from jupyter_docker_kernel import running
 
-    km, kc = start(podman_kernel, str(workdir))
-    key = kernel_key(km)
-    try:
+    with running_kernel(podman_kernel, str(workdir)) as (km, kc):
+        key = kernel_key(km)
         execute(kc, "import os; os.write(1, b'podman fd-1 output\\n')")
         capsys.readouterr()
         assert cli.main(["ps", "--json"]) == 0
@@ -370,5 +245,3 @@ def test_ps_finds_a_podman_kernel_without_being_told_and_logs_keeps_its_output(
         assert mine["pids"] > 0
         assert mine["workdir"] == str(workdir)
         wait_until(lambda: b"podman fd-1 output" in running.find_logs(key).output, 10)
-    finally:
-        stop(km, kc)

@@ -18,7 +18,13 @@ from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool
 from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.settings import KernelSettings
 from tests.conftest import install_kernel
-from tests.kernels import containers_of, execute, kernel_key, start, stop, wait_until
+from tests.kernels import (
+    containers_of,
+    execute,
+    kernel_key,
+    running_kernel,
+    wait_until,
+)
 
 POOLED = KernelSettings(workdir="copy", pool=2)
 LAUNCH = hardening.Launch(
@@ -225,27 +231,19 @@ def test_a_pooled_kernel_is_a_fresh_container_that_never_ran_another_notebook(
     spec = install_kernel(name, kernel_image, "--copy-workdir", "--pool", "1", "--pool-ttl", "120")
     key = key_of(spec)
     try:
-        km, kc = start(name, str(workdir))
-        try:
+        with running_kernel(name, str(workdir)) as (km, kc):
             execute(kc, "secret = 'first notebook'")
             (first,) = containers_of(kernel_key(km))
-        finally:
-            stop(km, kc)
         wait_until(lambda: not containers_of(kernel_key(km)), 10)
         waiting = wait_until(lambda: bool(warm_ready(key)), 60)
         print(f"warm container ready {waiting:.1f} s after the first kernel stopped")
         log = workdir / "launcher.log"
-        with log.open("w") as stderr:
-            km2, kc2 = start(name, str(workdir), stderr=stderr)
-        try:
+        with running_kernel(name, workdir, log=log) as (km2, kc2):
             assert "started in warm container" in log.read_text()
             (second,) = containers_of(kernel_key(km2))
             _, out = execute(kc2, "import os; print('secret' in dir(), os.getcwd())")
             assert second != first
             assert "".join(m["content"].get("text", "") for m in out) == "False /work\n"
-        finally:
-            stop(km2, kc2)
-        wait_until(lambda: not containers_of(kernel_key(km2)), 10)
     finally:
         assert cli.main(["gc", "--pools"]) == 0
         wait_until(lambda: not warm_ready(), 10)
@@ -261,8 +259,8 @@ def test_a_warm_kernel_is_initialised_before_it_is_claimed(
     spec = install_kernel(name, kernel_image, "--no-workdir", "--pool", "1", "--pool-ttl", "120")
     key = key_of(spec)
     try:
-        km, kc = start(name, str(workdir))
-        stop(km, kc)
+        with running_kernel(name, workdir):
+            pass  # its stop starts the refill
         wait_until(lambda: bool(warm_ready(key)), 60)
         (warm,) = [
             item

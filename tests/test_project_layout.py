@@ -24,7 +24,7 @@ from jupyter_docker_kernel import cli
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.settings import KernelSettings
 from tests.conftest import OUR_LABEL, install_kernel
-from tests.kernels import execute, start, stop, stream_text, wait_until
+from tests.kernels import execute, running_kernel, start, stop, stream_text, wait_until
 from tests.test_jupyterlab import (  # noqa: F401 - fixtures the browser test uses
     Lab,
     chromium,
@@ -73,11 +73,8 @@ def expected(notebooks: Path, *more: str) -> str:
 
 
 def run_in_kernel(kernel: str, cwd: Path, code: str = PROBE) -> str:
-    km, kc = start(kernel, str(cwd))
-    try:
+    with running_kernel(kernel, str(cwd)) as (_km, kc):
         _, outputs = execute(kc, code)
-    finally:
-        stop(km, kc)
     return stream_text(outputs)
 
 

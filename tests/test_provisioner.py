@@ -36,6 +36,7 @@ from tests.conftest import inspect, install_kernel
 from tests.kernels import (
     containers_of,
     execute,
+    running_kernel,
     start,
     stop,
     stream_text,
@@ -137,8 +138,7 @@ def test_kernel_manager_reaches_the_containers_sockets_without_a_launcher(
     """KernelManager uses DockerProvisioner; its connection info is ipc to the in-process
     relay's sockets in a host-only dir, whose pins lead to the sockets the kernel bound in
     the host runtime dir; no launcher process runs; code runs hardened, output arrives."""
-    km, kc = start(provisioned, str(workdir))
-    try:
+    with running_kernel(provisioned, str(workdir)) as (km, kc):
         prov = provisioner_of(km)
         assert prov.base is not None
         info = km.get_connection_info()
@@ -162,8 +162,6 @@ def test_kernel_manager_reaches_the_containers_sockets_without_a_launcher(
         assert host["NetworkMode"] == "none"
         assert host["CapDrop"] == ["ALL"]
         assert host["ReadonlyRootfs"] is True
-    finally:
-        stop(km, kc)
 
 
 @pytest.mark.docker
@@ -173,8 +171,7 @@ def test_a_socket_swapped_for_a_symlink_does_not_redirect_new_connections(
     """The kernel renames its shell socket and puts a symlink to the engine's socket in its
     place: the pin the relay connects through still leads to the socket the kernel bound
     at start, and a new client connecting now still reaches the kernel."""
-    km, kc = start(provisioned, str(workdir))
-    try:
+    with running_kernel(provisioned, str(workdir)) as (km, kc):
         prov = provisioner_of(km)
         assert prov.base is not None
         bound = os.lstat(prov.base / "rt" / "k-1").st_ino
@@ -194,8 +191,6 @@ def test_a_socket_swapped_for_a_symlink_does_not_redirect_new_connections(
             assert stream_text(out) == "reached\n"
         finally:
             kc2.stop_channels()
-    finally:
-        stop(km, kc)
 
 
 @pytest.mark.docker
@@ -224,8 +219,7 @@ def test_interrupt_stops_a_sleeping_cell_three_times_in_a_row(
 ) -> None:
     """interrupt_kernel becomes an engine SIGINT; each sleep(60) ends in KeyboardInterrupt
     within seconds, and the kernel keeps working after the third."""
-    km, kc = start(provisioned, str(workdir))
-    try:
+    with running_kernel(provisioned, str(workdir)) as (km, kc):
         for _ in range(3):
             msg_id = kc.execute("import time; print('sleeping', flush=True); time.sleep(60)")
             wait_for_stream(kc, msg_id, "sleeping")
@@ -237,8 +231,6 @@ def test_interrupt_stops_a_sleeping_cell_three_times_in_a_row(
             assert reply["content"]["ename"] == "KeyboardInterrupt"
         reply, out = execute(kc, "print('still here')")
         assert stream_text(out) == "still here\n"
-    finally:
-        stop(km, kc)
 
 
 @pytest.mark.docker
@@ -247,8 +239,7 @@ def test_restart_starts_a_new_container_the_connected_client_reaches(
 ) -> None:
     """restart_kernel replaces the container; the socket paths stay, so the client that
     was connected before runs code in the new kernel without reconnecting."""
-    km, kc = start(provisioned, str(workdir))
-    try:
+    with running_kernel(provisioned, str(workdir)) as (km, kc):
         prov = provisioner_of(km)
         execute(kc, "x = 1")
         (before,) = containers_of(prov.key, running_only=True)
@@ -261,8 +252,6 @@ def test_restart_starts_a_new_container_the_connected_client_reaches(
         _, out = execute(kc, "print('x' in dir())")
         assert stream_text(out) == "False\n"
         wait_until(lambda: before not in containers_of(prov.key), 10)
-    finally:
-        stop(km, kc)
 
 
 @pytest.mark.docker
@@ -426,8 +415,7 @@ def test_a_warm_pool_container_is_claimed_through_the_provisioner(
             timeout=180,
         )
         wait_until(lambda: bool(warm()), 90)
-        km, kc = start(name, str(workdir))
-        try:
+        with running_kernel(name, str(workdir)) as (km, kc):
             prov = provisioner_of(km)
             assert prov.container is not None
             assert prov.container.pooled
@@ -442,8 +430,6 @@ def test_a_warm_pool_container_is_claimed_through_the_provisioner(
                 lambda: named in [c.get("Names") for c in ours({engine.LABEL_KERNEL_ID: None})], 30
             )
             assert named not in reaper.collect(engine.Engine(), dry_run=True).containers
-        finally:
-            stop(km, kc)
         wait_until(lambda: not containers_of(prov.key), 10)
     finally:
         with contextlib.suppress(AssertionError):

@@ -23,7 +23,7 @@ from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.hardening import Launch
 from jupyter_docker_kernel.settings import KernelSettings, Mount
 from tests.conftest import TEST_KERNEL
-from tests.kernels import execute, start, stop, stream_text
+from tests.kernels import execute, running_kernel, stream_text
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_PATH = ("/opt/kernel/bin", "/usr/local/bin", "/usr/bin", "/bin")
@@ -462,8 +462,7 @@ needs_root = pytest.mark.skipif(os.getuid() != 0, reason="kernel_user owner matt
 
 
 def whoami_and_write(kernel: str, workdir: Path) -> tuple[str, str]:
-    km, kc = start(kernel, str(workdir))
-    try:
+    with running_kernel(kernel, str(workdir)) as (_km, kc):
         _, outputs = execute(
             kc,
             "import os\n"
@@ -474,8 +473,6 @@ def whoami_and_write(kernel: str, workdir: Path) -> tuple[str, str]:
             "except OSError as exc:\n"
             "    print(type(exc).__name__)\n",
         )
-    finally:
-        stop(km, kc)
     ids, outcome = stream_text(outputs).split()
     return ids, outcome
 

@@ -30,17 +30,10 @@ from jupyter_docker_kernel.relay import (
     connect_kernel_socket,
     host_endpoints,
 )
+from tests.kernels import free_port
 
 #: Generous per-read timeout; each test finishes well under it when the relay works.
 TIMEOUT = 2.0
-
-
-def free_port() -> int:
-    """A tcp port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def flipped(data: bytes) -> bytes:

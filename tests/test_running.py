@@ -21,7 +21,13 @@ from jupyter_docker_kernel.engine import Engine, cli_size
 from jupyter_docker_kernel.launcher import alive, process_start_time, runtime_base
 from jupyter_docker_kernel.provisioner import DockerProvisioner
 from tests.conftest import TEST_KERNEL, install_kernel
-from tests.kernels import execute, kernel_key, launcher_process, start, stop, wait_until
+from tests.kernels import (
+    execute,
+    kernel_key,
+    launcher_process,
+    running_kernel,
+    wait_until,
+)
 
 ME = {"launcher_pid": os.getpid(), "launcher_start": process_start_time(os.getpid())}
 
@@ -215,9 +221,10 @@ def test_ps_shows_two_running_kernels_with_their_limits_memory_and_client(
     kernelspec, memory used under the 2 GiB limit, pids, this process as the client and
     the notebook directory; `ps` shows the same as a table; one prints to fd 1 and `logs`
     shows it; after a normal shutdown `logs` says so."""
-    first = start(kernel_name, str(workdir))
-    second = start(kernel_name, str(workdir))
-    try:
+    with (
+        running_kernel(kernel_name, workdir) as first,
+        running_kernel(kernel_name, workdir) as second,
+    ):
         execute(first[1], "import os; os.write(1, b'written-to-fd-1 by the kernel\\n')")
         assert cli.main(["ps", "--json"]) == 0
         listed = json.loads(capsys.readouterr().out)["kernels"]
@@ -246,9 +253,6 @@ def test_ps_shows_two_running_kernels_with_their_limits_memory_and_client(
         assert "written-to-fd-1 by the kernel" in shown
         assert f"({TEST_KERNEL})" in shown
         assert ": running" in shown.splitlines()[0]
-    finally:
-        stop(*first)
-        stop(*second)
     launcher_gone = running.find_logs(kernel_key(first[0]))
     wait_until(lambda: running.find_logs(kernel_key(first[0])).status != "running", 10)
     assert cli.main(["logs", kernel_key(first[0])]) == 0
@@ -264,14 +268,10 @@ def test_logs_says_a_kernel_was_killed_out_of_memory(
 ) -> None:
     install_kernel("jdk-test-oom", kernel_image, "--memory", "256m")
     capsys.readouterr()
-    km, kc = start("jdk-test-oom", str(workdir))
-    launcher = launcher_process(km)
-    try:
+    with running_kernel("jdk-test-oom", workdir) as (km, kc):
+        launcher = launcher_process(km)
         kc.execute("x = bytearray(1 << 30)")
         wait_until(lambda: launcher.poll() is not None, 60)
-    finally:
-        kc.stop_channels()
-        km.cleanup_resources()
     assert cli.main(["logs", kernel_key(km)]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "exited with code 137" in first, first
@@ -285,10 +285,9 @@ def test_ps_and_logs_cover_kernels_the_provisioner_runs(
     """With --provisioner the server itself runs the container: ps names this process as
     the client, and logs has the kernel's fd-1 output and its exit."""
     install_kernel("jdk-test-provisioner", kernel_image, "--provisioner")
-    km, kc = start("jdk-test-provisioner", str(workdir))
-    assert isinstance(km.provisioner, DockerProvisioner)
-    key = km.provisioner.key
-    try:
+    with running_kernel("jdk-test-provisioner", workdir) as (km, kc):
+        assert isinstance(km.provisioner, DockerProvisioner)
+        key = km.provisioner.key
         execute(kc, "import os; os.write(1, b'provisioned fd-1 output\\n')")
         capsys.readouterr()
         assert cli.main(["ps", "--json"]) == 0
@@ -298,8 +297,6 @@ def test_ps_and_logs_cover_kernels_the_provisioner_runs(
         assert mine["kernelspec"] == "jdk-test-provisioner"
         assert mine["client_pid"] == os.getpid()
         wait_until(lambda: b"provisioned fd-1" in running.find_logs(key).output, 10)
-    finally:
-        stop(km, kc)
     wait_until(lambda: running.find_logs(key).status != "running", 10)
     assert "exited with code" in running.find_logs(key).status
 

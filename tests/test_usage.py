@@ -17,7 +17,7 @@ import pytest
 from jupyter_docker_kernel import _usage, cli, hardening
 from jupyter_docker_kernel.settings import KernelSettings
 from tests.conftest import install_kernel
-from tests.kernels import execute, start, stop, stream_text, wait_until
+from tests.kernels import execute, running_kernel, stream_text, wait_until
 from tests.test_pool import warm_ready
 
 GIB = 1 << 30
@@ -283,8 +283,7 @@ def test_usage_request_answers_with_the_containers_limits(kernel_image: str, wor
     its container's limits: --memory 1g is 1 GiB total, --cpus 1.5 is 1.5 CPUs."""
     name = "jdk-test-usage"
     install_kernel(name, kernel_image, *LIMITS)
-    km, kc = start(name, str(workdir))
-    try:
+    with running_kernel(name, str(workdir)) as (_km, kc):
         first = usage_reply(kc)
         print(f"usage_reply: {first}")
         assert_container_limits(first)
@@ -301,8 +300,6 @@ def test_usage_request_answers_with_the_containers_limits(kernel_image: str, wor
         image_site, ours_on_path = stream_text(outputs).split()
         assert image_site.startswith("/usr/lib/python3"), image_site
         assert ours_on_path == "[]"
-    finally:
-        stop(km, kc)
 
 
 @pytest.mark.docker
@@ -314,11 +311,8 @@ def test_a_pooled_kernel_answers_usage_request_with_the_containers_limits(
     name = "jdk-test-usage-pool"
     install_kernel(name, kernel_image, *LIMITS, "--no-workdir", "--pool", "1", "--pool-ttl", "120")
     try:
-        km, kc = start(name, str(workdir))
-        try:
+        with running_kernel(name, str(workdir)) as (_km, kc):
             assert_container_limits(usage_reply(kc))
-        finally:
-            stop(km, kc)
     finally:
         assert cli.main(["gc", "--pools"]) == 0
         wait_until(lambda: not warm_ready(), 10)

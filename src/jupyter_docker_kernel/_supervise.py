@@ -872,9 +872,9 @@ def hold_iopub_welcomes(app: object) -> "Callable[[], None]":
     """
     thread = getattr(app, "iopub_thread", None)
     send = getattr(type(thread), "_send_welcome_message", None)
-    loop = getattr(thread, "io_loop", None)
-    if thread is None or send is None or loop is None:
-        return lambda: None
+    add_callback = getattr(getattr(thread, "io_loop", None), "add_callback", None)
+    if thread is None or send is None or add_callback is None:
+        return lambda: None  # greets nobody, or in a way we do not know: left alone
     held = []  # type: List[str]
     # An instance attribute shadows the method: _handle_subscription looks it up each time.
     thread._send_welcome_message = held.append
@@ -884,7 +884,8 @@ def hold_iopub_welcomes(app: object) -> "Callable[[], None]":
         for subscription in held:
             send(thread, subscription)
 
-    return lambda: loop.add_callback(release_on_thread)
+    # tornado's add_callback may be called from any thread; the callback runs on the loop's.
+    return lambda: add_callback(release_on_thread)
 
 
 def run_pooled_kernel(claim_fd: int, ready_fd: int, ip: str, setup: "Callable[[], None]") -> int:

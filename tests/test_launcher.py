@@ -310,3 +310,31 @@ def test_a_writable_mount_where_nbgrader_grades_is_refused(
             refuse_grading_mount(str(path))
     else:
         refuse_grading_mount(str(path))
+
+
+def test_a_client_that_died_while_the_kernel_started_still_stops_it() -> None:
+    """The launcher watches the Jupyter client that started it only once the kernel runs;
+    a client gone before that (killed during a start of some seconds) left us under init,
+    and a watch that took init for the client never ended: kernel and container ran on
+    for --max-lifetime. The watch compares against the client the launcher started under."""
+    import asyncio
+    import subprocess
+    from typing import cast
+
+    from jupyter_docker_kernel.container import Container
+    from jupyter_docker_kernel.launcher import watch_parent
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+
+    class Starting:
+        def __init__(self) -> None:
+            self.client_pid = gone.pid  # the client we started under: ended, not our parent
+            self.stopped: list[str] = []
+
+        def stop(self, reason: str = "") -> None:
+            self.stopped.append(reason)
+
+    container = Starting()
+    asyncio.run(asyncio.wait_for(watch_parent(cast(Container, container)), 5))
+    assert container.stopped == ["the Jupyter client went away"]

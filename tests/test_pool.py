@@ -7,15 +7,20 @@ import dataclasses
 import itertools
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zmq
+from jupyter_client.session import Session
 
-from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool
+from jupyter_docker_kernel import cli, engine, hardening, kernelspec, launcher, pool
+from jupyter_docker_kernel.endpoints import CHANNELS
 from jupyter_docker_kernel.errors import SettingsError
+from jupyter_docker_kernel.rundir import RunDir
 from jupyter_docker_kernel.settings import KernelSettings
 from tests.conftest import install_kernel
 from tests.kernels import (
@@ -297,7 +302,7 @@ def start_warm(settings: KernelSettings) -> str:
     """One real warm container for these settings, started as a launcher's refill would."""
     import socket as socket_mod
 
-    from jupyter_docker_kernel import launcher, manage
+    from jupyter_docker_kernel import manage
 
     launch = dataclasses.replace(
         manage.placeholder_launch(settings),
@@ -342,3 +347,55 @@ def test_remove_counts_the_specs_warm_containers_and_gc_pools_name_removes_only_
     finally:
         for name in (warm_doomed, warm_kept):
             engine.Engine().remove(name)
+
+
+@pytest.mark.docker
+def test_a_warm_kernel_signs_nothing_with_its_placeholder_key(kernel_image: str) -> None:
+    """ipykernel 7 greets each new iopub subscriber (iopub_welcome) from its IOPub thread,
+    which a warm kernel runs before the claim brings the key. A client that subscribed
+    before the kernel took the key (a claim whose work-dir copy was still streaming, or a
+    busy machine) got the greeting signed with the placeholder key: "Invalid Signature",
+    which jupyter_client's wait_for_ready raises. The greeting must wait for the key.
+
+    Made certain here: we subscribe to the claimed kernel's iopub before handing it the key.
+    """
+    nonce = os.urandom(4).hex()
+    settings = KernelSettings(image=kernel_image, workdir="none", pool=1, env=(("T", nonce),))
+    key = pool.pool_key(settings, os.getuid())
+    base = launcher.runtime_base()
+    name = start_warm(settings)
+    claimed_dir = RunDir.new(base, f"jdk-test-welcome-{nonce}").path
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    try:
+        wait_until(lambda: bool(warm_ready(key)), 60)
+        claimed = pool.claim(settings, base, claimed_dir)
+        assert claimed is not None
+        assert claimed.container_name == name
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(f"ipc://{RunDir(claimed_dir).sockets}/{hardening.SOCKET_PREFIX}-2")
+        greeted_early = sub.poll(3000)  # a kernel that greets now signs with the placeholder
+        session = Session(key=os.urandom(16).hex().encode())
+        connection: dict[str, object] = {
+            "transport": "ipc",
+            "ip": f"{hardening.RUNTIME_TARGET}/{hardening.SOCKET_PREFIX}",
+            "key": session.key.decode(),
+            "signature_scheme": "hmac-sha256",
+        }
+        for index, channel in enumerate(CHANNELS, start=1):
+            connection[f"{channel}_port"] = index
+        pool.hand_over(claimed, connection, "/")
+        assert sub.poll(20_000), "no iopub_welcome once the key was handed over"
+        _, frames = session.feed_identities(sub.recv_multipart())
+        message = session.deserialize(frames)  # ValueError: Invalid Signature
+        assert message["msg_type"] == "iopub_welcome"
+        assert not greeted_early
+        claimed.lifeline.close()
+    finally:
+        sub.close()
+        context.term()
+        engine.Engine().remove(name)
+        shutil.rmtree(claimed_dir, ignore_errors=True)
+        for entry in pool.pool_dirs(base, key):
+            shutil.rmtree(entry, ignore_errors=True)

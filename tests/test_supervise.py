@@ -442,3 +442,58 @@ def wait_for(check: Callable[[], bool], timeout: float) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+class _IOPubLoop:
+    """tornado's IOLoop as hold_iopub_welcomes uses it: callbacks queued for its thread."""
+
+    def __init__(self) -> None:
+        self.queued: list[Callable[[], None]] = []
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        self.queued.append(callback)
+
+
+def test_a_warm_kernel_greets_iopub_subscribers_only_once_it_has_the_key() -> None:
+    """ipykernel 7's IOPubThread greets each subscription through _send_welcome_message,
+    signed with the session's key at that moment: before the claim, a placeholder. Held
+    until the release, which runs on the IOPub loop, after the key was set."""
+    key = ["placeholder"]
+    sent: list[tuple[str, str]] = []
+
+    class IOPubThread:
+        def __init__(self) -> None:
+            self.io_loop = _IOPubLoop()
+
+        def _send_welcome_message(self, subscription: str) -> None:
+            sent.append((subscription, key[0]))
+
+    thread = IOPubThread()
+
+    class App:
+        iopub_thread = thread
+
+    release = _supervise.hold_iopub_welcomes(App())
+    thread._send_welcome_message("")  # a client subscribed before the claim line came
+    assert sent == []
+    key[0] = "client's"
+    release()
+    assert sent == []  # not from the kernel's main thread: from the IOPub loop's
+    (callback,) = thread.io_loop.queued
+    callback()
+    thread._send_welcome_message("later")
+    assert sent == [("", "client's"), ("later", "client's")]
+
+
+def test_an_ipykernel_that_sends_no_greeting_is_left_alone() -> None:
+    """ipykernel 6 has no _send_welcome_message: nothing is held, the release does nothing."""
+
+    class IOPubThread:
+        io_loop = _IOPubLoop()
+
+    class App:
+        iopub_thread = IOPubThread()
+
+    _supervise.hold_iopub_welcomes(App())()
+    assert vars(App.iopub_thread) == {}
+    assert IOPubThread.io_loop.queued == []

@@ -856,6 +856,38 @@ def install_usage_hook(site_dir: Optional[str]) -> None:
         say(f"usage hook not installed: {exc}")
 
 
+def hold_iopub_welcomes(app: object) -> "Callable[[], None]":
+    """Keep the greeting a warm kernel's IOPub thread sends each new iopub subscriber
+    until the claim has brought the client's key; returns the release, which the kernel
+    calls once it has set the key.
+
+    ipykernel 7 greets each subscription (iopub_welcome) from its IOPub thread, which runs
+    from initialize() on, so before the claim. A client that subscribed before the kernel
+    took the key (the claim line reaches the kernel only after the work dir's copy; on a
+    busy machine the relay may also just be quicker) got the greeting signed with the
+    placeholder key: "Invalid Signature", which jupyter_client's wait_for_ready raises.
+    Held and released on the IOPub thread itself (the release is queued on its loop, after
+    the key was set), so no greeting is lost and none goes out with the placeholder key.
+    An ipykernel that sends no greeting (6 and older) is left alone.
+    """
+    thread = getattr(app, "iopub_thread", None)
+    send = getattr(type(thread), "_send_welcome_message", None)
+    add_callback = getattr(getattr(thread, "io_loop", None), "add_callback", None)
+    if thread is None or send is None or add_callback is None:
+        return lambda: None  # greets nobody, or in a way we do not know: left alone
+    held = []  # type: List[str]
+    # An instance attribute shadows the method: _handle_subscription looks it up each time.
+    thread._send_welcome_message = held.append
+
+    def release_on_thread() -> None:
+        del thread._send_welcome_message
+        for subscription in held:
+            send(thread, subscription)
+
+    # tornado's add_callback may be called from any thread; the callback runs on the loop's.
+    return lambda: add_callback(release_on_thread)
+
+
 def run_pooled_kernel(claim_fd: int, ready_fd: int, ip: str, setup: "Callable[[], None]") -> int:
     """In the forked kernel of a warm container: initialise, wait for the claim, serve.
 
@@ -882,6 +914,7 @@ def run_pooled_kernel(claim_fd: int, ready_fd: int, ip: str, setup: "Callable[[]
         json.dump(connection, fh)
     app = ipykernel.kernelapp.IPKernelApp.instance()
     app.initialize(["-f", path])  # type: ignore[no-untyped-call]
+    release_welcomes = hold_iopub_welcomes(app)
     os.write(ready_fd, b"1")
     os.close(ready_fd)
     with os.fdopen(claim_fd, "rb") as fh:
@@ -896,6 +929,7 @@ def run_pooled_kernel(claim_fd: int, ready_fd: int, ip: str, setup: "Callable[[]
             return 1
     app.session.signature_scheme = given.get("signature_scheme") or "hmac-sha256"
     app.session.key = str(given.get("key", "")).encode()
+    release_welcomes()
     app.write_connection_file()
     os.chdir(claim.get("cwd") or os.environ.get("HOME", "/"))
     app.start()  # type: ignore[no-untyped-call]

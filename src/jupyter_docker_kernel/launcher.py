@@ -130,10 +130,12 @@ async def announce(relay: Any, container: Container, text: str) -> None:
 async def watch_parent(container: Container) -> None:
     """End the kernel when the Jupyter client that started us dies without stopping it
     (a local ipykernel does the same through JPY_PARENT_PID): otherwise the container
-    would run on under a launcher nobody will ever stop."""
+    would run on under a launcher nobody will ever stop. The client is the parent the
+    launcher started under (Container.client_pid), not getppid() now: a client killed
+    during the start (seconds, cold) has left us under init by the time we get here."""
     import asyncio
 
-    parent = os.getppid()
+    parent = container.client_pid
     while os.getppid() == parent:
         await asyncio.sleep(1.0)
     log.warning("the Jupyter client (pid %d) went away; stopping the kernel", parent)

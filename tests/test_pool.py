@@ -215,6 +215,131 @@ def test_racing_claims_each_get_a_different_warm_container(
     assert sorted(won) == ["jdk-pool-w0", "jdk-pool-w1", "jdk-pool-w2"]
 
 
+# -- refills that do not slow the next start (issue 17) -----------------------------------------
+
+
+def test_a_warm_container_starts_at_the_lowest_cpu_weight_and_the_claim_restores_the_specs() -> (
+    None
+):
+    """--cpu-shares 2 until claimed; the claim's weight is the spec's --docker-arg, else
+    the engines' default. Not under gVisor, whose runsc cannot update it later."""
+    assert pool.lowers_priority(POOLED)
+    assert not pool.lowers_priority(dataclasses.replace(POOLED, runtime="runsc"))
+    assert pool.cpu_shares(POOLED) == pool.DEFAULT_CPU_SHARES == 1024
+    for args, shares in [
+        (("--cpu-shares", "512"), 512),
+        (("--cpu-shares=300",), 300),
+        (("-c", "100", "--cpu-shares=200"), 200),  # the last one, as the CLI takes it
+        (("--cpu-shares", "0"), 1024),  # 0: the engine's default
+        (("--cpus", "2"), 1024),
+    ]:
+        assert pool.cpu_shares(dataclasses.replace(POOLED, docker_args=args)) == shares
+
+
+@pytest.mark.parametrize(
+    ("claims", "ready", "now"),
+    [
+        ([], 2.0, False),
+        ([10.0], 2.0, False),
+        ([10.0, 10.5], 2.0, False),  # one quick pair is no rate yet
+        ([10.0, 10.5, 11.0], 2.0, True),  # nbgrader: start, reply, stop, next
+        ([10.0, 10.5, 11.0], 0.4, False),  # a refill is ready before the next start
+        ([10.0, 10.5, 3600.0], 2.0, False),  # the first start after an idle spell
+        ([0.0, 3000.0, 3000.5], 2.0, False),  # the second: still no rate
+        ([0.0, 1.0, 1.5, 2.0], 2.0, True),  # only the last two intervals count
+        ([0.0, 1.0, 4.0, 4.5], 2.0, False),
+    ],
+)
+def test_the_refill_starts_at_the_claim_only_when_starts_come_faster_than_a_refill(
+    claims: list[float], ready: float, now: bool
+) -> None:
+    assert pool.refill_at_claim(claims, ready) is now
+
+
+def test_claims_note_their_rate_and_refill_time_in_the_runtime_base(tmp_path: Path) -> None:
+    """note_claim keeps the last RECENT_CLAIMS times and an average of measured refill
+    times in a private file; with none measured, DEFAULT_READY_SECONDS decides."""
+    key = "k" * 16
+    verdicts = [pool.note_claim(tmp_path, key, None, now=100.0 + 0.5 * i) for i in range(4)]
+    assert verdicts == [False, False, True, True]
+    path = pool.rates_file(tmp_path, key)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text()) == {"claims": [100.5, 101.0, 101.5], "ready": None}
+    # Refills measured at 0.3 s and 0.1 s: ready before the next start, so the gate holds.
+    assert not pool.note_claim(tmp_path, key, 0.3, now=102.0)
+    assert not pool.note_claim(tmp_path, key, 0.1, now=102.5)
+    assert json.loads(path.read_text())["ready"] == pytest.approx(0.2)
+    assert [p.name for p in path.parent.iterdir()] == [key]  # no temp file left behind
+    path.write_text("{not json")
+    assert not pool.note_claim(tmp_path, key, None, now=103.0)  # a bad file: no rate
+
+
+def test_racing_claims_never_leave_a_torn_rates_file(tmp_path: Path) -> None:
+    """Claims noting at once from many threads (processes alike: one rename each): every
+    read sees a whole file, and none of them fails the claim."""
+    key = "r" * 16
+    with concurrent.futures.ThreadPoolExecutor(8) as executor:
+        list(executor.map(lambda _: pool.note_claim(tmp_path, key, 1.0), range(200)))
+    data = json.loads(pool.rates_file(tmp_path, key).read_text())
+    assert len(data["claims"]) == pool.RECENT_CLAIMS
+    assert data["ready"] == 1.0
+
+
+def test_a_claim_measures_its_refill_and_says_when_to_refill_at_once(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """claim() notes each claim: after two quick starts the third says refill_now, and the
+    time its container took to be ready (pool note to claim socket) is recorded."""
+    key = pool.pool_key(POOLED, os.getuid())
+    for index in range(3):
+        entry = warm_dirs(key, f"w{index}", ready=True, age=index)
+        stamp = time.time() - 1.5  # the refill began 1.5 s before its claim socket
+        os.utime(entry / "pool", (stamp, stamp))
+    got = []
+    for index in range(3):
+        claimed = pool.claim(POOLED, tmp_path, tmp_path / f"mine{index}")
+        assert claimed is not None
+        claimed.lifeline.close()
+        got.append(claimed.refill_now)
+    assert got == [False, False, True]
+    ready = json.loads(pool.rates_file(tmp_path, key).read_text())["ready"]
+    assert ready == pytest.approx(1.5, abs=0.2)
+
+
+class StartingEngine(ListingEngine):
+    """fill()'s engine with a slow `docker run` that counts the containers started."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.args: list[list[str]] = []
+
+    def address(self) -> str:
+        return "unix:///fake.sock"
+
+    def run(self, args: list[str], timeout: float = 0) -> object:
+        self.args.append(args)
+        time.sleep(0.2)
+        return dataclasses.make_dataclass("Done", ["stdout"])(f"id{len(self.args)}\n")
+
+
+def test_refills_running_at_once_never_start_more_than_the_pool_size(tmp_path: Path) -> None:
+    """With refills at each claim several run at once: each counts and reserves dirs under
+    the key's lock, so four of them start two containers for a pool of two, each at the
+    lowest CPU weight."""
+    fake = StartingEngine()
+    with concurrent.futures.ThreadPoolExecutor(4) as executor:
+        started = list(
+            executor.map(
+                lambda _: pool.fill(fake, POOLED, tmp_path, LAUNCH),  # type: ignore[arg-type]
+                range(4),
+            )
+        )
+    assert sum(started) == 2
+    assert len(pool.pool_dirs(tmp_path, pool.pool_key(POOLED, os.getuid()))) == 2
+    assert all(args[:2] == ["run", "--cpu-shares=2"] for args in fake.args)
+    assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
+
+
 @pytest.mark.docker
 def test_a_pooled_kernel_is_a_fresh_container_that_never_ran_another_notebook(
     kernel_image: str, workdir: Path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -319,6 +320,7 @@ class StartingEngine(ListingEngine):
     def run(self, args: list[str], timeout: float = 0) -> object:
         self.args.append(args)
         time.sleep(0.2)
+        self.running.append(args[args.index("--name") + 1])
         return dataclasses.make_dataclass("Done", ["stdout"])(f"id{len(self.args)}\n")
 
 
@@ -338,6 +340,20 @@ def test_refills_running_at_once_never_start_more_than_the_pool_size(tmp_path: P
     assert len(pool.pool_dirs(tmp_path, pool.pool_key(POOLED, os.getuid()))) == 2
     assert all(args[:2] == ["run", "--cpu-shares=2"] for args in fake.args)
     assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
+
+
+def test_a_warm_dir_whose_container_is_gone_holds_no_place_in_the_pool(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """gc --pools removes the containers but keeps young dirs: such a dir (its container
+    id written, its container not listed) must not count as waiting, or the pool stays
+    short until the dir expires. One being started (no id yet) counts."""
+    key = pool.pool_key(POOLED, os.getuid())
+    warm_dirs(key, "gone", ready=True, age=1)
+    starting = warm_dirs(key, "starting", ready=False, age=1)
+    (starting / "cid").unlink()
+    fake = StartingEngine()
+    assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 1  # type: ignore[arg-type]
 
 
 @pytest.mark.docker
@@ -469,3 +485,92 @@ def test_remove_counts_the_specs_warm_containers_and_gc_pools_name_removes_only_
     finally:
         for name in (warm_doomed, warm_kept):
             engine.Engine().remove(name)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("path", ["argv", "provisioner"])
+def test_a_warm_container_yields_the_cpu_until_claimed_and_not_after(
+    kernel_image: str, workdir: Path, path: str
+) -> None:
+    """Issue 17: a refill's kernel imports must not slow the next start. A warm container
+    waits at the lowest CPU weight (its cgroup says so); the kernel that claims it gets
+    the normal weight, off the start path, through both adapters."""
+    from tests.test_engine_api import cpu_weight, cpu_weight_of
+
+    name = f"jdk-test-pool-cpu-{path}"
+    spec = install_kernel(
+        name,
+        kernel_image,
+        *("--no-workdir", "--pool", "1", "--pool-ttl", "120"),
+        *("--env", f"JDK_TEST_POOL=cpu-{path}"),  # a pool key of this test's own
+        *(["--provisioner"] if path == "provisioner" else []),
+    )
+    key = key_of(spec)
+    api = engine.EngineApi()
+    assert cli.main(["gc", "--pools", name]) == 0  # an interrupted run's
+    try:
+        km, kc = start(name, str(workdir))
+        stop(km, kc)
+        wait_until(lambda: len(warm_ready(key)) == 1, 90)
+        info = api.inspect(warm_ready(key)[0]) or {}
+        pid = int(info["State"]["Pid"])
+        assert cpu_weight(pid) == cpu_weight_of(pool.WARM_CPU_SHARES)
+        km, kc = start(name, str(workdir))
+        try:
+            wait_until(lambda: cpu_weight(pid) == cpu_weight_of(pool.DEFAULT_CPU_SHARES), 10)
+            claimed = api.inspect(str(info["Id"])) or {}
+            assert claimed["State"]["Pid"] == pid  # the same container, now a kernel's
+            assert claimed["HostConfig"]["CpuShares"] == pool.DEFAULT_CPU_SHARES
+        finally:
+            stop(km, kc)
+    finally:
+        remove_pool(name, key)
+
+
+def remove_pool(name: str, key: str) -> None:
+    """Remove this spec's warm containers once its last refill is done (one still running
+    would leave a container behind for the next run to claim)."""
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: bool(warm_ready(key)), 60)
+    assert cli.main(["gc", "--pools", name]) == 0
+    wait_until(lambda: not warm_ready(key), 30)
+
+
+@pytest.mark.docker
+def test_frequent_claims_start_the_refill_at_the_claim(kernel_image: str, workdir: Path) -> None:
+    """When the claims file says starts come faster than a refill takes, the refill starts
+    at the claim: a kernel whose client never asks anything (no first reply, so the gate
+    would hold GATE_WAIT s and more) has its replacement's dir within a second or two."""
+    from jupyter_client.manager import KernelManager
+
+    from jupyter_docker_kernel.rundir import runtime_base
+
+    name = "jdk-test-pool-rate"
+    spec = install_kernel(
+        name,
+        kernel_image,
+        *("--no-workdir", "--pool", "1", "--pool-ttl", "120", "--env", "JDK_TEST_POOL=rate"),
+    )
+    key = key_of(spec)
+    base = runtime_base()
+    assert cli.main(["gc", "--pools", name]) == 0  # an interrupted run's
+    try:
+        km, kc = start(name, str(workdir))
+        stop(km, kc)
+        wait_until(lambda: len(warm_ready(key)) == 1, 90)
+        before = set(pool.pool_dirs(base, key))
+        now = time.time()
+        pool.rates_file(base, key).write_text(
+            json.dumps({"claims": [now - 1.0, now - 0.5], "ready": 30.0})
+        )
+        km = KernelManager(kernel_name=name)
+        km.start_kernel(cwd=str(workdir))
+        try:
+            took = wait_until(lambda: bool(set(pool.pool_dirs(base, key)) - before), 10)
+            assert not before & set(pool.pool_dirs(base, key)), "the warm one was not claimed"
+            assert took < pool.GATE_WAIT - 0.5, f"the refill began {took:.1f} s after the start"
+        finally:
+            km.shutdown_kernel(now=True)
+            km.cleanup_resources()
+    finally:
+        remove_pool(name, key)

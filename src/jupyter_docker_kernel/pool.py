@@ -247,15 +247,22 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
     with fill_lock(base, key):
         api = engine.api()
         if api.available():
+            # Dirs with no container id yet are being started (reserve() made them, their
+            # `docker run` runs); looked at before the engine's list, so one that started
+            # in between is in that list.
+            starting = {d for d in pool_dirs(base, key) if not RunDir(d).cid.exists()}
             names = {
                 str((item.get("Names") or ["/"])[0]).lstrip("/")
                 for item in api.containers({LABEL_POOL: key})
             }
             remove_expired(base, key, names)
+            # Not a dir whose container has gone (gc --pools keeps young dirs): it would
+            # hold a place in the pool until its dir expires.
+            waiting = sum(1 for d in pool_dirs(base, key) if d in starting or note_name(d) in names)
         else:
             remove_expired(base, key, None, settings.pool_ttl)
-        missing = max(0, settings.pool - len(pool_dirs(base, key)))
-        reserved = [reserve(engine, base, key) for _ in range(missing)]
+            waiting = len(pool_dirs(base, key))
+        reserved = [reserve(engine, base, key) for _ in range(max(0, settings.pool - waiting))]
     for index, warm in enumerate(reserved):
         try:
             start_one(engine, settings, base, launch, key, warm=warm)
@@ -264,6 +271,14 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
                 shutil.rmtree(rest.path, ignore_errors=True)
             raise
     return len(reserved)
+
+
+def note_name(entry: Path) -> str:
+    """The container name in a warm dir's pool note; "" when it is gone (claimed)."""
+    try:
+        return RunDir(entry).read_pool_note()[0]
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager

@@ -313,6 +313,7 @@ class StartingEngine(ListingEngine):
     def __init__(self) -> None:
         super().__init__([])
         self.args: list[list[str]] = []
+        self.updates: list[tuple[str, int]] = []
 
     def address(self) -> str:
         return "unix:///fake.sock"
@@ -321,7 +322,13 @@ class StartingEngine(ListingEngine):
         self.args.append(args)
         time.sleep(0.2)
         self.running.append(args[args.index("--name") + 1])
+        # Its kernel is ready at once: the claim socket's place, in its dir (a label).
+        label = next(a for a in args if a.startswith(f"{engine.LABEL_POOL_DIR}="))
+        Path(label.partition("=")[2], "rt", pool.CLAIM_SOCKET).touch()
         return dataclasses.make_dataclass("Done", ["stdout"])(f"id{len(self.args)}\n")
+
+    def update(self, container: str, *, cpu_shares: int) -> None:
+        self.updates.append((container, cpu_shares))
 
 
 def test_refills_running_at_once_never_start_more_than_the_pool_size(tmp_path: Path) -> None:
@@ -339,6 +346,10 @@ def test_refills_running_at_once_never_start_more_than_the_pool_size(tmp_path: P
     assert sum(started) == 2
     assert len(pool.pool_dirs(tmp_path, pool.pool_key(POOLED, os.getuid()))) == 2
     assert all(args[:2] == ["run", "--cpu-shares=2"] for args in fake.args)
+    # Once ready, each gets the normal weight from its refill, and its dir says so.
+    assert sorted(fake.updates) == [("id1", 1024), ("id2", 1024)]
+    for entry in pool.pool_dirs(tmp_path, pool.pool_key(POOLED, os.getuid())):
+        assert (entry / "weight").read_text() == "1024\n"
     assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
 
 
@@ -493,8 +504,9 @@ def test_a_warm_container_yields_the_cpu_until_claimed_and_not_after(
     kernel_image: str, workdir: Path, path: str
 ) -> None:
     """Issue 17: a refill's kernel imports must not slow the next start. A warm container
-    waits at the lowest CPU weight (its cgroup says so); the kernel that claims it gets
-    the normal weight, off the start path, through both adapters."""
+    initialises at the lowest CPU weight (its cgroup says so); once ready its refill gives
+    it the normal weight, so the kernel that claims it never runs at the lowest (both
+    adapters)."""
     from tests.test_engine_api import cpu_weight, cpu_weight_of
 
     name = f"jdk-test-pool-cpu-{path}"
@@ -508,19 +520,33 @@ def test_a_warm_container_yields_the_cpu_until_claimed_and_not_after(
     key = key_of(spec)
     api = engine.EngineApi()
     assert cli.main(["gc", "--pools", name]) == 0  # an interrupted run's
+    normal = cpu_weight_of(pool.DEFAULT_CPU_SHARES)
     try:
         km, kc = start(name, str(workdir))
         stop(km, kc)
         wait_until(lambda: len(warm_ready(key)) == 1, 90)
         info = api.inspect(warm_ready(key)[0]) or {}
         pid = int(info["State"]["Pid"])
-        assert cpu_weight(pid) == cpu_weight_of(pool.WARM_CPU_SHARES)
+        # Ready, it waits for a claim and uses no CPU: its refill gave it the normal weight.
+        wait_until(lambda: cpu_weight(pid) == normal, 10)
         km, kc = start(name, str(workdir))
         try:
-            wait_until(lambda: cpu_weight(pid) == cpu_weight_of(pool.DEFAULT_CPU_SHARES), 10)
+            assert cpu_weight(pid) == normal
             claimed = api.inspect(str(info["Id"])) or {}
             assert claimed["State"]["Pid"] == pid  # the same container, now a kernel's
             assert claimed["HostConfig"]["CpuShares"] == pool.DEFAULT_CPU_SHARES
+            # The refill our claim set off (at the first reply): while its kernel
+            # initialises (no claim socket yet), its container runs at the lowest weight.
+            weights = []
+            deadline = time.monotonic() + 90
+            while not warm_ready(key) and time.monotonic() < deadline:
+                for item in api.containers({engine.LABEL_POOL: key}):
+                    if item["Id"] != info["Id"]:
+                        with contextlib.suppress(KeyError, TypeError, OSError, ValueError):
+                            state = (api.inspect(item["Id"]) or {})["State"]
+                            weights.append(cpu_weight(int(state["Pid"])))
+                time.sleep(0.02)
+            assert cpu_weight_of(pool.WARM_CPU_SHARES) in weights
         finally:
             stop(km, kc)
     finally:
@@ -574,3 +600,26 @@ def test_frequent_claims_start_the_refill_at_the_claim(kernel_image: str, workdi
             km.cleanup_resources()
     finally:
         remove_pool(name, key)
+
+
+def test_a_claim_raises_the_weight_only_when_its_refill_did_not(tmp_path: Path) -> None:
+    """Container.adopt: a warm container claimed before its refill raised its weight (no
+    WEIGHT_NOTE) gets the spec's weight from the claimer, off the start path; one raised
+    already costs the claim no engine call."""
+    from jupyter_docker_kernel.container import Container
+    from tests.test_container import FakeBackend
+
+    connection = tmp_path / "kernel-abc.json"
+    connection.write_text(json.dumps({"key": "k", "kernel_name": "x"}))
+    settings = dataclasses.replace(POOLED, workdir="none")
+    for raised in (False, True):
+        backend = FakeBackend()
+        made = Container(
+            settings, str(connection), backend, base=tmp_path / f"d{raised}", workdir=str(tmp_path)
+        )
+        made.rundir.path.mkdir()
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            made.adopt(pool.Claim("jdk-pool-x", "cid1", made.base, ours, raised=raised))
+            time.sleep(0.3)
+        assert backend.calls == ([] if raised else [("update", "cid1", "1024")])

@@ -33,8 +33,8 @@ SSH node, a Kubernetes pod) implements its methods:
     run(args) -> Popen          Container.start (cold): `docker run -i`, stdin = lifeline
     claim(settings, base, dir)  Container.start (pooled settings): a warm container or None
     rename(cid, name)           Container.adopt, off the start path
-    update(cid, cpu_shares)     Container.adopt, off the start path: the claimed warm
-                                container's normal CPU weight (pool.cpu_shares)
+    update(cid, cpu_shares)     Container.adopt, off the start path: the normal CPU weight
+                                of a warm container claimed before its refill raised it
     inspect(name) -> dict|None  Container.adopt (id of a just-claimed container),
                                 Container.engine_exit_reason (gVisor's OOM verdict)
     wait(cid) -> int            Container.wait for a claimed warm container
@@ -575,9 +575,9 @@ class Container:
             info = self.backend.inspect(claimed.container_name) or {}
             self.container_id = str(info.get("Id") or claimed.container_name)
             self.cidfile.write_text(self.container_id)
-        # Off the start path: the CPU weight the spec gives (it waited at the lowest), then
-        # our kernel's name on the container, for `docker ps` and gc.
-        self._in_thread(self._settle_claimed, claimed.container_name)
+        # Off the start path: the CPU weight the spec gives, if its refill did not raise it
+        # yet (pool.raise_when_ready), then our kernel's name, for `docker ps` and gc.
+        self._in_thread(self._settle_claimed, claimed.container_name, claimed.raised)
         self._refill_now = claimed.refill_now
         cwd = hardening.HOME
         if self.settings.workdir == "copy":
@@ -592,8 +592,8 @@ class Container:
             # the container's /work tmpfs before its kernel takes the line.
             self.send_workdir(self.lifeline.sendall)
 
-    def _settle_claimed(self, pooled_name: str) -> None:
-        if pool.lowers_priority(self.settings):
+    def _settle_claimed(self, pooled_name: str, raised: bool) -> None:
+        if not raised and pool.lowers_priority(self.settings):
             try:
                 self.backend.update(self.container_id, pool.cpu_shares(self.settings))
             except DockerKernelError as exc:

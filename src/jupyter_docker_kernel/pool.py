@@ -10,9 +10,11 @@ sees another's state. After each start has answered, the launcher tops the pool 
 unclaimed container ends itself after `pool_ttl` seconds, so a pool never outlives its
 users by long; `gc --pools` removes unclaimed ones at once.
 
-Refills must not slow the next start (issue 17): a warm container runs at the lowest CPU
-weight (`--cpu-shares 2`) until it is claimed, so its kernel's imports yield to a starting
-kernel, and the claimer raises it to the spec's weight off the start path (Container.adopt).
+Refills must not slow the next start (issue 17): a warm container starts at the lowest CPU
+weight (`--cpu-shares 2`), so its kernel's imports yield to a starting kernel; once that
+kernel waits for its claim (and so uses no CPU), the refill's process raises the weight to
+the spec's, so a claimed kernel never starts at the lowest (a claim racing that raise
+does it itself, off the start path: Container.adopt).
 Each claim also notes its time in the runtime base (claims/<key>): when starts come faster
 than a refill takes (nbgrader grading a class), the refill starts at the claim instead of
 waiting for the new kernel's first reply. fill() never starts more than `pool` per key.
@@ -49,7 +51,7 @@ from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.rundir import POOL_DIR_PREFIX as POOL_DIR_PREFIX
 from jupyter_docker_kernel.rundir import POOL_NAME_PREFIX as POOL_NAME_PREFIX
-from jupyter_docker_kernel.rundir import POOL_RATES_DIR, RunDir, write_private
+from jupyter_docker_kernel.rundir import POOL_RATES_DIR, WEIGHT_NOTE, RunDir, write_private
 from jupyter_docker_kernel.settings import KernelSettings
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ class Claim:
     lifeline: socket.socket
     #: Starts come faster than a refill takes: refill now, not at the first reply.
     refill_now: bool = False
+    #: Its refill raised its CPU weight already (WEIGHT_NOTE): the claimer need not.
+    raised: bool = True
 
 
 def pool_dirs(base: Path, key: str) -> list[Path]:
@@ -131,7 +135,8 @@ def claim(settings: KernelSettings, base: Path, new_dir: Path) -> Claim | None:
             shutil.rmtree(new_dir, ignore_errors=True)
             continue
         refill_now = note_claim(base, key, ready_seconds(new_dir))
-        return Claim(name, RunDir(new_dir).read_cid(), new_dir, lifeline, refill_now)
+        raised = (new_dir / WEIGHT_NOTE).exists()
+        return Claim(name, RunDir(new_dir).read_cid(), new_dir, lifeline, refill_now, raised)
     return None
 
 
@@ -263,14 +268,55 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
             remove_expired(base, key, None, settings.pool_ttl)
             waiting = len(pool_dirs(base, key))
         reserved = [reserve(engine, base, key) for _ in range(max(0, settings.pool - waiting))]
-    for index, warm in enumerate(reserved):
-        try:
-            start_one(engine, settings, base, launch, key, warm=warm)
-        except BaseException:
-            for rest in reserved[index + 1 :]:
-                shutil.rmtree(rest.path, ignore_errors=True)
-            raise
+    started: list[tuple[RunDir, str]] = []
+    try:
+        for index, warm in enumerate(reserved):
+            try:
+                start_one(engine, settings, base, launch, key, warm=warm)
+            except BaseException:
+                for rest in reserved[index + 1 :]:
+                    shutil.rmtree(rest.path, ignore_errors=True)
+                raise
+            started.append((warm, warm.read_cid()))
+    finally:
+        if lowers_priority(settings):
+            raise_when_ready(engine, settings, started)
     return len(reserved)
+
+
+#: How long the refill's process waits for its warm kernels to be ready (s).
+READY_WAIT = 120.0
+
+
+def raise_when_ready(
+    engine: Engine, settings: KernelSettings, started: list[tuple[RunDir, str]]
+) -> None:
+    """Give each started warm container the spec's CPU weight once its kernel is ready
+    (its claim socket is up, or a claimer took its dir): waiting for a claim it uses no
+    CPU, and the kernel that claims it must not start at the lowest weight, where a busy
+    neighbour would starve it until the claimer's own update landed. Marks each dir
+    (WEIGHT_NOTE) so its claimer skips that update. Runs in the refill's process, off
+    every start path; a failure is the claimer's to fix, not an error."""
+    shares = cpu_shares(settings)
+    pending = list(started)
+    deadline = time.monotonic() + READY_WAIT
+    while pending and time.monotonic() < deadline:
+        for warm, container_id in list(pending):
+            if warm.path.exists() and not warm.claim_socket().exists():
+                continue  # still initialising (or ended: then the deadline ends the wait)
+            pending.remove((warm, container_id))
+            try:
+                api = engine.api()
+                if api.available():
+                    api.update(container_id, cpu_shares=shares)
+                else:
+                    engine.run(["update", f"--cpu-shares={shares}", container_id])
+            except DockerKernelError as exc:
+                log.debug("warm pool: could not raise the CPU weight of %s: %s", warm, exc)
+                continue
+            with contextlib.suppress(OSError):  # claimed meanwhile: its claimer checked
+                (warm.path / WEIGHT_NOTE).write_text(f"{shares}\n")
+        time.sleep(0.05)
 
 
 def note_name(entry: Path) -> str:
@@ -498,7 +544,7 @@ def start_one(
     args = hardening.run_args(settings, pooled, pool=(key, str(pool_dir)))
     if lowers_priority(settings):
         # Right after "run": a --cpu-shares among the spec's --docker-args, later, wins,
-        # and is the weight the claim sets again (cpu_shares).
+        # and is the weight raise_when_ready sets again (cpu_shares).
         args.insert(1, f"--cpu-shares={WARM_CPU_SHARES}")
     try:
         container_id = engine.run(args, timeout=120).stdout.strip()

@@ -17,6 +17,7 @@ import pytest
 
 from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool
 from jupyter_docker_kernel.errors import SettingsError
+from jupyter_docker_kernel.rundir import RunDir
 from jupyter_docker_kernel.settings import KernelSettings
 from tests.conftest import install_kernel
 from tests.kernels import containers_of, execute, kernel_key, start, stop, wait_until
@@ -351,6 +352,42 @@ def test_refills_running_at_once_never_start_more_than_the_pool_size(tmp_path: P
     for entry in pool.pool_dirs(tmp_path, pool.pool_key(POOLED, os.getuid())):
         assert (entry / "weight").read_text() == "1024\n"
     assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
+
+
+def test_while_starts_come_fast_up_to_the_pool_size_more_may_be_starting(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """Two warm containers still starting fill a pool of two; when the claims file says
+    starts come faster than a refill takes, the starts ahead will claim them, so two more
+    start (never more than twice the pool, and never past `pool` ready)."""
+    key = pool.pool_key(POOLED, os.getuid())
+    for name in ("a", "b"):
+        (warm_dirs(key, name, ready=False, age=1) / "cid").unlink()  # being started
+    assert pool.fill(StartingEngine(), POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
+    now = time.time()
+    pool.rates_file(tmp_path, key).write_text(
+        json.dumps({"claims": [now - 1.0, now - 0.5, now], "ready": 30.0})
+    )
+    fake = StartingEngine()
+    assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 2  # type: ignore[arg-type]
+    assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
+
+
+def test_a_ready_warm_container_beyond_the_pool_size_removes_itself(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """When the fast starts stop, the extra ones fill() let start would make more than
+    `pool` ready: each, once ready, is removed (its dir renamed away first, so no claim
+    can take it meanwhile)."""
+    key = pool.pool_key(POOLED, os.getuid())
+    dirs = [warm_dirs(key, name, ready=True, age=1) for name in ("a", "b", "c")]
+    fake = StartingEngine()
+    removed: list[str] = []
+    fake.remove = removed.append  # type: ignore[attr-defined]
+    assert pool.surplus(fake, tmp_path, key, RunDir(dirs[2]), 2)  # type: ignore[arg-type]
+    assert removed == ["jdk-pool-c"]
+    assert [d.exists() for d in dirs] == [True, True, False]
+    assert not pool.surplus(fake, tmp_path, key, RunDir(dirs[1]), 2)  # type: ignore[arg-type]
 
 
 def test_a_warm_dir_whose_container_is_gone_holds_no_place_in_the_pool(

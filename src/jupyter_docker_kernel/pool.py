@@ -211,12 +211,7 @@ def note_claim(base: Path, key: str, ready: float | None, now: float | None = No
     """
     now = time.time() if now is None else now
     path = rates_file(base, key)
-    claims: list[float] = []
-    known: float | None = None
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        data = json.loads(path.read_text())
-        claims = [float(t) for t in data["claims"]][-RECENT_CLAIMS:]
-        known = float(data["ready"])
+    claims, known = read_rates(base, key)
     # An average of the refills measured so far: one slow refill (a busy host) does not
     # decide alone.
     if ready is not None:
@@ -227,6 +222,23 @@ def note_claim(base: Path, key: str, ready: float | None, now: float | None = No
         temp = path.with_name(f".{key}.{os.getpid()}.{os.urandom(3).hex()}")
         write_private(temp, json.dumps({"claims": claims, "ready": known}))
         os.replace(temp, path)
+    return refill_at_claim(claims, DEFAULT_READY_SECONDS if known is None else known)
+
+
+def read_rates(base: Path, key: str) -> tuple[list[float], float | None]:
+    """The key's recent claim times and measured refill time; ([], None) when unknown."""
+    claims: list[float] = []
+    known: float | None = None
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        data = json.loads(rates_file(base, key).read_text())
+        claims = [float(t) for t in data["claims"]][-RECENT_CLAIMS:]
+        known = None if data["ready"] is None else float(data["ready"])
+    return claims, known
+
+
+def starts_come_fast(base: Path, key: str) -> bool:
+    """refill_at_claim's verdict on the key's rates file as the last claim left it."""
+    claims, known = read_rates(base, key)
     return refill_at_claim(claims, DEFAULT_READY_SECONDS if known is None else known)
 
 
@@ -244,9 +256,11 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
     Run in fill_in_background's process, after the launcher's own kernel has answered (or
     at its claim, when starts come fast). Refills of one key may run at once (each start
     spawns one): under the key's lock each counts the warm dirs, which exist from before
-    `docker run` until a claim renames them, and makes the dirs of the ones it will start,
-    so that together they never start more than `pool`. The slow `docker run`s come
-    after the lock is released.
+    `docker run` until a claim renames them, and makes the dirs of the ones it will start.
+    Together they keep `pool` ready or starting; when starts come faster than a refill
+    takes (starts_come_fast), up to `pool` more may be starting, as the starts ahead will
+    claim them; settle_when_ready removes any that would make more than `pool` ready
+    once the starts stop. The slow `docker run`s come after the lock is released.
     """
     key = pool_key(settings, os.getuid())
     with fill_lock(base, key):
@@ -263,11 +277,14 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
             remove_expired(base, key, names)
             # Not a dir whose container has gone (gc --pools keeps young dirs): it would
             # hold a place in the pool until its dir expires.
-            waiting = sum(1 for d in pool_dirs(base, key) if d in starting or note_name(d) in names)
+            live = [d for d in pool_dirs(base, key) if d in starting or note_name(d) in names]
         else:
             remove_expired(base, key, None, settings.pool_ttl)
-            waiting = len(pool_dirs(base, key))
-        reserved = [reserve(engine, base, key) for _ in range(max(0, settings.pool - waiting))]
+            live = pool_dirs(base, key)
+        ready = sum(1 for d in live if RunDir(d).claim_socket().exists())
+        room = settings.pool * (2 if starts_come_fast(base, key) else 1) - len(live)
+        count = max(0, min(room, settings.pool - ready))
+        reserved = [reserve(engine, base, key) for _ in range(count)]
     started: list[tuple[RunDir, str]] = []
     try:
         for index, warm in enumerate(reserved):
@@ -279,24 +296,49 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
                 raise
             started.append((warm, warm.read_cid()))
     finally:
-        if lowers_priority(settings):
-            raise_when_ready(engine, settings, started)
+        settle_when_ready(engine, settings, base, key, started)
     return len(reserved)
+
+
+def surplus(engine: Engine, base: Path, key: str, warm: RunDir, size: int) -> bool:
+    """Remove this ready warm container if more than `size` of the key are ready; whether
+    it did. Its dir is first renamed away (as a claim does), so no claimer can take it
+    while it goes."""
+    with fill_lock(base, key):
+        ready = [d for d in pool_dirs(base, key) if RunDir(d).claim_socket().exists()]
+        if len(ready) <= size:
+            return False
+        gone = base / f".surplus-{warm.path.name}"
+        try:
+            os.rename(warm.path, gone)
+        except OSError:
+            return False  # claimed meanwhile
+    with contextlib.suppress(DockerKernelError):
+        engine.remove(RunDir(gone).read_pool_note()[0])
+    shutil.rmtree(gone, ignore_errors=True)
+    log.debug("warm pool: removed surplus warm container %s", warm.path.name)
+    return True
 
 
 #: How long the refill's process waits for its warm kernels to be ready (s).
 READY_WAIT = 120.0
 
 
-def raise_when_ready(
-    engine: Engine, settings: KernelSettings, started: list[tuple[RunDir, str]]
+def settle_when_ready(
+    engine: Engine,
+    settings: KernelSettings,
+    base: Path,
+    key: str,
+    started: list[tuple[RunDir, str]],
 ) -> None:
-    """Give each started warm container the spec's CPU weight once its kernel is ready
-    (its claim socket is up, or a claimer took its dir): waiting for a claim it uses no
-    CPU, and the kernel that claims it must not start at the lowest weight, where a busy
-    neighbour would starve it until the claimer's own update landed. Marks each dir
-    (WEIGHT_NOTE) so its claimer skips that update. Runs in the refill's process, off
-    every start path; a failure is the claimer's to fix, not an error."""
+    """Once each started warm container's kernel is ready (its claim socket is up, or a
+    claimer took its dir): remove it if the pool has more than `pool` ready (fill() let
+    more start while starts came fast, and they stopped), else give it the spec's CPU
+    weight: waiting for a claim it uses no CPU, and the kernel that claims it must not
+    start at the lowest weight, where a busy neighbour would starve it until the
+    claimer's own update landed. Marks the dir (WEIGHT_NOTE) so its claimer skips that
+    update. Runs in the refill's process, off every start path; a failure is the
+    claimer's to fix, not an error."""
     shares = cpu_shares(settings)
     pending = list(started)
     deadline = time.monotonic() + READY_WAIT
@@ -305,6 +347,10 @@ def raise_when_ready(
             if warm.path.exists() and not warm.claim_socket().exists():
                 continue  # still initialising (or ended: then the deadline ends the wait)
             pending.remove((warm, container_id))
+            if warm.path.exists() and surplus(engine, base, key, warm, settings.pool):
+                continue
+            if not lowers_priority(settings):
+                continue
             try:
                 api = engine.api()
                 if api.available():

@@ -220,10 +220,8 @@ def test_racing_claims_each_get_a_different_warm_container(
 # -- refills that do not slow the next start (issue 17) -----------------------------------------
 
 
-def test_a_warm_container_starts_at_the_lowest_cpu_weight_and_the_claim_restores_the_specs() -> (
-    None
-):
-    """--cpu-shares 2 until claimed; the claim's weight is the spec's --docker-arg, else
+def test_a_warm_container_starts_at_a_low_cpu_weight_and_the_claim_restores_the_specs() -> None:
+    """--cpu-shares 256 until ready; the claim's weight is the spec's --docker-arg, else
     the engines' default. Not under gVisor, whose runsc cannot update it later."""
     assert pool.lowers_priority(POOLED)
     assert not pool.lowers_priority(dataclasses.replace(POOLED, runtime="runsc"))
@@ -335,7 +333,7 @@ class StartingEngine(ListingEngine):
 def test_refills_running_at_once_never_start_more_than_the_pool_size(tmp_path: Path) -> None:
     """With refills at each claim several run at once: each counts and reserves dirs under
     the key's lock, so four of them start two containers for a pool of two, each at the
-    lowest CPU weight."""
+    low CPU weight."""
     fake = StartingEngine()
     with concurrent.futures.ThreadPoolExecutor(4) as executor:
         started = list(
@@ -346,7 +344,7 @@ def test_refills_running_at_once_never_start_more_than_the_pool_size(tmp_path: P
         )
     assert sum(started) == 2
     assert len(pool.pool_dirs(tmp_path, pool.pool_key(POOLED, os.getuid()))) == 2
-    assert all(args[:2] == ["run", "--cpu-shares=2"] for args in fake.args)
+    assert all(args[:2] == ["run", "--cpu-shares=256"] for args in fake.args)
     # Once ready, each gets the normal weight from its refill, and its dir says so.
     assert sorted(fake.updates) == [("id1", 1024), ("id2", 1024)]
     for entry in pool.pool_dirs(tmp_path, pool.pool_key(POOLED, os.getuid())):
@@ -541,8 +539,8 @@ def test_a_warm_container_yields_the_cpu_until_claimed_and_not_after(
     kernel_image: str, workdir: Path, path: str
 ) -> None:
     """Issue 17: a refill's kernel imports must not slow the next start. A warm container
-    initialises at the lowest CPU weight (its cgroup says so); once ready its refill gives
-    it the normal weight, so the kernel that claims it never runs at the lowest (both
+    initialises at a low CPU weight (its cgroup says so); once ready its refill gives
+    it the normal weight, so the kernel that claims it never runs low (both
     adapters)."""
     from tests.test_engine_api import cpu_weight, cpu_weight_of
 
@@ -573,7 +571,7 @@ def test_a_warm_container_yields_the_cpu_until_claimed_and_not_after(
             assert claimed["State"]["Pid"] == pid  # the same container, now a kernel's
             assert claimed["HostConfig"]["CpuShares"] == pool.DEFAULT_CPU_SHARES
             # The refill our claim set off (at the first reply): while its kernel
-            # initialises (no claim socket yet), its container runs at the lowest weight.
+            # initialises (no claim socket yet), its container runs at the low weight.
             weights = []
             deadline = time.monotonic() + 90
             while not warm_ready(key) and time.monotonic() < deadline:

@@ -599,7 +599,7 @@ class Container:
             except DockerKernelError as exc:
                 self.log.warning(
                     "could not raise the CPU weight of warm container %s (it keeps the "
-                    "lowest, and yields to every busier container): %s",
+                    "warm pool's low weight, and yields to busier containers): %s",
                     pooled_name,
                     exc,
                 )

@@ -156,6 +156,9 @@ class FakeBackend:
     def rename(self, container_id: str, name: str) -> bool:
         return True
 
+    def update(self, container_id: str, cpu_shares: int) -> None:
+        self.calls.append(("update", container_id, str(cpu_shares)))
+
     def inspect(self, name: str) -> dict[str, Any] | None:
         return None
 

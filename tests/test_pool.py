@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -226,6 +227,217 @@ def test_racing_claims_each_get_a_different_warm_container(
     assert sorted(won) == ["jdk-pool-w0", "jdk-pool-w1", "jdk-pool-w2"]
 
 
+# -- refills that do not slow the next start (issue 17) -----------------------------------------
+
+
+class _CgroupEngine(engine.Engine):
+    """An engine whose cgroup version is given, not asked for."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__()
+        self.version = version
+
+    def cgroup_version(self) -> str:
+        return self.version
+
+
+def test_a_warm_container_keeps_the_default_weight_unless_the_engine_is_on_cgroup_v1() -> None:
+    """On cgroup v2 runc before 1.3 turns --cpu-shares 1024 into cpu.weight 39, not the
+    default 100: raising the share back at claim would leave the kernel below its
+    neighbours for good, so the low weight is used only where it can be undone exactly."""
+    assert pool.lowers_priority(POOLED, _CgroupEngine("1"))
+    assert not pool.lowers_priority(POOLED, _CgroupEngine("2"))
+    assert not pool.lowers_priority(POOLED, _CgroupEngine(""))  # the engine did not say
+    assert not pool.lowers_priority(
+        dataclasses.replace(POOLED, runtime="runsc"), _CgroupEngine("1")
+    )
+
+
+def test_a_warm_container_starts_at_a_low_cpu_weight_and_the_claim_restores_the_specs() -> None:
+    """--cpu-shares 256 until ready; the claim's weight is the spec's --docker-arg, else
+    the engines' default. Not under gVisor, whose runsc cannot update it later."""
+    assert pool.lowers_priority(POOLED)
+    assert not pool.lowers_priority(dataclasses.replace(POOLED, runtime="runsc"))
+    assert pool.cpu_shares(POOLED) == pool.DEFAULT_CPU_SHARES == 1024
+    for args, shares in [
+        (("--cpu-shares", "512"), 512),
+        (("--cpu-shares=300",), 300),
+        (("-c", "100", "--cpu-shares=200"), 200),  # the last one, as the CLI takes it
+        (("--cpu-shares", "0"), 1024),  # 0: the engine's default
+        (("--cpus", "2"), 1024),
+    ]:
+        assert pool.cpu_shares(dataclasses.replace(POOLED, docker_args=args)) == shares
+
+
+@pytest.mark.parametrize(
+    ("claims", "ready", "now"),
+    [
+        ([], 2.0, False),
+        ([10.0], 2.0, False),
+        ([10.0, 10.5], 2.0, False),  # one quick pair is no rate yet
+        ([10.0, 10.5, 11.0], 2.0, True),  # nbgrader: start, reply, stop, next
+        ([10.0, 10.5, 11.0], 0.4, False),  # a refill is ready before the next start
+        ([10.0, 10.5, 3600.0], 2.0, False),  # the first start after an idle spell
+        ([0.0, 3000.0, 3000.5], 2.0, False),  # the second: still no rate
+        ([0.0, 1.0, 1.5, 2.0], 2.0, True),  # only the last two intervals count
+        ([0.0, 1.0, 4.0, 4.5], 2.0, False),
+    ],
+)
+def test_the_refill_starts_at_the_claim_only_when_starts_come_faster_than_a_refill(
+    claims: list[float], ready: float, now: bool
+) -> None:
+    assert pool.refill_at_claim(claims, ready) is now
+
+
+def test_claims_note_their_rate_and_refill_time_in_the_runtime_base(tmp_path: Path) -> None:
+    """note_claim keeps the last RECENT_CLAIMS times and an average of measured refill
+    times in a private file; with none measured, DEFAULT_READY_SECONDS decides."""
+    key = "k" * 16
+    verdicts = [pool.note_claim(tmp_path, key, None, now=100.0 + 0.5 * i) for i in range(4)]
+    assert verdicts == [False, False, True, True]
+    path = pool.rates_file(tmp_path, key)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text()) == {"claims": [100.5, 101.0, 101.5], "ready": None}
+    # Refills measured at 0.3 s and 0.1 s: ready before the next start, so the gate holds.
+    assert not pool.note_claim(tmp_path, key, 0.3, now=102.0)
+    assert not pool.note_claim(tmp_path, key, 0.1, now=102.5)
+    assert json.loads(path.read_text())["ready"] == pytest.approx(0.2)
+    assert [p.name for p in path.parent.iterdir()] == [key]  # no temp file left behind
+    path.write_text("{not json")
+    assert not pool.note_claim(tmp_path, key, None, now=103.0)  # a bad file: no rate
+
+
+def test_racing_claims_never_leave_a_torn_rates_file(tmp_path: Path) -> None:
+    """Claims noting at once from many threads (processes alike: one rename each): every
+    read sees a whole file, and none of them fails the claim."""
+    key = "r" * 16
+    with concurrent.futures.ThreadPoolExecutor(8) as executor:
+        list(executor.map(lambda _: pool.note_claim(tmp_path, key, 1.0), range(200)))
+    data = json.loads(pool.rates_file(tmp_path, key).read_text())
+    assert len(data["claims"]) == pool.RECENT_CLAIMS
+    assert data["ready"] == 1.0
+
+
+def test_a_claim_measures_its_refill_and_says_when_to_refill_at_once(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """claim() notes each claim: after two quick starts the third says refill_now, and the
+    time its container took to be ready (pool note to claim socket) is recorded."""
+    key = pool.pool_key(POOLED, os.getuid())
+    for index in range(3):
+        entry = warm_dirs(key, f"w{index}", ready=True, age=index)
+        stamp = time.time() - 1.5  # the refill began 1.5 s before its claim socket
+        os.utime(entry / "pool", (stamp, stamp))
+    got = []
+    for index in range(3):
+        claimed = pool.claim(POOLED, tmp_path, tmp_path / f"mine{index}")
+        assert claimed is not None
+        claimed.lifeline.close()
+        got.append(claimed.refill_now)
+    assert got == [False, False, True]
+    ready = json.loads(pool.rates_file(tmp_path, key).read_text())["ready"]
+    assert ready == pytest.approx(1.5, abs=0.2)
+
+
+class StartingEngine(ListingEngine):
+    """fill()'s engine with a slow `docker run` that counts the containers started."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.args: list[list[str]] = []
+        self.updates: list[tuple[str, int]] = []
+
+    def address(self) -> str:
+        return "unix:///fake.sock"
+
+    def cgroup_version(self) -> str:
+        return "1"
+
+    def run(self, args: list[str], timeout: float = 0) -> object:
+        self.args.append(args)
+        time.sleep(0.2)
+        self.running.append(args[args.index("--name") + 1])
+        # Its kernel is ready at once: the claim socket's place, in its dir (a label).
+        label = next(a for a in args if a.startswith(f"{engine.LABEL_POOL_DIR}="))
+        Path(label.partition("=")[2], "rt", pool.CLAIM_SOCKET).touch()
+        return dataclasses.make_dataclass("Done", ["stdout"])(f"id{len(self.args)}\n")
+
+    def update(self, container: str, *, cpu_shares: int) -> None:
+        self.updates.append((container, cpu_shares))
+
+
+def test_refills_running_at_once_never_start_more_than_the_pool_size(tmp_path: Path) -> None:
+    """With refills at each claim several run at once: each counts and reserves dirs under
+    the key's lock, so four of them start two containers for a pool of two, each at the
+    low CPU weight."""
+    fake = StartingEngine()
+    with concurrent.futures.ThreadPoolExecutor(4) as executor:
+        started = list(
+            executor.map(
+                lambda _: pool.fill(fake, POOLED, tmp_path, LAUNCH),  # type: ignore[arg-type]
+                range(4),
+            )
+        )
+    assert sum(started) == 2
+    assert len(pool.pool_dirs(tmp_path, pool.pool_key(POOLED, os.getuid()))) == 2
+    assert all(args[:2] == ["run", "--cpu-shares=256"] for args in fake.args)
+    # Once ready, each gets the normal weight from its refill, and its dir says so.
+    assert sorted(fake.updates) == [("id1", 1024), ("id2", 1024)]
+    for entry in pool.pool_dirs(tmp_path, pool.pool_key(POOLED, os.getuid())):
+        assert (entry / "weight").read_text() == "1024\n"
+    assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
+
+
+def test_while_starts_come_fast_up_to_the_pool_size_more_may_be_starting(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """Two warm containers still starting fill a pool of two; when the claims file says
+    starts come faster than a refill takes, the starts ahead will claim them, so two more
+    start (never more than twice the pool, and never past `pool` ready)."""
+    key = pool.pool_key(POOLED, os.getuid())
+    for name in ("a", "b"):
+        (warm_dirs(key, name, ready=False, age=1) / "cid").unlink()  # being started
+    assert pool.fill(StartingEngine(), POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
+    now = time.time()
+    pool.rates_file(tmp_path, key).write_text(
+        json.dumps({"claims": [now - 1.0, now - 0.5, now], "ready": 30.0})
+    )
+    fake = StartingEngine()
+    assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 2  # type: ignore[arg-type]
+    assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
+
+
+def test_a_ready_warm_container_beyond_the_pool_size_removes_itself(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """When the fast starts stop, the extra ones fill() let start would make more than
+    `pool` ready: each, once ready, is removed (its dir renamed away first, so no claim
+    can take it meanwhile)."""
+    key = pool.pool_key(POOLED, os.getuid())
+    dirs = [warm_dirs(key, name, ready=True, age=1) for name in ("a", "b", "c")]
+    fake = StartingEngine()
+    removed: list[str] = []
+    fake.remove = removed.append  # type: ignore[attr-defined]
+    assert pool.surplus(fake, tmp_path, key, RunDir(dirs[2]), 2)  # type: ignore[arg-type]
+    assert removed == ["jdk-pool-c"]
+    assert [d.exists() for d in dirs] == [True, True, False]
+    assert not pool.surplus(fake, tmp_path, key, RunDir(dirs[1]), 2)  # type: ignore[arg-type]
+
+
+def test_a_warm_dir_whose_container_is_gone_holds_no_place_in_the_pool(
+    tmp_path: Path, warm_dirs: Callable[..., Path]
+) -> None:
+    """gc --pools removes the containers but keeps young dirs: such a dir (its container
+    id written, its container not listed) must not count as waiting, or the pool stays
+    short until the dir expires. One being started (no id yet) counts."""
+    key = pool.pool_key(POOLED, os.getuid())
+    warm_dirs(key, "gone", ready=True, age=1)
+    starting = warm_dirs(key, "starting", ready=False, age=1)
+    (starting / "cid").unlink()
+    fake = StartingEngine()
+    assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 1  # type: ignore[arg-type]
+
+
 @pytest.mark.docker
 def test_a_pooled_kernel_is_a_fresh_container_that_never_ran_another_notebook(
     kernel_image: str, workdir: Path
@@ -399,3 +611,127 @@ def test_a_warm_kernel_signs_nothing_with_its_placeholder_key(kernel_image: str)
         shutil.rmtree(claimed_dir, ignore_errors=True)
         for entry in pool.pool_dirs(base, key):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("path", ["argv", "provisioner"])
+def test_a_warm_container_yields_the_cpu_until_claimed_and_not_after(
+    kernel_image: str, workdir: Path, path: str
+) -> None:
+    """Issue 17: a refill's kernel imports must not slow the next start. A warm container
+    initialises at a low CPU weight (its cgroup says so); once ready its refill gives
+    it the normal weight, so the kernel that claims it never runs low (both
+    adapters)."""
+    from tests.test_engine_api import cpu_weight, cpu_weight_of
+
+    name = f"jdk-test-pool-cpu-{path}"
+    spec = install_kernel(
+        name,
+        kernel_image,
+        *("--no-workdir", "--pool", "1", "--pool-ttl", "120"),
+        *("--env", f"JDK_TEST_POOL=cpu-{path}"),  # a pool key of this test's own
+        *(["--provisioner"] if path == "provisioner" else []),
+    )
+    key = key_of(spec)
+    api = engine.EngineApi()
+    assert cli.main(["gc", "--pools", name]) == 0  # an interrupted run's
+    normal = cpu_weight_of(pool.DEFAULT_CPU_SHARES)
+    try:
+        with running_kernel(name, str(workdir)):
+            pass
+        wait_until(lambda: len(warm_ready(key)) == 1, 90)
+        info = api.inspect(warm_ready(key)[0]) or {}
+        pid = int(info["State"]["Pid"])
+        # Ready, it waits for a claim and uses no CPU: its refill gave it the normal weight.
+        wait_until(lambda: cpu_weight(pid) == normal, 10)
+        with running_kernel(name, str(workdir)):
+            assert cpu_weight(pid) == normal
+            claimed = api.inspect(str(info["Id"])) or {}
+            assert claimed["State"]["Pid"] == pid  # the same container, now a kernel's
+            assert claimed["HostConfig"]["CpuShares"] == pool.DEFAULT_CPU_SHARES
+            # The refill our claim set off (at the first reply): while its kernel
+            # initialises (no claim socket yet), its container runs at the low weight.
+            weights = []
+            deadline = time.monotonic() + 90
+            while not warm_ready(key) and time.monotonic() < deadline:
+                for item in api.containers({engine.LABEL_POOL: key}):
+                    if item["Id"] != info["Id"]:
+                        with contextlib.suppress(KeyError, TypeError, OSError, ValueError):
+                            state = (api.inspect(item["Id"]) or {})["State"]
+                            weights.append(cpu_weight(int(state["Pid"])))
+                time.sleep(0.02)
+            assert cpu_weight_of(pool.WARM_CPU_SHARES) in weights
+    finally:
+        remove_pool(name, key)
+
+
+def remove_pool(name: str, key: str) -> None:
+    """Remove this spec's warm containers once its last refill is done (one still running
+    would leave a container behind for the next run to claim)."""
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: bool(warm_ready(key)), 60)
+    assert cli.main(["gc", "--pools", name]) == 0
+    wait_until(lambda: not warm_ready(key), 30)
+
+
+@pytest.mark.docker
+def test_frequent_claims_start_the_refill_at_the_claim(kernel_image: str, workdir: Path) -> None:
+    """When the claims file says starts come faster than a refill takes, the refill starts
+    at the claim: a kernel whose client never asks anything (no first reply, so the gate
+    would hold GATE_WAIT s and more) has its replacement's dir within a second or two."""
+    from jupyter_client.manager import KernelManager
+
+    from jupyter_docker_kernel.rundir import runtime_base
+
+    name = "jdk-test-pool-rate"
+    spec = install_kernel(
+        name,
+        kernel_image,
+        *("--no-workdir", "--pool", "1", "--pool-ttl", "120", "--env", "JDK_TEST_POOL=rate"),
+    )
+    key = key_of(spec)
+    base = runtime_base()
+    assert cli.main(["gc", "--pools", name]) == 0  # an interrupted run's
+    try:
+        with running_kernel(name, str(workdir)):
+            pass
+        wait_until(lambda: len(warm_ready(key)) == 1, 90)
+        before = set(pool.pool_dirs(base, key))
+        now = time.time()
+        pool.rates_file(base, key).write_text(
+            json.dumps({"claims": [now - 1.0, now - 0.5], "ready": 30.0})
+        )
+        km = KernelManager(kernel_name=name)
+        km.start_kernel(cwd=str(workdir))
+        try:
+            took = wait_until(lambda: bool(set(pool.pool_dirs(base, key)) - before), 10)
+            assert not before & set(pool.pool_dirs(base, key)), "the warm one was not claimed"
+            assert took < pool.GATE_WAIT - 0.5, f"the refill began {took:.1f} s after the start"
+        finally:
+            km.shutdown_kernel(now=True)
+            km.cleanup_resources()
+    finally:
+        remove_pool(name, key)
+
+
+def test_a_claim_raises_the_weight_only_when_its_refill_did_not(tmp_path: Path) -> None:
+    """Container.adopt: a warm container claimed before its refill raised its weight (no
+    WEIGHT_NOTE) gets the spec's weight from the claimer, off the start path; one raised
+    already costs the claim no engine call."""
+    from jupyter_docker_kernel.container import Container
+    from tests.test_container import FakeBackend
+
+    connection = tmp_path / "kernel-abc.json"
+    connection.write_text(json.dumps({"key": "k", "kernel_name": "x"}))
+    settings = dataclasses.replace(POOLED, workdir="none")
+    for raised in (False, True):
+        backend = FakeBackend()
+        made = Container(
+            settings, str(connection), backend, base=tmp_path / f"d{raised}", workdir=str(tmp_path)
+        )
+        made.rundir.path.mkdir()
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            made.adopt(pool.Claim("jdk-pool-x", "cid1", made.base, ours, raised=raised))
+            time.sleep(0.3)
+        assert backend.calls == ([] if raised else [("update", "cid1", "1024")])

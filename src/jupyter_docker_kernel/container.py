@@ -33,6 +33,8 @@ SSH node, a Kubernetes pod) implements its methods:
     run(args) -> Popen          Container.start (cold): `docker run -i`, stdin = lifeline
     claim(settings, base, dir)  Container.start (pooled settings): a warm container or None
     rename(cid, name)           Container.adopt, off the start path
+    update(cid, cpu_shares)     Container.adopt, off the start path: the normal CPU weight
+                                of a warm container claimed before its refill raised it
     inspect(name) -> dict|None  Container.adopt (id of a just-claimed container),
                                 Container.engine_exit_reason (gVisor's OOM verdict)
     wait(cid) -> int            Container.wait for a claimed warm container
@@ -40,6 +42,7 @@ SSH node, a Kubernetes pod) implements its methods:
     kill_now(name)              the socket-dir guard's alarm (before remove)
     remove(name) -> bool        Container.stop / close (idempotent)
     fill(settings, base, launch) -> Refill    Container.attach: the detached, gated refill
+                                (its gate opened at once when the claim says starts come fast)
     watchdog(name, cidfile, base) -> int      Container.start_watchdog (argv launcher)
     executable() / env()        the provisioner's watchdog process (start_lifeline_watchdog)
     sockets() -> list[str]      Container.__init__: engine sockets no --mount may reach
@@ -232,6 +235,7 @@ class Backend(Protocol):
     def run(self, args: list[str]) -> subprocess.Popen[bytes]: ...
     def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None: ...
     def rename(self, container_id: str, name: str) -> bool: ...
+    def update(self, container_id: str, cpu_shares: int) -> None: ...
     def inspect(self, name: str) -> dict[str, Any] | None: ...
     def wait(self, container_id: str) -> int: ...
     def signal(self, name: str, sig: str) -> bool: ...
@@ -273,6 +277,13 @@ class LocalBackend:
             return api.rename(container_id, name)
         self.engine.run(["rename", container_id, name])
         return True
+
+    def update(self, container_id: str, cpu_shares: int) -> None:
+        api = self.engine.api()
+        if api.available():
+            api.update(container_id, cpu_shares=cpu_shares)
+        else:
+            self.engine.run(["update", f"--cpu-shares={cpu_shares}", container_id])
 
     def inspect(self, name: str) -> dict[str, Any] | None:
         return self.engine.container_inspect(name)
@@ -386,6 +397,8 @@ class Container:
         self._lock = threading.Lock()
         self._removing = False
         self._refill: Refill | None = None
+        #: The claim said starts come faster than a refill takes (pool.refill_at_claim).
+        self._refill_now = False
         self._guard: SocketDirGuard | None = None
         self._timer: threading.Timer | None = None
         self._forwards: list[threading.Thread] = []
@@ -562,8 +575,10 @@ class Container:
             info = self.backend.inspect(claimed.container_name) or {}
             self.container_id = str(info.get("Id") or claimed.container_name)
             self.cidfile.write_text(self.container_id)
-        # Off the start path: our kernel's name on the container, for `docker ps` and gc.
-        self._in_thread(self._rename_claimed, claimed.container_name)
+        # Off the start path: the CPU weight the spec gives, if its refill did not raise it
+        # yet (pool.raise_when_ready), then our kernel's name, for `docker ps` and gc.
+        self._in_thread(self._settle_claimed, claimed.container_name, claimed.raised)
+        self._refill_now = claimed.refill_now
         cwd = hardening.HOME
         if self.settings.workdir == "copy":
             self.copy_entries = self.scan_workdir()
@@ -577,7 +592,17 @@ class Container:
             # the container's /work tmpfs before its kernel takes the line.
             self.send_workdir(self.lifeline.sendall)
 
-    def _rename_claimed(self, pooled_name: str) -> None:
+    def _settle_claimed(self, pooled_name: str, raised: bool) -> None:
+        if not raised and pool.lowers_priority(self.settings):
+            try:
+                self.backend.update(self.container_id, pool.cpu_shares(self.settings))
+            except DockerKernelError as exc:
+                self.log.warning(
+                    "could not raise the CPU weight of warm container %s (it keeps the "
+                    "warm pool's low weight, and yields to busier containers): %s",
+                    pooled_name,
+                    exc,
+                )
         if not self.backend.rename(self.container_id, self.name):
             self.log.warning("could not rename warm container %s to %s", pooled_name, self.name)
 
@@ -602,11 +627,16 @@ class Container:
     def spawn_refill(self) -> None:
         """Top the warm pool up for the next kernel, in a process that outlives us: spawned
         now, it waits at its gate until attach() opens it (after the first reply), our
-        process ends (EOF: a one-shot client such as nbconvert), or FIRST_REPLY_WAIT."""
+        process ends (EOF: a one-shot client such as nbconvert), or FIRST_REPLY_WAIT.
+        When our claim found starts coming faster than a refill takes, the gate opens now:
+        waiting for the first reply would leave the pool empty for the start after ours."""
         try:
             self._refill = self.backend.fill(self.settings, runtime_base(), self.launch_facts())
         except OSError as exc:
             self.log.warning("could not refill the warm pool: %s", exc)
+            return
+        if self._refill_now:
+            self._refill.open()
 
     # -- running ----------------------------------------------------------------------------
 

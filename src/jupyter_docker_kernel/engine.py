@@ -61,6 +61,10 @@ def short_id(container_id: str) -> str:
     return container_id[:12]
 
 
+#: Engine.cgroup_version's answers, by (CLI, address).
+_CGROUP_VERSIONS: dict[tuple[str, str], str] = {}
+
+
 class Engine:
     """A container engine reached through its Docker-compatible CLI.
 
@@ -215,6 +219,17 @@ class Engine:
         if data.get("ServerErrors"):
             raise self.translate(["info"], "daemon: " + "; ".join(data["ServerErrors"]))
         return data
+
+    def cgroup_version(self) -> str:
+        """The engine's cgroup version ("1", "2"), or "" when it does not say or cannot be
+        asked. Cached per engine address for the process's life (it does not change)."""
+        key = (self.command, self.address())
+        if key not in _CGROUP_VERSIONS:
+            try:
+                _CGROUP_VERSIONS[key] = str(self.info().get("CgroupVersion") or "")
+            except DockerKernelError:
+                return ""
+        return _CGROUP_VERSIONS[key]
 
     def kind(self) -> str:
         """ "podman" when the API is Podman's Docker-compatible one, else "docker"."""

@@ -10,6 +10,15 @@ sees another's state. After each start has answered, the launcher tops the pool 
 unclaimed container ends itself after `pool_ttl` seconds, so a pool never outlives its
 users by long; `gc --pools` removes unclaimed ones at once.
 
+Refills must not slow the next start (issue 17): a warm container starts at a low CPU
+weight (`--cpu-shares 256`, a quarter of the default), so its kernel's imports yield to a
+starting kernel; once that kernel waits for its claim (and so uses no CPU), the refill's
+process raises the weight to the spec's, so a claimed kernel never starts low (a claim
+racing that raise does it itself, off the start path: Container.adopt).
+Each claim also notes its time in the runtime base (claims/<key>): when starts come faster
+than a refill takes (nbgrader grading a class), the refill starts at the claim instead of
+waiting for the new kernel's first reply. fill() never starts more than `pool` per key.
+
 Only work-dir modes "copy" and "none" can be pooled: a running container cannot gain the
 notebook's directory as a mount, so a pooled kernel gets its private copy at /work (a
 tmpfs; the claiming launcher streams the files over the claim socket, see workcopy.py).
@@ -19,7 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -29,6 +40,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,7 +51,7 @@ from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.rundir import POOL_DIR_PREFIX as POOL_DIR_PREFIX
 from jupyter_docker_kernel.rundir import POOL_NAME_PREFIX as POOL_NAME_PREFIX
-from jupyter_docker_kernel.rundir import RunDir, write_private
+from jupyter_docker_kernel.rundir import POOL_RATES_DIR, WEIGHT_NOTE, RunDir, write_private
 from jupyter_docker_kernel.settings import KernelSettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +63,18 @@ CLAIM_MARGIN = 10.0
 #: Where a pooled kernel finds its copy of the work dir.
 WORK_TARGET = "/work"
 CLAIM_SOCKET = hardening.CLAIM_SOCKET
+#: A warm container's CPU weight while its kernel initialises: a quarter of the default,
+#: so it yields 4:1 to a starting kernel. Not the lowest (2): measured back to back on a
+#: busy host, busy neighbours at the default starved such refills, the pool ran dry and
+#: every third or fourth start was cold (p90 1.3x native, against 0.13x with 256).
+WARM_CPU_SHARES = 256
+#: The weight a container gets when the spec names none (the engines' own default).
+DEFAULT_CPU_SHARES = 1024
+#: Claim times kept per pool key: the last two intervals decide (refill_at_claim).
+RECENT_CLAIMS = 3
+#: How long a refill takes (s) until a claim has measured it: `docker run` and the
+#: warm kernel's imports on an idle host.
+DEFAULT_READY_SECONDS = 2.0
 
 
 def pool_key(settings: KernelSettings, uid: int) -> str:
@@ -71,6 +95,10 @@ class Claim:
     container_id: str
     pool_dir: Path
     lifeline: socket.socket
+    #: Starts come faster than a refill takes: refill now, not at the first reply.
+    refill_now: bool = False
+    #: Its refill raised its CPU weight already (WEIGHT_NOTE): the claimer need not.
+    raised: bool = True
 
 
 def pool_dirs(base: Path, key: str) -> list[Path]:
@@ -108,8 +136,118 @@ def claim(settings: KernelSettings, base: Path, new_dir: Path) -> Claim | None:
             log.debug("warm container %s no longer answers; trying another", name)
             shutil.rmtree(new_dir, ignore_errors=True)
             continue
-        return Claim(name, RunDir(new_dir).read_cid(), new_dir, lifeline)
+        refill_now = note_claim(base, key, ready_seconds(new_dir))
+        raised = (new_dir / WEIGHT_NOTE).exists()
+        return Claim(name, RunDir(new_dir).read_cid(), new_dir, lifeline, refill_now, raised)
     return None
+
+
+# -- priority: low until claimed ----------------------------------------------------------------
+
+
+def lowers_priority(settings: KernelSettings, engine: Engine | None = None) -> bool:
+    """Whether this spec's warm containers start at WARM_CPU_SHARES. Not under gVisor:
+    runsc has no `update`, so the claimed kernel would keep the low weight for good. With
+    an engine, only on cgroup v1: on v2, runc before 1.3 maps --cpu-shares 1024 to
+    cpu.weight 39, not the default 100, so raising the share back at claim would leave the
+    kernel below its neighbours; there the warm container keeps the default weight (a
+    WEIGHT_NOTE from the start, so nobody updates it)."""
+    if hardening.is_gvisor(settings):
+        return False
+    return engine is None or engine.cgroup_version() == "1"
+
+
+def cpu_shares(settings: KernelSettings) -> int:
+    """The CPU weight a claimed container gets: the spec's own `--docker-arg --cpu-shares`
+    (the last one, as the CLI takes it), else the engines' default."""
+    shares = 0
+    args = list(settings.docker_args)
+    for flag, value in itertools.zip_longest(args, args[1:], fillvalue=""):
+        if flag in ("--cpu-shares", "-c"):
+            text = value
+        elif flag.startswith("--cpu-shares="):
+            text = flag.partition("=")[2]
+        else:
+            continue
+        with contextlib.suppress(ValueError):
+            shares = int(text)
+    return shares if shares > 0 else DEFAULT_CPU_SHARES  # 0: the engine's default
+
+
+# -- refill ahead of demand: the recent claim rate per pool key -----------------------------
+
+
+def refill_at_claim(claims: Sequence[float], ready: float) -> bool:
+    """Whether to start the refill right at this claim rather than after the new kernel's
+    first reply. claims: the recent claim times of this pool key, oldest first, this one
+    last; ready: how long a refill takes until its kernel can be claimed (s).
+
+    True when each of the last two starts came sooner after the previous one than a
+    refill takes (a class being graded: start, run, stop, next): waiting for the first
+    reply would leave the pool empty for the start after. Two, not one: a single quick
+    pair is no rate, and after an idle spell the first quick start still waits.
+    """
+    intervals = [later - earlier for earlier, later in itertools.pairwise(claims)]
+    return len(intervals) >= 2 and max(intervals[-2:]) < ready
+
+
+def ready_seconds(claimed_dir: Path) -> float | None:
+    """How long the claimed warm container took from its refill's start (the pool note is
+    written before `docker run`) to a claimable kernel (its claim socket appears then);
+    None when its files do not say."""
+    rundir = RunDir(claimed_dir)
+    try:
+        took = rundir.claim_socket().stat().st_mtime - rundir.pool_note.stat().st_mtime
+    except OSError:
+        return None
+    return took if 0 < took < 600 else None
+
+
+def rates_file(base: Path, key: str) -> Path:
+    """This pool key's recent claims: {"claims": [times], "ready": seconds}."""
+    return base / POOL_RATES_DIR / key
+
+
+def note_claim(base: Path, key: str, ready: float | None, now: float | None = None) -> bool:
+    """Add this claim to the key's rates file; returns refill_at_claim's verdict.
+
+    Called by claim(), on the start path: one small read and one atomic replace (a
+    private temp file renamed over it), so a reader never sees half a file. Two
+    processes claiming at once may each write over the other's time: the rate then
+    misses one claim, which only delays the verdict by one start. A file that cannot be
+    read or written is no rate (the gate is kept), never an error of the start.
+    """
+    now = time.time() if now is None else now
+    path = rates_file(base, key)
+    claims, known = read_rates(base, key)
+    # An average of the refills measured so far: one slow refill (a busy host) does not
+    # decide alone.
+    if ready is not None:
+        known = ready if known is None else (known + ready) / 2
+    claims = [*claims, now][-RECENT_CLAIMS:]
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        temp = path.with_name(f".{key}.{os.getpid()}.{os.urandom(3).hex()}")
+        write_private(temp, json.dumps({"claims": claims, "ready": known}))
+        os.replace(temp, path)
+    return refill_at_claim(claims, DEFAULT_READY_SECONDS if known is None else known)
+
+
+def read_rates(base: Path, key: str) -> tuple[list[float], float | None]:
+    """The key's recent claim times and measured refill time; ([], None) when unknown."""
+    claims: list[float] = []
+    known: float | None = None
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        data = json.loads(rates_file(base, key).read_text())
+        claims = [float(t) for t in data["claims"]][-RECENT_CLAIMS:]
+        known = None if data["ready"] is None else float(data["ready"])
+    return claims, known
+
+
+def starts_come_fast(base: Path, key: str) -> bool:
+    """refill_at_claim's verdict on the key's rates file as the last claim left it."""
+    claims, known = read_rates(base, key)
+    return refill_at_claim(claims, DEFAULT_READY_SECONDS if known is None else known)
 
 
 def hand_over(claimed: Claim, connection: dict[str, object], cwd: str) -> socket.socket:
@@ -123,25 +261,148 @@ def hand_over(claimed: Claim, connection: dict[str, object], cwd: str) -> socket
 def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening.Launch) -> int:
     """Start pooled containers until `settings.pool` are waiting; returns how many started.
 
-    Run in fill_in_background's process, after the launcher's own kernel has answered.
+    Run in fill_in_background's process, after the launcher's own kernel has answered (or
+    at its claim, when starts come fast). Refills of one key may run at once (each start
+    spawns one): under the key's lock each counts the warm dirs, which exist from before
+    `docker run` until a claim renames them, and makes the dirs of the ones it will start.
+    Together they keep `pool` ready or starting; when starts come faster than a refill
+    takes (starts_come_fast), up to `pool` more may be starting, as the starts ahead will
+    claim them; settle_when_ready removes any that would make more than `pool` ready
+    once the starts stop. The slow `docker run`s come after the lock is released.
     """
     key = pool_key(settings, os.getuid())
-    api = engine.api()
-    if api.available():
-        names = {
-            str((item.get("Names") or ["/"])[0]).lstrip("/")
-            for item in api.containers({LABEL_POOL: key})
-        }
-        waiting = sum(1 for name in names if name.startswith(POOL_NAME_PREFIX))
-        remove_expired(base, key, names)
-    else:
-        remove_expired(base, key, None, settings.pool_ttl)
-        waiting = len(pool_dirs(base, key))
-    started = 0
-    for _ in range(max(0, settings.pool - waiting)):
-        start_one(engine, settings, base, launch, key)
-        started += 1
-    return started
+    with fill_lock(base, key):
+        api = engine.api()
+        if api.available():
+            # Dirs with no container id yet are being started (reserve() made them, their
+            # `docker run` runs); looked at before the engine's list, so one that started
+            # in between is in that list.
+            starting = {d for d in pool_dirs(base, key) if not RunDir(d).cid.exists()}
+            names = {
+                str((item.get("Names") or ["/"])[0]).lstrip("/")
+                for item in api.containers({LABEL_POOL: key})
+            }
+            remove_expired(base, key, names)
+            # Not a dir whose container has gone (gc --pools keeps young dirs): it would
+            # hold a place in the pool until its dir expires.
+            live = [d for d in pool_dirs(base, key) if d in starting or note_name(d) in names]
+        else:
+            remove_expired(base, key, None, settings.pool_ttl)
+            live = pool_dirs(base, key)
+        ready = sum(1 for d in live if RunDir(d).claim_socket().exists())
+        room = settings.pool * (2 if starts_come_fast(base, key) else 1) - len(live)
+        count = max(0, min(room, settings.pool - ready))
+        reserved = [reserve(engine, base, key) for _ in range(count)]
+    started: list[tuple[RunDir, str]] = []
+    try:
+        for index, warm in enumerate(reserved):
+            try:
+                start_one(engine, settings, base, launch, key, warm=warm)
+            except BaseException:
+                for rest in reserved[index + 1 :]:
+                    shutil.rmtree(rest.path, ignore_errors=True)
+                raise
+            started.append((warm, warm.read_cid()))
+    finally:
+        settle_when_ready(engine, settings, base, key, started)
+    return len(reserved)
+
+
+def surplus(engine: Engine, base: Path, key: str, warm: RunDir, size: int) -> bool:
+    """Remove this ready warm container if more than `size` of the key are ready; whether
+    it did. Its dir is first renamed away (as a claim does), so no claimer can take it
+    while it goes."""
+    with fill_lock(base, key):
+        ready = [d for d in pool_dirs(base, key) if RunDir(d).claim_socket().exists()]
+        if len(ready) <= size:
+            return False
+        gone = base / f".surplus-{warm.path.name}"
+        try:
+            os.rename(warm.path, gone)
+        except OSError:
+            return False  # claimed meanwhile
+    with contextlib.suppress(DockerKernelError):
+        engine.remove(RunDir(gone).read_pool_note()[0])
+    shutil.rmtree(gone, ignore_errors=True)
+    log.debug("warm pool: removed surplus warm container %s", warm.path.name)
+    return True
+
+
+#: How long the refill's process waits for its warm kernels to be ready (s).
+READY_WAIT = 120.0
+
+
+def settle_when_ready(
+    engine: Engine,
+    settings: KernelSettings,
+    base: Path,
+    key: str,
+    started: list[tuple[RunDir, str]],
+) -> None:
+    """Once each started warm container's kernel is ready (its claim socket is up, or a
+    claimer took its dir): remove it if the pool has more than `pool` ready (fill() let
+    more start while starts came fast, and they stopped), else give it the spec's CPU
+    weight: waiting for a claim it uses no CPU, and the kernel that claims it must not
+    start at a low weight, where a busy neighbour would slow it until the
+    claimer's own update landed. Marks the dir (WEIGHT_NOTE) so its claimer skips that
+    update. Runs in the refill's process, off every start path; a failure is the
+    claimer's to fix, not an error."""
+    shares = cpu_shares(settings)
+    pending = list(started)
+    deadline = time.monotonic() + READY_WAIT
+    while pending and time.monotonic() < deadline:
+        for warm, container_id in list(pending):
+            if warm.path.exists() and not warm.claim_socket().exists():
+                continue  # still initialising (or ended: then the deadline ends the wait)
+            pending.remove((warm, container_id))
+            if warm.path.exists() and surplus(engine, base, key, warm, settings.pool):
+                continue
+            if (warm.path / WEIGHT_NOTE).exists():
+                continue  # never lowered (start_one), or raised already
+            try:
+                api = engine.api()
+                if api.available():
+                    api.update(container_id, cpu_shares=shares)
+                else:
+                    engine.run(["update", f"--cpu-shares={shares}", container_id])
+            except DockerKernelError as exc:
+                log.debug("warm pool: could not raise the CPU weight of %s: %s", warm, exc)
+                continue
+            with contextlib.suppress(OSError):  # claimed meanwhile: its claimer checked
+                (warm.path / WEIGHT_NOTE).write_text(f"{shares}\n")
+        time.sleep(0.05)
+
+
+def note_name(entry: Path) -> str:
+    """The container name in a warm dir's pool note; "" when it is gone (claimed)."""
+    try:
+        return RunDir(entry).read_pool_note()[0]
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def fill_lock(base: Path, key: str) -> Iterator[None]:
+    """flock(2) on claims/<key>.lock in the runtime base, for fill()'s count-and-reserve."""
+    folder = base / POOL_RATES_DIR
+    folder.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def reserve(engine: Engine, base: Path, key: str) -> RunDir:
+    """Make the dir of one warm container to start (counted by pool_dirs from now on):
+    its socket dir and its pool note (name, engine address)."""
+    nonce = os.urandom(4).hex()
+    warm = RunDir.warm(base, key, nonce)
+    warm.sockets.mkdir(parents=True, mode=0o700)
+    # Which engine holds it too: gc asking another engine must not take the dir for orphaned.
+    warm.pool_note.write_text(f"{POOL_NAME_PREFIX}{key[:8]}-{nonce}\n{engine.address()}")
+    return warm
 
 
 #: A warm container's dir younger than this may be one still starting (no container yet).
@@ -181,9 +442,13 @@ def remove_expired(
 #: How long a gated refill waits for its gate (the kernel's first reply) at most.
 GATE_WAIT = 3.0
 #: fill_in_background's process: the payload line, the gate (a line, EOF or {wait} s),
-#: only then our imports and fill_from. Builtin modules only before the gate.
+#: only then our imports and fill_from. Builtin modules only before the gate. It runs at
+#: nice 10 (and so does its `docker run` CLI): a refill started at a claim must not take
+#: the CPU from the kernel being claimed.
 GATED_FILL = (
     "import os, select, sys\n"
+    "try: os.nice(10)\n"
+    "except OSError: pass\n"
     "data = b''\n"
     "while b'\\n' not in data:\n"
     "    chunk = os.read(0, 65536)\n"
@@ -300,16 +565,20 @@ def fill_from(payload: str) -> int:
 
 
 def start_one(
-    engine: Engine, settings: KernelSettings, base: Path, launch: hardening.Launch, key: str
+    engine: Engine,
+    settings: KernelSettings,
+    base: Path,
+    launch: hardening.Launch,
+    key: str,
+    *,
+    warm: RunDir | None = None,
 ) -> str:
-    """Start one detached pooled container; returns its name."""
-    nonce = os.urandom(4).hex()
-    name = f"{POOL_NAME_PREFIX}{key[:8]}-{nonce}"
-    warm = RunDir.warm(base, key, nonce)
+    """Start one detached pooled container (in `warm`, a dir reserve() made, else a new
+    one); returns its name. It runs at WARM_CPU_SHARES until claimed (lowers_priority)."""
+    warm = warm or reserve(engine, base, key)
     pool_dir = warm.path
-    warm.sockets.mkdir(parents=True, mode=0o700)
-    # Which engine holds it too: gc asking another engine must not take the dir for orphaned.
-    warm.pool_note.write_text(f"{name}\n{engine.address()}")
+    name = warm.read_pool_note()[0]
+    nonce = pool_dir.name.rpartition("-")[2]
     pooled = replace(
         launch,
         kernel_id=f"pool-{nonce}",
@@ -327,6 +596,13 @@ def start_one(
     if uid != os.getuid():
         os.chown(warm.sockets, uid, gid)  # root starting it for an unprivileged kernel
     args = hardening.run_args(settings, pooled, pool=(key, str(pool_dir)))
+    if not lowers_priority(settings, engine):
+        # Born at the default weight: its claimer and settle_when_ready leave it alone.
+        (warm.path / WEIGHT_NOTE).write_text(f"{cpu_shares(settings)}\n")
+    else:
+        # Right after "run": a --cpu-shares among the spec's --docker-args, later, wins,
+        # and is the weight raise_when_ready sets again (cpu_shares).
+        args.insert(1, f"--cpu-shares={WARM_CPU_SHARES}")
     try:
         container_id = engine.run(args, timeout=120).stdout.strip()
     except DockerKernelError:

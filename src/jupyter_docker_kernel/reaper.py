@@ -23,6 +23,7 @@ from jupyter_docker_kernel.rundir import (
     NAME_PREFIX,
     POOL_DIR_PREFIX,
     POOL_NAME_PREFIX,
+    POOL_RATES_DIR,
     RunDir,
     remove_tree,
     runtime_base,
@@ -122,6 +123,8 @@ def collect(
     for entry in sorted(base.iterdir()):
         if entry.name == kernel_log.LOG_DIR:
             continue  # kernels' kept output: pruned below, by age, not by launcher
+        if entry.name == POOL_RATES_DIR:
+            continue  # the pools' claim rates and locks (pool.py): a few bytes per key
         marker = read_marker(entry)
         if marker is None:
             warm = RunDir(entry)

@@ -45,6 +45,11 @@ CONNECTION_FILE = "kernel.json"
 OWNER_FILE = "launcher"
 #: A warm container's dir: "name\nengine address" of the container waiting in it.
 POOL_NOTE = "pool"
+#: In the runtime base: each pool key's recent claims and its refills' lock (pool.py);
+#: not a kernel's dir, so gc leaves it.
+POOL_RATES_DIR = "claims"
+#: In a warm container's dir: its refill raised its CPU weight once its kernel was ready.
+WEIGHT_NOTE = "weight"
 #: The provisioner's relay endpoints (host-only, never mounted).
 CLIENT_DIR = "client"
 #: The provisioner's links to the pinned kernel sockets (host-only, never mounted).

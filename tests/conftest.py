@@ -8,19 +8,22 @@ pure tests).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
-from jupyter_docker_kernel import cli, reaper
+from jupyter_docker_kernel import cli, helper, reaper
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE
@@ -59,12 +62,52 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("XDG_RUNTIME_DIR", None)
     # The host venv's bin first, so `jupyter`, `nbgrader` and the launcher are ours.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    # A resident helper the tests' kernels start outlives a killed test run by this much
+    # at most; pytest_unconfigure ends the ones still running after a normal one.
+    os.environ[helper.IDLE_ENV] = str(HELPER_IDLE)
+
+
+#: Seconds an idle resident helper started by the tests waits before it exits.
+HELPER_IDLE = 20
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     root = getattr(config, "_jdk_root", None)
     if root is not None:
+        end_helpers(str(root / "home"))
         shutil.rmtree(root, ignore_errors=True)
+
+
+def helpers_of(home: str) -> list[int]:
+    """Resident helper processes started by this test run: their HOME is its temp home."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if b"jupyter_docker_kernel.helper" not in (entry / "cmdline").read_bytes():
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"HOME={home}".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def end_helpers(home: str) -> None:
+    """SIGTERM this run's helpers (they stop their kernels), SIGKILL what is left after 15 s."""
+    pids = helpers_of(home)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -108,12 +108,17 @@ def _dumps(value: object) -> str:
     raise TypeError(f"a request holds no {type(value).__name__}")
 
 
+#: Where this package is installed: part of the helper's name, so that two installs of one
+#: version (two venvs, two checkouts under test) never run each other's code.
+INSTALL = os.path.dirname(__file__)
+
+
 def socket_name(engine: str) -> str:
-    """`helper-<hash>.sock`: a fixed-length name per engine address. The request repeats
-    the address, so a hash collision is refused by the helper, not served by the wrong
-    engine."""
+    """`helper-<hash>.sock`: a fixed-length name per engine address and install. The
+    request repeats the address, so a hash collision is refused by the helper, not served
+    by the wrong engine."""
     digest = 0xCBF29CE484222325  # FNV-1a, 64 bit: no hashlib/zlib import for one name
-    for byte in engine.encode():
+    for byte in f"{engine}\0{INSTALL}".encode():
         digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return f"helper-{digest:016x}.sock"
 

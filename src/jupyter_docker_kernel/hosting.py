@@ -123,7 +123,7 @@ def sweep(pid: int, start: str) -> None:
     any dead owner left on this helper's engine, by reaper.collect's rules (gc's)."""
     who = f"process {pid} (start {start})" if pid else "a previous helper"
     try:
-        result = reaper.collect(Engine())
+        result = reaper.collect(Engine(), marked_only=True)
     except (DockerKernelError, OSError) as exc:
         log.warning("janitor: could not sweep after %s: %s", who, exc)
         return

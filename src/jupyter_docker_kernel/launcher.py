@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the real types of the names __getattr__ finds (see _MOVED)
     from typing import Any
 
     from jupyter_docker_kernel.container import Container as Container
+
     Launcher = Container
     from jupyter_docker_kernel.container import Relayed as Relayed
     from jupyter_docker_kernel.container import exit_verdict as exit_verdict

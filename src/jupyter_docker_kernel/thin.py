@@ -108,6 +108,8 @@ def _dumps(value: object) -> str:
     raise TypeError(f"a request holds no {type(value).__name__}")
 
 
+#: The names of the helper's files in the runtime base (socket, lock, log) start so.
+HELPER_PREFIX = "helper-"
 #: Where this package is installed: part of the helper's name, so that two installs of one
 #: version (two venvs, two checkouts under test) never run each other's code.
 INSTALL = os.path.dirname(__file__)
@@ -120,7 +122,7 @@ def socket_name(engine: str) -> str:
     digest = 0xCBF29CE484222325  # FNV-1a, 64 bit: no hashlib/zlib import for one name
     for byte in f"{engine}\0{INSTALL}".encode():
         digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return f"helper-{digest:016x}.sock"
+    return f"{HELPER_PREFIX}{digest:016x}.sock"
 
 
 def paths(base: str, engine: str) -> tuple[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -226,3 +227,22 @@ def test_gc_and_the_janitor_keep_the_helpers_own_files() -> None:
         assert path.exists()
     finally:
         path.unlink()
+
+
+def test_the_engine_cli_gets_the_clients_environment_not_the_helpers(
+    kernel_name: str, workdir: Path, tmp_path: Path
+) -> None:
+    """The helper was spawned by the first client; a second client's PATH (here: a docker
+    wrapper that notes its calls) is what runs that second kernel's engine CLI."""
+    real = shutil.which("docker")
+    assert real is not None
+    wrapper = tmp_path / "bin"
+    wrapper.mkdir()
+    calls = tmp_path / "calls"
+    (wrapper / "docker").write_text(f'#!/bin/sh\necho "$1" >> {calls}\nexec {real} "$@"\n')
+    (wrapper / "docker").chmod(0o755)
+    with kernels(kernel_name, workdir, 1) as first:
+        path = f"{wrapper}{os.pathsep}{os.environ['PATH']}"
+        with kernels(kernel_name, workdir, 1, env={"PATH": path}) as second:
+            assert owner_pid(second[0][0]) == owner_pid(first[0][0])  # the same helper
+            assert "run" in calls.read_text().split()

@@ -34,7 +34,7 @@ from jupyter_docker_kernel.endpoints import CHANNELS, Route, client_cwd, host_en
 from jupyter_docker_kernel.engine import Engine, use_host
 from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.kernelspec import SETTINGS_ENV
-from jupyter_docker_kernel.rundir import process_start_time
+from jupyter_docker_kernel.rundir import alive, process_start_time
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 
 log = logging.getLogger("jupyter_docker_kernel.launcher")
@@ -238,7 +238,7 @@ def process_alive(pid: int) -> Callable[[], bool]:
     start = process_start_time(pid) if pid > 1 else ""
     if not start:
         return _always  # nobody to watch (no client pid, or already gone: EOF tells)
-    return lambda: process_start_time(pid) == start
+    return lambda: alive(str(pid), start)
 
 
 # -- the launcher's own process (no helper) ---------------------------------------------------

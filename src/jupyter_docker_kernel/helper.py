@@ -46,24 +46,13 @@ engine variables (JUPYTER_DOCKER_KERNEL_ENGINE, DOCKER_HOST) at the engine it se
 --engine), so that what runs here without a request (the sweep, refills) reaches that
 engine. `JUPYTER_DOCKER_KERNEL_HELPER_IDLE` (seconds) overrides the idle timeout.
 
-How a runner uses Control (hosting.run_kernel is the real one)::
-
-    def run_kernel(request: Request, control: Control) -> int:
-        settings = KernelSettings.from_dict(json.loads(request.settings))  # bad: raise
-        control.accept()              # from here on the client waits for X, no fallback
-        box = Container(settings, backend_for(settings, request.env), rundir, ...,
-                        connection=request.connection_file, client_pid=request.client_pid)
-        control.on_signal(lambda n: box.interrupt() if n == SIGINT else box.stop(...))
-        control.on_gone(lambda: box.stop("its client went away"))
-        try:
-            box.prepare(); started = box.start(); box.attach(out=<writes control.write>)
-            relay = asyncio.run_coroutine_threadsafe(
-                start_relay(request, started.sockets), control.loop).result()
-            exit = box.wait()         # this thread blocks; the loop keeps relaying
-            report = box.finish(exit, relay.stats)   # its lines: log -> client's stderr
-            return exit.code
-        finally:
-            box.close()
+How a runner uses Control (hosting.run_kernel is the real one): it raises RefusedError
+while nothing exists (the client falls back), calls `accept()` once it starts something,
+wires `on_gone` (stop and remove) and `on_signal` (interrupt / stop), runs its relay on
+`loop` with `asyncio.run_coroutine_threadsafe` and blocks its own thread on the wait, and
+returns the exit code. Log records reach its client when they name the session
+(`SESSION_ATTR`, a LoggerAdapter's extra), come from code running in its context
+(`CURRENT`, which the tasks it starts on the loop inherit) or from a bound thread.
 
 The engine CLI and anything else run for a session must get `request.env` (the client's
 DOCKER_HOST, PATH, HOME, JUPYTER_*), not this process's environment, which is whichever

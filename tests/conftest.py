@@ -26,6 +26,7 @@ import pytest
 from jupyter_docker_kernel import cli, helper, reaper
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.rundir import runtime_base
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE
 
 # nbgrader.utils imports setuptools, whose shim swaps in its own distutils and asserts that
@@ -74,30 +75,31 @@ HELPER_IDLE = 20
 def pytest_unconfigure(config: pytest.Config) -> None:
     root = getattr(config, "_jdk_root", None)
     if root is not None:
-        end_helpers(str(root / "home"))
+        end_helpers()
         shutil.rmtree(root, ignore_errors=True)
 
 
-def helpers_of(home: str) -> list[int]:
-    """Resident helper processes started by this test run: their HOME is its temp home."""
+def helpers_of(base: str) -> list[int]:
+    """Resident helpers of this checkout (its venv's python) for the runtime base `base`:
+    the ones this run's kernels used, whoever started them."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if b"jupyter_docker_kernel.helper" not in (entry / "cmdline").read_bytes():
-                continue
-            environ = (entry / "environ").read_bytes().split(b"\0")
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"HOME={home}".encode() in environ:
+        if argv[0] != sys.executable.encode() or b"jupyter_docker_kernel.helper" not in argv:
+            continue
+        if base.encode() in argv:
             found.append(int(entry.name))
     return found
 
 
-def end_helpers(home: str) -> None:
+def end_helpers() -> None:
     """SIGTERM this run's helpers (they stop their kernels), SIGKILL what is left after 15 s."""
-    pids = helpers_of(home)
+    pids = helpers_of(str(runtime_base()))
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

@@ -46,7 +46,11 @@ SPAWN_WAIT = 2.0
 #: client came first and so must not use its own environment for a kernel: names with these
 #: prefixes, and these names exactly. The engine CLI needs PATH and HOME (~/.docker).
 ENV_PREFIXES = ("JUPYTER", "JPY_", "DOCKER_", "CONTAINER_", "CONTAINERS_")
-ENV_NAMES = ("PATH", "HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "TMPDIR")
+#: SSH_AUTH_SOCK: an ssh:// DOCKER_HOST's CLI asks the client's agent.
+ENV_NAMES = (
+    *("PATH", "HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "TMPDIR"),
+    *("SSH_AUTH_SOCK", "LANG", "LC_ALL"),
+)
 #: Signals forwarded to the helper, each as one byte holding the signal number.
 FORWARDED: tuple[int, ...] = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
 

@@ -277,7 +277,8 @@ def refuse(request: Request, control: Control) -> int:
 
 def log_janitor(pid: int, start: str) -> None:
     """The default janitor: only says that it would sweep."""
-    log.info("janitor: process %d (start %s) went away; no sweep is plugged in", pid, start)
+    who = f"process {pid} (start {start}) went away" if pid else "the helper started"
+    log.info("janitor: %s; no sweep is plugged in", who)
 
 
 #: Checks that keep an idle helper alive while any returns True (see keep_alive).

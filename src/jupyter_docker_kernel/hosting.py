@@ -10,8 +10,9 @@ runs without a helper; what differs is in its Hooks:
 - the kernel's output and the session's log lines go to its client's stderr
   (Control.write), which is the Jupyter server's log, as they did from the launcher;
 - the relay runs on the helper's one event loop (Control.loop) and the wait in a thread;
-- the client's forwarded signals (Control.on_signal) reach the kernel once the relay
-  serves; its going away (EOF: SIGKILL, killpg) stops and removes the kernel, and so
+- the client's forwarded signals (Control.on_signal): SIGTERM and SIGHUP stop the kernel
+  at any time, SIGINT interrupts it once the relay serves (before, there is nothing to
+  interrupt); its going away (EOF: SIGKILL, killpg) stops and removes the kernel, and so
   does the Jupyter client's death (its pid is watched, as the launcher watched its parent);
 - no watchdog process per kernel: the helper removes a kernel whose client went away, and
   a SIGKILL of the helper ends every kernel through the engine-side lifeline (the
@@ -28,6 +29,8 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import threading
 from collections.abc import Coroutine
 from typing import IO, Any, cast
 
@@ -88,16 +91,26 @@ def run_kernel(request: Request, control: Control) -> int:
     def run_async(coro: Coroutine[Any, Any, int]) -> int:
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
+    relaying = threading.Event()
+
     def created(container: Container) -> None:
         control.accept()  # from here on the client waits for our exit code
         container.mark("helper session up")
         control.on_gone(lambda: container.stop(f"its kernel's launcher went away ({what()})"))
 
+        def on_signal(signum: int) -> None:
+            # As in the launcher's own process: an interrupt before the relay serves has
+            # no kernel to reach; a SIGTERM or SIGHUP stops the start at once.
+            if signum != signal.SIGINT or relaying.is_set():
+                session.deliver(container, signum)
+
+        control.on_signal(on_signal)
+
     def what() -> str:
         return "the helper is stopping" if control.gone_reason == "helper stopping" else "EOF"
 
     def serving(container: Container, _: asyncio.AbstractEventLoop) -> None:
-        control.on_signal(lambda signum: session.deliver(container, signum))
+        relaying.set()
 
     hooks = session.Hooks(
         run_async=run_async,

@@ -48,6 +48,7 @@ SSH node, a Kubernetes pod) implements its methods:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -628,8 +629,10 @@ class Container:
         out = self.out or sys.stderr.buffer
         self._forwards = [
             threading.Thread(
-                target=forward,
-                args=(stream, out, self.name, self._said if i == 0 else None, keep),
+                # In our caller's context: a resident helper finds the session whose
+                # client gets forward's own log lines (helper.CURRENT) there.
+                target=contextvars.copy_context().run,
+                args=(forward, stream, out, self.name, self._said if i == 0 else None, keep),
                 daemon=True,
             )
             for i, stream in enumerate(streams)

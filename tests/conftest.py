@@ -8,21 +8,25 @@ pure tests).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
-from jupyter_docker_kernel import cli, reaper
+from jupyter_docker_kernel import cli, helper, reaper
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.rundir import runtime_base
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE
 
 # nbgrader.utils imports setuptools, whose shim swaps in its own distutils and asserts that
@@ -59,6 +63,13 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("XDG_RUNTIME_DIR", None)
     # The host venv's bin first, so `jupyter`, `nbgrader` and the launcher are ours.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    # A resident helper the tests' kernels start outlives a killed test run by this much
+    # at most; pytest_unconfigure ends the ones still running after a normal one.
+    os.environ[helper.IDLE_ENV] = str(HELPER_IDLE)
+
+
+#: Seconds an idle resident helper started by the tests waits before it exits.
+HELPER_IDLE = 20
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -89,7 +100,41 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_unconfigure(config: pytest.Config) -> None:
     root = getattr(config, "_jdk_root", None)
     if root is not None:
+        end_helpers()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def helpers_of(base: str) -> list[int]:
+    """Resident helpers of this checkout (its venv's python) for the runtime base `base`:
+    the ones this run's kernels used, whoever started them."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0] != sys.executable.encode() or b"jupyter_docker_kernel.helper" not in argv:
+            continue
+        if base.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def end_helpers() -> None:
+    """SIGTERM this run's helpers (they stop their kernels), SIGKILL what is left after 15 s."""
+    pids = helpers_of(str(runtime_base()))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -67,8 +67,9 @@ def hold(request: helper.Request, control: helper.Control) -> int:
 
 
 def sweep(pid: int, start: str) -> None:
-    """A janitor that leaves a file saying whom it swept after."""
-    Path(os.environ["JDK_TEST_SWEPT"]).write_text(f"{pid} {start}")
+    """A janitor that leaves a file saying whom it swept after (not the start's sweep)."""
+    if pid:
+        Path(os.environ["JDK_TEST_SWEPT"]).write_text(f"{pid} {start}")
 
 
 # -- the test side ------------------------------------------------------------------------
@@ -94,8 +95,8 @@ def helper_argv(base: Path, runner: str, idle: float = 30.0, janitor: str = "") 
     )
     args = ["--base", str(base), "--engine", thin.engine_key(), "--runner", runner]
     args += ["--idle", str(idle)]
-    if janitor:
-        args += ["--janitor", janitor]
+    # Not the real janitor (hosting.sweep is reaper.collect on the user's engine).
+    args += ["--janitor", janitor or "jupyter_docker_kernel.helper:log_janitor"]
     return [sys.executable, "-c", code, *args]
 
 
@@ -291,11 +292,12 @@ def test_the_default_runner_refuses_so_the_launcher_runs_in_process(base: Path) 
     assert proc.returncode == FALLBACK_EXIT
 
 
-def test_the_launchers_argv_starts_the_real_helper_which_refuses_until_plugged_in(
+def test_the_launchers_argv_starts_the_real_helper_whose_runner_refuses_a_missing_file(
     tmp_path: Path,
 ) -> None:
     # The whole default path: private_base() from XDG_RUNTIME_DIR, spawn_argv's
-    # `python -I -m jupyter_docker_kernel.helper`, the default runner's refusal.
+    # `python -I -m jupyter_docker_kernel.helper`, the default runner (hosting.run_kernel)
+    # refusing a connection file it cannot read: the launcher says so in-process.
     xdg = tmp_path / "xdg"
     xdg.mkdir(mode=0o700)
     base = xdg / "jupyter-docker-kernel"

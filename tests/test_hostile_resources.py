@@ -48,6 +48,7 @@ from nbclient import NotebookClient
 from nbformat import NotebookNode
 
 from jupyter_docker_kernel import hardening
+from jupyter_docker_kernel.engine import LABEL_LAUNCHER_PID
 from jupyter_docker_kernel.kernel_log import TAIL_KEEP
 from jupyter_docker_kernel.launcher import FORWARD_LIMIT
 from jupyter_docker_kernel.running import find_logs
@@ -280,7 +281,8 @@ def heartbeat_answers(km: KernelManager, timeout: float = 2.0) -> bool:
 
 
 def engine_cli_pid(launcher_pid: int) -> int:
-    """The `docker run` client the launcher started (its only child process)."""
+    """The `docker run` client the launcher started (its only child process); for a kernel
+    hosted by the resident helper, pass the helper's pid (hosting_pid)."""
     for pid in pids_on_host():
         with contextlib.suppress(OSError):
             stat = Path(f"/proc/{pid}/stat").read_text()
@@ -289,6 +291,13 @@ def engine_cli_pid(launcher_pid: int) -> int:
             if ppid == launcher_pid and b"run" in cmdline:
                 return pid
     raise AssertionError(f"the launcher {launcher_pid} has no engine CLI child")
+
+
+def hosting_pid(container: str) -> int:
+    """The host process that runs this container (its launcher-pid label): the launcher
+    itself, or the resident helper that hosts the launcher's kernel."""
+    labels = inspect(container)["Config"]["Labels"]  # type: ignore[index]
+    return int(labels[LABEL_LAUNCHER_PID])
 
 
 def collect_until_dead(
@@ -442,8 +451,9 @@ def test_sigkill_of_the_host_side_mid_cell_removes_a_resisting_kernel(
     hostile_kernel: str, workdir: Path, victim: str
 ) -> None:
     """E03: SIGKILL of the launcher (as jupyter_client's kill does, to its process group),
-    or of the `docker run` client under it, while the kernel ignores SIGTERM in a C loop:
-    the container is gone within 5 s and none of its processes is left on the host."""
+    or of the `docker run` client under the process hosting the kernel, while the kernel
+    ignores SIGTERM in a C loop: the container is gone within 5 s and none of its
+    processes is left on the host."""
     with running(hostile_kernel, workdir) as (km, kc):
         container = only_container(km)
         launcher = launcher_process(km)
@@ -452,7 +462,7 @@ def test_sigkill_of_the_host_side_mid_cell_removes_a_resisting_kernel(
         if victim == "launcher":
             os.killpg(launcher.pid, signal.SIGKILL)
         else:
-            os.kill(engine_cli_pid(launcher.pid), signal.SIGKILL)
+            os.kill(engine_cli_pid(hosting_pid(container)), signal.SIGKILL)
         launcher.wait(timeout=10)
         assert_gone(km, container)
 

@@ -316,13 +316,15 @@ def test_a_client_that_died_while_the_kernel_started_still_stops_it() -> None:
     """The launcher watches the Jupyter client that started it only once the kernel runs;
     a client gone before that (killed during a start of some seconds) left us under init,
     and a watch that took init for the client never ended: kernel and container ran on
-    for --max-lifetime. The watch compares against the client the launcher started under."""
+    for --max-lifetime. The watch compares against the client the launcher started under
+    (session.main captures getppid() first; the helper checks the request's client pid)."""
     import asyncio
+    import logging
     import subprocess
     from typing import cast
 
     from jupyter_docker_kernel.container import Container
-    from jupyter_docker_kernel.launcher import watch_parent
+    from jupyter_docker_kernel.session import process_alive, watch_client
 
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -331,10 +333,14 @@ def test_a_client_that_died_while_the_kernel_started_still_stops_it() -> None:
         def __init__(self) -> None:
             self.client_pid = gone.pid  # the client we started under: ended, not our parent
             self.stopped: list[str] = []
+            self.log = logging.getLogger("test")
 
         def stop(self, reason: str = "") -> None:
             self.stopped.append(reason)
 
-    container = Starting()
-    asyncio.run(asyncio.wait_for(watch_parent(cast(Container, container)), 5))
-    assert container.stopped == ["the Jupyter client went away"]
+    ending = subprocess.Popen(["sleep", "0.5"])  # alive when the helper looks, then gone
+    for client_alive in (lambda: os.getppid() == gone.pid, process_alive(ending.pid)):
+        container = Starting()
+        asyncio.run(asyncio.wait_for(watch_client(cast(Container, container), client_alive), 5))
+        assert container.stopped == ["the Jupyter client went away"]
+    ending.wait()

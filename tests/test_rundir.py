@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,20 @@ def test_remove_tree_survives_a_deep_tree_and_links(tmp_path: Path) -> None:
     remove_tree(deep)
     assert not deep.exists()
     assert tmp_path.exists()
+
+
+def test_a_zombie_is_not_alive() -> None:
+    """A killed process nobody reaped yet (an orphan under an init that does not reap) no
+    longer serves anything: gc and the helper's janitor take its dirs."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0)
+    try:
+        start = process_start_time(pid)
+        deadline = time.monotonic() + 5
+        while alive(str(pid), start) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not alive(str(pid), start)
+        assert Path(f"/proc/{pid}").exists()  # still there, as a zombie
+    finally:
+        os.waitpid(pid, 0)

@@ -51,6 +51,7 @@ SSH node, a Kubernetes pod) implements its methods:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -64,7 +65,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from jupyter_docker_kernel import hardening, hostpython, kernel_log, pool, workcopy
 from jupyter_docker_kernel.endpoints import CHANNELS
@@ -348,13 +349,17 @@ class Container:
         workdir: str | None = None,
         client_pid: int | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        out: IO[bytes] | None = None,
     ) -> None:
         """kernel_id, base and workdir default to what an argv launcher has (the connection
         file's name, a fresh dir, its cwd); the provisioner passes its own, as its base
         dir outlives restarts. client_pid: the Jupyter client's (our parent by default;
         the provisioner runs inside the server and passes the server's). logger: where
-        the start, stop and exit lines go (the provisioner passes the server's)."""
+        the start, stop and exit lines go (the provisioner passes the server's). out: where
+        the kernel's own output lines go (default: our stderr; the resident helper passes
+        a stream to the kernel's thin client)."""
         self.log = logger or log
+        self.out = out
         self.settings = settings
         self.connection_file = connection_file
         if backend is None or isinstance(backend, Engine):
@@ -651,10 +656,13 @@ class Container:
             [self.lifeline] if self.proc is None else [self.proc.stderr, self.proc.stdout]
         )
         keep = self.open_log()
+        out = self.out or sys.stderr.buffer
         self._forwards = [
             threading.Thread(
-                target=forward,
-                args=(stream, sys.stderr.buffer, self.name, self._said if i == 0 else None, keep),
+                # In our caller's context: a resident helper finds the session whose
+                # client gets forward's own log lines (helper.CURRENT) there.
+                target=contextvars.copy_context().run,
+                args=(forward, stream, out, self.name, self._said if i == 0 else None, keep),
                 daemon=True,
             )
             for i, stream in enumerate(streams)

@@ -72,14 +72,24 @@ class Engine:
     method is called).
     """
 
-    def __init__(self, command: str | None = None, host: str | None = None) -> None:
-        self.command = command or os.environ.get("JUPYTER_DOCKER_KERNEL_ENGINE", "docker")
+    def __init__(
+        self,
+        command: str | None = None,
+        host: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        #: The environment of this engine's CLI calls; None: this process's. The resident
+        #: helper passes each kernel's client's (its PATH, HOME, DOCKER_*).
+        self.environ = environ
+        env = os.environ if environ is None else environ
+        self.command = command or env.get("JUPYTER_DOCKER_KERNEL_ENGINE", "docker")
         #: DOCKER_HOST for this engine's CLI calls; None: whatever the environment says.
         self.host = host
 
     def address(self) -> str:
         """The DOCKER_HOST this engine's calls use ("" for the CLI's default socket)."""
-        return self.host or os.environ.get("DOCKER_HOST", "")
+        env = os.environ if self.environ is None else self.environ
+        return self.host or env.get("DOCKER_HOST", "")
 
     def api(self) -> EngineApi:
         """This engine's HTTP API (available() only when its address is a unix socket)."""
@@ -88,6 +98,8 @@ class Engine:
 
     def env(self) -> dict[str, str] | None:
         """The environment for a CLI call: ours, with DOCKER_HOST set when a host was given."""
+        if self.environ is not None:
+            return {**self.environ, **({"DOCKER_HOST": self.host} if self.host else {})}
         if self.host is None:
             return None
         return {**os.environ, "DOCKER_HOST": self.host}
@@ -96,7 +108,8 @@ class Engine:
 
     def executable(self) -> str:
         """The engine CLI's full path, or an EngineError that says how to get one."""
-        path = shutil.which(self.command)
+        search = None if self.environ is None else self.environ.get("PATH", os.defpath)
+        path = shutil.which(self.command, path=search)
         if path is None:
             raise EngineError(
                 f"The container engine command '{self.command}' was not found on PATH",

@@ -36,27 +36,23 @@ helper -> client
 
 Who calls what: thin.run() is the client. A runner (`Runner`: `(Request, Control) -> int`)
 is named by --runner MODULE:FUNCTION; `--janitor MODULE:FUNCTION` names the sweep
-(`(pid, start) -> None`). Both default to placeholders until the kernel lifecycle
-(container.Container in a KernelHost) is plugged in: `refuse` makes clients fall back.
+(`(pid, start) -> None`), which also runs once when the helper starts, with pid 0 (what a
+previous helper left). They default to hosting.run_kernel (an argv kernel's session:
+session.run) and hosting.sweep (reaper.collect's rules); `refuse` and `log_janitor` are
+the placeholders (a runner that makes every client fall back, a janitor that only logs).
 
-Plugging the lifecycle in (a sketch of the runner the KernelHost provides)::
+The helper's environment is that of the client that spawned it; at start it points its
+engine variables (JUPYTER_DOCKER_KERNEL_ENGINE, DOCKER_HOST) at the engine it serves (its
+--engine), so that what runs here without a request (the sweep, refills) reaches that
+engine. `JUPYTER_DOCKER_KERNEL_HELPER_IDLE` (seconds) overrides the idle timeout.
 
-    def run_kernel(request: Request, control: Control) -> int:
-        settings = KernelSettings.from_dict(json.loads(request.settings))  # bad: raise
-        control.accept()              # from here on the client waits for X, no fallback
-        box = Container(settings, backend_for(settings, request.env), rundir, ...,
-                        connection=request.connection_file, client_pid=request.client_pid)
-        control.on_signal(lambda n: box.interrupt() if n == SIGINT else box.stop(...))
-        control.on_gone(lambda: box.stop("its client went away"))
-        try:
-            box.prepare(); started = box.start(); box.attach(out=<writes control.write>)
-            relay = asyncio.run_coroutine_threadsafe(
-                start_relay(request, started.sockets), control.loop).result()
-            exit = box.wait()         # this thread blocks; the loop keeps relaying
-            report = box.finish(exit, relay.stats)   # its lines: log -> client's stderr
-            return exit.code
-        finally:
-            box.close()
+How a runner uses Control (hosting.run_kernel is the real one): it raises RefusedError
+while nothing exists (the client falls back), calls `accept()` once it starts something,
+wires `on_gone` (stop and remove) and `on_signal` (interrupt / stop), runs its relay on
+`loop` with `asyncio.run_coroutine_threadsafe` and blocks its own thread on the wait, and
+returns the exit code. Log records reach its client when they name the session
+(`SESSION_ATTR`, a LoggerAdapter's extra), come from code running in its context
+(`CURRENT`, which the tasks it starts on the loop inherit) or from a bound thread.
 
 The engine CLI and anything else run for a session must get `request.env` (the client's
 DOCKER_HOST, PATH, HOME, JUPYTER_*), not this process's environment, which is whichever
@@ -68,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import importlib
 import json
@@ -99,6 +96,8 @@ REQUEST_TIMEOUT = 10.0
 STOP_WAIT = 10.0
 #: Our log file is cut back to nothing at start when it grew beyond this.
 LOG_CAP = 1 << 20
+#: Seconds of idleness before the helper exits, when set (tests use a short one).
+IDLE_ENV = "JUPYTER_DOCKER_KERNEL_HELPER_IDLE"
 
 
 @dataclass(frozen=True)
@@ -278,7 +277,8 @@ def refuse(request: Request, control: Control) -> int:
 
 def log_janitor(pid: int, start: str) -> None:
     """The default janitor: only says that it would sweep."""
-    log.info("janitor: process %d (start %s) went away; no sweep is plugged in", pid, start)
+    who = f"process {pid} (start {start}) went away" if pid else "the helper started"
+    log.info("janitor: %s; no sweep is plugged in", who)
 
 
 #: Checks that keep an idle helper alive while any returns True (see keep_alive).
@@ -307,13 +307,29 @@ def _busy() -> bool:
 
 #: thread ident -> the session whose client gets that thread's log records.
 _ROUTES: dict[int, Control] = {}
+#: The session of the running code, set in each runner's thread: it reaches the tasks the
+#: runner starts on the shared loop (a task copies its creator's context), and so the log
+#: records of its relay's callbacks, which run on the loop thread.
+CURRENT: contextvars.ContextVar[Control | None] = contextvars.ContextVar("session", default=None)
+#: A log record's attribute naming its session (a runner's LoggerAdapter extra): such a
+#: record reaches that client from any thread.
+SESSION_ATTR = "jdk_session"
+
+
+def session_of(record: logging.LogRecord) -> Control | None:
+    """The session whose client gets this record: named by the record, by the running
+    context, or by the thread it was made in; None: the helper's own (its log file only)."""
+    control = getattr(record, SESSION_ATTR, None)
+    if isinstance(control, Control):
+        return control
+    return CURRENT.get() or _ROUTES.get(record.thread or 0)
 
 
 class _SessionHandler(logging.Handler):
     """Sends a record to the client of the session its thread is bound to, if any."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        control = _ROUTES.get(record.thread or 0)
+        control = session_of(record)
         if control is None:
             return
         if record.levelno >= logging.INFO or control.request.debug:
@@ -394,10 +410,13 @@ class Helper:
         )
         watch = asyncio.create_task(self._watch_idle())
         log.info("helper %d serving %s (engine %s)", os.getpid(), self.path, self.engine)
+        # What a previous helper left (it was killed, or the host rebooted): pid 0.
+        sweep = asyncio.create_task(self._sweep(0, ""))
         try:
             await self._done
         finally:
             watch.cancel()
+            sweep.cancel()
             self._stop_listening()
 
     def stop(self) -> None:
@@ -530,12 +549,20 @@ class Helper:
         finally:
             self.janitors -= 1
             self.last_busy = time.monotonic()
+        await self._sweep(pid, start)
+        self._maybe_finish()
+
+    async def _sweep(self, pid: int, start: str) -> None:
+        """Run the janitor off the loop (it calls the engine), counted as busy."""
         assert self.loop is not None
+        self.janitors += 1
         try:
             await self.loop.run_in_executor(None, self.janitor, pid, start)
         except Exception:
             log.exception("the janitor's sweep after pid %d failed", pid)
-        self._maybe_finish()
+        finally:
+            self.janitors -= 1
+            self.last_busy = time.monotonic()
 
     async def _session(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request
@@ -551,6 +578,7 @@ class Helper:
 
         def run() -> None:
             control.bind_thread()
+            CURRENT.set(control)
             result: int | str
             try:
                 result = self.runner(request, control)
@@ -614,6 +642,21 @@ async def _read_some(reader: asyncio.StreamReader) -> bytes:
 def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
     if not writer.is_closing():
         writer.write(data)
+
+
+def use_engine(engine: str) -> None:
+    """Point this process's engine variables at `engine` (a thin.engine_key: "COMMAND
+    ADDRESS"): the environment we inherited is the first client's, whose DOCKER_HOST need
+    not be the address we serve (a kernelspec's engine_host names it)."""
+    if not engine:
+        return
+    command, _, address = engine.rpartition(" ")
+    if command:
+        os.environ["JUPYTER_DOCKER_KERNEL_ENGINE"] = command
+    if address:
+        os.environ["DOCKER_HOST"] = address
+    else:
+        os.environ.pop("DOCKER_HOST", None)
 
 
 def load(spec: str) -> Any:
@@ -700,8 +743,9 @@ USAGE = (
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the helper process (spawned detached by thin.connect_or_spawn)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    opts = {"--base": "", "--engine": "", "--idle": str(IDLE_SECONDS)}
-    opts |= {"--runner": f"{log.name}:refuse", "--janitor": f"{log.name}:log_janitor"}
+    opts = {"--base": "", "--engine": "", "--idle": os.environ.get(IDLE_ENV, str(IDLE_SECONDS))}
+    hosting = "jupyter_docker_kernel.hosting"
+    opts |= {"--runner": f"{hosting}:run_kernel", "--janitor": f"{hosting}:sweep"}
     while args:
         name = args.pop(0)
         if name not in opts or not args:
@@ -713,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{USAGE}\nerror: --base is required", file=sys.stderr)
         return 2
     configure_logging(base, engine, bool(os.environ.get("JUPYTER_DOCKER_KERNEL_DEBUG")))
+    use_engine(engine)
     try:
         runner, janitor = load(opts["--runner"]), load(opts["--janitor"])
         path = thin.paths(base, engine)[0]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_docker_kernel import engine as engine_mod
-from jupyter_docker_kernel import kernel_log
+from jupyter_docker_kernel import kernel_log, thin
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.rundir import (
     NAME_PREFIX,
@@ -66,13 +66,17 @@ def collect(
     pools: bool = False,
     pool_keys: set[str] | None = None,
     log_keep: float = kernel_log.KEEP_AFTER_EXIT,
+    marked_only: bool = False,
 ) -> GcResult:
     """Remove this host's orphaned kernel containers and runtime dirs; returns what went.
 
     Unclaimed warm-pool containers have no launcher by design and end themselves after
     their pool time; pools=True removes them now (and their dirs) as well; pool_keys
     narrows that to these pools (`gc --pools NAME`: one kernelspec's, pool.pool_key).
-    Kept kernel logs go log_keep seconds after their kernel ended.
+    Kept kernel logs go log_keep seconds after their kernel ended. marked_only: runtime
+    dirs go only when their owner marker names a dead process (the resident helper's
+    janitor, which runs unasked: a dir without one may be another release's or a starting
+    kernel's, which `gc` decides on).
     """
 
     def swept(key: str) -> bool:
@@ -125,7 +129,11 @@ def collect(
             continue  # kernels' kept output: pruned below, by age, not by launcher
         if entry.name == POOL_RATES_DIR:
             continue  # the pools' claim rates and locks (pool.py): a few bytes per key
+        if entry.name.startswith(thin.HELPER_PREFIX):
+            continue  # the resident helper's socket, lock and log: not a kernel's
         marker = read_marker(entry)
+        if marker is None and marked_only:
+            continue
         if marker is None:
             warm = RunDir(entry)
             if warm.pool_note.exists() and not swept(dir_pool_key(entry)):

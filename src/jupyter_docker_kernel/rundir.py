@@ -69,13 +69,22 @@ def process_start_time(pid: int) -> str:
 
 
 def alive(pid_text: str, start: str) -> bool:
-    """True while the process with this pid (and, given, this start time) still runs."""
+    """True while the process with this pid (and, given, this start time) still runs.
+
+    A zombie is dead: a killed, detached process (the resident helper) stays one until
+    init reaps it, which some inits (a container's pid 1) never do.
+    """
     try:
         pid = int(pid_text)
     except ValueError:
         return False
-    current = process_start_time(pid) if pid > 0 else ""
-    return bool(current) and (not start or current == start)
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        state, current = fields[0], fields[19]
+    except (OSError, IndexError):
+        return False
+    return pid > 0 and state not in ("Z", "X") and (not start or current == start)
 
 
 def write_private(path: str | Path, text: str) -> None:

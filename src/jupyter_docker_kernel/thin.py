@@ -46,7 +46,11 @@ SPAWN_WAIT = 2.0
 #: client came first and so must not use its own environment for a kernel: names with these
 #: prefixes, and these names exactly. The engine CLI needs PATH and HOME (~/.docker).
 ENV_PREFIXES = ("JUPYTER", "JPY_", "DOCKER_", "CONTAINER_", "CONTAINERS_")
-ENV_NAMES = ("PATH", "HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "TMPDIR")
+#: SSH_AUTH_SOCK: an ssh:// DOCKER_HOST's CLI asks the client's agent.
+ENV_NAMES = (
+    *("PATH", "HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "TMPDIR"),
+    *("SSH_AUTH_SOCK", "LANG", "LC_ALL"),
+)
 #: Signals forwarded to the helper, each as one byte holding the signal number.
 FORWARDED: tuple[int, ...] = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
 
@@ -108,14 +112,21 @@ def _dumps(value: object) -> str:
     raise TypeError(f"a request holds no {type(value).__name__}")
 
 
+#: The names of the helper's files in the runtime base (socket, lock, log) start so.
+HELPER_PREFIX = "helper-"
+#: Where this package is installed: part of the helper's name, so that two installs of one
+#: version (two venvs, two checkouts under test) never run each other's code.
+INSTALL = os.path.dirname(__file__)
+
+
 def socket_name(engine: str) -> str:
-    """`helper-<hash>.sock`: a fixed-length name per engine address. The request repeats
-    the address, so a hash collision is refused by the helper, not served by the wrong
-    engine."""
+    """`helper-<hash>.sock`: a fixed-length name per engine address and install. The
+    request repeats the address, so a hash collision is refused by the helper, not served
+    by the wrong engine."""
     digest = 0xCBF29CE484222325  # FNV-1a, 64 bit: no hashlib/zlib import for one name
-    for byte in engine.encode():
+    for byte in f"{engine}\0{INSTALL}".encode():
         digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return f"helper-{digest:016x}.sock"
+    return f"{HELPER_PREFIX}{digest:016x}.sock"
 
 
 def paths(base: str, engine: str) -> tuple[str, str]:

@@ -19,12 +19,14 @@ import pytest
 
 from jupyter_docker_kernel import hardening, pool
 from jupyter_docker_kernel.container import (
+    Cold,
     Container,
     Ending,
     Relayed,
     exit_report,
     exit_verdict,
 )
+from jupyter_docker_kernel.rundir import RunDir
 from jupyter_docker_kernel.settings import KernelSettings
 
 SETTINGS = KernelSettings(workdir="none")
@@ -147,7 +149,9 @@ class FakeBackend:
         self.code = code
         self.exited = threading.Event()
 
-    def run(self, args: list[str]) -> subprocess.Popen[bytes]:
+    def start_cold(
+        self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
+    ) -> Cold:
         raise AssertionError("not started cold in these tests")
 
     def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None:

@@ -23,6 +23,7 @@ from jupyter_client.manager import AsyncKernelManager, KernelManager
 from jupyter_docker_kernel import cli
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel.launcher import kernel_id_from
+from jupyter_docker_kernel.rundir import runtime_base
 from tests.conftest import install_kernel
 from tests.kernels import (
     containers_of,
@@ -61,7 +62,7 @@ def test_sigkill_to_the_launcher_leaves_no_process_or_runtime_dir(
 ) -> None:
     """After a SIGKILL the watchdog also goes, taking the runtime dir (and the key) with it."""
     km, kc = start(kernel_name, str(workdir))
-    base = Path("/tmp") / f"jupyter-docker-kernel-{os.getuid()}"
+    base = runtime_base()
     try:
         launcher = launcher_process(km)
         os.kill(launcher.pid, signal.SIGKILL)

@@ -18,6 +18,7 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 
 from jupyter_docker_kernel.launcher import kernel_id_from
+from jupyter_docker_kernel.rundir import runtime_base
 from tests.conftest import inspect, install_kernel
 from tests.kernels import (
     containers_of,
@@ -239,7 +240,7 @@ def test_shutdown_leaves_no_container_no_process_and_no_files(
     """A clean shutdown removes the container, ends the launcher and empties our runtime dir."""
     km, kc = start(kernel_name, str(workdir))
     launcher = launcher_process(km)
-    base = Path("/tmp") / f"jupyter-docker-kernel-{os.getuid()}"
+    base = runtime_base()
     assert any(p.name.startswith(kernel_key(km)) for p in base.iterdir())
     stop(km, kc)
     assert launcher.poll() is not None
@@ -260,3 +261,33 @@ def test_sigterm_to_the_launcher_removes_the_container(kernel_name: str, workdir
     finally:
         kc.stop_channels()
         km.cleanup_resources()
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines of the host's processes whose argv contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(cmdline)
+    return found
+
+
+def test_a_cold_start_leaves_no_engine_cli_process_running(kernel_name: str, workdir: Path) -> None:
+    """Issue 17: the container is created by one short `docker create`, then started,
+    held (its lifeline socket) and awaited through the engine's API: while the kernel
+    runs, no `docker run` (or any engine CLI) process names its container."""
+    km, kc = start(kernel_name, str(workdir))
+    try:
+        reply, _ = execute(kc, "1")
+        assert reply["status"] == "ok"
+        (container,) = containers_of(kernel_key(km))
+        name = str(inspect(container)["Name"]).lstrip("/")
+        assert not processes_naming(name)
+        assert launcher_process(km).poll() is None
+    finally:
+        stop(km, kc)

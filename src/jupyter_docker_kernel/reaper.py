@@ -146,6 +146,26 @@ def collect(
     return result
 
 
+def sweep_after(pid: int, start: str) -> None:
+    """Clean up after a process that went away (pid, its start time): a Jupyter server
+    that ran provisioner kernels, whose lifelines closed with it. Its containers (kept
+    ones too: gVisor, Podman) and runtime dirs are then orphans by collect's rules, which
+    run here unchanged. The resident helper's janitor (`--janitor`) and the provisioner's
+    fallback watchdog (container.watch_owner) call this; the engine is this process's
+    (its DOCKER_HOST)."""
+    try:
+        result = collect(Engine())
+    except Exception as exc:  # a janitor has nobody to tell but its log
+        log.warning("sweep after process %d failed: %s", pid, exc)
+        return
+    log.info(
+        "swept after process %d: %d container(s), %d runtime dir(s)",
+        pid,
+        len(result.containers),
+        len(result.dirs),
+    )
+
+
 def cid_dirs(base: Path) -> dict[str, Path]:
     """The runtime dirs below base by the container id in their cidfile (collect's lookup
     for claimed warm containers, whose dir name need not match the container's)."""

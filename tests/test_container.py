@@ -102,6 +102,14 @@ EXIT_LINES = [
         INFO,
         "137 (budget exceeded: 70 MB of output on iopub)",
     ),
+    (
+        "nobody held the lifeline (a cold start through the API)",
+        ending(75),
+        WARNING,
+        "75 (nobody held its lifeline: the process that started it went away before "
+        "connecting, so the kernel never ran)",
+    ),
+    ("75 from a warm kernel: the kernel's own code", ending(75, cold=False), WARNING, "75"),
 ]
 
 

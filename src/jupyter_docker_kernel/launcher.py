@@ -133,7 +133,10 @@ async def watch_parent(container: Container) -> None:
     would run on under a launcher nobody will ever stop."""
     import asyncio
 
-    parent = os.getppid()
+    # The client as Container saw it at our start, not now: a start through the engine's
+    # API returns once the container runs, and a client killed in between (the engine
+    # already lists the kernel) would otherwise leave us watching init for ever.
+    parent = container.client_pid
     while os.getppid() == parent:
         await asyncio.sleep(1.0)
     log.warning("the Jupyter client (pid %d) went away; stopping the kernel", parent)

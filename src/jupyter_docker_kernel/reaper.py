@@ -122,6 +122,10 @@ def collect(
     for entry in sorted(base.iterdir()):
         if entry.name == kernel_log.LOG_DIR:
             continue  # kernels' kept output: pruned below, by age, not by launcher
+        if entry.name.startswith("helper-") and not entry.is_dir():
+            # The resident helper's socket, lock and log (thin.paths): not a kernel's dir.
+            # Removing its socket would hide a live helper from every new client.
+            continue
         marker = read_marker(entry)
         if marker is None:
             warm = RunDir(entry)

@@ -327,31 +327,87 @@ class Attached:
 
 
 class Held:
-    """A container started detached through the engine's API, held by its lifeline socket
-    (LocalBackend.start_cold): the supervisor's and the kernel's output come over it, its
-    exit code from the wait asked before its start."""
+    """A container created (`docker create`) and then, in a thread of its own, started
+    through the engine's API and held by its lifeline socket (LocalBackend.start_cold):
+    the supervisor's and the kernel's output come over that socket, the exit code from
+    the wait asked before the start. Starting in the background keeps what `docker run`'s
+    Popen gave: the adapter sets up its relay while the engine starts the container.
+    Until the start is done, write/outputs/wait block (in the caller's thread: never the
+    provisioner's event loop, see Container.attach); a refused start reads like Refused."""
 
-    def __init__(self, container_id: str, sock: socket.socket | None, exit: ExitWatch) -> None:
+    def __init__(self, backend: LocalBackend, container_id: str, path: str) -> None:
         self.container_id = container_id
-        self.sock = sock
-        self.exit = exit
+        self.sock: socket.socket | None = None
+        self.exit: ExitWatch | None = None
+        self.refused: Refused | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        threading.Thread(target=self._start, args=(backend, path), daemon=True).start()
+
+    def _start(self, backend: LocalBackend, path: str) -> None:
+        try:
+            self._started(backend, path)
+        except Exception as exc:  # never leave the waiters blocked
+            self.refused = Refused(125, f"docker: {exc}\n", self.container_id)
+        finally:
+            self._ready.set()
+
+    def _started(self, backend: LocalBackend, path: str) -> None:
+        try:
+            self.exit = backend.api.watch_exit(self.container_id)
+        except DockerKernelError as exc:
+            self.refused = Refused(125, f"docker: {exc}\n", self.container_id)
+            return
+        sock: socket.socket | None = None
+        try:
+            backend.api.start(self.container_id)
+            sock = backend.open_lifeline(path, self.exit)
+            if sock is not None:
+                sock.sendall(claim_line())
+        except DockerKernelError as exc:
+            self.exit.close()
+            code = start_exit_code(str(exc))
+            self.refused = Refused(code, f"docker: {exc}\n", self.container_id)
+        except OSError:
+            if sock is not None:
+                sock.close()
+            sock = None  # it ended meanwhile (or its socket is not one): its exit code says
+        with self._lock:
+            if self._closed and sock is not None:
+                sock.close()  # let go before we got hold: the kernel ends
+                sock = None
+            self.sock = sock
 
     def write(self, data: bytes) -> None:
+        self._ready.wait()
         if self.sock is None:
             raise OSError("the kernel's container ended before its lifeline was connected")
         self.sock.sendall(data)
 
     def outputs(self) -> list[Any]:
+        self._ready.wait()
+        if self.refused is not None:
+            return self.refused.outputs()
         return [self.sock] if self.sock is not None else []
 
     def wait(self) -> int:
+        self._ready.wait()
+        if self.refused is not None:
+            return self.refused.wait()
+        assert self.exit is not None
         return self.exit.code()
 
     def close(self) -> None:
-        if self.sock is not None:
+        with self._lock:
+            self._closed = True
+            sock = self.sock
+        if self.refused is not None:
+            self.refused.close()
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)  # a forward thread blocked in recv
-            self.sock.close()
+                sock.shutdown(socket.SHUT_RDWR)  # a forward thread blocked in recv
+            sock.close()
 
 
 class Refused:
@@ -482,8 +538,9 @@ class LocalBackend(CliBackend):
     def start_cold(
         self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
     ) -> Cold:
-        """create -> the exit wait -> start -> connect the lifeline -> its claim line.
-        A refusal on the way is a Refused with `docker run`'s code and words."""
+        """`docker create` here, then (Held, in a thread) the exit wait, the start, the
+        lifeline's connect and its claim line. A refusal on the way reads like `docker
+        run`'s: its code (125/126/127) and its words (Refused)."""
         args = hardening.run_args(
             settings, launch, cidfile=str(rundir.cid), lifeline=LIFELINE_SOCKET
         )
@@ -491,23 +548,7 @@ class LocalBackend(CliBackend):
         if created.returncode != 0:
             return Refused(created.returncode, created.stderr)
         container_id = created.stdout.strip().splitlines()[-1] if created.stdout.strip() else ""
-        try:
-            exit = self.api.watch_exit(container_id)
-        except DockerKernelError as exc:
-            return Refused(125, f"docker: {exc}\n", container_id)
-        try:
-            self.api.start(container_id)
-        except DockerKernelError as exc:
-            exit.close()
-            return Refused(start_exit_code(str(exc)), f"docker: {exc}\n", container_id)
-        sock = self.open_lifeline(str(rundir.sockets / LIFELINE_SOCKET), exit)
-        if sock is not None:
-            try:
-                sock.sendall(claim_line())
-            except OSError:
-                sock.close()
-                sock = None  # it ended meanwhile: its exit code says how
-        return Held(container_id, sock, exit)
+        return Held(self, container_id, str(rundir.sockets / LIFELINE_SOCKET))
 
     def open_lifeline(self, path: str, exit: ExitWatch) -> socket.socket | None:
         """Connect to the supervisor's lifeline socket once it is bound; None when the
@@ -838,18 +879,11 @@ class Container:
         line. The guard comes first: no notebook code runs before a client is connected."""
         self._guard = SocketDirGuard(self.runtime_dir, socket_names(), self._socket_dir_violated)
         # A pooled kernel's raw output and its supervisor's words come over the lifeline.
-        streams: list[Any] = [self.lifeline] if self.cold is None else self.cold.outputs()
         keep = self.open_log()
-        self._forwards = [
-            threading.Thread(
-                target=forward,
-                args=(stream, sys.stderr.buffer, self.name, self._said if i == 0 else None, keep),
-                daemon=True,
-            )
-            for i, stream in enumerate(streams)
-        ]
-        for thread in self._forwards:
-            thread.start()
+        # In a thread: a cold start's outputs are there once the engine has started it
+        # (Held), and the provisioner calls this on the server's event loop.
+        self._forwards = [threading.Thread(target=self._drain, args=(keep,), daemon=True)]
+        self._forwards[0].start()
         # The supervisor enforces the lifetime inside; the kernel runs as the same uid and
         # could stop it, so we enforce it here too, a little later.
         self._timer = threading.Timer(
@@ -864,6 +898,24 @@ class Container:
         threading.Thread(
             target=self._log_started, args=(bytes_to_host, detail), daemon=True
         ).start()
+
+    def _drain(self, keep: kernel_log.KernelLog | None) -> None:
+        """Forward the container's output streams to our stderr and the kept log, one
+        thread each (kernel_log.forward, capped), until they end; the first stream's tail
+        is what the supervisor said last (the exit's explanation)."""
+        streams: list[Any] = [self.lifeline] if self.cold is None else self.cold.outputs()
+        threads = [
+            threading.Thread(
+                target=forward,
+                args=(stream, sys.stderr.buffer, self.name, self._said if i == 0 else None, keep),
+                daemon=True,
+            )
+            for i, stream in enumerate(streams)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     def _log_started(self, bytes_to_host: Callable[[], int], detail: str) -> None:
         """Log the start once the container id is known; after the kernel's first reply

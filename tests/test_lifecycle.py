@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
+from jupyter_docker_kernel.container import Relayed
 from jupyter_docker_kernel.launcher import kernel_id_from
 from jupyter_docker_kernel.rundir import runtime_base
 from tests.conftest import inspect, install_kernel
@@ -291,3 +292,46 @@ def test_a_cold_start_leaves_no_engine_cli_process_running(kernel_name: str, wor
         assert launcher_process(km).poll() is None
     finally:
         stop(km, kc)
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "words"),
+    [
+        ({"image": "jdk-test-no-such-image:1"}, 125, "image"),
+        ({"python": "/no/such/python3"}, 127, "no/such/python3"),
+    ],
+    ids=["no image: create refuses", "no python: start refuses"],
+)
+def test_a_refused_cold_start_keeps_docker_runs_code_and_words(
+    kernel_image: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    change: dict[str, Any],
+    code: int,
+    words: str,
+) -> None:
+    """The engine refusing the start (`docker create`, or the API's start) ends the kernel
+    as `docker run` did: its exit code (125, 126/127 as the docker CLI maps a start error)
+    and words, which the exit line explains."""
+    import dataclasses
+    import json
+
+    from jupyter_docker_kernel.container import Container
+    from jupyter_docker_kernel.settings import KernelSettings
+
+    settings = dataclasses.replace(KernelSettings(image=kernel_image, workdir="none"), **change)
+    connection = tmp_path / "kernel-refused.json"
+    connection.write_text(json.dumps({"key": "k", "kernel_name": "x"}))
+    container = Container(settings, str(connection), base=tmp_path / "run")
+    try:
+        container.start()
+        container.attach(lambda: 0)
+        ending = container.wait()
+        assert ending.code == code
+        assert words in ending.said
+        with caplog.at_level("INFO", logger="jupyter_docker_kernel"):
+            container.finish(ending, Relayed())
+        assert "The kernel's container did not start" in caplog.text
+    finally:
+        container.close()
+    assert not (tmp_path / "run").exists()

@@ -275,6 +275,9 @@ class Cold(Protocol):
     def wait(self) -> int:
         """Block until the container exits: its code, or the engine CLI's 125/126/127."""
 
+    def words(self) -> str:
+        """After wait(): what to add to the supervisor's words when it never spoke ("")."""
+
     def close(self) -> None:
         """Let go: the lifeline (which ends the kernel) and the streams; idempotent."""
 
@@ -319,6 +322,9 @@ class Attached:
     def wait(self) -> int:
         return self.proc.wait()
 
+    def words(self) -> str:
+        return ""  # the engine's and the init's words came on the CLI's stderr
+
     def close(self) -> None:
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
@@ -335,8 +341,10 @@ class Held:
     Until the start is done, write/outputs/wait block (in the caller's thread: never the
     provisioner's event loop, see Container.attach); a refused start reads like Refused."""
 
-    def __init__(self, backend: LocalBackend, container_id: str, path: str) -> None:
+    def __init__(self, backend: LocalBackend, container_id: str, path: str, command: str) -> None:
         self.container_id = container_id
+        #: The container's command (the image's Python): its init's exec of it may fail.
+        self.command = command
         self.sock: socket.socket | None = None
         self.exit: ExitWatch | None = None
         self.refused: Refused | None = None
@@ -398,6 +406,21 @@ class Held:
         assert self.exit is not None
         return self.exit.code()
 
+    def words(self) -> str:
+        """The container's init (--init: the engine's tini) could not exec its command, so
+        no supervisor ran to bind the lifeline: its message went to the engine's log
+        driver (none). `docker run` showed it on stderr; its exit code says the same
+        (tini: 127 for a command not found, 126 for one that cannot be run), in the
+        words explain_run_failure knows."""
+        if self.sock is not None or self.refused is not None or self.exit is None:
+            return ""
+        code = self.exit.code()
+        if code == 127:
+            return f"docker: exec {self.command}: no such file or directory (exit 127)\n"
+        if code == 126:
+            return f"docker: exec {self.command}: permission denied (exit 126)\n"
+        return ""
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -430,6 +453,9 @@ class Refused:
 
     def wait(self) -> int:
         return self.code
+
+    def words(self) -> str:
+        return ""  # on its stream
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -546,9 +572,11 @@ class LocalBackend(CliBackend):
         )
         created = self.engine.run(create_args(args), check=False, timeout=120)
         if created.returncode != 0:
-            return Refused(created.returncode, created.stderr)
+            # `docker run` exits 125 for whatever stopped it before the container ran
+            # (`docker create` exits 1 for a missing image, say).
+            return Refused(125, created.stderr)
         container_id = created.stdout.strip().splitlines()[-1] if created.stdout.strip() else ""
-        return Held(self, container_id, str(rundir.sockets / LIFELINE_SOCKET))
+        return Held(self, container_id, str(rundir.sockets / LIFELINE_SOCKET), settings.python)
 
     def open_lifeline(self, path: str, exit: ExitWatch) -> socket.socket | None:
         """Connect to the supervisor's lifeline socket once it is bound; None when the
@@ -1052,6 +1080,8 @@ class Container:
         from jupyter_docker_kernel.notice import kill_notice  # only now: not on the start path
 
         said = bytes(self._said).decode(errors="replace")
+        if self.cold is not None:
+            said += self.cold.words()
         notice = kill_notice(
             code,
             self.exit_reason,

@@ -2,11 +2,12 @@
 
 The argv launcher (launcher.py) and the provisioner (provisioner.py) are adapters over
 `Container`; where the container runs is a `Backend` (today `LocalBackend`: the local
-engine's CLI and API, through engine.Engine). Nothing here knows about Jupyter's messages
-(the adapters own their relay) or about asyncio: every blocking step runs in the caller's
-thread or in a thread of ours, so the launcher calls it through run_in_executor, the
-provisioner through off_loop, and one process may hold many Containers (no signal
-handlers, no per-kernel globals here).
+engine's API with one `docker create` per cold start, or `CliBackend` where the engine has
+no API on a unix socket; `LocalBackend.for_engine` picks). Nothing here knows about
+Jupyter's messages (the adapters own their relay) or about asyncio: every blocking step
+runs in the caller's thread or in a thread of ours, so the launcher calls it through
+run_in_executor, the provisioner through off_loop, and one process may hold many
+Containers (no signal handlers, no per-kernel globals here).
 
 The adapters call, in this order:
 
@@ -39,7 +40,8 @@ SSH node, a Kubernetes pod) implements its methods:
                                 CliBackend (no API: ssh://, tcp://): `docker run -i`,
                                 attached, its stdin the lifeline. Container then writes the
                                 copy (Cold.write), drains Cold.outputs() into the log
-                                forwarding and the kept log, and waits on Cold.wait().
+                                forwarding and the kept log, and waits on Cold.wait(); the
+                                Cold classes: Held (API), Attached (CLI), Refused.
     claim(settings, base, dir)  Container.start (pooled settings): a warm container or None
     rename(cid, name)           Container.adopt, off the start path
     inspect(name) -> dict|None  Container.adopt (id of a just-claimed container),
@@ -52,8 +54,7 @@ SSH node, a Kubernetes pod) implements its methods:
     fill(settings, base, launch) -> Refill    Container.attach: the detached, gated refill
     watchdog(name, cidfile, base) -> int      Container.start_watchdog (argv launcher,
                                 in-process fallback only)
-    executable() / env()        the provisioner's one watchdog process per server process
-                                (start_lifeline_watchdog), where no resident helper can start
+    executable() / env()        the engine CLI and its environment (DOCKER_HOST)
     sockets() -> list[str]      Container.__init__: engine sockets no --mount may reach
 """
 

@@ -334,16 +334,19 @@ class Attached:
 
 
 class Held:
-    """A container created (`docker create`) and then, in a thread of its own, started
-    through the engine's API and held by its lifeline socket (LocalBackend.start_cold):
-    the supervisor's and the kernel's output come over that socket, the exit code from
-    the wait asked before the start. Starting in the background keeps what `docker run`'s
-    Popen gave: the adapter sets up its relay while the engine starts the container.
+    """A container created (`docker create`), started through the engine's API and held by
+    its lifeline socket (LocalBackend.start_cold), all in a thread of its own: the
+    supervisor's and the kernel's output come over that socket, the exit code from the
+    wait asked before the start. In the background, as `docker run`'s Popen was: the
+    adapter sets up its relay while the engine creates and starts the container (the
+    container's id is in the cidfile once created, where Container looks for it).
     Until the start is done, write/outputs/wait block (in the caller's thread: never the
     provisioner's event loop, see Container.attach); a refused start reads like Refused."""
 
-    def __init__(self, backend: LocalBackend, container_id: str, path: str, command: str) -> None:
-        self.container_id = container_id
+    def __init__(self, backend: LocalBackend, args: list[str], path: str, command: str) -> None:
+        self.args = args
+        #: "" until `docker create` returned it.
+        self.container_id = ""
         #: The container's command (the image's Python): its init's exec of it may fail.
         self.command = command
         self.sock: socket.socket | None = None
@@ -363,6 +366,19 @@ class Held:
             self._ready.set()
 
     def _started(self, backend: LocalBackend, path: str) -> None:
+        created = backend.engine.run(create_args(self.args), check=False, timeout=120)
+        if created.returncode != 0:
+            # `docker run` exits 125 for whatever stopped it before the container ran
+            # (`docker create` exits 1 for a missing image, say).
+            self.refused = Refused(125, created.stderr)
+            return
+        lines = created.stdout.split()
+        self.container_id = lines[-1] if lines else ""
+        with self._lock:
+            if self._closed:  # let go while it was being created: nobody will start it
+                with contextlib.suppress(DockerKernelError):
+                    backend.api.remove(self.container_id)
+                return
         try:
             self.exit = backend.api.watch_exit(self.container_id)
         except DockerKernelError as exc:
@@ -565,19 +581,14 @@ class LocalBackend(CliBackend):
     def start_cold(
         self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
     ) -> Cold:
-        """`docker create` here, then (Held, in a thread) the exit wait, the start, the
-        lifeline's connect and its claim line. A refusal on the way reads like `docker
-        run`'s: its code (125/126/127) and its words (Refused)."""
+        """In a thread (Held): `docker create`, the exit wait, the start, the lifeline's
+        connect and its claim line. A refusal on the way reads like `docker run`'s: its
+        code (125/126/127) and its words (Refused)."""
         args = hardening.run_args(
             settings, launch, cidfile=str(rundir.cid), lifeline=LIFELINE_SOCKET
         )
-        created = self.engine.run(create_args(args), check=False, timeout=120)
-        if created.returncode != 0:
-            # `docker run` exits 125 for whatever stopped it before the container ran
-            # (`docker create` exits 1 for a missing image, say).
-            return Refused(125, created.stderr)
-        container_id = created.stdout.strip().splitlines()[-1] if created.stdout.strip() else ""
-        return Held(self, container_id, str(rundir.sockets / LIFELINE_SOCKET), settings.python)
+        self.engine.executable()  # no engine CLI: say so now, as `docker run` would fail
+        return Held(self, args, str(rundir.sockets / LIFELINE_SOCKET), settings.python)
 
     def open_lifeline(self, path: str, exit: ExitWatch) -> socket.socket | None:
         """Connect to the supervisor's lifeline socket once it is bound; None when the

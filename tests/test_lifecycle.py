@@ -335,3 +335,32 @@ def test_a_refused_cold_start_keeps_docker_runs_code_and_words(
     finally:
         container.close()
     assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_fallback_still_runs_a_kernel_attached(kernel_image: str, tmp_path: Path) -> None:
+    """Where the engine has no API on a unix socket (CliBackend), a cold start is the
+    attached `docker run -i` as before: its stdin is the lifeline, its exit code the
+    container's; stopping removes the container and the runtime dir."""
+    import json
+
+    from jupyter_docker_kernel.container import CliBackend, Container
+    from jupyter_docker_kernel.engine import Engine
+    from jupyter_docker_kernel.settings import KernelSettings
+
+    connection = tmp_path / "kernel-cli.json"
+    connection.write_text(json.dumps({"key": "k", "kernel_name": "x"}))
+    settings = KernelSettings(image=kernel_image, workdir="none")
+    container = Container(settings, str(connection), CliBackend(Engine()), base=tmp_path / "r")
+    try:
+        container.start()
+        container.attach(lambda: 0)
+        assert processes_naming(container.name), "no `docker run` process"
+        wait_until(lambda: bool(containers_of(container.kernel_id, running_only=True)), 60)
+        container.stop("stopped by the test", block=True)
+        ending = container.wait()
+        assert ending.cold
+        assert ending.reason == "stopped by the test"
+    finally:
+        container.close()
+    assert not containers_of(container.kernel_id)
+    assert not (tmp_path / "r").exists()

@@ -597,7 +597,12 @@ class LocalBackend(CliBackend):
         deadline = time.monotonic() + CONNECT_SECONDS
         while time.monotonic() < deadline and not exit.done():
             with contextlib.suppress(TimeoutError):
-                return connect_lifeline(path, wait=0.2)
+                sock = connect_lifeline(path, wait=0.2)
+                # The supervisor unlinks it once it accepted; under gVisor the host's file
+                # stays (nothing listens), and the kernel would find it among its sockets.
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                return sock
         return None
 
     def rename(self, container_id: str, name: str) -> bool:

@@ -19,12 +19,14 @@ import pytest
 
 from jupyter_docker_kernel import hardening, pool
 from jupyter_docker_kernel.container import (
+    Cold,
     Container,
     Ending,
     Relayed,
     exit_report,
     exit_verdict,
 )
+from jupyter_docker_kernel.rundir import RunDir
 from jupyter_docker_kernel.settings import KernelSettings
 
 SETTINGS = KernelSettings(workdir="none")
@@ -100,6 +102,14 @@ EXIT_LINES = [
         INFO,
         "137 (budget exceeded: 70 MB of output on iopub)",
     ),
+    (
+        "nobody held the lifeline (a cold start through the API)",
+        ending(75),
+        WARNING,
+        "75 (nobody held its lifeline: the process that started it went away before "
+        "connecting, so the kernel never ran)",
+    ),
+    ("75 from a warm kernel: the kernel's own code", ending(75, cold=False), WARNING, "75"),
 ]
 
 
@@ -147,7 +157,9 @@ class FakeBackend:
         self.code = code
         self.exited = threading.Event()
 
-    def run(self, args: list[str]) -> subprocess.Popen[bytes]:
+    def start_cold(
+        self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
+    ) -> Cold:
         raise AssertionError("not started cold in these tests")
 
     def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None:
@@ -275,3 +287,18 @@ def test_the_refills_gate_holds_until_a_line_or_eof() -> None:
         assert proc.stdout.read() == b'{"payload": 1}\n'
         assert proc.wait(timeout=10) == 0
         proc.stdout.close()
+
+
+def test_the_api_backend_is_used_where_the_engine_has_one_on_a_unix_socket(
+    tmp_path: Path,
+) -> None:
+    """LocalBackend (API, lifeline socket) for a unix socket that exists; CliBackend
+    (`docker run -i`) for ssh:// and tcp://, which EngineApi cannot reach yet."""
+    from jupyter_docker_kernel.container import CliBackend, LocalBackend
+    from jupyter_docker_kernel.engine import Engine
+
+    sock = tmp_path / "engine.sock"
+    sock.touch()
+    assert type(LocalBackend.for_engine(Engine(host=f"unix://{sock}"))) is LocalBackend
+    for host in ("ssh://user@node", "tcp://127.0.0.1:2375", f"unix://{tmp_path}/none.sock"):
+        assert type(LocalBackend.for_engine(Engine(host=host))) is CliBackend

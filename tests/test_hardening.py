@@ -682,3 +682,31 @@ def test_profile_outcome(call: tuple[Any, ...], expected: str) -> None:
     """Each call a kernel may make (no capabilities, x86_64) gets the profile's answer."""
     name, *args = call
     assert verdict(name, *args, *([0] * 6)) == expected
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [KernelSettings(), KernelSettings(engine="podman"), KernelSettings(runtime="runsc")],
+    ids=["docker", "podman", "gvisor"],
+)
+def test_lifeline_mode_drops_stdin_and_names_the_socket(settings: KernelSettings) -> None:
+    """A cold start through the API (issue 17): no -i (nobody attaches; stdin would stay
+    open for ever), the supervisor binds the lifeline socket and waits 4 s for its holder,
+    and its socket-dir guard allows that name. Everything else is what `show` prints."""
+    shown = run_args(settings, LAUNCH, cidfile="/r/cid")
+    held = run_args(settings, LAUNCH, cidfile="/r/cid", lifeline="life")
+    assert "--interactive" in shown
+    assert "--lifeline" not in shown
+    assert "--interactive" not in held
+    assert "--sig-proxy=false" not in held
+    command = held[held.index(hardening.SUPERVISOR_TARGET) : held.index("--", 1)]
+    assert ("--lifeline", f"{hardening.RUNTIME_TARGET}/life") in pairs(command)
+    assert ("--lifeline-wait", "4") in pairs(command)
+    assert "life" in dict(pairs(command))["--only-sockets"].split(",")
+    attached = ("--interactive", "--sig-proxy=false")
+    assert [a for a in before_image(shown) if a not in attached] == before_image(held)
+    assert engine.create_args(held) == ["create", *held[1:]]
+
+
+def before_image(args: list[str]) -> list[str]:
+    return args[: args.index(hardening.SUPERVISOR_TARGET) - 2]

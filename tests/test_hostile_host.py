@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -27,9 +28,11 @@ from pathlib import Path
 import pytest
 
 import jupyter_docker_kernel
-from jupyter_docker_kernel import cli, engine, kernelspec, pool, reaper
+from jupyter_docker_kernel import cli, engine, kernelspec, pool, provisioner, reaper
+from jupyter_docker_kernel.container import stop_watchdog
 from jupyter_docker_kernel.launcher import ENV_FILE, runtime_base_choice
 from jupyter_docker_kernel.provisioner import DockerProvisioner
+from jupyter_docker_kernel.thin import NO_HELPER_ENV
 from tests.conftest import install_kernel
 from tests.courses import (
     COURSE_ID,
@@ -187,20 +190,25 @@ def test_h02_the_provisioner_its_watchdog_and_refill_never_import_from_the_cwd(
     kernel_image: str, planted: Planted, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The provisioner runs in the client (a Jupyter server started in the notebooks'
-    directory): the watchdog and the pool refill it starts never import from that cwd."""
+    directory): its one watchdog per server (no resident helper here) and the pool refill
+    it starts never import from that cwd."""
     name = "jdk-test-h02"
     _, key = pooled_kernel(name, kernel_image, "--provisioner")
     monkeypatch.chdir(planted.workdir)
+    monkeypatch.setenv(NO_HELPER_ENV, "1")
+    monkeypatch.setattr(provisioner, "_janitors", {})
     try:
         with running_kernel(name, str(planted.workdir)) as (km, kc):
             assert isinstance(km.provisioner, DockerProvisioner)
-            watchdog = km.provisioner._watchdog
-            assert watchdog is not None
+            (watchdog,) = provisioner._janitors.values()
+            assert isinstance(watchdog, subprocess.Popen)
             assert watchdog.poll() is None  # alive: it imported what it needs already
             reply, _ = execute(kc, "x = 1")
             assert reply["status"] == "ok"
             wait_until(lambda: bool(warm_containers(key)), 90)  # the refill has run
-        assert watchdog.wait(timeout=15) == 0
+        assert watchdog.poll() is None  # one per server, not per kernel: still there
+        stop_watchdog(watchdog)
+        assert watchdog.returncode == 0
     finally:
         remove_pool(key)
 

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_docker_kernel import cli
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel.launcher import kernel_id_from
+from jupyter_docker_kernel.rundir import runtime_base
 from tests.conftest import install_kernel
 from tests.kernels import (
     containers_of,
@@ -61,7 +63,7 @@ def test_sigkill_to_the_launcher_leaves_no_process_or_runtime_dir(
 ) -> None:
     """After a SIGKILL the watchdog also goes, taking the runtime dir (and the key) with it."""
     km, kc = start(kernel_name, str(workdir))
-    base = Path("/tmp") / f"jupyter-docker-kernel-{os.getuid()}"
+    base = runtime_base()
     try:
         launcher = launcher_process(km)
         os.kill(launcher.pid, signal.SIGKILL)
@@ -197,3 +199,23 @@ def test_a_dead_jupyter_client_takes_its_kernels_container_with_it(
             client.stdout.close()
     took = wait_until(lambda: not containers_of(kernel_id), 10)
     print(f"container removed {took:.2f} s after the client died")
+
+
+def test_gc_leaves_the_resident_helpers_files_alone(engine: engine_mod.Engine) -> None:
+    """The runtime base also holds the resident helper's socket, lock and log (thin.paths):
+    gc (and the janitor's sweep, which runs the same rules after every server's end) must
+    not take them for a dead kernel's leftovers, or new clients could not find the helper."""
+    from jupyter_docker_kernel import reaper
+
+    base = runtime_base()
+    base.mkdir(mode=0o700, exist_ok=True)
+    files = [base / f"helper-{os.getpid()}-test.{ext}" for ext in ("lock", "log")]
+    try:
+        for path in files:
+            path.write_text("")
+            os.utime(path, (time.time() - 3600, time.time() - 3600))
+        result = reaper.collect(engine, dry_run=True)
+        assert not {str(path) for path in files} & set(result.dirs)
+    finally:
+        for path in files:
+            path.unlink(missing_ok=True)

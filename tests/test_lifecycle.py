@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
+from jupyter_docker_kernel.container import Relayed
 from jupyter_docker_kernel.launcher import kernel_id_from
+from jupyter_docker_kernel.rundir import runtime_base
 from tests.conftest import inspect, install_kernel
 from tests.kernels import (
     containers_of,
@@ -224,7 +226,7 @@ def test_shutdown_leaves_no_container_no_process_and_no_files(
     """A clean shutdown removes the container, ends the launcher and empties our runtime dir."""
     km, kc = start(engine_kernel, str(workdir))
     launcher = launcher_process(km)
-    base = Path("/tmp") / f"jupyter-docker-kernel-{os.getuid()}"
+    base = runtime_base()
     assert any(p.name.startswith(kernel_key(km)) for p in base.iterdir())
     stop(km, kc)
     assert launcher.poll() is not None
@@ -245,3 +247,105 @@ def test_sigterm_to_the_launcher_removes_the_container(kernel_name: str, workdir
     finally:
         kc.stop_channels()
         km.cleanup_resources()
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines of the host's processes whose argv contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(cmdline)
+    return found
+
+
+def test_a_cold_start_leaves_no_engine_cli_process_running(kernel_name: str, workdir: Path) -> None:
+    """Issue 17: the container is created by one short `docker create`, then started,
+    held (its lifeline socket) and awaited through the engine's API: while the kernel
+    runs, no `docker run` (or any engine CLI) process names its container."""
+    km, kc = start(kernel_name, str(workdir))
+    try:
+        reply, _ = execute(kc, "1")
+        assert reply["status"] == "ok"
+        (container,) = containers_of(kernel_key(km))
+        name = str(inspect(container)["Name"]).lstrip("/")
+        assert not processes_naming(name)
+        assert launcher_process(km).poll() is None
+    finally:
+        stop(km, kc)
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "words"),
+    [
+        ({"image": "jdk-test-no-such-image:1"}, 125, "image"),
+        ({"python": "/no/such/python3"}, 127, "no/such/python3"),
+    ],
+    ids=["no image: create refuses", "no python: start refuses"],
+)
+def test_a_refused_cold_start_keeps_docker_runs_code_and_words(
+    kernel_image: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    change: dict[str, Any],
+    code: int,
+    words: str,
+) -> None:
+    """The engine refusing the start (`docker create`, or the API's start) ends the kernel
+    as `docker run` did: its exit code (125, 126/127 as the docker CLI maps a start error)
+    and words, which the exit line explains."""
+    import dataclasses
+    import json
+
+    from jupyter_docker_kernel.container import Container
+    from jupyter_docker_kernel.settings import KernelSettings
+
+    settings = dataclasses.replace(KernelSettings(image=kernel_image, workdir="none"), **change)
+    connection = tmp_path / "kernel-refused.json"
+    connection.write_text(json.dumps({"key": "k", "kernel_name": "x"}))
+    container = Container(settings, str(connection), base=tmp_path / "run")
+    try:
+        container.start()
+        container.attach(lambda: 0)
+        ending = container.wait()
+        assert ending.code == code
+        assert words in ending.said
+        with caplog.at_level("INFO", logger="jupyter_docker_kernel"):
+            container.finish(ending, Relayed())
+        assert "The kernel's container did not start" in caplog.text
+    finally:
+        container.close()
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_fallback_still_runs_a_kernel_attached(kernel_image: str, tmp_path: Path) -> None:
+    """Where the engine has no API on a unix socket (CliBackend), a cold start is the
+    attached `docker run -i` as before: its stdin is the lifeline, its exit code the
+    container's; stopping removes the container and the runtime dir."""
+    import json
+
+    from jupyter_docker_kernel.container import CliBackend, Container
+    from jupyter_docker_kernel.engine import Engine
+    from jupyter_docker_kernel.settings import KernelSettings
+
+    connection = tmp_path / "kernel-cli.json"
+    connection.write_text(json.dumps({"key": "k", "kernel_name": "x"}))
+    settings = KernelSettings(image=kernel_image, workdir="none")
+    container = Container(settings, str(connection), CliBackend(Engine()), base=tmp_path / "r")
+    try:
+        container.start()
+        container.attach(lambda: 0)
+        assert processes_naming(container.name), "no `docker run` process"
+        wait_until(lambda: bool(containers_of(container.kernel_id, running_only=True)), 60)
+        container.stop("stopped by the test", block=True)
+        ending = container.wait()
+        assert ending.cold
+        assert ending.reason == "stopped by the test"
+    finally:
+        container.close()
+    assert not containers_of(container.kernel_id)
+    assert not (tmp_path / "r").exists()

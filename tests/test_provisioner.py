@@ -30,8 +30,13 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool, reaper
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.launcher import kernel_id_from, runtime_base
-from jupyter_docker_kernel.provisioner import DockerProvisioner, client_connection
+from jupyter_docker_kernel.provisioner import (
+    DockerProvisioner,
+    client_connection,
+    ensure_janitor,
+)
 from jupyter_docker_kernel.settings import KernelSettings
+from jupyter_docker_kernel.thin import NO_HELPER_ENV
 from tests.conftest import inspect, install_kernel
 from tests.kernels import (
     containers_of,
@@ -254,25 +259,62 @@ def test_restart_starts_a_new_container_the_connected_client_reaches(
         wait_until(lambda: before not in containers_of(prov.key), 10)
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below `pid` (children, theirs, ...): pid -> command line."""
+    parents: dict[int, int] = {}
+    lines: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat_line.rpartition(")")[2].split()[1])
+        lines[int(entry.name)] = cmdline
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in found:
+                found[child] = lines[child]
+                todo.append(child)
+    return found
+
+
 @pytest.mark.docker
-def test_shutdown_leaves_no_container_runtime_dir_or_process(
-    provisioned: str, workdir: Path
-) -> None:
-    """After shutdown_kernel: no container with the kernel's label, no runtime dir, and
-    neither the `docker run` client nor the watchdog process still runs."""
+def test_shutdown_leaves_no_container_or_runtime_dir(provisioned: str, workdir: Path) -> None:
+    """After shutdown_kernel: no container with the kernel's label, no runtime dir."""
     km, kc = start(provisioned, str(workdir))
     prov = provisioner_of(km)
     base = prov.base
     assert base is not None
     assert prov.container is not None
-    proc, watchdog = prov.container.proc, prov._watchdog
-    assert proc is not None
-    assert watchdog is not None
     stop(km, kc)
     wait_until(lambda: not containers_of(prov.key), 10)
     assert not base.exists()
-    assert proc.poll() is not None
-    assert watchdog.poll() is not None
+
+
+@pytest.mark.docker
+def test_provisioned_kernels_add_no_host_process(provisioned: str, workdir: Path) -> None:
+    """Issue 17: the server holds each kernel's lifeline socket itself and talks to the
+    engine's API: two running kernels add no process below it (no `docker run -i`, no
+    watchdog per kernel). The one janitor per server (the resident helper, detached, or
+    its fallback watchdog) is registered before counting."""
+    ensure_janitor(engine.Engine())
+    before = descendants(os.getpid())
+    started = [start(provisioned, str(workdir)) for _ in range(2)]
+    try:
+        for _, kc in started:
+            reply, _ = execute(kc, "1")
+            assert reply["status"] == "ok"
+        new = {pid: line for pid, line in descendants(os.getpid()).items() if pid not in before}
+        assert not new, f"processes started for the kernels: {new}"
+    finally:
+        for km, kc in started:
+            stop(km, kc)
 
 
 SIGKILL_SCRIPT = textwrap.dedent(
@@ -292,17 +334,25 @@ SIGKILL_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("helper", [True, False], ids=["janitor", "no helper"])
 def test_sigkill_of_the_managing_process_removes_the_container(
-    provisioned: str, workdir: Path, tmp_path: Path
+    provisioned: str, workdir: Path, tmp_path: Path, helper: bool
 ) -> None:
     """A process that owns the KernelManager dies by SIGKILL: its container and runtime
-    dir are gone within seconds (stdin lifeline to the supervisor, and the watchdog)."""
+    dir are gone within seconds. The lifeline socket it held ends the kernel (the
+    supervisor); the resident helper's janitor, or without a helper the one watchdog
+    process per server, removes the runtime dir (and a kept container)."""
     script = tmp_path / "owner.py"
     script.write_text(SIGKILL_SCRIPT)
+    env = dict(os.environ)
+    env.pop(NO_HELPER_ENV, None)
+    if not helper:
+        env[NO_HELPER_ENV] = "1"
     with subprocess.Popen(
         [sys.executable, str(script), provisioned, str(workdir)],
         stdout=subprocess.PIPE,
         text=True,
+        env=env,
     ) as owner:
         try:
             assert owner.stdout is not None

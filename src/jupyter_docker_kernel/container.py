@@ -2,11 +2,12 @@
 
 The argv launcher (launcher.py) and the provisioner (provisioner.py) are adapters over
 `Container`; where the container runs is a `Backend` (today `LocalBackend`: the local
-engine's CLI and API, through engine.Engine). Nothing here knows about Jupyter's messages
-(the adapters own their relay) or about asyncio: every blocking step runs in the caller's
-thread or in a thread of ours, so the launcher calls it through run_in_executor, the
-provisioner through off_loop, and one process may hold many Containers (no signal
-handlers, no per-kernel globals here).
+engine's API with one `docker create` per cold start, or `CliBackend` where the engine has
+no API on a unix socket; `LocalBackend.for_engine` picks). Nothing here knows about
+Jupyter's messages (the adapters own their relay) or about asyncio: every blocking step
+runs in the caller's thread or in a thread of ours, so the launcher calls it through
+run_in_executor, the provisioner through off_loop, and one process may hold many
+Containers (no signal handlers, no per-kernel globals here).
 
 The adapters call, in this order:
 
@@ -15,7 +16,7 @@ The adapters call, in this order:
                                         # LaunchError before anything exists
     c.start_watchdog()                  # argv launcher only (a fork: before any thread)
     c.start()                           # claim a warm container (backend.claim) or
-                                        # prepare() + backend.run()
+                                        # prepare() + backend.start_cold()
     ... the adapter binds/serves its relay on c.runtime_dir's sockets ...
     c.attach(bytes_to_host)             # socket-dir guard, output forwarding + kept log,
                                         # lifetime timer, the gated refill (pooled
@@ -30,21 +31,33 @@ The adapters call, in this order:
 A `Backend` is the one place that runs engine commands. A new place to run kernels (an
 SSH node, a Kubernetes pod) implements its methods:
 
-    run(args) -> Popen          Container.start (cold): `docker run -i`, stdin = lifeline
+    start_cold(settings, launch, rundir) -> Cold
+                                Container.start (cold): the container started and held.
+                                LocalBackend (the engine's API on a unix socket): `docker
+                                create` CLI (hardening.run_args(lifeline=...) through
+                                engine.create_args), the exit wait armed (API), API start,
+                                lifeline.connect + its claim line: no process per kernel.
+                                CliBackend (no API: ssh://, tcp://): `docker run -i`,
+                                attached, its stdin the lifeline. Container then writes the
+                                copy (Cold.write), drains Cold.outputs() into the log
+                                forwarding and the kept log, and waits on Cold.wait(); the
+                                Cold classes: Held (API), Attached (CLI), Refused.
     claim(settings, base, dir)  Container.start (pooled settings): a warm container or None
     rename(cid, name)           Container.adopt, off the start path
     update(cid, cpu_shares)     Container.adopt, off the start path: the normal CPU weight
                                 of a warm container claimed before its refill raised it
     inspect(name) -> dict|None  Container.adopt (id of a just-claimed container),
                                 Container.engine_exit_reason (gVisor's OOM verdict)
-    wait(cid) -> int            Container.wait for a claimed warm container
+    wait(cid) -> int            Container.wait for a claimed warm container (a cold one's
+                                exit comes from Cold.wait: the wait asked before its start)
     signal(name, sig)           Container.interrupt / signal / stop(term=True)
     kill_now(name)              the socket-dir guard's alarm (before remove)
     remove(name) -> bool        Container.stop / close (idempotent)
     fill(settings, base, launch) -> Refill    Container.attach: the detached, gated refill
                                 (its gate opened at once when the claim says starts come fast)
-    watchdog(name, cidfile, base) -> int      Container.start_watchdog (argv launcher)
-    executable() / env()        the provisioner's watchdog process (start_lifeline_watchdog)
+    watchdog(name, cidfile, base) -> int      Container.start_watchdog (argv launcher,
+                                in-process fallback only)
+    executable() / env()        the engine CLI and its environment (DOCKER_HOST)
     sockets() -> list[str]      Container.__init__: engine sockets no --mount may reach
 """
 
@@ -69,10 +82,23 @@ from typing import IO, Any, Protocol
 
 from jupyter_docker_kernel import hardening, hostpython, kernel_log, pool, workcopy
 from jupyter_docker_kernel.endpoints import CHANNELS
-from jupyter_docker_kernel.engine import Engine, explain_run_failure, short_id
+from jupyter_docker_kernel.engine import (
+    Engine,
+    ExitWatch,
+    create_args,
+    explain_run_failure,
+    short_id,
+)
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.hardening import SUPERVISOR_PATH
 from jupyter_docker_kernel.kernel_log import _read_quietly, forward
+from jupyter_docker_kernel.lifeline import (
+    CONNECT_SECONDS,
+    LIFELINE_SOCKET,
+    NO_LIFELINE_EXIT,
+    claim_line,
+)
+from jupyter_docker_kernel.lifeline import connect as connect_lifeline
 from jupyter_docker_kernel.rundir import (
     NAME_PREFIX,
     RunDir,
@@ -111,6 +137,11 @@ OOM_EXIT = 137
 #: it before it sees the kernel's process gone (nbclient checks every second).
 NOTICE_LINGER = 0.3
 INTERRUPT_EXIT_WINDOW = 5.0
+#: The exit line's reason for lifeline.NO_LIFELINE_EXIT from a cold start.
+NO_LIFELINE_REASON = (
+    "nobody held its lifeline: the process that started it went away before connecting, "
+    "so the kernel never ran"
+)
 #: Exit codes of the engine CLI itself (not the kernel's): the container did not start.
 RUN_FAILURES = (125, 126, 127)
 
@@ -183,6 +214,8 @@ def exit_report(
     level, reason = exit_verdict(
         ending.code, ending.reason, stopping=ending.stopping, interrupted=ending.interrupted
     )
+    if not reason and ending.code == NO_LIFELINE_EXIT and ending.cold:
+        reason = NO_LIFELINE_REASON
     why = f" ({reason})" if reason else ""
     line = (
         f"kernel container {name} exited with code {ending.code}{why} after {ran:.1f} s; "
@@ -213,9 +246,10 @@ def limits_summary(s: KernelSettings) -> str:
 
 
 def socket_names() -> list[str]:
-    """What may appear in a kernel's socket dir: its five sockets and a warm one's claim."""
+    """What may appear in a kernel's socket dir: its five sockets, a warm one's claim and a
+    cold one's lifeline (gVisor leaves the lifeline's file after the supervisor's unlink)."""
     names = [f"{hardening.SOCKET_PREFIX}-{index}" for index in range(1, len(CHANNELS) + 1)]
-    return [*names, hardening.CLAIM_SOCKET]
+    return [*names, hardening.CLAIM_SOCKET, LIFELINE_SOCKET]
 
 
 # -- where containers run ---------------------------------------------------------------------
@@ -229,11 +263,37 @@ class Refill(Protocol):
     def close(self) -> None: ...
 
 
+class Cold(Protocol):
+    """A cold-started container as Container sees it (Backend.start_cold): attached by
+    `docker run -i` (CliBackend) or held by its lifeline socket (LocalBackend)."""
+
+    #: The container's id; "" until the engine CLI's cidfile has it (CliBackend).
+    container_id: str
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the supervisor before its kernel starts (the work dir's copy)."""
+
+    def outputs(self) -> list[Any]:
+        """What to drain, forward and keep (kernel_log.forward): the supervisor's and the
+        kernel's stdout/stderr, its words (the exit's explanation) in the first."""
+
+    def wait(self) -> int:
+        """Block until the container exits: its code, or the engine CLI's 125/126/127."""
+
+    def words(self) -> str:
+        """After wait(): what to add to the supervisor's words when it never spoke ("")."""
+
+    def close(self) -> None:
+        """Let go: the lifeline (which ends the kernel) and the streams; idempotent."""
+
+
 class Backend(Protocol):
     """Where a kernel's container runs; the one place that runs engine commands. See the
     module docstring for who calls each method, and when."""
 
-    def run(self, args: list[str]) -> subprocess.Popen[bytes]: ...
+    def start_cold(
+        self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
+    ) -> Cold: ...
     def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None: ...
     def rename(self, container_id: str, name: str) -> bool: ...
     def update(self, container_id: str, cpu_shares: int) -> None: ...
@@ -249,12 +309,205 @@ class Backend(Protocol):
     def sockets(self) -> list[str]: ...
 
 
-class LocalBackend:
-    """The local engine (Docker or Podman), through its CLI and, where it has one on a unix
-    socket, its API: exactly the calls the launcher made before Container existed."""
+class Attached:
+    """`docker run -i`, attached (CliBackend): its stdin is the supervisor's lifeline, its
+    stderr and stdout the kernel's, its exit code the container's (or its own 125-127)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.container_id = ""
+
+    def write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def outputs(self) -> list[Any]:
+        return [self.proc.stderr, self.proc.stdout]
+
+    def wait(self) -> int:
+        return self.proc.wait()
+
+    def words(self) -> str:
+        return ""  # the engine's and the init's words came on the CLI's stderr
+
+    def close(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+class Held:
+    """A container created (`docker create`), started through the engine's API and held by
+    its lifeline socket (LocalBackend.start_cold), all in a thread of its own: the
+    supervisor's and the kernel's output come over that socket, the exit code from the
+    wait asked before the start. In the background, as `docker run`'s Popen was: the
+    adapter sets up its relay while the engine creates and starts the container (the
+    container's id is in the cidfile once created, where Container looks for it).
+    Until the start is done, write/outputs/wait block (in the caller's thread: never the
+    provisioner's event loop, see Container.attach); a refused start reads like Refused."""
+
+    def __init__(self, backend: LocalBackend, args: list[str], path: str, command: str) -> None:
+        self.args = args
+        #: "" until `docker create` returned it.
+        self.container_id = ""
+        #: The container's command (the image's Python): its init's exec of it may fail.
+        self.command = command
+        self.sock: socket.socket | None = None
+        self.exit: ExitWatch | None = None
+        self.refused: Refused | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        threading.Thread(target=self._start, args=(backend, path), daemon=True).start()
+
+    def _start(self, backend: LocalBackend, path: str) -> None:
+        try:
+            self._started(backend, path)
+        except Exception as exc:  # never leave the waiters blocked
+            self.refused = Refused(125, f"docker: {exc}\n", self.container_id)
+        finally:
+            self._ready.set()
+
+    def _started(self, backend: LocalBackend, path: str) -> None:
+        created = backend.engine.run(create_args(self.args), check=False, timeout=120)
+        if created.returncode != 0:
+            # `docker run` exits 125 for whatever stopped it before the container ran
+            # (`docker create` exits 1 for a missing image, say).
+            self.refused = Refused(125, created.stderr)
+            return
+        lines = created.stdout.split()
+        self.container_id = lines[-1] if lines else ""
+        with self._lock:
+            if self._closed:  # let go while it was being created: nobody will start it
+                with contextlib.suppress(DockerKernelError):
+                    backend.api.remove(self.container_id)
+                return
+        try:
+            self.exit = backend.api.watch_exit(self.container_id)
+        except DockerKernelError as exc:
+            self.refused = Refused(125, f"docker: {exc}\n", self.container_id)
+            return
+        sock: socket.socket | None = None
+        try:
+            backend.api.start(self.container_id)
+            sock = backend.open_lifeline(path, self.exit)
+            if sock is not None:
+                sock.sendall(claim_line())
+        except DockerKernelError as exc:
+            self.exit.close()
+            code = start_exit_code(str(exc))
+            self.refused = Refused(code, f"docker: {exc}\n", self.container_id)
+        except OSError:
+            if sock is not None:
+                sock.close()
+            sock = None  # it ended meanwhile (or its socket is not one): its exit code says
+        with self._lock:
+            if self._closed and sock is not None:
+                sock.close()  # let go before we got hold: the kernel ends
+                sock = None
+            self.sock = sock
+
+    def write(self, data: bytes) -> None:
+        self._ready.wait()
+        if self.sock is None:
+            raise OSError("the kernel's container ended before its lifeline was connected")
+        self.sock.sendall(data)
+
+    def outputs(self) -> list[Any]:
+        self._ready.wait()
+        if self.refused is not None:
+            return self.refused.outputs()
+        return [self.sock] if self.sock is not None else []
+
+    def wait(self) -> int:
+        self._ready.wait()
+        if self.refused is not None:
+            return self.refused.wait()
+        assert self.exit is not None
+        return self.exit.code()
+
+    def words(self) -> str:
+        """The container's init (--init: the engine's tini) could not exec its command, so
+        no supervisor ran to bind the lifeline: its message went to the engine's log
+        driver (none). `docker run` showed it on stderr; its exit code says the same
+        (tini: 127 for a command not found, 126 for one that cannot be run), in the
+        words explain_run_failure knows."""
+        if self.sock is not None or self.refused is not None or self.exit is None:
+            return ""
+        code = self.exit.code()
+        if code == 127:
+            return f"docker: exec {self.command}: no such file or directory (exit 127)\n"
+        if code == 126:
+            return f"docker: exec {self.command}: permission denied (exit 126)\n"
+        return ""
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sock = self.sock
+        if self.refused is not None:
+            self.refused.close()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # a forward thread blocked in recv
+            sock.close()
+
+
+class Refused:
+    """A cold start the engine refused (create or start failed): like `docker run` would
+    have, it has exited with 125/126/127 and said why on its stderr."""
+
+    def __init__(self, code: int, said: str, container_id: str = "") -> None:
+        self.code = code
+        self.container_id = container_id
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, said.encode(errors="replace")[-32768:])  # fits the pipe's buffer
+        os.close(write_fd)
+        self.stream = os.fdopen(read_fd, "rb")
+
+    def write(self, data: bytes) -> None:
+        raise OSError("the kernel's container did not start")
+
+    def outputs(self) -> list[Any]:
+        return [self.stream]
+
+    def wait(self) -> int:
+        return self.code
+
+    def words(self) -> str:
+        return ""  # on its stream
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.close()
+
+
+def start_exit_code(message: str) -> int:
+    """The exit code `docker run` gives when the engine refuses to start a container
+    (the docker CLI's runStartContainerErr): 127 for a command not found, 126 for one
+    that cannot be run, else 125. Kept so the exit line and explain_run_failure read the
+    same for a start through the API."""
+    if "executable file not found" in message or "no such file or directory" in message:
+        return 127
+    if "permission denied" in message or "is a directory" in message:
+        return 126
+    return 125
+
+
+class CliBackend:
+    """The local engine through its CLI only: the fallback where its API cannot be reached
+    (DOCKER_HOST is not unix://, e.g. ssh:// or tcp://). A cold start is an attached
+    `docker run -i` process per kernel, its stdin the supervisor's lifeline."""
 
     def __init__(self, engine: Engine | None = None) -> None:
         self.engine = engine or Engine()
+
+    def start_cold(
+        self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
+    ) -> Cold:
+        return Attached(self.run(hardening.run_args(settings, launch, cidfile=str(rundir.cid))))
 
     def run(self, args: list[str]) -> subprocess.Popen[bytes]:
         """`docker run -i` with args, attached. The CLI gets its own session: the client's
@@ -273,9 +526,6 @@ class LocalBackend:
         return pool.claim(settings, base, new_dir)
 
     def rename(self, container_id: str, name: str) -> bool:
-        api = self.engine.api()
-        if api.available():
-            return api.rename(container_id, name)
         self.engine.run(["rename", container_id, name])
         return True
 
@@ -292,9 +542,6 @@ class LocalBackend:
     def wait(self, container_id: str) -> int:
         """The container's exit code, from the engine (blocks); 1 if the engine failed."""
         try:
-            api = self.engine.api()
-            if api.available():
-                return api.wait(container_id)
             return wait_exit_code(self.engine.run(["wait", container_id], timeout=1e9).stdout)
         except DockerKernelError as exc:
             log.warning("%s", exc)
@@ -304,12 +551,7 @@ class LocalBackend:
         return self.engine.kill(name, sig)
 
     def kill_now(self, name: str) -> None:
-        """SIGKILL through the engine's API, quietly; a no-op without the API (the caller
-        removes it through the CLI next anyway)."""
-        with contextlib.suppress(DockerKernelError):
-            api = self.engine.api()
-            if api.available():
-                api.kill(name)
+        """Nothing faster than the removal the caller does next (no API here)."""
 
     def remove(self, name: str) -> bool:
         return self.engine.remove(name)
@@ -329,6 +571,76 @@ class LocalBackend:
     def sockets(self) -> list[str]:
         """The engine's sockets on this host, which no --mount may reach."""
         return engine_sockets(self.engine)
+
+
+class LocalBackend(CliBackend):
+    """The local engine (Docker or Podman) through its API on a unix socket: no process
+    per kernel. A cold start is `docker create` (the CLI, once: `--docker-arg` and `show`
+    keep meaning exactly what `docker run` means; it costs what `docker run -d` does, see
+    docs/design/issue17/b0-b1.md), then the exit wait, the start and the lifeline socket
+    through the API; signals, inspect, wait, rename and removal through the API too."""
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        super().__init__(engine)
+        self.api = self.engine.api()
+
+    @staticmethod
+    def for_engine(engine: Engine | None = None) -> CliBackend:
+        """LocalBackend where the engine's API is on a unix socket, else CliBackend."""
+        engine = engine or Engine()
+        return LocalBackend(engine) if engine.api().available() else CliBackend(engine)
+
+    def start_cold(
+        self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
+    ) -> Cold:
+        """In a thread (Held): `docker create`, the exit wait, the start, the lifeline's
+        connect and its claim line. A refusal on the way reads like `docker run`'s: its
+        code (125/126/127) and its words (Refused)."""
+        args = hardening.run_args(
+            settings, launch, cidfile=str(rundir.cid), lifeline=LIFELINE_SOCKET
+        )
+        self.engine.executable()  # no engine CLI: say so now, as `docker run` would fail
+        return Held(self, args, str(rundir.sockets / LIFELINE_SOCKET), settings.python)
+
+    def open_lifeline(self, path: str, exit: ExitWatch) -> socket.socket | None:
+        """Connect to the supervisor's lifeline socket once it is bound; None when the
+        container exited first (or never bound it within lifeline.CONNECT_SECONDS: its
+        own --lifeline-wait has ended it by then, exit 75)."""
+        deadline = time.monotonic() + CONNECT_SECONDS
+        while time.monotonic() < deadline and not exit.done():
+            with contextlib.suppress(TimeoutError):
+                sock = connect_lifeline(path, wait=0.2)
+                # The supervisor unlinks it once it accepted; under gVisor the host's file
+                # stays (nothing listens), and the kernel would find it among its sockets.
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                return sock
+        return None
+
+    def rename(self, container_id: str, name: str) -> bool:
+        return self.api.rename(container_id, name)
+
+    def inspect(self, name: str) -> dict[str, Any] | None:
+        return self.api.inspect(name)
+
+    def wait(self, container_id: str) -> int:
+        """The container's exit code, from the engine (blocks); 1 if the engine failed."""
+        try:
+            return self.api.wait(container_id)
+        except DockerKernelError as exc:
+            log.warning("%s", exc)
+            return 1
+
+    def signal(self, name: str, sig: str) -> bool:
+        return self.api.signal(name, sig)
+
+    def kill_now(self, name: str) -> None:
+        """SIGKILL through the engine's API, quietly: every millisecond counts."""
+        with contextlib.suppress(DockerKernelError):
+            self.api.kill(name)
+
+    def remove(self, name: str) -> bool:
+        return self.api.remove(name)
 
 
 # -- the lifecycle ----------------------------------------------------------------------------
@@ -363,7 +675,7 @@ class Container:
         self.settings = settings
         self.connection_file = connection_file
         if backend is None or isinstance(backend, Engine):
-            backend = LocalBackend(backend)
+            backend = LocalBackend.for_engine(backend)
         self.backend: Backend = backend
         try:
             with open(connection_file) as fh:
@@ -390,7 +702,9 @@ class Container:
         self.stopping = False
         self.exit_reason = ""
         self.pooled = False
-        self.proc: subprocess.Popen[bytes] | None = None
+        #: A cold start's container (Backend.start_cold); None for a claimed warm one.
+        self.cold: Cold | None = None
+        #: A claimed warm container's claim connection, its lifeline.
         self.lifeline: socket.socket | None = None
         self.last_interrupt = float("-inf")
         self.client_pid = client_pid or os.getppid()
@@ -558,18 +872,11 @@ class Container:
             self.mark("connection handed over")
         else:
             launch = self.prepare()
-            self.proc = self.backend.run(
-                hardening.run_args(self.settings, launch, cidfile=str(self.cidfile))
-            )
-            if self.copy_entries is not None and self.proc.stdin is not None:
-                stdin = self.proc.stdin
-
-                def write(data: bytes) -> None:
-                    stdin.write(data)
-                    stdin.flush()
-
-                self.send_workdir(write)
-            self.mark("docker run started")
+            self.cold = self.backend.start_cold(self.settings, launch, self.rundir)
+            self.container_id = self.cold.container_id
+            if self.copy_entries is not None:
+                self.send_workdir(self.cold.write)
+            self.mark("cold container started")
 
     def adopt(self, claimed: pool.Claim) -> None:
         """Take over a claimed warm container (its dir is ours now): the kernel gets its key.
@@ -652,23 +959,17 @@ class Container:
         line. The guard comes first: no notebook code runs before a client is connected."""
         self._guard = SocketDirGuard(self.runtime_dir, socket_names(), self._socket_dir_violated)
         # A pooled kernel's raw output and its supervisor's words come over the lifeline.
-        streams: list[Any] = (
-            [self.lifeline] if self.proc is None else [self.proc.stderr, self.proc.stdout]
-        )
         keep = self.open_log()
-        out = self.out or sys.stderr.buffer
+        # In a thread: a cold start's outputs are there once the engine has started it
+        # (Held), and the provisioner calls this on the server's event loop. In our
+        # caller's context: a resident helper finds the session whose client gets
+        # forward's own log lines (helper.CURRENT) there.
         self._forwards = [
             threading.Thread(
-                # In our caller's context: a resident helper finds the session whose
-                # client gets forward's own log lines (helper.CURRENT) there.
-                target=contextvars.copy_context().run,
-                args=(forward, stream, out, self.name, self._said if i == 0 else None, keep),
-                daemon=True,
+                target=contextvars.copy_context().run, args=(self._drain, keep), daemon=True
             )
-            for i, stream in enumerate(streams)
         ]
-        for thread in self._forwards:
-            thread.start()
+        self._forwards[0].start()
         # The supervisor enforces the lifetime inside; the kernel runs as the same uid and
         # could stop it, so we enforce it here too, a little later.
         self._timer = threading.Timer(
@@ -683,6 +984,25 @@ class Container:
         threading.Thread(
             target=self._log_started, args=(bytes_to_host, detail), daemon=True
         ).start()
+
+    def _drain(self, keep: kernel_log.KernelLog | None) -> None:
+        """Forward the container's output streams to our stderr and the kept log, one
+        thread each (kernel_log.forward, capped), until they end; the first stream's tail
+        is what the supervisor said last (the exit's explanation)."""
+        streams: list[Any] = [self.lifeline] if self.cold is None else self.cold.outputs()
+        out = self.out or sys.stderr.buffer
+        threads = [
+            threading.Thread(
+                target=contextvars.copy_context().run,  # threads do not inherit it
+                args=(forward, stream, out, self.name, self._said if i == 0 else None, keep),
+                daemon=True,
+            )
+            for i, stream in enumerate(streams)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     def _log_started(self, bytes_to_host: Callable[[], int], detail: str) -> None:
         """Log the start once the container id is known; after the kernel's first reply
@@ -803,8 +1123,8 @@ class Container:
 
     def wait(self) -> Ending:
         """Block until the container exits; then its code, reason and kill notice."""
-        if self.proc is not None:
-            code = self.proc.wait()
+        if self.cold is not None:
+            code = self.cold.wait()
         else:
             code = self.backend.wait(self.container_id or self.name)
         for thread in self._forwards:
@@ -814,11 +1134,13 @@ class Container:
             self._guard.close()
         if self._timer is not None:
             self._timer.cancel()
-        if self.proc is not None and code == OOM_EXIT and not self.exit_reason:
+        if self.cold is not None and code == OOM_EXIT and not self.exit_reason:
             self.exit_reason = self.engine_exit_reason()
         from jupyter_docker_kernel.notice import kill_notice  # only now: not on the start path
 
         said = bytes(self._said).decode(errors="replace")
+        if self.cold is not None:
+            said += self.cold.words()
         notice = kill_notice(
             code,
             self.exit_reason,
@@ -834,7 +1156,7 @@ class Container:
             interrupted=self.interrupted_lately(),
             said=said,
             notice=notice,
-            cold=self.proc is not None,
+            cold=self.cold is not None,
         )
 
     def engine_exit_reason(self) -> str:
@@ -889,11 +1211,8 @@ class Container:
         remove_tree(self.base)
 
     def _close_pipes(self) -> None:
-        if self.proc is not None:
-            for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
+        if self.cold is not None:
+            self.cold.close()
 
     def _in_thread(self, func: Callable[..., Any], *args: Any) -> None:
         """Run an engine call in a thread of its own; log (not raise) its failure."""
@@ -1045,6 +1364,41 @@ def watch_lifeline(argv: list[str] | None = None) -> None:
     if found:
         force_remove(engine_exe, found)
     remove_tree(base)
+
+
+def start_owner_watchdog(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start one process that cleans up after this process (a Jupyter server running the
+    provisioner) however it dies, for all its kernels on one engine: the fallback where no
+    resident helper can take the janitor's job (provisioner.ensure_janitor).
+
+    As start_lifeline_watchdog, but on EOF it sweeps by the owner rules of `gc`
+    (reaper.sweep_after): our containers and runtime dirs are orphans once we are gone.
+    env: the engine's (DOCKER_HOST), which its engine calls use.
+    """
+    code = "from jupyter_docker_kernel.container import watch_owner; watch_owner()"
+    return subprocess.Popen(
+        hostpython.code_argv(code),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+
+
+def watch_owner() -> None:
+    """The process start_owner_watchdog() started: wait for EOF, then sweep as `gc` does
+    (b"q" last: nothing to do)."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+    last = b""
+    while chunk := _read_quietly(lambda n: os.read(0, n)):
+        last = chunk[-1:]
+    if last == b"q":
+        return
+    from jupyter_docker_kernel.reaper import sweep_after
+
+    sweep_after(0, "")  # our parent, already gone: its pid tells nothing now
 
 
 def stop_watchdog(watchdog: subprocess.Popen[bytes] | None) -> None:

@@ -977,6 +977,24 @@ class EngineApi:
             raise self.refused(f"wait for container {short_id(container)}", status, data)
         return int(data.get("StatusCode", 1))
 
+    def watch_exit(self, container: str) -> ExitWatch:
+        """Ask for the container's next exit now; its code is read later (ExitWatch.code).
+
+        Returns once the engine has registered the wait (Docker and Podman answer with the
+        headers at once, the body at the exit), so a container started after this cannot
+        exit unseen, even one that removes itself (--rm): the docker CLI's own order.
+        """
+        from urllib.parse import quote
+
+        path = f"/containers/{quote(container)}/wait?condition=next-exit"
+        conn, response, sock = self._open("POST", path, None)
+        if response.status != 200:
+            data = response.read()
+            conn.close()
+            parsed = json.loads(data) if data[:1] == b"{" else None
+            raise self.refused(f"wait for container {short_id(container)}", response.status, parsed)
+        return ExitWatch(self, container, conn, response, sock)
+
     def events(
         self,
         filters: Mapping[str, Sequence[str]],
@@ -1012,6 +1030,64 @@ class EngineApi:
             parsed = json.loads(data) if data[:1] == b"{" else None
             raise self.refused("stream its events", response.status, parsed)
         return EventStream(response, sock)
+
+
+class ExitWatch:
+    """A container's next exit, asked for before its start (EngineApi.watch_exit)."""
+
+    def __init__(
+        self,
+        api: EngineApi,
+        container: str,
+        conn: http.client.HTTPConnection,
+        response: http.client.HTTPResponse,
+        sock: socket.socket,
+    ) -> None:
+        self._api = api
+        self._container = container
+        self._conn = conn
+        self._response = response
+        self._sock = sock
+        self._code: int | None = None
+        self._lock = threading.Lock()
+
+    def done(self) -> bool:
+        """Whether the exit has been reported (never blocks): the engine wrote the body."""
+        if self._code is not None:
+            return True
+        import select
+
+        with contextlib.suppress(OSError, ValueError):
+            return bool(select.select([self._sock], [], [], 0)[0])
+        return True
+
+    def code(self) -> int:
+        """Block until the container exits; its exit code. EngineError when the engine
+        went away meanwhile (the caller says so; the container is then not ours to read)."""
+        with self._lock:
+            if self._code is None:
+                try:
+                    data = self._response.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    raise self._api.unreachable(exc) from exc
+                finally:
+                    self._conn.close()
+                parsed = json.loads(data) if data[:1] == b"{" else {}
+                error = parsed.get("Error") if isinstance(parsed, dict) else None
+                if not isinstance(parsed, dict) or "StatusCode" not in parsed:
+                    raise self._api.refused(
+                        f"report the exit of container {short_id(self._container)}",
+                        200,
+                        error if isinstance(error, dict) else parsed,
+                    )
+                self._code = int(parsed["StatusCode"])
+            return self._code
+
+    def close(self) -> None:
+        """Stop waiting (the caller no longer needs the code)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._conn.close()
 
 
 #: Event names Podman's filters know by another name than Docker's (the reports agree).

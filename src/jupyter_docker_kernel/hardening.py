@@ -38,6 +38,10 @@ USAGE_SITE_TARGET = "/opt/jupyter-docker-kernel/site"
 USAGE_HOOK_TARGET = f"{USAGE_SITE_TARGET}/sitecustomize.py"
 #: A pooled container's claim socket, in RUNTIME_TARGET (see pool.py).
 CLAIM_SOCKET = "claim"
+#: --lifeline-wait: seconds from the supervisor's start within which the lifeline's holder
+#: must connect (lifeline.LIFELINE_WAIT_SECONDS); it bounds a container whose starter died
+#: between the engine's start and its connect.
+LIFELINE_WAIT = 4.0
 #: With kernel_transport "tcp", channel N listens on 127.0.0.1:BRIDGE_PORT_BASE+N in the
 #: container's own network namespace; the supervisor bridges it to the socket SOCKET_PREFIX-N.
 BRIDGE_PORT_BASE = 40000
@@ -203,12 +207,17 @@ def run_args(
     *,
     pool: tuple[str, str] | None = None,
     cidfile: str = "",
+    lifeline: str | None = None,
 ) -> list[str]:
     """The complete `docker run` argument list (without the program name) for one kernel.
 
     With pool=(key, host dir) it is a detached warm-pool container instead: it waits for a
     launcher to claim it (pool.py), so it has no connection file and no attached client.
     cidfile: where the engine CLI writes the container's id (a kernel's start and `show`).
+    lifeline: the name of the supervisor's lifeline socket in RUNTIME_TARGET (a cold start
+    through the engine's API, container.LocalBackend): no -i, and whoever connects to that
+    socket holds the kernel's life instead of `docker run`'s stdin. Without it (`show`,
+    the doctor, the CLI fallback) the arguments are the pasteable attached `docker run -i`.
     """
     user = kernel_user(settings, launch)
     uid, gid = user.split(":")
@@ -224,8 +233,9 @@ def run_args(
         # root-only one at /run); ours takes its place, with /tmp's size cap.
         podman_tmpfs = ["--tmpfs", f"/var/tmp:{tmpfs_opts},mode=1777"]  # noqa: S108
     # -i: stdin is the supervisor's lifeline; the engine closes it when we disconnect.
-    # A pooled container gets its lifeline when claimed, over its claim socket.
-    attach = ["--detach"] if pool else ["--interactive", "--sig-proxy=false"]
+    # A pooled container gets its lifeline when claimed, over its claim socket; one
+    # started through the API (lifeline) over its lifeline socket: stdin stays closed.
+    attach = ["--detach"] if pool else [] if lifeline else ["--interactive", "--sig-proxy=false"]
     # Podman 4.3's compat API answers the CLI's wait for an attached `run --rm` with exit
     # code 0 whatever the kernel's (podman#18889, fixed in 4.6); without --rm the code is
     # right, and the launcher and its watchdog remove the container anyway. Under gVisor
@@ -340,7 +350,12 @@ def run_args(
     receive = (launch.project_root or launch.workdir) if settings.workdir == "copy" else None
     chdir = launch.workdir if receive is not None and receive != launch.workdir else None
     args += supervisor_command(
-        settings, umask=umask, pooled=pool is not None, receive=receive, chdir=chdir
+        settings,
+        umask=umask,
+        pooled=pool is not None,
+        receive=receive,
+        chdir=chdir,
+        lifeline=lifeline,
     )
     return args
 
@@ -420,11 +435,14 @@ def supervisor_command(
     pooled: bool = False,
     receive: str | None = None,
     chdir: str | None = None,
+    lifeline: str | None = None,
 ) -> list[str]:
     """The container's command: our supervisor, run by the image's Python, then the kernel.
 
     With `receive` (--copy-workdir), the supervisor first unpacks the launcher's stream of
-    the notebook's directory there."""
+    the notebook's directory there. With `lifeline` (a socket name), it binds that socket
+    in RUNTIME_TARGET and waits LIFELINE_WAIT seconds for its holder (lifeline.py) instead
+    of holding its stdin as the lifeline."""
     args = [
         settings.python,
         SUPERVISOR_TARGET,
@@ -443,11 +461,15 @@ def supervisor_command(
     # The socket dir is on the host's disk: the supervisor kills a kernel that writes
     # anything else there (the launcher's watch removes its container too).
     sockets = [f"{SOCKET_PREFIX}-{index}" for index in range(1, CHANNEL_COUNT + 1)]
-    args += ["--only-sockets", ",".join([*sockets, CLAIM_SOCKET])]
+    sockets += [CLAIM_SOCKET, *([lifeline] if lifeline else [])]
+    args += ["--only-sockets", ",".join(sockets)]
     if settings.kernel_transport == "tcp":
         for index in range(1, CHANNEL_COUNT + 1):
             path = f"{RUNTIME_TARGET}/{SOCKET_PREFIX}-{index}"
             args += ["--bridge", f"{BRIDGE_PORT_BASE + index}={path}"]
+    if lifeline:
+        args += ["--lifeline", f"{RUNTIME_TARGET}/{lifeline}", "--lifeline-wait"]
+        args += [f"{LIFELINE_WAIT:g}"]
     if pooled:
         args += [
             "--pool-wait",

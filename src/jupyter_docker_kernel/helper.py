@@ -38,7 +38,7 @@ Who calls what: thin.run() is the client. A runner (`Runner`: `(Request, Control
 is named by --runner MODULE:FUNCTION; `--janitor MODULE:FUNCTION` names the sweep
 (`(pid, start) -> None`), which also runs once when the helper starts, with pid 0 (what a
 previous helper left). They default to hosting.run_kernel (an argv kernel's session:
-session.run) and hosting.sweep (reaper.collect's rules); `refuse` and `log_janitor` are
+session.run) and reaper.sweep_after (gc's rules); `refuse` and `log_janitor` are
 the placeholders (a runner that makes every client fall back, a janitor that only logs).
 
 The helper's environment is that of the client that spawned it; at start it points its
@@ -745,7 +745,10 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     opts = {"--base": "", "--engine": "", "--idle": os.environ.get(IDLE_ENV, str(IDLE_SECONDS))}
     hosting = "jupyter_docker_kernel.hosting"
-    opts |= {"--runner": f"{hosting}:run_kernel", "--janitor": f"{hosting}:sweep"}
+    opts |= {
+        "--runner": f"{hosting}:run_kernel",
+        "--janitor": "jupyter_docker_kernel.reaper:sweep_after",
+    }
     while args:
         name = args.pop(0)
         if name not in opts or not args:

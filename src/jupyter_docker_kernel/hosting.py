@@ -131,19 +131,5 @@ def run_kernel(request: Request, control: Control) -> int:
     return session.run(settings, request.connection_file, hooks)
 
 
-def sweep(pid: int, start: str) -> None:
-    """helper.Janitor: process `pid` (0: the helper is starting) went away; remove what
-    any dead owner left on this helper's engine, by reaper.collect's rules (gc's)."""
-    who = f"process {pid} (start {start})" if pid else "a previous helper"
-    try:
-        result = reaper.collect(Engine(), marked_only=True)
-    except (DockerKernelError, OSError) as exc:
-        log.warning("janitor: could not sweep after %s: %s", who, exc)
-        return
-    if result.containers or result.dirs:
-        log.info(
-            "janitor: after %s, removed %d container(s) and %d runtime dir(s)",
-            who,
-            len(result.containers),
-            len(result.dirs),
-        )
+#: helper.Janitor: the same sweep as gc's (reaper.collect), marked dirs only.
+sweep = reaper.sweep_after

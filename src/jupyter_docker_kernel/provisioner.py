@@ -2,7 +2,10 @@
 
 `setup --provisioner` writes `metadata.kernel_provisioner` into kernel.json; clients that
 honour it (Jupyter Server, nbclient, jupyter_client's KernelManager) then call this class
-instead of running the argv, and no launcher process runs. The lifecycle (claim or start,
+instead of running the argv, and no launcher process runs. No process per kernel either:
+the server holds each kernel's lifeline socket itself (container.LocalBackend), and once
+per process it registers with the user's resident helper as a janitor (ensure_janitor),
+which removes what a SIGKILLed server leaves behind. The lifecycle (claim or start,
 forwarding, lifetime, exit reasons, refill, removal) is Container's, as for the argv
 launcher; this adapter adds jupyter_client's Popen-like methods and the in-process relay
 (pins.py): the client connects to unix sockets in a host-only dir of the kernel's, metered
@@ -16,7 +19,7 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,15 +35,14 @@ from jupyter_docker_kernel.container import (
     Relayed,
     Running,
     kernel_id_from,
-    start_lifeline_watchdog,
-    stop_watchdog,
+    start_owner_watchdog,
 )
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.pins import SocketPins, start_meter
 from jupyter_docker_kernel.pins import client_connection as client_connection
 from jupyter_docker_kernel.relay import RelayThread
-from jupyter_docker_kernel.rundir import RunDir, remove_tree, runtime_base
+from jupyter_docker_kernel.rundir import RunDir, process_start_time, remove_tree, runtime_base
 from jupyter_docker_kernel.settings import KernelSettings
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,40 @@ async def off_loop(func: Callable[..., T], *args: Any) -> T:
         if "interpreter shutdown" not in str(exc):
             raise
         return func(*args)
+
+
+#: What cleans up after this process however it dies, one per engine address (not per
+#: kernel): the resident helper's janitor connection, or a watchdog process. Held (never
+#: closed, never waited for) for the process's life: its end, even by SIGKILL, is the signal.
+_janitors: dict[str, object] = {}
+_janitors_lock = threading.Lock()
+
+
+def ensure_janitor(engine: Engine) -> None:
+    """Register this process, once per engine, with the user's resident helper as a
+    janitor client (thin.register_janitor, which starts the helper when none runs): when
+    this process ends, however, the helper sweeps its containers and runtime dirs
+    (reaper.sweep_after). The lifelines end the kernels themselves (the supervisors);
+    this removes what stays: kept containers (gVisor, Podman) and the runtime dirs.
+    Where no helper can start: one watchdog process for this process (not per kernel).
+    Blocking (up to thin.SPAWN_WAIT the first time): call it off the event loop."""
+    from jupyter_docker_kernel import thin
+
+    env = {"JUPYTER_DOCKER_KERNEL_ENGINE": engine.command, "DOCKER_HOST": engine.address()}
+    key = thin.engine_key("", env)
+    with _janitors_lock:
+        if key in _janitors:
+            return
+        holder: object = None
+        base = thin.private_base()
+        if base is not None and str(runtime_base()) == base:
+            pid = os.getpid()
+            argv = thin.spawn_argv(base, key)  # its default janitor: reaper.sweep_after
+            holder = thin.register_janitor(base, key, pid, process_start_time(pid), argv)
+        if holder is None:
+            log.info("no resident helper for %s: one watchdog process cleans up after us", key)
+            holder = start_owner_watchdog(engine.env())
+        _janitors[key] = holder
 
 
 def share_log(server_log: Any) -> None:
@@ -105,7 +141,6 @@ class DockerProvisioner(KernelProvisionerBase):
     _pins: SocketPins | None = None
     #: The relay between the client and the kernel's sockets, with the budgets.
     _meter: RelayThread | None = None
-    _watchdog: subprocess.Popen[bytes] | None = None
     #: Publishing the kill notice (notice.py) once the container exited; poll() says the
     #: kernel runs until it is done, so the client reads it before it sees the kernel gone.
     _notice: asyncio.Task[None] | None = None
@@ -165,17 +200,14 @@ class DockerProvisioner(KernelProvisionerBase):
         container = Container(
             self.settings,
             self.parent.connection_file,
-            LocalBackend(engine),
+            LocalBackend.for_engine(engine),
             kernel_id=self.key,
             base=self.base,
             workdir=str(kwargs.get("cwd") or os.getcwd()),
             client_pid=os.getpid(),  # we run inside the client (the server)
             logger=self.log,
         )
-        if self._watchdog is None:
-            self._watchdog = start_lifeline_watchdog(
-                engine.executable(), self.key, self.base, engine.env()
-            )
+        await off_loop(ensure_janitor, engine)
         try:
             await off_loop(container.start)
             self._pins = SocketPins(container.runtime_dir, rundir.pins)
@@ -187,7 +219,6 @@ class DockerProvisioner(KernelProvisionerBase):
                 self._pins.close()
                 self._pins = None
             await off_loop(container.close)
-            self._stop_watchdog()
             raise
         self.container_name = container.name
         self._container = container
@@ -286,8 +317,7 @@ class DockerProvisioner(KernelProvisionerBase):
 
     async def cleanup(self, restart: bool = False) -> None:
         """KernelManager.cleanup_resources calls this after the kernel stopped: remove the
-        container (if the engine still has it) and the runtime dir; on a final shutdown
-        also release the watchdog, telling it there is nothing left to do."""
+        container (if the engine still has it) and the runtime dir."""
         run = self._run
         if run is not None:
             await self.kill()
@@ -303,7 +333,6 @@ class DockerProvisioner(KernelProvisionerBase):
         if self.base is not None:
             await off_loop(remove_tree, self.base)
         if not restart:
-            self._stop_watchdog()
             self.base = None
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
@@ -340,7 +369,3 @@ class DockerProvisioner(KernelProvisionerBase):
         meter.stop()
         relay = meter.relay
         return Relayed(relay.bytes_to_host, relay.bytes_to_kernel, relay.output_charged)
-
-    def _stop_watchdog(self) -> None:
-        watchdog, self._watchdog = self._watchdog, None
-        stop_watchdog(watchdog)

@@ -19,6 +19,7 @@ from pathlib import Path
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel import kernel_log, thin
 from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.rundir import (
     NAME_PREFIX,
     POOL_DIR_PREFIX,
@@ -155,6 +156,30 @@ def collect(
         result.dirs.append(str(entry))
     result.logs = kernel_log.prune(base, launcher_alive, keep=log_keep, now=now, dry_run=dry_run)
     return result
+
+
+def sweep_after(pid: int, start: str) -> None:
+    """The janitor's sweep (helper.Janitor): process `pid` (0: the helper is starting, or
+    the caller's parent is already gone) went away; remove what any dead owner left on
+    this process's engine (its DOCKER_HOST), by collect's rules. Its containers (kept ones
+    too: gVisor, Podman) and runtime dirs are orphans by then: a Jupyter server's
+    provisioner kernels, whose lifelines closed with it, or a killed thin client's. Only
+    dirs with an owner marker go (marked_only): this runs unasked. The resident helper
+    (its default --janitor) and the provisioner's fallback watchdog
+    (container.watch_owner) call this."""
+    who = f"process {pid} (start {start})" if pid else "a process already gone"
+    try:
+        result = collect(Engine(), marked_only=True)
+    except (DockerKernelError, OSError) as exc:  # a janitor has nobody to tell but its log
+        log.warning("janitor: could not sweep after %s: %s", who, exc)
+        return
+    if result.containers or result.dirs:
+        log.info(
+            "janitor: after %s, removed %d container(s) and %d runtime dir(s)",
+            who,
+            len(result.containers),
+            len(result.dirs),
+        )
 
 
 def cid_dirs(base: Path) -> dict[str, Path]:

@@ -247,3 +247,51 @@ def test_the_engine_cli_gets_the_clients_environment_not_the_helpers(
         with kernels(kernel_name, workdir, 1, env={"PATH": path}) as second:
             assert owner_pid(second[0][0]) == owner_pid(first[0][0])  # the same helper
             assert "run" in calls.read_text().split()
+
+
+def test_a_hosted_kernel_on_an_engine_without_a_unix_socket_api_uses_the_cli_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helper chooses the backend as the provisioner does (LocalBackend.for_engine): a
+    kernelspec whose engine is ssh:// or tcp:// has no API on a unix socket, so its cold
+    start must be `docker run -i` (CliBackend), not the API path."""
+    from jupyter_docker_kernel import hosting, session
+    from jupyter_docker_kernel.container import CliBackend, LocalBackend
+    from jupyter_docker_kernel.helper import Request
+    from jupyter_docker_kernel.settings import KernelSettings
+
+    seen: dict[str, object] = {}
+
+    def fake_run(settings: KernelSettings, connection_file: str, hooks: session.Hooks) -> int:
+        assert hooks.backend is not None
+        seen["backend"] = hooks.backend(settings)
+        return 0
+
+    monkeypatch.setattr(session, "run", fake_run)
+    connection = tmp_path / "kernel-1.json"
+    connection.write_text("{}")
+    for host, kind in (("tcp://127.0.0.1:2375", CliBackend), ("ssh://node", CliBackend)):
+        settings = KernelSettings(image="x", engine_host=host)
+        request = Request(
+            settings=json.dumps(settings.to_dict()),
+            connection_file=str(connection),
+            cwd=str(tmp_path),
+            client_pid=os.getpid(),
+            env=dict(os.environ),
+            debug=False,
+            peer_pid=os.getpid(),
+            raw={},
+        )
+        assert hosting.run_kernel(request, _FakeControl()) == 0  # type: ignore[arg-type]
+        assert type(seen["backend"]) is kind
+        assert not isinstance(seen["backend"], LocalBackend)
+
+
+class _FakeControl:
+    """What run_kernel reads of a helper.Control before it hands over to session.run."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.loop = None
+        self.gone = threading.Event()

@@ -114,7 +114,7 @@ def run_kernel(request: Request, control: Control) -> int:
 
     hooks = session.Hooks(
         run_async=run_async,
-        backend=lambda _settings: LocalBackend(engine),
+        backend=lambda _settings: LocalBackend.for_engine(engine),
         workdir=request.cwd,
         client_pid=request.client_pid or None,
         client_cwd=client_cwd(request.client_pid, request.cwd),

@@ -256,8 +256,8 @@ def test_a_hosted_kernel_on_an_engine_without_a_unix_socket_api_uses_the_cli_bac
     kernelspec whose engine is ssh:// or tcp:// has no API on a unix socket, so its cold
     start must be `docker run -i` (CliBackend), not the API path."""
     from jupyter_docker_kernel import hosting, session
-    from jupyter_docker_kernel.container import CliBackend, LocalBackend
     from jupyter_docker_kernel.helper import Request
+    from jupyter_docker_kernel.local_backend import CliBackend, LocalBackend
     from jupyter_docker_kernel.settings import KernelSettings
 
     seen: dict[str, object] = {}

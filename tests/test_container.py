@@ -294,11 +294,33 @@ def test_the_api_backend_is_used_where_the_engine_has_one_on_a_unix_socket(
 ) -> None:
     """LocalBackend (API, lifeline socket) for a unix socket that exists; CliBackend
     (`docker run -i`) for ssh:// and tcp://, which EngineApi cannot reach yet."""
-    from jupyter_docker_kernel.container import CliBackend, LocalBackend
     from jupyter_docker_kernel.engine import Engine
+    from jupyter_docker_kernel.local_backend import CliBackend, LocalBackend
 
     sock = tmp_path / "engine.sock"
     sock.touch()
     assert type(LocalBackend.for_engine(Engine(host=f"unix://{sock}"))) is LocalBackend
     for host in ("ssh://user@node", "tcp://127.0.0.1:2375", f"unix://{tmp_path}/none.sock"):
         assert type(LocalBackend.for_engine(Engine(host=host))) is CliBackend
+
+
+@pytest.mark.parametrize("first", ["container", "local_backend", "watchdog"])
+def test_the_watchdogs_old_import_paths_still_resolve(first: str) -> None:
+    """Watchdog processes an earlier version spawned run `from jupyter_docker_kernel.container
+    import watch_owner` (or watch_lifeline), kernel.json files of earlier releases reach
+    watch_lifeline through the launcher: both now find watchdog.py's. In a fresh
+    interpreter, each module imported first: no import cycle between the three."""
+    code = (
+        f"import jupyter_docker_kernel.{first}\n"
+        "from jupyter_docker_kernel import watchdog\n"
+        "from jupyter_docker_kernel.container import Container, watch_lifeline, watch_owner\n"
+        "from jupyter_docker_kernel.launcher import watch_lifeline as old\n"
+        "assert watch_lifeline is old is watchdog.watch_lifeline\n"
+        "assert watch_owner is watchdog.watch_owner\n"
+        "from jupyter_docker_kernel.local_backend import LocalBackend\n"
+        "assert Container and LocalBackend\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr

@@ -29,10 +29,10 @@ import pytest
 
 import jupyter_docker_kernel
 from jupyter_docker_kernel import cli, engine, kernelspec, pool, provisioner, reaper
-from jupyter_docker_kernel.container import stop_watchdog
 from jupyter_docker_kernel.launcher import ENV_FILE, runtime_base_choice
 from jupyter_docker_kernel.provisioner import DockerProvisioner
 from jupyter_docker_kernel.thin import NO_HELPER_ENV
+from jupyter_docker_kernel.watchdog import stop_watchdog
 from tests.conftest import install_kernel
 from tests.courses import (
     COURSE_ID,

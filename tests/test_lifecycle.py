@@ -328,8 +328,9 @@ def test_the_cli_fallback_still_runs_a_kernel_attached(kernel_image: str, tmp_pa
     container's; stopping removes the container and the runtime dir."""
     import json
 
-    from jupyter_docker_kernel.container import CliBackend, Container
+    from jupyter_docker_kernel.container import Container
     from jupyter_docker_kernel.engine import Engine
+    from jupyter_docker_kernel.local_backend import CliBackend
     from jupyter_docker_kernel.settings import KernelSettings
 
     connection = tmp_path / "kernel-cli.json"

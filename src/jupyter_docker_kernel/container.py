@@ -3,7 +3,8 @@
 The argv launcher (launcher.py) and the provisioner (provisioner.py) are adapters over
 `Container`; where the container runs is a `Backend` (today `LocalBackend`: the local
 engine's API with one `docker create` per cold start, or `CliBackend` where the engine has
-no API on a unix socket; `LocalBackend.for_engine` picks). Nothing here knows about
+no API on a unix socket; `LocalBackend.for_engine` picks; both in local_backend.py, the
+watchdogs that clean up after a dead process in watchdog.py). Nothing here knows about
 Jupyter's messages (the adapters own their relay) or about asyncio: every blocking step
 runs in the caller's thread or in a thread of ours, so the launcher calls it through
 run_in_executor, the provisioner through off_loop, and one process may hold many
@@ -41,7 +42,8 @@ SSH node, a Kubernetes pod) implements its methods:
                                 attached, its stdin the lifeline. Container then writes the
                                 copy (Cold.write), drains Cold.outputs() into the log
                                 forwarding and the kept log, and waits on Cold.wait(); the
-                                Cold classes: Held (API), Attached (CLI), Refused.
+                                Cold classes (local_backend.py): Held (API), Attached
+                                (CLI), Refused.
     claim(settings, base, dir)  Container.start (pooled settings): a warm container or None
     rename(cid, name)           Container.adopt, off the start path
     update(cid, cpu_shares)     Container.adopt, off the start path: the normal CPU weight
@@ -56,7 +58,7 @@ SSH node, a Kubernetes pod) implements its methods:
     fill(settings, base, launch) -> Refill    Container.attach: the detached, gated refill
                                 (its gate opened at once when the claim says starts come fast)
     watchdog(name, cidfile, base) -> int      Container.start_watchdog (argv launcher,
-                                in-process fallback only)
+                                in-process fallback only; watchdog.fork_watchdog)
     executable() / env()        the engine CLI and its environment (DOCKER_HOST)
     sockets() -> list[str]      Container.__init__: engine sockets no --mount may reach
 """
@@ -69,9 +71,7 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -80,25 +80,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from jupyter_docker_kernel import hardening, hostpython, kernel_log, pool, workcopy
+from jupyter_docker_kernel import hardening, kernel_log, pool, workcopy
 from jupyter_docker_kernel.endpoints import CHANNELS
-from jupyter_docker_kernel.engine import (
-    Engine,
-    ExitWatch,
-    create_args,
-    explain_run_failure,
-    short_id,
-)
+from jupyter_docker_kernel.engine import Engine, explain_run_failure, short_id
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.hardening import SUPERVISOR_PATH
-from jupyter_docker_kernel.kernel_log import _read_quietly, forward
-from jupyter_docker_kernel.lifeline import (
-    CONNECT_SECONDS,
-    LIFELINE_SOCKET,
-    NO_LIFELINE_EXIT,
-    claim_line,
-)
-from jupyter_docker_kernel.lifeline import connect as connect_lifeline
+from jupyter_docker_kernel.kernel_log import forward
+from jupyter_docker_kernel.lifeline import LIFELINE_SOCKET, NO_LIFELINE_EXIT
 from jupyter_docker_kernel.rundir import (
     NAME_PREFIX,
     RunDir,
@@ -110,9 +98,12 @@ from jupyter_docker_kernel.rundir import (
 )
 from jupyter_docker_kernel.settings import OWNER_USER, KernelSettings, size_bytes
 from jupyter_docker_kernel.socketdir import SocketDirGuard
+
+# Re-exported: watchdog processes an earlier version spawned import them from here.
+from jupyter_docker_kernel.watchdog import watch_lifeline as watch_lifeline
+from jupyter_docker_kernel.watchdog import watch_owner as watch_owner
 from jupyter_docker_kernel.workdir import (
     check_project,
-    engine_sockets,
     owner_of,
     project_root,
     refuse_grading_mount,
@@ -309,340 +300,6 @@ class Backend(Protocol):
     def sockets(self) -> list[str]: ...
 
 
-class Attached:
-    """`docker run -i`, attached (CliBackend): its stdin is the supervisor's lifeline, its
-    stderr and stdout the kernel's, its exit code the container's (or its own 125-127)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.container_id = ""
-
-    def write(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
-    def outputs(self) -> list[Any]:
-        return [self.proc.stderr, self.proc.stdout]
-
-    def wait(self) -> int:
-        return self.proc.wait()
-
-    def words(self) -> str:
-        return ""  # the engine's and the init's words came on the CLI's stderr
-
-    def close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-
-
-class Held:
-    """A container created (`docker create`), started through the engine's API and held by
-    its lifeline socket (LocalBackend.start_cold), all in a thread of its own: the
-    supervisor's and the kernel's output come over that socket, the exit code from the
-    wait asked before the start. In the background, as `docker run`'s Popen was: the
-    adapter sets up its relay while the engine creates and starts the container (the
-    container's id is in the cidfile once created, where Container looks for it).
-    Until the start is done, write/outputs/wait block (in the caller's thread: never the
-    provisioner's event loop, see Container.attach); a refused start reads like Refused."""
-
-    def __init__(self, backend: LocalBackend, args: list[str], path: str, command: str) -> None:
-        self.args = args
-        #: "" until `docker create` returned it.
-        self.container_id = ""
-        #: The container's command (the image's Python): its init's exec of it may fail.
-        self.command = command
-        self.sock: socket.socket | None = None
-        self.exit: ExitWatch | None = None
-        self.refused: Refused | None = None
-        self._closed = False
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        threading.Thread(target=self._start, args=(backend, path), daemon=True).start()
-
-    def _start(self, backend: LocalBackend, path: str) -> None:
-        try:
-            self._started(backend, path)
-        except Exception as exc:  # never leave the waiters blocked
-            self.refused = Refused(125, f"docker: {exc}\n", self.container_id)
-        finally:
-            self._ready.set()
-
-    def _started(self, backend: LocalBackend, path: str) -> None:
-        created = backend.engine.run(create_args(self.args), check=False, timeout=120)
-        if created.returncode != 0:
-            # `docker run` exits 125 for whatever stopped it before the container ran
-            # (`docker create` exits 1 for a missing image, say).
-            self.refused = Refused(125, created.stderr)
-            return
-        lines = created.stdout.split()
-        self.container_id = lines[-1] if lines else ""
-        with self._lock:
-            if self._closed:  # let go while it was being created: nobody will start it
-                with contextlib.suppress(DockerKernelError):
-                    backend.api.remove(self.container_id)
-                return
-        try:
-            self.exit = backend.api.watch_exit(self.container_id)
-        except DockerKernelError as exc:
-            self.refused = Refused(125, f"docker: {exc}\n", self.container_id)
-            return
-        sock: socket.socket | None = None
-        try:
-            backend.api.start(self.container_id)
-            sock = backend.open_lifeline(path, self.exit)
-            if sock is not None:
-                sock.sendall(claim_line())
-        except DockerKernelError as exc:
-            self.exit.close()
-            code = start_exit_code(str(exc))
-            self.refused = Refused(code, f"docker: {exc}\n", self.container_id)
-        except OSError:
-            if sock is not None:
-                sock.close()
-            sock = None  # it ended meanwhile (or its socket is not one): its exit code says
-        with self._lock:
-            if self._closed and sock is not None:
-                sock.close()  # let go before we got hold: the kernel ends
-                sock = None
-            self.sock = sock
-
-    def write(self, data: bytes) -> None:
-        self._ready.wait()
-        if self.sock is None:
-            raise OSError("the kernel's container ended before its lifeline was connected")
-        self.sock.sendall(data)
-
-    def outputs(self) -> list[Any]:
-        self._ready.wait()
-        if self.refused is not None:
-            return self.refused.outputs()
-        return [self.sock] if self.sock is not None else []
-
-    def wait(self) -> int:
-        self._ready.wait()
-        if self.refused is not None:
-            return self.refused.wait()
-        assert self.exit is not None
-        return self.exit.code()
-
-    def words(self) -> str:
-        """The container's init (--init: the engine's tini) could not exec its command, so
-        no supervisor ran to bind the lifeline: its message went to the engine's log
-        driver (none). `docker run` showed it on stderr; its exit code says the same
-        (tini: 127 for a command not found, 126 for one that cannot be run), in the
-        words explain_run_failure knows."""
-        if self.sock is not None or self.refused is not None or self.exit is None:
-            return ""
-        code = self.exit.code()
-        if code == 127:
-            return f"docker: exec {self.command}: no such file or directory (exit 127)\n"
-        if code == 126:
-            return f"docker: exec {self.command}: permission denied (exit 126)\n"
-        return ""
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            sock = self.sock
-        if self.refused is not None:
-            self.refused.close()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # a forward thread blocked in recv
-            sock.close()
-
-
-class Refused:
-    """A cold start the engine refused (create or start failed): like `docker run` would
-    have, it has exited with 125/126/127 and said why on its stderr."""
-
-    def __init__(self, code: int, said: str, container_id: str = "") -> None:
-        self.code = code
-        self.container_id = container_id
-        read_fd, write_fd = os.pipe()
-        os.write(write_fd, said.encode(errors="replace")[-32768:])  # fits the pipe's buffer
-        os.close(write_fd)
-        self.stream = os.fdopen(read_fd, "rb")
-
-    def write(self, data: bytes) -> None:
-        raise OSError("the kernel's container did not start")
-
-    def outputs(self) -> list[Any]:
-        return [self.stream]
-
-    def wait(self) -> int:
-        return self.code
-
-    def words(self) -> str:
-        return ""  # on its stream
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.stream.close()
-
-
-def start_exit_code(message: str) -> int:
-    """The exit code `docker run` gives when the engine refuses to start a container
-    (the docker CLI's runStartContainerErr): 127 for a command not found, 126 for one
-    that cannot be run, else 125. Kept so the exit line and explain_run_failure read the
-    same for a start through the API."""
-    if "executable file not found" in message or "no such file or directory" in message:
-        return 127
-    if "permission denied" in message or "is a directory" in message:
-        return 126
-    return 125
-
-
-class CliBackend:
-    """The local engine through its CLI only: the fallback where its API cannot be reached
-    (DOCKER_HOST is not unix://, e.g. ssh:// or tcp://). A cold start is an attached
-    `docker run -i` process per kernel, its stdin the supervisor's lifeline."""
-
-    def __init__(self, engine: Engine | None = None) -> None:
-        self.engine = engine or Engine()
-
-    def start_cold(
-        self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
-    ) -> Cold:
-        return Attached(self.run(hardening.run_args(settings, launch, cidfile=str(rundir.cid))))
-
-    def run(self, args: list[str]) -> subprocess.Popen[bytes]:
-        """`docker run -i` with args, attached. The CLI gets its own session: the client's
-        killpg(SIGINT) must reach the launcher, not the CLI, which would exit on it and take
-        the kernel's stdin lifeline with it."""
-        return subprocess.Popen(
-            [self.engine.executable(), *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            env=self.engine.env(),
-        )
-
-    def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None:
-        return pool.claim(settings, base, new_dir)
-
-    def rename(self, container_id: str, name: str) -> bool:
-        self.engine.run(["rename", container_id, name])
-        return True
-
-    def update(self, container_id: str, cpu_shares: int) -> None:
-        api = self.engine.api()
-        if api.available():
-            api.update(container_id, cpu_shares=cpu_shares)
-        else:
-            self.engine.run(["update", f"--cpu-shares={cpu_shares}", container_id])
-
-    def inspect(self, name: str) -> dict[str, Any] | None:
-        return self.engine.container_inspect(name)
-
-    def wait(self, container_id: str) -> int:
-        """The container's exit code, from the engine (blocks); 1 if the engine failed."""
-        try:
-            return wait_exit_code(self.engine.run(["wait", container_id], timeout=1e9).stdout)
-        except DockerKernelError as exc:
-            log.warning("%s", exc)
-            return 1
-
-    def signal(self, name: str, sig: str) -> bool:
-        return self.engine.kill(name, sig)
-
-    def kill_now(self, name: str) -> None:
-        """Nothing faster than the removal the caller does next (no API here)."""
-
-    def remove(self, name: str) -> bool:
-        return self.engine.remove(name)
-
-    def fill(self, settings: KernelSettings, base: Path, launch: hardening.Launch) -> Refill:
-        return pool.fill_in_background(settings, base, launch, gated=True)
-
-    def watchdog(self, name: str, cidfile: Path, base: Path) -> int:
-        return fork_watchdog(self.engine.executable(), name, cidfile, base)
-
-    def executable(self) -> str:
-        return self.engine.executable()
-
-    def env(self) -> dict[str, str] | None:
-        return self.engine.env()
-
-    def sockets(self) -> list[str]:
-        """The engine's sockets on this host, which no --mount may reach."""
-        return engine_sockets(self.engine)
-
-
-class LocalBackend(CliBackend):
-    """The local engine (Docker or Podman) through its API on a unix socket: no process
-    per kernel. A cold start is `docker create` (the CLI, once: `--docker-arg` and `show`
-    keep meaning exactly what `docker run` means; it costs what `docker run -d` does, see
-    docs/design/issue17/b0-b1.md), then the exit wait, the start and the lifeline socket
-    through the API; signals, inspect, wait, rename and removal through the API too."""
-
-    def __init__(self, engine: Engine | None = None) -> None:
-        super().__init__(engine)
-        self.api = self.engine.api()
-
-    @staticmethod
-    def for_engine(engine: Engine | None = None) -> CliBackend:
-        """LocalBackend where the engine's API is on a unix socket, else CliBackend."""
-        engine = engine or Engine()
-        return LocalBackend(engine) if engine.api().available() else CliBackend(engine)
-
-    def start_cold(
-        self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
-    ) -> Cold:
-        """In a thread (Held): `docker create`, the exit wait, the start, the lifeline's
-        connect and its claim line. A refusal on the way reads like `docker run`'s: its
-        code (125/126/127) and its words (Refused)."""
-        args = hardening.run_args(
-            settings, launch, cidfile=str(rundir.cid), lifeline=LIFELINE_SOCKET
-        )
-        self.engine.executable()  # no engine CLI: say so now, as `docker run` would fail
-        return Held(self, args, str(rundir.sockets / LIFELINE_SOCKET), settings.python)
-
-    def open_lifeline(self, path: str, exit: ExitWatch) -> socket.socket | None:
-        """Connect to the supervisor's lifeline socket once it is bound; None when the
-        container exited first (or never bound it within lifeline.CONNECT_SECONDS: its
-        own --lifeline-wait has ended it by then, exit 75)."""
-        deadline = time.monotonic() + CONNECT_SECONDS
-        while time.monotonic() < deadline and not exit.done():
-            with contextlib.suppress(TimeoutError):
-                sock = connect_lifeline(path, wait=0.2)
-                # The supervisor unlinks it once it accepted; under gVisor the host's file
-                # stays (nothing listens), and the kernel would find it among its sockets.
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                return sock
-        return None
-
-    def rename(self, container_id: str, name: str) -> bool:
-        return self.api.rename(container_id, name)
-
-    def inspect(self, name: str) -> dict[str, Any] | None:
-        return self.api.inspect(name)
-
-    def wait(self, container_id: str) -> int:
-        """The container's exit code, from the engine (blocks); 1 if the engine failed."""
-        try:
-            return self.api.wait(container_id)
-        except DockerKernelError as exc:
-            log.warning("%s", exc)
-            return 1
-
-    def signal(self, name: str, sig: str) -> bool:
-        return self.api.signal(name, sig)
-
-    def kill_now(self, name: str) -> None:
-        """SIGKILL through the engine's API, quietly: every millisecond counts."""
-        with contextlib.suppress(DockerKernelError):
-            self.api.kill(name)
-
-    def remove(self, name: str) -> bool:
-        return self.api.remove(name)
-
-
 # -- the lifecycle ----------------------------------------------------------------------------
 
 
@@ -675,6 +332,9 @@ class Container:
         self.settings = settings
         self.connection_file = connection_file
         if backend is None or isinstance(backend, Engine):
+            # Only here: local_backend imports this module (its Protocols).
+            from jupyter_docker_kernel.local_backend import LocalBackend
+
             backend = LocalBackend.for_engine(backend)
         self.backend: Backend = backend
         try:
@@ -1247,171 +907,3 @@ class Running:
     def code(self) -> int:
         """The exit code once done (1 if waiting itself failed)."""
         return self.ending.code if self.ending is not None else 1
-
-
-# -- watchdogs: cleanup that does not depend on our process surviving --------------------------
-
-
-def fork_watchdog(engine_exe: str, name: str, cidfile: Path, base: Path) -> int:
-    """Fork a process that cleans up after us however we die; returns the lifeline fd.
-
-    It blocks reading a pipe whose only writer is this process; EOF means we are gone
-    (exit, crash or SIGKILL). It then force-removes our container and runtime dir. Two
-    forks and setsid: it is nobody's zombie and the client's killpg does not reach it.
-    """
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the forked child
-        try:
-            os.close(write_fd)
-            os.setsid()
-            if os.fork() > 0:
-                os._exit(0)
-            for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
-                signal.signal(sig, signal.SIG_IGN)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(devnull, 1)
-            while os.read(read_fd, 64):
-                pass
-            _watchdog_cleanup(engine_exe, name, cidfile, base)
-        finally:
-            os._exit(0)
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    return write_fd
-
-
-def _watchdog_cleanup(engine_exe: str, name: str, cidfile: Path, base: Path) -> None:
-    """In the watchdog: force-remove the container by name and id, then our files."""
-    targets = [name]
-    with contextlib.suppress(OSError):
-        cid = cidfile.read_text().strip()
-        if cid:
-            targets.append(cid)
-    force_remove(engine_exe, targets)
-    remove_tree(base)
-
-
-def force_remove(engine_exe: str, targets: list[str] | set[str]) -> None:
-    """`docker rm --force` these containers, quietly (a watchdog has nobody to tell)."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(
-            [engine_exe, "rm", "--force", *targets],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-            check=False,
-        )
-
-
-def start_lifeline_watchdog(
-    engine_exe: str, kernel_id: str, base: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start a process that cleans up after a provisioner's host process however it dies.
-
-    The provisioner (inside the Jupyter server) holds the write end of its stdin; EOF
-    means that process is gone, even by SIGKILL, and the watchdog then force-removes every
-    container labelled with `kernel_id` and the runtime dir `base`. Writing b"q" first
-    means "already cleaned up": it exits without doing anything. A fresh process rather
-    than a fork: forking a threaded server is unsafe, and its own session keeps the
-    terminal's Ctrl-C (meant for the server) away from it.
-    """
-    code = "from jupyter_docker_kernel.container import watch_lifeline; watch_lifeline()"
-    return subprocess.Popen(
-        # Isolated: the server's cwd is the notebook's directory (see hostpython).
-        hostpython.code_argv(code, engine_exe, kernel_id, str(base)),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,  # the kernelspec's engine (DOCKER_HOST), which its docker calls inherit
-    )
-
-
-def watch_lifeline(argv: list[str] | None = None) -> None:
-    """The watchdog process started by start_lifeline_watchdog(): wait for EOF, clean up."""
-    engine_exe, kernel_id, base = (argv or sys.argv[1:])[:3]
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_IGN)
-    last = b""
-    while chunk := _read_quietly(lambda n: os.read(0, n)):
-        last = chunk[-1:]
-    if last == b"q":
-        return
-    from jupyter_docker_kernel.engine import LABEL_KERNEL_ID, LABEL_OWNER_UID
-
-    # By label, or (a claimed warm container, labelled before it had a kernel) by name.
-    selectors = (f"label={LABEL_KERNEL_ID}={kernel_id}", f"name=^{NAME_PREFIX}-{kernel_id}-")
-    found: set[str] = set()
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        found = {
-            cid
-            for selector in selectors
-            for cid in subprocess.run(
-                [
-                    *(engine_exe, "ps", "-aq", "--no-trunc", "--filter", selector),
-                    *("--filter", f"label={LABEL_OWNER_UID}={os.getuid()}"),
-                ],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            ).stdout.split()
-        }
-    if found:
-        force_remove(engine_exe, found)
-    remove_tree(base)
-
-
-def start_owner_watchdog(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start one process that cleans up after this process (a Jupyter server running the
-    provisioner) however it dies, for all its kernels on one engine: the fallback where no
-    resident helper can take the janitor's job (provisioner.ensure_janitor).
-
-    As start_lifeline_watchdog, but on EOF it sweeps by the owner rules of `gc`
-    (reaper.sweep_after): our containers and runtime dirs are orphans once we are gone.
-    env: the engine's (DOCKER_HOST), which its engine calls use.
-    """
-    code = "from jupyter_docker_kernel.container import watch_owner; watch_owner()"
-    return subprocess.Popen(
-        hostpython.code_argv(code),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-    )
-
-
-def watch_owner() -> None:
-    """The process start_owner_watchdog() started: wait for EOF, then sweep as `gc` does
-    (b"q" last: nothing to do)."""
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_IGN)
-    last = b""
-    while chunk := _read_quietly(lambda n: os.read(0, n)):
-        last = chunk[-1:]
-    if last == b"q":
-        return
-    from jupyter_docker_kernel.reaper import sweep_after
-
-    sweep_after(0, "")  # our parent, already gone: its pid tells nothing now
-
-
-def stop_watchdog(watchdog: subprocess.Popen[bytes] | None) -> None:
-    """Release a start_lifeline_watchdog process: b"q" says there is nothing left to do."""
-    if watchdog is None or watchdog.stdin is None:
-        return
-    with contextlib.suppress(OSError):
-        watchdog.stdin.write(b"q")
-        watchdog.stdin.flush()
-    with contextlib.suppress(OSError):
-        watchdog.stdin.close()
-    try:
-        watchdog.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        watchdog.kill()
-        watchdog.wait()

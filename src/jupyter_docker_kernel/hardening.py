@@ -215,7 +215,7 @@ def run_args(
     launcher to claim it (pool.py), so it has no connection file and no attached client.
     cidfile: where the engine CLI writes the container's id (a kernel's start and `show`).
     lifeline: the name of the supervisor's lifeline socket in RUNTIME_TARGET (a cold start
-    through the engine's API, container.LocalBackend): no -i, and whoever connects to that
+    through the engine's API, local_backend.LocalBackend): no -i, and whoever connects to that
     socket holds the kernel's life instead of `docker run`'s stdin. Without it (`show`,
     the doctor, the CLI fallback) the arguments are the pasteable attached `docker run -i`.
     """

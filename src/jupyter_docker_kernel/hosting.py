@@ -35,10 +35,11 @@ from collections.abc import Coroutine
 from typing import IO, Any, cast
 
 from jupyter_docker_kernel import reaper, session
-from jupyter_docker_kernel.container import Container, LocalBackend
+from jupyter_docker_kernel.container import Container
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.helper import SESSION_ATTR, Control, RefusedError, Request
+from jupyter_docker_kernel.local_backend import LocalBackend
 from jupyter_docker_kernel.settings import KernelSettings
 
 log = logging.getLogger("jupyter_docker_kernel.hosting")

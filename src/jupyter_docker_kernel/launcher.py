@@ -38,7 +38,6 @@ if TYPE_CHECKING:  # the real types of the names __getattr__ finds (see _MOVED)
     from jupyter_docker_kernel.container import exit_verdict as exit_verdict
     from jupyter_docker_kernel.container import kernel_id_from as kernel_id_from
     from jupyter_docker_kernel.container import wait_exit_code as wait_exit_code
-    from jupyter_docker_kernel.container import watch_lifeline as watch_lifeline
     from jupyter_docker_kernel.kernel_log import FORWARD_LIMIT as FORWARD_LIMIT
     from jupyter_docker_kernel.kernel_log import forward as forward
     from jupyter_docker_kernel.rundir import ENV_FILE as ENV_FILE
@@ -54,6 +53,7 @@ if TYPE_CHECKING:  # the real types of the names __getattr__ finds (see _MOVED)
     from jupyter_docker_kernel.session import process_age as process_age
     from jupyter_docker_kernel.session import routes as routes
     from jupyter_docker_kernel.session import serve as serve
+    from jupyter_docker_kernel.watchdog import watch_lifeline as watch_lifeline
     from jupyter_docker_kernel.workdir import nbgrader_layout as nbgrader_layout
     from jupyter_docker_kernel.workdir import refuse_grading_mount as refuse_grading_mount
 
@@ -65,7 +65,7 @@ _MOVED = {
     "exit_verdict": "container",
     "kernel_id_from": "container",
     "wait_exit_code": "container",
-    "watch_lifeline": "container",
+    "watch_lifeline": "watchdog",
     "FORWARD_LIMIT": "kernel_log",
     "forward": "kernel_log",
     "ENV_FILE": "rundir",

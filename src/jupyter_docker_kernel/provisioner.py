@@ -3,7 +3,7 @@
 `setup --provisioner` writes `metadata.kernel_provisioner` into kernel.json; clients that
 honour it (Jupyter Server, nbclient, jupyter_client's KernelManager) then call this class
 instead of running the argv, and no launcher process runs. No process per kernel either:
-the server holds each kernel's lifeline socket itself (container.LocalBackend), and once
+the server holds each kernel's lifeline socket itself (local_backend.LocalBackend), and once
 per process it registers with the user's resident helper as a janitor (ensure_janitor),
 which removes what a SIGKILLed server leaves behind. The lifecycle (claim or start,
 forwarding, lifetime, exit reasons, refill, removal) is Container's, as for the argv
@@ -31,19 +31,19 @@ from jupyter_docker_kernel import kernelspec
 from jupyter_docker_kernel.container import (
     NOTICE_LINGER,
     Container,
-    LocalBackend,
     Relayed,
     Running,
     kernel_id_from,
-    start_owner_watchdog,
 )
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
+from jupyter_docker_kernel.local_backend import LocalBackend
 from jupyter_docker_kernel.pins import SocketPins, start_meter
 from jupyter_docker_kernel.pins import client_connection as client_connection
 from jupyter_docker_kernel.relay import RelayThread
 from jupyter_docker_kernel.rundir import RunDir, process_start_time, remove_tree, runtime_base
 from jupyter_docker_kernel.settings import KernelSettings
+from jupyter_docker_kernel.watchdog import start_owner_watchdog
 
 log = logging.getLogger(__name__)
 

@@ -166,7 +166,7 @@ def sweep_after(pid: int, start: str) -> None:
     provisioner kernels, whose lifelines closed with it, or a killed thin client's. Only
     dirs with an owner marker go (marked_only): this runs unasked. The resident helper
     (its default --janitor) and the provisioner's fallback watchdog
-    (container.watch_owner) call this."""
+    (watchdog.watch_owner) call this."""
     who = f"process {pid} (start {start})" if pid else "a process already gone"
     try:
         result = collect(Engine(), marked_only=True)

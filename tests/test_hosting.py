@@ -47,7 +47,15 @@ def python_processes() -> dict[int, str]:
         except OSError:
             continue
         python = os.path.basename(cmdline.split(b"\0")[0]).startswith(b"python")
-        if python and b"jupyter_docker_kernel" in cmdline and f"HOME={HOME}".encode() in environ:
+        # Not a warm pool's refill: a short-lived process of an earlier test's pooled
+        # kernelspec (it waits at its gate up to 3 s), none of this module's kernels'.
+        refill = b"fill_from" in cmdline
+        if (
+            python
+            and not refill
+            and b"jupyter_docker_kernel" in cmdline
+            and f"HOME={HOME}".encode() in environ
+        ):
             found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
     return found
 

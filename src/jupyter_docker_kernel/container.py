@@ -319,6 +319,7 @@ class Container:
         client_pid: int | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         out: IO[bytes] | None = None,
+        home: str | None = None,
     ) -> None:
         """kernel_id, base and workdir default to what an argv launcher has (the connection
         file's name, a fresh dir, its cwd); the provisioner passes its own, as its base
@@ -326,8 +327,10 @@ class Container:
         the provisioner runs inside the server and passes the server's). logger: where
         the start, stop and exit lines go (the provisioner passes the server's). out: where
         the kernel's own output lines go (default: our stderr; the resident helper passes
-        a stream to the kernel's thin client)."""
+        a stream to the kernel's thin client). home: the user's home directory, which no
+        project root may be (default: ours; the resident helper passes its client's)."""
         self.log = logger or log
+        self.home = home or os.path.expanduser("~")
         self.out = out
         self.settings = settings
         self.connection_file = connection_file
@@ -397,7 +400,7 @@ class Container:
                 root,
                 cwd,
                 templates,
-                home=os.path.expanduser("~"),
+                home=self.home,
                 sockets=self.backend.sockets(),
             )
         return root, cwd

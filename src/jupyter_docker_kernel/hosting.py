@@ -117,6 +117,7 @@ def run_kernel(request: Request, control: Control) -> int:
         run_async=run_async,
         backend=lambda _settings: LocalBackend.for_engine(engine),
         workdir=request.cwd,
+        home=request.env.get("HOME") or None,
         client_pid=request.client_pid or None,
         client_cwd=client_cwd(request.client_pid, request.cwd),
         # kernel_log.forward writes and flushes; nothing else of IO is used.

@@ -68,6 +68,8 @@ class Hooks:
     out: IO[bytes] | None = None
     #: Where the Container's start, stop and exit lines go; None: the launcher's logger.
     logger: _Logger | None = None
+    #: The client's home directory (no project root may be it); None: this process's.
+    home: str | None = None
     #: Fork the per-kernel watchdog (the launcher's process only: the helper removes its
     #: kernels itself, and the engine-side lifeline covers its death).
     watchdog: bool = True
@@ -108,6 +110,7 @@ def run(settings: KernelSettings, connection_file: str, hooks: Hooks) -> int:
             client_pid=hooks.client_pid,
             logger=hooks.logger,
             out=hooks.out,
+            home=hooks.home,
         )
         hooks.created(container)
         if hooks.watchdog:

@@ -108,15 +108,22 @@ def start_lifeline_watchdog(
     )
 
 
-def watch_lifeline(argv: list[str] | None = None) -> None:
-    """The watchdog process started by start_lifeline_watchdog(): wait for EOF, clean up."""
-    engine_exe, kernel_id, base = (argv or sys.argv[1:])[:3]
+def _released() -> bool:
+    """A watchdog process's wait: deaf to the signals a client's killpg sends, read stdin
+    to EOF (its holder ended, however); True when the holder said b"q" last (a clean end
+    that needs no sweep)."""
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     last = b""
     while chunk := _read_quietly(lambda n: os.read(0, n)):
         last = chunk[-1:]
-    if last == b"q":
+    return last == b"q"
+
+
+def watch_lifeline(argv: list[str] | None = None) -> None:
+    """The watchdog process started by start_lifeline_watchdog(): wait for EOF, clean up."""
+    engine_exe, kernel_id, base = (argv or sys.argv[1:])[:3]
+    if _released():
         return
     from jupyter_docker_kernel.engine import LABEL_KERNEL_ID, LABEL_OWNER_UID
 
@@ -167,12 +174,7 @@ def start_owner_watchdog(env: dict[str, str] | None = None) -> subprocess.Popen[
 def watch_owner() -> None:
     """The process start_owner_watchdog() started: wait for EOF, then sweep as `gc` does
     (b"q" last: nothing to do)."""
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_IGN)
-    last = b""
-    while chunk := _read_quietly(lambda n: os.read(0, n)):
-        last = chunk[-1:]
-    if last == b"q":
+    if _released():
         return
     from jupyter_docker_kernel.reaper import sweep_after
 

@@ -56,7 +56,9 @@ def hold(request: helper.Request, control: helper.Control) -> int:
     def gone() -> None:
         marker = request.raw.get("marker")
         if marker:
-            Path(marker).write_text(f"{time.time()} {control.gone_reason}")
+            # Whole or not at all: the test reads it as soon as the name exists.
+            Path(marker + ".tmp").write_text(f"{time.time()} {control.gone_reason}")
+            os.replace(marker + ".tmp", marker)
         enough.set()
 
     control.on_signal(got)

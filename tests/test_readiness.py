@@ -514,3 +514,25 @@ def test_as_root_a_root_owned_notebook_dir_falls_back_to_65534_not_root(
     ids, outcome = whoami_and_write(owner_kernel, notebooks)
     assert ids == hardening.ROOT_FALLBACK_USER
     assert outcome == "PermissionError"
+
+
+@pytest.mark.docker
+def test_a_probe_under_gvisor_leaves_no_container(kernel_image: str) -> None:
+    """gVisor's containers run without --rm (the engine's OOM verdict needs the exited
+    container), so the probe removes its own, as it does on Podman: a full test run left
+    one exited `jdk-probe-*` per gVisor probe before."""
+    from jupyter_docker_kernel.rundir import runtime_base
+
+    engine = Engine()
+    before = set(names_of(engine))
+    result = readiness.probe(
+        engine, KernelSettings(image=kernel_image, runtime="runsc"), runtime_base()
+    )
+    assert result.python, result
+    assert set(names_of(engine)) - before == set()
+
+
+def names_of(engine: Engine) -> list[str]:
+    """Names of the probe containers the engine has, in any state."""
+    out = engine.run(["ps", "-a", "--filter", "name=jdk-probe-", "--format", "{{.Names}}"])
+    return out.stdout.split()

@@ -431,8 +431,10 @@ def probe(
             engine.remove(name)
             proc.kill()
             proc.wait()
-        if settings.engine == "podman":
-            engine.remove(name)  # attached Podman runs go without --rm (hardening.run_args)
+        if settings.engine == "podman" or hardening.is_gvisor(settings):
+            # Attached Podman and gVisor runs go without --rm (hardening.run_args: the
+            # exit code, the OOM verdict): the probe's container stays unless removed.
+            engine.remove(name)
         remove_tree(directory)
     spent = time.monotonic() - started
     result = Probe()

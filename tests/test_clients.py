@@ -19,8 +19,9 @@ import nbformat
 import pytest
 
 from tests.conftest import not_here
+from tests.courses import containers_for
 from tests.kernels import wait_until
-from tests.test_notebooks import assert_no_container_left, containers_for, read_notebook
+from tests.test_notebooks import assert_no_container_left, read_notebook
 
 pytestmark = pytest.mark.docker
 

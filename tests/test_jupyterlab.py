@@ -30,8 +30,9 @@ from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 from tests.conftest import install_kernel, not_here
+from tests.courses import containers_for
 from tests.kernels import free_port, wait_until
-from tests.test_notebooks import assert_no_container_left, containers_for
+from tests.test_notebooks import assert_no_container_left
 
 pytestmark = pytest.mark.docker
 

@@ -20,7 +20,8 @@ import pytest
 from nbclient import NotebookClient
 from nbformat import NotebookNode
 
-from tests.conftest import OUR_LABEL, install_kernel
+from tests.conftest import install_kernel
+from tests.courses import containers_for
 
 pytestmark = pytest.mark.docker
 
@@ -77,18 +78,6 @@ def stdout_of(cell: NotebookNode) -> str:
     return "".join(
         o["text"] for o in cell["outputs"] if o["output_type"] == "stream" and o["name"] == "stdout"
     )
-
-
-def containers_for(workdir: Path) -> list[str]:
-    """Our containers (any state) that mount this test's directory as their workdir."""
-    # Scoped by mount point, not just by our label: other sessions may run kernels too.
-    proc = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={OUR_LABEL}", "--filter", f"volume={workdir}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return proc.stdout.split()
 
 
 def assert_no_container_left(workdir: Path, within: float = 5.0) -> None:

@@ -322,23 +322,34 @@ def run(
     # As in the in-process launcher: until a kernel exists, an interrupt has nothing to
     # reach and must not kill us halfway through starting one (_session forwards it).
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
-    engine = str(request["engine"])
+    accepted = _accepted(base, str(request["engine"]), request, argv)
+    if accepted is None:
+        return FALLBACK  # no helper, or refused for good (engine or uid): run in-process
+    sock, line, rest = accepted
+    return _session(sock, rest, line[2:].decode(errors="replace"))
+
+
+def _accepted(
+    base: str, engine: str, request: dict[str, object], argv: list[str] | None
+) -> tuple[_socket.socket, bytes, bytes] | None:
+    """Send the request to the helper (spawned if need be) until it accepts: (socket, its
+    "A" line, what came after it), or None when no helper can start or it refused."""
     for _attempt in range(3):
         sock = connect_or_spawn(base, engine, argv)
         if sock is None:
-            return FALLBACK
+            return None
         try:
             line, rest = _first_line(sock, request)
         except OSError:
             line, rest = b"", b""
         if line.startswith(b"A"):
-            return _session(sock, rest, line[2:].decode(errors="replace"))
+            return sock, line, rest
         sock.close()
         # EOF before an answer: the helper was retiring as we connected. "R retiring":
         # it speaks another version and has stopped listening. Both: connect again.
         if line and line != b"R retiring":
-            return FALLBACK  # refused for good (engine or uid): run in-process
-    return FALLBACK
+            return None  # refused for good (engine or uid)
+    return None
 
 
 def _session(sock: _socket.socket, buf: bytes, helper_pid: str) -> int:
@@ -401,20 +412,8 @@ def register_janitor(
         "pid": pid,
         "start": start,
     }
-    for _attempt in range(3):
-        sock = connect_or_spawn(base, engine, argv)
-        if sock is None:
-            return None
-        try:
-            line, _ = _first_line(sock, request)
-        except OSError:
-            line = b""
-        if line.startswith(b"A"):
-            return sock
-        sock.close()
-        if line and line != b"R retiring":
-            return None
-    return None
+    accepted = _accepted(base, engine, request, argv)
+    return accepted[0] if accepted is not None else None
 
 
 def parse_argv(argv: list[str]) -> tuple[str, str, bool] | None:

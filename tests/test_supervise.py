@@ -181,6 +181,8 @@ print("listening", flush=True)
 conn, _ = server.accept()
 while data := conn.recv(65536):
     conn.sendall(data.upper())
+conn.close()
+import time; time.sleep(600)  # stays up like a kernel: its exit would end the supervisor mid-reply
 """
 
 

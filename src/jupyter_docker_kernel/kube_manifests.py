@@ -83,6 +83,8 @@ WORKDIR_STREAM = f"{SECRET_MOUNT}/{SECRET_PATHS[KEY_WORKDIR]}"
 #: A Secret holds at most 1 MiB (etcd's object size); a --copy-workdir copy must fit in
 #: it with the supervisor beside it, or the start is refused (use --kube-pvc instead).
 SECRET_COPY_LIMIT = 900 * 1024
+#: The pod's volume for the notebook's files (the copy's emptyDir, or the claim).
+WORK_VOLUME = "workdir"
 #: docker run's --shm-size, as a memory emptyDir at /dev/shm.
 SHM_SIZE = "64m"
 #: The supervisor's grace between TERM and KILL is 3 s; the kubelet's must be longer.
@@ -99,7 +101,9 @@ PULL_POLICIES = ("Never", "IfNotPresent", "Always")
 #: Verbs the server's Role grants, per (API group, resource): what kube_backend calls.
 ROLE_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("", "pods", ("create", "get", "list", "watch", "delete")),
-    ("", "secrets", ("create", "patch", "list", "delete")),
+    # No get or list: whoever holds the Role cannot read other kernels' keys by asking for
+    # them (creating a pod that mounts one still can: docs/kubernetes.md, "Trust").
+    ("", "secrets", ("create", "patch", "delete")),
     ("", "events", ("list",)),
     ("networking.k8s.io", "networkpolicies", ("list",)),
     ("node.k8s.io", "runtimeclasses", ("get",)),
@@ -456,21 +460,21 @@ def render_pod(settings: KernelSettings, launch: PodLaunch) -> dict[str, Any]:
     cwd = launch.workdir or hardening.HOME
     root = launch.project_root or launch.workdir
     if settings.workdir == "copy" and root:
-        volumes.append(_memory_dir("work", settings.copy_limit))
-        mounts.append({"name": "work", "mountPath": root})
+        volumes.append(_memory_dir(WORK_VOLUME, settings.copy_limit))
+        mounts.append({"name": WORK_VOLUME, "mountPath": root})
         # The supervisor changes into the notebook's dir once the copy is unpacked.
         cwd = root
     elif settings.workdir == "mount" and settings.kube_pvc is not None:
         claim, path, read_only = parse_pvc(settings.kube_pvc)
         volumes.append(
             {
-                "name": "work",
+                "name": WORK_VOLUME,
                 "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only},
             }
         )
         mounts.append(
             {
-                "name": "work",
+                "name": WORK_VOLUME,
                 "mountPath": path,
                 "readOnly": read_only or settings.workdir_readonly,
             }

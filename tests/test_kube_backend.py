@@ -489,3 +489,122 @@ def test_supervisor_applies_rlimits_and_receives_the_copy_from_a_file(tmp_path: 
         err = proc.stderr.read().decode()
     assert "(77, 77)" in out, err
     assert "copied" in out, err
+
+
+# -- the CLI: setup --kubernetes, doctor, list, gc, through a kubeconfig -------------------------
+
+
+@pytest.fixture
+def kubeconfig(server: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A kubeconfig whose context "sim" is the in-memory API server."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "sim", "cluster": {"server": server.url}}],
+                "users": [{"name": "sim", "user": {"token": "t"}}],
+                "contexts": [{"name": "sim", "context": {"cluster": "sim", "user": "sim"}}],
+                "current-context": "sim",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    return path
+
+
+SETUP = ["setup", "--name", "course", "--user", "--kubernetes", "--namespace", NS]
+
+
+def test_backend_for_kube_settings_is_the_kube_backend_of_the_kubeconfig(
+    kubeconfig: Path, server: ApiServer
+) -> None:
+    from jupyter_docker_kernel.container import backend_for
+
+    backend = backend_for(settings(kube_context="sim"))
+    assert isinstance(backend, KubeBackend)
+    assert backend.api.host == server.url
+    assert backend.api.namespace == NS
+
+
+def test_setup_kubernetes_checks_the_cluster_and_writes_a_message_interrupt_spec(
+    kubeconfig: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jupyter_docker_kernel import cli
+
+    assert cli.main([*SETUP, "--kube-context", "sim", "--copy-workdir"]) == 0
+    out = capsys.readouterr().out
+    assert f"kubernetes: each kernel a pod in namespace {NS} (context sim)" in out
+    assert "no NetworkPolicy denies kernel pods egress" in out
+    spec = json.loads((data_dir / "kernels" / "course" / "kernel.json").read_text())
+    assert spec["interrupt_mode"] == "message"
+
+
+def test_setup_kubernetes_refuses_a_runtime_class_the_cluster_lacks(
+    kubeconfig: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jupyter_docker_kernel import cli
+
+    assert cli.main([*SETUP, "--copy-workdir", "--runtime", "gvisor"]) == 1
+    assert "the cluster has no RuntimeClass 'gvisor'" in capsys.readouterr().err
+    assert not (data_dir / "kernels" / "course").exists()
+
+
+def test_setup_kubernetes_refuses_an_account_without_the_role(
+    kubeconfig: Path, data_dir: Path, cluster: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jupyter_docker_kernel import cli
+
+    cluster.forbidden.add(("create", "pods"))
+    assert cli.main([*SETUP, "--copy-workdir"]) == 1
+    assert "not allowed: create pods" in capsys.readouterr().err
+    assert not (data_dir / "kernels" / "course").exists()
+
+
+def test_setup_namespace_without_kubernetes_is_refused(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jupyter_docker_kernel import cli
+
+    assert cli.main(["setup", "--name", "c", "--user", "--namespace", NS, "--skip-checks"]) == 1
+    assert "--namespace goes with --kubernetes" in capsys.readouterr().err
+
+
+def test_doctor_checks_the_namespace_of_a_kubernetes_spec(
+    kubeconfig: Path, data_dir: Path, server: ApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jupyter_docker_kernel import cli, doctor
+    from jupyter_docker_kernel.engine import Engine
+
+    _policy(server)
+    assert cli.main([*SETUP, "--copy-workdir"]) == 0
+    report = doctor.run_checks(Engine(host="unix:///nonexistent.sock"), "course", probe=False)
+    verdicts = {c.name: c.status for c in report.checks}
+    assert verdicts[f"course: kubernetes {NS}: RBAC"] == "OK"
+    assert verdicts[f"course: kubernetes {NS}: NetworkPolicy"] == "OK"
+
+
+def test_list_and_gc_cover_the_namespace_of_a_kubernetes_spec(
+    kubeconfig: Path,
+    data_dir: Path,
+    server: ApiServer,
+    cluster: Any,
+    tmp_path: Path,
+    workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from jupyter_docker_kernel import cli
+
+    assert cli.main([*SETUP, "--copy-workdir"]) == 0
+    cluster.kubelet, cluster.exit_after = "exit", 0.1
+    cold = start(make_backend(server), tmp_path, workdir)
+    cold.wait()
+    capsys.readouterr()
+    lines = cli.kube_list_lines()
+    assert lines[0] == f"kernel pods in namespace {NS}: 1"
+    assert cold.name in lines[1]
+    assert "Succeeded" in lines[1]
+    gc = cli.kube_gc_lines("Removed", dry_run=False)
+    assert f"Removed pod {cold.name} in namespace {NS}" in gc
+    assert server.objects("pods") == []

@@ -397,3 +397,28 @@ def test_quantity_keeps_the_exact_byte_count() -> None:
         "1000",
     ]
     assert [kube_manifests.cpu_quantity(x) for x in (1.0, 0.5, 2.25)] == ["1", "500m", "2250m"]
+
+
+def test_show_as_command_keeps_the_kubernetes_options(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """setup --kubernetes ... -> show --as-command gives the same options back."""
+    import shlex
+
+    from jupyter_docker_kernel import cli
+
+    argv = ["setup", "--name", "pods", "--user", "--skip-checks", "--kubernetes",
+            "--namespace", NS, "--kube-context", "prod", "--kube-pull", "Always",
+            "--kube-pvc", "claim-alice:/home/jovyan"]  # fmt: skip
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main(["show", "pods", "--as-command"]) == 0
+    line = shlex.split(capsys.readouterr().out)
+    for option, value in (
+        ("--namespace", NS),
+        ("--kube-context", "prod"),
+        ("--kube-pull", "Always"),
+        ("--kube-pvc", "claim-alice:/home/jovyan"),
+    ):
+        assert line[line.index(option) + 1] == value
+    assert "--kubernetes" in line

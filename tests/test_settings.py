@@ -291,7 +291,7 @@ KUBED = KernelSettings(
 
 
 def test_full_settings_differ_from_defaults_in_every_field() -> None:
-    """FULL, POOLED and KUBED together are non-default everywhere, so round trips cover every field."""
+    """FULL, POOLED and KUBED are non-default everywhere: round trips cover every field."""
     fields = set(KernelSettings.__dataclass_fields__)
     assert set(FULL.to_dict()) == fields - POOL_FIELDS - KUBE_FIELDS
     assert set(POOLED.to_dict()) >= POOL_FIELDS

@@ -117,7 +117,12 @@ def load_api_client(context: str | None = None) -> Any:
         ):
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         else:
-            kubernetes.config.load_kube_config(context=context, client_configuration=configuration)
+            # KUBECONFIG read now: the client reads it once, when it is first imported.
+            kubernetes.config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG") or None,
+                context=context,
+                client_configuration=configuration,
+            )
     except (kubernetes.config.ConfigException, OSError) as exc:
         raise KubeError(
             f"Cannot load the Kubernetes configuration ({exc})",

@@ -306,3 +306,44 @@ def collect(
                 missing_ok=True,
             )
     return out
+
+
+def namespaces(all_settings: list[KernelSettings]) -> list[KernelSettings]:
+    """One settings per distinct (namespace, context) among --kubernetes kernelspecs: what
+    `gc` and `list` cover besides the local engine."""
+    seen: dict[tuple[str, str | None], KernelSettings] = {}
+    for s in all_settings:
+        if s.kube_namespace is not None:
+            seen.setdefault((s.kube_namespace, s.kube_context), s)
+    return list(seen.values())
+
+
+def collect_all(
+    all_settings: list[KernelSettings], *, dry_run: bool = False
+) -> list[tuple[str, Collected | DockerKernelError]]:
+    """`gc` over every kernelspec namespace: (namespace, what was collected or why not)."""
+    out: list[tuple[str, Collected | DockerKernelError]] = []
+    for s in namespaces(all_settings):
+        assert s.kube_namespace is not None
+        try:
+            api = KubeApi.for_settings(s)
+            out.append(
+                (s.kube_namespace, collect(api, server=os.uname().nodename, dry_run=dry_run))
+            )
+        except DockerKernelError as exc:
+            out.append((s.kube_namespace, exc))
+    return out
+
+
+def pods_all(
+    all_settings: list[KernelSettings],
+) -> list[tuple[str, list[PodRow] | DockerKernelError]]:
+    """`list` over every kernelspec namespace: (namespace, its kernel pods or why not)."""
+    out: list[tuple[str, list[PodRow] | DockerKernelError]] = []
+    for s in namespaces(all_settings):
+        assert s.kube_namespace is not None
+        try:
+            out.append((s.kube_namespace, kernel_pods(KubeApi.for_settings(s))))
+        except DockerKernelError as exc:
+            out.append((s.kube_namespace, exc))
+    return out

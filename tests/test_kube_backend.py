@@ -608,3 +608,22 @@ def test_list_and_gc_cover_the_namespace_of_a_kubernetes_spec(
     gc = cli.kube_gc_lines("Removed", dry_run=False)
     assert f"Removed pod {cold.name} in namespace {NS}" in gc
     assert server.objects("pods") == []
+
+
+def test_outputs_follow_the_kernel_containers_log(
+    backend: KubeBackend, server: ApiServer, cluster: Any, tmp_path: Path, workdir: Path
+) -> None:
+    """The kernel's stdout/stderr reach the server's log as the pod's log, followed."""
+    cold = start(backend, tmp_path, workdir)
+
+    async def serve_log() -> None:
+        path = f"/api/v1/namespaces/{NS}/pods/{cold.name}/log"
+        cluster["get", path] << b"kernel: hello\nkernel: bye\n"
+
+    server.run(serve_log())
+    [stream] = cold.outputs()
+    try:
+        assert stream.read() == b"kernel: hello\nkernel: bye\n"
+    finally:
+        cold.close()
+    assert ("get", "pods/log", cold.name) in cluster.calls

@@ -165,10 +165,33 @@ def test_pod_listens_on_the_fixed_kernel_ports() -> None:
 
 
 def test_pod_environment_is_the_docker_run_environment() -> None:
-    s = settings(env=(("COURSE", "ml"),), cpus=2)
+    s = settings(cpus=2)
     pod = kube_manifests.render_pod(s, launch())
     env = [(e["name"], e["value"]) for e in container(pod)["env"]]
     assert env == hardening.container_env(s)
+
+
+def test_pod_reads_the_users_env_values_from_the_secret_not_the_spec() -> None:
+    s = settings(env=(("TOKEN", "s3cret"), ("HOME", "/work")))
+    pod = kube_manifests.render_pod(s, launch())
+    validate(pod)
+    assert "s3cret" not in json.dumps(pod)
+    env = container(pod)["env"]
+    assert env[-2:] == [
+        {
+            "name": "TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": volume(pod, "kernel")["secret"]["secretName"],
+                                           "key": "env.TOKEN"}},
+        },
+        {
+            "name": "HOME",
+            "valueFrom": {"secretKeyRef": {"name": volume(pod, "kernel")["secret"]["secretName"],
+                                           "key": "env.HOME"}},
+        },
+    ]  # fmt: skip
+    assert env[0] == {"name": "HOME", "value": hardening.HOME}  # ours first; the user's wins
+    secret = kube_manifests.render_secret(launch(), {}, supervisor=b"", usage_hook=b"", env=s.env)
+    assert base64.b64decode(secret["data"]["env.TOKEN"]) == b"s3cret"
 
 
 def test_pod_command_is_the_supervisor_then_the_kernel_with_pod_limits() -> None:
@@ -422,3 +445,70 @@ def test_show_as_command_keeps_the_kubernetes_options(
     ):
         assert line[line.index(option) + 1] == value
     assert "--kubernetes" in line
+
+
+# -- PodSecurity "restricted" (what the namespace label makes the API server enforce) ---------
+
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                      "persistentVolumeClaim", "projected", "secret"}  # fmt: skip
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """The Pod Security Standards' baseline and restricted rules (Kubernetes 1.25+), as
+    written in their documentation, for the fields a pod of ours can set."""
+    spec = pod["spec"]
+    psc = spec.get("securityContext") or {}
+    out = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            out.append(key)
+    for vol in spec.get("volumes") or []:
+        kinds = set(vol) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            out.append(f"volume {vol['name']}: {kinds}")
+    for ctr in spec["containers"] + spec.get("initContainers", []):
+        sc = ctr.get("securityContext") or {}
+        name = ctr["name"]
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation")
+        if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+            out.append(f"{name}: runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            out.append(f"{name}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            out.append(f"{name}: capabilities not dropped")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: capabilities added")
+        if any(p.get("hostPort") for p in ctr.get("ports") or []):
+            out.append(f"{name}: hostPort")
+        if sc.get("procMount", "Default") != "Default":
+            out.append(f"{name}: procMount")
+    return out
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"workdir": "none"}, {"workdir": "mount", "kube_pvc": "c:/home/jovyan"}],
+    ids=["copy", "none", "pvc"],
+)
+def test_pod_satisfies_the_pod_security_restricted_profile(kw: dict[str, Any]) -> None:
+    s = settings(**kw)
+    assert restricted_violations(kube_manifests.render_pod(s, launch())) == []
+
+
+def test_restricted_check_catches_a_pod_that_breaks_it() -> None:
+    pod = json.loads(json.dumps(POD))
+    pod["spec"]["hostPID"] = True
+    pod["spec"]["volumes"].append({"name": "h", "hostPath": {"path": "/"}})
+    pod["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+    assert restricted_violations(pod) == [
+        "hostPID",
+        "volume h: {'hostPath'}",
+        "kernel: capabilities added",
+    ]

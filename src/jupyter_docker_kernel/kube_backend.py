@@ -516,6 +516,7 @@ class KubeBackend:
             supervisor=here.read_bytes(),
             usage_hook=here.with_name("_usage.py").read_bytes(),
             workdir_stream=stream,
+            env=settings.env,
         )
         pod_body = kube_manifests.render_pod(settings, facts)
         api = self.api

@@ -73,6 +73,8 @@ KEY_CONNECTION = "kernel.json"
 KEY_SUPERVISOR = "supervise.py"
 KEY_USAGE = "sitecustomize.py"
 KEY_WORKDIR = "workdir.stream"
+#: The Secret's keys for the settings' --env values (not mounted: read as env).
+ENV_KEY_PREFIX = "env."
 SECRET_PATHS = {
     KEY_CONNECTION: hardening.CONNECTION_TARGET.removeprefix(SECRET_MOUNT + "/"),
     KEY_SUPERVISOR: hardening.SUPERVISOR_TARGET.removeprefix(SECRET_MOUNT + "/"),
@@ -350,12 +352,15 @@ def render_secret(
     supervisor: bytes,
     usage_hook: bytes,
     workdir_stream: bytes | None = None,
+    env: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
     """The per-kernel Secret: what `docker run` bind-mounts read-only at
     /opt/jupyter-docker-kernel (connection file, supervisor, usage hook), plus the work
     dir's stream with --copy-workdir. Immutable: nobody edits a kernel's keys under it.
     The supervisor travels with the keys, not in a shared ConfigMap, so that whoever may
-    edit ConfigMaps in the namespace cannot put code into every kernel."""
+    edit ConfigMaps in the namespace cannot put code into every kernel. env: the settings'
+    --env values (they may be secrets), which the pod reads from here (secretKeyRef), as
+    `docker run` reads them from a 0600 --env-file: `get pods` does not show them."""
     data = {
         KEY_CONNECTION: _b64(json.dumps(dict(connection)).encode()),
         KEY_SUPERVISOR: _b64(supervisor),
@@ -363,6 +368,8 @@ def render_secret(
     }
     if workdir_stream is not None:
         data[KEY_WORKDIR] = _b64(workdir_stream)
+    for name, value in env:
+        data[ENV_KEY_PREFIX + name] = _b64(value.encode())
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -413,6 +420,22 @@ def pod_command(settings: KernelSettings, launch: PodLaunch) -> list[str]:
         if launch.workdir and launch.workdir != root:
             args += ["--chdir", launch.workdir]
     return [*args, "--", *hardening.kernel_command(settings)]
+
+
+def pod_env(settings: KernelSettings, secret: str) -> list[dict[str, Any]]:
+    """hardening.container_env in order; the user's --env values by reference to the
+    kernel's Secret (render_secret's env), ours by value. Of two entries for one name the
+    kubelet keeps the last, as the engine does: a user's HOME=... wins here too."""
+    users = {name for name, _ in settings.env}
+    ours = len(hardening.container_env(settings)) - len(settings.env)
+    out: list[dict[str, Any]] = []
+    for index, (name, value) in enumerate(hardening.container_env(settings)):
+        if index >= ours and name in users:
+            ref = {"name": secret, "key": ENV_KEY_PREFIX + name}
+            out.append({"name": name, "valueFrom": {"secretKeyRef": ref}})
+        else:
+            out.append({"name": name, "value": value})
+    return out
 
 
 def _memory_dir(name: str, size: str) -> dict[str, Any]:
@@ -493,9 +516,7 @@ def render_pod(settings: KernelSettings, launch: PodLaunch) -> dict[str, Any]:
         "stdin": True,
         "stdinOnce": False,
         "tty": False,
-        "env": [
-            {"name": name, "value": value} for name, value in hardening.container_env(settings)
-        ],
+        "env": pod_env(settings, secret_name(launch.name)),
         "ports": [
             {"name": channel, "containerPort": port, "protocol": "TCP"}
             for channel, port in POD_PORTS.items()

@@ -627,3 +627,20 @@ def test_outputs_follow_the_kernel_containers_log(
     finally:
         cold.close()
     assert ("get", "pods/log", cold.name) in cluster.calls
+
+
+def test_an_api_server_that_hangs_times_out_instead_of_hanging_the_kernel_start(
+    backend: KubeBackend, server: ApiServer, cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from jupyter_docker_kernel import kube_backend
+
+    monkeypatch.setattr(kube_backend, "API_TIMEOUT", 0.5)
+
+    async def hang() -> None:
+        cluster["get", f"/api/v1/namespaces/{NS}/pods/stuck"] << (lambda: asyncio.sleep(30))
+
+    server.run(hang())
+    with pytest.raises(kube_backend.KubeUnreachableError, match="to get pods"):
+        backend.inspect("stuck")

@@ -68,6 +68,8 @@ log = logging.getLogger("jupyter_docker_kernel.launcher")
 POD_START_TIMEOUT = 120.0
 #: How long the API may be unreachable while a kernel runs before we take it as ended.
 API_LOSS_WAIT = 10.0
+#: Seconds one API request may take (connect and read), except watches and log follows.
+API_TIMEOUT = 30.0
 #: Seconds per watch request: a real API server ends watches after a while anyway.
 WATCH_SECONDS = 60
 #: The downward API variables (or config) naming the server's own pod.
@@ -186,6 +188,8 @@ class KubeApi:
     ) -> _T | None:
         """func(*args, **kwargs), its refusals as KubeError; None for a 404 with missing_ok
         (a pod already gone is not an error: deletion is idempotent)."""
+        # The client waits forever by default: an API server that hangs must not hang us.
+        kwargs.setdefault("_request_timeout", API_TIMEOUT)
         try:
             return func(*args, **kwargs)
         except self.exception as exc:
@@ -408,6 +412,7 @@ class PodCold:
                         container=kube_manifests.CONTAINER,
                         follow=True,
                         _preload_content=False,
+                        _request_timeout=None,  # followed for the kernel's whole life
                     )
                     for chunk in self._logs.stream(4096):
                         out.write(chunk)

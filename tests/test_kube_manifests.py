@@ -391,6 +391,7 @@ def test_docs_show_the_rendered_network_policy_and_role() -> None:
         ({"gpus": "all"}, "--gpus"),
         ({"workdir": "mount"}, "--kube-pvc"),
         ({"kernel_transport": "tcp"}, "--kernel-transport"),
+        ({"network": "bridge"}, "--network bridge"),
         ({"kube_pull": "Sometimes"}, "--kube-pull"),
         ({"kube_namespace": "Not_A_Name"}, "--namespace"),
         ({"workdir": "mount", "kube_pvc": "claim"}, "--kube-pvc"),

@@ -180,6 +180,7 @@ def check_settings(settings: KernelSettings) -> None:
         "engine": settings.engine != "docker",
         "kernel_transport": settings.kernel_transport != "ipc",
         "keep_entrypoint": settings.keep_entrypoint,
+        "network": settings.network != "none",
     }
     names = {
         "pool": "--pool (warm pods are not built yet)",
@@ -190,6 +191,8 @@ def check_settings(settings: KernelSettings) -> None:
         "engine": "--podman",
         "kernel_transport": "--kernel-transport (a pod's kernel always listens on TCP)",
         "keep_entrypoint": "--keep-entrypoint (a pod's command replaces the ENTRYPOINT)",
+        "network": f"--network {settings.network} (a kernel pod's network is the namespace's "
+        "NetworkPolicy: no egress)",
     }
     for key, bad in refused.items():
         if bad:

@@ -644,3 +644,31 @@ def test_an_api_server_that_hangs_times_out_instead_of_hanging_the_kernel_start(
     server.run(hang())
     with pytest.raises(kube_backend.KubeUnreachableError, match="to get pods"):
         backend.inspect("stuck")
+
+
+def test_supervisor_as_pid_1_reaps_orphans_as_a_pod_needs(tmp_path: Path) -> None:
+    """A pod has no --init: the supervisor is PID 1 and must reap what the kernel orphans
+    (run here in a PID namespace of its own, as in a pod)."""
+    import shutil
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare and root for a PID namespace")
+    code = (
+        "import os, subprocess, time\n"
+        "subprocess.run(['sh', '-c', 'sleep 0.2 &'])\n"  # the sleep is orphaned to PID 1
+        "time.sleep(1.0)\n"
+        "states = [open(f'/proc/{p}/stat').read().split(')')[-1].split()[0]\n"
+        "          for p in os.listdir('/proc') if p.isdigit()]\n"
+        "print('zombies', states.count('Z'))\n"
+    )
+    argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(SUPERVISE),
+            "--", sys.executable, "-c", code]  # fmt: skip
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        out = proc.stdout.read().decode()
+        assert proc.wait(30) == 0
+        err = proc.stderr.read().decode()
+    assert "zombies 0" in out, (out, err)

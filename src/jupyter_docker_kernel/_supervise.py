@@ -725,12 +725,16 @@ class Supervisor:
 
     def wait_child(self) -> int:
         """Wait for the kernel; returns its code (negative: killed by that signal)."""
+        # PID 1 (a Kubernetes pod has no --init): orphans are ours to reap, or their
+        # zombies would hold the kernel's process budget until it ends.
+        reap_all = os.getpid() == 1
         while True:
             try:
-                _, status = os.waitpid(self.pid, 0)
-                break
+                pid, status = os.waitpid(-1 if reap_all else self.pid, 0)
             except InterruptedError:
                 continue
+            if pid == self.pid:
+                break
         if os.WIFSIGNALED(status):
             self.returncode = -os.WTERMSIG(status)
         else:

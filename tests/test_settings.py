@@ -280,15 +280,25 @@ def test_to_dict_holds_only_non_default_fields_plus_image() -> None:
 #: FULL's engine, cannot have them): POOLED has these.
 POOL_FIELDS = {"pool", "pool_ttl", "gpus"}
 POOLED = KernelSettings(workdir="copy", pool=3, pool_ttl=60.0, gpus="device=0,1")
+#: The Kubernetes fields (a pod cannot honour FULL's engine options): KUBED has these.
+KUBE_FIELDS = {"kube_namespace", "kube_context", "kube_pull", "kube_pvc"}
+KUBED = KernelSettings(
+    kube_namespace="kernels",
+    kube_context="prod",
+    kube_pull="Always",
+    kube_pvc="claim-alice:/home/jovyan",
+)
 
 
 def test_full_settings_differ_from_defaults_in_every_field() -> None:
-    """FULL and POOLED together are non-default everywhere, so round trips cover every field."""
-    assert set(FULL.to_dict()) == set(KernelSettings.__dataclass_fields__) - POOL_FIELDS
+    """FULL, POOLED and KUBED are non-default everywhere: round trips cover every field."""
+    fields = set(KernelSettings.__dataclass_fields__)
+    assert set(FULL.to_dict()) == fields - POOL_FIELDS - KUBE_FIELDS
     assert set(POOLED.to_dict()) >= POOL_FIELDS
+    assert set(KUBED.to_dict()) >= KUBE_FIELDS
 
 
-@pytest.mark.parametrize("settings", [FULL, POOLED], ids=["full", "pooled"])
+@pytest.mark.parametrize("settings", [FULL, POOLED, KUBED], ids=["full", "pooled", "kube"])
 def test_from_dict_of_to_dict_is_identity(settings: KernelSettings) -> None:
     """from_dict(to_dict(s)) == s for settings that differ from the defaults everywhere."""
     assert KernelSettings.from_dict(settings.to_dict()) == settings

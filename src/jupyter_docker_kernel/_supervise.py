@@ -324,6 +324,12 @@ class Supervisor:
         #: --lifeline: the socket a cold, detached container's holder connects to.
         self.lifeline_path: Optional[str] = None
         self.lifeline_wait = LIFELINE_WAIT_SECONDS
+        #: --receive-from: a file holding the copy's stream (a Kubernetes pod's Secret)
+        #: instead of stdin, which stays the lifeline.
+        self.receive_from: Optional[str] = None
+        #: --rlimit NAME=N: limits the engine cannot set (a pod spec has no ulimits),
+        #: soft = hard, set in the kernel's process before it runs.
+        self.rlimits: List[Tuple[str, int]] = []
         while argv and argv[0] != "--":
             opt = argv.pop(0)
             if opt == "--lifetime":
@@ -352,6 +358,11 @@ class Supervisor:
                 self.lifeline_path = argv.pop(0)
             elif opt == "--lifeline-wait":
                 self.lifeline_wait = float(argv.pop(0))
+            elif opt == "--receive-from":
+                self.receive_from = argv.pop(0)
+            elif opt == "--rlimit":
+                name, _, value = argv.pop(0).partition("=")
+                self.rlimits.append((name, int(value)))
             else:
                 say(f"unknown supervisor option {opt!r}")
                 sys.exit(2)
@@ -440,6 +451,12 @@ class Supervisor:
             # A dedicated uid sharing the launcher's group: its sockets must be
             # group-accessible for the launcher to connect.
             os.umask(self.umask)
+        if self.rlimits:
+            import resource
+
+            for name, value in self.rlimits:
+                number = getattr(resource, "RLIMIT_" + name.upper())
+                resource.setrlimit(number, (value, value))
 
     def start_command(self) -> int:
         """Start the kernel command as our child; returns 0, or an exit code on failure."""
@@ -593,6 +610,17 @@ class Supervisor:
             return 1
         return 0
 
+    def receive_copy(self) -> bool:
+        """The cold start's copy: from --receive-from's file, else from stdin."""
+        if self.receive_from is None:
+            return self.receive(sys.stdin.buffer.read)
+        try:
+            with open(self.receive_from, "rb") as stream:
+                return self.receive(stream.read)
+        except OSError as exc:
+            say(f"the work directory's copy was not received ({exc}); the kernel was not started")
+            return False
+
     def receive(self, read: "Callable[[int], bytes]") -> bool:
         """Unpack the work dir's copy into --receive-workdir; False (said why) on failure."""
         assert self.receive_dir is not None
@@ -697,12 +725,16 @@ class Supervisor:
 
     def wait_child(self) -> int:
         """Wait for the kernel; returns its code (negative: killed by that signal)."""
+        # PID 1 (a Kubernetes pod has no --init): orphans are ours to reap, or their
+        # zombies would hold the kernel's process budget until it ends.
+        reap_all = os.getpid() == 1
         while True:
             try:
-                _, status = os.waitpid(self.pid, 0)
-                break
+                pid, status = os.waitpid(-1 if reap_all else self.pid, 0)
             except InterruptedError:
                 continue
+            if pid == self.pid:
+                break
         if os.WIFSIGNALED(status):
             self.returncode = -os.WTERMSIG(status)
         else:
@@ -725,7 +757,7 @@ class Supervisor:
                 self.clean()
                 return failed
         # Pooled, the copy comes after the claim (wait_for_claim); else first, on stdin.
-        elif self.receive_dir and not self.pool_socket and not self.receive(sys.stdin.buffer.read):
+        elif self.receive_dir and not self.pool_socket and not self.receive_copy():
             self.clean()
             return 1
         failed = self.wait_for_claim() if self.pool_socket else self.start_command()

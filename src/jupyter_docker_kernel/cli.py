@@ -215,6 +215,7 @@ def add_setup_command(sub: argparse._SubParsersAction[Parser]) -> None:
         "Container Toolkit; checked now)",
     )
     add_engine_options(setup)
+    add_kube_options(setup)
     limits = setup.add_argument_group(
         "limits (built-in defaults in brackets; jupyter_docker_kernel_config.py may change them)"
     )
@@ -277,6 +278,50 @@ def add_setup_command(sub: argparse._SubParsersAction[Parser]) -> None:
         "a path the kernel needs (each still printed as a warning)",
     )
     setup.set_defaults(func=cmd_setup)
+
+
+def add_kube_options(setup: argparse.ArgumentParser) -> None:
+    """--kubernetes and its options: each kernel a pod (docs/kubernetes.md)."""
+    kube = setup.add_argument_group("Kubernetes (pip install 'jupyter-docker-kernel[kubernetes]')")
+    kube.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="run each kernel as a hardened pod (checks the API, RBAC and RuntimeClass now)",
+    )
+    kube.add_argument("--namespace", metavar="NS", help="the kernel pods' namespace [default]")
+    kube.add_argument("--kube-context", metavar="CTX", help="kubeconfig context [current]")
+    kube.add_argument(
+        "--kube-pull",
+        choices=("Never", "IfNotPresent", "Always"),
+        help="the pods' imagePullPolicy [Never: the image is on the nodes]",
+    )
+    kube.add_argument(
+        "--kube-pvc",
+        metavar="CLAIM:PATH[:ro]",
+        help="mount this PersistentVolumeClaim at PATH (the notebook's directory is below it)",
+    )
+
+
+def kube_given(args: argparse.Namespace) -> dict[str, Any]:
+    """setup's Kubernetes options as KernelSettings fields (None: not given)."""
+    kube = bool(getattr(args, "kubernetes", False))
+    extra = [
+        o for o in ("namespace", "kube_context", "kube_pull", "kube_pvc") if getattr(args, o, None)
+    ]
+    if extra and not kube:
+        raise SettingsError(
+            f"--{extra[0].replace('_', '-')} goes with --kubernetes",
+            "No kernelspec was written",
+            "Add --kubernetes.",
+        )
+    if not kube:
+        return {}
+    return {
+        "kube_namespace": args.namespace or "default",
+        "kube_context": args.kube_context,
+        "kube_pull": args.kube_pull,
+        "kube_pvc": args.kube_pvc,
+    }
 
 
 def add_image_commands(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -484,6 +529,7 @@ def settings_from_args(
         "kernel_transport": args.kernel_transport,
         "keep_entrypoint": args.keep_entrypoint or None,
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},
+        **kube_given(args),
     }
     values.update({k: v for k, v in given.items() if v is not None})
     return KernelSettings(**values)
@@ -570,6 +616,12 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         print(f"  engine {settings.engine} at {settings.engine_host or 'the default socket'}")
     if settings.kernel_transport == "tcp":
         print("  transport tcp on the container's loopback, bridged to unix sockets")
+    if settings.kube_namespace is not None:
+        context = f" (context {settings.kube_context})" if settings.kube_context else ""
+        print(
+            f"  kubernetes: each kernel a pod in namespace {settings.kube_namespace}{context}, "
+            f"imagePullPolicy {settings.kube_pull}; see docs/kubernetes.md"
+        )
     for warning in planned.warnings:
         print(f"  warning: {warning}")
     if planned.root_note:
@@ -727,7 +779,57 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
         f"{verb} {len(result.containers)} container(s) and {len(result.dirs)} runtime dir(s); "
         f"{result.kept} kernel(s) still running were kept."
     )
+    print("\n".join(kube_gc_lines(verb, dry_run=args.dry_run)))
     return 0
+
+
+def kube_settings() -> list[KernelSettings]:
+    """The settings of our --kubernetes kernelspecs (gc and list cover their namespaces)."""
+    specs, _ = manage.list_specs(None)
+    return [s.settings for s in specs if s.settings and s.settings.kube_namespace is not None]
+
+
+def kube_gc_lines(verb: str, *, dry_run: bool) -> list[str]:
+    """gc's lines for the kernelspecs' Kubernetes namespaces (none without such specs)."""
+    wanted = kube_settings()
+    if not wanted:
+        return []
+    from jupyter_docker_kernel import kube_manage
+
+    lines = []
+    for namespace, done in kube_manage.collect_all(wanted, dry_run=dry_run):
+        if isinstance(done, DockerKernelError):
+            lines.append(f"warning: namespace {namespace} not collected: {done}")
+            continue
+        lines += [f"{verb} pod {name} in namespace {namespace}" for name in done.pods]
+        lines += [f"{verb} secret {name} in namespace {namespace}" for name in done.secrets]
+        lines.append(
+            f"{verb} {len(done.pods)} pod(s) and {len(done.secrets)} secret(s) in namespace "
+            f"{namespace}; {done.kept} kernel pod(s) still running were kept."
+        )
+        if done.note:
+            lines.append(f"note: {done.note}")
+    return lines
+
+
+def kube_list_lines() -> list[str]:
+    """list's lines for the kernelspecs' Kubernetes namespaces: their kernel pods."""
+    wanted = kube_settings()
+    if not wanted:
+        return []
+    from jupyter_docker_kernel import kube_manage
+
+    lines = []
+    for namespace, rows in kube_manage.pods_all(wanted):
+        if isinstance(rows, DockerKernelError):
+            lines.append(f"warning: namespace {namespace} not listed: {rows}")
+            continue
+        lines.append(f"kernel pods in namespace {namespace}: {len(rows)}")
+        lines += [
+            f"  {r.name}  {r.phase}  {r.ip or '-'}  server {r.server or '-'}  since {r.created}"
+            for r in rows
+        ]
+    return lines
 
 
 def format_list(specs: list[manage.SpecInfo], note: str = "") -> list[str]:
@@ -799,7 +901,7 @@ def cmd_list(args: argparse.Namespace, engine: Engine) -> int:
             )
         )
         return 0
-    print("\n".join(format_list(specs, note)))
+    print("\n".join([*format_list(specs, note), *kube_list_lines()]))
     return 0
 
 

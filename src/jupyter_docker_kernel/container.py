@@ -300,6 +300,19 @@ class Backend(Protocol):
     def sockets(self) -> list[str]: ...
 
 
+def backend_for(settings: KernelSettings, engine: Engine | None = None) -> Backend:
+    """The Backend a kernelspec asks for: a pod in its Kubernetes namespace
+    (kube_backend.KubeBackend, setup --kubernetes), else the local engine (`engine`, or
+    DOCKER_HOST's). The adapters call it; imported here only: both modules import this one."""
+    if settings.kube_namespace is not None:
+        from jupyter_docker_kernel.kube_backend import KubeBackend
+
+        return KubeBackend.for_settings(settings)
+    from jupyter_docker_kernel.local_backend import LocalBackend
+
+    return LocalBackend.for_engine(engine)
+
+
 # -- the lifecycle ----------------------------------------------------------------------------
 
 
@@ -335,10 +348,7 @@ class Container:
         self.settings = settings
         self.connection_file = connection_file
         if backend is None or isinstance(backend, Engine):
-            # Only here: local_backend imports this module (its Protocols).
-            from jupyter_docker_kernel.local_backend import LocalBackend
-
-            backend = LocalBackend.for_engine(backend)
+            backend = backend_for(settings, backend)
         self.backend: Backend = backend
         try:
             with open(connection_file) as fh:

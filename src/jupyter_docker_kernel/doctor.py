@@ -286,6 +286,9 @@ def _check_spec(
         )
         return None
     add(f"{label}: kernelspec", "OK", f"{spec.path} (image {settings.image})")
+    if settings.kube_namespace is not None:
+        _check_kube(label, settings, add)
+        return None  # its image runs on the cluster's nodes: no local probe
     engine = engine_of(engine, settings)
     _check_launcher(spec, add)
     # The image's PATH (when the engine answers) names a mount that hides its Python, as
@@ -369,6 +372,21 @@ def _check_spec(
     # The probe runs the spec's whole docker run line: specs share one when it is the same.
     key = (settings.engine_host, *manage.effective_args(settings))
     return key, settings
+
+
+def _check_kube(label: str, settings: KernelSettings, add: Callable[..., None]) -> None:
+    """A --kubernetes kernelspec: its namespace's API, RBAC verbs, RuntimeClass and
+    NetworkPolicy (kube_manage.checks); FAIL without the optional client."""
+    try:
+        from jupyter_docker_kernel import kube_manage
+        from jupyter_docker_kernel.kube_backend import KubeApi
+
+        api = KubeApi.for_settings(settings)
+    except DockerKernelError as exc:
+        add(f"{label}: kubernetes", "FAIL", exc.what, exc.fix)
+        return
+    for name, status, detail, fix in kube_manage.checks(api, settings):
+        add(f"{label}: {name}", status, detail, fix)
 
 
 @functools.cache

@@ -35,11 +35,10 @@ from collections.abc import Coroutine
 from typing import IO, Any, cast
 
 from jupyter_docker_kernel import reaper, session
-from jupyter_docker_kernel.container import Container
+from jupyter_docker_kernel.container import Container, backend_for
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.helper import SESSION_ATTR, Control, RefusedError, Request
-from jupyter_docker_kernel.local_backend import LocalBackend
 from jupyter_docker_kernel.settings import KernelSettings
 
 log = logging.getLogger("jupyter_docker_kernel.hosting")
@@ -115,7 +114,7 @@ def run_kernel(request: Request, control: Control) -> int:
 
     hooks = session.Hooks(
         run_async=run_async,
-        backend=lambda _settings: LocalBackend.for_engine(engine),
+        backend=lambda settings: backend_for(settings, engine),
         workdir=request.cwd,
         home=request.env.get("HOME") or None,
         client_pid=request.client_pid or None,

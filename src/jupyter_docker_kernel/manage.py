@@ -296,6 +296,12 @@ def setup_argv(info: SpecInfo, configured: dict[str, Any]) -> list[str]:
             argv += [option(field), str(value)]
     if s.kernel_transport != "ipc":
         argv += ["--kernel-transport", s.kernel_transport]
+    if s.kube_namespace is not None:
+        argv += ["--kubernetes", "--namespace", s.kube_namespace]
+        for field in ("kube_context", "kube_pull", "kube_pvc"):
+            value = getattr(s, field)
+            if value is not None and (value != getattr(defaults, field) or field in configured):
+                argv += [option(field), str(value)]
     if s.keep_entrypoint:
         argv.append("--keep-entrypoint")
     for arg in s.docker_args:

@@ -33,11 +33,11 @@ from jupyter_docker_kernel.container import (
     Container,
     Relayed,
     Running,
+    backend_for,
     kernel_id_from,
 )
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
-from jupyter_docker_kernel.local_backend import LocalBackend
 from jupyter_docker_kernel.pins import SocketPins, start_meter
 from jupyter_docker_kernel.pins import client_connection as client_connection
 from jupyter_docker_kernel.relay import RelayThread
@@ -200,7 +200,7 @@ class DockerProvisioner(KernelProvisionerBase):
         container = Container(
             self.settings,
             self.parent.connection_file,
-            LocalBackend.for_engine(engine),
+            backend_for(self.settings, engine),
             kernel_id=self.key,
             base=self.base,
             workdir=str(kwargs.get("cwd") or os.getcwd()),

@@ -87,6 +87,10 @@ OPTIONS: dict[str, str] = {
     "pool_ttl": "--pool-ttl",
     "engine_host": "--engine-host",
     "engine": "--podman",
+    "kube_namespace": "--namespace",
+    "kube_context": "--kube-context",
+    "kube_pull": "--kube-pull",
+    "kube_pvc": "--kube-pvc",
 }
 
 
@@ -277,6 +281,15 @@ class KernelSettings:
     #: The image ID (sha256:...) `image` named when setup checked it; list and doctor warn
     #: when the tag has moved to another image since. "" when setup did not ask the engine.
     image_id: str = ""
+    #: Kubernetes (setup --kubernetes): the namespace each kernel's pod runs in; None: the
+    #: local engine. kube_context: the kubeconfig context (None: current, or in-cluster).
+    kube_namespace: str | None = None
+    kube_context: str | None = None
+    #: The kernel pod's imagePullPolicy: Never (the image is on the nodes) unless asked.
+    kube_pull: str = "Never"
+    #: A PersistentVolumeClaim mounted in the pod, CLAIM:PATH[:ro] (interactive use: the
+    #: notebook's directory is below PATH); None: the work dir is copied or not given.
+    kube_pvc: str | None = None
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
@@ -400,6 +413,11 @@ class KernelSettings:
                 f"--kernel-spec-in-image '{self.kernel_spec_in_image}' needs the kernel_cmd "
                 "read from it. Run setup again with --kernel-spec-in-image to rewrite it."
             )
+        if self.kube_namespace is not None or self.kube_context or self.kube_pvc:
+            # Here (not in kube_manifests): kernel.json and the config file are read once.
+            from jupyter_docker_kernel.kube_manifests import check_settings
+
+            check_settings(self)
         if self.kernel_cmd and not any(CONNECTION_FILE_PLACEHOLDER in a for a in self.kernel_cmd):
             raise SettingsError(
                 f"--kernel-cmd must contain {CONNECTION_FILE_PLACEHOLDER} so the kernel finds "

@@ -139,7 +139,23 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
     if request.kernel_spec_in_image:
         # Even with --skip-checks: the command can only come from the image.
         settings, in_image = with_image_kernel(engine, settings, request.kernel_spec_in_image)
-    if not request.skip_checks:
+    kube_warnings: list[str] = []
+    if settings.kube_namespace is not None and request.pin:
+        raise SettingsError(
+            "--pin records the image's ID from the local engine, and a --kubernetes kernel "
+            "runs the image on the cluster's nodes",
+            NOT_WRITTEN,
+            "Name the image by its digest in --image instead.",
+        )
+    if settings.kube_namespace is not None:
+        # The image runs on the cluster's nodes, not here: the cluster is what is checked.
+        if not request.skip_checks:
+            from jupyter_docker_kernel import kube_manage
+            from jupyter_docker_kernel.kube_backend import KubeApi
+
+            kube_warnings = kube_manage.check_setup(KubeApi.for_settings(settings), settings)
+        findings = check_loosenings(settings, engine, for_nbgrader, request.force)
+    elif not request.skip_checks:
         settings = engine_settings(engine, settings)
         found, findings = check_image(
             engine, settings, for_nbgrader=for_nbgrader, force=request.force
@@ -165,7 +181,9 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         settings,
         display_name=request.display_name or old_json.get("display_name") or default_display,
         interrupt_mode=request.interrupt_mode
-        or (in_image.interrupt_mode if in_image else old_json.get("interrupt_mode", "signal")),
+        or (in_image.interrupt_mode if in_image else old_json.get("interrupt_mode"))
+        # A pod is signalled only through pods/exec, which the Role does not grant.
+        or ("message" if settings.kube_namespace is not None else "signal"),
         language=in_image.language if in_image else kept_language,
         provisioner=request.provisioner or "kernel_provisioner" in (old_json.get("metadata") or {}),
         isolated=hostpython.isolated_import_works(sys.executable),
@@ -179,7 +197,7 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         versions=versions,
         in_image=in_image,
         findings=findings,
-        warnings=[*exposure_warnings(settings), *finding_warnings(findings)],
+        warnings=[*exposure_warnings(settings), *finding_warnings(findings), *kube_warnings],
         root_note=root_note(settings) if os.getuid() == 0 else "",
         nbgrader_lines=grading.config_lines(name, timeout) if for_nbgrader else [],
     )

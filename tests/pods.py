@@ -286,4 +286,11 @@ def kernel_pod(image: str, keys: KernelKeys) -> tuple[dict[str, Any], dict[str, 
     connection = module.pod_connection(keys.key, curve=keys.curve_fields())
     secret = module.render_secret(launch, connection, supervisor=supervisor, usage_hook=usage)
     decoded = {key: base64.b64decode(value) for key, value in secret["data"].items()}
-    return module.render_pod(settings, launch), {secret["metadata"]["name"]: decoded}
+    pod = module.render_pod(settings, launch)
+    command = pod["spec"]["containers"][0]["command"]
+    assert kube_channels.supervisor_args()[0] in command, (
+        "kube_manifests.pod_command must add kube_channels.supervisor_args() and run "
+        "kube_channels.kernel_command(settings): ipykernel 7 dies on a read-only "
+        "connection file that holds Curve keys"
+    )
+    return pod, {secret["metadata"]["name"]: decoded}

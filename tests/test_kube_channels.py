@@ -144,6 +144,100 @@ def test_a_pod_field_docker_cannot_reproduce_is_refused(where: str, field: str, 
         pods.docker_run_args(pod, name="n", network="net", volume_dirs={}, labels={})
 
 
+class FakeShell:
+    """A Curve ROUTER on 127.0.0.1 standing in for a kernel's shell (no engine needed):
+    it counts the kernel_info requests it gets and answers them only when told to."""
+
+    def __init__(self, keys: KernelKeys, *, answer: bool) -> None:
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.sock.curve_server = True
+        self.sock.curve_publickey = keys.curve_public.encode()
+        self.sock.curve_secretkey = keys.curve_secret.encode()
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.session = Session(key=keys.key.encode(), signature_scheme="hmac-sha256")
+        self.answer = answer
+        self.requests = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            idents, frames = self.session.feed_identities(self.sock.recv_multipart())
+            request = self.session.deserialize(frames)
+            self.requests += 1
+            if self.answer:
+                content = {"status": "ok", "implementation": "fake"}
+                self.session.send(self.sock, "kernel_info_reply", content, request, ident=idents)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+        self.context.term()
+
+
+def fake_info(keys: KernelKeys, port: int) -> dict[str, Any]:
+    return dict(kube_channels.client_connection(keys, "127.0.0.1"), shell_port=port)
+
+
+def test_wait_until_ready_returns_the_kernels_signed_reply() -> None:
+    """The first signed kernel_info_reply to one of its requests ends the wait."""
+    keys = KernelKeys.generate()
+    shell = FakeShell(keys, answer=True)
+    try:
+        reply = kube_channels.wait_until_ready(fake_info(keys, shell.port), timeout=10)
+    finally:
+        shell.close()
+    assert reply["implementation"] == "fake"
+
+
+def test_wait_until_ready_asks_at_most_once_per_interval() -> None:
+    """A kernel that does not answer yet gets one request per interval, not a flood."""
+    keys = KernelKeys.generate()
+    shell = FakeShell(keys, answer=False)
+    try:
+        with pytest.raises(LaunchError, match="no signed kernel_info_reply came back"):
+            kube_channels.wait_until_ready(fake_info(keys, shell.port), timeout=2, interval=0.5)
+    finally:
+        shell.close()
+    assert 2 <= shell.requests <= 5
+
+
+def test_wait_until_ready_names_a_server_key_that_does_not_match() -> None:
+    """A kernel with other Curve keys: connections, no handshake, nothing queued for it."""
+    shell = FakeShell(KernelKeys.generate(), answer=True)
+    try:
+        with pytest.raises(LaunchError, match="no Curve handshake completed") as caught:
+            kube_channels.wait_until_ready(
+                fake_info(KernelKeys.generate(), shell.port), timeout=1.5
+            )
+    finally:
+        shell.close()
+    assert shell.requests == 0
+    assert caught.value.not_done == "Its connection info was not handed to a client"
+
+
+def test_wait_until_ready_names_an_address_where_nothing_listens() -> None:
+    """No kernel at all: the error says no TCP connection was accepted."""
+    info = fake_info(KernelKeys.generate(), kernels.free_port())
+    with pytest.raises(LaunchError, match="No TCP connection to it was accepted"):
+        kube_channels.wait_until_ready(info, timeout=1)
+
+
+def test_wait_until_ready_stops_as_soon_as_the_pod_is_gone() -> None:
+    """`alive` saying False (the pod failed) ends the wait at once, not at the timeout."""
+    info = fake_info(KernelKeys.generate(), kernels.free_port())
+    start = time.monotonic()
+    with pytest.raises(LaunchError, match="ended before it answered kernel_info"):
+        kube_channels.wait_until_ready(info, timeout=30, alive=lambda: False)
+    assert time.monotonic() - start < 2
+
+
 # --- The pod's container under Docker -----------------------------------------------------
 
 

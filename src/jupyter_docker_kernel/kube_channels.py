@@ -178,14 +178,20 @@ CLIENT_SOCKET_TYPES: Mapping[str, int] = {
 
 
 def connect_channel(
-    context: Any, info: Mapping[str, Any], channel: str, *, immediate: bool = True
+    context: Any,
+    info: Mapping[str, Any],
+    channel: str,
+    *,
+    immediate: bool = True,
+    connect: bool = True,
 ) -> Any:
     """A zmq socket connected to one channel as a Curve client: the kernel's public key
     from `info` and a fresh client key pair; the kernel's secret key is not used.
 
     immediate (ZMQ_IMMEDIATE): nothing is queued for a connection whose handshake has
     not completed, so a send with no kernel behind it fails at once (zmq.Again with a
-    zero send timeout) instead of piling up requests to deliver later.
+    zero send timeout) instead of piling up requests to deliver later. connect=False:
+    the caller connects (to channel_url), after attaching a monitor, say.
     """
     sock = context.socket(CLIENT_SOCKET_TYPES[channel])
     sock.linger = 0
@@ -196,7 +202,8 @@ def connect_channel(
     sock.curve_serverkey = str(info["curve_publickey"]).encode()
     if channel == "iopub":
         sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(channel_url(info, channel))
+    if connect:
+        sock.connect(channel_url(info, channel))
     return sock
 
 
@@ -261,9 +268,10 @@ def wait_until_ready(
 
     session = Session(key=str(info["key"]).encode(), signature_scheme=info["signature_scheme"])
     context = zmq.Context()
-    sock = connect_channel(context, info, "shell")
+    sock = connect_channel(context, info, "shell", connect=False)
     sock.sndtimeo = 0
-    progress = _Progress(sock)
+    progress = _Progress(sock)  # before connect(): a quick first connection is counted too
+    sock.connect(channel_url(info, "shell"))
     deadline = time.monotonic() + timeout
     asked: set[str] = set()
     try:

@@ -47,15 +47,17 @@ with Curve on and not without (issue 15), found by running the pod's container:
 2. Independently of Curve: a client made without a KernelManager judges the kernel's life
    by its heartbeat, whose first window (HBChannel.time_to_dead, 1 s) starts at
    start_channels, not when the kernel listens. A kernel that is not serving within about
-   1 s of that (measured here: a kernel starting 0.8 s after `docker run` returned failed
-   in 2 of 3 runs, 0.9 s in 5 of 6, with and without Curve alike) is declared dead. A pod
-   that is Running is not yet a kernel that listens (the image's Python, ipykernel's
-   imports), and a SYN dropped before a NetworkPolicy is in place costs a 1 s
-   retransmission. Fix: `wait_until_ready` waits for the kernel itself, with no heartbeat
-   verdict: one kernel_info_request at a time, at most one per READY_INTERVAL, sent only
-   over a connection whose Curve handshake has completed (ZMQ_IMMEDIATE, so nothing
-   queues before it), until a signed kernel_info_reply comes back or the timeout passes;
-   only then does a client see the connection info, and its wait_for_ready answers at once.
+   1 s of that is declared dead, with and without Curve alike. Measured here, the client
+   started right after `docker run` returned: a bare kernel delayed by 0.8 s failed in 3
+   of 6 runs, by 0.9 s in 5 of 6; the pod's own container (supervisor, usage hook, first
+   reply 2.0 s after `docker run`, median of 5) failed in 4 of 6, 2 of 3 with Curve and 2
+   of 3 without. A pod that is Running is not yet a kernel that listens, and a SYN dropped
+   before a NetworkPolicy is in place would cost a 1 s retransmission. Fix:
+   `wait_until_ready` waits for the kernel itself, with no heartbeat verdict: one
+   kernel_info_request at a time, at most one per READY_INTERVAL, sent only over a
+   connection whose Curve handshake has completed (ZMQ_IMMEDIATE, so nothing queues
+   before it), until a signed kernel_info_reply comes back or the timeout passes; only
+   then does a client see the connection info, and its wait_for_ready answers at once.
 
 No message is dropped by the handshake itself: libzmq queues on a pipe that exists from
 connect() on and delivers after the handshake; with CURVE, a connection to a port not

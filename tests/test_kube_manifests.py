@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_docker_kernel import hardening, kube_manifests
+from jupyter_docker_kernel import hardening, kube_channels, kube_manifests
 from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.kube_manifests import PodLaunch, PodOwner
 from jupyter_docker_kernel.settings import KernelSettings
@@ -198,7 +198,11 @@ def test_pod_command_is_the_supervisor_then_the_kernel_with_pod_limits() -> None
     s = settings(nofile=2048, fsize="64m", pids_limit=128, max_lifetime=3600)
     command = container(kube_manifests.render_pod(s, launch()))["command"]
     assert command[:2] == ["python3", hardening.SUPERVISOR_TARGET]
-    assert command[command.index("--") + 1 :] == hardening.kernel_command(s)
+    # The kernel reads the supervisor's private copy of the read-only Secret's file
+    # (ipykernel 7 rewrites a connection file holding Curve keys: kube_channels).
+    assert command[command.index("--") + 1 :] == kube_channels.kernel_command(s)
+    copy = command[command.index("--connection-copy") + 1]
+    assert copy == f"{hardening.CONNECTION_TARGET}={kube_channels.KERNEL_CONNECTION}"
     pairs = [command[i + 1] for i, a in enumerate(command) if a == "--rlimit"]
     assert pairs == ["nofile=2048", f"fsize={64 << 20}", "core=0", "nproc=128"]
     assert command[command.index("--lifetime") + 1] == "3600"

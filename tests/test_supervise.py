@@ -499,3 +499,48 @@ def test_an_ipykernel_that_sends_no_greeting_is_left_alone() -> None:
     _supervise.hold_iopub_welcomes(App())()
     assert vars(App.iopub_thread) == {}
     assert IOPubThread.io_loop.queued == []
+
+
+# --- A Kubernetes pod's supervisor (kube_channels.supervisor_args) ------------------------
+
+
+def test_connection_copy_gives_the_kernel_a_private_writable_copy(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """--connection-copy SRC=DST: the kernel reads DST, a 0600 copy of the read-only SRC
+    in a new 0700 directory, and may rewrite it (ipykernel 7 does with Curve keys)."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "kernel.json").write_text('{"key": "k"}')
+    (secret / "kernel.json").chmod(0o444)
+    copy = tmp_path / "private" / "kernel.json"
+    kernel = (
+        "import os, stat, sys; p = sys.argv[1]; "
+        "print(open(p).read(), oct(stat.S_IMODE(os.stat(p).st_mode)), "
+        "oct(stat.S_IMODE(os.stat(os.path.dirname(p)).st_mode))); "
+        "open(p, 'w').write('rewritten')"
+    )
+    sup = supervise(
+        "--connection-copy", f"{secret / 'kernel.json'}={copy}", "--", PY, "-c", kernel, str(copy)
+    )
+    code, _ = sup.wait(timeout=10)
+    assert sup.proc.stdout is not None
+    assert code == 0
+    assert sup.proc.stdout.read().decode().split() == ['{"key":', '"k"}', "0o600", "0o700"]
+    assert (secret / "kernel.json").read_text() == '{"key": "k"}'
+
+
+def test_connection_copy_refuses_an_existing_target(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """A file (or link) already at DST is not followed or reused: the kernel is not started."""
+    source = tmp_path / "kernel.json"
+    source.write_text("{}")
+    target = tmp_path / "copy.json"
+    target.symlink_to(tmp_path / "elsewhere")
+    code, err = supervise(
+        "--connection-copy", f"{source}={target}", "--", PY, "-c", "print('started')"
+    ).wait(timeout=10)
+    assert code == 1
+    assert "the connection file was not copied" in err
+    assert not (tmp_path / "elsewhere").exists()

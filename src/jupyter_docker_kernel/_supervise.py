@@ -44,6 +44,13 @@ unlinked once accepted: nobody else can connect. stdin is not read then.
 With --site DIR (the directory holding _usage.py as sitecustomize.py), the kernel's
 command gets DIR first on PYTHONPATH, so ipykernel's usage_reply tells the container's
 limits (see _usage.py); a pooled kernel, forked from us, installs that hook directly.
+
+With --connection-copy SRC=DST (a kernel pod: kube_channels.supervisor_args) the
+supervisor copies the connection file SRC (a read-only mount: the pod's Secret) to DST,
+a new 0600 file in a 0700 directory on the container's tmpfs, before the kernel starts;
+the kernel's command names DST. ipykernel 7 rewrites a connection file that carries
+Curve keys at every start (it compares the file's text keys with the bytes it holds, so
+they never match) and exits on a read-only one: kube_channels.py says more.
 """
 
 import contextlib
@@ -330,6 +337,8 @@ class Supervisor:
         #: --rlimit NAME=N: limits the engine cannot set (a pod spec has no ulimits),
         #: soft = hard, set in the kernel's process before it runs.
         self.rlimits: List[Tuple[str, int]] = []
+        #: --connection-copy: (the read-only connection file, its private writable copy).
+        self.connection_copy: Optional[Tuple[str, str]] = None
         while argv and argv[0] != "--":
             opt = argv.pop(0)
             if opt == "--lifetime":
@@ -363,6 +372,12 @@ class Supervisor:
             elif opt == "--rlimit":
                 name, _, value = argv.pop(0).partition("=")
                 self.rlimits.append((name, int(value)))
+            elif opt == "--connection-copy":
+                source, _, target = argv.pop(0).partition("=")
+                if not source or not target:
+                    say("--connection-copy takes SOURCE=TARGET")
+                    sys.exit(2)
+                self.connection_copy = (source, target)
             else:
                 say(f"unknown supervisor option {opt!r}")
                 sys.exit(2)
@@ -621,6 +636,29 @@ class Supervisor:
             say(f"the work directory's copy was not received ({exc}); the kernel was not started")
             return False
 
+    def copy_connection(self) -> bool:
+        """--connection-copy: the read-only connection file into a private writable copy.
+
+        The copy is made exclusively (O_EXCL, no links followed) in a directory made 0700
+        here: nothing in the container runs before us, and nothing may swap the file the
+        kernel reads. False (said why) when it cannot be made: the kernel is not started.
+        """
+        assert self.connection_copy is not None
+        source, target = self.connection_copy
+        try:
+            with open(source, "rb") as fh:
+                data = fh.read()
+            parent = os.path.dirname(target)
+            if parent and not os.path.isdir(parent):
+                os.mkdir(parent, 0o700)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        except OSError as exc:
+            say(f"the connection file was not copied ({exc}); the kernel was not started")
+            return False
+        return True
+
     def receive(self, read: "Callable[[int], bytes]") -> bool:
         """Unpack the work dir's copy into --receive-workdir; False (said why) on failure."""
         assert self.receive_dir is not None
@@ -758,6 +796,9 @@ class Supervisor:
                 return failed
         # Pooled, the copy comes after the claim (wait_for_claim); else first, on stdin.
         elif self.receive_dir and not self.pool_socket and not self.receive_copy():
+            self.clean()
+            return 1
+        if self.connection_copy and not self.copy_connection():
             self.clean()
             return 1
         failed = self.wait_for_claim() if self.pool_socket else self.start_command()

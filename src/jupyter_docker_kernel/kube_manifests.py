@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jupyter_docker_kernel import hardening
+from jupyter_docker_kernel import hardening, kube_channels
 from jupyter_docker_kernel.endpoints import CHANNELS
 from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
@@ -416,13 +416,14 @@ def pod_command(settings: KernelSettings, launch: PodLaunch) -> list[str]:
         "--site",
         hardening.USAGE_SITE_TARGET,
         *supervisor_rlimits(settings),
+        *kube_channels.supervisor_args(),
     ]
     root = launch.project_root or launch.workdir
     if settings.workdir == "copy" and root:
         args += ["--receive-workdir", root, "--receive-from", WORKDIR_STREAM]
         if launch.workdir and launch.workdir != root:
             args += ["--chdir", launch.workdir]
-    return [*args, "--", *hardening.kernel_command(settings)]
+    return [*args, "--", *kube_channels.kernel_command(settings)]
 
 
 def pod_env(settings: KernelSettings, secret: str) -> list[dict[str, Any]]:

@@ -212,3 +212,46 @@ def test_tasks_squeue_no_longer_lists_are_read_from_their_result_files(job: Arra
 def test_summary_counts_finished_failed_running_and_pending() -> None:
     states = slurm.parse_squeue(SQUEUE_OUTPUT)
     assert slurm.summary(states) == "7/9 finished (6 failed), 1 running, 1 pending"
+
+
+def test_a_task_with_a_log_writes_its_output_there(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    log = tmp_path / "o'neil" / "worker.log"
+    log.parent.mkdir()
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text(slurm.task_list([["sh", "-c", "echo out; echo err >&2; exit 1"]], [log]))
+    (tmp_path / "job.sh").write_text(slurm.build_script(tasks, results))
+
+    proc = run_task(tmp_path / "job.sh", 0)
+
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", "")
+    assert log.read_text() == "out\nerr\n"
+    assert (results / "0.exit").read_text() == "1\n"
+
+
+def test_an_array_runner_stopped_before_its_first_poll_submits_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C before the array went out: stop() then poll() must not call sbatch (there is
+    none on PATH here: a call would raise) and every task reads as cancelled."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    runner = slurm.ArrayRunner(lambda key, into: ["echo", key], tmp_path / "job")
+    tasks = [runner.start(key, tmp_path / key) for key in ("alice", "bob")]
+
+    for task in tasks:
+        task.stop()
+
+    assert [task.poll() for task in tasks] == [2, 2]
+    assert [task.state.words() if task.state else "" for task in tasks] == [
+        "CANCELLED: cancelled (scancel, Ctrl-C or an administrator) (never submitted)"
+    ] * 2
+    assert not (tmp_path / "job").exists()
+
+
+def test_preflight_without_sbatch_says_where_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SlurmError, match=r"^sbatch was not found on PATH\. Nothing was submitted"):
+        slurm.preflight("short")

@@ -26,6 +26,7 @@ import pytest
 
 from jupyter_docker_kernel import slurm
 from jupyter_docker_kernel.slurm import SlurmError, TaskState
+from tests.courses import containers_for
 from tests.slurm_cluster import PARTITION, OneNodeCluster, free_port
 from tests.test_notebooks import assert_no_container_left, notebook_in, read_notebook, stdout_of
 
@@ -176,11 +177,14 @@ def test_sbatch_with_the_controller_down_says_to_check_slurmctld(
 
     with pytest.raises(SlurmError) as caught:
         slurm.submit([["true"]], tmp_path / "job")
+    with pytest.raises(SlurmError) as before:
+        slurm.preflight(None)
 
     assert str(caught.value).startswith("cannot reach the Slurm controller (")
     assert "No job was submitted; is slurmctld running? Check with `scontrol ping`" in str(
         caught.value
     )
+    assert str(before.value).startswith("cannot reach the Slurm controller (")
 
 
 @pytest.mark.docker
@@ -208,3 +212,82 @@ def test_an_array_task_runs_a_notebook_in_a_kernel_container(
     assert printed
     assert printed != socket.gethostname()
     assert_no_container_left(workdir)
+
+
+@pytest.mark.docker
+def test_cancelling_a_task_that_runs_a_kernel_removes_its_container(
+    slurm_cluster: OneNodeCluster, kernel_name: str, workdir: Path
+) -> None:
+    """scancel while the task's notebook sleeps: Slurm's SIGTERM reaches nbconvert and our
+    launcher, and the kernel's container is gone within KillWait (10 s here)."""
+    notebook_in(workdir, "import time; time.sleep(300)")
+    jupyter = str(Path(sys.executable).with_name("jupyter"))
+    command = [
+        jupyter,
+        *("nbconvert", "--to", "notebook", "--execute"),
+        f"--ExecutePreprocessor.kernel_name={kernel_name}",
+        *("nb.ipynb", "--output", "out.ipynb"),
+    ]
+    job = slurm.submit([command], workdir / "job", chdir=workdir)
+    deadline = time.monotonic() + 120
+    while not containers_for(workdir):
+        assert time.monotonic() < deadline, "no kernel container within 120 s"
+        time.sleep(0.3)
+
+    scancel(job.job_id)
+    [task] = slurm.watch(job, interval=0.3)
+
+    print((job.results / "0.err").read_text())
+    assert task.state == "CANCELLED"
+    assert_no_container_left(workdir, within=15)
+
+
+def test_array_runner_runs_started_workers_as_one_array_and_polls_each(
+    slurm_cluster: OneNodeCluster, tmp_path: Path
+) -> None:
+    """grade's Runner protocol over one array: start() four workers, poll each until it
+    ends (as grade_class does), stop() the one that hangs; each worker's log holds its
+    output and Slurm's verdict, and all four ran as tasks of the same job."""
+    commands = {
+        "alice": ["echo", "graded alice"],
+        "bob": ["sh", "-c", "echo no result; exit 1"],
+        "carol": ["sleep", "300"],
+        "dave": ["sh", "-c", 'echo "job $SLURM_ARRAY_JOB_ID"'],
+    }
+    runner = slurm.ArrayRunner(
+        lambda key, into: commands[key], tmp_path / "slurm", limit=2, interval=0.3
+    )
+    dirs = {key: tmp_path / key for key in commands}
+    for into in dirs.values():
+        into.mkdir()
+    jobs = {key: runner.start(key, into) for key, into in dirs.items()}
+    codes: dict[str, int] = {}
+    deadline = time.monotonic() + 120
+    while len(codes) < len(jobs):
+        assert time.monotonic() < deadline, f"not all ended within 120 s: {runner.states}"
+        for key, job in jobs.items():
+            code = job.poll()
+            if code is not None:
+                codes[key] = code
+            elif key == "carol" and job.state and job.state.state == "RUNNING":
+                job.stop()
+        time.sleep(0.05)
+
+    assert codes == {"alice": 0, "bob": 1, "carol": 2, "dave": 0}
+    log = {key: (into / "worker.log").read_text() for key, into in dirs.items()}
+    job_id = runner.job_id
+    assert log["alice"] == f"graded alice\n\nslurm: job {job_id}_0: completed\n"
+    assert log["bob"] == f"no result\n\nslurm: job {job_id}_1: FAILED: exit code 1\n"
+    assert log["carol"].endswith(
+        f"slurm: job {job_id}_2: CANCELLED: cancelled (scancel, Ctrl-C or an administrator)\n"
+    )
+    assert log["dave"].startswith(f"job {job_id}\n")
+
+
+def test_preflight_finds_the_partition_and_refuses_an_unknown_one(
+    slurm_cluster: OneNodeCluster,
+) -> None:
+    slurm.preflight(PARTITION)
+    slurm.preflight(None)
+    with pytest.raises(SlurmError, match=r"^Slurm has no partition 'nope' \(partitions here: "):
+        slurm.preflight("nope")

@@ -156,8 +156,11 @@ def parse_squeue(text: str) -> dict[int, TaskState]:
     return states
 
 
-def task_list(commands: Sequence[Sequence[str]]) -> str:
-    """One shell-quoted command line per task (the job script's task N runs line N+1)."""
+def task_list(commands: Sequence[Sequence[str]], logs: Sequence[Path] | None = None) -> str:
+    """One shell-quoted command line per task (the job script's task N runs line N+1);
+    with `logs`, task N's stdout and stderr go to logs[N] instead of Slurm's N.out/N.err."""
+    if logs is not None and len(logs) != len(commands):
+        raise ValueError(f"{len(commands)} commands but {len(logs)} logs")
     lines = []
     for number, argv in enumerate(commands):
         if not argv:
@@ -172,7 +175,10 @@ def task_list(commands: Sequence[Sequence[str]]) -> str:
                 "No job was submitted",
                 "the task list holds one command per line; pass such values in a file",
             )
-        lines.append(shlex.join(argv))
+        line = shlex.join(argv)
+        if logs is not None:
+            line += f" >>{shlex.quote(str(logs[number]))} 2>&1"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -314,6 +320,7 @@ def submit(
     chdir: Path | None = None,
     time_limit: str | None = None,
     job_name: str = "jdk-grade",
+    logs: Sequence[Path] | None = None,
 ) -> ArrayJob:
     """Write the task list and the job script into `workdir` (which every compute node must
     see: a shared filesystem) and submit one array task per command. Raises SlurmError."""
@@ -324,7 +331,7 @@ def submit(
     results = workdir / "results"
     results.mkdir(exist_ok=True)
     tasks = workdir / "tasks.txt"
-    tasks.write_text(task_list(commands))
+    tasks.write_text(task_list(commands, logs))
     script = workdir / "job.sh"
     script.write_text(build_script(tasks, results))
     script.chmod(0o755)
@@ -537,3 +544,185 @@ def _settle(job: ArrayJob, interval: float, timeout: float = 60.0) -> list[TaskS
         states[i] if i in states and states[i].finished else TaskState(i, "CANCELLED", "")
         for i in range(job.count)
     ]
+
+
+def preflight(partition: str | None = None) -> None:
+    """Check before any work that sbatch exists, the controller answers and the partition
+    is there; raises the same SlurmError submit() would. `grade --slurm` calls it first,
+    so a wrong --partition costs nothing."""
+    _require("sbatch", "Nothing was submitted")
+    sinfo = _require("sinfo", "Nothing was submitted")
+    try:
+        proc = subprocess.run(
+            [sinfo, "--noheader", "--format=%R"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise _sbatch_error("Unable to contact slurm controller (sinfo timed out)", None) from exc
+    if proc.returncode != 0:
+        raise _sbatch_error(proc.stderr, partition)
+    known = sorted(set(proc.stdout.split()))
+    if partition and partition not in known:
+        raise _sbatch_error("Invalid partition name specified", partition)
+
+
+class ArrayTask:
+    """One command of an ArrayRunner, as a job of grade.py's Runner protocol: poll() gives
+    its exit status once Slurm reports it finished, stop() and kill() cancel it."""
+
+    def __init__(self, runner: ArrayRunner, index: int, key: str, into: Path) -> None:
+        self.runner = runner
+        self.index = index
+        self.key = key
+        self.into = into
+
+    @property
+    def state(self) -> TaskState | None:
+        """Slurm's latest word on this task (None before the array is submitted)."""
+        return self.runner.states.get(self.index)
+
+    def poll(self) -> int | None:
+        """The task's exit code once it finished (2 for a task that never ran to an exit:
+        cancelled, timed out, node failure), else None. Cheap: squeue runs at most once per
+        runner interval, whoever asks."""
+        self.runner.refresh()
+        state = self.state
+        if state is None or not state.finished:
+            return None
+        if state.exit_code is not None:
+            return state.exit_code
+        return 128 + state.signal if state.signal else 2
+
+    def stop(self) -> None:
+        """Cancel the task (SIGTERM, then SIGKILL after the cluster's KillWait)."""
+        self.runner.cancel_task(self.index)
+
+    def kill(self) -> None:
+        """Cancel with SIGKILL at once."""
+        self.runner.cancel_task(self.index, hard=True)
+
+
+class ArrayRunner:
+    """grade.py's Runner for `grade --slurm`: every start()ed worker becomes one task of
+    ONE array job, submitted at the first poll() (grade_class starts them all first, with
+    --jobs set to their number; Slurm's --array=...%K is what limits how many run).
+
+    command(key, into) gives each worker's command line; its output goes to into/LOG_NAME,
+    and when a task ends Slurm's verdict in words is appended there too ("slurm: TIMEOUT:
+    ran past its Slurm time limit"), so the log's tail, which grade shows for a worker that
+    left no result, says why. The job's own files are in `workdir`.
+    """
+
+    LOG_NAME = "worker.log"
+
+    def __init__(
+        self,
+        command: Callable[[str, Path], Sequence[str]],
+        workdir: Path,
+        *,
+        partition: str | None = None,
+        limit: int | None = None,
+        chdir: Path | None = None,
+        time_limit: str | None = None,
+        job_name: str = "jdk-grade",
+        interval: float = 2.0,
+    ) -> None:
+        self.command = command
+        self.workdir = workdir
+        self.partition = partition
+        self.limit = limit
+        self.chdir = chdir
+        self.time_limit = time_limit
+        self.job_name = job_name
+        self.interval = interval
+        self.tasks: list[ArrayTask] = []
+        self.job: ArrayJob | None = None
+        self.states: dict[int, TaskState] = {}
+        self._polled_at = float("-inf")
+        self._failing_since: float | None = None
+        self._to_cancel: dict[int, bool] = {}
+
+    def start(self, key: str, into: Path) -> ArrayTask:
+        """Queue one worker; it is submitted with all the others at the first poll()."""
+        if self.job is not None:
+            raise RuntimeError("ArrayRunner: start() after the array was submitted")
+        task = ArrayTask(self, len(self.tasks), key, into)
+        self.tasks.append(task)
+        return task
+
+    def refresh(self) -> None:
+        """Submit the array if not yet done, send pending cancels, and ask squeue again
+        when the last answer is older than `interval`. Raises SlurmError when sbatch
+        refuses, or squeue has failed for UNREACHABLE_FOR seconds."""
+        if self.job is None and self._to_cancel:
+            # Stopped before the first poll (Ctrl-C during sbatch): submit nothing now.
+            self.states = {
+                t.index: TaskState(t.index, "CANCELLED", "never submitted") for t in self.tasks
+            }
+            return
+        if self.job is None:
+            commands = [self.command(t.key, t.into) for t in self.tasks]
+            self.job = submit(
+                commands,
+                self.workdir,
+                limit=self.limit,
+                partition=self.partition,
+                chdir=self.chdir,
+                time_limit=self.time_limit,
+                job_name=self.job_name,
+                logs=[t.into / self.LOG_NAME for t in self.tasks],
+            )
+        if self._to_cancel:
+            self._send_cancels()
+        now = time.monotonic()
+        if now - self._polled_at < self.interval:
+            return
+        self._polled_at = now
+        try:
+            states = poll(self.job, self.states)
+        except SlurmError:
+            self._failing_since = self._failing_since or now
+            if now - self._failing_since > UNREACHABLE_FOR:
+                raise
+            return
+        self._failing_since = None
+        for index, state in states.items():
+            before = self.states.get(index)
+            if state.finished and not (before is not None and before.finished):
+                self._note(self.tasks[index], state)
+        self.states = states
+
+    def _note(self, task: ArrayTask, state: TaskState) -> None:
+        """Append Slurm's verdict to the task's log (for a person, and grade's table)."""
+        try:
+            with open(task.into / self.LOG_NAME, "a") as out:
+                out.write(f"\nslurm: job {self.job_id}_{task.index}: {state.words()}\n")
+        except OSError as exc:  # the worker's directory may be gone (committed already)
+            log.debug("cannot note %s's end in %s: %s", task.key, task.into, exc)
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id if self.job else ""
+
+    def cancel_task(self, index: int, hard: bool = False) -> None:
+        """Mark a task to cancel; sent with the others in one scancel at the next refresh
+        (Ctrl-C stops every worker at once: one call, not one per student)."""
+        self._to_cancel[index] = self._to_cancel.get(index, False) or hard
+        self._polled_at = float("-inf")  # the next poll() asks squeue again
+
+    def _send_cancels(self) -> None:
+        assert self.job is not None
+        for hard in (False, True):
+            indexes = sorted(i for i, h in self._to_cancel.items() if h is hard)
+            if not indexes:
+                continue
+            argv = ["scancel", *(["--signal=KILL"] if hard else [])]
+            argv.append(f"{self.job.job_id}_[{','.join(map(str, indexes))}]")
+            try:
+                subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.warning("%s failed: %s", " ".join(argv), exc)
+        self._to_cancel.clear()

@@ -282,6 +282,9 @@ def test_array_runner_runs_started_workers_as_one_array_and_polls_each(
         f"slurm: job {job_id}_2: CANCELLED: cancelled (scancel, Ctrl-C or an administrator)\n"
     )
     assert log["dave"].startswith(f"job {job_id}\n")
+    assert (tmp_path / "slurm" / "tasks.txt").exists()
+    runner.close()  # every task finished: the job's own files go
+    assert not (tmp_path / "slurm").exists()
 
 
 def test_preflight_finds_the_partition_and_refuses_an_unknown_one(

@@ -561,12 +561,16 @@ def preflight(partition: str | None = None) -> None:
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise _sbatch_error("Unable to contact slurm controller (sinfo timed out)", None) from exc
+        raise _sbatch_error("Unable to contact slurm controller (sinfo timed out)", None).instead(
+            "Nothing was submitted"
+        ) from exc
     if proc.returncode != 0:
-        raise _sbatch_error(proc.stderr, partition)
+        raise _sbatch_error(proc.stderr, partition).instead("Nothing was submitted")
     known = sorted(set(proc.stdout.split()))
     if partition and partition not in known:
-        raise _sbatch_error("Invalid partition name specified", partition)
+        raise _sbatch_error("Invalid partition name specified", partition).instead(
+            "Nothing was submitted"
+        )
 
 
 class ArrayTask:
@@ -694,6 +698,15 @@ class ArrayRunner:
             if state.finished and not (before is not None and before.finished):
                 self._note(self.tasks[index], state)
         self.states = states
+
+    def close(self) -> None:
+        """Remove the job's files (task list, script, per-task results) once every task has
+        finished; keep them otherwise, for a person to look into. Called by grade at the end."""
+        finished = len(self.states) == len(self.tasks) and all(
+            s.finished for s in self.states.values()
+        )
+        if self.job is None or finished:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _note(self, task: ArrayTask, state: TaskState) -> None:
         """Append Slurm's verdict to the task's log (for a person, and grade's table)."""

@@ -104,6 +104,7 @@ def test_sbatch_argv_asks_for_one_task_per_command_and_a_file_per_task() -> None
         "--output=/w/results/%a.out",
         "--error=/w/results/%a.err",
         "--cpus-per-task=1",
+        "--export=ALL",
         "--partition=short",
         "--chdir=/c",
         "/w/job.sh",

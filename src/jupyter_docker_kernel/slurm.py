@@ -228,6 +228,9 @@ def sbatch_argv(
         f"--output={results}/%a.out",
         f"--error={results}/%a.err",
         f"--cpus-per-task={cpus_per_task}",
+        # The worker needs this environment (PATH, JUPYTER_*, DOCKER_HOST), whatever a
+        # site's SBATCH_EXPORT default says.
+        "--export=ALL",
     ]
     if partition:
         argv.append(f"--partition={partition}")

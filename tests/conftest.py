@@ -28,6 +28,8 @@ from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.rundir import runtime_base
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE
+from tests import slurm_cluster as slurm
+from tests.slurm_cluster import OneNodeCluster
 
 # nbgrader.utils imports setuptools, whose shim swaps in its own distutils and asserts that
 # nothing imported the standard library's first; in a full run something has, so the tests
@@ -337,6 +339,25 @@ def engine_kernel(engine_kind: str, request: pytest.FixtureRequest) -> str:
 needs_docker_cli = pytest.mark.skipif(
     shutil.which("docker") is None, reason="needs the docker CLI (not a daemon) on PATH"
 )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[OneNodeCluster]:
+    """A real one-node Slurm cluster (tests/slurm_cluster.py) for the session, SLURM_CONF
+    pointing at it meanwhile; stopped and removed at the end, also after a failure. Fails
+    under CI when Slurm is not installed (scripts/bootstrap-slurm installs it)."""
+    missing = slurm.missing_programs()
+    if missing:
+        not_here(f"Slurm is missing ({', '.join(missing)}); run scripts/bootstrap-slurm", "Slurm")
+    cluster = slurm.OneNodeCluster.start(Path(tempfile.gettempdir()))
+    print(f"\none-node Slurm cluster up in {cluster.started_in:.1f} s at {cluster.root}")
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in cluster.env().items():
+                patch.setenv(name, value)
+            yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -188,6 +188,14 @@ def host_processes(tag: str, exclude: set[int], helpers: bool = True) -> list[Ho
 _KERNEL_LABEL = "io.github.jupyter-docker-kernel.kernel-id"
 
 
+def labels_of(km: Any) -> set[str]:
+    """The kernel-id label its container may have (container.kernel_id_from): the argv
+    launcher's is from the connection file's name, the provisioner's from the kernel id."""
+    names = (Path(km.connection_file).name, f"kernel-{km.kernel_id}.json")
+    stems = (name.removesuffix(".json").removeprefix("kernel-") for name in names)
+    return {(re.sub(r"[^a-zA-Z0-9_.-]", "-", s).strip("-.") or "kernel")[:36] for s in stems}
+
+
 def kernel_containers(kernel_ids: set[str]) -> set[str]:
     """Full ids of the running containers of these kernels (by their kernel-id label)."""
     proc = subprocess.run(
@@ -277,6 +285,20 @@ async def _stop_all(kernels: list[tuple[Any, Any]], batch: int) -> None:
         )
 
 
+def uses_helper(kernel: str) -> bool:
+    """Whether kernelspec `kernel` is ours (argv launcher or provisioner), so that its
+    kernels use the resident helper, which is counted even when an earlier measurement
+    started it (it stays for its idle time); a native kernel's row must not count it."""
+    import json
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(kernel).to_dict()
+    return "jupyter_docker_kernel" in json.dumps(spec) or "docker" in json.dumps(
+        spec.get("metadata", {}).get("kernel_provisioner", {})
+    )
+
+
 def plumbing(kernel: str, count: int, batch: int, cwd: str, settle: float) -> dict[str, Any]:
     """Per-kernel host memory (MiB) with `count` kernels of `kernel` running at once.
 
@@ -288,6 +310,7 @@ def plumbing(kernel: str, count: int, batch: int, cwd: str, settle: float) -> di
     """
     tag = os.environ[TAG_VAR]
     me = {os.getpid()}
+    helpers = uses_helper(kernel)
     wait_quiet(tag, me)
     before = own_rss_kib()
 
@@ -295,14 +318,14 @@ def plumbing(kernel: str, count: int, batch: int, cwd: str, settle: float) -> di
         kernels = await _start_many(kernel, count, batch, cwd)
         try:
             await asyncio.sleep(settle)  # let a refill or a lifeline child come up
-            procs, rss = host_processes(tag, me), own_rss_kib()
-            ids = kernel_containers({km.kernel_id[:36] for km, _ in kernels})
+            procs, rss = host_processes(tag, me, helpers), own_rss_kib()
+            ids = kernel_containers({x for km, _ in kernels for x in labels_of(km)})
             return procs, rss, engine_shims(ids)
         finally:
             await _stop_all(kernels, batch)
 
     procs, after, shims = asyncio.run(measure())
-    helpers = [p for p in procs if p.argv0 == "helper"]
+    helper = [p for p in procs if p.argv0 == "helper"]
     names: dict[str, int] = {}
     for p in procs:
         names[p.argv0] = names.get(p.argv0, 0) + 1
@@ -311,8 +334,8 @@ def plumbing(kernel: str, count: int, batch: int, cwd: str, settle: float) -> di
         "pss": sum(p.pss_kib for p in procs) / 1024 / count,
         "processes": len(procs) / count,
         "client_rss": (after - before) / 1024 / count,
-        "helper_rss": sum(p.rss_kib for p in helpers) / 1024,
-        "helper_pss": sum(p.pss_kib for p in helpers) / 1024,
+        "helper_rss": sum(p.rss_kib for p in helper) / 1024,
+        "helper_pss": sum(p.pss_kib for p in helper) / 1024,
         "engine_rss": sum(p.rss_kib for p in shims) / 1024 / count,
         "engine_pss": sum(p.pss_kib for p in shims) / 1024 / count,
         "names": names,

@@ -565,10 +565,10 @@ def plumbing_rows(
             f"client RSS growth per kernel, {count} kernels", "MiB"
         )
         shim_rss = rows[f"shim_rss{count}"] = Row(
-            f"engine's shim per container (not ours), {count} kernels: RSS", "MiB"
+            f"engine shim per kernel (not ours), {count} kernels: RSS", "MiB"
         )
         shim_pss = rows[f"shim_pss{count}"] = Row(
-            f"engine's shim per container (not ours), {count} kernels: PSS", "MiB"
+            f"engine shim per kernel (not ours), {count} kernels: PSS", "MiB"
         )
         for label, (tree, kernel) in plan.memory.items():
             print(f"{label}: {count} kernels at once", file=sys.stderr)
@@ -784,6 +784,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     series = result["rows"]["start"]["series"]
     labels = ordered(series)
+    if not labels:
+        return  # a run of other rows only (--repeat 0)
     fig, ax = plt.subplots(figsize=(7, 1.6 + 0.35 * len(labels)))
     ax.boxplot([series[label]["samples"] for label in labels], orientation="horizontal")
     for i, label in enumerate(labels, start=1):

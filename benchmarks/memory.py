@@ -101,6 +101,10 @@ def tagged(tag: str, exclude: set[int]) -> list[tuple[int, bytes]]:
     return found
 
 
+#: In the command line of a resident helper (thin.spawn_argv's both forms).
+_HELPER = b"jupyter_docker_kernel.helper"
+
+
 def parents() -> dict[int, int]:
     """pid -> parent pid of every process (/proc/PID/stat's fourth field, after the
     command name in parentheses, which may hold spaces)."""
@@ -134,16 +138,17 @@ def our_helpers() -> set[int]:
         except OSError:
             continue
         python = argv[0] == sys.executable.encode()
-        if python and b"jupyter_docker_kernel.helper" in b" ".join(argv) and base in argv:
+        if python and _HELPER in b" ".join(argv) and base in argv:
             found.add(int(entry))
     return found
 
 
 def ours(tag: str, exclude: set[int], helpers: bool = True) -> list[tuple[int, bytes]]:
-    """(pid, cmdline) of every host process of ours: tagged ones, our helpers (unless
-    helpers=False), and all their descendants, but not `exclude` (the client) and nothing
-    in a container."""
-    roots = {pid for pid, _ in tagged(tag, exclude)}
+    """(pid, cmdline) of every host process of ours: tagged ones, our helpers, and all
+    their descendants, but not `exclude` (the client) and nothing in a container.
+    helpers=False: no resident helper, tagged or not (a native kernel's row: the helper
+    an earlier row's client spawned inherited its tag)."""
+    roots = {pid for pid, cmd in tagged(tag, exclude) if helpers or _HELPER not in cmd}
     if helpers:
         roots |= our_helpers() - exclude
     ppid = parents()
@@ -173,7 +178,7 @@ def measured(procs: list[tuple[int, bytes]]) -> list[HostProcess]:
         except OSError:
             continue
         argv0 = Path(cmdline.split(b"\0")[0].decode(errors="replace")).name
-        if b"jupyter_docker_kernel.helper" in cmdline:
+        if _HELPER in cmdline:
             argv0 = "helper"  # the one resident helper, apart from the thin clients
         out.append(HostProcess(pid, argv0, rss, pss))
     return out

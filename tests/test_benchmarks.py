@@ -147,3 +147,19 @@ def test_worker_runs_operations_and_reports_their_errors() -> None:
 def test_baseline_that_is_neither_a_path_nor_a_revision() -> None:
     with pytest.raises(SystemExit, match="neither a directory nor a git revision"):
         worker.prepare_baseline("no-such-revision-or-dir", None)
+
+
+def test_a_native_row_counts_no_helper_even_a_tagged_one() -> None:
+    """An earlier row's client spawned it, so it inherited the tag; native kernels do not
+    use it."""
+    tag = f"test-tagged-helper-{os.getpid()}"
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "jupyter_docker_kernel.helper"]
+    proc = subprocess.Popen(argv, env=os.environ | {memory.TAG_VAR: tag})
+    try:
+        time.sleep(0.3)
+        assert memory.host_processes(tag, exclude={os.getpid()}, helpers=False) == []
+        found = memory.host_processes(tag, exclude={os.getpid()}, helpers=True)
+        assert [p.argv0 for p in found if p.pid == proc.pid] == ["helper"]
+    finally:
+        proc.kill()
+        proc.wait()

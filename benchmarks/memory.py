@@ -6,17 +6,24 @@ N kernels a few at a time, waits for each one's first kernel_info reply, and the
 RSS and PSS over every host process the kernels added:
 
 - which processes: those whose environment carries this client's JDK_BENCH_TAG (the
-  launcher, its `docker run`, forked watchdogs, the provisioner's lifeline watchdog and
-  its `docker run -i`/`docker wait`, detached pool refills, a resident helper started on
-  demand: all inherit the client's environment), minus the client itself and minus
-  processes inside a container's cgroup (the kernel's own; the engine does not pass the
-  host's environment in, but a shared PID namespace or `--env-host` would).
+  thin client or launcher, its `docker run`, forked watchdogs, the provisioner's lifeline
+  watchdog and its `docker run -i`/`docker wait`, detached pool refills, a resident
+  helper started on demand: all inherit the client's environment), the resident helper
+  of this tree and runtime base whoever started it (our_helpers: an earlier run's may
+  still serve), and every descendant of those (the helper's pool refills and their engine
+  CLI calls get the kernel's client's filtered environment, thin.client_env, which has no
+  tag); minus the client itself and minus processes inside a container's cgroup (the
+  kernel's own; the engine does not pass the host's environment in, but a shared PID
+  namespace or `--env-host` would).
 - RSS (VmRSS of /proc/PID/status) counts shared pages (libpython, the docker binary) in
   full in every process; PSS (/proc/PID/smaps_rollup) divides each shared page among the
   processes that map it, so N kernels' PSS sums to what they really cost together.
 
 Engine processes (dockerd, containerd, the per-container shim) are not ours and not
-counted: they do not inherit our environment. For the provisioner the client's own RSS
+counted: they do not inherit our environment. The shim is one process per container,
+though (`containerd-shim-runc-v2 -id CONTAINER`), so it is reported on its own, for the
+kernels' containers only (engine_rss, engine_pss): what any containerised kernel costs
+beyond itself, whichever launcher started it. For the provisioner the client's own RSS
 growth per kernel is reported too (its relay threads and sockets live in the client).
 """
 
@@ -25,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,18 +101,136 @@ def tagged(tag: str, exclude: set[int]) -> list[tuple[int, bytes]]:
     return found
 
 
-def host_processes(tag: str, exclude: set[int]) -> list[HostProcess]:
-    """The tagged host processes with their RSS and PSS (KiB); vanished ones are skipped."""
-    procs = []
-    for pid, cmdline in tagged(tag, exclude):
+#: In the command line of a resident helper (thin.spawn_argv's both forms).
+_HELPER = b"jupyter_docker_kernel.helper"
+
+
+def parents() -> dict[int, int]:
+    """pid -> parent pid of every process (/proc/PID/stat's fourth field, after the
+    command name in parentheses, which may hold spaces)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = _read(f"/proc/{entry}/stat")
+        except OSError:
+            continue
+        found[int(entry)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    return found
+
+
+def our_helpers() -> set[int]:
+    """The resident helpers of this tree (its Python) for its runtime base: they host the
+    argv kernels (and sweep for provisioners) whoever started them, so they are ours to
+    count even when started before the tag was (an earlier run's, still idle)."""
+    try:
+        from jupyter_docker_kernel.rundir import runtime_base
+    except ImportError:
+        return set()
+    base = str(runtime_base()).encode()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = _read(f"/proc/{entry}/cmdline").split(b"\0")
+        except OSError:
+            continue
+        python = argv[0] == sys.executable.encode()
+        if python and _HELPER in b" ".join(argv) and base in argv:
+            found.add(int(entry))
+    return found
+
+
+def ours(tag: str, exclude: set[int], helpers: bool = True) -> list[tuple[int, bytes]]:
+    """(pid, cmdline) of every host process of ours: tagged ones, our helpers, and all
+    their descendants, but not `exclude` (the client) and nothing in a container.
+    helpers=False: no resident helper, tagged or not (a native kernel's row: the helper
+    an earlier row's client spawned inherited its tag)."""
+    roots = {pid for pid, cmd in tagged(tag, exclude) if helpers or _HELPER not in cmd}
+    if helpers:
+        roots |= our_helpers() - exclude
+    ppid = parents()
+    found = []
+    for pid in ppid:
+        if pid in exclude:
+            continue
+        up, seen = pid, 0
+        while up > 1 and up not in roots and seen < 64:
+            up, seen = ppid.get(up, 0), seen + 1
+        if up not in roots or in_container(pid):
+            continue
+        try:
+            found.append((pid, _read(f"/proc/{pid}/cmdline")))
+        except OSError:
+            continue
+    return found
+
+
+def measured(procs: list[tuple[int, bytes]]) -> list[HostProcess]:
+    """These processes with their RSS and PSS (KiB); vanished ones are skipped."""
+    out = []
+    for pid, cmdline in procs:
         try:
             rss = _kib(_read(f"/proc/{pid}/status").decode(), "VmRSS:")
             pss = _kib(_read(f"/proc/{pid}/smaps_rollup").decode(), "Pss:")
         except OSError:
             continue
         argv0 = Path(cmdline.split(b"\0")[0].decode(errors="replace")).name
-        procs.append(HostProcess(pid, argv0, rss, pss))
-    return procs
+        if _HELPER in cmdline:
+            argv0 = "helper"  # the one resident helper, apart from the thin clients
+        out.append(HostProcess(pid, argv0, rss, pss))
+    return out
+
+
+def host_processes(tag: str, exclude: set[int], helpers: bool = True) -> list[HostProcess]:
+    """Our host processes (ours()) with their RSS and PSS (KiB)."""
+    return measured(ours(tag, exclude, helpers))
+
+
+#: The label every kernel container carries, its value the kernel's id (engine.py's).
+_KERNEL_LABEL = "io.github.jupyter-docker-kernel.kernel-id"
+
+
+def labels_of(km: Any) -> set[str]:
+    """The kernel-id label its container may have (container.kernel_id_from): the argv
+    launcher's is from the connection file's name, the provisioner's from the kernel id."""
+    names = (Path(km.connection_file).name, f"kernel-{km.kernel_id}.json")
+    stems = (name.removesuffix(".json").removeprefix("kernel-") for name in names)
+    return {(re.sub(r"[^a-zA-Z0-9_.-]", "-", s).strip("-.") or "kernel")[:36] for s in stems}
+
+
+def kernel_containers(kernel_ids: set[str]) -> set[str]:
+    """Full ids of the running containers of these kernels (by their kernel-id label)."""
+    proc = subprocess.run(
+        ["docker", "ps", "--no-trunc", "--filter", f"label={_KERNEL_LABEL}", "--format",
+         f'{{{{.ID}}}} {{{{.Label "{_KERNEL_LABEL}"}}}}'],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    ids = set()
+    for line in proc.stdout.splitlines():
+        cid, _, kernel_id = line.partition(" ")
+        if kernel_id in kernel_ids:
+            ids.add(cid)
+    return ids
+
+
+def engine_shims(container_ids: set[str]) -> list[HostProcess]:
+    """The engine's per-container shim processes of these containers (not ours)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = _read(f"/proc/{entry}/cmdline").split(b"\0")
+        except OSError:
+            continue
+        if not os.path.basename(argv[0]).startswith(b"containerd-shim") or b"-id" not in argv:
+            continue
+        if argv[argv.index(b"-id") + 1].decode(errors="replace") in container_ids:
+            found.append((int(entry), b"\0".join(argv)))
+    return measured(found)
 
 
 def own_rss_kib() -> int:
@@ -117,7 +244,7 @@ def wait_quiet(tag: str, exclude: set[int], timeout: float = 20.0) -> None:
     while time.monotonic() < deadline:
         left = [
             cmd
-            for _, cmd in tagged(tag, exclude)
+            for _, cmd in ours(tag, exclude)
             if any(t in cmd for t in _TRANSIENT) or cmd.startswith(b"docker")
         ]
         if not left:
@@ -163,27 +290,47 @@ async def _stop_all(kernels: list[tuple[Any, Any]], batch: int) -> None:
         )
 
 
+def uses_helper(kernel: str) -> bool:
+    """Whether kernelspec `kernel` is ours (argv launcher or provisioner), so that its
+    kernels use the resident helper, which is counted even when an earlier measurement
+    started it (it stays for its idle time); a native kernel's row must not count it."""
+    import json
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(kernel).to_dict()
+    return "jupyter_docker_kernel" in json.dumps(spec) or "docker" in json.dumps(
+        spec.get("metadata", {}).get("kernel_provisioner", {})
+    )
+
+
 def plumbing(kernel: str, count: int, batch: int, cwd: str, settle: float) -> dict[str, Any]:
     """Per-kernel host memory (MiB) with `count` kernels of `kernel` running at once.
 
     Returns rss, pss (sums over our host processes, divided by count), processes (host
-    processes per kernel), client_rss (this client's RSS growth per kernel) and, for the
-    record, the processes of the sample by name.
+    processes per kernel), client_rss (this client's RSS growth per kernel), helper_rss
+    and helper_pss (the resident helper's, once: in rss and pss, not divided), engine_rss
+    and engine_pss (the engine's per-container shims, per kernel: not in rss and pss)
+    and, for the record, the processes of the sample by name.
     """
     tag = os.environ[TAG_VAR]
     me = {os.getpid()}
+    helpers = uses_helper(kernel)
     wait_quiet(tag, me)
     before = own_rss_kib()
 
-    async def measure() -> tuple[list[HostProcess], int]:
+    async def measure() -> tuple[list[HostProcess], int, list[HostProcess]]:
         kernels = await _start_many(kernel, count, batch, cwd)
         try:
             await asyncio.sleep(settle)  # let a refill or a lifeline child come up
-            return host_processes(tag, me), own_rss_kib()
+            procs, rss = host_processes(tag, me, helpers), own_rss_kib()
+            ids = kernel_containers({x for km, _ in kernels for x in labels_of(km)})
+            return procs, rss, engine_shims(ids)
         finally:
             await _stop_all(kernels, batch)
 
-    procs, after = asyncio.run(measure())
+    procs, after, shims = asyncio.run(measure())
+    helper = [p for p in procs if p.argv0 == "helper"]
     names: dict[str, int] = {}
     for p in procs:
         names[p.argv0] = names.get(p.argv0, 0) + 1
@@ -192,5 +339,9 @@ def plumbing(kernel: str, count: int, batch: int, cwd: str, settle: float) -> di
         "pss": sum(p.pss_kib for p in procs) / 1024 / count,
         "processes": len(procs) / count,
         "client_rss": (after - before) / 1024 / count,
+        "helper_rss": sum(p.rss_kib for p in helper) / 1024,
+        "helper_pss": sum(p.pss_kib for p in helper) / 1024,
+        "engine_rss": sum(p.rss_kib for p in shims) / 1024 / count,
+        "engine_pss": sum(p.pss_kib for p in shims) / 1024 / count,
         "names": names,
     }

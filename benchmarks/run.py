@@ -564,6 +564,12 @@ def plumbing_rows(
         client = rows[f"client{count}"] = Row(
             f"client RSS growth per kernel, {count} kernels", "MiB"
         )
+        shim_rss = rows[f"shim_rss{count}"] = Row(
+            f"engine shim per kernel (not ours), {count} kernels: RSS", "MiB"
+        )
+        shim_pss = rows[f"shim_pss{count}"] = Row(
+            f"engine shim per kernel (not ours), {count} kernels: PSS", "MiB"
+        )
         for label, (tree, kernel) in plan.memory.items():
             print(f"{label}: {count} kernels at once", file=sys.stderr)
             if kind(label) in POOLED:  # a full pool, as on a server that has run a while
@@ -578,7 +584,13 @@ def plumbing_rows(
             pss.of(label).add(got["pss"])
             procs.of(label).add(got["processes"])
             client.of(label).add(got["client_rss"])
-            counted[f"{label} x{count}"] = got["names"]
+            if kind(label) != "native":  # a native kernel has no container, no shim
+                shim_rss.of(label).add(got["engine_rss"])
+                shim_pss.of(label).add(got["engine_pss"])
+            counted[f"{label} x{count}"] = {
+                "names": got["names"],
+                **{k: round(got[k], 2) for k in ("helper_rss", "helper_pss") if k in got},
+            }
     return counted
 
 
@@ -772,6 +784,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     series = result["rows"]["start"]["series"]
     labels = ordered(series)
+    if not labels:
+        return  # a run of other rows only (--repeat 0)
     fig, ax = plt.subplots(figsize=(7, 1.6 + 0.35 * len(labels)))
     ax.boxplot([series[label]["samples"] for label in labels], orientation="horizontal")
     for i, label in enumerate(labels, start=1):

@@ -80,12 +80,54 @@ def test_tagged_host_processes_are_found_with_rss_and_pss(
     tagged_sleep: subprocess.Popen[bytes],
 ) -> None:
     tag = f"test-{os.getpid()}"
-    found = memory.host_processes(tag, exclude={os.getpid()})
+    # helpers=False: this run's own resident helpers (of earlier tests) are not the point.
+    found = memory.host_processes(tag, exclude={os.getpid()}, helpers=False)
     assert [p.pid for p in found] == [tagged_sleep.pid]
     assert found[0].rss_kib > 1000
     assert 0 < found[0].pss_kib <= found[0].rss_kib
-    assert memory.host_processes(tag, exclude={tagged_sleep.pid}) == []
-    assert memory.host_processes(tag + "-other", exclude=set()) == []
+    assert memory.host_processes(tag, exclude={tagged_sleep.pid}, helpers=False) == []
+    assert memory.host_processes(tag + "-other", exclude=set(), helpers=False) == []
+
+
+SPAWN_UNTAGGED = (
+    "import subprocess, sys, time; "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], env={}); "
+    "time.sleep(60)"
+)
+
+
+def test_an_untagged_child_of_a_tagged_process_is_counted() -> None:
+    """As the resident helper's pool refills are: they get the kernel's client's filtered
+    environment (no tag), but they exist for our kernels."""
+    tag = f"test-child-{os.getpid()}"
+    env = os.environ | {memory.TAG_VAR: tag}
+    parent = subprocess.Popen([sys.executable, "-c", SPAWN_UNTAGGED], env=env)
+    try:
+        time.sleep(0.5)
+        found = memory.host_processes(tag, exclude={os.getpid()}, helpers=False)
+        assert len(found) == 2
+        assert parent.pid in {p.pid for p in found}
+    finally:
+        for child in memory.ours(tag, {os.getpid(), parent.pid}, helpers=False):
+            os.kill(child[0], 9)
+        parent.kill()
+        parent.wait()
+
+
+def test_a_resident_helper_of_this_tree_and_base_is_counted_untagged() -> None:
+    """One started before the tag was (an earlier run's, still idle) hosts our kernels."""
+    from jupyter_docker_kernel.rundir import runtime_base
+
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    argv += ["jupyter_docker_kernel.helper", "--base", str(runtime_base())]
+    proc = subprocess.Popen(argv, env={})
+    try:
+        time.sleep(0.3)
+        found = memory.host_processes(f"test-none-{os.getpid()}", exclude={os.getpid()})
+        assert [(p.pid, p.argv0) for p in found if p.pid == proc.pid] == [(proc.pid, "helper")]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_worker_runs_operations_and_reports_their_errors() -> None:
@@ -105,3 +147,19 @@ def test_worker_runs_operations_and_reports_their_errors() -> None:
 def test_baseline_that_is_neither_a_path_nor_a_revision() -> None:
     with pytest.raises(SystemExit, match="neither a directory nor a git revision"):
         worker.prepare_baseline("no-such-revision-or-dir", None)
+
+
+def test_a_native_row_counts_no_helper_even_a_tagged_one() -> None:
+    """An earlier row's client spawned it, so it inherited the tag; native kernels do not
+    use it."""
+    tag = f"test-tagged-helper-{os.getpid()}"
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "jupyter_docker_kernel.helper"]
+    proc = subprocess.Popen(argv, env=os.environ | {memory.TAG_VAR: tag})
+    try:
+        time.sleep(0.3)
+        assert memory.host_processes(tag, exclude={os.getpid()}, helpers=False) == []
+        found = memory.host_processes(tag, exclude={os.getpid()}, helpers=True)
+        assert [p.argv0 for p in found if p.pid == proc.pid] == ["helper"]
+    finally:
+        proc.kill()
+        proc.wait()

@@ -68,10 +68,19 @@ def hold(request: helper.Request, control: helper.Control) -> int:
     return 5
 
 
-def sweep(pid: int, start: str) -> None:
+def sweep(pid: int, start: str, env: dict[str, str] | None = None) -> None:
     """A janitor that leaves a file saying whom it swept after (not the start's sweep)."""
     if pid:
         Path(os.environ["JDK_TEST_SWEPT"]).write_text(f"{pid} {start}")
+
+
+def sweep_env(pid: int, start: str, env: dict[str, str] | None = None) -> None:
+    """A janitor that leaves, per pid, the engine variables it was given to sweep with."""
+    if pid:
+        used = os.environ if env is None else env
+        names = ("DOCKER_CONFIG", "DOCKER_HOST", "JUPYTER_DOCKER_KERNEL_ENGINE")
+        text = json.dumps({name: used.get(name) for name in names})
+        Path(f"{os.environ['JDK_TEST_SWEPT']}.{pid}").write_text(text)
 
 
 # -- the test side ------------------------------------------------------------------------
@@ -433,6 +442,48 @@ def test_a_janitor_client_gets_its_sweep_when_it_closes(base: Path, tmp_path: Pa
     proc.communicate()
     wait_for(swept.exists, 1.0)
     assert swept.read_text() == "4242 start-1"
+
+
+JANITOR = (
+    "import json, sys, time; from jupyter_docker_kernel import thin; "
+    "s = thin.register_janitor(sys.argv[1], sys.argv[4], int(sys.argv[3]), 'start', "
+    "json.loads(sys.argv[2])); print('registered' if s else 'none', flush=True); "
+    "time.sleep(60)"
+)
+
+
+def test_each_janitor_client_is_swept_with_its_own_environment(base: Path, tmp_path: Path) -> None:
+    """Two janitor clients of one helper, with different DOCKER_CONFIG: each one's sweep
+    gets its own (the first one's spawned the helper), its engine variables pointed at
+    the helper's engine (a Jupyter server's DOCKER_HOST need not be its kernels')."""
+    swept = tmp_path / "swept"
+    argv = helper_argv(base, "tests.test_helper:echo", janitor="tests.test_helper:sweep_env")
+    engine = thin.engine_key()  # the helper's, which the clients' DOCKER_HOST is not
+    procs = []
+    for pid, config in ((4242, "/config-a"), (4343, "/config-b")):
+        env = {**os.environ, "PYTHONPATH": ROOT, "JDK_TEST_SWEPT": str(swept)}
+        env |= {"DOCKER_CONFIG": config, "DOCKER_HOST": "unix:///elsewhere.sock"}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", JANITOR, str(base), json.dumps(argv), str(pid), engine],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "registered"
+    for proc in reversed(procs):  # the helper's spawner last
+        proc.kill()
+        proc.communicate()
+    command, _, address = engine.rpartition(" ")
+    for pid, config in ((4242, "/config-a"), (4343, "/config-b")):
+        path = Path(f"{swept}.{pid}")
+        wait_for(path.exists, 2.0)
+        assert json.loads(path.read_text()) == {
+            "DOCKER_CONFIG": config,
+            "DOCKER_HOST": address or None,
+            "JUPYTER_DOCKER_KERNEL_ENGINE": command,
+        }
 
 
 def test_peer_uid_check() -> None:

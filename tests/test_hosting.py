@@ -224,6 +224,47 @@ def test_a_killed_helper_ends_a_claimed_warm_kernel_within_5s(
         assert cli.main(["gc", "--pools", name]) == 0
 
 
+def docker_config(path: Path, proxy: str) -> Path:
+    """A DOCKER_CONFIG dir whose config.json names an HTTP proxy, which the docker CLI puts
+    into the environment of every container it creates: an engine-visible trace of which
+    client's configuration a container was made with."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"proxies": {"default": {"httpProxy": proxy}}}))
+    return path
+
+
+def proxy_of(container: str) -> str:
+    env = inspect(container)["Config"]["Env"]  # type: ignore[index]
+    found = [item.partition("=")[2] for item in env if item.startswith("HTTP_PROXY=")]
+    return found[0] if found else ""
+
+
+def test_each_clients_pool_refill_is_made_with_its_own_environment(
+    kernel_image: str, workdir: Path, tmp_path: Path
+) -> None:
+    """One helper serves two clients with different DOCKER_CONFIG (each names its own
+    proxy): each client's warm container, which the refill for its kernel starts, is made
+    with that client's configuration, not with whichever client's spawned the helper."""
+    clients = {}
+    for client in ("a", "b"):
+        name = f"jdk-test-hosting-env-{client}"
+        # Their own pools: the env setting is part of the pool key.
+        extra = ("--no-workdir", "--pool", "1", "--pool-ttl", "120", "--env", f"JDK_C={client}")
+        spec = install_kernel(name, kernel_image, *extra)
+        proxy = f"http://proxy-{client}.invalid:3128"
+        config = docker_config(tmp_path / f"docker-{client}", proxy)
+        clients[client] = (name, key_of(spec), proxy, {"DOCKER_CONFIG": str(config)})
+    (name_a, key_a, proxy_a, env_a), (name_b, key_b, proxy_b, env_b) = clients.values()
+    try:
+        with kernels(name_a, workdir, 1, env_a) as a, kernels(name_b, workdir, 1, env_b) as b:
+            assert owner_pid(a[0][0]) == owner_pid(b[0][0])  # one helper for both
+            for key, proxy in ((key_a, proxy_a), (key_b, proxy_b)):
+                wait_until(lambda key=key: bool(warm_ready(key)), 60)
+                assert [proxy_of(warm) for warm in warm_ready(key)] == [proxy]
+    finally:
+        assert cli.main(["gc", "--pools", name_a, name_b]) == 0
+
+
 def test_gc_and_the_janitor_keep_the_helpers_own_files() -> None:
     base = runtime_base()
     path = base / f"{thin.HELPER_PREFIX}0000000000000000.log"

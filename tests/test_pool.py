@@ -735,3 +735,41 @@ def test_a_claim_raises_the_weight_only_when_its_refill_did_not(tmp_path: Path) 
             made.adopt(pool.Claim("jdk-pool-x", "cid1", made.base, ours, raised=raised))
             time.sleep(0.3)
         assert backend.calls == ([] if raised else [("update", "cid1", "1024")])
+
+
+#: An engine CLI that only notes how it was called (and with which DOCKER_HOST), and fails.
+FAKE_ENGINE = '#!/bin/sh\necho "$DOCKER_HOST $*" >> "$JDK_TEST_ENGINE_LOG"\nexit 1\n'
+
+
+def test_a_refill_calls_the_engine_with_its_backends_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resident helper's refills: a kernel's Engine carries its client's environment
+    (its PATH finds its engine CLI), and the refill process gets it, not ours. Ours points
+    at no engine, so a refill that used it would reach nothing."""
+    from jupyter_docker_kernel import manage
+    from jupyter_docker_kernel.local_backend import CliBackend
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/ours.sock")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_ENGINE)
+    (bin_dir / "docker").chmod(0o755)
+    log = tmp_path / "engine.log"
+    client = {
+        "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "HOME": str(tmp_path),
+        "DOCKER_HOST": "unix:///nonexistent/the-clients.sock",
+        "JDK_TEST_ENGINE_LOG": str(log),
+    }
+    settings = KernelSettings(image="jdk-test-none/none:1", workdir="none", pool=1)
+    base = tmp_path / "rt"
+    base.mkdir(mode=0o700)
+    refill = CliBackend(engine.Engine(environ=client)).fill(
+        settings, base, manage.placeholder_launch(settings)
+    )
+    assert isinstance(refill, pool.GatedRefill)
+    refill.open()
+    assert refill.proc.wait(timeout=60) == 1  # the fake engine refused it
+    calls = log.read_text().splitlines() if log.exists() else []
+    assert any(call.startswith("unix:///nonexistent/the-clients.sock run ") for call in calls)

@@ -1057,8 +1057,12 @@ class ExitWatch:
             return True
         import select
 
+        # poll, not select: a helper or server hosting many kernels has descriptors above
+        # select's 1024, where its ValueError read as "exited" and failed cold starts.
+        poller = select.poll()
         with contextlib.suppress(OSError, ValueError):
-            return bool(select.select([self._sock], [], [], 0)[0])
+            poller.register(self._sock, select.POLLIN)
+            return bool(poller.poll(0))
         return True
 
     def code(self) -> int:

@@ -17,7 +17,7 @@ client -> helper
      raw settings JSON text), ``connection_file`` (absolute), ``cwd``, ``client_pid`` (the
      thin client's parent: the Jupyter server or nbclient), ``env`` (the variables named
      by thin.ENV_PREFIXES/ENV_NAMES), ``debug``. ``kind: "janitor"`` adds ``pid`` and
-     ``start`` (the process to sweep after).
+     ``start`` (the process to sweep after) and ``env`` (as a kernel's).
   2. Then single bytes, each a signal number the client received: 2 (SIGINT),
      15 (SIGTERM), 1 (SIGHUP), in the order they arrived.
   3. EOF (or a reset): the client is gone. A kernel session's runner must stop the kernel;
@@ -36,15 +36,19 @@ helper -> client
 
 Who calls what: thin.run() is the client. A runner (`Runner`: `(Request, Control) -> int`)
 is named by --runner MODULE:FUNCTION; `--janitor MODULE:FUNCTION` names the sweep
-(`(pid, start) -> None`), which also runs once when the helper starts, with pid 0 (what a
-previous helper left). They default to hosting.run_kernel (an argv kernel's session:
-session.run) and reaper.sweep_after (gc's rules); `refuse` and `log_janitor` are
-the placeholders (a runner that makes every client fall back, a janitor that only logs).
+(`(pid, start, env) -> None`: env is the janitor client's, its engine variables pointed at
+ours, see client_env), which also runs once when the helper starts, with pid 0 (what a
+previous helper left) and env None (this process's). They default to hosting.run_kernel
+(an argv kernel's session: session.run) and reaper.sweep_after (gc's rules); `refuse` and
+`log_janitor` are the placeholders (a runner that makes every client fall back, a janitor
+that only logs).
 
 The helper's environment is that of the client that spawned it; at start it points its
 engine variables (JUPYTER_DOCKER_KERNEL_ENGINE, DOCKER_HOST) at the engine it serves (its
---engine), so that what runs here without a request (the sweep, refills) reaches that
-engine. `JUPYTER_DOCKER_KERNEL_HELPER_IDLE` (seconds) overrides the idle timeout.
+--engine), so that what runs here without a request (the start's sweep) reaches that
+engine. Everything done for a request uses that request's env instead: a later client may
+have another DOCKER_CONTEXT, DOCKER_CONFIG, PATH or HOME than the first.
+`JUPYTER_DOCKER_KERNEL_HELPER_IDLE` (seconds) overrides the idle timeout.
 
 How a runner uses Control (hosting.run_kernel is the real one): it raises RefusedError
 while nothing exists (the client falls back), calls `accept()` once it starts something,
@@ -54,9 +58,10 @@ returns the exit code. Log records reach its client when they name the session
 (`SESSION_ATTR`, a LoggerAdapter's extra), come from code running in its context
 (`CURRENT`, which the tasks it starts on the loop inherit) or from a bound thread.
 
-The engine CLI and anything else run for a session must get `request.env` (the client's
-DOCKER_HOST, PATH, HOME, JUPYTER_*), not this process's environment, which is whichever
-client came first. Threads the runner starts call `control.bind_thread()` to have their
+The engine CLI and anything else run for a session (its pool refill: the Engine made with
+environ=request.env hands it on, see local_backend's fill) must get `request.env` (the
+client's DOCKER_HOST, PATH, HOME, JUPYTER_*), not this process's environment, which is
+whichever client came first. Threads the runner starts call `control.bind_thread()` to have their
 log records reach the client.
 """
 
@@ -262,7 +267,8 @@ def _call(fn: _Callback, *args: object) -> None:
 #: Runner: run one kernel session to its end and return the exit code for the client.
 Runner = Callable[[Request, Control], int]
 #: Janitor: sweep what process `pid` (started at `start`) left behind; it has just gone.
-Janitor = Callable[[int, str], None]
+#: The third argument: the environment for its engine calls (None: this process's).
+Janitor = Callable[[int, str, dict[str, str] | None], None]
 
 
 class RefusedError(Exception):
@@ -275,7 +281,7 @@ def refuse(request: Request, control: Control) -> int:
     raise RefusedError("no kernel runner in this helper")
 
 
-def log_janitor(pid: int, start: str) -> None:
+def log_janitor(pid: int, start: str, env: dict[str, str] | None = None) -> None:
     """The default janitor: only says that it would sweep."""
     who = f"process {pid} (start {start}) went away" if pid else "the helper started"
     log.info("janitor: %s; no sweep is plugged in", who)
@@ -541,6 +547,7 @@ class Helper:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: dict[str, Any]
     ) -> None:
         pid, start = int(raw.get("pid", 0)), str(raw.get("start", ""))
+        env = client_env(raw, self.engine)
         self.janitors += 1
         try:
             writer.write(f"A {os.getpid()}\n".encode())
@@ -549,15 +556,15 @@ class Helper:
         finally:
             self.janitors -= 1
             self.last_busy = time.monotonic()
-        await self._sweep(pid, start)
+        await self._sweep(pid, start, env)
         self._maybe_finish()
 
-    async def _sweep(self, pid: int, start: str) -> None:
+    async def _sweep(self, pid: int, start: str, env: dict[str, str] | None = None) -> None:
         """Run the janitor off the loop (it calls the engine), counted as busy."""
         assert self.loop is not None
         self.janitors += 1
         try:
-            await self.loop.run_in_executor(None, self.janitor, pid, start)
+            await self.loop.run_in_executor(None, self.janitor, pid, start, env)
         except Exception:
             log.exception("the janitor's sweep after pid %d failed", pid)
         finally:
@@ -642,6 +649,27 @@ async def _read_some(reader: asyncio.StreamReader) -> bytes:
 def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
     if not writer.is_closing():
         writer.write(data)
+
+
+def client_env(raw: dict[str, Any], engine: str) -> dict[str, str] | None:
+    """A janitor request's env with its engine variables pointed at `engine` (ours, a
+    thin.engine_key), as use_engine does to this process's: a Jupyter server registers
+    with the engine address of its kernelspecs' engine_host, not of its DOCKER_HOST.
+    None when it sent none or a malformed one (this process's environment is used)."""
+    env = raw.get("env")
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        return None
+    env = dict(env)
+    command, _, address = engine.rpartition(" ")
+    if command:
+        env["JUPYTER_DOCKER_KERNEL_ENGINE"] = command
+    if address:
+        env["DOCKER_HOST"] = address
+    else:
+        env.pop("DOCKER_HOST", None)
+    return env
 
 
 def use_engine(engine: str) -> None:

@@ -6,7 +6,8 @@ helper starts. A session here is session.run, the same code the launcher's own p
 runs without a helper; what differs is in its Hooks:
 
 - the engine CLI gets the *request's* environment (DOCKER_HOST, PATH, HOME, JUPYTER_*):
-  this process's belongs to whichever client spawned it;
+  this process's belongs to whichever client spawned it; so does the pool refill it
+  spawns (through the Engine: LocalBackend.fill), and the sweep after a janitor client;
 - the kernel's output and the session's log lines go to its client's stderr
   (Control.write), which is the Jupyter server's log, as they did from the launcher;
 - the relay runs on the helper's one event loop (Control.loop) and the wait in a thread;

@@ -287,7 +287,8 @@ class CliBackend:
         return self.engine.remove(name)
 
     def fill(self, settings: KernelSettings, base: Path, launch: hardening.Launch) -> Refill:
-        return pool.fill_in_background(settings, base, launch, gated=True)
+        # The engine's environment: in the resident helper, this kernel's client's.
+        return pool.fill_in_background(settings, base, launch, gated=True, env=self.engine.env())
 
     def watchdog(self, name: str, cidfile: Path, base: Path) -> int:
         return fork_watchdog(self.engine.executable(), name, cidfile, base)

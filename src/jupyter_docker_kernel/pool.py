@@ -40,7 +40,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -483,7 +483,12 @@ class GatedRefill:
 
 
 def fill_in_background(
-    settings: KernelSettings, base: Path, launch: hardening.Launch, *, gated: bool = False
+    settings: KernelSettings,
+    base: Path,
+    launch: hardening.Launch,
+    *,
+    gated: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> GatedRefill:
     """Run fill() in a process of its own: it must outlive a kernel that is stopped right
     after answering, as nbgrader does with every notebook, and a one-shot client (nbconvert,
@@ -493,6 +498,8 @@ def fill_in_background(
 
     The process never imports from our cwd, the notebook's directory (see hostpython), and
     gets the settings on its stdin: in argv, `ps` would show them to every local user.
+    env: its environment (None: ours), which its engine CLI calls get: the resident helper
+    passes each kernel's client's (refill_env).
     """
     import threading
 
@@ -505,6 +512,7 @@ def fill_in_background(
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
+        env=None if env is None else refill_env(env),
     )
     # Written here, not in a thread: the launcher may exit right after (nbgrader stops each
     # kernel once it answered), and a daemon thread would die with it, payload unsent.
@@ -520,6 +528,14 @@ def fill_in_background(
         refill.close()
     threading.Thread(target=proc.wait, daemon=True).start()  # no zombie while we run
     return refill
+
+
+def refill_env(env: Mapping[str, str]) -> dict[str, str]:
+    """A refill's environment: `env` for its engine calls, with our PYTHON* variables: it
+    runs our interpreter and must import our package (a PYTHONPATH that found it), which
+    a client's environment need not hold (thin.client_env does not send them)."""
+    ours = {k: v for k, v in os.environ.items() if k.startswith("PYTHON")}
+    return {**{k: v for k, v in env.items() if not k.startswith("PYTHON")}, **ours}
 
 
 def read_payload(fd: int, gate: float) -> str:

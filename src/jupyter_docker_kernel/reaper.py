@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,10 +159,12 @@ def collect(
     return result
 
 
-def sweep_after(pid: int, start: str) -> None:
+def sweep_after(pid: int, start: str, env: Mapping[str, str] | None = None) -> None:
     """The janitor's sweep (helper.Janitor): process `pid` (0: the helper is starting, or
     the caller's parent is already gone) went away; remove what any dead owner left on
-    this process's engine (its DOCKER_HOST), by collect's rules. Its containers (kept ones
+    its engine, by collect's rules. env: the environment of the engine CLI calls (the
+    helper passes its janitor client's: its DOCKER_CONTEXT, DOCKER_CONFIG, PATH, HOME);
+    None: this process's. Its containers (kept ones
     too: gVisor, Podman) and runtime dirs are orphans by then: a Jupyter server's
     provisioner kernels, whose lifelines closed with it, or a killed thin client's. Only
     dirs with an owner marker go (marked_only): this runs unasked. The resident helper
@@ -169,7 +172,7 @@ def sweep_after(pid: int, start: str) -> None:
     (watchdog.watch_owner) call this."""
     who = f"process {pid} (start {start})" if pid else "a process already gone"
     try:
-        result = collect(Engine(), marked_only=True)
+        result = collect(Engine(environ=env), marked_only=True)
     except (DockerKernelError, OSError) as exc:  # a janitor has nobody to tell but its log
         log.warning("janitor: could not sweep after %s: %s", who, exc)
         return

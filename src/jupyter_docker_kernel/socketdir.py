@@ -88,9 +88,9 @@ class SocketDirGuard:
         self._check(self._strangers())
         while not self.violated:
             if self._fd >= 0:
-                ready, _, _ = select.select([self._stop_r, self._fd], [], [])
+                ready = readable([self._stop_r, self._fd], None)
             else:
-                ready, _, _ = select.select([self._stop_r], [], [], POLL_INTERVAL)
+                ready = readable([self._stop_r], POLL_INTERVAL)
             if self._stop_r in ready:
                 return
             if self._fd < 0:
@@ -187,6 +187,18 @@ class SocketDirGuard:
                 ):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
+
+
+def readable(fds: list[int], timeout: float | None) -> list[int]:
+    """Those of `fds` ready to read (or at EOF, or in error) within `timeout` seconds (None:
+    wait). poll(2), not select(2): a process hosting many kernels (the resident helper, a
+    Jupyter server's provisioner) has descriptors above select's limit of 1024, where
+    select raises ValueError (and this guard's thread would die, unwatched)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    events = poller.poll(None if timeout is None else timeout * 1000)
+    return [fd for fd, _ in events]
 
 
 def _inotify_watch(path: Path) -> int:

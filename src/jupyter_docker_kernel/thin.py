@@ -42,11 +42,17 @@ FALLBACK = None
 LOST_EXIT = 1
 #: How long a client waits for a helper it started to listen (the design's 2 s).
 SPAWN_WAIT = 2.0
-#: Environment variables a session carries to the helper, which was started by whichever
-#: client came first and so must not use its own environment for a kernel: names with these
-#: prefixes, and these names exactly. The engine CLI needs PATH and HOME (~/.docker).
+#: Environment variables a request (kernel or janitor) carries to the helper, which was
+#: started by whichever client came first and so must not use its own environment for a
+#: kernel, its pool refill or its sweep: names with these prefixes, and these names exactly.
+#: What picks and configures the engine: JUPYTER_DOCKER_KERNEL_ENGINE, DOCKER_HOST, and
+#: what the helper's key leaves out: DOCKER_CONTEXT, DOCKER_CONFIG (contexts, credential
+#: helpers, the proxies `docker run` puts into containers), DOCKER_CERT_PATH,
+#: CONTAINER_HOST (Podman); the CLI's PATH and HOME (~/.docker, ~/.ssh).
 ENV_PREFIXES = ("JUPYTER", "JPY_", "DOCKER_", "CONTAINER_", "CONTAINERS_")
-#: SSH_AUTH_SOCK: an ssh:// DOCKER_HOST's CLI asks the client's agent.
+#: SSH_AUTH_SOCK: an ssh:// DOCKER_HOST's CLI asks the client's agent. XDG_RUNTIME_DIR:
+#: Podman's rootless socket. The runtime base (XDG_RUNTIME_DIR, TMPDIR) is not taken from
+#: a request: it names the helper's socket, so a client with another base has its own.
 ENV_NAMES = (
     *("PATH", "HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "TMPDIR"),
     *("SSH_AUTH_SOCK", "LANG", "LC_ALL"),
@@ -269,12 +275,18 @@ def connect_or_spawn(
         os.close(fd)  # releases the flock
 
 
+def client_env() -> dict[str, str]:
+    """The environment a request carries (ENV_PREFIXES, ENV_NAMES): what the helper uses
+    for this client's engine CLI calls, pool refills and janitor sweep, never its own."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES) or k in ENV_NAMES}
+    env.pop("JUPYTER_DOCKER_KERNEL_SETTINGS", None)  # a kernel's is `settings`, sent once
+    return env
+
+
 def request_for(
     settings: str, connection_file: str, *, debug: bool = False, kind: str = "kernel"
 ) -> dict[str, object]:
     """The one JSON line a kernel session starts with (see helper.py's protocol)."""
-    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES) or k in ENV_NAMES}
-    env.pop("JUPYTER_DOCKER_KERNEL_SETTINGS", None)  # it is `settings`, sent once
     return {
         "v": PROTOCOL,
         "version": __version__,
@@ -284,7 +296,7 @@ def request_for(
         "connection_file": os.path.abspath(connection_file) if connection_file else "",
         "cwd": os.getcwd(),
         "client_pid": os.getppid(),
-        "env": env,
+        "env": client_env(),
         "debug": debug,
     }
 
@@ -411,6 +423,7 @@ def register_janitor(
         "engine": engine,
         "pid": pid,
         "start": start,
+        "env": client_env(),
     }
     accepted = _accepted(base, engine, request, argv)
     return accepted[0] if accepted is not None else None

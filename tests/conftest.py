@@ -29,6 +29,9 @@ from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.rundir import runtime_base
 from jupyter_docker_kernel.settings import DEFAULT_IMAGE
 
+#: The remote nodes' fixtures (tests/nodes.py): node, pushed_node, on_node.
+pytest_plugins = ["tests.nodes"]
+
 # nbgrader.utils imports setuptools, whose shim swaps in its own distutils and asserts that
 # nothing imported the standard library's first; in a full run something has, so the tests
 # that import nbgrader in-process failed by order. The standard library's copy is enough.

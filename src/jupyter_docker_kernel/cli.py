@@ -349,6 +349,16 @@ def add_image_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     checking.add_argument("--json", action="store_true", help="print JSON instead of text")
     checking.set_defaults(func=cmd_image_check)
+    pushing = image_sub.add_parser(
+        "push",
+        help="copy an image to remote nodes over SSH (docker save | docker load), only "
+        "where the node's image ID differs",
+    )
+    pushing.add_argument("nodes", nargs="+", metavar="NODE", help="ssh://user@host[:port]")
+    pushing.add_argument(
+        "--tag", default=DEFAULT_IMAGE, help=f"the image (default {DEFAULT_IMAGE})"
+    )
+    pushing.set_defaults(func=cmd_image_push)
 
 
 def add_gc_command(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -652,6 +662,16 @@ def cmd_image_build(args: argparse.Namespace, engine: Engine) -> int:
     )
     if result.tag != DEFAULT_IMAGE:
         print(f"Use it: jupyter-docker-kernel setup --name NAME --image {result.tag}")
+    return 0
+
+
+def cmd_image_push(args: argparse.Namespace, engine: Engine) -> int:
+    from jupyter_docker_kernel import push
+
+    say = lambda line: print(line, flush=True)  # noqa: E731 - one-line progress sink
+    pushed = push.push(engine, args.tag, args.nodes, progress=say)
+    copied = sum(p.copied for p in pushed)
+    print(f"{args.tag}: copied to {copied} node(s), {len(pushed) - copied} had it already")
     return 0
 
 

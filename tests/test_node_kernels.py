@@ -1,0 +1,177 @@
+"""A kernel on a remote node (issue 13), the user's story through jupyter_client: setup
+--engine-host ssh://..., a real KernelManager starts the argv launcher, the kernel runs in
+the node's own engine with its runtime dir on the node, its sockets reached through the
+SSH connection; interrupt, shutdown, and the ends nobody asked for (the launcher killed
+mid-cell, the SSH connection cut). Real nodes (tests/nodes.py), no mocks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
+
+from jupyter_docker_kernel.ssh import CONFIG_ENV, Connection
+from tests.conftest import install_kernel
+from tests.kernels import (
+    execute,
+    kernel_key,
+    launcher_process,
+    stream_text,
+    wait_for_execute_input,
+    wait_until,
+)
+from tests.nodes import NodeUnderTest
+
+pytestmark = [pytest.mark.nodes, pytest.mark.docker]
+
+NODE_KERNEL = "jdk-test-node"
+
+
+@pytest.fixture(scope="module")
+def node_kernel(pushed_node: NodeUnderTest, kernel_image: str) -> Iterator[str]:
+    """A kernelspec whose kernels run on the session's node, with a copy of the work dir;
+    the product's ssh calls use the node's ssh_config meanwhile."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CONFIG_ENV, str(pushed_node.ssh_config))
+        install_kernel(
+            NODE_KERNEL, kernel_image, "--engine-host", pushed_node.url, "--copy-workdir"
+        )
+        yield NODE_KERNEL
+
+
+def node_containers(node: NodeUnderTest, key: str) -> list[str]:
+    """The node's containers (any state) of the kernel with this key."""
+    return node.docker("ps", "-aq", "--filter", f"name=^jdk-{key}-").stdout.split()
+
+
+def host_containers(key: str) -> list[str]:
+    proc = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"name=^jdk-{key}-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.split()
+
+
+def started(
+    kernel: str, workdir: Path, log: Path
+) -> tuple[KernelManager, BlockingKernelClient, float]:
+    """A kernel of spec `kernel` answering, its launcher's stderr in log; the seconds its
+    start took (start_kernel to kernel_info's reply)."""
+    km = KernelManager(kernel_name=kernel)
+    began = time.monotonic()
+    with log.open("wb") as err:
+        km.start_kernel(cwd=str(workdir), stderr=err)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+    except Exception:
+        print(log.read_text(errors="replace"))
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        raise
+    return km, kc, time.monotonic() - began
+
+
+def test_kernel_on_a_node_runs_code_interrupts_and_shuts_down(
+    pushed_node: NodeUnderTest, node_kernel: str, workdir: Path, tmp_path: Path
+) -> None:
+    """The kernel's container is on the node and not here, its runtime dir is on the node
+    (a path of this host's /tmp is not there), the work dir's copy arrived, code runs,
+    an interrupt stops a cell, and after the shutdown nothing of it is left there."""
+    (workdir / "data.txt").write_text("from the host\n")
+    host_only = tmp_path / "only-on-the-host"
+    host_only.write_text("x")
+    km, kc, took = started(node_kernel, workdir, tmp_path / "launcher.log")
+    key = kernel_key(km)
+    try:
+        print(f"kernel on {pushed_node.url} answered {took:.2f} s after start_kernel")
+        assert node_containers(pushed_node, key)
+        assert not host_containers(key)
+        reply, outputs = execute(kc, "print(open('data.txt').read().strip(), 6 * 7)")
+        assert reply["status"] == "ok"
+        assert stream_text(outputs) == "from the host 42\n"
+        # The kernel's runtime dir is on the node: the node has it, and lacks this host's.
+        dirs = pushed_node.ssh("sh", "-c", "ls -d /tmp/jupyter-docker-kernel-*/*").stdout
+        assert f"/{key}-" in dirs
+        assert pushed_node.ssh("test", "-e", str(host_only), check=False).returncode == 1
+        rounds = []
+        for _ in range(20):
+            t0 = time.monotonic()
+            execute(kc, "pass")
+            rounds.append(time.monotonic() - t0)
+        print(f"`pass` round trip on the node: median {sorted(rounds)[10] * 1000:.1f} ms")
+        msg_id = kc.execute("import time; time.sleep(60)")
+        wait_for_execute_input(kc, msg_id)
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=30)
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+    wait_until(lambda: not node_containers(pushed_node, key), timeout=15)
+    left = pushed_node.ssh("sh", "-c", "ls -d /tmp/jupyter-docker-kernel-*/* || true").stdout
+    assert f"/{key}-" not in left
+
+
+def test_sigkill_to_the_launcher_mid_cell_ends_the_node_container_within_5s(
+    pushed_node: NodeUnderTest, node_kernel: str, workdir: Path, tmp_path: Path
+) -> None:
+    km, kc, _ = started(node_kernel, workdir, tmp_path / "launcher.log")
+    key = kernel_key(km)
+    try:
+        msg_id = kc.execute("import time; time.sleep(600)")
+        wait_for_execute_input(kc, msg_id)
+        launcher = launcher_process(km)
+        os.killpg(launcher.pid, signal.SIGKILL)  # as jupyter_client's kill does
+        took = wait_until(
+            lambda: not pushed_node.docker("ps", "-q", "--filter", f"name=^jdk-{key}-").stdout,
+            timeout=5,
+        )
+        print(f"node container ended {took:.2f} s after the launcher's SIGKILL")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_a_lost_ssh_connection_ends_the_kernel_and_the_log_names_the_node(
+    pushed_node: NodeUnderTest, node_kernel: str, workdir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL to the ssh master mid-cell: the node's container ends within 5 s (its
+    `docker run -i` lost its stdin, the lifeline), and the launcher's log says which node."""
+    log = tmp_path / "launcher.log"
+    km, kc, _ = started(node_kernel, workdir, log)
+    key = kernel_key(km)
+    try:
+        msg_id = kc.execute("import time; time.sleep(600)")
+        wait_for_execute_input(kc, msg_id)
+        connection = Connection.to(pushed_node.url)
+        check = subprocess.run(
+            [*connection.options(), "-O", "check", connection.node.destination()],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        master = int(check.stderr.split("pid=")[1].split(")")[0])
+        os.kill(master, signal.SIGKILL)
+        took = wait_until(
+            lambda: not pushed_node.docker("ps", "-q", "--filter", f"name=^jdk-{key}-").stdout,
+            timeout=5,
+        )
+        print(f"node container ended {took:.2f} s after the ssh master's SIGKILL")
+        wait_until(lambda: km.is_alive() is False, timeout=10)
+        said = log.read_text(errors="replace")
+        assert f"(the SSH connection to the node {pushed_node.url} was lost)" in said
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

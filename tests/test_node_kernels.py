@@ -22,6 +22,7 @@ from tests.conftest import install_kernel
 from tests.kernels import (
     execute,
     kernel_key,
+    key_of,
     launcher_process,
     stream_text,
     wait_for_execute_input,
@@ -175,3 +176,27 @@ def test_a_lost_ssh_connection_ends_the_kernel_and_the_log_names_the_node(
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_provisioner_kernel_on_a_node_runs_code_and_leaves_nothing(
+    pushed_node: NodeUnderTest, kernel_image: str, workdir: Path, tmp_path: Path
+) -> None:
+    """The provisioner's path (in the client's process, no launcher): the same backend."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CONFIG_ENV, str(pushed_node.ssh_config))
+        name = f"{NODE_KERNEL}-prov"
+        install_kernel(
+            name, kernel_image, "--engine-host", pushed_node.url, "--no-workdir", "--provisioner"
+        )
+        km, kc, took = started(name, workdir, tmp_path / "server.log")
+        key = key_of(km)
+        try:
+            print(f"provisioner kernel on the node answered {took:.2f} s after start_kernel")
+            assert node_containers(pushed_node, key)
+            reply, outputs = execute(kc, "print(6 * 7)")
+            assert reply["status"] == "ok"
+            assert stream_text(outputs) == "42\n"
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel()
+        wait_until(lambda: not node_containers(pushed_node, key), timeout=15)

@@ -108,6 +108,8 @@ def node() -> Iterator[NodeUnderTest]:
     if shutil.which("sshd", path="/usr/sbin:/usr/bin") is None:
         not_here("no sshd: run scripts/bootstrap-nodes", "node")
     name = node_session_name()
+    # Nodes of killed sessions (no teardown ran): their starter is gone.
+    subprocess.run([str(SCRIPT), "gc"], capture_output=True, timeout=300, check=False)
     try:
         made = start_node(name)
         print(f"\ntest node {name} at {made.url} started in {made.start_seconds:.1f} s")

@@ -17,6 +17,7 @@ import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
+import tests.test_kernel_protocol as protocol
 from jupyter_docker_kernel.ssh import CONFIG_ENV, Connection
 from tests.conftest import install_kernel
 from tests.kernels import (
@@ -200,3 +201,11 @@ def test_provisioner_kernel_on_a_node_runs_code_and_leaves_nothing(
             kc.stop_channels()
             km.shutdown_kernel()
         wait_until(lambda: not node_containers(pushed_node, key), timeout=15)
+
+
+@pytest.mark.usefixtures("node_kernel")
+class TestNodeKernelProtocol(protocol.TestContainerKernel):
+    """The public kernel test suite (jupyter_kernel_test) against a kernel on the node:
+    every message type through the relay, the forwarded sockets and SSH."""
+
+    kernel_name = NODE_KERNEL

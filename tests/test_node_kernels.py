@@ -18,6 +18,8 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
 import tests.test_kernel_protocol as protocol
+from jupyter_docker_kernel import doctor
+from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.ssh import CONFIG_ENV, Connection
 from tests.conftest import install_kernel
 from tests.kernels import (
@@ -29,7 +31,7 @@ from tests.kernels import (
     wait_for_execute_input,
     wait_until,
 )
-from tests.nodes import NodeUnderTest
+from tests.nodes import NodeUnderTest, start_node, stop_node
 
 pytestmark = [pytest.mark.nodes, pytest.mark.docker]
 
@@ -209,3 +211,37 @@ class TestNodeKernelProtocol(protocol.TestContainerKernel):
     every message type through the relay, the forwarded sockets and SSH."""
 
     kernel_name = NODE_KERNEL
+
+
+def test_doctor_checks_the_node_of_a_kernelspec(
+    pushed_node: NodeUnderTest, node_kernel: str
+) -> None:
+    """doctor asks the node: its engine, the image there (as recorded), and a unix socket
+    forwarded from it answering, the path the kernel's channels take."""
+    report = doctor.run_checks(Engine(), node_kernel)
+    found = {c.name.split(": ", 1)[1]: c for c in report.checks if c.name.startswith(node_kernel)}
+    assert found["node"].status == "OK", found["node"]
+    assert pushed_node.url in found["node"].detail
+    assert found["image"].status == "OK", found["image"]
+    assert found["sockets"].status == "OK", found["sockets"]
+
+
+def test_doctor_says_to_push_the_image_to_a_node_without_it(
+    node: NodeUnderTest, kernel_image: str
+) -> None:
+    """A second node, fresh: the image check FAILs with the `image push` line to run."""
+    name = f"{node.name[:6]}y"
+    other = start_node(name)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(CONFIG_ENV, str(other.ssh_config))
+            spec = f"{NODE_KERNEL}-bare"
+            install_kernel(
+                spec, kernel_image, "--engine-host", other.url, "--no-workdir", "--skip-checks"
+            )
+            report = doctor.run_checks(Engine(), spec)
+        image = next(c for c in report.checks if c.name == f"{spec}: image")
+        assert image.status == "FAIL"
+        assert f"image push {other.url}" in image.fix
+    finally:
+        stop_node(name)

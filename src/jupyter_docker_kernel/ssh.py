@@ -367,3 +367,45 @@ class Connection:
                 "The kernel was stopped",
                 "Check that the node's sshd allows AllowStreamLocalForwarding.",
             )
+
+
+#: Where a node's engine listens (the docker CLI's default): doctor's round trip reaches it.
+NODE_ENGINE_SOCKET = "/var/run/docker.sock"
+
+
+def socket_round_trip(connection: Connection, remote: str = NODE_ENGINE_SOCKET) -> float:
+    """doctor's check of the kernel's path: forward a fresh local unix socket to `remote`
+    on the node, as a kernel's sockets are, and ask the engine behind it for /_ping through
+    it; returns the seconds it took. EngineError when the forward or the answer fails
+    (sshd refusing unix-socket forwards, the node user not reaching the socket)."""
+    import socket
+    import tempfile
+    import time
+
+    connection.ensure()
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=runtime_base(), prefix="probe-ssh-") as tmp:
+        local = f"{tmp}/s"
+        connection.forward([(local, remote)])
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(CONNECT_TIMEOUT)
+                sock.connect(local)
+                sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: node\r\n\r\n")
+                answer = b""
+                while chunk := sock.recv(4096):
+                    answer += chunk
+        except OSError as exc:
+            answer = f"({exc})".encode()
+        finally:
+            connection.forward([(local, remote)], cancel=True)
+    first = answer.split(b"\r\n", 1)[0].decode(errors="replace")
+    if not answer.startswith(b"HTTP/1.") or " 200 " not in first:
+        raise EngineError(
+            f"a unix socket forwarded from the node {connection.node.url} ({remote}) did not "
+            f"answer: {first or 'the connection was closed'}",
+            "No kernel can be reached there",
+            "Allow unix-socket forwarding in the node's sshd (AllowStreamLocalForwarding and "
+            "AllowTcpForwarding local or yes), and the node user the engine's socket.",
+        )
+    return time.monotonic() - began

@@ -18,7 +18,7 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
 import tests.test_kernel_protocol as protocol
-from jupyter_docker_kernel import doctor
+from jupyter_docker_kernel import doctor, push
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.ssh import CONFIG_ENV, Connection
 from tests.conftest import install_kernel
@@ -243,5 +243,47 @@ def test_doctor_says_to_push_the_image_to_a_node_without_it(
         image = next(c for c in report.checks if c.name == f"{spec}: image")
         assert image.status == "FAIL"
         assert f"image push {other.url}" in image.fix
+    finally:
+        stop_node(name)
+
+
+def test_each_start_goes_to_the_least_loaded_node_and_a_silent_one_is_skipped(
+    pushed_node: NodeUnderTest, kernel_image: str, workdir: Path, tmp_path: Path
+) -> None:
+    """setup --node A --node B --node C (C refuses connections): two kernels started one
+    after the other run on different nodes (the second sees the first's container), and
+    each start's log says C was skipped."""
+    name = f"{pushed_node.name[:6]}z"
+    other = start_node(name)
+    try:
+        config = tmp_path / "ssh_config"
+        config.write_text(pushed_node.ssh_config.read_text() + other.ssh_config.read_text())
+        silent = f"{pushed_node.url}:2222"  # nothing listens there
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(CONFIG_ENV, str(config))
+            push.push(Engine(), kernel_image, [other.url])
+            spec = f"{NODE_KERNEL}-pool"
+            install_kernel(
+                spec,
+                kernel_image,
+                *("--node", pushed_node.url, "--node", other.url, "--node", silent),
+                "--no-workdir",
+            )
+            first = started(spec, workdir, tmp_path / "first.log")
+            second = started(spec, workdir, tmp_path / "second.log")
+            try:
+                keys = [kernel_key(km) for km, _, _ in (first, second)]
+                where = [
+                    {n.url for n in (pushed_node, other) if node_containers(n, key)} for key in keys
+                ]
+                assert len(where[0]) == len(where[1]) == 1, where
+                assert where[0] != where[1], where
+                for log in ("first.log", "second.log"):
+                    said = (tmp_path / log).read_text(errors="replace")
+                    assert f"node {silent} skipped for this start" in said
+            finally:
+                for km, kc, _ in (first, second):
+                    kc.stop_channels()
+                    km.shutdown_kernel(now=True)
     finally:
         stop_node(name)

@@ -11,7 +11,7 @@ import pytest
 
 from jupyter_docker_kernel import hardening
 from jupyter_docker_kernel.errors import EngineError
-from jupyter_docker_kernel.node_backend import kernel_dir_bundle, node_launch
+from jupyter_docker_kernel.node_backend import Load, choose, kernel_dir_bundle, node_launch
 from jupyter_docker_kernel.rundir import RunDir
 from jupyter_docker_kernel.settings import KernelSettings
 from jupyter_docker_kernel.ssh import Node, ssh_failure
@@ -107,3 +107,16 @@ def test_kernel_dir_bundle_holds_private_files_and_the_supervisor(tmp_path: Path
         assert supervise is not None
         assert supervise.read() == Path(hardening.SUPERVISOR_PATH).read_bytes()
         assert "_usage.py" in members
+
+
+def test_the_least_loaded_node_that_answered_is_chosen() -> None:
+    loads = [
+        Load("ssh://a", running=3, available_mib=9000),
+        Load("ssh://b", running=1, available_mib=100),
+        Load("ssh://c", running=1, available_mib=4000),
+        Load("ssh://d", error="connection refused"),
+    ]
+    chosen = choose(loads)
+    assert chosen is not None
+    assert chosen.url == "ssh://c"
+    assert choose([Load("ssh://d", error="no answer in time")]) is None

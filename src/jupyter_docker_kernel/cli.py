@@ -215,6 +215,14 @@ def add_setup_command(sub: argparse._SubParsersAction[Parser]) -> None:
         "Container Toolkit; checked now)",
     )
     add_engine_options(setup)
+    setup.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="ssh://USER@HOST[:PORT]",
+        help="run the kernels on remote nodes over SSH, each start on the least-loaded one "
+        "that answers (repeatable; docs/nodes.md)",
+    )
     limits = setup.add_argument_group(
         "limits (built-in defaults in brackets; jupyter_docker_kernel_config.py may change them)"
     )
@@ -490,7 +498,8 @@ def settings_from_args(
         "gpus": args.gpus,
         "workdir_root": args.workdir_root,
         "kernel_user": args.kernel_user,
-        "engine_host": engine_host(args),
+        "engine_host": engine_host(args) or (args.node[0] if args.node else None),
+        "nodes": tuple(args.node) or None,
         "kernel_transport": args.kernel_transport,
         "keep_entrypoint": args.keep_entrypoint or None,
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},

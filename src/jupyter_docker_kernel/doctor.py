@@ -329,7 +329,9 @@ def _check_spec(
             f"{count} extra mount(s), host paths exist" if count else "no extra mounts",
         )
     if (settings.engine_host or "").startswith("ssh://"):
-        _check_node(engine, settings, label, add)
+        for url in settings.nodes or (settings.engine_host,):
+            node = Engine(engine.command, host=url, environ=engine.environ)
+            _check_node(node, settings, label if len(settings.nodes) < 2 else f"{label} {url}", add)
         return None
     if info is None:
         add(f"{label}: image", "SKIP", "engine unreachable")
@@ -383,7 +385,7 @@ def _check_node(
     probe container does not run on nodes yet."""
     from jupyter_docker_kernel.ssh import Connection, socket_round_trip
 
-    where = settings.engine_host
+    where = node.address()
     try:
         info = node.info(timeout=30)
     except DockerKernelError as exc:

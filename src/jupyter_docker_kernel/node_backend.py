@@ -24,6 +24,11 @@ for an ssh:// engine address. What runs where:
 - Engine calls (signal, rm, inspect, wait, rename) are the docker CLI on the node, through
   the same connection (Engine.command_line does that for every ssh:// engine).
 
+A pool of nodes (setup --node a --node b): each start asks every node at once for its
+load (the engine's running containers, the node's available memory) and runs on the
+least-loaded one that answered within PICK_TIMEOUT (`pick`); the others are skipped with
+one log line each.
+
 Not yet: warm pools on nodes (claim finds none, fill does nothing), the socket-dir guard
 on the node's side, kernel_transport "tcp".
 """
@@ -38,6 +43,8 @@ import os
 import subprocess
 import tarfile
 import threading
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from jupyter_docker_kernel import hardening, pool
@@ -176,8 +183,81 @@ class NoRefill:
         pass
 
 
+#: A node that has not said its load this soon is skipped for this start.
+PICK_TIMEOUT = 5.0
+#: Asked of every node of a pool at each start: the engine's running containers, the
+#: node's available memory (kB).
+_LOAD_SCRIPT = (
+    'docker info --format "{{.ContainersRunning}}" && '
+    "awk '/^MemAvailable:/ {print $2}' /proc/meminfo"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """What a node said about its load, or why it said nothing (error)."""
+
+    url: str
+    running: int = 0
+    available_mib: int = 0
+    error: str = ""
+
+
+def node_load(connection: Connection) -> Load:
+    """Ask one node for its load (blocks up to ssh's connect timeout)."""
+    url = connection.node.url
+    try:
+        proc = connection.run(["sh", "-c", _LOAD_SCRIPT], timeout=PICK_TIMEOUT, check=False)
+    except (EngineError, OSError, subprocess.SubprocessError) as exc:
+        return Load(url, error=str(exc))
+    words = proc.stdout.decode().split()
+    if proc.returncode != 0 or len(words) != 2 or not all(w.isdigit() for w in words):
+        said = proc.stderr.decode(errors="replace").strip().splitlines()
+        return Load(url, error=f"its engine does not answer ({said[-1] if said else words})")
+    return Load(url, int(words[0]), int(words[1]) >> 10)
+
+
+def choose(loads: Sequence[Load]) -> Load | None:
+    """The least-loaded node that answered: fewest running containers, then the most
+    available memory; None when none answered (pure)."""
+    answered = [load for load in loads if not load.error]
+    if not answered:
+        return None
+    return min(answered, key=lambda load: (load.running, -load.available_mib))
+
+
+def pick(urls: Sequence[str], environ: Mapping[str, str] | None) -> Load:
+    """Ask every node at once; a node silent after PICK_TIMEOUT is skipped with one log
+    line, and EngineError (one line) when none answers."""
+    results: dict[str, Load] = {}
+
+    def ask(url: str) -> None:
+        results[url] = node_load(Connection.to(url, environ))
+
+    threads = [threading.Thread(target=ask, args=(url,), daemon=True) for url in urls]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + PICK_TIMEOUT
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    loads = [results.get(url) or Load(url, error="no answer in time") for url in urls]
+    for load in loads:
+        if load.error:
+            log.warning("node %s skipped for this start: %s", load.url, load.error)
+    chosen = choose(loads)
+    if chosen is None:
+        raise EngineError(
+            f"none of the nodes {', '.join(urls)} answers",
+            "No kernel was started",
+            "`jupyter-docker-kernel doctor` checks each; the log says why each was skipped.",
+        )
+    return chosen
+
+
 class SshBackend(CliBackend):
-    """Kernels on a remote node over SSH (see the module docstring)."""
+    """Kernels on a remote node over SSH (see the module docstring). With settings.nodes
+    (setup --node), start_cold first picks the least-loaded node that answers, and every
+    call after goes to that node: one backend per Container."""
 
     def __init__(self, engine: Engine) -> None:
         # The engine's CLI calls go through the same connection (Engine.command_line).
@@ -188,6 +268,16 @@ class SshBackend(CliBackend):
         self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
     ) -> Cold:
         """The kernel's dir on the node (one tar stream), then `docker run -i` there."""
+        if len(settings.nodes) > 1:
+            chosen = pick(settings.nodes, self.engine.environ)
+            self.connection = Connection.to(chosen.url, self.engine.environ)
+            self.engine = Engine(self.engine.command, host=chosen.url, environ=self.engine.environ)
+            log.info(
+                "starting the kernel on node %s (%d containers running, %d MiB available)",
+                chosen.url,
+                chosen.running,
+                chosen.available_mib,
+            )
         url = self.connection.node.url
         if settings.workdir == "mount":
             raise LaunchError(

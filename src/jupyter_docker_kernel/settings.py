@@ -86,6 +86,7 @@ OPTIONS: dict[str, str] = {
     "pool": "--pool",
     "pool_ttl": "--pool-ttl",
     "engine_host": "--engine-host",
+    "nodes": "--node",
     "engine": "--podman",
 }
 
@@ -277,6 +278,10 @@ class KernelSettings:
     #: The image ID (sha256:...) `image` named when setup checked it; list and doctor warn
     #: when the tag has moved to another image since. "" when setup did not ask the engine.
     image_id: str = ""
+    #: Remote nodes (ssh://user@host[:port], setup --node): each start runs on the
+    #: least-loaded one that answers (node_backend.pick). engine_host is the first: the
+    #: address the resident helper, doctor and list key on.
+    nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
@@ -360,6 +365,21 @@ class KernelSettings:
         if self.engine not in ENGINE_KINDS:
             raise SettingsError(
                 f"engine must be one of {', '.join(ENGINE_KINDS)}, not '{self.engine}'."
+            )
+        for node in self.nodes:
+            if not node.startswith("ssh://") or not _ENGINE_HOST.match(node):
+                raise SettingsError(
+                    f"--node '{node}' is not a node address such as ssh://user@host[:port]",
+                    "No kernelspec was written",
+                )
+        if self.nodes and self.engine_host is None:
+            # Set once here (a frozen dataclass): the first node is the kernelspec's engine.
+            object.__setattr__(self, "engine_host", self.nodes[0])
+        if self.nodes and self.engine_host not in self.nodes:
+            raise SettingsError(
+                f"--engine-host {self.engine_host} is not one of the --node addresses",
+                "No kernelspec was written",
+                "Give the nodes with --node alone.",
             )
         if self.engine_host is not None and not _ENGINE_HOST.match(self.engine_host):
             raise SettingsError(
@@ -499,6 +519,7 @@ class KernelSettings:
             "env": lambda v: tuple((str(k), str(x)) for k, x in dict(v).items()),
             "kernel_cmd": lambda v: tuple(str(a) for a in v),
             "docker_args": lambda v: tuple(str(a) for a in v),
+            "nodes": lambda v: tuple(str(a) for a in v),
             "cpus": float,
             **dict.fromkeys(("pids_limit", "nofile", "tmp_inodes", "pool"), int),
             **dict.fromkeys(("max_lifetime", "pool_ttl"), float),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,6 +177,10 @@ def test_a_lost_ssh_connection_ends_the_kernel_and_the_log_names_the_node(
         wait_until(lambda: km.is_alive() is False, timeout=10)
         said = log.read_text(errors="replace")
         assert f"(the SSH connection to the node {pushed_node.url} was lost)" in said
+        # The next start gets a new master, not a plain connection beside the dead one's
+        # socket file (whose forwards would all fail).
+        connection.ensure()
+        assert connection.alive()
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
@@ -287,3 +292,50 @@ def test_each_start_goes_to_the_least_loaded_node_and_a_silent_one_is_skipped(
                     km.shutdown_kernel(now=True)
     finally:
         stop_node(name)
+
+
+def test_a_killed_jupyter_server_ends_its_provisioner_kernel_on_the_node_within_5s(
+    pushed_node: NodeUnderTest, kernel_image: str, workdir: Path
+) -> None:
+    """The provisioner's path: the client process (a Jupyter server's stand-in) SIGKILLed
+    mid-cell; it held the `docker run -i` session's stdin, so the node's container ends."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CONFIG_ENV, str(pushed_node.ssh_config))
+        name = f"{NODE_KERNEL}-prov"
+        install_kernel(
+            name, kernel_image, "--engine-host", pushed_node.url, "--no-workdir", "--provisioner"
+        )
+        client = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import time\n"
+                "from jupyter_client.manager import KernelManager\n"
+                f"km = KernelManager(kernel_name={name!r})\n"
+                f"km.start_kernel(cwd={str(workdir)!r})\n"
+                "kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=120)\n"
+                "kc.execute('import time; time.sleep(600)')\n"
+                "print(km.provisioner.key, flush=True)\n"
+                "time.sleep(600)\n",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert client.stdout is not None
+            key = client.stdout.readline().strip()
+            assert key
+            assert node_containers(pushed_node, key)
+            client.kill()
+            client.wait()
+            took = wait_until(
+                lambda: not pushed_node.docker("ps", "-q", "--filter", f"name=^jdk-{key}-").stdout,
+                timeout=5,
+            )
+            print(f"node container ended {took:.2f} s after the server's SIGKILL")
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+            if client.stdout is not None:
+                client.stdout.close()

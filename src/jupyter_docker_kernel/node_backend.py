@@ -111,6 +111,8 @@ class Forwarded(Attached):
         self._closed = False
         self._forwarded = False
         self._watcher: subprocess.Popen[bytes] | None = None
+        #: Why _watch ended the kernel ("" unless it did).
+        self._failed = ""
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
@@ -147,12 +149,19 @@ class Forwarded(Attached):
                 self._forwarded = True
             log.debug("kernel sockets forwarded from %s", self.connection.node.url)
         except (OSError, EngineError) as exc:
+            # Unreachable: end it now (its session's end closes the lifeline), so that the
+            # client hears of a dead kernel at once, not after its own timeout.
+            self._failed = f"its sockets could not be forwarded from the node: {exc}"
             log.warning("the kernel on %s cannot be reached: %s", self.connection.node.url, exc)
+            with contextlib.suppress(OSError):
+                self.proc.terminate()
 
     @property
     def ended_by(self) -> str:
         """Why it ended, for the exit line and the kill notice (Container.wait): "" unless
         the SSH connection to the node was lost (ssh's own exit code)."""
+        if self._failed:
+            return self._failed
         if self.proc.returncode == SSH_FAILED:
             return f"the SSH connection to the node {self.connection.node.url} was lost"
         return ""

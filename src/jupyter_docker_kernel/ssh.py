@@ -223,6 +223,10 @@ class Connection:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 if self.alive():
                     return
+                # A master that died (killed, its connection lost) leaves its socket file:
+                # a new master would find the name taken and run without multiplexing.
+                with contextlib.suppress(FileNotFoundError):
+                    self.control_path.unlink()
                 self._start_master()
 
     def _start_master(self) -> None:

@@ -585,7 +585,9 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
             "" if args.skip_checks else " (the engine started the kernel's container with them)"
         )
         print(f"  gpus {settings.gpus}{checked}")
-    if settings.engine_host or settings.engine != "docker":
+    if len(settings.nodes) > 1:
+        print(f"  nodes {', '.join(settings.nodes)} (each start on the least-loaded)")
+    elif settings.engine_host or settings.engine != "docker":
         print(f"  engine {settings.engine} at {settings.engine_host or 'the default socket'}")
     if settings.kernel_transport == "tcp":
         print("  transport tcp on the container's loopback, bridged to unix sockets")

@@ -190,7 +190,8 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         in_image=in_image,
         findings=findings,
         warnings=[*exposure_warnings(settings), *finding_warnings(findings)],
-        root_note=root_note(settings) if os.getuid() == 0 else "",
+        # On a node the kernel runs as the node user, whoever runs setup here.
+        root_note=root_note(settings) if os.getuid() == 0 and not on_node else "",
         nbgrader_lines=grading.config_lines(name, timeout) if for_nbgrader else [],
     )
 

@@ -6,8 +6,10 @@ mid-cell, the SSH connection cut). Real nodes (tests/nodes.py), no mocks."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ from jupyter_client.manager import KernelManager
 import tests.test_kernel_protocol as protocol
 from jupyter_docker_kernel import doctor, push
 from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.rundir import RunDir
 from jupyter_docker_kernel.ssh import CONFIG_ENV, Connection
 from tests.conftest import install_kernel
 from tests.kernels import (
@@ -28,6 +31,7 @@ from tests.kernels import (
     kernel_key,
     key_of,
     launcher_process,
+    runtime_dirs_of,
     stream_text,
     wait_for_execute_input,
     wait_until,
@@ -339,3 +343,35 @@ def test_a_killed_jupyter_server_ends_its_provisioner_kernel_on_the_node_within_
                 client.wait()
             if client.stdout is not None:
                 client.stdout.close()
+
+
+def test_a_socket_swapped_for_a_symlink_on_the_node_does_not_redirect_new_connections(
+    pushed_node: NodeUnderTest, node_kernel: str, workdir: Path, tmp_path: Path
+) -> None:
+    """The kernel swaps its hb socket for a symlink to the node's engine socket (the node
+    user may use the engine): a new connection through the forward still reaches the
+    kernel's own socket (the pinned link), never the engine."""
+    km, kc, _ = started(node_kernel, workdir, tmp_path / "launcher.log")
+    key = kernel_key(km)
+    try:
+        swap = (
+            "import os\n"
+            "p = '/run/jupyter-docker-kernel/k-5'\n"
+            "os.rename(p, p + '.old')\n"
+            "os.symlink('/var/run/docker.sock', p)\n"
+        )
+        reply, _ = execute(kc, swap)
+        assert reply["status"] == "ok"
+        local = RunDir(runtime_dirs_of(key)[0]).socket(5)
+        answer = b""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(local))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: node\r\n\r\n")
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                while chunk := sock.recv(4096):
+                    answer += chunk
+        assert not answer.startswith(b"HTTP"), answer[:80]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -76,7 +76,11 @@ _PREPARE_SCRIPT = (
 #: Runs on the node around `docker run -i ...` ("$@"): the kernel's dir ($0) goes with it.
 _RUN_SCRIPT = 'docker "$@"; code=$?; rm -rf -- "$0"; exit $code'
 #: Runs on the node: prints the container's id once the CLI wrote it, then "ready" once
-#: the kernel bound all its sockets; gives up when the dir goes (the start failed).
+#: the kernel bound all its sockets and each is pinned: a hard link in the kernel's dir,
+#: which the container does not see (its socket dir is writable by the kernel, which could
+#: swap a socket for a symlink to any socket the node user reaches, the engine's say;
+#: sshd follows symlinks at each new connection, the link keeps the inode we checked).
+#: Gives up when the dir goes (the start failed).
 _WATCH_SCRIPT = """
 d=$0; n=0
 while [ ! -s "$d/{cid}" ]; do
@@ -88,6 +92,10 @@ while :; do
   for s in {sockets}; do [ -S "$d/{rt}/$s" ] || ok=0; done
   [ $ok = 1 ] && break
   [ -d "$d" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.02
+done
+mkdir -m 0700 "$d/{pins}" || exit 1
+for s in {sockets}; do
+  ln -P "$d/{rt}/$s" "$d/{pins}/$s" && [ -S "$d/{pins}/$s" ] && [ ! -L "$d/{pins}/$s" ] || exit 1
 done
 echo ready
 """
@@ -105,7 +113,8 @@ class Forwarded(Attached):
         self.rundir = rundir
         self.remote = remote
         self.pairs = [
-            (str(rundir.socket(i)), str(remote.socket(i))) for i in range(1, len(CHANNELS) + 1)
+            (str(rundir.socket(i)), str(remote.pins / rundir.socket(i).name))
+            for i in range(1, len(CHANNELS) + 1)
         ]
         self._lock = threading.Lock()
         self._closed = False
@@ -119,12 +128,13 @@ class Forwarded(Attached):
         """The container's id (written to our cidfile, where Container looks), then the
         forwards. A failure here is logged: the kernel is unreachable, and its client's
         wait for a reply says so; stopping it is the client's (or the lifetime's) call."""
-        names = " ".join(Path(remote).name for _, remote in self.pairs)
+        names = " ".join(Path(local).name for local, _ in self.pairs)
         script = _WATCH_SCRIPT.format(
             ticks=SOCKETS_WAIT * 50,
             sockets=names,
             rt=self.remote.sockets.name,
             cid=self.remote.cid.name,
+            pins=self.remote.pins.name,
         )
         try:
             with self._lock:

@@ -7,14 +7,16 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from jupyter_docker_kernel import cli, push
+from jupyter_docker_kernel import cli, push, reaper
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import EngineError
-from jupyter_docker_kernel.ssh import CONFIG_ENV
+from jupyter_docker_kernel.rundir import runtime_base
+from jupyter_docker_kernel.ssh import CONFIG_ENV, CONTROL_PREFIX, Connection
 from tests.kernels import wait_until
 from tests.nodes import PUSHES, NodeUnderTest, start_node, stop_node
 
@@ -124,3 +126,20 @@ def test_node_whose_engine_is_down_says_so(node: NodeUnderTest) -> None:
         assert f"the engine on the node {other.url} does not answer" in said
     finally:
         stop_node(name)
+
+
+def test_gc_leaves_a_nodes_ssh_master_alone(on_node: NodeUnderTest) -> None:
+    """The master's control socket, lock and log live in the runtime base beside kernels'
+    dirs; gc (and the janitor, by the same rules) must not take them for a dead kernel's
+    leftovers (nor report them as removed)."""
+    connection = Connection.to(on_node.url)
+    connection.ensure()
+    old = time.time() - 3600
+    files = [p for p in runtime_base().iterdir() if p.name.startswith(CONTROL_PREFIX)]
+    assert connection.control_path in files
+    for path in files:
+        os.utime(path, (old, old), follow_symlinks=False)
+    result = reaper.collect(Engine(), dry_run=True)
+    assert not [d for d in result.dirs if CONTROL_PREFIX in Path(d).name], result.dirs
+    assert connection.control_path.exists()
+    assert connection.alive()

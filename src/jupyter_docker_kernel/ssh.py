@@ -36,6 +36,9 @@ from jupyter_docker_kernel.rundir import runtime_base
 
 log = logging.getLogger(__name__)
 
+#: The names of our masters' control sockets (and their .lock and .log) in the runtime
+#: base: not a kernel's, so gc and the janitor leave them alone (reaper.collect).
+CONTROL_PREFIX = "ssh-"
 #: An ssh_config file for every ssh call (`ssh -F`); unset: the user's own.
 CONFIG_ENV = "JUPYTER_DOCKER_KERNEL_SSH_CONFIG"
 #: How long the master stays after its last session ends: the next start reuses it.
@@ -153,7 +156,7 @@ class Connection:
         self._facts: Facts | None = None
         key = hashlib.sha256(f"{node.url}\0{self.config}".encode()).hexdigest()[:16]
         #: In our 0700 runtime base; short: a unix socket path has 108 bytes at most.
-        self.control_path = runtime_base() / f"ssh-{key}"
+        self.control_path = runtime_base() / f"{CONTROL_PREFIX}{key}"
         self._ensure_lock = threading.Lock()
 
     @classmethod

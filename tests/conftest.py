@@ -31,6 +31,9 @@ from jupyter_docker_kernel.settings import DEFAULT_IMAGE
 from tests import slurm_cluster as slurm
 from tests.slurm_cluster import OneNodeCluster
 
+#: The remote nodes' fixtures (tests/nodes.py): node, pushed_node, on_node.
+pytest_plugins = ["tests.nodes"]
+
 # nbgrader.utils imports setuptools, whose shim swaps in its own distutils and asserts that
 # nothing imported the standard library's first; in a full run something has, so the tests
 # that import nbgrader in-process failed by order. The standard library's copy is enough.

@@ -292,15 +292,18 @@ def test_the_refills_gate_holds_until_a_line_or_eof() -> None:
 def test_the_api_backend_is_used_where_the_engine_has_one_on_a_unix_socket(
     tmp_path: Path,
 ) -> None:
-    """LocalBackend (API, lifeline socket) for a unix socket that exists; CliBackend
-    (`docker run -i`) for ssh:// and tcp://, which EngineApi cannot reach yet."""
+    """LocalBackend (API, lifeline socket) for a unix socket that exists; SshBackend for a
+    remote node (ssh://); CliBackend (`docker run -i`) for tcp://, which EngineApi cannot
+    reach yet."""
     from jupyter_docker_kernel.engine import Engine
     from jupyter_docker_kernel.local_backend import CliBackend, LocalBackend
+    from jupyter_docker_kernel.node_backend import SshBackend
 
     sock = tmp_path / "engine.sock"
     sock.touch()
     assert type(LocalBackend.for_engine(Engine(host=f"unix://{sock}"))) is LocalBackend
-    for host in ("ssh://user@node", "tcp://127.0.0.1:2375", f"unix://{tmp_path}/none.sock"):
+    assert type(LocalBackend.for_engine(Engine(host="ssh://user@node"))) is SshBackend
+    for host in ("tcp://127.0.0.1:2375", f"unix://{tmp_path}/none.sock"):
         assert type(LocalBackend.for_engine(Engine(host=host))) is CliBackend
 
 

@@ -216,6 +216,14 @@ def add_setup_command(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     add_engine_options(setup)
     add_kube_options(setup)
+    setup.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="ssh://USER@HOST[:PORT]",
+        help="run the kernels on remote nodes over SSH, each start on the least-loaded one "
+        "that answers (repeatable; docs/nodes.md)",
+    )
     limits = setup.add_argument_group(
         "limits (built-in defaults in brackets; jupyter_docker_kernel_config.py may change them)"
     )
@@ -394,6 +402,16 @@ def add_image_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     checking.add_argument("--json", action="store_true", help="print JSON instead of text")
     checking.set_defaults(func=cmd_image_check)
+    pushing = image_sub.add_parser(
+        "push",
+        help="copy an image to remote nodes over SSH (docker save | docker load), only "
+        "where the node's image ID differs",
+    )
+    pushing.add_argument("nodes", nargs="+", metavar="NODE", help="ssh://user@host[:port]")
+    pushing.add_argument(
+        "--tag", default=DEFAULT_IMAGE, help=f"the image (default {DEFAULT_IMAGE})"
+    )
+    pushing.set_defaults(func=cmd_image_push)
 
 
 def add_gc_command(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -525,7 +543,8 @@ def settings_from_args(
         "gpus": args.gpus,
         "workdir_root": args.workdir_root,
         "kernel_user": args.kernel_user,
-        "engine_host": engine_host(args),
+        "engine_host": engine_host(args) or (args.node[0] if args.node else None),
+        "nodes": tuple(args.node) or None,
         "kernel_transport": args.kernel_transport,
         "keep_entrypoint": args.keep_entrypoint or None,
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},
@@ -612,7 +631,9 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
             "" if args.skip_checks else " (the engine started the kernel's container with them)"
         )
         print(f"  gpus {settings.gpus}{checked}")
-    if settings.engine_host or settings.engine != "docker":
+    if len(settings.nodes) > 1:
+        print(f"  nodes {', '.join(settings.nodes)} (each start on the least-loaded)")
+    elif settings.engine_host or settings.engine != "docker":
         print(f"  engine {settings.engine} at {settings.engine_host or 'the default socket'}")
     if settings.kernel_transport == "tcp":
         print("  transport tcp on the container's loopback, bridged to unix sockets")
@@ -704,6 +725,16 @@ def cmd_image_build(args: argparse.Namespace, engine: Engine) -> int:
     )
     if result.tag != DEFAULT_IMAGE:
         print(f"Use it: jupyter-docker-kernel setup --name NAME --image {result.tag}")
+    return 0
+
+
+def cmd_image_push(args: argparse.Namespace, engine: Engine) -> int:
+    from jupyter_docker_kernel import push
+
+    say = lambda line: print(line, flush=True)  # noqa: E731 - one-line progress sink
+    pushed = push.push(engine, args.tag, args.nodes, progress=say)
+    copied = sum(p.copied for p in pushed)
+    print(f"{args.tag}: copied to {copied} node(s), {len(pushed) - copied} had it already")
     return 0
 
 

@@ -44,6 +44,7 @@ _SPECIAL: dict[str, TraitType[Any, Any]] = {
     "env": Dict(value_trait=Unicode(), help="variables set in the kernel (--env)"),
     "kernel_cmd": List(Unicode(), help="in-container kernel command (--kernel-cmd)"),
     "docker_args": List(Unicode(), help="extra `docker run` arguments (--docker-arg)"),
+    "nodes": List(Unicode(), help="remote nodes, ssh://user@host[:port] (--node)"),
     "engine": Enum(ENGINE_KINDS, default_value="docker", help="docker or podman (--podman)"),
 }
 
@@ -150,7 +151,7 @@ def _load_file(
             values["mounts"] = tuple(Mount.parse(m, str(path.parent)) for m in values["mounts"])
         except SettingsError as exc:
             raise _in_file(path, exc, not_done, fix) from exc
-    for key in ("kernel_cmd", "docker_args"):
+    for key in ("kernel_cmd", "docker_args", "nodes"):
         if key in values:
             values[key] = tuple(values[key])
     if "env" in values:

@@ -809,6 +809,9 @@ class Container:
             self._timer.cancel()
         if self.cold is not None and code == OOM_EXIT and not self.exit_reason:
             self.exit_reason = self.engine_exit_reason()
+        if self.cold is not None and not self.exit_reason:
+            # A Cold may know why it ended (node_backend: the node's SSH connection lost).
+            self.exit_reason = str(getattr(self.cold, "ended_by", ""))
         from jupyter_docker_kernel.notice import kill_notice  # only now: not on the start path
 
         said = bytes(self._said).decode(errors="replace")

@@ -331,6 +331,11 @@ def _check_spec(
             "OK",
             f"{count} extra mount(s), host paths exist" if count else "no extra mounts",
         )
+    if (settings.engine_host or "").startswith("ssh://"):
+        for url in settings.nodes or (settings.engine_host,):
+            node = Engine(engine.command, host=url, environ=engine.environ)
+            _check_node(node, settings, label if len(settings.nodes) < 2 else f"{label} {url}", add)
+        return None
     if info is None:
         add(f"{label}: image", "SKIP", "engine unreachable")
         return None
@@ -387,6 +392,78 @@ def _check_kube(label: str, settings: KernelSettings, add: Callable[..., None]) 
         return
     for name, status, detail, fix in kube_manage.checks(api, settings):
         add(f"{label}: {name}", status, detail, fix)
+
+
+def _check_node(
+    node: Engine, settings: KernelSettings, label: str, add: Callable[..., None]
+) -> None:
+    """A kernelspec whose kernels run on a remote node (ssh://): its engine answers there,
+    it has the image setup recorded (and this host's, if here too), the runtime asked for,
+    and a unix socket forwarded from it answers (the path the kernel's channels take). The
+    probe container does not run on nodes yet."""
+    from jupyter_docker_kernel.ssh import Connection, socket_round_trip
+
+    where = node.address()
+    try:
+        info = node.info(timeout=30)
+    except DockerKernelError as exc:
+        add(f"{label}: node", "FAIL", exc.what, exc.fix or f"check the node {where}")
+        return
+    running = info.get("ContainersRunning", "?")
+    memory = int(info.get("MemTotal") or 0) >> 20
+    add(
+        f"{label}: node",
+        "OK",
+        f"{node.command} {info.get('ServerVersion', '?')} at {where} ({running} containers "
+        f"running, {info.get('NCPU', '?')} CPUs, {memory} MiB)",
+    )
+    try:
+        image = node.image_inspect(settings.image)
+    except DockerKernelError as exc:
+        add(f"{label}: image", "FAIL", str(exc), f"check the node {where}")
+        return
+    push = f"jupyter-docker-kernel image push {where} --tag {settings.image}"
+    if image is None:
+        add(f"{label}: image", "FAIL", f"{settings.image} is not on the node {where}", push)
+        return
+    there = str(image.get("Id", ""))
+    here: dict[str, Any] | None = None
+    with contextlib.suppress(DockerKernelError):
+        here = Engine(node.command).image_inspect(settings.image)
+    moved = manage.moved_warning(settings, there)
+    if moved:
+        add(f"{label}: image", "WARN", moved[0], moved[1])
+    elif here is not None and str(here.get("Id", "")) != there:
+        add(
+            f"{label}: image",
+            "WARN",
+            f"the node has {settings.image} as {there[7:19]}, this host as "
+            f"{str(here.get('Id', ''))[7:19]}",
+            push,
+        )
+    else:
+        add(f"{label}: image", "OK", f"{settings.image} on the node ({there[7:19]})")
+    if settings.runtime:
+        if settings.runtime in (info.get("Runtimes") or {}):
+            add(f"{label}: runtime", "OK", f"{settings.runtime} registered on the node")
+        else:
+            add(
+                f"{label}: runtime",
+                "FAIL",
+                f"{settings.runtime} is not registered in the node's engine",
+                "register it there (gVisor: with --host-uds=create in its runtimeArgs)",
+            )
+    try:
+        took = socket_round_trip(Connection.to(where or "", node.environ))
+    except DockerKernelError as exc:
+        add(f"{label}: sockets", "FAIL", exc.what, exc.fix)
+        return
+    add(
+        f"{label}: sockets",
+        "OK",
+        f"a unix socket forwarded from the node answered ({took * 1000:.0f} ms); the probe "
+        "container does not run on nodes yet: start one kernel to see it run",
+    )
 
 
 @functools.cache

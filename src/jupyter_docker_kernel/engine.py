@@ -56,6 +56,10 @@ _UNREACHABLE_MARKERS = (
 )
 
 
+#: How OpenSSH's own failures begin (not the remote command's): a node's engine (ssh://).
+SSH_MARKERS = ("ssh:", "host key verification failed", "no ed25519 host key", "@@@")
+
+
 def short_id(container_id: str) -> str:
     """The 12-character form people see in `docker ps`."""
     return container_id[:12]
@@ -119,6 +123,18 @@ class Engine:
             )
         return path
 
+    def command_line(self, args: Sequence[str]) -> list[str]:
+        """The argv of one CLI command. A remote node's engine (ssh://) is its own CLI run
+        through our multiplexed OpenSSH connection (ssh.py): the user's keys and
+        known_hosts, one handshake for every call, instead of the docker CLI's own ssh."""
+        if self.address().startswith("ssh://"):
+            from jupyter_docker_kernel.ssh import Connection  # only for nodes
+
+            connection = Connection.to(self.address(), self.environ)
+            connection.ensure()
+            return connection.argv([self.command, *args])
+        return [self.executable(), *args]
+
     def run(
         self,
         args: Sequence[str],
@@ -133,7 +149,7 @@ class Engine:
         own_session: the CLI does not get our process group's signals. A launcher's group
         receives the client's SIGINT (interrupt); an engine call must not die of it halfway.
         """
-        argv = [self.executable(), *args]
+        argv = self.command_line(args)
         log.debug("engine: %s", " ".join(args[:3]))
         try:
             proc = subprocess.run(
@@ -165,7 +181,7 @@ class Engine:
         our session, as run(own_session=False): Ctrl-C stops the build too. Raises
         EngineError after `timeout` seconds (the command is killed).
         """
-        argv = [self.executable(), *args]
+        argv = self.command_line(args)
         log.debug("engine (streamed): %s", " ".join(args[:3]))
         lines: list[str] = []
         expired = threading.Event()
@@ -202,6 +218,10 @@ class Engine:
         """Turn a CLI failure into an error that says what to do next."""
         text = stderr.strip()
         low = text.lower()
+        if self.address().startswith("ssh://") and low.startswith(SSH_MARKERS):
+            from jupyter_docker_kernel.ssh import Node, ssh_failure
+
+            return ssh_failure(Node.parse(self.address()), text, 255)
         if "permission denied" in low and "docker" in low and "sock" in low:
             return EngineError(
                 f"Permission denied talking to the container engine ({first_line(text)})",

@@ -317,8 +317,13 @@ class LocalBackend(CliBackend):
 
     @staticmethod
     def for_engine(engine: Engine | None = None) -> CliBackend:
-        """LocalBackend where the engine's API is on a unix socket, else CliBackend."""
+        """LocalBackend where the engine's API is on a unix socket, SshBackend for a
+        remote node (ssh://), else CliBackend."""
         engine = engine or Engine()
+        if engine.address().startswith("ssh://"):
+            from jupyter_docker_kernel.node_backend import SshBackend  # imports this module
+
+            return SshBackend(engine)
         return LocalBackend(engine) if engine.api().available() else CliBackend(engine)
 
     def start_cold(

@@ -31,6 +31,7 @@ from jupyter_docker_kernel.rundir import (
     runtime_base,
 )
 from jupyter_docker_kernel.rundir import alive as launcher_alive
+from jupyter_docker_kernel.ssh import CONTROL_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def collect(
             continue  # the pools' claim rates and locks (pool.py): a few bytes per key
         if entry.name.startswith(thin.HELPER_PREFIX):
             continue  # the resident helper's socket, lock and log: not a kernel's
+        if entry.name.startswith(CONTROL_PREFIX):
+            continue  # a node's ssh master (ssh.py): its control socket, lock and log
         marker = read_marker(entry)
         if marker is None and marked_only:
             continue

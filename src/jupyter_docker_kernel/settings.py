@@ -86,6 +86,7 @@ OPTIONS: dict[str, str] = {
     "pool": "--pool",
     "pool_ttl": "--pool-ttl",
     "engine_host": "--engine-host",
+    "nodes": "--node",
     "engine": "--podman",
     "kube_namespace": "--namespace",
     "kube_context": "--kube-context",
@@ -290,6 +291,10 @@ class KernelSettings:
     #: A PersistentVolumeClaim mounted in the pod, CLAIM:PATH[:ro] (interactive use: the
     #: notebook's directory is below PATH); None: the work dir is copied or not given.
     kube_pvc: str | None = None
+    #: Remote nodes (ssh://user@host[:port], setup --node): each start runs on the
+    #: least-loaded one that answers (node_backend.pick). engine_host is the first: the
+    #: address the resident helper, doctor and list key on.
+    nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
@@ -373,6 +378,21 @@ class KernelSettings:
         if self.engine not in ENGINE_KINDS:
             raise SettingsError(
                 f"engine must be one of {', '.join(ENGINE_KINDS)}, not '{self.engine}'."
+            )
+        for node in self.nodes:
+            if not node.startswith("ssh://") or not _ENGINE_HOST.match(node):
+                raise SettingsError(
+                    f"--node '{node}' is not a node address such as ssh://user@host[:port]",
+                    "No kernelspec was written",
+                )
+        if self.nodes and self.engine_host is None:
+            # Set once here (a frozen dataclass): the first node is the kernelspec's engine.
+            object.__setattr__(self, "engine_host", self.nodes[0])
+        if self.nodes and self.engine_host not in self.nodes:
+            raise SettingsError(
+                f"--engine-host {self.engine_host} is not one of the --node addresses",
+                "No kernelspec was written",
+                "Give the nodes with --node alone.",
             )
         if self.engine_host is not None and not _ENGINE_HOST.match(self.engine_host):
             raise SettingsError(
@@ -517,6 +537,7 @@ class KernelSettings:
             "env": lambda v: tuple((str(k), str(x)) for k, x in dict(v).items()),
             "kernel_cmd": lambda v: tuple(str(a) for a in v),
             "docker_args": lambda v: tuple(str(a) for a in v),
+            "nodes": lambda v: tuple(str(a) for a in v),
             "cpus": float,
             **dict.fromkeys(("pids_limit", "nofile", "tmp_inodes", "pool"), int),
             **dict.fromkeys(("max_lifetime", "pool_ttl"), float),

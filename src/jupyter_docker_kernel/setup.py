@@ -139,6 +139,9 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
     if request.kernel_spec_in_image:
         # Even with --skip-checks: the command can only come from the image.
         settings, in_image = with_image_kernel(engine, settings, request.kernel_spec_in_image)
+    on_node = (settings.engine_host or "").startswith("ssh://")
+    if on_node:
+        check_node_settings(settings)
     kube_warnings: list[str] = []
     if settings.kube_namespace is not None and request.pin:
         raise SettingsError(
@@ -155,6 +158,13 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
 
             kube_warnings = kube_manage.check_setup(KubeApi.for_settings(settings), settings)
         findings = check_loosenings(settings, engine, for_nbgrader, request.force)
+    elif not request.skip_checks and on_node:
+        # A remote node: its engine, runtimes and the image's ID are asked there (through
+        # ssh); the probe container, which bind-mounts this host's files, does not run on
+        # nodes yet (a kernel's start does the same checks).
+        settings = engine_settings(engine, settings)
+        findings = check_loosenings(settings, engine, for_nbgrader, request.force)
+        settings = with_image_id(engine, settings, pin=request.pin)
     elif not request.skip_checks:
         settings = engine_settings(engine, settings)
         found, findings = check_image(
@@ -198,7 +208,8 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         in_image=in_image,
         findings=findings,
         warnings=[*exposure_warnings(settings), *finding_warnings(findings), *kube_warnings],
-        root_note=root_note(settings) if os.getuid() == 0 else "",
+        # On a node the kernel runs as the node user, whoever runs setup here.
+        root_note=root_note(settings) if os.getuid() == 0 and not on_node else "",
         nbgrader_lines=grading.config_lines(name, timeout) if for_nbgrader else [],
     )
 
@@ -294,6 +305,19 @@ def check_image(
         raise failure.error.instead(NOT_WRITTEN)
     assert found.probe is not None  # no FAIL: the probe ran
     return found.probe, found.findings
+
+
+def check_node_settings(settings: KernelSettings) -> None:
+    """A kernel on a remote node cannot mount this host's directories (the node does not
+    see them): its work dir is copied (--copy-workdir) or none."""
+    if settings.workdir == "mount":
+        raise SettingsError(
+            f"A kernel on the node {settings.engine_host} cannot mount this host's notebook "
+            "directory",
+            NOT_WRITTEN,
+            "Add --copy-workdir (the directory is copied to the node at each start) or "
+            "--no-workdir.",
+        )
 
 
 def check_loosenings(

@@ -1,0 +1,377 @@
+"""A kernel on a remote node (issue 13), the user's story through jupyter_client: setup
+--engine-host ssh://..., a real KernelManager starts the argv launcher, the kernel runs in
+the node's own engine with its runtime dir on the node, its sockets reached through the
+SSH connection; interrupt, shutdown, and the ends nobody asked for (the launcher killed
+mid-cell, the SSH connection cut). Real nodes (tests/nodes.py), no mocks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
+
+import tests.test_kernel_protocol as protocol
+from jupyter_docker_kernel import doctor, push
+from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.rundir import RunDir
+from jupyter_docker_kernel.ssh import CONFIG_ENV, Connection
+from tests.conftest import install_kernel
+from tests.kernels import (
+    execute,
+    kernel_key,
+    key_of,
+    launcher_process,
+    runtime_dirs_of,
+    stream_text,
+    wait_for_execute_input,
+    wait_until,
+)
+from tests.nodes import NodeUnderTest, start_node, stop_node
+
+pytestmark = [pytest.mark.nodes, pytest.mark.docker]
+
+NODE_KERNEL = "jdk-test-node"
+
+
+@pytest.fixture(scope="module")
+def node_kernel(pushed_node: NodeUnderTest, kernel_image: str) -> Iterator[str]:
+    """A kernelspec whose kernels run on the session's node, with a copy of the work dir;
+    the product's ssh calls use the node's ssh_config meanwhile."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CONFIG_ENV, str(pushed_node.ssh_config))
+        install_kernel(
+            NODE_KERNEL, kernel_image, "--engine-host", pushed_node.url, "--copy-workdir"
+        )
+        yield NODE_KERNEL
+
+
+def node_containers(node: NodeUnderTest, key: str) -> list[str]:
+    """The node's containers (any state) of the kernel with this key."""
+    return node.docker("ps", "-aq", "--filter", f"name=^jdk-{key}-").stdout.split()
+
+
+def host_containers(key: str) -> list[str]:
+    proc = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"name=^jdk-{key}-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.split()
+
+
+def started(
+    kernel: str, workdir: Path, log: Path
+) -> tuple[KernelManager, BlockingKernelClient, float]:
+    """A kernel of spec `kernel` answering, its launcher's stderr in log; the seconds its
+    start took (start_kernel to kernel_info's reply)."""
+    km = KernelManager(kernel_name=kernel)
+    began = time.monotonic()
+    with log.open("wb") as err:
+        km.start_kernel(cwd=str(workdir), stderr=err)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+    except Exception:
+        print(log.read_text(errors="replace"))
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        raise
+    return km, kc, time.monotonic() - began
+
+
+def test_kernel_on_a_node_runs_code_interrupts_and_shuts_down(
+    pushed_node: NodeUnderTest, node_kernel: str, workdir: Path, tmp_path: Path
+) -> None:
+    """The kernel's container is on the node and not here, its runtime dir is on the node
+    (a path of this host's /tmp is not there), the work dir's copy arrived, code runs,
+    an interrupt stops a cell, and after the shutdown nothing of it is left there."""
+    (workdir / "data.txt").write_text("from the host\n")
+    host_only = tmp_path / "only-on-the-host"
+    host_only.write_text("x")
+    km, kc, took = started(node_kernel, workdir, tmp_path / "launcher.log")
+    key = kernel_key(km)
+    try:
+        print(f"kernel on {pushed_node.url} answered {took:.2f} s after start_kernel")
+        assert node_containers(pushed_node, key)
+        assert not host_containers(key)
+        reply, outputs = execute(kc, "print(open('data.txt').read().strip(), 6 * 7)")
+        assert reply["status"] == "ok"
+        assert stream_text(outputs) == "from the host 42\n"
+        # The kernel's runtime dir is on the node: the node has it, and lacks this host's.
+        dirs = pushed_node.ssh("sh", "-c", "ls -d /tmp/jupyter-docker-kernel-*/*").stdout
+        assert f"/{key}-" in dirs
+        assert pushed_node.ssh("test", "-e", str(host_only), check=False).returncode == 1
+        rounds = []
+        for _ in range(20):
+            t0 = time.monotonic()
+            execute(kc, "pass")
+            rounds.append(time.monotonic() - t0)
+        print(f"`pass` round trip on the node: median {sorted(rounds)[10] * 1000:.1f} ms")
+        msg_id = kc.execute("import time; time.sleep(60)")
+        wait_for_execute_input(kc, msg_id)
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=30)
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+    wait_until(lambda: not node_containers(pushed_node, key), timeout=15)
+    left = pushed_node.ssh("sh", "-c", "ls -d /tmp/jupyter-docker-kernel-*/* || true").stdout
+    assert f"/{key}-" not in left
+
+
+def test_sigkill_to_the_launcher_mid_cell_ends_the_node_container_within_5s(
+    pushed_node: NodeUnderTest, node_kernel: str, workdir: Path, tmp_path: Path
+) -> None:
+    km, kc, _ = started(node_kernel, workdir, tmp_path / "launcher.log")
+    key = kernel_key(km)
+    try:
+        msg_id = kc.execute("import time; time.sleep(600)")
+        wait_for_execute_input(kc, msg_id)
+        launcher = launcher_process(km)
+        os.killpg(launcher.pid, signal.SIGKILL)  # as jupyter_client's kill does
+        took = wait_until(
+            lambda: not pushed_node.docker("ps", "-q", "--filter", f"name=^jdk-{key}-").stdout,
+            timeout=5,
+        )
+        print(f"node container ended {took:.2f} s after the launcher's SIGKILL")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_a_lost_ssh_connection_ends_the_kernel_and_the_log_names_the_node(
+    pushed_node: NodeUnderTest, node_kernel: str, workdir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL to the ssh master mid-cell: the node's container ends within 5 s (its
+    `docker run -i` lost its stdin, the lifeline), and the launcher's log says which node."""
+    log = tmp_path / "launcher.log"
+    km, kc, _ = started(node_kernel, workdir, log)
+    key = kernel_key(km)
+    try:
+        msg_id = kc.execute("import time; time.sleep(600)")
+        wait_for_execute_input(kc, msg_id)
+        connection = Connection.to(pushed_node.url)
+        check = subprocess.run(
+            [*connection.options(), "-O", "check", connection.node.destination()],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        master = int(check.stderr.split("pid=")[1].split(")")[0])
+        os.kill(master, signal.SIGKILL)
+        took = wait_until(
+            lambda: not pushed_node.docker("ps", "-q", "--filter", f"name=^jdk-{key}-").stdout,
+            timeout=5,
+        )
+        print(f"node container ended {took:.2f} s after the ssh master's SIGKILL")
+        wait_until(lambda: km.is_alive() is False, timeout=10)
+        said = log.read_text(errors="replace")
+        assert f"(the SSH connection to the node {pushed_node.url} was lost)" in said
+        # The next start gets a new master, not a plain connection beside the dead one's
+        # socket file (whose forwards would all fail).
+        connection.ensure()
+        assert connection.alive()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_provisioner_kernel_on_a_node_runs_code_and_leaves_nothing(
+    pushed_node: NodeUnderTest, kernel_image: str, workdir: Path, tmp_path: Path
+) -> None:
+    """The provisioner's path (in the client's process, no launcher): the same backend."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CONFIG_ENV, str(pushed_node.ssh_config))
+        name = f"{NODE_KERNEL}-prov"
+        install_kernel(
+            name, kernel_image, "--engine-host", pushed_node.url, "--no-workdir", "--provisioner"
+        )
+        km, kc, took = started(name, workdir, tmp_path / "server.log")
+        key = key_of(km)
+        try:
+            print(f"provisioner kernel on the node answered {took:.2f} s after start_kernel")
+            assert node_containers(pushed_node, key)
+            reply, outputs = execute(kc, "print(6 * 7)")
+            assert reply["status"] == "ok"
+            assert stream_text(outputs) == "42\n"
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel()
+        wait_until(lambda: not node_containers(pushed_node, key), timeout=15)
+
+
+@pytest.mark.usefixtures("node_kernel")
+class TestNodeKernelProtocol(protocol.TestContainerKernel):
+    """The public kernel test suite (jupyter_kernel_test) against a kernel on the node:
+    every message type through the relay, the forwarded sockets and SSH."""
+
+    kernel_name = NODE_KERNEL
+
+
+def test_doctor_checks_the_node_of_a_kernelspec(
+    pushed_node: NodeUnderTest, node_kernel: str
+) -> None:
+    """doctor asks the node: its engine, the image there (as recorded), and a unix socket
+    forwarded from it answering, the path the kernel's channels take."""
+    report = doctor.run_checks(Engine(), node_kernel)
+    found = {c.name.split(": ", 1)[1]: c for c in report.checks if c.name.startswith(node_kernel)}
+    assert found["node"].status == "OK", found["node"]
+    assert pushed_node.url in found["node"].detail
+    assert found["image"].status == "OK", found["image"]
+    assert found["sockets"].status == "OK", found["sockets"]
+
+
+def test_doctor_says_to_push_the_image_to_a_node_without_it(
+    node: NodeUnderTest, kernel_image: str
+) -> None:
+    """A second node, fresh: the image check FAILs with the `image push` line to run."""
+    name = f"{node.name[:6]}y"
+    other = start_node(name)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(CONFIG_ENV, str(other.ssh_config))
+            spec = f"{NODE_KERNEL}-bare"
+            install_kernel(
+                spec, kernel_image, "--engine-host", other.url, "--no-workdir", "--skip-checks"
+            )
+            report = doctor.run_checks(Engine(), spec)
+        image = next(c for c in report.checks if c.name == f"{spec}: image")
+        assert image.status == "FAIL"
+        assert f"image push {other.url}" in image.fix
+    finally:
+        stop_node(name)
+
+
+def test_each_start_goes_to_the_least_loaded_node_and_a_silent_one_is_skipped(
+    pushed_node: NodeUnderTest, kernel_image: str, workdir: Path, tmp_path: Path
+) -> None:
+    """setup --node A --node B --node C (C refuses connections): two kernels started one
+    after the other run on different nodes (the second sees the first's container), and
+    each start's log says C was skipped."""
+    name = f"{pushed_node.name[:6]}z"
+    other = start_node(name)
+    try:
+        config = tmp_path / "ssh_config"
+        config.write_text(pushed_node.ssh_config.read_text() + other.ssh_config.read_text())
+        silent = f"{pushed_node.url}:2222"  # nothing listens there
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(CONFIG_ENV, str(config))
+            push.push(Engine(), kernel_image, [other.url])
+            spec = f"{NODE_KERNEL}-pool"
+            install_kernel(
+                spec,
+                kernel_image,
+                *("--node", pushed_node.url, "--node", other.url, "--node", silent),
+                "--no-workdir",
+            )
+            first = started(spec, workdir, tmp_path / "first.log")
+            second = started(spec, workdir, tmp_path / "second.log")
+            try:
+                keys = [kernel_key(km) for km, _, _ in (first, second)]
+                where = [
+                    {n.url for n in (pushed_node, other) if node_containers(n, key)} for key in keys
+                ]
+                assert len(where[0]) == len(where[1]) == 1, where
+                assert where[0] != where[1], where
+                for log in ("first.log", "second.log"):
+                    said = (tmp_path / log).read_text(errors="replace")
+                    assert f"node {silent} skipped for this start" in said
+            finally:
+                for km, kc, _ in (first, second):
+                    kc.stop_channels()
+                    km.shutdown_kernel(now=True)
+    finally:
+        stop_node(name)
+
+
+def test_a_killed_jupyter_server_ends_its_provisioner_kernel_on_the_node_within_5s(
+    pushed_node: NodeUnderTest, kernel_image: str, workdir: Path
+) -> None:
+    """The provisioner's path: the client process (a Jupyter server's stand-in) SIGKILLed
+    mid-cell; it held the `docker run -i` session's stdin, so the node's container ends."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CONFIG_ENV, str(pushed_node.ssh_config))
+        name = f"{NODE_KERNEL}-prov"
+        install_kernel(
+            name, kernel_image, "--engine-host", pushed_node.url, "--no-workdir", "--provisioner"
+        )
+        client = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import time\n"
+                "from jupyter_client.manager import KernelManager\n"
+                f"km = KernelManager(kernel_name={name!r})\n"
+                f"km.start_kernel(cwd={str(workdir)!r})\n"
+                "kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=120)\n"
+                "kc.execute('import time; time.sleep(600)')\n"
+                "print(km.provisioner.key, flush=True)\n"
+                "time.sleep(600)\n",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert client.stdout is not None
+            key = client.stdout.readline().strip()
+            assert key
+            assert node_containers(pushed_node, key)
+            client.kill()
+            client.wait()
+            took = wait_until(
+                lambda: not pushed_node.docker("ps", "-q", "--filter", f"name=^jdk-{key}-").stdout,
+                timeout=5,
+            )
+            print(f"node container ended {took:.2f} s after the server's SIGKILL")
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+            if client.stdout is not None:
+                client.stdout.close()
+
+
+def test_a_socket_swapped_for_a_symlink_on_the_node_does_not_redirect_new_connections(
+    pushed_node: NodeUnderTest, node_kernel: str, workdir: Path, tmp_path: Path
+) -> None:
+    """The kernel swaps its hb socket for a symlink to the node's engine socket (the node
+    user may use the engine): a new connection through the forward still reaches the
+    kernel's own socket (the pinned link), never the engine."""
+    km, kc, _ = started(node_kernel, workdir, tmp_path / "launcher.log")
+    key = kernel_key(km)
+    try:
+        swap = (
+            "import os\n"
+            "p = '/run/jupyter-docker-kernel/k-5'\n"
+            "os.rename(p, p + '.old')\n"
+            "os.symlink('/var/run/docker.sock', p)\n"
+        )
+        reply, _ = execute(kc, swap)
+        assert reply["status"] == "ok"
+        local = RunDir(runtime_dirs_of(key)[0]).socket(5)
+        answer = b""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(local))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: node\r\n\r\n")
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                while chunk := sock.recv(4096):
+                    answer += chunk
+        assert not answer.startswith(b"HTTP"), answer[:80]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -15,7 +15,8 @@ way a real API server and kubelet do it, and no more:
   Running), "exit" (Running, then exits with `exit_code` after `exit_after` seconds),
   "docker" (the pod RUNS: `docker` is a tests/pods.DockerKubelet, which starts the pod's
   container with its Secret's files; Running with the container's IP as podIP, its exit
-  is the pod's Succeeded/Failed with the exit code, the pod's deletion `docker rm`);
+  is the pod's Succeeded/Failed with the exit code, the pod's deletion `docker rm`, its
+  log `docker logs` as it is when asked, not followed);
 - `stop()`: the API server goes away (connections cut, port closed).
 
 Nothing here checks admission (PodSecurity), quotas, scheduling or real networking: the
@@ -115,6 +116,10 @@ class FakeCluster(kmock.KubernetesEmulator):
                     ),
                 )
             )
+        if resource == "pods/log" and self.docker is not None and request.name:
+            # The container's log so far (a snapshot: not followed as a kubelet would).
+            text = await asyncio.to_thread(self.docker.logs, request.name)
+            return aiohttp.web.Response(body=text.encode(), content_type="text/plain")
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             meta.setdefault("uid", str(uuid.uuid4()))

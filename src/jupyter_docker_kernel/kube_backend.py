@@ -39,9 +39,11 @@ process in a pod needs pods/exec, which the Role does not grant. TERM and KILL a
 pod's deletion (with TERMINATION_GRACE, or none).
 
 Tests: tests/test_kube_backend.py runs this module against kmock's in-memory Kubernetes
-API server (no control plane can run on our machines); nothing here was run against a
-real cluster yet (tests/test_kube_cluster.py, marker `kubernetes`, does when KUBECONFIG
-is set).
+API server (no control plane can run on our machines); tests/test_kube_story.py runs it
+under a KernelManager against the same server, whose kubelet runs each pod's container
+under Docker (the kernel and its Curve channels for real). Nothing here was run against
+a real cluster yet (tests/test_kube_cluster.py, marker `kubernetes`, does when
+KUBECONFIG is set).
 """
 
 from __future__ import annotations

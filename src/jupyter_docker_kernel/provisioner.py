@@ -310,6 +310,8 @@ class DockerProvisioner(KernelProvisionerBase):
                 self._notice = asyncio.ensure_future(self._announce_kill(run))
             await self._notice
         relayed = await off_loop(self._stop_meter)
+        if self.settings.kube_namespace is not None:
+            relayed = Relayed(metered=False)  # the clients talked to the pod straight
         if self._pins is not None:
             self._pins.close()
         self._run = None

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +97,16 @@ def cluster(engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
         sim.close()
 
 
-def running_pod(cluster: Cluster) -> dict[str, Any]:
-    [pod] = cluster.pods()
-    assert pod["status"]["phase"] == "Running"
-    return pod
+def the_running_pod(pods_now: Callable[[], list[dict[str, Any]]]) -> dict[str, Any]:
+    """The one kernel pod that runs now (a deleted one may linger Terminating in a cluster)."""
+    running = [
+        pod
+        for pod in pods_now()
+        if (pod.get("status") or {}).get("phase") == "Running"
+        and not pod["metadata"].get("deletionTimestamp")
+    ]
+    assert len(running) == 1, [p["metadata"]["name"] for p in running]
+    return running[0]
 
 
 def interrupt_reply(km: KernelManager, kc: Any) -> dict[str, Any]:
@@ -116,25 +122,23 @@ def interrupt_reply(km: KernelManager, kc: Any) -> dict[str, Any]:
             return content
 
 
-@pytest.mark.docker
-def test_a_notebook_runs_in_a_kernel_pod_over_curve_from_start_to_shutdown(
-    cluster: Cluster, kernel_image: str, data_dir: Path, tmp_path: Path
+def notebook_story(
+    kernel_name: str,
+    workdir: Path,
+    pods_now: Callable[[], list[dict[str, Any]]],
+    pod_gone: Callable[[str], bool],
 ) -> None:
-    """setup --kubernetes --provisioner -> KernelManager starts the kernel as a pod (the
-    submission's directory copied in through its Secret) -> the client connects straight
-    to the pod IP over Curve and runs code -> interrupt (message) -> restart (a new pod,
-    the old one's container gone) -> shutdown -> no pod, Secret, container or network left.
-    """
-    assert cli.main(["setup", "--name", "kstory", "--user", "--kubernetes", "--namespace", NS,
-                     "--provisioner", "--copy-workdir", "--image", kernel_image]) == 0  # fmt: skip
-    workdir = tmp_path / "ps1"
-    workdir.mkdir()
-    (workdir / "answer.txt").write_text("42")
-    km = KernelManager(kernel_name="kstory")
+    """The user's story on a `setup --kubernetes --provisioner --copy-workdir` kernelspec
+    whose work dir holds answer.txt = "42": KernelManager starts the kernel as a pod, the
+    client connects straight to the pod IP over Curve and runs code in the copy, not as
+    root -> interrupt (message) -> restart (a new pod; pod_gone(old name) turns true) ->
+    code again -> shutdown. Run against the simulated cluster here and a real one in
+    tests/test_kube_cluster.py; pods_now lists the namespace's kernel pods as API JSON."""
+    km = KernelManager(kernel_name=kernel_name)
     kc: Any = None
     try:
         km.start_kernel(cwd=str(workdir))
-        first = running_pod(cluster)
+        first = the_running_pod(pods_now)
         info = km.get_connection_info()
         # Straight to the pod: its IP, the fixed ports, Curve keys (no relay, no loopback).
         assert info["ip"] == first["status"]["podIP"] != "127.0.0.1"
@@ -148,18 +152,18 @@ def test_a_notebook_runs_in_a_kernel_pod_over_curve_from_start_to_shutdown(
             kc, "import os; print(open('answer.txt').read(), os.getuid())", timeout=30
         )
         assert reply["status"] == "ok"
-        assert kernels.stream_text(outputs) == "42 65534\n"  # the copy; never root
+        answer, uid = kernels.stream_text(outputs).split()
+        assert (answer, uid != "0") == ("42", True)  # the copy; never root
 
         interrupted = interrupt_reply(km, kc)
         assert (interrupted["status"], interrupted["ename"]) == ("error", "KeyboardInterrupt")
         kc.stop_channels()
 
-        first_container = cluster.kubelet.containers[first["metadata"]["name"]]
         km.restart_kernel(now=False)
-        second = running_pod(cluster)
+        second = the_running_pod(pods_now)
         assert second["metadata"]["name"] != first["metadata"]["name"]
-        assert first_container not in pods.docker("ps", "-a", "--format", "{{.Names}}").stdout
-        # A restart's pod has its own IP and keys: a client connects anew.
+        kernels.wait_until(lambda: pod_gone(first["metadata"]["name"]), timeout=30)
+        # A restart's pod has its own IP and keys: a client asks the KernelManager anew.
         kc = km.blocking_client()
         kc.start_channels()
         kc.wait_for_ready(timeout=30)
@@ -173,6 +177,33 @@ def test_a_notebook_runs_in_a_kernel_pod_over_curve_from_start_to_shutdown(
             kc.stop_channels()
         if km.has_kernel:
             km.shutdown_kernel(now=True)
+
+
+def work_dir(tmp_path: Path) -> Path:
+    """The submission's directory the story's kernel gets a copy of."""
+    workdir = tmp_path / "ps1"
+    workdir.mkdir()
+    (workdir / "answer.txt").write_text("42")
+    return workdir
+
+
+@pytest.mark.docker
+def test_a_notebook_runs_in_a_kernel_pod_over_curve_from_start_to_shutdown(
+    cluster: Cluster, kernel_image: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """setup --kubernetes --provisioner -> KernelManager starts the kernel as a pod (the
+    submission's directory copied in through its Secret) -> the client connects straight
+    to the pod IP over Curve and runs code -> interrupt (message) -> restart (a new pod,
+    the old one's container gone) -> shutdown -> no pod, Secret, container or network left.
+    """
+    assert cli.main(["setup", "--name", "kstory", "--user", "--kubernetes", "--namespace", NS,
+                     "--provisioner", "--copy-workdir", "--image", kernel_image]) == 0  # fmt: skip
+
+    def container_gone(pod: str) -> bool:
+        names = pods.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+        return cluster.kubelet.containers[pod] not in names
+
+    notebook_story("kstory", work_dir(tmp_path), cluster.pods, container_gone)
     assert cluster.pods() == []
     assert cluster.server.objects("secrets") == []
     assert cluster.kubelet.left() == []

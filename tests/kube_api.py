@@ -12,7 +12,11 @@ way a real API server and kubelet do it, and no more:
 - RBAC: `forbid(verb, resource)` answers 403 with the API server's own wording;
 - a kubelet (`kubelet` mode per test): "run" (Pending, then Running with a podIP),
   "stuck" (Pending, Unschedulable, with an event), "fail" (the container exits 1 before
-  Running), "exit" (Running, then exits with `exit_code` after `exit_after` seconds);
+  Running), "exit" (Running, then exits with `exit_code` after `exit_after` seconds),
+  "docker" (the pod RUNS: `docker` is a tests/pods.DockerKubelet, which starts the pod's
+  container with its Secret's files; Running with the container's IP as podIP, its exit
+  is the pod's Succeeded/Failed with the exit code, the pod's deletion `docker rm`, its
+  log `docker logs` as it is when asked, not followed);
 - `stop()`: the API server goes away (connections cut, port closed).
 
 Nothing here checks admission (PodSecurity), quotas, scheduling or real networking: the
@@ -71,6 +75,8 @@ class FakeCluster(kmock.KubernetesEmulator):
         self.kubelet = "run"
         self.exit_code = 0
         self.exit_after = 0.3
+        #: The "docker" kubelet's runner (tests/pods.DockerKubelet).
+        self.docker: Any = None
         self.tasks: set[asyncio.Task[None]] = set()
         #: (verb, resource, name) of every request, in order: what the client asked.
         self.calls: list[tuple[str, str, str]] = []
@@ -110,6 +116,10 @@ class FakeCluster(kmock.KubernetesEmulator):
                     ),
                 )
             )
+        if resource == "pods/log" and self.docker is not None and request.name:
+            # The container's log so far (a snapshot: not followed as a kubelet would).
+            text = await asyncio.to_thread(self.docker.logs, request.name)
+            return aiohttp.web.Response(body=text.encode(), content_type="text/plain")
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             meta.setdefault("uid", str(uuid.uuid4()))
@@ -119,6 +129,8 @@ class FakeCluster(kmock.KubernetesEmulator):
                 request.data.setdefault("status", {"phase": "Pending"})
         response = await super()._handle(request)
         if request.action == kmock.action.DELETE and resource == "pods" and request.name:
+            if self.docker is not None:
+                await asyncio.to_thread(self.docker.remove, request.name)
             await self.collect_garbage()
         if request.action == kmock.action.CREATE and resource == "pods":
             name = request.data["metadata"]["name"]
@@ -206,9 +218,50 @@ class FakeCluster(kmock.KubernetesEmulator):
         }
         self.objects[kmock.resource("v1/events"), namespace, event["metadata"]["name"]] = event
 
+    def live(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        key = self.key(plural, namespace, name)
+        return None if key is None or self.objects[key].deleted else dict(self.objects[key].raw)
+
+    async def run_in_docker(self, namespace: str, name: str) -> None:
+        """The "docker" kubelet: the pod's container runs, its end is the pod's."""
+        from tests import pods
+
+        pod = self.live("pods", namespace, name)
+        if pod is None:
+            return
+        secrets = {}
+        for volume in pod["spec"].get("volumes", []):
+            if "secret" in volume:
+                secret_name = volume["secret"]["secretName"]
+                secrets[secret_name] = pods.decoded(
+                    self.live("secrets", namespace, secret_name) or {}
+                )
+        try:
+            ip = await asyncio.to_thread(self.docker.run, pod, secrets)
+        except Exception as exc:  # what the kubelet reports when a container cannot start
+            await self.set_status(namespace, name, {"phase": "Failed", "message": str(exc)})
+            return
+        running = {**CONTAINER_STATUS, "state": {"running": {"startedAt": _now()}}}
+        await self.set_status(
+            namespace, name, {"phase": "Running", "podIP": ip, "containerStatuses": [running]}
+        )
+        code = await asyncio.to_thread(self.docker.wait, name)
+        ended = {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
+        await self.set_status(
+            namespace,
+            name,
+            {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "containerStatuses": [{**CONTAINER_STATUS, "state": {"terminated": ended}}],
+            },
+        )
+
     async def run_kubelet(self, namespace: str, name: str) -> None:
         await asyncio.sleep(0.05)
         mode = self.kubelet
+        if mode == "docker":
+            await self.run_in_docker(namespace, name)
+            return
         if mode == "stuck":
             await self.add_event(
                 namespace,

@@ -16,28 +16,25 @@ read-only and the scratch space memory), the NetworkPolicy (an internal Docker n
 stands in: no route beyond this host, but, unlike a deny-all egress policy, the host's own
 addresses on that network stay reachable).
 
-`kernel_pod` gives the pod under test: kube_manifests.render_pod's (h5's branch) when that
-module is installed, else `data/kube_pod_10df397.json`, which is render_pod's output at
-that commit, adapted the way this branch's supervisor runs it (see `_adapted`).
+`kernel_pod` gives the pod under test (kube_manifests.render_pod's); `DockerKubelet` is the
+kubelet tests/kube_api.py's in-memory API server uses for the end-to-end story
+(tests/test_kube_story.py): each created pod runs as its container, its exit and its
+deletion are the pod's.
 """
 
 from __future__ import annotations
 
 import base64
-import importlib
-import json
 import os
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jupyter_docker_kernel
 from jupyter_docker_kernel import hardening, kube_channels
 from jupyter_docker_kernel.kube_channels import KernelKeys
 
-#: render_pod's output at h5's commit 10df397 (default settings, --no-workdir).
-FALLBACK_POD = Path(__file__).with_name("data") / "kube_pod_10df397.json"
 PACKAGE = Path(jupyter_docker_kernel.__file__).parent
 NAMESPACE = "jdk-test"
 KERNEL_ID = "0f1e2d3c-kube-channels"
@@ -229,68 +226,90 @@ def docker_run_args(
     return args
 
 
-def manifests() -> ModuleType | None:
-    """kube_manifests (h5's renderer) when this tree has it, else None."""
-    try:
-        return importlib.import_module("jupyter_docker_kernel.kube_manifests")
-    except ModuleNotFoundError:
-        return None
-
-
-def _adapted(pod: dict[str, Any]) -> dict[str, Any]:
-    """The fallback pod as this branch's supervisor runs it: without kube_manifests'
-    --rlimit options (that branch's supervisor applies them; this one does not know them),
-    with kube_channels.supervisor_args() added and the kernel reading the copy."""
-    (container,) = pod["spec"]["containers"]
-    command = container["command"]
-    split = command.index("--")
-    options = command[:split]
-    while "--rlimit" in options:
-        at = options.index("--rlimit")
-        del options[at : at + 2]
-    container["command"] = [
-        *options,
-        *kube_channels.supervisor_args(),
-        "--",
-        *[kube_channels.KERNEL_CONNECTION if a == hardening.CONNECTION_TARGET else a
-          for a in command[split + 1 :]],
-    ]  # fmt: skip
-    return pod
-
-
 def kernel_pod(image: str, keys: KernelKeys) -> tuple[dict[str, Any], dict[str, dict[str, bytes]]]:
-    """The kernel pod under test and its Secrets' decoded data, by Secret name."""
-    module = manifests()
-    supervisor = (PACKAGE / "_supervise.py").read_bytes()
-    usage = (PACKAGE / "_usage.py").read_bytes()
-    if module is None:
-        pod = _adapted(json.loads(FALLBACK_POD.read_text()))
-        pod["spec"]["containers"][0]["image"] = image
-        (secret_volume,) = [v for v in pod["spec"]["volumes"] if "secret" in v]
-        data = {
-            "kernel.json": json.dumps(kube_channels.pod_connection(keys)).encode(),
-            "supervise.py": supervisor,
-            "sitecustomize.py": usage,
-        }
-        return pod, {secret_volume["secret"]["secretName"]: data}
+    """The kernel pod under test (kube_manifests.render_pod, default settings, --no-workdir)
+    and its Secrets' decoded data, by Secret name."""
+    from jupyter_docker_kernel import kube_manifests
     from jupyter_docker_kernel.settings import KernelSettings
 
-    settings: Any = KernelSettings(image=image, workdir="none", kube_namespace=NAMESPACE)  # type: ignore[call-arg,unused-ignore]
-    launch = module.PodLaunch(
+    settings = KernelSettings(image=image, workdir="none", kube_namespace=NAMESPACE)
+    launch = kube_manifests.PodLaunch(
         kernel_id=KERNEL_ID,
-        name=module.pod_name(KERNEL_ID, os.urandom(2).hex()),
+        name=kube_manifests.pod_name(KERNEL_ID, os.urandom(2).hex()),
         namespace=NAMESPACE,
-        user=module.pod_user(settings, 1000, 1000),
+        user=kube_manifests.pod_user(settings, 1000, 1000),
         kernelspec="jdk-test-kube",
     )
-    connection = module.pod_connection(keys.key, curve=keys.curve_fields())
-    secret = module.render_secret(launch, connection, supervisor=supervisor, usage_hook=usage)
-    decoded = {key: base64.b64decode(value) for key, value in secret["data"].items()}
-    pod = module.render_pod(settings, launch)
-    command = pod["spec"]["containers"][0]["command"]
-    assert kube_channels.supervisor_args()[0] in command, (
-        "kube_manifests.pod_command must add kube_channels.supervisor_args() and run "
-        "kube_channels.kernel_command(settings): ipykernel 7 dies on a read-only "
-        "connection file that holds Curve keys"
+    secret = kube_manifests.render_secret(
+        launch,
+        kube_channels.pod_connection(keys),
+        supervisor=(PACKAGE / "_supervise.py").read_bytes(),
+        usage_hook=(PACKAGE / "_usage.py").read_bytes(),
     )
-    return pod, {secret["metadata"]["name"]: decoded}
+    pod = kube_manifests.render_pod(settings, launch)
+    return pod, {secret["metadata"]["name"]: decoded(secret)}
+
+
+def decoded(secret: Mapping[str, Any]) -> dict[str, bytes]:
+    """A Secret's data as the kubelet writes it into the pod: base64 decoded."""
+    return {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the docker CLI; with check, a failure is an AssertionError carrying its stderr."""
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+    assert not check or done.returncode == 0, f"docker {args[0]} failed: {done.stderr}"
+    return done
+
+
+class DockerKubelet:
+    """A kubelet for tests/kube_api.py's FakeCluster that RUNS each pod (SIMULATED control
+    plane, real container): the pod's V1Pod goes through docker_run_args onto `network`
+    (an internal Docker network the host reaches), its Secret volumes are written as the
+    kubelet would (kubelet_volumes). Blocking methods: the cluster calls them in threads.
+
+    run() returns the container's IP (the pod IP); wait() its exit code; remove() is the
+    pod's deletion (`docker rm -f`, idempotent). Every container carries `label`.
+    """
+
+    def __init__(self, network: str, root: Path, label: str) -> None:
+        self.network = network
+        self.root = root
+        self.label = label
+        #: pod name -> container name, for remove() and the test's checks.
+        self.containers: dict[str, str] = {}
+
+    def run(self, pod: Mapping[str, Any], secrets: Mapping[str, Mapping[str, bytes]]) -> str:
+        name = pod["metadata"]["name"]
+        container = f"{self.network}-{name}"[:120]
+        volumes = kubelet_volumes(pod, secrets, self.root / name)
+        args = docker_run_args(
+            pod,
+            name=container,
+            network=self.network,
+            volume_dirs=volumes,
+            labels={self.label: self.network},
+        )
+        self.containers[name] = container
+        docker(*args)
+        template = f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}'
+        return docker("inspect", "-f", template, container).stdout.strip()
+
+    def wait(self, name: str) -> int:
+        """Block until the pod's container exits: its exit code (137 if it was removed)."""
+        out = docker("wait", self.containers[name], check=False).stdout.strip()
+        return int(out) if out.lstrip("-").isdigit() else 137
+
+    def logs(self, name: str) -> str:
+        out = docker("logs", self.containers.get(name, name), check=False)
+        return out.stdout + out.stderr
+
+    def remove(self, name: str) -> None:
+        container = self.containers.get(name)
+        if container is not None:
+            docker("rm", "-f", container, check=False)
+
+    def left(self) -> list[str]:
+        """Containers of this kubelet the engine still has (running or not)."""
+        found = docker("ps", "-aq", "--filter", f"label={self.label}={self.network}")
+        return found.stdout.split()

@@ -123,6 +123,15 @@ def test_exit_line(case: str, end: Ending, level: int, code: str) -> None:
     assert report.failure == ""
 
 
+def test_the_exit_line_of_a_kernel_nobody_relayed_says_so() -> None:
+    """A kernel pod's clients connect straight to it: no byte counts, which would read 0."""
+    report = exit_report("jdk-k-1", ending(0), 1.5, Relayed(metered=False), SETTINGS)
+    assert report.line == (
+        "kernel container jdk-k-1 exited with code 0 after 1.5 s; "
+        "not relayed (the clients connected straight to it)"
+    )
+
+
 @pytest.mark.parametrize("code", [125, 126, 127])
 def test_a_cold_start_the_engine_refused_is_explained(code: int) -> None:
     said = "docker: Error response from daemon: something went wrong.\n"

@@ -27,7 +27,13 @@ import pytest
 pytest.importorskip("kmock", reason="kmock needs Python 3.11+")
 kubernetes = pytest.importorskip("kubernetes")
 
-from jupyter_docker_kernel import _supervise, hardening, kube_manage, kube_manifests  # noqa: E402
+from jupyter_docker_kernel import (  # noqa: E402
+    _supervise,
+    hardening,
+    kube_backend,
+    kube_manage,
+    kube_manifests,
+)
 from jupyter_docker_kernel.container import Container, Relayed  # noqa: E402
 from jupyter_docker_kernel.errors import LaunchError, SettingsError  # noqa: E402
 from jupyter_docker_kernel.kube_backend import KubeApi, KubeBackend, KubeError, PodCold  # noqa: E402
@@ -54,12 +60,29 @@ def cluster(server: ApiServer) -> Any:
     return server.cluster
 
 
+class Readiness:
+    """KubeBackend's `ready` here: no kernel listens at the simulated pod IP, so this
+    records what the backend asks (kube_channels.wait_until_ready's arguments) and
+    answers, or raises `error`."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.asked: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def __call__(self, info: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        self.asked.append((info, kw))
+        if self.error is not None:
+            raise self.error
+        return {"status": "ok", "implementation": "simulated"}
+
+
 def make_backend(server: ApiServer, **kw: Any) -> KubeBackend:
     config = kubernetes.client.Configuration(host=server.url)
     api = KubeApi(kubernetes.client.ApiClient(config), NS)
     kw.setdefault("start_timeout", 5)
     kw.setdefault("server_ids", (1000, 100))
     kw.setdefault("server", "jupyter-alice")
+    kw.setdefault("ready", Readiness())
     return KubeBackend(api, **kw)
 
 
@@ -128,9 +151,11 @@ def test_start_creates_the_secret_then_the_pod_then_owns_the_secret_by_the_pod(
     assert cold.uid == pod["metadata"]["uid"]
 
 
-def test_start_watches_to_running_and_returns_the_pod_ip_and_curve_key(
+def test_start_watches_to_running_and_returns_the_pods_client_connection(
     backend: KubeBackend, server: ApiServer, cluster: Any, tmp_path: Path, workdir: Path
 ) -> None:
+    """The endpoint is kube_channels.client_connection of the Secret's keys at the pod IP:
+    what jupyter_client needs (it uses the kernel's Curve pair as its own)."""
     import zmq
 
     cold = start(backend, tmp_path, workdir)
@@ -139,9 +164,38 @@ def test_start_watches_to_running_and_returns_the_pod_ip_and_curve_key(
     assert cold.endpoint.ports == kube_manifests.POD_PORTS
     conn = json.loads(secret_data(server)["kernel.json"])
     assert conn["key"] == "the-hmac-key"
-    # The kernel's secret key is in the Secret; the client gets its public half only.
+    assert conn["ip"] == "0.0.0.0"  # noqa: S104 - the kernel binds its pod's addresses
     public = zmq.curve_public(conn["curve_secretkey"].encode()).decode()
     assert public == cold.endpoint.curve_publickey == conn["curve_publickey"]
+    client = cold.endpoint.connection
+    assert client == {**conn, "ip": POD_IP, "kernel_name": "course"}
+    assert "the-hmac-key" not in repr(cold.endpoint)
+
+
+def test_start_waits_until_the_kernel_answers_over_curve_before_returning(
+    server: ApiServer, tmp_path: Path, workdir: Path
+) -> None:
+    """After Running, the backend asks the kernel at the pod IP (wait_until_ready) with
+    the client's connection info and an `alive` check of the pod's phase."""
+    readiness = Readiness()
+    cold = start(make_backend(server, ready=readiness), tmp_path, workdir)
+    [(info, kw)] = readiness.asked
+    assert info == cold.endpoint.connection
+    assert kw["timeout"] >= kube_backend.READY_MIN
+    assert kw["alive"]() is True
+    make_backend(server).remove(cold.name)
+    assert kw["alive"]() is False
+
+
+def test_a_kernel_that_never_answers_deletes_its_pod_and_secret(
+    server: ApiServer, tmp_path: Path, workdir: Path
+) -> None:
+    """wait_until_ready's LaunchError ends the start with nothing left in the namespace."""
+    silent = Readiness(LaunchError("The kernel at 10.42.0.17 did not answer", "no client"))
+    with pytest.raises(LaunchError, match="did not answer"):
+        start(make_backend(server, ready=silent), tmp_path, workdir)
+    assert server.objects("pods") == []
+    assert server.objects("secrets") == []
 
 
 def test_start_creates_the_rendered_pod(
@@ -514,7 +568,7 @@ def kubeconfig(server: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     return path
 
 
-SETUP = ["setup", "--name", "course", "--user", "--kubernetes", "--namespace", NS]
+SETUP = ["setup", "--name", "course", "--user", "--kubernetes", "--namespace", NS, "--provisioner"]
 
 
 def test_backend_for_kube_settings_is_the_kube_backend_of_the_kubeconfig(
@@ -560,6 +614,34 @@ def test_setup_kubernetes_refuses_an_account_without_the_role(
     assert cli.main([*SETUP, "--copy-workdir"]) == 1
     assert "not allowed: create pods" in capsys.readouterr().err
     assert not (data_dir / "kernels" / "course").exists()
+
+
+def test_setup_kubernetes_without_the_provisioner_is_refused_with_why(
+    kubeconfig: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The argv launcher cannot reach a pod (plain channels, no Curve keys): refused."""
+    from jupyter_docker_kernel import cli
+
+    argv = [a for a in SETUP if a != "--provisioner"]
+    assert cli.main([*argv, "--copy-workdir"]) == 1
+    err = capsys.readouterr().err
+    assert "--kubernetes needs --provisioner: a kernel pod speaks only CurveZMQ" in err
+    assert not (data_dir / "kernels" / "course").exists()
+
+
+def test_the_argv_launcher_refuses_a_kubernetes_kernelspec_and_starts_nothing(
+    server: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that ignores provisioners runs the argv: one clear line, no pod."""
+    from jupyter_docker_kernel import session
+
+    conn = tmp_path / "kernel-argv.json"
+    conn.write_text(json.dumps({"key": "k", "transport": "tcp", "ip": "127.0.0.1"}))
+    hooks = session.Hooks(backend=lambda s: make_backend(server), watchdog=False)
+    with caplog.at_level(logging.ERROR, logger="jupyter_docker_kernel.launcher"):
+        assert session.run(settings(), str(conn), hooks) == 1
+    assert "client that honours kernel provisioners" in caplog.text
+    assert server.objects("pods") == []
 
 
 def test_setup_namespace_without_kubernetes_is_refused(

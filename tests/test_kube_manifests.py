@@ -294,9 +294,7 @@ def test_pod_name_is_a_dns_label_of_the_kernel_id() -> None:
 
 
 def test_secret_carries_connection_supervisor_and_copy_and_is_immutable() -> None:
-    connection = kube_manifests.pod_connection(
-        "hmac-key", curve={"curve_publickey": "P" * 40, "curve_secretkey": "S" * 40}
-    )
+    connection = kube_channels.pod_connection(kube_channels.KernelKeys.generate())
     secret = kube_manifests.render_secret(
         launch(), connection, supervisor=b"sup", usage_hook=b"use", workdir_stream=b"tree"
     )
@@ -310,21 +308,6 @@ def test_secret_carries_connection_supervisor_and_copy_and_is_immutable() -> Non
     )
     assert secret["immutable"] is True
     assert secret["metadata"]["labels"] == POD["metadata"]["labels"]
-
-
-def test_pod_connection_listens_on_the_pod_ports_with_curve_keys() -> None:
-    conn = kube_manifests.pod_connection(
-        "k", curve={"curve_publickey": "p", "curve_secretkey": "s"}
-    )
-    assert conn["transport"] == "tcp"
-    assert [conn[f"{c}_port"] for c in ("shell", "iopub", "stdin", "control", "hb")] == [
-        40001,
-        40002,
-        40003,
-        40004,
-        40005,
-    ]
-    assert (conn["curve_publickey"], conn["curve_secretkey"]) == ("p", "s")
 
 
 def test_secret_owner_is_the_created_pod() -> None:
@@ -437,7 +420,7 @@ def test_show_as_command_keeps_the_kubernetes_options(
 
     argv = ["setup", "--name", "pods", "--user", "--skip-checks", "--kubernetes",
             "--namespace", NS, "--kube-context", "prod", "--kube-pull", "Always",
-            "--kube-pvc", "claim-alice:/home/jovyan"]  # fmt: skip
+            "--kube-pvc", "claim-alice:/home/jovyan", "--provisioner"]  # fmt: skip
     assert cli.main(argv) == 0
     capsys.readouterr()
     assert cli.main(["show", "pods", "--as-command"]) == 0

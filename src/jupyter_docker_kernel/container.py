@@ -169,6 +169,9 @@ class Relayed:
     out: int = 0
     into: int = 0
     charged: int = 0
+    #: False when no relay of ours ran: the clients talked to the kernel straight (a
+    #: Kubernetes pod over CurveZMQ), so nothing was counted.
+    metered: bool = True
 
 
 @dataclass(frozen=True)
@@ -208,11 +211,14 @@ def exit_report(
     if not reason and ending.code == NO_LIFELINE_EXIT and ending.cold:
         reason = NO_LIFELINE_REASON
     why = f" ({reason})" if reason else ""
-    line = (
-        f"kernel container {name} exited with code {ending.code}{why} after {ran:.1f} s; "
+    traffic = (
         f"relayed {relayed.out} bytes out, {relayed.into} in; "
         f"{relayed.charged} bytes of output counted against the budget"
+        if relayed.metered
+        else "not relayed (the clients connected straight to it)"
     )
+    line = f"kernel container {name} exited with code {ending.code}{why} after {ran:.1f} s; "
+    line += traffic
     failure = ""
     if ending.code in RUN_FAILURES and not ending.stopping and ending.cold:
         what, fix = explain_run_failure(ending.said, ending.code, settings)

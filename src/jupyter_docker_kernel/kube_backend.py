@@ -10,16 +10,24 @@ Container's: this module only creates, watches and deletes.
 A cold start (`start_cold`, blocking; the provisioner calls Container.start off its loop):
   1. the work dir's copy (--copy-workdir) is streamed into memory, at most
      kube_manifests.SECRET_COPY_LIMIT bytes, before anything exists;
-  2. a CurveZMQ key pair is made for the kernel; the connection file (HMAC key, Curve keys,
-     POD_PORTS) goes into the per-kernel Secret, which is created first, without an owner:
-     a pod whose Secret is missing would wait in ContainerCreating and be retried by the
-     kubelet on its own back-off, seconds later;
+  2. the kernel's keys (kube_channels.KernelKeys: the client's HMAC key, a fresh CurveZMQ
+     key pair) and its connection file (kube_channels.pod_connection: TCP on the fixed
+     kube_channels.PORTS) go into the per-kernel Secret, which is created first, without
+     an owner: a pod whose Secret is missing would wait in ContainerCreating and be
+     retried by the kubelet on its own back-off, seconds later;
   3. the Pod is created; then the Secret's ownerReferences are patched to the Pod's uid, so
      Kubernetes deletes the Secret with the Pod. A server that dies between 2 and 3 leaves a
      labelled Secret that `gc` removes (kube_manage.gc);
   4. the pod is watched until Running (its IP is where the kernel listens), failed, or
      start_timeout passed: then the error carries its phase, conditions and events, and
-     the pod is deleted (nothing is left running).
+     the pod is deleted (nothing is left running);
+  5. kube_channels.wait_until_ready asks the kernel for kernel_info over its Curve shell
+     channel until a signed reply comes (a Running pod is not yet a kernel that listens,
+     and jupyter_client's own wait_for_ready gives up after a 1 s heartbeat window); a
+     kernel that does not answer, or a pod that ends first, deletes pod and Secret too.
+The Cold it returns (PodCold) carries the kernel's client connection info
+(`PodCold.endpoint.connection`, kube_channels.client_connection: pod IP, fixed ports, HMAC
+and Curve keys), which the provisioner returns to jupyter_client from launch_kernel.
 `PodCold.wait` watches the pod to its end (exit code of the kernel container; the kubelet's
 reason, such as OOMKilled or DeadlineExceeded, becomes the supervisor's words). When the
 API goes away mid-kernel, the watch is retried for API_LOSS_WAIT seconds, then the kernel is
@@ -31,9 +39,11 @@ process in a pod needs pods/exec, which the Role does not grant. TERM and KILL a
 pod's deletion (with TERMINATION_GRACE, or none).
 
 Tests: tests/test_kube_backend.py runs this module against kmock's in-memory Kubernetes
-API server (no control plane can run on our machines); nothing here was run against a
-real cluster yet (tests/test_kube_cluster.py, marker `kubernetes`, does when KUBECONFIG
-is set).
+API server (no control plane can run on our machines); tests/test_kube_story.py runs it
+under a KernelManager against the same server, whose kubelet runs each pod's container
+under Docker (the kernel and its Curve channels for real). Nothing here was run against
+a real cluster yet (tests/test_kube_cluster.py, marker `kubernetes`, does when
+KUBECONFIG is set).
 """
 
 from __future__ import annotations
@@ -47,12 +57,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from jupyter_docker_kernel import hardening, kube_manifests, workcopy
+from jupyter_docker_kernel import hardening, kube_channels, kube_manifests, workcopy
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError, SettingsError
+from jupyter_docker_kernel.kube_channels import KernelKeys
 from jupyter_docker_kernel.kube_manifests import PodLaunch, PodOwner
 from jupyter_docker_kernel.rundir import RunDir
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
@@ -66,6 +77,9 @@ log = logging.getLogger("jupyter_docker_kernel.launcher")
 
 #: How long a pod may take from creation to Running (image on the node, scheduling).
 POD_START_TIMEOUT = 120.0
+#: The least time the kernel of a Running pod gets to answer kernel_info (the rest of
+#: POD_START_TIMEOUT, but never less than this).
+READY_MIN = 30.0
 #: How long the API may be unreachable while a kernel runs before we take it as ended.
 API_LOSS_WAIT = 10.0
 #: Seconds one API request may take (connect and read), except watches and log follows.
@@ -269,14 +283,29 @@ class KubeApi:
             watch.stop()
 
 
+#: What KubeBackend calls once the pod is Running: kube_channels.wait_until_ready's shape
+#: (the API conversation's tests, where no kernel listens at the pod IP, pass their own).
+Ready = Callable[..., Any]
+
+
 @dataclass(frozen=True)
 class PodEndpoint:
-    """Where a running kernel pod listens: what the client side (a Curve client of every
-    channel) connects to. curve_publickey is the kernel's (Z85), the clients' server key."""
+    """Where a running kernel pod listens, and everything a client needs to talk to it:
+    `connection` is kube_channels.client_connection (pod IP, the fixed ports, the HMAC key
+    and the kernel's Curve key pair, which jupyter_client 8.10 clients use as their own),
+    what the provisioner hands jupyter_client. repr shows no key."""
 
     ip: str
-    ports: dict[str, int]
-    curve_publickey: str
+    connection: dict[str, Any] = field(repr=False)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {name: int(self.connection[f"{name}_port"]) for name in kube_channels.CHANNELS}
+
+    @property
+    def curve_publickey(self) -> str:
+        """The kernel's Curve public key (Z85): every client's server key."""
+        return str(self.connection["curve_publickey"])
 
 
 def pod_phase(pod: dict[str, Any]) -> str:
@@ -362,14 +391,6 @@ def copy_stream(project: str, settings: KernelSettings) -> bytes:
     if len(data) > secret_limit:  # the stream's headers on top of the files' bytes
         raise too_big
     return data
-
-
-def curve_keypair() -> tuple[str, str]:
-    """A fresh CurveZMQ key pair (public, secret), Z85 text: the kernel's, per start."""
-    import zmq
-
-    public, secret = zmq.curve_keypair()
-    return public.decode("ascii"), secret.decode("ascii")
 
 
 class PodCold:
@@ -458,16 +479,20 @@ class KubeBackend:
         server: str = "",
         start_timeout: float = POD_START_TIMEOUT,
         server_ids: tuple[int, int] | None = None,
+        ready: Ready = kube_channels.wait_until_ready,
     ) -> None:
         """api: the namespace's KubeApi. owner: the server's pod (server_owner()); server:
         the label value naming who started the kernel (default: the owner, else the host).
-        server_ids: the uid and gid the kernel's uid rule starts from (default: ours)."""
+        server_ids: the uid and gid the kernel's uid rule starts from (default: ours).
+        ready: waits until the Running pod's kernel answers over Curve (start_cold's step 5;
+        kube_channels.wait_until_ready, replaced only where no kernel runs at the pod IP)."""
         self.api = api
         self.owner = owner
         self.server = server or (owner.name if owner else os.uname().nodename)
         self.start_timeout = start_timeout
         self.server_ids = server_ids or (os.getuid(), os.getgid())
         self.api_loss_wait = API_LOSS_WAIT
+        self.ready = ready
 
     @classmethod
     def for_settings(cls, settings: KernelSettings) -> KubeBackend:
@@ -507,13 +532,11 @@ class KubeBackend:
         facts = self.pod_launch(settings, launch, copy=stream is not None)
         with open(launch.connection_file) as fh:
             local = json.load(fh)
-        public, secret = curve_keypair()
-        connection = kube_manifests.pod_connection(
-            str(local.get("key", "")),
-            str(local.get("signature_scheme", "hmac-sha256")),
-            str(local.get("kernel_name", "")),
-            curve={"curve_publickey": public, "curve_secretkey": secret},
-        )
+        keys = KernelKeys.generate()
+        if local.get("key"):
+            # The Jupyter client's HMAC key: the kernel signs with what the client checks.
+            keys = replace(keys, key=str(local["key"]))
+        connection = kube_channels.pod_connection(keys)
         here = Path(hardening.SUPERVISOR_PATH)
         secret_body = kube_manifests.render_secret(
             facts,
@@ -526,6 +549,7 @@ class KubeBackend:
         pod_body = kube_manifests.render_pod(settings, facts)
         api = self.api
         secret_name = secret_body["metadata"]["name"]
+        deadline = time.monotonic() + self.start_timeout
         api.call("create", "secrets", api.core.create_namespaced_secret, api.namespace, secret_body)
         try:
             created = api.call(
@@ -543,21 +567,38 @@ class KubeBackend:
                     {"metadata": {"ownerReferences": kube_manifests.secret_owner(pod)}},
                 )
             running = self.wait_running(facts.name)
+            ip = str((running.get("status") or {}).get("podIP") or "")
+            client = kube_channels.client_connection(keys, ip)
+            client["kernel_name"] = str(local.get("kernel_name", ""))
+            # A Running pod is not yet a kernel that listens: ask it over Curve, at least
+            # READY_MIN seconds even when the pod took the start's whole time to run.
+            self.ready(
+                client,
+                timeout=max(READY_MIN, deadline - time.monotonic()),
+                alive=lambda: self._still_running(facts.name),
+            )
         except BaseException:
             self._discard(facts.name, secret_name)
             raise
-        ip = str((running.get("status") or {}).get("podIP") or "")
         log.info(
-            "kernel %s: pod %s running in namespace %s at %s (ports %d-%d, CurveZMQ)",
+            "kernel %s: pod %s running in namespace %s at %s (ports %d-%d, CurveZMQ), "
+            "answering kernel_info",
             launch.kernel_id,
             facts.name,
             api.namespace,
             ip,
-            min(kube_manifests.POD_PORTS.values()),
-            max(kube_manifests.POD_PORTS.values()),
+            min(kube_channels.PORTS.values()),
+            max(kube_channels.PORTS.values()),
         )
-        endpoint = PodEndpoint(ip=ip, ports=dict(kube_manifests.POD_PORTS), curve_publickey=public)
-        return PodCold(self, facts.name, running, endpoint)
+        return PodCold(self, facts.name, running, PodEndpoint(ip=ip, connection=client))
+
+    def _still_running(self, name: str) -> bool:
+        """wait_until_ready's `alive`: the pod is still Running (an API error counts as
+        yes: the readiness timeout, not one failed GET, decides)."""
+        try:
+            return pod_phase(self.inspect(name) or {}) == "Running"
+        except DockerKernelError:
+            return True
 
     def _discard(self, pod: str, secret: str) -> None:
         """A failed start's pod and Secret, deleted quietly (either may not exist)."""

@@ -7,7 +7,7 @@ as the connection file (kube_manifests mounts it read-only at hardening.CONNECTI
 adds `supervisor_args()` to the supervisor's options and runs `kernel_command(settings)`
 after them, and once the pod is Running and its IP known, calls `wait_until_ready(
 client_connection(keys, pod_ip), timeout=...)` before it hands `client_connection(...)` to
-jupyter_client. docs/kubernetes-channels.md says what was run against what.
+jupyter_client. docs/kubernetes.md ("The channels") says what was run against what.
 
 How the channels are encrypted (jupyter_client 8.9+, ipykernel 7; the default image has
 ipykernel 7.4.0, pyzmq 27.3 on libzmq 4.3.5 with CURVE):

@@ -15,10 +15,11 @@ files, file size, process count; a cluster's pids limit is the kubelet's, per no
 listed in POD_LACKS and passed to the in-container supervisor instead (`--rlimit`).
 
 One kernel is three things in the namespace:
-  Secret  `<pod>-keys`: the connection file (HMAC key, Curve keys), the supervisor and its
-          usage hook, and with --copy-workdir the work dir's stream; immutable, mounted
-          read-only; its ownerReference names the pod (set right after the pod exists,
-          kube_backend.KubeBackend.start_cold), so it goes when the pod goes.
+  Secret  `<pod>-keys`: the connection file (kube_channels.pod_connection: HMAC key,
+          Curve keys), the supervisor and its usage hook, and with --copy-workdir the
+          work dir's stream; immutable, mounted read-only; its ownerReference names the
+          pod (set right after the pod exists, kube_backend.KubeBackend.start_cold), so it
+          goes when the pod goes.
   Pod     one container, the kernel under our supervisor, listening with CurveZMQ on the
           fixed ports POD_PORTS; ownerReference to the Jupyter server's pod when that runs
           in the same namespace.
@@ -37,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_docker_kernel import hardening, kube_channels
-from jupyter_docker_kernel.endpoints import CHANNELS
 from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 
@@ -58,12 +58,10 @@ ANNOTATION_KERNELSPEC = "jupyter-docker-kernel.io/kernelspec"
 KERNEL_SELECTOR = {LABEL_NAME: APP, LABEL_COMPONENT: COMPONENT}
 
 #: The kernel binds channel N (CHANNELS order: shell, iopub, stdin, control, hb) on TCP
-#: port POD_PORT_BASE+N of its own pod IP, encrypted with CurveZMQ; the same numbers as
-#: the local tcp transport's loopback ports (hardening.BRIDGE_PORT_BASE).
+#: port POD_PORT_BASE+N of its own pod IP, encrypted with CurveZMQ: kube_channels.PORTS
+#: (the one definition; the same numbers as the local tcp transport's loopback ports).
 POD_PORT_BASE = hardening.BRIDGE_PORT_BASE
-POD_PORTS: dict[str, int] = {
-    channel: POD_PORT_BASE + index for index, channel in enumerate(CHANNELS, start=1)
-}
+POD_PORTS: dict[str, int] = dict(kube_channels.PORTS)
 #: The one container's name in a kernel pod.
 CONTAINER = "kernel"
 #: The Secret's keys, and where each appears in the container (one read-only volume at
@@ -320,28 +318,6 @@ def secret_owner(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
             "blockOwnerDeletion": False,
         }
     ]
-
-
-def pod_connection(
-    key: str,
-    signature_scheme: str = "hmac-sha256",
-    kernel_name: str = "",
-    curve: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """The connection file the kernel reads in its pod: TCP on every address of its own
-    pod (only the NetworkPolicy's clients reach it) at POD_PORTS, the client's HMAC key,
-    and the Curve keys (server secret key for the kernel) that encrypt every channel."""
-    conn: dict[str, Any] = {
-        "transport": "tcp",
-        "ip": "0.0.0.0",  # noqa: S104 - the pod's own network namespace; see the docstring
-        "key": key,
-        "signature_scheme": signature_scheme,
-        "kernel_name": kernel_name,
-        **{f"{channel}_port": port for channel, port in POD_PORTS.items()},
-    }
-    if curve:
-        conn.update(curve)
-    return conn
 
 
 def _b64(data: bytes) -> str:

@@ -11,6 +11,12 @@ launcher; this adapter adds jupyter_client's Popen-like methods and the in-proce
 (pins.py): the client connects to unix sockets in a host-only dir of the kernel's, metered
 against --max-message and --output-budget as the launcher's relay does. Clients that
 ignore provisioners (VS Code) run the argv launcher from the same kernel.json.
+
+A Kubernetes kernel (setup --kubernetes, kube_backend.KubeBackend) is the exception: no
+relay, no pins. launch_kernel returns the pod's own connection info (its IP, the fixed
+ports, the HMAC key and the kernel's Curve key pair: kube_channels.client_connection), so
+jupyter_client connects straight to the pod over CurveZMQ; a relay of raw bytes could not
+carry Curve. So --max-message and --output-budget do not apply to such kernels.
 """
 
 from __future__ import annotations
@@ -179,12 +185,14 @@ class DockerProvisioner(KernelProvisionerBase):
         share_log(self.log)
         if self.base is None:
             self.base = RunDir.new(runtime_base(), self.key).path
-        conn = client_connection(RunDir(self.base).client)
-        km.transport = conn["transport"]
-        km.ip = conn["ip"]
-        for name, value in conn.items():
-            if name.endswith("_port"):
-                setattr(km, name, value)
+        if self.settings.kube_namespace is None:
+            conn = client_connection(RunDir(self.base).client)
+            km.transport = conn["transport"]
+            km.ip = conn["ip"]
+            for name, value in conn.items():
+                if name.endswith("_port"):
+                    setattr(km, name, value)
+        # A pod's: only the HMAC key counts here; launch_kernel returns the pod's info.
         km.write_connection_file()
         self.connection_info = km.get_connection_info()
         kwargs.pop("extra_arguments", None)
@@ -207,9 +215,13 @@ class DockerProvisioner(KernelProvisionerBase):
             client_pid=os.getpid(),  # we run inside the client (the server)
             logger=self.log,
         )
-        await off_loop(ensure_janitor, engine)
+        pod = self.settings.kube_namespace is not None
+        if not pod:  # a pod goes with the server's pod (ownerReference) or by `gc`
+            await off_loop(ensure_janitor, engine)
         try:
             await off_loop(container.start)
+            if pod:
+                return await self._launched_pod(container)
             self._pins = SocketPins(container.runtime_dir, rundir.pins)
             self._meter = start_meter(self.settings, rundir.client, rundir.pins, container.stop)
         except (DockerKernelError, OSError):
@@ -230,6 +242,26 @@ class DockerProvisioner(KernelProvisionerBase):
             f"budget {self.settings.output_budget}) from {rundir.client}",
         )
         self._run = Running(container)
+        return self.connection_info
+
+    async def _launched_pod(self, container: Container) -> KernelConnectionInfo:
+        """launch_kernel for a kernel pod (its Container started, the kernel answering over
+        Curve): jupyter_client gets the pod's connection info, and connects straight to it."""
+        endpoint = getattr(container.cold, "endpoint", None)
+        assert endpoint is not None, "KubeBackend.start_cold returns a PodCold"
+        self.container_name = container.name
+        self._container = container
+        self._notice = None
+        container.attach(
+            lambda: 0,
+            f"; clients connect straight to pod IP {endpoint.ip} over CurveZMQ (no relay: "
+            "--max-message and --output-budget do not apply)",
+        )
+        self._run = Running(container)
+        info = dict(endpoint.connection)
+        # KernelManager compares the key it holds (bytes) with what we return.
+        info["key"] = str(info["key"]).encode()
+        self.connection_info = info  # type: ignore[assignment]  # KernelConnectionInfo is a TypedDict
         return self.connection_info
 
     # -- running ------------------------------------------------------------------------------
@@ -278,6 +310,8 @@ class DockerProvisioner(KernelProvisionerBase):
                 self._notice = asyncio.ensure_future(self._announce_kill(run))
             await self._notice
         relayed = await off_loop(self._stop_meter)
+        if self.settings.kube_namespace is not None:
+            relayed = Relayed(metered=False)  # the clients talked to the pod straight
         if self._pins is not None:
             self._pins.close()
         self._run = None

@@ -32,7 +32,7 @@ from typing import IO, Any, TypeVar
 from jupyter_docker_kernel.container import Backend, Container, Relayed
 from jupyter_docker_kernel.endpoints import CHANNELS, Route, client_cwd, host_endpoints, listen
 from jupyter_docker_kernel.engine import Engine, use_host
-from jupyter_docker_kernel.errors import DockerKernelError
+from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.kernelspec import SETTINGS_ENV
 from jupyter_docker_kernel.rundir import alive, process_start_time
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
@@ -85,6 +85,19 @@ class Hooks:
     )
 
 
+#: Why an argv launcher does not start a --kubernetes kernel (LaunchError's three parts):
+#: its client's connection file has no Curve keys and the relay moves raw bytes, while a
+#: kernel pod answers only CurveZMQ clients (a plaintext path to it would undo that).
+KUBE_NEEDS_PROVISIONER = (
+    "This --kubernetes kernelspec was started through its argv (a client that ignores "
+    "kernel provisioners), which cannot reach a kernel pod: the pod speaks only CurveZMQ, "
+    "and an argv kernel's connection file has no Curve keys",
+    "No pod was started",
+    "Use a client that honours kernel provisioners (Jupyter Server, JupyterLab, nbclient, "
+    "nbgrader); see docs/kubernetes.md",
+)
+
+
 def deliver(container: Container, signum: int) -> None:
     """A signal of the Jupyter client's, for the kernel: SIGINT interrupts it, SIGTERM and
     SIGHUP stop it (remove its container). Both hosts route their clients' signals here."""
@@ -101,6 +114,8 @@ def run(settings: KernelSettings, connection_file: str, hooks: Hooks) -> int:
     lifeline = -1
     logger = hooks.logger or log
     try:
+        if settings.kube_namespace is not None:
+            raise LaunchError(*KUBE_NEEDS_PROVISIONER)
         backend = hooks.backend(settings) if hooks.backend is not None else None
         container = Container(
             settings,

@@ -150,6 +150,18 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
             NOT_WRITTEN,
             "Name the image by its digest in --image instead.",
         )
+    provisioner = request.provisioner or "kernel_provisioner" in (old_json.get("metadata") or {})
+    if settings.kube_namespace is not None and not provisioner:
+        # The argv launcher's relay moves raw bytes on the client's plain channels; a pod
+        # answers only CurveZMQ, whose keys reach jupyter_client through the provisioner.
+        raise SettingsError(
+            "--kubernetes needs --provisioner: a kernel pod speaks only CurveZMQ, and only "
+            "the provisioner hands jupyter_client its Curve keys (the argv launcher's "
+            "channels are plain)",
+            NOT_WRITTEN,
+            "Add --provisioner (clients that ignore provisioners, such as VS Code, cannot "
+            "use Kubernetes kernels).",
+        )
     if settings.kube_namespace is not None:
         # The image runs on the cluster's nodes, not here: the cluster is what is checked.
         if not request.skip_checks:
@@ -195,7 +207,7 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         # A pod is signalled only through pods/exec, which the Role does not grant.
         or ("message" if settings.kube_namespace is not None else "signal"),
         language=in_image.language if in_image else kept_language,
-        provisioner=request.provisioner or "kernel_provisioner" in (old_json.get("metadata") or {}),
+        provisioner=provisioner,
         isolated=hostpython.isolated_import_works(sys.executable),
     )
     return SetupPlan(

@@ -127,6 +127,7 @@ def run_kernel(request: Request, control: Control) -> int:
         client_alive=session.process_alive(request.client_pid),
         created=created,
         serving=serving,
+        listening=request.listening,
     )
     if control.gone.is_set():
         return 1  # went away before we began: nothing to start

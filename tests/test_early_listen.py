@@ -92,3 +92,20 @@ def test_endpoints_nobody_takes_are_let_go(early: early_listen.EarlyListen, tmp_
     assert early.take(str(tmp_path / "kernel-next.json")) == {}
     for port in ports:  # free again: the kernel's own start can bind them
         socket.create_server(("127.0.0.1", port)).close()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a file to another uid needs root")
+def test_a_connection_file_of_another_owner_is_not_read(
+    early: early_listen.EarlyListen, tmp_path: Path
+) -> None:
+    """In a shared directory (/tmp) nobody else may make the helper bind ports."""
+    early.learn(str(tmp_path / "kernel-first.json"), "ours")
+    time.sleep(0.05)
+    theirs, ours = free_ports(), free_ports()
+    other = tmp_path / "kernel-other.json"
+    other.touch()
+    os.chown(other, 65534, 65534)
+    write(other, "ours", theirs)
+    write(tmp_path / "kernel-ours.json", "ours", ours)
+    until(lambda: accepts(ours[0]))
+    assert not any(accepts(port) for port in theirs)

@@ -10,10 +10,11 @@ client closes a new connection file there naming a kernelspec the helper has run
 directory, it binds the file's tcp endpoints at once. The thin client that comes next
 finds them taken (thin.listen_early skips them); its session takes them (`take`).
 
-What it binds is the ports a client chose for a kernelspec of ours, as the thin client
-would a moment later. A file whose launcher does not come (a client that failed to start
-it; a kernelspec of the same name that is not ours, in another Jupyter sharing the
-directory) is let go after HOLD seconds, before such a kernel binds its own ports.
+What it binds is the ports a client of its own uid chose for a kernelspec of ours, as
+the thin client would a moment later (files of other owners are never read). A file whose
+launcher does not come (a client that failed to start it; a kernelspec of the same name
+that is not ours, in another Jupyter sharing the directory) is let go after HOLD seconds,
+before such a kernel binds its own ports.
 
 hosting.run_kernel calls `EarlyListen.of(loop)`, `learn()` once a session's connection
 file is read, and `take()` when it binds its endpoints; everything else runs on the
@@ -130,6 +131,9 @@ class EarlyListen:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
+                # Only our own files (a shared /tmp): nobody else may have us bind ports.
+                if os.fstat(fd).st_uid != os.getuid():
+                    return
                 text = os.read(fd, thin.MAX_CONNECTION_FILE).decode()
             finally:
                 os.close(fd)

@@ -45,8 +45,10 @@ HOLD = 0.25
 IN_CLOSE_WRITE = 0x8
 IN_MOVED_TO = 0x80
 _EVENT = struct.Struct("iIII")
-#: Kernel names remembered per directory (a directory of many kernelspecs is not ours).
+#: Kernel names remembered per directory, and directories watched (inotify watches are a
+#: per-user resource; a helper's clients use one or two runtime directories).
 MAX_NAMES = 64
+MAX_DIRS = 32
 
 
 class EarlyListen:
@@ -98,6 +100,8 @@ class EarlyListen:
         assert self.libc is not None
         folder = os.path.dirname(connection_file)
         if folder not in self.names:
+            if len(self.names) >= MAX_DIRS:
+                return
             mask = IN_CLOSE_WRITE | IN_MOVED_TO
             wd = int(self.libc.inotify_add_watch(self.fd, os.fsencode(folder), mask))
             if wd < 0:

@@ -22,7 +22,9 @@ Who calls what:
   run() hands the listening sockets to the helper with the request (SCM_RIGHTS): the
   Jupyter client connects right after it started us, and a connection refused then is
   retried by its ZeroMQ only 100-200 ms later (reconnect_ivl plus jitter), which was most
-  of a pooled start; accepted into our backlog, it waits for the relay instead.
+  of a pooled start; accepted into our backlog, it waits for the relay instead. (From the
+  second start on, the helper has usually bound them already when the client wrote the
+  file, early_listen.py; our binds then fail and nothing is sent.)
 - `register_janitor(base, engine, pid, start)` is for a Jupyter server running the
   provisioner in-process: it keeps one connection open for the server's lifetime, and the
   helper sweeps what that server left behind when the connection closes.

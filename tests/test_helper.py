@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_docker_kernel import helper, thin
+from jupyter_docker_kernel.endpoints import Endpoint, adopt_listening
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -66,6 +67,19 @@ def hold(request: helper.Request, control: helper.Control) -> int:
     control.write(f"ready {os.getpid()}")
     enough.wait(60)
     return 5
+
+
+def listening(request: helper.Request, control: helper.Control) -> int:
+    """Says which listening sockets came with the request (channel=port), binds nothing,
+    and holds the session until the client's first signal or its going away."""
+    control.accept()
+    done = threading.Event()
+    control.on_signal(lambda signum: done.set())
+    control.on_gone(done.set)
+    got = ",".join(f"{name}={sock.getsockname()[1]}" for name, sock in request.listening.items())
+    control.write(f"listening {got}")
+    done.wait(60)
+    return 0
 
 
 def sweep(pid: int, start: str, env: dict[str, str] | None = None) -> None:
@@ -484,6 +498,98 @@ def test_each_janitor_client_is_swept_with_its_own_environment(base: Path, tmp_p
             "DOCKER_HOST": address or None,
             "JUPYTER_DOCKER_KERNEL_ENGINE": command,
         }
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nobody listens on now (the kernel picks them, as jupyter_client does)."""
+    socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+def bindable(port: int) -> bool:
+    try:
+        socket.create_server(("127.0.0.1", port)).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_a_kernels_endpoints_listen_before_its_runner_binds_anything(
+    base: Path, tmp_path: Path
+) -> None:
+    """Issue 17: a Jupyter client connects right after it started the launcher, and
+    ZeroMQ retries a refused connection only 100-200 ms later; that wait was most of a
+    pooled argv start. The thin client binds the connection file's endpoints before it
+    even reaches the helper and hands them over with its request, so the client's
+    connection waits in the backlog. This runner binds nothing, yet every endpoint
+    accepts; when the session ends, the helper lets go of them."""
+    ports = free_ports(len(thin.CHANNELS))
+    connection = tmp_path / "kernel-1.json"
+    info: dict[str, object] = {
+        f"{channel}_port": port for channel, port in zip(thin.CHANNELS, ports, strict=True)
+    }
+    info |= {"transport": "tcp", "ip": "127.0.0.1", "key": "k", "kernel_name": "x"}
+    connection.write_text(json.dumps(info, indent=1))
+    proc = client(base, "tests.test_helper:listening", connection_file=str(connection))
+    line = read_until(proc, "listening")
+    expected = [f"{channel}={port}" for channel, port in zip(thin.CHANNELS, ports, strict=True)]
+    assert line == f"listening {','.join(expected)}"
+    for port in ports:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    wait_for(lambda: all(bindable(port) for port in ports), 5.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        (
+            '{"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, '
+            '"hb_port": 5, "ip": "127.0.0.1", "transport": "tcp", "key": "a\\"ip\\": \\"x"}',
+            ("127.0.0.1", [1, 2, 3, 4, 5]),
+        ),
+        (
+            '{"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, '
+            '"hb_port": 5, "ip": "::1", "transport": "tcp"}',
+            ("::1", [1, 2, 3, 4, 5]),
+        ),
+        # ipc, a host name, a missing port: the helper binds as before.
+        (
+            '{"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, '
+            '"hb_port": 5, "ip": "kernel-ipc", "transport": "ipc"}',
+            None,
+        ),
+        (
+            '{"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, '
+            '"hb_port": 5, "ip": "localhost", "transport": "tcp"}',
+            None,
+        ),
+        (
+            '{"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, '
+            '"ip": "127.0.0.1", "transport": "tcp"}',
+            None,
+        ),
+    ],
+)
+def test_the_thin_client_reads_tcp_endpoints_without_json(
+    text: str, found: tuple[str, list[int]] | None
+) -> None:
+    assert thin.endpoints_of(text) == found
+
+
+def test_only_a_socket_listening_on_the_endpoint_is_adopted() -> None:
+    right = socket.create_server(("127.0.0.1", 0))
+    port = right.getsockname()[1]
+    assert adopt_listening(right, Endpoint("tcp", "127.0.0.1", port)) is right
+    wrong = socket.create_server(("127.0.0.1", 0))
+    assert adopt_listening(wrong, Endpoint("tcp", "127.0.0.1", port)) is None
+    assert wrong.fileno() == -1  # closed: the caller binds the endpoint itself
+    right.close()
 
 
 def test_peer_uid_check() -> None:

@@ -300,15 +300,17 @@ def test_the_engine_cli_gets_the_clients_environment_not_the_helpers(
             assert {"create", "run"} & set(calls.read_text().split())
 
 
-def test_a_hosted_kernel_on_an_engine_without_a_unix_socket_api_uses_the_cli_backend(
+def test_a_hosted_kernel_on_a_tcp_engine_uses_the_cli_backend_and_on_ssh_the_node_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The helper chooses the backend as the provisioner does (LocalBackend.for_engine): a
     kernelspec whose engine is ssh:// or tcp:// has no API on a unix socket, so its cold
-    start must be `docker run -i` (CliBackend), not the API path."""
+    start must be `docker run -i` (CliBackend), not the API path; an ssh:// node's is the
+    SshBackend (its runtime dir on the node, its sockets forwarded: node_backend)."""
     from jupyter_docker_kernel import hosting, session
     from jupyter_docker_kernel.helper import Request
     from jupyter_docker_kernel.local_backend import CliBackend, LocalBackend
+    from jupyter_docker_kernel.node_backend import SshBackend
     from jupyter_docker_kernel.settings import KernelSettings
 
     seen: dict[str, object] = {}
@@ -321,7 +323,7 @@ def test_a_hosted_kernel_on_an_engine_without_a_unix_socket_api_uses_the_cli_bac
     monkeypatch.setattr(session, "run", fake_run)
     connection = tmp_path / "kernel-1.json"
     connection.write_text("{}")
-    for host, kind in (("tcp://127.0.0.1:2375", CliBackend), ("ssh://node", CliBackend)):
+    for host, kind in (("tcp://127.0.0.1:2375", CliBackend), ("ssh://node", SshBackend)):
         settings = KernelSettings(image="x", engine_host=host)
         request = Request(
             settings=json.dumps(settings.to_dict()),

@@ -19,6 +19,8 @@ The adapters call, in this order:
     c.start()                           # claim a warm container (backend.claim) or
                                         # prepare() + backend.start_cold()
     ... the adapter binds/serves its relay on c.runtime_dir's sockets ...
+                                        # (c.guard() before it serves: the argv session
+                                        # serves first and attaches in a thread)
     c.attach(bytes_to_host)             # socket-dir guard, output forwarding + kept log,
                                         # lifetime timer, the gated refill (pooled
                                         # settings), the start line; the first reply
@@ -636,7 +638,7 @@ class Container:
         necessarily serving yet). bytes_to_host: how much its relay has sent the client
         (the first reply opens the refill gate). detail: the adapter's words for the start
         line. The guard comes first: no notebook code runs before a client is connected."""
-        self._guard = SocketDirGuard(self.runtime_dir, socket_names(), self._socket_dir_violated)
+        self.guard()
         # A pooled kernel's raw output and its supervisor's words come over the lifeline.
         keep = self.open_log()
         # In a thread: a cold start's outputs are there once the engine has started it
@@ -663,6 +665,15 @@ class Container:
         threading.Thread(
             target=self._log_started, args=(bytes_to_host, detail), daemon=True
         ).start()
+
+    def guard(self) -> None:
+        """Start watching the socket dir (SocketDirGuard), once: attach() does it first; an
+        adapter that serves its relay before the rest of attach calls it before the relay."""
+        with self._lock:
+            if self._guard is None:
+                self._guard = SocketDirGuard(
+                    self.runtime_dir, socket_names(), self._socket_dir_violated
+                )
 
     def _drain(self, keep: kernel_log.KernelLog | None) -> None:
         """Forward the container's output streams to our stderr and the kept log, one

@@ -121,6 +121,29 @@ def listen(endpoint: Endpoint, channel: str, bind_timeout: float = 10.0) -> sock
         return sock
 
 
+def adopt_listening(sock: socket.socket | None, endpoint: Endpoint) -> socket.socket | None:
+    """`sock`, non-blocking, when it is a tcp socket listening on `endpoint` (one a thin
+    client bound before it reached the helper, thin.listen_early); otherwise None, and
+    `sock` is closed: the caller binds the endpoint itself (listen)."""
+    if sock is None:
+        return None
+    try:
+        ours = (
+            endpoint.transport == "tcp"
+            and sock.family in (socket.AF_INET, socket.AF_INET6)
+            and sock.type == socket.SOCK_STREAM
+            and bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+            and sock.getsockname()[:2] == (endpoint.address, endpoint.port)
+        )
+    except OSError:
+        ours = False
+    if not ours:
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
 def connect_kernel_socket(path: str) -> socket.socket:
     """Connect to a socket the kernel created, refusing anything that is not a socket.
 

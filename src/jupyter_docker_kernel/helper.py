@@ -16,8 +16,12 @@ client -> helper
      address, thin.engine_key). ``kind: "kernel"`` adds ``settings`` (the kernelspec's
      raw settings JSON text), ``connection_file`` (absolute), ``cwd``, ``client_pid`` (the
      thin client's parent: the Jupyter server or nbclient), ``env`` (the variables named
-     by thin.ENV_PREFIXES/ENV_NAMES), ``debug``. ``kind: "janitor"`` adds ``pid`` and
-     ``start`` (the process to sweep after) and ``env`` (as a kernel's).
+     by thin.ENV_PREFIXES/ENV_NAMES), ``debug``, and ``listening`` when the client sends
+     sockets with it: the channel names of the SCM_RIGHTS descriptors that come with the
+     line's first byte, in their order, each a socket listening on that channel's
+     endpoint (thin.listen_early; checked by endpoints.adopt_listening before use).
+     ``kind: "janitor"`` adds ``pid`` and ``start`` (the process to sweep after) and
+     ``env`` (as a kernel's).
   2. Then single bytes, each a signal number the client received: 2 (SIGINT),
      15 (SIGTERM), 1 (SIGHUP), in the order they arrived.
   3. EOF (or a reset): the client is gone. A kernel session's runner must stop the kernel;
@@ -82,7 +86,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from queue import SimpleQueue
 from typing import Any
@@ -103,6 +107,11 @@ STOP_WAIT = 10.0
 LOG_CAP = 1 << 20
 #: Seconds of idleness before the helper exits, when set (tests use a short one).
 IDLE_ENV = "JUPYTER_DOCKER_KERNEL_HELPER_IDLE"
+#: The most descriptors a request brings (a kernel's five listening sockets); more are
+#: closed by the kernel's socket layer as they arrive.
+MAX_FDS = 8
+#: How long the helper waits before accepting again after accept() failed (EMFILE).
+ACCEPT_RETRY = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,10 +128,16 @@ class Request:
     peer_pid: int
     #: The whole request, for fields a later client adds.
     raw: dict[str, Any] = field(repr=False)
+    #: Sockets the client bound on its connection file's endpoints, by channel (the
+    #: request's "listening"); the helper closes them when the runner returns.
+    listening: dict[str, socket.socket] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def parse(cls, raw: dict[str, Any], peer_pid: int) -> Request:
-        """Raises ValueError naming the first field that is missing or of the wrong type."""
+    def parse(
+        cls, raw: dict[str, Any], peer_pid: int, received: Sequence[socket.socket] = ()
+    ) -> Request:
+        """Raises ValueError naming the first field that is missing or of the wrong type.
+        received: the sockets that came with the request, named by its "listening"."""
         env = raw.get("env", {})
         if not isinstance(env, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()
@@ -143,7 +158,18 @@ class Request:
             debug=bool(raw.get("debug", False)),
             peer_pid=peer_pid,
             raw=raw,
+            listening=named_sockets(raw.get("listening"), received),
         )
+
+
+def named_sockets(names: object, received: Sequence[socket.socket]) -> dict[str, socket.socket]:
+    """The received sockets by the names the request gives them, in order; none when the
+    names do not match them one to one (the runner then binds its own)."""
+    if not isinstance(names, list) or len(names) != len(received) or len(set(names)) != len(names):
+        return {}
+    if not all(isinstance(name, str) for name in names):
+        return {}
+    return dict(zip(names, received, strict=True))
 
 
 _Callback = Callable[..., None]
@@ -402,7 +428,8 @@ class Helper:
         self.inode = os.stat(path).st_ino
         self.loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
-        self._server: asyncio.AbstractServer | None = None
+        #: The tasks serving connections (the loop keeps only weak references).
+        self._connections: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> None:
         """Run until idle (or SIGTERM and the runners stopped)."""
@@ -411,9 +438,11 @@ class Helper:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stop)
         self.loop.add_signal_handler(signal.SIGHUP, lambda: None)
-        self._server = await asyncio.start_unix_server(
-            self._connection, sock=self.listener, limit=MAX_REQUEST
-        )
+        # Our own accept, not asyncio.start_unix_server: a request's first bytes must be
+        # read with recvmsg, for the sockets that come with them (a transport's recv
+        # would drop them).
+        self.listener.setblocking(False)
+        self.loop.add_reader(self.listener.fileno(), self._accept)
         watch = asyncio.create_task(self._watch_idle())
         log.info("helper %d serving %s (engine %s)", os.getpid(), self.path, self.engine)
         # What a previous helper left (it was killed, or the host rebooted): pid 0.
@@ -454,8 +483,9 @@ class Helper:
         with contextlib.suppress(OSError):
             if os.stat(self.path).st_ino == self.inode:
                 os.unlink(self.path)
-        if self._server is not None:
-            self._server.close()
+        if self.loop is not None:
+            self.loop.remove_reader(self.listener.fileno())
+        self.listener.close()
 
     async def _watch_idle(self) -> None:
         tick = max(0.05, min(1.0, self.idle / 4))
@@ -495,21 +525,99 @@ class Helper:
             if fd >= 0:
                 os.close(fd)
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accept(self) -> None:
+        """The listener is readable (on the loop): serve every client that is waiting."""
+        assert self.loop is not None
+        while self.listening:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors: the clients wait in the backlog
+                log.warning("could not accept a client: %s; again in %g s", exc, ACCEPT_RETRY)
+                self.loop.remove_reader(self.listener.fileno())
+                self.loop.call_later(ACCEPT_RETRY, self._accept_again)
+                return
+            task = self.loop.create_task(self._connection(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    def _accept_again(self) -> None:
+        if self.listening and self.loop is not None:
+            self.loop.add_reader(self.listener.fileno(), self._accept)
+
+    async def _connection(self, conn: socket.socket) -> None:
+        received: list[socket.socket] = []
+        writer: asyncio.StreamWriter | None = None
         try:
-            await self._handle(reader, writer)
+            conn.setblocking(False)
+            peer_pid, peer_uid, _ = peer_credentials(conn)
+            if not peer_allowed(peer_uid, self.uid):
+                log.warning("refused a connection from uid %d (pid %d)", peer_uid, peer_pid)
+                conn.send(b"R not your helper\n")
+                return
+            first = await self._first_bytes(conn)
+            if first is None:
+                log.warning("refused a malformed request from pid %d: nothing sent", peer_pid)
+                conn.send(b"R malformed request\n")
+                return
+            data, received = first
+            reader, writer = await self._streams(conn, data)
+            await self._handle(reader, writer, peer_pid, received)
         except Exception:
             log.exception("a connection to the helper failed")
         finally:
-            writer.close()
+            for sock in received:
+                sock.close()
+            if writer is not None:
+                writer.close()
+            else:
+                conn.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        peer_pid, peer_uid, _ = peer_credentials(sock)
-        if not peer_allowed(peer_uid, self.uid):
-            log.warning("refused a connection from uid %d (pid %d)", peer_uid, peer_pid)
-            writer.write(b"R not your helper\n")
-            return
+    async def _first_bytes(self, conn: socket.socket) -> tuple[bytes, list[socket.socket]] | None:
+        """The connection's first bytes and the sockets that came with them (recvmsg,
+        SCM_RIGHTS), once it is readable; None when nothing came in REQUEST_TIMEOUT."""
+        assert self.loop is not None
+        readable: asyncio.Future[None] = self.loop.create_future()
+        self.loop.add_reader(conn.fileno(), _settle, readable)
+        try:
+            await asyncio.wait_for(readable, REQUEST_TIMEOUT)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self.loop.remove_reader(conn.fileno())
+        try:
+            data, fds, _, _ = socket.recv_fds(conn, 1 << 16, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            return b"", []
+        received = []
+        for fd in fds:
+            try:
+                received.append(socket.socket(fileno=fd))
+            except OSError:  # not a socket: not ours to keep
+                os.close(fd)
+        return data, received
+
+    async def _streams(
+        self, conn: socket.socket, data: bytes
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A stream reader and writer on an accepted connection whose first bytes (`data`)
+        were read already (what asyncio.start_unix_server would have made)."""
+        assert self.loop is not None
+        reader = asyncio.StreamReader(limit=MAX_REQUEST)
+        if data:
+            reader.feed_data(data)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await self.loop.connect_accepted_socket(lambda: protocol, sock=conn)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, self.loop)
+
+    async def _handle(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer_pid: int,
+        received: list[socket.socket],
+    ) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
             raw = json.loads(line)
@@ -535,7 +643,7 @@ class Helper:
             await self._janitor(reader, writer, raw)
         elif raw.get("kind") == "kernel":
             try:
-                request = Request.parse(raw, peer_pid)
+                request = Request.parse(raw, peer_pid, received)
             except ValueError as exc:
                 writer.write(f"R malformed request: {exc}\n".encode())
                 return
@@ -610,6 +718,9 @@ class Helper:
         try:
             result = await done
         finally:
+            # Before any answer: a client that falls back binds these addresses itself.
+            for sock in request.listening.values():
+                sock.close()
             reading.cancel()
             self.sessions.discard(control)
             if request.debug:
@@ -637,6 +748,11 @@ class Helper:
             for signum in data:
                 control._signal(signum)
         control._set_gone("client gone")
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _read_some(reader: asyncio.StreamReader) -> bytes:

@@ -11,6 +11,9 @@ runs without a helper; what differs is in its Hooks:
 - the kernel's output and the session's log lines go to its client's stderr
   (Control.write), which is the Jupyter server's log, as they did from the launcher;
 - the relay runs on the helper's one event loop (Control.loop) and the wait in a thread;
+- the client's endpoints may be listening before the thin client even runs: the helper
+  binds them when the client writes a connection file for a kernelspec it has served from
+  that directory (early_listen.EarlyListen), else the thin client did (thin.listen_early);
 - the client's forwarded signals (Control.on_signal): SIGTERM and SIGHUP stop the kernel
   at any time, SIGINT interrupts it once the relay serves (before, there is nothing to
   interrupt); its going away (EOF: SIGKILL, killpg) stops and removes the kernel, and so
@@ -37,6 +40,7 @@ from typing import IO, Any, cast
 
 from jupyter_docker_kernel import reaper, session
 from jupyter_docker_kernel.container import Container, backend_for
+from jupyter_docker_kernel.early_listen import EarlyListen
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.helper import SESSION_ATTR, Control, RefusedError, Request
@@ -88,6 +92,10 @@ def run_kernel(request: Request, control: Control) -> int:
         logging.getLogger("jupyter_docker_kernel.launcher"), {SESSION_ATTR: control}
     )
     loop = control.loop
+    # Endpoints the helper bound when the client wrote the connection file (early_listen),
+    # and those the thin client bound itself (thin.listen_early): whichever was first.
+    early = EarlyListen.of(loop)
+    listening = {**early.take(request.connection_file), **request.listening}
 
     def run_async(coro: Coroutine[Any, Any, int]) -> int:
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
@@ -96,6 +104,8 @@ def run_kernel(request: Request, control: Control) -> int:
 
     def created(container: Container) -> None:
         control.accept()  # from here on the client waits for our exit code
+        if container.connection.get("transport", "tcp") == "tcp":
+            early.learn(request.connection_file, str(container.connection.get("kernel_name", "")))
         container.mark("helper session up")
         control.on_gone(lambda: container.stop(f"its kernel's launcher went away ({what()})"))
 
@@ -127,8 +137,11 @@ def run_kernel(request: Request, control: Control) -> int:
         client_alive=session.process_alive(request.client_pid),
         created=created,
         serving=serving,
+        listening=listening,
     )
     if control.gone.is_set():
+        for sock in listening.values():
+            sock.close()
         return 1  # went away before we began: nothing to start
     return session.run(settings, request.connection_file, hooks)
 

@@ -18,6 +18,7 @@ the client's signals arrive and how its going away is noticed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -30,7 +31,14 @@ from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
 from jupyter_docker_kernel.container import Backend, Container, Relayed
-from jupyter_docker_kernel.endpoints import CHANNELS, Route, client_cwd, host_endpoints, listen
+from jupyter_docker_kernel.endpoints import (
+    CHANNELS,
+    Route,
+    adopt_listening,
+    client_cwd,
+    host_endpoints,
+    listen,
+)
 from jupyter_docker_kernel.engine import Engine, use_host
 from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.kernelspec import SETTINGS_ENV
@@ -83,6 +91,10 @@ class Hooks:
     serving: Callable[[Container, asyncio.AbstractEventLoop], None] = field(
         default=lambda container, loop: None
     )
+    #: Sockets already listening on the client's endpoints, by channel (the resident
+    #: helper's: its thin client bound them first thing, thin.listen_early); each is
+    #: checked against the connection file (endpoints.adopt_listening) and closed at the end.
+    listening: dict[str, socket.socket] = field(default_factory=dict)
 
 
 #: Why an argv launcher does not start a --kubernetes kernel (LaunchError's three parts):
@@ -113,6 +125,7 @@ def run(settings: KernelSettings, connection_file: str, hooks: Hooks) -> int:
     container: Container | None = None
     lifeline = -1
     logger = hooks.logger or log
+    listening: dict[str, socket.socket] = {}
     try:
         if settings.kube_namespace is not None:
             raise LaunchError(*KUBE_NEEDS_PROVISIONER)
@@ -130,17 +143,17 @@ def run(settings: KernelSettings, connection_file: str, hooks: Hooks) -> int:
         hooks.created(container)
         if hooks.watchdog:
             lifeline = container.start_watchdog()  # a fork: before Container starts any thread
+        # Listening now, before the container starts (after the watchdog's fork, which must
+        # not inherit them): the client's connection attempts wait in the backlog instead
+        # of being refused and retried 100-200 ms later by its ZeroMQ.
+        for route in routes(container, hooks.client_cwd):
+            early = adopt_listening(hooks.listening.get(route.channel), route.host)
+            listening[route.channel] = early or listen(route.host, route.channel)
         container.start()
         if container.stopping:
             # Stopped while starting (the client went away): the stop's removal may have
             # come before the container existed; remove again, now that it does.
             container.stop(block=True)
-        # Listening now, before the relay is up: the client's first connection attempt
-        # waits in the backlog instead of being refused and retried later.
-        listening = {
-            route.channel: listen(route.host, route.channel)
-            for route in routes(container, hooks.client_cwd)
-        }
         return hooks.run_async(serve(container, listening, hooks))
     except DockerKernelError as exc:
         logger.error("%s", exc)
@@ -149,6 +162,9 @@ def run(settings: KernelSettings, connection_file: str, hooks: Hooks) -> int:
         logger.error("%s", exc)
         return 1
     finally:
+        # The relay closed those it served; these are what a failed start left.
+        for sock in [*listening.values(), *hooks.listening.values()]:
+            sock.close()
         if container is not None:
             container.close()
         if lifeline >= 0:
@@ -180,10 +196,14 @@ async def serve(container: Container, listening: dict[str, socket.socket], hooks
         on_violation=container.stop,
     )
     # Before the relay serves: the socket-dir guard, then the client may connect.
-    container.attach(lambda: relay.bytes_to_host)
+    container.guard()
     await relay.start(listening=listening)
     container.mark("relay serving")
     hooks.serving(container, loop)
+    # The rest of attach (kept log, output forwarding, lifetime timer, the refill's spawn)
+    # in a thread: the client's first request, waiting in the backlog, is relayed meanwhile
+    # (on the resident helper's loop, every other kernel's traffic too).
+    await in_thread(container.attach, lambda: relay.bytes_to_host)
     watch = loop.create_task(watch_client(container, hooks.client_alive))
     # A thread of its own, not the loop's executor: a helper waits for many kernels at once.
     ending = await in_thread(container.wait)
@@ -196,9 +216,11 @@ async def serve(container: Container, listening: dict[str, socket.socket], hooks
 
 
 async def in_thread(func: Callable[..., _T], *args: Any) -> _T:
-    """Run a blocking call in a new thread and await its result on this loop."""
+    """Run a blocking call in a new thread, in this task's context (the resident helper's
+    session, helper.CURRENT, for its log lines), and await its result on this loop."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[_T] = loop.create_future()
+    context = contextvars.copy_context()
 
     def settle(result: _T | None, error: BaseException | None) -> None:
         if done.done():
@@ -216,7 +238,9 @@ async def in_thread(func: Callable[..., _T], *args: Any) -> _T:
         else:
             loop.call_soon_threadsafe(settle, result, None)
 
-    threading.Thread(target=work, name=getattr(func, "__name__", "call"), daemon=True).start()
+    threading.Thread(
+        target=context.run, args=(work,), name=getattr(func, "__name__", "call"), daemon=True
+    ).start()
     return await done
 
 

@@ -18,6 +18,13 @@ Who calls what:
   JUPYTER_DOCKER_KERNEL_NO_HELPER=1): the caller then runs the kernel in-process as today.
 - `connect_or_spawn(base, engine)` connects to the helper for this engine address, starting
   it first when nobody listens (under a lock file, so racing clients start one helper).
+- `listen_early(connection_file)` binds the connection file's tcp endpoints first thing, and
+  run() hands the listening sockets to the helper with the request (SCM_RIGHTS): the
+  Jupyter client connects right after it started us, and a connection refused then is
+  retried by its ZeroMQ only 100-200 ms later (reconnect_ivl plus jitter), which was most
+  of a pooled start; accepted into our backlog, it waits for the relay instead. (From the
+  second start on, the helper has usually bound them already when the client wrote the
+  file, early_listen.py; our binds then fail and nothing is sent.)
 - `register_janitor(base, engine, pid, start)` is for a Jupyter server running the
   provisioner in-process: it keeps one connection open for the server's lifetime, and the
   helper sweeps what that server left behind when the connection closes.
@@ -80,24 +87,29 @@ def engine_host(settings_text: str) -> str:
     """The top-level "engine_host" string of the settings JSON text, "" when absent or
     null (a scan for `"engine_host" : "..."`; its values are DOCKER_HOST addresses, which
     have no quotes or backslashes, so the first closing quote ends it)."""
-    at = settings_text.find('"engine_host"')
-    while at > 0 and settings_text[at - 1] == "\\":  # inside another string: look on
-        at = settings_text.find('"engine_host"', at + 1)
-    if at < 0:
-        return ""
-    rest = settings_text[at + len('"engine_host"') :].lstrip()
-    if not rest.startswith(":"):
-        return ""
-    rest = rest[1:].lstrip()
+    rest = _after_key(settings_text, "engine_host")
     if not rest.startswith('"'):
-        return ""  # null
+        return ""  # absent or null
     end = rest.find('"', 1)
     return rest[1:end] if end > 0 else ""
 
 
+def _after_key(text: str, key: str) -> str:
+    """What follows `"key" :` in JSON text (found by a scan, see engine_host), "" if the
+    key is absent."""
+    quoted = f'"{key}"'
+    at = text.find(quoted)
+    while at > 0 and text[at - 1] == "\\":  # inside another string: look on
+        at = text.find(quoted, at + 1)
+    if at < 0:
+        return ""
+    rest = text[at + len(quoted) :].lstrip()
+    return rest[1:].lstrip() if rest.startswith(":") else ""
+
+
 def _dumps(value: object) -> str:
-    """JSON text of a request: dicts with str keys, str, int, bool, None (json's output
-    for them, byte for byte apart from non-ASCII, which stays UTF-8)."""
+    """JSON text of a request: dicts with str keys, lists, str, int, bool, None (json's
+    output for them, byte for byte apart from non-ASCII, which stays UTF-8)."""
     if isinstance(value, str):
         out = ['"']
         for ch in value:
@@ -115,6 +127,8 @@ def _dumps(value: object) -> str:
         return str(value)
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_dumps(str(k))}: {_dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_dumps(v) for v in value) + "]"
     raise TypeError(f"a request holds no {type(value).__name__}")
 
 
@@ -301,9 +315,90 @@ def request_for(
     }
 
 
-def _first_line(sock: _socket.socket, request: dict[str, object]) -> tuple[bytes, bytes]:
-    """Send the request; return the helper's first line and whatever followed it."""
-    sock.sendall(_dumps(request).encode() + b"\n")
+#: The channels in the order of the kernel's socket numbers (endpoints.CHANNELS, which
+#: is not imported here: endpoints imports socket and dataclasses).
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+#: The longest connection file listen_early reads (jupyter_client's are about 300 bytes).
+MAX_CONNECTION_FILE = 1 << 16
+
+
+def endpoints_of(text: str) -> tuple[str, list[int]] | None:
+    """(ip, the five ports in CHANNELS order) of a connection file's JSON text whose
+    transport is tcp and whose ip is a numeric address; None for anything else (ipc, a
+    host name, a value the scan cannot read): then the helper binds as it always did. A
+    scan, not json (see the module doc); the helper checks what it is handed
+    (endpoints.adopt_listening), so a wrong reading costs only the early start."""
+    transport = _after_key(text, "transport")
+    ip = _after_key(text, "ip")
+    if not transport.startswith('"tcp"') or not ip.startswith('"'):
+        return None
+    ip = ip[1 : ip.find('"', 1)]
+    if not ip or not all(ch in "0123456789abcdefABCDEF.:" for ch in ip):
+        return None  # a name, or a value with escapes: resolving it is not for this process
+    ports = []
+    for channel in CHANNELS:
+        digits = _after_key(text, f"{channel}_port")
+        end = 0
+        while end < len(digits) and digits[end].isdigit():
+            end += 1
+        if not 0 < end <= 5 or not 0 < int(digits[:end]) < 65536:
+            return None
+        ports.append(int(digits[:end]))
+    return ip, ports
+
+
+def listen_early(connection_file: str) -> dict[str, _socket.socket]:
+    """Sockets listening on the connection file's tcp endpoints (see endpoints_of), by
+    channel, bound as endpoints.listen binds them; a channel whose address is taken (a
+    restart whose previous relay has not let go yet) is left out: the helper binds it,
+    retrying. Empty when the file cannot be read or is not tcp on a numeric address."""
+    try:
+        fd = os.open(connection_file, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        text = os.read(fd, MAX_CONNECTION_FILE).decode(errors="replace")
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    found = endpoints_of(text)
+    if found is None:
+        return {}
+    ip, ports = found
+    family = _socket.AF_INET6 if ":" in ip else _socket.AF_INET
+    listening = {}
+    for channel, port in zip(CHANNELS, ports, strict=True):
+        # IPPROTO_TCP, not 0, as endpoints.listen: asyncio turns Nagle off only for that.
+        sock = _socket.socket(family, _socket.SOCK_STREAM, _socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            sock.bind((ip, port))
+            sock.listen(64)
+        except OSError:
+            sock.close()
+            continue
+        listening[channel] = sock
+    return listening
+
+
+def _send_request(
+    sock: _socket.socket, request: dict[str, object], fds: list[int] | None = None
+) -> None:
+    """The request line, with `fds` attached to its first byte (SCM_RIGHTS)."""
+    data = (_dumps(request) + "\n").encode()
+    if fds:
+        rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+        sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+        data = data[sent:]
+    sock.sendall(data)
+
+
+def _first_line(
+    sock: _socket.socket, request: dict[str, object], fds: list[int] | None = None
+) -> tuple[bytes, bytes]:
+    """Send the request (with `fds`); return the helper's first line and what followed."""
+    _send_request(sock, request, fds)
     buf = b""
     while b"\n" not in buf:
         data = sock.recv(4096)
@@ -334,7 +429,17 @@ def run(
     # As in the in-process launcher: until a kernel exists, an interrupt has nothing to
     # reach and must not kill us halfway through starting one (_session forwards it).
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
-    accepted = _accepted(base, str(request["engine"]), request, argv)
+    # First of all, before the helper is even reached: the client is connecting already.
+    listening = listen_early(str(request.get("connection_file") or ""))
+    if listening:
+        request = {**request, "listening": list(listening)}
+    try:
+        fds = [sock.fileno() for sock in listening.values()]
+        accepted = _accepted(base, str(request["engine"]), request, argv, fds)
+    finally:
+        # The helper has its own copies now (or none, and binds itself; or we fall back).
+        for sock in listening.values():
+            sock.close()
     if accepted is None:
         return FALLBACK  # no helper, or refused for good (engine or uid): run in-process
     sock, line, rest = accepted
@@ -342,16 +447,21 @@ def run(
 
 
 def _accepted(
-    base: str, engine: str, request: dict[str, object], argv: list[str] | None
+    base: str,
+    engine: str,
+    request: dict[str, object],
+    argv: list[str] | None,
+    fds: list[int] | None = None,
 ) -> tuple[_socket.socket, bytes, bytes] | None:
-    """Send the request to the helper (spawned if need be) until it accepts: (socket, its
-    "A" line, what came after it), or None when no helper can start or it refused."""
+    """Send the request (with `fds`, the request's "listening" sockets) to the helper
+    (spawned if need be) until it accepts: (socket, its "A" line, what came after it), or
+    None when no helper can start or it refused."""
     for _attempt in range(3):
         sock = connect_or_spawn(base, engine, argv)
         if sock is None:
             return None
         try:
-            line, rest = _first_line(sock, request)
+            line, rest = _first_line(sock, request, fds)
         except OSError:
             line, rest = b"", b""
         if line.startswith(b"A"):

@@ -20,7 +20,7 @@ import pytest
 from jupyter_client.manager import KernelManager
 
 from jupyter_docker_kernel import cli, helper, kernelspec, thin, thin_client
-from tests.conftest import install_kernel
+from tests.conftest import end_helpers, install_kernel
 from tests.kernels import (
     containers_of,
     execute,
@@ -150,13 +150,13 @@ def test_a_helper_gone_after_accepting_is_lost_exit_with_a_message(
     assert b"the resident helper (pid 42) went away" in proc.stderr
 
 
-def test_with_no_helper_listening_it_execs_the_python_command_in_its_own_process(
+def test_with_the_helper_switched_off_it_execs_the_python_command_in_its_own_process(
     binary: Path, fake_helper_env: dict[str, str], tmp_path: Path
 ) -> None:
     code = "import os, sys; print(os.getpid(), sys.argv[1:])"
     proc = subprocess.Popen(
         [str(binary), "2", sys.executable, "-c", code, "-f", "k.json"],
-        env=fake_helper_env, stdout=subprocess.PIPE, text=True,
+        env={**fake_helper_env, thin.NO_HELPER_ENV: "1"}, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     out, _ = proc.communicate(timeout=10)
     assert out.split(" ", 1) == [str(proc.pid), "['-f', 'k.json']\n"]
@@ -179,6 +179,16 @@ def test_an_argv_only_the_full_launcher_knows_goes_to_the_python_command(
         fake.close()
     assert proc.stdout == "python\n"
     assert fake.requests == []
+
+
+def test_the_binary_starts_the_helper_with_thin_pys_command() -> None:
+    """The non-isolated form's code is compiled in from hostpython; thin.spawn_argv has
+    its own copy (this process is not isolated, so it returns that form)."""
+    header = thin_client.config_header()
+    code = thin.spawn_argv("B", "E")[2]
+    assert thin.spawn_argv("B", "E") == [sys.executable, "-c", code, "--base", "B", "--engine", "E"]
+    assert f"#define JDK_HELPER_CODE {thin_client._c_string(code)}\n" in header
+    assert f"#define JDK_HELPER_MODULE {thin_client._c_string(thin_client.HELPER_MODULE)}" in header
 
 
 def test_setup_without_a_compiler_writes_the_python_argv(
@@ -265,11 +275,11 @@ def is_compiled(km: KernelManager) -> bool:
 def test_a_real_kernel_through_the_compiled_client_runs_interrupts_and_exits(
     client_kernel: str, workdir: Path
 ) -> None:
-    # The first start may find no helper (the binary execs the Python launcher, which
-    # spawns one); the second finds it and stays the compiled client.
+    end_helpers()  # the binary starts the helper itself, and stays the kernel's client
     first, kc1 = start(client_kernel, workdir)
     km, kc = start(client_kernel, workdir)
     try:
+        assert is_compiled(first)
         assert is_compiled(km)
         reply, outputs = execute(kc, "print(6 * 7)")  # type: ignore[arg-type]
         assert reply["status"] == "ok"
@@ -294,7 +304,7 @@ def test_a_real_kernel_through_the_compiled_client_runs_interrupts_and_exits(
 def test_a_killed_compiled_client_has_its_container_gone_within_5s(
     client_kernel: str, workdir: Path
 ) -> None:
-    warm, kc0 = start(client_kernel, workdir)  # the helper is up: the next is compiled
+    warm, kc0 = start(client_kernel, workdir)  # another session: the helper serves on
     km, kc = start(client_kernel, workdir)
     try:
         assert is_compiled(km)
@@ -309,3 +319,20 @@ def test_a_killed_compiled_client_has_its_container_gone_within_5s(
             if manager.has_kernel:
                 manager.shutdown_kernel(now=True)
             manager.cleanup_resources()
+
+
+def test_doctor_checks_the_client_exists_and_matches(binary: Path, tmp_path: Path) -> None:
+    from jupyter_docker_kernel import doctor, manage
+
+    found: list[tuple[str, str, str]] = []
+
+    def add(name: str, status: str, detail: str, fix: str = "") -> None:
+        found.append((name, status, detail))
+
+    for client in (str(binary), str(tmp_path / f"{thin_client.BINARY_PREFIX}gone")):
+        spec = manage.SpecInfo("k", "/p", "K", sys.executable, None, client=client)
+        doctor._check_client(spec, add)
+    (current, missing) = found
+    assert current[:2] == ("k: thin client", "OK")
+    assert missing[1] == "WARN"
+    assert "is missing" in missing[2]

@@ -12,13 +12,15 @@
  *     BINARY N PYTHON-ARGV(N items) LAUNCHER-ARGS...
  *
  * e.g. `thin-client-... 4 /usr/bin/python3 -I -m jupyter_docker_kernel.launcher -f CF`.
- * Whenever this program cannot serve the kernel through a helper that already listens
- * (none listens yet, the runtime base is not the usual one, a refusal, an argv only the
- * full launcher parses, JUPYTER_DOCKER_KERNEL_NO_HELPER=1, a package upgraded under us),
- * it execs PYTHON-ARGV LAUNCHER-ARGS, the command the kernelspec would otherwise run, in
- * this same process (same pid, so the client's liveness polling and signals still reach
- * the kernel's process). The Python launcher then starts the helper (under its lock) or
- * runs the kernel in-process: spawning stays in one place, in Python.
+ * When no helper listens it starts one as thin.connect_or_spawn does (the same lock, the
+ * same command: PYTHON-ARGV's interpreter, isolated as it is, running the helper module),
+ * so no kernel keeps a Python client of its own, the first after an idle exit included.
+ * Whenever it cannot serve the kernel through a helper (none could be started, the
+ * runtime base is not the usual one, a refusal, an argv only the full launcher parses,
+ * JUPYTER_DOCKER_KERNEL_NO_HELPER=1, the package upgraded under us), it execs
+ * PYTHON-ARGV LAUNCHER-ARGS, the command the kernelspec would otherwise run, in this same
+ * process (same pid: the client's liveness polling and signals still reach the kernel's
+ * process), which runs the kernel in-process as before.
  *
  * Only libc. The package's version, PROTOCOL, install path and thin.ENV_PREFIXES /
  * ENV_NAMES come from thin_client_config.h, which thin_client.py generates from thin.py
@@ -33,10 +35,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "thin_client_config.h"
@@ -345,6 +351,83 @@ static int connect_helper(const char *path) {
     return sock;
 }
 
+/* thin.spawn_detached: the helper in a new session, fully detached (double fork), stdio
+ * on /dev/null, no inherited descriptors (the spawn lock's among them), without the
+ * kernel's settings and JPY_* in its environment. */
+static void spawn_detached(char *const argv[]) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        setsid();
+        if (fork() != 0) _exit(0);
+        int null = open("/dev/null", O_RDWR);
+        for (int fd = 0; fd < 3; fd++) dup2(null, fd);
+#ifdef SYS_close_range
+        if (syscall(SYS_close_range, 3U, ~0U, 0U) != 0)
+#endif
+            for (int fd = 3; fd < (1 << 16); fd++) close(fd);
+        if (chdir("/") != 0) _exit(127);
+        umask(077);
+        size_t n = 0, k = 0;
+        while (environ[n]) n++;
+        char **env = malloc((n + 1) * sizeof(*env));
+        if (!env) _exit(127);
+        size_t settings = strlen(JDK_SETTINGS_ENV);
+        for (size_t i = 0; i < n; i++) {
+            const char *e = environ[i];
+            if (strncmp(e, "JPY_", 4) == 0) continue;
+            if (strncmp(e, JDK_SETTINGS_ENV, settings) == 0 && e[settings] == '=') continue;
+            env[k++] = environ[i];
+        }
+        env[k] = NULL;
+        execve(argv[0], argv, env);
+        _exit(127);
+    }
+    if (pid > 0)
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* thin.connect_or_spawn's slow path: under an exclusive flock on the lock file, connect
+ * again (another client may just have started one), else start the helper as thin.py
+ * would (thin.spawn_argv: isolated like the launcher command) and wait up to SPAWN_WAIT
+ * for it to listen. -1: no helper; the caller execs the Python launcher. */
+static int spawn_helper(const char *path, const char *base, const char *engine, char **python, int count) {
+    char *lock = strdup(path);
+    if (!lock) return -1;
+    strcpy(lock + strlen(lock) - strlen(".sock"), ".lock");
+    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    free(lock);
+    if (fd < 0) return -1;
+    int sock = -1;
+    while (flock(fd, LOCK_EX) < 0)
+        if (errno != EINTR) goto done;
+    sock = connect_helper(path);
+    if (sock >= 0) goto done;
+    int isolated = count >= 2 && strcmp(python[1], "-I") == 0;
+    char *argv[] = {python[0], isolated ? "-I" : "-c", isolated ? "-m" : JDK_HELPER_CODE,
+                    isolated ? JDK_HELPER_MODULE : "--base", isolated ? "--base" : (char *)base,
+                    isolated ? (char *)base : "--engine", isolated ? "--engine" : (char *)engine,
+                    isolated ? (char *)engine : NULL, NULL};
+    spawn_detached(argv);
+    double deadline = now() + JDK_SPAWN_WAIT, delay = 0.002;
+    while (now() < deadline) {
+        struct timespec ts = {0, (long)(delay * 1e9)};
+        nanosleep(&ts, NULL);
+        delay = delay * 2 < 0.05 ? delay * 2 : 0.05;
+        sock = connect_helper(path);
+        if (sock >= 0) break;
+    }
+done:
+    close(fd); /* releases the flock */
+    return sock;
+}
+
 static int send_all(int sock, const char *data, size_t len) {
     while (len) {
         ssize_t n = send(sock, data, len, MSG_NOSIGNAL);
@@ -511,7 +594,8 @@ int main(int argc, char **argv) {
     buf_t line = {0}, rest = {0};
     for (int attempt = 0; attempt < 3; attempt++) {
         int sock = connect_helper(path);
-        if (sock < 0) return fallback(); /* nobody listens: Python starts the helper */
+        if (sock < 0) sock = spawn_helper(path, base, engine, fallback_argv, (int)n);
+        if (sock < 0) return fallback(); /* no helper: the launcher runs it in-process */
         if (!first_line(sock, &request, &line, &rest) || line.len == 0) {
             close(sock); /* EOF: the helper was retiring as we connected */
             continue;

@@ -10,9 +10,10 @@ kernelspec.build_kernel_json writes
     [BINARY, N, *PYTHON_ARGV (N items), "-f", "{connection_file}"]
 
 where PYTHON_ARGV is the launcher command written without the client (`python -I -m
-jupyter_docker_kernel.launcher`): the binary execs it whenever no helper listens yet
-(then the Python launcher starts one, or runs the kernel in-process as before). Without a
-compiler the argv is the Python one, exactly as before. `split()` reads either form back
+jupyter_docker_kernel.launcher`): the binary starts the helper with its interpreter when
+none listens (as thin.py does), and execs it whenever it cannot serve the kernel through
+a helper (then the launcher runs it in-process as before). Without a compiler the argv
+is the Python one, exactly as before. `split()` reads either form back
 (manage's `show`, doctor, kernelspec's upgrade); `problem()` is doctor's check.
 
 What the binary must agree on with thin.py (PROTOCOL, the version, thin.INSTALL, the
@@ -32,7 +33,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from jupyter_docker_kernel import __version__, thin
+from jupyter_docker_kernel import __version__, hostpython, thin
 
 #: The C source, shipped in the package (the wheel holds every file of it).
 SOURCE = Path(__file__).with_name("thin_client.c")
@@ -43,6 +44,8 @@ STAMP = Path(__file__).with_name("__init__.py")
 #: Set to a compiler (a path or a name on PATH) to use instead of cc; to one that does
 #: not exist to write the Python argv.
 CC_ENV = "CC"
+#: What the binary starts when no helper listens (thin.spawn_argv's module).
+HELPER_MODULE = "jupyter_docker_kernel.helper"
 
 
 def _c_string(text: str) -> str:
@@ -67,6 +70,9 @@ def config_header() -> str:
         "JDK_ENV_PREFIXES": ", ".join(_c_string(p) for p in thin.ENV_PREFIXES),
         "JDK_ENV_NAMES": ", ".join(_c_string(n) for n in thin.ENV_NAMES),
         "JDK_FORWARDED": ", ".join(str(int(s)) for s in thin.FORWARDED),
+        "JDK_HELPER_MODULE": _c_string(HELPER_MODULE),
+        "JDK_HELPER_CODE": _c_string(hostpython.safe_path_argv("", HELPER_MODULE)[2]),
+        "JDK_SPAWN_WAIT": repr(float(thin.SPAWN_WAIT)),
         "JDK_STAMP_PATH": _c_string(str(STAMP)),
         "JDK_STAMP_SIZE": f"{stamp.st_size}LL",
         "JDK_STAMP_MTIME_NS": f"{stamp.st_mtime_ns}LL",

@@ -944,7 +944,7 @@ def client_line(info: manage.SpecInfo) -> str:
     problem = info.client_problem
     if problem:
         return f"compiled {info.client}, unusable: {problem}; doctor --fix rebuilds it"
-    return f"compiled {info.client} (execs the launcher when no helper listens yet)"
+    return f"compiled {info.client} (execs the launcher when no helper can serve)"
 
 
 def option_lines(args: list[str], settings: KernelSettings) -> list[str]:

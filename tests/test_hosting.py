@@ -106,8 +106,9 @@ def test_two_argv_kernels_share_one_helper_and_have_no_python_process_of_their_o
         assert helper_pid in helpers_of(str(runtime_base()))
         clients = {launcher_process(km).pid for km, _, _ in started}
         # Per kernel only its thin client (the kernelspec's argv): no watchdog, no
-        # launcher with an event loop; the one helper hosts both.
-        assert set(python_processes()) - {helper_pid} == clients, "\n".join(
+        # launcher with an event loop; the one helper hosts both. (The client is Python's
+        # or, when setup found a C compiler, the compiled one: not a Python process.)
+        assert set(python_processes()) - {helper_pid} <= clients, "\n".join(
             f"{pid} {cmd}" for pid, cmd in python_processes().items()
         )
         for km, kc, log in started:

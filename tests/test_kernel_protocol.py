@@ -23,6 +23,7 @@ import pytest
 from jupyter_client.manager import KernelManager
 
 import jupyter_docker_kernel
+from jupyter_docker_kernel import thin_client
 from tests import kernels
 from tests.conftest import TEST_KERNEL, install_kernel, not_here
 
@@ -56,7 +57,10 @@ def system_python_kernel(kernel_image: str, tmp_path_factory: pytest.TempPathFac
     shutil.copytree(package, Path(purelib, package.name), ignore=shutil.ignore_patterns("*.pyc"))
     spec = install_kernel(SYSTEM_PYTHON_KERNEL, kernel_image) / "kernel.json"
     data = json.loads(spec.read_text())
-    data["argv"][0] = str(python)
+    # The Python argv only: a compiled client (thin_client) is built for this checkout's
+    # install, and the venv's copy of the package is another.
+    _, argv = thin_client.split(data["argv"])
+    data["argv"] = [str(python), *argv[1:]]
     spec.write_text(json.dumps(data))
     return SYSTEM_PYTHON_KERNEL
 

@@ -647,6 +647,8 @@ def cmd_setup(args: argparse.Namespace, engine: Engine) -> int:
         print(f"  warning: {warning}")
     if planned.root_note:
         print(f"  {planned.root_note}")
+    if planned.no_client:
+        print(f"  thin client: python ({planned.no_client})")
     if planned.nbgrader_lines:
         target = args.write_nbgrader_config
         if target:
@@ -944,6 +946,7 @@ def format_show(info: manage.SpecInfo, args: list[str], program: str) -> list[st
     old = info.settings_in_argv or not info.launcher_isolated
     note = "  (an earlier version's form: doctor --fix rewrites it)" if old else ""
     lines.append(f"  launcher  {launcher}{note}")
+    lines.append(f"  client    {client_line(info)}")
     lines.append("settings (* = chosen at setup, the rest are defaults):")
     for key, value in dataclasses.asdict(info.settings).items():
         mark = "*" if getattr(info.settings, key) != getattr(DEFAULTS, key) else " "
@@ -963,6 +966,16 @@ def format_show(info: manage.SpecInfo, args: list[str], program: str) -> list[st
             "started ahead with these arguments (--detach, no connection file, a claim socket)."
         )
     return lines
+
+
+def client_line(info: manage.SpecInfo) -> str:
+    """`show`'s client line: which thin client a kernel start runs first."""
+    if not info.client:
+        return "python (the launcher is the thin client; no compiled client in argv)"
+    problem = info.client_problem
+    if problem:
+        return f"compiled {info.client}, unusable: {problem}; doctor --fix rebuilds it"
+    return f"compiled {info.client} (execs the launcher when no helper can serve)"
 
 
 def option_lines(args: list[str], settings: KernelSettings) -> list[str]:

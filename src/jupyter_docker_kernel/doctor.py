@@ -291,6 +291,7 @@ def _check_spec(
         return None  # its image runs on the cluster's nodes: no local probe
     engine = engine_of(engine, settings)
     _check_launcher(spec, add)
+    _check_client(spec, add)
     # The image's PATH (when the engine answers) names a mount that hides its Python, as
     # setup's check does; the image check below reports the lookup's own failure.
     image: dict[str, Any] | None = None
@@ -528,6 +529,20 @@ def _check_launcher(spec: manage.SpecInfo, add: Callable[..., None]) -> None:
         add(f"{spec.name}: launcher", "FAIL", f"{python} {problem}", fix)
         return
     add(f"{spec.name}: launcher", "OK", f"{python} imports jupyter_docker_kernel.launcher")
+
+
+def _check_client(spec: manage.SpecInfo, add: Callable[..., None]) -> None:
+    """The compiled thin client argv starts with (if any) exists, is only ours to write,
+    and is the one built for this install and version: a stale one still works (it execs
+    the Python launcher) but costs every start a Python process."""
+    if not spec.client:
+        return
+    problem = spec.client_problem
+    if problem:
+        detail = f"{problem}; kernels start through Python"
+        add(f"{spec.name}: thin client", "WARN", detail, UPGRADE_FIX)
+        return
+    add(f"{spec.name}: thin client", "OK", f"{spec.client} (compiled, built for this install)")
 
 
 def _probe_safely(engine: Engine, settings: KernelSettings, base: Path) -> ProbeResult:

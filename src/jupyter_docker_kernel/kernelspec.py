@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_docker_kernel import __version__, hostpython
+from jupyter_docker_kernel import __version__, hostpython, thin_client
 from jupyter_docker_kernel.errors import KernelSpecError
 from jupyter_docker_kernel.settings import KernelSettings
 
@@ -62,8 +62,12 @@ def build_kernel_json(
     provisioner: bool = False,
     language: str | None = None,
     isolated: bool = True,
+    client: Path | None = None,
 ) -> dict[str, Any]:
     """The kernel.json dict: argv runs our launcher, `env` carries the settings as JSON.
+
+    client: the compiled thin client (thin_client.ensure()), which argv then starts with
+    (it execs the launcher command whenever it cannot serve the kernel itself).
 
     isolated: start the launcher with `python -I` (setup passes
     hostpython.isolated_import_works(python)); else in hostpython's safe-path form, for a
@@ -80,11 +84,11 @@ def build_kernel_json(
             f"interrupt mode '{interrupt_mode}' is not one of {', '.join(INTERRUPT_MODES)}."
         )
     data: dict[str, Any] = {
-        "argv": [
-            *launcher_argv(python or sys.executable, isolated=isolated),
-            "-f",
-            "{connection_file}",
-        ],
+        "argv": thin_client.kernel_argv(
+            launcher_argv(python or sys.executable, isolated=isolated),
+            ["-f", "{connection_file}"],
+            client,
+        ),
         "env": {SETTINGS_ENV: settings_argument(settings)},
         "display_name": display_name,
         "language": language if language is not None else "" if settings.kernel_cmd else "python",
@@ -330,8 +334,9 @@ def find_ours() -> dict[str, Path]:
 def needs_upgrade(data: dict[str, Any]) -> bool:
     """Whether one of our kernel.json dicts is of an earlier version: its Python may import
     from the notebook's directory, or its settings are in argv, where `ps` shows them."""
-    argv = [str(a) for a in data.get("argv") or []]
-    return not hostpython.argv_is_isolated(argv) or "--settings" in argv
+    client, argv = thin_client.split([str(a) for a in data.get("argv") or []])
+    stale = bool(client) and bool(thin_client.problem(client))
+    return not hostpython.argv_is_isolated(argv) or "--settings" in argv or stale
 
 
 def upgraded(data: dict[str, Any], *, isolated: bool) -> dict[str, Any]:
@@ -342,10 +347,15 @@ def upgraded(data: dict[str, Any], *, isolated: bool) -> dict[str, Any]:
     """
     settings_from_kernel_json(data)  # refuse to rewrite what we could not read back
     text = settings_text(data) or ""
-    argv = [str(a) for a in data.get("argv") or []]
+    client, argv = thin_client.split([str(a) for a in data.get("argv") or []])
     extra = ["--debug"] if "--debug" in argv else []
     new = dict(data)
-    new["argv"] = [*launcher_argv(argv[0], isolated=isolated), "-f", "{connection_file}", *extra]
+    # A spec that started through the compiled client keeps one: this install's, built
+    # now if need be (after an upgrade the old one execs the launcher on every start).
+    binary = thin_client.ensure()[0] if client else None
+    new["argv"] = thin_client.kernel_argv(
+        launcher_argv(argv[0], isolated=isolated), ["-f", "{connection_file}", *extra], binary
+    )
     new["env"] = {**(data.get("env") or {}), SETTINGS_ENV: text.replace("$", "\\u0024")}
     return new
 
@@ -361,7 +371,7 @@ def upgrade(path: Path) -> bool:
     data = json.loads(target.read_text())
     if METADATA_KEY not in (data.get("metadata") or {}) or not needs_upgrade(data):
         return False
-    python = str((data.get("argv") or [sys.executable])[0])
+    python = thin_client.split([str(a) for a in data.get("argv") or [sys.executable]])[1][0]
     new = upgraded(data, isolated=hostpython.isolated_import_works(python))
     mode = os.stat(target).st_mode & 0o777
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".kernel.json.")

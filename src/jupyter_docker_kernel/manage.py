@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_docker_kernel import hardening, hostpython, kernelspec, pool
+from jupyter_docker_kernel import hardening, hostpython, kernelspec, pool, thin_client
 from jupyter_docker_kernel.engine import LABEL_POOL, Engine
 from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError
 from jupyter_docker_kernel.hardening import SUPERVISOR_PATH
@@ -50,8 +50,17 @@ class SpecInfo:
     shadowed_by: str = ""
     #: The ID the image reference has now ("" when unknown or missing).
     current_id: str = ""
-    #: kernel.json's whole argv (its form tells an earlier version's spec).
+    #: kernel.json's argv without the compiled client (its form tells an earlier
+    #: version's spec): the Python launcher command and its arguments.
     launcher_argv: tuple[str, ...] = ()
+    #: The compiled thin client argv starts with ("": the Python launcher directly).
+    client: str = ""
+
+    @property
+    def client_problem(self) -> str:
+        """Why the compiled client cannot serve this spec's starts ("" when it can or
+        there is none): then every start runs the Python launcher (thin_client.problem)."""
+        return thin_client.problem(self.client) if self.client else ""
 
     @property
     def image_moved(self) -> bool:
@@ -102,6 +111,7 @@ class SpecInfo:
             "settings": self.settings.to_dict() if self.settings else None,
             "error": self.error or None,
             "shadowed_by": self.shadowed_by or None,
+            "thin_client": self.client or None,
         }
 
 
@@ -118,7 +128,7 @@ def read_spec(name: str, path: Path, shadowed_by: Path | None = None) -> SpecInf
     except ValueError as exc:
         why = f"kernel.json is not valid JSON ({exc})"
         return SpecInfo(name, str(path), "", "", None, error=why, shadowed_by=shadow)
-    argv = [str(a) for a in data.get("argv") or [""]]
+    client, argv = thin_client.split([str(a) for a in data.get("argv") or [""]])
     display = str(data.get("display_name", ""))
     try:
         settings = kernelspec.settings_from_kernel_json(data)
@@ -132,9 +142,17 @@ def read_spec(name: str, path: Path, shadowed_by: Path | None = None) -> SpecInf
             error=str(exc),
             shadowed_by=shadow,
             launcher_argv=tuple(argv),
+            client=client,
         )
     return SpecInfo(
-        name, str(path), display, argv[0], settings, shadowed_by=shadow, launcher_argv=tuple(argv)
+        name,
+        str(path),
+        display,
+        argv[0],
+        settings,
+        shadowed_by=shadow,
+        launcher_argv=tuple(argv),
+        client=client,
     )
 
 

@@ -27,6 +27,7 @@ from jupyter_docker_kernel import (
     kernelspec,
     manage,
     readiness,
+    thin_client,
     workdir,
 )
 from jupyter_docker_kernel.engine import Engine
@@ -86,6 +87,8 @@ class SetupPlan:
     warnings: list[str]
     #: What a kernel started by root runs as ("" unless setup runs as root).
     root_note: str
+    #: Why argv starts the Python launcher, not the compiled thin client ("": it does not).
+    no_client: str = ""
     #: The nbgrader_config.py lines (empty unless --for-nbgrader).
     nbgrader_lines: list[str] = field(default_factory=list)
 
@@ -199,6 +202,11 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
     default_display = f"{in_image.display_name if in_image else name} (container)"
     # What kernel.json holds beyond the settings is kept on --replace as well.
     kept_language = None if request.new_kernel_cmd else old_json.get("language")
+    # The compiled thin client when a C compiler is here (the Python argv otherwise); a
+    # --user spec is ours alone, another only when it is under our home.
+    client, no_client = thin_client.ensure(
+        None if request.user else kernelspec.destination(name, user=False, prefix=request.prefix)
+    )
     data = kernelspec.build_kernel_json(
         settings,
         display_name=request.display_name or old_json.get("display_name") or default_display,
@@ -209,6 +217,7 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         language=in_image.language if in_image else kept_language,
         provisioner=provisioner,
         isolated=hostpython.isolated_import_works(sys.executable),
+        client=client,
     )
     return SetupPlan(
         request=request,
@@ -222,6 +231,7 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         warnings=[*exposure_warnings(settings), *finding_warnings(findings), *kube_warnings],
         # On a node the kernel runs as the node user, whoever runs setup here.
         root_note=root_note(settings) if os.getuid() == 0 and not on_node else "",
+        no_client=no_client,
         nbgrader_lines=grading.config_lines(name, timeout) if for_nbgrader else [],
     )
 

@@ -358,10 +358,10 @@ class Broker:
         except (Refusal, OSError, TimeoutError) as exc:
             refusal = exc if isinstance(exc, Refusal) else Refusal(f"The request failed: {exc}")
             audit.info("%s", bp.audit_refusal(caller, refusal))
+            if kernel is not None:
+                kernel.finish_refused()  # before the answer: the name is free again then
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps({"ok": False, "error": refusal.line}).encode() + b"\n")
-            if kernel is not None:
-                kernel.finish_refused()
             conn.close()
             return
         kernel.run()

@@ -454,10 +454,12 @@ def start_request(
     settings: KernelSettings,
 ) -> bytes:
     """The start line the client sends (BrokerBackend.start_cold): the inverse of parse_start."""
-    wanted = settings.to_dict()
+    # Templates filled in here ({project}/data -> /home/a/p/data): the broker gets paths,
+    # and the project itself instead of --workdir-root.
+    base = project or workdir
+    mounts = tuple(m.resolved(base, workdir) for m in settings.mounts)
+    wanted = dataclasses.replace(settings, mounts=mounts, workdir_root=None).to_dict()
     sent = {k: v for k, v in wanted.items() if k in SETTINGS_FIELDS or k in REFUSED_SETTINGS}
-    if settings.workdir_root is not None:
-        sent.pop("workdir_root", None)  # resolved: the project names it
     sent_connection = {k: str(connection.get(k, "")) for k in CONNECTION_FIELDS}
     sent_connection["signature_scheme"] = sent_connection["signature_scheme"] or "hmac-sha256"
     request = {

@@ -1,0 +1,171 @@
+"""What the broker tests' unprivileged users run (tests/test_broker.py), in their own venv.
+
+Run as `python broker_user.py COMMAND ...` by a test user (runuser), never imported by
+the tests: it imports jupyter_client and the package from the users' venv. Each command
+prints one JSON object on stdout.
+
+    kernel MODE PROJECT     a kernel through jupyter_client (MODE: provisioner or argv):
+                            its uid and gid, an interrupt of a sleep, a shutdown
+    hold PROJECT            start a kernel (provisioner), print its container's name,
+                            socket dir and our pid, then wait to be killed
+    connect PATH            try to connect to a unix socket; print what happened
+    raw FILE                send each line of FILE (a JSON list of base64 strings) on a
+                            fresh connection to the broker; print each first answer
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def isolated_spec(provisioner: bool) -> str:
+    """A kernelspec in a private Jupyter dir (as `setup --user` would write it)."""
+    from jupyter_docker_kernel.kernelspec import build_kernel_json
+    from jupyter_docker_kernel.settings import KernelSettings
+
+    home = tempfile.mkdtemp(prefix="jdkt-")
+    for name in ("JUPYTER_DATA_DIR", "JUPYTER_PATH"):
+        os.environ[name] = f"{home}/data"
+    os.environ["JUPYTER_RUNTIME_DIR"] = f"{home}/runtime"
+    os.environ["JUPYTER_CONFIG_DIR"] = f"{home}/config"
+    spec = json.loads(os.environ.get("JDKT_SETTINGS", "{}"))
+    kernel_json = build_kernel_json(
+        KernelSettings.from_dict(spec),
+        display_name="broker test",
+        python=sys.executable,
+        provisioner=provisioner,
+    )
+    path = Path(home, "data/kernels/brokertest")
+    path.mkdir(parents=True)
+    (path / "kernel.json").write_text(json.dumps(kernel_json))
+    return "brokertest"
+
+
+def execute(kc: Any, code: str, timeout: float = 30) -> dict[str, Any]:
+    """Run code; its stdout and the reply's status (and ename on error)."""
+    msg_id = kc.execute(code)
+    out: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    reply = reply_to(kc, msg_id, timeout)
+    return {"out": "".join(out), "status": reply["status"], "ename": reply.get("ename", "")}
+
+
+def reply_to(kc: Any, msg_id: str, timeout: float) -> dict[str, Any]:
+    """The shell reply to msg_id (skipping others: wait_for_ready can leave a second
+    kernel_info_reply behind)."""
+    while True:
+        msg = kc.get_shell_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") == msg_id:
+            content = msg["content"]
+            assert isinstance(content, dict)
+            return content
+
+
+def cmd_kernel(mode: str, project: str) -> dict[str, Any]:
+    from jupyter_client.manager import start_new_kernel
+
+    name = isolated_spec(mode == "provisioner")
+    os.chdir(project)
+    started = time.monotonic()
+    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
+    result: dict[str, Any] = {"start_seconds": time.monotonic() - started}
+    try:
+        ids = execute(kc, "import os; print(os.getuid(), os.getgid(), os.getcwd())")
+        result["ids"] = ids["out"].split()
+        result["write"] = execute(kc, "open('from-kernel.txt', 'w').write('hi')")["status"]
+        sleeping = kc.execute("import time; time.sleep(60)")
+        time.sleep(1.0)
+        km.interrupt_kernel()
+        result["interrupted"] = reply_to(kc, sleeping, 20).get("ename", "")
+        result["after_interrupt"] = execute(kc, "x = 1")["status"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    result["alive_after_shutdown"] = km.is_alive()
+    return result
+
+
+def cmd_hold(project: str) -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    name = isolated_spec(True)
+    os.chdir(project)
+    km, _kc = start_new_kernel(kernel_name=name, startup_timeout=60)
+    container = km.provisioner.container  # type: ignore[union-attr]
+    assert container is not None
+    print(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "container": container.name,
+                "sockets": os.path.realpath(container.runtime_dir),
+            }
+        ),
+        flush=True,
+    )
+    time.sleep(3600)
+
+
+def cmd_connect(path: str) -> dict[str, Any]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        return {"connected": False, "error": type(exc).__name__}
+    return {"connected": True, "error": ""}
+
+
+def cmd_raw(path: str) -> dict[str, Any]:
+    broker = os.environ["JUPYTER_DOCKER_KERNEL_BROKER"]
+    answers = []
+    for encoded in json.loads(Path(path).read_text()):
+        data = base64.b64decode(encoded)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(20)
+        sock.connect(broker)
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)  # a line cut short ends here
+        except OSError:
+            pass
+        got = b""
+        try:
+            while b"\n" not in got:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        except OSError as exc:
+            got = f"{type(exc).__name__}".encode()
+        sock.close()
+        answers.append(got.decode(errors="replace"))
+    return {"answers": answers}
+
+
+def main() -> None:
+    command, *args = sys.argv[1:]
+    if command == "hold":
+        cmd_hold(*args)
+        return
+    handlers = {"kernel": cmd_kernel, "connect": cmd_connect, "raw": cmd_raw}
+    print(json.dumps(handlers[command](*args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,11 @@ def main() -> None:
     if command == "hold":
         cmd_hold(*args)
         return
-    handlers = {"kernel": cmd_kernel, "connect": cmd_connect, "raw": cmd_raw}
+    handlers: dict[str, Callable[..., dict[str, Any]]] = {
+        "kernel": cmd_kernel,
+        "connect": cmd_connect,
+        "raw": cmd_raw,
+    }
     print(json.dumps(handlers[command](*args)), flush=True)
 
 

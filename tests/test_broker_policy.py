@@ -285,3 +285,20 @@ def test_audit_lines_say_who_what_and_why() -> None:
     stopped = bp.audit_stop(caller, start.name, 137, "the client went away", 3.0)
     assert "code=137" in stopped
     assert "reason=the client went away" in stopped
+
+
+def test_the_shipped_example_policy_is_the_default_policy() -> None:
+    from importlib.resources import files
+
+    text = files("jupyter_docker_kernel").joinpath("data/broker.toml").read_text()
+    assert Policy.from_toml(text) == Policy()
+
+
+def test_the_shipped_systemd_socket_is_where_clients_look() -> None:
+    from importlib.resources import files
+
+    unit = files("jupyter_docker_kernel").joinpath("data/jupyter-docker-kernel-broker.socket")
+    text = unit.read_text()
+    assert f"ListenStream={bp.DEFAULT_SOCKET}\n" in text
+    assert f"SocketGroup={bp.DEFAULT_GROUP}\n" in text
+    assert "SocketMode=0660\n" in text

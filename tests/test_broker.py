@@ -399,3 +399,26 @@ def test_killing_the_broker_leaves_nothing_running(broker: BrokerEnv) -> None:
     kernels = Path(broker.socket).parent / "kernels"
     assert not any(kernels.iterdir())
     assert not broker_containers(broker)
+
+
+def test_a_policy_can_force_gvisor_on_every_kernel(broker: BrokerEnv) -> None:
+    """runtime = "runsc": a kernelspec that asks for nothing gets gVisor, the staged mount
+    of the notebook's directory works there too, and the container (kept by the engine
+    under gVisor) is removed at the end."""
+    original = broker.policy.read_text()
+    broker.stop_broker()
+    broker.policy.write_text(original + 'runtime = "runsc"\n')
+    broker.start_broker()
+    try:
+        user = USERS[1]
+        project = project_of(user)
+        result = broker.run(user, "kernel", "provisioner", project)
+        assert result["ids"][0] == str(broker.uids[user])
+        assert os.stat(Path(project, "from-kernel.txt")).st_uid == broker.uids[user]
+        last_start = broker.audit.read_text().rsplit("start uid=", 1)[1]
+        assert "runtime=runsc" in last_start
+        assert not broker_containers(broker)
+    finally:
+        broker.stop_broker()
+        broker.policy.write_text(original)
+        broker.start_broker()

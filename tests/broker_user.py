@@ -4,6 +4,7 @@ Run as `python broker_user.py COMMAND ...` by a test user (runuser), never impor
 the tests: it imports jupyter_client and the package from the users' venv. Each command
 prints one JSON object on stdout.
 
+    notebook PROJECT        a two-cell notebook through nbclient: the uid it printed
     kernel MODE PROJECT     a kernel through jupyter_client (MODE: provisioner or argv):
                             its uid and gid, an interrupt of a sleep, a shutdown
     hold PROJECT            start a kernel (provisioner), print its container's name,
@@ -102,6 +103,24 @@ def cmd_kernel(mode: str, project: str) -> dict[str, Any]:
     return result
 
 
+def cmd_notebook(project: str) -> dict[str, Any]:
+    """A notebook run by nbclient (as nbconvert --execute and papermill do)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    name = isolated_spec(True)
+    os.chdir(project)
+    new_nb, new_cell = nbformat.v4.new_notebook, nbformat.v4.new_code_cell
+    nb = new_nb()  # type: ignore[no-untyped-call]
+    nb.cells = [
+        new_cell("import os; print(os.getuid())"),  # type: ignore[no-untyped-call]
+        new_cell("open('from-notebook.txt', 'w').write('hi')"),  # type: ignore[no-untyped-call]
+    ]
+    resources = {"metadata": {"path": project}}
+    NotebookClient(nb, kernel_name=name, timeout=60, resources=resources).execute()
+    return {"uid": nb.cells[0].outputs[0]["text"].strip()}
+
+
 def cmd_hold(project: str) -> None:
     from jupyter_client.manager import start_new_kernel
 
@@ -166,6 +185,7 @@ def main() -> None:
         return
     handlers: dict[str, Callable[..., dict[str, Any]]] = {
         "kernel": cmd_kernel,
+        "notebook": cmd_notebook,
         "connect": cmd_connect,
         "raw": cmd_raw,
     }

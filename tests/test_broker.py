@@ -181,7 +181,9 @@ def broker(kernel_image: str) -> Iterator[BrokerEnv]:
             env.uids[user] = pwd.getpwnam(user).pw_uid
         sh(SYSTEM_PYTHON, "-m", "venv", str(env.venv))
         pip = [str(env.venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
-        subprocess.run([*pip, str(ROOT)], check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            [*pip, str(ROOT), "nbclient", "nbformat"], check=True, capture_output=True, timeout=600
+        )
         shutil.copy(Path(__file__).with_name("broker_user.py"), env.script)
         env.policy.write_text(
             f'images = ["{kernel_image}"]\nmemory = "1g"\ncpus = 1\n'
@@ -277,6 +279,14 @@ def test_each_user_runs_a_kernel_as_themselves_through_jupyter_client(
     audit = broker.audit.read_text()
     assert f"start uid={broker.uids[USERS[1]]}({USERS[1]})" in audit
     assert "stop uid=" in audit
+
+
+def test_a_notebook_runs_through_nbclient_as_its_user(broker: BrokerEnv) -> None:
+    user = USERS[0]
+    project = project_of(user)
+    assert broker.run(user, "notebook", project) == {"uid": str(broker.uids[user])}
+    assert os.stat(Path(project, "from-notebook.txt")).st_uid == broker.uids[user]
+    assert not broker_containers(broker)
 
 
 def test_a_user_cannot_reach_another_users_kernel_sockets(broker: BrokerEnv) -> None:

@@ -6,7 +6,7 @@ prints one JSON object on stdout.
 
     notebook PROJECT        a two-cell notebook through nbclient: the uid it printed
     kernel MODE PROJECT     a kernel through jupyter_client (MODE: provisioner or argv):
-                            its uid and gid, an interrupt of a sleep, a shutdown
+                            its uid and gid, an interrupt of a sleep, a restart, a shutdown
     hold PROJECT            start a kernel (provisioner), print its container's name,
                             socket dir and our pid, then wait to be killed
     connect PATH            try to connect to a unix socket; print what happened
@@ -96,6 +96,9 @@ def cmd_kernel(mode: str, project: str) -> dict[str, Any]:
         km.interrupt_kernel()
         result["interrupted"] = reply_to(kc, sleeping, 20).get("ename", "")
         result["after_interrupt"] = execute(kc, "x = 1")["status"]
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        result["after_restart"] = execute(kc, "import os; print(os.getuid())")["status"]
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)

@@ -262,7 +262,7 @@ def test_the_test_users_cannot_reach_the_engine(broker: BrokerEnv) -> None:
 def test_each_user_runs_a_kernel_as_themselves_through_jupyter_client(
     broker: BrokerEnv, mode: str
 ) -> None:
-    """Start, run code, write a file, interrupt, shut down: for both users."""
+    """Start, run code, write a file, interrupt, restart, shut down: for both users."""
     for user in USERS:
         project = project_of(user)
         result = broker.run(user, "kernel", mode, project)
@@ -274,6 +274,7 @@ def test_each_user_runs_a_kernel_as_themselves_through_jupyter_client(
         assert os.stat(Path(project, "from-kernel.txt")).st_uid == uid
         assert result["interrupted"] == "KeyboardInterrupt"
         assert result["after_interrupt"] == "ok"
+        assert result["after_restart"] == "ok"
         assert result["alive_after_shutdown"] is False
     assert not broker_containers(broker)
     audit = broker.audit.read_text()
@@ -351,6 +352,7 @@ def test_requests_outside_the_policy_are_refused_with_one_line(
         "root in the container": (start(kernel_user="0:0"), "own uid"),
         "a network": (start(network="bridge"), "network is refused"),
         "too much memory": (start(memory="64g"), "above the allowed"),
+        "a line break in --env": (start(env={"A": "x\ny"}), "line break"),
     }
     try:
         answers = broker.raw(ann, [data for data, _ in cases.values()])

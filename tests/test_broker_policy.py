@@ -105,6 +105,7 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("root workdir", request(workdir="/", project=""), "never mounted"),
     ("project outside", request(project="/home/bob"), "does not hold"),
     ("comma", request(workdir="/home/a,b", project=""), "absolute, normal path"),
+    ("colon", request(workdir="/home/a:exec", project=""), "absolute, normal path"),
     ("mount dotdot", request(settings={"mounts": [{"source": "/a/../etc", "target": "/x"}]}), ""),
     ("mount root", request(settings={"mounts": [{"source": "/", "target": "/x"}]}), "never"),
     ("mount extra", request(settings={"mounts": [{"source": "/a", "target": "/x", "o": 1}]}), ""),

@@ -236,6 +236,8 @@ class Broker:
         self.state = state_dir(socket_path)
         self.lock = threading.Lock()
         self.per_user: dict[int, int] = {}
+        #: Open connections per uid (kernels and requests not yet answered).
+        self.connections: dict[int, int] = {}
         self.kernels: set[BrokerKernel] = set()
         self.stopping = threading.Event()
         if policy.audit_log:
@@ -339,9 +341,17 @@ class Broker:
             conn.close()
             return
         kernel: BrokerKernel | None = None
+        counted = False
         try:
             if caller.uid == 0:
                 raise Refusal("Root reaches the engine itself; the broker serves other users.")
+            with self.lock:
+                # A user's open connections (kernels and pending requests) are capped: each
+                # is a thread of ours.
+                if self.connections.get(caller.uid, 0) >= self.policy.kernels_per_user + 4:
+                    raise Refusal("You have too many connections to the broker open.")
+                self.connections[caller.uid] = self.connections.get(caller.uid, 0) + 1
+                counted = True
             conn.settimeout(REQUEST_SECONDS)
             line = read_line(conn, bp.MAX_REQUEST)
             conn.settimeout(None)
@@ -355,16 +365,27 @@ class Broker:
                 self.per_user[caller.uid] = self.per_user.get(caller.uid, 0) + 1
             kernel = BrokerKernel(self, caller, start, conn)
             kernel.prepare()
-        except (Refusal, OSError, TimeoutError) as exc:
+        except Exception as exc:
             refusal = exc if isinstance(exc, Refusal) else Refusal(f"The request failed: {exc}")
+            if not isinstance(exc, DockerKernelError | OSError):
+                log.exception("unexpected failure serving %s", caller.who())
             audit.info("%s", bp.audit_refusal(caller, refusal))
             if kernel is not None:
                 kernel.finish_refused()  # before the answer: the name is free again then
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps({"ok": False, "error": refusal.line}).encode() + b"\n")
             conn.close()
+            if counted:
+                self._disconnected(caller)
             return
-        kernel.run()
+        try:
+            kernel.run()
+        finally:
+            self._disconnected(caller)
+
+    def _disconnected(self, caller: Caller) -> None:
+        with self.lock:
+            self.connections[caller.uid] -= 1
 
 
 class BrokerKernel:
@@ -464,7 +485,16 @@ class BrokerKernel:
         """Reply, start, pump until the container ends, clean up (this connection's thread)."""
         self.send_line({"ok": True, "sockets": str(self.rundir.sockets)})
         backend = self.broker.backend
-        self.held = backend.start_cold(self.start.settings, self.launch(), self.rundir)
+        try:
+            self.held = backend.start_cold(self.start.settings, self.launch(), self.rundir)
+        except Exception as exc:  # the engine CLI missing, say: the client gets docker's 125
+            log.error("could not start %s for %s: %s", self.start.name, self.caller.who(), exc)
+            self.reason = f"the broker could not start it: {exc}"
+            self.send(bp.OUTPUT, f"docker: {exc}\n".encode())
+            self.send(bp.EXIT, json.dumps({"code": 125, "oom": False}).encode())
+            self.hang_up()
+            self.finish(125)
+            return
         threading.Thread(target=self.read_client, daemon=True).start()
         streams = self.held.outputs()  # blocks until the engine started it (or refused)
         for target in self.staged:

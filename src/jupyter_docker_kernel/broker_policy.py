@@ -365,7 +365,8 @@ def _host_dir(path: str, what: str) -> str:
     if (
         not path.startswith("/")
         or len(path) > 1024
-        or any(c in path for c in ",\n\r\0")
+        # ',' ends a --mount field, ':' a --tmpfs path (--copy-workdir): never carried.
+        or any(c in path for c in ",:\n\r\0")
         or str(PurePosixPath(path)) != path
         or ".." in PurePosixPath(path).parts
     ):

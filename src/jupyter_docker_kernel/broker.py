@@ -694,6 +694,10 @@ def run(policy_path: str, socket_path: str, group: str) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: broker.stop())
     broker.serve(listener)
+    # stop() ended every kernel; let their threads remove their dirs before we exit.
+    deadline = time.monotonic() + 10
+    while broker.kernels and time.monotonic() < deadline:
+        time.sleep(0.05)
     with contextlib.suppress(OSError):
         if not os.environ.get("LISTEN_FDS"):
             os.unlink(socket_path)

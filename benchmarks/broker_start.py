@@ -7,8 +7,8 @@ Makes a temporary user (not in the docker group) in a temporary group, a venv fr
 a socket of its own; then, alternating which goes first, one jupyter_client start
 (`start_new_kernel` through the provisioner: container started, kernel_info answered)
 straight to the engine (as root, who can reach it) and one through the broker (as the
-user). Each start runs in a fresh process of the same venv's Python; the time is measured
-inside it, around start_new_kernel only. Prints medians, quartiles and the difference;
+user). One process of the same venv's Python per path takes a start at a time; the time
+is measured inside it, around start_new_kernel only. Prints medians, quartiles and the difference;
 removes the user, group, venv and broker at the end. Goal: at most +0.05 s.
 """
 
@@ -31,8 +31,9 @@ USER = "jdkbench"
 GROUP = "jdkbench-kernels"
 
 
-def measure(project: str) -> None:
-    """In the venv, as root or the user: one start, its seconds on stdout."""
+def serve(project: str) -> None:
+    """In the venv, as root or the user: one start per line on stdin, its seconds on
+    stdout (one process per path, so neither pays for its interpreter's start)."""
     from jupyter_client.manager import start_new_kernel
 
     from jupyter_docker_kernel.kernelspec import build_kernel_json
@@ -49,13 +50,14 @@ def measure(project: str) -> None:
     )
     (spec / "kernel.json").write_text(json.dumps(kernel_json))
     os.chdir(project)
-    started = time.perf_counter()
-    km, kc = start_new_kernel(kernel_name="bench", startup_timeout=60)
-    seconds = time.perf_counter() - started
-    kc.stop_channels()
-    km.shutdown_kernel(now=True)
+    for _ in sys.stdin:
+        started = time.perf_counter()
+        km, kc = start_new_kernel(kernel_name="bench", startup_timeout=60)
+        seconds = time.perf_counter() - started
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        print(seconds, flush=True)
     shutil.rmtree(home, ignore_errors=True)
-    print(seconds)
 
 
 def main() -> int:
@@ -99,19 +101,34 @@ def main() -> int:
         user_env = ["env", "-i", f"HOME={entry.pw_dir}", "PATH=/usr/bin:/bin", "TMPDIR=/tmp"]
         user_env.append(f"JUPYTER_DOCKER_KERNEL_BROKER={socket_path}")
         commands = {
-            "direct": [python, str(script), "--measure", projects["root"]],
+            "direct": [python, str(script), "--serve", projects["root"]],
             "broker": [
                 *("runuser", "-u", USER, "--", *user_env),
-                *(python, str(script), "--measure", projects[USER]),
+                *(python, str(script), "--serve", projects[USER]),
             ],
+        }
+        workers = {
+            path: subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+            for path, command in commands.items()
         }
         times: dict[str, list[float]] = {"direct": [], "broker": []}
         for run in range(args.runs + 1):
             order = ["direct", "broker"] if run % 2 else ["broker", "direct"]
             for path in order:
-                out = subprocess.run(commands[path], capture_output=True, text=True, check=True)
+                worker = workers[path]
+                assert worker.stdin is not None
+                assert worker.stdout is not None
+                worker.stdin.write("go\n")
+                worker.stdin.flush()
+                seconds = float(worker.stdout.readline())
                 if run:  # the first pair warms caches
-                    times[path].append(float(out.stdout.strip().splitlines()[-1]))
+                    times[path].append(seconds)
+        for worker in workers.values():
+            assert worker.stdin is not None
+            worker.stdin.close()
+            worker.wait(timeout=60)
         for path, values in times.items():
             q = statistics.quantiles(values, n=4)
             print(
@@ -119,7 +136,11 @@ def main() -> int:
                 f"quartiles {q[0]:.3f}-{q[2]:.3f} s  min {min(values):.3f} s  n={len(values)}"
             )
         delta = statistics.median(times["broker"]) - statistics.median(times["direct"])
+        paired = [b - d for b, d in zip(times["broker"], times["direct"], strict=True)]
         print(f"broker - direct: {delta:+.3f} s (goal: at most +0.050 s)")
+        print(
+            f"paired differences (each run's two starts): median {statistics.median(paired):+.3f} s"
+        )
     finally:
         if broker is not None:
             broker.terminate()
@@ -140,7 +161,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--measure"]:
-        measure(sys.argv[2])
+    if sys.argv[1:2] == ["--serve"]:
+        serve(sys.argv[2])
     else:
         sys.exit(main())

@@ -271,6 +271,8 @@ def test_each_user_runs_a_kernel_as_themselves_through_jupyter_client(
         assert result["ids"][0] != "0"
         assert result["ids"][2] == project
         assert result["write"] == "ok"
+        # Of the host's homes only the caller's project is there (mounted at its own path).
+        assert result["home"] == sorted([user, "kernel"])
         assert os.stat(Path(project, "from-kernel.txt")).st_uid == uid
         assert result["interrupted"] == "KeyboardInterrupt"
         assert result["after_interrupt"] == "ok"

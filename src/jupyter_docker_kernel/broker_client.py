@@ -197,8 +197,12 @@ class BrokerBackend:
                 "Change the kernelspec within the broker's policy, or ask the admin.",
             )
         # Our socket dir is the broker's, made for us (ours, 0700, in a root-owned dir).
-        os.rmdir(rundir.sockets)
-        os.symlink(str(reply["sockets"]), rundir.sockets)
+        try:
+            os.rmdir(rundir.sockets)
+            os.symlink(str(reply["sockets"]), rundir.sockets)
+        except OSError:
+            sock.close()  # the broker ends the kernel it started for us
+            raise
         cold = BrokerCold(sock, rundir)
         cold.memory = size_bytes(settings.memory)
         self.colds[launch.container_name] = cold

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +92,27 @@ def test_what_is_mounted_is_the_directory_checked_not_what_the_path_names_later(
         os.close(fd)
         unstage(staged)
     assert not staged.exists()
+
+
+def test_a_proc_dir_of_the_callers_own_process_is_refused() -> None:
+    """/proc/PID of the caller's own process is the caller's, but its magic links (root,
+    cwd) would lead a kernel out of its container to the host's files."""
+    if os.geteuid() != 0:
+        not_here("the mount checks run as root, as the broker does", "root")
+    child = os.fork()
+    if child == 0:  # the caller's process
+        os.setgid(CALLER.gid)
+        os.setuid(CALLER.uid)
+        time.sleep(30)
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while os.stat(f"/proc/{child}").st_uid != CALLER.uid:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(Refusal) as caught:
+            open_owned_dir(f"/proc/{child}", CALLER)
+        assert "proc filesystem" in caught.value.line
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

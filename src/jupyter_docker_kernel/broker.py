@@ -99,6 +99,40 @@ def groups_of(caller: Caller) -> set[int]:
         return {caller.gid}
 
 
+#: Filesystems (statfs f_type) never mounted for a caller: kernel pseudo-filesystems. A
+#: caller owns /proc/<pid> of their own processes, and its magic links (root, cwd, fd/N)
+#: lead out of the container's mount namespace to whatever that process sees: the host.
+PSEUDO_FILESYSTEMS = {
+    0x9FA0: "proc",
+    0x62656572: "sysfs",
+    0x1CD1: "devpts",
+    0x27E0EB: "cgroup",
+    0x63677270: "cgroup2",
+    0x74726163: "tracefs",
+    0x64626720: "debugfs",
+    0x73636673: "securityfs",
+    0xCAFE4A11: "bpf",
+    0x6E736673: "nsfs",
+    0x42494E4D: "binfmt_misc",
+    0x67596969: "rpc_pipefs",
+    0x19800202: "mqueue",
+    0xF97CFF8C: "selinuxfs",
+    0xDE5E81E4: "efivarfs",
+    0x62646576: "bdev",
+    0x6165676C: "pstore",
+    0x50495045: "pipefs",
+    0x534F434B: "sockfs",
+}
+
+
+def filesystem_type(fd: int) -> int:
+    """statfs's f_type of the file open as fd (an O_PATH fd will do); -1 if unknown."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field
+    if _libc.fstatfs(fd, buf) != 0:
+        return -1
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
 def can_search(st: os.stat_result, caller: Caller, groups: set[int]) -> bool:
     """Whether the caller may pass through a directory (its x bit for them; ACLs aside)."""
     if st.st_uid == caller.uid:
@@ -129,6 +163,9 @@ def open_owned_dir(path: str, caller: Caller) -> int:
                 ) from None
             os.close(fd)
             fd = nxt
+        kind = PSEUDO_FILESYSTEMS.get(filesystem_type(fd))
+        if kind is not None:
+            raise Refusal(f"The mount {path} is on the kernel's {kind} filesystem, never mounted.")
         st = os.fstat(fd)
         if st.st_uid != caller.uid:
             raise Refusal(f"The mount {path} is not yours (owned by uid {st.st_uid}).")

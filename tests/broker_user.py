@@ -4,6 +4,7 @@ Run as `python broker_user.py COMMAND ...` by a test user (runuser), never impor
 the tests: it imports jupyter_client and the package from the users' venv. Each command
 prints one JSON object on stdout.
 
+    autograde COURSE A      `nbgrader autograde A` in COURSE with a kernelspec of ours
     notebook PROJECT        a two-cell notebook through nbclient: the uid it printed
     kernel MODE PROJECT     a kernel through jupyter_client (MODE: provisioner or argv):
                             its uid and gid, an interrupt of a sleep, a restart, a shutdown
@@ -125,6 +126,19 @@ def cmd_notebook(project: str) -> dict[str, Any]:
     return {"uid": nb.cells[0].outputs[0]["text"].strip()}
 
 
+def cmd_autograde(course: str, assignment: str) -> dict[str, Any]:
+    """`nbgrader autograde` in course with a kernelspec of ours (JDKT_SETTINGS)."""
+    import subprocess
+
+    name = isolated_spec(True)
+    nbgrader = str(Path(sys.executable).with_name("nbgrader"))
+    args = ["autograde", assignment, f"--ExecutePreprocessor.kernel_name={name}", "--force"]
+    proc = subprocess.run(
+        [nbgrader, *args], cwd=course, capture_output=True, text=True, timeout=300, check=False
+    )
+    return {"code": proc.returncode, "output": (proc.stdout + proc.stderr)[-4000:]}
+
+
 def cmd_hold(project: str) -> None:
     from jupyter_client.manager import start_new_kernel
 
@@ -190,6 +204,7 @@ def main() -> None:
     handlers: dict[str, Callable[..., dict[str, Any]]] = {
         "kernel": cmd_kernel,
         "notebook": cmd_notebook,
+        "autograde": cmd_autograde,
         "connect": cmd_connect,
         "raw": cmd_raw,
     }

@@ -438,3 +438,41 @@ def test_a_policy_can_force_gvisor_on_every_kernel(broker: BrokerEnv) -> None:
         broker.stop_broker()
         broker.policy.write_text(original)
         broker.start_broker()
+
+
+def test_two_graders_autograde_their_courses_through_the_broker(
+    broker: BrokerEnv, kernel_image: str
+) -> None:
+    """nbgrader with several graders: each grades a course of their own as themselves
+    (the work dir mounted read-only, as nbgrader's grading needs); scores come out right
+    and every kernel ran as its grader's uid (the audit log)."""
+    from tests import courses
+
+    venv_nbgrader = broker.venv / "bin" / "nbgrader"
+    if not venv_nbgrader.exists():
+        pip = [str(broker.venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+        subprocess.run([*pip, "nbgrader"], check=True, capture_output=True, timeout=600)
+    for grader in USERS:
+        root = Path(project_of(grader)) / "course101"
+        shutil.rmtree(root, ignore_errors=True)
+        courses.new_course(root, courses.STUDENTS)
+        ps1 = courses.release(
+            root, "ps1", courses.source_notebook(courses.PS1_SOLUTION, courses.PS1_TESTS, 2)
+        )
+        for student in courses.STUDENTS:
+            courses.submit(root, student, "ps1", ps1, courses.PS1_SUBMITTED[student])
+        entry = pwd.getpwnam(grader)
+        subprocess.run(["chown", "-R", f"{entry.pw_uid}:{entry.pw_gid}", str(root)], check=True)
+        result = broker.run(
+            grader, "autograde", str(root), "ps1", JDKT_SETTINGS='{"workdir_readonly": true}'
+        )
+        assert result["code"] == 0, result["output"]
+        assert courses.score(root, "alice") == 2.0
+        assert courses.score(root, "bob") == 0.0
+        starts = [
+            line
+            for line in broker.audit.read_text().splitlines()
+            if f"start uid={entry.pw_uid}({grader})" in line and f"mounts={root}/" in line
+        ]
+        assert len(starts) == len(courses.STUDENTS)  # one kernel per submission, theirs
+    assert not broker_containers(broker)

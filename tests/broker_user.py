@@ -91,6 +91,7 @@ def cmd_kernel(mode: str, project: str) -> dict[str, Any]:
     try:
         ids = execute(kc, "import os; print(os.getuid(), os.getgid(), os.getcwd())")
         result["ids"] = ids["out"].split()
+        result["listing"] = execute(kc, "print(*sorted(os.listdir('.')))")["out"].split()
         result["write"] = execute(kc, "open('from-kernel.txt', 'w').write('hi')")["status"]
         result["home"] = execute(kc, "print(*sorted(os.listdir('/home')))")["out"].split()
         sleeping = kc.execute("import time; time.sleep(60)")

@@ -284,6 +284,27 @@ def test_each_user_runs_a_kernel_as_themselves_through_jupyter_client(
     assert "stop uid=" in audit
 
 
+def test_a_copied_work_dir_reaches_the_kernel_through_the_broker(broker: BrokerEnv) -> None:
+    """--copy-workdir: the client streams the directory over its broker connection; the
+    kernel works in its copy, and what it writes stays in the container."""
+    user = USERS[1]
+    project = Path(project_of(user)) / "copied"
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir()
+    (project / "data.txt").write_text("from the host")
+    entry = pwd.getpwnam(user)
+    subprocess.run(["chown", "-R", f"{entry.pw_uid}:{entry.pw_gid}", str(project)], check=True)
+    result = broker.run(
+        user, "kernel", "provisioner", str(project), JDKT_SETTINGS='{"workdir": "copy"}'
+    )
+    assert result["ids"][2] == str(project)
+    assert result["listing"] == ["data.txt"]
+    assert result["write"] == "ok"
+    assert not (project / "from-kernel.txt").exists()
+    last_start = broker.audit.read_text().rsplit("start uid=", 1)[1]
+    assert "workdir=copy mounts=-" in last_start
+
+
 def test_a_notebook_runs_through_nbclient_as_its_user(broker: BrokerEnv) -> None:
     user = USERS[0]
     project = project_of(user)

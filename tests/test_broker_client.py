@@ -86,3 +86,24 @@ def test_doctor_broker_checks_the_policy_file(
     policy.write_text("images = 'not a list'\n")
     assert main(["doctor", "--broker", "--policy", str(policy)]) == 1
     assert "images must be a list of strings" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("no_engine")
+def test_setup_writes_a_kernelspec_through_the_broker_path_without_the_engine(
+    broker_socket: str, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user who cannot reach the engine: setup does not ask it, and says why."""
+    assert main(["setup", "--name", "via-broker", "--user"]) == 0
+    assert (data_dir / "kernels" / "via-broker" / "kernel.json").is_file()
+    out = capsys.readouterr().out
+    assert "warning: the engine was not checked (there is no engine socket" in out
+    assert "kernel broker" in out
+
+
+@pytest.mark.usefixtures("no_engine")
+def test_setup_without_the_engine_or_a_broker_still_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path
+) -> None:
+    monkeypatch.setenv(broker_client.BROKER_ENV, str(tmp_path / "none.sock"))
+    assert main(["setup", "--name", "nowhere", "--user"]) == 1
+    assert not (data_dir / "kernels" / "nowhere").exists()

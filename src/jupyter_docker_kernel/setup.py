@@ -139,7 +139,19 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
     if request.kernel_spec_in_image:
         # Even with --skip-checks: the command can only come from the image.
         settings, in_image = with_image_kernel(engine, settings, request.kernel_spec_in_image)
-    if not request.skip_checks:
+    skip_checks, broker_note = request.skip_checks, []
+    if not skip_checks:
+        from jupyter_docker_kernel import broker_client
+
+        path, why = broker_client.choice(engine)
+        if path == "broker":  # the engine is not ours to ask; the broker checks each start
+            skip_checks = True
+            broker_note = [
+                f"the engine was not checked ({why}): kernels start through the kernel "
+                "broker, which refuses what its policy does not allow "
+                "(docs/multi-user.md)"
+            ]
+    if not skip_checks:
         settings = engine_settings(engine, settings)
         found, findings = check_image(
             engine, settings, for_nbgrader=for_nbgrader, force=request.force
@@ -179,7 +191,7 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         versions=versions,
         in_image=in_image,
         findings=findings,
-        warnings=[*exposure_warnings(settings), *finding_warnings(findings)],
+        warnings=[*broker_note, *exposure_warnings(settings), *finding_warnings(findings)],
         root_note=root_note(settings) if os.getuid() == 0 else "",
         nbgrader_lines=grading.config_lines(name, timeout) if for_nbgrader else [],
     )

@@ -11,6 +11,7 @@ prints one JSON object on stdout.
     hold PROJECT            start a kernel (provisioner), print its container's name,
                             socket dir and our pid, then wait to be killed
     connect PATH            try to connect to a unix socket; print what happened
+    flood N                 hold N idle connections to the broker, then ask on one more
     raw FILE                send each line of FILE (a JSON list of base64 strings) on a
                             fresh connection to the broker; print each first answer
 """
@@ -197,6 +198,25 @@ def cmd_raw(path: str) -> dict[str, Any]:
     return {"answers": answers}
 
 
+def cmd_flood(count: str) -> dict[str, Any]:
+    """Hold `count` connections open without a request, then ask on one more."""
+    broker = os.environ["JUPYTER_DOCKER_KERNEL_BROKER"]
+    held = []
+    for _ in range(int(count)):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(broker)
+        held.append(sock)
+    time.sleep(0.5)  # the broker has counted them
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(20)
+    sock.connect(broker)
+    sock.sendall(b"{}\n")
+    answer = sock.recv(4096).decode(errors="replace")
+    for other in [*held, sock]:
+        other.close()
+    return {"answer": answer}
+
+
 def main() -> None:
     command, *args = sys.argv[1:]
     if command == "hold":
@@ -208,6 +228,7 @@ def main() -> None:
         "autograde": cmd_autograde,
         "connect": cmd_connect,
         "raw": cmd_raw,
+        "flood": cmd_flood,
     }
     print(json.dumps(handlers[command](*args)), flush=True)
 

@@ -422,6 +422,14 @@ def test_malformed_requests_are_refused_and_the_broker_stays_up(
     assert result["ids"][0] == str(broker.uids[USERS[0]])
 
 
+def test_a_user_cannot_tie_up_the_broker_with_idle_connections(broker: BrokerEnv) -> None:
+    """Each connection is a thread of the broker's: a user gets kernels_per_user + 4."""
+    answer = json.loads(broker.run(USERS[1], "flood", "8")["answer"])
+    assert answer == {"ok": False, "error": "You have too many connections to the broker open."}
+    # The other user is not affected.
+    assert "lacks" in json.loads(broker.raw(USERS[0], [b"{}\n"])[0])["error"]
+
+
 def test_killing_the_broker_leaves_nothing_running(broker: BrokerEnv) -> None:
     """SIGKILL: the supervisor's lifeline (the broker held it) ends the kernel; the next
     broker removes what is left (its dirs; containers an engine keeps)."""

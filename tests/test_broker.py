@@ -175,9 +175,10 @@ def broker(kernel_image: str) -> Iterator[BrokerEnv]:
     try:
         subprocess.run(["groupadd", "-f", GROUP], check=True)
         for user in USERS:
-            if subprocess.run(["id", user], capture_output=True).returncode != 0:
-                sh("useradd", "-m", "-G", GROUP, "-s", "/bin/sh", user)
-                made_users.append(user)
+            # The names are the tests' own: one left by a session that died goes first.
+            subprocess.run(["userdel", "-r", "-f", user], capture_output=True)
+            sh("useradd", "-m", "-G", GROUP, "-s", "/bin/sh", user)
+            made_users.append(user)
             env.uids[user] = pwd.getpwnam(user).pw_uid
         sh(SYSTEM_PYTHON, "-m", "venv", str(env.venv))
         pip = [str(env.venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
@@ -186,7 +187,7 @@ def broker(kernel_image: str) -> Iterator[BrokerEnv]:
         )
         shutil.copy(Path(__file__).with_name("broker_user.py"), env.script)
         env.policy.write_text(
-            f'images = ["{kernel_image}"]\nmemory = "1g"\ncpus = 1\n'
+            f'images = ["{kernel_image}"]\nmemory = "2g"\ncpus = 1\n'
             f'audit_log = "{env.audit}"\nkernels_per_user = 4\n'
         )
         env.start_broker()
@@ -197,7 +198,9 @@ def broker(kernel_image: str) -> Iterator[BrokerEnv]:
             if user in env.uids:
                 kill_processes_of(env.uids[user])
         for user in made_users:
-            subprocess.run(["userdel", "-r", user], capture_output=True)
+            # -f: a process killed just now may not be reaped yet.
+            subprocess.run(["userdel", "-r", "-f", user], capture_output=True)
+            shutil.rmtree(f"/tmp/jupyter-docker-kernel-{env.uids[user]}", ignore_errors=True)
         subprocess.run(["groupdel", GROUP], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(socket_dir, ignore_errors=True)

@@ -303,3 +303,14 @@ def test_the_shipped_systemd_socket_is_where_clients_look() -> None:
     assert f"ListenStream={bp.DEFAULT_SOCKET}\n" in text
     assert f"SocketGroup={bp.DEFAULT_GROUP}\n" in text
     assert "SocketMode=0660\n" in text
+
+
+def test_the_client_sends_every_limit_so_a_default_above_the_policy_is_refused() -> None:
+    """A kernelspec with the default 2g under a 1g policy: refused, not quietly lowered
+    (the client's log would say 2g for a 1g container)."""
+    sent = bp.start_request(
+        "jdk-k-000000", "k", "", "/home/a/p", "", {"key": "k"}, KernelSettings()
+    )
+    assert json.loads(sent)["settings"]["memory"] == "2g"
+    with pytest.raises(Refusal, match="memory 2g is above the allowed 1g"):
+        bp.parse_start(sent.rstrip(b"\n"), Policy(memory="1g"))

@@ -461,6 +461,10 @@ def start_request(
     mounts = tuple(m.resolved(base, workdir) for m in settings.mounts)
     wanted = dataclasses.replace(settings, mounts=mounts, workdir_root=None).to_dict()
     sent = {k: v for k, v in wanted.items() if k in SETTINGS_FIELDS or k in REFUSED_SETTINGS}
+    # Every limit, defaults too: the broker refuses what is above its policy rather than
+    # lower it, so the limits the client logs are the container's.
+    for limit in (*SIZE_LIMITS, *COUNT_LIMITS):
+        sent[limit] = getattr(settings, limit)
     sent_connection = {k: str(connection.get(k, "")) for k in CONNECTION_FIELDS}
     sent_connection["signature_scheme"] = sent_connection["signature_scheme"] or "hmac-sha256"
     request = {

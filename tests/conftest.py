@@ -376,6 +376,9 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The engine is unreachable: DOCKER_HOST names a socket that does not exist."""
+    """The engine is unreachable: DOCKER_HOST names a socket that does not exist (and so
+    does the kernel broker's, whatever runs on this machine: test_broker_client.py sets
+    its own)."""
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    monkeypatch.setenv("JUPYTER_DOCKER_KERNEL_BROKER", "/nonexistent-broker.sock")
     monkeypatch.delenv("DOCKER_CONTEXT", raising=False)

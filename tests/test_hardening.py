@@ -192,6 +192,25 @@ def test_workdir_readonly_mounts_the_notebook_dir_readonly() -> None:
     assert "type=bind,source=/home/u/course/week1,target=/home/u/course/week1" in rw
 
 
+def test_a_staged_source_is_mounted_in_place_of_the_path_at_the_same_target() -> None:
+    """The broker's staged bind mounts (Launch.sources): the engine mounts the staging
+    path, the kernel sees the directory at its own path, the label keeps the real one."""
+    launch = dataclasses.replace(
+        LAUNCH,
+        sources=(("/home/u/course/week1", "/run/b/k/m0"), ("/home/u/data", "/run/b/k/m1")),
+        extra_labels=(("io.github.jupyter-docker-kernel.broker", "/run/b.sock"),),
+    )
+    settings = KernelSettings(mounts=(Mount("/home/u/data", "/data", True),))
+    opts = run_opts(settings, launch)
+    mounts = values(opts, "--mount")
+    assert "type=bind,source=/run/b/k/m0,target=/home/u/course/week1" in mounts
+    assert "type=bind,source=/run/b/k/m1,target=/data,readonly" in mounts
+    assert not any("source=/home/u" in m for m in mounts)
+    labels = values(opts, "--label")
+    assert "io.github.jupyter-docker-kernel.broker=/run/b.sock" in labels
+    assert "io.github.jupyter-docker-kernel.workdir=/home/u/course/week1" in labels
+
+
 def test_connection_file_is_mounted_readonly_apart_from_the_socket_dir() -> None:
     """The kernel cannot rewrite its connection file; its sockets dir is writable."""
     mounts = values(run_opts(), "--mount")

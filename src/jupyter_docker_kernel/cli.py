@@ -483,7 +483,21 @@ def add_manage_commands(sub: argparse._SubParsersAction[Parser]) -> None:
         action="store_true",
         help="first rewrite kernelspecs of earlier versions in the current, isolated form",
     )
+    doctor.add_argument(
+        "--broker",
+        action="store_true",
+        help="check the kernel broker instead: its policy, group, socket and engine (admins)",
+    )
+    doctor.add_argument("--policy", default=None, help="the broker's policy file to check")
     doctor.set_defaults(func=cmd_doctor)
+    broker = sub.add_parser(
+        "broker",
+        help="(root) start hardened kernels for users who cannot reach the engine",
+    )
+    broker.add_argument("--socket", default=None, help="the socket users connect to")
+    broker.add_argument("--policy", default=None, help="the policy file (TOML)")
+    broker.add_argument("--group", default=None, help="the group whose members may connect")
+    broker.set_defaults(func=cmd_broker)
     ps = sub.add_parser(
         "ps",
         help="running kernels: kernelspec, container, uptime, memory, pids, client, notebook dir",
@@ -1107,7 +1121,24 @@ def print_upgrades(done: list[tuple[str, Path, str]], file: Any = None) -> None:
             )
 
 
+def cmd_broker(args: argparse.Namespace, engine: Engine) -> int:
+    from jupyter_docker_kernel import broker, broker_policy
+
+    return broker.run(
+        args.policy or broker_policy.DEFAULT_POLICY,
+        args.socket or broker_policy.DEFAULT_SOCKET,
+        args.group or broker_policy.DEFAULT_GROUP,
+    )
+
+
 def cmd_doctor(args: argparse.Namespace, engine: Engine) -> int:
+    if args.broker:
+        report = doctor.broker_checks(engine, args.policy)
+        if args.json:
+            print(json.dumps(report.to_json(), indent=1))
+        else:
+            print("\n".join(doctor.format_report(report)))
+        return 0 if report.ok else 1
     if args.fix:
         done = kernelspec.upgrade_all()
         out = sys.stderr if args.json else sys.stdout  # stdout is the JSON report's

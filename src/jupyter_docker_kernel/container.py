@@ -251,6 +251,27 @@ def socket_names() -> list[str]:
     return [*names, hardening.CLAIM_SOCKET, LIFELINE_SOCKET]
 
 
+def kernel_connection(settings: KernelSettings, client: dict[str, Any]) -> dict[str, Any]:
+    """The kernel's connection info: ipc sockets in RUNTIME_TARGET, the client's key (from
+    its connection file, `client`). Container writes it; so does the broker (broker.py).
+
+    With kernel_transport "tcp": ports on the container's loopback, which the
+    supervisor bridges to the same socket paths (see hardening.BRIDGE_PORT_BASE).
+    """
+    tcp = settings.kernel_transport == "tcp"
+    conn: dict[str, Any] = {
+        "transport": "tcp" if tcp else "ipc",
+        # 127.0.0.1 inside the container's own network namespace, never the host's.
+        "ip": "127.0.0.1" if tcp else f"{hardening.RUNTIME_TARGET}/{hardening.SOCKET_PREFIX}",
+        "key": client.get("key", ""),
+        "signature_scheme": client.get("signature_scheme", "hmac-sha256"),
+        "kernel_name": client.get("kernel_name", ""),
+    }
+    for index, channel in enumerate(CHANNELS, start=1):
+        conn[f"{channel}_port"] = hardening.BRIDGE_PORT_BASE + index if tcp else index
+    return conn
+
+
 # -- where containers run ---------------------------------------------------------------------
 
 
@@ -499,23 +520,8 @@ class Container:
         )
 
     def kernel_connection(self) -> dict[str, Any]:
-        """The kernel's connection info: ipc sockets in RUNTIME_TARGET, the client's key.
-
-        With kernel_transport "tcp": ports on the container's loopback, which the
-        supervisor bridges to the same socket paths (see hardening.BRIDGE_PORT_BASE).
-        """
-        tcp = self.settings.kernel_transport == "tcp"
-        conn: dict[str, Any] = {
-            "transport": "tcp" if tcp else "ipc",
-            # 127.0.0.1 inside the container's own network namespace, never the host's.
-            "ip": "127.0.0.1" if tcp else f"{hardening.RUNTIME_TARGET}/{hardening.SOCKET_PREFIX}",
-            "key": self.connection.get("key", ""),
-            "signature_scheme": self.connection.get("signature_scheme", "hmac-sha256"),
-            "kernel_name": self.connection.get("kernel_name", ""),
-        }
-        for index, channel in enumerate(CHANNELS, start=1):
-            conn[f"{channel}_port"] = hardening.BRIDGE_PORT_BASE + index if tcp else index
-        return conn
+        """The kernel's connection info (kernel_connection): its sockets, the client's key."""
+        return kernel_connection(self.settings, self.connection)
 
     def _write_connection_file(
         self, path: str, uid: int, gid: int, launch: hardening.Launch

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -128,6 +129,9 @@ def run_checks(engine: Engine, name: str | None = None, *, probe: bool = True) -
     specs = [manage.find(name)] if name else manage.list_specs(None)[0]
     report = Report()
     with _timed(report.checks) as add:
+        if _check_path(engine, add) == "broker":
+            report.seconds = time.monotonic() - started
+            return report
         info = _check_engine(engine, add)
         runtimes = _check_runtimes(info, specs, add)
         base = _check_runtime_dir(add)
@@ -159,6 +163,102 @@ def run_checks(engine: Engine, name: str | None = None, *, probe: bool = True) -
                     Check(f"{label}: {name}", status, detail + note, fix, seconds if first else 0)
                     for name, status, detail, fix, seconds in result
                 ]
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _check_path(engine: Engine, add: Callable[..., None]) -> str:
+    """Which path this user's kernels take (the engine, or the root broker) and why; for
+    the broker, whether it answers (the engine's checks are the broker admin's:
+    doctor --broker)."""
+    from jupyter_docker_kernel import broker_client
+
+    path, why = broker_client.choice(engine)
+    add("kernel path", "OK", f"{path}: {why}")
+    if path == "broker":
+        socket_path = broker_client.broker_socket()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(socket_path)
+            add("broker", "OK", f"{socket_path} answers")
+        except OSError as exc:
+            add(
+                "broker",
+                "FAIL",
+                f"cannot connect to {socket_path}: {exc.strerror or exc}",
+                "ask the admin to start the broker and add you to its group "
+                "(jupyter-kernels); 'jupyter-docker-kernel doctor --broker' as root checks it",
+            )
+    return path
+
+
+def broker_checks(engine: Engine, policy_path: str | None = None) -> Report:
+    """`doctor --broker` (the admin's): the policy file, its images and runtime in the
+    engine, the group, the socket and the kernels' state dir."""
+    import grp
+
+    from jupyter_docker_kernel import broker, broker_client, broker_policy
+
+    started = time.monotonic()
+    report = Report()
+    path = policy_path or broker_policy.DEFAULT_POLICY
+    with _timed(report.checks) as add:
+        try:
+            policy = broker.load_policy(path)
+        except DockerKernelError as exc:
+            add("broker policy", "FAIL", exc.what, exc.fix or "fix the file")
+            report.seconds = time.monotonic() - started
+            return report
+        add("broker policy", "OK", f"{path}: {policy.describe()}")
+        info = _check_engine(engine, add)
+        if info is not None:
+            for image in policy.images:
+                found = engine.image_inspect(image)
+                add(
+                    f"image {image}",
+                    "OK" if found else "FAIL",
+                    "present" if found else "not in the engine",
+                    f"build or load it as root ('{engine.command} images' lists them)",
+                )
+            if policy.runtime:
+                known = set((info.get("Runtimes") or {}).keys())
+                ok = policy.runtime in known
+                add(
+                    f"runtime {policy.runtime}",
+                    "OK" if ok else "FAIL",
+                    "registered" if ok else f"not registered (known: {', '.join(sorted(known))})",
+                    "scripts/bootstrap-engine --runsc registers gVisor",
+                )
+        group = broker_policy.DEFAULT_GROUP
+        try:
+            members = grp.getgrnam(group).gr_mem
+            add("group", "OK", f"{group}: {', '.join(members) or 'no members'}")
+        except KeyError:
+            add(
+                "group",
+                "FAIL",
+                f"{group} does not exist",
+                f"groupadd {group}; usermod -aG {group} USER",
+            )
+        socket_path = broker_client.broker_socket()
+        try:
+            st = os.stat(socket_path)
+            mode = st.st_mode & 0o777
+            status: Status = "OK" if st.st_uid == 0 and not mode & 0o007 else "FAIL"
+            add(
+                "broker socket",
+                status,
+                f"{socket_path} (mode {mode:o}, uid {st.st_uid}, gid {st.st_gid})",
+                "restart the broker: it makes the socket root's, 0660, its group's",
+            )
+        except OSError:
+            add(
+                "broker socket",
+                "WARN",
+                f"no socket at {socket_path}: the broker is not running",
+                "systemctl enable --now jupyter-docker-kernel-broker.socket, or scripts/broker",
+            )
     report.seconds = time.monotonic() - started
     return report
 

@@ -114,6 +114,12 @@ class Launch:
     #: kernel's private dir and never mounted; None: the --env values go in argv, where
     #: `ps` shows them to every local user (doctor's probe, which has none).
     env_file: str | None = None
+    #: Where the engine mounts a host path from, when not from the path itself: the
+    #: broker's bind mounts of directories it opened without following links (broker.py),
+    #: so a rename after its check cannot swap what is mounted. (path, source) pairs.
+    sources: tuple[tuple[str, str], ...] = ()
+    #: More labels for the container (the broker's, so a restarted broker finds them).
+    extra_labels: tuple[tuple[str, str], ...] = ()
 
 
 def usage_hook_path(launch: Launch) -> str:
@@ -175,6 +181,7 @@ def labels(launch: Launch) -> dict[str, str]:
         engine.LABEL_KERNELSPEC: launch.kernelspec,
         engine.LABEL_CLIENT_PID: str(launch.client_pid),
         engine.LABEL_WORKDIR: launch.workdir,
+        **dict(launch.extra_labels),
     }
 
 
@@ -186,6 +193,11 @@ def mount_arg(source: str, target: str, read_only: bool = False) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="").writerow(fields)
     return buf.getvalue()
+
+
+def source_of(launch: Launch, path: str) -> str:
+    """Where the engine mounts the host path `path` from (Launch.sources; else itself)."""
+    return dict(launch.sources).get(path, path)
 
 
 def kernel_command(settings: KernelSettings) -> list[str]:
@@ -337,13 +349,13 @@ def run_args(
         root = launch.project_root or launch.workdir
         args += [
             "--mount",
-            mount_arg(root, root, settings.workdir_readonly),
+            mount_arg(source_of(launch, root), root, settings.workdir_readonly),
             "--workdir",
             launch.workdir,
         ]
     for m in settings.mounts:
         m = m.resolved(launch.project_root or launch.workdir, launch.workdir)
-        args += ["--mount", mount_arg(m.source, m.target, m.read_only)]
+        args += ["--mount", mount_arg(source_of(launch, m.source), m.target, m.read_only)]
     args += list(settings.docker_args)
     args.append(settings.image)
     umask = "0007" if shares_group_only(settings, launch) else None

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_docker_kernel import hardening, pool
-from jupyter_docker_kernel.container import Cold, Refill, wait_exit_code
+from jupyter_docker_kernel.container import Backend, Cold, Refill, wait_exit_code
 from jupyter_docker_kernel.engine import Engine, ExitWatch, create_args
 from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.lifeline import CONNECT_SECONDS, LIFELINE_SOCKET, claim_line
@@ -316,14 +316,20 @@ class LocalBackend(CliBackend):
         self.api = self.engine.api()
 
     @staticmethod
-    def for_engine(engine: Engine | None = None) -> CliBackend:
+    def for_engine(engine: Engine | None = None) -> Backend:
         """LocalBackend where the engine's API is on a unix socket, SshBackend for a
-        remote node (ssh://), else CliBackend."""
+        remote node (ssh://), else CliBackend; the root broker's client
+        (broker_client.BrokerBackend) where this user cannot reach the engine and a
+        broker listens (broker_client.choice)."""
         engine = engine or Engine()
         if engine.address().startswith("ssh://"):
             from jupyter_docker_kernel.node_backend import SshBackend  # imports this module
 
             return SshBackend(engine)
+        from jupyter_docker_kernel import broker_client  # it imports container, as we do
+
+        if broker_client.choice(engine)[0] == "broker":
+            return broker_client.BrokerBackend(engine=engine)
         return LocalBackend(engine) if engine.api().available() else CliBackend(engine)
 
     def start_cold(

@@ -165,22 +165,34 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
             "Add --provisioner (clients that ignore provisioners, such as VS Code, cannot "
             "use Kubernetes kernels).",
         )
+    skip_checks, broker_note = request.skip_checks, []
+    if not skip_checks and settings.kube_namespace is None and not on_node:
+        from jupyter_docker_kernel import broker_client
+
+        path, why = broker_client.choice(engine)
+        if path == "broker":  # the engine is not ours to ask; the broker checks each start
+            skip_checks = True
+            broker_note = [
+                f"the engine was not checked ({why}): kernels start through the kernel "
+                "broker, which refuses what its policy does not allow "
+                "(docs/multi-user.md)"
+            ]
     if settings.kube_namespace is not None:
         # The image runs on the cluster's nodes, not here: the cluster is what is checked.
-        if not request.skip_checks:
+        if not skip_checks:
             from jupyter_docker_kernel import kube_manage
             from jupyter_docker_kernel.kube_backend import KubeApi
 
             kube_warnings = kube_manage.check_setup(KubeApi.for_settings(settings), settings)
         findings = check_loosenings(settings, engine, for_nbgrader, request.force)
-    elif not request.skip_checks and on_node:
+    elif not skip_checks and on_node:
         # A remote node: its engine, runtimes and the image's ID are asked there (through
         # ssh); the probe container, which bind-mounts this host's files, does not run on
         # nodes yet (a kernel's start does the same checks).
         settings = engine_settings(engine, settings)
         findings = check_loosenings(settings, engine, for_nbgrader, request.force)
         settings = with_image_id(engine, settings, pin=request.pin)
-    elif not request.skip_checks:
+    elif not skip_checks:
         settings = engine_settings(engine, settings)
         found, findings = check_image(
             engine, settings, for_nbgrader=for_nbgrader, force=request.force
@@ -228,7 +240,12 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         versions=versions,
         in_image=in_image,
         findings=findings,
-        warnings=[*exposure_warnings(settings), *finding_warnings(findings), *kube_warnings],
+        warnings=[
+            *broker_note,
+            *exposure_warnings(settings),
+            *finding_warnings(findings),
+            *kube_warnings,
+        ],
         # On a node the kernel runs as the node user, whoever runs setup here.
         root_note=root_note(settings) if os.getuid() == 0 and not on_node else "",
         no_client=no_client,

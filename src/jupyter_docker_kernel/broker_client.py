@@ -1,0 +1,279 @@
+"""The client's side of the root broker (broker.py): `BrokerBackend`, one more
+container.Backend, for users who cannot reach the container engine.
+
+`LocalBackend.for_engine` (local_backend.py) picks it when the engine's socket is not open
+to this user and the broker's socket exists (`choice`, which `doctor` reports too); the
+argv launcher, the resident helper and the provisioner all get their backend there, so
+the lifecycle (container.Container) is the same one: only its engine steps go through the
+broker. The wire format is broker_policy.py's.
+
+`start_cold` sends the start (the kernelspec's settings, the notebook's directory, the
+client's key), reads the broker's one-line answer, and points the kernel's socket dir in
+our runtime dir (a link, `rt`) at the one the broker made for us (ours, 0700). Its `Cold`
+(`BrokerCold`) is the connection: the container's output and exit code come over it, the
+--copy-workdir stream, signals and stops go over it, and closing it (our exit, however it
+comes) is what ends the kernel: the broker holds the supervisor's lifeline for us.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+from jupyter_docker_kernel import broker_policy as bp
+from jupyter_docker_kernel import hardening, pool
+from jupyter_docker_kernel.container import Cold, Refill
+from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.errors import LaunchError
+from jupyter_docker_kernel.rundir import RunDir
+from jupyter_docker_kernel.settings import KernelSettings, size_bytes
+from jupyter_docker_kernel.workdir import engine_sockets
+
+#: The broker's socket for clients (default broker_policy.DEFAULT_SOCKET).
+BROKER_ENV = "JUPYTER_DOCKER_KERNEL_BROKER"
+#: How long a client waits for the broker's answer to its start.
+REPLY_SECONDS = 30.0
+
+
+def broker_socket() -> str:
+    """Where this user's clients look for the broker."""
+    return os.environ.get(BROKER_ENV) or bp.DEFAULT_SOCKET
+
+
+def engine_unreachable(engine: Engine) -> str:
+    """Why this user cannot reach the engine's API socket ("" when they can, or when the
+    engine is not on a local unix socket: then the CLI decides)."""
+    address = engine.address() or "unix:///var/run/docker.sock"
+    if not address.startswith("unix://"):
+        return ""
+    path = address.removeprefix("unix://")
+    if not os.path.exists(path):
+        return f"there is no engine socket at {path}"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"the engine's socket {path} is not open to you (you are not in its group)"
+    return ""
+
+
+def choice(engine: Engine) -> tuple[str, str]:
+    """("broker" or "engine", why): the path this user's kernels take, for for_engine and
+    doctor."""
+    unreachable = engine_unreachable(engine)
+    path = broker_socket()
+    if not unreachable:
+        return "engine", "the engine's socket is open to you"
+    if os.path.exists(path):
+        return "broker", f"{unreachable}, and the broker's socket {path} exists"
+    return "engine", f"{unreachable}, and there is no broker socket at {path}"
+
+
+class BrokerCold:
+    """A kernel started by the broker, as Container sees a cold start: the connection to
+    the broker. A thread reads its frames: output into a pipe (outputs()), the container's
+    id into the cidfile, the exit code (wait())."""
+
+    def __init__(self, sock: socket.socket, rundir: RunDir) -> None:
+        self.sock = sock
+        self.rundir = rundir
+        self.container_id = ""
+        self.code = 1
+        self.oom = False
+        self.exited = False
+        #: The memory limit in bytes, for an OOM's exit line.
+        self.memory = 0
+        self._done = threading.Event()
+        self._send = threading.Lock()
+        read_fd, self._out = os.pipe()
+        self.stream = os.fdopen(read_fd, "rb")
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        reader = bp.FrameReader(bp.ID + bp.OUTPUT + bp.EXIT)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                for kind, payload in reader.feed(data):
+                    if kind == bp.OUTPUT:
+                        view = memoryview(payload)
+                        while view:
+                            view = view[os.write(self._out, view) :]
+                    elif kind == bp.ID:
+                        self.container_id = payload.decode(errors="replace")
+                        self.rundir.cid.write_text(self.container_id)
+                    else:
+                        info = json.loads(payload)
+                        self.code, self.oom = int(info["code"]), bool(info.get("oom"))
+                        self.exited = True
+        except (OSError, ValueError, KeyError, bp.Refusal):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self._out)
+            self._done.set()
+
+    def send(self, data: bytes) -> bool:
+        """Frames to the broker; False once the connection is gone."""
+        with self._send:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                return False
+        return True
+
+    def write(self, data: bytes) -> None:
+        for offset in range(0, len(data), bp.MAX_FRAME):
+            if not self.send(bp.frame(bp.WRITE, data[offset : offset + bp.MAX_FRAME])):
+                raise OSError("the broker's connection is closed")
+
+    def outputs(self) -> list[Any]:
+        return [self.stream]
+
+    def wait(self) -> int:
+        self._done.wait()
+        return self.code
+
+    def words(self) -> str:
+        if self.exited:
+            return ""
+        return "docker: the broker's connection ended before the kernel's exit (did it stop?)\n"
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class BrokerBackend:
+    """container.Backend through the root broker (see the module docstring)."""
+
+    def __init__(self, path: str | None = None, engine: Engine | None = None) -> None:
+        self.path = path or broker_socket()
+        self.engine = engine or Engine()
+        self.colds: dict[str, BrokerCold] = {}
+
+    def start_cold(
+        self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
+    ) -> Cold:
+        """Ask the broker for the kernel; LaunchError with its one line when it refuses."""
+        try:
+            connection = json.loads(Path(launch.connection_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise LaunchError(f"Cannot read {launch.connection_file}: {exc}") from exc
+        request = bp.start_request(
+            launch.container_name,
+            launch.kernel_id,
+            launch.kernelspec,
+            launch.workdir,
+            launch.project_root,
+            connection,
+            settings,
+        )
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(REPLY_SECONDS)
+            sock.connect(self.path)
+            sock.sendall(request)
+            reply = self._reply(sock)
+            sock.settimeout(None)
+        except OSError as exc:
+            sock.close()
+            raise LaunchError(
+                f"Cannot reach the kernel broker at {self.path}: {exc}",
+                "No container was started",
+                "Ask the admin whether the broker runs and you are in its group "
+                "('jupyter-docker-kernel doctor' says which path your kernels take).",
+            ) from exc
+        if not reply.get("ok"):
+            sock.close()
+            raise LaunchError(
+                f"The kernel broker refused the kernel: {reply.get('error') or 'no reason'}",
+                "No container was started",
+                "Change the kernelspec within the broker's policy, or ask the admin.",
+            )
+        # Our socket dir is the broker's, made for us (ours, 0700, in a root-owned dir).
+        try:
+            os.rmdir(rundir.sockets)
+            os.symlink(str(reply["sockets"]), rundir.sockets)
+        except OSError:
+            sock.close()  # the broker ends the kernel it started for us
+            raise
+        cold = BrokerCold(sock, rundir)
+        cold.memory = size_bytes(settings.memory)
+        self.colds[launch.container_name] = cold
+        return cold
+
+    @staticmethod
+    def _reply(sock: socket.socket) -> dict[str, Any]:
+        data = b""
+        while b"\n" not in data and len(data) < 8192:
+            chunk = sock.recv(8192)
+            if not chunk:
+                break
+            data += chunk
+        try:
+            reply = json.loads(data.partition(b"\n")[0])
+        except ValueError:
+            raise OSError("the broker's answer is not JSON") from None
+        if not isinstance(reply, dict):
+            raise OSError("the broker's answer is not a JSON object")
+        return reply
+
+    def _cold(self, name: str) -> BrokerCold | None:
+        for key, cold in self.colds.items():
+            if name in (key, cold.container_id):
+                return cold
+        return None
+
+    def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None:
+        return None  # no warm pool through the broker (its policy refuses pool)
+
+    def rename(self, container_id: str, name: str) -> bool:
+        return False
+
+    def update(self, container_id: str, cpu_shares: int) -> None:
+        return None
+
+    def inspect(self, name: str) -> dict[str, Any] | None:
+        """What Container.engine_exit_reason reads, from the exit frame (gVisor's OOM)."""
+        cold = self._cold(name)
+        if cold is None or not cold.exited:
+            return None
+        return {"State": {"OOMKilled": cold.oom}, "HostConfig": {"Memory": cold.memory}}
+
+    def wait(self, container_id: str) -> int:
+        cold = self._cold(container_id)
+        return cold.wait() if cold is not None else 1
+
+    def signal(self, name: str, sig: str) -> bool:
+        cold = self._cold(name)
+        return cold is not None and cold.send(bp.control("signal", sig))
+
+    def kill_now(self, name: str) -> None:
+        cold = self._cold(name)
+        if cold is not None:
+            cold.send(bp.control("kill"))
+
+    def remove(self, name: str) -> bool:
+        cold = self._cold(name)
+        return cold is not None and cold.send(bp.control("stop"))
+
+    def fill(self, settings: KernelSettings, base: Path, launch: hardening.Launch) -> Refill:
+        raise OSError("the broker keeps no warm pool")
+
+    def watchdog(self, name: str, cidfile: Path, base: Path) -> int:
+        return -1  # the broker ends the kernel when our connection closes
+
+    def executable(self) -> str:
+        return self.engine.executable()
+
+    def env(self) -> dict[str, str] | None:
+        return self.engine.env()
+
+    def sockets(self) -> list[str]:
+        return engine_sockets(self.engine)

@@ -1,0 +1,510 @@
+"""The broker for multi-user hosts (issue 16), with real users and the real engine.
+
+A session fixture creates two unprivileged users (useradd; neither in the docker group)
+and a venv from /usr/bin/python3 they can run, with this worktree's package in it, and
+starts a root broker on a socket of its own (group: a test group both users are in).
+The users run tests/broker_user.py through runuser: kernels through jupyter_client,
+hand-made requests to the broker's socket, connections to each other's sockets. At the
+end the broker stops, and the users, the group and the venv are removed.
+Needs root, the engine and /usr/bin/python3 with venv (scripts/bootstrap-broker).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_docker_kernel import broker_policy as bp
+from jupyter_docker_kernel.broker import LABEL_BROKER
+from tests.conftest import not_here
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[1]
+USERS = ("jdkt-ann", "jdkt-bob")
+GROUP = "jdkt-kernels"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@dataclass
+class BrokerEnv:
+    """The broker, its users and their venv."""
+
+    venv: Path
+    socket: str
+    policy: Path
+    audit: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    uids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def script(self) -> str:
+        return str(self.venv / "broker_user.py")
+
+    def user_env(self, user: str) -> list[str]:
+        home = pwd.getpwnam(user).pw_dir
+        return [
+            "env",
+            "-i",
+            f"HOME={home}",
+            f"USER={user}",
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+            "TMPDIR=/tmp",
+            f"JUPYTER_DOCKER_KERNEL_BROKER={self.socket}",
+        ]
+
+    def argv(self, user: str, *args: str, extra: tuple[str, ...] = ()) -> list[str]:
+        python = str(self.venv / "bin" / "python")
+        return ["runuser", "-u", user, "--", *self.user_env(user), *extra, python, *args]
+
+    def run(self, user: str, *args: str, timeout: float = 120, **env: str) -> dict[str, Any]:
+        extra = tuple(f"{k}={v}" for k, v in env.items())
+        proc = subprocess.run(
+            self.argv(user, self.script, *args, extra=extra),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert isinstance(data, dict)
+        return data
+
+    def hold(self, user: str, project: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+        """A kernel of user's, held by a client process we can kill."""
+        proc = subprocess.Popen(
+            self.argv(user, self.script, "hold", project),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, "the holding client did not start its kernel"
+        return proc, json.loads(line)
+
+    def start_broker(self) -> None:
+        command = [sys.executable, "-m", "jupyter_docker_kernel", "broker"]
+        command += ["--socket", self.socket, "--policy", str(self.policy), "--group", GROUP]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while not self.answers():  # a killed broker's socket file is still there
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the broker did not bind its socket"
+            time.sleep(0.05)
+
+    def answers(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            try:
+                sock.connect(self.socket)
+            except OSError:
+                return False
+        return True
+
+    def stop_broker(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def raw(self, user: str, lines: list[bytes]) -> list[str]:
+        """Hand-made requests from user; the broker's first answer to each."""
+        fd, path = tempfile.mkstemp(prefix="jdkt-raw-", dir="/tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump([base64.b64encode(x).decode() for x in lines], fh)
+        os.chmod(path, 0o644)
+        try:
+            answers = self.run(user, "raw", path)["answers"]
+        finally:
+            os.unlink(path)
+        assert isinstance(answers, list)
+        return [str(a) for a in answers]
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def kill_processes_of(uid: int) -> None:
+    """End what the test users left running (their resident helpers), by pid."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+
+
+@pytest.fixture(scope="session")
+def broker(kernel_image: str) -> Iterator[BrokerEnv]:
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        not_here("the broker tests need root and useradd", "broker")
+    probe = subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--help"], capture_output=True)
+    if probe.returncode != 0:
+        not_here(f"{SYSTEM_PYTHON} cannot make a venv: run scripts/bootstrap-broker", "broker")
+    made_users: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="jdkt-", dir="/var/tmp"))
+    base.chmod(0o755)
+    socket_dir = Path(f"/run/jdkt-{os.getpid()}")
+    env = BrokerEnv(
+        venv=base / "venv",
+        socket=str(socket_dir / "broker.sock"),
+        policy=base / "broker.toml",
+        audit=base / "audit.log",
+        log=base / "broker.log",
+    )
+    try:
+        subprocess.run(["groupadd", "-f", GROUP], check=True)
+        for user in USERS:
+            # The names are the tests' own: one left by a session that died goes first.
+            subprocess.run(["userdel", "-r", "-f", user], capture_output=True)
+            sh("useradd", "-m", "-G", GROUP, "-s", "/bin/sh", user)
+            made_users.append(user)
+            env.uids[user] = pwd.getpwnam(user).pw_uid
+        sh(SYSTEM_PYTHON, "-m", "venv", str(env.venv))
+        pip = [str(env.venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+        subprocess.run(
+            [*pip, str(ROOT), "nbclient", "nbformat"], check=True, capture_output=True, timeout=600
+        )
+        shutil.copy(Path(__file__).with_name("broker_user.py"), env.script)
+        env.policy.write_text(
+            f'images = ["{kernel_image}"]\nmemory = "2g"\ncpus = 1\n'
+            f'audit_log = "{env.audit}"\nkernels_per_user = 4\n'
+        )
+        env.start_broker()
+        yield env
+    finally:
+        env.stop_broker()
+        for user in USERS:
+            if user in env.uids:
+                kill_processes_of(env.uids[user])
+        for user in made_users:
+            # -f: a process killed just now may not be reaped yet.
+            subprocess.run(["userdel", "-r", "-f", user], capture_output=True)
+            shutil.rmtree(f"/tmp/jupyter-docker-kernel-{env.uids[user]}", ignore_errors=True)
+        subprocess.run(["groupdel", GROUP], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def project_of(user: str) -> str:
+    """A project dir in the user's home, theirs."""
+    home = Path(pwd.getpwnam(user).pw_dir)
+    project = home / "project"
+    project.mkdir(exist_ok=True)
+    entry = pwd.getpwnam(user)
+    os.chown(project, entry.pw_uid, entry.pw_gid)
+    return str(project)
+
+
+def broker_containers(env: BrokerEnv) -> list[str]:
+    proc = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL_BROKER}={env.socket}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.split()
+
+
+def end_client(proc: subprocess.Popen[str], held: dict[str, Any]) -> None:
+    """SIGKILL the holding client itself (runuser, its parent, passes no SIGKILL on)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(held["pid"], signal.SIGKILL)
+    proc.wait(timeout=30)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def wait_gone(name: str, seconds: float) -> float:
+    """Seconds until no container is named name (fails after seconds)."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        proc = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"name=^{name}$"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        if not proc.stdout.strip():
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"container {name} still there after {seconds} s")
+
+
+def test_the_test_users_cannot_reach_the_engine(broker: BrokerEnv) -> None:
+    proc = subprocess.run(
+        broker.argv(USERS[0], "-c", "import os; print(os.access('/var/run/docker.sock', 6))"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("mode", ["provisioner", "argv"])
+def test_each_user_runs_a_kernel_as_themselves_through_jupyter_client(
+    broker: BrokerEnv, mode: str
+) -> None:
+    """Start, run code, write a file, interrupt, restart, shut down: for both users."""
+    for user in USERS:
+        project = project_of(user)
+        result = broker.run(user, "kernel", mode, project)
+        uid = broker.uids[user]
+        assert result["ids"][:2] == [str(uid), str(pwd.getpwnam(user).pw_gid)]
+        assert result["ids"][0] != "0"
+        assert result["ids"][2] == project
+        assert result["write"] == "ok"
+        # Of the host's homes only the caller's project is there (mounted at its own path).
+        assert result["home"] == sorted([user, "kernel"])
+        assert os.stat(Path(project, "from-kernel.txt")).st_uid == uid
+        assert result["interrupted"] == "KeyboardInterrupt"
+        assert result["after_interrupt"] == "ok"
+        assert result["after_restart"] == "ok"
+        assert result["alive_after_shutdown"] is False
+    assert not broker_containers(broker)
+    audit = broker.audit.read_text()
+    assert f"start uid={broker.uids[USERS[1]]}({USERS[1]})" in audit
+    assert "stop uid=" in audit
+
+
+def test_a_copied_work_dir_reaches_the_kernel_through_the_broker(broker: BrokerEnv) -> None:
+    """--copy-workdir: the client streams the directory over its broker connection; the
+    kernel works in its copy, and what it writes stays in the container."""
+    user = USERS[1]
+    project = Path(project_of(user)) / "copied"
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir()
+    (project / "data.txt").write_text("from the host")
+    entry = pwd.getpwnam(user)
+    subprocess.run(["chown", "-R", f"{entry.pw_uid}:{entry.pw_gid}", str(project)], check=True)
+    result = broker.run(
+        user, "kernel", "provisioner", str(project), JDKT_SETTINGS='{"workdir": "copy"}'
+    )
+    assert result["ids"][2] == str(project)
+    assert result["listing"] == ["data.txt"]
+    assert result["write"] == "ok"
+    assert not (project / "from-kernel.txt").exists()
+    last_start = broker.audit.read_text().rsplit("start uid=", 1)[1]
+    assert "workdir=copy mounts=-" in last_start
+
+
+def test_a_notebook_runs_through_nbclient_as_its_user(broker: BrokerEnv) -> None:
+    user = USERS[0]
+    project = project_of(user)
+    assert broker.run(user, "notebook", project) == {"uid": str(broker.uids[user])}
+    assert os.stat(Path(project, "from-notebook.txt")).st_uid == broker.uids[user]
+    assert not broker_containers(broker)
+
+
+def test_a_user_cannot_reach_another_users_kernel_sockets(broker: BrokerEnv) -> None:
+    ann, bob = USERS
+    proc, held = broker.hold(ann, project_of(ann))
+    try:
+        sockets = Path(held["sockets"])
+        assert sockets.stat().st_uid == broker.uids[ann]
+        assert sockets.stat().st_mode & 0o777 == 0o700
+        kernel_socket = sockets / "k-1"
+        assert broker.run(ann, "connect", str(kernel_socket))["connected"] is True
+        assert broker.run(bob, "connect", str(kernel_socket)) == {
+            "connected": False,
+            "error": "PermissionError",
+        }
+    finally:
+        end_client(proc, held)
+    wait_gone(held["container"], 10)
+
+
+def test_killing_the_client_ends_its_container_within_5_seconds(broker: BrokerEnv) -> None:
+    user = USERS[1]
+    proc, held = broker.hold(user, project_of(user))
+    end_client(proc, held)
+    seconds = wait_gone(held["container"], 5)
+    print(f"container gone {seconds:.2f} s after its client's SIGKILL")
+    assert seconds < 5
+    assert "reason=the client went away" in broker.audit.read_text()
+
+
+def test_requests_outside_the_policy_are_refused_with_one_line(
+    broker: BrokerEnv, kernel_image: str, tmp_path: Path
+) -> None:
+    ann, bob = USERS
+    bob_dir = Path(f"/tmp/jdkt-bob-{os.getpid()}")
+    bob_dir.mkdir(mode=0o755)
+    os.chown(bob_dir, broker.uids[bob], pwd.getpwnam(bob).pw_gid)
+    link = Path(f"/tmp/jdkt-ann-link-{os.getpid()}")
+    os.symlink(bob_dir, link)
+    os.lchown(link, broker.uids[ann], pwd.getpwnam(ann).pw_gid)
+    ann_project = project_of(ann)
+
+    def start(workdir: str = ann_project, **settings: Any) -> bytes:
+        request = {
+            "op": "start",
+            "v": bp.PROTOCOL,
+            "name": "jdk-raw-000000",
+            "kernel_id": "raw",
+            "kernelspec": "",
+            "workdir": workdir,
+            "project": "",
+            "connection": {"key": "k", "signature_scheme": "hmac-sha256", "kernel_name": ""},
+            "settings": {"image": kernel_image, **settings},
+        }
+        return json.dumps(request).encode() + b"\n"
+
+    cases = {
+        "foreign image": (start(image="busybox:latest"), "is not allowed"),
+        "mount of /etc": (start("/etc"), "not yours"),
+        "mount of another user's dir": (start(str(bob_dir)), "not yours"),
+        "mount of a link to it": (start(str(link)), "a link is never followed"),
+        "a --mount of /etc": (start(mounts=[{"source": "/etc", "target": "/x"}]), "not yours"),
+        "privileged": (start(docker_args=["--privileged"]), "--docker-arg"),
+        "root in the container": (start(kernel_user="0:0"), "own uid"),
+        "a network": (start(network="bridge"), "network is refused"),
+        "too much memory": (start(memory="64g"), "above the allowed"),
+        "a line break in --env": (start(env={"A": "x\ny"}), "line break"),
+    }
+    try:
+        answers = broker.raw(ann, [data for data, _ in cases.values()])
+    finally:
+        link.unlink()
+        bob_dir.rmdir()
+    for (what, (_, words)), answer in zip(cases.items(), answers, strict=True):
+        assert answer.count("\n") == 1, what
+        reply = json.loads(answer)
+        assert reply["ok"] is False, what
+        assert words in reply["error"], (what, reply["error"])
+    assert not broker_containers(broker)
+
+
+def test_malformed_requests_are_refused_and_the_broker_stays_up(
+    broker: BrokerEnv, kernel_image: str
+) -> None:
+    """A small fuzz of the wire: junk, cut lines, oversized lines, wrong types."""
+    import random
+
+    rng = random.Random(1616)
+    lines = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))) for _ in range(20)]
+    lines += [
+        b"\n",
+        b"{}\n",
+        b"[1, 2]\n",
+        b'{"op": "start"',  # no newline: the client closes
+        b"x" * (bp.MAX_REQUEST + 10) + b"\n",
+        b"{" * 50000 + b"\n",
+        json.dumps({"op": "start", "v": "1"}).encode() + b"\n",
+        json.dumps({"op": "start", "v": 1, "settings": []}).encode() + b"\n",
+    ]
+    answers = broker.raw(USERS[0], lines)
+    for answer in answers:
+        reply = json.loads(answer)
+        assert reply["ok"] is False
+        assert reply["error"]
+    assert broker.proc is not None
+    assert broker.proc.poll() is None
+    # Still serving: a start goes through.
+    result = broker.run(USERS[0], "kernel", "provisioner", project_of(USERS[0]))
+    assert result["ids"][0] == str(broker.uids[USERS[0]])
+
+
+def test_a_user_cannot_tie_up_the_broker_with_idle_connections(broker: BrokerEnv) -> None:
+    """Each connection is a thread of the broker's: a user gets kernels_per_user + 4."""
+    answer = json.loads(broker.run(USERS[1], "flood", "8")["answer"])
+    assert answer == {"ok": False, "error": "You have too many connections to the broker open."}
+    # The other user is not affected.
+    assert "lacks" in json.loads(broker.raw(USERS[0], [b"{}\n"])[0])["error"]
+
+
+def test_killing_the_broker_leaves_nothing_running(broker: BrokerEnv) -> None:
+    """SIGKILL: the supervisor's lifeline (the broker held it) ends the kernel; the next
+    broker removes what is left (its dirs; containers an engine keeps)."""
+    user = USERS[0]
+    proc, held = broker.hold(user, project_of(user))
+    try:
+        broker.stop_broker(signal.SIGKILL)
+        wait_gone(held["container"], 10)
+    finally:
+        end_client(proc, held)
+        broker.start_broker()
+    kernels = Path(broker.socket).parent / "kernels"
+    assert not any(kernels.iterdir())
+    assert not broker_containers(broker)
+
+
+def test_a_policy_can_force_gvisor_on_every_kernel(broker: BrokerEnv) -> None:
+    """runtime = "runsc": a kernelspec that asks for nothing gets gVisor, the staged mount
+    of the notebook's directory works there too, and the container (kept by the engine
+    under gVisor) is removed at the end."""
+    original = broker.policy.read_text()
+    broker.stop_broker()
+    broker.policy.write_text(original + 'runtime = "runsc"\n')
+    broker.start_broker()
+    try:
+        user = USERS[1]
+        project = project_of(user)
+        result = broker.run(user, "kernel", "provisioner", project)
+        assert result["ids"][0] == str(broker.uids[user])
+        assert os.stat(Path(project, "from-kernel.txt")).st_uid == broker.uids[user]
+        last_start = broker.audit.read_text().rsplit("start uid=", 1)[1]
+        assert "runtime=runsc" in last_start
+        assert not broker_containers(broker)
+    finally:
+        broker.stop_broker()
+        broker.policy.write_text(original)
+        broker.start_broker()
+
+
+def test_two_graders_autograde_their_courses_through_the_broker(
+    broker: BrokerEnv, kernel_image: str
+) -> None:
+    """nbgrader with several graders: each grades a course of their own as themselves
+    (the work dir mounted read-only, as nbgrader's grading needs); scores come out right
+    and every kernel ran as its grader's uid (the audit log)."""
+    from tests import courses
+
+    venv_nbgrader = broker.venv / "bin" / "nbgrader"
+    if not venv_nbgrader.exists():
+        pip = [str(broker.venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+        subprocess.run([*pip, "nbgrader"], check=True, capture_output=True, timeout=600)
+    for grader in USERS:
+        root = Path(project_of(grader)) / "course101"
+        shutil.rmtree(root, ignore_errors=True)
+        courses.new_course(root, courses.STUDENTS)
+        ps1 = courses.release(
+            root, "ps1", courses.source_notebook(courses.PS1_SOLUTION, courses.PS1_TESTS, 2)
+        )
+        for student in courses.STUDENTS:
+            courses.submit(root, student, "ps1", ps1, courses.PS1_SUBMITTED[student])
+        entry = pwd.getpwnam(grader)
+        subprocess.run(["chown", "-R", f"{entry.pw_uid}:{entry.pw_gid}", str(root)], check=True)
+        result = broker.run(
+            grader, "autograde", str(root), "ps1", JDKT_SETTINGS='{"workdir_readonly": true}'
+        )
+        assert result["code"] == 0, result["output"]
+        assert courses.score(root, "alice") == 2.0
+        assert courses.score(root, "bob") == 0.0
+        starts = [
+            line
+            for line in broker.audit.read_text().splitlines()
+            if f"start uid={entry.pw_uid}({grader})" in line and f"mounts={root}/" in line
+        ]
+        assert len(starts) == len(courses.STUDENTS)  # one kernel per submission, theirs
+    assert not broker_containers(broker)

@@ -68,7 +68,7 @@ print('forked', children)
 """
     + RIGHT
 )
-#: 1 MiB per message (flushed), 32 in all: over the output budget, never over --max-message.
+#: 1 MiB per message (flushed), 32 in all: over the output budget, not over --max-message.
 FLOODER = "for _ in range(32):\n    print('x' * (1 << 20), flush=True)\n" + RIGHT
 #: Writes, through the relative paths it can guess, where a grader keeps results: the course's
 #: gradebook, a classmate's graded notebook, and its own worker's result file and
@@ -117,6 +117,9 @@ def build_course(root: Path, students: dict[str, tuple[str, str, bool]]) -> Path
     config.write_text(
         course_config(course) + f"c.ExecutePreprocessor.kernel_name = {GRADER!r}\n"
         f"c.ExecutePreprocessor.timeout = {CELL_TIMEOUT}\n"
+        # nbclient waits 4 s for a cell's output after its reply, then fails the whole
+        # submission; on a loaded 2-core machine an interrupted cell's output can take longer.
+        "c.ExecutePreprocessor.iopub_timeout = 30\n"
         "c.LateSubmissionPlugin.penalty_method = 'zero'\n"
     )
     nbgrader(course, "db", "assignment", "add", "ps1", f"--duedate={DUE}")
@@ -240,8 +243,10 @@ def run_nbgrader_autograde(course: Path) -> float:
         [exe, "autograde", "ps1"], cwd=course, capture_output=True, text=True, timeout=900
     )
     seconds = time.monotonic() - began
+    output = proc.stdout + proc.stderr
+    (course.parent / f"{course.name}.log").write_text(output)
     print(f"$ nbgrader autograde ps1 (exit {proc.returncode}, {seconds:.1f} s)")
-    print((proc.stdout + proc.stderr)[-5000:])
+    print("\n".join(line for line in output.splitlines() if "ERROR" in line)[-5000:])
     return seconds
 
 

@@ -18,17 +18,20 @@ The contract between the parent (this module) and its workers (grade_worker.py):
   output: the graded notebooks, the copied files, 0444 as nbgrader sets them),
   DIR/nbgrader.log, and last, atomically, DIR/result.json (grade_worker.Result: status
   "graded" or "failed", score, seconds, reason in words, and the rows autograde wrote for
-  this student). Exit 0 graded, 1 failed (result.json says why), 2 or other: no result.
+  this student). Exit 0 graded, 1 failed; no result.json means no result, whatever the
+  exit code (the worker's output says why; LocalRunner keeps it in DIR/worker.log).
 * **The parent** (grade_class) plans which submissions to grade (nbgrader's own rules:
   not yet graded, newer than the graded copy, or --force; plus what an interrupted run
   left), gives each worker a fresh DIR in the spool (COURSE/.jupyter-docker-kernel-grade/
   ASSIGNMENT/STUDENT), starts at most N workers through a Runner, and, as each one ends,
   commits its result (commit()): it is the ONLY writer of gradebook.db and autograded/.
   A Runner is anything with `start(student, into) -> Job` (Job: `poll()`, `stop()`,
-  `kill()`); LocalRunner runs local processes; a Slurm or node runner starts the same
-  command elsewhere and its Job polls for it. The parent never reads a worker's gradebook
-  copy, only result.json, so a runner on another machine needs a shared course directory
-  (or to copy DIR back) and nothing else.
+  `kill()`). ForkRunner (the local default) runs the worker step in a child forked from
+  the parent, which has imported nbgrader already; CommandRunner runs the command itself
+  as a local process, the model for a Slurm runner (sbatch the command, poll the task,
+  scancel) or a node runner (the command over SSH), whose Job polls for the task. The
+  parent never reads a worker's gradebook copy, only result.json, so a runner on another
+  machine needs a shared course directory (or to copy DIR back) and nothing else.
 
 Why one writer and per-worker copies, not workers writing the gradebook. SQLite allows one
 writer at a time; N nbgrader processes on one gradebook.db meet "database is locked" (nbgrader

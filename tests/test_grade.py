@@ -321,7 +321,7 @@ def test_the_worker_step_writes_only_into_its_dir(kernel_image: str, tmp_path: P
     assert (result.status, result.score, result.max_score) == ("graded", 2.0, 2.0)
     assert result.rows["notebooks"]["ps1"]["late_submission_penalty"] == 2.0
     assert (into / "autograded" / "s00" / "ps1" / "ps1.ipynb").is_file()
-    assert not (into / grade_worker.PRIVATE_DB).exists()
+    assert sorted(p.name for p in into.iterdir()) == ["autograded", "nbgrader.log", "result.json"]
     assert (course / "gradebook.db").read_bytes() == before
     assert not (course / "autograded" / "s00").exists()
 

@@ -13,13 +13,14 @@ The contract between the parent (this module) and its workers (grade_worker.py):
           [--Class.trait=value ...]        (the same nbgrader options the parent was given)
 
   It reads the course (nbgrader_config.py, source/, submitted/STUDENT/) and the gradebook
-  (a read-only online copy of gradebook.db, or SNAPSHOT), and writes ONLY in DIR: its
-  private gradebook copy (removed at the end), DIR/autograded/STUDENT/ASSIGNMENT/ (nbgrader's
-  output: the graded notebooks, the copied files, 0444 as nbgrader sets them),
-  DIR/nbgrader.log, and last, atomically, DIR/result.json (grade_worker.Result: status
-  "graded" or "failed", score, seconds, reason in words, and the rows autograde wrote for
-  this student). Exit 0 graded, 1 failed; no result.json means no result, whatever the
-  exit code (the worker's output says why; LocalRunner keeps it in DIR/worker.log).
+  (a read-only online copy of gradebook.db, or SNAPSHOT, into a private local temporary
+  directory, removed at the end), and writes ONLY in DIR:
+  DIR/autograded/STUDENT/ASSIGNMENT/ (nbgrader's output: the graded notebooks, the copied
+  files, 0444 as nbgrader sets them), DIR/nbgrader.log, and last, atomically,
+  DIR/result.json (grade_worker.Result: status "graded" or "failed", score, seconds, reason
+  in words, and the rows autograde wrote for this student). Exit 0 graded, 1 failed; no
+  result.json means no result, whatever the exit code (the worker's output says why;
+  LocalRunner keeps it in DIR/worker.log).
 * **The parent** (grade_class) plans which submissions to grade (nbgrader's own rules:
   not yet graded, newer than the graded copy, or --force; plus what an interrupted run
   left), gives each worker a fresh DIR in the spool (COURSE/.jupyter-docker-kernel-grade/
@@ -512,6 +513,21 @@ class ForkRunner:
     its own (the display refreshes from the poll loop), so forking it is safe."""
 
     plan: Plan
+
+    def __post_init__(self) -> None:
+        # Register the parent as the helper's janitor client once (provisioner
+        # kernelspecs): the forked workers inherit it, instead of each registering and the
+        # helper sweeping the engine after every submission. Best effort: a worker that
+        # finds no registration makes its own.
+        handler = signal.getsignal(signal.SIGINT)
+        with contextlib.suppress(Exception):
+            from jupyter_docker_kernel.engine import Engine
+            from jupyter_docker_kernel.provisioner import ensure_janitor
+
+            ensure_janitor(Engine())
+        # Ctrl-C must still reach grade_class, whatever the registration did to SIGINT.
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def start(self, student: str, into: Path) -> Job:
         from jupyter_docker_kernel import grade_worker

@@ -10,19 +10,20 @@ directory as its working directory and an empty DIR it may write:
 
 It runs nbgrader's own `AutogradeApp` (the course's nbgrader_config.py read the way
 nbgrader reads it, every preprocessor unchanged) for that one student, with two settings
-pointed into DIR: `CourseDirectory.db_url` at a private copy of the gradebook and
-`CourseDirectory.autograded_directory` at DIR/autograded. So the course's gradebook.db and
-autograded/ are never written here. When nbgrader is done it writes DIR/result.json
-(RESULT_FILE, atomically, last): the rows autograde wrote for this student, read back from
-the private copy, the score, the seconds taken and, for a failure, the reason in words
-(the kernel's exit from the kept kernel logs, a cell timeout from the graded notebook,
-else nbgrader's own error). Then the private copy is removed.
+pointed elsewhere: `CourseDirectory.db_url` at a private copy of the gradebook (in a local
+temporary directory: SQLite on a network file system is slow and unsafe, and the copy needs
+no durability) and `CourseDirectory.autograded_directory` at DIR/autograded. So the
+course's gradebook.db and autograded/ are never written here. When nbgrader is done it
+writes DIR/result.json (RESULT_FILE, atomically, last): the rows autograde wrote for this
+student, read back from the private copy, the score, the seconds taken and, for a failure,
+the reason in words (the kernel's exit from the kept kernel logs, a cell timeout from the
+graded notebook, else nbgrader's own error). Then the private copy is removed.
 
 Exit code: 0 graded, 1 nbgrader failed the submission (result.json says why) or, without
 a result.json, the worker itself failed (the parent reports the tail of its log); 130
-interrupted.
-SIGTERM is turned into KeyboardInterrupt, so nbgrader's own Ctrl-C path runs: the kernel
-is shut down (its container removed) and the half-written notebook deleted.
+interrupted. SIGTERM is turned into KeyboardInterrupt, so nbgrader's own Ctrl-C path
+runs: the kernel is shut down (its container removed) and the half-written notebook
+deleted.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,11 +49,11 @@ from jupyter_docker_kernel.rundir import runtime_base
 
 #: What a worker leaves in DIR for its parent, written last (its presence means "done").
 RESULT_FILE = "result.json"
-#: The private gradebook copy in DIR, removed once result.json is written.
+#: The private gradebook copy's name (in a temporary directory, removed at the end).
 PRIVATE_DB = "gradebook.db"
 #: DIR's autograded tree (nbgrader's autograded_directory for this run).
 AUTOGRADED = "autograded"
-#: nbgrader's log of this submission (its NbGraderApp.logfile).
+#: nbgrader's log of this submission (its NbGrader.logfile).
 LOG_FILE = "nbgrader.log"
 #: The result format; the parent refuses others.
 VERSION = 1
@@ -190,6 +193,13 @@ def timed_out_cells(directory: Path) -> int:
     return count
 
 
+def _scratch_base() -> str | None:
+    """Where the private gradebook copy goes: /dev/shm when we may write there (no disk
+    writes, no fsync per nbgrader commit), else the temporary directory."""
+    shm = "/dev/shm"  # noqa: S108 (a private mkdtemp below it, 0700)
+    return shm if os.access(shm, os.W_OK) else None
+
+
 def _interrupt_on_term(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -212,7 +222,8 @@ def run_one(
     leftover = into / RESULT_FILE
     leftover.unlink(missing_ok=True)
     signal.signal(signal.SIGTERM, _interrupt_on_term)
-    private = into / PRIVATE_DB
+    scratch = Path(tempfile.mkdtemp(prefix="jdk-grade-", dir=_scratch_base()))
+    private = scratch / PRIVATE_DB
     private_url = f"sqlite:///{private}"
 
     argv = [
@@ -221,7 +232,7 @@ def run_one(
         "--student",
         student,
         "--force",  # DIR is ours and fresh; the parent decided whether to grade
-        f"--NbGraderApp.logfile={into / LOG_FILE}",
+        f"--NbGrader.logfile={into / LOG_FILE}",
     ]
     app = AutogradeApp()
     errors = _Errors()
@@ -281,7 +292,7 @@ def run_one(
         rows=rows,
     )
     write_result(into, result)
-    private.unlink(missing_ok=True)
+    shutil.rmtree(scratch, ignore_errors=True)
     return result
 
 

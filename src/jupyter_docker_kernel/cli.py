@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_commands(sub)
     add_gc_command(sub)
     add_manage_commands(sub)
+    add_grade_command(sub)
     add_debug_everywhere(parser)
     return parser
 
@@ -509,6 +510,99 @@ def add_manage_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     logs.set_defaults(func=cmd_logs)
     for command in (listing, show, remove, doctor, ps, logs):
         command.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def add_grade_command(sub: argparse._SubParsersAction[Parser]) -> None:
+    """grade: nbgrader's autograde of a class, N at a time (grade.py; the worker step
+    --one/--into is grade_worker.py)."""
+    grade = sub.add_parser(
+        "grade",
+        help="autograde a whole nbgrader assignment, several submissions at a time",
+        description="In an nbgrader course directory: the same result as `nbgrader autograde "
+        "ASSIGNMENT`, N submissions at a time, one consistent gradebook.db. nbgrader options "
+        "(--Class.trait=value) pass through to every submission's autograde.",
+    )
+    grade.add_argument("assignment", help="the assignment id, as for nbgrader autograde")
+    grade.add_argument(
+        "--jobs", "-j", type=int, default=None, help="submissions at a time (default: CPUs)"
+    )
+    grade.add_argument(
+        "--student", action="append", default=None, help="only this student (id or glob; repeat)"
+    )
+    grade.add_argument("--force", action="store_true", help="regrade what is graded already")
+    grade.add_argument("--json", metavar="FILE", help="write the results as JSON ('-': stdout)")
+    grade.add_argument("--one", metavar="STUDENT", help=argparse.SUPPRESS)
+    grade.add_argument("--into", metavar="DIR", help=argparse.SUPPRESS)
+    grade.add_argument("--gradebook", metavar="SNAPSHOT", help=argparse.SUPPRESS)
+    grade.set_defaults(func=cmd_grade, nbgrader_args=[])
+
+
+#: An nbgrader (traitlets) option `grade` passes through: --Class.trait=value.
+_TRAIT_OPTION = re.compile(r"--[A-Za-z_]\w*\.[A-Za-z_]\w*=.*")
+
+
+def split_nbgrader_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`grade`'s argv without the nbgrader options, and those options (in order)."""
+    commands = [i for i, a in enumerate(argv) if not a.startswith("-")]
+    if not commands or argv[commands[0]] != "grade":
+        return argv, []
+    at = commands[0]
+    passed = [a for a in argv[at + 1 :] if _TRAIT_OPTION.fullmatch(a)]
+    return [*argv[: at + 1], *(a for a in argv[at + 1 :] if a not in passed)], passed
+
+
+def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
+    """Grade a class (the parent), or with --one, one submission (a worker)."""
+    from jupyter_docker_kernel import grade, grade_display, grade_worker
+
+    if args.one or args.into:
+        if not (args.one and args.into):
+            raise DockerKernelError(
+                "--one STUDENT and --into DIR go together", "Nothing was graded", "Give both."
+            )
+        gradebook = Path(args.gradebook) if args.gradebook else None
+        return grade_worker.main(
+            args.assignment, args.one, Path(args.into), gradebook, args.nbgrader_args
+        )
+    jobs = args.jobs or len(os.sched_getaffinity(0))
+    if jobs < 1:
+        raise DockerKernelError(
+            f"--jobs must be at least 1, not {jobs}", "Nothing was graded", "Give --jobs 1 or more."
+        )
+    plan = grade.plan(
+        args.assignment,
+        students=args.student,
+        force=args.force,
+        nbgrader_args=tuple(args.nbgrader_args),
+    )
+    out = sys.stderr if args.json == "-" else sys.stdout
+    if plan.skipped:
+        print(
+            f"{len(plan.skipped)} submission(s) already graded, skipped (--force regrades)",
+            file=out,
+        )
+    print(f"grading {len(plan.students)} submission(s) of {plan.assignment}, {jobs} at a time",
+          file=out)  # fmt: skip
+    began = time.monotonic()
+    interrupted = False
+    with grade_display.Display.for_stream(len(plan.students), out) as display:
+        try:
+            outcomes = grade.grade_class(plan, grade.LocalRunner(plan), jobs, display)
+        except grade.GradingInterrupted as exc:
+            outcomes, interrupted = exc.outcomes, True
+    grade_display.table(outcomes, out)
+    data = grade.summary(plan, outcomes, time.monotonic() - began)
+    if args.json == "-":
+        print(json.dumps(data, indent=1))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(data, indent=1) + "\n")
+    if interrupted:
+        print(
+            "interrupted: finished students are in the gradebook; run grade again for the rest",
+            file=sys.stderr,
+        )
+        return 130
+    return 0 if all(o.status == "graded" for o in outcomes) else 1
 
 
 def settings_from_args(
@@ -1265,8 +1359,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
+    argv, nbgrader_args = split_nbgrader_args(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
+        if nbgrader_args:
+            args.nbgrader_args = nbgrader_args
     except UsageError as exc:
         given = sys.argv[1:] if argv is None else argv
         print(f"error: {exc}. See '{help_command(parser, given)}'.", file=sys.stderr)

@@ -885,7 +885,7 @@ class Container:
             ending.code, ending.reason, stopping=ending.stopping, interrupted=ending.interrupted
         )[1]
         if self.kernel_log is not None:
-            self.kernel_log.finish(ending.code, reason, ran)
+            self.kernel_log.finish(ending.code, reason, ran, ending.notice)
         with contextlib.suppress(OSError, DockerKernelError):
             kernel_log.prune(runtime_base(), alive)
         if report.failure:

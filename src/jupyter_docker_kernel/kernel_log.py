@@ -119,9 +119,12 @@ class KernelLog:
             with contextlib.suppress(OSError):
                 self._save()
 
-    def finish(self, code: int, reason: str, ran: float) -> None:
-        """Record the exit (the launcher's facts: code, why it stopped it, run time)."""
-        self.update(ended=time.time(), exit_code=code, exit_reason=reason, ran=round(ran, 1))
+    def finish(self, code: int, reason: str, ran: float, notice: str = "") -> None:
+        """Record the exit (the launcher's facts: code, why it stopped it, run time, and the
+        kill notice the notebook was shown, which `grade` reports per student)."""
+        self.update(
+            ended=time.time(), exit_code=code, exit_reason=reason, ran=round(ran, 1), notice=notice
+        )
         with self.lock:
             self._close()
 

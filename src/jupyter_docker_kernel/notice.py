@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["execute_header", "kill_notice", "notice_messages"]
+__all__ = ["execute_header", "kill_notice", "kill_words", "notice_messages"]
 
 #: How the supervisor inside the container starts its lines (_supervise.PREFIX).
 SUPERVISOR = "jupyter-docker-kernel:"
@@ -99,6 +99,27 @@ def kill_notice(
             "created). Restart the kernel; start fewer processes or threads, or ask for a "
             "larger --pids-limit."
         )
+    return ""
+
+
+#: kill_notice's texts -> a few words for a table (`grade`'s per-student reason).
+_WORDS = (
+    (re.compile(r"out of memory \(limit ([^)]+)\)"), "out of memory at {0}"),
+    (re.compile(r"output budget(?: of (\S+))? exceeded"), "output budget exceeded"),
+    (re.compile(r"larger than the --max-message limit(?: \(([^)]+)\))?"), "message too large"),
+    (re.compile(r"maximum lifetime of ([\d.]+) s reached"), "lifetime of {0} s reached"),
+    (re.compile(r"pids limit"), "pids limit hit"),
+    (re.compile(r"protocol the relay cannot check"), "protocol refused"),
+)
+
+
+def kill_words(notice: str) -> str:
+    """kill_notice's text in a few words ("out of memory at 2 GiB"), or "" for none: what
+    `grade` shows per student. The kept kernel log records the notice (Container.finish)."""
+    for pattern, words in _WORDS:
+        found = pattern.search(notice)
+        if found:
+            return words.format(*found.groups())
     return ""
 
 

@@ -1,0 +1,331 @@
+"""`grade ASSIGNMENT --one STUDENT --into DIR`: autograde one submission, touching only DIR.
+
+The worker half of `grade` (the parent, scheduler and only gradebook writer, is grade.py;
+read its docstring for the contract). Whoever schedules workers (grade.LocalRunner today, a
+Slurm array task or a remote node later) runs this as a separate command with the course
+directory as its working directory and an empty DIR it may write:
+
+    cd COURSE && jupyter-docker-kernel grade ps1 --one alice --into SPOOL/alice \
+        [--gradebook SNAPSHOT.db] [--Class.trait=value ...]
+
+It runs nbgrader's own `AutogradeApp` (the course's nbgrader_config.py read the way
+nbgrader reads it, every preprocessor unchanged) for that one student, with two settings
+pointed elsewhere: `CourseDirectory.db_url` at a private copy of the gradebook (in a local
+temporary directory: SQLite on a network file system is slow and unsafe, and the copy needs
+no durability) and `CourseDirectory.autograded_directory` at DIR/autograded. So the
+course's gradebook.db and autograded/ are never written here. When nbgrader is done it
+writes DIR/result.json (RESULT_FILE, atomically, last): the rows autograde wrote for this
+student, read back from the private copy, the score, the seconds taken and, for a failure,
+the reason in words (the kernel's exit from the kept kernel logs, a cell timeout from the
+graded notebook, else nbgrader's own error). Then the private copy is removed.
+
+Exit code: 0 graded, 1 nbgrader failed the submission (result.json says why) or, without
+a result.json, the worker itself failed (the parent reports the tail of its log); 130
+interrupted. SIGTERM is turned into KeyboardInterrupt, so nbgrader's own Ctrl-C path
+runs: the kernel is shut down (its container removed) and the half-written notebook
+deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyter_docker_kernel import kernel_log
+from jupyter_docker_kernel.errors import DockerKernelError
+from jupyter_docker_kernel.notice import kill_words
+from jupyter_docker_kernel.rundir import runtime_base
+
+#: What a worker leaves in DIR for its parent, written last (its presence means "done").
+RESULT_FILE = "result.json"
+#: The private gradebook copy's name (in a temporary directory, removed at the end).
+PRIVATE_DB = "gradebook.db"
+#: DIR's autograded tree (nbgrader's autograded_directory for this run).
+AUTOGRADED = "autograded"
+#: nbgrader's log of this submission (its NbGrader.logfile).
+LOG_FILE = "nbgrader.log"
+#: The result format; the parent refuses others.
+VERSION = 1
+#: The ename nbgrader's Execute gives a cell it interrupted at the timeout.
+TIMEOUT_ENAME = "CellTimeoutError"
+
+
+@dataclass
+class Result:
+    """What one worker reports: result.json's content (see grade.py for the contract)."""
+
+    assignment: str
+    student: str
+    #: "graded" or "failed" (nbgrader removed the notebook and raised).
+    status: str
+    seconds: float
+    score: float | None = None
+    max_score: float | None = None
+    #: Why it failed or what went wrong while grading, in words ("" when nothing did).
+    reason: str = ""
+    #: The rows nbgrader's autograde wrote for this student (rows_of()).
+    rows: dict[str, Any] = field(default_factory=dict)
+    version: int = VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+
+def snapshot(source: Path, target: Path) -> None:
+    """Copy the SQLite gradebook at source to target (SQLite's online backup: a consistent
+    copy even while the parent commits another student; source opened read-only)."""
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=60)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def sqlite_path(db_url: str) -> Path | None:
+    """The file of a `sqlite:///...` URL; None for any other database."""
+    prefix = "sqlite:///"
+    return Path(db_url[len(prefix) :]) if db_url.startswith(prefix) else None
+
+
+def rows_of(db_url: str, course_id: str, assignment: str, student: str) -> dict[str, Any]:
+    """The gradebook rows of one student's submission that autograde writes, as data:
+    the student, the submission's timestamp and, per notebook, its late penalty and each
+    cell's auto_score, needs_manual_grade and auto_comment. {} when there is no submission
+    (nbgrader failed before it made one)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(db_url, course_id) as gb:
+        try:
+            sub = gb.find_submission(assignment, student)
+        except MissingEntry:
+            return {}
+        person = sub.student
+        notebooks: dict[str, Any] = {}
+        for nb in sub.notebooks:
+            notebooks[nb.name] = {
+                "late_submission_penalty": nb.late_submission_penalty,
+                "grades": {
+                    g.name: {"auto_score": g.auto_score, "needs_manual_grade": g.needs_manual_grade}
+                    for g in nb.grades
+                },
+                "comments": {c.name: {"auto_comment": c.auto_comment} for c in nb.comments},
+            }
+        return {
+            "student": {
+                "first_name": person.first_name,
+                "last_name": person.last_name,
+                "email": person.email,
+                "lms_user_id": person.lms_user_id,
+            },
+            "timestamp": sub.timestamp.isoformat() if sub.timestamp else None,
+            "notebooks": notebooks,
+            "score": float(sub.score),
+            "max_score": float(sub.max_score),
+        }
+
+
+class _Errors(logging.Handler):
+    """Keeps nbgrader's ERROR lines: the failure's reason when no kernel exit explains it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.lines.append(record.getMessage())
+
+
+def nbgrader_reason(errors: list[str]) -> str:
+    """The last exception line of nbgrader's error log ("DeadKernelError: Kernel died")."""
+    for message in reversed(errors):
+        lines = [line for line in message.strip().splitlines() if line.strip()]
+        if len(lines) > 1 and lines[0].startswith("Traceback"):
+            return lines[-1].strip()
+    return errors[0].strip() if errors else "nbgrader failed"
+
+
+def kernel_reasons(pid: int, since: float, base: Path | None = None) -> list[str]:
+    """Why the kernels this process started ended, in words, from their kept logs
+    (kernel_log: the launcher, helper or provisioner records each kernel's client pid,
+    exit code, reason and kill notice). Only ends worth telling: a kill (out of memory,
+    lifetime, budget, pids) or a nonzero exit we did not ask for."""
+    out: list[str] = []
+    for record in kernel_log.records(base or runtime_base()):
+        if record.get("client_pid") != pid or float(record.get("started", 0)) < since - 1:
+            continue
+        words = kill_words(str(record.get("notice") or ""))
+        code = record.get("exit_code")
+        if words:
+            out.append(words)
+        elif isinstance(code, int) and code not in (0, 130) and not record.get("exit_reason"):
+            out.append(f"kernel died (exit code {code})")
+    return out
+
+
+def timed_out_cells(directory: Path) -> int:
+    """How many cells of the graded notebooks in directory nbgrader interrupted at the
+    cell timeout (its Execute appends an error output named CellTimeoutError)."""
+    count = 0
+    for path in directory.glob("*.ipynb"):
+        try:
+            cells = json.loads(path.read_text()).get("cells", [])
+        except (OSError, ValueError):
+            continue
+        for cell in cells:
+            if any(o.get("ename") == TIMEOUT_ENAME for o in cell.get("outputs", [])):
+                count += 1
+    return count
+
+
+def _scratch_base() -> str | None:
+    """Where the private gradebook copy goes: /dev/shm when we may write there (no disk
+    writes, no fsync per nbgrader commit), else the temporary directory."""
+    shm = "/dev/shm"  # noqa: S108 (a private mkdtemp below it, 0700)
+    return shm if os.access(shm, os.W_OK) else None
+
+
+def _interrupt_on_term(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_one(
+    assignment: str,
+    student: str,
+    into: Path,
+    *,
+    gradebook: Path | None = None,
+    nbgrader_args: tuple[str, ...] = (),
+) -> Result:
+    """Autograde `student`'s submission of `assignment` into `into`; see the module
+    docstring. The working directory is the course directory. Writes into/result.json."""
+    from nbgrader.apps.autogradeapp import AutogradeApp
+
+    started_wall = time.time()
+    started = time.monotonic()
+    into.mkdir(parents=True, exist_ok=True)
+    leftover = into / RESULT_FILE
+    leftover.unlink(missing_ok=True)
+    signal.signal(signal.SIGTERM, _interrupt_on_term)
+    scratch = Path(tempfile.mkdtemp(prefix="jdk-grade-", dir=_scratch_base()))
+    private = scratch / PRIVATE_DB
+    private_url = f"sqlite:///{private}"
+
+    argv = [
+        assignment,
+        *nbgrader_args,
+        "--student",
+        student,
+        "--force",  # DIR is ours and fresh; the parent decided whether to grade
+        f"--NbGrader.logfile={into / LOG_FILE}",
+    ]
+    app = AutogradeApp()
+    errors = _Errors()
+    status = "graded"
+    try:
+        # The course's config, read by nbgrader itself; then the two places it would write
+        # in the course are pointed into DIR, before anything is graded.
+        app.initialize(argv)
+    except SystemExit as exc:
+        raise DockerKernelError(
+            f"nbgrader could not start with {argv} (exit {exc.code}; its log says why)",
+            f"{student} was not graded",
+            "Fix the course's nbgrader_config.py or the options, and run grade again.",
+        ) from None
+    coursedir = app.coursedir
+    try:
+        root = Path(coursedir.root)
+        course_db = sqlite_path(coursedir.db_url)
+        course_id = coursedir.course_id
+        if course_db is None:
+            raise DockerKernelError(
+                f"the course's gradebook is not an SQLite file ({coursedir.db_url})",
+                f"{student} was not graded",
+                "Use `nbgrader autograde` for a gradebook on a database server.",
+            )
+        snapshot(gradebook or course_db, private)
+        coursedir.db_url = private_url
+        # Relative to the course root: nbgrader joins it to the root and also matches the
+        # notebooks' paths against it as a regular expression, which an absolute path breaks.
+        relative = os.path.relpath(into / AUTOGRADED, root)
+        coursedir.autograded_directory = relative
+        app.log.addHandler(errors)
+        app.start()
+    except SystemExit as exc:  # nbgrader's way of saying a submission failed
+        status = "graded" if exc.code in (0, None) else "failed"
+    finally:
+        app.log.removeHandler(errors)
+
+    rows = rows_of(private_url, course_id, assignment, student)
+    graded_dir = Path(coursedir.format_path(relative, student, assignment))
+    if status == "graded" and not graded_dir.is_dir():
+        status = "failed"  # nbgrader removed it (a failure it logged and went on from)
+    reasons = kernel_reasons(os.getpid(), started_wall)
+    timeouts = timed_out_cells(graded_dir) if graded_dir.is_dir() else 0
+    if timeouts:
+        reasons.append(f"cell timeout ({timeouts} cell{'s' if timeouts > 1 else ''})")
+    if status == "failed" and not reasons:
+        reasons.append(nbgrader_reason(errors.lines))
+    result = Result(
+        assignment=assignment,
+        student=student,
+        status=status,
+        seconds=round(time.monotonic() - started, 2),
+        score=rows.get("score") if status == "graded" else None,
+        max_score=rows.get("max_score"),
+        reason="; ".join(dict.fromkeys(reasons)),
+        rows=rows,
+    )
+    write_result(into, result)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def write_result(into: Path, result: Result) -> None:
+    """result.json, atomically: the parent never reads half of one."""
+    tmp = into / f".{RESULT_FILE}.tmp"
+    tmp.write_text(result.to_json())
+    os.replace(tmp, into / RESULT_FILE)
+
+
+def read_result(into: Path) -> Result:
+    """The Result a worker left in `into`; ValueError when there is none or it is malformed."""
+    try:
+        data = json.loads((into / RESULT_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"no readable {RESULT_FILE} in {into}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise ValueError(f"{into / RESULT_FILE} is not a version {VERSION} result")
+    try:
+        return Result(**data)
+    except TypeError as exc:
+        raise ValueError(f"{into / RESULT_FILE} has unexpected fields: {exc}") from exc
+
+
+def main(
+    assignment: str, student: str, into: Path, gradebook: Path | None, nbgrader_args: list[str]
+) -> int:
+    """The `--one` command: 0 graded, 1 failed (result.json says why), 130 interrupted."""
+    try:
+        result = run_one(
+            assignment, student, into, gradebook=gradebook, nbgrader_args=tuple(nbgrader_args)
+        )
+    except KeyboardInterrupt:
+        print(f"grade --one {student}: interrupted; no result written", file=sys.stderr)
+        return 130
+    return 0 if result.status == "graded" else 1

@@ -8,6 +8,7 @@ our family become one line on stderr and exit code 1 (a traceback only with --de
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -531,6 +532,21 @@ def add_grade_command(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     grade.add_argument("--force", action="store_true", help="regrade what is graded already")
     grade.add_argument("--json", metavar="FILE", help="write the results as JSON ('-': stdout)")
+    on_slurm = grade.add_argument_group("as a Slurm job array (slurm.py)")
+    on_slurm.add_argument(
+        "--slurm",
+        action="store_true",
+        help="one sbatch array task per submission; the results come back into gradebook.db",
+    )
+    on_slurm.add_argument(
+        "--partition", metavar="P", help="Slurm partition (default: the cluster's)"
+    )
+    on_slurm.add_argument(
+        "--array-limit",
+        metavar="K",
+        type=int,
+        help="at most K tasks at once (sbatch --array=...%%K; default: as Slurm allows)",
+    )
     grade.add_argument("--one", metavar="STUDENT", help=argparse.SUPPRESS)
     grade.add_argument("--into", metavar="DIR", help=argparse.SUPPRESS)
     grade.add_argument("--gradebook", metavar="SNAPSHOT", help=argparse.SUPPRESS)
@@ -553,7 +569,7 @@ def split_nbgrader_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
     """Grade a class (the parent), or with --one, one submission (a worker)."""
-    from jupyter_docker_kernel import grade, grade_display, grade_worker
+    from jupyter_docker_kernel import grade, grade_display, grade_worker, slurm
 
     if args.one or args.into:
         if not (args.one and args.into):
@@ -575,21 +591,43 @@ def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
         force=args.force,
         nbgrader_args=tuple(args.nbgrader_args),
     )
+    runner: grade.Runner = grade.LocalRunner(plan)
+    array: slurm.ArrayRunner | None = None
+    if args.slurm:
+        slurm.preflight(args.partition)
+        array = slurm.ArrayRunner(
+            lambda student, into: grade.worker_argv(plan, student, into),
+            plan.spool.with_name(f"{plan.assignment}.slurm"),
+            partition=args.partition,
+            limit=args.array_limit,
+            chdir=plan.root,
+            job_name=f"grade-{plan.assignment}",
+        )
+        runner, jobs = array, max(1, len(plan.students))
     out = sys.stderr if args.json == "-" else sys.stdout
     if plan.skipped:
         print(
             f"{len(plan.skipped)} submission(s) already graded, skipped (--force regrades)",
             file=out,
         )
-    print(f"grading {len(plan.students)} submission(s) of {plan.assignment}, {jobs} at a time",
-          file=out)  # fmt: skip
+    where = (
+        f"as Slurm array tasks, {args.array_limit or 'as many as Slurm allows'} at a time"
+        if args.slurm
+        else f"{jobs} at a time"
+    )
+    print(f"grading {len(plan.students)} submission(s) of {plan.assignment}, {where}", file=out)
     began = time.monotonic()
     interrupted = False
     with grade_display.Display.for_stream(len(plan.students), out) as display:
         try:
-            outcomes = grade.grade_class(plan, grade.LocalRunner(plan), jobs, display)
+            outcomes = grade.grade_class(plan, runner, jobs, display)
         except grade.GradingInterrupted as exc:
             outcomes, interrupted = exc.outcomes, True
+        finally:
+            if array is not None:
+                array.close()
+                with contextlib.suppress(OSError):
+                    plan.spool.parent.rmdir()
     grade_display.table(outcomes, out)
     data = grade.summary(plan, outcomes, time.monotonic() - began)
     if args.json == "-":

@@ -331,19 +331,12 @@ def test_the_worker_step_writes_only_into_its_dir(kernel_image: str, tmp_path: P
 SMALL = {f"r{i}": ("import time\ntime.sleep(2)\n" + RIGHT, ON_TIME, True) for i in range(8)}
 
 
-@pytest.mark.docker
-@pytest.mark.timeout(600)
-def test_ctrl_c_keeps_finished_students_and_a_rerun_grades_the_rest(
-    kernel_image: str, tmp_path: Path
-) -> None:
-    """Ctrl-C after the second student: grade exits 130, the finished students are in the
-    gradebook with their graded notebooks, the unfinished ones have neither, no container
-    is left; a rerun (no --force) grades exactly the rest, and every student ends with 2."""
-    install_grader(kernel_image)
-    course = build_course(tmp_path / "course", SMALL)
+def interrupt_after_two(course: Path, *options: str) -> tuple[int, set[str]]:
+    """Run `grade ps1 OPTIONS` in course, Ctrl-C it once two students are graded; its exit
+    code and the students with an autograded dir then (also test_grade_slurm's)."""
     exe = str(Path(sys.executable).with_name("jupyter-docker-kernel"))
     proc = subprocess.Popen(
-        [exe, "grade", "ps1", "--jobs", "2"],
+        [exe, "grade", "ps1", *options],
         cwd=course,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -358,10 +351,23 @@ def test_ctrl_c_keeps_finished_students_and_a_rerun_grades_the_rest(
             break
     rest, _ = proc.communicate(timeout=120)
     print("".join(lines) + rest)
-    done = {p.name for p in (course / "autograded").iterdir()}
+    return proc.returncode, {p.name for p in (course / "autograded").iterdir()}
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_ctrl_c_keeps_finished_students_and_a_rerun_grades_the_rest(
+    kernel_image: str, tmp_path: Path
+) -> None:
+    """Ctrl-C after the second student: grade exits 130, the finished students are in the
+    gradebook with their graded notebooks, the unfinished ones have neither, no container
+    is left; a rerun (no --force) grades exactly the rest, and every student ends with 2."""
+    install_grader(kernel_image)
+    course = build_course(tmp_path / "course", SMALL)
+    returncode, done = interrupt_after_two(course, "--jobs", "2")
     scores = {k.split("/")[0]: v[2] for k, v in gradebook_rows(course).items() if k.count("/") == 1}
 
-    assert proc.returncode == 130
+    assert returncode == 130
     assert 2 <= len(done) < len(SMALL)
     assert {s for s, score in scores.items() if score == 2.0} == done
     assert not any(course.glob("autograded/*/.ps1.*"))

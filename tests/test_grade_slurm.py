@@ -16,6 +16,7 @@ from tests.test_grade import (
     gradebook_rows,
     graded_notebooks,
     install_grader,
+    interrupt_after_two,
     our_containers,
     run_grade,
     run_nbgrader_autograde,
@@ -64,35 +65,15 @@ def test_grade_slurm_ctrl_c_keeps_finished_students_and_a_rerun_grades_the_rest(
 ) -> None:
     """Ctrl-C while the array runs: finished students kept, the queue empty, no container;
     a rerun grades the rest."""
-    import signal
-    import sys
-
     from jupyter_docker_kernel import grade
     from tests.test_grade import SMALL
 
     small = dict(list(SMALL.items())[:6])
     install_grader(kernel_image)
     course = build_course(tmp_path / "course", small)
-    exe = str(Path(sys.executable).with_name("jupyter-docker-kernel"))
-    proc = subprocess.Popen(
-        [exe, "grade", "ps1", "--slurm", "--array-limit", "2"],
-        cwd=course,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    for text in proc.stdout:
-        lines.append(text)
-        if sum(": graded" in x for x in lines) >= 2:
-            proc.send_signal(signal.SIGINT)
-            break
-    rest, _ = proc.communicate(timeout=120)
-    print("".join(lines) + rest)
-    done = {p.name for p in (course / "autograded").iterdir()}
+    returncode, done = interrupt_after_two(course, "--slurm", "--array-limit", "2")
     scores = {k.split("/")[0]: v[2] for k, v in gradebook_rows(course).items() if k.count("/") == 1}
-    assert proc.returncode == 130
+    assert returncode == 130
     assert 2 <= len(done) < len(small)
     assert {s for s, score in scores.items() if score == 2.0} == done
     assert our_containers(course) == []

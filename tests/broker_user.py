@@ -11,7 +11,11 @@ prints one JSON object on stdout.
     hold PROJECT            start a kernel (provisioner), print its container's name,
                             socket dir and our pid, then wait to be killed
     connect PATH            try to connect to a unix socket; print what happened
+    read PATH               try to read a file or list a dir; print what happened
     flood N                 hold N idle connections to the broker, then ask on one more
+    cells FILE              a kernel (provisioner) with FILE's settings runs FILE's cells
+                            in turn (FILE: {"settings": {...}, "cells": [...]}): each
+                            cell's status and output tail, or that the kernel died
     raw FILE                send each line of FILE (a JSON list of base64 strings) on a
                             fresh connection to the broker; print each first answer
 """
@@ -167,11 +171,66 @@ def cmd_hold(project: str) -> None:
                 "pid": os.getpid(),
                 "container": container.name,
                 "sockets": os.path.realpath(container.runtime_dir),
+                "connection": km.connection_file,
             }
         ),
         flush=True,
     )
     time.sleep(3600)
+
+
+def run_until_idle_or_dead(km: Any, kc: Any, code: str, timeout: float) -> dict[str, Any]:
+    """Run code, draining iopub as a client must; its status, or "died" when the kernel
+    ends first (a limit's stop), or "timeout". Output is kept only at its tail."""
+    import queue
+
+    msg_id = kc.execute(code)
+    out = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = kc.get_iopub_msg(timeout=0.5)
+        except queue.Empty:
+            if not km.is_alive():  # what came before the end (the kill notice) is in
+                return {"status": "died", "out": out}
+            continue
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            out = (out + msg["content"]["text"])[-2000:]
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    while time.monotonic() < deadline:  # an idle can come from a kernel about to die
+        try:
+            reply = reply_to(kc, msg_id, 0.5)
+        except queue.Empty:
+            if not km.is_alive():
+                return {"status": "died", "out": out}
+            continue
+        return {"status": reply["status"], "out": out, "ename": reply.get("ename", "")}
+    return {"status": "timeout", "out": out}
+
+
+def cmd_cells(path: str) -> dict[str, Any]:
+    """Hostile cells (tests/test_hostile_*.py's own code) in one kernel, in turn, until one
+    ends the kernel; then the kernel is shut down as a client would."""
+    from jupyter_client.manager import start_new_kernel
+
+    job = json.loads(Path(path).read_text())
+    os.environ["JDKT_SETTINGS"] = json.dumps(job["settings"])
+    name = isolated_spec(True)
+    os.chdir(job["workdir"])
+    km, kc = start_new_kernel(kernel_name=name, startup_timeout=60)
+    results = []
+    try:
+        for code in job["cells"]:
+            results.append(run_until_idle_or_dead(km, kc, code, job.get("timeout", 120)))
+            if results[-1]["status"] in ("died", "timeout"):
+                break
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    return {"cells": results, "alive_after_shutdown": km.is_alive()}
 
 
 def cmd_connect(path: str) -> dict[str, Any]:
@@ -181,6 +240,18 @@ def cmd_connect(path: str) -> dict[str, Any]:
     except OSError as exc:
         return {"connected": False, "error": type(exc).__name__}
     return {"connected": True, "error": ""}
+
+
+def cmd_read(path: str) -> dict[str, Any]:
+    """Try to read a file (or list a dir); print what happened."""
+    try:
+        if os.path.isdir(path):
+            os.listdir(path)
+        else:
+            Path(path).read_bytes()
+    except OSError as exc:
+        return {"error": type(exc).__name__}
+    return {"error": ""}
 
 
 def cmd_raw(path: str) -> dict[str, Any]:
@@ -240,6 +311,8 @@ def main() -> None:
         "autograde": cmd_autograde,
         "connect": cmd_connect,
         "raw": cmd_raw,
+        "cells": cmd_cells,
+        "read": cmd_read,
         "flood": cmd_flood,
     }
     print(json.dumps(handlers[command](*args)), flush=True)

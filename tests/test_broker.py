@@ -32,6 +32,7 @@ import pytest
 
 from jupyter_docker_kernel import broker_policy as bp
 from jupyter_docker_kernel.broker import LABEL_BROKER
+from jupyter_docker_kernel.rundir import RunDir
 from tests.conftest import not_here
 
 pytestmark = pytest.mark.docker
@@ -508,3 +509,147 @@ def test_two_graders_autograde_their_courses_through_the_broker(
         ]
         assert len(starts) == len(courses.STUDENTS)  # one kernel per submission, theirs
     assert not broker_containers(broker)
+
+
+# -- the hostile suites through the broker ----------------------------------------------------
+# The attacks that matter for a broker (privileges, limits, lifetime, the socket dir, other
+# users), run once as an unprivileged user, with the hostile suites' own cells and limits.
+# Each must end as it does direct, and the broker's audit line must say why it stopped.
+
+
+def hostile_settings(**extra: Any) -> dict[str, Any]:
+    """tests/conftest.py's HOSTILE_LIMITS as a kernelspec's settings."""
+    from jupyter_docker_kernel.settings import OPTIONS
+    from tests.conftest import HOSTILE_LIMITS
+
+    limits = dict(zip(HOSTILE_LIMITS[::2], HOSTILE_LIMITS[1::2], strict=True))
+    settings: dict[str, Any] = {f: limits[o] for f, o in OPTIONS.items() if o in limits}
+    settings["pids_limit"] = int(settings["pids_limit"])
+    settings["tmp_inodes"] = int(settings["tmp_inodes"])
+    settings["max_lifetime"] = float(settings["max_lifetime"])
+    return {**settings, **extra}
+
+
+def run_cells(
+    env: BrokerEnv, user: str, cells: list[str], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """broker_user.py's `cells` as user, in their project: each cell's end, then whether
+    the kernel outlived its shutdown; and the broker's audit stop line for it."""
+    fd, path = tempfile.mkstemp(prefix="jdkt-cells-", dir="/tmp")
+    job = {"settings": settings, "cells": cells, "workdir": project_of(user), "timeout": 120}
+    with os.fdopen(fd, "w") as fh:
+        json.dump(job, fh)
+    os.chmod(path, 0o644)
+    stops_before = env.audit.read_text().count("stop uid=")
+    try:
+        result = env.run(user, "cells", path, timeout=300)
+    finally:
+        os.unlink(path)
+    assert result["alive_after_shutdown"] is False
+    assert not broker_containers(env)
+    stops = [line for line in env.audit.read_text().splitlines() if "stop uid=" in line]
+    assert len(stops) == stops_before + 1, stops[stops_before:]
+    assert f"stop uid={env.uids[user]}({user})" in stops[-1]
+    result["audit"] = stops[-1]
+    return result
+
+
+def test_through_the_broker_a_kernel_has_no_privilege_and_bombs_stop_at_the_limits(
+    broker: BrokerEnv,
+) -> None:
+    """D01, D03, A05, A08-A11 through the broker in one kernel: not root, no capabilities,
+    no_new_privs, setuid(0) and friends refused; the fork bomb meets --pids-limit, /tmp
+    fills to --tmp-size and --tmp-inodes and a file stops at --fsize; the kernel goes on,
+    and the audit line says the pids limit was hit (the supervisor's verdict)."""
+    from tests import test_hostile_access as access
+    from tests import test_hostile_resources as resources
+
+    user = USERS[0]
+    cells = [
+        "import json, os; print(json.dumps([os.getuid(), os.geteuid(), os.getgid()]))",
+        access.CAPABILITIES,
+        access.NO_NEW_PRIVS,
+        access.BECOME_ROOT,
+        "import os; print(os.path.exists('/var/run/docker.sock'))",
+        resources.FORK_BOMB,
+        resources.FILL % (resources.TMP_INODES + 256),
+        "print('still here')",
+    ]
+    try:
+        result = run_cells(broker, user, cells, hostile_settings())
+    finally:
+        Path(project_of(user), "fill.bin").unlink(missing_ok=True)
+    ends = result["cells"]
+    assert [end["status"] for end in ends] == ["ok"] * len(cells), ends
+    out = [end["out"].strip().splitlines()[-1] for end in ends]
+    assert json.loads(out[0]) == [broker.uids[user], broker.uids[user], pwd.getpwnam(user).pw_gid]
+    assert set(json.loads(out[1]).values()) == {"0000000000000000"}
+    assert json.loads(out[2]) == 1
+    assert json.loads(out[3]) == ["PermissionError"] * 4
+    assert out[4] == "False"
+    assert "fork failed: BlockingIOError" in ends[5]["out"]
+    fill = json.loads(out[6])
+    assert fill["tmp"][1] == fill["inodes"][1] == "ENOSPC", fill
+    assert resources.TMP_SIZE - 16 * resources.MIB <= fill["tmp"][0] <= resources.TMP_SIZE
+    assert resources.TMP_INODES - 300 < fill["inodes"][0] <= resources.TMP_INODES, fill
+    assert fill["tmp_file"] == fill["work_file"] == [resources.FSIZE, "EFBIG"]
+    assert out[7] == "still here"
+    assert "the pids limit was hit" in result["audit"]
+
+
+@pytest.mark.parametrize("attack", ["memory", "lifetime", "socket dir", "output"])
+def test_through_the_broker_an_attack_that_ends_its_kernel_is_in_the_audit_log(
+    broker: BrokerEnv, attack: str
+) -> None:
+    """A07 memory bomb, E05 time bomb at --max-lifetime, A18 writes into the socket dir,
+    A13 output flood: the kernel is stopped (its cell never ends), nothing is left, and
+    the audit line names the reason. The output budget is the client's relay's to count
+    (the broker never sees the channels): there the audit says the client stopped it and
+    the notebook gets the kill notice."""
+    from jupyter_docker_kernel.hardening import RUNTIME_TARGET
+    from tests import test_hostile_resources as resources
+
+    cells = {
+        "memory": (resources.MEMORY_BOMB, {}),
+        "lifetime": (resources.TIME_BOMB % resources.LIFETIME, {"max_lifetime": 5.0}),
+        "socket dir": (
+            f"import os\nD = {RUNTIME_TARGET!r}\n" + resources.SOCKET_DIR_ATTACKS["files"],
+            {},
+        ),
+        "output": (resources.FLOODS["stdout"][0], {}),
+    }
+    expected = {
+        "memory": f"out of memory (limit {resources.MEMORY >> 20} MiB)",
+        "lifetime": f"maximum lifetime of {resources.LIFETIME} s reached",
+        "socket dir": "reason=its socket dir was misused",
+        "output": "reason=stopped by the client",
+    }
+    code, extra = cells[attack]
+    result = run_cells(broker, USERS[1], [code], hostile_settings(**extra))
+    [end] = result["cells"]
+    assert end["status"] == "died", end
+    assert expected[attack] in result["audit"], result["audit"]
+    if attack == "output":
+        assert "Kernel stopped: output budget of 64m exceeded" in end["out"], end
+
+
+def test_while_both_users_run_kernels_neither_reaches_the_others(broker: BrokerEnv) -> None:
+    """Each user's kernel sockets and connection files (the client's and the broker's
+    copy) are out of the other's reach while both kernels run."""
+    ann, bob = USERS
+    held = {user: broker.hold(user, project_of(user)) for user in USERS}
+    try:
+        for user, other in ((ann, bob), (bob, ann)):
+            info = held[other][1]
+            kernel_socket = str(Path(info["sockets"], "k-1"))
+            assert broker.run(other, "connect", kernel_socket)["connected"] is True
+            assert broker.run(user, "connect", kernel_socket)["connected"] is False
+            kernel_dir = Path(info["sockets"]).parent
+            for path in (info["connection"], str(RunDir(kernel_dir).connection)):
+                assert os.path.exists(path)
+                assert broker.run(user, "read", path)["error"] == "PermissionError", path
+    finally:
+        for proc, info in held.values():
+            end_client(proc, info)
+    for _, info in held.values():
+        wait_gone(info["container"], 10)

@@ -1109,6 +1109,32 @@ def test_c13_the_kernels_raw_output_cannot_forge_server_log_lines(probe: Session
 # -- D. Privileges, kernel attack surface, leaks ---------------------------------------------------
 
 
+#: D01, D03 probes (also run through the broker, tests/test_broker.py): each prints one
+#: JSON value on its last line.
+CAPABILITIES = """\
+import json
+caps = dict(l.split(':\\t') for l in open('/proc/self/status').read().splitlines()
+            if l.startswith('Cap'))
+print(json.dumps(caps))
+"""
+NO_NEW_PRIVS = """\
+import ctypes, json
+print(json.dumps(ctypes.CDLL(None, use_errno=True).prctl(39, 0, 0, 0, 0)))
+"""
+BECOME_ROOT = """\
+import json, os
+outcomes = []
+for call in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.setgroups([0]),
+             lambda: os.setresuid(0, 0, 0)):
+    try:
+        call()
+        outcomes.append('allowed')
+    except OSError as exc:
+        outcomes.append(type(exc).__name__)
+print(json.dumps(outcomes))
+"""
+
+
 def test_d01_the_kernel_is_not_root(probe: Session) -> None:
     """D01: the kernel's uid is the unprivileged one the launcher chose, never 0."""
     ids = probe.ask("import json, os; print(json.dumps([os.getuid(), os.geteuid(), os.getgid()]))")
@@ -1119,14 +1145,7 @@ def test_d01_the_kernel_is_not_root(probe: Session) -> None:
 
 def test_d01_the_kernel_has_no_capabilities(probe: Session) -> None:
     """D01: every capability set in /proc/self/status is empty."""
-    caps = probe.ask(
-        """
-        import json
-        caps = dict(l.split(':\\t') for l in open('/proc/self/status').read().splitlines()
-                    if l.startswith('Cap'))
-        print(json.dumps(caps))
-        """
-    )
+    caps = probe.ask(CAPABILITIES)
 
     assert "CapEff" in caps
     assert set(caps.values()) == {"0000000000000000"}
@@ -1134,12 +1153,7 @@ def test_d01_the_kernel_has_no_capabilities(probe: Session) -> None:
 
 def test_d01_no_new_privileges_is_set(probe: Session) -> None:
     """D01: no_new_privs is 1 (prctl PR_GET_NO_NEW_PRIVS; gVisor's status file lacks it)."""
-    value = probe.ask(
-        """
-        import ctypes, json
-        print(json.dumps(ctypes.CDLL(None, use_errno=True).prctl(39, 0, 0, 0, 0)))
-        """
-    )
+    value = probe.ask(NO_NEW_PRIVS)
 
     assert value == 1
 
@@ -1175,20 +1189,7 @@ def test_d02_su_and_sudo_do_not_make_root(spawner: Session) -> None:
 
 def test_d03_becoming_root_fails(probe: Session) -> None:
     """D03: setuid(0), setgid(0), setgroups([0]) and setresuid(0, 0, 0) all fail with EPERM."""
-    outcomes = probe.ask(
-        """
-        import json, os
-        outcomes = []
-        for call in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.setgroups([0]),
-                     lambda: os.setresuid(0, 0, 0)):
-            try:
-                call()
-                outcomes.append('allowed')
-            except OSError as exc:
-                outcomes.append(type(exc).__name__)
-        print(json.dumps(outcomes))
-        """
-    )
+    outcomes = probe.ask(BECOME_ROOT)
 
     assert outcomes == ["PermissionError"] * 4
 

@@ -55,6 +55,7 @@ from jupyter_docker_kernel.engine import LABEL_PREFIX, Engine
 from jupyter_docker_kernel.errors import DockerKernelError, EngineError
 from jupyter_docker_kernel.hardening import SUPERVISOR_PATH, Launch, env_file_text
 from jupyter_docker_kernel.local_backend import LocalBackend
+from jupyter_docker_kernel.notice import SUPERVISOR
 from jupyter_docker_kernel.rundir import RunDir, process_start_time
 from jupyter_docker_kernel.socketdir import SocketDirGuard
 
@@ -234,6 +235,21 @@ def make_root_dir(path: Path, mode: int = 0o711) -> None:
             "The broker did not start",
             f"Remove it, or let root own it with mode 0711 ({oct(st.st_mode & 0o777)} now).",
         )
+
+
+#: How much of a container's last output the broker keeps for the supervisor's verdict.
+SAID_TAIL = 4096
+
+
+def supervisor_lines(tail: bytes) -> list[str]:
+    """The supervisor's lines in the end of a container's output, printable only (they go
+    into the one-line audit record)."""
+    found = []
+    for raw in tail.decode(errors="replace").splitlines():
+        if raw.startswith(SUPERVISOR):
+            text = raw[len(SUPERVISOR) :].strip()
+            found.append("".join(c if c.isprintable() else "?" for c in text)[:200])
+    return found
 
 
 def read_line(conn: socket.socket, limit: int) -> bytes:
@@ -443,6 +459,8 @@ class BrokerKernel:
         self.held: Any = None
         self.guard: SocketDirGuard | None = None
         self.reason = ""
+        #: The supervisor's own lines at the end of the container's output (pump()).
+        self.said: list[str] = []
         self.container_id = ""
         self.started = time.monotonic()
         self._send_lock = threading.Lock()
@@ -550,6 +568,11 @@ class BrokerKernel:
         oom = code == OOM_EXIT and self.oom_killed()
         if not self.reason:
             self.reason = "out of memory" if oom else f"the kernel exited with code {code}"
+        if self.said:
+            # Why the supervisor stopped it (lifetime, memory, pids): the client's log has
+            # it, the admin's audit needs it too. The kernel shares the stream and could
+            # forge such a line, hence "said", not a verdict of ours.
+            self.reason += f" (the supervisor said: {'; '.join(self.said)})"
         self.send(bp.EXIT, json.dumps({"code": code, "oom": oom}).encode())
         self.hang_up()  # the client's wait() ends here, before our cleanup
         self.finish(code)
@@ -559,15 +582,20 @@ class BrokerKernel:
         read: Callable[[int], bytes] = (
             stream.recv if isinstance(stream, socket.socket) else stream.read1
         )
-        while True:
-            try:
-                data = read(bp.MAX_FRAME)
-            except (OSError, ValueError):
-                return
-            if not data:
-                return
-            if not self.send(bp.OUTPUT, data):
-                return  # the client is gone: read_client ends the kernel
+        tail = b""
+        try:
+            while True:
+                try:
+                    data = read(bp.MAX_FRAME)
+                except (OSError, ValueError):
+                    return
+                if not data:
+                    return
+                tail = (tail + data)[-SAID_TAIL:]
+                if not self.send(bp.OUTPUT, data):
+                    return  # the client is gone: read_client ends the kernel
+        finally:
+            self.said += supervisor_lines(tail)
 
     def read_client(self) -> None:
         """The caller's frames: the copy stream for the supervisor, signals and stops. The

@@ -11,7 +11,9 @@ admission, scheduling, a real kubelet and the NetworkPolicy.
 
 from __future__ import annotations
 
+import queue
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,24 @@ def ports_free(info: Mapping[str, Any]) -> bool:
             except OSError:
                 return False
     return True
+
+
+def nudge(kc: Any, timeout: float) -> None:
+    """What Jupyter Server's nudge does for a (re)connected client: kernel_info requests
+    until an iopub message arrives, so its subscription has reached the kernel."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kc.kernel_info()
+        try:
+            kc.get_iopub_msg(timeout=0.5)
+        except queue.Empty:
+            continue
+        while True:  # the rest of what the nudges caused
+            try:
+                kc.get_iopub_msg(timeout=0.2)
+            except queue.Empty:
+                return
+    raise AssertionError(f"no iopub message within {timeout} s")
 
 
 @pytest.mark.docker
@@ -86,7 +106,9 @@ def test_an_argv_kubernetes_kernel_runs_through_the_curve_proxy_from_start_to_sh
             timeout=120,
         )
         # The same client: the host ports and the HMAC key did not change (a websocket's
-        # zmq sockets stay connected the same way).
+        # zmq sockets stay connected the same way). As after a local kernel's restart, its
+        # iopub SUBSCRIBE must reach the new kernel before outputs can: nudge first.
+        nudge(kc, timeout=120)
         reply, outputs = kernels.execute(kc, "print(6 * 7)", timeout=60)
         assert kernels.stream_text(outputs) == "42\n"
         kc.stop_channels()

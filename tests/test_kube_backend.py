@@ -582,6 +582,34 @@ def test_backend_for_kube_settings_is_the_kube_backend_of_the_kubeconfig(
     assert backend.api.namespace == NS
 
 
+def test_a_helper_kernel_uses_its_clients_kubeconfig_not_the_helpers(
+    kubeconfig: Path, server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resident helper was started by whichever client came first: a kernel's pod goes
+    to the cluster of the KUBECONFIG its own client's request carries (thin.client_env)."""
+    from jupyter_docker_kernel import hosting, thin
+
+    carried = thin.client_env()
+    assert carried["KUBECONFIG"] == str(kubeconfig)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig.with_name("no-such-kubeconfig")))
+    backend = hosting.pod_backend(settings(), carried)
+    assert isinstance(backend, KubeBackend)
+    assert backend.api.host == server.url
+
+
+def test_setup_kubernetes_without_the_provisioner_writes_an_argv_spec_interrupting_by_message(
+    kubeconfig: Path, data_dir: Path
+) -> None:
+    """No --provisioner: the argv launcher, which proxies to the pod (kube_proxy.py)."""
+    from jupyter_docker_kernel import cli
+
+    argv = [a for a in SETUP if a != "--provisioner"]
+    assert cli.main([*argv, "--copy-workdir"]) == 0
+    spec = json.loads((data_dir / "kernels" / "course" / "kernel.json").read_text())
+    assert "kernel_provisioner" not in spec.get("metadata", {})
+    assert spec["interrupt_mode"] == "message"
+
+
 def test_setup_kubernetes_checks_the_cluster_and_writes_a_message_interrupt_spec(
     kubeconfig: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -614,34 +642,6 @@ def test_setup_kubernetes_refuses_an_account_without_the_role(
     assert cli.main([*SETUP, "--copy-workdir"]) == 1
     assert "not allowed: create pods" in capsys.readouterr().err
     assert not (data_dir / "kernels" / "course").exists()
-
-
-def test_setup_kubernetes_without_the_provisioner_is_refused_with_why(
-    kubeconfig: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The argv launcher cannot reach a pod (plain channels, no Curve keys): refused."""
-    from jupyter_docker_kernel import cli
-
-    argv = [a for a in SETUP if a != "--provisioner"]
-    assert cli.main([*argv, "--copy-workdir"]) == 1
-    err = capsys.readouterr().err
-    assert "--kubernetes needs --provisioner: a kernel pod speaks only CurveZMQ" in err
-    assert not (data_dir / "kernels" / "course").exists()
-
-
-def test_the_argv_launcher_refuses_a_kubernetes_kernelspec_and_starts_nothing(
-    server: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A client that ignores provisioners runs the argv: one clear line, no pod."""
-    from jupyter_docker_kernel import session
-
-    conn = tmp_path / "kernel-argv.json"
-    conn.write_text(json.dumps({"key": "k", "transport": "tcp", "ip": "127.0.0.1"}))
-    hooks = session.Hooks(backend=lambda s: make_backend(server), watchdog=False)
-    with caplog.at_level(logging.ERROR, logger="jupyter_docker_kernel.launcher"):
-        assert session.run(settings(), str(conn), hooks) == 1
-    assert "client that honours kernel provisioners" in caplog.text
-    assert server.objects("pods") == []
 
 
 def test_setup_namespace_without_kubernetes_is_refused(

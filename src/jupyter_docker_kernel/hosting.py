@@ -39,7 +39,7 @@ from collections.abc import Coroutine
 from typing import IO, Any, cast
 
 from jupyter_docker_kernel import reaper, session
-from jupyter_docker_kernel.container import Container, backend_for
+from jupyter_docker_kernel.container import Backend, Container, backend_for
 from jupyter_docker_kernel.early_listen import EarlyListen
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
@@ -125,7 +125,7 @@ def run_kernel(request: Request, control: Control) -> int:
 
     hooks = session.Hooks(
         run_async=run_async,
-        backend=lambda settings: backend_for(settings, engine),
+        backend=lambda s: pod_backend(s, request.env) or backend_for(s, engine),
         workdir=request.cwd,
         home=request.env.get("HOME") or None,
         client_pid=request.client_pid or None,
@@ -144,6 +144,16 @@ def run_kernel(request: Request, control: Control) -> int:
             sock.close()
         return 1  # went away before we began: nothing to start
     return session.run(settings, request.connection_file, hooks)
+
+
+def pod_backend(settings: KernelSettings, env: dict[str, str]) -> Backend | None:
+    """A --kubernetes kernel's backend with the request's kubeconfig (KUBECONFIG, HOME), not
+    the helper's (whichever client started it); None for the engine's kernels."""
+    if settings.kube_namespace is None:
+        return None
+    from jupyter_docker_kernel.kube_backend import KubeBackend
+
+    return KubeBackend.for_settings(settings, env)
 
 
 #: helper.Janitor: the same sweep as gc's (reaper.collect), marked dirs only.

@@ -56,7 +56,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -120,22 +120,24 @@ def _client() -> Any:
     return kubernetes
 
 
-def load_api_client(context: str | None = None) -> Any:
+def load_api_client(context: str | None = None, environ: Mapping[str, str] | None = None) -> Any:
     """An ApiClient for the kubeconfig `context`, or in the cluster (a service account's
-    token) when there is no kubeconfig and no context is asked for."""
+    token) when there is no kubeconfig and no context is asked for. environ: whose
+    KUBECONFIG and HOME name the kubeconfig (default ours; the resident helper passes its
+    client's, as it does for the engine)."""
     kubernetes = _client()
     configuration = kubernetes.client.Configuration()
+    env = os.environ if environ is None else environ
+    home = env.get("HOME") or os.path.expanduser("~")
+    default = Path(home, ".kube", "config")
+    config_file = env.get("KUBECONFIG") or (str(default) if default.exists() else None)
     try:
-        if (
-            context is None
-            and os.environ.get("KUBERNETES_SERVICE_HOST")
-            and not (os.environ.get("KUBECONFIG") or Path("~/.kube/config").expanduser().exists())
-        ):
+        if context is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not config_file:
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         else:
             # KUBECONFIG read now: the client reads it once, when it is first imported.
             kubernetes.config.load_kube_config(
-                config_file=os.environ.get("KUBECONFIG") or None,
+                config_file=config_file,
                 context=context,
                 client_configuration=configuration,
             )
@@ -182,10 +184,13 @@ class KubeApi:
         self.exception = kubernetes.client.exceptions.ApiException
 
     @classmethod
-    def for_settings(cls, settings: KernelSettings) -> KubeApi:
-        """The API of settings.kube_namespace, through settings.kube_context."""
+    def for_settings(
+        cls, settings: KernelSettings, environ: Mapping[str, str] | None = None
+    ) -> KubeApi:
+        """The API of settings.kube_namespace, through settings.kube_context (environ:
+        load_api_client's)."""
         assert settings.kube_namespace is not None
-        return cls(load_api_client(settings.kube_context), settings.kube_namespace)
+        return cls(load_api_client(settings.kube_context, environ), settings.kube_namespace)
 
     @property
     def host(self) -> str:
@@ -495,10 +500,14 @@ class KubeBackend:
         self.ready = ready
 
     @classmethod
-    def for_settings(cls, settings: KernelSettings) -> KubeBackend:
-        """The backend the adapters use when settings.kube_namespace is set."""
+    def for_settings(
+        cls, settings: KernelSettings, environ: Mapping[str, str] | None = None
+    ) -> KubeBackend:
+        """The backend the adapters use when settings.kube_namespace is set (environ:
+        whose kubeconfig; the resident helper passes its client's)."""
         assert settings.kube_namespace is not None
-        return cls(KubeApi.for_settings(settings), owner=server_owner(settings.kube_namespace))
+        api = KubeApi.for_settings(settings, environ)
+        return cls(api, owner=server_owner(settings.kube_namespace))
 
     # -- start -----------------------------------------------------------------------------
 

@@ -186,6 +186,7 @@ def connect_channel(
     *,
     immediate: bool = True,
     connect: bool = True,
+    socket_type: int | None = None,
 ) -> Any:
     """A zmq socket connected to one channel as a Curve client: the kernel's public key
     from `info` and a fresh client key pair; the kernel's secret key is not used.
@@ -193,16 +194,17 @@ def connect_channel(
     immediate (ZMQ_IMMEDIATE): nothing is queued for a connection whose handshake has
     not completed, so a send with no kernel behind it fails at once (zmq.Again with a
     zero send timeout) instead of piling up requests to deliver later. connect=False:
-    the caller connects (to channel_url), after attaching a monitor, say.
+    the caller connects (to channel_url), after attaching a monitor, say. socket_type:
+    another type than a client's (kube_proxy's DEALER for hb, XSUB for iopub).
     """
-    sock = context.socket(CLIENT_SOCKET_TYPES[channel])
+    sock = context.socket(CLIENT_SOCKET_TYPES[channel] if socket_type is None else socket_type)
     sock.linger = 0
     sock.immediate = int(immediate)
     public, secret = zmq.curve_keypair()
     sock.curve_publickey = public
     sock.curve_secretkey = secret
     sock.curve_serverkey = str(info["curve_publickey"]).encode()
-    if channel == "iopub":
+    if sock.type == zmq.SUB:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
     if connect:
         sock.connect(channel_url(info, channel))

@@ -40,7 +40,7 @@ from jupyter_docker_kernel.endpoints import (
     listen,
 )
 from jupyter_docker_kernel.engine import Engine, use_host
-from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
+from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.kernelspec import SETTINGS_ENV
 from jupyter_docker_kernel.rundir import alive, process_start_time
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
@@ -97,19 +97,6 @@ class Hooks:
     listening: dict[str, socket.socket] = field(default_factory=dict)
 
 
-#: Why an argv launcher does not start a --kubernetes kernel (LaunchError's three parts):
-#: its client's connection file has no Curve keys and the relay moves raw bytes, while a
-#: kernel pod answers only CurveZMQ clients (a plaintext path to it would undo that).
-KUBE_NEEDS_PROVISIONER = (
-    "This --kubernetes kernelspec was started through its argv (a client that ignores "
-    "kernel provisioners), which cannot reach a kernel pod: the pod speaks only CurveZMQ, "
-    "and an argv kernel's connection file has no Curve keys",
-    "No pod was started",
-    "Use a client that honours kernel provisioners (Jupyter Server, JupyterLab, nbclient, "
-    "nbgrader); see docs/kubernetes.md",
-)
-
-
 def deliver(container: Container, signum: int) -> None:
     """A signal of the Jupyter client's, for the kernel: SIGINT interrupts it, SIGTERM and
     SIGHUP stop it (remove its container). Both hosts route their clients' signals here."""
@@ -127,8 +114,6 @@ def run(settings: KernelSettings, connection_file: str, hooks: Hooks) -> int:
     logger = hooks.logger or log
     listening: dict[str, socket.socket] = {}
     try:
-        if settings.kube_namespace is not None:
-            raise LaunchError(*KUBE_NEEDS_PROVISIONER)
         backend = hooks.backend(settings) if hooks.backend is not None else None
         container = Container(
             settings,
@@ -141,6 +126,8 @@ def run(settings: KernelSettings, connection_file: str, hooks: Hooks) -> int:
             home=hooks.home,
         )
         hooks.created(container)
+        if settings.kube_namespace is not None:
+            return run_pod(container, hooks)
         if hooks.watchdog:
             lifeline = container.start_watchdog()  # a fork: before Container starts any thread
         # Listening now, before the container starts (after the watchdog's fork, which must
@@ -169,6 +156,59 @@ def run(settings: KernelSettings, connection_file: str, hooks: Hooks) -> int:
             container.close()
         if lifeline >= 0:
             os.close(lifeline)
+
+
+def run_pod(container: Container, hooks: Hooks) -> int:
+    """run() for a kernel pod (setup --kubernetes without --provisioner): the client's
+    endpoints are a kube_proxy.ChannelProxy's, plain on the host, CurveZMQ to the pod,
+    instead of the relay's (which moves raw bytes to a local kernel's unix sockets).
+    No watchdog: a pod goes by its activeDeadlineSeconds, its owner's deletion or `gc`."""
+    from jupyter_docker_kernel.kube_proxy import ChannelProxy
+
+    # The early listeners are plain TCP sockets; the proxy's ZeroMQ sockets bind the same
+    # endpoints (a client's first connection attempt is retried 100 ms later).
+    for sock in hooks.listening.values():
+        sock.close()
+    hooks.listening.clear()
+    proxy = ChannelProxy(
+        max_message=size_bytes(container.settings.max_message),
+        output_budget=size_bytes(container.settings.output_budget),
+        on_violation=container.stop,  # "budget exceeded: ...": the exit line's reason
+    )
+    try:
+        # Bound before the pod starts: the client's first requests wait in their queues.
+        proxy.bind(container.connection, hooks.client_cwd or client_cwd())
+        container.start()
+        if container.stopping:
+            container.stop(block=True)
+        endpoint = getattr(container.cold, "endpoint", None)
+        assert endpoint is not None, "KubeBackend.start_cold returns a PodCold"
+        proxy.connect(endpoint.connection)
+        return hooks.run_async(serve_pod(container, proxy, hooks))
+    finally:
+        proxy.close()
+
+
+async def serve_pod(container: Container, proxy: Any, hooks: Hooks) -> int:
+    """serve() for a kernel pod: the proxy's thread moves the messages; this waits for
+    the pod's end. No kill notice: the proxy does not write to iopub itself."""
+    loop = asyncio.get_running_loop()
+    container.mark("proxy serving")
+    hooks.serving(container, loop)
+    endpoint = container.cold.endpoint  # type: ignore[union-attr]  # a PodCold (run_pod)
+    await in_thread(
+        container.attach,
+        lambda: proxy.bytes_to_host,
+        f"; proxied from the client's endpoints to pod IP {endpoint.ip} over CurveZMQ (max "
+        f"message {container.settings.max_message}, output budget "
+        f"{container.settings.output_budget})",
+    )
+    watch = loop.create_task(watch_client(container, hooks.client_alive))
+    ending = await in_thread(container.wait)
+    watch.cancel()
+    await in_thread(proxy.close)
+    relayed = Relayed(proxy.bytes_to_host, proxy.bytes_to_kernel, proxy.output_charged)
+    return await in_thread(container.finish, ending, relayed)
 
 
 def routes(container: Container, relative_to: str | None = None) -> list[Route]:

@@ -154,17 +154,8 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
             "Name the image by its digest in --image instead.",
         )
     provisioner = request.provisioner or "kernel_provisioner" in (old_json.get("metadata") or {})
-    if settings.kube_namespace is not None and not provisioner:
-        # The argv launcher's relay moves raw bytes on the client's plain channels; a pod
-        # answers only CurveZMQ, whose keys reach jupyter_client through the provisioner.
-        raise SettingsError(
-            "--kubernetes needs --provisioner: a kernel pod speaks only CurveZMQ, and only "
-            "the provisioner hands jupyter_client its Curve keys (the argv launcher's "
-            "channels are plain)",
-            NOT_WRITTEN,
-            "Add --provisioner (clients that ignore provisioners, such as VS Code, cannot "
-            "use Kubernetes kernels).",
-        )
+    # Without --provisioner a --kubernetes kernel's argv launcher proxies the client's plain
+    # loopback channels to the pod over CurveZMQ (kube_proxy.py).
     skip_checks, broker_note = request.skip_checks, []
     if not skip_checks and settings.kube_namespace is None and not on_node:
         from jupyter_docker_kernel import broker_client

@@ -56,7 +56,8 @@ SPAWN_WAIT = 2.0
 #: what the helper's key leaves out: DOCKER_CONTEXT, DOCKER_CONFIG (contexts, credential
 #: helpers, the proxies `docker run` puts into containers), DOCKER_CERT_PATH,
 #: CONTAINER_HOST (Podman); the CLI's PATH and HOME (~/.docker, ~/.ssh).
-ENV_PREFIXES = ("JUPYTER", "JPY_", "DOCKER_", "CONTAINER_", "CONTAINERS_")
+#: KUBE: a --kubernetes kernel's KUBECONFIG (and the in-cluster KUBERNETES_SERVICE_*).
+ENV_PREFIXES = ("JUPYTER", "JPY_", "DOCKER_", "CONTAINER_", "CONTAINERS_", "KUBE")
 #: SSH_AUTH_SOCK: an ssh:// DOCKER_HOST's CLI asks the client's agent. XDG_RUNTIME_DIR:
 #: Podman's rootless socket. The runtime base (XDG_RUNTIME_DIR, TMPDIR) is not taken from
 #: a request: it names the helper's socket, so a client with another base has its own.

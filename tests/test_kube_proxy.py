@@ -1,0 +1,200 @@
+"""kube_proxy.ChannelProxy against a stand-in pod: five CurveZMQ server sockets in this
+process (what ipykernel 7 binds in a pod with Curve keys), and plain clients on the
+proxy's loopback endpoints (what jupyter_client connects from an argv kernel's connection
+file). The whole story with a real kernel in a simulated pod: tests/test_kube_argv_story.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from jupyter_docker_kernel import kube_channels
+from jupyter_docker_kernel.errors import LaunchError
+from jupyter_docker_kernel.kube_proxy import ChannelProxy
+
+POD_TYPES = {"shell": zmq.ROUTER, "iopub": zmq.XPUB, "stdin": zmq.ROUTER,
+             "control": zmq.ROUTER, "hb": zmq.ROUTER}  # fmt: skip
+HOST_CLIENT_TYPES = {"shell": zmq.DEALER, "iopub": zmq.SUB, "stdin": zmq.DEALER,
+                     "control": zmq.DEALER, "hb": zmq.REQ}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Pod:
+    """A stand-in kernel pod: Curve server sockets on loopback."""
+
+    def __init__(self, context: Any) -> None:
+        public, secret = zmq.curve_keypair()
+        self.info: dict[str, Any] = {"ip": "127.0.0.1", "curve_publickey": public.decode()}
+        self.socks: dict[str, Any] = {}
+        for channel, kind in POD_TYPES.items():
+            sock = context.socket(kind)
+            sock.linger = 0
+            sock.curve_server = True
+            sock.curve_secretkey = secret
+            sock.curve_publickey = public
+            self.info[f"{channel}_port"] = sock.bind_to_random_port("tcp://127.0.0.1")
+            self.socks[channel] = sock
+
+    def close(self) -> None:
+        for sock in self.socks.values():
+            sock.close(linger=0)
+
+
+class Setup:
+    def __init__(self, **meters: Any) -> None:
+        self.context: Any = zmq.Context()
+        self.pod = Pod(self.context)
+        self.violations: list[str] = []
+        self.connection: dict[str, Any] = {"transport": "tcp", "ip": "127.0.0.1", "key": "k"}
+        for channel in kube_channels.CHANNELS:
+            self.connection[f"{channel}_port"] = free_port()
+        self.proxy = ChannelProxy(on_violation=self.violations.append, **meters)
+        self.proxy.bind(self.connection)
+        self.proxy.connect(self.pod.info)
+        self.clients: dict[str, Any] = {}
+
+    def client(self, channel: str, identity: bytes = b"") -> Any:
+        """A plain client on the proxy's endpoint (identity: jupyter_client sets its
+        session id on shell and stdin)."""
+        sock = self.context.socket(HOST_CLIENT_TYPES[channel])
+        sock.linger = 0
+        if identity:
+            sock.setsockopt(zmq.ROUTING_ID, identity)
+        sock.rcvtimeo = 5000
+        if channel == "iopub":
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(f"tcp://127.0.0.1:{self.connection[f'{channel}_port']}")
+        self.clients[channel] = sock
+        return sock
+
+    def close(self) -> None:
+        self.proxy.close()
+        for sock in self.clients.values():
+            sock.close(linger=0)
+        self.pod.close()
+        self.context.term()
+
+
+@pytest.fixture
+def setup() -> Iterator[Setup]:
+    made = Setup()
+    yield made
+    made.close()
+
+
+def recv(sock: Any) -> list[bytes]:
+    assert sock.poll(5000), "nothing came"
+    frames: list[bytes] = sock.recv_multipart()
+    return frames
+
+
+def test_a_shell_request_and_its_reply_pass_unchanged_with_the_clients_identity(
+    setup: Setup,
+) -> None:
+    client = setup.client("shell", b"client-1")
+    client.send_multipart([b"<IDS|MSG>", b"sig", b"header"])
+    proxy_id, client_id, *message = recv(setup.pod.socks["shell"])
+    assert (client_id, message) == (b"client-1", [b"<IDS|MSG>", b"sig", b"header"])
+    setup.pod.socks["shell"].send_multipart([proxy_id, client_id, b"<IDS|MSG>", b"reply"])
+    assert recv(client) == [b"<IDS|MSG>", b"reply"]
+
+
+def test_stdin_reaches_the_client_through_the_shell_requests_identity(setup: Setup) -> None:
+    """ipykernel sends input_request to the identity its shell request came from: the
+    proxy's shell and stdin DEALERs must be one identity to the pod."""
+    shell, stdin = setup.client("shell", b"session"), setup.client("stdin", b"session")
+    stdin.send_multipart([b"hello"])  # connects the stdin path, as a client's first reply
+    shell.send_multipart([b"<IDS|MSG>", b"execute"])
+    proxy_id, *_ = recv(setup.pod.socks["shell"])
+    pod_stdin = setup.pod.socks["stdin"]
+    recv(pod_stdin)
+    pod_stdin.send_multipart([proxy_id, b"session", b"<IDS|MSG>", b"input_request"])
+    assert recv(stdin) == [b"<IDS|MSG>", b"input_request"]
+
+
+def test_iopub_subscriptions_go_up_to_the_pod_and_its_messages_come_down(setup: Setup) -> None:
+    """A client's SUBSCRIBE reaches the kernel's XPUB (which answers it with its welcome)."""
+    sub = setup.client("iopub")
+    assert recv(setup.pod.socks["iopub"]) == [b"\x01"]
+    setup.pod.socks["iopub"].send_multipart([b"kernel.status", b"<IDS|MSG>", b"busy"])
+    assert recv(sub) == [b"kernel.status", b"<IDS|MSG>", b"busy"]
+
+
+def test_heartbeat_echoes_through_the_proxy(setup: Setup) -> None:
+    req = setup.client("hb")
+    req.send(b"ping")
+    pod_hb = setup.pod.socks["hb"]
+    pod_hb.send_multipart(recv(pod_hb))  # ipykernel's hb: the envelope echoed back
+    assert recv(req) == [b"ping"]
+
+
+def test_a_pod_message_over_max_message_stops_the_kernel_and_nothing_more_passes() -> None:
+    made = Setup(max_message=1000)
+    try:
+        sub = made.client("iopub")
+        recv(made.pod.socks["iopub"])
+        made.pod.socks["iopub"].send_multipart([b"topic", b"x" * 600, b"y" * 600])
+        kernel_wait(lambda: made.violations)
+        assert "budget exceeded: the kernel sent a message of 1205 bytes" in made.violations[0]
+        assert not sub.poll(200)
+    finally:
+        made.close()
+
+
+def test_output_past_the_budget_stops_the_kernel_once() -> None:
+    made = Setup(output_budget=2000)
+    try:
+        shell = made.client("shell")
+        shell.send_multipart([b"<IDS|MSG>", b"execute"])
+        proxy_id, client_id, *_ = recv(made.pod.socks["shell"])
+        for _ in range(5):
+            made.pod.socks["shell"].send_multipart([proxy_id, client_id, b"z" * 500])
+        kernel_wait(lambda: made.violations)
+        assert made.violations == [
+            "budget exceeded: the kernel sent more than 2000 bytes of output in all (on shell)"
+        ]
+    finally:
+        made.close()
+
+
+def kernel_wait(predicate: Any) -> None:
+    for _ in range(250):
+        if predicate():
+            return
+        threading.Event().wait(0.02)
+    raise AssertionError("not within 5 s")
+
+
+def test_close_ends_the_thread_and_frees_the_host_ports() -> None:
+    made = Setup()
+    made.client("shell")
+    made.close()
+    assert not [t for t in threading.enumerate() if t.name == "kube-proxy"]
+    for channel in kube_channels.CHANNELS:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", made.connection[f"{channel}_port"]))
+
+
+def test_a_connection_file_on_a_non_loopback_address_is_refused() -> None:
+    proxy = ChannelProxy()
+    conn: dict[str, Any] = {"transport": "tcp", "ip": "0.0.0.0"}  # noqa: S104 - the refusal
+    for channel in kube_channels.CHANNELS:
+        conn[f"{channel}_port"] = free_port()
+    try:
+        with pytest.raises(LaunchError, match="not a loopback address"):
+            proxy.bind(conn)
+    finally:
+        proxy.close()

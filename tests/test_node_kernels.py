@@ -375,3 +375,27 @@ def test_a_socket_swapped_for_a_symlink_on_the_node_does_not_redirect_new_connec
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_a_start_on_a_node_without_the_image_says_to_push_it(
+    on_node: NodeUnderTest, kernel_image: str, workdir: Path, tmp_path: Path
+) -> None:
+    """The spec's image is not on the node (a tag no push ever copied): the launcher ends,
+    its log's one explanation line is the `image push` to run, and nothing is left there."""
+    image = f"{kernel_image.rsplit(':', 1)[0]}:never-pushed"
+    spec = f"{NODE_KERNEL}-noimage"
+    install_kernel(spec, image, "--engine-host", on_node.url, "--no-workdir", "--skip-checks")
+    log = tmp_path / "launcher.log"
+    km = KernelManager(kernel_name=spec)
+    with log.open("wb") as err:
+        km.start_kernel(cwd=str(workdir), stderr=err)
+    try:
+        launcher_process(km).wait(timeout=60)
+        said = log.read_text(errors="replace")
+        line = next(x for x in said.splitlines() if "did not start" in x)
+        assert f"image {image} is not present on the node {on_node.url}" in line
+        assert f"run 'jupyter-docker-kernel image push {on_node.url} --tag {image}'" in line
+        assert "image build" not in said
+        assert not node_containers(on_node, kernel_key(km))
+    finally:
+        km.shutdown_kernel(now=True)

@@ -21,8 +21,14 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
 import tests.test_kernel_protocol as protocol
-from jupyter_docker_kernel import doctor, push
-from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel import cli, doctor, push
+from jupyter_docker_kernel.engine import (
+    LABEL_KERNEL_ID,
+    LABEL_LAUNCHER_HOST,
+    LABEL_LAUNCHER_PID,
+    LABEL_LAUNCHER_START,
+    Engine,
+)
 from jupyter_docker_kernel.rundir import RunDir
 from jupyter_docker_kernel.ssh import CONFIG_ENV, Connection
 from tests.conftest import install_kernel
@@ -398,4 +404,50 @@ def test_a_start_on_a_node_without_the_image_says_to_push_it(
         assert "image build" not in said
         assert not node_containers(on_node, kernel_key(km))
     finally:
+        km.shutdown_kernel(now=True)
+
+
+def test_list_shows_node_kernels_and_gc_removes_only_a_dead_launchers_on_the_node(
+    pushed_node: NodeUnderTest,
+    node_kernel: str,
+    kernel_image: str,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A live kernel on the node, and beside it a container whose launcher here is gone
+    (labelled as the launcher labels them: this host, a pid that is not that process):
+    `list` shows both with the node's address; `gc` removes the orphan, keeps the live one."""
+    km, kc, _ = started(node_kernel, workdir, tmp_path / "launcher.log")
+    key = kernel_key(km)
+    orphan = "jdk-orphan0-1"
+    labels = {
+        LABEL_KERNEL_ID: "orphan0",
+        LABEL_LAUNCHER_HOST: socket.gethostname(),
+        LABEL_LAUNCHER_PID: str(os.getpid()),
+        LABEL_LAUNCHER_START: "1",  # not this pid's start time: its launcher is gone
+    }
+    try:
+        pushed_node.docker(
+            *("run", "-d", "--network", "none", "--name", orphan, "--entrypoint", "sleep"),
+            *(f"--label={k}={v}" for k, v in labels.items()),
+            *(kernel_image, "600"),
+        )
+        assert cli.main(["list"]) == 0
+        said = capsys.readouterr().out
+        assert f"kernels on node {pushed_node.url}: " in said
+        for name in (f"jdk-{key}-", orphan):
+            [line] = [x for x in said.splitlines() if name in x]
+            assert pushed_node.url in line
+        assert cli.main(["gc"]) == 0
+        said = capsys.readouterr().out
+        assert f"Removed container {orphan} on its node" in said
+        assert f"jdk-{key}-" not in said
+        assert not pushed_node.docker("ps", "-aq", "--filter", f"name=^{orphan}$").stdout
+        assert node_containers(pushed_node, key)
+        reply, _ = execute(kc, "pass")
+        assert reply["status"] == "ok"
+    finally:
+        pushed_node.docker("rm", "-f", orphan, check=False)
+        kc.stop_channels()
         km.shutdown_kernel(now=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -414,6 +415,7 @@ def test_list_shows_node_kernels_and_gc_removes_only_a_dead_launchers_on_the_nod
     workdir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A live kernel on the node, and beside it a container whose launcher here is gone
     (labelled as the launcher labels them: this host, a pid that is not that process):
@@ -427,6 +429,15 @@ def test_list_shows_node_kernels_and_gc_removes_only_a_dead_launchers_on_the_nod
         LABEL_LAUNCHER_PID: str(os.getpid()),
         LABEL_LAUNCHER_START: "1",  # not this pid's start time: its launcher is gone
     }
+    # Only this spec's node: earlier tests' specs name nodes they stopped (each one a
+    # connect timeout, which is not what this test is about).
+    data = tmp_path / "data"
+    shutil.copytree(
+        Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / node_kernel,
+        data / "kernels" / node_kernel,
+    )
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
     try:
         pushed_node.docker(
             *("run", "-d", "--network", "none", "--name", orphan, "--entrypoint", "sleep"),

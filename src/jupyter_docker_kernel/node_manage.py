@@ -8,8 +8,10 @@ not answer is one warning line, never a failed command: the others are still cov
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel import reaper
@@ -17,6 +19,8 @@ from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.rundir import runtime_base
 from jupyter_docker_kernel.settings import KernelSettings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,17 +51,17 @@ def node_engine(url: str, command: str | None, environ: Mapping[str, str] | None
 def kernels(
     urls: Iterable[str], command: str | None = None, environ: Mapping[str, str] | None = None
 ) -> list[tuple[str, list[NodeKernel] | DockerKernelError]]:
-    """Our kernel containers on each node (any state), or why that node was not listed."""
-    found: list[tuple[str, list[NodeKernel] | DockerKernelError]] = []
-    for url in urls:
+    """Our kernel containers on each node (any state), or why that node was not listed.
+    The nodes are asked at once: one that does not answer costs its timeout once."""
+
+    def ask(url: str) -> tuple[str, list[NodeKernel] | DockerKernelError]:
         try:
             items = node_engine(url, command, environ).list_containers(
                 {engine_mod.LABEL_KERNEL_ID: None}
             )
         except DockerKernelError as exc:
-            found.append((url, exc))
-            continue
-        rows = [
+            return url, exc
+        return url, [
             NodeKernel(
                 url,
                 str(i.get("Names") or i.get("ID")),
@@ -66,8 +70,16 @@ def kernels(
             )
             for i in items
         ]
-        found.append((url, rows))
-    return found
+
+    return at_once(ask, list(urls))
+
+
+def at_once(ask: Callable[[str], T], urls: list[str]) -> list[T]:
+    """ask(url) for every node in threads of its own; the answers in the nodes' order."""
+    if not urls:
+        return []
+    with ThreadPoolExecutor(max_workers=min(len(urls), 16)) as pool:
+        return list(pool.map(ask, urls))
 
 
 def gc(
@@ -78,11 +90,12 @@ def gc(
     environ: Mapping[str, str] | None = None,
 ) -> tuple[reaper.GcResult, list[str]]:
     """Remove the node containers whose launcher (on this host) is gone, by reaper's
-    rules; returns what went and one warning per node that did not answer."""
-    result = reaper.GcResult()
-    warnings = []
+    rules; returns what went and one warning per node that did not answer. The nodes are
+    asked at once (at_once)."""
     base = runtime_base()
-    for url in urls:
+
+    def collect(url: str) -> reaper.GcResult | str:
+        result = reaper.GcResult()
         try:
             reaper.reap_containers(
                 node_engine(url, command, environ),
@@ -92,5 +105,14 @@ def gc(
                 swept=lambda key: False,  # no warm pools on nodes
             )
         except DockerKernelError as exc:
-            warnings.append(f"warning: node {url} not collected: {exc}")
-    return result, warnings
+            return f"warning: node {url} not collected: {exc}"
+        return result
+
+    total, warnings = reaper.GcResult(), []
+    for done in at_once(collect, list(urls)):
+        if isinstance(done, str):
+            warnings.append(done)
+            continue
+        total.containers += done.containers
+        total.kept += done.kept
+    return total, warnings

@@ -847,6 +847,12 @@ def main(argv: list[str] | None = None) -> int:
         help="starts in a row of the back-to-back row (default 20; --quick 10; 0: skip)",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: few repeats")
+    parser.add_argument(
+        "--nodes",
+        action="store_true",
+        help="also a kernel on a remote node vs here (benchmarks/nodes.py: makes a node on "
+        "this machine, as root); never without this flag",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:  # the baseline tree's process (worker.py)
@@ -859,6 +865,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.back_to_back is None:
         args.back_to_back = 10 if args.quick else 20
     result = run(args)
+    if args.nodes:  # after the usual rows, so that a node never runs beside them
+        from benchmarks import nodes
+
+        result["nodes"] = nodes.measure(args.heavy_repeat, args.round_trips, args.megabytes)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in (f"{stamp}.json", "latest.json"):
@@ -869,6 +879,10 @@ def main(argv: list[str] | None = None) -> int:
         base = result["baseline"]
         print(f"baseline: {base['source']} at {base['commit'][:12]} (KERNEL@base rows)")
     print(table(result))
+    if "nodes" in result:
+        print(
+            f"node vs local: {json.dumps(result['nodes'].get('node_over_local', result['nodes']))}"
+        )
     if failures := result["details"]["failures"]:
         print(f"{len(failures)} sample(s) left out (see the warnings above):")
         for failure in failures:

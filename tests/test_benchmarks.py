@@ -163,3 +163,20 @@ def test_a_native_row_counts_no_helper_even_a_tagged_one() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_node_rows_skip_cleanly_where_no_node_can_be_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No sshd (or not root): benchmarks.nodes says why and starts nothing (scripts/bench
+    --nodes still writes its other rows)."""
+    import shutil
+
+    from benchmarks import nodes
+
+    def no_node(name: str) -> None:
+        raise AssertionError(f"a node {name} was started")
+
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr("tests.nodes.start_node", no_node)
+    assert set(nodes.measure(1, 1, 1)) == {"skipped"}

@@ -143,6 +143,20 @@ def test_a_cold_start_the_engine_refused_is_explained(code: int) -> None:
     )
 
 
+def test_a_start_on_a_node_without_the_image_says_to_push_it_to_that_node() -> None:
+    """A pool's start picked the node (Ending.node), not the spec's first one: the fix is
+    the `image push` of that node, not "build or pull" (kernels never pull, nor do nodes)."""
+    said = "Unable to find image 'x:1' locally\ndocker: Error response from daemon: No such image\n"
+    pool_spec = KernelSettings(
+        workdir="none", image="x:1", engine_host="ssh://a", nodes=("ssh://a", "ssh://b")
+    )
+    end = Ending(125, "", False, False, said, "", True, node="ssh://b")
+    report = exit_report("jdk-k-1", end, 0.2, Relayed(), pool_spec)
+    assert "\n" not in report.failure
+    assert "image x:1 is not present on the node ssh://b" in report.failure
+    assert "To fix: run 'jupyter-docker-kernel image push ssh://b --tag x:1'" in report.failure
+
+
 @pytest.mark.parametrize(
     "end", [ending(125, cold=False), ending(125, "stopped by the Jupyter client", stopping=True)]
 )

@@ -527,7 +527,7 @@ def test_gc_json_parses(engine: object, capsys: pytest.CaptureFixture[str]) -> N
     code, out, _ = run(["gc", "--dry-run", "--json"], capsys)
     data = json.loads(out)
     assert code == 0
-    assert set(data) == {"dry_run", "containers", "dirs", "kept", "logs"}
+    assert set(data) == {"dry_run", "containers", "dirs", "kept", "logs", "node_containers"}
     assert data["dry_run"] is True
 
 
@@ -736,3 +736,17 @@ def test_setup_replace_refuses_to_overwrite_a_spec_that_is_not_ours(
     assert code == 1
     assert "was not written by jupyter-docker-kernel; --replace only replaces our own" in err
     assert (theirs / "kernel.json").read_text() == before
+
+
+def test_list_and_gc_say_which_node_did_not_answer_and_go_on() -> None:
+    """A kernelspec's node refusing SSH: one warning naming it, for list and for gc, and the
+    other node (here none answers either) is still asked: nothing raises."""
+    from jupyter_docker_kernel import node_manage
+    from jupyter_docker_kernel.errors import DockerKernelError
+
+    urls = ["ssh://nobody@127.0.0.1:1", "ssh://nobody@127.0.0.1:2"]
+    listed = node_manage.kernels(urls)
+    assert [url for url, rows in listed if isinstance(rows, DockerKernelError)] == urls
+    collected, warnings = node_manage.gc(urls, dry_run=True)
+    assert collected.containers == []
+    assert [w.split(" not collected")[0] for w in warnings] == [f"warning: node {u}" for u in urls]

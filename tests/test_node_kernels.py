@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,8 +22,14 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
 import tests.test_kernel_protocol as protocol
-from jupyter_docker_kernel import doctor, push
-from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel import cli, doctor, push
+from jupyter_docker_kernel.engine import (
+    LABEL_KERNEL_ID,
+    LABEL_LAUNCHER_HOST,
+    LABEL_LAUNCHER_PID,
+    LABEL_LAUNCHER_START,
+    Engine,
+)
 from jupyter_docker_kernel.rundir import RunDir
 from jupyter_docker_kernel.ssh import CONFIG_ENV, Connection
 from tests.conftest import install_kernel
@@ -373,5 +380,85 @@ def test_a_socket_swapped_for_a_symlink_on_the_node_does_not_redirect_new_connec
                     answer += chunk
         assert not answer.startswith(b"HTTP"), answer[:80]
     finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_a_start_on_a_node_without_the_image_says_to_push_it(
+    on_node: NodeUnderTest, kernel_image: str, workdir: Path, tmp_path: Path
+) -> None:
+    """The spec's image is not on the node (a tag no push ever copied): the launcher ends,
+    its log's one explanation line is the `image push` to run, and nothing is left there."""
+    image = f"{kernel_image.rsplit(':', 1)[0]}:never-pushed"
+    spec = f"{NODE_KERNEL}-noimage"
+    install_kernel(spec, image, "--engine-host", on_node.url, "--no-workdir", "--skip-checks")
+    log = tmp_path / "launcher.log"
+    km = KernelManager(kernel_name=spec)
+    with log.open("wb") as err:
+        km.start_kernel(cwd=str(workdir), stderr=err)
+    try:
+        launcher_process(km).wait(timeout=60)
+        said = log.read_text(errors="replace")
+        line = next(x for x in said.splitlines() if "did not start" in x)
+        assert f"image {image} is not present on the node {on_node.url}" in line
+        assert f"run 'jupyter-docker-kernel image push {on_node.url} --tag {image}'" in line
+        assert "image build" not in said
+        assert not node_containers(on_node, kernel_key(km))
+    finally:
+        km.shutdown_kernel(now=True)
+
+
+def test_list_shows_node_kernels_and_gc_removes_only_a_dead_launchers_on_the_node(
+    pushed_node: NodeUnderTest,
+    node_kernel: str,
+    kernel_image: str,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A live kernel on the node, and beside it a container whose launcher here is gone
+    (labelled as the launcher labels them: this host, a pid that is not that process):
+    `list` shows both with the node's address; `gc` removes the orphan, keeps the live one."""
+    km, kc, _ = started(node_kernel, workdir, tmp_path / "launcher.log")
+    key = kernel_key(km)
+    orphan = "jdk-orphan0-1"
+    labels = {
+        LABEL_KERNEL_ID: "orphan0",
+        LABEL_LAUNCHER_HOST: socket.gethostname(),
+        LABEL_LAUNCHER_PID: str(os.getpid()),
+        LABEL_LAUNCHER_START: "1",  # not this pid's start time: its launcher is gone
+    }
+    # Only this spec's node: earlier tests' specs name nodes they stopped (each one a
+    # connect timeout, which is not what this test is about).
+    data = tmp_path / "data"
+    shutil.copytree(
+        Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / node_kernel,
+        data / "kernels" / node_kernel,
+    )
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
+    try:
+        pushed_node.docker(
+            *("run", "-d", "--network", "none", "--name", orphan, "--entrypoint", "sleep"),
+            *(f"--label={k}={v}" for k, v in labels.items()),
+            *(kernel_image, "600"),
+        )
+        assert cli.main(["list"]) == 0
+        said = capsys.readouterr().out
+        assert f"kernels on node {pushed_node.url}: " in said
+        for name in (f"jdk-{key}-", orphan):
+            [line] = [x for x in said.splitlines() if name in x]
+            assert pushed_node.url in line
+        assert cli.main(["gc"]) == 0
+        said = capsys.readouterr().out
+        assert f"Removed container {orphan} on its node" in said
+        assert f"jdk-{key}-" not in said
+        assert not pushed_node.docker("ps", "-aq", "--filter", f"name=^{orphan}$").stdout
+        assert node_containers(pushed_node, key)
+        reply, _ = execute(kc, "pass")
+        assert reply["status"] == "ok"
+    finally:
+        pushed_node.docker("rm", "-f", orphan, check=False)
         kc.stop_channels()
         km.shutdown_kernel(now=True)

@@ -29,6 +29,7 @@ from jupyter_docker_kernel import (
     image_kernels,
     kernelspec,
     manage,
+    node_manage,
     pool,
     reaper,
     running,
@@ -944,12 +945,20 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
     result = reaper.collect(
         engine, dry_run=args.dry_run, pools=args.pools is not None, pool_keys=keys
     )
+    on_nodes, node_warnings = node_manage.gc(
+        node_manage.node_urls(spec_settings()), dry_run=args.dry_run, command=engine.command
+    )
     if args.json:
-        print(json.dumps({"dry_run": args.dry_run, **dataclasses.asdict(result)}, indent=1))
+        data = {"dry_run": args.dry_run, **dataclasses.asdict(result)}
+        data["node_containers"] = on_nodes.containers
+        print(json.dumps(data, indent=1))
         return 0
     verb = "Would remove" if args.dry_run else "Removed"
     for name in result.containers:
         print(f"{verb} container {name}")
+    for name in on_nodes.containers:
+        print(f"{verb} container {name} on its node (its launcher here is gone)")
+    print(*node_warnings, sep="\n", end="\n" if node_warnings else "")
     for path in result.dirs:
         print(f"{verb} {path}")
     if result.logs:
@@ -960,6 +969,24 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
     )
     print("\n".join(kube_gc_lines(verb, dry_run=args.dry_run)))
     return 0
+
+
+def spec_settings() -> list[KernelSettings]:
+    """The settings of every readable kernelspec of ours (gc and list cover their nodes)."""
+    specs, _ = manage.list_specs(None)
+    return [s.settings for s in specs if s.settings]
+
+
+def node_list_lines(command: str) -> list[str]:
+    """list's lines for the kernelspecs' remote nodes: each node's kernel containers."""
+    lines = []
+    for url, rows in node_manage.kernels(node_manage.node_urls(spec_settings()), command):
+        if isinstance(rows, DockerKernelError):
+            lines.append(f"warning: node {url} not listed: {rows}")
+            continue
+        lines.append(f"kernels on node {url}: {len(rows)}")
+        lines += [f"  {r.name}  {r.state}  {url}  since {r.since}" for r in rows]
+    return lines
 
 
 def kube_settings() -> list[KernelSettings]:
@@ -1080,7 +1107,9 @@ def cmd_list(args: argparse.Namespace, engine: Engine) -> int:
             )
         )
         return 0
-    print("\n".join([*format_list(specs, note), *kube_list_lines()]))
+    print(
+        "\n".join([*format_list(specs, note), *kube_list_lines(), *node_list_lines(engine.command)])
+    )
     return 0
 
 

@@ -78,7 +78,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -190,6 +190,9 @@ class Ending:
     notice: str
     #: Whether the engine CLI's own exit code counts (an attached cold start: 125-127).
     cold: bool
+    #: The node it ran on (ssh://..., node_backend), "" for this host's engine: a pool's
+    #: start picks one, and a failed start's explanation names it.
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,8 @@ def exit_report(
     line += traffic
     failure = ""
     if ending.code in RUN_FAILURES and not ending.stopping and ending.cold:
-        what, fix = explain_run_failure(ending.said, ending.code, settings)
+        on = replace(settings, engine_host=ending.node) if ending.node else settings
+        what, fix = explain_run_failure(ending.said, ending.code, on)
         failure = (
             f"The kernel's container did not start: {what}. "
             f"{f'To fix: {fix}. ' if fix else ''}"
@@ -856,6 +860,7 @@ class Container:
             said=said,
             notice=notice,
             cold=self.cold is not None,
+            node=str(getattr(self.cold, "node", "")),
         )
 
     def engine_exit_reason(self) -> str:

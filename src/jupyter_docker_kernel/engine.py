@@ -553,7 +553,16 @@ def _explain(
             f"create it first ('docker network create {match.group(1)}'), or use the default "
             f"--network none ({redo})",
         )
-    if "unable to find image" in low or "no such image" in low:
+    missing = "unable to find image" in low or "no such image" in low
+    if missing and (settings.engine_host or "").startswith("ssh://"):
+        # A node has no registry either: the image comes from this host (issue 13).
+        return (
+            f"image {settings.image} is not present on the node {settings.engine_host} "
+            "(kernels never pull)",
+            f"run 'jupyter-docker-kernel image push {settings.engine_host} --tag "
+            f"{settings.image}' (it copies the image from this host's engine)",
+        )
+    if missing:
         return (
             f"image {settings.image} is not present (kernels never pull)",
             "build it with 'jupyter-docker-kernel image build' (the default image) or "

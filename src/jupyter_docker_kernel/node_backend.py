@@ -167,6 +167,11 @@ class Forwarded(Attached):
                 self.proc.terminate()
 
     @property
+    def node(self) -> str:
+        """The node it runs on, for a failed start's explanation (Container.wait)."""
+        return self.connection.node.url
+
+    @property
     def ended_by(self) -> str:
         """Why it ended, for the exit line and the kill notice (Container.wait): "" unless
         the SSH connection to the node was lost (ssh's own exit code)."""

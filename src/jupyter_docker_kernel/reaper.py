@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,9 +86,52 @@ def collect(
         return pools and (pool_keys is None or key in pool_keys)
 
     result = GcResult()
+    base = runtime_base()
+    reap_containers(engine, result, base, dry_run=dry_run, swept=swept)
+    now = time.time()
+    for entry in sorted(base.iterdir()):
+        if entry.name == kernel_log.LOG_DIR:
+            continue  # kernels' kept output: pruned below, by age, not by launcher
+        if entry.name == POOL_RATES_DIR:
+            continue  # the pools' claim rates and locks (pool.py): a few bytes per key
+        if entry.name.startswith(thin.HELPER_PREFIX):
+            continue  # the resident helper's socket, lock and log: not a kernel's
+        if entry.name.startswith(CONTROL_PREFIX):
+            continue  # a node's ssh master (ssh.py): its control socket, lock and log
+        marker = read_marker(entry)
+        if marker is None and marked_only:
+            continue
+        if marker is None:
+            warm = RunDir(entry)
+            if warm.pool_note.exists() and not swept(dir_pool_key(entry)):
+                try:
+                    container, address = warm.read_pool_note()
+                except OSError:
+                    continue  # claimed (renamed) or removed while we looked
+                if address != engine.address():
+                    continue  # another engine's warm container (Docker's, Podman's)
+                if engine.container_inspect(container) is not None:
+                    continue  # a warm container waiting to be claimed
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime < STARTING_GRACE:
+                    continue  # a launcher may be between mkdir and writing its marker
+        elif launcher_alive(*marker):
+            continue
+        if not dry_run:
+            remove_tree(entry)
+        result.dirs.append(str(entry))
+    result.logs = kernel_log.prune(base, launcher_alive, keep=log_keep, now=now, dry_run=dry_run)
+    return result
+
+
+def reap_containers(
+    engine: Engine, result: GcResult, base: Path, *, dry_run: bool, swept: Callable[[str], bool]
+) -> None:
+    """collect's container half, for one engine: this host's or a node's (node_manage.gc:
+    a node's kernel containers carry this host's name and its launcher's pid, and the
+    launcher's marker is in its runtime dir here, where its sockets are forwarded to)."""
     host = socket.gethostname()
     uid = str(os.getuid())
-    base = runtime_base()
     dirs_by_cid: dict[Path, dict[str, Path]] = {}
     for item in engine.list_containers({engine_mod.LABEL_KERNEL_ID: None}):
         labels = parse_labels(item.get("Labels", ""))
@@ -126,40 +169,6 @@ def collect(
         if not dry_run:
             engine.remove(name)
         result.containers.append(name)
-    now = time.time()
-    for entry in sorted(base.iterdir()):
-        if entry.name == kernel_log.LOG_DIR:
-            continue  # kernels' kept output: pruned below, by age, not by launcher
-        if entry.name == POOL_RATES_DIR:
-            continue  # the pools' claim rates and locks (pool.py): a few bytes per key
-        if entry.name.startswith(thin.HELPER_PREFIX):
-            continue  # the resident helper's socket, lock and log: not a kernel's
-        if entry.name.startswith(CONTROL_PREFIX):
-            continue  # a node's ssh master (ssh.py): its control socket, lock and log
-        marker = read_marker(entry)
-        if marker is None and marked_only:
-            continue
-        if marker is None:
-            warm = RunDir(entry)
-            if warm.pool_note.exists() and not swept(dir_pool_key(entry)):
-                try:
-                    container, address = warm.read_pool_note()
-                except OSError:
-                    continue  # claimed (renamed) or removed while we looked
-                if address != engine.address():
-                    continue  # another engine's warm container (Docker's, Podman's)
-                if engine.container_inspect(container) is not None:
-                    continue  # a warm container waiting to be claimed
-            with contextlib.suppress(OSError):
-                if now - entry.stat().st_mtime < STARTING_GRACE:
-                    continue  # a launcher may be between mkdir and writing its marker
-        elif launcher_alive(*marker):
-            continue
-        if not dry_run:
-            remove_tree(entry)
-        result.dirs.append(str(entry))
-    result.logs = kernel_log.prune(base, launcher_alive, keep=log_keep, now=now, dry_run=dry_run)
-    return result
 
 
 def sweep_after(pid: int, start: str, env: Mapping[str, str] | None = None) -> None:

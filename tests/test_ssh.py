@@ -87,7 +87,11 @@ def test_node_launch_names_the_nodes_paths_and_user(tmp_path: Path) -> None:
     assert hardening.usage_hook_path(there) == f"{remote.path}/_usage.py"
     assert hardening.kernel_user(KernelSettings(), there) == "999:995"
     args = hardening.run_args(KernelSettings(), there)
-    assert str(tmp_path) not in " ".join(args)  # no path of this host reaches the node
+    # No path of this host reaches the node: not the kernel's dir, not this package's
+    # files (the seccomp profile is read by the node's CLI from the kernel's dir there).
+    assert str(tmp_path) not in " ".join(args)
+    assert str(Path(hardening.__file__).parent) not in " ".join(args)
+    assert f"seccomp={remote.path}/seccomp.json" in args
 
 
 def test_kernel_dir_bundle_holds_private_files_and_the_supervisor(tmp_path: Path) -> None:
@@ -107,6 +111,7 @@ def test_kernel_dir_bundle_holds_private_files_and_the_supervisor(tmp_path: Path
         assert supervise is not None
         assert supervise.read() == Path(hardening.SUPERVISOR_PATH).read_bytes()
         assert "_usage.py" in members
+        assert "seccomp.json" in members
 
 
 def test_the_least_loaded_node_that_answered_is_chosen() -> None:

@@ -120,6 +120,10 @@ class Launch:
     sources: tuple[tuple[str, str], ...] = ()
     #: More labels for the container (the broker's, so a restarted broker finds them).
     extra_labels: tuple[tuple[str, str], ...] = ()
+    #: Our seccomp profile where the engine's CLI reads it (the CLI sends the file's
+    #: contents): this package's file, or on a remote node its copy in the kernel's dir
+    #: there (node_backend), since the node does not have this host's files.
+    seccomp_profile: str = SECCOMP_PROFILE
 
 
 def usage_hook_path(launch: Launch) -> str:
@@ -127,7 +131,7 @@ def usage_hook_path(launch: Launch) -> str:
     return str(PurePath(launch.supervisor_path).with_name("_usage.py"))
 
 
-def seccomp_args(settings: KernelSettings) -> list[str]:
+def seccomp_args(settings: KernelSettings, profile: str = SECCOMP_PROFILE) -> list[str]:
     """Our seccomp profile as a `docker run` option; none for Podman, whose service has it.
 
     The docker CLI sends the file's contents, and Podman 4's Docker-compatible API takes
@@ -138,7 +142,7 @@ def seccomp_args(settings: KernelSettings) -> list[str]:
     """
     if settings.engine == "podman":
         return []
-    return ["--security-opt", f"seccomp={SECCOMP_PROFILE}"]
+    return ["--security-opt", f"seccomp={profile}"]
 
 
 def kernel_user(settings: KernelSettings, launch: Launch) -> str:
@@ -277,7 +281,7 @@ def run_args(
         "ALL",
         "--security-opt",
         "no-new-privileges",
-        *seccomp_args(settings),
+        *seccomp_args(settings, launch.seccomp_profile),
         "--read-only",
         "--tmpfs",
         f"/tmp:{tmpfs_opts},mode=1777",  # noqa: S108 - a path inside the container

@@ -66,6 +66,7 @@ SOCKETS_WAIT = 300
 #: (hardening.usage_hook_path finds the hook next to the supervisor).
 SUPERVISOR_NAME = Path(hardening.SUPERVISOR_PATH).name
 USAGE_NAME = "_usage.py"
+SECCOMP_NAME = Path(hardening.SECCOMP_PROFILE).name
 
 #: Runs on the node: the kernel's dir ($0) in the node user's private base (made again if
 #: the node's /tmp was emptied since ssh.Connection.facts asked), from the tar on stdin.
@@ -353,6 +354,7 @@ def node_launch(launch: hardening.Launch, remote: RunDir, uid: int, gid: int) ->
         connection_file=str(remote.connection),
         supervisor_path=str(remote.path / SUPERVISOR_NAME),
         env_file=str(remote.env_file) if launch.env_file else None,
+        seccomp_profile=str(remote.path / SECCOMP_NAME),
         host_uid=uid,
         host_gid=gid,
     )
@@ -360,13 +362,16 @@ def node_launch(launch: hardening.Launch, remote: RunDir, uid: int, gid: int) ->
 
 def kernel_dir_bundle(settings: KernelSettings, there: hardening.Launch, rundir: RunDir) -> bytes:
     """The kernel's dir for the node as a tar stream: the socket dir, the connection file
-    and env file Container.prepare wrote here, our supervisor and its usage hook."""
+    and env file Container.prepare wrote here, our supervisor, its usage hook and our
+    seccomp profile."""
     group = hardening.shares_group_only(settings, there)
     private = 0o640 if group else 0o600
     files: list[tuple[str, bytes, int]] = [
         (rundir.connection.name, rundir.connection.read_bytes(), private),
         (SUPERVISOR_NAME, Path(hardening.SUPERVISOR_PATH).read_bytes(), 0o644),
         (USAGE_NAME, Path(hardening.SUPERVISOR_PATH).with_name(USAGE_NAME).read_bytes(), 0o644),
+        # The node's docker CLI reads the profile named by --security-opt seccomp=.
+        (SECCOMP_NAME, Path(hardening.SECCOMP_PROFILE).read_bytes(), 0o644),
     ]
     if there.env_file:
         files.append((rundir.env_file.name, rundir.env_file.read_bytes(), 0o600))

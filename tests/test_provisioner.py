@@ -67,6 +67,32 @@ def test_client_connection_names_the_relays_sockets_on_the_host(tmp_path: Path) 
     }
 
 
+def test_poll_says_the_exit_at_once_when_there_is_no_kill_notice_to_send() -> None:
+    """A metered kernel that ended without a notice (a shutdown): poll() returns its code
+    on the first call, not None once more (jupyter_client polls every 0.1 s, so that
+    cost every shutdown 0.1 s); with a notice to send it still waits for it."""
+    import threading
+    import types
+
+    from jupyter_docker_kernel.container import Ending
+
+    def ended(notice: str) -> Any:
+        done = threading.Event()
+        done.set()
+        ending = Ending(0, "", True, False, "", notice, False)
+        return types.SimpleNamespace(done=done, ending=ending, code=0)
+
+    async def first_polls() -> tuple[int | None, int | None]:
+        quiet, noisy = DockerProvisioner(), DockerProvisioner()
+        for provisioner, notice in ((quiet, ""), (noisy, "Kernel stopped: out of memory")):
+            provisioner._run = ended(notice)
+            provisioner._meter = object()  # type: ignore[assignment]
+            provisioner._announce_kill = lambda run: asyncio.sleep(0.05)  # type: ignore[method-assign]
+        return await quiet.poll(), await noisy.poll()
+
+    assert asyncio.run(first_polls()) == (0, None)
+
+
 def test_too_long_socket_paths_are_refused_with_what_to_do(tmp_path: Path) -> None:
     """A runtime dir so deep that unix socket paths would not fit fails before any start."""
     with pytest.raises(LaunchError, match="XDG_RUNTIME_DIR"):

@@ -274,7 +274,10 @@ class DockerProvisioner(KernelProvisionerBase):
             return 0
         if not run.done.is_set():
             return None
-        if self._meter is None:
+        if self._meter is None or run.ending is None or not run.ending.notice:
+            # No notice to send (a shutdown, a restart): the exit is final now.
+            # jupyter_client polls every 0.1 s, so one more None here costs a shutdown
+            # that much (measured through the broker: 0.1 of its 0.33 s).
             return run.code
         if self._notice is None:
             self._notice = asyncio.ensure_future(self._announce_kill(run))

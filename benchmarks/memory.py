@@ -35,6 +35,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,17 @@ class HostProcess:
 def _read(path: str) -> bytes:
     with open(path, "rb") as fh:
         return fh.read()
+
+
+def process_argvs() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, argv) of every process this one may read (our_helpers, engine_shims)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            yield int(entry), _read(f"/proc/{entry}/cmdline").split(b"\0")
+        except OSError:
+            continue
 
 
 def container_cgroup(text: str) -> bool:
@@ -129,18 +141,11 @@ def our_helpers() -> set[int]:
     except ImportError:
         return set()
     base = str(runtime_base()).encode()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = _read(f"/proc/{entry}/cmdline").split(b"\0")
-        except OSError:
-            continue
-        python = argv[0] == sys.executable.encode()
-        if python and _HELPER in b" ".join(argv) and base in argv:
-            found.add(int(entry))
-    return found
+    return {
+        pid
+        for pid, argv in process_argvs()
+        if argv[0] == sys.executable.encode() and _HELPER in b" ".join(argv) and base in argv
+    }
 
 
 def ours(tag: str, exclude: set[int], helpers: bool = True) -> list[tuple[int, bytes]]:
@@ -219,17 +224,11 @@ def kernel_containers(kernel_ids: set[str]) -> set[str]:
 def engine_shims(container_ids: set[str]) -> list[HostProcess]:
     """The engine's per-container shim processes of these containers (not ours)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = _read(f"/proc/{entry}/cmdline").split(b"\0")
-        except OSError:
-            continue
+    for pid, argv in process_argvs():
         if not os.path.basename(argv[0]).startswith(b"containerd-shim") or b"-id" not in argv:
             continue
         if argv[argv.index(b"-id") + 1].decode(errors="replace") in container_ids:
-            found.append((int(entry), b"\0".join(argv)))
+            found.append((pid, b"\0".join(argv)))
     return measured(found)
 
 

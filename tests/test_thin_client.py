@@ -73,6 +73,14 @@ class FakeHelper:
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
+    @classmethod
+    def for_env(cls, env: dict[str, str], reply: bytes) -> FakeHelper:
+        """Listening where a client with `env` looks for its helper (its runtime base
+        made first, as the helper would)."""
+        base = Path(env["XDG_RUNTIME_DIR"]) / "jupyter-docker-kernel"
+        base.mkdir(mode=0o700)
+        return cls(base, thin.engine_key(env["JUPYTER_DOCKER_KERNEL_SETTINGS"], env), reply)
+
     def serve(self) -> None:
         while True:
             try:
@@ -103,10 +111,7 @@ def test_the_request_line_is_byte_for_byte_thin_pys_and_the_exit_code_is_the_hel
     binary: Path, fake_helper_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = fake_helper_env
-    base = Path(env["XDG_RUNTIME_DIR"]) / "jupyter-docker-kernel"
-    base.mkdir(mode=0o700)
-    engine = thin.engine_key(env["JUPYTER_DOCKER_KERNEL_SETTINGS"], env)
-    fake = FakeHelper(base, engine, b"A 42\nE one line\nE \xc3\xa9 two\nX 7\n")
+    fake = FakeHelper.for_env(env, b"A 42\nE one line\nE \xc3\xa9 two\nX 7\n")
     cwd = tmp_path / "note books"
     cwd.mkdir()
     args = ["-f", "./sub/../kernel-1.json", "extra"]
@@ -135,10 +140,7 @@ def test_a_helper_gone_after_accepting_is_lost_exit_with_a_message(
     binary: Path, fake_helper_env: dict[str, str]
 ) -> None:
     env = fake_helper_env
-    base = Path(env["XDG_RUNTIME_DIR"]) / "jupyter-docker-kernel"
-    base.mkdir(mode=0o700)
-    engine = thin.engine_key(env["JUPYTER_DOCKER_KERNEL_SETTINGS"], env)
-    fake = FakeHelper(base, engine, b"A 42\n")
+    fake = FakeHelper.for_env(env, b"A 42\n")
     try:
         proc = subprocess.run(
             [str(binary), "1", "/nonexistent/python", "-f", "/k.json"],
@@ -166,10 +168,7 @@ def test_an_argv_only_the_full_launcher_knows_goes_to_the_python_command(
     binary: Path, fake_helper_env: dict[str, str]
 ) -> None:
     env = fake_helper_env
-    base = Path(env["XDG_RUNTIME_DIR"]) / "jupyter-docker-kernel"
-    base.mkdir(mode=0o700)
-    engine = thin.engine_key(env["JUPYTER_DOCKER_KERNEL_SETTINGS"], env)
-    fake = FakeHelper(base, engine, b"A 1\nX 0\n")
+    fake = FakeHelper.for_env(env, b"A 1\nX 0\n")
     try:
         proc = subprocess.run(
             [str(binary), "2", sys.executable, "-c", "print('python')", "--help"],

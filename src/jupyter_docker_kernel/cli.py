@@ -617,8 +617,6 @@ def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
     runner: grade.Runner = grade.LocalRunner(plan) if nodes is None else nodes.runner
     array: slurm.ArrayRunner | None = None
     if nodes is not None:
-        for skipped in nodes.skipped:
-            print(f"node {skipped.url} skipped: {skipped.error}", file=sys.stderr)
         # Each node takes as many as it has CPUs; --jobs, if given, caps the total.
         jobs = min(jobs, nodes.runner.capacity) if args.jobs else nodes.runner.capacity
     if args.slurm:
@@ -633,6 +631,8 @@ def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
         )
         runner, jobs = array, max(1, len(plan.students))
     out = sys.stderr if args.json == "-" else sys.stdout
+    for skipped in nodes.skipped if nodes is not None else []:
+        print(f"node skipped: {skipped.why}", file=out)
     if plan.skipped:
         print(
             f"{len(plan.skipped)} submission(s) already graded, skipped (--force regrades)",

@@ -543,14 +543,21 @@ class ForkRunner:
         log = os.open(into / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         sys.stdout.flush()
         sys.stderr.flush()
+        # Ctrl-C held across the fork: arriving during the interpreter's at-fork handlers
+        # (logging's lock release), its KeyboardInterrupt is printed and dropped, and
+        # grade would go on grading. Held, it is raised in the parent's code just after.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         pid = os.fork()
         if pid:
             os.close(log)
-            return ForkedJob(pid)
+            job = ForkedJob(pid)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            return job
         code = 2
         try:  # the child: never returns into the parent's code
             os.setsid()
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)

@@ -61,6 +61,11 @@ class NodeAnswer:
     cpus: int = 0
     error: str = ""
 
+    @property
+    def why(self) -> str:
+        """The error, naming the node once (ssh's own errors name it already)."""
+        return self.error if self.url in self.error else f"{self.url}: {self.error}"
+
 
 def parse_answer(url: str, code: int, stdout: str, stderr: str) -> NodeAnswer:
     """_ASK_SCRIPT's output as a NodeAnswer (pure): the CPUs, then the missing images."""
@@ -308,7 +313,7 @@ def prepare(
     skipped = [a for a in answers if a.error]
     if not used:
         raise EngineError(
-            "none of the nodes answers: " + "; ".join(f"{a.url}: {a.error}" for a in skipped),
+            "none of the nodes answers: " + "; ".join(a.why for a in skipped),
             "Nothing was graded",
             "`jupyter-docker-kernel doctor` checks each node; or grade here without --node.",
         )

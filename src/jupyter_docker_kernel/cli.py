@@ -609,7 +609,7 @@ def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
         )
     nodes = (
         None
-        if args.slurm
+        if args.slurm or not plan.students
         else grade_nodes.prepare(
             plan, args.node or [], lambda p, env: grade.LocalRunner(p, env=env)
         )

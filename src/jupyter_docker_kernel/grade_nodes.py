@@ -10,16 +10,17 @@ kernelspec whose settings name only that node (engine_host and nodes), first on 
 JUPYTER_PATH (`shadow_kernelspecs`): nbclient finds the kernel by name as always, and
 both adapters (argv launcher, provisioner) read the settings from that kernel.json.
 
-Who calls what: cli.cmd_grade, after grade.plan, calls `prepare(plan, urls)`. It finds
+Who calls what: cli.cmd_grade, after grade.plan, calls `prepare(plan, urls, make_runner)`
+(make_runner: grade.LocalRunner with an environment for its workers). It finds
 the course's kernels (`course_kernels`: nbgrader's configured kernel_name, else each
 notebook's kernelspec as the gradebook keeps it, which nbgrader's OverwriteKernelspec
 uses), takes the nodes given or, without --node, those of the course's node kernelspec,
 asks every node at once how many CPUs its engine has (`ask_nodes`: `docker info`'s NCPU,
-and whether the image is there), skips a node that does not answer with one line each
-and raises a DockerKernelError when none does (before anything is written). The
-NodeRunner it returns is a grade.Runner: `start` gives each submission to the node with
-the most free slots (a node's slots: its CPUs), through that node's own local runner
-(grade.LocalRunner with the node's JUPYTER_PATH in its workers' environment). A slot is
+and whether the image is there), skips a node that does not answer (cli prints one line
+each) and raises a DockerKernelError when none does (before anything is written). The
+NodeRunner it returns is a grade.Runner: `start` gives each submission to the node whose
+slots are the least taken (a node's slots: its CPUs), through that node's own local
+runner (make_runner with the node's JUPYTER_PATH for its workers). A slot is
 free again once grade_class has seen its worker end (`poll`), which is when grade_class
 frees its own place, so the sum of the slots is the `jobs` grade_class is given.
 """
@@ -173,7 +174,10 @@ def for_node(settings: KernelSettings, url: str, name: str) -> KernelSettings:
             f"Run `jupyter-docker-kernel setup --name {name} --for-nbgrader` (it copies the "
             "submission's directory to the kernel) without --mount, then grade again.",
         )
-    return replace(settings, engine_host=url, nodes=(url,))
+    try:
+        return replace(settings, engine_host=url, nodes=(url,))
+    except DockerKernelError as exc:  # the address (the settings' own check says how)
+        raise exc.instead("Nothing was graded") from None
 
 
 def shadow_kernelspecs(
@@ -292,10 +296,9 @@ def prepare(
         found = our_spec(name)
         if found is not None:
             specs[name] = found
+    urls = list(dict.fromkeys(urls or [u for _, s in specs.values() for u in spec_nodes(s)]))
     if not urls:
-        urls = list(dict.fromkeys(u for _, s in specs.values() for u in spec_nodes(s)))
-        if not urls:
-            return None
+        return None
     if not specs:
         raise DockerKernelError(
             f"{plan.assignment}'s kernel is not a jupyter-docker-kernel kernelspec, so it "

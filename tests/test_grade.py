@@ -385,6 +385,47 @@ def test_ctrl_c_keeps_finished_students_and_a_rerun_grades_the_rest(
     assert our_containers(course) == []
 
 
+#: Armed by the test below: the at-fork hook then sends this process a Ctrl-C.
+_CTRL_C_AT_FORK: list[bool] = []
+os.register_at_fork(
+    after_in_parent=lambda: _CTRL_C_AT_FORK and os.kill(os.getpid(), signal.SIGINT)  # type: ignore[func-returns-value]
+)
+
+
+def test_ctrl_c_while_a_worker_is_forked_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that arrives while the interpreter runs its at-fork handlers (where an
+    exception is printed and dropped) still interrupts the parent."""
+    from jupyter_docker_kernel import provisioner
+
+    plan = grade.Plan("ps1", tmp_path, "sqlite:///x.db", "c", "autograded",
+                      lambda *a: "", students=[])  # fmt: skip
+    # No kernel here: the runner need not register this process with a resident helper.
+    monkeypatch.setattr(provisioner, "ensure_janitor", lambda engine: None)
+    runner = grade.ForkRunner(plan)
+    started: list[grade.Job] = []
+
+    class Recorded(grade.ForkedJob):
+        def __init__(self, pid: int) -> None:
+            super().__init__(pid)
+            started.append(self)
+
+    def start_then_wait() -> None:
+        runner.start("s00", tmp_path)
+        time.sleep(1)
+
+    monkeypatch.setattr(grade, "ForkedJob", Recorded)
+    _CTRL_C_AT_FORK.append(True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            start_then_wait()
+    finally:
+        _CTRL_C_AT_FORK.clear()
+        grade.stop_all(started, grace=10)  # the worker (it finds no course and ends)
+    assert len(started) == 1
+
+
 # -- no engine: the parent's checks ---------------------------------------------------------
 
 

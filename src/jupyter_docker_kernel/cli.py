@@ -548,6 +548,15 @@ def add_grade_command(sub: argparse._SubParsersAction[Parser]) -> None:
         type=int,
         help="at most K tasks at once (sbatch --array=...%%K; default: as Slurm allows)",
     )
+    on_nodes = grade.add_argument_group("across remote nodes (grade_nodes.py)")
+    on_nodes.add_argument(
+        "--node",
+        metavar="ssh://USER@HOST[:PORT]",
+        action="append",
+        default=None,
+        help="run the kernels on this node, as many at a time as it has CPUs (repeat; "
+        "default: the nodes of the course's kernelspec, if it has any)",
+    )
     grade.add_argument("--one", metavar="STUDENT", help=argparse.SUPPRESS)
     grade.add_argument("--into", metavar="DIR", help=argparse.SUPPRESS)
     grade.add_argument("--gradebook", metavar="SNAPSHOT", help=argparse.SUPPRESS)
@@ -570,7 +579,7 @@ def split_nbgrader_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
     """Grade a class (the parent), or with --one, one submission (a worker)."""
-    from jupyter_docker_kernel import grade, grade_display, grade_worker, slurm
+    from jupyter_docker_kernel import grade, grade_display, grade_nodes, grade_worker, slurm
 
     if args.one or args.into:
         if not (args.one and args.into):
@@ -592,8 +601,24 @@ def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
         force=args.force,
         nbgrader_args=tuple(args.nbgrader_args),
     )
-    runner: grade.Runner = grade.LocalRunner(plan)
+    if args.slurm and args.node:
+        raise DockerKernelError(
+            "--slurm and --node do not go together",
+            "Nothing was graded",
+            "Give --slurm (Slurm's compute nodes) or --node (SSH nodes), not both.",
+        )
+    nodes = (
+        None
+        if args.slurm or not plan.students
+        else grade_nodes.prepare(
+            plan, args.node or [], lambda p, env: grade.LocalRunner(p, env=env)
+        )
+    )
+    runner: grade.Runner = grade.LocalRunner(plan) if nodes is None else nodes.runner
     array: slurm.ArrayRunner | None = None
+    if nodes is not None:
+        # Each node takes as many as it has CPUs; --jobs, if given, caps the total.
+        jobs = min(jobs, nodes.runner.capacity) if args.jobs else nodes.runner.capacity
     if args.slurm:
         slurm.preflight(args.partition)
         array = slurm.ArrayRunner(
@@ -606,6 +631,8 @@ def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
         )
         runner, jobs = array, max(1, len(plan.students))
     out = sys.stderr if args.json == "-" else sys.stdout
+    for skipped in nodes.skipped if nodes is not None else []:
+        print(f"node skipped: {skipped.why}", file=out)
     if plan.skipped:
         print(
             f"{len(plan.skipped)} submission(s) already graded, skipped (--force regrades)",
@@ -616,6 +643,8 @@ def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
         if args.slurm
         else f"{jobs} at a time"
     )
+    if nodes is not None:
+        where += " on " + ", ".join(f"{a.url} ({a.cpus} CPUs)" for a in nodes.used)
     print(f"grading {len(plan.students)} submission(s) of {plan.assignment}, {where}", file=out)
     began = time.monotonic()
     interrupted = False
@@ -629,8 +658,13 @@ def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
                 array.close()
                 with contextlib.suppress(OSError):
                     plan.spool.parent.rmdir()
+            if nodes is not None:
+                nodes.cleanup()
     grade_display.table(outcomes, out)
     data = grade.summary(plan, outcomes, time.monotonic() - began)
+    if nodes is not None:
+        for row in data["students"]:
+            row["node"] = nodes.runner.placed.get(row["student"])
     if args.json == "-":
         print(json.dumps(data, indent=1))
     elif args.json:

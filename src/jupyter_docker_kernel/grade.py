@@ -30,7 +30,8 @@ The contract between the parent (this module) and its workers (grade_worker.py):
   `kill()`). ForkRunner (the local default) runs the worker step in a child forked from
   the parent, which has imported nbgrader already; CommandRunner runs the command itself
   as a local process, the model for a Slurm runner (sbatch the command, poll the task,
-  scancel) or a node runner (the command over SSH), whose Job polls for the task. The
+  scancel), whose Job polls for the task. On remote nodes (grade_nodes.NodeRunner) the
+  workers stay local runners' and only their kernels go to the nodes. The
   parent never reads a worker's gradebook copy, only result.json, so a runner on another
   machine needs a shared course directory (or to copy DIR back) and nothing else.
 
@@ -464,12 +465,16 @@ class CommandRunner:
     output in DIR/worker.log: the model for runners elsewhere (Slurm, nodes)."""
 
     plan: Plan
+    #: Added to the workers' environment (grade_nodes: the node's kernelspec first on
+    #: JUPYTER_PATH).
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self, student: str, into: Path) -> Job:
         with open(into / "worker.log", "wb") as out:
             proc = subprocess.Popen(
                 worker_argv(self.plan, student, into),
                 cwd=self.plan.root,
+                env={**os.environ, **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -513,6 +518,9 @@ class ForkRunner:
     its own (the display refreshes from the poll loop), so forking it is safe."""
 
     plan: Plan
+    #: Set in each worker's environment (grade_nodes: the node's kernelspec first on
+    #: JUPYTER_PATH, so the worker's kernel runs on that node).
+    env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Register the parent as the helper's janitor client once (provisioner
@@ -535,14 +543,21 @@ class ForkRunner:
         log = os.open(into / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         sys.stdout.flush()
         sys.stderr.flush()
+        # Ctrl-C held across the fork: arriving during the interpreter's at-fork handlers
+        # (logging's lock release), its KeyboardInterrupt is printed and dropped, and
+        # grade would go on grading. Held, it is raised in the parent's code just after.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         pid = os.fork()
         if pid:
             os.close(log)
-            return ForkedJob(pid)
+            job = ForkedJob(pid)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            return job
         code = 2
         try:  # the child: never returns into the parent's code
             os.setsid()
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
@@ -550,6 +565,7 @@ class ForkRunner:
             os.dup2(log, 2)
             os.close(log)
             os.chdir(self.plan.root)
+            os.environ.update(self.env)
             code = grade_worker.main(
                 self.plan.assignment, student, into, None, list(self.plan.nbgrader_args)
             )

@@ -112,8 +112,8 @@ def test_the_pods_docker_run_keeps_every_hardening_field() -> None:
         "--cpus 1",
         "--pull=never",
         "--interactive",
-        "type=tmpfs,destination=/tmp,tmpfs-size=536870912,tmpfs-mode=0777",
-        "type=tmpfs,destination=/home/kernel,tmpfs-size=536870912,tmpfs-mode=0777",
+        "--tmpfs /tmp:rw,nosuid,nodev,noexec,size=536870912,mode=0777,uid=1000,gid=1000",
+        "--tmpfs /home/kernel:rw,nosuid,nodev,noexec,size=536870912,mode=0777,uid=1000,gid=1000",
         "type=bind,source=/k,target=/opt/jupyter-docker-kernel,readonly",
         "--entrypoint python3 img /opt/jupyter-docker-kernel/supervise.py",
     ):

@@ -597,14 +597,15 @@ class KubeBackend:
             self._discard(facts.name, secret_name)
             raise
         log.info(
-            "kernel %s: pod %s running in namespace %s at %s (ports %d-%d, CurveZMQ), "
-            "answering kernel_info",
+            "kernel %s: pod %s running in namespace %s at %s (ports %d-%d, signals on %d, "
+            "CurveZMQ), answering kernel_info",
             launch.kernel_id,
             facts.name,
             api.namespace,
             ip,
             min(kube_channels.PORTS.values()),
             max(kube_channels.PORTS.values()),
+            kube_channels.SIGNAL_PORT,
         )
         endpoint = PodEndpoint(ip=ip, connection=client)
         self.endpoints[facts.name] = endpoint

@@ -87,6 +87,7 @@ from tests.test_hostile_resources import (  # noqa: F401 - collected here, with 
     test_kernel_ignoring_signals_and_faking_liveness_is_removed_by_shutdown,
     test_malformed_and_replayed_frames_signed_with_the_key_do_not_abort_the_client,
     test_memory_bomb_is_oom_killed_and_the_log_says_so,
+    test_message_rate_flood_keeps_host_memory_bounded_and_is_counted,
     test_others_subscribing_to_iopub_do_not_spend_the_kernels_output_budget,
     test_output_flood_stops_the_kernel_and_the_log_says_budget_exceeded,
     test_stdin_prompt_reaches_the_client_only_when_it_allows_stdin,
@@ -220,10 +221,6 @@ NOT_FOR_PODS: dict[str, str] = {
         "NOT CHECKED for pods: it read 0.18 CPUs for the spinning stand-in container from the "
         "engine's cgroup files, where about 1 is expected; the body's cgroup lookup needs a look "
         "for the stand-in. The pod's CPU is requests = limits (test_kube_manifests)"
-    ),
-    "test_message_rate_flood_keeps_host_memory_bounded_and_is_counted": (
-        "NOT CHECKED for pods: in the module's run it found no container for its kernel "
-        "(only_container), alone it was not run for lack of time; to be looked at"
     ),
     "test_a_flooding_notebook_graded_with_the_profile_stops_at_64_mib": (
         "it installs a local kernelspec of its own (grading_kernel); the argv path's budgets for "

@@ -15,8 +15,8 @@ way a real API server and kubelet do it, and no more:
   Running), "exit" (Running, then exits with `exit_code` after `exit_after` seconds),
   "docker" (the pod RUNS: `docker` is a tests/pods.DockerKubelet, which starts the pod's
   container with its Secret's files; Running with the container's IP as podIP, its exit
-  is the pod's Succeeded/Failed with the exit code, the pod's deletion `docker rm`, its
-  log `docker logs` as it is when asked, not followed);
+  is the pod's Succeeded/Failed with the exit code (reason OOMKilled when the engine
+  says so), the pod's deletion `docker rm`, its log `docker logs`, followed when asked);
 - `stop()`: the API server goes away (connections cut, port closed).
 
 Nothing here checks admission (PodSecurity), quotas, scheduling or real networking: the
@@ -89,6 +89,34 @@ class FakeCluster(kmock.KubernetesEmulator):
         ):
             self.resources[resource] = kmock.ResourceInfo()
 
+    async def _follow_log(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """pods/log?follow=true with the Docker kubelet: the container's output (stdout
+        and stderr, as a kubelet's log has both) streamed as it comes, until it exits or
+        the client goes (`docker logs --follow`)."""
+        assert self.docker is not None
+        container = self.docker.containers.get(request.name or "", request.name or "")
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
+        raw = request._raw_request
+        assert raw is not None  # kmock keeps the aiohttp request of a served one
+        await response.prepare(raw)
+        proc = await asyncio.create_subprocess_exec(
+            "docker", "logs", "--follow", container,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            while chunk := await proc.stdout.read(4096):
+                await response.write(chunk)
+        except (ConnectionError, RuntimeError):
+            pass  # the client stopped following
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await response.write_eof()
+        return response
+
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         verb = self.verb(request)
         resource = self.resource_name(request)
@@ -117,7 +145,9 @@ class FakeCluster(kmock.KubernetesEmulator):
                 )
             )
         if resource == "pods/log" and self.docker is not None and request.name:
-            # The container's log so far (a snapshot: not followed as a kubelet would).
+            if str(request.params.get("follow", "")).lower() == "true":
+                return await self._follow_log(request)
+            # The container's log so far (not followed: `follow` was not asked for).
             text = await asyncio.to_thread(self.docker.logs, request.name)
             return aiohttp.web.Response(body=text.encode(), content_type="text/plain")
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
@@ -246,7 +276,10 @@ class FakeCluster(kmock.KubernetesEmulator):
             namespace, name, {"phase": "Running", "podIP": ip, "containerStatuses": [running]}
         )
         code = await asyncio.to_thread(self.docker.wait, name)
-        ended = {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
+        reason = "Completed" if code == 0 else "Error"
+        if code and await asyncio.to_thread(self.docker.oom_killed, name):
+            reason = "OOMKilled"  # as a kubelet reports a container the kernel OOM-killed
+        ended = {"exitCode": code, "reason": reason}
         await self.set_status(
             namespace,
             name,

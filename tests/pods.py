@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import jupyter_docker_kernel
-from jupyter_docker_kernel import hardening, kube_channels
+from jupyter_docker_kernel import hardening, kube_channels, kube_manifests
+from jupyter_docker_kernel.engine import LABEL_KERNEL_ID
 from jupyter_docker_kernel.kube_channels import KernelKeys
 
 PACKAGE = Path(jupyter_docker_kernel.__file__).parent
@@ -208,8 +209,12 @@ def docker_run_args(
             if empty.get("medium") != "Memory":
                 raise PodNotMappedError(f"emptyDir {mount['name']} on the node's disk")
             size = quantity_bytes(empty["sizeLimit"])
-            # The kubelet mounts a memory emptyDir as a tmpfs of that size, mode 0777.
-            args += ["--mount", f"type=tmpfs,destination={path},tmpfs-size={size},tmpfs-mode=0777"]
+            # The kubelet mounts a memory emptyDir as a tmpfs of that size, mode 0777, which
+            # the kernel's uid may write. Docker gives a tmpfs over a directory the image
+            # has (/home/kernel) that directory's mode (root's 0755) whatever mode it is
+            # asked for, so the stand-in's tmpfs is owned by the pod's user instead.
+            owner = f"uid={security['runAsUser']},gid={security.get('fsGroup', 0)}"
+            args += ["--tmpfs", f"{path}:rw,nosuid,nodev,noexec,size={size},mode=0777,{owner}"]
         elif "secret" in volume or "configMap" in volume:
             if not mount.get("readOnly"):
                 raise PodNotMappedError(f"{mount['name']} is mounted writable")
@@ -229,7 +234,6 @@ def docker_run_args(
 def kernel_pod(image: str, keys: KernelKeys) -> tuple[dict[str, Any], dict[str, dict[str, bytes]]]:
     """The kernel pod under test (kube_manifests.render_pod, default settings, --no-workdir)
     and its Secrets' decoded data, by Secret name."""
-    from jupyter_docker_kernel import kube_manifests
     from jupyter_docker_kernel.settings import KernelSettings
 
     settings = KernelSettings(image=image, workdir="none", kube_namespace=NAMESPACE)
@@ -291,6 +295,13 @@ class DockerKubelet:
             labels={self.label: self.network},
         )
         self.containers[name] = container
+        # The engine's kernel-id label too, from the pod's: tests.kernels.containers_of
+        # (and so running_kernel's "nothing left" check) finds a pod's container as a
+        # local kernel's.
+        kernel_id = pod["metadata"].get("labels", {}).get(kube_manifests.LABEL_KERNEL_ID)
+        if kernel_id:
+            at = args.index("--entrypoint")
+            args[at:at] = ["--label", f"{LABEL_KERNEL_ID}={kernel_id}"]
         docker(*args)
         template = f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}'
         return docker("inspect", "-f", template, container).stdout.strip()
@@ -299,6 +310,12 @@ class DockerKubelet:
         """Block until the pod's container exits: its exit code (137 if it was removed)."""
         out = docker("wait", self.containers[name], check=False).stdout.strip()
         return int(out) if out.lstrip("-").isdigit() else 137
+
+    def oom_killed(self, name: str) -> bool:
+        """Whether the engine says the pod's container was killed for memory."""
+        container = self.containers.get(name, name)
+        out = docker("inspect", "-f", "{{.State.OOMKilled}}", container, check=False)
+        return out.stdout.strip() == "true"
 
     def logs(self, name: str) -> str:
         out = docker("logs", self.containers.get(name, name), check=False)

@@ -70,7 +70,8 @@ def test_an_argv_kubernetes_kernel_runs_through_the_curve_proxy_from_start_to_sh
 ) -> None:
     """setup --kubernetes (argv) -> KernelManager runs the argv -> the client talks plain
     to loopback ports, the proxy CurveZMQ to the pod -> code runs in the copy, not as root
-    -> interrupt (message) -> restart: the SAME client, still connected to the same ports,
+    -> interrupt (message, then SIGINT to the launcher: through the pod's supervisor)
+    -> restart: the SAME client, still connected to the same ports,
     runs code in the new pod -> shutdown -> no pod, Secret, container, network, and the
     host ports are free again."""
     assert cli.main(["setup", "--name", "kargv", "--user", "--kubernetes", "--namespace", NS,
@@ -93,8 +94,11 @@ def test_an_argv_kubernetes_kernel_runs_through_the_curve_proxy_from_start_to_sh
         answer, uid = kernels.stream_text(outputs).split()
         assert (answer, uid != "0") == ("42", True)
 
-        interrupted = interrupt_reply(km, kc)
-        assert (interrupted["status"], interrupted["ename"]) == ("error", "KeyboardInterrupt")
+        # The kernelspec's (message, through the proxy), then SIGINT to the launcher,
+        # which Container.interrupt sends on through the pod's supervisor.
+        for how in ("spec", "signal"):
+            interrupted = interrupt_reply(km, kc, how)
+            assert (interrupted["status"], interrupted["ename"]) == ("error", "KeyboardInterrupt")
 
         km.restart_kernel(now=False)
         kernels.wait_until(

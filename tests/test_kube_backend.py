@@ -31,6 +31,7 @@ from jupyter_docker_kernel import (  # noqa: E402
     _supervise,
     hardening,
     kube_backend,
+    kube_channels,
     kube_manage,
     kube_manifests,
 )
@@ -263,6 +264,28 @@ def test_remove_of_a_pod_already_gone_is_not_an_error(
     cold = start(backend, tmp_path, workdir)
     backend.remove(cold.name)
     assert backend.remove(cold.name) is False
+
+
+def test_an_interrupt_goes_to_the_pods_supervisor_with_its_connection_not_the_api(
+    backend: KubeBackend,
+    cluster: Any,
+    tmp_path: Path,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """signal(INT) asks the pod's supervisor on its signal port with the pod's client
+    connection (kube_channels.send_signal); no API call (no pods/exec). After remove, the
+    pod is unknown: nothing is sent."""
+    sent: list[tuple[dict[str, Any], str]] = []
+    monkeypatch.setattr(kube_channels, "send_signal", lambda info, sig: sent.append((info, sig)))
+    cold = start(backend, tmp_path, workdir)
+    calls = len(cluster.calls)
+    assert backend.signal(cold.name, "INT") is True
+    assert sent == [(cold.endpoint.connection, "INT")]
+    assert len(cluster.calls) == calls
+    backend.remove(cold.name)
+    assert backend.signal(cold.name, "INT") is False
+    assert len(sent) == 1
 
 
 def test_wait_returns_the_kernel_exit_code_and_the_kubelet_reason(

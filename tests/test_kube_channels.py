@@ -14,6 +14,7 @@ The fast tests at the top need no engine: the keys, the connection info and the 
 
 from __future__ import annotations
 
+import queue
 import secrets
 import subprocess
 import sys
@@ -88,10 +89,8 @@ def test_the_kernel_reads_the_supervisors_copy_of_the_secrets_connection_file() 
     """The supervisor copies hardening.CONNECTION_TARGET (read-only) to KERNEL_CONNECTION,
     and the kernel's command names the copy, never the read-only original."""
     copy = kube_channels.KERNEL_CONNECTION
-    assert kube_channels.supervisor_args() == [
-        "--connection-copy",
-        f"{hardening.CONNECTION_TARGET}={copy}",
-    ]
+    args = kube_channels.supervisor_args()
+    assert args[args.index("--connection-copy") + 1] == f"{hardening.CONNECTION_TARGET}={copy}"
     command = kube_channels.kernel_command(KernelSettings(image="img"))
     assert command == ["python3", "-m", "ipykernel_launcher", "-f", copy]
 
@@ -113,8 +112,8 @@ def test_the_pods_docker_run_keeps_every_hardening_field() -> None:
         "--cpus 1",
         "--pull=never",
         "--interactive",
-        "type=tmpfs,destination=/tmp,tmpfs-size=536870912,tmpfs-mode=0777",
-        "type=tmpfs,destination=/home/kernel,tmpfs-size=536870912,tmpfs-mode=0777",
+        "--tmpfs /tmp:rw,nosuid,nodev,noexec,size=536870912,mode=0777,uid=1000,gid=1000",
+        "--tmpfs /home/kernel:rw,nosuid,nodev,noexec,size=536870912,mode=0777,uid=1000,gid=1000",
         "type=bind,source=/k,target=/opt/jupyter-docker-kernel,readonly",
         "--entrypoint python3 img /opt/jupyter-docker-kernel/supervise.py",
     ):
@@ -507,6 +506,59 @@ def test_the_same_requests_with_the_right_key_are_answered(pod: Pod) -> None:
     assert sum(b'"kernel_info_reply"' in frame for frame in got) == 2
 
 
+def execute_reply_within(kc: BlockingKernelClient, msg_id: str, seconds: float) -> Any:
+    """The execute_reply to msg_id if it comes within `seconds`, else None."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            msg = kc.get_shell_msg(timeout=left)
+        except queue.Empty:
+            return None
+        if msg["parent_header"].get("msg_id") == msg_id:
+            return msg["content"]
+    return None
+
+
+def plaintext_signal_request(info: dict[str, Any]) -> list[bytes]:
+    """A challenge to the signal port without Curve: whatever comes back within SILENCE."""
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        sock.connect(f"tcp://{info['ip']}:{kube_channels.SIGNAL_PORT}")
+        sock.send_multipart([b"challenge"])
+        return listen_for_anything([sock], SILENCE)
+    finally:
+        sock.close(linger=0)
+        context.term()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("cell", ["while True: pass", "import time; time.sleep(300)"])
+def test_a_busy_cell_is_interrupted_by_signal_through_the_supervisor_and_the_kernel_survives(
+    client: BlockingKernelClient, pod: Pod, cell: str
+) -> None:
+    """interrupt_mode "signal" without pods/exec: send_signal to the supervisor's signal
+    port; the supervisor's SIGINT ends the cell with KeyboardInterrupt, and the kernel
+    runs the next cell. Before that, a plaintext client, a wrong server key and a wrong
+    HMAC key interrupt nothing: the cell is still running after them."""
+    msg_id = client.execute(f"print('busy', flush=True)\n{cell}")
+    kernels.wait_for_stream(client, msg_id, "busy", timeout=30)
+    assert plaintext_signal_request(pod.info) == []
+    wrong_server = dict(pod.info, curve_publickey=KernelKeys.generate().curve_public)
+    with pytest.raises(LaunchError, match="did not answer a signal request"):
+        kube_channels.send_signal(wrong_server, "INT", timeout=SILENCE)
+    with pytest.raises(LaunchError, match="refused the request for SIGINT"):
+        kube_channels.send_signal(dict(pod.info, key=secrets.token_hex(32)), "INT")
+    assert execute_reply_within(client, msg_id, 1.0) is None  # still busy: nothing reached it
+    kube_channels.send_signal(pod.info, "INT")
+    reply = execute_reply_within(client, msg_id, 30)
+    assert reply is not None
+    assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt")
+    _, outputs = kernels.execute(client, "print('still here')", timeout=30)
+    assert kernels.stream_text(outputs) == "still here\n"
+
+
 def tcp_sockets(pid: int) -> list[tuple[str, int, str, int, str]]:
     """(local address, port, remote address, port, state) of every TCP socket in the
     network namespace of `pid`, from the host's /proc (IPv4 and IPv6, hex as there)."""
@@ -535,19 +587,20 @@ def test_the_kernel_only_listens_and_never_connects_out(
     pod: Pod, client: BlockingKernelClient
 ) -> None:
     """In the pod's network namespace every TCP socket reachable from outside listens on
-    one of PORTS, every connection is to one of them or stays on loopback (ipykernel's
-    debugger to its own shell): the kernel opens no connection out, so a deny-all egress
-    policy costs it nothing."""
+    one of PORTS or the supervisor's SIGNAL_PORT, every connection is to one of them or
+    stays on loopback (ipykernel's debugger to its own shell): the kernel opens no
+    connection out, so a deny-all egress policy costs it nothing."""
     kernels.execute(client, "print(1)", timeout=30)
     sockets = tcp_sockets(pod.pid())
     # Loopback listeners reach nobody outside the pod (here: Docker's resolver on
     # 127.0.0.11, which a pod does not have, and ipykernel's own on 127.0.0.1).
     listening = {s[1] for s in sockets if s[4] == LISTEN and not loopback(s[0])}
+    ours = {*PORTS.values(), kube_channels.SIGNAL_PORT}
     outward = [
         s for s in sockets
-        if s[4] != LISTEN and s[1] not in PORTS.values() and not (loopback(s[0]) and loopback(s[2]))
+        if s[4] != LISTEN and s[1] not in ours and not (loopback(s[0]) and loopback(s[2]))
     ]  # fmt: skip
-    assert listening == set(PORTS.values())
+    assert listening == ours
     assert outward == []
 
 

@@ -71,7 +71,8 @@ def test_the_notebook_story_runs_on_a_real_cluster(data_dir: Path, tmp_path: Pat
     namespace = os.environ.get("JDK_KUBE_NAMESPACE", "jdk-test")
     image = os.environ.get("JDK_KUBE_IMAGE", "jupyter-docker-kernel/default:latest")
     setup = ["setup", "--name", "kcluster", "--user", "--kubernetes", "--namespace", namespace,
-             "--provisioner", "--copy-workdir", "--image", image]  # fmt: skip
+             "--provisioner", "--copy-workdir", "--interrupt-mode", "signal",
+             "--image", image]  # fmt: skip
     assert cli.main(setup) == 0
     backend = KubeBackend.for_settings(KernelSettings(kube_namespace=namespace, workdir="none"))
     labels = {

@@ -159,9 +159,12 @@ def test_pod_labels_select_it_for_gc_list_and_the_network_policy() -> None:
     assert selector.items() <= meta["labels"].items()
 
 
-def test_pod_listens_on_the_fixed_kernel_ports() -> None:
+def test_pod_listens_on_the_fixed_kernel_ports_and_the_supervisors_signal_port() -> None:
     ports = {p["name"]: p["containerPort"] for p in CTR["ports"]}
-    assert ports == {"shell": 40001, "iopub": 40002, "stdin": 40003, "control": 40004, "hb": 40005}
+    assert ports == {
+        "shell": 40001, "iopub": 40002, "stdin": 40003, "control": 40004, "hb": 40005,
+        "signal": 40006,
+    }  # fmt: skip
 
 
 def test_pod_environment_is_the_docker_run_environment() -> None:
@@ -206,6 +209,15 @@ def test_pod_command_is_the_supervisor_then_the_kernel_with_pod_limits() -> None
     pairs = [command[i + 1] for i, a in enumerate(command) if a == "--rlimit"]
     assert pairs == ["nofile=2048", f"fsize={64 << 20}", "core=0", "nproc=128"]
     assert command[command.index("--lifetime") + 1] == "3600"
+
+
+def test_pod_supervisor_serves_signals_on_the_signal_port_with_the_secrets_keys() -> None:
+    """Interrupts by signal without pods/exec: the supervisor listens on 40006 with the
+    keys of the Secret's connection file (kube_channels.send_signal is its client)."""
+    command = container(kube_manifests.render_pod(settings(), launch()))["command"]
+    served = command[command.index("--signal-port") + 1]
+    assert served == f"40006={hardening.CONNECTION_TARGET}"
+    assert command.index("--signal-port") < command.index("--")
 
 
 def test_pod_copy_mode_receives_the_work_dir_from_the_secret_into_a_capped_memory_dir() -> None:
@@ -326,11 +338,12 @@ def test_network_policy_denies_all_egress_of_kernel_pods() -> None:
     assert policy["spec"]["egress"] == []
 
 
-def test_network_policy_admits_only_the_servers_pods_on_the_kernel_ports() -> None:
+def test_network_policy_admits_only_the_servers_pods_on_the_kernel_and_signal_ports() -> None:
     policy = kube_manifests.render_network_policy(NS, {"component": "singleuser-server"})
     [rule] = policy["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": {"component": "singleuser-server"}}}]
-    assert sorted(p["port"] for p in rule["ports"]) == [40001, 40002, 40003, 40004, 40005]
+    ports = sorted(p["port"] for p in rule["ports"])
+    assert ports == [40001, 40002, 40003, 40004, 40005, 40006]
 
 
 def test_network_policy_names_the_servers_namespace_when_it_differs() -> None:

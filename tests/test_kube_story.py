@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -109,12 +110,19 @@ def the_running_pod(pods_now: Callable[[], list[dict[str, Any]]]) -> dict[str, A
     return running[0]
 
 
-def interrupt_reply(km: KernelManager, kc: Any) -> dict[str, Any]:
-    """Interrupt a sleeping cell (by message: the kernelspec's interrupt_mode) and return
-    its execute_reply's content."""
+def interrupt_reply(km: KernelManager, kc: Any, how: str = "spec") -> dict[str, Any]:
+    """Interrupt a sleeping cell and return its execute_reply's content. how: "spec", as
+    the kernelspec's interrupt_mode says (KernelManager.interrupt_kernel); "message", an
+    interrupt_request on the control channel; "signal", SIGINT through the provisioner
+    or to the argv launcher (KernelManager.signal_kernel), whatever the mode."""
     msg_id = kc.execute("import time; print('sleeping', flush=True); time.sleep(60)")
     kernels.wait_for_stream(kc, msg_id, "sleeping", timeout=30)
-    km.interrupt_kernel()
+    if how == "message":
+        kc.control_channel.send(kc.session.msg("interrupt_request", content={}))
+    elif how == "signal":
+        km.signal_kernel(signal.SIGINT)
+    else:
+        km.interrupt_kernel()
     while True:
         reply = kc.get_shell_msg(timeout=30)
         if reply["parent_header"].get("msg_id") == msg_id:
@@ -131,8 +139,9 @@ def notebook_story(
     """The user's story on a `setup --kubernetes --provisioner --copy-workdir` kernelspec
     whose work dir holds answer.txt = "42": KernelManager starts the kernel as a pod, the
     client connects straight to the pod IP over Curve and runs code in the copy, not as
-    root -> interrupt (message) -> restart (a new pod; pod_gone(old name) turns true) ->
-    code again -> shutdown. Run against the simulated cluster here and a real one in
+    root -> interrupt (the kernelspec's mode, signal: through the pod's supervisor; then by
+    message) -> restart (a new pod; pod_gone(old name) turns true) -> code again ->
+    shutdown. Run against the simulated cluster here and a real one in
     tests/test_kube_cluster.py; pods_now lists the namespace's kernel pods as API JSON."""
     km = KernelManager(kernel_name=kernel_name)
     kc: Any = None
@@ -155,8 +164,11 @@ def notebook_story(
         answer, uid = kernels.stream_text(outputs).split()
         assert (answer, uid != "0") == ("42", True)  # the copy; never root
 
-        interrupted = interrupt_reply(km, kc)
-        assert (interrupted["status"], interrupted["ename"]) == ("error", "KeyboardInterrupt")
+        assert km.kernel_spec is not None
+        assert km.kernel_spec.interrupt_mode == "signal"
+        for how in ("spec", "message"):
+            interrupted = interrupt_reply(km, kc, how)
+            assert (interrupted["status"], interrupted["ename"]) == ("error", "KeyboardInterrupt")
         kc.stop_channels()
 
         km.restart_kernel(now=False)
@@ -193,11 +205,13 @@ def test_a_notebook_runs_in_a_kernel_pod_over_curve_from_start_to_shutdown(
 ) -> None:
     """setup --kubernetes --provisioner -> KernelManager starts the kernel as a pod (the
     submission's directory copied in through its Secret) -> the client connects straight
-    to the pod IP over Curve and runs code -> interrupt (message) -> restart (a new pod,
+    to the pod IP over Curve and runs code -> interrupt (signal through the pod's
+    supervisor, then by message) -> restart (a new pod,
     the old one's container gone) -> shutdown -> no pod, Secret, container or network left.
     """
     assert cli.main(["setup", "--name", "kstory", "--user", "--kubernetes", "--namespace", NS,
-                     "--provisioner", "--copy-workdir", "--image", kernel_image]) == 0  # fmt: skip
+                     "--provisioner", "--copy-workdir", "--interrupt-mode", "signal",
+                     "--image", kernel_image]) == 0  # fmt: skip
 
     def container_gone(pod: str) -> bool:
         names = pods.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()

@@ -7,6 +7,7 @@ test decides otherwise: an inherited or closed stdin would end the kernel early.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import stat
@@ -15,11 +16,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import jupyter_docker_kernel
 from jupyter_docker_kernel import _supervise, lifeline, workcopy
+from tests.kernels import free_port
 
 SUPERVISOR = Path(jupyter_docker_kernel.__file__).with_name("_supervise.py")
 PY = sys.executable
@@ -544,3 +547,147 @@ def test_connection_copy_refuses_an_existing_target(
     assert code == 1
     assert "the connection file was not copied" in err
     assert not (tmp_path / "elsewhere").exists()
+
+
+# --- --signal-port: signals for a pod's kernel without pods/exec (kube_channels) ----------
+
+
+def gate_request(key: bytes, gate: _supervise.SignalGate, name: bytes = b"INT") -> list[bytes]:
+    """A client's request for `name` over a nonce the gate just issued, signed with key."""
+    reply, number, _ = gate.check([b"challenge"])
+    assert reply[0] == b"nonce"
+    assert number is None
+    return [b"signal", name, reply[1], _supervise.signal_mac(key, name, reply[1])]
+
+
+def test_signal_gate_takes_a_request_signed_over_its_nonce_once() -> None:
+    """The kernel key's MAC over an issued nonce is SIGINT; the same request again (a
+    replay) is refused: each nonce is good for one request."""
+    gate = _supervise.SignalGate(b"kernel-key")
+    request = gate_request(b"kernel-key", gate)
+    assert gate.check(request) == ([b"ok"], signal.SIGINT, "")
+    reply, number, why = gate.check(request)
+    assert (reply, number) == ([b"refused"], None)
+    assert "used already" in why
+
+
+@pytest.mark.parametrize(
+    ("case", "why"),
+    [
+        ("wrong-key", "signature"),
+        ("unsigned", "signature"),
+        ("nonce-not-issued", "not issued"),
+        ("nonce-expired", "expired"),
+        ("not-a-signal-we-send", "not sent this way"),
+        ("plain-text", "not a signal request"),
+    ],
+)
+def test_signal_gate_refuses_what_the_kernels_key_did_not_sign_now(case: str, why: str) -> None:
+    """Each wrong request is refused and sends nothing; its nonce is spent all the same."""
+    now = [100.0]
+    gate = _supervise.SignalGate(b"kernel-key", clock=lambda: now[0])
+    request = gate_request(b"kernel-key", gate)
+    if case == "wrong-key":
+        request = gate_request(b"another-key", gate)
+    elif case == "unsigned":
+        request[3] = b""
+    elif case == "nonce-not-issued":
+        request = [
+            b"signal",
+            b"INT",
+            b"0" * 32,
+            _supervise.signal_mac(b"kernel-key", b"INT", b"0" * 32),
+        ]
+    elif case == "nonce-expired":
+        now[0] += _supervise.SIGNAL_NONCE_SECONDS + 1
+    elif case == "not-a-signal-we-send":
+        request = gate_request(b"kernel-key", gate, b"KILL")
+    else:
+        request = [b"INT"]
+    reply, number, said = gate.check(request)
+    assert (reply, number) == ([b"refused"], None)
+    assert why in said
+
+
+def test_signal_gate_forgets_the_oldest_nonces_beyond_its_limit() -> None:
+    """Challenges cannot pile up: past SIGNAL_NONCES the oldest nonce is no longer good."""
+    gate = _supervise.SignalGate(b"k")
+    first = gate_request(b"k", gate)
+    for _ in range(_supervise.SIGNAL_NONCES):
+        gate.check([b"challenge"])
+    assert gate.check(first)[0] == [b"refused"]
+
+
+def curve_connection(tmp_path: Path, port: int) -> tuple[dict[str, Any], Path]:
+    """A pod-like connection file on 127.0.0.1 (the kernel's keys), and its path."""
+    from jupyter_docker_kernel.kube_channels import KernelKeys, pod_connection
+
+    info = dict(pod_connection(KernelKeys.generate()), ip="127.0.0.1")
+    path = tmp_path / "kernel.json"
+    path.write_text(json.dumps(info))
+    return info, path
+
+
+#: A kernel that counts the SIGINTs reaching it and goes on (as ipykernel does).
+INTERRUPTIBLE = (
+    "import itertools, signal, time\n"
+    "count = itertools.count(1)\n"
+    "signal.signal(signal.SIGINT, lambda *a: print('interrupted', next(count), flush=True))\n"
+    "print('ready', flush=True)\n"
+    "while True: time.sleep(30)\n"
+)
+
+
+def test_signal_port_sends_a_signed_request_to_the_kernels_process_group(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """--signal-port PORT=FILE: kube_channels.send_signal's request (Curve with the file's
+    keys, HMAC over the supervisor's nonce) reaches the kernel as SIGINT."""
+    from jupyter_docker_kernel import kube_channels
+
+    port = free_port()
+    info, path = curve_connection(tmp_path, port)
+    sup = supervise("--signal-port", f"{port}={path}", "--", PY, "-c", INTERRUPTIBLE)
+    assert sup.proc.stdout is not None
+    assert sup.proc.stdout.readline() == b"ready\n"
+    kube_channels.send_signal(info, "INT", port=port, timeout=10)
+    assert sup.proc.stdout.readline() == b"interrupted 1\n"
+
+
+def test_signal_port_refuses_the_wrong_hmac_key_and_signals_nothing(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """A client with the kernel's Curve keys but another HMAC key is refused (LaunchError)
+    and the kernel gets no signal (the right request after it is its first); the
+    supervisor says why."""
+    from jupyter_docker_kernel import kube_channels
+    from jupyter_docker_kernel.errors import LaunchError
+
+    port = free_port()
+    info, path = curve_connection(tmp_path, port)
+    sup = supervise("--signal-port", f"{port}={path}", "--", PY, "-c", INTERRUPTIBLE)
+    assert sup.proc.stdout is not None
+    assert sup.proc.stdout.readline() == b"ready\n"
+    with pytest.raises(LaunchError, match="refused the request for SIGINT"):
+        kube_channels.send_signal(dict(info, key="0" * 64), "INT", port=port, timeout=10)
+    kube_channels.send_signal(info, "INT", port=port, timeout=10)
+    assert sup.proc.stdout.readline() == b"interrupted 1\n"
+    assert sup.proc.stdin is not None
+    sup.proc.stdin.close()  # the lifeline: the supervisor ends the kernel and exits
+    _, err = sup.wait(timeout=10)
+    assert "refused a signal request on port" in err
+    assert "its signature is not the kernel key's" in err
+
+
+def test_without_signal_port_the_supervisor_listens_nowhere(
+    supervise: type[Supervised], tmp_path: Path
+) -> None:
+    """Off by default: the same supervisor without --signal-port opens no TCP socket."""
+    sup = supervise("--", PY, "-c", INTERRUPTIBLE)
+    assert sup.proc.stdout is not None
+    assert sup.proc.stdout.readline() == b"ready\n"
+    inodes = {
+        os.readlink(f"/proc/{sup.proc.pid}/fd/{fd}")
+        for fd in os.listdir(f"/proc/{sup.proc.pid}/fd")
+    }
+    assert [i for i in inodes if i.startswith("socket:")] == []

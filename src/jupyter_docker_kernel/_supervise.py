@@ -51,9 +51,24 @@ a new 0600 file in a 0700 directory on the container's tmpfs, before the kernel 
 the kernel's command names DST. ipykernel 7 rewrites a connection file that carries
 Curve keys at every start (it compares the file's text keys with the bytes it holds, so
 they never match) and exits on a read-only one: kube_channels.py says more.
+
+With --signal-port PORT=FILE (a kernel pod: kube_channels.supervisor_args; off unless
+given) the supervisor serves signal requests for the kernel on TCP PORT, so a server whose
+Role has no pods/exec can still interrupt by signal. FILE is the kernel's connection file:
+the socket is a CurveZMQ server with the kernel's own key pair (a client must know the
+kernel's public key; a plaintext or wrong-key client completes no handshake) bound at the
+file's "ip", and a request must carry an HMAC of the kernel's key over a nonce this
+supervisor issued for it (SignalGate: one use each, so a request replayed is refused). An
+accepted request sends its signal (SIGNAL_NAMES) to the kernel's process group, as the
+local engine's SIGINT does through us. It needs pyzmq with CURVE, as the kernel's Curve
+channels do; without it the port stays closed and that is said. The host imports this
+module only for SignalGate and signal_mac (kube_channels, tests).
 """
 
+import collections
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -78,6 +93,111 @@ LIFELINE_WAIT_SECONDS = 4.0
 NO_LIFELINE_EXIT = 75
 #: How long a bridged connection waits for the kernel to listen on its tcp port.
 BRIDGE_WAIT_SECONDS = 300.0
+
+
+#: The signal requests --signal-port accepts, by the names Container.signal uses.
+SIGNAL_NAMES = {"INT": signal.SIGINT, "QUIT": signal.SIGQUIT, "USR1": signal.SIGUSR1,
+                "USR2": signal.SIGUSR2}  # fmt: skip
+#: What the MAC of a signal request covers first: a MAC made for anything else (a Jupyter
+#: message signed with the same key) is never a signal request's.
+SIGNAL_PROTOCOL = b"jupyter-docker-kernel-signal/1"
+#: Nonces a gate holds at once (the oldest goes first) and how long one stays good.
+SIGNAL_NONCES = 16
+SIGNAL_NONCE_SECONDS = 30.0
+
+
+def signal_mac(key: bytes, name: bytes, nonce: bytes) -> bytes:
+    """The hex HMAC-SHA256, under the kernel's key, of a request for signal `name` with
+    the supervisor's `nonce` (kube_channels.send_signal makes it, SignalGate checks it)."""
+    message = b"\0".join((SIGNAL_PROTOCOL, name, nonce))
+    return hmac.new(key, message, hashlib.sha256).hexdigest().encode()
+
+
+class SignalGate:
+    """The check of --signal-port's requests (pure: no sockets). Two messages:
+
+    [b"challenge"] -> [b"nonce", NONCE]: a fresh nonce, good for one request within
+        SIGNAL_NONCE_SECONDS;
+    [b"signal", NAME, NONCE, MAC] -> [b"ok"] when NAME is one of SIGNAL_NAMES, NONCE was
+        issued here and not used or expired, and MAC is signal_mac(key, NAME, NONCE);
+        else [b"refused"]. The nonce is spent either way: one guess per challenge.
+    check() returns (reply frames, the signal to send or None, why it was refused or "").
+    """
+
+    def __init__(self, key: bytes, clock: "Callable[[], float]" = time.monotonic) -> None:
+        self.key = key
+        self.clock = clock
+        self.nonces = collections.OrderedDict()  # type: collections.OrderedDict[bytes, float]
+
+    def check(self, frames: "List[bytes]") -> "Tuple[List[bytes], Optional[int], str]":
+        if frames == [b"challenge"]:
+            nonce = os.urandom(16).hex().encode()
+            self.nonces[nonce] = self.clock()
+            while len(self.nonces) > SIGNAL_NONCES:
+                self.nonces.popitem(last=False)
+            return [b"nonce", nonce], None, ""
+        if len(frames) != 4 or frames[0] != b"signal":
+            return [b"refused"], None, "not a signal request"
+        _, name, nonce, mac = frames
+        issued = self.nonces.pop(nonce, None)
+        if issued is None or self.clock() - issued > SIGNAL_NONCE_SECONDS:
+            return [b"refused"], None, "its nonce was not issued, used already, or expired"
+        if not self.key or not hmac.compare_digest(mac, signal_mac(self.key, name, nonce)):
+            return [b"refused"], None, "its signature is not the kernel key's"
+        number = SIGNAL_NAMES.get(name.decode("ascii", "replace"))
+        if number is None:
+            return [b"refused"], None, "it names a signal that is not sent this way"
+        return [b"ok"], number, ""
+
+
+def serve_signals(
+    port: int, path: str, send: "Callable[[int], None]", running: "Callable[[], bool]"
+) -> None:
+    """--signal-port's loop (a thread of the supervisor): a CurveZMQ ROUTER on the
+    connection file's ip and `port`, with the kernel's key pair; each accepted request
+    calls send(signal). Returns when running() is False or it cannot serve (said why)."""
+    try:
+        import zmq  # the kernel's own pyzmq: imported only with --signal-port
+
+        with open(path) as fh:
+            info = json.load(fh)
+        public = str(info.get("curve_publickey") or "").encode()
+        secret = str(info.get("curve_secretkey") or "").encode()
+        key = str(info.get("key") or "").encode()
+        if not public or not secret or not key:
+            say("--signal-port needs the connection file's Curve keys and HMAC key; not serving")
+            return
+        context = zmq.Context(1)
+        sock = context.socket(zmq.ROUTER)
+        sock.linger = 0
+        sock.maxmsgsize = 1024  # a request is ~130 bytes: drop a peer that sends more
+        sock.curve_server = True
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+        sock.bind(f"tcp://{info.get('ip') or '0.0.0.0'}:{port}")  # noqa: S104 - the pod's own
+    except Exception as exc:  # no pyzmq, no CURVE, the port taken: the kernel runs anyway
+        say(f"signal requests on port {port} are off: {exc}")
+        return
+    gate = SignalGate(key)
+    refusals = 0
+    while running():
+        try:
+            if not sock.poll(500):
+                continue
+            frames = sock.recv_multipart()
+        except zmq.ZMQError:
+            continue
+        reply, number, why = gate.check(frames[1:])
+        if number is not None:
+            send(number)
+        elif why:
+            refusals += 1
+            if refusals <= 3:  # said, but a peer cannot fill the log with it
+                say(f"refused a signal request on port {port}: {why}")
+        with contextlib.suppress(zmq.ZMQError):
+            sock.send_multipart([frames[0], *reply], zmq.NOBLOCK)
+    sock.close(0)
+    context.term()
 
 
 #: workcopy.HEADER: kind, mode, mtime, data size, name size.
@@ -339,6 +459,8 @@ class Supervisor:
         self.rlimits: List[Tuple[str, int]] = []
         #: --connection-copy: (the read-only connection file, its private writable copy).
         self.connection_copy: Optional[Tuple[str, str]] = None
+        #: --signal-port: (the TCP port, the connection file with the keys).
+        self.signal_port: Optional[Tuple[int, str]] = None
         while argv and argv[0] != "--":
             opt = argv.pop(0)
             if opt == "--lifetime":
@@ -378,6 +500,12 @@ class Supervisor:
                     say("--connection-copy takes SOURCE=TARGET")
                     sys.exit(2)
                 self.connection_copy = (source, target)
+            elif opt == "--signal-port":
+                port, _, path = argv.pop(0).partition("=")
+                if not port.isdigit() or not path:
+                    say("--signal-port takes PORT=CONNECTION_FILE")
+                    sys.exit(2)
+                self.signal_port = (int(port), path)
             else:
                 say(f"unknown supervisor option {opt!r}")
                 sys.exit(2)
@@ -808,6 +936,13 @@ class Supervisor:
             self.clean()
             return failed
         threading.Thread(target=self.watch_lifeline, daemon=True).start()
+        if self.signal_port:
+            # After the kernel's start: no fork while zmq's threads run.
+            threading.Thread(
+                target=serve_signals,
+                args=(*self.signal_port, self.signal_group, lambda: self.returncode is None),
+                daemon=True,
+            ).start()
         if self.only_sockets and self.cleanup_dir:
             threading.Thread(target=self.guard_socket_dir, daemon=True).start()
         if self.lifetime > 0:

@@ -34,9 +34,13 @@ API goes away mid-kernel, the watch is retried for API_LOSS_WAIT seconds, then t
 taken as ended, with one log line saying so (the pod itself is ended by its
 activeDeadlineSeconds, its owner's deletion, or `gc`).
 
-Interrupts go as messages (the kernelspec's interrupt_mode "message"): signalling a
-process in a pod needs pods/exec, which the Role does not grant. TERM and KILL are the
-pod's deletion (with TERMINATION_GRACE, or none).
+Interrupts go as messages (the kernelspec's interrupt_mode "message", setup's default for
+pods) or as signals (interrupt_mode "signal"): signalling a process in a pod through the
+API needs pods/exec, which the Role does not grant, so `signal` asks the pod's supervisor
+on its signal port instead (kube_channels.send_signal: Curve with the kernel's keys, a
+request signed with its HMAC key over a fresh nonce), and the supervisor signals the
+kernel's process group. TERM and KILL are the pod's deletion (with TERMINATION_GRACE, or
+none).
 
 Tests: tests/test_kube_backend.py runs this module against kmock's in-memory Kubernetes
 API server (no control plane can run on our machines); tests/test_kube_story.py runs it
@@ -498,6 +502,9 @@ class KubeBackend:
         self.server_ids = server_ids or (os.getuid(), os.getgid())
         self.api_loss_wait = API_LOSS_WAIT
         self.ready = ready
+        #: Running pods' endpoints by pod name, for `signal` (set by start_cold, dropped
+        #: by remove); one backend may hold many kernels (the resident helper's).
+        self.endpoints: dict[str, PodEndpoint] = {}
 
     @classmethod
     def for_settings(
@@ -590,16 +597,19 @@ class KubeBackend:
             self._discard(facts.name, secret_name)
             raise
         log.info(
-            "kernel %s: pod %s running in namespace %s at %s (ports %d-%d, CurveZMQ), "
-            "answering kernel_info",
+            "kernel %s: pod %s running in namespace %s at %s (ports %d-%d, signals on %d, "
+            "CurveZMQ), answering kernel_info",
             launch.kernel_id,
             facts.name,
             api.namespace,
             ip,
             min(kube_channels.PORTS.values()),
             max(kube_channels.PORTS.values()),
+            kube_channels.SIGNAL_PORT,
         )
-        return PodCold(self, facts.name, running, PodEndpoint(ip=ip, connection=client))
+        endpoint = PodEndpoint(ip=ip, connection=client)
+        self.endpoints[facts.name] = endpoint
+        return PodCold(self, facts.name, running, endpoint)
 
     def _still_running(self, name: str) -> bool:
         """wait_until_ready's `alive`: the pod is still Running (an API error counts as
@@ -736,17 +746,18 @@ class KubeBackend:
 
     def signal(self, name: str, sig: str) -> bool:
         """TERM: delete with the pod's grace (the supervisor passes SIGTERM on); KILL: at
-        once. Others (INT) need pods/exec, which we do not ask for: the kernelspec
-        interrupts by message."""
+        once. Others (INT: Container.interrupt) go to the pod's supervisor on its signal
+        port (kube_channels.send_signal; no pods/exec), which signals the kernel's process
+        group. Raises LaunchError when the supervisor does not take it; False for a pod
+        this backend did not start."""
         if sig in ("TERM", "KILL"):
             return self._delete(name, 0 if sig == "KILL" else kube_manifests.TERMINATION_GRACE)
-        log.warning(
-            "kernel pod %s: SIGNAL %s not sent (a pod is signalled only through pods/exec, "
-            "which the server's Role does not grant); interrupts go as messages",
-            name,
-            sig,
-        )
-        return False
+        endpoint = self.endpoints.get(name)
+        if endpoint is None:
+            log.warning("kernel pod %s: SIG%s not sent (not a pod started here)", name, sig)
+            return False
+        kube_channels.send_signal(endpoint.connection, sig)
+        return True
 
     def kill_now(self, name: str) -> None:
         with contextlib.suppress(DockerKernelError):
@@ -754,6 +765,7 @@ class KubeBackend:
 
     def remove(self, name: str) -> bool:
         """Delete the pod (its Secret goes with it, by ownerReference); True if it was there."""
+        self.endpoints.pop(name, None)
         return self._delete(name, 0)
 
     def _delete(self, name: str, grace: int) -> bool:

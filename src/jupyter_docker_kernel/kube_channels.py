@@ -59,6 +59,14 @@ with Curve on and not without (issue 15), found by running the pod's container:
    before it), until a signed kernel_info_reply comes back or the timeout passes; only
    then does a client see the connection info, and its wait_for_ready answers at once.
 
+Signals (interrupt_mode "signal"): the server's Role has no pods/exec and nothing may
+connect out of the pod, so the supervisor serves signal requests on one more fixed port,
+SIGNAL_PORT, protected as the channels are: CurveZMQ with the kernel's key pair (no
+handshake without its public key) and, per request, an HMAC of the kernel's key over a
+nonce the supervisor has just issued (no request without the HMAC key, none replayed).
+`send_signal` is the client; _supervise.SignalGate the check; the NetworkPolicy admits
+the server's pods on this port as on the five.
+
 No message is dropped by the handshake itself: libzmq queues on a pipe that exists from
 connect() on and delivers after the handshake; with CURVE, a connection to a port not
 yet bound is retried every 100 ms (ZMQ_RECONNECT_IVL) as without it.
@@ -76,6 +84,7 @@ import zmq
 from zmq.utils import monitor
 
 from jupyter_docker_kernel import hardening
+from jupyter_docker_kernel._supervise import signal_mac
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.settings import CONNECTION_FILE_PLACEHOLDER, KernelSettings
 
@@ -87,6 +96,10 @@ CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 PORTS: Mapping[str, int] = {
     name: hardening.BRIDGE_PORT_BASE + index for index, name in enumerate(CHANNELS, start=1)
 }
+#: The supervisor's signal port (--signal-port), right after the channels' (40006).
+SIGNAL_PORT = hardening.BRIDGE_PORT_BASE + len(CHANNELS) + 1
+#: How long send_signal waits for the handshake and each answer.
+SIGNAL_TIMEOUT = 5.0
 #: The kernel binds every interface of its pod (its own network namespace).
 BIND_IP = "0.0.0.0"  # noqa: S104 - the pod's own namespace; the NetworkPolicy admits the server
 #: The connection file the kernel reads: the supervisor's private copy on the pod's /tmp
@@ -154,8 +167,14 @@ def supervisor_args() -> list[str]:
     """The supervisor's options a kernel pod needs for its channels (kube_manifests'
     pod_command puts them before `--`): copy the Secret's connection file, mounted
     read-only at hardening.CONNECTION_TARGET, to KERNEL_CONNECTION before the kernel
-    starts (ipykernel 7 rewrites a file holding Curve keys; see the module docstring)."""
-    return ["--connection-copy", f"{hardening.CONNECTION_TARGET}={KERNEL_CONNECTION}"]
+    starts (ipykernel 7 rewrites a file holding Curve keys; see the module docstring), and
+    serve signal requests on SIGNAL_PORT with that file's keys (send_signal)."""
+    return [
+        "--connection-copy",
+        f"{hardening.CONNECTION_TARGET}={KERNEL_CONNECTION}",
+        "--signal-port",
+        f"{SIGNAL_PORT}={hardening.CONNECTION_TARGET}",
+    ]
 
 
 def kernel_command(settings: KernelSettings) -> list[str]:
@@ -318,5 +337,59 @@ def wait_until_ready(
     finally:
         sock.disable_monitor()
         progress.events.close(linger=0)
+        sock.close(linger=0)
+        context.term()
+
+
+def send_signal(
+    info: Mapping[str, Any], name: str, *, timeout: float = SIGNAL_TIMEOUT, port: int | None = None
+) -> None:
+    """Ask the supervisor of the kernel at info's IP to send signal `name` ("INT") to the
+    kernel's process group, over SIGNAL_PORT (or `port`): Curve with the kernel's public
+    key, then a challenge and the request signed with the kernel's HMAC key (see the
+    module docstring). KubeBackend.signal calls it for Container.interrupt. Raises
+    LaunchError when the supervisor cannot be reached or refuses."""
+    url = f"tcp://{info['ip']}:{port or SIGNAL_PORT}"
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.immediate = 1  # POLLOUT only once a Curve handshake has completed
+    public, secret = zmq.curve_keypair()
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+    sock.curve_serverkey = str(info["curve_publickey"]).encode()
+    deadline = time.monotonic() + timeout
+
+    def exchange(frames: list[bytes]) -> list[bytes]:
+        for event in (zmq.POLLOUT, zmq.POLLIN):
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1, event):
+                raise LaunchError(
+                    f"The supervisor of the kernel at {info['ip']} did not answer a signal "
+                    f"request on {url} within {timeout:g} s",
+                    f"SIG{name} was not sent",
+                    "Check that the NetworkPolicy admits this server on the kernel pod's "
+                    f"port {port or SIGNAL_PORT}, or interrupt by message (setup "
+                    "--interrupt-mode message)",
+                )
+            if event == zmq.POLLOUT:
+                sock.send_multipart(frames)
+        return list(sock.recv_multipart())
+
+    try:
+        sock.connect(url)
+        challenge = exchange([b"challenge"])
+        if len(challenge) != 2 or challenge[0] != b"nonce":
+            raise LaunchError(f"The supervisor at {url} sent no nonce", f"SIG{name} was not sent")
+        nonce = challenge[1]
+        mac = signal_mac(str(info["key"]).encode(), name.encode(), nonce)
+        answer = exchange([b"signal", name.encode(), nonce, mac])
+        if answer != [b"ok"]:
+            raise LaunchError(
+                f"The supervisor at {url} refused the request for SIG{name}",
+                "No signal was sent",
+                "The kernel's HMAC key in this server's connection info is not the pod's?",
+            )
+    finally:
         sock.close(linger=0)
         context.term()

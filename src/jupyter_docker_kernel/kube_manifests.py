@@ -21,10 +21,11 @@ One kernel is three things in the namespace:
           pod (set right after the pod exists, kube_backend.KubeBackend.start_cold), so it
           goes when the pod goes.
   Pod     one container, the kernel under our supervisor, listening with CurveZMQ on the
-          fixed ports POD_PORTS; ownerReference to the Jupyter server's pod when that runs
+          fixed ports POD_PORTS, its supervisor's signal port beside them (POD_LISTENS);
+          ownerReference to the Jupyter server's pod when that runs
           in the same namespace.
   (once)  NetworkPolicy `jupyter-docker-kernel-kernels`: no egress for kernel pods at all,
-          ingress only from the server's pods, only on POD_PORTS.
+          ingress only from the server's pods, only on POD_LISTENS.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ KERNEL_SELECTOR = {LABEL_NAME: APP, LABEL_COMPONENT: COMPONENT}
 #: (the one definition; the same numbers as the local tcp transport's loopback ports).
 POD_PORT_BASE = hardening.BRIDGE_PORT_BASE
 POD_PORTS: dict[str, int] = dict(kube_channels.PORTS)
+#: Every port a kernel pod listens on: the five channels and the supervisor's signal
+#: port (kube_channels.SIGNAL_PORT: Curve with the kernel's keys, HMAC-signed requests),
+#: so a server whose Role has no pods/exec can still interrupt by signal.
+POD_LISTENS: dict[str, int] = {**POD_PORTS, "signal": kube_channels.SIGNAL_PORT}
 #: The one container's name in a kernel pod.
 CONTAINER = "kernel"
 #: The Secret's keys, and where each appears in the container (one read-only volume at
@@ -499,7 +504,7 @@ def render_pod(settings: KernelSettings, launch: PodLaunch) -> dict[str, Any]:
         "env": pod_env(settings, secret_name(launch.name)),
         "ports": [
             {"name": channel, "containerPort": port, "protocol": "TCP"}
-            for channel, port in POD_PORTS.items()
+            for channel, port in POD_LISTENS.items()
         ],
         # requests = limits: the Guaranteed QoS class, the last a node evicts.
         "resources": {"requests": dict(resources), "limits": dict(resources)},
@@ -565,7 +570,7 @@ def render_network_policy(
     Egress denies every connection a kernel opens (DNS too: it needs none); ingress only
     from pods matching `clients` (the Jupyter servers: Zero to JupyterHub's user pods carry
     component=singleuser-server), in `clients_namespace` when they run elsewhere, and only
-    on the kernel's ports."""
+    on the kernel's ports and its supervisor's signal port (POD_LISTENS)."""
     peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(clients)}}
     if clients_namespace is not None and clients_namespace != namespace:
         peer["namespaceSelector"] = {
@@ -585,7 +590,7 @@ def render_network_policy(
             "ingress": [
                 {
                     "from": [peer],
-                    "ports": [{"protocol": "TCP", "port": port} for port in POD_PORTS.values()],
+                    "ports": [{"protocol": "TCP", "port": port} for port in POD_LISTENS.values()],
                 }
             ],
             "egress": [],

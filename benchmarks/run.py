@@ -36,12 +36,24 @@ from benchmarks.worker import Baseline, OpError, Tree, prepare_baseline, serve
 RESULTS = Path(__file__).parent / "results"
 NATIVE = "python3"
 #: The order of the table's kernels; the pooled ones only have start rows (and nbgrader).
-LABELS = ("native", "container", "pooled", "provisioner", "provisioner-pooled", "gvisor")
+LABELS = (
+    "native",
+    "container",
+    "container-py",
+    "pooled",
+    "provisioner",
+    "provisioner-pooled",
+    "gvisor",
+)
 POOLED = ("pooled", "provisioner-pooled")
 #: The pool size of every pooled kernelspec of a run.
 POOL_SIZE = 2
-#: Kernels of the plumbing-memory rows ("native": the kernel process itself, for scale).
-MEMORY_KINDS = ("native", "container", "pooled", "provisioner")
+#: Kernels of the plumbing-memory rows ("native": the kernel process itself, for scale;
+#: "container": the argv launcher through the compiled thin client where `setup` finds a C
+#: compiler; "container-py": the same through the Python thin client, thin.py).
+MEMORY_KINDS = ("native", "container", "container-py", "pooled", "provisioner")
+#: Kinds whose kernelspec is written as if no C compiler were here: the Python thin client.
+PYTHON_CLIENT_KINDS = ("container-py",)
 #: Kernels of the back-to-back pooled-start row (native: what the ratios divide by).
 BACK_TO_BACK_KINDS = ("native", "pooled", "provisioner-pooled")
 
@@ -252,11 +264,23 @@ def rss_mib(pid: int) -> float:
 # Arguments and results are JSON values: they cross the pipe to the baseline's worker.
 
 
-def op_install(name: str, extra: list[str]) -> list[str]:
-    """Write kernelspec `name` with this tree's `setup`; returns its argv, for the record."""
+def op_install(name: str, extra: list[str], python_client: bool = False) -> list[str]:
+    """Write kernelspec `name` with this tree's `setup`; returns its argv, for the record.
+    python_client: as where no C compiler is found (thin_client.CC_ENV names none), so
+    that argv starts the Python thin client, not the compiled one."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    install(name, *extra)
+    cc = os.environ.get("CC")
+    if python_client:
+        os.environ["CC"] = "/nonexistent/cc"
+    try:
+        install(name, *extra)
+    finally:
+        if python_client:
+            if cc is None:
+                os.environ.pop("CC", None)
+            else:
+                os.environ["CC"] = cc
     return list(KernelSpecManager().get_kernel_spec(name).argv)
 
 
@@ -450,6 +474,7 @@ def kernelspecs(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     if args.concurrency:
         limit = ["--memory", args.memory_limit]
         specs.append(("mem:container", "bench-mem-docker", limit))
+        specs.append(("mem:container-py", "bench-mem-docker-py", limit))
         if args.pool:
             specs.append(("mem:pooled", "bench-mem-pool", [*limit, *pool]))
         specs.append(("mem:provisioner", "bench-mem-prov", [*limit, "--provisioner"]))
@@ -497,12 +522,15 @@ def install_all(args: argparse.Namespace, trees: list[Tree]) -> Plan:
     native = {"native": (trees[0], NATIVE)}
     plan = Plan(main=dict(native), memory=dict(native), grading=dict(native))
     for label, name, extra in kernelspecs(args):
+        group, _, kind_ = label.rpartition(":")
         for tree in trees:
             spec = f"{name}-{tree.name}" if tree.suffix else name
             plan.argv[spec] = tree.call(
-                "install", name=spec, extra=[*extra, "--env", f"BENCH_TREE={tree.name}"]
+                "install",
+                name=spec,
+                extra=[*extra, "--env", f"BENCH_TREE={tree.name}"],
+                python_client=kind_ in PYTHON_CLIENT_KINDS,
             )
-            group, _, kind_ = label.rpartition(":")
             groups = {"": plan.main, "mem": plan.memory, "grade": plan.grading}
             groups[group][kind_ + tree.suffix] = (tree, spec)
     return plan

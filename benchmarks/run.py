@@ -266,22 +266,21 @@ def rss_mib(pid: int) -> float:
 
 def op_install(name: str, extra: list[str], python_client: bool = False) -> list[str]:
     """Write kernelspec `name` with this tree's `setup`; returns its argv, for the record.
-    python_client: as where no C compiler is found (thin_client.CC_ENV names none), so
-    that argv starts the Python thin client, not the compiled one."""
+    python_client: then strip the compiled thin client from its argv (thin_client.split),
+    as `setup` writes it where no C compiler is found: the Python thin client runs."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    cc = os.environ.get("CC")
+    install(name, *extra)
+    spec = KernelSpecManager().get_kernel_spec(name)
     if python_client:
-        os.environ["CC"] = "/nonexistent/cc"
-    try:
-        install(name, *extra)
-    finally:
-        if python_client:
-            if cc is None:
-                os.environ.pop("CC", None)
-            else:
-                os.environ["CC"] = cc
-    return list(KernelSpecManager().get_kernel_spec(name).argv)
+        from jupyter_docker_kernel import thin_client
+
+        path = Path(spec.resource_dir) / "kernel.json"
+        data = json.loads(path.read_text())
+        data["argv"] = thin_client.split([str(a) for a in data["argv"]])[1]
+        path.write_text(json.dumps(data, indent=1))
+        spec = KernelSpecManager().get_kernel_spec(name)
+    return list(spec.argv)
 
 
 def kernel_round(

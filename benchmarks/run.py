@@ -699,7 +699,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.baseline:
             baseline = prepare_baseline(args.baseline, args.baseline_python)
             print(f"baseline: {baseline.source} at {baseline.commit[:12]}", file=sys.stderr)
-            trees.append(Tree.spawn("base", baseline.python, {memory.TAG_VAR: f"{tag}-base"}))
+            # Its own kernelspec dir: each tree's `setup` rewrites the specs it finds whose
+            # compiled thin client is not its own (kernelspec.upgrade_all), which made the
+            # other tree's kernels run through its client and its helper.
+            env = {memory.TAG_VAR: f"{tag}-base", "JUPYTER_DATA_DIR": str(root / "data-base")}
+            trees.append(Tree.spawn("base", baseline.python, env))
         measured = measure(args, trees, root)
     finally:
         for tree in trees:

@@ -10,8 +10,8 @@ The lifecycle (claim or start, forwarding, lifetime, exit reasons, refill, remov
 Container's, as for the argv launcher; this adapter adds jupyter_client's Popen-like
 methods and the in-process relay (pins.py): the client connects to unix sockets in a
 host-only dir of the kernel's, metered against --max-message and --output-budget as the
-launcher's relay does. Clients that
-ignore provisioners (VS Code) run the argv launcher from the same kernel.json.
+launcher's relay does. Clients that ignore provisioners (VS Code) run the argv launcher
+from the same kernel.json.
 
 A Kubernetes kernel (setup --kubernetes, kube_backend.KubeBackend) is the exception: no
 relay, no pins. launch_kernel returns the pod's own connection info (its IP, the fixed

@@ -148,14 +148,36 @@ def our_helpers() -> set[int]:
     }
 
 
-def ours(tag: str, exclude: set[int], helpers: bool = True) -> list[tuple[int, bytes]]:
+def boot_ticks() -> int:
+    """Now, in clock ticks since boot (the unit of a process's start time in /proc)."""
+    uptime = float(_read("/proc/uptime").split()[0])
+    return int(uptime * os.sysconf("SC_CLK_TCK"))
+
+
+def start_ticks(pid: int) -> int:
+    """When process pid started, in clock ticks since boot (/proc/PID/stat's 22nd field);
+    -1 when it is gone."""
+    try:
+        stat = _read(f"/proc/{pid}/stat")
+    except OSError:
+        return -1
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+
+
+def ours(
+    tag: str, exclude: set[int], helpers: bool = True, helpers_since: int | None = None
+) -> list[tuple[int, bytes]]:
     """(pid, cmdline) of every host process of ours: tagged ones, our helpers, and all
     their descendants, but not `exclude` (the client) and nothing in a container.
-    helpers=False: no resident helper, tagged or not (a native kernel's row: the helper
-    an earlier row's client spawned inherited its tag)."""
+    helpers=False: no resident helper, tagged or not (a native kernel's row, or the
+    provisioner's, which starts none: the helper an earlier row's client spawned inherited
+    its tag and may still idle), except those started at or after `helpers_since`
+    (boot_ticks) when given: one that came up during this row is this row's."""
     roots = {pid for pid, cmd in tagged(tag, exclude) if helpers or _HELPER not in cmd}
     if helpers:
         roots |= our_helpers() - exclude
+    elif helpers_since is not None:
+        roots |= {pid for pid in our_helpers() - exclude if start_ticks(pid) >= helpers_since}
     ppid = parents()
     found = []
     for pid in ppid:
@@ -189,9 +211,11 @@ def measured(procs: list[tuple[int, bytes]]) -> list[HostProcess]:
     return out
 
 
-def host_processes(tag: str, exclude: set[int], helpers: bool = True) -> list[HostProcess]:
+def host_processes(
+    tag: str, exclude: set[int], helpers: bool = True, helpers_since: int | None = None
+) -> list[HostProcess]:
     """Our host processes (ours()) with their RSS and PSS (KiB)."""
-    return measured(ours(tag, exclude, helpers))
+    return measured(ours(tag, exclude, helpers, helpers_since))
 
 
 #: The label every kernel container carries, its value the kernel's id (engine.py's).
@@ -290,17 +314,19 @@ async def _stop_all(kernels: list[tuple[Any, Any]], batch: int) -> None:
 
 
 def uses_helper(kernel: str) -> bool:
-    """Whether kernelspec `kernel` is ours (argv launcher or provisioner), so that its
-    kernels use the resident helper, which is counted even when an earlier measurement
-    started it (it stays for its idle time); a native kernel's row must not count it."""
+    """Whether kernelspec `kernel` is our argv launcher, whose kernels the resident helper
+    hosts: it is counted even when an earlier measurement started it (it stays for its
+    idle time). A native kernel's row must not count it, nor a provisioner's (issue 17:
+    the provisioner starts no helper; one that starts during its row is counted anyway,
+    see ours())."""
     import json
 
     from jupyter_client.kernelspec import KernelSpecManager
 
     spec = KernelSpecManager().get_kernel_spec(kernel).to_dict()
-    return "jupyter_docker_kernel" in json.dumps(spec) or "docker" in json.dumps(
-        spec.get("metadata", {}).get("kernel_provisioner", {})
-    )
+    if spec.get("metadata", {}).get("kernel_provisioner"):
+        return False
+    return "jupyter_docker_kernel" in json.dumps(spec.get("argv", []))
 
 
 def plumbing(kernel: str, count: int, batch: int, cwd: str, settle: float) -> dict[str, Any]:
@@ -316,13 +342,13 @@ def plumbing(kernel: str, count: int, batch: int, cwd: str, settle: float) -> di
     me = {os.getpid()}
     helpers = uses_helper(kernel)
     wait_quiet(tag, me)
-    before = own_rss_kib()
+    before, since = own_rss_kib(), boot_ticks()
 
     async def measure() -> tuple[list[HostProcess], int, list[HostProcess]]:
         kernels = await _start_many(kernel, count, batch, cwd)
         try:
             await asyncio.sleep(settle)  # let a refill or a lifeline child come up
-            procs, rss = host_processes(tag, me, helpers), own_rss_kib()
+            procs, rss = host_processes(tag, me, helpers, since), own_rss_kib()
             ids = kernel_containers({x for km, _ in kernels for x in labels_of(km)})
             return procs, rss, engine_shims(ids)
         finally:

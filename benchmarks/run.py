@@ -36,12 +36,24 @@ from benchmarks.worker import Baseline, OpError, Tree, prepare_baseline, serve
 RESULTS = Path(__file__).parent / "results"
 NATIVE = "python3"
 #: The order of the table's kernels; the pooled ones only have start rows (and nbgrader).
-LABELS = ("native", "container", "pooled", "provisioner", "provisioner-pooled", "gvisor")
+LABELS = (
+    "native",
+    "container",
+    "container-py",
+    "pooled",
+    "provisioner",
+    "provisioner-pooled",
+    "gvisor",
+)
 POOLED = ("pooled", "provisioner-pooled")
 #: The pool size of every pooled kernelspec of a run.
 POOL_SIZE = 2
-#: Kernels of the plumbing-memory rows ("native": the kernel process itself, for scale).
-MEMORY_KINDS = ("native", "container", "pooled", "provisioner")
+#: Kernels of the plumbing-memory rows ("native": the kernel process itself, for scale;
+#: "container": the argv launcher through the compiled thin client where `setup` finds a C
+#: compiler; "container-py": the same through the Python thin client, thin.py).
+MEMORY_KINDS = ("native", "container", "container-py", "pooled", "provisioner")
+#: Kinds whose kernelspec is written as if no C compiler were here: the Python thin client.
+PYTHON_CLIENT_KINDS = ("container-py",)
 #: Kernels of the back-to-back pooled-start row (native: what the ratios divide by).
 BACK_TO_BACK_KINDS = ("native", "pooled", "provisioner-pooled")
 
@@ -252,12 +264,23 @@ def rss_mib(pid: int) -> float:
 # Arguments and results are JSON values: they cross the pipe to the baseline's worker.
 
 
-def op_install(name: str, extra: list[str]) -> list[str]:
-    """Write kernelspec `name` with this tree's `setup`; returns its argv, for the record."""
+def op_install(name: str, extra: list[str], python_client: bool = False) -> list[str]:
+    """Write kernelspec `name` with this tree's `setup`; returns its argv, for the record.
+    python_client: then strip the compiled thin client from its argv (thin_client.split),
+    as `setup` writes it where no C compiler is found: the Python thin client runs."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     install(name, *extra)
-    return list(KernelSpecManager().get_kernel_spec(name).argv)
+    spec = KernelSpecManager().get_kernel_spec(name)
+    if python_client:
+        from jupyter_docker_kernel import thin_client
+
+        path = Path(spec.resource_dir) / "kernel.json"
+        data = json.loads(path.read_text())
+        data["argv"] = thin_client.split([str(a) for a in data["argv"]])[1]
+        path.write_text(json.dumps(data, indent=1))
+        spec = KernelSpecManager().get_kernel_spec(name)
+    return list(spec.argv)
 
 
 def kernel_round(
@@ -450,6 +473,7 @@ def kernelspecs(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     if args.concurrency:
         limit = ["--memory", args.memory_limit]
         specs.append(("mem:container", "bench-mem-docker", limit))
+        specs.append(("mem:container-py", "bench-mem-docker-py", limit))
         if args.pool:
             specs.append(("mem:pooled", "bench-mem-pool", [*limit, *pool]))
         specs.append(("mem:provisioner", "bench-mem-prov", [*limit, "--provisioner"]))
@@ -497,12 +521,15 @@ def install_all(args: argparse.Namespace, trees: list[Tree]) -> Plan:
     native = {"native": (trees[0], NATIVE)}
     plan = Plan(main=dict(native), memory=dict(native), grading=dict(native))
     for label, name, extra in kernelspecs(args):
+        group, _, kind_ = label.rpartition(":")
         for tree in trees:
             spec = f"{name}-{tree.name}" if tree.suffix else name
             plan.argv[spec] = tree.call(
-                "install", name=spec, extra=[*extra, "--env", f"BENCH_TREE={tree.name}"]
+                "install",
+                name=spec,
+                extra=[*extra, "--env", f"BENCH_TREE={tree.name}"],
+                python_client=kind_ in PYTHON_CLIENT_KINDS,
             )
-            group, _, kind_ = label.rpartition(":")
             groups = {"": plan.main, "mem": plan.memory, "grade": plan.grading}
             groups[group][kind_ + tree.suffix] = (tree, spec)
     return plan
@@ -672,7 +699,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.baseline:
             baseline = prepare_baseline(args.baseline, args.baseline_python)
             print(f"baseline: {baseline.source} at {baseline.commit[:12]}", file=sys.stderr)
-            trees.append(Tree.spawn("base", baseline.python, {memory.TAG_VAR: f"{tag}-base"}))
+            # Its own kernelspec dir: each tree's `setup` rewrites the specs it finds whose
+            # compiled thin client is not its own (kernelspec.upgrade_all), which made the
+            # other tree's kernels run through its client and its helper.
+            env = {memory.TAG_VAR: f"{tag}-base", "JUPYTER_DATA_DIR": str(root / "data-base")}
+            trees.append(Tree.spawn("base", baseline.python, env))
         measured = measure(args, trees, root)
     finally:
         for tree in trees:

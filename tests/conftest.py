@@ -120,7 +120,8 @@ def helpers_of(base: str) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv[0] != sys.executable.encode() or b"jupyter_docker_kernel.helper" not in argv:
+        joined = b" ".join(argv)  # either form of thin.spawn_argv: `-m MODULE` or `-c CODE`
+        if argv[0] != sys.executable.encode() or b"jupyter_docker_kernel.helper" not in joined:
             continue
         if base.encode() in argv:
             found.append(int(entry.name))

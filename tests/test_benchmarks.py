@@ -165,6 +165,32 @@ def test_a_native_row_counts_no_helper_even_a_tagged_one() -> None:
         proc.wait()
 
 
+def test_a_provisioner_row_counts_only_a_helper_that_started_during_it() -> None:
+    """The provisioner starts no helper (issue 17); an argv row's may still idle, tagged,
+    and is not its cost. One that comes up during the row is counted all the same."""
+    from jupyter_docker_kernel.rundir import runtime_base
+
+    tag = f"test-since-{os.getpid()}"
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "jupyter_docker_kernel.helper"]
+    argv += ["--base", str(runtime_base())]
+    earlier = subprocess.Popen(argv, env=os.environ | {memory.TAG_VAR: tag})
+    try:
+        time.sleep(0.3)
+        since = memory.boot_ticks() + 1
+        time.sleep(0.05)
+        later = subprocess.Popen(argv, env=os.environ | {memory.TAG_VAR: tag})
+        try:
+            time.sleep(0.3)
+            found = memory.host_processes(tag, {os.getpid()}, helpers=False, helpers_since=since)
+            assert [p.pid for p in found if p.argv0 == "helper"] == [later.pid]
+        finally:
+            later.kill()
+            later.wait()
+    finally:
+        earlier.kill()
+        earlier.wait()
+
+
 def test_the_node_rows_skip_cleanly_where_no_node_can_be_made(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

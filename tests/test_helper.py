@@ -82,6 +82,14 @@ def listening(request: helper.Request, control: helper.Control) -> int:
     return 0
 
 
+def uses_ssl(request: helper.Request, control: helper.Control) -> int:
+    """Imports ssl (as a Kubernetes kernel's client does) and says whether it works."""
+    import ssl
+
+    control.write(f"ssl {ssl.OPENSSL_VERSION}")
+    return 0
+
+
 def sweep(pid: int, start: str, env: dict[str, str] | None = None) -> None:
     """A janitor that leaves a file saying whom it swept after (not the start's sweep)."""
     if pid:
@@ -634,3 +642,57 @@ def test_a_client_of_another_uid_is_refused(base: Path) -> None:
     )
     shutil.rmtree(opened)
     assert other.stdout.strip() == "R not your helper", other.stderr
+
+
+#: Shared objects a helper must not map: ssl's and OpenSSL's hashlib's (libssl,
+#: libcrypto), the compression modules shutil imports (see jupyter_docker_kernel._lean).
+NOT_IN_THE_HELPER = ("/_ssl.", "/_hashlib.", "libssl", "libcrypto", "/_bz2.", "/_lzma.")
+
+
+def test_the_helper_as_clients_spawn_it_maps_no_openssl_or_compression_library(
+    base: Path,
+) -> None:
+    """Issue 17: the helper is one kernel's whole plumbing when one runs, so it leaves out
+    what it never uses: started as a thin client starts it (thin.spawn_argv, its default
+    runner and janitor imported, its start sweep run), it maps none of those libraries
+    (about 5 MiB of RSS: 26.4 -> 21.5 MiB with one kernel, measured)."""
+    engine = "docker unix:///nonexistent/jdk-test.sock"  # the start sweep fails: no engine
+    proc = subprocess.Popen(
+        thin.spawn_argv(str(base), engine),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, helper.IDLE_ENV: "30"},
+    )
+    try:
+        sock = base / thin.socket_name(engine)
+        wait_for(sock.is_socket, 30)
+        log = sock.with_suffix(".log")
+        wait_for(lambda: "janitor: could not sweep" in log.read_text(), 30)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert [lib for lib in NOT_IN_THE_HELPER if lib in maps] == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_runner_in_the_helper_can_still_import_ssl(base: Path) -> None:
+    """What the helper left out at its start loads when a runner asks for it (a
+    Kubernetes kernel's client needs ssl)."""
+    code = (
+        f"import sys; sys.path[:0] = [{ROOT!r}]; import runpy; "
+        "runpy.run_module('jupyter_docker_kernel.helper', run_name='__main__', alter_sys=True)"
+    )
+    argv = [sys.executable, "-c", code, "--base", str(base), "--engine", thin.engine_key()]
+    argv += ["--runner", "tests.test_helper:uses_ssl"]
+    argv += ["--janitor", "jupyter_docker_kernel.helper:log_janitor"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, str(base), json.dumps(argv), "{}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *sys.path])},
+    )
+    assert read_until(proc, "ssl ").startswith("ssl OpenSSL")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err

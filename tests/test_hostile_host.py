@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,11 +27,9 @@ from pathlib import Path
 import pytest
 
 import jupyter_docker_kernel
-from jupyter_docker_kernel import cli, engine, kernelspec, pool, provisioner, reaper
+from jupyter_docker_kernel import cli, engine, kernelspec, pool, reaper
 from jupyter_docker_kernel.launcher import ENV_FILE, runtime_base_choice
 from jupyter_docker_kernel.provisioner import DockerProvisioner
-from jupyter_docker_kernel.thin import NO_HELPER_ENV
-from jupyter_docker_kernel.watchdog import stop_watchdog
 from tests.conftest import install_kernel
 from tests.courses import (
     COURSE_ID,
@@ -186,29 +183,21 @@ def test_h01_the_launcher_and_its_pool_refill_never_import_from_the_notebooks_di
     assert planted.imported() == {}
 
 
-def test_h02_the_provisioner_its_watchdog_and_refill_never_import_from_the_cwd(
+def test_h02_the_provisioner_and_its_refill_never_import_from_the_cwd(
     kernel_image: str, planted: Planted, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The provisioner runs in the client (a Jupyter server started in the notebooks'
-    directory): its one watchdog per server (no resident helper here) and the pool refill
-    it starts never import from that cwd."""
+    directory): it and the pool refill it starts never import from that cwd (it starts
+    no other process: no helper, no watchdog)."""
     name = "jdk-test-h02"
     _, key = pooled_kernel(name, kernel_image, "--provisioner")
     monkeypatch.chdir(planted.workdir)
-    monkeypatch.setenv(NO_HELPER_ENV, "1")
-    monkeypatch.setattr(provisioner, "_janitors", {})
     try:
         with running_kernel(name, str(planted.workdir)) as (km, kc):
             assert isinstance(km.provisioner, DockerProvisioner)
-            (watchdog,) = provisioner._janitors.values()
-            assert isinstance(watchdog, subprocess.Popen)
-            assert watchdog.poll() is None  # alive: it imported what it needs already
             reply, _ = execute(kc, "x = 1")
             assert reply["status"] == "ok"
             wait_until(lambda: bool(warm_containers(key)), 90)  # the refill has run
-        assert watchdog.poll() is None  # one per server, not per kernel: still there
-        stop_watchdog(watchdog)
-        assert watchdog.returncode == 0
     finally:
         remove_pool(key)
 

@@ -203,7 +203,7 @@ def test_a_dead_jupyter_client_takes_its_kernels_container_with_it(
 
 def test_gc_leaves_the_resident_helpers_files_alone(engine: engine_mod.Engine) -> None:
     """The runtime base also holds the resident helper's socket, lock and log (thin.paths):
-    gc (and the janitor's sweep, which runs the same rules after every server's end) must
+    gc (and the janitor's sweep, which runs the same rules at a provisioner's start) must
     not take them for a dead kernel's leftovers, or new clients could not find the helper."""
     from jupyter_docker_kernel import reaper
 

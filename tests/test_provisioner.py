@@ -13,12 +13,16 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +31,13 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
-from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool, reaper
+from jupyter_docker_kernel import cli, engine, hardening, kernelspec, pool, reaper, thin
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.launcher import kernel_id_from, runtime_base
-from jupyter_docker_kernel.provisioner import (
-    DockerProvisioner,
-    client_connection,
-    ensure_janitor,
-)
+from jupyter_docker_kernel.provisioner import DockerProvisioner, client_connection
 from jupyter_docker_kernel.settings import KernelSettings
 from jupyter_docker_kernel.thin import NO_HELPER_ENV
-from tests.conftest import inspect, install_kernel
+from tests.conftest import helpers_of, inspect, install_kernel
 from tests.kernels import (
     containers_of,
     execute,
@@ -327,9 +327,7 @@ def test_shutdown_leaves_no_container_or_runtime_dir(provisioned: str, workdir: 
 def test_provisioned_kernels_add_no_host_process(provisioned: str, workdir: Path) -> None:
     """Issue 17: the server holds each kernel's lifeline socket itself and talks to the
     engine's API: two running kernels add no process below it (no `docker run -i`, no
-    watchdog per kernel). The one janitor per server (the resident helper, detached, or
-    its fallback watchdog) is registered before counting."""
-    ensure_janitor(engine.Engine())
+    watchdog per kernel)."""
     before = descendants(os.getpid())
     started = [start(provisioned, str(workdir)) for _ in range(2)]
     try:
@@ -359,36 +357,87 @@ SIGKILL_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.docker
-@pytest.mark.parametrize("helper", [True, False], ids=["janitor", "no helper"])
-def test_sigkill_of_the_managing_process_removes_the_container(
-    provisioned: str, workdir: Path, tmp_path: Path, helper: bool
-) -> None:
-    """A process that owns the KernelManager dies by SIGKILL: its container and runtime
-    dir are gone within seconds. The lifeline socket it held ends the kernel (the
-    supervisor); the resident helper's janitor, or without a helper the one watchdog
-    process per server, removes the runtime dir (and a kept container)."""
-    script = tmp_path / "owner.py"
+@pytest.fixture
+def own_base() -> Iterator[tuple[dict[str, str], Path]]:
+    """An environment whose runtime base is this test's alone (a short TMPDIR: kernel
+    socket paths must stay under 107 bytes), and that base: no helper of another test
+    serves it, and no other process's dirs are in it."""
+    tmp = Path(tempfile.mkdtemp(prefix="jdk-"))
+    env = {k: v for k, v in os.environ.items() if k not in (NO_HELPER_ENV, "XDG_RUNTIME_DIR")}
+    env["TMPDIR"] = str(tmp)
+    try:
+        yield env, tmp / f"jupyter-docker-kernel-{os.getuid()}"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def start_owner(
+    script: Path, provisioned: str, workdir: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """A process that owns a KernelManager (as a Jupyter server would) and has started one
+    provisioner kernel; returns it and its kernel's key and runtime dir."""
     script.write_text(SIGKILL_SCRIPT)
-    env = dict(os.environ)
-    env.pop(NO_HELPER_ENV, None)
-    if not helper:
-        env[NO_HELPER_ENV] = "1"
-    with subprocess.Popen(
+    owner = subprocess.Popen(
         [sys.executable, str(script), provisioned, str(workdir)],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
-    ) as owner:
-        try:
-            assert owner.stdout is not None
-            started = json.loads(owner.stdout.readline())
-            assert containers_of(started["key"], running_only=True)
-        finally:
-            owner.send_signal(signal.SIGKILL)
-    took = wait_until(lambda: not containers_of(started["key"]), 15)
-    wait_until(lambda: not Path(started["base"]).exists(), 5)
-    print(f"container gone {took:.1f} s after SIGKILL")
+    )
+    assert owner.stdout is not None
+    line = owner.stdout.readline()
+    if not line:
+        owner.kill()
+        owner.wait()
+        raise AssertionError("the owner process did not start its kernel")
+    return owner, json.loads(line)
+
+
+@pytest.mark.docker
+def test_a_provisioner_kernel_starts_no_resident_helper_or_watchdog(
+    provisioned: str, workdir: Path, tmp_path: Path, own_base: tuple[dict[str, str], Path]
+) -> None:
+    """Issue 17, decision (b): the server holds the lifelines, so nothing else runs for
+    it: no resident helper (it would cost one kernel more than its plumbing budget) and
+    no watchdog process below it, while its kernel runs."""
+    env, base = own_base
+    owner, started = start_owner(tmp_path / "owner.py", provisioned, workdir, env)
+    try:
+        assert Path(started["base"]).parent == base
+        time.sleep(1.0)  # a helper or watchdog would be up by now (it was before the start)
+        assert helpers_of(str(base)) == []
+        assert not [p for p in base.iterdir() if p.name.startswith(thin.HELPER_PREFIX)]
+        assert descendants(owner.pid) == {}
+    finally:
+        owner.kill()
+        owner.communicate()
+    wait_until(lambda: not containers_of(started["key"]), 15)
+
+
+@pytest.mark.docker
+def test_sigkill_of_the_managing_process_ends_its_container_and_the_next_start_sweeps_its_dir(
+    provisioned: str, workdir: Path, tmp_path: Path, own_base: tuple[dict[str, str], Path]
+) -> None:
+    """A process that owns the KernelManager dies by SIGKILL: its container ends within 5 s
+    (the lifeline socket it held closes; the supervisor ends the kernel) and is gone soon
+    after. Its runtime dir stays until the next provisioner start, in any process, which
+    sweeps it (provisioner.ensure_janitor: no resident process does the janitor's job)."""
+    env, _ = own_base
+    owner, first = start_owner(tmp_path / "owner.py", provisioned, workdir, env)
+    with owner:
+        assert containers_of(first["key"], running_only=True)
+        owner.send_signal(signal.SIGKILL)
+    took = wait_until(lambda: not containers_of(first["key"], running_only=True), 5)
+    print(f"container ended {took:.1f} s after SIGKILL")
+    wait_until(lambda: not containers_of(first["key"]), 15)
+    assert Path(first["base"]).exists()  # nothing runs that could have swept it yet
+    second, again = start_owner(tmp_path / "owner2.py", provisioned, workdir, env)
+    try:
+        took = wait_until(lambda: not Path(first["base"]).exists(), 10)
+        print(f"the next start swept the dead owner's runtime dir in {took:.1f} s")
+    finally:
+        second.kill()
+        second.communicate()
+        wait_until(lambda: not containers_of(again["key"]), 15)
 
 
 @pytest.mark.docker

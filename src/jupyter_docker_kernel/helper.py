@@ -71,6 +71,11 @@ log records reach the client.
 
 from __future__ import annotations
 
+# isort: off
+# First, before asyncio: in the helper process, keeps ssl and friends out (see _lean).
+from jupyter_docker_kernel import _lean
+
+# isort: on
 import asyncio
 import contextlib
 import contextvars
@@ -912,6 +917,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ImportError, AttributeError, OSError) as exc:
         log.error("the helper could not start: %s", exc)
         return 1
+    finally:
+        # What the runner needs is imported (without ssl, OpenSSL's hashlib, bz2, lzma);
+        # from here on an import of those loads them (a Kubernetes client's ssl).
+        _lean.release(_lean.MARKED)
     helper = Helper(listener, path, engine, runner, janitor, float(opts["--idle"]))
     asyncio.run(helper.serve())
     # Runner threads still stopping their kernels after STOP_WAIT: their lifelines close

@@ -2,15 +2,16 @@
 
 `setup --provisioner` writes `metadata.kernel_provisioner` into kernel.json; clients that
 honour it (Jupyter Server, nbclient, jupyter_client's KernelManager) then call this class
-instead of running the argv, and no launcher process runs. No process per kernel either:
-the server holds each kernel's lifeline socket itself (local_backend.LocalBackend), and once
-per process it registers with the user's resident helper as a janitor (ensure_janitor),
-which removes what a SIGKILLed server leaves behind. The lifecycle (claim or start,
-forwarding, lifetime, exit reasons, refill, removal) is Container's, as for the argv
-launcher; this adapter adds jupyter_client's Popen-like methods and the in-process relay
-(pins.py): the client connects to unix sockets in a host-only dir of the kernel's, metered
-against --max-message and --output-budget as the launcher's relay does. Clients that
-ignore provisioners (VS Code) run the argv launcher from the same kernel.json.
+instead of running the argv, and no launcher process runs. No process per kernel either,
+and none per server: the server holds each kernel's lifeline socket itself
+(local_backend.LocalBackend), and once per process and engine it sweeps what earlier,
+SIGKILLed servers left behind (ensure_janitor: their runtime dirs, kept containers).
+The lifecycle (claim or start, forwarding, lifetime, exit reasons, refill, removal) is
+Container's, as for the argv launcher; this adapter adds jupyter_client's Popen-like
+methods and the in-process relay (pins.py): the client connects to unix sockets in a
+host-only dir of the kernel's, metered against --max-message and --output-budget as the
+launcher's relay does. Clients that ignore provisioners (VS Code) run the argv launcher
+from the same kernel.json.
 
 A Kubernetes kernel (setup --kubernetes, kube_backend.KubeBackend) is the exception: no
 relay, no pins. launch_kernel returns the pod's own connection info (its IP, the fixed
@@ -47,9 +48,8 @@ from jupyter_docker_kernel.errors import DockerKernelError, LaunchError
 from jupyter_docker_kernel.pins import SocketPins, start_meter
 from jupyter_docker_kernel.pins import client_connection as client_connection
 from jupyter_docker_kernel.relay import RelayThread
-from jupyter_docker_kernel.rundir import RunDir, process_start_time, remove_tree, runtime_base
+from jupyter_docker_kernel.rundir import RunDir, remove_tree, runtime_base
 from jupyter_docker_kernel.settings import KernelSettings
-from jupyter_docker_kernel.watchdog import start_owner_watchdog
 
 log = logging.getLogger(__name__)
 
@@ -81,38 +81,41 @@ async def off_loop(func: Callable[..., T], *args: Any) -> T:
         return func(*args)
 
 
-#: What cleans up after this process however it dies, one per engine address (not per
-#: kernel): the resident helper's janitor connection, or a watchdog process. Held (never
-#: closed, never waited for) for the process's life: its end, even by SIGKILL, is the signal.
-_janitors: dict[str, object] = {}
-_janitors_lock = threading.Lock()
+#: The engines (thin.engine_key) this process has swept already: the janitor's job runs
+#: once per process and engine (ensure_janitor), not per kernel. A forked child (grade's
+#: workers) inherits the set, so it does not sweep again what its parent just swept.
+_swept: set[str] = set()
+_swept_lock = threading.Lock()
 
 
-def ensure_janitor(engine: Engine) -> None:
-    """Register this process, once per engine, with the user's resident helper as a
-    janitor client (thin.register_janitor, which starts the helper when none runs): when
-    this process ends, however, the helper sweeps its containers and runtime dirs
-    (reaper.sweep_after). The lifelines end the kernels themselves (the supervisors);
-    this removes what stays: kept containers (gVisor, Podman) and the runtime dirs.
-    Where no helper can start: one watchdog process for this process (not per kernel).
-    Blocking (up to thin.SPAWN_WAIT the first time): call it off the event loop."""
-    from jupyter_docker_kernel import thin
+def ensure_janitor(engine: Engine, *, wait: bool = True) -> threading.Thread | None:
+    """The janitor's job without a resident process: once per process and engine, remove
+    what dead owners left on it (reaper.sweep: `gc`'s rules, owner-marked runtime dirs
+    only). That is how a Jupyter server SIGKILLed earlier gets cleaned up after: its
+    kernels ended within a second or so by their lifelines (the supervisors: the host's
+    kernel closed the server's ends), and what stays, their 0700 runtime dirs and any
+    container the engine kept (gVisor, Podman), goes at the next start of a provisioner
+    kernel in any process, at a resident helper's start, or by `gc`.
 
-    env = {"JUPYTER_DOCKER_KERNEL_ENGINE": engine.command, "DOCKER_HOST": engine.address()}
-    key = thin.engine_key("", env)
-    with _janitors_lock:
-        if key in _janitors:
-            return
-        holder: object = None
-        base = thin.private_base()
-        if base is not None and str(runtime_base()) == base:
-            pid = os.getpid()
-            argv = thin.spawn_argv(base, key)  # its default janitor: reaper.sweep_after
-            holder = thin.register_janitor(base, key, pid, process_start_time(pid), argv)
-        if holder is None:
-            log.info("no resident helper for %s: one watchdog process cleans up after us", key)
-            holder = start_owner_watchdog(engine.env())
-        _janitors[key] = holder
+    Issue 17: no helper and no watchdog process for the provisioner; the server holds its
+    kernels' lifelines itself, and a resident helper at one kernel would cost more than
+    the kernel's whole plumbing budget. launch_kernel calls this with wait=False (the
+    sweep runs in a daemon thread beside the start); grade's parent with wait=True
+    before it forks its workers (no thread may run across a fork). Returns the thread
+    (wait=False) or None."""
+    from jupyter_docker_kernel import reaper
+
+    key = f"{engine.command} {engine.address()}"  # as thin.engine_key names an engine
+    with _swept_lock:
+        if key in _swept:
+            return None
+        _swept.add(key)
+    if wait:
+        reaper.sweep(engine)
+        return None
+    thread = threading.Thread(target=reaper.sweep, args=(engine,), name="jdk-sweep", daemon=True)
+    thread.start()
+    return thread
 
 
 def share_log(server_log: Any) -> None:
@@ -217,7 +220,7 @@ class DockerProvisioner(KernelProvisionerBase):
         )
         pod = self.settings.kube_namespace is not None
         if not pod:  # a pod goes with the server's pod (ownerReference) or by `gc`
-            await off_loop(ensure_janitor, engine)
+            ensure_janitor(engine, wait=False)
         try:
             await off_loop(container.start)
             if pod:

@@ -172,20 +172,26 @@ def reap_containers(
 
 
 def sweep_after(pid: int, start: str, env: Mapping[str, str] | None = None) -> None:
-    """The janitor's sweep (helper.Janitor): process `pid` (0: the helper is starting, or
-    the caller's parent is already gone) went away; remove what any dead owner left on
-    its engine, by collect's rules. env: the environment of the engine CLI calls (the
-    helper passes its janitor client's: its DOCKER_CONTEXT, DOCKER_CONFIG, PATH, HOME);
-    None: this process's. Its containers (kept ones
-    too: gVisor, Podman) and runtime dirs are orphans by then: a Jupyter server's
-    provisioner kernels, whose lifelines closed with it, or a killed thin client's. Only
-    dirs with an owner marker go (marked_only): this runs unasked. The resident helper
-    (its default --janitor) and the provisioner's fallback watchdog
-    (watchdog.watch_owner) call this."""
+    """The resident helper's janitor (helper.Janitor): process `pid` (0: the helper is
+    starting, or the caller's parent is already gone) went away; sweep its engine (sweep).
+    env: the environment of the engine CLI calls (the helper passes its janitor client's:
+    its DOCKER_CONTEXT, DOCKER_CONFIG, PATH, HOME); None: this process's. The helper (its
+    default --janitor, and once at its start) and watchdog.watch_owner (a watchdog an
+    earlier release started) call this."""
     who = f"process {pid} (start {start})" if pid else "a process already gone"
+    sweep(Engine(environ=env), who)
+
+
+def sweep(engine: Engine, who: str = "processes already gone") -> None:
+    """Remove what any dead owner left on `engine` by collect's rules: the containers
+    (kept ones too: gVisor, Podman) and runtime dirs of a Jupyter server's provisioner
+    kernels, whose lifelines closed with it, or of a killed thin client's. Only dirs with
+    an owner marker go (marked_only): this runs unasked. Called by sweep_after and by
+    provisioner.ensure_janitor (once per process and engine, at its first kernel's
+    start). Never raises: a janitor has nobody to tell but the log."""
     try:
-        result = collect(Engine(environ=env), marked_only=True)
-    except (DockerKernelError, OSError) as exc:  # a janitor has nobody to tell but its log
+        result = collect(engine, marked_only=True)
+    except (DockerKernelError, OSError) as exc:
         log.warning("janitor: could not sweep after %s: %s", who, exc)
         return
     if result.containers or result.dirs:

@@ -25,9 +25,11 @@ Who calls what:
   of a pooled start; accepted into our backlog, it waits for the relay instead. (From the
   second start on, the helper has usually bound them already when the client wrote the
   file, early_listen.py; our binds then fail and nothing is sent.)
-- `register_janitor(base, engine, pid, start)` is for a Jupyter server running the
-  provisioner in-process: it keeps one connection open for the server's lifetime, and the
-  helper sweeps what that server left behind when the connection closes.
+- `register_janitor(base, engine, pid, start)`: a process keeps one connection open for
+  its lifetime, and the helper sweeps what it left behind when the connection closes.
+  The provisioner used it until issue 17's decision (b); it starts no helper now
+  (provisioner.ensure_janitor sweeps at a start instead), so nothing in the package
+  registers any more; the helper still serves such clients.
 """
 
 from __future__ import annotations

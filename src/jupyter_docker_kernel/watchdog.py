@@ -7,8 +7,10 @@ comes, even SIGKILL) and then removes what the owner left:
   container.Container.start_watchdog): a fork that removes one container and its dir.
 - `start_lifeline_watchdog` / `watch_lifeline`: a fresh process per kernel that removes
   its containers by label and name; `stop_watchdog` releases it.
-- `start_owner_watchdog` / `watch_owner`: one process per Jupyter server and engine that
-  sweeps as `gc` does (provisioner.ensure_janitor, where no resident helper is the janitor).
+- `watch_owner`: what one process per Jupyter server and engine ran in earlier releases
+  (their provisioner's janitor without a helper), sweeping as `gc` does on its owner's
+  end; kept for such watchdogs still running across an upgrade. The provisioner starts
+  none now (provisioner.ensure_janitor sweeps at a start instead).
 
 The spawned processes import this module (`python -I -c "from
 jupyter_docker_kernel.watchdog import ..."`); container.py re-exports watch_lifeline and
@@ -151,29 +153,10 @@ def watch_lifeline(argv: list[str] | None = None) -> None:
     remove_tree(base)
 
 
-def start_owner_watchdog(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start one process that cleans up after this process (a Jupyter server running the
-    provisioner) however it dies, for all its kernels on one engine: the fallback where no
-    resident helper can take the janitor's job (provisioner.ensure_janitor).
-
-    As start_lifeline_watchdog, but on EOF it sweeps by the owner rules of `gc`
-    (reaper.sweep_after): our containers and runtime dirs are orphans once we are gone.
-    env: the engine's (DOCKER_HOST), which its engine calls use.
-    """
-    code = "from jupyter_docker_kernel.watchdog import watch_owner; watch_owner()"
-    return subprocess.Popen(
-        hostpython.code_argv(code),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-    )
-
-
 def watch_owner() -> None:
-    """The process start_owner_watchdog() started: wait for EOF, then sweep as `gc` does
-    (b"q" last: nothing to do)."""
+    """The process an earlier release's provisioner started (one per server, where no
+    resident helper was its janitor): wait for EOF, then sweep as `gc` does (b"q" last:
+    nothing to do)."""
     if _released():
         return
     from jupyter_docker_kernel.reaper import sweep_after

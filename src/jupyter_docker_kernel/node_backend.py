@@ -21,16 +21,28 @@ for an ssh:// engine address. What runs where:
   OpenSSH's unix-socket forwarding, 0600 sockets). The relay connects to those as to a
   local kernel's (it retries until they appear). Nothing listens on the node's network,
   the container keeps --network none, and the channels are encrypted by SSH.
-- Engine calls (signal, rm, inspect, wait, rename) are the docker CLI on the node, through
-  the same connection (Engine.command_line does that for every ssh:// engine).
+- Engine calls (signal, rm, inspect, wait, rename, update) go to the node engine's API,
+  its socket forwarded over the same master to a 0600 socket in our runtime base
+  (ssh.engine_socket, ssh.NodeTransport): one HTTP request each, no process. The docker
+  CLI on the node, through the same connection, does the rest (Engine.command_line).
+
+Warm pools on nodes (setup --pool N with a node): pool.py's bookkeeping stays on this host
+(each warm container has its dir here, with the pool note naming its node, so a claim is
+still one rename(2), with no engine call on the start path but one inspect through the
+forwarded API), while the container and its dir (supervisor, sockets) are on the node
+(start_warm, in the refill's process: `docker run -d` there, at the pool's low CPU
+weight, labelled as local pool containers). A claim connects to the warm kernel's claim
+socket through a forward; that connection, carried by the master, is the kernel's
+lifeline (no process here); its five sockets are forwarded as a cold one's are
+(PinnedForwards). The refill tops up the pool of the node the start used; `gc --pools`
+and `list` see them (node_manage).
 
 A pool of nodes (setup --node a --node b): each start asks every node at once for its
 load (the engine's running containers, the node's available memory) and runs on the
 least-loaded one that answered within PICK_TIMEOUT (`pick`); the others are skipped with
 one log line each.
 
-Not yet: warm pools on nodes (claim finds none, fill does nothing), the socket-dir guard
-on the node's side, kernel_transport "tcp".
+Not yet: the socket-dir guard on the node's side, kernel_transport "tcp".
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ import dataclasses
 import io
 import logging
 import os
+import socket
 import subprocess
 import tarfile
 import threading
@@ -50,12 +63,12 @@ from pathlib import Path
 from jupyter_docker_kernel import hardening, pool
 from jupyter_docker_kernel.container import Cold, Refill
 from jupyter_docker_kernel.endpoints import CHANNELS
-from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.engine import Engine, EngineApi
 from jupyter_docker_kernel.errors import EngineError, LaunchError
-from jupyter_docker_kernel.local_backend import Attached, CliBackend
-from jupyter_docker_kernel.rundir import RunDir, write_private
+from jupyter_docker_kernel.local_backend import Attached, LocalBackend
+from jupyter_docker_kernel.rundir import WEIGHT_NOTE, RunDir, write_private
 from jupyter_docker_kernel.settings import KernelSettings
-from jupyter_docker_kernel.ssh import SSH_FAILED, Connection
+from jupyter_docker_kernel.ssh import SSH_FAILED, Connection, NodeTransport
 
 # The launcher's logger, as in container.py: the lines users and tests know.
 log = logging.getLogger("jupyter_docker_kernel.launcher")
@@ -76,18 +89,13 @@ _PREPARE_SCRIPT = (
 )
 #: Runs on the node around `docker run -i ...` ("$@"): the kernel's dir ($0) goes with it.
 _RUN_SCRIPT = 'docker "$@"; code=$?; rm -rf -- "$0"; exit $code'
-#: Runs on the node: prints the container's id once the CLI wrote it, then "ready" once
-#: the kernel bound all its sockets and each is pinned: a hard link in the kernel's dir,
-#: which the container does not see (its socket dir is writable by the kernel, which could
-#: swap a socket for a symlink to any socket the node user reaches, the engine's say;
-#: sshd follows symlinks at each new connection, the link keeps the inode we checked).
-#: Gives up when the dir goes (the start failed).
-_WATCH_SCRIPT = """
+#: Runs on the node: "ready" once the kernel bound all its sockets and each is pinned: a
+#: hard link in the kernel's dir, which the container does not see (its socket dir is
+#: writable by the kernel, which could swap a socket for a symlink to any socket the node
+#: user reaches, the engine's say; sshd follows symlinks at each new connection, the link
+#: keeps the inode we checked). Gives up when the dir goes (the start failed).
+_PIN_SCRIPT = """
 d=$0; n=0
-while [ ! -s "$d/{cid}" ]; do
-  [ -d "$d" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.02
-done
-cat "$d/{cid}"; echo
 while :; do
   ok=1
   for s in {sockets}; do [ -S "$d/{rt}/$s" ] || ok=0; done
@@ -100,6 +108,29 @@ for s in {sockets}; do
 done
 echo ready
 """
+#: The same after the container's id, once the CLI wrote it (a cold start's watch).
+_WATCH_SCRIPT = """
+d=$0; n=0
+while [ ! -s "$d/{cid}" ]; do
+  [ -d "$d" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.02
+done
+cat "$d/{cid}"; echo""" + _PIN_SCRIPT.replace("d=$0; n=0", "", 1)
+#: Runs on the node: exits 0 once a warm container's claim socket ($0) is bound (its
+#: kernel is ready to be claimed), 1 if it never is within {ticks} ticks.
+_CLAIMABLE_SCRIPT = """
+n=0
+while [ ! -S "$0" ]; do
+  [ -d "$(dirname -- "$0")" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.05
+done
+"""
+#: Runs on the node, in the node user's runtime base ($0): removes the named warm
+#: containers' dirs ("$@": pool-<key>-<nonce>, checked by remove_warm_dirs).
+_REMOVE_DIRS_SCRIPT = 'cd -- "$0" && rm -rf -- "$@"'
+#: In a warm container's dir on this host: the path of its dir on the node.
+REMOTE_NOTE = "node-dir"
+#: In a claimed warm container's dir on this host: the forward of its claim socket, for
+#: the moment of the claim's connect.
+CLAIM_FORWARD = "claim.fwd"
 
 
 class Forwarded(Attached):
@@ -198,14 +229,66 @@ class Forwarded(Attached):
         super().close()
 
 
-class NoRefill:
-    """Warm pools on nodes are not built yet: the refill is nothing."""
+class PinnedForwards:
+    """A claimed warm kernel's sockets on the node, forwarded once it has bound them: it
+    binds them after the claim line (the hand-over), so a thread waits on the node
+    (_PIN_SCRIPT: one short ssh session, until they are pinned), then forwards each from
+    this host's socket dir, where the relay connects (retrying until they appear)."""
 
-    def open(self) -> None:
-        pass
+    def __init__(self, connection: Connection, rundir: RunDir, remote: RunDir) -> None:
+        self.connection = connection
+        self.pairs = [
+            (str(rundir.socket(i)), str(remote.pins / rundir.socket(i).name))
+            for i in range(1, len(CHANNELS) + 1)
+        ]
+        self.remote = remote
+        self._lock = threading.Lock()
+        self._closed = False
+        self._forwarded = False
+        self._watcher: subprocess.Popen[bytes] | None = None
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        names = " ".join(Path(local).name for local, _ in self.pairs)
+        script = _PIN_SCRIPT.format(
+            ticks=SOCKETS_WAIT * 50,
+            sockets=names,
+            rt=self.remote.sockets.name,
+            pins=self.remote.pins.name,
+        )
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                self._watcher = self.connection.popen(
+                    ["sh", "-c", script, str(self.remote.path)], stdin=subprocess.DEVNULL
+                )
+            assert self._watcher.stdout is not None
+            ready = self._watcher.stdout.readline().decode().strip() == "ready"
+            self._watcher.communicate()
+            with self._lock:
+                if not ready or self._closed:
+                    return
+                self.connection.forward(self.pairs)
+                self._forwarded = True
+            log.debug("warm kernel's sockets forwarded from %s", self.connection.node.url)
+        except (OSError, EngineError) as exc:
+            # The client's wait for its first reply says the kernel is unreachable.
+            log.warning("the kernel on %s cannot be reached: %s", self.connection.node.url, exc)
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            self._closed = True
+            forwarded, self._forwarded = self._forwarded, False
+            watcher = self._watcher
+        if watcher is not None and watcher.poll() is None:
+            watcher.kill()
+        if watcher is not None:
+            with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
+                watcher.communicate(timeout=5)
+        if forwarded:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                self.connection.forward(self.pairs, cancel=True)
 
 
 #: A node that has not said its load this soon is skipped for this start.
@@ -279,15 +362,31 @@ def pick(urls: Sequence[str], environ: Mapping[str, str] | None) -> Load:
     return chosen
 
 
-class SshBackend(CliBackend):
+class SshBackend(LocalBackend):
     """Kernels on a remote node over SSH (see the module docstring). With settings.nodes
-    (setup --node), start_cold first picks the least-loaded node that answers, and every
-    call after goes to that node: one backend per Container."""
+    (setup --node), start_cold first picks the least-loaded node that answers (a claim
+    takes a warm container on whichever node has one), and every call after goes to that
+    node: one backend per Container. Engine calls (exit wait, signals, inspect, rename,
+    update, removal) go to the node engine's API through its socket forwarded over the
+    master (ssh.engine_socket): one HTTP request each, no process."""
 
     def __init__(self, engine: Engine) -> None:
         # The engine's CLI calls go through the same connection (Engine.command_line).
         self.connection = Connection.to(engine.address(), engine.environ)
         super().__init__(engine)
+        self.api = EngineApi(transport=NodeTransport(self.connection))
+        #: A claimed warm kernel's dir on the node and its sockets' forwards (claim).
+        self.remote: RunDir | None = None
+        self.pinned: PinnedForwards | None = None
+        self._remote_removed = False
+
+    def use(self, url: str) -> None:
+        """Send every call after this to the node at url (a pool's pick, a claim)."""
+        if url == self.connection.node.url:
+            return
+        self.connection = Connection.to(url, self.engine.environ)
+        self.engine = Engine(self.engine.command, host=url, environ=self.engine.environ)
+        self.api = EngineApi(transport=NodeTransport(self.connection))
 
     def start_cold(
         self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
@@ -295,8 +394,7 @@ class SshBackend(CliBackend):
         """The kernel's dir on the node (one tar stream), then `docker run -i` there."""
         if len(settings.nodes) > 1:
             chosen = pick(settings.nodes, self.engine.environ)
-            self.connection = Connection.to(chosen.url, self.engine.environ)
-            self.engine = Engine(self.engine.command, host=chosen.url, environ=self.engine.environ)
+            self.use(chosen.url)
             log.info(
                 "starting the kernel on node %s (%d containers running, %d MiB available)",
                 chosen.url,
@@ -331,10 +429,88 @@ class SshBackend(CliBackend):
         return Forwarded(proc, self.connection, rundir, remote)
 
     def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None:
-        return None  # no warm pools on nodes yet
+        """A warm container of these settings on any of the spec's nodes (pool.claim: its
+        dir here renamed to ours, atomically), its claim socket connected through a
+        forward; then its sockets are forwarded once its kernel has bound them."""
+        claimed = pool.claim(settings, base, new_dir, connect=self._connect_claim)
+        if claimed is not None and self.remote is not None:
+            self.pinned = PinnedForwards(self.connection, RunDir(new_dir), self.remote)
+        return claimed
+
+    def _connect_claim(self, new_dir: Path) -> socket.socket:
+        """pool.claim's connect for a warm container on a node: forward a local socket to
+        its claim socket there just for this connect (the connection stays: it is the
+        kernel's lifeline, carried by the master, no process of ours); OSError when it
+        does not answer (pool.claim then drops it)."""
+        warm = RunDir(new_dir)
+        name, url = warm.read_pool_note()
+        self.use(url)
+        # A forward's local end answers whatever is behind it on the node: a container
+        # gone there (the node restarted, its engine's own cleanup) would take the
+        # hand-over and end. One request to the node's engine tells.
+        state = (self.api.inspect(warm.read_cid() or name) or {}).get("State") or {}
+        if not state.get("Running"):
+            raise OSError(f"warm container {name} no longer runs on {url}")
+        remote = RunDir(Path((new_dir / REMOTE_NOTE).read_text().strip()))
+        local = str(new_dir / CLAIM_FORWARD)
+        pair = [(local, str(remote.claim_socket()))]
+        self.connection.forward(pair, what="the warm kernel's claim socket")
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(local)
+            except OSError:
+                sock.close()
+                raise
+        finally:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                self.connection.forward(pair, cancel=True)
+            with contextlib.suppress(OSError):
+                os.unlink(local)
+        self.remote = remote
+        return sock
 
     def fill(self, settings: KernelSettings, base: Path, launch: hardening.Launch) -> Refill:
-        return NoRefill()
+        """Top up this node's warm pool (pool.fill_in_background, on this host: its
+        `docker run -d`s go to the node through the master, at low CPU weight there)."""
+        return pool.fill_in_background(
+            settings,
+            base,
+            launch,
+            gated=True,
+            env=self.engine.env(),
+            node=self.connection.node.url,
+        )
+
+    def update(self, container_id: str, cpu_shares: int) -> None:
+        self.api.update(container_id, cpu_shares=cpu_shares)
+
+    def wait(self, container_id: str) -> int:
+        """A claimed container's exit code, from the node's engine (one request held open
+        through the master); a lost SSH connection ends the wait, and the log names the
+        node (ssh's own exit code, as a cold start's end says it)."""
+        try:
+            return self.api.wait(container_id)
+        except EngineError as exc:
+            if not self.connection.alive():
+                log.warning(
+                    "the SSH connection to the node %s was lost: its kernel ends with it",
+                    self.connection.node.url,
+                )
+                return SSH_FAILED
+            log.warning("%s", exc)
+            return 1
+
+    def remove(self, name: str) -> bool:
+        """Remove the container through the node's API; for a claimed warm one, then its
+        sockets' forwards and its dir on the node (once)."""
+        removed = self.api.remove(name)
+        if self.pinned is not None:
+            self.pinned.close()
+        if self.remote is not None and not self._remote_removed:
+            self._remote_removed = True
+            remove_warm_dirs(self.engine, [self.remote.path.name])
+        return removed
 
     def watchdog(self, name: str, cidfile: Path, base: Path) -> int:
         """Nothing to fork: our end of `docker run -i`'s stdin over ssh is the lifeline
@@ -362,12 +538,16 @@ def node_launch(launch: hardening.Launch, remote: RunDir, uid: int, gid: int) ->
 
 def kernel_dir_bundle(settings: KernelSettings, there: hardening.Launch, rundir: RunDir) -> bytes:
     """The kernel's dir for the node as a tar stream: the socket dir, the connection file
-    and env file Container.prepare wrote here, our supervisor, its usage hook and our
-    seccomp profile."""
+    (none for a warm container) and env file Container.prepare (or pool.start_one) wrote
+    here, our supervisor, its usage hook and our seccomp profile."""
     group = hardening.shares_group_only(settings, there)
     private = 0o640 if group else 0o600
     files: list[tuple[str, bytes, int]] = [
-        (rundir.connection.name, rundir.connection.read_bytes(), private),
+        *(
+            [(rundir.connection.name, rundir.connection.read_bytes(), private)]
+            if there.connection_file  # a warm container gets its connection at the claim
+            else []
+        ),
         (SUPERVISOR_NAME, Path(hardening.SUPERVISOR_PATH).read_bytes(), 0o644),
         (USAGE_NAME, Path(hardening.SUPERVISOR_PATH).with_name(USAGE_NAME).read_bytes(), 0o644),
         # The node's docker CLI reads the profile named by --security-opt seccomp=.
@@ -387,3 +567,80 @@ def kernel_dir_bundle(settings: KernelSettings, there: hardening.Launch, rundir:
             info.mode = mode
             tar.addfile(info, io.BytesIO(data))
     return out.getvalue()
+
+
+# -- warm pools on nodes (pool.py's node path) ---------------------------------------------
+
+
+def start_warm(
+    engine: Engine, settings: KernelSettings, pooled: hardening.Launch, warm: RunDir, key: str
+) -> str:
+    """Start one warm container on the node `engine` is (pool.start_one's node path, in a
+    refill's process); returns its id. Its dir there is made from one tar stream (as a
+    cold start's), named as its dir here, which keeps the pool's bookkeeping (pool.py:
+    the claim is the rename of this host's dir, no engine call on the start path) and
+    notes the node's path (REMOTE_NOTE). Its labels name this host's dir, where gc finds
+    its claimer's owner marker. At the pool's low CPU weight where pool.lowers_priority.
+    Once its claim socket is bound on the node (a thread: one ssh session), a socket
+    file of that name here tells claimers and settle_when_ready that it is ready."""
+    connection = Connection.to(engine.address(), engine.environ)
+    facts = connection.facts()
+    remote = RunDir(Path(facts.base) / warm.path.name)
+    write_private(warm.path / REMOTE_NOTE, str(remote.path))
+    there = dataclasses.replace(
+        node_launch(pooled, remote, facts.uid, facts.gid), connection_file=""
+    )
+    connection.run(
+        ["sh", "-c", _PREPARE_SCRIPT, str(remote.path)],
+        input_bytes=kernel_dir_bundle(settings, there, warm),
+    )
+    args = hardening.run_args(settings, there, pool=(key, str(warm.path)))
+    if not pool.lowers_priority(settings, engine):
+        (warm.path / WEIGHT_NOTE).write_text(f"{pool.cpu_shares(settings)}\n")
+    else:
+        args.insert(1, f"--cpu-shares={pool.WARM_CPU_SHARES}")
+    try:
+        container_id = engine.run(args, timeout=120).stdout.strip()
+    except EngineError:
+        remove_warm_dirs(engine, [warm.path.name])
+        raise
+    threading.Thread(target=_mark_claimable, args=(connection, remote, warm), daemon=True).start()
+    return container_id
+
+
+def _mark_claimable(connection: Connection, remote: RunDir, warm: RunDir) -> None:
+    """Wait on the node for the warm kernel's claim socket; then a socket file of its
+    name here (what pool.claim and settle_when_ready look for; nothing listens on it)."""
+    script = _CLAIMABLE_SCRIPT.format(ticks=int(pool.READY_WAIT * 20))
+    try:
+        proc = connection.run(
+            ["sh", "-c", script, str(remote.claim_socket())],
+            timeout=pool.READY_WAIT + 10,
+            check=False,
+        )
+    except (EngineError, OSError, subprocess.SubprocessError) as exc:
+        log.debug("warm container in %s: no word from the node: %s", warm.path.name, exc)
+        return
+    if proc.returncode == 0:
+        # A socket file, bound and let go: the claimer's socket-dir guard allows nothing
+        # else there, and its mtime is when the kernel got ready (pool.ready_seconds).
+        with (
+            contextlib.suppress(OSError),  # its dir went (gc, surplus) meanwhile
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as marker,
+        ):
+            marker.bind(str(warm.claim_socket()))
+
+
+def remove_warm_dirs(engine: Engine, names: Sequence[str]) -> None:
+    """Remove warm containers' dirs on the node (by their names, pool-<key>-<nonce>),
+    quietly: their containers are gone (claimed and removed, expired, surplus, gc)."""
+    safe = [n for n in names if n.startswith(pool.POOL_DIR_PREFIX) and "/" not in n]
+    if not safe:
+        return
+    connection = Connection.to(engine.address(), engine.environ)
+    with contextlib.suppress(EngineError, OSError, subprocess.SubprocessError):
+        connection.run(
+            ["sh", "-c", _REMOVE_DIRS_SCRIPT, connection.facts().base, *safe],
+            check=False,
+            timeout=30,
+        )

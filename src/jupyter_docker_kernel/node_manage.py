@@ -11,13 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel import reaper
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.errors import DockerKernelError
-from jupyter_docker_kernel.rundir import runtime_base
+from jupyter_docker_kernel.rundir import (
+    POOL_DIR_PREFIX,
+    POOL_NAME_PREFIX,
+    remove_tree,
+    runtime_base,
+)
 from jupyter_docker_kernel.settings import KernelSettings
 
 T = TypeVar("T")
@@ -88,24 +94,46 @@ def gc(
     dry_run: bool,
     command: str | None = None,
     environ: Mapping[str, str] | None = None,
+    pools: bool = False,
+    pool_keys: set[str] | None = None,
 ) -> tuple[reaper.GcResult, list[str]]:
     """Remove the node containers whose launcher (on this host) is gone, by reaper's
     rules; returns what went and one warning per node that did not answer. The nodes are
-    asked at once (at_once)."""
+    asked at once (at_once). pools, pool_keys: as reaper.collect's (`gc --pools`): also
+    the unclaimed warm containers on the nodes, and their dirs there (their dirs here go
+    with this host's collect, which leaves another engine's warm dirs alone otherwise)."""
     base = runtime_base()
+
+    def swept(key: str) -> bool:
+        return pools and (pool_keys is None or key in pool_keys)
 
     def collect(url: str) -> reaper.GcResult | str:
         result = reaper.GcResult()
+        engine = node_engine(url, command, environ)
         try:
-            reaper.reap_containers(
-                node_engine(url, command, environ),
-                result,
-                base,
-                dry_run=dry_run,
-                swept=lambda key: False,  # no warm pools on nodes
-            )
+            # Each warm container's dir on the node is named as its dir here (its label).
+            warm_dirs = {
+                str(item.get("Names")): Path(labels.get(engine_mod.LABEL_POOL_DIR, "/"))
+                for item in engine.list_containers({engine_mod.LABEL_POOL: None})
+                for labels in [reaper.parse_labels(item.get("Labels", ""))]
+            }
+            reaper.reap_containers(engine, result, base, dry_run=dry_run, swept=swept)
         except DockerKernelError as exc:
             return f"warning: node {url} not collected: {exc}"
+        gone = [
+            warm_dirs[name]
+            for name in result.containers
+            if name.startswith(POOL_NAME_PREFIX) and name in warm_dirs
+        ]
+        if gone and not dry_run:
+            from jupyter_docker_kernel.node_backend import remove_warm_dirs
+
+            remove_warm_dirs(engine, [path.name for path in gone])
+            for path in gone:
+                # Its dir here, unless claimed meanwhile (renamed: then it is not there).
+                if path.parent == base and path.name.startswith(POOL_DIR_PREFIX):
+                    remove_tree(path)
+                    result.dirs.append(str(path))
         return result
 
     total, warnings = reaper.GcResult(), []
@@ -114,5 +142,6 @@ def gc(
             warnings.append(done)
             continue
         total.containers += done.containers
+        total.dirs += done.dirs
         total.kept += done.kept
     return total, warnings

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
 
 from jupyter_docker_kernel import cli
 from jupyter_docker_kernel.engine import LABEL_POOL
 from jupyter_docker_kernel.rundir import POOL_DIR_PREFIX, POOL_NAME_PREFIX, RunDir, runtime_base
-from jupyter_docker_kernel.ssh import CONFIG_ENV
+from jupyter_docker_kernel.ssh import CONFIG_ENV, Connection
 from tests.conftest import install_kernel
 from tests.kernels import (
     execute,
@@ -153,3 +156,43 @@ def test_sigkill_to_the_launcher_of_a_claimed_node_kernel_ends_it_within_5s(
     finally:
         kc1.stop_channels()
         first.shutdown_kernel(now=True)
+
+
+def test_a_lost_ssh_connection_ends_a_claimed_node_kernel_and_the_log_names_the_node(
+    pushed_node: NodeUnderTest, pooled_kernel: str, workdir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL to the node's ssh master while a claimed warm kernel runs a cell: its
+    lifeline (the claim connection, carried by the master) closes on the node, the
+    container ends within 5 s, and the launcher's log says which node was lost."""
+    first, kc1, _ = started(pooled_kernel, workdir, tmp_path / "first.log")
+    stop_kernel(first, kc1)
+    wait_until(lambda: len(ready_warm_dirs(pushed_node)) >= 1, timeout=90)
+    log = tmp_path / "second.log"
+    km, kc, _ = started(pooled_kernel, workdir, log)
+    key = kernel_key(km)
+    try:
+        wait_until(lambda: "started in warm container" in log.read_text(), timeout=10)
+        wait_for_execute_input(kc, kc.execute("import time; time.sleep(600)"))
+        connection = Connection.to(pushed_node.url)
+        check = subprocess.run(
+            [*connection.options(), "-O", "check", connection.node.destination()],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        os.kill(int(check.stderr.split("pid=")[1].split(")")[0]), signal.SIGKILL)
+        took = wait_until(
+            lambda: not pushed_node.docker("ps", "-q", "--filter", f"name=^jdk-{key}-").stdout,
+            timeout=5,
+        )
+        print(f"claimed node container ended {took:.2f} s after the ssh master's SIGKILL")
+        wait_until(lambda: km.is_alive() is False, timeout=10)
+        assert f"the SSH connection to the node {pushed_node.url} was lost" in log.read_text()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def stop_kernel(km: KernelManager, kc: BlockingKernelClient) -> None:
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)

@@ -10,12 +10,14 @@ for an ssh:// engine address. What runs where:
   _supervise.py and _usage.py: the node need not have this package) go there as one tar
   stream before the start. A path of this host is never mounted: a mounted work dir is
   refused (use --copy-workdir, which streams it over the lifeline, or --no-workdir).
-- The container is `docker run -i` on the node, run through the node's multiplexed ssh
-  connection (ssh.Connection), its stdin our pipe: the supervisor's lifeline, as
-  CliBackend's. Killing whoever holds that pipe (the launcher, the resident helper, the
-  Jupyter server), or losing the SSH connection, closes it; the node's docker CLI closes
-  the container's stdin, and the supervisor ends the kernel (--rm removes it). The shell
-  around `docker run` removes the kernel's dir on the node after it.
+- A cold start is LocalBackend's, on the node (NodeHeld): `docker create` by the node's
+  CLI (one ssh session, which first makes the kernel's dir from the tar stream), then the
+  exit wait and the start through the node engine's API, and the supervisor's lifeline
+  socket connected through a forward over the master: that connection is the kernel's
+  life, and no process of ours runs per kernel (issue 17). Killing whoever holds it (the
+  launcher, the resident helper, the Jupyter server), or losing the SSH connection,
+  closes it on the node, and the supervisor ends the kernel (--rm removes it). The
+  kernel's dir on the node goes with its removal (SshBackend.remove).
 - The client's side: once the kernel has bound its five sockets on the node, the same
   master forwards each from this host's socket dir (`-O forward -L local:remote`,
   OpenSSH's unix-socket forwarding, 0600 sockets). The relay connects to those as to a
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
 import io
 import logging
 import os
@@ -63,9 +66,16 @@ from pathlib import Path
 from jupyter_docker_kernel import hardening, pool
 from jupyter_docker_kernel.container import Cold, Refill
 from jupyter_docker_kernel.endpoints import CHANNELS
-from jupyter_docker_kernel.engine import Engine, EngineApi
-from jupyter_docker_kernel.errors import EngineError, LaunchError
-from jupyter_docker_kernel.local_backend import Attached, LocalBackend
+from jupyter_docker_kernel.engine import (
+    Engine,
+    EngineApi,
+    ExitWatch,
+    NoSuchContainerError,
+    create_args,
+)
+from jupyter_docker_kernel.errors import DockerKernelError, EngineError, LaunchError
+from jupyter_docker_kernel.lifeline import CONNECT_SECONDS, LIFELINE_SOCKET, claim_line
+from jupyter_docker_kernel.local_backend import Held, LocalBackend, Refused, start_exit_code
 from jupyter_docker_kernel.rundir import WEIGHT_NOTE, RunDir, write_private
 from jupyter_docker_kernel.settings import KernelSettings
 from jupyter_docker_kernel.ssh import SSH_FAILED, Connection, NodeTransport
@@ -87,8 +97,8 @@ _PREPARE_SCRIPT = (
     'umask 077; b=$(dirname -- "$0"); mkdir -p -m 0700 -- "$b" && [ -O "$b" ] && '
     '[ ! -L "$b" ] && mkdir -m 0700 -- "$0" && tar -x -p -C "$0" -f -'
 )
-#: Runs on the node around `docker run -i ...` ("$@"): the kernel's dir ($0) goes with it.
-_RUN_SCRIPT = 'docker "$@"; code=$?; rm -rf -- "$0"; exit $code'
+#: The same, then `docker create ...` ("$@") in one session: it prints the container's id.
+_CREATE_SCRIPT = _PREPARE_SCRIPT + ' && exec docker "$@"'
 #: Runs on the node: "ready" once the kernel bound all its sockets and each is pinned: a
 #: hard link in the kernel's dir, which the container does not see (its socket dir is
 #: writable by the kernel, which could swap a socket for a symlink to any socket the node
@@ -108,13 +118,14 @@ for s in {sockets}; do
 done
 echo ready
 """
-#: The same after the container's id, once the CLI wrote it (a cold start's watch).
-_WATCH_SCRIPT = """
+#: Runs on the node for a cold start: "lifeline" once the supervisor bound its lifeline
+#: socket (we connect to it through a forward), then as _PIN_SCRIPT.
+_HOLD_SCRIPT = """
 d=$0; n=0
-while [ ! -s "$d/{cid}" ]; do
-  [ -d "$d" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.02
+while [ ! -S "$d/{rt}/{lifeline}" ]; do
+  [ -d "$d" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.01
 done
-cat "$d/{cid}"; echo""" + _PIN_SCRIPT.replace("d=$0; n=0", "", 1)
+echo lifeline""" + _PIN_SCRIPT.replace("d=$0; n=0", "", 1)
 #: Runs on the node: exits 0 once a warm container's claim socket ($0) is bound (its
 #: kernel is ready to be claimed), 1 if it never is within {ticks} ticks.
 _CLAIMABLE_SCRIPT = """
@@ -133,70 +144,118 @@ REMOTE_NOTE = "node-dir"
 CLAIM_FORWARD = "claim.fwd"
 
 
-class Forwarded(Attached):
-    """A kernel's `docker run -i` on the node (its stdin the lifeline), and the forwards of
-    its sockets to this host's socket dir, made once the kernel has bound them."""
+class NodeHeld(Held):
+    """A cold start on a node, as LocalBackend's (Held): created by the node's CLI (one
+    ssh session, which also makes the kernel's dir from one tar stream), its exit wait and
+    start through the node engine's API (forwarded over the master), and held by the
+    supervisor's lifeline socket, connected through a forward: the connection is carried
+    by the master, so no process of ours runs per kernel. Killing whoever holds it (the
+    launcher, the resident helper, the Jupyter server) or losing the SSH connection
+    closes it on the node, and the supervisor ends the kernel (--rm removes it). A watch
+    on the node (one ssh session during the start only, _HOLD_SCRIPT) says when the
+    lifeline is bound, then when the kernel's five sockets are, which are then forwarded
+    to this host's socket dir (PinnedForwards)."""
 
     def __init__(
-        self, proc: subprocess.Popen[bytes], connection: Connection, rundir: RunDir, remote: RunDir
+        self,
+        backend: SshBackend,
+        args: list[str],
+        rundir: RunDir,
+        remote: RunDir,
+        bundle: bytes,
+        command: str,
     ) -> None:
-        super().__init__(proc)
-        self.connection = connection
+        self.connection = backend.connection
         self.rundir = rundir
         self.remote = remote
-        self.pairs = [
-            (str(rundir.socket(i)), str(remote.pins / rundir.socket(i).name))
-            for i in range(1, len(CHANNELS) + 1)
-        ]
-        self._lock = threading.Lock()
-        self._closed = False
-        self._forwarded = False
-        self._watcher: subprocess.Popen[bytes] | None = None
-        #: Why _watch ended the kernel ("" unless it did).
-        self._failed = ""
-        threading.Thread(target=self._watch, daemon=True).start()
+        self.bundle = bundle
+        self.pinned: PinnedForwards | None = None
+        #: The SSH connection went while we waited for the exit (wait).
+        self.lost = False
+        super().__init__(backend, args, str(rundir.sockets / LIFELINE_SOCKET), command)
 
-    def _watch(self) -> None:
-        """The container's id (written to our cidfile, where Container looks), then the
-        forwards. A failure here is logged: the kernel is unreachable, and its client's
-        wait for a reply says so; stopping it is the client's (or the lifetime's) call."""
-        names = " ".join(Path(local).name for local, _ in self.pairs)
-        script = _WATCH_SCRIPT.format(
-            ticks=SOCKETS_WAIT * 50,
-            sockets=names,
-            rt=self.remote.sockets.name,
-            cid=self.remote.cid.name,
-            pins=self.remote.pins.name,
+    def _started(self, backend: LocalBackend, path: str) -> None:
+        created = self.connection.run(
+            ["sh", "-c", _CREATE_SCRIPT, str(self.remote.path), *create_args(self.args)],
+            input_bytes=self.bundle,
+            timeout=120,
+            check=False,
         )
+        if created.returncode != 0:
+            # `docker run` exits 125 for whatever stopped it before the container ran.
+            self.refused = Refused(125, created.stderr.decode(errors="replace"))
+            remove_node_dirs(self.connection, [self.remote.path.name])
+            return
+        lines = created.stdout.decode().split()
+        self.container_id = lines[-1] if lines else ""
+        with contextlib.suppress(OSError):
+            write_private(str(self.rundir.cid), self.container_id)  # where Container looks
+        watcher = self.connection.popen(
+            ["sh", "-c", self.hold_script(), str(self.remote.path)], stdin=subprocess.DEVNULL
+        )
+        self.pinned = PinnedForwards(self.connection, self.rundir, self.remote, watcher)
+        with self._lock:
+            if self._closed:  # let go while it was being created: nobody will start it
+                with contextlib.suppress(DockerKernelError):
+                    backend.api.remove(self.container_id)
+                return
+        # As Held's: the exit wait asked before the start, so even a --rm container
+        # cannot exit unseen.
         try:
-            with self._lock:
-                if self._closed:
-                    return
-                self._watcher = self.connection.popen(
-                    ["sh", "-c", script, str(self.remote.path)], stdin=subprocess.DEVNULL
-                )
-            watcher = self._watcher
-            assert watcher.stdout is not None
-            cid = watcher.stdout.readline().decode().strip()
-            if cid:
-                self.container_id = cid
-                with contextlib.suppress(OSError):
-                    write_private(str(self.rundir.cid), cid)
-            ready = watcher.stdout.readline().decode().strip() == "ready"
-            watcher.communicate()
-            with self._lock:
-                if not ready or self._closed:
-                    return
-                self.connection.forward(self.pairs)
-                self._forwarded = True
-            log.debug("kernel sockets forwarded from %s", self.connection.node.url)
-        except (OSError, EngineError) as exc:
-            # Unreachable: end it now (its session's end closes the lifeline), so that the
-            # client hears of a dead kernel at once, not after its own timeout.
-            self._failed = f"its sockets could not be forwarded from the node: {exc}"
-            log.warning("the kernel on %s cannot be reached: %s", self.connection.node.url, exc)
-            with contextlib.suppress(OSError):
-                self.proc.terminate()
+            self.exit = backend.api.watch_exit(self.container_id)
+        except DockerKernelError as exc:
+            self.refused = Refused(125, f"docker: {exc}\n", self.container_id)
+            return
+        sock: socket.socket | None = None
+        try:
+            backend.api.start(self.container_id)
+            sock = self.open_lifeline(path, self.exit)
+            if sock is not None:
+                sock.sendall(claim_line())
+        except DockerKernelError as exc:
+            self.exit.close()
+            code = start_exit_code(str(exc))
+            self.refused = Refused(code, f"docker: {exc}\n", self.container_id)
+        except OSError:
+            if sock is not None:
+                sock.close()
+            sock = None  # it ended meanwhile: its exit code says
+        with self._lock:
+            if self._closed and sock is not None:
+                sock.close()  # let go before we got hold: the kernel ends
+                sock = None
+            self.sock = sock
+
+    def open_lifeline(self, path: str, exit: ExitWatch) -> socket.socket | None:
+        """Once the watch on the node says the supervisor bound its lifeline socket,
+        connect to it through a forward made for this connect only (the connection stays);
+        None when the container exited first (or never bound it within
+        lifeline.CONNECT_SECONDS: its own --lifeline-wait has ended it by then)."""
+        assert self.pinned is not None
+        deadline = time.monotonic() + CONNECT_SECONDS
+        while not self.pinned.lifeline_bound(0.05):
+            if exit.done() or time.monotonic() > deadline:
+                return None
+        return connect_through(self.connection, path, str(self.remote.sockets / LIFELINE_SOCKET))
+
+    def hold_script(self) -> str:
+        return _HOLD_SCRIPT.format(
+            ticks=SOCKETS_WAIT * 100,
+            sockets=" ".join(self.rundir.socket(i).name for i in range(1, len(CHANNELS) + 1)),
+            rt=self.remote.sockets.name,
+            pins=self.remote.pins.name,
+            lifeline=LIFELINE_SOCKET,
+        )
+
+    def wait(self) -> int:
+        """The container's exit code, from the node's engine; SSH_FAILED when the SSH
+        connection (which carries that wait) went first: the kernel ended with it."""
+        try:
+            return super().wait()
+        except EngineError as exc:
+            self.lost = True
+            log.debug("exit wait on %s ended: %s", self.node, exc)
+            return SSH_FAILED
 
     @property
     def node(self) -> str:
@@ -206,36 +265,34 @@ class Forwarded(Attached):
     @property
     def ended_by(self) -> str:
         """Why it ended, for the exit line and the kill notice (Container.wait): "" unless
-        the SSH connection to the node was lost (ssh's own exit code)."""
-        if self._failed:
-            return self._failed
-        if self.proc.returncode == SSH_FAILED:
-            return f"the SSH connection to the node {self.connection.node.url} was lost"
+        the SSH connection to the node was lost, or its sockets could not be forwarded."""
+        if self.pinned is not None and self.pinned.failed:
+            return self.pinned.failed
+        if self.lost:
+            return f"the SSH connection to the node {self.node} was lost"
         return ""
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            forwarded, self._forwarded = self._forwarded, False
-            watcher = self._watcher
-        if watcher is not None and watcher.poll() is None:
-            watcher.kill()
-        if watcher is not None:
-            with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
-                watcher.communicate(timeout=5)
-        if forwarded:
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                self.connection.forward(self.pairs, cancel=True)
         super().close()
+        if self.pinned is not None:
+            self.pinned.close()
 
 
 class PinnedForwards:
-    """A claimed warm kernel's sockets on the node, forwarded once it has bound them: it
-    binds them after the claim line (the hand-over), so a thread waits on the node
-    (_PIN_SCRIPT: one short ssh session, until they are pinned), then forwards each from
-    this host's socket dir, where the relay connects (retrying until they appear)."""
+    """A kernel's sockets on the node, forwarded once it has bound them (a cold one binds
+    them after its lifeline's claim line, a claimed warm one's may rebind after the
+    hand-over): a thread waits on the node (_PIN_SCRIPT, or a cold start's _HOLD_SCRIPT
+    after its "lifeline": one short ssh session, until they are pinned), then forwards
+    each from this host's socket dir, where the relay connects (retrying until they
+    appear). Nothing of it runs once they are forwarded."""
 
-    def __init__(self, connection: Connection, rundir: RunDir, remote: RunDir) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        rundir: RunDir,
+        remote: RunDir,
+        watcher: subprocess.Popen[bytes] | None = None,
+    ) -> None:
         self.connection = connection
         self.pairs = [
             (str(rundir.socket(i)), str(remote.pins / rundir.socket(i).name))
@@ -245,11 +302,30 @@ class PinnedForwards:
         self._lock = threading.Lock()
         self._closed = False
         self._forwarded = False
-        self._watcher: subprocess.Popen[bytes] | None = None
+        #: A cold start's watch (_HOLD_SCRIPT), read up to "lifeline" by its NodeHeld.
+        self._watcher = watcher
+        self._lifeline = threading.Event()
+        #: Why the kernel cannot be reached ("" unless so).
+        self.failed = ""
         threading.Thread(target=self._watch, daemon=True).start()
+
+    def lifeline_bound(self, timeout: float) -> bool:
+        """Whether a cold start's watch said its lifeline socket is bound, within
+        timeout (NodeHeld.open_lifeline polls it between looks at the container's exit)."""
+        return self._lifeline.wait(timeout)
 
     def _watch(self) -> None:
         names = " ".join(Path(local).name for local, _ in self.pairs)
+        if self._watcher is not None:
+            try:
+                assert self._watcher.stdout is not None
+                if self._watcher.stdout.readline().decode().strip() != "lifeline":
+                    return  # ended first (its exit says why), or let go
+                self._lifeline.set()
+                self._forward_when_ready()
+            except (OSError, EngineError) as exc:
+                self._unreachable(exc)
+            return
         script = _PIN_SCRIPT.format(
             ticks=SOCKETS_WAIT * 50,
             sockets=names,
@@ -263,18 +339,29 @@ class PinnedForwards:
                 self._watcher = self.connection.popen(
                     ["sh", "-c", script, str(self.remote.path)], stdin=subprocess.DEVNULL
                 )
-            assert self._watcher.stdout is not None
-            ready = self._watcher.stdout.readline().decode().strip() == "ready"
-            self._watcher.communicate()
-            with self._lock:
-                if not ready or self._closed:
-                    return
-                self.connection.forward(self.pairs)
-                self._forwarded = True
-            log.debug("warm kernel's sockets forwarded from %s", self.connection.node.url)
+            self._forward_when_ready()
         except (OSError, EngineError) as exc:
-            # The client's wait for its first reply says the kernel is unreachable.
-            log.warning("the kernel on %s cannot be reached: %s", self.connection.node.url, exc)
+            self._unreachable(exc)
+
+    def _forward_when_ready(self) -> None:
+        """Once the watch says "ready" (the sockets pinned): forward them."""
+        watcher = self._watcher
+        assert watcher is not None
+        assert watcher.stdout is not None
+        ready = watcher.stdout.readline().decode().strip() == "ready"
+        watcher.communicate()
+        with self._lock:
+            if not ready or self._closed:
+                return
+            self.connection.forward(self.pairs)
+            self._forwarded = True
+        log.debug("kernel sockets forwarded from %s", self.connection.node.url)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        # The client's wait for its first reply says the kernel is unreachable; its log
+        # says why.
+        self.failed = f"its sockets could not be forwarded from the node: {exc}"
+        log.warning("the kernel on %s cannot be reached: %s", self.connection.node.url, exc)
 
     def close(self) -> None:
         with self._lock:
@@ -414,19 +501,10 @@ class SshBackend(LocalBackend):
         facts = self.connection.facts()
         remote = RunDir(Path(facts.base) / rundir.path.name)
         there = node_launch(launch, remote, facts.uid, facts.gid)
-        args = hardening.run_args(settings, there, cidfile=str(remote.cid))
+        args = hardening.run_args(settings, there, lifeline=LIFELINE_SOCKET)
         bundle = kernel_dir_bundle(settings, there, rundir)
-        self.connection.run(
-            [
-                "sh",
-                "-c",
-                _PREPARE_SCRIPT,
-                str(remote.path),
-            ],
-            input_bytes=bundle,
-        )
-        proc = self.connection.popen(["sh", "-c", _RUN_SCRIPT, str(remote.path), *args])
-        return Forwarded(proc, self.connection, rundir, remote)
+        self.remote = remote
+        return NodeHeld(self, args, rundir, remote, bundle, settings.python)
 
     def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None:
         """A warm container of these settings on any of the spec's nodes (pool.claim: its
@@ -452,21 +530,9 @@ class SshBackend(LocalBackend):
         if not state.get("Running"):
             raise OSError(f"warm container {name} no longer runs on {url}")
         remote = RunDir(Path((new_dir / REMOTE_NOTE).read_text().strip()))
-        local = str(new_dir / CLAIM_FORWARD)
-        pair = [(local, str(remote.claim_socket()))]
-        self.connection.forward(pair, what="the warm kernel's claim socket")
-        try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(local)
-            except OSError:
-                sock.close()
-                raise
-        finally:
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                self.connection.forward(pair, cancel=True)
-            with contextlib.suppress(OSError):
-                os.unlink(local)
+        sock = connect_through(
+            self.connection, str(new_dir / CLAIM_FORWARD), str(remote.claim_socket())
+        )
         self.remote = remote
         return sock
 
@@ -491,8 +557,16 @@ class SshBackend(LocalBackend):
         node (ssh's own exit code, as a cold start's end says it)."""
         try:
             return self.api.wait(container_id)
-        except EngineError as exc:
-            if not self.connection.alive():
+        except NoSuchContainerError as exc:
+            log.warning("%s", exc)
+            return 1
+        except (EngineError, http.client.HTTPException) as exc:
+            # The request broke (not an answer of the engine's): its carrier went. A new
+            # master may already answer for another process, so alive() alone cannot say.
+            broken = isinstance(exc, http.client.HTTPException) or isinstance(
+                exc.__cause__, (OSError, http.client.HTTPException)
+            )
+            if broken or not self.connection.alive():
                 log.warning(
                     "the SSH connection to the node %s was lost: its kernel ends with it",
                     self.connection.node.url,
@@ -509,12 +583,12 @@ class SshBackend(LocalBackend):
             self.pinned.close()
         if self.remote is not None and not self._remote_removed:
             self._remote_removed = True
-            remove_warm_dirs(self.engine, [self.remote.path.name])
+            remove_node_dirs(self.connection, [self.remote.path.name])
         return removed
 
     def watchdog(self, name: str, cidfile: Path, base: Path) -> int:
-        """Nothing to fork: our end of `docker run -i`'s stdin over ssh is the lifeline
-        already, and it closes however we die."""
+        """Nothing to fork: our end of the lifeline (a connection through the master)
+        closes however we die, and the supervisor on the node ends the kernel."""
         return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def sockets(self) -> list[str]:
@@ -632,12 +706,40 @@ def _mark_claimable(connection: Connection, remote: RunDir, warm: RunDir) -> Non
 
 
 def remove_warm_dirs(engine: Engine, names: Sequence[str]) -> None:
-    """Remove warm containers' dirs on the node (by their names, pool-<key>-<nonce>),
-    quietly: their containers are gone (claimed and removed, expired, surplus, gc)."""
-    safe = [n for n in names if n.startswith(pool.POOL_DIR_PREFIX) and "/" not in n]
+    """Remove warm containers' dirs on the node `engine` is (pool-<key>-<nonce>), quietly:
+    their containers are gone (claimed and removed, expired, surplus, gc)."""
+    safe = [n for n in names if n.startswith(pool.POOL_DIR_PREFIX)]
+    remove_node_dirs(Connection.to(engine.address(), engine.environ), safe)
+
+
+def connect_through(connection: Connection, local: str, remote: str) -> socket.socket:
+    """Connect to a unix socket on the node through a forward from `local` made for this
+    connect only: the connection stays (the master carries it; OpenSSH's cancel ends the
+    listener, not its channels), the listener and its file here go. A kernel's lifeline
+    and a warm kernel's claim are such connections: no process of ours per kernel."""
+    pair = [(local, remote)]
+    connection.forward(pair, what="a kernel's lifeline")
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(local)
+        except OSError:
+            sock.close()
+            raise
+    finally:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            connection.forward(pair, cancel=True)
+        with contextlib.suppress(OSError):
+            os.unlink(local)
+    return sock
+
+
+def remove_node_dirs(connection: Connection, names: Sequence[str]) -> None:
+    """Remove kernels' (or warm containers') dirs in the node user's runtime base on the
+    node, by name, quietly: their containers are gone."""
+    safe = [n for n in names if n and "/" not in n and not n.startswith(".")]
     if not safe:
         return
-    connection = Connection.to(engine.address(), engine.environ)
     with contextlib.suppress(EngineError, OSError, subprocess.SubprocessError):
         connection.run(
             ["sh", "-c", _REMOVE_DIRS_SCRIPT, connection.facts().base, *safe],

@@ -6,6 +6,8 @@ launcher killed, the connection cut) are in test_node_kernels.py and test_node_p
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_docker_kernel import cli
 from jupyter_docker_kernel.ssh import CONFIG_ENV, Connection
 from tests.conftest import install_kernel
 from tests.kernels import execute, kernel_key
@@ -61,5 +64,46 @@ def test_a_running_node_kernel_keeps_no_process_on_this_host(
         assert reply["status"] == "ok"
         assert node_containers(pushed_node, key)
     finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+
+
+def test_gc_removes_kernel_dirs_on_the_node_that_no_container_mounts(
+    pushed_node: NodeUnderTest,
+    cold_kernel: str,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kernel dir on the node whose container is gone (its launcher, or the Jupyter
+    server, killed outright: nobody tidied up) goes with `gc`; a running kernel's stays,
+    and so does a dir younger than a minute (a start between its dir and its create)."""
+    base = Connection.to(pushed_node.url).facts().base
+    stale, young = f"{base}/tmp-stale-0a0a0a", f"{base}/tmp-young-0b0b0b"
+    pushed_node.ssh("sh", "-c", f"mkdir -p {stale}/rt {young} && touch -d '5 minutes ago' {stale}")
+    # Only this spec's node: earlier tests' specs may name nodes they stopped.
+    data = tmp_path / "data"
+    shutil.copytree(
+        Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / cold_kernel,
+        data / "kernels" / cold_kernel,
+    )
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
+    km, kc, _ = started(cold_kernel, workdir, tmp_path / "launcher.log")
+    key = kernel_key(km)
+    try:
+        pushed_node.ssh("sh", "-c", f"touch -d '5 minutes ago' {base}/{key}-*")
+        assert cli.main(["gc"]) == 0
+        said = capsys.readouterr().out
+        assert f"Removed {pushed_node.url}:{stale}" in said
+        listed = pushed_node.ssh("ls", base).stdout.split()
+        assert "tmp-stale-0a0a0a" not in listed
+        assert "tmp-young-0b0b0b" in listed
+        assert any(name.startswith(f"{key}-") for name in listed)
+        reply, _ = execute(kc, "pass")
+        assert reply["status"] == "ok"
+    finally:
+        pushed_node.ssh("rm", "-rf", young, check=False)
         kc.stop_channels()
         km.shutdown_kernel()

@@ -134,6 +134,10 @@ def gc(
                 if path.parent == base and path.name.startswith(POOL_DIR_PREFIX):
                     remove_tree(path)
                     result.dirs.append(str(path))
+        try:
+            result.dirs += [f"{url}:{d}" for d in sweep_node_dirs(url, environ, dry_run=dry_run)]
+        except DockerKernelError as exc:
+            return f"warning: node {url}: its kernels' dirs not collected: {exc}"
         return result
 
     total, warnings = reaper.GcResult(), []
@@ -145,3 +149,43 @@ def gc(
         total.dirs += done.dirs
         total.kept += done.kept
     return total, warnings
+
+
+#: Runs on the node in the node user's runtime base ($0): lists (and unless $1 is "dry")
+#: removes the dirs older than a minute that are not named in the rest of the arguments
+#: (the dirs some container of ours still mounts). A minute: a start makes its dir before
+#: its `docker create`.
+_SWEEP_SCRIPT = """
+base=$0; mode=$1; shift
+find "$base" -mindepth 1 -maxdepth 1 -type d -mmin +1 | while read -r d; do
+  n=${d##*/}; keep=0
+  for l in "$@"; do [ "$n" = "$l" ] && keep=1; done
+  [ $keep = 1 ] && continue
+  [ "$mode" = dry ] || rm -rf -- "$d"
+  printf '%s\\n' "$d"
+done
+"""
+
+
+def sweep_node_dirs(url: str, environ: Mapping[str, str] | None, *, dry_run: bool) -> list[str]:
+    """Remove the node's kernel dirs (in the node user's runtime base there) that no
+    container of ours mounts any more; returns their paths. A kernel's own end removes
+    its dir (node_backend.SshBackend.remove); a launcher or Jupyter server killed outright
+    leaves it (its container ends with its lifeline, but nobody of ours is left to tidy
+    up), as a killed launcher here leaves its runtime dir: gc takes both."""
+    from jupyter_docker_kernel import hardening
+    from jupyter_docker_kernel.ssh import Connection, NodeTransport
+
+    connection = Connection.to(url, environ)
+    api = engine_mod.EngineApi(transport=NodeTransport(connection))
+    live = {
+        Path(str(mount.get("Source", "/"))).parent.name
+        for item in api.containers({engine_mod.LABEL_KERNEL_ID: None}, all=True)
+        for mount in item.get("Mounts") or []
+        if mount.get("Destination") == hardening.RUNTIME_TARGET
+    }
+    base = connection.facts().base
+    proc = connection.run(
+        ["sh", "-c", _SWEEP_SCRIPT, base, "dry" if dry_run else "rm", *sorted(live)], timeout=60
+    )
+    return proc.stdout.decode(errors="replace").split()

@@ -119,11 +119,12 @@ done
 echo ready
 """
 #: Runs on the node for a cold start: "lifeline" once the supervisor bound its lifeline
-#: socket (we connect to it through a forward), then as _PIN_SCRIPT.
+#: socket (we connect to it through a forward), then as _PIN_SCRIPT. Started with the
+#: create, so its dir may not be there yet (NodeHeld.close ends it if none ever comes).
 _HOLD_SCRIPT = """
 d=$0; n=0
 while [ ! -S "$d/{rt}/{lifeline}" ]; do
-  [ -d "$d" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.01
+  [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.01
 done
 echo lifeline""" + _PIN_SCRIPT.replace("d=$0; n=0", "", 1)
 #: Runs on the node: exits 0 once a warm container's claim socket ($0) is bound (its
@@ -175,6 +176,11 @@ class NodeHeld(Held):
         super().__init__(backend, args, str(rundir.sockets / LIFELINE_SOCKET), command)
 
     def _started(self, backend: LocalBackend, path: str) -> None:
+        # The watch first: its session's start overlaps the create's.
+        watcher = self.connection.popen(
+            ["sh", "-c", self.hold_script(), str(self.remote.path)], stdin=subprocess.DEVNULL
+        )
+        self.pinned = PinnedForwards(self.connection, self.rundir, self.remote, watcher)
         created = self.connection.run(
             ["sh", "-c", _CREATE_SCRIPT, str(self.remote.path), *create_args(self.args)],
             input_bytes=self.bundle,
@@ -184,16 +190,13 @@ class NodeHeld(Held):
         if created.returncode != 0:
             # `docker run` exits 125 for whatever stopped it before the container ran.
             self.refused = Refused(125, created.stderr.decode(errors="replace"))
+            self.pinned.close()
             remove_node_dirs(self.connection, [self.remote.path.name])
             return
         lines = created.stdout.decode().split()
         self.container_id = lines[-1] if lines else ""
         with contextlib.suppress(OSError):
             write_private(str(self.rundir.cid), self.container_id)  # where Container looks
-        watcher = self.connection.popen(
-            ["sh", "-c", self.hold_script(), str(self.remote.path)], stdin=subprocess.DEVNULL
-        )
-        self.pinned = PinnedForwards(self.connection, self.rundir, self.remote, watcher)
         with self._lock:
             if self._closed:  # let go while it was being created: nobody will start it
                 with contextlib.suppress(DockerKernelError):
@@ -719,18 +722,22 @@ def connect_through(connection: Connection, local: str, remote: str) -> socket.s
     and a warm kernel's claim are such connections: no process of ours per kernel."""
     pair = [(local, remote)]
     connection.forward(pair, what="a kernel's lifeline")
-    try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(local)
-        except OSError:
-            sock.close()
-            raise
-    finally:
+
+    def cancel() -> None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             connection.forward(pair, cancel=True)
         with contextlib.suppress(OSError):
             os.unlink(local)
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(local)
+    except OSError:
+        sock.close()
+        cancel()
+        raise
+    # Off the start path: nobody else connects to that path meanwhile (our 0700 dir).
+    threading.Thread(target=cancel, daemon=True).start()
     return sock
 
 

@@ -127,12 +127,18 @@ while [ ! -S "$d/{rt}/{lifeline}" ]; do
   [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.01
 done
 echo lifeline""" + _PIN_SCRIPT.replace("d=$0; n=0", "", 1)
-#: Runs on the node: exits 0 once a warm container's claim socket ($0) is bound (its
-#: kernel is ready to be claimed), 1 if it never is within {ticks} ticks.
+#: Runs on the node: exits 0 once a warm container's claim socket is bound (its kernel is
+#: ready to be claimed: its five sockets are bound already, by our code alone) and those
+#: are pinned as _PIN_SCRIPT does, so that the claim forwards them at once; 1 if it never
+#: is within {ticks} ticks ($0: the warm container's dir).
 _CLAIMABLE_SCRIPT = """
-n=0
-while [ ! -S "$0" ]; do
-  [ -d "$(dirname -- "$0")" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.05
+d=$0; n=0
+while [ ! -S "$d/{rt}/{claim}" ]; do
+  [ -d "$d" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.05
+done
+mkdir -m 0700 "$d/{pins}" || exit 1
+for s in {sockets}; do
+  ln -P "$d/{rt}/$s" "$d/{pins}/$s" && [ -S "$d/{pins}/$s" ] && [ ! -L "$d/{pins}/$s" ] || exit 1
 done
 """
 #: Runs on the node, in the node user's runtime base ($0): removes the named warm
@@ -295,7 +301,11 @@ class PinnedForwards:
         rundir: RunDir,
         remote: RunDir,
         watcher: subprocess.Popen[bytes] | None = None,
+        *,
+        forwarded: bool = False,
     ) -> None:
+        """watcher: a cold start's watch, started already; forwarded: the sockets were
+        pinned before, and the caller forwards them (a claim): nothing to watch."""
         self.connection = connection
         self.pairs = [
             (str(rundir.socket(i)), str(remote.pins / rundir.socket(i).name))
@@ -310,7 +320,10 @@ class PinnedForwards:
         self._lifeline = threading.Event()
         #: Why the kernel cannot be reached ("" unless so).
         self.failed = ""
-        threading.Thread(target=self._watch, daemon=True).start()
+        if forwarded:
+            self._forwarded = True
+        else:
+            threading.Thread(target=self._watch, daemon=True).start()
 
     def lifeline_bound(self, timeout: float) -> bool:
         """Whether a cold start's watch said its lifeline socket is bound, within
@@ -512,11 +525,8 @@ class SshBackend(LocalBackend):
     def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None:
         """A warm container of these settings on any of the spec's nodes (pool.claim: its
         dir here renamed to ours, atomically), its claim socket connected through a
-        forward; then its sockets are forwarded once its kernel has bound them."""
-        claimed = pool.claim(settings, base, new_dir, connect=self._connect_claim)
-        if claimed is not None and self.remote is not None:
-            self.pinned = PinnedForwards(self.connection, RunDir(new_dir), self.remote)
-        return claimed
+        forward, made with the forwards of its five sockets (pinned when it got ready)."""
+        return pool.claim(settings, base, new_dir, connect=self._connect_claim)
 
     def _connect_claim(self, new_dir: Path) -> socket.socket:
         """pool.claim's connect for a warm container on a node: forward a local socket to
@@ -533,10 +543,20 @@ class SshBackend(LocalBackend):
         if not state.get("Running"):
             raise OSError(f"warm container {name} no longer runs on {url}")
         remote = RunDir(Path((new_dir / REMOTE_NOTE).read_text().strip()))
-        sock = connect_through(
-            self.connection, str(new_dir / CLAIM_FORWARD), str(remote.claim_socket())
-        )
-        self.remote = remote
+        # Its sockets were bound, and pinned (_mark_claimable), before it was claimable:
+        # one `-O forward` for them and the claim socket.
+        pinned = PinnedForwards(self.connection, warm, remote, forwarded=True)
+        try:
+            sock = connect_through(
+                self.connection,
+                str(new_dir / CLAIM_FORWARD),
+                str(remote.claim_socket()),
+                also=pinned.pairs,
+            )
+        except BaseException:
+            pinned.close()  # pool.claim tries the next one
+            raise
+        self.pinned, self.remote = pinned, remote
         return sock
 
     def fill(self, settings: KernelSettings, base: Path, launch: hardening.Launch) -> Refill:
@@ -688,10 +708,16 @@ def start_warm(
 def _mark_claimable(connection: Connection, remote: RunDir, warm: RunDir) -> None:
     """Wait on the node for the warm kernel's claim socket; then a socket file of its
     name here (what pool.claim and settle_when_ready look for; nothing listens on it)."""
-    script = _CLAIMABLE_SCRIPT.format(ticks=int(pool.READY_WAIT * 20))
+    script = _CLAIMABLE_SCRIPT.format(
+        ticks=int(pool.READY_WAIT * 20),
+        rt=remote.sockets.name,
+        claim=remote.claim_socket().name,
+        pins=remote.pins.name,
+        sockets=" ".join(remote.socket(i).name for i in range(1, len(CHANNELS) + 1)),
+    )
     try:
         proc = connection.run(
-            ["sh", "-c", script, str(remote.claim_socket())],
+            ["sh", "-c", script, str(remote.path)],
             timeout=pool.READY_WAIT + 10,
             check=False,
         )
@@ -715,13 +741,19 @@ def remove_warm_dirs(engine: Engine, names: Sequence[str]) -> None:
     remove_node_dirs(Connection.to(engine.address(), engine.environ), safe)
 
 
-def connect_through(connection: Connection, local: str, remote: str) -> socket.socket:
+def connect_through(
+    connection: Connection,
+    local: str,
+    remote: str,
+    also: Sequence[tuple[str, str]] = (),
+) -> socket.socket:
     """Connect to a unix socket on the node through a forward from `local` made for this
     connect only: the connection stays (the master carries it; OpenSSH's cancel ends the
     listener, not its channels), the listener and its file here go. A kernel's lifeline
-    and a warm kernel's claim are such connections: no process of ours per kernel."""
+    and a warm kernel's claim are such connections: no process of ours per kernel.
+    also: more (local, remote) forwards to make in the same call, which stay."""
     pair = [(local, remote)]
-    connection.forward(pair, what="a kernel's lifeline")
+    connection.forward([*pair, *also], what="a kernel's sockets")
 
     def cancel() -> None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):

@@ -494,7 +494,8 @@ class SshBackend(LocalBackend):
     def start_cold(
         self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
     ) -> Cold:
-        """The kernel's dir on the node (one tar stream), then `docker run -i` there."""
+        """The kernel's dir on the node (one tar stream) and `docker create` there, in
+        one ssh session, then the API start and the lifeline (NodeHeld, in a thread)."""
         if len(settings.nodes) > 1:
             chosen = pick(settings.nodes, self.engine.environ)
             self.use(chosen.url)

@@ -5,10 +5,13 @@ through the user's own OpenSSH client, with the user's keys, agent and known_hos
 host-key checking is never relaxed (StrictHostKeyChecking=yes: an unknown host key is an
 error that says how to add it), and nothing asks for a password (BatchMode). One
 ControlMaster per node (its control socket in our private runtime base) carries every
-command, each kernel's `docker run -i` session and the forwards of each kernel's unix
-sockets (`-O forward -L local.sock:remote.sock`): one TCP connection, one handshake.
+command, the forward of the node engine's socket (engine_socket: node kernels' engine
+calls are API requests, NodeTransport), each kernel's lifeline connection and the
+forwards of each kernel's unix sockets (`-O forward -L local.sock:remote.sock`): one TCP
+connection, one handshake, and no process of ours per kernel.
 
-Who calls it: node_backend.SshBackend (a kernel on a node), push.push (`image push`).
+Who calls it: node_backend.SshBackend (a kernel on a node), push.push (`image push`),
+node_manage (list, gc).
 JUPYTER_DOCKER_KERNEL_SSH_CONFIG names an ssh_config file (`ssh -F`) for a setup whose
 keys are not in the user's ~/.ssh (the tests' nodes: OpenSSH reads the passwd entry's
 home, not $HOME).

@@ -33,6 +33,7 @@ from typing import Any
 from benchmarks.run import (
     NATIVE,
     _pool_ready,
+    drain_pools,
     install,
     isolated_jupyter_env,
     round_trips,
@@ -171,6 +172,10 @@ def measure(repeat: int, round_count: int, megabytes: int) -> dict[str, Any]:
             "series": series,
         }
     finally:
+        # Its warm dirs here (their containers go with the node): a later node may get
+        # the same address, and its pool must not count them.
+        with contextlib.suppress(Exception):
+            drain_pools([NODE_POOLED])
         stop_node(name)
 
 

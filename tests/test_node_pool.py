@@ -6,6 +6,7 @@ Real nodes (tests/nodes.py: a dockerd and sshd in namespaces of their own), no m
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-from jupyter_docker_kernel import cli
+from jupyter_docker_kernel import cli, kernelspec, pool
 from jupyter_docker_kernel.engine import LABEL_POOL
 from jupyter_docker_kernel.rundir import POOL_DIR_PREFIX, POOL_NAME_PREFIX, RunDir, runtime_base
 from jupyter_docker_kernel.ssh import CONFIG_ENV, Connection
@@ -63,10 +65,16 @@ def warm_on_node(node: NodeUnderTest, *, all_states: bool = False) -> list[str]:
 
 
 def ready_warm_dirs(node: NodeUnderTest) -> list[Path]:
-    """This host's dirs of the node's warm containers whose kernel is ready to be claimed."""
+    """This host's dirs of the node's warm containers of POOLED whose kernel is ready to be
+    claimed (not another spec's: a node of an earlier session may have had this address)."""
+    spec = KernelSpecManager().get_kernel_spec(POOLED)
+    settings = kernelspec.settings_from_kernel_json(
+        json.loads((Path(spec.resource_dir) / "kernel.json").read_text())
+    )
+    key = pool.pool_key(settings, os.getuid())
     return [
         d
-        for d in runtime_base().glob(f"{POOL_DIR_PREFIX}*")
+        for d in runtime_base().glob(f"{POOL_DIR_PREFIX}{key}-*")
         if RunDir(d).claim_socket().exists() and RunDir(d).read_pool_note()[1] == node.url
     ]
 

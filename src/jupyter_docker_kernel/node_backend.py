@@ -735,6 +735,12 @@ def _mark_claimable(connection: Connection, remote: RunDir, warm: RunDir) -> Non
             marker.bind(str(warm.claim_socket()))
 
 
+def node_api(engine: Engine) -> EngineApi:
+    """The API of the node engine `engine` is (ssh://), through its socket forwarded over
+    the master (pool.fill asks it which warm containers still run there)."""
+    return EngineApi(transport=NodeTransport(Connection.to(engine.address(), engine.environ)))
+
+
 def remove_warm_dirs(engine: Engine, names: Sequence[str]) -> None:
     """Remove warm containers' dirs on the node `engine` is (pool-<key>-<nonce>), quietly:
     their containers are gone (claimed and removed, expired, surplus, gc)."""

@@ -291,10 +291,14 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
     claim them; settle_when_ready removes any that would make more than `pool` ready
     once the starts stop. The slow `docker run`s come after the lock is released.
     """
+    from jupyter_docker_kernel import node_backend  # imports this module
+
     key = pool_key(settings, os.getuid())
     on = node_of(engine)
     with fill_lock(base, key):
-        api = engine.api()
+        # A node's: its engine's API over its SSH master, and only that node's warm dirs
+        # (a spec with several nodes keeps a pool on each).
+        api = engine.api() if on is None else node_backend.node_api(engine)
         if api.available():
             # Dirs with no container id yet are being started (reserve() made them, their
             # `docker run` runs); looked at before the engine's list, so one that started
@@ -304,18 +308,15 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
                 str((item.get("Names") or ["/"])[0]).lstrip("/")
                 for item in api.containers({LABEL_POOL: key})
             }
-            remove_expired(base, key, names)
+            expired = remove_expired(base, key, names, on=on)
+            if on is not None and expired:  # and their dirs on the node
+                node_backend.remove_warm_dirs(engine, [d.name for d in expired])
             # Not a dir whose container has gone (gc --pools keeps young dirs): it would
             # hold a place in the pool until its dir expires.
             live = [d for d in pool_dirs(base, key, on) if d in starting or note_name(d) in names]
         else:
-            # A node's engine: its pool's dirs only (node_backend removes their node side).
-            expired = remove_expired(base, key, None, settings.pool_ttl, on)
-            if on is not None and expired:
-                from jupyter_docker_kernel import node_backend  # imports this module
-
-                node_backend.remove_warm_dirs(engine, [d.name for d in expired])
-            live = pool_dirs(base, key, on)
+            remove_expired(base, key, None, settings.pool_ttl)
+            live = pool_dirs(base, key)
         ready = sum(1 for d in live if RunDir(d).claim_socket().exists())
         room = settings.pool * (2 if starts_come_fast(base, key) else 1) - len(live)
         count = max(0, min(room, settings.pool - ready))

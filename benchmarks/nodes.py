@@ -1,15 +1,19 @@
 """A kernel on a remote node vs on this host, both through the product (issue 13),
 interleaved: cold start (start_kernel to the first kernel_info reply), `pass` round trip,
-stdout throughput.
+stdout throughput; and the start of a pooled kernel on the node (claiming a warm container
+there) against a native local ipykernel's start (the goal: faster).
 
     .venv/bin/python -m benchmarks.nodes [--repeat 5]     # as root
     scripts/bench --nodes                                  # the same, after the usual rows
 
 Only when asked: it makes a node on this machine (scripts/test-node, through tests/nodes.py:
 its own netns, dockerd and sshd), pushes the default image to it (`image push`), installs
-two kernelspecs (--no-workdir, one with --engine-host ssh://...), then alternates which
-goes first in each round. Removes the node at the end, also after a failure. Prints one
-JSON object: medians per path, the ratios (node / local) and the SSH cipher used.
+kernelspecs (--no-workdir: one local, one on the node, one on the node with --pool 1), then
+alternates the order in each round (native, local, node, node-pooled; reversed every other
+round). Before each pooled start its pool is waited for (not measured), so it measures a
+claim. Removes the node at the end, also after a failure. Prints one JSON object: medians
+per path, the ratios (node / local, pooled node / native) and the SSH cipher used; and the
+processes and memory on this host per running node kernel (host_footprint).
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.run import (
+    NATIVE,
+    _pool_ready,
+    drain_pools,
     install,
     isolated_jupyter_env,
     round_trips,
@@ -38,7 +46,56 @@ from benchmarks.run import (
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "jupyter-docker-kernel/default:latest"
-LOCAL, NODE = "jdk-bench-local", "jdk-bench-node"
+LOCAL, NODE, NODE_POOLED = "jdk-bench-local", "jdk-bench-node", "jdk-bench-node-pool"
+#: Node kernels held at once while host_footprint counts this host's processes.
+FOOTPRINT_KERNELS = 3
+
+
+def node_session_processes() -> list[tuple[int, float]]:
+    """(pid, RSS in MiB) of this host's ssh clients that are sessions on a node's master
+    (ControlMaster=no): what a node kernel may keep running here (its `docker run -i`
+    session, before issue 13's API path). Masters, one per node, are not counted."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if not argv or not argv[0].endswith(b"ssh") or b"ControlMaster=no" not in argv:
+            continue
+        rss = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+        found.append((int(entry.name), int(rss[0]) / 1024 if rss else 0.0))
+    return found
+
+
+def host_footprint(work: Path) -> dict[str, Any]:
+    """Processes and RSS on this host per running node kernel: FOOTPRINT_KERNELS cold node
+    kernels started and idle, the node sessions counted before and during."""
+    before = node_session_processes()
+    held = [start_and_first_reply(NODE, work)[1:] for _ in range(FOOTPRINT_KERNELS)]
+    try:
+        during = node_session_processes()
+    finally:
+        for km, kc in held:
+            stop_kernel(km, kc)
+    extra = [p for p in during if p[0] not in {pid for pid, _ in before}]
+    return {
+        "kernels": FOOTPRINT_KERNELS,
+        "processes_per_kernel": len(extra) / FOOTPRINT_KERNELS,
+        "rss_mib_per_kernel": sum(rss for _, rss in extra) / FOOTPRINT_KERNELS,
+    }
+
+
+def wait_for_pool(kernel: str, timeout: float = 120) -> None:
+    """Until the pooled kernelspec has a warm container ready (not measured)."""
+    deadline = time.monotonic() + timeout
+    while _pool_ready(kernel) < 1:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the pool of {kernel} did not fill in {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 def cipher(ssh_config: Path, address: str) -> str:
@@ -75,31 +132,50 @@ def measure(repeat: int, round_count: int, megabytes: int) -> dict[str, Any]:
         with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON's
             install(LOCAL, "--image", IMAGE, "--no-workdir")
             install(NODE, "--image", IMAGE, "--no-workdir", "--engine-host", node.url)
+            install(
+                NODE_POOLED, "--image", IMAGE, "--no-workdir", "--engine-host", node.url,
+                "--pool", "1",
+            )  # fmt: skip
         series: dict[str, dict[str, list[float]]] = {
             k: {"start_s": [], "pass_ms": [], "stdout_mb_s": []} for k in ("local", "node")
         }
+        series["native"] = {"start_s": []}
+        series["node_pooled"] = {"start_s": []}
+        # The pool's first fill comes from a first start (not measured).
+        stop_kernel(*start_and_first_reply(NODE_POOLED, work)[1:])
         for i in range(repeat):
-            order = [("local", LOCAL), ("node", NODE)]
+            order = [("native", NATIVE), ("local", LOCAL), ("node", NODE)]
+            order.append(("node_pooled", NODE_POOLED))
             for label, kernel in order if i % 2 == 0 else order[::-1]:
+                if label == "node_pooled":
+                    wait_for_pool(kernel)
                 took, km, kc = start_and_first_reply(kernel, work)
                 try:
                     series[label]["start_s"].append(took)
-                    series[label]["pass_ms"].append(round_trips(kc, round_count) * 1000)
-                    series[label]["stdout_mb_s"].append(stdout_throughput(kc, megabytes))
+                    if "pass_ms" in series[label]:
+                        series[label]["pass_ms"].append(round_trips(kc, round_count) * 1000)
+                        series[label]["stdout_mb_s"].append(stdout_throughput(kc, megabytes))
                 finally:
                     stop_kernel(km, kc)
         medians = {
             k: {m: statistics.median(v) for m, v in rows.items()} for k, rows in series.items()
         }
         ratios = {m: medians["node"][m] / medians["local"][m] for m in medians["local"]}
+        pooled = medians["node_pooled"]["start_s"] / medians["native"]["start_s"]
         return {
             "repeat": repeat,
             "cipher": cipher(node.ssh_config, node.address),
             "median": medians,
             "node_over_local": ratios,
+            "pooled_node_start_over_native": pooled,
+            "host_footprint": host_footprint(work),
             "series": series,
         }
     finally:
+        # Its warm dirs here (their containers go with the node): a later node may get
+        # the same address, and its pool must not count them.
+        with contextlib.suppress(Exception):
+            drain_pools([NODE_POOLED])
         stop_node(name)
 
 

@@ -173,6 +173,9 @@ class ListingEngine:
     def api(self) -> ListingEngine:
         return self
 
+    def address(self) -> str:
+        return ""  # this host's engine (pool.node_of)
+
     def available(self) -> bool:
         return True
 

@@ -980,7 +980,11 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
         engine, dry_run=args.dry_run, pools=args.pools is not None, pool_keys=keys
     )
     on_nodes, node_warnings = node_manage.gc(
-        node_manage.node_urls(spec_settings()), dry_run=args.dry_run, command=engine.command
+        node_manage.node_urls(spec_settings()),
+        dry_run=args.dry_run,
+        command=engine.command,
+        pools=args.pools is not None,
+        pool_keys=keys,
     )
     if args.json:
         data = {"dry_run": args.dry_run, **dataclasses.asdict(result)}
@@ -993,7 +997,7 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
     for name in on_nodes.containers:
         print(f"{verb} container {name} on its node (its launcher here is gone)")
     print(*node_warnings, sep="\n", end="\n" if node_warnings else "")
-    for path in result.dirs:
+    for path in [*result.dirs, *on_nodes.dirs]:
         print(f"{verb} {path}")
     if result.logs:
         print(f"{verb} {len(result.logs)} kept kernel log(s) older than a day")

@@ -10,36 +10,52 @@ for an ssh:// engine address. What runs where:
   _supervise.py and _usage.py: the node need not have this package) go there as one tar
   stream before the start. A path of this host is never mounted: a mounted work dir is
   refused (use --copy-workdir, which streams it over the lifeline, or --no-workdir).
-- The container is `docker run -i` on the node, run through the node's multiplexed ssh
-  connection (ssh.Connection), its stdin our pipe: the supervisor's lifeline, as
-  CliBackend's. Killing whoever holds that pipe (the launcher, the resident helper, the
-  Jupyter server), or losing the SSH connection, closes it; the node's docker CLI closes
-  the container's stdin, and the supervisor ends the kernel (--rm removes it). The shell
-  around `docker run` removes the kernel's dir on the node after it.
+- A cold start is LocalBackend's, on the node (NodeHeld): `docker create` by the node's
+  CLI (one ssh session, which first makes the kernel's dir from the tar stream), then the
+  exit wait and the start through the node engine's API, and the supervisor's lifeline
+  socket connected through a forward over the master: that connection is the kernel's
+  life, and no process of ours runs per kernel (issue 17). Killing whoever holds it (the
+  launcher, the resident helper, the Jupyter server), or losing the SSH connection,
+  closes it on the node, and the supervisor ends the kernel (--rm removes it). The
+  kernel's dir on the node goes with its removal (SshBackend.remove).
 - The client's side: once the kernel has bound its five sockets on the node, the same
   master forwards each from this host's socket dir (`-O forward -L local:remote`,
   OpenSSH's unix-socket forwarding, 0600 sockets). The relay connects to those as to a
   local kernel's (it retries until they appear). Nothing listens on the node's network,
   the container keeps --network none, and the channels are encrypted by SSH.
-- Engine calls (signal, rm, inspect, wait, rename) are the docker CLI on the node, through
-  the same connection (Engine.command_line does that for every ssh:// engine).
+- Engine calls (signal, rm, inspect, wait, rename, update) go to the node engine's API,
+  its socket forwarded over the same master to a 0600 socket in our runtime base
+  (ssh.engine_socket, ssh.NodeTransport): one HTTP request each, no process. The docker
+  CLI on the node, through the same connection, does the rest (Engine.command_line).
+
+Warm pools on nodes (setup --pool N with a node): pool.py's bookkeeping stays on this host
+(each warm container has its dir here, with the pool note naming its node, so a claim is
+still one rename(2), with no engine call on the start path but one inspect through the
+forwarded API), while the container and its dir (supervisor, sockets) are on the node
+(start_warm, in the refill's process: `docker run -d` there, at the pool's low CPU
+weight, labelled as local pool containers). A claim connects to the warm kernel's claim
+socket through a forward; that connection, carried by the master, is the kernel's
+lifeline (no process here); its five sockets are forwarded as a cold one's are
+(PinnedForwards). The refill tops up the pool of the node the start used; `gc --pools`
+and `list` see them (node_manage).
 
 A pool of nodes (setup --node a --node b): each start asks every node at once for its
 load (the engine's running containers, the node's available memory) and runs on the
 least-loaded one that answered within PICK_TIMEOUT (`pick`); the others are skipped with
 one log line each.
 
-Not yet: warm pools on nodes (claim finds none, fill does nothing), the socket-dir guard
-on the node's side, kernel_transport "tcp".
+Not yet: the socket-dir guard on the node's side, kernel_transport "tcp".
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
 import io
 import logging
 import os
+import socket
 import subprocess
 import tarfile
 import threading
@@ -50,12 +66,19 @@ from pathlib import Path
 from jupyter_docker_kernel import hardening, pool
 from jupyter_docker_kernel.container import Cold, Refill
 from jupyter_docker_kernel.endpoints import CHANNELS
-from jupyter_docker_kernel.engine import Engine
-from jupyter_docker_kernel.errors import EngineError, LaunchError
-from jupyter_docker_kernel.local_backend import Attached, CliBackend
-from jupyter_docker_kernel.rundir import RunDir, write_private
+from jupyter_docker_kernel.engine import (
+    Engine,
+    EngineApi,
+    ExitWatch,
+    NoSuchContainerError,
+    create_args,
+)
+from jupyter_docker_kernel.errors import DockerKernelError, EngineError, LaunchError
+from jupyter_docker_kernel.lifeline import CONNECT_SECONDS, LIFELINE_SOCKET, claim_line
+from jupyter_docker_kernel.local_backend import Held, LocalBackend, Refused, start_exit_code
+from jupyter_docker_kernel.rundir import WEIGHT_NOTE, RunDir, write_private
 from jupyter_docker_kernel.settings import KernelSettings
-from jupyter_docker_kernel.ssh import SSH_FAILED, Connection
+from jupyter_docker_kernel.ssh import SSH_FAILED, Connection, NodeTransport
 
 # The launcher's logger, as in container.py: the lines users and tests know.
 log = logging.getLogger("jupyter_docker_kernel.launcher")
@@ -74,20 +97,15 @@ _PREPARE_SCRIPT = (
     'umask 077; b=$(dirname -- "$0"); mkdir -p -m 0700 -- "$b" && [ -O "$b" ] && '
     '[ ! -L "$b" ] && mkdir -m 0700 -- "$0" && tar -x -p -C "$0" -f -'
 )
-#: Runs on the node around `docker run -i ...` ("$@"): the kernel's dir ($0) goes with it.
-_RUN_SCRIPT = 'docker "$@"; code=$?; rm -rf -- "$0"; exit $code'
-#: Runs on the node: prints the container's id once the CLI wrote it, then "ready" once
-#: the kernel bound all its sockets and each is pinned: a hard link in the kernel's dir,
-#: which the container does not see (its socket dir is writable by the kernel, which could
-#: swap a socket for a symlink to any socket the node user reaches, the engine's say;
-#: sshd follows symlinks at each new connection, the link keeps the inode we checked).
-#: Gives up when the dir goes (the start failed).
-_WATCH_SCRIPT = """
+#: The same, then `docker create ...` ("$@") in one session: it prints the container's id.
+_CREATE_SCRIPT = _PREPARE_SCRIPT + ' && exec docker "$@"'
+#: Runs on the node: "ready" once the kernel bound all its sockets and each is pinned: a
+#: hard link in the kernel's dir, which the container does not see (its socket dir is
+#: writable by the kernel, which could swap a socket for a symlink to any socket the node
+#: user reaches, the engine's say; sshd follows symlinks at each new connection, the link
+#: keeps the inode we checked). Gives up when the dir goes (the start failed).
+_PIN_SCRIPT = """
 d=$0; n=0
-while [ ! -s "$d/{cid}" ]; do
-  [ -d "$d" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.02
-done
-cat "$d/{cid}"; echo
 while :; do
   ok=1
   for s in {sockets}; do [ -S "$d/{rt}/$s" ] || ok=0; done
@@ -100,72 +118,153 @@ for s in {sockets}; do
 done
 echo ready
 """
+#: Runs on the node for a cold start: "lifeline" once the supervisor bound its lifeline
+#: socket (we connect to it through a forward), then as _PIN_SCRIPT. Started with the
+#: create, so its dir may not be there yet (NodeHeld.close ends it if none ever comes).
+_HOLD_SCRIPT = """
+d=$0; n=0
+while [ ! -S "$d/{rt}/{lifeline}" ]; do
+  [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.01
+done
+echo lifeline""" + _PIN_SCRIPT.replace("d=$0; n=0", "", 1)
+#: Runs on the node: exits 0 once a warm container's claim socket is bound (its kernel is
+#: ready to be claimed: its five sockets are bound already, by our code alone) and those
+#: are pinned as _PIN_SCRIPT does, so that the claim forwards them at once; 1 if it never
+#: is within {ticks} ticks ($0: the warm container's dir).
+_CLAIMABLE_SCRIPT = """
+d=$0; n=0
+while [ ! -S "$d/{rt}/{claim}" ]; do
+  [ -d "$d" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.05
+done
+mkdir -m 0700 "$d/{pins}" || exit 1
+for s in {sockets}; do
+  ln -P "$d/{rt}/$s" "$d/{pins}/$s" && [ -S "$d/{pins}/$s" ] && [ ! -L "$d/{pins}/$s" ] || exit 1
+done
+"""
+#: Runs on the node, in the node user's runtime base ($0): removes the named warm
+#: containers' dirs ("$@": pool-<key>-<nonce>, checked by remove_warm_dirs).
+_REMOVE_DIRS_SCRIPT = 'cd -- "$0" && rm -rf -- "$@"'
+#: In a warm container's dir on this host: the path of its dir on the node.
+REMOTE_NOTE = "node-dir"
+#: In a claimed warm container's dir on this host: the forward of its claim socket, for
+#: the moment of the claim's connect.
+CLAIM_FORWARD = "claim.fwd"
 
 
-class Forwarded(Attached):
-    """A kernel's `docker run -i` on the node (its stdin the lifeline), and the forwards of
-    its sockets to this host's socket dir, made once the kernel has bound them."""
+class NodeHeld(Held):
+    """A cold start on a node, as LocalBackend's (Held): created by the node's CLI (one
+    ssh session, which also makes the kernel's dir from one tar stream), its exit wait and
+    start through the node engine's API (forwarded over the master), and held by the
+    supervisor's lifeline socket, connected through a forward: the connection is carried
+    by the master, so no process of ours runs per kernel. Killing whoever holds it (the
+    launcher, the resident helper, the Jupyter server) or losing the SSH connection
+    closes it on the node, and the supervisor ends the kernel (--rm removes it). A watch
+    on the node (one ssh session during the start only, _HOLD_SCRIPT) says when the
+    lifeline is bound, then when the kernel's five sockets are, which are then forwarded
+    to this host's socket dir (PinnedForwards)."""
 
     def __init__(
-        self, proc: subprocess.Popen[bytes], connection: Connection, rundir: RunDir, remote: RunDir
+        self,
+        backend: SshBackend,
+        args: list[str],
+        rundir: RunDir,
+        remote: RunDir,
+        bundle: bytes,
+        command: str,
     ) -> None:
-        super().__init__(proc)
-        self.connection = connection
+        self.connection = backend.connection
         self.rundir = rundir
         self.remote = remote
-        self.pairs = [
-            (str(rundir.socket(i)), str(remote.pins / rundir.socket(i).name))
-            for i in range(1, len(CHANNELS) + 1)
-        ]
-        self._lock = threading.Lock()
-        self._closed = False
-        self._forwarded = False
-        self._watcher: subprocess.Popen[bytes] | None = None
-        #: Why _watch ended the kernel ("" unless it did).
-        self._failed = ""
-        threading.Thread(target=self._watch, daemon=True).start()
+        self.bundle = bundle
+        self.pinned: PinnedForwards | None = None
+        #: The SSH connection went while we waited for the exit (wait).
+        self.lost = False
+        super().__init__(backend, args, str(rundir.sockets / LIFELINE_SOCKET), command)
 
-    def _watch(self) -> None:
-        """The container's id (written to our cidfile, where Container looks), then the
-        forwards. A failure here is logged: the kernel is unreachable, and its client's
-        wait for a reply says so; stopping it is the client's (or the lifetime's) call."""
-        names = " ".join(Path(local).name for local, _ in self.pairs)
-        script = _WATCH_SCRIPT.format(
-            ticks=SOCKETS_WAIT * 50,
-            sockets=names,
-            rt=self.remote.sockets.name,
-            cid=self.remote.cid.name,
-            pins=self.remote.pins.name,
+    def _started(self, backend: LocalBackend, path: str) -> None:
+        # The watch first: its session's start overlaps the create's.
+        watcher = self.connection.popen(
+            ["sh", "-c", self.hold_script(), str(self.remote.path)], stdin=subprocess.DEVNULL
         )
+        self.pinned = PinnedForwards(self.connection, self.rundir, self.remote, watcher)
+        created = self.connection.run(
+            ["sh", "-c", _CREATE_SCRIPT, str(self.remote.path), *create_args(self.args)],
+            input_bytes=self.bundle,
+            timeout=120,
+            check=False,
+        )
+        if created.returncode != 0:
+            # `docker run` exits 125 for whatever stopped it before the container ran.
+            self.refused = Refused(125, created.stderr.decode(errors="replace"))
+            self.pinned.close()
+            remove_node_dirs(self.connection, [self.remote.path.name])
+            return
+        lines = created.stdout.decode().split()
+        self.container_id = lines[-1] if lines else ""
+        with contextlib.suppress(OSError):
+            write_private(str(self.rundir.cid), self.container_id)  # where Container looks
+        with self._lock:
+            if self._closed:  # let go while it was being created: nobody will start it
+                with contextlib.suppress(DockerKernelError):
+                    backend.api.remove(self.container_id)
+                return
+        # As Held's: the exit wait asked before the start, so even a --rm container
+        # cannot exit unseen.
         try:
-            with self._lock:
-                if self._closed:
-                    return
-                self._watcher = self.connection.popen(
-                    ["sh", "-c", script, str(self.remote.path)], stdin=subprocess.DEVNULL
-                )
-            watcher = self._watcher
-            assert watcher.stdout is not None
-            cid = watcher.stdout.readline().decode().strip()
-            if cid:
-                self.container_id = cid
-                with contextlib.suppress(OSError):
-                    write_private(str(self.rundir.cid), cid)
-            ready = watcher.stdout.readline().decode().strip() == "ready"
-            watcher.communicate()
-            with self._lock:
-                if not ready or self._closed:
-                    return
-                self.connection.forward(self.pairs)
-                self._forwarded = True
-            log.debug("kernel sockets forwarded from %s", self.connection.node.url)
-        except (OSError, EngineError) as exc:
-            # Unreachable: end it now (its session's end closes the lifeline), so that the
-            # client hears of a dead kernel at once, not after its own timeout.
-            self._failed = f"its sockets could not be forwarded from the node: {exc}"
-            log.warning("the kernel on %s cannot be reached: %s", self.connection.node.url, exc)
-            with contextlib.suppress(OSError):
-                self.proc.terminate()
+            self.exit = backend.api.watch_exit(self.container_id)
+        except DockerKernelError as exc:
+            self.refused = Refused(125, f"docker: {exc}\n", self.container_id)
+            return
+        sock: socket.socket | None = None
+        try:
+            backend.api.start(self.container_id)
+            sock = self.open_lifeline(path, self.exit)
+            if sock is not None:
+                sock.sendall(claim_line())
+        except DockerKernelError as exc:
+            self.exit.close()
+            code = start_exit_code(str(exc))
+            self.refused = Refused(code, f"docker: {exc}\n", self.container_id)
+        except OSError:
+            if sock is not None:
+                sock.close()
+            sock = None  # it ended meanwhile: its exit code says
+        with self._lock:
+            if self._closed and sock is not None:
+                sock.close()  # let go before we got hold: the kernel ends
+                sock = None
+            self.sock = sock
+
+    def open_lifeline(self, path: str, exit: ExitWatch) -> socket.socket | None:
+        """Once the watch on the node says the supervisor bound its lifeline socket,
+        connect to it through a forward made for this connect only (the connection stays);
+        None when the container exited first (or never bound it within
+        lifeline.CONNECT_SECONDS: its own --lifeline-wait has ended it by then)."""
+        assert self.pinned is not None
+        deadline = time.monotonic() + CONNECT_SECONDS
+        while not self.pinned.lifeline_bound(0.05):
+            if exit.done() or time.monotonic() > deadline:
+                return None
+        return connect_through(self.connection, path, str(self.remote.sockets / LIFELINE_SOCKET))
+
+    def hold_script(self) -> str:
+        return _HOLD_SCRIPT.format(
+            ticks=SOCKETS_WAIT * 100,
+            sockets=" ".join(self.rundir.socket(i).name for i in range(1, len(CHANNELS) + 1)),
+            rt=self.remote.sockets.name,
+            pins=self.remote.pins.name,
+            lifeline=LIFELINE_SOCKET,
+        )
+
+    def wait(self) -> int:
+        """The container's exit code, from the node's engine; SSH_FAILED when the SSH
+        connection (which carries that wait) went first: the kernel ended with it."""
+        try:
+            return super().wait()
+        except EngineError as exc:
+            self.lost = True
+            log.debug("exit wait on %s ended: %s", self.node, exc)
+            return SSH_FAILED
 
     @property
     def node(self) -> str:
@@ -175,12 +274,110 @@ class Forwarded(Attached):
     @property
     def ended_by(self) -> str:
         """Why it ended, for the exit line and the kill notice (Container.wait): "" unless
-        the SSH connection to the node was lost (ssh's own exit code)."""
-        if self._failed:
-            return self._failed
-        if self.proc.returncode == SSH_FAILED:
-            return f"the SSH connection to the node {self.connection.node.url} was lost"
+        the SSH connection to the node was lost, or its sockets could not be forwarded."""
+        if self.pinned is not None and self.pinned.failed:
+            return self.pinned.failed
+        if self.lost:
+            return f"the SSH connection to the node {self.node} was lost"
         return ""
+
+    def close(self) -> None:
+        super().close()
+        if self.pinned is not None:
+            self.pinned.close()
+
+
+class PinnedForwards:
+    """A kernel's sockets on the node, forwarded once it has bound them (a cold one binds
+    them after its lifeline's claim line, a claimed warm one's may rebind after the
+    hand-over): a thread waits on the node (_PIN_SCRIPT, or a cold start's _HOLD_SCRIPT
+    after its "lifeline": one short ssh session, until they are pinned), then forwards
+    each from this host's socket dir, where the relay connects (retrying until they
+    appear). Nothing of it runs once they are forwarded."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        rundir: RunDir,
+        remote: RunDir,
+        watcher: subprocess.Popen[bytes] | None = None,
+        *,
+        forwarded: bool = False,
+    ) -> None:
+        """watcher: a cold start's watch, started already; forwarded: the sockets were
+        pinned before, and the caller forwards them (a claim): nothing to watch."""
+        self.connection = connection
+        self.pairs = [
+            (str(rundir.socket(i)), str(remote.pins / rundir.socket(i).name))
+            for i in range(1, len(CHANNELS) + 1)
+        ]
+        self.remote = remote
+        self._lock = threading.Lock()
+        self._closed = False
+        self._forwarded = False
+        #: A cold start's watch (_HOLD_SCRIPT), read up to "lifeline" by its NodeHeld.
+        self._watcher = watcher
+        self._lifeline = threading.Event()
+        #: Why the kernel cannot be reached ("" unless so).
+        self.failed = ""
+        if forwarded:
+            self._forwarded = True
+        else:
+            threading.Thread(target=self._watch, daemon=True).start()
+
+    def lifeline_bound(self, timeout: float) -> bool:
+        """Whether a cold start's watch said its lifeline socket is bound, within
+        timeout (NodeHeld.open_lifeline polls it between looks at the container's exit)."""
+        return self._lifeline.wait(timeout)
+
+    def _watch(self) -> None:
+        names = " ".join(Path(local).name for local, _ in self.pairs)
+        if self._watcher is not None:
+            try:
+                assert self._watcher.stdout is not None
+                if self._watcher.stdout.readline().decode().strip() != "lifeline":
+                    return  # ended first (its exit says why), or let go
+                self._lifeline.set()
+                self._forward_when_ready()
+            except (OSError, EngineError) as exc:
+                self._unreachable(exc)
+            return
+        script = _PIN_SCRIPT.format(
+            ticks=SOCKETS_WAIT * 50,
+            sockets=names,
+            rt=self.remote.sockets.name,
+            pins=self.remote.pins.name,
+        )
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                self._watcher = self.connection.popen(
+                    ["sh", "-c", script, str(self.remote.path)], stdin=subprocess.DEVNULL
+                )
+            self._forward_when_ready()
+        except (OSError, EngineError) as exc:
+            self._unreachable(exc)
+
+    def _forward_when_ready(self) -> None:
+        """Once the watch says "ready" (the sockets pinned): forward them."""
+        watcher = self._watcher
+        assert watcher is not None
+        assert watcher.stdout is not None
+        ready = watcher.stdout.readline().decode().strip() == "ready"
+        watcher.communicate()
+        with self._lock:
+            if not ready or self._closed:
+                return
+            self.connection.forward(self.pairs)
+            self._forwarded = True
+        log.debug("kernel sockets forwarded from %s", self.connection.node.url)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        # The client's wait for its first reply says the kernel is unreachable; its log
+        # says why.
+        self.failed = f"its sockets could not be forwarded from the node: {exc}"
+        log.warning("the kernel on %s cannot be reached: %s", self.connection.node.url, exc)
 
     def close(self) -> None:
         with self._lock:
@@ -195,17 +392,6 @@ class Forwarded(Attached):
         if forwarded:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 self.connection.forward(self.pairs, cancel=True)
-        super().close()
-
-
-class NoRefill:
-    """Warm pools on nodes are not built yet: the refill is nothing."""
-
-    def open(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 #: A node that has not said its load this soon is skipped for this start.
@@ -279,24 +465,40 @@ def pick(urls: Sequence[str], environ: Mapping[str, str] | None) -> Load:
     return chosen
 
 
-class SshBackend(CliBackend):
+class SshBackend(LocalBackend):
     """Kernels on a remote node over SSH (see the module docstring). With settings.nodes
-    (setup --node), start_cold first picks the least-loaded node that answers, and every
-    call after goes to that node: one backend per Container."""
+    (setup --node), start_cold first picks the least-loaded node that answers (a claim
+    takes a warm container on whichever node has one), and every call after goes to that
+    node: one backend per Container. Engine calls (exit wait, signals, inspect, rename,
+    update, removal) go to the node engine's API through its socket forwarded over the
+    master (ssh.engine_socket): one HTTP request each, no process."""
 
     def __init__(self, engine: Engine) -> None:
         # The engine's CLI calls go through the same connection (Engine.command_line).
         self.connection = Connection.to(engine.address(), engine.environ)
         super().__init__(engine)
+        self.api = EngineApi(transport=NodeTransport(self.connection))
+        #: A claimed warm kernel's dir on the node and its sockets' forwards (claim).
+        self.remote: RunDir | None = None
+        self.pinned: PinnedForwards | None = None
+        self._remote_removed = False
+
+    def use(self, url: str) -> None:
+        """Send every call after this to the node at url (a pool's pick, a claim)."""
+        if url == self.connection.node.url:
+            return
+        self.connection = Connection.to(url, self.engine.environ)
+        self.engine = Engine(self.engine.command, host=url, environ=self.engine.environ)
+        self.api = EngineApi(transport=NodeTransport(self.connection))
 
     def start_cold(
         self, settings: KernelSettings, launch: hardening.Launch, rundir: RunDir
     ) -> Cold:
-        """The kernel's dir on the node (one tar stream), then `docker run -i` there."""
+        """The kernel's dir on the node (one tar stream) and `docker create` there, in
+        one ssh session, then the API start and the lifeline (NodeHeld, in a thread)."""
         if len(settings.nodes) > 1:
             chosen = pick(settings.nodes, self.engine.environ)
-            self.connection = Connection.to(chosen.url, self.engine.environ)
-            self.engine = Engine(self.engine.command, host=chosen.url, environ=self.engine.environ)
+            self.use(chosen.url)
             log.info(
                 "starting the kernel on node %s (%d containers running, %d MiB available)",
                 chosen.url,
@@ -316,29 +518,101 @@ class SshBackend(CliBackend):
         facts = self.connection.facts()
         remote = RunDir(Path(facts.base) / rundir.path.name)
         there = node_launch(launch, remote, facts.uid, facts.gid)
-        args = hardening.run_args(settings, there, cidfile=str(remote.cid))
+        args = hardening.run_args(settings, there, lifeline=LIFELINE_SOCKET)
         bundle = kernel_dir_bundle(settings, there, rundir)
-        self.connection.run(
-            [
-                "sh",
-                "-c",
-                _PREPARE_SCRIPT,
-                str(remote.path),
-            ],
-            input_bytes=bundle,
-        )
-        proc = self.connection.popen(["sh", "-c", _RUN_SCRIPT, str(remote.path), *args])
-        return Forwarded(proc, self.connection, rundir, remote)
+        self.remote = remote
+        return NodeHeld(self, args, rundir, remote, bundle, settings.python)
 
     def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None:
-        return None  # no warm pools on nodes yet
+        """A warm container of these settings on any of the spec's nodes (pool.claim: its
+        dir here renamed to ours, atomically), its claim socket connected through a
+        forward, made with the forwards of its five sockets (pinned when it got ready)."""
+        return pool.claim(settings, base, new_dir, connect=self._connect_claim)
+
+    def _connect_claim(self, new_dir: Path) -> socket.socket:
+        """pool.claim's connect for a warm container on a node: forward a local socket to
+        its claim socket there just for this connect (the connection stays: it is the
+        kernel's lifeline, carried by the master, no process of ours); OSError when it
+        does not answer (pool.claim then drops it)."""
+        warm = RunDir(new_dir)
+        name, url = warm.read_pool_note()
+        self.use(url)
+        # A forward's local end answers whatever is behind it on the node: a container
+        # gone there (the node restarted, its engine's own cleanup) would take the
+        # hand-over and end. One request to the node's engine tells.
+        state = (self.api.inspect(warm.read_cid() or name) or {}).get("State") or {}
+        if not state.get("Running"):
+            raise OSError(f"warm container {name} no longer runs on {url}")
+        remote = RunDir(Path((new_dir / REMOTE_NOTE).read_text().strip()))
+        # Its sockets were bound, and pinned (_mark_claimable), before it was claimable:
+        # one `-O forward` for them and the claim socket.
+        pinned = PinnedForwards(self.connection, warm, remote, forwarded=True)
+        try:
+            sock = connect_through(
+                self.connection,
+                str(new_dir / CLAIM_FORWARD),
+                str(remote.claim_socket()),
+                also=pinned.pairs,
+            )
+        except BaseException:
+            pinned.close()  # pool.claim tries the next one
+            raise
+        self.pinned, self.remote = pinned, remote
+        return sock
 
     def fill(self, settings: KernelSettings, base: Path, launch: hardening.Launch) -> Refill:
-        return NoRefill()
+        """Top up this node's warm pool (pool.fill_in_background, on this host: its
+        `docker run -d`s go to the node through the master, at low CPU weight there)."""
+        return pool.fill_in_background(
+            settings,
+            base,
+            launch,
+            gated=True,
+            env=self.engine.env(),
+            node=self.connection.node.url,
+        )
+
+    def update(self, container_id: str, cpu_shares: int) -> None:
+        self.api.update(container_id, cpu_shares=cpu_shares)
+
+    def wait(self, container_id: str) -> int:
+        """A claimed container's exit code, from the node's engine (one request held open
+        through the master); a lost SSH connection ends the wait, and the log names the
+        node (ssh's own exit code, as a cold start's end says it)."""
+        try:
+            return self.api.wait(container_id)
+        except NoSuchContainerError as exc:
+            log.warning("%s", exc)
+            return 1
+        except (EngineError, http.client.HTTPException) as exc:
+            # The request broke (not an answer of the engine's): its carrier went. A new
+            # master may already answer for another process, so alive() alone cannot say.
+            broken = isinstance(exc, http.client.HTTPException) or isinstance(
+                exc.__cause__, (OSError, http.client.HTTPException)
+            )
+            if broken or not self.connection.alive():
+                log.warning(
+                    "the SSH connection to the node %s was lost: its kernel ends with it",
+                    self.connection.node.url,
+                )
+                return SSH_FAILED
+            log.warning("%s", exc)
+            return 1
+
+    def remove(self, name: str) -> bool:
+        """Remove the container through the node's API; for a claimed warm one, then its
+        sockets' forwards and its dir on the node (once)."""
+        removed = self.api.remove(name)
+        if self.pinned is not None:
+            self.pinned.close()
+        if self.remote is not None and not self._remote_removed:
+            self._remote_removed = True
+            remove_node_dirs(self.connection, [self.remote.path.name])
+        return removed
 
     def watchdog(self, name: str, cidfile: Path, base: Path) -> int:
-        """Nothing to fork: our end of `docker run -i`'s stdin over ssh is the lifeline
-        already, and it closes however we die."""
+        """Nothing to fork: our end of the lifeline (a connection through the master)
+        closes however we die, and the supervisor on the node ends the kernel."""
         return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def sockets(self) -> list[str]:
@@ -362,12 +636,16 @@ def node_launch(launch: hardening.Launch, remote: RunDir, uid: int, gid: int) ->
 
 def kernel_dir_bundle(settings: KernelSettings, there: hardening.Launch, rundir: RunDir) -> bytes:
     """The kernel's dir for the node as a tar stream: the socket dir, the connection file
-    and env file Container.prepare wrote here, our supervisor, its usage hook and our
-    seccomp profile."""
+    (none for a warm container) and env file Container.prepare (or pool.start_one) wrote
+    here, our supervisor, its usage hook and our seccomp profile."""
     group = hardening.shares_group_only(settings, there)
     private = 0o640 if group else 0o600
     files: list[tuple[str, bytes, int]] = [
-        (rundir.connection.name, rundir.connection.read_bytes(), private),
+        *(
+            [(rundir.connection.name, rundir.connection.read_bytes(), private)]
+            if there.connection_file  # a warm container gets its connection at the claim
+            else []
+        ),
         (SUPERVISOR_NAME, Path(hardening.SUPERVISOR_PATH).read_bytes(), 0o644),
         (USAGE_NAME, Path(hardening.SUPERVISOR_PATH).with_name(USAGE_NAME).read_bytes(), 0o644),
         # The node's docker CLI reads the profile named by --security-opt seccomp=.
@@ -387,3 +665,130 @@ def kernel_dir_bundle(settings: KernelSettings, there: hardening.Launch, rundir:
             info.mode = mode
             tar.addfile(info, io.BytesIO(data))
     return out.getvalue()
+
+
+# -- warm pools on nodes (pool.py's node path) ---------------------------------------------
+
+
+def start_warm(
+    engine: Engine, settings: KernelSettings, pooled: hardening.Launch, warm: RunDir, key: str
+) -> str:
+    """Start one warm container on the node `engine` is (pool.start_one's node path, in a
+    refill's process); returns its id. Its dir there is made from one tar stream (as a
+    cold start's), named as its dir here, which keeps the pool's bookkeeping (pool.py:
+    the claim is the rename of this host's dir, no engine call on the start path) and
+    notes the node's path (REMOTE_NOTE). Its labels name this host's dir, where gc finds
+    its claimer's owner marker. At the pool's low CPU weight where pool.lowers_priority.
+    Once its claim socket is bound on the node (a thread: one ssh session), a socket
+    file of that name here tells claimers and settle_when_ready that it is ready."""
+    connection = Connection.to(engine.address(), engine.environ)
+    facts = connection.facts()
+    remote = RunDir(Path(facts.base) / warm.path.name)
+    write_private(warm.path / REMOTE_NOTE, str(remote.path))
+    there = dataclasses.replace(
+        node_launch(pooled, remote, facts.uid, facts.gid), connection_file=""
+    )
+    connection.run(
+        ["sh", "-c", _PREPARE_SCRIPT, str(remote.path)],
+        input_bytes=kernel_dir_bundle(settings, there, warm),
+    )
+    args = hardening.run_args(settings, there, pool=(key, str(warm.path)))
+    if not pool.lowers_priority(settings, engine):
+        (warm.path / WEIGHT_NOTE).write_text(f"{pool.cpu_shares(settings)}\n")
+    else:
+        args.insert(1, f"--cpu-shares={pool.WARM_CPU_SHARES}")
+    try:
+        container_id = engine.run(args, timeout=120).stdout.strip()
+    except EngineError:
+        remove_warm_dirs(engine, [warm.path.name])
+        raise
+    threading.Thread(target=_mark_claimable, args=(connection, remote, warm), daemon=True).start()
+    return container_id
+
+
+def _mark_claimable(connection: Connection, remote: RunDir, warm: RunDir) -> None:
+    """Wait on the node for the warm kernel's claim socket; then a socket file of its
+    name here (what pool.claim and settle_when_ready look for; nothing listens on it)."""
+    script = _CLAIMABLE_SCRIPT.format(
+        ticks=int(pool.READY_WAIT * 20),
+        rt=remote.sockets.name,
+        claim=remote.claim_socket().name,
+        pins=remote.pins.name,
+        sockets=" ".join(remote.socket(i).name for i in range(1, len(CHANNELS) + 1)),
+    )
+    try:
+        proc = connection.run(
+            ["sh", "-c", script, str(remote.path)],
+            timeout=pool.READY_WAIT + 10,
+            check=False,
+        )
+    except (EngineError, OSError, subprocess.SubprocessError) as exc:
+        log.debug("warm container in %s: no word from the node: %s", warm.path.name, exc)
+        return
+    if proc.returncode == 0:
+        # A socket file, bound and let go: the claimer's socket-dir guard allows nothing
+        # else there, and its mtime is when the kernel got ready (pool.ready_seconds).
+        with (
+            contextlib.suppress(OSError),  # its dir went (gc, surplus) meanwhile
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as marker,
+        ):
+            marker.bind(str(warm.claim_socket()))
+
+
+def node_api(engine: Engine) -> EngineApi:
+    """The API of the node engine `engine` is (ssh://), through its socket forwarded over
+    the master (pool.fill asks it which warm containers still run there)."""
+    return EngineApi(transport=NodeTransport(Connection.to(engine.address(), engine.environ)))
+
+
+def remove_warm_dirs(engine: Engine, names: Sequence[str]) -> None:
+    """Remove warm containers' dirs on the node `engine` is (pool-<key>-<nonce>), quietly:
+    their containers are gone (claimed and removed, expired, surplus, gc)."""
+    safe = [n for n in names if n.startswith(pool.POOL_DIR_PREFIX)]
+    remove_node_dirs(Connection.to(engine.address(), engine.environ), safe)
+
+
+def connect_through(
+    connection: Connection,
+    local: str,
+    remote: str,
+    also: Sequence[tuple[str, str]] = (),
+) -> socket.socket:
+    """Connect to a unix socket on the node through a forward from `local` made for this
+    connect only: the connection stays (the master carries it; OpenSSH's cancel ends the
+    listener, not its channels), the listener and its file here go. A kernel's lifeline
+    and a warm kernel's claim are such connections: no process of ours per kernel.
+    also: more (local, remote) forwards to make in the same call, which stay."""
+    pair = [(local, remote)]
+    connection.forward([*pair, *also], what="a kernel's sockets")
+
+    def cancel() -> None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            connection.forward(pair, cancel=True)
+        with contextlib.suppress(OSError):
+            os.unlink(local)
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(local)
+    except OSError:
+        sock.close()
+        cancel()
+        raise
+    # Off the start path: nobody else connects to that path meanwhile (our 0700 dir).
+    threading.Thread(target=cancel, daemon=True).start()
+    return sock
+
+
+def remove_node_dirs(connection: Connection, names: Sequence[str]) -> None:
+    """Remove kernels' (or warm containers') dirs in the node user's runtime base on the
+    node, by name, quietly: their containers are gone."""
+    safe = [n for n in names if n and "/" not in n and not n.startswith(".")]
+    if not safe:
+        return
+    with contextlib.suppress(EngineError, OSError, subprocess.SubprocessError):
+        connection.run(
+            ["sh", "-c", _REMOVE_DIRS_SCRIPT, connection.facts().base, *safe],
+            check=False,
+            timeout=30,
+        )

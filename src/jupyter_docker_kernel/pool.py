@@ -40,7 +40,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -101,22 +101,40 @@ class Claim:
     raised: bool = True
 
 
-def pool_dirs(base: Path, key: str) -> list[Path]:
-    """The runtime dirs of this key's unclaimed warm containers, oldest first."""
+def pool_dirs(base: Path, key: str, on: str | None = None) -> list[Path]:
+    """The runtime dirs of this key's unclaimed warm containers, oldest first; with `on`
+    (a node's address, node_of) only those of that node's warm containers: a spec with
+    several nodes keeps a pool on each, and one node's refill must not count (or expire)
+    another's."""
     found = []
     for entry in base.glob(f"{POOL_DIR_PREFIX}{key}-*"):
         with contextlib.suppress(OSError):
-            found.append((entry.stat().st_mtime, entry))
+            if on is None or RunDir(entry).read_pool_note()[1] == on:
+                found.append((entry.stat().st_mtime, entry))
     return [entry for _, entry in sorted(found)]
 
 
-def claim(settings: KernelSettings, base: Path, new_dir: Path) -> Claim | None:
+def node_of(engine: Engine) -> str | None:
+    """The node a pool's engine is (its ssh:// address), None for this host's engine."""
+    address = engine.address()
+    return address if address.startswith("ssh://") else None
+
+
+def claim(
+    settings: KernelSettings,
+    base: Path,
+    new_dir: Path,
+    connect: Callable[[Path], socket.socket] | None = None,
+) -> Claim | None:
     """Take one ready warm container for these settings by renaming its dir to new_dir.
 
     rename(2) is atomic: of launchers racing for one dir exactly one wins, with no engine
     call on the start path (the container is renamed later, off it). A container near the
     end of its pool time is passed over: it may end while we hand over. One whose claim
     socket does not answer is gone (removed by gc, or ended): its dir is dropped.
+    connect(claimed dir): the claim connection, for a warm container on a node
+    (node_backend: its claim socket is there, forwarded over SSH); default: its claim
+    socket in the dir.
     """
     key = pool_key(settings, os.getuid())
     oldest = time.time() - max(0.0, settings.pool_ttl - CLAIM_MARGIN)
@@ -131,8 +149,11 @@ def claim(settings: KernelSettings, base: Path, new_dir: Path) -> Claim | None:
         except OSError:
             continue  # another launcher won it, or it is being removed
         try:
-            lifeline = connect_kernel_socket(str(RunDir(new_dir).claim_socket()))
-        except OSError:
+            if connect is None:
+                lifeline = connect_kernel_socket(str(RunDir(new_dir).claim_socket()))
+            else:
+                lifeline = connect(new_dir)
+        except (OSError, DockerKernelError):
             log.debug("warm container %s no longer answers; trying another", name)
             shutil.rmtree(new_dir, ignore_errors=True)
             continue
@@ -270,22 +291,29 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
     claim them; settle_when_ready removes any that would make more than `pool` ready
     once the starts stop. The slow `docker run`s come after the lock is released.
     """
+    from jupyter_docker_kernel import node_backend  # imports this module
+
     key = pool_key(settings, os.getuid())
+    on = node_of(engine)
     with fill_lock(base, key):
-        api = engine.api()
+        # A node's: its engine's API over its SSH master, and only that node's warm dirs
+        # (a spec with several nodes keeps a pool on each).
+        api = engine.api() if on is None else node_backend.node_api(engine)
         if api.available():
             # Dirs with no container id yet are being started (reserve() made them, their
             # `docker run` runs); looked at before the engine's list, so one that started
             # in between is in that list.
-            starting = {d for d in pool_dirs(base, key) if not RunDir(d).cid.exists()}
+            starting = {d for d in pool_dirs(base, key, on) if not RunDir(d).cid.exists()}
             names = {
                 str((item.get("Names") or ["/"])[0]).lstrip("/")
                 for item in api.containers({LABEL_POOL: key})
             }
-            remove_expired(base, key, names)
+            expired = remove_expired(base, key, names, on=on)
+            if on is not None and expired:  # and their dirs on the node
+                node_backend.remove_warm_dirs(engine, [d.name for d in expired])
             # Not a dir whose container has gone (gc --pools keeps young dirs): it would
             # hold a place in the pool until its dir expires.
-            live = [d for d in pool_dirs(base, key) if d in starting or note_name(d) in names]
+            live = [d for d in pool_dirs(base, key, on) if d in starting or note_name(d) in names]
         else:
             remove_expired(base, key, None, settings.pool_ttl)
             live = pool_dirs(base, key)
@@ -309,11 +337,12 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
 
 
 def surplus(engine: Engine, base: Path, key: str, warm: RunDir, size: int) -> bool:
-    """Remove this ready warm container if more than `size` of the key are ready; whether
-    it did. Its dir is first renamed away (as a claim does), so no claimer can take it
-    while it goes."""
+    """Remove this ready warm container if more than `size` of the key are ready (on its
+    engine); whether it did. Its dir is first renamed away (as a claim does), so no
+    claimer can take it while it goes."""
+    on = node_of(engine)
     with fill_lock(base, key):
-        ready = [d for d in pool_dirs(base, key) if RunDir(d).claim_socket().exists()]
+        ready = [d for d in pool_dirs(base, key, on) if RunDir(d).claim_socket().exists()]
         if len(ready) <= size:
             return False
         gone = base / f".surplus-{warm.path.name}"
@@ -323,6 +352,10 @@ def surplus(engine: Engine, base: Path, key: str, warm: RunDir, size: int) -> bo
             return False  # claimed meanwhile
     with contextlib.suppress(DockerKernelError):
         engine.remove(RunDir(gone).read_pool_note()[0])
+    if on is not None:
+        from jupyter_docker_kernel import node_backend  # imports this module
+
+        node_backend.remove_warm_dirs(engine, [warm.path.name])
     shutil.rmtree(gone, ignore_errors=True)
     log.debug("warm pool: removed surplus warm container %s", warm.path.name)
     return True
@@ -410,7 +443,7 @@ EXPIRED_GRACE = 60.0
 
 
 def remove_expired(
-    base: Path, key: str, running: set[str] | None, pool_ttl: float = 0.0
+    base: Path, key: str, running: set[str] | None, pool_ttl: float = 0.0, on: str | None = None
 ) -> list[Path]:
     """Remove the dirs of this pool's warm containers that have ended; returns them.
 
@@ -418,11 +451,12 @@ def remove_expired(
     its host dir (sockets, work copy) stays: fill() calls this each time it tops the pool
     up, so they do not pile up until someone runs gc. `running` are the names of the
     engine's containers of this pool; None when the engine's API cannot be asked, and
-    then a dir older than pool_ttl plus a grace counts as ended.
+    then a dir older than pool_ttl plus a grace counts as ended. on: only the dirs of
+    this node's warm containers (pool_dirs).
     """
     now = time.time()
     removed = []
-    for entry in pool_dirs(base, key):
+    for entry in pool_dirs(base, key, on):
         try:
             age = now - entry.stat().st_mtime
             name = RunDir(entry).read_pool_note()[0]
@@ -489,6 +523,7 @@ def fill_in_background(
     *,
     gated: bool = False,
     env: Mapping[str, str] | None = None,
+    node: str = "",
 ) -> GatedRefill:
     """Run fill() in a process of its own: it must outlive a kernel that is stopped right
     after answering, as nbgrader does with every notebook, and a one-shot client (nbconvert,
@@ -499,12 +534,18 @@ def fill_in_background(
     The process never imports from our cwd, the notebook's directory (see hostpython), and
     gets the settings on its stdin: in argv, `ps` would show them to every local user.
     env: its environment (None: ours), which its engine CLI calls get: the resident helper
-    passes each kernel's client's (refill_env).
+    passes each kernel's client's (refill_env). node: the node (ssh://) whose pool to top
+    up, when not settings.engine_host (a spec with several nodes: the one its start used).
     """
     import threading
 
     payload = json.dumps(
-        {"settings": settings.to_dict(), "base": str(base), "launch": dataclasses.asdict(launch)}
+        {
+            "settings": settings.to_dict(),
+            "base": str(base),
+            "launch": dataclasses.asdict(launch),
+            **({"node": node} if node else {}),
+        }
     )
     proc = subprocess.Popen(
         # The gate comes before our imports (about 80 ms of CPU): they too would compete.
@@ -568,7 +609,7 @@ def fill_from(payload: str) -> int:
     settings = KernelSettings.from_dict(data["settings"])
     try:
         started = fill(
-            Engine(host=settings.engine_host),
+            Engine(host=data.get("node") or settings.engine_host),
             settings,
             Path(data["base"]),
             hardening.Launch(**data["launch"]),
@@ -608,6 +649,17 @@ def start_one(
     if pooled.env_file is not None:
         # 0600 and out of argv, as Container.prepare writes it (see hardening.env_file_text).
         write_private(pooled.env_file, hardening.env_file_text(settings))
+    if node_of(engine) is not None:
+        from jupyter_docker_kernel import node_backend  # imports this module
+
+        try:
+            container_id = node_backend.start_warm(engine, settings, pooled, warm, key)
+        except (DockerKernelError, OSError):
+            shutil.rmtree(pool_dir, ignore_errors=True)
+            raise
+        with contextlib.suppress(OSError):
+            warm.cid.write_text(container_id)
+        return name
     uid, gid = (int(x) for x in hardening.kernel_user(settings, pooled).split(":"))
     if uid != os.getuid():
         os.chown(warm.sockets, uid, gid)  # root starting it for an unprivileged kernel

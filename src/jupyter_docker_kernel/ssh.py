@@ -5,10 +5,13 @@ through the user's own OpenSSH client, with the user's keys, agent and known_hos
 host-key checking is never relaxed (StrictHostKeyChecking=yes: an unknown host key is an
 error that says how to add it), and nothing asks for a password (BatchMode). One
 ControlMaster per node (its control socket in our private runtime base) carries every
-command, each kernel's `docker run -i` session and the forwards of each kernel's unix
-sockets (`-O forward -L local.sock:remote.sock`): one TCP connection, one handshake.
+command, the forward of the node engine's socket (engine_socket: node kernels' engine
+calls are API requests, NodeTransport), each kernel's lifeline connection and the
+forwards of each kernel's unix sockets (`-O forward -L local.sock:remote.sock`): one TCP
+connection, one handshake, and no process of ours per kernel.
 
-Who calls it: node_backend.SshBackend (a kernel on a node), push.push (`image push`).
+Who calls it: node_backend.SshBackend (a kernel on a node), push.push (`image push`),
+node_manage (list, gc).
 JUPYTER_DOCKER_KERNEL_SSH_CONFIG names an ssh_config file (`ssh -F`) for a setup whose
 keys are not in the user's ~/.ssh (the tests' nodes: OpenSSH reads the passwd entry's
 home, not $HOME).
@@ -25,12 +28,14 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, ClassVar
 
+from jupyter_docker_kernel.engine import Transport
 from jupyter_docker_kernel.errors import EngineError
 from jupyter_docker_kernel.rundir import runtime_base
 
@@ -347,7 +352,13 @@ class Connection:
 
     # -- forwards ------------------------------------------------------------------------------
 
-    def forward(self, pairs: Sequence[tuple[str, str]], *, cancel: bool = False) -> None:
+    def forward(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        cancel: bool = False,
+        what: str = "the kernel's sockets",
+    ) -> None:
         """Forward local unix sockets to the node's (`-O forward -L local:remote`), or
         cancel such forwards. The master makes the local sockets 0600 (StreamLocalBindMask)."""
         specs: list[str] = []
@@ -369,15 +380,83 @@ class Connection:
         )
         if proc.returncode != 0 and not cancel:
             raise EngineError(
-                f"could not forward the kernel's sockets from the node {self.node.url}: "
-                f"{proc.stderr.strip()}",
+                f"could not forward {what} from the node {self.node.url}: {proc.stderr.strip()}",
                 "The kernel was stopped",
                 "Check that the node's sshd allows AllowStreamLocalForwarding.",
             )
 
 
-#: Where a node's engine listens (the docker CLI's default): doctor's round trip reaches it.
+#: Where a node's engine listens (the docker CLI's default): doctor's round trip reaches it,
+#: and so does this host's forward of it (Connection.engine_socket).
 NODE_ENGINE_SOCKET = "/var/run/docker.sock"
+#: The suffix of that forward's local socket, next to the master's control socket (so
+#: under CONTROL_PREFIX: gc and the janitor leave it alone).
+ENGINE_SUFFIX = ".engine"
+
+
+def engine_socket(connection: Connection) -> str:
+    """This host's end of the node's engine socket, forwarded over the master
+    (`-O forward -L local:NODE_ENGINE_SOCKET`), made now if no forward answers there.
+
+    Why: every engine call of a node kernel (its exit wait, signals, removal, a warm
+    container's claim) is then one HTTP request on the master's connection, as on the
+    local engine's API, instead of an `ssh ... docker` process per call (or per kernel,
+    for a wait). The local socket is 0600 (the master's StreamLocalBindMask) in our 0700
+    runtime base: it reaches no further than our key already does (the node user's
+    engine). A master that died takes its forwards with it; the next call forwards again.
+    """
+    local = f"{connection.control_path}{ENGINE_SUFFIX}"
+    if _answers(local):
+        return local
+    connection.ensure()
+    with open(f"{connection.control_path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _answers(local):
+            return local
+        # A dead master's file (nothing listens): the new forward needs the name.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(local)
+        connection.forward([(local, NODE_ENGINE_SOCKET)], what="the node's engine socket")
+    return local
+
+
+def _answers(path: str) -> bool:
+    """Whether something listens on the unix socket at path (a live forward)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+class NodeTransport(Transport):
+    """engine.EngineApi's way to a node's engine: its socket forwarded over the node's
+    ControlMaster (engine_socket). Each request is one stream through the master; nothing
+    runs per request or per kernel on this host."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def connect(self, timeout: float | None) -> socket.socket:
+        try:
+            path = engine_socket(self.connection)
+        except EngineError as exc:
+            raise OSError(str(exc)) from exc
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def available(self) -> bool:
+        return True  # a node's engine is asked, and says so when it does not answer
+
+    def describe(self) -> str:
+        return f"{self.connection.node.url} (its engine over SSH)"
 
 
 def socket_round_trip(connection: Connection, remote: str = NODE_ENGINE_SOCKET) -> float:
@@ -385,7 +464,6 @@ def socket_round_trip(connection: Connection, remote: str = NODE_ENGINE_SOCKET) 
     on the node, as a kernel's sockets are, and ask the engine behind it for /_ping through
     it; returns the seconds it took. EngineError when the forward or the answer fails
     (sshd refusing unix-socket forwards, the node user not reaching the socket)."""
-    import socket
     import tempfile
     import time
 

@@ -25,7 +25,7 @@ pytest.importorskip("kubernetes")
 
 from jupyter_client.manager import KernelManager
 
-from jupyter_docker_kernel import cli
+from jupyter_docker_kernel import cli, kube_manifests
 from tests import kernels
 from tests.test_kube_story import NS, Cluster, cluster, interrupt_reply, the_running_pod, work_dir
 
@@ -69,7 +69,8 @@ def test_an_argv_kubernetes_kernel_runs_through_the_curve_proxy_from_start_to_sh
     cluster: Cluster, kernel_image: str, data_dir: Path, tmp_path: Path
 ) -> None:
     """setup --kubernetes (argv) -> KernelManager runs the argv -> the client talks plain
-    to loopback ports, the proxy CurveZMQ to the pod -> code runs in the copy, not as root
+    to loopback ports, the proxy CurveZMQ to the pod -> code runs in the copy, as a uid of
+    its own, not root
     -> interrupt (message, then SIGINT to the launcher: through the pod's supervisor)
     -> restart: the SAME client, still connected to the same ports,
     runs code in the new pod -> shutdown -> no pod, Secret, container, network, and the
@@ -92,7 +93,8 @@ def test_an_argv_kubernetes_kernel_runs_through_the_curve_proxy_from_start_to_sh
         )
         assert reply["status"] == "ok"
         answer, uid = kernels.stream_text(outputs).split()
-        assert (answer, uid != "0") == ("42", True)
+        # Not root, and a uid of its own (kube_manifests.pod_user: its nproc cap is its own).
+        assert (answer, int(uid) >= kube_manifests.OWN_UID_BASE) == ("42", True)
 
         # The kernelspec's (message, through the proxy), then SIGINT to the launcher,
         # which Container.interrupt sends on through the pod's supervisor.

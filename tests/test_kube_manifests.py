@@ -296,6 +296,29 @@ def test_pod_schema_validation_catches_a_wrong_field() -> None:
         validate(pod)
 
 
+def test_pod_user_gives_a_kernel_that_keeps_nothing_a_uid_of_its_own() -> None:
+    """nproc counts a uid's tasks node-wide: kernels must not share one by default."""
+    a = kube_manifests.pod_user(settings(), 1000, 100, "kernel-a")
+    b = kube_manifests.pod_user(settings(), 1000, 100, "kernel-b")
+    uid_a, gid_a = (int(x) for x in a.split(":"))
+    base, span = kube_manifests.OWN_UID_BASE, kube_manifests.OWN_UID_SPAN
+    assert base <= uid_a < base + span
+    assert gid_a == 100  # the server's group, which the Secret's files are readable by
+    assert a != b
+    assert kube_manifests.pod_user(settings(), 1000, 100, "kernel-a") == a  # restarts keep it
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"kube_pvc": "home:/home/jovyan", "workdir": "mount"}, {"kernel_user": "1234"}],
+    ids=["claim", "configured"],
+)
+def test_pod_user_keeps_the_servers_or_the_configured_uid(kw: dict[str, Any]) -> None:
+    """A kernel whose files outlive it (a claim) keeps the server's uid; a configured user wins."""
+    got = kube_manifests.pod_user(settings(**kw), 1000, 100, "kernel-a")
+    assert int(got.split(":")[0]) < kube_manifests.OWN_UID_BASE
+
+
 def test_pod_name_is_a_dns_label_of_the_kernel_id() -> None:
     name = kube_manifests.pod_name("Kernel_ID.With.Dots" + "x" * 80, "0a1b2c")
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)

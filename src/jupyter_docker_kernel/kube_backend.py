@@ -526,7 +526,7 @@ class KubeBackend:
             kernel_id=launch.kernel_id,
             name=kube_manifests.dns_label(launch.container_name),
             namespace=self.api.namespace,
-            user=kube_manifests.pod_user(settings, *self.server_ids),
+            user=kube_manifests.pod_user(settings, *self.server_ids, launch.kernel_id),
             workdir="" if settings.workdir == "none" else launch.workdir,
             project_root=launch.project_root,
             owner=self.owner,

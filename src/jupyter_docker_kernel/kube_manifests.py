@@ -31,6 +31,7 @@ One kernel is three things in the namespace:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import re
@@ -252,9 +253,31 @@ def secret_name(pod: str) -> str:
     return f"{pod[:58]}-keys"
 
 
-def pod_user(settings: KernelSettings, server_uid: int, server_gid: int) -> str:
+#: Kernels that keep nothing get a uid of their own from this range (see pod_user).
+OWN_UID_BASE = 2_000_000
+OWN_UID_SPAN = 1_000_000
+
+
+def own_uid(kernel_id: str) -> int:
+    """A uid for one kernel, from its id (stable across its restarts; two kernels share one
+    with a chance of about n*n/2e6, and then only share their process cap)."""
+    digest = hashlib.sha256(kernel_id.encode()).digest()
+    return OWN_UID_BASE + int.from_bytes(digest[:8], "big") % OWN_UID_SPAN
+
+
+def pod_user(
+    settings: KernelSettings, server_uid: int, server_gid: int, kernel_id: str = ""
+) -> str:
     """uid:gid for the kernel: hardening.kernel_user's rule with the server as the launcher
-    (configured, else the server's own, never root: 65534 when the server runs as root)."""
+    (configured, else the server's own, never root: 65534 when the server runs as root).
+
+    Without a configured user, a kernel that keeps nothing (no PersistentVolumeClaim, so
+    no file it writes outlives it) runs as a uid of its own (own_uid) with the server's
+    gid: the supervisor's `nproc` cap (a pod spec has no pids limit) counts every task of
+    a uid on the node, so kernels sharing a uid (every server pod's jovyan, or 65534)
+    would share one cap and one student's fork bomb could stop another's kernel. A kernel
+    with a claim keeps the server's uid, so its files stay the user's from one kernel to
+    the next. Called by KubeBackend.pod_launch."""
     launch = hardening.Launch(
         kernel_id="",
         container_name="",
@@ -265,7 +288,10 @@ def pod_user(settings: KernelSettings, server_uid: int, server_gid: int) -> str:
         host_gid=server_gid,
         workdir="",
     )
-    return hardening.kernel_user(settings, launch)
+    user = hardening.kernel_user(settings, launch)
+    if settings.kernel_user or settings.kube_pvc or not kernel_id:
+        return user
+    return f"{own_uid(kernel_id)}:{user.split(':')[1]}"
 
 
 def quantity(size: str) -> str:
@@ -371,7 +397,7 @@ def render_secret(
 def supervisor_rlimits(settings: KernelSettings) -> list[str]:
     """The supervisor's --rlimit options for what a pod spec cannot say (POD_LACKS): the
     same numbers as `docker run --ulimit`. nproc counts the uid's tasks on the whole node
-    (no user namespace), so give kernels their own uid (--kernel-user) on shared nodes."""
+    (no user namespace), which is why pod_user gives a kernel a uid of its own."""
     return [
         "--rlimit",
         f"nofile={settings.nofile}",

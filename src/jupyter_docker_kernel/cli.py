@@ -227,6 +227,14 @@ def add_setup_command(sub: argparse._SubParsersAction[Parser]) -> None:
         help="run the kernels on remote nodes over SSH, each start on the least-loaded one "
         "that answers (repeatable; docs/nodes.md)",
     )
+    setup.add_argument(
+        "--node-shared-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory every node sees at the same path (a shared filesystem): a work "
+        "dir below it may be mounted on a node (repeatable; docs/nodes.md)",
+    )
     limits = setup.add_argument_group(
         "limits (built-in defaults in brackets; jupyter_docker_kernel_config.py may change them)"
     )
@@ -692,6 +700,7 @@ def settings_from_args(
         "kernel_user": args.kernel_user,
         "engine_host": engine_host(args) or (args.node[0] if args.node else None),
         "nodes": tuple(args.node) or None,
+        "node_shared_paths": tuple(args.node_shared_path) or None,
         "kernel_transport": args.kernel_transport,
         "keep_entrypoint": args.keep_entrypoint or None,
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},

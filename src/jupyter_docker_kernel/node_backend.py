@@ -9,7 +9,8 @@ for an ssh:// engine address. What runs where:
   (ssh.Facts): the connection file, the env file and our supervisor (this host's copy of
   _supervise.py and _usage.py: the node need not have this package) go there as one tar
   stream before the start. A path of this host is never mounted: a mounted work dir is
-  refused (use --copy-workdir, which streams it over the lifeline, or --no-workdir).
+  refused (use --copy-workdir, which streams it over the lifeline, or --no-workdir)
+  unless it is below a path the admin declared the nodes share (node_workdir).
 - The container is `docker run -i` on the node, run through the node's multiplexed ssh
   connection (ssh.Connection), its stdin our pipe: the supervisor's lifeline, as
   CliBackend's. Killing whoever holds that pipe (the launcher, the resident helper, the
@@ -47,11 +48,11 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from jupyter_docker_kernel import hardening, pool
+from jupyter_docker_kernel import hardening, node_workdir, pool
 from jupyter_docker_kernel.container import Cold, Refill
 from jupyter_docker_kernel.endpoints import CHANNELS
 from jupyter_docker_kernel.engine import Engine
-from jupyter_docker_kernel.errors import EngineError, LaunchError
+from jupyter_docker_kernel.errors import EngineError
 from jupyter_docker_kernel.local_backend import Attached, CliBackend
 from jupyter_docker_kernel.rundir import RunDir, write_private
 from jupyter_docker_kernel.settings import KernelSettings
@@ -303,16 +304,12 @@ class SshBackend(CliBackend):
                 chosen.running,
                 chosen.available_mib,
             )
-        url = self.connection.node.url
+        else:
+            # The node is in the log from the start: a launcher killed later says nothing.
+            log.info("starting the kernel on node %s", self.connection.node.url)
         if settings.workdir == "mount":
-            raise LaunchError(
-                f"A kernel on the node {url} cannot mount this host's directory "
-                f"{launch.project_root or launch.workdir}: the node does not see this "
-                "host's files",
-                "No container was started",
-                "Run setup with --copy-workdir (the directory is copied to the node) or "
-                "--no-workdir.",
-            )
+            # Only below a path the admin declared shared with the nodes (node_workdir).
+            node_workdir.check(settings, launch, self.connection)
         facts = self.connection.facts()
         remote = RunDir(Path(facts.base) / rundir.path.name)
         there = node_launch(launch, remote, facts.uid, facts.gid)

@@ -182,7 +182,9 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         # nodes yet (a kernel's start does the same checks).
         settings = engine_settings(engine, settings)
         findings = check_loosenings(settings, engine, for_nbgrader, request.force)
-        settings = with_image_id(engine, settings, pin=request.pin)
+        settings = with_image_id(check_nodes(engine, settings), settings, pin=request.pin)
+        if settings.node_shared_paths:
+            check_shared_paths(settings, engine)
     elif not skip_checks:
         settings = engine_settings(engine, settings)
         found, findings = check_image(
@@ -339,15 +341,79 @@ def check_image(
 
 def check_node_settings(settings: KernelSettings) -> None:
     """A kernel on a remote node cannot mount this host's directories (the node does not
-    see them): its work dir is copied (--copy-workdir) or none."""
-    if settings.workdir == "mount":
+    see them) unless the admin declared paths the nodes share (--node-shared-path): its
+    work dir is then mounted when below one (node_workdir.check, at each start)."""
+    if settings.workdir == "mount" and not settings.node_shared_paths:
         raise SettingsError(
             f"A kernel on the node {settings.engine_host} cannot mount this host's notebook "
             "directory",
             NOT_WRITTEN,
             "Add --copy-workdir (the directory is copied to the node at each start) or "
-            "--no-workdir.",
+            "--no-workdir; or, if the nodes see the notebooks at the same path (a shared "
+            "filesystem), declare it with --node-shared-path DIR.",
         )
+
+
+def check_nodes(engine: Engine, settings: KernelSettings) -> Engine:
+    """Ask every node of the kernelspec (its pool, or its one engine_host), at once: its
+    engine answers, it has the runtime asked for, and the image, with the same ID on each
+    (a start may land on any of them). Returns the first node's engine, whose image ID
+    setup records. One line naming the node and what to run otherwise."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    urls = settings.nodes or (settings.engine_host or "",)
+    nodes = [Engine(engine.command, host=url, environ=engine.environ) for url in urls]
+
+    def ask(node: Engine) -> tuple[set[str], str]:
+        runtimes = node.runtimes() if settings.runtime else set()
+        image = node.image_inspect(settings.image)
+        return runtimes, str((image or {}).get("Id", ""))
+
+    with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
+        answers = list(pool.map(ask, nodes))
+    push = f"Run 'jupyter-docker-kernel image push {{}} --tag {settings.image}'"
+    first_id = answers[0][1]
+    for url, (runtimes, image_id) in zip(urls, answers, strict=True):
+        if settings.runtime and settings.runtime not in runtimes:
+            raise SettingsError(
+                f"The node {url} has no runtime '{settings.runtime}' (it has: "
+                f"{', '.join(sorted(runtimes))})",
+                NOT_WRITTEN,
+                "Register it in the node's /etc/docker/daemon.json and restart its engine, "
+                "or run setup without --runtime.",
+            )
+        if not image_id:
+            raise SettingsError(
+                f"The image {settings.image} is not present on the node {url}",
+                NOT_WRITTEN,
+                push.format(url) + " first (kernels never pull).",
+            )
+        if image_id != first_id:
+            raise SettingsError(
+                f"The image {settings.image} on the node {url} ({image_id[7:19]}) is not the "
+                f"one on {urls[0]} ({first_id[7:19]}): a kernel's image would depend on its node",
+                NOT_WRITTEN,
+                push.format(" ".join(urls))
+                + " (it copies this host's image where a copy differs).",
+            )
+    return nodes[0]
+
+
+def check_shared_paths(settings: KernelSettings, engine: Engine) -> None:
+    """Each declared shared path is a directory on each node (asked over ssh): a typo or
+    an unmounted filesystem is one line now, not a refused start later."""
+    from jupyter_docker_kernel.ssh import Connection  # only for nodes
+
+    for url in settings.nodes or (settings.engine_host or "",):
+        connection = Connection.to(url, engine.environ)
+        for path in settings.node_shared_paths:
+            if connection.run(["test", "-d", path], check=False).returncode != 0:
+                raise SettingsError(
+                    f"--node-shared-path {path} is not a directory on the node {url}",
+                    NOT_WRITTEN,
+                    "Mount the shared filesystem on every node at the same path as here, "
+                    "or leave that --node-shared-path out.",
+                )
 
 
 def check_loosenings(

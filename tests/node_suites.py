@@ -4,7 +4,7 @@ tests/test_node_hostile_access.py and test_node_hostile_resources.py import ever
 and module fixture of tests/test_hostile_access.py and test_hostile_resources.py, and
 these fixtures beside them, which pytest prefers inside those modules:
 
-- `_suite_on_the_node` (autouse, first in each module): every kernelspec the suites'
+- `suite_on_the_node` (autouse, first in each module): every kernelspec the suites'
   fixtures install gets `--engine-host NODE --node-shared-path SHARED` (conftest's
   INSTALL_EXTRA), in a Jupyter data dir of the module's own (the local suites' specs of
   the same names stay as they are); the checks' docker calls ask the node's engine
@@ -21,6 +21,8 @@ these fixtures beside them, which pytest prefers inside those modules:
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +30,9 @@ from pathlib import Path
 import pytest
 from _pytest.tmpdir import TempPathFactory
 
+from jupyter_docker_kernel.kernelspec import settings_from_kernel_json
 from jupyter_docker_kernel.ssh import CONFIG_ENV
-from tests import conftest, kernels
+from tests import conftest, kernels, test_hostile_access, test_hostile_resources
 from tests.conftest import HOSTILE_LIMITS, install_kernel
 from tests.nodes import NodeUnderTest
 
@@ -56,7 +59,7 @@ def shared_root(pushed_node: NodeUnderTest) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _suite_on_the_node(
+def suite_on_the_node(
     pushed_node: NodeUnderTest, shared_root: Path, tmp_path_factory: TempPathFactory
 ) -> Iterator[None]:
     data = tmp_path_factory.mktemp("jupyter-data")
@@ -72,6 +75,11 @@ def _suite_on_the_node(
         patch.setattr(
             kernels, "ENGINE_SSH", ["ssh", "-F", str(pushed_node.ssh_config), pushed_node.address]
         )
+        # A node's kernels run as the node user's uid (docs/nodes.md), not this host's
+        # 65534-for-root: the suites' "not root" checks expect that uid.
+        uid = int(pushed_node.ssh("id", "-u").stdout)
+        patch.setattr(test_hostile_access, "kernel_uid", lambda: uid)
+        patch.setattr(test_hostile_resources, "KERNEL_UID", uid)
         yield
 
 
@@ -97,3 +105,15 @@ def hostile_kernel(kernel_image: str, runtime: str) -> str:
     name = f"jdk-test-hostile-{runtime}"
     install_kernel(name, kernel_image, *HOSTILE_LIMITS)
     return name
+
+
+def test_the_suites_kernelspec_runs_on_the_node(
+    hostile_kernel: str, pushed_node: NodeUnderTest, shared_root: Path
+) -> None:
+    """The overrides are in force: the suite's kernelspec names the node and the shared
+    path (else every test of the module would pass against this host's engine)."""
+    spec = Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / hostile_kernel / "kernel.json"
+    settings = settings_from_kernel_json(json.loads(spec.read_text()))
+    assert settings.engine_host == pushed_node.url
+    assert settings.node_shared_paths == (str(shared_root),)
+    assert kernels.ENGINE_SSH is not None

@@ -193,6 +193,9 @@ def cgroup_file(container: str, controller: str, v1: str, v2: str) -> Path:
         Path("/sys/fs/cgroup/docker", container, v2),
         # Podman (cgroupfs manager, rootful): see tests/test_podman.py.
         Path("/sys/fs/cgroup", controller, "libpod_parent", f"libpod-{container}", v1),
+        # A test node's dockerd (scripts/test-node: cgroup-parent jdk-node-NAME), same kernel.
+        *Path("/sys/fs/cgroup", controller).glob(f"**/jdk-node-*/{container}/{v1}"),
+        *Path("/sys/fs/cgroup").glob(f"**/jdk-node-*/{container}/{v2}"),
     ]
     for path in candidates:
         if path.exists():

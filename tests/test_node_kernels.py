@@ -505,7 +505,7 @@ def test_a_work_dir_below_a_declared_shared_path_is_mounted_on_the_node(
                 reply, outputs = execute(kc, code)
                 assert reply["status"] == "ok"
                 assert stream_text(outputs) == "from the host\n"
-                assert (workdir / "out.txt").read_text() == "k"
+                assert (workdir / "out.txt").read_text() == "kernel"
             finally:
                 kc.stop_channels()
                 km.shutdown_kernel()

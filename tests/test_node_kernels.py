@@ -7,6 +7,7 @@ mid-cell, the SSH connection cut). Real nodes (tests/nodes.py), no mocks."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -424,7 +425,8 @@ def test_list_shows_node_kernels_and_gc_removes_only_a_dead_launchers_on_the_nod
 ) -> None:
     """A live kernel on the node, and beside it a container whose launcher here is gone
     (labelled as the launcher labels them: this host, a pid that is not that process):
-    `list` shows both with the node's address; `gc` removes the orphan, keeps the live one."""
+    `list` (and `list --json`) shows both with the node's address; `gc` removes the
+    orphan, keeps the live one."""
     km, kc, _ = started(node_kernel, workdir, tmp_path / "launcher.log")
     key = kernel_key(km)
     orphan = "jdk-orphan0-1"
@@ -455,6 +457,12 @@ def test_list_shows_node_kernels_and_gc_removes_only_a_dead_launchers_on_the_nod
         for name in (f"jdk-{key}-", orphan):
             [line] = [x for x in said.splitlines() if name in x]
             assert pushed_node.url in line
+        assert cli.main(["list", "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        on_node = {k["name"]: k for k in listed["node_kernels"]}
+        assert on_node[orphan]["node"] == pushed_node.url
+        assert any(name.startswith(f"jdk-{key}-") for name in on_node)
+        assert listed["nodes_not_listed"] == {}
         assert cli.main(["gc"]) == 0
         said = capsys.readouterr().out
         assert f"Removed container {orphan} on its node" in said

@@ -998,6 +998,22 @@ def node_list_lines(command: str) -> list[str]:
     return lines
 
 
+def node_list_json(command: str) -> dict[str, Any]:
+    """list --json's part for the kernelspecs' remote nodes (nothing without such specs):
+    each node's kernel containers, and the nodes that did not answer, with why."""
+    urls = node_manage.node_urls(spec_settings())
+    if not urls:
+        return {}
+    found: list[dict[str, str]] = []
+    unanswered: dict[str, str] = {}
+    for url, rows in node_manage.kernels(urls, command):
+        if isinstance(rows, DockerKernelError):
+            unanswered[url] = str(rows)
+            continue
+        found += [dataclasses.asdict(r) for r in rows]
+    return {"node_kernels": found, "nodes_not_listed": unanswered}
+
+
 def kube_settings() -> list[KernelSettings]:
     """The settings of our --kubernetes kernelspecs (gc and list cover their namespaces)."""
     specs, _ = manage.list_specs(None)
@@ -1110,11 +1126,9 @@ def spec_warnings(specs: list[manage.SpecInfo]) -> list[str]:
 def cmd_list(args: argparse.Namespace, engine: Engine) -> int:
     specs, note = manage.list_specs(engine)
     if args.json:
-        print(
-            json.dumps(
-                {"kernelspecs": [s.to_json() for s in specs], "note": note or None}, indent=1
-            )
-        )
+        data: dict[str, Any] = {"kernelspecs": [s.to_json() for s in specs], "note": note or None}
+        data.update(node_list_json(engine.command))
+        print(json.dumps(data, indent=1))
         return 0
     print(
         "\n".join([*format_list(specs, note), *kube_list_lines(), *node_list_lines(engine.command)])

@@ -270,11 +270,15 @@ def test_doctor_says_to_push_the_image_to_a_node_without_it(
 
 
 def test_each_start_goes_to_the_least_loaded_node_and_a_silent_one_is_skipped(
-    pushed_node: NodeUnderTest, kernel_image: str, workdir: Path, tmp_path: Path
+    pushed_node: NodeUnderTest,
+    kernel_image: str,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """setup --node A --node B --node C (C refuses connections): two kernels started one
-    after the other run on different nodes (the second sees the first's container), and
-    each start's log says C was skipped."""
+    """setup --node A --node B --node C (C refuses connections): setup warns that C was
+    not checked; two kernels started one after the other run on different nodes (the
+    second sees the first's container), and each start's log says C was skipped."""
     name = f"{pushed_node.name[:6]}z"
     other = start_node(name)
     try:
@@ -291,6 +295,8 @@ def test_each_start_goes_to_the_least_loaded_node_and_a_silent_one_is_skipped(
                 *("--node", pushed_node.url, "--node", other.url, "--node", silent),
                 "--no-workdir",
             )
+            printed = capsys.readouterr()
+            assert f"node {silent} was not checked (it did not answer" in printed.out + printed.err
             first = started(spec, workdir, tmp_path / "first.log")
             second = started(spec, workdir, tmp_path / "second.log")
             try:

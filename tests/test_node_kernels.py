@@ -432,7 +432,7 @@ def test_list_shows_node_kernels_and_gc_removes_only_a_dead_launchers_on_the_nod
     """A live kernel on the node, and beside it a container whose launcher here is gone
     (labelled as the launcher labels them: this host, a pid that is not that process):
     `list` (and `list --json`) shows both with the node's address; `gc` removes the
-    orphan, keeps the live one."""
+    orphan and a kernel dir on the node no container goes with, keeps the live one."""
     km, kc, _ = started(node_kernel, workdir, tmp_path / "launcher.log")
     key = kernel_key(km)
     orphan = "jdk-orphan0-1"
@@ -451,6 +451,7 @@ def test_list_shows_node_kernels_and_gc_removes_only_a_dead_launchers_on_the_nod
     )
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
     monkeypatch.setenv("JUPYTER_PATH", str(data))
+    base = Connection.to(pushed_node.url).facts().base
     try:
         pushed_node.docker(
             *("run", "-d", "--network", "none", "--name", orphan, "--entrypoint", "sleep"),
@@ -469,15 +470,25 @@ def test_list_shows_node_kernels_and_gc_removes_only_a_dead_launchers_on_the_nod
         assert on_node[orphan]["node"] == pushed_node.url
         assert any(name.startswith(f"jdk-{key}-") for name in on_node)
         assert listed["nodes_not_listed"] == {}
+        # Kernel dirs on the node without a container: one a cut SSH session left (old),
+        # one a start is making right now (young): gc removes the first only.
+        stale, young = f"{base}/deadbeef0-a1b2c3", f"{base}/young0-a1b2c3"
+        pushed_node.ssh("sh", "-c", f"mkdir {stale} {young} && touch -d '-2 min' {stale}")
         assert cli.main(["gc"]) == 0
         said = capsys.readouterr().out
         assert f"Removed container {orphan} on its node" in said
+        assert f"Removed {pushed_node.url}:{stale} on its node" in said
         assert f"jdk-{key}-" not in said
         assert not pushed_node.docker("ps", "-aq", "--filter", f"name=^{orphan}$").stdout
         assert node_containers(pushed_node, key)
+        left = pushed_node.ssh("ls", base).stdout.split()
+        assert "deadbeef0-a1b2c3" not in left
+        assert "young0-a1b2c3" in left
+        assert any(name.startswith(f"{key}-") for name in left)
         reply, _ = execute(kc, "pass")
         assert reply["status"] == "ok"
     finally:
+        pushed_node.ssh("sh", "-c", f"rm -rf {base}/deadbeef0-* {base}/young0-*", check=False)
         pushed_node.docker("rm", "-f", orphan, check=False)
         kc.stop_channels()
         km.shutdown_kernel(now=True)

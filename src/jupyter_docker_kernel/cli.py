@@ -960,6 +960,7 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
     if args.json:
         data = {"dry_run": args.dry_run, **dataclasses.asdict(result)}
         data["node_containers"] = on_nodes.containers
+        data["node_dirs"] = on_nodes.dirs
         print(json.dumps(data, indent=1))
         return 0
     verb = "Would remove" if args.dry_run else "Removed"
@@ -967,6 +968,8 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
         print(f"{verb} container {name}")
     for name in on_nodes.containers:
         print(f"{verb} container {name} on its node (its launcher here is gone)")
+    for place in on_nodes.dirs:
+        print(f"{verb} {place} on its node (no container of its kernel there)")
     print(*node_warnings, sep="\n", end="\n" if node_warnings else "")
     for path in result.dirs:
         print(f"{verb} {path}")

@@ -82,6 +82,38 @@ def at_once(ask: Callable[[str], T], urls: list[str]) -> list[T]:
         return list(pool.map(ask, urls))
 
 
+#: Runs on the node ($0 the node user's runtime base, $1 "1" for a dry run): prints and
+#: (unless dry) removes each kernel dir (KEY-NONCE) that no container of that kernel on
+#: the node's engine goes with, once it is a minute old (a start makes the dir before its
+#: container). Such dirs are left when the SSH session around `docker run` was cut (the
+#: shell that would remove the dir dies with it); they hold the kernel's HMAC key.
+_SWEEP_SCRIPT = r"""
+b=$0; dry=$1
+[ -d "$b" ] || exit 0
+names=$(docker ps -a --format '{{.Names}}') || exit 1
+for d in "$b"/*; do
+  [ -d "$d" ] && [ ! -L "$d" ] || continue
+  n=${d##*/}; key=${n%-*}
+  [ "$key" != "$n" ] || continue
+  case "$names" in *"jdk-$key-"*) continue;; esac
+  [ -z "$(find "$d" -maxdepth 0 -mmin -1)" ] || continue
+  echo "$d"
+  [ "$dry" = 1 ] || rm -rf -- "$d"
+done
+"""
+
+
+def sweep_dirs(url: str, *, dry_run: bool, environ: Mapping[str, str] | None) -> list[str]:
+    """The node's kernel dirs without a container (see _SWEEP_SCRIPT), removed unless
+    dry_run; their paths on the node."""
+    from jupyter_docker_kernel.ssh import Connection  # only for nodes
+
+    connection = Connection.to(url, environ)
+    base = connection.facts().base
+    proc = connection.run(["sh", "-c", _SWEEP_SCRIPT, base, "1" if dry_run else "0"])
+    return proc.stdout.decode(errors="replace").split()
+
+
 def gc(
     urls: Iterable[str],
     *,
@@ -90,8 +122,9 @@ def gc(
     environ: Mapping[str, str] | None = None,
 ) -> tuple[reaper.GcResult, list[str]]:
     """Remove the node containers whose launcher (on this host) is gone, by reaper's
-    rules; returns what went and one warning per node that did not answer. The nodes are
-    asked at once (at_once)."""
+    rules, then the node's kernel dirs no container goes with (sweep_dirs: "NODE:PATH"
+    in `dirs`); returns what went and one warning per node that did not answer. The
+    nodes are asked at once (at_once)."""
     base = runtime_base()
 
     def collect(url: str) -> reaper.GcResult | str:
@@ -104,6 +137,9 @@ def gc(
                 dry_run=dry_run,
                 swept=lambda key: False,  # no warm pools on nodes
             )
+            result.dirs += [
+                f"{url}:{path}" for path in sweep_dirs(url, dry_run=dry_run, environ=environ)
+            ]
         except DockerKernelError as exc:
             return f"warning: node {url} not collected: {exc}"
         return result
@@ -114,5 +150,6 @@ def gc(
             warnings.append(done)
             continue
         total.containers += done.containers
+        total.dirs += done.dirs
         total.kept += done.kept
     return total, warnings

@@ -209,12 +209,20 @@ def our_containers() -> list[str]:
 
 def inspect(container: str) -> dict[str, object]:
     """`docker inspect` of one container."""
+    from tests.kernels import docker_argv  # the engine under test (a node's, or ours)
+
     proc = subprocess.run(
-        ["docker", "inspect", container], capture_output=True, text=True, check=True
+        docker_argv(["inspect", container]), capture_output=True, text=True, check=True
     )
     data = json.loads(proc.stdout)[0]
     assert isinstance(data, dict)
     return data
+
+
+#: Options every install_kernel adds after its own: tests/node_suites.py's node and
+#: shared path while the suites run against a node, so their fixtures' kernelspecs run
+#: there unchanged.
+INSTALL_EXTRA: list[str] = []
 
 
 def install_kernel(name: str, image: str, *extra: str) -> Path:
@@ -223,7 +231,7 @@ def install_kernel(name: str, image: str, *extra: str) -> Path:
     --reset: the spec holds exactly these options, whatever an earlier test installed
     under the same name (--replace alone would keep that one's other settings)."""
     argv = ["setup", "--name", name, "--image", image, "--user", "--replace", "--reset"]
-    code = cli.main([*argv, *extra])
+    code = cli.main([*argv, *extra, *INSTALL_EXTRA])
     assert code == 0, f"setup {name} failed with exit code {code}"
     return Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / name
 

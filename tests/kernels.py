@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shlex
 import socket
 import subprocess
 import tempfile
@@ -44,6 +45,19 @@ def launcher_process(km: KernelManager) -> subprocess.Popen[bytes]:
     return process
 
 
+#: The engine whose view the checks take (containers_of, conftest.inspect, docker_argv):
+#: None is this host's docker CLI; a test node's ssh argv (tests/node_suites.py sets it
+#: while the suites run against a node) runs the node's CLI there instead.
+ENGINE_SSH: list[str] | None = None
+
+
+def docker_argv(args: list[str]) -> list[str]:
+    """The argv of one docker CLI call on the engine under test (ENGINE_SSH)."""
+    if ENGINE_SSH is None:
+        return ["docker", *args]
+    return [*ENGINE_SSH, shlex.join(["docker", *args])]
+
+
 def containers_of(
     kernel_id: str, *, running_only: bool = False, env: dict[str, str] | None = None
 ) -> list[str]:
@@ -52,10 +66,12 @@ def containers_of(
     docker_env) picks another engine than the current DOCKER_HOST's."""
     found: set[str] = set()
     for selector in (f"label={LABEL_KERNEL_ID}={kernel_id}", f"name=^jdk-{kernel_id}-"):
-        args = ["docker", "ps", "-q", "--no-trunc", "--filter", selector]
+        args = ["ps", "-q", "--no-trunc", "--filter", selector]
         if not running_only:
-            args.insert(2, "-a")
-        proc = subprocess.run(args, capture_output=True, text=True, check=True, env=env)
+            args.insert(1, "-a")
+        proc = subprocess.run(
+            docker_argv(args), capture_output=True, text=True, check=True, env=env
+        )
         found.update(proc.stdout.split())
     return sorted(found)
 
@@ -175,8 +191,9 @@ def inspect_text(started: StartedKernel) -> str:
         ids = containers_of(started.key, env=env)
         if not ids:
             return f"(no container of kernel {started.key} left to inspect)"
-        args = ["docker", "inspect", *ids]
-        proc = subprocess.run(args, capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            docker_argv(["inspect", *ids]), capture_output=True, text=True, env=env
+        )
     except (OSError, subprocess.CalledProcessError) as exc:  # the report must not crash
         return f"(cannot ask the engine: {exc})"
     return proc.stdout + proc.stderr

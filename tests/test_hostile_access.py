@@ -39,6 +39,7 @@ from jupyter_docker_kernel.hardening import RUNTIME_TARGET
 from tests.conftest import HOSTILE_LIMITS, inspect, install_kernel
 from tests.kernels import (
     containers_of,
+    docker_argv,
     execute,
     free_port,
     kernel_key,
@@ -626,7 +627,7 @@ def test_c03_writing_outside_the_mounts_fails(probe: Session) -> None:
         """
     )
     diff = subprocess.run(
-        ["docker", "diff", container_of(probe)], capture_output=True, text=True, check=True
+        docker_argv(["diff", container_of(probe)]), capture_output=True, text=True, check=True
     ).stdout
 
     assert set(results.values()) <= {"EROFS", "EACCES"}, results

@@ -56,6 +56,7 @@ from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 from tests.conftest import HOSTILE_LIMITS, inspect, install_kernel
 from tests.kernels import (
     containers_of,
+    docker_argv,
     execute,
     kernel_key,
     launcher_process,
@@ -114,7 +115,7 @@ def launcher_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("launcher") / "launcher.log"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def short_lived_kernel(kernel_image: str, runtime: str) -> str:
     """HOSTILE_LIMITS with a lifetime cap of LIFETIME seconds (the last option wins)."""
     name = f"jdk-test-hostile-short-{runtime}"
@@ -192,6 +193,9 @@ def cgroup_file(container: str, controller: str, v1: str, v2: str) -> Path:
         Path("/sys/fs/cgroup/docker", container, v2),
         # Podman (cgroupfs manager, rootful): see tests/test_podman.py.
         Path("/sys/fs/cgroup", controller, "libpod_parent", f"libpod-{container}", v1),
+        # A test node's dockerd (scripts/test-node: cgroup-parent jdk-node-NAME), same kernel.
+        *Path("/sys/fs/cgroup", controller).glob(f"**/jdk-node-*/{container}/{v1}"),
+        *Path("/sys/fs/cgroup").glob(f"**/jdk-node-*/{container}/{v2}"),
     ]
     for path in candidates:
         if path.exists():
@@ -803,7 +807,7 @@ print(json.dumps({'bytes': fill(2**20, 256), 'inodes': fill(0, 5000),
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def copy_limited_kernel(kernel_image: str, runtime: str) -> str:
     """HOSTILE_LIMITS with --copy-workdir and a 64 MiB copy limit."""
     name = f"jdk-test-hostile-copy-limit-{runtime}"
@@ -925,7 +929,7 @@ def test_fd_level_output_is_counted_and_the_raw_stream_is_capped(
     keeps at most 2 * TAIL_KEEP of its end (0600) for `logs`.
     """
     root = subprocess.run(
-        ["docker", "info", "--format", "{{.DockerRootDir}}"],
+        docker_argv(["info", "--format", "{{.DockerRootDir}}"]),
         capture_output=True,
         text=True,
         check=True,

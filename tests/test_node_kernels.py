@@ -7,6 +7,7 @@ mid-cell, the SSH connection cut). Real nodes (tests/nodes.py), no mocks."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -143,7 +144,11 @@ def test_kernel_on_a_node_runs_code_interrupts_and_shuts_down(
 def test_sigkill_to_the_launcher_mid_cell_ends_the_node_container_within_5s(
     pushed_node: NodeUnderTest, node_kernel: str, workdir: Path, tmp_path: Path
 ) -> None:
-    km, kc, _ = started(node_kernel, workdir, tmp_path / "launcher.log")
+    """The launcher (its process group, as jupyter_client kills it) SIGKILLed mid-cell:
+    the node's container is gone within 5 s, and the log it wrote before names the node
+    (nothing can write there after)."""
+    log = tmp_path / "launcher.log"
+    km, kc, _ = started(node_kernel, workdir, log)
     key = kernel_key(km)
     try:
         msg_id = kc.execute("import time; time.sleep(600)")
@@ -155,6 +160,7 @@ def test_sigkill_to_the_launcher_mid_cell_ends_the_node_container_within_5s(
             timeout=5,
         )
         print(f"node container ended {took:.2f} s after the launcher's SIGKILL")
+        assert f"starting the kernel on node {pushed_node.url}" in log.read_text(errors="replace")
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
@@ -264,11 +270,15 @@ def test_doctor_says_to_push_the_image_to_a_node_without_it(
 
 
 def test_each_start_goes_to_the_least_loaded_node_and_a_silent_one_is_skipped(
-    pushed_node: NodeUnderTest, kernel_image: str, workdir: Path, tmp_path: Path
+    pushed_node: NodeUnderTest,
+    kernel_image: str,
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """setup --node A --node B --node C (C refuses connections): two kernels started one
-    after the other run on different nodes (the second sees the first's container), and
-    each start's log says C was skipped."""
+    """setup --node A --node B --node C (C refuses connections): setup warns that C was
+    not checked; two kernels started one after the other run on different nodes (the
+    second sees the first's container), and each start's log says C was skipped."""
     name = f"{pushed_node.name[:6]}z"
     other = start_node(name)
     try:
@@ -285,6 +295,8 @@ def test_each_start_goes_to_the_least_loaded_node_and_a_silent_one_is_skipped(
                 *("--node", pushed_node.url, "--node", other.url, "--node", silent),
                 "--no-workdir",
             )
+            printed = capsys.readouterr()
+            assert f"node {silent} was not checked (it did not answer" in printed.out + printed.err
             first = started(spec, workdir, tmp_path / "first.log")
             second = started(spec, workdir, tmp_path / "second.log")
             try:
@@ -419,7 +431,8 @@ def test_list_shows_node_kernels_and_gc_removes_only_a_dead_launchers_on_the_nod
 ) -> None:
     """A live kernel on the node, and beside it a container whose launcher here is gone
     (labelled as the launcher labels them: this host, a pid that is not that process):
-    `list` shows both with the node's address; `gc` removes the orphan, keeps the live one."""
+    `list` (and `list --json`) shows both with the node's address; `gc` removes the
+    orphan and a kernel dir on the node no container goes with, keeps the live one."""
     km, kc, _ = started(node_kernel, workdir, tmp_path / "launcher.log")
     key = kernel_key(km)
     orphan = "jdk-orphan0-1"
@@ -438,6 +451,7 @@ def test_list_shows_node_kernels_and_gc_removes_only_a_dead_launchers_on_the_nod
     )
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
     monkeypatch.setenv("JUPYTER_PATH", str(data))
+    base = Connection.to(pushed_node.url).facts().base
     try:
         pushed_node.docker(
             *("run", "-d", "--network", "none", "--name", orphan, "--entrypoint", "sleep"),
@@ -450,15 +464,150 @@ def test_list_shows_node_kernels_and_gc_removes_only_a_dead_launchers_on_the_nod
         for name in (f"jdk-{key}-", orphan):
             [line] = [x for x in said.splitlines() if name in x]
             assert pushed_node.url in line
+        assert cli.main(["list", "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        on_node = {k["name"]: k for k in listed["node_kernels"]}
+        assert on_node[orphan]["node"] == pushed_node.url
+        assert any(name.startswith(f"jdk-{key}-") for name in on_node)
+        assert listed["nodes_not_listed"] == {}
+        # Kernel dirs on the node without a container: one a cut SSH session left (old),
+        # one a start is making right now (young): gc removes the first only.
+        stale, young = f"{base}/deadbeef0-a1b2c3", f"{base}/young0-a1b2c3"
+        pushed_node.ssh("sh", "-c", f"mkdir {stale} {young} && touch -d '-2 min' {stale}")
         assert cli.main(["gc"]) == 0
         said = capsys.readouterr().out
         assert f"Removed container {orphan} on its node" in said
+        assert f"Removed {pushed_node.url}:{stale} on its node" in said
         assert f"jdk-{key}-" not in said
         assert not pushed_node.docker("ps", "-aq", "--filter", f"name=^{orphan}$").stdout
         assert node_containers(pushed_node, key)
+        left = pushed_node.ssh("ls", base).stdout.split()
+        assert "deadbeef0-a1b2c3" not in left
+        assert "young0-a1b2c3" in left
+        assert any(name.startswith(f"{key}-") for name in left)
         reply, _ = execute(kc, "pass")
         assert reply["status"] == "ok"
     finally:
+        pushed_node.ssh("sh", "-c", f"rm -rf {base}/deadbeef0-* {base}/young0-*", check=False)
         pushed_node.docker("rm", "-f", orphan, check=False)
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_a_work_dir_below_a_declared_shared_path_is_mounted_on_the_node(
+    pushed_node: NodeUnderTest, kernel_image: str, tmp_path: Path
+) -> None:
+    """setup --node-shared-path DIR, DIR seen by the node at the same path (outside its
+    private /tmp and /run: the same filesystem, as an NFS export would be): the kernel
+    mounts the notebook's directory there, reads what this host wrote and writes what
+    this host reads; the node's engine mounted that very path."""
+    shared = pushed_node.state / "shared-story"
+    workdir = shared / "course" / "hw1"
+    workdir.mkdir(parents=True)
+    for path in (shared, workdir.parent):
+        path.chmod(0o711)
+    workdir.chmod(0o777)
+    (workdir / "data.txt").write_text("from the host\n")
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(CONFIG_ENV, str(pushed_node.ssh_config))
+            spec = f"{NODE_KERNEL}-shared"
+            install_kernel(
+                spec, kernel_image, "--engine-host", pushed_node.url,
+                "--node-shared-path", str(shared),
+            )  # fmt: skip
+            km, kc, _ = started(spec, workdir, tmp_path / "launcher.log")
+            key = kernel_key(km)
+            try:
+                [cid] = node_containers(pushed_node, key)
+                mounts = pushed_node.docker(
+                    "inspect", "--format", "{{range .Mounts}}{{.Source}} {{end}}", cid
+                ).stdout.split()
+                assert str(workdir) in mounts
+                code = (
+                    "print(open('data.txt').read().strip()); open('out.txt', 'w').write('kernel')"
+                )
+                reply, outputs = execute(kc, code)
+                assert reply["status"] == "ok"
+                assert stream_text(outputs) == "from the host\n"
+                assert (workdir / "out.txt").read_text() == "kernel"
+            finally:
+                kc.stop_channels()
+                km.shutdown_kernel()
+            wait_until(lambda: not node_containers(pushed_node, key), timeout=15)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_work_dir_outside_the_declared_shared_path_is_refused_at_start(
+    pushed_node: NodeUnderTest, kernel_image: str, workdir: Path, tmp_path: Path
+) -> None:
+    """The notebook's directory (this host's /tmp, which the node does not share) is not
+    below the declared path: the launcher's log says so in one line, nothing starts."""
+    shared = pushed_node.state / "shared-refused"
+    shared.mkdir(mode=0o711)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(CONFIG_ENV, str(pushed_node.ssh_config))
+            spec = f"{NODE_KERNEL}-shared-out"
+            install_kernel(
+                spec, kernel_image, "--engine-host", pushed_node.url,
+                "--node-shared-path", str(shared), "--skip-checks",
+            )  # fmt: skip
+            log = tmp_path / "launcher.log"
+            km = KernelManager(kernel_name=spec)
+            with log.open("wb") as err:
+                km.start_kernel(cwd=str(workdir), stderr=err)
+            try:
+                launcher_process(km).wait(timeout=60)
+                said = log.read_text(errors="replace")
+                [line] = [x for x in said.splitlines() if "cannot mount" in x]
+                assert f"this host's directory {workdir.resolve()}" in line
+                assert f"(declared shared: {shared})" in line
+                assert "No container was started" in line
+                assert not node_containers(pushed_node, kernel_key(km))
+            finally:
+                km.shutdown_kernel(now=True)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_setup_refuses_a_declared_shared_path_the_node_lacks(
+    on_node: NodeUnderTest, kernel_image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """This host's /tmp dir is not on the node (its /tmp is its own): setup asks the node
+    and writes nothing."""
+    name = f"{NODE_KERNEL}-shared-missing"
+    argv = ["setup", "--name", name, "--image", kernel_image, "--user", "--replace"]
+    code = cli.main([*argv, "--engine-host", on_node.url, "--node-shared-path", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"--node-shared-path {tmp_path} is not a directory on the node {on_node.url}" in err
+    assert not (Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / name).exists()
+
+
+def test_setup_asks_every_node_of_a_pool_and_names_the_one_without_the_image(
+    pushed_node: NodeUnderTest,
+    kernel_image: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """setup --node A --node B, B fresh: setup asks both, refuses with the `image push`
+    line for B, and writes nothing (a start there would fail)."""
+    name = f"{pushed_node.name[:6]}w"
+    other = start_node(name)
+    try:
+        config = tmp_path / "ssh_config"
+        config.write_text(pushed_node.ssh_config.read_text() + other.ssh_config.read_text())
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(CONFIG_ENV, str(config))
+            spec = f"{NODE_KERNEL}-pool-bare"
+            argv = ["setup", "--name", spec, "--image", kernel_image, "--user", "--replace"]
+            nodes = ["--node", pushed_node.url, "--node", other.url, "--no-workdir"]
+            assert cli.main([*argv, *nodes]) == 1
+        err = capsys.readouterr().err
+        assert f"The image {kernel_image} is not present on the node {other.url}" in err
+        assert f"Run 'jupyter-docker-kernel image push {other.url} --tag {kernel_image}'" in err
+        assert not (Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / spec).exists()
+    finally:
+        stop_node(name)

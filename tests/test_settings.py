@@ -277,15 +277,16 @@ def test_to_dict_holds_only_non_default_fields_plus_image() -> None:
 
 
 #: The pool fields (a pool cannot go with FULL's custom kernel command), gpus (Podman,
-#: FULL's engine, cannot have them) and nodes (FULL's engine is Podman's socket): POOLED
-#: has these.
-POOL_FIELDS = {"pool", "pool_ttl", "gpus", "nodes"}
+#: FULL's engine, cannot have them) and nodes and their shared paths (FULL's engine is
+#: Podman's socket): POOLED has these.
+POOL_FIELDS = {"pool", "pool_ttl", "gpus", "nodes", "node_shared_paths"}
 POOLED = KernelSettings(
     workdir="copy",
     pool=3,
     pool_ttl=60.0,
     gpus="device=0,1",
     nodes=("ssh://ann@node1", "ssh://ann@node2:2222"),
+    node_shared_paths=("/srv/course", "/home"),
 )
 #: The Kubernetes fields (a pod cannot honour FULL's engine options): KUBED has these.
 KUBE_FIELDS = {"kube_namespace", "kube_context", "kube_pull", "kube_pvc"}

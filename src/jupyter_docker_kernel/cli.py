@@ -227,6 +227,14 @@ def add_setup_command(sub: argparse._SubParsersAction[Parser]) -> None:
         help="run the kernels on remote nodes over SSH, each start on the least-loaded one "
         "that answers (repeatable; docs/nodes.md)",
     )
+    setup.add_argument(
+        "--node-shared-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory every node sees at the same path (a shared filesystem): a work "
+        "dir below it may be mounted on a node (repeatable; docs/nodes.md)",
+    )
     limits = setup.add_argument_group(
         "limits (built-in defaults in brackets; jupyter_docker_kernel_config.py may change them)"
     )
@@ -726,6 +734,7 @@ def settings_from_args(
         "kernel_user": args.kernel_user,
         "engine_host": engine_host(args) or (args.node[0] if args.node else None),
         "nodes": tuple(args.node) or None,
+        "node_shared_paths": tuple(args.node_shared_path) or None,
         "kernel_transport": args.kernel_transport,
         "keep_entrypoint": args.keep_entrypoint or None,
         **{field: getattr(args, field) for _, field, _, _ in LIMIT_OPTIONS},
@@ -989,6 +998,7 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
     if args.json:
         data = {"dry_run": args.dry_run, **dataclasses.asdict(result)}
         data["node_containers"] = on_nodes.containers
+        data["node_dirs"] = on_nodes.dirs
         print(json.dumps(data, indent=1))
         return 0
     verb = "Would remove" if args.dry_run else "Removed"
@@ -996,6 +1006,8 @@ def cmd_gc(args: argparse.Namespace, engine: Engine) -> int:
         print(f"{verb} container {name}")
     for name in on_nodes.containers:
         print(f"{verb} container {name} on its node (its launcher here is gone)")
+    for place in on_nodes.dirs:
+        print(f"{verb} {place} on its node (no container of its kernel there)")
     print(*node_warnings, sep="\n", end="\n" if node_warnings else "")
     for path in [*result.dirs, *on_nodes.dirs]:
         print(f"{verb} {path}")
@@ -1025,6 +1037,22 @@ def node_list_lines(command: str) -> list[str]:
         lines.append(f"kernels on node {url}: {len(rows)}")
         lines += [f"  {r.name}  {r.state}  {url}  since {r.since}" for r in rows]
     return lines
+
+
+def node_list_json(command: str) -> dict[str, Any]:
+    """list --json's part for the kernelspecs' remote nodes (nothing without such specs):
+    each node's kernel containers, and the nodes that did not answer, with why."""
+    urls = node_manage.node_urls(spec_settings())
+    if not urls:
+        return {}
+    found: list[dict[str, str]] = []
+    unanswered: dict[str, str] = {}
+    for url, rows in node_manage.kernels(urls, command):
+        if isinstance(rows, DockerKernelError):
+            unanswered[url] = str(rows)
+            continue
+        found += [dataclasses.asdict(r) for r in rows]
+    return {"node_kernels": found, "nodes_not_listed": unanswered}
 
 
 def kube_settings() -> list[KernelSettings]:
@@ -1139,11 +1167,9 @@ def spec_warnings(specs: list[manage.SpecInfo]) -> list[str]:
 def cmd_list(args: argparse.Namespace, engine: Engine) -> int:
     specs, note = manage.list_specs(engine)
     if args.json:
-        print(
-            json.dumps(
-                {"kernelspecs": [s.to_json() for s in specs], "note": note or None}, indent=1
-            )
-        )
+        data: dict[str, Any] = {"kernelspecs": [s.to_json() for s in specs], "note": note or None}
+        data.update(node_list_json(engine.command))
+        print(json.dumps(data, indent=1))
         return 0
     print(
         "\n".join([*format_list(specs, note), *kube_list_lines(), *node_list_lines(engine.command)])

@@ -45,6 +45,9 @@ _SPECIAL: dict[str, TraitType[Any, Any]] = {
     "kernel_cmd": List(Unicode(), help="in-container kernel command (--kernel-cmd)"),
     "docker_args": List(Unicode(), help="extra `docker run` arguments (--docker-arg)"),
     "nodes": List(Unicode(), help="remote nodes, ssh://user@host[:port] (--node)"),
+    "node_shared_paths": List(
+        Unicode(), help="directories the nodes see at the same path (--node-shared-path)"
+    ),
     "engine": Enum(ENGINE_KINDS, default_value="docker", help="docker or podman (--podman)"),
 }
 
@@ -151,7 +154,7 @@ def _load_file(
             values["mounts"] = tuple(Mount.parse(m, str(path.parent)) for m in values["mounts"])
         except SettingsError as exc:
             raise _in_file(path, exc, not_done, fix) from exc
-    for key in ("kernel_cmd", "docker_args", "nodes"):
+    for key in ("kernel_cmd", "docker_args", "nodes", "node_shared_paths"):
         if key in values:
             values[key] = tuple(values[key])
     if "env" in values:

@@ -9,7 +9,8 @@ for an ssh:// engine address. What runs where:
   (ssh.Facts): the connection file, the env file and our supervisor (this host's copy of
   _supervise.py and _usage.py: the node need not have this package) go there as one tar
   stream before the start. A path of this host is never mounted: a mounted work dir is
-  refused (use --copy-workdir, which streams it over the lifeline, or --no-workdir).
+  refused (use --copy-workdir, which streams it over the lifeline, or --no-workdir)
+  unless it is below a path the admin declared the nodes share (node_workdir).
 - A cold start is LocalBackend's, on the node (NodeHeld): `docker create` by the node's
   CLI (one ssh session, which first makes the kernel's dir from the tar stream), then the
   exit wait and the start through the node engine's API, and the supervisor's lifeline
@@ -63,7 +64,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from jupyter_docker_kernel import hardening, pool
+from jupyter_docker_kernel import hardening, node_workdir, pool
 from jupyter_docker_kernel.container import Cold, Refill
 from jupyter_docker_kernel.endpoints import CHANNELS
 from jupyter_docker_kernel.engine import (
@@ -73,7 +74,7 @@ from jupyter_docker_kernel.engine import (
     NoSuchContainerError,
     create_args,
 )
-from jupyter_docker_kernel.errors import DockerKernelError, EngineError, LaunchError
+from jupyter_docker_kernel.errors import DockerKernelError, EngineError
 from jupyter_docker_kernel.lifeline import CONNECT_SECONDS, LIFELINE_SOCKET, claim_line
 from jupyter_docker_kernel.local_backend import Held, LocalBackend, Refused, start_exit_code
 from jupyter_docker_kernel.rundir import WEIGHT_NOTE, RunDir, write_private
@@ -505,16 +506,12 @@ class SshBackend(LocalBackend):
                 chosen.running,
                 chosen.available_mib,
             )
-        url = self.connection.node.url
+        else:
+            # The node is in the log from the start: a launcher killed later says nothing.
+            log.info("starting the kernel on node %s", self.connection.node.url)
         if settings.workdir == "mount":
-            raise LaunchError(
-                f"A kernel on the node {url} cannot mount this host's directory "
-                f"{launch.project_root or launch.workdir}: the node does not see this "
-                "host's files",
-                "No container was started",
-                "Run setup with --copy-workdir (the directory is copied to the node) or "
-                "--no-workdir.",
-            )
+            # Only below a path the admin declared shared with the nodes (node_workdir).
+            node_workdir.check(settings, launch, self.connection)
         facts = self.connection.facts()
         remote = RunDir(Path(facts.base) / rundir.path.name)
         there = node_launch(launch, remote, facts.uid, facts.gid)

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import math
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ OPTIONS: dict[str, str] = {
     "pool_ttl": "--pool-ttl",
     "engine_host": "--engine-host",
     "nodes": "--node",
+    "node_shared_paths": "--node-shared-path",
     "engine": "--podman",
     "kube_namespace": "--namespace",
     "kube_context": "--kube-context",
@@ -295,6 +297,10 @@ class KernelSettings:
     #: least-loaded one that answers (node_backend.pick). engine_host is the first: the
     #: address the resident helper, doctor and list key on.
     nodes: tuple[str, ...] = ()
+    #: Directories every node sees at the same path as this host (a shared filesystem,
+    #: setup --node-shared-path): a kernel on a node may mount a work dir below one of
+    #: them (node_shared.check); any other mounted work dir is refused for a node.
+    node_shared_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
@@ -384,6 +390,14 @@ class KernelSettings:
                 raise SettingsError(
                     f"--node '{node}' is not a node address such as ssh://user@host[:port]",
                     "No kernelspec was written",
+                )
+        for shared in self.node_shared_paths:
+            if not shared.startswith("/") or posixpath.normpath(shared) != shared or shared == "/":
+                raise SettingsError(
+                    f"--node-shared-path '{shared}' is not a normalized absolute directory "
+                    "other than /",
+                    "No kernelspec was written",
+                    "Give the directory every node sees at the same path, such as /srv/course.",
                 )
         if self.nodes and self.engine_host is None:
             # Set once here (a frozen dataclass): the first node is the kernelspec's engine.
@@ -538,6 +552,7 @@ class KernelSettings:
             "kernel_cmd": lambda v: tuple(str(a) for a in v),
             "docker_args": lambda v: tuple(str(a) for a in v),
             "nodes": lambda v: tuple(str(a) for a in v),
+            "node_shared_paths": lambda v: tuple(str(a) for a in v),
             "cpus": float,
             **dict.fromkeys(("pids_limit", "nofile", "tmp_inodes", "pool"), int),
             **dict.fromkeys(("max_lifetime", "pool_ttl"), float),

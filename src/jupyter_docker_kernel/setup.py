@@ -13,7 +13,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from jupyter_docker_kernel import (
     workdir,
 )
 from jupyter_docker_kernel.engine import Engine
-from jupyter_docker_kernel.errors import KernelSpecError, SettingsError
+from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError, SettingsError
 from jupyter_docker_kernel.rundir import runtime_base
 from jupyter_docker_kernel.settings import OWNER_USER, KernelSettings, option
 from jupyter_docker_kernel.workdir import NBGRADER_MARKERS
@@ -146,6 +146,7 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
     if on_node:
         check_node_settings(settings)
     kube_warnings: list[str] = []
+    node_warnings: list[str] = []
     if settings.kube_namespace is not None and request.pin:
         raise SettingsError(
             "--pin records the image's ID from the local engine, and a --kubernetes kernel "
@@ -182,7 +183,10 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         # nodes yet (a kernel's start does the same checks).
         settings = engine_settings(engine, settings)
         findings = check_loosenings(settings, engine, for_nbgrader, request.force)
-        settings = with_image_id(engine, settings, pin=request.pin)
+        first, answered, node_warnings = check_nodes(engine, settings)
+        settings = with_image_id(first, settings, pin=request.pin)
+        if settings.node_shared_paths:
+            check_shared_paths(settings, engine, answered)
     elif not skip_checks:
         settings = engine_settings(engine, settings)
         found, findings = check_image(
@@ -236,6 +240,7 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
             *exposure_warnings(settings),
             *finding_warnings(findings),
             *kube_warnings,
+            *node_warnings,
         ],
         # On a node the kernel runs as the node user, whoever runs setup here.
         root_note=root_note(settings) if os.getuid() == 0 and not on_node else "",
@@ -339,15 +344,93 @@ def check_image(
 
 def check_node_settings(settings: KernelSettings) -> None:
     """A kernel on a remote node cannot mount this host's directories (the node does not
-    see them): its work dir is copied (--copy-workdir) or none."""
-    if settings.workdir == "mount":
+    see them) unless the admin declared paths the nodes share (--node-shared-path): its
+    work dir is then mounted when below one (node_workdir.check, at each start)."""
+    if settings.workdir == "mount" and not settings.node_shared_paths:
         raise SettingsError(
             f"A kernel on the node {settings.engine_host} cannot mount this host's notebook "
             "directory",
             NOT_WRITTEN,
             "Add --copy-workdir (the directory is copied to the node at each start) or "
-            "--no-workdir.",
+            "--no-workdir; or, if the nodes see the notebooks at the same path (a shared "
+            "filesystem), declare it with --node-shared-path DIR.",
         )
+
+
+def check_nodes(engine: Engine, settings: KernelSettings) -> tuple[Engine, list[str], list[str]]:
+    """Ask every node of the kernelspec (its pool, or its one engine_host), at once: its
+    engine answers, it has the runtime asked for, and the image, with the same ID on each
+    (a start may land on any of them). Returns the first node's engine (whose image ID
+    setup records; it must answer), the nodes that answered, and one warning per other
+    node that did not (a start skips a silent node too). What a node lacks is one line
+    naming the node and what to run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    urls = settings.nodes or (settings.engine_host or "",)
+    nodes = [Engine(engine.command, host=url, environ=engine.environ) for url in urls]
+
+    def ask(node: Engine) -> tuple[set[str], str] | DockerKernelError:
+        try:
+            runtimes = node.runtimes() if settings.runtime else set()
+            image = node.image_inspect(settings.image)
+        except DockerKernelError as exc:
+            if node is nodes[0]:
+                raise
+            return exc
+        return runtimes, str((image or {}).get("Id", ""))
+
+    with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
+        answers = list(pool.map(ask, nodes))
+    push = f"Run 'jupyter-docker-kernel image push {{}} --tag {settings.image}'"
+    first_id = ""
+    answered, warnings = [], []
+    for url, answer in zip(urls, answers, strict=True):
+        if isinstance(answer, DockerKernelError):
+            warnings.append(f"node {url} was not checked (it did not answer: {answer.what})")
+            continue
+        runtimes, image_id = answer
+        first_id = first_id or image_id
+        if settings.runtime and settings.runtime not in runtimes:
+            raise SettingsError(
+                f"The node {url} has no runtime '{settings.runtime}' (it has: "
+                f"{', '.join(sorted(runtimes))})",
+                NOT_WRITTEN,
+                "Register it in the node's /etc/docker/daemon.json and restart its engine, "
+                "or run setup without --runtime.",
+            )
+        if not image_id:
+            raise SettingsError(
+                f"The image {settings.image} is not present on the node {url}",
+                NOT_WRITTEN,
+                push.format(url) + " first (kernels never pull).",
+            )
+        if image_id != first_id:
+            raise SettingsError(
+                f"The image {settings.image} on the node {url} ({image_id[7:19]}) is not the "
+                f"one on {urls[0]} ({first_id[7:19]}): a kernel's image would depend on its node",
+                NOT_WRITTEN,
+                push.format(" ".join(urls))
+                + " (it copies this host's image where a copy differs).",
+            )
+        answered.append(url)
+    return nodes[0], answered, warnings
+
+
+def check_shared_paths(settings: KernelSettings, engine: Engine, urls: Sequence[str]) -> None:
+    """Each declared shared path is a directory on each node that answered (asked over
+    ssh): a typo or an unmounted filesystem is one line now, not a refused start later."""
+    from jupyter_docker_kernel.ssh import Connection  # only for nodes
+
+    for url in urls:
+        connection = Connection.to(url, engine.environ)
+        for path in settings.node_shared_paths:
+            if connection.run(["test", "-d", path], check=False).returncode != 0:
+                raise SettingsError(
+                    f"--node-shared-path {path} is not a directory on the node {url}",
+                    NOT_WRITTEN,
+                    "Mount the shared filesystem on every node at the same path as here, "
+                    "or leave that --node-shared-path out.",
+                )
 
 
 def check_loosenings(

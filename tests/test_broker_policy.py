@@ -260,6 +260,11 @@ def test_a_malformed_frame_is_refused(data: bytes) -> None:
         (b'{"op": "signal", "sig": "INT"}', ("signal", "INT")),
         (b'{"op": "stop"}', ("stop", "")),
         (b'{"op": "kill"}', ("kill", "")),
+        (b'{"op": "stop", "why": "budget exceeded: x"}', ("stop", "budget exceeded: x")),
+        (
+            b'{"op": "kill", "why": "its socket dir was misused"}',
+            ("kill", "its socket dir was misused"),
+        ),
     ],
 )
 def test_control_messages_are_parsed(payload: bytes, parsed: tuple[str, str]) -> None:
@@ -268,11 +273,32 @@ def test_control_messages_are_parsed(payload: bytes, parsed: tuple[str, str]) ->
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"[]", b'{"op": "exec"}', b'{"op": "signal", "sig": "STOP"}', b'{"op": "stop", "x": 1}'],
+    [
+        b"",
+        b"[]",
+        b'{"op": "exec"}',
+        b'{"op": "signal", "sig": "STOP"}',
+        b'{"op": "stop", "x": 1}',
+        b'{"op": "stop", "why": 1}',
+        b'{"op": "signal", "sig": "INT", "why": "x"}',
+        # The reason goes into one audit line: no line break, no escape, not too long.
+        b'{"op": "stop", "why": "x\\nstart uid=0(root)"}',
+        b'{"op": "stop", "why": "\\u001b[2J"}',
+        json.dumps({"op": "stop", "why": "x" * (bp.MAX_WHY + 1)}).encode(),
+    ],
 )
 def test_other_control_messages_are_refused(payload: bytes) -> None:
     with pytest.raises(Refusal):
         bp.parse_control(payload)
+
+
+def test_the_clients_stop_reason_is_sent_as_one_printable_line_the_broker_takes() -> None:
+    """control() cuts and cleans what Container.stop was told, so a reason with a line
+    break (a relay's message quoting the kernel) still reaches the audit, as one line."""
+    sent = bp.control("stop", why="budget exceeded:\nmore" + "x" * 500)
+    [(_, payload)] = bp.FrameReader(bp.CONTROL).feed(sent)
+    op, why = bp.parse_control(payload)
+    assert (op, why[:21], len(why)) == ("stop", "budget exceeded: more", bp.MAX_WHY)
 
 
 def test_audit_lines_say_who_what_and_why() -> None:

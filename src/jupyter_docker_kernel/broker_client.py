@@ -83,6 +83,8 @@ class BrokerCold:
         self.code = 1
         self.oom = False
         self.exited = False
+        #: Why our side stopped the kernel (note_stop), sent with the stop for the audit.
+        self.why = ""
         #: The memory limit in bytes, for an OOM's exit line.
         self.memory = 0
         self._done = threading.Event()
@@ -116,6 +118,11 @@ class BrokerCold:
             with contextlib.suppress(OSError):
                 os.close(self._out)
             self._done.set()
+
+    def note_stop(self, reason: str) -> None:
+        """Container.stop's first reason (the relay's "budget exceeded: ...", the socket-dir
+        guard's, a shutdown's): the stop request carries it to the broker's audit line."""
+        self.why = reason
 
     def send(self, data: bytes) -> bool:
         """Frames to the broker; False once the connection is gone."""
@@ -257,11 +264,11 @@ class BrokerBackend:
     def kill_now(self, name: str) -> None:
         cold = self._cold(name)
         if cold is not None:
-            cold.send(bp.control("kill"))
+            cold.send(bp.control("kill", why=cold.why))
 
     def remove(self, name: str) -> bool:
         cold = self._cold(name)
-        return cold is not None and cold.send(bp.control("stop"))
+        return cold is not None and cold.send(bp.control("stop", why=cold.why))
 
     def fill(self, settings: KernelSettings, base: Path, launch: hardening.Launch) -> Refill:
         raise OSError("the broker keeps no warm pool")

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from jupyter_docker_kernel import broker_policy as bp
+from jupyter_docker_kernel.broker import LABEL_BROKER
 from jupyter_docker_kernel.rundir import RunDir
 from tests.broker_env import (
     USERS,
@@ -234,6 +235,29 @@ def test_killing_the_broker_leaves_nothing_running(broker: BrokerEnv) -> None:
     kernels = Path(broker.socket).parent / "kernels"
     assert not any(kernels.iterdir())
     assert not broker_containers(broker)
+
+
+def test_a_restarted_broker_ends_the_containers_an_earlier_one_left(
+    broker: BrokerEnv, kernel_image: str
+) -> None:
+    """A container the killed broker's kernel left running (an engine that keeps it, a
+    lifeline that did not end it) is found by the broker's label and removed when the
+    broker starts again, with an audit line. Stood in for by a plain container with the
+    label: what the sweep goes by."""
+    name = f"jdk-test-left-by-broker-{os.getpid()}"
+    broker.stop_broker(signal.SIGKILL)
+    try:
+        label = f"{LABEL_BROKER}={broker.socket}"
+        run = ["docker", "run", "-d", "--name", name, "--network", "none", "--label", label]
+        subprocess.run([*run, kernel_image, "sleep", "300"], check=True, capture_output=True)
+        assert broker_containers(broker)
+    finally:
+        broker.start_broker()
+    try:
+        assert not broker_containers(broker)
+        assert "reason=left by an earlier broker" in broker.audit.read_text()
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
 def test_a_policy_can_force_gvisor_on_every_kernel(broker: BrokerEnv) -> None:

@@ -27,6 +27,7 @@ import pytest
 from jupyter_docker_kernel import broker_policy as bp
 from jupyter_docker_kernel.broker import LABEL_BROKER
 from jupyter_docker_kernel.rundir import RunDir
+from jupyter_docker_kernel.settings import size_bytes
 from tests.broker_env import (
     USERS,
     BrokerEnv,
@@ -387,7 +388,7 @@ def test_through_the_broker_every_way_a_kernel_ends_is_in_the_audit_log(
         "output": (resources.FLOODS["stdout"][0], {}),
         "shutdown": ("print('bye')", {}),
     }
-    budget = resources.size_bytes(hostile_settings()["output_budget"])
+    budget = size_bytes(hostile_settings()["output_budget"])
     expected = {
         "memory": f"out of memory (limit {resources.MEMORY >> 20} MiB)",
         "lifetime": f"maximum lifetime of {resources.LIFETIME} s reached",

@@ -238,6 +238,44 @@ def test_killing_the_broker_leaves_nothing_running(broker: BrokerEnv) -> None:
     assert not broker_containers(broker)
 
 
+def test_setup_and_doctor_check_a_kernelspec_with_a_kernel_through_the_broker(
+    broker: BrokerEnv, kernel_image: str
+) -> None:
+    """A user who reaches the engine only through the broker: `setup --user` checks the
+    image and limits by starting a kernel through the broker (the probe), doctor says
+    which path and why and probes each kernelspec the same way; settings the policy
+    refuses stop setup with the broker's line, and nothing is written or left running."""
+    user = USERS[0]
+    home = pwd.getpwnam(user).pw_dir
+
+    def cli(*args: str) -> tuple[int, str]:
+        proc = subprocess.run(
+            broker.argv(user, "-m", "jupyter_docker_kernel", *args),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=home,
+        )
+        return proc.returncode, proc.stdout + proc.stderr
+
+    code, out = cli("setup", "--name", "viabroker", "--user", "--image", kernel_image)
+    assert code == 0, out
+    assert "started through the broker and bound its sockets" in out
+    code, out = cli("doctor", "viabroker")
+    assert code == 0, out
+    assert "kernel path: broker: the engine's socket" in out
+    assert "viabroker: kernel: a kernel of " in out
+    assert "started through the broker and bound its sockets" in out
+    code, out = cli(
+        "setup", "--name", "toobig", "--user", "--image", kernel_image, "--memory", "64g"
+    )
+    assert code == 1, out
+    assert "The kernel broker did not start a kernel of these settings" in out
+    assert "above the allowed" in out
+    assert not Path(home, ".local/share/jupyter/kernels/toobig").exists()
+    assert not broker_containers(broker)
+
+
 def test_a_restarted_broker_ends_the_containers_an_earlier_one_left(
     broker: BrokerEnv, kernel_image: str
 ) -> None:

@@ -159,6 +159,15 @@ def kill_processes_of(uid: int) -> None:
                 pass
 
 
+def remove_dirs_of(uids: set[int]) -> None:
+    """The private Jupyter dirs the users' clients made in /tmp (broker_user.py's
+    isolated_spec: /tmp/jdkt-*), which userdel -r leaves."""
+    for entry in Path("/tmp").glob("jdkt-*"):
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid in uids:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def broker(kernel_image: str) -> Iterator[BrokerEnv]:
     from tests.conftest import not_here  # here: conftest imports this module
@@ -204,6 +213,7 @@ def broker(kernel_image: str) -> Iterator[BrokerEnv]:
         for user in USERS:
             if user in env.uids:
                 kill_processes_of(env.uids[user])
+        remove_dirs_of(set(env.uids.values()))
         for user in made_users:
             # -f: a process killed just now may not be reaped yet.
             subprocess.run(["userdel", "-r", "-f", user], capture_output=True)
@@ -308,3 +318,22 @@ def as_user(spec_dir: Path, env: BrokerEnv, user: str = HOSTILE_USER) -> None:
 def broker_kernel_uid(user: str = HOSTILE_USER) -> int:
     """The uid a broker variant's kernel runs as: its user's."""
     return pwd.getpwnam(user).pw_uid
+
+
+def user_spec(spec_dir: Path, env: BrokerEnv, user: str = HOSTILE_USER) -> Path:
+    """A copy of the kernelspec in spec_dir (written by `setup` as root) in user's own
+    Jupyter data dir, its argv the launcher from the users' venv: for a client that runs
+    as the user (their nbclient, whose provisioner then reaches the engine only through
+    the broker). Removed with the user."""
+    entry = pwd.getpwnam(user)
+    target = Path(entry.pw_dir, ".local/share/jupyter/kernels", spec_dir.name)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(spec_dir, target)
+    data = json.loads((target / "kernel.json").read_text())
+    data["argv"] = [*launcher_argv(str(env.venv / "bin" / "python")), "-f", "{connection_file}"]
+    (target / "kernel.json").write_text(json.dumps(data, indent=1))
+    subprocess.run(
+        ["chown", "-R", f"{entry.pw_uid}:{entry.pw_gid}", str(Path(entry.pw_dir, ".local"))],
+        check=True,
+    )
+    return target

@@ -39,14 +39,13 @@ DROPPED = (
 )
 
 
-def hand_over_cwd(uid: int, gid: int) -> None:
-    """The cwd becomes the user's (only the dir itself: what root put in it stays root's),
+def hand_over(path: Path, uid: int, gid: int) -> None:
+    """path becomes the user's (only the dir itself: what root put in it stays root's),
     and every parent under the temp dir gets the search bit for others (pytest's 0700
     basetemp), as the broker mounts only a directory its caller owns and can reach."""
-    cwd = Path.cwd()
-    os.chown(cwd, uid, gid)
+    os.chown(path, uid, gid)
     top = Path(tempfile.gettempdir()).resolve()
-    for parent in cwd.parents:
+    for parent in path.parents:
         if parent == top or top not in parent.parents:
             break
         mode = parent.stat().st_mode
@@ -74,7 +73,7 @@ def main(argv: list[str]) -> None:
     entry = pwd.getpwnam(user)
     at = launcher.index("-f") + 1
     launcher[at] = private_copy(launcher[at], Path(entry.pw_dir), entry.pw_uid, entry.pw_gid)
-    hand_over_cwd(entry.pw_uid, entry.pw_gid)
+    hand_over(Path.cwd(), entry.pw_uid, entry.pw_gid)
     env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED)}
     env.update(
         HOME=entry.pw_dir,

@@ -303,8 +303,12 @@ def as_user(spec_dir: Path, env: BrokerEnv, user: str = HOSTILE_USER) -> None:
     venv, behind tests/broker_shim.py (which jupyter_client runs as root)."""
     path = spec_dir / "kernel.json"
     data = json.loads(path.read_text())
+    # -I: isolated, as our own argv is; without it every later `setup` would take this for
+    # an earlier version's kernelspec and rewrite it (kernelspec.needs_upgrade), and the
+    # kernels would start straight on the engine as root.
     data["argv"] = [
         sys.executable,
+        "-I",
         str(SHIM),
         user,
         env.socket,
@@ -313,6 +317,16 @@ def as_user(spec_dir: Path, env: BrokerEnv, user: str = HOSTILE_USER) -> None:
         "{connection_file}",
     ]
     path.write_text(json.dumps(data, indent=1))
+    AS_USER_SPECS.append(path)
+
+
+#: Every kernel.json as_user rewrote, for still_as_user().
+AS_USER_SPECS: list[Path] = []
+
+
+def still_as_user() -> list[str]:
+    """The kernel.json files as_user rewrote that no longer start through the shim."""
+    return [str(p) for p in AS_USER_SPECS if p.exists() and str(SHIM) not in p.read_text()]
 
 
 def broker_kernel_uid(user: str = HOSTILE_USER) -> int:

@@ -268,7 +268,7 @@ def runtime(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Runtime]
     "runc", `.via_broker` and `.key` tell the variants apart). Kernelspecs for it come
     from install_hostile. At the end of the broker variant, its kernels must have gone
     through the broker: the audit log has the test user's starts."""
-    from tests.broker_env import HOSTILE_USER, Runtime
+    from tests.broker_env import HOSTILE_USER, Runtime, still_as_user
 
     name = str(request.param)
     if name == "broker":
@@ -278,6 +278,7 @@ def runtime(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Runtime]
         before = env.audit.read_text().count(started)
         yield made
         assert env.audit.read_text().count(started) > before, "no kernel went through the broker"
+        assert still_as_user() == [], "kernelspecs rewritten back to the direct path"
         return
     if name != "runc" and name not in engine.runtimes():
         not_here(

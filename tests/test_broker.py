@@ -29,6 +29,7 @@ from jupyter_docker_kernel.broker import LABEL_BROKER
 from jupyter_docker_kernel.rundir import RunDir
 from jupyter_docker_kernel.settings import size_bytes
 from tests.broker_env import (
+    KERNELS_PER_USER,
     USERS,
     BrokerEnv,
     broker_containers,
@@ -216,7 +217,7 @@ def test_malformed_requests_are_refused_and_the_broker_stays_up(
 
 def test_a_user_cannot_tie_up_the_broker_with_idle_connections(broker: BrokerEnv) -> None:
     """Each connection is a thread of the broker's: a user gets kernels_per_user + 4."""
-    answer = json.loads(broker.run(USERS[1], "flood", "8")["answer"])
+    answer = json.loads(broker.run(USERS[1], "flood", str(KERNELS_PER_USER + 4))["answer"])
     assert answer == {"ok": False, "error": "You have too many connections to the broker open."}
     # The other user is not affected.
     assert "lacks" in json.loads(broker.raw(USERS[0], [b"{}\n"])[0])["error"]

@@ -1037,7 +1037,10 @@ def test_background_processes_die_with_the_container(
         assert stream_text(out) == "1\n"
         wait_until(lambda: log.exists() and log.stat().st_size > 0, 5)
         if runtime == "runc":  # under gVisor they are not host processes
-            assert kernel_uid_processes("sleep 4321", runtime)
+            ps = subprocess.run(["ps", "-eo", "uid=,args="], capture_output=True, text=True)
+            assert kernel_uid_processes("sleep 4321", runtime), [
+                line for line in ps.stdout.splitlines() if "4321" in line
+            ]
         shut_down(km, kc)
     assert_gone(km, container)
     assert not kernel_uid_processes("sleep 4321", runtime)

@@ -329,6 +329,12 @@ def still_as_user() -> list[str]:
     return [str(p) for p in AS_USER_SPECS if p.exists() and str(SHIM) not in p.read_text()]
 
 
+def user_runtime_base(user: str = HOSTILE_USER) -> Path:
+    """The runtime base of a broker variant's launcher (the shim gives it TMPDIR=/tmp):
+    where its kept logs are."""
+    return Path("/tmp", f"jupyter-docker-kernel-{pwd.getpwnam(user).pw_uid}")
+
+
 def broker_kernel_uid(user: str = HOSTILE_USER) -> int:
     """The uid a broker variant's kernel runs as: its user's."""
     return pwd.getpwnam(user).pw_uid

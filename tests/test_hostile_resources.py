@@ -48,12 +48,13 @@ from nbclient import NotebookClient
 from nbformat import NotebookNode
 
 from jupyter_docker_kernel import hardening
+from jupyter_docker_kernel.broker import state_dir
 from jupyter_docker_kernel.engine import LABEL_LAUNCHER_PID
 from jupyter_docker_kernel.kernel_log import TAIL_KEEP
 from jupyter_docker_kernel.launcher import FORWARD_LIMIT
 from jupyter_docker_kernel.running import find_logs
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
-from tests.broker_env import Runtime, broker_kernel_uid
+from tests.broker_env import Runtime, broker_kernel_uid, user_runtime_base
 from tests.conftest import HOSTILE_LIMITS, inspect, install_hostile
 from tests.kernels import (
     containers_of,
@@ -924,7 +925,7 @@ subprocess.run([sys.executable, '-c', 'import os; os.write(1, b"y" * 2**21)'], c
 
 
 def test_fd_level_output_is_counted_and_the_raw_stream_is_capped(
-    hostile_kernel: str, workdir: Path, launcher_log: Path
+    hostile_kernel: str, workdir: Path, launcher_log: Path, runtime: Runtime
 ) -> None:
     """A15: 8 MiB written to fd 1 (os.write, and a subprocess) bypassing sys.stdout.
 
@@ -966,7 +967,8 @@ def test_fd_level_output_is_counted_and_the_raw_stream_is_capped(
     # 2 MiB may still be in ipykernel's fd watcher when the kernel shuts down.
     assert relayed_out(log) >= 6 * MIB
     # What `logs` keeps of it is its end, bounded, private to the launching user.
-    kept = find_logs(kernel_key(km))
+    # Through the broker the launching user is the test user: the log is in their base.
+    kept = find_logs(kernel_key(km), user_runtime_base() if runtime.via_broker else None)
     size = os.stat(kept.record["output_path"]).st_size
     assert 0 < size <= 2 * TAIL_KEEP
     assert set(kept.output) <= set(b"zy\n")
@@ -1223,7 +1225,7 @@ HOSTILE_OUTPUTS = [
 
 
 def test_hostile_notebook_metadata_and_outputs_reach_nbclient_as_inert_data(
-    hostile_kernel: str, kernel_image: str, workdir: Path
+    hostile_kernel: str, kernel_image: str, workdir: Path, runtime: Runtime
 ) -> None:
     """F05, F07 (the part a kernel produces through its own output machinery), F11.
 
@@ -1253,7 +1255,10 @@ def test_hostile_notebook_metadata_and_outputs_reach_nbclient_as_inert_data(
         hardening.USAGE_HOOK_TARGET,
         str(workdir),
     }
-    assert mounts[str(workdir)] == str(workdir)
+    if runtime.env is not None:  # the broker mounts its own staged bind of the work dir
+        assert mounts[str(workdir)].startswith(f"{state_dir(runtime.env.socket)}/")
+    else:
+        assert mounts[str(workdir)] == str(workdir)
     assert "/" not in mounts.values()
 
     html, js = (output["data"] for output in nb.cells[0].outputs)

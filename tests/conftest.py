@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
@@ -31,8 +31,12 @@ from jupyter_docker_kernel.settings import DEFAULT_IMAGE
 from tests import slurm_cluster as slurm
 from tests.slurm_cluster import OneNodeCluster
 
-#: The remote nodes' fixtures (tests/nodes.py): node, pushed_node, on_node.
-pytest_plugins = ["tests.nodes"]
+if TYPE_CHECKING:  # imported where used at run time: pytest registers it as a plugin first
+    from tests.broker_env import Runtime
+
+#: The remote nodes' fixtures (tests/nodes.py): node, pushed_node, on_node; the root
+#: broker with its test users (tests/broker_env.py): broker.
+pytest_plugins = ["tests.nodes", "tests.broker_env"]
 
 # nbgrader.utils imports setuptools, whose shim swaps in its own distutils and asserts that
 # nothing imported the standard library's first; in a full run something has, so the tests
@@ -265,24 +269,51 @@ HOSTILE_LIMITS = (
 )  # fmt: skip
 
 
-@pytest.fixture(scope="session", params=["runc", "runsc"])
-def runtime(request: pytest.FixtureRequest, engine: Engine) -> str:
-    """Each hostile test runs under the default runtime and under gVisor (runsc)."""
+@pytest.fixture(scope="session", params=["runc", "runsc", "broker"])
+def runtime(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Runtime]:
+    """Each hostile test runs under the default runtime, under gVisor (runsc), and once
+    more under the default runtime with its kernels started through the root broker by an
+    unprivileged test user ("broker": tests/broker_env.py; the value still compares as
+    "runc", `.via_broker` and `.key` tell the variants apart). Kernelspecs for it come
+    from install_hostile. At the end of the broker variant, its kernels must have gone
+    through the broker: the audit log has the test user's starts."""
+    from tests.broker_env import HOSTILE_USER, Runtime, still_as_user
+
     name = str(request.param)
+    if name == "broker":
+        made = Runtime("runc", via_broker=True)
+        made.env = env = request.getfixturevalue("broker")
+        started = f"start uid={env.uids[HOSTILE_USER]}({HOSTILE_USER})"
+        before = env.audit.read_text().count(started)
+        yield made
+        assert env.audit.read_text().count(started) > before, "no kernel went through the broker"
+        assert still_as_user() == [], "kernelspecs rewritten back to the direct path"
+        return
     if name != "runc" and name not in engine.runtimes():
         not_here(
             f"runtime {name} is not registered (scripts/bootstrap-engine --runsc does it)", "gVisor"
         )
-    return name
+    yield Runtime(name)
+
+
+def install_hostile(name: str, image: str, runtime: Runtime, *extra: str) -> str:
+    """A hostile test's kernelspec `<name>-<runtime.key>` (`setup` with extra, plus
+    --runtime runsc under gVisor), rewritten for the broker variant to start through the
+    broker as the test user (broker_env.as_user); returns its name."""
+    full = f"{name}-{runtime.key}"
+    runtime_args = ["--runtime", str(runtime)] if runtime != "runc" else []
+    spec = install_kernel(full, image, *extra, *runtime_args)
+    if runtime.env is not None:
+        from tests.broker_env import as_user
+
+        as_user(spec, runtime.env)
+    return full
 
 
 @pytest.fixture(scope="session")
-def hostile_kernel(kernel_image: str, runtime: str) -> str:
+def hostile_kernel(kernel_image: str, runtime: Runtime) -> str:
     """A kernelspec with HOSTILE_LIMITS under `runtime` ("runc" means the engine default)."""
-    name = f"jdk-test-hostile-{runtime}"
-    extra = ["--runtime", runtime] if runtime != "runc" else []
-    install_kernel(name, kernel_image, *HOSTILE_LIMITS, *extra)
-    return name
+    return install_hostile("jdk-test-hostile", kernel_image, runtime, *HOSTILE_LIMITS)
 
 
 #: The kernelspec `setup --podman` writes for the default image in Podman's storage.

@@ -33,7 +33,8 @@ from _pytest.tmpdir import TempPathFactory
 from jupyter_docker_kernel.kernelspec import settings_from_kernel_json
 from jupyter_docker_kernel.ssh import CONFIG_ENV
 from tests import conftest, kernels, test_hostile_access, test_hostile_resources
-from tests.conftest import HOSTILE_LIMITS, install_kernel
+from tests.broker_env import Runtime
+from tests.conftest import HOSTILE_LIMITS, install_hostile
 from tests.nodes import NodeUnderTest
 
 
@@ -95,16 +96,14 @@ def tmp_path_factory(shared_root: Path, request: pytest.FixtureRequest) -> TempP
 
 
 @pytest.fixture(scope="module")
-def runtime() -> str:
-    return "runc"
+def runtime() -> Runtime:
+    return Runtime("runc")
 
 
 @pytest.fixture(scope="module")
-def hostile_kernel(kernel_image: str, runtime: str) -> str:
+def hostile_kernel(kernel_image: str, runtime: Runtime) -> str:
     """conftest's hostile_kernel, installed on the node (by INSTALL_EXTRA)."""
-    name = f"jdk-test-hostile-{runtime}"
-    install_kernel(name, kernel_image, *HOSTILE_LIMITS)
-    return name
+    return install_hostile("jdk-test-hostile", kernel_image, runtime, *HOSTILE_LIMITS)
 
 
 def test_the_suites_kernelspec_runs_on_the_node(

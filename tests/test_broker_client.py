@@ -4,7 +4,11 @@ socket is a real listening unix socket in the test's tmp dir, or absent."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,15 +93,36 @@ def test_doctor_broker_checks_the_policy_file(
 
 
 @pytest.mark.usefixtures("no_engine")
-def test_setup_writes_a_kernelspec_through_the_broker_path_without_the_engine(
-    broker_socket: str, data_dir: Path, capsys: pytest.CaptureFixture[str]
+def test_setup_through_the_broker_asks_it_for_a_kernel_and_stops_at_its_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path
 ) -> None:
-    """A user who cannot reach the engine: setup does not ask it, and says why."""
-    assert main(["setup", "--name", "via-broker", "--user"]) == 0
-    assert (data_dir / "kernels" / "via-broker" / "kernel.json").is_file()
-    out = capsys.readouterr().out
-    assert "warning: the engine was not checked (there is no engine socket" in out
-    assert "kernel broker" in out
+    """A user who cannot reach the engine: setup's check is a kernel started through the
+    broker (broker_client.probe); the broker's refusal (here a stand-in's, one line) is
+    setup's error, and nothing is written. (The accepted path, with a real broker and
+    users: test_broker.py.)"""
+    path = str(tmp_path / "refusing.sock")
+    asked: list[dict[str, object]] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen()
+
+        def refuse() -> None:
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as lines:
+                asked.append(json.loads(lines.readline()))
+                conn.sendall(b'{"ok": false, "error": "The image x is not allowed."}\n')
+
+        thread = threading.Thread(target=refuse, daemon=True)
+        thread.start()
+        monkeypatch.setenv(broker_client.BROKER_ENV, path)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(["setup", "--name", "via-broker", "--user"]) == 1
+        thread.join(timeout=10)
+    assert [request["op"] for request in asked] == ["start"]
+    assert "The kernel broker did not start a kernel of these settings" in err.getvalue()
+    assert "The image x is not allowed." in err.getvalue()
+    assert not (data_dir / "kernels" / "via-broker").exists()
 
 
 @pytest.mark.usefixtures("no_engine")

@@ -204,6 +204,43 @@ def test_random_start_lines_are_refused_and_nothing_else_is_raised() -> None:
     assert all("\n" not in refusal for refusal in refusals)
 
 
+def test_random_frames_after_a_start_are_refused_or_parsed_and_nothing_else_is_raised() -> None:
+    """A small fuzz of what a client sends while its kernel runs: random headers and
+    random control messages (valid ones with junk swapped in). Each frame is a Refusal or
+    one of the three known controls; a stop's reason is one printable line (audit)."""
+    rng = random.Random(1616)
+    junk: list[Any] = [None, True, 0, -1, "", "x" * 300, "INT\n", "\x1b[2J", [], {}, "KILL"]
+    for _ in range(300):
+        raw = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 16)))
+        try:
+            frames = bp.FrameReader(bp.WRITE + bp.CONTROL).feed(raw)
+        except Refusal:
+            continue
+        assert all(kind in (bp.WRITE, bp.CONTROL) for kind, _ in frames)
+    parsed = set()
+    refusals: list[str] = []
+    for _ in range(400):
+        data: dict[str, Any] = rng.choice(
+            [{"op": "signal", "sig": "INT"}, {"op": "stop", "why": "x"}, {"op": "kill"}]
+        )
+        data = dict(data)
+        data[rng.choice(["op", "sig", "why", "cmd"])] = rng.choice(junk)
+        try:
+            op, arg = bp.parse_control(json.dumps(data).encode())
+        except Refusal as exc:
+            refusals.append(exc.line)
+            continue
+        parsed.add(op)
+        assert op in ("signal", "stop", "kill")
+        if op == "signal":
+            assert arg in bp.SIGNALS
+        else:
+            assert arg.isprintable()
+            assert len(arg) <= bp.MAX_WHY
+    assert parsed  # the fuzz reached the accepting paths too
+    assert all("\n" not in refusal for refusal in refusals)
+
+
 def test_the_policy_file_is_read_strictly() -> None:
     policy = Policy.from_toml(
         'images = ["a/b:1"]\nmemory = "1g"\ncpus = 2\nruntime = "runsc"\nkernels_per_user = 2\n'
@@ -260,6 +297,11 @@ def test_a_malformed_frame_is_refused(data: bytes) -> None:
         (b'{"op": "signal", "sig": "INT"}', ("signal", "INT")),
         (b'{"op": "stop"}', ("stop", "")),
         (b'{"op": "kill"}', ("kill", "")),
+        (b'{"op": "stop", "why": "budget exceeded: x"}', ("stop", "budget exceeded: x")),
+        (
+            b'{"op": "kill", "why": "its socket dir was misused"}',
+            ("kill", "its socket dir was misused"),
+        ),
     ],
 )
 def test_control_messages_are_parsed(payload: bytes, parsed: tuple[str, str]) -> None:
@@ -268,11 +310,32 @@ def test_control_messages_are_parsed(payload: bytes, parsed: tuple[str, str]) ->
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"[]", b'{"op": "exec"}', b'{"op": "signal", "sig": "STOP"}', b'{"op": "stop", "x": 1}'],
+    [
+        b"",
+        b"[]",
+        b'{"op": "exec"}',
+        b'{"op": "signal", "sig": "STOP"}',
+        b'{"op": "stop", "x": 1}',
+        b'{"op": "stop", "why": 1}',
+        b'{"op": "signal", "sig": "INT", "why": "x"}',
+        # The reason goes into one audit line: no line break, no escape, not too long.
+        b'{"op": "stop", "why": "x\\nstart uid=0(root)"}',
+        b'{"op": "stop", "why": "\\u001b[2J"}',
+        json.dumps({"op": "stop", "why": "x" * (bp.MAX_WHY + 1)}).encode(),
+    ],
 )
 def test_other_control_messages_are_refused(payload: bytes) -> None:
     with pytest.raises(Refusal):
         bp.parse_control(payload)
+
+
+def test_the_clients_stop_reason_is_sent_as_one_printable_line_the_broker_takes() -> None:
+    """control() cuts and cleans what Container.stop was told, so a reason with a line
+    break (a relay's message quoting the kernel) still reaches the audit, as one line."""
+    sent = bp.control("stop", why="budget exceeded:\nmore" + "x" * 500)
+    [(_, payload)] = bp.FrameReader(bp.CONTROL).feed(sent)
+    op, why = bp.parse_control(payload)
+    assert (op, why[:21], len(why)) == ("stop", "budget exceeded: more", bp.MAX_WHY)
 
 
 def test_audit_lines_say_who_what_and_why() -> None:

@@ -36,7 +36,8 @@ from jupyter_client.manager import KernelManager
 
 from jupyter_docker_kernel import cli
 from jupyter_docker_kernel.hardening import RUNTIME_TARGET
-from tests.conftest import HOSTILE_LIMITS, inspect, install_kernel
+from tests.broker_env import Runtime, broker_kernel_uid
+from tests.conftest import HOSTILE_LIMITS, inspect, install_hostile
 from tests.kernels import (
     containers_of,
     docker_argv,
@@ -180,8 +181,11 @@ def runtime_dir_of(session: Session) -> str:
     return source
 
 
-def kernel_uid() -> int:
-    """The uid our kernels get: the launching user's, 65534 when that is root."""
+def kernel_uid(runtime: Runtime) -> int:
+    """The uid our kernels get: the launching user's, 65534 when that is root; through
+    the broker, the test user's who asked for the kernel."""
+    if runtime.via_broker:
+        return broker_kernel_uid()
     return 65534 if os.getuid() == 0 else os.getuid()
 
 
@@ -213,7 +217,10 @@ def probe_host(tmp_path_factory: pytest.TempPathFactory) -> Host:
 
 @pytest.fixture(scope="module")
 def probe(
-    hostile_kernel: str, runtime: str, probe_host: Host, tmp_path_factory: pytest.TempPathFactory
+    hostile_kernel: str,
+    runtime: Runtime,
+    probe_host: Host,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Session]:
     """One kernel per runtime for the probes that leave it usable; a canary in the host env."""
     log = tmp_path_factory.mktemp(f"probe-log-{runtime}") / "launcher.log"
@@ -227,12 +234,11 @@ def probe(
 
 
 @pytest.fixture(scope="module")
-def copy_kernel(kernel_image: str, runtime: str) -> str:
+def copy_kernel(kernel_image: str, runtime: Runtime) -> str:
     """The recommended grading setup: --copy-workdir with the hostile limits."""
-    name = f"jdk-test-hostile-copy-{runtime}"
-    extra = ["--runtime", runtime] if runtime != "runc" else []
-    install_kernel(name, kernel_image, "--copy-workdir", *HOSTILE_LIMITS, *extra)
-    return name
+    return install_hostile(
+        "jdk-test-hostile-copy", kernel_image, runtime, "--copy-workdir", *HOSTILE_LIMITS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +261,7 @@ def copy_host(tmp_path_factory: pytest.TempPathFactory) -> Host:
 
 @pytest.fixture(scope="module")
 def copied(
-    copy_kernel: str, copy_host: Host, runtime: str, tmp_path_factory: pytest.TempPathFactory
+    copy_kernel: str, copy_host: Host, runtime: Runtime, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Session]:
     """A --copy-workdir kernel over copy_host's source dir (one per runtime)."""
     log = tmp_path_factory.mktemp(f"copy-log-{runtime}") / "launcher.log"
@@ -265,15 +271,15 @@ def copied(
 
 @pytest.fixture(scope="module")
 def spawner(
-    kernel_image: str, runtime: str, tmp_path_factory: pytest.TempPathFactory
+    kernel_image: str, runtime: Runtime, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Session]:
     """A kernel for probes that start processes (find, su, a fresh Python): the hostile
     limits with --pids-limit 512. Under gVisor the Sentry's own ~100 host threads count
     against the pids limit, and at 128 running `su` can crash the whole sandbox (exit 2);
     that is a pids-limit matter (catalogue A), not what these probes test."""
-    name = f"jdk-test-hostile-spawn-{runtime}"
-    extra = ["--runtime", runtime] if runtime != "runc" else []
-    install_kernel(name, kernel_image, *HOSTILE_LIMITS, "--pids-limit", "512", *extra)
+    name = install_hostile(
+        "jdk-test-hostile-spawn", kernel_image, runtime, *HOSTILE_LIMITS, "--pids-limit", "512"
+    )
     base = tmp_path_factory.mktemp(f"spawner-{runtime}")
     with session_of(name, private_dir(base / "work"), base / "log") as session:
         yield session
@@ -775,7 +781,7 @@ def test_c06_renames_and_link_swaps_in_the_copy_leave_the_host_unchanged(
 
 
 def test_c07_device_nodes_for_host_memory_and_disks_cannot_be_made_or_opened(
-    probe: Session, runtime: str
+    probe: Session, runtime: Runtime
 ) -> None:
     """C07: no CAP_MKNOD: mknod fails under runc. gVisor lets mknod succeed in its tmpfs, but
     a node only names the Sentry's own devices: opening host memory or a disk fails."""
@@ -1136,12 +1142,12 @@ print(json.dumps(outcomes))
 """
 
 
-def test_d01_the_kernel_is_not_root(probe: Session) -> None:
+def test_d01_the_kernel_is_not_root(probe: Session, runtime: Runtime) -> None:
     """D01: the kernel's uid is the unprivileged one the launcher chose, never 0."""
     ids = probe.ask("import json, os; print(json.dumps([os.getuid(), os.geteuid(), os.getgid()]))")
 
     assert 0 not in ids
-    assert ids[0] == kernel_uid()
+    assert ids[0] == kernel_uid(runtime)
 
 
 def test_d01_the_kernel_has_no_capabilities(probe: Session) -> None:
@@ -1228,7 +1234,7 @@ def test_d04_mounting_fails_even_after_unshare(namespaces: list[Any]) -> None:
 
 
 def test_d04_unshare_is_refused_under_runc_and_virtual_under_runsc(
-    namespaces: list[Any], runtime: str
+    namespaces: list[Any], runtime: Runtime
 ) -> None:
     """D04: under runc seccomp and the missing CAP_SYS_ADMIN refuse unshare (EPERM). Under
     gVisor it succeeds inside the Sentry: a virtual namespace that grants nothing on the
@@ -1280,7 +1286,7 @@ KILLS = {
 
 @pytest.mark.parametrize("target", list(KILLS))
 def test_d06_killing_pid1_the_supervisor_or_everything_ends_cleanly(
-    probe: Session, hostile_kernel: str, runtime: str, target: str, tmp_path: Path
+    probe: Session, hostile_kernel: str, runtime: Runtime, target: str, tmp_path: Path
 ) -> None:
     """D06: SIGKILL to PID 1 is ignored under runc (a namespace's init is immune) and ends
     the container under gVisor; SIGKILL to the supervisor or to -1 ends it under both. An
@@ -1310,14 +1316,19 @@ class OutlivedItsLifetimeError(Exception):
 
 
 def test_d06_stopping_the_supervisor_does_not_lift_the_lifetime_limit(
-    kernel_image: str, runtime: str, tmp_path: Path
+    kernel_image: str, runtime: Runtime, tmp_path: Path
 ) -> None:
     """D06 (and D05: a tracer stops its tracee the same way): SIGSTOP to the supervisor
     must not keep a kernel alive past --max-lifetime."""
     lifetime = 15  # room for a slow gVisor start before the cell runs
-    name = f"jdk-test-hostile-lifetime-{runtime}"
-    extra = ["--runtime", runtime] if runtime != "runc" else []
-    install_kernel(name, kernel_image, *HOSTILE_LIMITS, "--max-lifetime", str(lifetime), *extra)
+    name = install_hostile(
+        "jdk-test-hostile-lifetime",
+        kernel_image,
+        runtime,
+        *HOSTILE_LIMITS,
+        "--max-lifetime",
+        str(lifetime),
+    )
     started = time.monotonic()
     session = open_session(name, private_dir(tmp_path / "work"), tmp_path / "log")
     key = kernel_key(session.km)
@@ -1438,7 +1449,7 @@ SYSCALLS = [
 @pytest.mark.parametrize(("name", "x86_64", "aarch64"), SYSCALLS, ids=[s[0] for s in SYSCALLS])
 def test_d09_syscalls_into_unnamespaced_kernel_state_are_blocked(
     probe: Session,
-    runtime: str,
+    runtime: Runtime,
     name: str,
     x86_64: int,
     aarch64: int,
@@ -1464,7 +1475,7 @@ def test_d09_syscalls_into_unnamespaced_kernel_state_are_blocked(
         assert code in ("EPERM", "ENOSYS")
 
 
-def test_d10_only_the_minimal_devices_exist(probe: Session, runtime: str) -> None:
+def test_d10_only_the_minimal_devices_exist(probe: Session, runtime: Runtime) -> None:
     """D10: /dev holds the minimal set (plus gVisor's virtual fuse and net/tun under runsc)
     and no block device; the host's disks, memory, kmsg, kvm and vsock are absent."""
     found = probe.ask(
@@ -1626,7 +1637,7 @@ def _raise(exc: OSError) -> None:
 # -- G. Runtime ------------------------------------------------------------------------------------
 
 
-def test_g01_the_kernel_runs_under_the_requested_runtime(probe: Session, runtime: str) -> None:
+def test_g01_the_kernel_runs_under_the_requested_runtime(probe: Session, runtime: Runtime) -> None:
     """G01: under runsc the kernel sees gVisor's kernel release, not the host's; under runc
     it sees the host's."""
     release = probe.ask("import json, platform; print(json.dumps(platform.release()))")

@@ -10,6 +10,7 @@ hold) and its log (the launcher's stderr, or the provisioner's log lines) are it
 from __future__ import annotations
 
 import json
+import pwd
 import re
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from jupyter_docker_kernel.settings import size_bytes
+from tests.broker_env import HOSTILE_USER, BrokerEnv, user_spec
+from tests.broker_shim import hand_over
 from tests.conftest import install_kernel
 from tests.kernels import wait_until
 
@@ -78,16 +81,29 @@ class Graded:
     container: str  # the kernel's container name, from the start line
 
 
+#: Kernelspecs whose client runs as an unprivileged test user, so that their kernels start
+#: through the root broker (tests/broker_env.py): name -> the broker.
+AS_USER: dict[str, BrokerEnv] = {}
+
+
 def run_notebook(kernel: str, workdir: Path, *cells: str) -> Graded:
-    """Execute `cells` in `kernel` under nbclient in a fresh process; waits until the
-    kernel's container is gone."""
+    """Execute `cells` in `kernel` under nbclient in a fresh process (for a kernelspec in
+    AS_USER: the test user's, from the users' venv); waits until the kernel's container
+    is gone."""
+    env = AS_USER.get(kernel)
     written = workdir.parent / f"{workdir.name}-executed.ipynb"
+    python = [sys.executable]
+    if env is not None:
+        entry = pwd.getpwnam(HOSTILE_USER)
+        hand_over(workdir, entry.pw_uid, entry.pw_gid)
+        written = workdir / "executed.ipynb"  # copied at the start: the kernel never sees it
+        python = env.argv(HOSTILE_USER)
     proc = subprocess.run(
-        [sys.executable, "-c", RUN_NOTEBOOK, kernel, str(workdir), str(written), json.dumps(cells)],
+        [*python, "-c", RUN_NOTEBOOK, kernel, str(workdir), str(written), json.dumps(cells)],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=workdir.parent,
+        cwd=workdir if env is not None else workdir.parent,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     print(proc.stderr[-4000:])  # shown by pytest when an assertion below fails
@@ -117,21 +133,32 @@ def stdout_flood(mebibytes: int) -> str:
     return f"for _ in range({mebibytes}):\n    print('x' * 2**20, flush=True)\n"
 
 
-@pytest.fixture(scope="module", params=["launcher", "provisioner"])
+def through_broker(request: pytest.FixtureRequest, name: str, spec: Path) -> str:
+    """The kernelspec, installed for the test user whose client runs it (AS_USER)."""
+    env = request.getfixturevalue("broker")
+    AS_USER[user_spec(spec, env).name] = env
+    return name
+
+
+@pytest.fixture(scope="module", params=["launcher", "provisioner", "provisioner-broker"])
 def grading_kernel(request: pytest.FixtureRequest, kernel_image: str) -> str:
-    """A kernelspec `setup --for-nbgrader` wrote, with or without --provisioner."""
+    """A kernelspec `setup --for-nbgrader` wrote, with or without --provisioner; and the
+    provisioner's run by an unprivileged user's client through the root broker (the
+    argv launcher through the broker meets its budget in test_hostile_resources's A13)."""
     name = f"jdk-test-grading-budget-{request.param}"
-    extra = ["--provisioner"] if request.param == "provisioner" else []
-    install_kernel(name, kernel_image, "--for-nbgrader", *extra)
-    return name
+    extra = ["--provisioner"] if request.param.startswith("provisioner") else []
+    spec = install_kernel(name, kernel_image, "--for-nbgrader", *extra)
+    return through_broker(request, name, spec) if request.param.endswith("broker") else name
 
 
-@pytest.fixture(scope="module")
-def provisioned_kernel(kernel_image: str) -> str:
-    """A `--provisioner` kernelspec with budgets of its own (PROVISIONER_LIMITS)."""
-    name = "jdk-test-provisioner-budget"
-    install_kernel(name, kernel_image, "--provisioner", "--copy-workdir", *PROVISIONER_LIMITS)
-    return name
+@pytest.fixture(scope="module", params=["direct", "broker"])
+def provisioned_kernel(request: pytest.FixtureRequest, kernel_image: str) -> str:
+    """A `--provisioner` kernelspec with budgets of its own (PROVISIONER_LIMITS); and the
+    same run by an unprivileged user's client through the root broker."""
+    name = f"jdk-test-provisioner-budget-{request.param}"
+    args = ("--provisioner", "--copy-workdir", *PROVISIONER_LIMITS)
+    spec = install_kernel(name, kernel_image, *args)
+    return through_broker(request, name, spec) if request.param == "broker" else name
 
 
 def test_a_flooding_notebook_graded_with_the_profile_stops_at_64_mib(

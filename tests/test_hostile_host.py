@@ -161,24 +161,39 @@ def pooled_kernel(name: str, image: str, *extra: str) -> tuple[Path, str]:
     return spec, pool_key_of(spec)
 
 
+def broker_kernel(request: pytest.FixtureRequest, name: str, image: str, *extra: str) -> None:
+    """A kernelspec whose kernel the test user starts through the root broker
+    (tests/broker_env.py's as_user): the host-side process is then that user's launcher."""
+    from tests.broker_env import as_user
+
+    as_user(install_kernel(name, image, *extra), request.getfixturevalue("broker"))
+
+
 # -- H01-H03: modules planted in the notebook's directory ------------------------------------
 
 
+@pytest.mark.parametrize("path", ["direct", "broker"])
 def test_h01_the_launcher_and_its_pool_refill_never_import_from_the_notebooks_dir(
-    kernel_image: str, planted: Planted
+    kernel_image: str, planted: Planted, path: str, request: pytest.FixtureRequest
 ) -> None:
     """A kernel started in a directory holding json.py and jupyter_docker_kernel/: code runs
-    in the container, the pool is refilled, and no host process imported either module."""
-    name = "jdk-test-h01"
-    _, key = pooled_kernel(name, kernel_image)
+    in the container, the pool is refilled, and no host process imported either module.
+    Through the broker (a test user's launcher; no pool there): no import either."""
+    name, key = f"jdk-test-h01-{path}", ""
+    if path == "broker":
+        broker_kernel(request, name, kernel_image, "--copy-workdir")
+    else:
+        _, key = pooled_kernel(name, kernel_image)
     try:
         with running_kernel(name, str(planted.workdir)) as (_km, kc):
             reply, out = execute(kc, "print(6 * 7)")
             assert reply["status"] == "ok"
             assert stream_text(out) == "42\n"
-            wait_until(lambda: bool(warm_containers(key)), 90)  # the refill has run
+            if key:
+                wait_until(lambda: bool(warm_containers(key)), 90)  # the refill has run
     finally:
-        remove_pool(key)
+        if key:
+            remove_pool(key)
 
     assert planted.imported() == {}
 
@@ -204,13 +219,18 @@ def test_h02_the_provisioner_and_its_refill_never_import_from_the_cwd(
     assert planted.imported() == {}
 
 
+@pytest.mark.parametrize("path", ["direct", "broker"])
 def test_h03_nbgrader_autograde_never_imports_a_submitted_json_py(
-    kernel_image: str, tmp_path: Path
+    kernel_image: str, tmp_path: Path, path: str, request: pytest.FixtureRequest
 ) -> None:
     """mallory hands in json.py and jupyter_docker_kernel/ next to her notebook; autograde
-    (the --for-nbgrader kernel) grades her like anyone else and runs neither on the host."""
-    grader = "jdk-test-h03"
-    install_kernel(grader, kernel_image, "--for-nbgrader")
+    (the --for-nbgrader kernel; or its kernel started by a test user through the broker)
+    grades her like anyone else and runs neither on the host."""
+    grader = f"jdk-test-h03-{path}"
+    if path == "broker":
+        broker_kernel(request, grader, kernel_image, "--for-nbgrader")
+    else:
+        install_kernel(grader, kernel_image, "--for-nbgrader")
     course = new_course(tmp_path / "course", ["mallory"])
     released = release(course, "ps1", source_notebook(PS1_SOLUTION, PS1_TESTS, points=2))
     submit(course, "mallory", "ps1", released, "def add(a, b):\n    return a + b")
@@ -318,17 +338,31 @@ class CmdlineWatch:
         return sorted(c for c in self.seen if any(n in c for n in needles))
 
 
-@pytest.mark.parametrize("path", ["launcher", "provisioner"])
+@pytest.mark.parametrize("path", ["launcher", "provisioner", "broker"])
 def test_h05_h06_settings_and_env_values_never_appear_in_ps(
-    kernel_image: str, tmp_path: Path, path: str
+    kernel_image: str, tmp_path: Path, path: str, request: pytest.FixtureRequest
 ) -> None:
     """A secret --env value reaches the kernel, but no process's command line (launcher,
-    docker run, pool refill, watchdog) carries it or the settings JSON while kernels start,
-    run and are refilled; the env file the engine reads is 0600 and never mounted."""
+    docker run, pool refill, watchdog; through the broker: the user's launcher and the
+    root broker's engine calls) carries it or the settings JSON while kernels start, run
+    and are refilled; the env file the engine reads is 0600 and never mounted. (The
+    broker keeps no pool: its kernelspec has none, and its env file is in the broker's
+    own dir for the kernel.)"""
     secret = f"jdk-secret-{secrets.token_hex(8)}"
     name = f"jdk-test-h05-{path}"
     extra = ["--provisioner"] if path == "provisioner" else []
-    _, key = pooled_kernel(name, kernel_image, "--env", f"JDK_SECRET={secret}", *extra)
+    env_dir, key = runtime_base_choice()[0], ""
+    if path == "broker":
+        from jupyter_docker_kernel.broker import state_dir
+        from tests.broker_env import HOSTILE_USER
+
+        broker_kernel(
+            request, name, kernel_image, "--copy-workdir", "--env", f"JDK_SECRET={secret}"
+        )
+        broker = request.getfixturevalue("broker")
+        env_dir = state_dir(broker.socket) / str(broker.uids[HOSTILE_USER])
+    else:
+        _, key = pooled_kernel(name, kernel_image, "--env", f"JDK_SECRET={secret}", *extra)
     workdir = tmp_path / "nb"
     workdir.mkdir(mode=0o777)
     watch = CmdlineWatch()
@@ -343,13 +377,15 @@ def test_h05_h06_settings_and_env_values_never_appear_in_ps(
             sources = [m["Source"] for m in mounts.get("Mounts", [])]
             env_files = {
                 str(p): stat.S_IMODE(p.stat().st_mode)
-                for p in runtime_base_choice()[0].glob(f"{kernel}-*/{ENV_FILE}")
+                for p in env_dir.glob(f"*{kernel}-*/{ENV_FILE}")
             }
-            wait_until(lambda: bool(warm_containers(key)), 90)  # the refill has run
+            if key:
+                wait_until(lambda: bool(warm_containers(key)), 90)  # the refill has run
     finally:
         # The secret is in the settings JSON too, as is '"JDK_SECRET"' (quoted: JSON only).
         leaked = watch.holding(secret, '"JDK_SECRET"')
-        remove_pool(key)
+        if key:
+            remove_pool(key)
 
     assert leaked == []
     assert list(env_files.values()) == [0o600]

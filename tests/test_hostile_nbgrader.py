@@ -151,14 +151,14 @@ class Graded:
     seconds: float
 
 
-def autograde(course: Path) -> tuple[str, float]:
+def autograde(course: Path, grader: str) -> tuple[str, float]:
     """Run autograde the recommended way; it exits 1 (some submissions failed), so its exit
     code is not asserted. Returns its output (tail) and how long it took."""
     exe = str(Path(sys.executable).with_name("nbgrader"))
     args = [
         "autograde",
         "ps1",
-        f"--ExecutePreprocessor.kernel_name={GRADER}",
+        f"--ExecutePreprocessor.kernel_name={grader}",
         "--ExecutePreprocessor.timeout=60",
         "--force",
     ]
@@ -172,10 +172,24 @@ def autograde(course: Path) -> tuple[str, float]:
     return output, seconds
 
 
-@pytest.fixture(scope="module")
-def graded(kernel_image: str, tmp_path_factory: pytest.TempPathFactory) -> Graded:
-    """course101 with six ps1 submissions, autograded once by a --copy-workdir kernel."""
-    install_kernel(GRADER, kernel_image, "--copy-workdir", *HOSTILE_LIMITS)
+@pytest.fixture(scope="module", params=["direct", "broker"])
+def graded(
+    request: pytest.FixtureRequest, kernel_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Graded:
+    """course101 with six ps1 submissions, autograded once by a --copy-workdir kernel; and
+    once more with each submission's kernel started through the root broker by an
+    unprivileged test user ("broker": tests/broker_env.py's as_user; nbgrader itself
+    runs as the instructor, root here, as in the direct story)."""
+    grader = f"{GRADER}-{request.param}"
+    spec = install_kernel(grader, kernel_image, "--copy-workdir", *HOSTILE_LIMITS)
+    audit, starts_before = None, 0
+    if request.param == "broker":
+        from tests.broker_env import HOSTILE_USER, as_user
+
+        env = request.getfixturevalue("broker")
+        as_user(spec, env)
+        audit, started = env.audit, f"start uid={env.uids[HOSTILE_USER]}({HOSTILE_USER})"
+        starts_before = audit.read_text().count(started)
     course = new_course(tmp_path_factory.mktemp("hostile-course"), STUDENTS)
     released = release(course, "ps1", source_notebook(PS1_SOLUTION, PS1_TESTS, points=2))
     answers = {
@@ -191,7 +205,9 @@ def graded(kernel_image: str, tmp_path_factory: pytest.TempPathFactory) -> Grade
     before = digest(course)
     tmp_before = set(os.listdir("/tmp"))
 
-    output, seconds = autograde(course)
+    output, seconds = autograde(course, grader)
+    if audit is not None:  # every submission's kernel went through the broker
+        assert audit.read_text().count(started) == starts_before + len(STUDENTS)
     return Graded(course, before, tmp_before, output, seconds)
 
 

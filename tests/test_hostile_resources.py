@@ -48,12 +48,14 @@ from nbclient import NotebookClient
 from nbformat import NotebookNode
 
 from jupyter_docker_kernel import hardening
+from jupyter_docker_kernel.broker import state_dir
 from jupyter_docker_kernel.engine import LABEL_LAUNCHER_PID
 from jupyter_docker_kernel.kernel_log import TAIL_KEEP
 from jupyter_docker_kernel.launcher import FORWARD_LIMIT
 from jupyter_docker_kernel.running import find_logs
 from jupyter_docker_kernel.settings import KernelSettings, size_bytes
-from tests.conftest import HOSTILE_LIMITS, inspect, install_kernel
+from tests.broker_env import Runtime, broker_kernel_uid, user_runtime_base
+from tests.conftest import HOSTILE_LIMITS, inspect, install_hostile
 from tests.kernels import (
     containers_of,
     docker_argv,
@@ -116,12 +118,16 @@ def launcher_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def short_lived_kernel(kernel_image: str, runtime: str) -> str:
+def short_lived_kernel(kernel_image: str, runtime: Runtime) -> str:
     """HOSTILE_LIMITS with a lifetime cap of LIFETIME seconds (the last option wins)."""
-    name = f"jdk-test-hostile-short-{runtime}"
-    extra = ["--runtime", runtime] if runtime != "runc" else []
-    install_kernel(name, kernel_image, *HOSTILE_LIMITS, "--max-lifetime", str(LIFETIME), *extra)
-    return name
+    return install_hostile(
+        "jdk-test-hostile-short",
+        kernel_image,
+        runtime,
+        *HOSTILE_LIMITS,
+        "--max-lifetime",
+        str(LIFETIME),
+    )
 
 
 def only_container(km: KernelManager) -> str:
@@ -168,13 +174,15 @@ def host_processes_in(container: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def kernel_uid_processes(marker: str) -> list[str]:
-    """`ps` lines of processes running as the kernel's uid whose args contain `marker`."""
+def kernel_uid_processes(marker: str, runtime: Runtime) -> list[str]:
+    """`ps` lines of processes running as the kernel's uid (through the broker: its test
+    user's) whose args contain `marker`."""
+    uid = broker_kernel_uid() if runtime.via_broker else KERNEL_UID
     ps = subprocess.run(["ps", "-eo", "uid=,args="], capture_output=True, text=True, check=True)
     return [
         line
         for line in ps.stdout.splitlines()
-        if line.split(None, 1)[0] == str(KERNEL_UID) and marker in line
+        if line.split(None, 1)[0] == str(uid) and marker in line
     ]
 
 
@@ -382,7 +390,7 @@ while True:
 
 
 def test_multicore_spin_is_held_to_one_cpu_and_a_sibling_kernel_answers(
-    hostile_kernel: str, runtime: str, workdir: Path
+    hostile_kernel: str, runtime: Runtime, workdir: Path
 ) -> None:
     """A03 (and A01's "sibling responds"): three spinning processes, more than this 2-core
     host has cores, use at most the --cpus 1 quota (read from the container's cgroup), a
@@ -507,7 +515,7 @@ os.waitpid(bomb, 0)
 
 
 def test_fork_and_thread_bombs_are_bounded_by_the_pids_limit(
-    hostile_kernel: str, runtime: str, workdir: Path, launcher_log: Path
+    hostile_kernel: str, runtime: Runtime, workdir: Path, launcher_log: Path
 ) -> None:
     """A05, A06: the thread bomb gets RuntimeError "can't start new thread" and the fork
     bomb BlockingIOError; the cell cleans up and the kernel answers. The container's host
@@ -667,7 +675,7 @@ print(json.dumps(result))
 
 
 def test_filling_memory_disk_inodes_and_descriptors_stops_at_each_limit(
-    hostile_kernel: str, runtime: str, workdir: Path, request: pytest.FixtureRequest
+    hostile_kernel: str, runtime: Runtime, workdir: Path, request: pytest.FixtureRequest
 ) -> None:
     """A08-A12: each limit surfaces as an error in the cell and the kernel goes on.
 
@@ -753,7 +761,7 @@ def host_runtime_dir(container: str) -> Path:
 
 @pytest.mark.parametrize("attack", list(SOCKET_DIR_ATTACKS))
 def test_writing_into_the_socket_dir_stops_the_kernel_at_once(
-    hostile_kernel: str, runtime: str, workdir: Path, launcher_log: Path, attack: str
+    hostile_kernel: str, runtime: Runtime, workdir: Path, launcher_log: Path, attack: str
 ) -> None:
     """A18: the socket dir is on the host's disk and no user can cap it, so anything but
     the kernel's sockets appearing there (files, dirs, writes to unlinked or O_TMPFILE
@@ -808,14 +816,17 @@ print(json.dumps({'bytes': fill(2**20, 256), 'inodes': fill(0, 5000),
 
 
 @pytest.fixture(scope="module")
-def copy_limited_kernel(kernel_image: str, runtime: str) -> str:
+def copy_limited_kernel(kernel_image: str, runtime: Runtime) -> str:
     """HOSTILE_LIMITS with --copy-workdir and a 64 MiB copy limit."""
-    name = f"jdk-test-hostile-copy-limit-{runtime}"
-    extra = ["--runtime", runtime] if runtime != "runc" else []
-    install_kernel(
-        name, kernel_image, *HOSTILE_LIMITS, "--copy-workdir", "--copy-limit", "64m", *extra
+    return install_hostile(
+        "jdk-test-hostile-copy-limit",
+        kernel_image,
+        runtime,
+        *HOSTILE_LIMITS,
+        "--copy-workdir",
+        "--copy-limit",
+        "64m",
     )
-    return name
 
 
 def tree_usage(root: Path) -> tuple[int, int]:
@@ -830,7 +841,7 @@ def tree_usage(root: Path) -> tuple[int, int]:
 
 
 def test_copy_workdir_writes_stay_in_a_capped_tmpfs_not_on_the_hosts_disk(
-    copy_limited_kernel: str, runtime: str, workdir: Path, request: pytest.FixtureRequest
+    copy_limited_kernel: str, runtime: Runtime, workdir: Path, request: pytest.FixtureRequest
 ) -> None:
     """A19: a --copy-workdir kernel fills its work dir with 1 MiB files, then empty ones.
     Its copy is a tmpfs in the container, capped at --copy-limit bytes and --tmp-inodes
@@ -918,7 +929,7 @@ subprocess.run([sys.executable, '-c', 'import os; os.write(1, b"y" * 2**21)'], c
 
 
 def test_fd_level_output_is_counted_and_the_raw_stream_is_capped(
-    hostile_kernel: str, workdir: Path, launcher_log: Path
+    hostile_kernel: str, workdir: Path, launcher_log: Path, runtime: Runtime
 ) -> None:
     """A15: 8 MiB written to fd 1 (os.write, and a subprocess) bypassing sys.stdout.
 
@@ -960,7 +971,8 @@ def test_fd_level_output_is_counted_and_the_raw_stream_is_capped(
     # 2 MiB may still be in ipykernel's fd watcher when the kernel shuts down.
     assert relayed_out(log) >= 6 * MIB
     # What `logs` keeps of it is its end, bounded, private to the launching user.
-    kept = find_logs(kernel_key(km))
+    # Through the broker the launching user is the test user: the log is in their base.
+    kept = find_logs(kernel_key(km), user_runtime_base() if runtime.via_broker else None)
     size = os.stat(kept.record["output_path"]).st_size
     assert 0 < size <= 2 * TAIL_KEEP
     assert set(kept.output) <= set(b"zy\n")
@@ -1018,7 +1030,7 @@ print(sum('sleep' in open(f'/proc/{p}/cmdline').read() for p in os.listdir('/pro
 
 
 def test_background_processes_die_with_the_container(
-    hostile_kernel: str, runtime: str, workdir: Path
+    hostile_kernel: str, runtime: Runtime, workdir: Path
 ) -> None:
     """E01: a `sleep` in its own session and a double-forked daemon writing alive.log
     outlive the kernel's own process group, but after the normal shutdown the container
@@ -1031,10 +1043,13 @@ def test_background_processes_die_with_the_container(
         assert stream_text(out) == "1\n"
         wait_until(lambda: log.exists() and log.stat().st_size > 0, 5)
         if runtime == "runc":  # under gVisor they are not host processes
-            assert kernel_uid_processes("sleep 4321")
+            ps = subprocess.run(["ps", "-eo", "uid=,args="], capture_output=True, text=True)
+            assert kernel_uid_processes("sleep 4321", runtime), [
+                line for line in ps.stdout.splitlines() if "4321" in line
+            ]
         shut_down(km, kc)
     assert_gone(km, container)
-    assert not kernel_uid_processes("sleep 4321")
+    assert not kernel_uid_processes("sleep 4321", runtime)
     size = log.stat().st_size
     time.sleep(0.5)
     assert log.stat().st_size == size, "the daemon outlived the container"
@@ -1214,7 +1229,7 @@ HOSTILE_OUTPUTS = [
 
 
 def test_hostile_notebook_metadata_and_outputs_reach_nbclient_as_inert_data(
-    hostile_kernel: str, kernel_image: str, workdir: Path
+    hostile_kernel: str, kernel_image: str, workdir: Path, runtime: Runtime
 ) -> None:
     """F05, F07 (the part a kernel produces through its own output machinery), F11.
 
@@ -1244,7 +1259,10 @@ def test_hostile_notebook_metadata_and_outputs_reach_nbclient_as_inert_data(
         hardening.USAGE_HOOK_TARGET,
         str(workdir),
     }
-    assert mounts[str(workdir)] == str(workdir)
+    if runtime.env is not None:  # the broker mounts its own staged bind of the work dir
+        assert mounts[str(workdir)].startswith(f"{state_dir(runtime.env.socket)}/")
+    else:
+        assert mounts[str(workdir)] == str(workdir)
     assert "/" not in mounts.values()
 
     html, js = (output["data"] for output in nb.cells[0].outputs)
@@ -1360,7 +1378,7 @@ except OSError as exc:
 
 def test_socket_replaced_by_a_symlink_is_refused_and_its_target_never_reached(
     hostile_kernel: str,
-    runtime: str,
+    runtime: Runtime,
     workdir: Path,
     launcher_log: Path,
     tmp_path_factory: pytest.TempPathFactory,

@@ -33,6 +33,7 @@ pytest.importorskip("kmock", reason="kmock needs Python 3.11+")
 pytest.importorskip("kubernetes")
 
 from tests import test_hostile_access, test_hostile_resources
+from tests.broker_env import Runtime
 from tests.conftest import HOSTILE_LIMITS, install_kernel
 from tests.test_hostile_access import (  # noqa: F401 - collected here, with our fixtures
     copied,
@@ -322,10 +323,10 @@ def kube_kernel(name: str, image: str, *extra: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def runtime() -> str:
+def runtime() -> Runtime:
     """The pod's runtime: the node's default (a RuntimeClass is the admin's; gVisor is
     the hostile suites' own variant)."""
-    return "runc"
+    return Runtime("runc")
 
 
 @pytest.fixture(scope="module")

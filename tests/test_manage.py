@@ -461,6 +461,7 @@ def test_doctor_with_an_unregistered_runtime_fails_it_and_skips_the_probe(
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("runtime", ["runc", "runsc"], indirect=True)  # doctor runs as root
 def test_doctor_with_everything_in_place_is_all_ok_and_quick(
     data_dir: Path, kernel_image: str, runtime: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -621,18 +621,24 @@ class BrokerKernel:
     def control(self, payload: bytes) -> None:
         """One control message: a signal, a stop or a kill, for this kernel only."""
         try:
-            op, sig = bp.parse_control(payload)
+            op, arg = bp.parse_control(payload)
         except Refusal as exc:
             log.warning("ignored from %s: %s", self.caller.who(), exc.line)
             return
+        if op != "signal" and (arg or op == "stop"):
+            # The client's own reason (its relay's budgets, its socket-dir guard, a
+            # shutdown) for the audit line: "said", as the client could claim anything.
+            with self._end_lock:
+                self.reason = self.reason or "stopped by the client" + (
+                    f" (it said: {arg})" if arg else ""
+                )
         target = self.container_id or self.held.container_id or self.start.name
         with contextlib.suppress(DockerKernelError):
             if op == "signal":
-                self.broker.backend.signal(target, sig)
+                self.broker.backend.signal(target, arg)
             elif op == "kill":
                 self.broker.backend.kill_now(target)
             else:
-                self.reason = self.reason or "stopped by the client"
                 self.broker.backend.remove(target)
 
     def violated(self, reason: str) -> None:

@@ -18,10 +18,14 @@ comes) is what ends the kernel: the broker holds the supervisor's lifeline for u
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import secrets
 import socket
+import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,8 @@ from jupyter_docker_kernel.workdir import engine_sockets
 BROKER_ENV = "JUPYTER_DOCKER_KERNEL_BROKER"
 #: How long a client waits for the broker's answer to its start.
 REPLY_SECONDS = 30.0
+#: How long probe() waits for the probe kernel to bind its sockets (gVisor starts slowest).
+PROBE_SECONDS = 60.0
 
 
 def broker_socket() -> str:
@@ -83,6 +89,8 @@ class BrokerCold:
         self.code = 1
         self.oom = False
         self.exited = False
+        #: Why our side stopped the kernel (note_stop), sent with the stop for the audit.
+        self.why = ""
         #: The memory limit in bytes, for an OOM's exit line.
         self.memory = 0
         self._done = threading.Event()
@@ -117,6 +125,11 @@ class BrokerCold:
                 os.close(self._out)
             self._done.set()
 
+    def note_stop(self, reason: str) -> None:
+        """Container.stop's first reason (the relay's "budget exceeded: ...", the socket-dir
+        guard's, a shutdown's): the stop request carries it to the broker's audit line."""
+        self.why = reason
+
     def send(self, data: bytes) -> bool:
         """Frames to the broker; False once the connection is gone."""
         with self._send:
@@ -133,6 +146,10 @@ class BrokerCold:
 
     def outputs(self) -> list[Any]:
         return [self.stream]
+
+    def ended(self) -> bool:
+        """Whether the broker's connection has ended (the kernel exited or was ended)."""
+        return self._done.is_set()
 
     def wait(self) -> int:
         self._done.wait()
@@ -257,11 +274,11 @@ class BrokerBackend:
     def kill_now(self, name: str) -> None:
         cold = self._cold(name)
         if cold is not None:
-            cold.send(bp.control("kill"))
+            cold.send(bp.control("kill", why=cold.why))
 
     def remove(self, name: str) -> bool:
         cold = self._cold(name)
-        return cold is not None and cold.send(bp.control("stop"))
+        return cold is not None and cold.send(bp.control("stop", why=cold.why))
 
     def fill(self, settings: KernelSettings, base: Path, launch: hardening.Launch) -> Refill:
         raise OSError("the broker keeps no warm pool")
@@ -277,3 +294,98 @@ class BrokerBackend:
 
     def sockets(self) -> list[str]:
         return engine_sockets(self.engine)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """What probe() found: whether a kernel of the settings started through the broker
+    and bound its sockets, in words for doctor's and setup's lines."""
+
+    ok: bool
+    detail: str
+    fix: str
+    seconds: float
+
+
+def probe(settings: KernelSettings, timeout: float = PROBE_SECONDS) -> ProbeResult:
+    """Start a kernel of `settings` through the broker, wait until its shell socket takes a
+    connection, stop it: doctor's probe container and setup's image check on the broker
+    path. The engine is not ours to ask there, and the broker starts nothing but real
+    kernels, so this is the check that answers "can this kernelspec start here": the
+    policy (image, limits, runtime, mounts) and the image (its Python and ipykernel bind
+    the sockets) together. Without the notebook's directory (workdir "none"): doctor and
+    setup run anywhere, often in the home directory, which the broker never mounts.
+    Nothing is left: the kernel's connection to the broker closes, and the broker removes
+    its container."""
+    from jupyter_docker_kernel.container import Container, socket_names
+    from jupyter_docker_kernel.errors import DockerKernelError
+
+    started = time.monotonic()
+    settings = dataclasses.replace(settings, workdir="none", pool=0)
+    with tempfile.TemporaryDirectory(prefix="jdk-probe-") as tmp:
+        connection = Path(tmp, "probe.json")
+        connection.write_text(
+            json.dumps({"key": secrets.token_hex(16), "signature_scheme": "hmac-sha256"})
+        )
+        container: Container | None = None
+        try:
+            container = Container(
+                settings,
+                str(connection),
+                BrokerBackend(),
+                kernel_id=f"probe-{secrets.token_hex(4)}",
+                base=Path(tmp, "run"),
+                workdir=tmp,
+            )
+            container.start()
+            cold = container.cold
+            assert isinstance(cold, BrokerCold)
+            # Nobody else reads the kernel's output here; the pipe must not fill up.
+            threading.Thread(target=cold.stream.read, daemon=True).start()
+            shell = container.runtime_dir / socket_names()[0]
+            deadline = time.monotonic() + timeout
+            while not _connects(shell):
+                if cold.ended():
+                    words = cold.words().strip() or f"exit code {cold.code}"
+                    return ProbeResult(
+                        False,
+                        f"a kernel of {settings.image} started through the broker and "
+                        f"ended before it bound its sockets ({words})",
+                        "check that the image runs a kernel: 'python3 -m ipykernel' in it",
+                        time.monotonic() - started,
+                    )
+                if time.monotonic() > deadline:
+                    return ProbeResult(
+                        False,
+                        f"a kernel of {settings.image} started through the broker but bound "
+                        f"no socket within {timeout:.0f} s",
+                        "ask the admin to check the broker's log",
+                        time.monotonic() - started,
+                    )
+                time.sleep(0.05)
+            took = time.monotonic() - started
+            return ProbeResult(
+                True,
+                f"a kernel of {settings.image} started through the broker and bound its "
+                f"sockets in {took:.1f} s (probed without the notebook's directory)",
+                "",
+                took,
+            )
+        except DockerKernelError as exc:  # the broker's refusal, in its one line
+            return ProbeResult(False, exc.what, exc.fix, time.monotonic() - started)
+        except OSError as exc:
+            return ProbeResult(False, str(exc), "", time.monotonic() - started)
+        finally:
+            if container is not None:
+                container.stop("the probe is done", block=True)
+                container.close()
+
+
+def _connects(path: Path) -> bool:
+    """Whether a unix socket at path takes a connection now."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True

@@ -26,8 +26,9 @@ broker_client.py is the client; tests/test_broker_policy.py the table of refusal
        broker -> client: b"i" the container's id; b"o" the supervisor's and the kernel's
        output, raw; b"x" the exit, JSON {"code": N, "oom": bool}, last.
        client -> broker: b"w" bytes for the supervisor (the --copy-workdir stream); b"c" a
-       control message, JSON {"op": "signal", "sig": "INT"} | {"op": "stop"} |
-       {"op": "kill"} (`parse_control`).
+       control message, JSON {"op": "signal", "sig": "INT"} | {"op": "stop", "why": TEXT}
+       | {"op": "kill", "why": TEXT} (`parse_control`; "why" is optional: the client's
+       reason, e.g. its relay's "budget exceeded: ...", for the audit line).
 4. The connection is the kernel's life: when the client's end closes (its process ended,
    however), the broker lets go of the supervisor's lifeline and removes the container.
 """
@@ -63,6 +64,8 @@ MAX_REQUEST = 16 * 1024
 MAX_FRAME = 64 * 1024
 #: At most this many --mount entries per request.
 MAX_MOUNTS = 8
+#: The longest reason a client may give with a stop or a kill (it goes into one audit line).
+MAX_WHY = 200
 #: A frame's header: kind (1 byte), payload length (4 bytes, big-endian).
 HEADER = struct.Struct(">cI")
 #: Frame kinds (see the module docstring).
@@ -512,28 +515,37 @@ class FrameReader:
 
 
 def parse_control(payload: bytes) -> tuple[str, str]:
-    """A control frame's (op, signal name); Refusal for anything else."""
+    """A control frame's (op, signal name) for a signal, (op, the client's reason) for a
+    stop or a kill; Refusal for anything else. The reason is one line of printable text
+    (at most MAX_WHY characters): it lands in the admin's audit log, where a line break or
+    an escape sequence would forge or hide a record."""
     try:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise Refusal("A control message is not JSON.") from None
     if not isinstance(data, dict):
         raise Refusal("A control message is not a JSON object.")
-    _check_fields(data, {"op": str, "sig": str}, "control")
+    _check_fields(data, {"op": str, "sig": str, "why": str}, "control")
     op = data.get("op")
-    if op == "signal":
+    if op == "signal" and "why" not in data:
         sig = data.get("sig", "")
         if sig not in SIGNALS:
             raise Refusal(f"The signal {str(sig)[:20]!r} is not one of {', '.join(SIGNALS)}.")
         return op, sig
     if op in ("stop", "kill") and "sig" not in data:
-        return op, ""
+        why = data.get("why", "")
+        if len(why) > MAX_WHY or not why.isprintable():
+            raise Refusal(f"A {op}'s reason is not one printable line of at most {MAX_WHY}.")
+        return op, why
     raise Refusal(f"Unknown control op {str(op)[:20]!r}.")
 
 
-def control(op: str, sig: str = "") -> bytes:
-    """A control frame (the client's signal, stop and kill)."""
+def control(op: str, sig: str = "", why: str = "") -> bytes:
+    """A control frame (the client's signal, stop and kill; why: a stop's or a kill's
+    reason, cut to one printable line of MAX_WHY characters)."""
     body: dict[str, str] = {"op": op, **({"sig": sig} if sig else {})}
+    if why:
+        body["why"] = "".join(c if c.isprintable() else " " for c in why)[:MAX_WHY]
     return frame(CONTROL, json.dumps(body).encode())
 
 

@@ -796,6 +796,10 @@ class Container:
             if not self.stopping:
                 self.stopping = True
                 self.exit_reason = reason
+                # A Cold may pass the reason on (broker_client: to the broker's audit line).
+                note = getattr(self.cold, "note_stop", None)
+                if note is not None:
+                    note(reason)
             remove = not term and (block or not self._removing)
             self._removing = self._removing or remove
         target = self.container_id or self.name

@@ -130,6 +130,8 @@ def run_checks(engine: Engine, name: str | None = None, *, probe: bool = True) -
     report = Report()
     with _timed(report.checks) as add:
         if _check_path(engine, add) == "broker":
+            if probe and report.ok:
+                _probe_through_broker(specs, add)
             report.seconds = time.monotonic() - started
             return report
         info = _check_engine(engine, add)
@@ -165,6 +167,24 @@ def run_checks(engine: Engine, name: str | None = None, *, probe: bool = True) -
                 ]
     report.seconds = time.monotonic() - started
     return report
+
+
+def _probe_through_broker(specs: list[manage.SpecInfo], add: Callable[..., None]) -> None:
+    """On the broker path the engine is not ours to ask: each kernelspec's probe is a real
+    kernel started through the broker (broker_client.probe), which checks the policy and
+    the image together. Kubernetes and node kernelspecs do not go through the broker."""
+    from jupyter_docker_kernel import broker_client
+
+    for spec in specs:
+        settings = spec.settings
+        if settings is None:
+            add(f"{spec.name}: kernelspec", "FAIL", f"{spec.path}: {spec.error}")
+            continue
+        add(f"{spec.name}: kernelspec", "OK", f"{spec.path} (image {settings.image})")
+        if settings.kube_namespace is not None or settings.nodes:
+            continue
+        found = broker_client.probe(settings)
+        add(f"{spec.name}: kernel", "OK" if found.ok else "FAIL", found.detail, found.fix)
 
 
 def _check_path(engine: Engine, add: Callable[..., None]) -> str:

@@ -162,11 +162,20 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         from jupyter_docker_kernel import broker_client
 
         path, why = broker_client.choice(engine)
-        if path == "broker":  # the engine is not ours to ask; the broker checks each start
+        if path == "broker":  # the engine is not ours to ask: a kernel through the broker is
             skip_checks = True
+            probed = broker_client.probe(settings)
+            if not probed.ok:
+                raise SettingsError(
+                    f"The kernel broker did not start a kernel of these settings: {probed.detail}",
+                    NOT_WRITTEN,
+                    probed.fix
+                    or "Change the settings within the broker's policy, or ask the "
+                    "admin (docs/multi-user.md).",
+                )
             broker_note = [
                 f"the engine was not checked ({why}): kernels start through the kernel "
-                "broker, which refuses what its policy does not allow "
+                f"broker, which refuses what its policy does not allow; {probed.detail} "
                 "(docs/multi-user.md)"
             ]
     if settings.kube_namespace is not None:

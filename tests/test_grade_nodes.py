@@ -30,6 +30,7 @@ from jupyter_docker_kernel.errors import DockerKernelError
 from jupyter_docker_kernel.settings import KernelSettings
 from jupyter_docker_kernel.ssh import CONFIG_ENV
 from tests.courses import COURSE_ID, course_config, make_dirs
+from tests.kernels import wait_until
 from tests.nodes import NodeUnderTest, node_session_name, start_node, stop_node
 from tests.test_grade import (
     CLASS,
@@ -235,18 +236,24 @@ def test_ctrl_c_removes_the_running_kernels_from_the_node(
     pushed_node: NodeUnderTest, kernel_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C once two quick students are graded, while the slow one's kernel runs on the
-    node: grade exits 130, that kernel's container is gone from the node at once, and a
+    node: grade exits 130, that kernel's container is gone from the node within 5 s, and a
     rerun grades the rest there."""
     monkeypatch.setenv(CONFIG_ENV, str(pushed_node.ssh_config))
     install_grader(kernel_image)
     course = build_course(tmp_path / "course", SLOW_FIRST)
 
     returncode, done = interrupt_after_two(course, "--node", pushed_node.url)
-    left = pushed_node.containers()
+    # The kernel ends when its lifeline (a socket through the SSH master) closes: the
+    # supervisor on the node ends it and --rm removes it, within 5 s (issue 13).
+    try:
+        gone = wait_until(lambda: pushed_node.containers() == [], timeout=5) >= 0
+    except AssertionError:
+        gone = False
+    left = pushed_node.docker("ps", "-a", "--format", "{{.Names}} {{.Status}}").stdout
     code, _, _ = run_grade(course, "--node", pushed_node.url)
 
     assert returncode == 130
     assert "a0" not in done
-    assert left == []
+    assert gone, left
     assert code == 0
     assert {p.name for p in (course / "autograded").iterdir()} == set(SLOW_FIRST)

@@ -547,3 +547,44 @@ def test_kernel_records_kept_before_a_submission_are_not_its_reasons(tmp_path: P
 
     assert grade_worker.kernel_reasons(42, now, tmp_path) == ["out of memory at 256 MiB"]
     assert grade_worker.kernel_reasons(42, now, tmp_path, before=before) == []
+
+
+class Quiet:
+    """grade_class's Events, ignored."""
+
+    def started(self, student: str) -> None: ...
+    def done(self, outcome: grade.Outcome) -> None: ...
+    def stopping(self, running: int) -> None: ...
+    def tick(self) -> None: ...
+
+
+def test_a_finished_workers_next_submission_starts_before_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot of a finished submission goes to the next one first, then the parent
+    commits: a worker never waits for the gradebook write of what it finished."""
+    order: list[str] = []
+
+    class Done:
+        def poll(self) -> int | None:
+            return 0
+
+        def stop(self) -> None: ...
+        def kill(self) -> None: ...
+
+    class Runner:
+        def start(self, student: str, into: Path) -> Done:
+            order.append(f"start {student}")
+            return Done()
+
+    def commit(plan: grade.Plan, student: str, into: Path) -> grade.Outcome:
+        order.append(f"commit {student}")
+        return grade.Outcome(student, "graded")
+
+    monkeypatch.setattr(grade, "commit", commit)
+    plan = grade.Plan("ps1", tmp_path, "sqlite:///gb.db", "c", "autograded",
+                      lambda *parts: "/".join(parts), students=["a", "b"])  # fmt: skip
+
+    grade.grade_class(plan, Runner(), 1, Quiet())
+
+    assert order == ["start a", "start b", "commit a", "commit b"]

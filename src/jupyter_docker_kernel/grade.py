@@ -714,9 +714,14 @@ def grade_class(plan: Plan, runner: Runner, jobs: int, events: Events) -> list[O
     left = set(plan.students)
     write_journal(spool, sorted(left))
     running: dict[str, tuple[Job, Path, float]] = {}
+    #: Ended, not yet committed: their slots go to the next submissions first, so that a
+    #: worker never waits for the commit of a submission it has finished.
+    finished: dict[str, tuple[Job, Path, float]] = {}
     outcomes: list[Outcome] = []
     try:
         while todo or running:
+            for student in [s for s, (job, _, _) in running.items() if job.poll() is not None]:
+                finished[student] = running.pop(student)
             while todo and len(running) < jobs:
                 student = todo.popleft()
                 into = spool / student
@@ -725,16 +730,16 @@ def grade_class(plan: Plan, runner: Runner, jobs: int, events: Events) -> list[O
                 into.mkdir(parents=True)
                 running[student] = (runner.start(student, into), into, time.monotonic())
                 events.started(student)
-            ended = [s for s, (job, _, _) in running.items() if job.poll() is not None]
+            ended = list(finished)
             for student in ended:
-                _, into, began = running[student]
+                _, into, began = finished[student]
                 with sigint_held():
                     outcome = commit(plan, student, into)
                     if outcome.status == "error":
                         outcome.seconds = round(time.monotonic() - began, 2)
                         tail = _log_tail(into)
                         outcome.reason = f"{outcome.reason}; worker said: {tail}".strip("; ")
-                    del running[student]
+                    del finished[student]
                     left.discard(student)
                     write_journal(spool, sorted(left))
                     shutil.rmtree(into, ignore_errors=True)
@@ -748,7 +753,7 @@ def grade_class(plan: Plan, runner: Runner, jobs: int, events: Events) -> list[O
         try:
             events.stopping(len(running))
             stop_all([job for job, _, _ in running.values()])
-            for student, (_, into, _) in running.items():
+            for student, (_, into, _) in {**finished, **running}.items():
                 shutil.rmtree(into, ignore_errors=True)
                 outcomes.append(Outcome(student, "interrupted", reason="stopped by Ctrl-C"))
             outcomes.extend(Outcome(s, "interrupted", reason="not started") for s in todo)

@@ -84,11 +84,12 @@ class CpuMeter:
 
     @staticmethod
     def engine() -> float:
-        """The engine daemons' CPU seconds so far (shared with every user of the engine)."""
+        """The engine daemons' CPU seconds so far (shared with every user of the engine):
+        the oldest of each name, the host's own (test nodes run engines of their own)."""
         total = 0.0
         for name in ENGINE_DAEMONS:
             with contextlib.suppress(OSError, ValueError):
-                pids = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
+                pids = subprocess.run(["pgrep", "-o", "-x", name], capture_output=True, text=True)
                 for pid in pids.stdout.split():
                     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                     total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -385,6 +385,42 @@ def test_ctrl_c_keeps_finished_students_and_a_rerun_grades_the_rest(
     assert our_containers(course) == []
 
 
+#: Armed by the test below: the at-fork hook then sends this process a Ctrl-C.
+_CTRL_C_AT_FORK: list[bool] = []
+os.register_at_fork(
+    after_in_parent=lambda: _CTRL_C_AT_FORK and os.kill(os.getpid(), signal.SIGINT)  # type: ignore[func-returns-value]
+)
+
+
+def test_ctrl_c_while_a_worker_is_forked_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that arrives while the interpreter runs its at-fork handlers (where an
+    exception is printed and dropped) still interrupts the parent; the new worker is
+    known to the runner, whose close() ends it."""
+    from jupyter_docker_kernel import provisioner
+
+    plan = grade.Plan("ps1", tmp_path, "sqlite:///x.db", "c", "autograded",
+                      lambda *a: "", students=[])  # fmt: skip
+    # No kernel here: the runner need not register this process with a resident helper.
+    monkeypatch.setattr(provisioner, "ensure_janitor", lambda engine: None)
+    runner = grade.ForkRunner(plan)
+
+    def start_then_wait() -> None:
+        runner.start("s00", tmp_path)
+        time.sleep(1)
+
+    _CTRL_C_AT_FORK.append(True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            start_then_wait()
+        assert len(runner.workers) == 1
+    finally:
+        _CTRL_C_AT_FORK.clear()
+        runner.close(grace=10)
+    assert runner.workers == []
+
+
 # -- no engine: the parent's checks ---------------------------------------------------------
 
 

@@ -581,6 +581,9 @@ class ForkRunner:
     our end of their command pipes closes and they return."""
 
     plan: Plan
+    #: Set in each worker's environment (grade_nodes: the node's kernelspec first on
+    #: JUPYTER_PATH, so the worker's kernel runs on that node).
+    env: dict[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -622,6 +625,11 @@ class ForkRunner:
         replies_in, replies_out = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        # Ctrl-C held across the fork: arriving during the interpreter's at-fork handlers
+        # (logging's lock release), its KeyboardInterrupt is printed and dropped, and
+        # grade would go on grading. Held, it is raised in the parent's code just after
+        # (the new worker is in self.workers by then: close() ends it).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         pid = os.fork()
         if pid:
             os.close(commands_in)
@@ -629,11 +637,13 @@ class ForkRunner:
             os.set_blocking(replies_in, False)
             worker = Worker(pid, commands_out, replies_in)
             self.workers.append(worker)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             return worker
         code = 2
         try:  # the child: never returns into the parent's code
             os.setsid()
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(commands_out)
             os.close(replies_in)
             # The other workers' pipes: held here, they would never see their EOF.
@@ -644,6 +654,7 @@ class ForkRunner:
                 os.dup2(devnull, fd)
             os.close(devnull)
             os.chdir(self.plan.root)
+            os.environ.update(self.env)
             code = grade_worker.serve(
                 commands_in, replies_out, self.plan.assignment, list(self.plan.nbgrader_args)
             )

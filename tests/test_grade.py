@@ -624,3 +624,19 @@ def test_a_finished_workers_next_submission_starts_before_its_commit(
     grade.grade_class(plan, Runner(), 1, Quiet())
 
     assert order == ["start a", "start b", "commit a", "commit b"]
+
+
+def test_closing_one_local_runner_ends_its_idle_worker_while_another_runner_has_one(
+    runner: Any, tmp_path: Path
+) -> None:
+    """grade --node runs a ForkRunner per node: a worker forked by one must not hold the
+    other's command pipe open, or closing that one waits and then kills its idle worker."""
+    other = grade.ForkRunner(runner.plan)
+    assert finish(runner, "s0", tmp_path)[0] == 0
+    assert finish(other, "s1", tmp_path)[0] == 0
+    worker = runner.workers[0]
+
+    runner.close(grace=5)
+    other.close(grace=5)
+
+    assert worker.code == 0  # ended by its EOF, not killed

@@ -479,6 +479,12 @@ class CommandRunner:
         return LocalJob(proc)
 
 
+#: Our ends of every worker's pipes, whichever ForkRunner made it (grade_nodes has one per
+#: node): a newly forked worker closes them all, or an idle worker would never see the EOF
+#: that ends it while a worker forked later holds a copy of its command pipe.
+_PARENT_ENDS: set[int] = set()
+
+
 @dataclass
 class Worker:
     """A long-lived worker process (ForkRunner's child, running grade_worker.serve), leader
@@ -506,6 +512,7 @@ class Worker:
         for name in fds:
             fd = getattr(self, name)
             setattr(self, name, -1)
+            _PARENT_ENDS.discard(fd)
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -637,6 +644,7 @@ class ForkRunner:
             os.set_blocking(replies_in, False)
             worker = Worker(pid, commands_out, replies_in)
             self.workers.append(worker)
+            _PARENT_ENDS.update((commands_out, replies_in))
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             return worker
         code = 2
@@ -646,9 +654,11 @@ class ForkRunner:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(commands_out)
             os.close(replies_in)
-            # The other workers' pipes: held here, they would never see their EOF.
-            for other in self.workers:
-                other.close_fds()
+            # The other workers' pipes (every runner's): held here, they would never see
+            # their EOF.
+            for fd in list(_PARENT_ENDS):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)

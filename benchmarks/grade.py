@@ -145,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--students", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--only", action="append", metavar="LABEL", help="measure only this variant (repeatable; "
+        f"the ratio needs {BASE!r}): {', '.join(VARIANTS)}"
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    wanted = [label for label in VARIANTS if not args.only or label in args.only]
+    if BASE not in wanted or len(wanted) != len(set(args.only or VARIANTS)):
+        parser.error(f"--only takes labels among: {', '.join(VARIANTS)}, {BASE!r} included")
     env = isolated_jupyter_env()
     meter = CpuMeter()
     install(GRADER, "--for-nbgrader", *meter.docker_args())
@@ -154,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         *meter.docker_args(),
     )  # fmt: skip
     template = course.make(env / "template", args.students)
-    samples: dict[str, list[float]] = {label: [] for label in VARIANTS}
-    cpu: dict[str, list[float]] = {label: [] for label in VARIANTS}
-    engine: dict[str, list[float]] = {label: [] for label in VARIANTS}
-    loads: dict[str, list[tuple[float, float]]] = {label: [] for label in VARIANTS}
-    labels = list(VARIANTS)
+    samples: dict[str, list[float]] = {label: [] for label in wanted}
+    cpu: dict[str, list[float]] = {label: [] for label in wanted}
+    engine: dict[str, list[float]] = {label: [] for label in wanted}
+    loads: dict[str, list[tuple[float, float]]] = {label: [] for label in wanted}
+    labels = wanted
     try:
         for number in range(args.rounds):
             order = labels[number % len(labels) :] + labels[: number % len(labels)]

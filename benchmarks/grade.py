@@ -109,8 +109,11 @@ class CpuMeter:
         """Leave our cgroup and remove it (once our containers are gone)."""
         if self.group is None:
             return
+        # Us, and what outlives the run (a resident helper a grade run started).
         with contextlib.suppress(OSError):
-            (CPUACCT / "cgroup.procs").write_text(str(os.getpid()))
+            for pid in [str(os.getpid()), *(self.group / "cgroup.procs").read_text().split()]:
+                with contextlib.suppress(OSError):
+                    (CPUACCT / "cgroup.procs").write_text(pid)
         for hierarchy in ("cpuacct", "cpu"):
             group = CPUACCT.parent / hierarchy / CGROUP
             with contextlib.suppress(OSError):

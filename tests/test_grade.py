@@ -396,7 +396,8 @@ def test_ctrl_c_while_a_worker_is_forked_is_not_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Ctrl-C that arrives while the interpreter runs its at-fork handlers (where an
-    exception is printed and dropped) still interrupts the parent."""
+    exception is printed and dropped) still interrupts the parent; the new worker is
+    known to the runner, whose close() ends it."""
     from jupyter_docker_kernel import provisioner
 
     plan = grade.Plan("ps1", tmp_path, "sqlite:///x.db", "c", "autograded",
@@ -404,26 +405,20 @@ def test_ctrl_c_while_a_worker_is_forked_is_not_lost(
     # No kernel here: the runner need not register this process with a resident helper.
     monkeypatch.setattr(provisioner, "ensure_janitor", lambda engine: None)
     runner = grade.ForkRunner(plan)
-    started: list[grade.Job] = []
-
-    class Recorded(grade.ForkedJob):
-        def __init__(self, pid: int) -> None:
-            super().__init__(pid)
-            started.append(self)
 
     def start_then_wait() -> None:
         runner.start("s00", tmp_path)
         time.sleep(1)
 
-    monkeypatch.setattr(grade, "ForkedJob", Recorded)
     _CTRL_C_AT_FORK.append(True)
     try:
         with pytest.raises(KeyboardInterrupt):
             start_then_wait()
+        assert len(runner.workers) == 1
     finally:
         _CTRL_C_AT_FORK.clear()
-        grade.stop_all(started, grace=10)  # the worker (it finds no course and ends)
-    assert len(started) == 1
+        runner.close(grace=10)
+    assert runner.workers == []
 
 
 # -- no engine: the parent's checks ---------------------------------------------------------
@@ -479,3 +474,169 @@ def test_the_journal_lists_what_an_interrupted_run_left(tmp_path: Path) -> None:
     grade.write_journal(tmp_path, [])
     assert grade.read_journal(tmp_path) == []
     assert os.listdir(tmp_path) == []
+
+
+# -- the local runner's long-lived workers (no engine: grade_worker.main replaced) -------------
+
+
+def fake_main(
+    assignment: str, student: str, into: Path, gradebook: Path | None, nbgrader_args: list[str]
+) -> int:
+    """Stands in for grade_worker.main in ForkRunner's workers (inherited by fork): notes
+    the process and what earlier submissions left in it, then leaves some of its own."""
+    import logging
+
+    ours = logging.getLogger("jupyter_docker_kernel")
+    seen = {"pid": os.getpid(), "path": len(sys.path), "handlers": len(ours.handlers)}
+    (into / "seen.json").write_text(json.dumps(seen))
+    sys.path.insert(0, str(into))  # as nbgrader's init_syspath does, each time
+    ours.addHandler(logging.NullHandler())  # as the provisioner's share_log does
+    if student == "crash":
+        os._exit(3)
+    if student == "slow":
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A ForkRunner for a course at tmp_path whose workers run fake_main."""
+    from jupyter_docker_kernel import provisioner
+
+    monkeypatch.setattr(provisioner, "ensure_janitor", lambda engine: None)
+    monkeypatch.setattr(grade_worker, "main", fake_main)
+    plan = grade.Plan("ps1", tmp_path, "sqlite:///gb.db", "c", "autograded",
+                      lambda *parts: "/".join(parts), students=[])  # fmt: skip
+    runner = grade.ForkRunner(plan)
+    yield runner
+    runner.close(grace=5)
+
+
+def finish(runner: Any, student: str, tmp_path: Path) -> tuple[int | None, dict[str, int]]:
+    """Hand `student` to the runner and wait for its job's end: the code and what it saw."""
+    into = tmp_path / student
+    into.mkdir()
+    job = runner.start(student, into)
+    deadline = time.monotonic() + 30
+    while job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    seen = read_json(into / "seen.json") if (into / "seen.json").exists() else {}
+    return job.poll(), seen
+
+
+def test_one_local_worker_grades_one_submission_after_another_in_one_process(
+    runner: Any, tmp_path: Path
+) -> None:
+    """With one job at a time, every submission goes to the same forked worker process, and
+    each starts with what the one before left reset (sys.path, our log handlers)."""
+    results = [finish(runner, f"s{i}", tmp_path) for i in range(3)]
+
+    assert [code for code, _ in results] == [0, 0, 0]
+    assert len({seen["pid"] for _, seen in results}) == 1
+    assert results[0][1]["pid"] != os.getpid()
+    assert len({(seen["path"], seen["handlers"]) for _, seen in results}) == 1
+    assert len(runner.workers) == 1
+
+
+def test_a_crashed_local_worker_is_replaced_by_a_new_one(runner: Any, tmp_path: Path) -> None:
+    """A worker that dies mid-submission reports its exit code; the next submission gets a
+    new worker process."""
+    crashed = finish(runner, "crash", tmp_path)
+    after = finish(runner, "s1", tmp_path)
+
+    assert crashed[0] == 3
+    assert after[0] == 0
+    assert after[1]["pid"] != crashed[1]["pid"]
+
+
+def test_stopping_a_local_workers_submission_ends_the_worker(runner: Any, tmp_path: Path) -> None:
+    """Ctrl-C's stop(): the worker's submission is interrupted (130) and the worker ends."""
+    into = tmp_path / "slow"
+    into.mkdir()
+    job = runner.start("slow", into)
+    while not (into / "seen.json").exists():
+        time.sleep(0.01)
+
+    job.stop()
+    deadline = time.monotonic() + 10
+    while job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    assert job.poll() == 130
+    assert runner.workers[0].code is not None
+
+
+def test_kernel_records_kept_before_a_submission_are_not_its_reasons(tmp_path: Path) -> None:
+    """A long-lived worker's earlier kernels have its pid too, and may have started less
+    than a second before this submission: those kept before it began are not counted."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    now = time.time()
+    earlier = {"client_pid": 42, "started": now - 0.5, "exit_code": 137,
+               "notice": "Kernel stopped: out of memory (limit 256 MiB). Restart"}  # fmt: skip
+    (logs / "earlier.json").write_text(json.dumps(earlier))
+    before = grade_worker.kernel_records(tmp_path)
+    (logs / "this.json").write_text(json.dumps({"client_pid": 42, "started": now + 0.1}))
+
+    assert grade_worker.kernel_reasons(42, now, tmp_path) == ["out of memory at 256 MiB"]
+    assert grade_worker.kernel_reasons(42, now, tmp_path, before=before) == []
+
+
+class Quiet:
+    """grade_class's Events, ignored."""
+
+    def started(self, student: str) -> None: ...
+    def done(self, outcome: grade.Outcome) -> None: ...
+    def stopping(self, running: int) -> None: ...
+    def tick(self) -> None: ...
+
+
+def test_a_finished_workers_next_submission_starts_before_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot of a finished submission goes to the next one first, then the parent
+    commits: a worker never waits for the gradebook write of what it finished."""
+    order: list[str] = []
+
+    class Done:
+        def poll(self) -> int | None:
+            return 0
+
+        def stop(self) -> None: ...
+        def kill(self) -> None: ...
+
+    class Runner:
+        def start(self, student: str, into: Path) -> Done:
+            order.append(f"start {student}")
+            return Done()
+
+    def commit(plan: grade.Plan, student: str, into: Path) -> grade.Outcome:
+        order.append(f"commit {student}")
+        return grade.Outcome(student, "graded")
+
+    monkeypatch.setattr(grade, "commit", commit)
+    plan = grade.Plan("ps1", tmp_path, "sqlite:///gb.db", "c", "autograded",
+                      lambda *parts: "/".join(parts), students=["a", "b"])  # fmt: skip
+
+    grade.grade_class(plan, Runner(), 1, Quiet())
+
+    assert order == ["start a", "start b", "commit a", "commit b"]
+
+
+def test_closing_one_local_runner_ends_its_idle_worker_while_another_runner_has_one(
+    runner: Any, tmp_path: Path
+) -> None:
+    """grade --node runs a ForkRunner per node: a worker forked by one must not hold the
+    other's command pipe open, or closing that one waits and then kills its idle worker."""
+    other = grade.ForkRunner(runner.plan)
+    assert finish(runner, "s0", tmp_path)[0] == 0
+    assert finish(other, "s1", tmp_path)[0] == 0
+    worker = runner.workers[0]
+
+    runner.close(grace=5)
+    other.close(grace=5)
+
+    assert worker.code == 0  # ended by its EOF, not killed

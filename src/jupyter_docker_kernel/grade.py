@@ -57,6 +57,7 @@ grades those (and whatever else nbgrader's rules pick).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fnmatch
 import json
@@ -483,91 +484,193 @@ class CommandRunner:
         return LocalJob(proc)
 
 
-class ForkedJob:
-    """A worker forked from the parent (ForkRunner), leader of its own session."""
+#: Our ends of every worker's pipes, whichever ForkRunner made it (grade_nodes has one per
+#: node): a newly forked worker closes them all, or an idle worker would never see the EOF
+#: that ends it while a worker forked later holds a copy of its command pipe.
+_PARENT_ENDS: set[int] = set()
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+
+@dataclass
+class Worker:
+    """A long-lived worker process (ForkRunner's child, running grade_worker.serve), leader
+    of its own session: Ctrl-C at the terminal reaches only the parent, which stops the
+    workers in order. `commands`: our end of its command pipe; `replies`: of its reply
+    pipe (non-blocking)."""
+
+    pid: int
+    commands: int
+    replies: int
+    busy: bool = False
+    #: Its exit code once it ended (then it takes no more submissions).
+    code: int | None = None
+    pending: bytearray = field(default_factory=bytearray)
+
+    def send(self, student: str, into: Path) -> None:
+        """Give it a submission (OSError when it has ended)."""
+        line = json.dumps({"student": student, "into": str(into)}) + "\n"
+        os.write(self.commands, line.encode())
+        self.busy = True
+
+    def close_fds(self, replies: bool = True) -> None:
+        """Close our pipe ends (the command pipe's: EOF, it ends when idle); idempotent."""
+        fds = ("commands", "replies") if replies else ("commands",)
+        for name in fds:
+            fd = getattr(self, name)
+            setattr(self, name, -1)
+            _PARENT_ENDS.discard(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def reply(self) -> int | None:
+        """The exit code of its submission once it reported one (or ended), else None."""
+        while b"\n" not in self.pending:
+            try:
+                chunk = os.read(self.replies, 4096)
+            except BlockingIOError:
+                return None
+            if not chunk:  # it ended without a word: a crash, or stopped between lines
+                return self.reap(block=True)
+            self.pending += chunk
+        line, _, rest = bytes(self.pending).partition(b"\n")
+        self.pending[:] = rest
+        self.busy = False
+        code = int(line)
+        if code == 130:  # interrupted (stop()): it ends now
+            self.reap(block=True)
+        return code
+
+    def reap(self, block: bool) -> int | None:
+        """Its exit code once it ended (waited for when `block`), else None."""
+        if self.code is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+                if pid == 0:
+                    return None
+                self.code = os.waitstatus_to_exitcode(status)
+            if self.code is None:  # not our child any more: someone reaped it
+                self.code = -1
+            self.busy = False
+            self.close_fds()
+        return self.code
+
+
+class WorkerJob:
+    """One submission handed to a Worker (ForkRunner.start)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
         self.code: int | None = None
 
     def poll(self) -> int | None:
         if self.code is None:
-            with contextlib.suppress(ChildProcessError):
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-                if pid == 0:
-                    return None
-                self.code = os.waitstatus_to_exitcode(status)
+            self.code = self.worker.reply()
         return self.code
 
     def stop(self) -> None:
+        # SIGTERM is KeyboardInterrupt in the worker: nbgrader's own Ctrl-C path stops the
+        # kernel (its container removed); the worker reports 130 and ends.
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
+            os.kill(self.worker.pid, signal.SIGTERM)
 
     def kill(self) -> None:
+        # The whole group: nbgrader's kernel client and anything it started.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        while self.poll() is None:
-            time.sleep(POLL)
+            os.killpg(self.worker.pid, signal.SIGKILL)
+        self.code = self.worker.reap(block=True)
 
 
 @dataclass
 class ForkRunner:
-    """The local runner: the worker step (grade_worker.main, what the command runs) in a
-    child forked from the parent, which has imported nbgrader already: about 1.5 s less
-    per submission than a new process (nbgrader's import). The parent runs no thread of
-    its own (the display refreshes from the poll loop), so forking it is safe."""
+    """The local runner: long-lived workers forked from the parent, which has imported
+    nbgrader already (about 1.5 s of imports saved per worker), each grading one
+    submission after another (grade_worker.serve: the `--one` step per submission, in one
+    process, so its first-use costs are paid once per worker, not per submission). start()
+    hands the submission to an idle worker, forking one when none is idle (so at most
+    `--jobs` exist). The parent runs no thread of its own (the display refreshes from the
+    poll loop), so forking it is safe. Idle workers wait for the next submission until
+    close(), which runs at our exit (atexit) unless called before; whatever way we end,
+    our end of their command pipes closes and they return."""
 
     plan: Plan
     #: Set in each worker's environment (grade_nodes: the node's kernelspec first on
     #: JUPYTER_PATH, so the worker's kernel runs on that node).
     env: dict[str, str] = field(default_factory=dict)
+    workers: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        # Register the parent as the helper's janitor client once (provisioner
-        # kernelspecs): the forked workers inherit it, instead of each registering and the
-        # helper sweeping the engine after every submission. Best effort: a worker that
-        # finds no registration makes its own.
+        # The janitor's sweep once, here (provisioner.ensure_janitor, wait=True): the
+        # forked workers inherit "already swept" instead of each sweeping the engine
+        # before its first kernel. Best effort: a worker that finds it not done does it.
         handler = signal.getsignal(signal.SIGINT)
         with contextlib.suppress(Exception):
             from jupyter_docker_kernel.engine import Engine
             from jupyter_docker_kernel.provisioner import ensure_janitor
 
             ensure_janitor(Engine())
-        # Ctrl-C must still reach grade_class, whatever the registration did to SIGINT.
+        # Ctrl-C must still reach grade_class, whatever the sweep did to SIGINT.
         signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        atexit.register(self.close)
 
     def start(self, student: str, into: Path) -> Job:
+        for worker in self.workers:
+            if worker.busy or worker.reap(block=False) is not None:
+                continue
+            try:
+                worker.send(student, into)
+            except OSError:  # it ended while idle (killed from outside): fork another
+                worker.reap(block=True)
+                continue
+            return WorkerJob(worker)
+        worker = self.fork()
+        worker.send(student, into)
+        return WorkerJob(worker)
+
+    def fork(self) -> Worker:
+        """A new worker process (grade_worker.serve), idle."""
         from jupyter_docker_kernel import grade_worker
 
-        log = os.open(into / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.workers = [w for w in self.workers if w.code is None]
+        commands_in, commands_out = os.pipe()
+        replies_in, replies_out = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         # Ctrl-C held across the fork: arriving during the interpreter's at-fork handlers
         # (logging's lock release), its KeyboardInterrupt is printed and dropped, and
-        # grade would go on grading. Held, it is raised in the parent's code just after.
+        # grade would go on grading. Held, it is raised in the parent's code just after
+        # (the new worker is in self.workers by then: close() ends it).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         pid = os.fork()
         if pid:
-            os.close(log)
-            job = ForkedJob(pid)
+            os.close(commands_in)
+            os.close(replies_out)
+            os.set_blocking(replies_in, False)
+            worker = Worker(pid, commands_out, replies_in)
+            self.workers.append(worker)
+            _PARENT_ENDS.update((commands_out, replies_in))
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            return job
+            return worker
         code = 2
         try:  # the child: never returns into the parent's code
             os.setsid()
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(devnull, 0)
+            os.close(commands_out)
+            os.close(replies_in)
+            # The other workers' pipes (every runner's): held here, they would never see
+            # their EOF.
+            for fd in list(_PARENT_ENDS):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
             os.close(devnull)
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            os.close(log)
             os.chdir(self.plan.root)
             os.environ.update(self.env)
-            code = grade_worker.main(
-                self.plan.assignment, student, into, None, list(self.plan.nbgrader_args)
+            code = grade_worker.serve(
+                commands_in, replies_out, self.plan.assignment, list(self.plan.nbgrader_args)
             )
         except BaseException:
             import traceback
@@ -578,6 +681,23 @@ class ForkRunner:
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
+
+    def close(self, grace: float = STOP_GRACE) -> None:
+        """End the workers: EOF on their command pipes (an idle one returns at once), a
+        wait of up to `grace` s, then SIGKILL to what is left. Idempotent."""
+        for worker in self.workers:
+            worker.close_fds(replies=False)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(
+            w.reap(block=False) is None for w in self.workers
+        ):
+            time.sleep(POLL)
+        for worker in self.workers:
+            if worker.reap(block=False) is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(worker.pid, signal.SIGKILL)
+                worker.reap(block=True)
+        self.workers = []
 
 
 #: The runner `grade` uses on this machine.
@@ -619,9 +739,14 @@ def grade_class(plan: Plan, runner: Runner, jobs: int, events: Events) -> list[O
     left = set(plan.students)
     write_journal(spool, sorted(left))
     running: dict[str, tuple[Job, Path, float]] = {}
+    #: Ended, not yet committed: their slots go to the next submissions first, so that a
+    #: worker never waits for the commit of a submission it has finished.
+    finished: dict[str, tuple[Job, Path, float]] = {}
     outcomes: list[Outcome] = []
     try:
         while todo or running:
+            for student in [s for s, (job, _, _) in running.items() if job.poll() is not None]:
+                finished[student] = running.pop(student)
             while todo and len(running) < jobs:
                 student = todo.popleft()
                 into = spool / student
@@ -630,16 +755,16 @@ def grade_class(plan: Plan, runner: Runner, jobs: int, events: Events) -> list[O
                 into.mkdir(parents=True)
                 running[student] = (runner.start(student, into), into, time.monotonic())
                 events.started(student)
-            ended = [s for s, (job, _, _) in running.items() if job.poll() is not None]
+            ended = list(finished)
             for student in ended:
-                _, into, began = running[student]
+                _, into, began = finished[student]
                 with sigint_held():
                     outcome = commit(plan, student, into)
                     if outcome.status == "error":
                         outcome.seconds = round(time.monotonic() - began, 2)
                         tail = _log_tail(into)
                         outcome.reason = f"{outcome.reason}; worker said: {tail}".strip("; ")
-                    del running[student]
+                    del finished[student]
                     left.discard(student)
                     write_journal(spool, sorted(left))
                     shutil.rmtree(into, ignore_errors=True)
@@ -653,7 +778,7 @@ def grade_class(plan: Plan, runner: Runner, jobs: int, events: Events) -> list[O
         try:
             events.stopping(len(running))
             stop_all([job for job, _, _ in running.values()])
-            for student, (_, into, _) in running.items():
+            for student, (_, into, _) in {**finished, **running}.items():
                 shutil.rmtree(into, ignore_errors=True)
                 outcomes.append(Outcome(student, "interrupted", reason="stopped by Ctrl-C"))
             outcomes.extend(Outcome(s, "interrupted", reason="not started") for s in todo)

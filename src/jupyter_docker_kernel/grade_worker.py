@@ -160,15 +160,50 @@ def nbgrader_reason(errors: list[str]) -> str:
     return errors[0].strip() if errors else "nbgrader failed"
 
 
-def kernel_reasons(pid: int, since: float, base: Path | None = None) -> list[str]:
+def kernel_records(base: Path | None = None) -> set[str]:
+    """The names of the kernel records kept now (kernel_log's LOG_DIR): none of them is
+    of the submission about to be graded. A long-lived worker (serve) grades many in one
+    process, so the kernels of those it graded before match its pid too."""
+    with contextlib.suppress(OSError):
+        directory = (base or runtime_base()) / kernel_log.LOG_DIR
+        return {entry.name for entry in os.scandir(directory) if entry.name.endswith(".json")}
+    return set()
+
+
+def kernel_reasons(
+    pid: int, since: float, base: Path | None = None, before: set[str] | None = None
+) -> list[str]:
     """Why the kernels this process started ended, in words, from their kept logs
     (kernel_log: the launcher, helper or provisioner records each kernel's client pid,
     exit code, reason and kill notice). Only ends worth telling: a kill (out of memory,
-    lifetime, budget, pids) or a nonzero exit we did not ask for."""
+    lifetime, budget, pids) or a nonzero exit we did not ask for. `before`: the records
+    kept before this submission (kernel_records), never read.
+
+    Only records written since `since` are read: logs stay a day (kernel_log
+    KEEP_AFTER_EXIT), so a class of 400 leaves 400, and reading them all for each
+    submission would cost more the further the class gets."""
     out: list[str] = []
-    for record in kernel_log.records(base or runtime_base()):
-        if record.get("client_pid") != pid or float(record.get("started", 0)) < since - 1:
+    found: list[dict[str, Any]] = []
+    directory = (base or runtime_base()) / kernel_log.LOG_DIR
+    try:
+        entries = [e for e in os.scandir(directory) if e.name.endswith(".json")]
+    except OSError:
+        return out
+    for entry in entries:
+        if before and entry.name in before:
             continue
+        try:
+            if entry.stat().st_mtime < since - 1:
+                continue
+            record = json.loads(Path(entry.path).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("client_pid") != pid:
+            continue
+        if float(record.get("started") or 0) < since - 1:
+            continue
+        found.append(record)
+    for record in sorted(found, key=lambda r: -float(r.get("started") or 0)):  # newest first
         words = kill_words(str(record.get("notice") or ""))
         code = record.get("exit_code")
         if words:
@@ -237,6 +272,7 @@ def run_one(
     app = AutogradeApp()
     errors = _Errors()
     status = "graded"
+    before = kernel_records()
     try:
         # The course's config, read by nbgrader itself; then the two places it would write
         # in the course are pointed into DIR, before anything is graded.
@@ -270,12 +306,16 @@ def run_one(
         status = "graded" if exc.code in (0, None) else "failed"
     finally:
         app.log.removeHandler(errors)
+        # Closes its log file (DIR/nbgrader.log): complete before result.json, and no
+        # handle left on it in a long-lived worker (serve), whose next student's app
+        # reconfigures the same logger.
+        app.deinit_logging()
 
     rows = rows_of(private_url, course_id, assignment, student)
     graded_dir = Path(coursedir.format_path(relative, student, assignment))
     if status == "graded" and not graded_dir.is_dir():
         status = "failed"  # nbgrader removed it (a failure it logged and went on from)
-    reasons = kernel_reasons(os.getpid(), started_wall)
+    reasons = kernel_reasons(os.getpid(), started_wall, before=before)
     timeouts = timed_out_cells(graded_dir) if graded_dir.is_dir() else 0
     if timeouts:
         reasons.append(f"cell timeout ({timeouts} cell{'s' if timeouts > 1 else ''})")
@@ -329,3 +369,74 @@ def main(
         print(f"grade --one {student}: interrupted; no result written", file=sys.stderr)
         return 130
     return 0 if result.status == "graded" else 1
+
+
+# -- a long-lived worker: many submissions, one process ------------------------------------
+
+
+def read_line(fd: int, pending: bytearray) -> bytes | None:
+    """The next line from fd (without its newline), blocking; None at EOF. `pending`
+    keeps what came after it."""
+    while b"\n" not in pending:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        pending += chunk
+    line, _, rest = bytes(pending).partition(b"\n")
+    pending[:] = rest
+    return line
+
+
+def serve(commands: int, replies: int, assignment: str, nbgrader_args: list[str]) -> int:
+    """A long-lived worker (grade.ForkRunner's child): grade one submission per line read
+    from `commands` (JSON: {"student": ..., "into": ...}), each exactly as the `--one`
+    command would (main: nbgrader's AutogradeApp, new for each, writing only in its DIR,
+    whose worker.log gets this process's output meanwhile), and write its exit code as a
+    line to `replies`. Returns at EOF (0) or after an interrupted submission (130: SIGTERM
+    from the parent, which stops us); SIGTERM between submissions ends us too.
+
+    Why: a submission's own work is under a second with a warm pool, and a new process
+    for each paid its first-use costs on top (about 0.4 s: jupyter_client's provisioner
+    and kernelspec lookups, the engine client, nbclient's first loop), every time. What a
+    submission leaves in the process is reset here: sys.path (nbgrader prepends the
+    course dir each time) and our package's log handlers (the provisioner shares the
+    first app's, whose log file is that student's)."""
+    signal.signal(signal.SIGTERM, _interrupt_on_term)
+    ours = logging.getLogger("jupyter_docker_kernel")
+    pending = bytearray()
+    try:
+        while True:
+            line = read_line(commands, pending)
+            if line is None:
+                return 0
+            command = json.loads(line)
+            student, into = str(command["student"]), Path(command["into"])
+            log = os.open(into / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.close(log)
+            path, handlers = list(sys.path), list(ours.handlers)
+            level, propagate = ours.level, ours.propagate
+            code = 2
+            try:
+                code = main(assignment, student, into, None, nbgrader_args)
+            except Exception:  # reported in its worker.log; the parent finds no result
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                sys.path[:] = path
+                ours.handlers[:] = handlers
+                ours.setLevel(level)
+                ours.propagate = propagate
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+            os.write(replies, f"{code}\n".encode())
+            if code == 130:
+                return 130
+    except KeyboardInterrupt:  # SIGTERM while waiting for the next submission
+        return 130

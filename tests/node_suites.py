@@ -79,7 +79,7 @@ def suite_on_the_node(
         # A node's kernels run as the node user's uid (docs/nodes.md), not this host's
         # 65534-for-root: the suites' "not root" checks expect that uid.
         uid = int(pushed_node.ssh("id", "-u").stdout)
-        patch.setattr(test_hostile_access, "kernel_uid", lambda: uid)
+        patch.setattr(test_hostile_access, "kernel_uid", lambda *_: uid)
         patch.setattr(test_hostile_resources, "KERNEL_UID", uid)
         yield
 

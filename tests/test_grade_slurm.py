@@ -12,6 +12,7 @@ from tests.slurm_cluster import OneNodeCluster
 from tests.test_grade import (
     CLASS,
     build_course,
+    containers_left,
     copy_course,
     gradebook_rows,
     graded_notebooks,
@@ -76,7 +77,7 @@ def test_grade_slurm_ctrl_c_keeps_finished_students_and_a_rerun_grades_the_rest(
     assert returncode == 130
     assert 2 <= len(done) < len(small)
     assert {s for s, score in scores.items() if score == 2.0} == done
-    assert our_containers(course) == []
+    assert containers_left(course) == []
     left = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout
     assert left.strip() == ""
     assert set(grade.read_journal(course / grade.SPOOL / "ps1")) == set(small) - done

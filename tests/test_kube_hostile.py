@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from jupyter_docker_kernel import kube_manifests
+
 pytest.importorskip("kmock", reason="kmock needs Python 3.11+")
 pytest.importorskip("kubernetes")
 
@@ -239,7 +241,7 @@ NOT_FOR_PODS: dict[str, str] = {
     "test_no_hostile_file_appears_outside_the_kernels_copy": NBGRADER,
     "test_autograde_finishes_in_time_and_leaves_no_container": NBGRADER,
     "test_h01_the_launcher_and_its_pool_refill_never_import_from_the_notebooks_dir": HOST,
-    "test_h02_the_provisioner_its_watchdog_and_refill_never_import_from_the_cwd": HOST,
+    "test_h02_the_provisioner_and_its_refill_never_import_from_the_cwd": HOST,
     "test_h03_nbgrader_autograde_never_imports_a_submitted_json_py": HOST,
     "test_h04_an_old_kernelspec_still_runs_is_flagged_and_is_rewritten": HOST,
     "test_h04_setup_rewrites_our_old_kernelspecs_and_says_so": HOST,
@@ -265,6 +267,26 @@ POD_GAPS: dict[str, str] = {
         "'more than 64 connections at once'; the body's kernel and client checks before it pass"
     ),
 }
+
+
+class OwnUid:
+    """Equal to any uid of kube_manifests.own_uid's range: a pod that keeps nothing runs
+    as a uid of its own (derived from its kernel id), which D01's body cannot name."""
+
+    def __eq__(self, other: object) -> bool:
+        base, span = kube_manifests.OWN_UID_BASE, kube_manifests.OWN_UID_SPAN
+        return isinstance(other, int) and base <= other < base + span
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"a uid in [{kube_manifests.OWN_UID_BASE}, +{kube_manifests.OWN_UID_SPAN})"
+
+
+@pytest.fixture(autouse=True)
+def _pod_uid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """D01 on a pod expects the pod's own uid, not this host's 65534."""
+    monkeypatch.setattr(test_hostile_access, "kernel_uid", lambda *_: OwnUid())
 
 
 @pytest.fixture(autouse=True)

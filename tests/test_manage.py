@@ -528,7 +528,15 @@ def test_gc_json_parses(engine: object, capsys: pytest.CaptureFixture[str]) -> N
     code, out, _ = run(["gc", "--dry-run", "--json"], capsys)
     data = json.loads(out)
     assert code == 0
-    assert set(data) == {"dry_run", "containers", "dirs", "kept", "logs", "node_containers"}
+    assert set(data) == {
+        "dry_run",
+        "containers",
+        "dirs",
+        "kept",
+        "logs",
+        "node_containers",
+        "node_dirs",
+    }
     assert data["dry_run"] is True
 
 

@@ -109,6 +109,13 @@ class Held:
             return
         lines = created.stdout.split()
         self.container_id = lines[-1] if lines else ""
+        self._run_created(backend, path)
+
+    def _run_created(self, backend: LocalBackend, path: str) -> None:
+        """The part of a cold start after `docker create` (self.container_id), shared with
+        node_backend.NodeHeld: the exit wait asked before the start (so even a --rm
+        container cannot exit unseen), the API start, the lifeline (open_lifeline), and a
+        close() that came meanwhile honoured at each step."""
         with self._lock:
             if self._closed:  # let go while it was being created: nobody will start it
                 with contextlib.suppress(DockerKernelError):
@@ -122,7 +129,7 @@ class Held:
         sock: socket.socket | None = None
         try:
             backend.api.start(self.container_id)
-            sock = backend.open_lifeline(path, self.exit)
+            sock = self.open_lifeline(backend, path, self.exit)
             if sock is not None:
                 sock.sendall(claim_line())
         except DockerKernelError as exc:
@@ -138,6 +145,13 @@ class Held:
                 sock.close()  # let go before we got hold: the kernel ends
                 sock = None
             self.sock = sock
+
+    def open_lifeline(
+        self, backend: LocalBackend, path: str, exit: ExitWatch
+    ) -> socket.socket | None:
+        """The supervisor's lifeline socket, connected (LocalBackend.open_lifeline); a
+        node's NodeHeld connects through the SSH master instead."""
+        return backend.open_lifeline(path, exit)
 
     def write(self, data: bytes) -> None:
         self._ready.wait()

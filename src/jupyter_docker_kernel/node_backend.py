@@ -74,9 +74,9 @@ from jupyter_docker_kernel.engine import (
     NoSuchContainerError,
     create_args,
 )
-from jupyter_docker_kernel.errors import DockerKernelError, EngineError
-from jupyter_docker_kernel.lifeline import CONNECT_SECONDS, LIFELINE_SOCKET, claim_line
-from jupyter_docker_kernel.local_backend import Held, LocalBackend, Refused, start_exit_code
+from jupyter_docker_kernel.errors import EngineError
+from jupyter_docker_kernel.lifeline import CONNECT_SECONDS, LIFELINE_SOCKET
+from jupyter_docker_kernel.local_backend import Held, LocalBackend, Refused
 from jupyter_docker_kernel.rundir import WEIGHT_NOTE, RunDir, write_private
 from jupyter_docker_kernel.settings import KernelSettings
 from jupyter_docker_kernel.ssh import SSH_FAILED, Connection, NodeTransport
@@ -204,39 +204,11 @@ class NodeHeld(Held):
         self.container_id = lines[-1] if lines else ""
         with contextlib.suppress(OSError):
             write_private(str(self.rundir.cid), self.container_id)  # where Container looks
-        with self._lock:
-            if self._closed:  # let go while it was being created: nobody will start it
-                with contextlib.suppress(DockerKernelError):
-                    backend.api.remove(self.container_id)
-                return
-        # As Held's: the exit wait asked before the start, so even a --rm container
-        # cannot exit unseen.
-        try:
-            self.exit = backend.api.watch_exit(self.container_id)
-        except DockerKernelError as exc:
-            self.refused = Refused(125, f"docker: {exc}\n", self.container_id)
-            return
-        sock: socket.socket | None = None
-        try:
-            backend.api.start(self.container_id)
-            sock = self.open_lifeline(path, self.exit)
-            if sock is not None:
-                sock.sendall(claim_line())
-        except DockerKernelError as exc:
-            self.exit.close()
-            code = start_exit_code(str(exc))
-            self.refused = Refused(code, f"docker: {exc}\n", self.container_id)
-        except OSError:
-            if sock is not None:
-                sock.close()
-            sock = None  # it ended meanwhile: its exit code says
-        with self._lock:
-            if self._closed and sock is not None:
-                sock.close()  # let go before we got hold: the kernel ends
-                sock = None
-            self.sock = sock
+        self._run_created(backend, path)  # Held's: exit wait, API start, lifeline
 
-    def open_lifeline(self, path: str, exit: ExitWatch) -> socket.socket | None:
+    def open_lifeline(
+        self, backend: LocalBackend, path: str, exit: ExitWatch
+    ) -> socket.socket | None:
         """Once the watch on the node says the supervisor bound its lifeline socket,
         connect to it through a forward made for this connect only (the connection stays);
         None when the container exited first (or never bound it within

@@ -18,7 +18,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -396,19 +395,6 @@ def test_ctrl_c_keeps_finished_students_and_a_rerun_grades_the_rest(
     assert our_containers(course) == []
 
 
-#: Armed by the test below: the at-fork hook then sends this process a Ctrl-C.
-_CTRL_C_AT_FORK: list[bool] = []
-os.register_at_fork(
-    # Only the main thread's forks (the runner's): a daemon thread an earlier test left
-    # (a sweep, a refill's reader) may fork meanwhile, and its Ctrl-C would come too early.
-    after_in_parent=lambda: (
-        _CTRL_C_AT_FORK
-        and threading.current_thread() is threading.main_thread()
-        and os.kill(os.getpid(), signal.SIGINT)  # type: ignore[func-returns-value]
-    )
-)
-
-
 def test_ctrl_c_while_a_worker_is_forked_is_not_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -427,13 +413,24 @@ def test_ctrl_c_while_a_worker_is_forked_is_not_lost(
         runner.start("s00", tmp_path)
         time.sleep(1)
 
-    _CTRL_C_AT_FORK.append(True)
+    real_fork = os.fork
+
+    def fork_then_ctrl_c() -> int:
+        # As an at-fork hook would: a Ctrl-C in the parent right after ITS fork (a global
+        # at-fork hook also fired for other forks an earlier test's threads made).
+        pid = real_fork()
+        if pid:
+            os.kill(os.getpid(), signal.SIGINT)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork_then_ctrl_c)
     try:
         with pytest.raises(KeyboardInterrupt):
             start_then_wait()
+        monkeypatch.setattr(os, "fork", real_fork)
         assert len(runner.workers) == 1
     finally:
-        _CTRL_C_AT_FORK.clear()
+        monkeypatch.setattr(os, "fork", real_fork)
         runner.close(grace=10)
     assert runner.workers == []
 

@@ -105,7 +105,14 @@ _CREATE_SCRIPT = _PREPARE_SCRIPT + ' && exec docker "$@"'
 #: writable by the kernel, which could swap a socket for a symlink to any socket the node
 #: user reaches, the engine's say; sshd follows symlinks at each new connection, the link
 #: keeps the inode we checked). Gives up when the dir goes (the start failed).
-_PIN_SCRIPT = """
+#: Hard links of the kernel's five sockets in its pins dir (_PIN_SCRIPT, _CLAIMABLE_SCRIPT).
+_PIN_LINKS = """mkdir -m 0700 "$d/{pins}" || exit 1
+for s in {sockets}; do
+  ln -P "$d/{rt}/$s" "$d/{pins}/$s" && [ -S "$d/{pins}/$s" ] && [ ! -L "$d/{pins}/$s" ] || exit 1
+done
+"""
+_PIN_SCRIPT = (
+    """
 d=$0; n=0
 while :; do
   ok=1
@@ -113,12 +120,11 @@ while :; do
   [ $ok = 1 ] && break
   [ -d "$d" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.02
 done
-mkdir -m 0700 "$d/{pins}" || exit 1
-for s in {sockets}; do
-  ln -P "$d/{rt}/$s" "$d/{pins}/$s" && [ -S "$d/{pins}/$s" ] && [ ! -L "$d/{pins}/$s" ] || exit 1
-done
-echo ready
 """
+    + _PIN_LINKS
+    + """echo ready
+"""
+)
 #: Runs on the node for a cold start: "lifeline" once the supervisor bound its lifeline
 #: socket (we connect to it through a forward), then as _PIN_SCRIPT. Started with the
 #: create, so its dir may not be there yet (NodeHeld.close ends it if none ever comes).
@@ -132,16 +138,15 @@ echo lifeline""" + _PIN_SCRIPT.replace("d=$0; n=0", "", 1)
 #: ready to be claimed: its five sockets are bound already, by our code alone) and those
 #: are pinned as _PIN_SCRIPT does, so that the claim forwards them at once; 1 if it never
 #: is within {ticks} ticks ($0: the warm container's dir).
-_CLAIMABLE_SCRIPT = """
+_CLAIMABLE_SCRIPT = (
+    """
 d=$0; n=0
 while [ ! -S "$d/{rt}/{claim}" ]; do
   [ -d "$d" ] && [ $n -lt {ticks} ] || exit 1; n=$((n+1)); sleep 0.05
 done
-mkdir -m 0700 "$d/{pins}" || exit 1
-for s in {sockets}; do
-  ln -P "$d/{rt}/$s" "$d/{pins}/$s" && [ -S "$d/{pins}/$s" ] && [ ! -L "$d/{pins}/$s" ] || exit 1
-done
 """
+    + _PIN_LINKS
+)
 #: Runs on the node, in the node user's runtime base ($0): removes the named warm
 #: containers' dirs ("$@": pool-<key>-<nonce>, checked by remove_warm_dirs).
 _REMOVE_DIRS_SCRIPT = 'cd -- "$0" && rm -rf -- "$@"'

@@ -639,23 +639,31 @@ class ForkRunner:
         # Ctrl-C held across the fork: arriving during the interpreter's at-fork handlers
         # (logging's lock release), its KeyboardInterrupt is printed and dropped, and
         # grade would go on grading. Held, it is raised in the parent's code just after
-        # (the new worker is in self.workers by then: close() ends it).
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        # (the new worker is in self.workers by then: close() ends it). A recording
+        # handler, not a blocked signal mask: a Ctrl-C is sent to the process, and any
+        # thread that does not block it (an engine client's, a test's) may take it.
+        came: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
         pid = os.fork()
         if pid:
-            os.close(commands_in)
-            os.close(replies_out)
-            os.set_blocking(replies_in, False)
-            worker = Worker(pid, commands_out, replies_in)
-            self.workers.append(worker)
-            _PARENT_ENDS.update((commands_out, replies_in))
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            try:
+                os.close(commands_in)
+                os.close(replies_out)
+                os.set_blocking(replies_in, False)
+                worker = Worker(pid, commands_out, replies_in)
+                self.workers.append(worker)
+                _PARENT_ENDS.update((commands_out, replies_in))
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            if came and callable(previous):
+                previous(signal.SIGINT, None)
+            elif came and previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
             return worker
         code = 2
         try:  # the child: never returns into the parent's code
             os.setsid()
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(commands_out)
             os.close(replies_in)
             # The other workers' pipes (every runner's): held here, they would never see

@@ -110,6 +110,28 @@ def test_prune_removes_old_ended_and_orphaned_logs_and_keeps_the_rest(tmp_path: 
     assert live.record_path.exists()
 
 
+def test_a_kernels_end_prunes_the_kept_logs_at_most_once_per_interval(tmp_path: Path) -> None:
+    """Container.finish prunes through prune_now_and_then: a second end within PRUNE_EVERY
+    reads no records (a day of grading keeps thousands); once the interval passed it does."""
+    long_ago = time.time() - 2 * kernel_log.KEEP_AFTER_EXIT
+    first = kept(tmp_path, "jdk-first-1")
+    first.finish(0, "", 1.0)
+    first.update(ended=long_ago)
+    assert [Path(p).name for p in kernel_log.prune_now_and_then(tmp_path, alive)] == [
+        "jdk-first-1.json"
+    ]
+    second = kept(tmp_path, "jdk-second-1")
+    second.finish(0, "", 1.0)
+    second.update(ended=long_ago)
+    assert kernel_log.prune_now_and_then(tmp_path, alive) == []
+    assert second.record_path.exists()
+    stamp = tmp_path / kernel_log.LOG_DIR / kernel_log.PRUNED_STAMP
+    os.utime(stamp, (time.time() - kernel_log.PRUNE_EVERY - 1,) * 2)
+    assert [Path(p).name for p in kernel_log.prune_now_and_then(tmp_path, alive)] == [
+        "jdk-second-1.json"
+    ]
+
+
 def test_logs_finds_a_kernel_by_container_kernel_id_or_prefix_and_refuses_ambiguity(
     tmp_path: Path,
 ) -> None:

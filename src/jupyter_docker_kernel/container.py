@@ -896,7 +896,7 @@ class Container:
         if self.kernel_log is not None:
             self.kernel_log.finish(ending.code, reason, ran, ending.notice)
         with contextlib.suppress(OSError, DockerKernelError):
-            kernel_log.prune(runtime_base(), alive)
+            kernel_log.prune_now_and_then(runtime_base(), alive)
         if report.failure:
             self.log.error("%s", report.failure)
         return ending.code

@@ -206,3 +206,16 @@ def test_the_node_rows_skip_cleanly_where_no_node_can_be_made(
     monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     monkeypatch.setattr("tests.nodes.start_node", no_node)
     assert set(nodes.measure(1, 1, 1)) == {"skipped"}
+
+
+def test_the_helper_floor_is_the_bare_interpreter_then_its_imports_without_ssl() -> None:
+    """benchmarks/memory_floor.py (issue 17): the bare interpreter first, then the helper's
+    imports step by step, with _lean holding ssl out as it does in the helper."""
+    from benchmarks import memory_floor
+
+    result = memory_floor.floor()
+    assert result["python -I -S"][0][1] > 0
+    rows = result["helper's imports"]
+    assert [row[0] for row in rows[1:-1]] == [label for label, _ in memory_floor.STEPS]
+    assert rows[-1] == ("ssl loaded", 0, 0)
+    assert rows[-2][1] > rows[0][1] > 0  # the imports cost something over the interpreter

@@ -64,15 +64,27 @@ def warm_on_node(node: NodeUnderTest, *, all_states: bool = False) -> list[str]:
     return [name for name in names if name.startswith(POOL_NAME_PREFIX)]
 
 
-def ready_warm_dirs(node: NodeUnderTest, name: str = POOLED) -> list[Path]:
-    """This host's dirs of the node's warm containers of spec `name` whose kernel is ready
-    to be claimed (not another spec's: a node of an earlier session may have had this
-    address)."""
+def spec_pool_key(name: str) -> str:
+    """The pool key of the installed spec `name` (its warm containers' names and dirs)."""
     spec = KernelSpecManager().get_kernel_spec(name)
     settings = kernelspec.settings_from_kernel_json(
         json.loads((Path(spec.resource_dir) / "kernel.json").read_text())
     )
-    key = pool.pool_key(settings, os.getuid())
+    return pool.pool_key(settings, os.getuid())
+
+
+def warm_of_spec(node: NodeUnderTest, name: str) -> list[str]:
+    """The node's warm containers (any state) of spec `name` only: the module's other
+    spec keeps its own warm one on the session's node meanwhile."""
+    prefix = f"{POOL_NAME_PREFIX}{spec_pool_key(name)[:8]}-"
+    return [w for w in warm_on_node(node, all_states=True) if w.startswith(prefix)]
+
+
+def ready_warm_dirs(node: NodeUnderTest, name: str = POOLED) -> list[Path]:
+    """This host's dirs of the node's warm containers of spec `name` whose kernel is ready
+    to be claimed (not another spec's: a node of an earlier session may have had this
+    address)."""
+    key = spec_pool_key(name)
     return [
         d
         for d in runtime_base().glob(f"{POOL_DIR_PREFIX}{key}-*")
@@ -243,11 +255,11 @@ def test_with_two_nodes_each_pool_is_kept_on_the_node_its_starts_used(
                 assert node_containers(used, kernel_key(second))
                 wait_until(lambda: warm_on_node(used) not in ([], [warm]), timeout=90)
                 wait_until(lambda: len(ready_warm_dirs(used, spec)) == 1, timeout=90)
-                assert not warm_on_node(unused, all_states=True)
+                assert not warm_of_spec(unused, spec)
                 assert ready_warm_dirs(unused, spec) == []
             finally:
                 stop_kernel(second, kc2)
             assert cli.main(["gc", "--pools", spec]) == 0
-            assert not warm_on_node(used, all_states=True)
+            assert not warm_of_spec(used, spec)
     finally:
         stop_node(other.name)

@@ -202,6 +202,12 @@ RUN_FAILURES: list[tuple[str, KernelSettings, str, int, str, str]] = [
      "docker: Cannot connect to the Docker daemon at unix:///x.sock. Is the docker daemon "
      "running?\n", 125, "cannot reach the container engine at unix:///x.sock",
      "scripts/bootstrap-engine"),
+    ("a runtime that fails itself", KernelSettings(runtime="broken"),
+     "docker: Error response from daemon: failed to create shim task: OCI runtime create "
+     "failed: unable to retrieve OCI runtime error (open /run/docker/containerd/daemon/"
+     "io.containerd.runtime.v2.task/moby/0a1b/log.json: no such file or directory): "
+     "/bin/false did not terminate successfully: exit status 1: unknown.\n", 125,
+     "the runtime 'broken' could not start the container", "the engine's daemon.json"),
     ("anything else the engine refuses", KernelSettings(),
      "docker: Error response from daemon: invalid mount config for type \"bind\".\n", 125,
      "the engine refused the kernel's container: invalid "

@@ -216,6 +216,38 @@ def test_ps_table_marks_warm_containers_and_shows_usage_against_limits() -> None
     ]
 
 
+def test_ps_table_names_each_kernels_node_in_a_node_column() -> None:
+    """Once a kernel runs on a remote node, a NODE column says where each one runs ("-":
+    this host); no per-engine lines are added for nodes."""
+    common: dict[str, Any] = {
+        "image": "img",
+        "cpus": 1.0,
+        "pids_limit": 512,
+        "memory_limit": 2 << 30,
+        "kind": "kernel",
+        "uptime": 5.0,
+        "memory_used": None,
+        "pids": None,
+        "client_pid": None,
+        "workdir": "",
+    }
+    here = running.RunningKernel(
+        engine="", container="jdk-k1-a", container_id="1", kernel_id="k1", kernelspec="py", **common
+    )
+    there = running.RunningKernel(
+        engine="ssh://u@node1",
+        container="jdk-k2-b",
+        container_id="2",
+        kernel_id="k2",
+        kernelspec="py",
+        **common,
+    )
+    header, first, second = cli.format_ps([here, there], [])
+    assert header.split()[:3] == ["KERNELSPEC", "CONTAINER", "NODE"]
+    assert first.split()[:3] == ["py", "jdk-k1-a", "-"]
+    assert second.split()[:3] == ["py", "jdk-k2-b", "ssh://u@node1"]
+
+
 # -- against the real engine ---------------------------------------------------------------------
 
 

@@ -1418,13 +1418,21 @@ def format_ps(kernels: list[running.RunningKernel], notes: list[str]) -> list[st
     if not kernels:
         lines = ["No kernels of jupyter-docker-kernel are running."]
     else:
-        rows = [("KERNELSPEC", "CONTAINER", "ID", "UP", "MEMORY", "PIDS", "CLIENT", "NOTEBOOK DIR")]
+        # A NODE column once any kernel runs on a remote node ("-": on this host).
+        on_nodes = any(k.engine.startswith("ssh://") for k in kernels)
+        rows: list[tuple[str, ...]] = [
+            ("KERNELSPEC", "CONTAINER", "ID", "UP", "MEMORY", "PIDS", "CLIENT", "NOTEBOOK DIR")
+        ]
+        if on_nodes:
+            rows[0] = (*rows[0][:2], "NODE", *rows[0][2:])
         for k in kernels:
             pids = f"{k.pids if k.pids is not None else '?'}/{k.pids_limit or '-'}"
+            node = (k.engine if k.engine.startswith("ssh://") else "-",) if on_nodes else ()
             rows.append(
                 (
                     "(warm pool)" if k.kind == "warm" else k.kernelspec or "?",
                     k.container,
+                    *node,
                     k.container_id,
                     human_time(k.uptime),
                     f"{human_size(k.memory_used)}/{human_size(k.memory_limit)}",
@@ -1438,8 +1446,9 @@ def format_ps(kernels: list[running.RunningKernel], notes: list[str]) -> list[st
             "  ".join(v.ljust(w) for v, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
             for row in rows
         ]
-        if len({k.engine for k in kernels}) > 1:
-            lines += [f"{k.container}: engine {k.engine or 'default'}" for k in kernels]
+        here = [k for k in kernels if not k.engine.startswith("ssh://")]
+        if len({k.engine for k in here}) > 1:
+            lines += [f"{k.container}: engine {k.engine or 'default'}" for k in here]
     lines += [f"note: {note}" for note in notes]
     return [line.rstrip() for line in lines]
 

@@ -47,6 +47,12 @@ LABEL_POOL_DIR = f"{LABEL_PREFIX}.pool-dir"
 #: Label an image built by `image build`, holding the hash of the recipe that made it.
 LABEL_RECIPE = f"{LABEL_PREFIX}.recipe"
 
+#: The OCI runtime itself failed (not the kernel's process it was to start).
+_RUNTIME_FAILED_MARKERS = (
+    "unable to retrieve oci runtime error",
+    "did not terminate successfully",
+    "cannot create sandbox",
+)
 _UNREACHABLE_MARKERS = (
     "cannot connect to the docker daemon",
     "is the docker daemon running",
@@ -511,6 +517,15 @@ def _explain(
     engine_line = engine_line.rstrip(".")
     low = text.lower()
     redo = "run setup again with --replace and the corrected option"
+    if "oci runtime" in low and any(marker in low for marker in _RUNTIME_FAILED_MARKERS):
+        # Before the unreachable markers: a runtime's own failure often quotes a missing
+        # log file ("no such file or directory") of the engine's.
+        return (
+            f"the runtime '{settings.runtime or 'runc'}' could not start the container "
+            f"({engine_line})",
+            "check the runtime's entry in the engine's daemon.json (its path and "
+            "runtimeArgs) and that it runs there, or run setup again without --runtime",
+        )
     if any(marker in low for marker in _UNREACHABLE_MARKERS) and "daemon" in low:
         where = re.search(r"daemon at (\S+?)\.?(\s|$)", text)
         return (

@@ -17,13 +17,14 @@ import contextlib
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from jupyter_docker_kernel import engine as engine_mod
-from jupyter_docker_kernel import kernel_log, kernelspec, manage
+from jupyter_docker_kernel import kernel_log, kernelspec, manage, node_manage
 from jupyter_docker_kernel.engine import Engine, short_id
 from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError
 from jupyter_docker_kernel.kernel_log import printable
@@ -71,15 +72,17 @@ def _started(text: str) -> float | None:
 
 def engines_in_use(given: Engine | None) -> list[Engine]:
     """The engine asked for, else the default one plus every engine a kernelspec of ours
-    names (engine_host: Podman's, say), each once."""
+    names (engine_host: Podman's, say) and every remote node of every kernelspec
+    (--node: node_manage.node_urls, as `list` and `gc` cover them), each once."""
     if given is not None and given.host:
         return [given]
     found = [given or Engine()]
     seen = {found[0].address()}
     specs, _ = manage.list_specs(None)
-    for spec in specs:
-        host = spec.settings.engine_host if spec.settings else None
-        if host and host not in seen:
+    settings = [spec.settings for spec in specs if spec.settings]
+    hosts = [s.engine_host for s in settings if s.engine_host]
+    for host in [*hosts, *node_manage.node_urls(settings)]:
+        if host not in seen:
             seen.add(host)
             found.append(Engine(found[0].command, host=host))
     return found
@@ -87,16 +90,29 @@ def engines_in_use(given: Engine | None) -> list[Engine]:
 
 def running_kernels(engines: list[Engine]) -> tuple[list[RunningKernel], list[str]]:
     """Our running kernel containers in these engines; plus a note per engine that did not
-    answer. Non-root users see their own kernels only (as gc treats them)."""
+    answer (one line: a silent node is a note, never a failed `ps`). The engines are asked
+    at once, so a node that does not answer costs its timeout once. Non-root users see
+    their own kernels only (as gc treats them)."""
     records = {str(r.get("container")): r for r in kernel_log.records(runtime_base())}
+
+    def ask(eng: Engine) -> list[RunningKernel] | str:
+        address = eng.address()
+        try:
+            return _from_engine(eng, address, records)
+        except DockerKernelError as exc:
+            if address.startswith("ssh://"):
+                return f"node {address} not listed: {exc.what}"
+            return f"{address or 'the default engine'} did not answer: {exc}"
+
     out: list[RunningKernel] = []
     notes: list[str] = []
-    for eng in engines:
-        where = eng.address() or "the default engine"
-        try:
-            out += _from_engine(eng, eng.address(), records)
-        except DockerKernelError as exc:
-            notes.append(f"{where} did not answer: {exc}")
+    with ThreadPoolExecutor(max_workers=min(len(engines), 16) or 1) as pool:
+        answers = list(pool.map(ask, engines))
+    for answer in answers:
+        if isinstance(answer, str):
+            notes.append(answer)
+        else:
+            out += answer
     return out, notes
 
 
@@ -109,7 +125,9 @@ def _from_engine(eng: Engine, where: str, records: dict[str, Any]) -> list[Runni
         if str(item.get("State", "")).lower() == "running"
     ]
     infos = eng.inspect_containers(ids)
-    if uid != "0":
+    # A node's kernels carry the node user's uid (the one we log in as there, whose
+    # engine they are): only this host's uid says whose a local kernel is.
+    if uid != "0" and not where.startswith("ssh://"):
         infos = [
             i
             for i in infos

@@ -188,14 +188,15 @@ def plan(request: SetupRequest, engine: Engine) -> SetupPlan:
         findings = check_loosenings(settings, engine, for_nbgrader, request.force)
     elif not skip_checks and on_node:
         # A remote node: its engine, runtimes and the image's ID are asked there (through
-        # ssh); the probe container, which bind-mounts this host's files, does not run on
-        # nodes yet (a kernel's start does the same checks).
+        # ssh), then the probe container runs on each node that answered, through its own
+        # engine, as it runs here (node_probe).
         settings = engine_settings(engine, settings)
         findings = check_loosenings(settings, engine, for_nbgrader, request.force)
         first, answered, node_warnings = check_nodes(engine, settings)
         settings = with_image_id(first, settings, pin=request.pin)
         if settings.node_shared_paths:
             check_shared_paths(settings, engine, answered)
+        versions = probe_nodes(engine, settings, answered)
     elif not skip_checks:
         settings = engine_settings(engine, settings)
         found, findings = check_image(
@@ -423,6 +424,21 @@ def check_nodes(engine: Engine, settings: KernelSettings) -> tuple[Engine, list[
             )
         answered.append(url)
     return nodes[0], answered, warnings
+
+
+def probe_nodes(engine: Engine, settings: KernelSettings, urls: Sequence[str]) -> str:
+    """The probe container on each node that answered (node_probe.probe_nodes, at once):
+    the first that cannot start the kernel stops setup with one line naming the node.
+    Returns the first node's "python ipykernel release" for setup's summary."""
+    from jupyter_docker_kernel import node_probe  # only for nodes
+
+    try:
+        found = node_probe.probe_nodes(engine, settings, urls, runtime_base())
+    except DockerKernelError as exc:
+        raise exc.instead(NOT_WRITTEN) from exc
+    if found is None:
+        return ""
+    return " ".join((found.python, found.ipykernel, found.release))
 
 
 def check_shared_paths(settings: KernelSettings, engine: Engine, urls: Sequence[str]) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,7 +81,33 @@ def suite_on_the_node(
         uid = int(pushed_node.ssh("id", "-u").stdout)
         patch.setattr(test_hostile_access, "kernel_uid", lambda *_: uid)
         patch.setattr(test_hostile_resources, "KERNEL_UID", uid)
+        # The kernels' socket dirs are on the node, in its private /tmp: this host (root)
+        # reaches them through the node's mount namespace, as the suites' host side must
+        # (b06 plants its marks there, A18 measures and checks the dir's removal).
+        on_node = node_path(pushed_node)
+        patch.setattr(
+            test_hostile_access,
+            "runtime_dir_of",
+            lambda session: str(on_node(local_runtime_dir_of(session))),
+        )
+        patch.setattr(
+            test_hostile_resources,
+            "host_runtime_dir",
+            lambda container: on_node(local_host_runtime_dir(container)),
+        )
+        patch.setattr(test_hostile_access, "REPLACED_SOCKET_SAID", None)
         yield
+
+
+local_runtime_dir_of = test_hostile_access.runtime_dir_of
+local_host_runtime_dir = test_hostile_resources.host_runtime_dir
+
+
+def node_path(node: NodeUnderTest) -> Callable[[str | Path], Path]:
+    """A path of the node's filesystem as this host (root) reaches it: through its mount
+    namespace's holder process (/proc/PID/root)."""
+    holder = (node.state / "holder.pid").read_text().strip()
+    return lambda path: Path(f"/proc/{holder}/root") / str(path).lstrip("/")
 
 
 @pytest.fixture(scope="module")

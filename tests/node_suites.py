@@ -9,6 +9,12 @@ these fixtures beside them, which pytest prefers inside those modules:
   INSTALL_EXTRA), in a Jupyter data dir of the module's own (the local suites' specs of
   the same names stay as they are); the checks' docker calls ask the node's engine
   (kernels.ENGINE_SSH); the product's ssh uses the node's ssh_config.
+- The suites' host side looks into a kernel's socket dir (b06 plants marks there, A18
+  measures it and checks its removal) on the node's filesystem: `runtime_dir_of` and
+  `host_runtime_dir` answer with the path through the node's mount namespace
+  (/proc/PID/root of its holder process; the tests run as root). c10 expects no
+  "is not a socket" line on a node (REPLACED_SOCKET_SAID): the relay connects to
+  forwards of the sockets' pinned inodes there.
 - `runtime` is "runc" alone: gVisor on a node is the same runtime under the same
   options (the node's dockerd has runsc registered); one runtime keeps the slow node
   stories to one run each.

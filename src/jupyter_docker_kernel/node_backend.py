@@ -821,8 +821,15 @@ GUARD_NAME = "jdk-socket-guard-{uid}"
 GUARD_MEMORY = "128m"
 GUARD_PIDS = 1024
 #: Runs on the node: our guard's two files into the runtime base ($0) from the tar on
-#: stdin, then `docker run -d ...` ("$@"). Files, not a dir: gc sweeps unknown dirs there.
-_GUARD_SCRIPT = 'umask 077; cd -- "$0" && [ -O . ] && tar -x -m -f - && exec docker "$@"'
+#: stdin, then `docker run -d ...` ("$@"); if that fails, a stopped guard left holding the
+#: name ($1) is removed (a running one is not: no -f) and the run tried once more. Files,
+#: not a dir: gc sweeps unknown dirs there.
+_GUARD_SCRIPT = (
+    'umask 077; cd -- "$0" && [ -O . ] && tar -x -m -f - && n=$1 && shift && '
+    '{ docker "$@" || { docker rm -- "$n" >/dev/null 2>&1 && exec docker "$@"; }; }'
+)
+#: How often a watch that finds no guard starts one (a guard may be ending meanwhile).
+GUARD_RESTART = 2.0
 
 
 class NodeGuard:
@@ -892,7 +899,7 @@ class NodeGuard:
         """A connection on which the node's guard said "watching"; EngineError if none
         did within GUARD_WAIT (the node's guard waits for a dir being made)."""
         deadline = time.monotonic() + GUARD_WAIT
-        started = False
+        next_start = 0.0
         said = ""
         while time.monotonic() < deadline and not self.closed:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -909,9 +916,10 @@ class NodeGuard:
             sock.close()
             if said.startswith("refused"):
                 break
-            if not started:
-                # Nothing answered behind the forward: no guard runs there (yet).
-                started = True
+            if time.monotonic() >= next_start:
+                # Nothing answered behind the forward: no guard runs there (yet), or one
+                # was ending as we asked (its container holds the name until removed).
+                next_start = time.monotonic() + GUARD_RESTART
                 start_guard(self.connection, self.settings)
             time.sleep(0.05)
         raise EngineError(
@@ -1026,8 +1034,9 @@ def start_guard(connection: Connection, settings: KernelSettings) -> None:
     facts = connection.facts()
     version, bundle = guard_files()
     args = guard_args(settings, facts.base, facts.uid, facts.gid, version)
+    name = GUARD_NAME.format(uid=facts.uid)
     proc = connection.run(
-        ["sh", "-c", _GUARD_SCRIPT, facts.base, *args], input_bytes=bundle, check=False
+        ["sh", "-c", _GUARD_SCRIPT, facts.base, name, *args], input_bytes=bundle, check=False
     )
     if proc.returncode != 0:
         log.debug("guard start on %s: %s", connection.node.url, proc.stderr.decode().strip())

@@ -544,10 +544,8 @@ class SshBackend(LocalBackend):
         if not state.get("Running"):
             raise OSError(f"warm container {name} no longer runs on {url}")
         remote = RunDir(Path((new_dir / REMOTE_NOTE).read_text().strip()))
+        # Asked first, waited for last: the watch overlaps the claim's connect.
         guard = NodeGuard(self.connection, settings, str(remote.sockets))
-        if not guard.wait(GUARD_WAIT + 5):
-            guard.close()
-            raise OSError(guard.failed or "the node's socket-dir guard did not answer")
         # Its sockets were bound, and pinned (_mark_claimable), before it was claimable:
         # one `-O forward` for them and the claim socket.
         pinned = PinnedForwards(self.connection, warm, remote, forwarded=True)
@@ -558,6 +556,11 @@ class SshBackend(LocalBackend):
                 str(remote.claim_socket()),
                 also=pinned.pairs,
             )
+            # No notebook code reaches it before the node's guard watches its dir (the
+            # hand-over, Container.start's claim line, comes after).
+            if not guard.wait(GUARD_WAIT + 5):
+                sock.close()
+                raise OSError(guard.failed or "the node's socket-dir guard did not answer")
         except BaseException:
             pinned.close()  # pool.claim tries the next one
             guard.close()

@@ -122,11 +122,15 @@ def test_the_guard_ends_once_no_kernel_was_watched_for_its_idle_time(tmp_path: P
     server = threading.Thread(
         target=_node_guard.serve, args=(str(base), socketdir.SocketDirGuard, 0.5), daemon=True
     )
+    umask = os.umask(0o022)
+    os.umask(umask)
     server.start()
     server.join(timeout=30)
 
     assert not server.is_alive()
     assert not (base / _node_guard.GUARD_SOCKET).exists()
+    # serve() leaves its process's umask be (the guard's own main sets it).
+    assert os.umask(umask) == umask
     subprocess.run(["rm", "-rf", str(base)], check=False)
 
 

@@ -106,7 +106,6 @@ def start_watch(watch: Watch, base: str, guard_class: Callable[..., Any]) -> boo
 def serve(base: str, guard_class: Callable[..., Any], idle: float = IDLE_SECONDS) -> None:
     """Accept kernels' watch requests on GUARD_SOCKET until idle for `idle` seconds."""
     path = os.path.join(base, GUARD_SOCKET)
-    os.umask(0o077)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -156,6 +155,7 @@ def serve(base: str, guard_class: Callable[..., Any], idle: float = IDLE_SECONDS
 def main(argv: list[str]) -> int:
     """python _node_guard.py BASE SOCKETDIR_PY (node_backend.start_guard's command)."""
     base, module_path = argv[1], argv[2]
+    os.umask(0o077)  # its socket 0600 (in the node user's 0700 base already)
     spec = importlib.util.spec_from_file_location("socketdir", module_path)
     assert spec is not None
     assert spec.loader is not None

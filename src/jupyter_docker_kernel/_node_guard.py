@@ -106,11 +106,13 @@ def start_watch(watch: Watch, base: str, guard_class: Callable[..., Any]) -> boo
 def serve(base: str, guard_class: Callable[..., Any], idle: float = IDLE_SECONDS) -> None:
     """Accept kernels' watch requests on GUARD_SOCKET until idle for `idle` seconds."""
     path = os.path.join(base, GUARD_SOCKET)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    # Bound and listening under another name first: a socket at `path` always answers.
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{path}.new")
+    listener.bind(f"{path}.new")
     listener.listen(64)
+    os.rename(f"{path}.new", path)
     watches: dict[int, Watch] = {}
     #: Watches whose dir is not there yet, looked for again at each turn.
     waiting: list[Watch] = []

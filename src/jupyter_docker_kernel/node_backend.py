@@ -890,7 +890,8 @@ class NodeGuard:
         try:
             self.sock = self._watch()
         except DockerKernelError as exc:
-            log.warning("%s", exc)
+            if not self.closed:  # a start that failed first lets its watch go: no news
+                log.warning("%s", exc)
             self.failed = exc.what
             self.watching.set()
             self._say(exc.what)
@@ -905,7 +906,8 @@ class NodeGuard:
         next_start = 0.0
         said = ""
         while time.monotonic() < deadline and not self.closed:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            # Ours from the start: close() ends a wait for the dir (a start that failed).
+            self.sock = sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.settimeout(max(0.1, deadline - time.monotonic()))
                 sock.connect(guard_socket(self.connection))

@@ -9,6 +9,12 @@ these fixtures beside them, which pytest prefers inside those modules:
   INSTALL_EXTRA), in a Jupyter data dir of the module's own (the local suites' specs of
   the same names stay as they are); the checks' docker calls ask the node's engine
   (kernels.ENGINE_SSH); the product's ssh uses the node's ssh_config.
+- The suites' host side looks into a kernel's socket dir (b06 plants marks there, A18
+  measures it and checks its removal) on the node's filesystem: `runtime_dir_of` and
+  `host_runtime_dir` answer with the path through the node's mount namespace
+  (/proc/PID/root of its holder process; the tests run as root). c10 expects no
+  "is not a socket" line on a node (REPLACED_SOCKET_SAID): the relay connects to
+  forwards of the sockets' pinned inodes there.
 - `runtime` is "runc" alone: gVisor on a node is the same runtime under the same
   options (the node's dockerd has runsc registered); one runtime keeps the slow node
   stories to one run each.
@@ -24,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,7 +87,33 @@ def suite_on_the_node(
         uid = int(pushed_node.ssh("id", "-u").stdout)
         patch.setattr(test_hostile_access, "kernel_uid", lambda *_: uid)
         patch.setattr(test_hostile_resources, "KERNEL_UID", uid)
+        # The kernels' socket dirs are on the node, in its private /tmp: this host (root)
+        # reaches them through the node's mount namespace, as the suites' host side must
+        # (b06 plants its marks there, A18 measures and checks the dir's removal).
+        on_node = node_path(pushed_node)
+        patch.setattr(
+            test_hostile_access,
+            "runtime_dir_of",
+            lambda session: str(on_node(local_runtime_dir_of(session))),
+        )
+        patch.setattr(
+            test_hostile_resources,
+            "host_runtime_dir",
+            lambda container: on_node(local_host_runtime_dir(container)),
+        )
+        patch.setattr(test_hostile_access, "REPLACED_SOCKET_SAID", None)
         yield
+
+
+local_runtime_dir_of = test_hostile_access.runtime_dir_of
+local_host_runtime_dir = test_hostile_resources.host_runtime_dir
+
+
+def node_path(node: NodeUnderTest) -> Callable[[str | Path], Path]:
+    """A path of the node's filesystem as this host (root) reaches it: through its mount
+    namespace's holder process (/proc/PID/root)."""
+    holder = (node.state / "holder.pid").read_text().strip()
+    return lambda path: Path(f"/proc/{holder}/root") / str(path).lstrip("/")
 
 
 @pytest.fixture(scope="module")

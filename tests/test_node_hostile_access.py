@@ -3,14 +3,12 @@ same test bodies, their kernels on the node (tests/node_suites.py says how), run
 argv launcher (through the resident helper), mounted work dirs below a declared shared
 path and --copy-workdir copies as the suite's own fixtures ask.
 
-Not run here, and why (each needs this host's view of the kernel's socket dir, which on a
-node lives on the node; the node's own answers are in tests/test_node_kernels.py):
-- test_b06_a_kernel_sees_only_its_own_socket_dir: its host side plants a mark in each
-  kernel's socket dir by path, a path of the node.
-- test_c10_a_replaced_kernel_socket_does_not_redirect_the_relay: expects the socket-dir
-  guard's "is not a socket" line; on a node the guard does not run yet (issue 13's open
-  item). The redirect itself cannot happen there: the forwards go to hard links taken
-  when the sockets were bound (test_a_socket_swapped_for_a_symlink_on_the_node_...).
+Run with the node's view (tests/node_suites.py): test_b06_a_kernel_sees_only_its_own_
+socket_dir plants its marks in the kernels' socket dirs on the node (through the node's
+mount namespace, as root here; the node's socket-dir guard lets a link at a socket's name
+be, as this host's does); test_c10_a_replaced_kernel_socket_does_not_redirect_the_relay
+expects no "is not a socket" line there: the relay connects to forwards of the inodes
+pinned when the kernel bound its sockets, never to what it puts at their names.
 
 Runs, but weaker on a node: test_c12_a_deep_tree_in_the_copy_does_not_stop_the_launchers_
 cleanup checks the launcher's exit code; its "runtime dir removed" half looks at this
@@ -26,11 +24,3 @@ from tests.node_suites import *  # noqa: F403  # the fixtures that put the suite
 from tests.test_hostile_access import *  # noqa: F403  # its tests and module fixtures
 
 pytestmark = [pytest.mark.nodes, pytest.mark.docker]
-
-#: Not applicable on a node (the module docstring says why): not collected here.
-NOT_ON_A_NODE = (
-    "test_b06_a_kernel_sees_only_its_own_socket_dir",
-    "test_c10_a_replaced_kernel_socket_does_not_redirect_the_relay",
-)
-for _name in NOT_ON_A_NODE:
-    del globals()[_name]

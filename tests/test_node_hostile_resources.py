@@ -1,11 +1,11 @@
 """tests/test_hostile_resources.py's attacks against a kernel on a test node (issue 13):
 the same test bodies, their kernels on the node (tests/node_suites.py says how), runc,
-the argv launcher (through the resident helper).
+the argv launcher (through the resident helper). test_writing_into_the_socket_dir_stops_
+the_kernel_at_once (A18, five cases) runs against the node's socket-dir guard
+(_node_guard.py), its host side reading the kernel's dir on the node through the node's
+mount namespace (tests/node_suites.py).
 
 Not run here, and why:
-- test_writing_into_the_socket_dir_stops_the_kernel_at_once (A18, five cases): the
-  socket-dir guard does not run on the node's side yet (issue 13's open item), and the
-  test's host side reads the kernel's socket dir by path, a path of the node.
 - test_socket_replaced_by_a_symlink_is_refused_and_its_target_never_reached (F09): on a
   node the swap does not break the heartbeat (the forward goes to the hard link pinned
   when the kernel bound its sockets: a safe outcome the runc branch does not expect), and
@@ -23,9 +23,6 @@ from tests.test_hostile_resources import *  # noqa: F403  # its tests and module
 pytestmark = [pytest.mark.nodes, pytest.mark.docker]
 
 #: Not applicable on a node (the module docstring says why): not collected here.
-NOT_ON_A_NODE = (
-    "test_writing_into_the_socket_dir_stops_the_kernel_at_once",
-    "test_socket_replaced_by_a_symlink_is_refused_and_its_target_never_reached",
-)
+NOT_ON_A_NODE = ("test_socket_replaced_by_a_symlink_is_refused_and_its_target_never_reached",)
 for _name in NOT_ON_A_NODE:
     del globals()[_name]

@@ -99,7 +99,7 @@ from jupyter_docker_kernel.rundir import (
     write_private,
 )
 from jupyter_docker_kernel.settings import OWNER_USER, KernelSettings, size_bytes
-from jupyter_docker_kernel.socketdir import SocketDirGuard
+from jupyter_docker_kernel.socketdir import SocketDirGuard, Watch
 
 # Re-exported: watchdog processes an earlier version spawned import them from here.
 from jupyter_docker_kernel.watchdog import watch_lifeline as watch_lifeline
@@ -424,7 +424,7 @@ class Container:
         self._refill: Refill | None = None
         #: The claim said starts come faster than a refill takes (pool.refill_at_claim).
         self._refill_now = False
-        self._guard: SocketDirGuard | None = None
+        self._guard: Watch | None = None
         self._timer: threading.Timer | None = None
         self._forwards: list[threading.Thread] = []
         #: The end of the engine CLI's / supervisor's stderr, to explain an end.
@@ -679,11 +679,11 @@ class Container:
     def guard(self) -> None:
         """Start watching the socket dir (SocketDirGuard), once: attach() does it first; an
         adapter that serves its relay before the rest of attach calls it before the relay."""
+        # A backend whose kernels' socket dirs are elsewhere watches them there (a node's).
+        make = getattr(self.backend, "socket_dir_guard", SocketDirGuard)
         with self._lock:
             if self._guard is None:
-                self._guard = SocketDirGuard(
-                    self.runtime_dir, socket_names(), self._socket_dir_violated
-                )
+                self._guard = make(self.runtime_dir, socket_names(), self._socket_dir_violated)
 
     def _drain(self, keep: kernel_log.KernelLog | None) -> None:
         """Forward the container's output streams to our stderr and the kept log, one

@@ -45,7 +45,14 @@ load (the engine's running containers, the node's available memory) and runs on 
 least-loaded one that answered within PICK_TIMEOUT (`pick`); the others are skipped with
 one log line each.
 
-Not yet: the socket-dir guard on the node's side, kernel_transport "tcp".
+The socket-dir guard on the node's side (NodeGuard): one guard process per node and node
+user (_node_guard.py, socketdir.SocketDirGuard's own rules and words, in a hardened
+container of the kernel's image there, start_guard), which ends a minute after its last
+kernel. Each node kernel's Container holds one connection to it through the master
+(ssh.guard_socket); a violation comes back on it, and the kernel is stopped here as a
+local one is (Container._socket_dir_violated).
+
+Not yet: kernel_transport "tcp".
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ import contextlib
 import dataclasses
 import http.client
 import io
+import json
 import logging
 import os
 import socket
@@ -61,11 +69,11 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from jupyter_docker_kernel import hardening, node_workdir, pool
-from jupyter_docker_kernel.container import Cold, Refill
+from jupyter_docker_kernel import _node_guard, hardening, node_workdir, pool, socketdir
+from jupyter_docker_kernel.container import Cold, Refill, socket_names
 from jupyter_docker_kernel.endpoints import CHANNELS
 from jupyter_docker_kernel.engine import (
     Engine,
@@ -74,12 +82,12 @@ from jupyter_docker_kernel.engine import (
     NoSuchContainerError,
     create_args,
 )
-from jupyter_docker_kernel.errors import EngineError
+from jupyter_docker_kernel.errors import DockerKernelError, EngineError
 from jupyter_docker_kernel.lifeline import CONNECT_SECONDS, LIFELINE_SOCKET
 from jupyter_docker_kernel.local_backend import Held, LocalBackend, Refused
 from jupyter_docker_kernel.rundir import WEIGHT_NOTE, RunDir, write_private
 from jupyter_docker_kernel.settings import KernelSettings
-from jupyter_docker_kernel.ssh import SSH_FAILED, Connection, NodeTransport
+from jupyter_docker_kernel.ssh import SSH_FAILED, Connection, NodeTransport, guard_socket
 
 # The launcher's logger, as in container.py: the lines users and tests know.
 log = logging.getLogger("jupyter_docker_kernel.launcher")
@@ -179,6 +187,7 @@ class NodeHeld(Held):
         command: str,
     ) -> None:
         self.connection = backend.connection
+        self.guard = backend.guard
         self.rundir = rundir
         self.remote = remote
         self.bundle = bundle
@@ -209,6 +218,14 @@ class NodeHeld(Held):
         self.container_id = lines[-1] if lines else ""
         with contextlib.suppress(OSError):
             write_private(str(self.rundir.cid), self.container_id)  # where Container looks
+        # No kernel code runs before the node's guard watches its socket dir.
+        if self.guard is not None and not self.guard.wait(GUARD_WAIT + 5):
+            self.refused = Refused(125, f"docker: {self.guard.failed or 'no guard'}\n")
+            with contextlib.suppress(DockerKernelError):
+                backend.api.remove(self.container_id)
+            self.pinned.close()
+            remove_node_dirs(self.connection, [self.remote.path.name])
+            return
         self._run_created(backend, path)  # Held's: exit wait, API start, lifeline
 
     def open_lifeline(
@@ -263,6 +280,8 @@ class NodeHeld(Held):
         super().close()
         if self.pinned is not None:
             self.pinned.close()
+        if self.guard is not None:
+            self.guard.close()
 
 
 class PinnedForwards:
@@ -460,6 +479,8 @@ class SshBackend(LocalBackend):
         self.remote: RunDir | None = None
         self.pinned: PinnedForwards | None = None
         self._remote_removed = False
+        #: The watch of this start's socket dir on the node (start_cold, claim).
+        self.guard: NodeGuard | None = None
 
     def use(self, url: str) -> None:
         """Send every call after this to the node at url (a pool's pick, a claim)."""
@@ -495,15 +516,20 @@ class SshBackend(LocalBackend):
         args = hardening.run_args(settings, there, lifeline=LIFELINE_SOCKET)
         bundle = kernel_dir_bundle(settings, there, rundir)
         self.remote = remote
+        # Asked now: the node's guard watches as soon as the dir is made.
+        self.guard = NodeGuard(self.connection, settings, str(remote.sockets))
         return NodeHeld(self, args, rundir, remote, bundle, settings.python)
 
     def claim(self, settings: KernelSettings, base: Path, new_dir: Path) -> pool.Claim | None:
         """A warm container of these settings on any of the spec's nodes (pool.claim: its
         dir here renamed to ours, atomically), its claim socket connected through a
-        forward, made with the forwards of its five sockets (pinned when it got ready)."""
-        return pool.claim(settings, base, new_dir, connect=self._connect_claim)
+        forward, made with the forwards of its five sockets (pinned when it got ready),
+        once the node's guard watches its socket dir (before the hand-over)."""
+        return pool.claim(
+            settings, base, new_dir, connect=lambda d: self._connect_claim(settings, d)
+        )
 
-    def _connect_claim(self, new_dir: Path) -> socket.socket:
+    def _connect_claim(self, settings: KernelSettings, new_dir: Path) -> socket.socket:
         """pool.claim's connect for a warm container on a node: forward a local socket to
         its claim socket there just for this connect (the connection stays: it is the
         kernel's lifeline, carried by the master, no process of ours); OSError when it
@@ -518,6 +544,8 @@ class SshBackend(LocalBackend):
         if not state.get("Running"):
             raise OSError(f"warm container {name} no longer runs on {url}")
         remote = RunDir(Path((new_dir / REMOTE_NOTE).read_text().strip()))
+        # Asked first, waited for last: the watch overlaps the claim's connect.
+        guard = NodeGuard(self.connection, settings, str(remote.sockets))
         # Its sockets were bound, and pinned (_mark_claimable), before it was claimable:
         # one `-O forward` for them and the claim socket.
         pinned = PinnedForwards(self.connection, warm, remote, forwarded=True)
@@ -528,10 +556,16 @@ class SshBackend(LocalBackend):
                 str(remote.claim_socket()),
                 also=pinned.pairs,
             )
+            # No notebook code reaches it before the node's guard watches its dir (the
+            # hand-over, Container.start's claim line, comes after).
+            if not guard.wait(GUARD_WAIT + 5):
+                sock.close()
+                raise OSError(guard.failed or "the node's socket-dir guard did not answer")
         except BaseException:
             pinned.close()  # pool.claim tries the next one
+            guard.close()
             raise
-        self.pinned, self.remote = pinned, remote
+        self.pinned, self.remote, self.guard = pinned, remote, guard
         return sock
 
     def fill(self, settings: KernelSettings, base: Path, launch: hardening.Launch) -> Refill:
@@ -579,6 +613,8 @@ class SshBackend(LocalBackend):
         removed = self.api.remove(name)
         if self.pinned is not None:
             self.pinned.close()
+        if self.guard is not None:
+            self.guard.close()
         if self.remote is not None and not self._remote_removed:
             self._remote_removed = True
             remove_node_dirs(self.connection, [self.remote.path.name])
@@ -591,6 +627,16 @@ class SshBackend(LocalBackend):
 
     def sockets(self) -> list[str]:
         return []  # the node's engine socket is not on this host
+
+    def socket_dir_guard(
+        self, path: Path, allowed: Iterable[str], on_violation: Callable[[str], None]
+    ) -> socketdir.Watch:
+        """Container.guard's watch of the kernel's socket dir, where it is: on the node
+        (the NodeGuard this start made). `path`, this host's socket dir, holds only the
+        master's forwards; `allowed` is container.socket_names(), which NodeGuard sends."""
+        assert self.guard is not None
+        self.guard.alarm(on_violation)
+        return self.guard
 
 
 def node_launch(launch: hardening.Launch, remote: RunDir, uid: int, gid: int) -> hardening.Launch:
@@ -766,3 +812,236 @@ def remove_node_dirs(connection: Connection, names: Sequence[str]) -> None:
             check=False,
             timeout=30,
         )
+
+
+# -- the socket-dir guard on the node's side (_node_guard.py) -------------------------------
+
+#: How long a kernel's watch may take to begin, a guard's start on the node included.
+GUARD_WAIT = 30.0
+#: The node's guard container: one per node user (the name makes a second start fail).
+GUARD_NAME = "jdk-socket-guard-{uid}"
+#: Its limits: a thread and an inotify instance per kernel watched, a few MiB.
+GUARD_MEMORY = "128m"
+GUARD_PIDS = 1024
+#: Runs on the node: our guard's two files into the runtime base ($0) from the tar on
+#: stdin, then `docker run -d ...` ("$@"); if that fails, a stopped guard left holding the
+#: name ($1) is removed (a running one is not: no -f) and the run tried once more. Files,
+#: not a dir: gc sweeps unknown dirs there.
+_GUARD_SCRIPT = (
+    'umask 077; cd -- "$0" && [ -O . ] && tar -x -m -f - && n=$1 && shift && '
+    '{ docker "$@" || { docker rm -- "$n" >/dev/null 2>&1 && exec docker "$@"; }; }'
+)
+#: How often a watch that finds no guard starts one (a guard may be ending meanwhile).
+GUARD_RESTART = 2.0
+
+
+class NodeGuard:
+    """One node kernel's socket-dir guard: a connection to the node's guard
+    (_node_guard.py) through the master, asking it to watch the kernel's socket dir there
+    with the local guard's rules. Made by SshBackend at the start (start_cold: while the
+    kernel's dir is being made, NodeHeld starts the container only once it is watched;
+    claim: before the hand-over), in a thread of its own (a resident helper's loop never
+    waits for a node); it starts the node's guard if none answers (start_guard).
+    Container.guard gets it through SshBackend.socket_dir_guard and sets its alarm:
+    "violation <reason>" from the node calls it, as SocketDirGuard's own does. Should
+    the guard end while the master lives, the watch is asked again (a new guard lists the
+    dir first); if that fails too (or at the start), the alarm stops the kernel: a node
+    kernel is never left unwatched."""
+
+    def __init__(self, connection: Connection, settings: KernelSettings, remote_dir: str) -> None:
+        self.connection = connection
+        self.settings = settings
+        self.request = json.dumps({"dir": remote_dir, "allowed": socket_names()}).encode()
+        self.closed = False
+        self.sock: socket.socket | None = None
+        #: Set once the node's guard said "watching" (or the watch failed: self.failed).
+        self.watching = threading.Event()
+        self.failed = ""
+        self._lock = threading.Lock()
+        self._alarm: Callable[[str], None] | None = None
+        #: A verdict that came before the alarm was set.
+        self._verdict = ""
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the node's guard watches the dir, within timeout (NodeHeld, a claim)."""
+        return self.watching.wait(timeout) and not self.failed
+
+    def alarm(self, on_violation: Callable[[str], None]) -> None:
+        """Who stops the kernel on a verdict (Container._socket_dir_violated); a verdict
+        that came already is passed on at once, in a thread (our caller holds the lock
+        Container.stop takes)."""
+        with self._lock:
+            self._alarm = on_violation
+            verdict = self._verdict
+        if verdict:
+            threading.Thread(target=on_violation, args=(verdict,), daemon=True).start()
+
+    def _say(self, verdict: str) -> None:
+        with self._lock:
+            if self._verdict or self.closed:
+                return
+            self._verdict = verdict
+            alarm = self._alarm
+        if alarm is not None:
+            alarm(verdict)
+
+    def _run(self) -> None:
+        try:
+            self.sock = self._watch()
+        except DockerKernelError as exc:
+            if not self.closed:  # a start that failed first lets its watch go: no news
+                log.warning("%s", exc)
+            self.failed = exc.what
+            self.watching.set()
+            self._say(exc.what)
+            return
+        self.watching.set()
+        self._read()
+
+    def _watch(self) -> socket.socket:
+        """A connection on which the node's guard said "watching"; EngineError if none
+        did within GUARD_WAIT (the node's guard waits for a dir being made)."""
+        deadline = time.monotonic() + GUARD_WAIT
+        next_start = 0.0
+        said = ""
+        while time.monotonic() < deadline and not self.closed:
+            # Ours from the start: close() ends a wait for the dir (a start that failed).
+            self.sock = sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                sock.connect(guard_socket(self.connection))
+                sock.sendall(self.request + b"\n")
+                said = _read_line(sock)
+            except (OSError, EngineError) as exc:
+                said = str(exc)
+            if said == "watching":
+                sock.settimeout(None)
+                return sock
+            sock.close()
+            if said.startswith("refused"):
+                break
+            if time.monotonic() >= next_start:
+                # Nothing answered behind the forward: no guard runs there (yet), or one
+                # was ending as we asked (its container holds the name until removed).
+                next_start = time.monotonic() + GUARD_RESTART
+                start_guard(self.connection, self.settings)
+            time.sleep(0.05)
+        raise EngineError(
+            f"the socket-dir guard on the node {self.connection.node.url} did not watch the "
+            f"kernel's socket dir ({said or 'no answer'})",
+            "The kernel was stopped",
+            "`jupyter-docker-kernel doctor` checks the node; its engine must run the "
+            "kernel's image as the node user.",
+        )
+
+    def _read(self) -> None:
+        while self.sock is not None:
+            try:
+                line = _read_line(self.sock)
+            except OSError:
+                line = ""
+            if self.closed:
+                return
+            if line.startswith("violation "):
+                self._say(line.removeprefix("violation "))
+                return
+            if line:
+                continue
+            # The guard ended. With the master gone the kernel ends with its lifeline,
+            # whose reason (the node lost) is the right one.
+            if not self.connection.alive():
+                return
+            log.warning(
+                "the socket-dir guard on %s ended: watching again", self.connection.node.url
+            )
+            try:
+                self.sock = self._watch()
+            except DockerKernelError as exc:
+                self._say(exc.what)
+                return
+
+    def close(self) -> None:
+        """The watch ends (the kernel's end): the guard on the node lets the dir be."""
+        self.closed = True
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _read_line(sock: socket.socket) -> str:
+    """One line from the guard ("" at its end): byte by byte, as few lines ever come."""
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            return ""
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def guard_files() -> tuple[str, bytes]:
+    """(version, tar of _node_guard.py and socketdir.py as the runtime base's
+    .guard-<version>.py and .guard-<version>-socketdir.py): the version changes with either."""
+    import hashlib
+
+    here = Path(_node_guard.__file__)
+    sources = [here.read_bytes(), Path(socketdir.__file__).read_bytes()]
+    version = hashlib.sha256(b"\0".join(sources)).hexdigest()[:12]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for suffix, data in zip((".py", "-socketdir.py"), sources, strict=True):
+            info = tarfile.TarInfo(f".guard-{version}{suffix}")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return version, out.getvalue()
+
+
+def guard_args(settings: KernelSettings, base: str, uid: int, gid: int, version: str) -> list[str]:
+    """`docker run` arguments of the node's guard: hardened as our other helper containers
+    (hardening.probe_args: no network, no capabilities, no new privileges, the node user),
+    read-only but for the runtime base (mounted at its own path: the kernels' socket dirs
+    are below it), capped, in the kernel's image with its Python (pure)."""
+    return [
+        "run",
+        "-d",
+        "--rm",
+        "--pull=never",
+        "--name",
+        GUARD_NAME.format(uid=uid),
+        "--network",
+        "none",
+        "--read-only",
+        # Nothing written but its socket (no __pycache__ in the base).
+        *("--env", "PYTHONDONTWRITEBYTECODE=1"),
+        "--user",
+        f"{uid}:{gid}",
+        *("--cap-drop", "ALL", "--security-opt", "no-new-privileges"),
+        *("--memory", GUARD_MEMORY, "--pids-limit", str(GUARD_PIDS)),
+        "--volume",
+        f"{base}:{base}",
+        *hardening.entrypoint_args(settings),
+        settings.image,
+        settings.python,
+        f"{base}/.guard-{version}.py",
+        base,
+        f"{base}/.guard-{version}-socketdir.py",
+    ]
+
+
+def start_guard(connection: Connection, settings: KernelSettings) -> None:
+    """Start the node's socket-dir guard (one ssh session: its files, then `docker run
+    -d`), quietly: a guard started meanwhile by another start holds the name, and the
+    caller's next connect reaches it either way (or says why it could not)."""
+    facts = connection.facts()
+    version, bundle = guard_files()
+    args = guard_args(settings, facts.base, facts.uid, facts.gid, version)
+    name = GUARD_NAME.format(uid=facts.uid)
+    proc = connection.run(
+        ["sh", "-c", _GUARD_SCRIPT, facts.base, name, *args], input_bytes=bundle, check=False
+    )
+    if proc.returncode != 0:
+        log.debug("guard start on %s: %s", connection.node.url, proc.stderr.decode().strip())

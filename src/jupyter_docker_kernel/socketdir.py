@@ -10,7 +10,9 @@ file there, is an attack. The guard removes what was made and calls `on_violatio
 removes the container (and with it every open file). Each file is also capped at --fsize.
 
 Used by Container.attach (argv launcher and provisioner alike), for the
-lifetime of one container; close() before the dir is removed.
+lifetime of one container; close() before the dir is removed. For a kernel on a remote
+node, the same class runs on the node (_node_guard.py, node_backend.NodeGuard): stdlib
+only, so that the node's copy runs with the kernel image's Python.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,13 @@ _EVENT = struct.Struct("iIII")
 MAX_CREATIONS_PER_NAME = 4
 #: Without inotify (not Linux, or out of watches): how often the dir is listed instead.
 POLL_INTERVAL = 0.1
+
+
+class Watch(Protocol):
+    """A watch of one kernel's socket dir, as Container holds it: SocketDirGuard here, or
+    node_backend.NodeGuard (the same class, run on the node)."""
+
+    def close(self) -> None: ...
 
 
 class SocketDirGuard:

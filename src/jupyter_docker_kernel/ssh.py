@@ -392,6 +392,8 @@ NODE_ENGINE_SOCKET = "/var/run/docker.sock"
 #: The suffix of that forward's local socket, next to the master's control socket (so
 #: under CONTROL_PREFIX: gc and the janitor leave it alone).
 ENGINE_SUFFIX = ".engine"
+#: The same for the node's socket-dir guard (guard_socket).
+GUARD_SUFFIX = ".guard"
 
 
 def engine_socket(connection: Connection) -> str:
@@ -405,7 +407,26 @@ def engine_socket(connection: Connection) -> str:
     runtime base: it reaches no further than our key already does (the node user's
     engine). A master that died takes its forwards with it; the next call forwards again.
     """
-    local = f"{connection.control_path}{ENGINE_SUFFIX}"
+    what = "the node's engine socket"
+    return standing_forward(connection, ENGINE_SUFFIX, NODE_ENGINE_SOCKET, what)
+
+
+def guard_socket(connection: Connection) -> str:
+    """This host's end of the node's socket-dir guard's socket (_node_guard.GUARD_SOCKET in
+    the node user's runtime base), forwarded over the master as the engine's is: each node
+    kernel's watch is one connection through it (node_backend.NodeGuard), no process. The
+    forward answers even when no guard runs there: the connection then ends at once."""
+    from jupyter_docker_kernel._node_guard import GUARD_SOCKET
+
+    remote = f"{connection.facts().base}/{GUARD_SOCKET}"
+    return standing_forward(connection, GUARD_SUFFIX, remote, "the node's socket-dir guard")
+
+
+def standing_forward(connection: Connection, suffix: str, remote: str, what: str) -> str:
+    """A forward of the node's unix socket `remote` to the local socket named by the
+    master's control socket and `suffix`, made now if none answers there; it lasts as
+    long as the master."""
+    local = f"{connection.control_path}{suffix}"
     if _answers(local):
         return local
     connection.ensure()
@@ -416,7 +437,7 @@ def engine_socket(connection: Connection) -> str:
         # A dead master's file (nothing listens): the new forward needs the name.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(local)
-        connection.forward([(local, NODE_ENGINE_SOCKET)], what="the node's engine socket")
+        connection.forward([(local, remote)], what=what)
     return local
 
 

@@ -238,14 +238,17 @@ class TestNodeKernelProtocol(protocol.TestContainerKernel):
 def test_doctor_checks_the_node_of_a_kernelspec(
     pushed_node: NodeUnderTest, node_kernel: str
 ) -> None:
-    """doctor asks the node: its engine, the image there (as recorded), and a unix socket
-    forwarded from it answering, the path the kernel's channels take."""
+    """doctor asks the node: its engine, the image there (as recorded), and setup's probe
+    container run on the node (the kernel's real docker run; its sockets reached through
+    SSH, the path the kernel's channels take)."""
     report = doctor.run_checks(Engine(), node_kernel)
     found = {c.name.split(": ", 1)[1]: c for c in report.checks if c.name.startswith(node_kernel)}
     assert found["node"].status == "OK", found["node"]
     assert pushed_node.url in found["node"].detail
     assert found["image"].status == "OK", found["image"]
+    assert found["kernel"].status == "OK", found["kernel"]
     assert found["sockets"].status == "OK", found["sockets"]
+    assert not pushed_node.containers()  # the probe's container is gone
 
 
 def test_doctor_says_to_push_the_image_to_a_node_without_it(

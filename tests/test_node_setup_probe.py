@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_docker_kernel import cli
+from jupyter_docker_kernel import cli, doctor
+from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.ssh import CONFIG_ENV
 from tests.nodes import NodeUnderTest
 
@@ -57,4 +58,25 @@ def test_setup_refuses_a_node_whose_runtime_cannot_start_the_image(
     out = capsys.readouterr().out
     assert f"image {kernel_image}: Python 3" in out  # the versions from the node's probe
     assert spec_dir().is_dir()
+    assert not pushed_node.containers()
+
+
+def test_doctor_runs_the_probe_on_the_node_and_fails_a_runtime_that_cannot_start_it(
+    pushed_node: NodeUnderTest, kernel_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spec written unchecked (--skip-checks) for a runtime the node lists but cannot run:
+    doctor's node checks pass up to the runtime, and its probe on the node FAILs the
+    kernel check, in the words setup would have used; nothing is left on the node."""
+    monkeypatch.setenv(CONFIG_ENV, str(pushed_node.ssh_config))
+    argv = ["setup", "--name", NAME, "--image", kernel_image, "--user", "--replace", "--reset"]
+    argv += ["--engine-host", pushed_node.url, "--no-workdir", "--runtime", "jdk-broken"]
+    assert cli.main([*argv, "--skip-checks"]) == 0
+    try:
+        report = doctor.run_checks(Engine(), NAME)
+    finally:
+        assert cli.main(["remove", NAME, "-y"]) == 0
+    found = {c.name.split(": ", 1)[1]: c for c in report.checks if c.name.startswith(NAME)}
+    assert found["runtime"].status == "OK", found["runtime"]
+    assert found["kernel"].status == "FAIL", found["kernel"]
+    assert "the runtime 'jdk-broken' could not start the container" in found["kernel"].detail
     assert not pushed_node.containers()

@@ -455,7 +455,8 @@ def _check_spec(
     if (settings.engine_host or "").startswith("ssh://"):
         for url in settings.nodes or (settings.engine_host,):
             node = Engine(engine.command, host=url, environ=engine.environ)
-            _check_node(node, settings, label if len(settings.nodes) < 2 else f"{label} {url}", add)
+            where = label if len(settings.nodes) < 2 else f"{label} {url}"
+            _check_node(node, settings, where, add, base if probe else None)
         return None
     if info is None:
         add(f"{label}: image", "SKIP", "engine unreachable")
@@ -516,12 +517,17 @@ def _check_kube(label: str, settings: KernelSettings, add: Callable[..., None]) 
 
 
 def _check_node(
-    node: Engine, settings: KernelSettings, label: str, add: Callable[..., None]
+    node: Engine,
+    settings: KernelSettings,
+    label: str,
+    add: Callable[..., None],
+    base: Path | None = None,
 ) -> None:
     """A kernelspec whose kernels run on a remote node (ssh://): its engine answers there,
     it has the image setup recorded (and this host's, if here too), the runtime asked for,
-    and a unix socket forwarded from it answers (the path the kernel's channels take). The
-    probe container does not run on nodes yet."""
+    a unix socket forwarded from it answers (the path the kernel's channels take), and,
+    given `base` (doctor without --no-probe), setup's probe container runs there
+    (node_probe.probe: the kernel's real docker run on the node, its sockets through SSH)."""
     from jupyter_docker_kernel.ssh import Connection, socket_round_trip
 
     where = node.address()
@@ -579,12 +585,21 @@ def _check_node(
     except DockerKernelError as exc:
         add(f"{label}: sockets", "FAIL", exc.what, exc.fix)
         return
-    add(
-        f"{label}: sockets",
-        "OK",
-        f"a unix socket forwarded from the node answered ({took * 1000:.0f} ms); the probe "
-        "container does not run on nodes yet: start one kernel to see it run",
-    )
+    if base is None:
+        add(f"{label}: sockets", "OK", f"a unix socket forwarded from the node answered "
+            f"({took * 1000:.0f} ms); no probe container (--no-probe)")  # fmt: skip
+        return
+    from jupyter_docker_kernel import node_probe  # only for nodes
+
+    try:
+        found = node_probe.probe(node, settings, base)
+    except (DockerKernelError, OSError) as exc:
+        add(f"{label}: kernel", "FAIL", f"the probe container could not be run on the node "
+            f"{where}: {exc}")  # fmt: skip
+        return
+    for result in found.results:
+        if result.name != "hardening":
+            add(f"{label}: {result.name}", result.status, result.detail, result.fix)
 
 
 @functools.cache

@@ -239,7 +239,7 @@ NOT_FOR_PODS: dict[str, str] = {
     "test_no_hostile_file_appears_outside_the_kernels_copy": NBGRADER,
     "test_autograde_finishes_in_time_and_leaves_no_container": NBGRADER,
     "test_h01_the_launcher_and_its_pool_refill_never_import_from_the_notebooks_dir": HOST,
-    "test_h02_the_provisioner_its_watchdog_and_refill_never_import_from_the_cwd": HOST,
+    "test_h02_the_provisioner_and_its_refill_never_import_from_the_cwd": HOST,
     "test_h03_nbgrader_autograde_never_imports_a_submitted_json_py": HOST,
     "test_h04_an_old_kernelspec_still_runs_is_flagged_and_is_rewritten": HOST,
     "test_h04_setup_rewrites_our_old_kernelspecs_and_says_so": HOST,
@@ -254,17 +254,7 @@ NOT_FOR_PODS_CASES: dict[str, str] = {
     ),
 }
 #: Cases that fail on a pod and are the product's gaps (strict xfail: fixing one fails it).
-POD_GAPS: dict[str, str] = {
-    "test_output_flood_stops_the_kernel_and_the_log_says_budget_exceeded[one-huge-message]": (
-        "kube_proxy: libzmq drops the pod's connection at a frame over --max-message "
-        "(ZMQ_MAXMSGSIZE), so the client gets nothing, but the proxy never sees a message: "
-        "the kernel is not stopped and the log does not say budget exceeded"
-    ),
-    "test_a_thousand_bare_connections_neither_crash_the_kernel_nor_lock_its_client_out": (
-        "kube_proxy has no per-kernel connection cap (the relay's 64), so the log does not say "
-        "'more than 64 connections at once'; the body's kernel and client checks before it pass"
-    ),
-}
+POD_GAPS: dict[str, str] = {}
 
 
 @pytest.fixture(autouse=True)

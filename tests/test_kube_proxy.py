@@ -6,6 +6,7 @@ file). The whole story with a real kernel in a simulated pod: tests/test_kube_ar
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import zmq
 
 from jupyter_docker_kernel import kube_channels
 from jupyter_docker_kernel.errors import LaunchError
-from jupyter_docker_kernel.kube_proxy import ChannelProxy
+from jupyter_docker_kernel.kube_proxy import DROP_GRACE, ChannelProxy
 
 POD_TYPES = {"shell": zmq.ROUTER, "iopub": zmq.XPUB, "stdin": zmq.ROUTER,
              "control": zmq.ROUTER, "hb": zmq.ROUTER}  # fmt: skip
@@ -147,10 +148,66 @@ def test_a_pod_message_over_max_message_stops_the_kernel_and_nothing_more_passes
         recv(made.pod.socks["iopub"])
         made.pod.socks["iopub"].send_multipart([b"topic", b"x" * 600, b"y" * 600])
         kernel_wait(lambda: made.violations)
-        assert "budget exceeded: the kernel sent a message of 1205 bytes" in made.violations[0]
+        assert made.violations == [
+            "budget exceeded: the kernel sent a message of more than 1000 bytes (at least 1205) "
+            "on iopub"
+        ]
         assert not sub.poll(200)
     finally:
         made.close()
+
+
+def test_a_pod_frame_over_max_message_stops_the_kernel_with_the_relays_reason() -> None:
+    """One frame over the limit: libzmq drops the pod's connection before buffering it and
+    gives it up (a protocol error: no reconnect); the proxy stops the kernel for it."""
+    made = Setup(max_message=1000)
+    try:
+        sub = made.client("iopub")
+        recv(made.pod.socks["iopub"])
+        made.pod.socks["iopub"].send_multipart([b"topic", b"x" * 2000])
+        kernel_wait(lambda: made.violations)
+        assert made.violations[0].startswith(
+            "budget exceeded: the kernel sent a message of more than 1000 bytes on iopub"
+        )
+        assert not sub.poll(200)
+    finally:
+        made.close()
+
+
+def test_a_pod_whose_kernel_ended_is_no_violation() -> None:
+    """The kernel closing its sockets also drops the proxy's connections, but libzmq
+    schedules a reconnect (a connection error): nothing is blamed on the kernel."""
+    made = Setup(max_message=1000)
+    try:
+        made.client("iopub")
+        recv(made.pod.socks["iopub"])
+        made.pod.close()
+        threading.Event().wait(DROP_GRACE + 1)
+        assert made.violations == []
+    finally:
+        made.close()
+
+
+def test_host_connections_over_64_per_channel_are_closed_and_the_log_says_so(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The relay's cap (MAX_CONNECTIONS) on the proxy's plain side: 70 bare connections to
+    shell, the last 6 are shut down, the first 64 stay, and a client still gets through."""
+    port = setup.connection["shell_port"]
+    bare = [socket.create_connection(("127.0.0.1", port), 5) for _ in range(70)]
+    try:
+        closed = 0
+        for sock in bare:
+            sock.settimeout(0.2 if closed < 6 else 0.05)
+            with contextlib.suppress(TimeoutError):
+                closed += sock.recv(64 << 10) == b"" or sock.recv(1) == b""
+        # The first 64 got libzmq's greeting and wait; the rest read an end.
+        assert closed == 6
+        assert setup.proxy.refusals == 6
+        assert "shell: more than 64 connections at once" in caplog.text
+    finally:
+        for sock in bare:
+            sock.close()
 
 
 def test_output_past_the_budget_stops_the_kernel_once() -> None:

@@ -420,6 +420,18 @@ def test_list_shows_our_kernel_pods_by_label(
     )
 
 
+def test_list_shows_a_kernel_id_that_is_no_dns_label_whole(
+    backend: KubeBackend, tmp_path: Path, workdir: Path
+) -> None:
+    """A mkstemp connection file's kernel id ("tmp8lg_0jc8_"): its pod's label is a DNS
+    label of it, `list` shows the id the Jupyter client knows (the annotation's)."""
+    backend.start_cold(
+        settings(), launch(tmp_path, workdir, "tmp8lg_0jc8_"), RunDir(tmp_path / "rd")
+    )
+    [row] = kube_manage.kernel_pods(backend.api)
+    assert row.kernel_id == "tmp8lg_0jc8_"
+
+
 async def _add_foreign_pod(server: ApiServer) -> None:
     import kmock
 

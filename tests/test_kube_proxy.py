@@ -6,6 +6,7 @@ file). The whole story with a real kernel in a simulated pod: tests/test_kube_ar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -18,6 +19,7 @@ import zmq
 from jupyter_docker_kernel import kube_channels
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.kube_proxy import DROP_GRACE, ChannelProxy
+from jupyter_docker_kernel.notice import notice_messages
 
 POD_TYPES = {"shell": zmq.ROUTER, "iopub": zmq.XPUB, "stdin": zmq.ROUTER,
              "control": zmq.ROUTER, "hb": zmq.ROUTER}  # fmt: skip
@@ -255,3 +257,34 @@ def test_a_connection_file_on_a_non_loopback_address_is_refused() -> None:
             proxy.bind(conn)
     finally:
         proxy.close()
+
+
+def test_a_kill_notice_reaches_iopub_subscribers_for_the_cell_that_was_running(
+    setup: Setup,
+) -> None:
+    """After the pod's end, session.serve_pod has the proxy publish notice.py's messages:
+    on the host's iopub (the pod is gone), with the last execute_request a client sent on
+    shell as their parent, so nbclient shows them in that cell."""
+    from jupyter_client.session import Session
+
+    session = Session(key=b"k")
+    sub = setup.client("iopub")
+    recv(setup.pod.socks["iopub"])  # the subscription reached the pod: the client is on
+    shell = setup.client("shell", b"client-1")
+    request = session.msg("execute_request", {"code": "while True: pass"})
+    shell.send_multipart(session.serialize(request))
+    recv(setup.pod.socks["shell"])
+    setup.pod.close()  # the pod ended
+
+    text = "Kernel stopped: out of memory (limit 256 MiB)."
+    messages = notice_messages(setup.connection, setup.proxy.last_execute(), text)
+    assert asyncio.run(setup.proxy.announce(messages)) == 1
+    got = [session.deserialize(session.feed_identities(recv(sub))[1]) for _ in range(2)]
+    assert [(m["msg_type"], m["parent_header"]["msg_id"]) for m in got] == [
+        ("stream", request["header"]["msg_id"]),
+        ("status", request["header"]["msg_id"]),
+    ]
+    assert (got[0]["content"]["text"], got[1]["content"]) == (
+        text + "\n",
+        {"execution_state": "idle"},
+    )

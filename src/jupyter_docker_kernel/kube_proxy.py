@@ -54,13 +54,23 @@ option for it, so a monitor on each host socket counts accepted connections (EVE
 and EVENT_DISCONNECTED carry the descriptor), and one over the cap is shut down at once
 (shutdown(2) on a duplicate of its descriptor: libzmq sees the end and closes its own) and
 warned about once, in the relay's words.
+
+After a kill (a meter above, the pod's out-of-memory kill, its lifetime, ...), the notebook
+is told why as on the local path: session.serve_pod builds notice.py's messages from
+Container.wait's Ending (the same kill_notice words) and `ChannelProxy.announce` publishes
+them on the host's iopub socket, addressed to the last execute_request a client sent on
+shell (`last_execute`), once the proxy's thread has stopped. Unlike the relay, which must
+greet each subscriber afresh (the kernel's end cut their connections), the host XPUB's
+subscribers are still connected: the pod's end never reaches them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import ipaddress
+import json
 import logging
 import os
 import secrets
@@ -84,6 +94,11 @@ log = logging.getLogger("jupyter_docker_kernel.launcher")
 #: drop to be the kernel's end rather than libzmq's refusal (it does so in the same
 #: millisecond; this leaves room for a loaded machine).
 DROP_GRACE = 2.0
+
+#: The delimiter frame between a Jupyter message's routing ids and its signature.
+DELIM = b"<IDS|MSG>"
+#: How long close() gives a published kill notice to leave the host's iopub socket (ms).
+NOTICE_FLUSH_MS = 1000
 
 #: The host side's socket type per channel, and the pod side's.
 HOST_TYPES: Mapping[str, int] = {
@@ -157,6 +172,12 @@ class ChannelProxy:
         self.refusals = 0
         #: Pod channels disconnected with no reconnect scheduled yet: by when one must be.
         self._dropped: dict[str, float] = {}
+        #: The header frame of the last execute_request a client sent on shell (raw JSON,
+        #: parsed only at a kill: last_execute), and iopub subscriptions seen (for ipc,
+        #: whose connections are not counted).
+        self._last_execute = b""
+        self._subscriptions = 0
+        self._announced = False
 
     def bind(self, connection: Mapping[str, Any], relative_to: str | None = None) -> None:
         """Bind the client's five endpoints (its connection file's), plain."""
@@ -259,6 +280,10 @@ class ChannelProxy:
                             self.bytes_to_kernel += size
                             if sock is self.host["hb"]:
                                 hb_in += size
+                            elif sock is self.host["shell"]:
+                                self._note_execute(frames)
+                            elif sock is self.host["iopub"] and frames[0].bytes[:1] == b"\x01":
+                                self._subscriptions += 1
                         else:
                             self.bytes_to_host += size
                             if from_pod == "hb":
@@ -352,21 +377,72 @@ class ChannelProxy:
         if self.on_violation is not None:
             self.on_violation(self.violation)
 
-    def close(self) -> None:
-        """Stop the thread, close every socket and the context (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
+    def _note_execute(self, frames: list[Any]) -> None:
+        """Keep the header of a client's shell message if it is an execute_request (the
+        kill notice's parent: the cell that was running). Only its frame is copied."""
+        for at, frame in enumerate(frames[:-2]):
+            if len(frame) == len(DELIM) and frame.bytes == DELIM:
+                header: bytes = frames[at + 2].bytes
+                if b"execute_request" in header:
+                    self._last_execute = header
+                return
+
+    def last_execute(self) -> dict[str, Any] | None:
+        """The header of the last execute_request a client sent on shell, or None (as
+        relay.Relay.last_execute: notice.notice_messages' parent)."""
+        if not self._last_execute:
+            return None
+        try:
+            header = json.loads(self._last_execute)
+        except ValueError:
+            return None
+        if isinstance(header, dict) and header.get("msg_type") == "execute_request":
+            return header
+        return None
+
+    async def announce(self, messages: list[list[bytes]]) -> int:
+        """Publish `messages` (frames, topic first: notice.notice_messages) to every client
+        subscribed to the host's iopub; returns how many clients are connected there (for
+        ipc: subscriptions seen). Called by session.serve_pod once the pod has ended; the
+        proxy forwards nothing more. The blocking part (the thread's stop) runs in a thread."""
+        return await asyncio.to_thread(self.publish, messages)
+
+    def publish(self, messages: list[list[bytes]]) -> int:
+        """announce()'s blocking part: stop the proxy's thread, then send on host iopub."""
+        self._halt()
+        iopub = self.host.get("iopub")
+        if iopub is None or self._closed:
+            return 0
+        for frames in messages:
+            with contextlib.suppress(zmq.Again):  # an XPUB never blocks; a full pipe drops
+                iopub.send_multipart(frames, zmq.NOBLOCK)
+        self._announced = True
+        if "iopub" in self.accepted:
+            return len(self.accepted["iopub"])
+        return self._subscriptions
+
+    def _halt(self) -> None:
+        """Stop the proxy's thread (idempotent); the sockets stay open."""
         if self._thread is not None:
             with contextlib.suppress(zmq.Again):  # Again: the thread ended (a violation)
                 self._stop.send(b"", zmq.NOBLOCK)
             self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop the thread, close every socket and the context (idempotent). A published
+        kill notice gets NOTICE_FLUSH_MS to leave first."""
+        if self._closed:
+            return
+        self._closed = True
+        self._halt()
         if self._stop is not None:
             self._stop.close(linger=0)
         for sock in [*self.host.values(), *self.pod.values()]:
             with contextlib.suppress(zmq.ZMQError):  # never monitored (bind failed)
                 sock.disable_monitor()
+        notice = self.host.get("iopub") if self._announced else None
         for sock in [*self._host_monitors, *self._pod_monitors, *self.host.values(),
                      *self.pod.values()]:  # fmt: skip
-            sock.close(linger=0)
+            sock.close(linger=NOTICE_FLUSH_MS if sock is notice else 0)
         self.context.term()

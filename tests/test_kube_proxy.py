@@ -17,6 +17,7 @@ import pytest
 import zmq
 
 from jupyter_docker_kernel import kube_channels
+from jupyter_docker_kernel.endpoints import Endpoint, listen
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.kube_proxy import DROP_GRACE, ChannelProxy
 from jupyter_docker_kernel.notice import notice_messages
@@ -288,3 +289,33 @@ def test_a_kill_notice_reaches_iopub_subscribers_for_the_cell_that_was_running(
         text + "\n",
         {"execution_state": "idle"},
     )
+
+
+def test_the_thin_clients_early_listeners_are_adopted_while_it_still_holds_them() -> None:
+    """thin.listen_early binds the client's ports first thing and hands the sockets to the
+    helper, closing its own copies only once the helper accepted; session.run_pod may bind
+    before that. Binding the port again failed then (EADDRINUSE: the kernel never started,
+    seen under load); adopted, the proxy serves on them, and a connection made before
+    the proxy existed (waiting in the backlog) gets through."""
+    context: Any = zmq.Context()
+    pod = Pod(context)
+    connection: dict[str, Any] = {"transport": "tcp", "ip": "127.0.0.1", "key": "k"}
+    for channel in kube_channels.CHANNELS:
+        connection[f"{channel}_port"] = free_port()
+    early = {"shell": listen(Endpoint("tcp", "127.0.0.1", connection["shell_port"]), "shell")}
+    thin_copy = early["shell"].dup()  # the thin client's, still open
+    client = context.socket(zmq.DEALER)
+    client.linger = 0
+    client.connect(f"tcp://127.0.0.1:{connection['shell_port']}")  # before the proxy binds
+    client.send_multipart([b"<IDS|MSG>", b"early"])
+    proxy = ChannelProxy()
+    try:
+        proxy.bind(connection, listening=early)
+        proxy.connect(pod.info)
+        assert recv(pod.socks["shell"])[-2:] == [b"<IDS|MSG>", b"early"]
+    finally:
+        proxy.close()
+        thin_copy.close()
+        client.close(linger=0)
+        pod.close()
+        context.term()

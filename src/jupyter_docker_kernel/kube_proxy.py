@@ -6,9 +6,10 @@ ignores provisioners): the relay (relay.py) moves raw bytes between the client a
 kernel's unix sockets, which cannot reach a pod that speaks only CurveZMQ, and the client's
 connection file has no Curve keys. So the proxy works at the message level:
 
-- `ChannelProxy.bind(connection, relative_to)` binds the five endpoints of the Jupyter
-  client's connection file (a loopback address or ipc only), plain, before the pod starts:
-  the client's first requests wait in the host sockets' queues meanwhile;
+- `ChannelProxy.bind(connection, relative_to, listening)` binds the five endpoints of the
+  Jupyter client's connection file (a loopback address or ipc only), plain, before the pod
+  starts, adopting the sockets the thin client listened on first thing: the client's
+  first requests wait in the host sockets' queues meanwhile;
 - `ChannelProxy.connect(pod_info)` connects to the pod (kube_channels.connect_channel:
   the pod's Curve public key, a fresh client key pair) and starts the proxy's thread;
 - `ChannelProxy.close()` stops the thread and closes every socket (idempotent).
@@ -84,7 +85,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from jupyter_docker_kernel import kube_channels
-from jupyter_docker_kernel.endpoints import Endpoint, host_endpoints
+from jupyter_docker_kernel.endpoints import Endpoint, adopt_listening, host_endpoints
 from jupyter_docker_kernel.errors import LaunchError
 from jupyter_docker_kernel.relay import ECHO_SLACK, MAX_CONNECTIONS
 
@@ -179,9 +180,21 @@ class ChannelProxy:
         self._subscriptions = 0
         self._announced = False
 
-    def bind(self, connection: Mapping[str, Any], relative_to: str | None = None) -> None:
-        """Bind the client's five endpoints (its connection file's), plain."""
+    def bind(
+        self,
+        connection: Mapping[str, Any],
+        relative_to: str | None = None,
+        listening: Mapping[str, socket.socket] | None = None,
+    ) -> None:
+        """Bind the client's five endpoints (its connection file's), plain. `listening`:
+        sockets a thin client bound on them first thing (thin.listen_early, by channel),
+        adopted as they are (ZMQ_USE_FD), never closed and bound again: the thin client
+        holds its own copies until the helper has accepted, so a new bind could find the
+        port still taken (EADDRINUSE), and the client's connections already waiting in
+        their backlog would be refused."""
         for channel, endpoint in host_endpoints(dict(connection), relative_to).items():
+            url = zmq_url(endpoint)
+            early = adopt_listening((listening or {}).get(channel), endpoint)
             sock = self.context.socket(HOST_TYPES[channel])
             sock.linger = 0
             if channel == "iopub":
@@ -194,7 +207,10 @@ class ChannelProxy:
                     sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
                 ] = channel
                 self.accepted[channel] = set()
-            sock.bind(zmq_url(endpoint))
+            if early is not None:
+                # libzmq owns (and closes) the descriptor from here; the url is not bound.
+                sock.setsockopt(zmq.USE_FD, early.detach())
+            sock.bind(url)
 
     def connect(self, pod_info: Mapping[str, Any]) -> None:
         """Connect to the pod as a Curve client (pod_info: kube_channels.client_connection)

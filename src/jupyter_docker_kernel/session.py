@@ -165,11 +165,6 @@ def run_pod(container: Container, hooks: Hooks) -> int:
     No watchdog: a pod goes by its activeDeadlineSeconds, its owner's deletion or `gc`."""
     from jupyter_docker_kernel.kube_proxy import ChannelProxy
 
-    # The early listeners are plain TCP sockets; the proxy's ZeroMQ sockets bind the same
-    # endpoints (a client's first connection attempt is retried 100 ms later).
-    for sock in hooks.listening.values():
-        sock.close()
-    hooks.listening.clear()
     proxy = ChannelProxy(
         max_message=size_bytes(container.settings.max_message),
         output_budget=size_bytes(container.settings.output_budget),
@@ -177,7 +172,9 @@ def run_pod(container: Container, hooks: Hooks) -> int:
     )
     try:
         # Bound before the pod starts: the client's first requests wait in their queues.
-        proxy.bind(container.connection, hooks.client_cwd or client_cwd())
+        # The early listeners (plain TCP sockets) become the proxy's ZeroMQ sockets' own.
+        proxy.bind(container.connection, hooks.client_cwd or client_cwd(), hooks.listening)
+        hooks.listening.clear()  # adopted (libzmq closes them) or closed
         container.start()
         if container.stopping:
             container.stop(block=True)

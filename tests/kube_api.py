@@ -12,7 +12,8 @@ way a real API server and kubelet do it, and no more:
 - RBAC: `forbid(verb, resource)` answers 403 with the API server's own wording;
 - a kubelet (`kubelet` mode per test): "run" (Pending, then Running with a podIP),
   "stuck" (Pending, Unschedulable, with an event), "fail" (the container exits 1 before
-  Running), "exit" (Running, then exits with `exit_code` after `exit_after` seconds),
+  Running), "exit" (Running, then exits with `exit_code` after `exit_after` seconds:
+  OOMKilled when not 0, or the pod's `pod_reason` such as DeadlineExceeded),
   "docker" (the pod RUNS: `docker` is a tests/pods.DockerKubelet, which starts the pod's
   container with its Secret's files; Running with the container's IP as podIP, its exit
   is the pod's Succeeded/Failed with the exit code (reason OOMKilled when the engine
@@ -75,6 +76,9 @@ class FakeCluster(kmock.KubernetesEmulator):
         self.kubelet = "run"
         self.exit_code = 0
         self.exit_after = 0.3
+        #: The "exit" kubelet's pod-level reason when set ("DeadlineExceeded": the pod's
+        #: activeDeadlineSeconds passed; a kubelet then kills the container, code 137).
+        self.pod_reason = ""
         #: The "docker" kubelet's runner (tests/pods.DockerKubelet).
         self.docker: Any = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -342,18 +346,21 @@ class FakeCluster(kmock.KubernetesEmulator):
         await self.set_status(namespace, name, {"phase": "Running", "podIP": POD_IP})
         if mode == "exit":
             await asyncio.sleep(self.exit_after)
+            ended = "Error" if self.pod_reason else "OOMKilled"  # the container's reason
+            ended = "Completed" if self.exit_code == 0 else ended
             await self.set_status(
                 namespace,
                 name,
                 {
                     "phase": "Succeeded" if self.exit_code == 0 else "Failed",
+                    **({"reason": self.pod_reason} if self.pod_reason else {}),
                     "containerStatuses": [
                         {
                             **CONTAINER_STATUS,
                             "state": {
                                 "terminated": {
                                     "exitCode": self.exit_code,
-                                    "reason": "Completed" if self.exit_code == 0 else "OOMKilled",
+                                    "reason": ended,
                                 }
                             },
                         }

@@ -297,8 +297,11 @@ class DockerKubelet:
         self.containers[name] = container
         # The engine's kernel-id label too, from the pod's: tests.kernels.containers_of
         # (and so running_kernel's "nothing left" check) finds a pod's container as a
-        # local kernel's.
-        kernel_id = pod["metadata"].get("labels", {}).get(kube_manifests.LABEL_KERNEL_ID)
+        # local kernel's. The annotation's id, whole: the label's is a DNS label of it,
+        # another id when the kernel's has "_" (a mkstemp connection file's, one in five).
+        meta = pod["metadata"]
+        kernel_id = meta.get("annotations", {}).get(kube_manifests.ANNOTATION_KERNEL_ID)
+        kernel_id = kernel_id or meta.get("labels", {}).get(kube_manifests.LABEL_KERNEL_ID)
         if kernel_id:
             at = args.index("--entrypoint")
             args[at:at] = ["--label", f"{LABEL_KERNEL_ID}={kernel_id}"]

@@ -326,6 +326,41 @@ def test_container_lifecycle_runs_on_the_kube_backend(
     assert server.objects("pods") == []
 
 
+@pytest.mark.parametrize(
+    ("reason", "notice"),
+    [
+        ("OOMKilled", "Kernel stopped: out of memory (limit 256 MiB). Restart the kernel;"),
+        ("DeadlineExceeded", "Kernel stopped: maximum lifetime of 60 s reached. Restart"),
+    ],
+)
+def test_a_pod_the_kubelet_kills_gets_the_local_paths_kill_notice(
+    server: ApiServer, cluster: Any, tmp_path: Path, workdir: Path, reason: str, notice: str
+) -> None:
+    """SIMULATED kubelet: the pod ends with code 137 and the kubelet's reason (the
+    container's OOMKilled, the pod's DeadlineExceeded at activeDeadlineSeconds), with no
+    supervisor line in its log. Container.wait's notice, which the adapters publish on
+    iopub, is notice.kill_notice's for out of memory or the lifetime, as for a local kernel."""
+    cluster.kubelet, cluster.exit_code, cluster.exit_after = "exit", 137, 0.3
+    cluster.pod_reason = "" if reason == "OOMKilled" else reason
+    conn = tmp_path / "kernel-abc.json"
+    conn.write_text(json.dumps({"key": "k", "kernel_name": "course"}))
+    container = Container(
+        settings(memory="256m", max_lifetime=60),
+        str(conn),
+        make_backend(server),
+        kernel_id="abc",
+        base=tmp_path / "base",
+        workdir=str(workdir),
+    )
+    try:
+        container.start()
+        ending = container.wait()
+    finally:
+        container.close()
+    assert (ending.code, ending.said) == (137, reason)
+    assert ending.notice.startswith(notice)
+
+
 # -- failures ----------------------------------------------------------------------------------
 
 
@@ -418,6 +453,18 @@ def test_list_shows_our_kernel_pods_by_label(
         POD_IP,
         "jupyter-alice",
     )
+
+
+def test_list_shows_a_kernel_id_that_is_no_dns_label_whole(
+    backend: KubeBackend, tmp_path: Path, workdir: Path
+) -> None:
+    """A mkstemp connection file's kernel id ("tmp8lg_0jc8_"): its pod's label is a DNS
+    label of it, `list` shows the id the Jupyter client knows (the annotation's)."""
+    backend.start_cold(
+        settings(), launch(tmp_path, workdir, "tmp8lg_0jc8_"), RunDir(tmp_path / "rd")
+    )
+    [row] = kube_manage.kernel_pods(backend.api)
+    assert row.kernel_id == "tmp8lg_0jc8_"
 
 
 async def _add_foreign_pod(server: ApiServer) -> None:

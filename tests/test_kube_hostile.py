@@ -256,17 +256,7 @@ NOT_FOR_PODS_CASES: dict[str, str] = {
     ),
 }
 #: Cases that fail on a pod and are the product's gaps (strict xfail: fixing one fails it).
-POD_GAPS: dict[str, str] = {
-    "test_output_flood_stops_the_kernel_and_the_log_says_budget_exceeded[one-huge-message]": (
-        "kube_proxy: libzmq drops the pod's connection at a frame over --max-message "
-        "(ZMQ_MAXMSGSIZE), so the client gets nothing, but the proxy never sees a message: "
-        "the kernel is not stopped and the log does not say budget exceeded"
-    ),
-    "test_a_thousand_bare_connections_neither_crash_the_kernel_nor_lock_its_client_out": (
-        "kube_proxy has no per-kernel connection cap (the relay's 64), so the log does not say "
-        "'more than 64 connections at once'; the body's kernel and client checks before it pass"
-    ),
-}
+POD_GAPS: dict[str, str] = {}
 
 
 class OwnUid:

@@ -159,6 +159,17 @@ def test_pod_labels_select_it_for_gc_list_and_the_network_policy() -> None:
     assert selector.items() <= meta["labels"].items()
 
 
+def test_a_kernel_id_that_is_no_dns_label_is_kept_whole_in_an_annotation() -> None:
+    """A KernelManager without a kernel id names its connection file by mkstemp
+    ("tmp8lg0jc8_.json"): the label can only hold a DNS label of that id, so `list` (and
+    the tests' stand-in kubelet) read the id whole from the annotation."""
+    pod = kube_manifests.render_pod(settings(), launch(kernel_id="tmp8lg_0jc8_"))
+    meta = pod["metadata"]
+    assert meta["labels"][kube_manifests.LABEL_KERNEL_ID] == "tmp8lg-0jc8"
+    assert meta["annotations"][kube_manifests.ANNOTATION_KERNEL_ID] == "tmp8lg_0jc8_"
+    validate(pod)
+
+
 def test_pod_listens_on_the_fixed_kernel_ports_and_the_supervisors_signal_port() -> None:
     ports = {p["name"]: p["containerPort"] for p in CTR["ports"]}
     assert ports == {

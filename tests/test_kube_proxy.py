@@ -6,6 +6,8 @@ file). The whole story with a real kernel in a simulated pod: tests/test_kube_ar
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -15,8 +17,10 @@ import pytest
 import zmq
 
 from jupyter_docker_kernel import kube_channels
+from jupyter_docker_kernel.endpoints import Endpoint, listen
 from jupyter_docker_kernel.errors import LaunchError
-from jupyter_docker_kernel.kube_proxy import ChannelProxy
+from jupyter_docker_kernel.kube_proxy import DROP_GRACE, ChannelProxy
+from jupyter_docker_kernel.notice import notice_messages
 
 POD_TYPES = {"shell": zmq.ROUTER, "iopub": zmq.XPUB, "stdin": zmq.ROUTER,
              "control": zmq.ROUTER, "hb": zmq.ROUTER}  # fmt: skip
@@ -147,10 +151,66 @@ def test_a_pod_message_over_max_message_stops_the_kernel_and_nothing_more_passes
         recv(made.pod.socks["iopub"])
         made.pod.socks["iopub"].send_multipart([b"topic", b"x" * 600, b"y" * 600])
         kernel_wait(lambda: made.violations)
-        assert "budget exceeded: the kernel sent a message of 1205 bytes" in made.violations[0]
+        assert made.violations == [
+            "budget exceeded: the kernel sent a message of more than 1000 bytes (at least 1205) "
+            "on iopub"
+        ]
         assert not sub.poll(200)
     finally:
         made.close()
+
+
+def test_a_pod_frame_over_max_message_stops_the_kernel_with_the_relays_reason() -> None:
+    """One frame over the limit: libzmq drops the pod's connection before buffering it and
+    gives it up (a protocol error: no reconnect); the proxy stops the kernel for it."""
+    made = Setup(max_message=1000)
+    try:
+        sub = made.client("iopub")
+        recv(made.pod.socks["iopub"])
+        made.pod.socks["iopub"].send_multipart([b"topic", b"x" * 2000])
+        kernel_wait(lambda: made.violations)
+        assert made.violations[0].startswith(
+            "budget exceeded: the kernel sent a message of more than 1000 bytes on iopub"
+        )
+        assert not sub.poll(200)
+    finally:
+        made.close()
+
+
+def test_a_pod_whose_kernel_ended_is_no_violation() -> None:
+    """The kernel closing its sockets also drops the proxy's connections, but libzmq
+    schedules a reconnect (a connection error): nothing is blamed on the kernel."""
+    made = Setup(max_message=1000)
+    try:
+        made.client("iopub")
+        recv(made.pod.socks["iopub"])
+        made.pod.close()
+        threading.Event().wait(DROP_GRACE + 1)
+        assert made.violations == []
+    finally:
+        made.close()
+
+
+def test_host_connections_over_64_per_channel_are_closed_and_the_log_says_so(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The relay's cap (MAX_CONNECTIONS) on the proxy's plain side: 70 bare connections to
+    shell, the last 6 are shut down, the first 64 stay, and a client still gets through."""
+    port = setup.connection["shell_port"]
+    bare = [socket.create_connection(("127.0.0.1", port), 5) for _ in range(70)]
+    try:
+        closed = 0
+        for sock in bare:
+            sock.settimeout(0.2 if closed < 6 else 0.05)
+            with contextlib.suppress(TimeoutError):
+                closed += sock.recv(64 << 10) == b"" or sock.recv(1) == b""
+        # The first 64 got libzmq's greeting and wait; the rest read an end.
+        assert closed == 6
+        assert setup.proxy.refusals == 6
+        assert "shell: more than 64 connections at once" in caplog.text
+    finally:
+        for sock in bare:
+            sock.close()
 
 
 def test_output_past_the_budget_stops_the_kernel_once() -> None:
@@ -198,3 +258,64 @@ def test_a_connection_file_on_a_non_loopback_address_is_refused() -> None:
             proxy.bind(conn)
     finally:
         proxy.close()
+
+
+def test_a_kill_notice_reaches_iopub_subscribers_for_the_cell_that_was_running(
+    setup: Setup,
+) -> None:
+    """After the pod's end, session.serve_pod has the proxy publish notice.py's messages:
+    on the host's iopub (the pod is gone), with the last execute_request a client sent on
+    shell as their parent, so nbclient shows them in that cell."""
+    from jupyter_client.session import Session
+
+    session = Session(key=b"k")
+    sub = setup.client("iopub")
+    recv(setup.pod.socks["iopub"])  # the subscription reached the pod: the client is on
+    shell = setup.client("shell", b"client-1")
+    request = session.msg("execute_request", {"code": "while True: pass"})
+    shell.send_multipart(session.serialize(request))
+    recv(setup.pod.socks["shell"])
+    setup.pod.close()  # the pod ended
+
+    text = "Kernel stopped: out of memory (limit 256 MiB)."
+    messages = notice_messages(setup.connection, setup.proxy.last_execute(), text)
+    assert asyncio.run(setup.proxy.announce(messages)) == 1
+    got = [session.deserialize(session.feed_identities(recv(sub))[1]) for _ in range(2)]
+    assert [(m["msg_type"], m["parent_header"]["msg_id"]) for m in got] == [
+        ("stream", request["header"]["msg_id"]),
+        ("status", request["header"]["msg_id"]),
+    ]
+    assert (got[0]["content"]["text"], got[1]["content"]) == (
+        text + "\n",
+        {"execution_state": "idle"},
+    )
+
+
+def test_the_thin_clients_early_listeners_are_adopted_while_it_still_holds_them() -> None:
+    """thin.listen_early binds the client's ports first thing and hands the sockets to the
+    helper, closing its own copies only once the helper accepted; session.run_pod may bind
+    before that. Binding the port again failed then (EADDRINUSE: the kernel never started,
+    seen under load); adopted, the proxy serves on them, and a connection made before
+    the proxy existed (waiting in the backlog) gets through."""
+    context: Any = zmq.Context()
+    pod = Pod(context)
+    connection: dict[str, Any] = {"transport": "tcp", "ip": "127.0.0.1", "key": "k"}
+    for channel in kube_channels.CHANNELS:
+        connection[f"{channel}_port"] = free_port()
+    early = {"shell": listen(Endpoint("tcp", "127.0.0.1", connection["shell_port"]), "shell")}
+    thin_copy = early["shell"].dup()  # the thin client's, still open
+    client = context.socket(zmq.DEALER)
+    client.linger = 0
+    client.connect(f"tcp://127.0.0.1:{connection['shell_port']}")  # before the proxy binds
+    client.send_multipart([b"<IDS|MSG>", b"early"])
+    proxy = ChannelProxy()
+    try:
+        proxy.bind(connection, listening=early)
+        proxy.connect(pod.info)
+        assert recv(pod.socks["shell"])[-2:] == [b"<IDS|MSG>", b"early"]
+    finally:
+        proxy.close()
+        thin_copy.close()
+        client.close(linger=0)
+        pod.close()
+        context.term()

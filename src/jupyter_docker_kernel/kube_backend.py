@@ -29,7 +29,9 @@ The Cold it returns (PodCold) carries the kernel's client connection info
 (`PodCold.endpoint.connection`, kube_channels.client_connection: pod IP, fixed ports, HMAC
 and Curve keys), which the provisioner returns to jupyter_client from launch_kernel.
 `PodCold.wait` watches the pod to its end (exit code of the kernel container; the kubelet's
-reason, such as OOMKilled or DeadlineExceeded, becomes the supervisor's words). When the
+reason, such as OOMKilled or DeadlineExceeded, becomes the supervisor's words, and those two
+the exit reason in the local path's words, PodCold.ended_by, so the notebook's kill notice
+is the local one). When the
 API goes away mid-kernel, the watch is retried for API_LOSS_WAIT seconds, then the kernel is
 taken as ended, with one log line saying so (the pod itself is ended by its
 activeDeadlineSeconds, its owner's deletion, or `gc`).
@@ -406,10 +408,18 @@ class PodCold:
     """A kernel pod as Container sees a cold start (container.Cold): running when made."""
 
     def __init__(
-        self, backend: KubeBackend, name: str, pod: dict[str, Any], endpoint: PodEndpoint
+        self,
+        backend: KubeBackend,
+        name: str,
+        pod: dict[str, Any],
+        endpoint: PodEndpoint,
+        settings: KernelSettings | None = None,
     ) -> None:
+        """settings: the kernel's (its memory limit and lifetime name the kubelet's kills
+        in ended_by)."""
         self.backend = backend
         self.name = name
+        self.settings = settings or KernelSettings()
         #: The pod's name: Container passes it back to signal, remove and inspect, and
         #: the API names pods by name (the uid is pod["metadata"]["uid"]).
         self.container_id = name
@@ -466,6 +476,23 @@ class PodCold:
     def words(self) -> str:
         """The kubelet's reason for the end (OOMKilled, DeadlineExceeded, the API lost)."""
         return self._words
+
+    @property
+    def ended_by(self) -> str:
+        """The kubelet's kills in the local path's words, for Container.wait's exit reason,
+        from which notice.kill_notice makes the notebook's notice (the one text for every
+        backend): OOMKilled as the engine's out-of-memory verdict (the supervisor may not
+        have lived to say it), DeadlineExceeded (activeDeadlineSeconds) as the lifetime
+        stop. "" for any other end: the supervisor's lines in the pod's log speak then."""
+        if self._words == "OOMKilled":
+            limit = size_bytes(self.settings.memory) >> 20
+            return f"out of memory (limit {limit} MiB), as the kubelet reports"
+        if self._words == "DeadlineExceeded":
+            return (
+                f"maximum lifetime of {self.settings.max_lifetime:g} s reached (the pod's "
+                "activeDeadlineSeconds)"
+            )
+        return ""
 
     def close(self) -> None:
         self._closed.set()
@@ -609,7 +636,7 @@ class KubeBackend:
         )
         endpoint = PodEndpoint(ip=ip, connection=client)
         self.endpoints[facts.name] = endpoint
-        return PodCold(self, facts.name, running, endpoint)
+        return PodCold(self, facts.name, running, endpoint, settings)
 
     def _still_running(self, name: str) -> bool:
         """wait_until_ready's `alive`: the pod is still Running (an API error counts as

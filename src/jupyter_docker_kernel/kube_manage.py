@@ -197,10 +197,13 @@ def kernel_pods(api: KubeApi) -> list[PodRow]:
         pod = api.serialize(item)
         meta = pod.get("metadata") or {}
         labels = meta.get("labels") or {}
+        # The annotation holds the id whole (the label a DNS label of it); older pods
+        # have the label only.
+        whole = (meta.get("annotations") or {}).get(kube_manifests.ANNOTATION_KERNEL_ID)
         rows.append(
             PodRow(
                 name=str(meta.get("name", "")),
-                kernel_id=str(labels.get(kube_manifests.LABEL_KERNEL_ID, "")),
+                kernel_id=str(whole or labels.get(kube_manifests.LABEL_KERNEL_ID, "")),
                 phase=pod_phase(pod),
                 ip=str((pod.get("status") or {}).get("podIP") or ""),
                 server=str(labels.get(kube_manifests.LABEL_SERVER, "")),

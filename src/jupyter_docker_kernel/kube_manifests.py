@@ -56,6 +56,10 @@ COMPONENT = "kernel"
 ANNOTATION_LAUNCHER_PID = "jupyter-docker-kernel.io/launcher-pid"
 ANNOTATION_WORKDIR = "jupyter-docker-kernel.io/workdir"
 ANNOTATION_KERNELSPEC = "jupyter-docker-kernel.io/kernelspec"
+#: The kernel id whole: the label holds it as a DNS label (dns_label), which changes an id
+#: with "_" or capitals (a KernelManager without a kernel id names its connection file by
+#: mkstemp: kernel id "tmp8lg0jc8_", label "tmp8lg0jc8").
+ANNOTATION_KERNEL_ID = "jupyter-docker-kernel.io/kernel-id"
 #: The selector of all kernel pods (NetworkPolicy, list, gc).
 KERNEL_SELECTOR = {LABEL_NAME: APP, LABEL_COMPONENT: COMPONENT}
 
@@ -574,6 +578,7 @@ def render_pod(settings: KernelSettings, launch: PodLaunch) -> dict[str, Any]:
         ANNOTATION_LAUNCHER_PID: str(launch.launcher_pid),
         ANNOTATION_WORKDIR: launch.workdir,
         ANNOTATION_KERNELSPEC: launch.kernelspec,
+        ANNOTATION_KERNEL_ID: launch.kernel_id,
     }
     metadata: dict[str, Any] = {
         "name": launch.name,

@@ -165,11 +165,6 @@ def run_pod(container: Container, hooks: Hooks) -> int:
     No watchdog: a pod goes by its activeDeadlineSeconds, its owner's deletion or `gc`."""
     from jupyter_docker_kernel.kube_proxy import ChannelProxy
 
-    # The early listeners are plain TCP sockets; the proxy's ZeroMQ sockets bind the same
-    # endpoints (a client's first connection attempt is retried 100 ms later).
-    for sock in hooks.listening.values():
-        sock.close()
-    hooks.listening.clear()
     proxy = ChannelProxy(
         max_message=size_bytes(container.settings.max_message),
         output_budget=size_bytes(container.settings.output_budget),
@@ -177,7 +172,9 @@ def run_pod(container: Container, hooks: Hooks) -> int:
     )
     try:
         # Bound before the pod starts: the client's first requests wait in their queues.
-        proxy.bind(container.connection, hooks.client_cwd or client_cwd())
+        # The early listeners (plain TCP sockets) become the proxy's ZeroMQ sockets' own.
+        proxy.bind(container.connection, hooks.client_cwd or client_cwd(), hooks.listening)
+        hooks.listening.clear()  # adopted (libzmq closes them) or closed
         container.start()
         if container.stopping:
             container.stop(block=True)
@@ -191,7 +188,8 @@ def run_pod(container: Container, hooks: Hooks) -> int:
 
 async def serve_pod(container: Container, proxy: Any, hooks: Hooks) -> int:
     """serve() for a kernel pod: the proxy's thread moves the messages; this waits for
-    the pod's end. No kill notice: the proxy does not write to iopub itself."""
+    the pod's end, then tells the notebook why it was killed as serve() does (the proxy
+    publishes on its host iopub socket, ChannelProxy.announce)."""
     loop = asyncio.get_running_loop()
     container.mark("proxy serving")
     hooks.serving(container, loop)
@@ -206,6 +204,8 @@ async def serve_pod(container: Container, proxy: Any, hooks: Hooks) -> int:
     watch = loop.create_task(watch_client(container, hooks.client_alive))
     ending = await in_thread(container.wait)
     watch.cancel()
+    if ending.notice:
+        await announce(proxy, container, ending.notice)
     await in_thread(proxy.close)
     relayed = Relayed(proxy.bytes_to_host, proxy.bytes_to_kernel, proxy.output_charged)
     return await in_thread(container.finish, ending, relayed)
@@ -287,7 +287,9 @@ async def in_thread(func: Callable[..., _T], *args: Any) -> _T:
 async def announce(relay: Any, container: Container, text: str) -> None:
     """Tell the notebook why its kernel was killed (notice.py), before the relay closes:
     a stderr stream and an idle status to every iopub subscriber, for the cell that was
-    running. Container.wait made the text: nothing for a shutdown, restart or interrupt."""
+    running. Container.wait made the text: nothing for a shutdown, restart or interrupt.
+    `relay`: the Relay, or a pod's kube_proxy.ChannelProxy (both have last_execute and
+    announce)."""
     from jupyter_docker_kernel.container import NOTICE_LINGER
     from jupyter_docker_kernel.notice import notice_messages
 

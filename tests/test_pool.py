@@ -725,18 +725,37 @@ def test_frequent_claims_start_the_refill_at_the_claim(kernel_image: str, workdi
 BURST = 6
 
 
-def pool_events(key: str, since: float, until: float) -> list[str]:
-    """The engine's start and rename events of this pool key's containers in [since, until]
-    ("start NAME", "rename NAME"): a claim renames its warm container to the kernel's name."""
-    import subprocess
+@contextlib.contextmanager
+def pool_events(key: str) -> Iterator[list[str]]:
+    """The engine's start and rename events of this pool key's containers while the block
+    runs ("start NAME", "rename NAME"; a claim renames its warm container to the kernel's
+    name), from a live subscription: the engine replays only its last 256 events, which
+    other sessions on a shared engine fill fast."""
+    import threading
 
-    listed = subprocess.run(
-        ["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
-         "--filter", f"label={engine.LABEL_POOL}={key}", "--filter", "event=start",
-         "--filter", "event=rename", "--format", "{{.Action}} {{.Actor.Attributes.name}}"],
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
-    return listed.stdout.splitlines()
+    seen: list[str] = []
+    stream = engine.EngineApi().events(
+        {
+            "type": ["container"],
+            "event": ["start", "rename"],
+            "label": [f"{engine.LABEL_POOL}={key}"],
+        }
+    )
+
+    def collect() -> None:
+        with contextlib.suppress(OSError, TimeoutError):
+            for event in stream:
+                actor = event.get("Actor") or {}
+                seen.append(f"{event.get('Action')} {(actor.get('Attributes') or {}).get('name')}")
+
+    thread = threading.Thread(target=collect, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        time.sleep(1)  # the last events in flight
+        stream.close()
+        thread.join(timeout=10)
 
 
 @pytest.mark.docker
@@ -776,14 +795,13 @@ def test_back_to_back_claims_start_no_warm_container_that_no_claim_uses(
         pool.rates_file(base, key).write_text(
             json.dumps({"claims": [now - 1.0, now - 0.5], "ready": 30.0})
         )
-        since = time.time()
-        for _ in range(BURST):
-            with running_kernel(name, str(workdir)):
-                pass
-        wait_until(settled, 180, interval=0.5)
-        time.sleep(pool.READY_WAIT / 60)  # a refill still deciding would start one now
-        assert settled()
-        events = pool_events(key, since, time.time())
+        with pool_events(key) as events:
+            for _ in range(BURST):
+                with running_kernel(name, str(workdir)):
+                    pass
+            wait_until(settled, 180, interval=0.5)
+            time.sleep(pool.READY_WAIT / 60)  # a refill still deciding would start one now
+            assert settled()
         starts = [e for e in events if e.startswith("start ")]
         claims = [e for e in events if e.startswith("rename ")]
         assert claims, "no kernel was started from the pool"

@@ -27,6 +27,7 @@ import pytest
 
 from jupyter_docker_kernel import grade, grade_worker
 from jupyter_docker_kernel.notice import kill_words
+from jupyter_docker_kernel.rundir import runtime_base
 from tests.conftest import OUR_LABEL, install_kernel
 from tests.courses import (
     COURSE_ID,
@@ -335,6 +336,60 @@ def test_the_worker_step_writes_only_into_its_dir(kernel_image: str, tmp_path: P
     assert sorted(p.name for p in into.iterdir()) == ["autograded", "nbgrader.log", "result.json"]
     assert (course / "gradebook.db").read_bytes() == before
     assert not (course / "autograded" / "s00").exists()
+
+
+@pytest.mark.docker
+def test_a_provisioner_kernel_is_removed_at_once_when_its_submission_is_done(
+    kernel_image: str, tmp_path: Path
+) -> None:
+    """Issue 14: with one of our provisioner's kernelspecs, the worker has nbclient end
+    each kernel with an immediate shutdown (the container removed, its kept record says
+    the client killed it) instead of waiting for the kernel's own exit; the grade and
+    the reason are as before (none: a kill we asked for is no failure)."""
+    from jupyter_docker_kernel import kernel_log
+
+    name = f"{GRADER}-prov"
+    install_kernel(name, kernel_image, "--for-nbgrader", "--provisioner", *LIMITS)
+    course = build_course(tmp_path / "course", {"s00": (RIGHT, ON_TIME, True)})
+    config = course / "nbgrader_config.py"
+    config.write_text(config.read_text().replace(repr(GRADER), repr(name)))
+    into = tmp_path / "spool" / "s00"
+    exe = str(Path(sys.executable).with_name("jupyter-docker-kernel"))
+    since = time.time()
+
+    proc = subprocess.Popen(
+        [exe, "grade", "ps1", "--one", "s00", "--into", str(into)],
+        cwd=course,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = proc.communicate(timeout=300)
+
+    print(out[-3000:], err[-3000:])
+    result = grade_worker.read_result(into)
+    assert proc.returncode == 0
+    assert (result.status, result.score, result.reason) == ("graded", 2.0, "")
+    records = [
+        json.loads(path.read_text())
+        for path in (runtime_base() / kernel_log.LOG_DIR).glob("*.json")
+        if path.stat().st_mtime >= since - 1
+    ]
+    ours = [r for r in records if r.get("client_pid") == proc.pid]
+    assert [r.get("exit_reason") for r in ours] == ["killed by the Jupyter client"]
+    assert our_containers(course) == []
+
+
+def test_a_courses_own_shutdown_kernel_is_kept() -> None:
+    """The immediate shutdown is grade's default, never over the course's own choice."""
+    from traitlets.config import Config
+
+    config = Config()
+    config.ExecutePreprocessor.shutdown_kernel = "graceful"
+    config.ExecutePreprocessor.kernel_name = GRADER
+    assert not grade_worker.remove_kernels_at_once(config)
+    assert config.ExecutePreprocessor.shutdown_kernel == "graceful"
+    assert "shutdown_kernel" not in config.Execute
 
 
 # -- Ctrl-C and the rerun ---------------------------------------------------------------------

@@ -391,22 +391,26 @@ def test_refills_running_at_once_never_start_more_than_the_pool_size(tmp_path: P
     assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
 
 
-def test_while_starts_come_fast_up_to_the_pool_size_more_may_be_starting(
+def test_while_starts_come_fast_the_refills_in_flight_are_only_the_pools_deficit(
     tmp_path: Path, warm_dirs: Callable[..., Path]
 ) -> None:
-    """Two warm containers still starting fill a pool of two; when the claims file says
-    starts come faster than a refill takes, the starts ahead will claim them, so two more
-    start (never more than twice the pool, and never past `pool` ready)."""
+    """Issue 14: one warm container ready and one still starting fill a pool of two, even
+    when the claims file says starts come faster than a refill takes: a start beyond the
+    deficit would be left over when the burst ends (removed as surplus, its CPU lost).
+    Once one is claimed, exactly one starts."""
     key = pool.pool_key(POOLED, os.getuid())
-    for name in ("a", "b"):
-        (warm_dirs(key, name, ready=False, age=1) / "cid").unlink()  # being started
-    assert pool.fill(StartingEngine(), POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
+    warm_dirs(key, "a", ready=True, age=1)
+    (warm_dirs(key, "b", ready=False, age=1) / "cid").unlink()  # being started
     now = time.time()
+    pool.rates_file(tmp_path, key).parent.mkdir(mode=0o700)
     pool.rates_file(tmp_path, key).write_text(
         json.dumps({"claims": [now - 1.0, now - 0.5, now], "ready": 30.0})
     )
     fake = StartingEngine()
-    assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 2  # type: ignore[arg-type]
+    fake.running.append("jdk-pool-a")
+    assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
+    assert close_claim(pool.claim(POOLED, tmp_path, tmp_path / "claimed"))
+    assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 1  # type: ignore[arg-type]
     assert pool.fill(fake, POOLED, tmp_path, LAUNCH) == 0  # type: ignore[arg-type]
 
 
@@ -713,6 +717,95 @@ def test_frequent_claims_start_the_refill_at_the_claim(kernel_image: str, workdi
         finally:
             km.shutdown_kernel(now=True)
             km.cleanup_resources()
+    finally:
+        remove_pool(name, key)
+
+
+#: Kernels started back to back in the burst test (each from a warm container or cold).
+BURST = 6
+
+
+@contextlib.contextmanager
+def pool_events(key: str) -> Iterator[list[str]]:
+    """The engine's start and rename events of this pool key's containers while the block
+    runs ("start NAME", "rename NAME"; a claim renames its warm container to the kernel's
+    name), from a live subscription: the engine replays only its last 256 events, which
+    other sessions on a shared engine fill fast."""
+    import threading
+
+    seen: list[str] = []
+    stream = engine.EngineApi().events(
+        {
+            "type": ["container"],
+            "event": ["start", "rename"],
+            "label": [f"{engine.LABEL_POOL}={key}"],
+        }
+    )
+
+    def collect() -> None:
+        with contextlib.suppress(OSError, TimeoutError):
+            for event in stream:
+                actor = event.get("Actor") or {}
+                seen.append(f"{event.get('Action')} {(actor.get('Attributes') or {}).get('name')}")
+
+    thread = threading.Thread(target=collect, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        time.sleep(1)  # the last events in flight
+        stream.close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.docker
+def test_back_to_back_claims_start_no_warm_container_that_no_claim_uses(
+    kernel_image: str, workdir: Path
+) -> None:
+    """Issue 14: nbgrader's pattern (start, answer, stop, next) from a full pool of two,
+    with the claims file saying starts come faster than a refill takes: every warm
+    container the burst starts is claimed, or is one of the two waiting at the end; none
+    is started only to be removed as surplus (its kernel's imports are CPU a CPU-bound
+    grading run loses). With the pool full before and after, the engine's starts of
+    the pool's containers equal its renames (claims)."""
+    from jupyter_docker_kernel.rundir import runtime_base
+
+    name = "jdk-test-pool-burst"
+    spec = install_kernel(
+        name,
+        kernel_image,
+        *("--no-workdir", "--provisioner", "--pool", "2", "--pool-ttl", "300"),
+        *("--env", "JDK_TEST_POOL=burst"),  # a pool key of this test's own
+    )
+    key = key_of(spec)
+    base = runtime_base()
+    assert cli.main(["gc", "--pools", name]) == 0  # an interrupted run's
+
+    def settled() -> bool:
+        # Two ready, none starting, no other container of the key (a surplus one going).
+        dirs = pool.pool_dirs(base, key)
+        listed = engine.EngineApi().containers({engine.LABEL_POOL: key})
+        return len(dirs) == 2 and len(warm_ready(key)) == 2 and len(listed) == 2
+
+    try:
+        with running_kernel(name, str(workdir)):
+            pass
+        wait_until(settled, 120, interval=0.5)
+        now = time.time()
+        pool.rates_file(base, key).write_text(
+            json.dumps({"claims": [now - 1.0, now - 0.5], "ready": 30.0})
+        )
+        with pool_events(key) as events:
+            for _ in range(BURST):
+                with running_kernel(name, str(workdir)):
+                    pass
+            wait_until(settled, 180, interval=0.5)
+            time.sleep(pool.READY_WAIT / 60)  # a refill still deciding would start one now
+            assert settled()
+        starts = [e for e in events if e.startswith("start ")]
+        claims = [e for e in events if e.startswith("rename ")]
+        assert claims, "no kernel was started from the pool"
+        assert len(starts) == len(claims), events
     finally:
         remove_pool(name, key)
 

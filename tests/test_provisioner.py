@@ -93,6 +93,40 @@ def test_poll_says_the_exit_at_once_when_there_is_no_kill_notice_to_send() -> No
     assert asyncio.run(first_polls()) == (0, None)
 
 
+def test_poll_sees_an_exit_the_engine_reports_soon_after_the_output_ended() -> None:
+    """Issue 14: once the container's output ended (its supervisor is gone, a shutdown's
+    usual course), poll() waits for the engine's report of the exit, which comes some
+    50-200 ms later, and returns its code on that call, not on jupyter_client's next poll
+    0.1 s on. While the output runs it answers at once (the restarter polls too)."""
+    import threading
+    import types
+
+    from jupyter_docker_kernel.container import Ending
+
+    def running(output_ended: bool, report_after: float) -> Any:
+        done, ended = threading.Event(), threading.Event()
+        if output_ended:
+            ended.set()
+        threading.Timer(report_after, done.set).start()
+        ending = Ending(0, "", True, False, "", "", False)
+        container = types.SimpleNamespace(output_ended=ended)
+        return types.SimpleNamespace(done=done, ending=ending, code=0, container=container)
+
+    async def first_poll(run: Any) -> tuple[int | None, float]:
+        provisioner = DockerProvisioner()
+        provisioner._run = run
+        began = time.monotonic()
+        code = await provisioner.poll()
+        return code, time.monotonic() - began
+
+    # The engine's report half a client's poll interval later: seen on this poll.
+    assert asyncio.run(first_poll(running(True, 0.05)))[0] == 0
+    # The output still running: no wait, even for a report that is a second away.
+    code, took = asyncio.run(first_poll(running(False, 1.0)))
+    assert code is None
+    assert took < 0.5
+
+
 def test_too_long_socket_paths_are_refused_with_what_to_do(tmp_path: Path) -> None:
     """A runtime dir so deep that unix socket paths would not fit fails before any start."""
     with pytest.raises(LaunchError, match="XDG_RUNTIME_DIR"):

@@ -427,6 +427,9 @@ class Container:
         self._guard: Watch | None = None
         self._timer: threading.Timer | None = None
         self._forwards: list[threading.Thread] = []
+        #: Set when the container's output streams ended (_drain): the supervisor (or the
+        #: attached `docker run`) is gone, so the engine's report of the exit is near.
+        self.output_ended = threading.Event()
         #: The end of the engine CLI's / supervisor's stderr, to explain an end.
         self._said = bytearray()
 
@@ -699,10 +702,13 @@ class Container:
             )
             for i, stream in enumerate(streams)
         ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            self.output_ended.set()
 
     def _log_started(self, bytes_to_host: Callable[[], int], detail: str) -> None:
         """Log the start once the container id is known; after the kernel's first reply

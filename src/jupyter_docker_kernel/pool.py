@@ -265,12 +265,6 @@ def read_rates(base: Path, key: str) -> tuple[list[float], float | None]:
     return claims, known
 
 
-def starts_come_fast(base: Path, key: str) -> bool:
-    """refill_at_claim's verdict on the key's rates file as the last claim left it."""
-    claims, known = read_rates(base, key)
-    return refill_at_claim(claims, DEFAULT_READY_SECONDS if known is None else known)
-
-
 def hand_over(claimed: Claim, connection: dict[str, object], cwd: str) -> socket.socket:
     """Send the kernel its connection info over the claim socket; returns the lifeline."""
     sock = claimed.lifeline
@@ -286,10 +280,10 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
     at its claim, when starts come fast). Refills of one key may run at once (each start
     spawns one): under the key's lock each counts the warm dirs, which exist from before
     `docker run` until a claim renames them, and makes the dirs of the ones it will start.
-    Together they keep `pool` ready or starting; when starts come faster than a refill
-    takes (starts_come_fast), up to `pool` more may be starting, as the starts ahead will
-    claim them; settle_when_ready removes any that would make more than `pool` ready
-    once the starts stop. The slow `docker run`s come after the lock is released.
+    Together they keep `pool` ready or starting, never more: the starts in flight are
+    the pool's deficit, so each will be claimed or wait in the pool (settle_when_ready
+    still removes one that would make more than `pool` ready, should counts race across
+    hosts). The slow `docker run`s come after the lock is released.
     """
     from jupyter_docker_kernel import node_backend  # imports this module
 
@@ -317,9 +311,12 @@ def fill(engine: Engine, settings: KernelSettings, base: Path, launch: hardening
         else:
             remove_expired(base, key, None, settings.pool_ttl)
             live = pool_dirs(base, key)
-        ready = sum(1 for d in live if RunDir(d).claim_socket().exists())
-        room = settings.pool * (2 if starts_come_fast(base, key) else 1) - len(live)
-        count = max(0, min(room, settings.pool - ready))
+        # The pool's deficit, and no more: each start in flight will be ready for a claim
+        # (issue 14). Letting up to another pool's worth start while starts came fast
+        # kept fewer starts cold, but every one the burst's end left over was started,
+        # initialised and removed as surplus: on a CPU-bound machine grading a class that
+        # CPU came out of the grading (20 submissions started 29 containers).
+        count = max(0, settings.pool - len(live))
         reserved = [reserve(engine, base, key) for _ in range(count)]
     started: list[tuple[RunDir, str]] = []
     try:
@@ -373,8 +370,8 @@ def settle_when_ready(
     started: list[tuple[RunDir, str]],
 ) -> None:
     """Once each started warm container's kernel is ready (its claim socket is up, or a
-    claimer took its dir): remove it if the pool has more than `pool` ready (fill() let
-    more start while starts came fast, and they stopped), else give it the spec's CPU
+    claimer took its dir): remove it if the pool has more than `pool` ready (counts that
+    raced: fill() starts only the deficit), else give it the spec's CPU
     weight: waiting for a claim it uses no CPU, and the kernel that claims it must not
     start at a low weight, where a busy neighbour would slow it until the
     claimer's own update landed. Marks the dir (WEIGHT_NOTE) so its claimer skips that

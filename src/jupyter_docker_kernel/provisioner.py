@@ -67,6 +67,9 @@ def settings_of(kernel_spec: Any) -> KernelSettings:
 
 
 T = TypeVar("T")
+#: How long poll() waits for the engine's report of an exit once the container's output
+#: ended (s): more than that report takes under load, less than a shutdown's patience.
+EXIT_REPORT_WAIT = 0.5
 
 
 async def off_loop(func: Callable[..., T], *args: Any) -> T:
@@ -275,6 +278,13 @@ class DockerProvisioner(KernelProvisionerBase):
         run = self._run
         if run is None:
             return 0
+        if not run.done.is_set() and run.container.output_ended.is_set():
+            # The supervisor is gone (its lifeline ended, a shutdown's usual course): the
+            # engine reports the exit some 50-200 ms later. Wait for that here, so the
+            # client sees the exit when it comes, not at its next poll 0.1 s on (issue 14:
+            # nbgrader stops a kernel per submission). A bound, not a hang: one whose
+            # report is slower reads as running, as before.
+            await off_loop(run.done.wait, EXIT_REPORT_WAIT)
         if not run.done.is_set():
             return None
         if self._meter is None or run.ending is None or not run.ending.notice:

@@ -87,7 +87,7 @@ from zmq.utils.monitor import parse_monitor_message
 from jupyter_docker_kernel import kube_channels
 from jupyter_docker_kernel.endpoints import Endpoint, adopt_listening, host_endpoints
 from jupyter_docker_kernel.errors import LaunchError
-from jupyter_docker_kernel.relay import ECHO_SLACK, MAX_CONNECTIONS
+from jupyter_docker_kernel.relay import ECHO_SLACK, MAX_CONNECTIONS, warn_refused
 
 log = logging.getLogger("jupyter_docker_kernel.launcher")
 
@@ -345,13 +345,7 @@ class ChannelProxy:
                     conn.shutdown(socket.SHUT_RDWR)
         self.refusals += 1
         if self.refusals == 1:
-            log.warning(
-                "%s: more than %d connections at once; closing new ones. A Jupyter client "
-                "holds one per channel: someone else on this host may be connecting to the "
-                "kernel's tcp ports (use --KernelManager.transport=ipc, see docs/security.md)",
-                channel,
-                MAX_CONNECTIONS,
-            )
+            warn_refused(log, channel)
 
     def connection_port(self, channel: str) -> int:
         """The tcp port the host socket of `channel` is bound to."""

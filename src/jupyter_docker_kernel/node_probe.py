@@ -114,31 +114,19 @@ def probe(engine: Engine, settings: KernelSettings, base: Path) -> readiness.Pro
     text_out, text_err = out.decode(errors="replace"), err.decode(errors="replace")
     code = proc.returncode if proc is not None else None
     kernel = readiness._kernel_verdict(settings, user, code, text_out, text_err, path, result)
-    if not text_out.strip():
-        sockets: tuple[readiness.Status, str, str] = (
-            "SKIP",
-            "the probe's kernel did not run",
-            "",
-        )
-    elif reached == "ok":
-        sockets = (
-            "OK",
-            f"the kernel's uid bound a unix socket in its runtime dir on the node and this "
-            f"host connected to it through SSH ({connected:.1f} s after docker run)",
-            "",
-        )
-    else:
-        runsc = bool(settings.runtime and "runsc" in settings.runtime)
-        sockets = (
-            "FAIL",
-            f"this host could not reach a unix socket the container bound on the node: "
-            f"{error or first_line(text_err) or 'no socket appeared'}",
-            "gVisor needs '--host-uds=create' in runsc's runtimeArgs in the node's "
-            "/etc/docker/daemon.json"
-            if runsc
-            else "check that the node's sshd allows AllowStreamLocalForwarding and that its "
-            "runtime supports unix sockets on bind mounts",
-        )
+    sockets = readiness.sockets_verdict(
+        bool(text_out.strip()),
+        reached == "ok",
+        f"the kernel's uid bound a unix socket in its runtime dir on the node and this "
+        f"host connected to it through SSH ({connected:.1f} s after docker run)",
+        f"this host could not reach a unix socket the container bound on the node: "
+        f"{error or first_line(text_err) or 'no socket appeared'}",
+        "gVisor needs '--host-uds=create' in runsc's runtimeArgs in the node's "
+        "/etc/docker/daemon.json"
+        if hardening.is_gvisor(settings)
+        else "check that the node's sshd allows AllowStreamLocalForwarding and that its "
+        "runtime supports unix sockets on bind mounts",
+    )
     result.results = [
         readiness.Result("kernel", *kernel, spent),
         readiness.Result("sockets", *sockets),

@@ -439,29 +439,33 @@ def probe(
     spent = time.monotonic() - started
     result = Probe()
     kernel = _kernel_verdict(settings, user, proc.returncode, out, err, image_path, result)
-    if not out.strip():
-        sockets: tuple[Status, str, str] = ("SKIP", "the probe's kernel did not run", "")
-    elif reached == "ok":
-        sockets = (
-            "OK",
-            f"the kernel's uid bound a unix socket in the bind-mounted runtime dir and the "
-            f"host connected to it ({connected:.1f} s after docker run)",
-            "",
-        )
-    else:
-        runsc = bool(settings.runtime and "runsc" in settings.runtime)
-        sockets = (
-            "FAIL",
-            f"the host could not reach a unix socket the container bound: "
-            f"{error or first_line(err) or 'no socket appeared'}",
-            "gVisor needs '--host-uds=create' in runsc's runtimeArgs (scripts/bootstrap-engine "
-            "--runsc sets it)"
-            if runsc
-            else "put the runtime dir on a local filesystem (set XDG_RUNTIME_DIR), and check "
-            "the runtime supports unix sockets on bind mounts",
-        )
+    sockets = sockets_verdict(
+        bool(out.strip()),
+        reached == "ok",
+        f"the kernel's uid bound a unix socket in the bind-mounted runtime dir and the "
+        f"host connected to it ({connected:.1f} s after docker run)",
+        f"the host could not reach a unix socket the container bound: "
+        f"{error or first_line(err) or 'no socket appeared'}",
+        "gVisor needs '--host-uds=create' in runsc's runtimeArgs (scripts/bootstrap-engine "
+        "--runsc sets it)"
+        if hardening.is_gvisor(settings)
+        else "put the runtime dir on a local filesystem (set XDG_RUNTIME_DIR), and check "
+        "the runtime supports unix sockets on bind mounts",
+    )
     result.results = [Result("kernel", *kernel, spent), Result("sockets", *sockets)]
     return result
+
+
+def sockets_verdict(
+    ran: bool, reached: bool, ok: str, failed: str, fix: str
+) -> tuple[Status, str, str]:
+    """The probe's 'sockets' check (this host's probe above, node_probe's on a node): SKIP
+    when the probe's kernel did not run, else OK or FAIL in the caller's words."""
+    if not ran:
+        return ("SKIP", "the probe's kernel did not run", "")
+    if reached:
+        return ("OK", ok, "")
+    return ("FAIL", failed, fix)
 
 
 def _connect(proc: subprocess.Popen[str], path: Path, deadline: float) -> tuple[str, str]:

@@ -62,6 +62,20 @@ KERNEL_SOCKET_WAIT = 300.0
 #: user opening a thousand bare connections on 127.0.0.1 used to make the kernel's libzmq
 #: run out of descriptors and abort.
 MAX_CONNECTIONS = 64
+
+
+def warn_refused(logger: logging.Logger, channel: str) -> None:
+    """The one warning when a channel's host connections went over MAX_CONNECTIONS: the
+    relay's and kube_proxy's (the same cap, the same words)."""
+    logger.warning(
+        "%s: more than %d connections at once; closing new ones. A Jupyter client "
+        "holds one per channel: someone else on this host may be connecting to the "
+        "kernel's tcp ports (use --KernelManager.transport=ipc, see docs/security.md)",
+        channel,
+        MAX_CONNECTIONS,
+    )
+
+
 #: What a host connection may send before its kernel side is open. A ZMTP peer sends its
 #: 10-byte signature and then waits for ours, so more than this is not a Jupyter client.
 PENDING_LIMIT = 16 << 10
@@ -422,13 +436,7 @@ class Relay:
         """A host connection over MAX_CONNECTIONS was closed: warn once, then count."""
         self.refusals += 1
         if self.refusals == 1:
-            log.warning(
-                "%s: more than %d connections at once; closing new ones. A Jupyter client "
-                "holds one per channel: someone else on this host may be connecting to the "
-                "kernel's tcp ports (use --KernelManager.transport=ipc, see docs/security.md)",
-                channel,
-                MAX_CONNECTIONS,
-            )
+            warn_refused(log, channel)
 
     async def start(
         self, bind_timeout: float = 10.0, listening: dict[str, socket.socket] | None = None

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel.node_backend import GUARD_NAME
 from jupyter_docker_kernel.ssh import CONFIG_ENV
 from tests.conftest import not_here
 
@@ -60,9 +61,27 @@ class NodeUnderTest:
         """The node's engine CLI (its own dockerd), as the node user runs it."""
         return self.ssh("docker", *args, check=check)
 
+    def started_since(self, began: int) -> list[str]:
+        """Ids of the containers but the guard (as containers()) the node's engine started
+        since `began` (this host's clock is the node's)."""
+        guard = GUARD_NAME.partition("{")[0]
+        rows = self.docker(
+            *("events", "--since", str(began), "--until", str(int(time.time()) + 1)),
+            *("--filter", "event=start", "--format", "{{.ID}} {{.Actor.Attributes.name}}"),
+        ).stdout.splitlines()
+        return [r.split()[0] for r in rows if r.strip() and not r.split()[1].startswith(guard)]
+
     def containers(self, *, all_states: bool = True) -> list[str]:
-        """Ids of the node's containers."""
-        return self.docker("ps", "-q", *(["-a"] if all_states else [])).stdout.split()
+        """Ids of the node's containers but its socket-dir guard: what kernels, probes and
+        pools left. The guard (one per node user, node_backend.GUARD_NAME) is not a
+        kernel's: it outlives the last kernel by node_backend's idle time, then ends by
+        itself (tests/test_node_guard.py checks that)."""
+        found = self.docker(
+            "ps", *(["-a"] if all_states else []), "--format", "{{.ID}} {{.Names}}"
+        ).stdout.split("\n")
+        guard = GUARD_NAME.partition("{")[0]
+        rows = [line.split() for line in found if line.strip()]
+        return [row[0] for row in rows if not row[1].startswith(guard)]
 
 
 def node_session_name() -> str:

@@ -66,14 +66,6 @@ def second_node(pushed_node: NodeUnderTest, kernel_image: str) -> Iterator[NodeU
         stop_node(name)
 
 
-def started_since(node: NodeUnderTest, began: int) -> list[str]:
-    """The containers the node's engine started since `began` (this host's clock is its)."""
-    return node.docker(
-        *("events", "--since", str(began), "--until", str(int(time.time()) + 1)),
-        *("--filter", "event=start", "--format", "{{.ID}}"),
-    ).stdout.split()
-
-
 @pytest.mark.nodes
 @pytest.mark.docker
 @pytest.mark.timeout(900)
@@ -102,7 +94,7 @@ def test_grade_across_nodes_gives_what_grade_here_gives(
         *("--node", pushed_node.url, "--node", second_node.url, "--node", DEAD),
         *("--json", str(tmp_path / "g.json")),
     )
-    starts = {n.url: started_since(n, began) for n in nodes}
+    starts = {n.url: n.started_since(began) for n in nodes}
 
     print(f"wall time of {len(SOME)} submissions: here {here_seconds:.1f} s, "
           f"on two nodes {there_seconds:.1f} s")  # fmt: skip

@@ -90,10 +90,7 @@ def test_a_class_autograded_on_a_node_scores_right_and_leaves_nothing_there(
     assert {s: score(course, s) for s in answers} == {"alice": 2.0, "bob": 0.0, "eve": 0.0}
     assert printed(autograded_cell(course, "eve", "answer")) == "leaks: []\n"
     # The three notebooks ran in the node's engine (this host's clock is the node's).
-    starts = pushed_node.docker(
-        *("events", "--since", str(began), "--until", str(int(time.time()) + 1)),
-        *("--filter", "event=start", "--format", "{{.ID}}"),
-    ).stdout.split()
+    starts = pushed_node.started_since(began)
     assert len(starts) == 3, starts
     # Each kernel's container is removed as its notebook ends; the last one's may trail.
     wait_until(lambda: set(pushed_node.containers()) <= before, timeout=15)

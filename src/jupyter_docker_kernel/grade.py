@@ -639,56 +639,49 @@ class ForkRunner:
         # Ctrl-C held across the fork: arriving during the interpreter's at-fork handlers
         # (logging's lock release), its KeyboardInterrupt is printed and dropped, and
         # grade would go on grading. Held, it is raised in the parent's code just after
-        # (the new worker is in self.workers by then: close() ends it). A recording
-        # handler, not a blocked signal mask: a Ctrl-C is sent to the process, and any
-        # thread that does not block it (an engine client's, a test's) may take it.
-        came: list[int] = []
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
-        pid = os.fork()
-        if pid:
-            try:
+        # (the new worker is in self.workers by then: close() ends it). sigint_held's
+        # recording handler, not a blocked signal mask: a Ctrl-C is sent to the process,
+        # and any thread that does not block it (an engine client's, a test's) may take
+        # it. The child never leaves the block (os._exit below), so only the parent raises.
+        with sigint_held():
+            pid = os.fork()
+            if pid:
                 os.close(commands_in)
                 os.close(replies_out)
                 os.set_blocking(replies_in, False)
                 worker = Worker(pid, commands_out, replies_in)
                 self.workers.append(worker)
                 _PARENT_ENDS.update((commands_out, replies_in))
-            finally:
-                signal.signal(signal.SIGINT, previous)
-            if came and callable(previous):
-                previous(signal.SIGINT, None)
-            elif came and previous == signal.SIG_DFL:
-                raise KeyboardInterrupt
-            return worker
-        code = 2
-        try:  # the child: never returns into the parent's code
-            os.setsid()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            os.close(commands_out)
-            os.close(replies_in)
-            # The other workers' pipes (every runner's): held here, they would never see
-            # their EOF.
-            for fd in list(_PARENT_ENDS):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            os.close(devnull)
-            os.chdir(self.plan.root)
-            os.environ.update(self.env)
-            code = grade_worker.serve(
-                commands_in, replies_out, self.plan.assignment, list(self.plan.nbgrader_args)
-            )
-        except BaseException:
-            import traceback
+                return worker
+            code = 2
+            try:  # the child: never returns into the parent's code
+                os.setsid()
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                os.close(commands_out)
+                os.close(replies_in)
+                # The other workers' pipes (every runner's): held here, they would never see
+                # their EOF.
+                for fd in list(_PARENT_ENDS):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                os.close(devnull)
+                os.chdir(self.plan.root)
+                os.environ.update(self.env)
+                code = grade_worker.serve(
+                    commands_in, replies_out, self.plan.assignment, list(self.plan.nbgrader_args)
+                )
+            except BaseException:
+                import traceback
 
-            traceback.print_exc()
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
 
     def close(self, grace: float = STOP_GRACE) -> None:
         """End the workers: EOF on their command pipes (an idle one returns at once), a

@@ -16,6 +16,7 @@ JUPYTER_DOCKER_KERNEL_SSH_CONFIG, as OpenSSH reads the passwd entry's home, not 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -28,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from jupyter_docker_kernel import push
 from jupyter_docker_kernel.engine import Engine
 from jupyter_docker_kernel.node_backend import GUARD_NAME
 from jupyter_docker_kernel.ssh import CONFIG_ENV
@@ -117,6 +119,24 @@ def start_node(name: str) -> NodeUnderTest:
 def stop_node(name: str) -> None:
     """scripts/test-node stop NAME (idempotent)."""
     subprocess.run([str(SCRIPT), "stop", name], capture_output=True, timeout=120, check=False)
+
+
+@contextlib.contextmanager
+def second_node(
+    first: NodeUnderTest, suffix: str, image: str, config: Path
+) -> Iterator[NodeUnderTest]:
+    """A test node beside `first` for the with block (then stopped), with `image` pushed
+    to it and CONFIG_ENV naming `config`, one ssh_config for both nodes: what a
+    two-node kernelspec's tests need."""
+    other = start_node(f"{first.name[:6]}{suffix}")
+    try:
+        config.write_text(first.ssh_config.read_text() + other.ssh_config.read_text())
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(CONFIG_ENV, str(config))
+            push.push(Engine(), image, [other.url])
+            yield other
+    finally:
+        stop_node(other.name)
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-from jupyter_docker_kernel import cli, kernelspec, pool, push
-from jupyter_docker_kernel.engine import LABEL_POOL, Engine
+from jupyter_docker_kernel import cli, kernelspec, pool
+from jupyter_docker_kernel.engine import LABEL_POOL
 from jupyter_docker_kernel.rundir import POOL_DIR_PREFIX, POOL_NAME_PREFIX, RunDir, runtime_base
 from jupyter_docker_kernel.ssh import CONFIG_ENV, Connection
 from tests.conftest import install_kernel
@@ -31,7 +31,7 @@ from tests.kernels import (
     wait_for_execute_input,
     wait_until,
 )
-from tests.nodes import NodeUnderTest, start_node, stop_node
+from tests.nodes import NodeUnderTest, second_node
 from tests.test_node_kernels import host_containers, node_containers, started
 
 pytestmark = [pytest.mark.nodes, pytest.mark.docker]
@@ -225,41 +225,33 @@ def test_with_two_nodes_each_pool_is_kept_on_the_node_its_starts_used(
     """setup --node A --node B --pool 1: the first start (cold) goes to one node, and its
     refill tops up that node's pool only; the next start claims that warm container there,
     and the refill after it is again on that node; the other node has no warm container."""
-    other = start_node(f"{pushed_node.name[:6]}y")
     spec = f"{POOLED}-2"
-    try:
-        config = tmp_path / "ssh_config"
-        config.write_text(pushed_node.ssh_config.read_text() + other.ssh_config.read_text())
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(CONFIG_ENV, str(config))
-            push.push(Engine(), kernel_image, [other.url])
-            install_kernel(
-                spec,
-                kernel_image,
-                *("--node", pushed_node.url, "--node", other.url),
-                *("--no-workdir", "--pool", "1"),
-            )
-            nodes = (pushed_node, other)
-            first, kc1, _ = started(spec, workdir, tmp_path / "first.log")
-            try:
-                [used] = [n for n in nodes if node_containers(n, kernel_key(first))]
-            finally:
-                stop_kernel(first, kc1)
-            unused = other if used is pushed_node else pushed_node
+    with second_node(pushed_node, "y", kernel_image, tmp_path / "ssh_config") as other:
+        install_kernel(
+            spec,
+            kernel_image,
+            *("--node", pushed_node.url, "--node", other.url),
+            *("--no-workdir", "--pool", "1"),
+        )
+        nodes = (pushed_node, other)
+        first, kc1, _ = started(spec, workdir, tmp_path / "first.log")
+        try:
+            [used] = [n for n in nodes if node_containers(n, kernel_key(first))]
+        finally:
+            stop_kernel(first, kc1)
+        unused = other if used is pushed_node else pushed_node
+        wait_until(lambda: len(ready_warm_dirs(used, spec)) == 1, timeout=90)
+        [warm] = warm_on_node(used)
+        log = tmp_path / "second.log"
+        second, kc2, _ = started(spec, workdir, log)
+        try:
+            wait_until(lambda: "started in warm container" in log.read_text(), timeout=10)
+            assert node_containers(used, kernel_key(second))
+            wait_until(lambda: warm_on_node(used) not in ([], [warm]), timeout=90)
             wait_until(lambda: len(ready_warm_dirs(used, spec)) == 1, timeout=90)
-            [warm] = warm_on_node(used)
-            log = tmp_path / "second.log"
-            second, kc2, _ = started(spec, workdir, log)
-            try:
-                wait_until(lambda: "started in warm container" in log.read_text(), timeout=10)
-                assert node_containers(used, kernel_key(second))
-                wait_until(lambda: warm_on_node(used) not in ([], [warm]), timeout=90)
-                wait_until(lambda: len(ready_warm_dirs(used, spec)) == 1, timeout=90)
-                assert not warm_of_spec(unused, spec)
-                assert ready_warm_dirs(unused, spec) == []
-            finally:
-                stop_kernel(second, kc2)
-            assert cli.main(["gc", "--pools", spec]) == 0
-            assert not warm_of_spec(used, spec)
-    finally:
-        stop_node(other.name)
+            assert not warm_of_spec(unused, spec)
+            assert ready_warm_dirs(unused, spec) == []
+        finally:
+            stop_kernel(second, kc2)
+        assert cli.main(["gc", "--pools", spec]) == 0
+        assert not warm_of_spec(used, spec)

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_docker_kernel import cli, push
-from jupyter_docker_kernel.engine import Engine
+from jupyter_docker_kernel import cli
 from jupyter_docker_kernel.ssh import CONFIG_ENV
 from tests.conftest import install_kernel
 from tests.kernels import execute, key_of, runtime_dirs_of, stream_text, wait_until
-from tests.nodes import NodeUnderTest, start_node, stop_node
+from tests.nodes import NodeUnderTest, second_node
 from tests.test_node_kernels import node_containers, started
 from tests.test_node_pool import node_dirs, ready_warm_dirs, warm_on_node
 
@@ -69,26 +68,18 @@ def test_provisioner_claims_a_warm_container_on_a_node_of_a_pool_of_two(
 ) -> None:
     """setup --node A --node B --pool 1 --provisioner: the provisioner's second start
     claims the warm container its first start's refill made on that one's node."""
-    other = start_node(f"{pushed_node.name[:6]}p")
     spec = "jdk-test-node-prov-pool"
-    try:
-        config = tmp_path / "ssh_config"
-        config.write_text(pushed_node.ssh_config.read_text() + other.ssh_config.read_text())
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(CONFIG_ENV, str(config))
-            push.push(Engine(), kernel_image, [other.url])
-            install_kernel(
-                spec,
-                kernel_image,
-                *("--node", pushed_node.url, "--node", other.url),
-                *("--no-workdir", "--pool", "1", "--provisioner"),
-            )
-            try:
-                claim_story(spec, (pushed_node, other), workdir, tmp_path)
-            finally:
-                cli.main(["gc", "--pools", spec])
-    finally:
-        stop_node(other.name)
+    with second_node(pushed_node, "p", kernel_image, tmp_path / "ssh_config") as other:
+        install_kernel(
+            spec,
+            kernel_image,
+            *("--node", pushed_node.url, "--node", other.url),
+            *("--no-workdir", "--pool", "1", "--provisioner"),
+        )
+        try:
+            claim_story(spec, (pushed_node, other), workdir, tmp_path)
+        finally:
+            cli.main(["gc", "--pools", spec])
 
 
 def test_provisioner_claims_a_gvisor_warm_container_on_a_node(

@@ -64,8 +64,11 @@ try:
     client.execute()
 except Exception as exc:
     error = type(exc).__name__
-nbformat.write(nb, written)
+# Before the write: nbformat's validation and JSON text of a 64 MiB notebook are this
+# script's bookkeeping, not what nbclient held while the flood came in (with them the
+# peak varied 240-400 MiB from run to run).
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+nbformat.write(nb, written)
 print(json.dumps({"error": error, "peak_rss": rss}))
 """
 

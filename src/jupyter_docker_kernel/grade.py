@@ -597,6 +597,8 @@ class ForkRunner:
     #: JUPYTER_PATH, so the worker's kernel runs on that node).
     env: dict[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
+    #: Whether our workers' refills go to the refiller (refiller.hold()).
+    refills: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         # The janitor's sweep once, here (provisioner.ensure_janitor, wait=True): the
@@ -611,6 +613,13 @@ class ForkRunner:
         # Ctrl-C must still reach grade_class, whatever the sweep did to SIGINT.
         signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        # The workers' pool refills in one resident process, not one process per kernel
+        # start (refiller.py: the interpreter's start and imports were about 0.2 s of CPU
+        # per submission). Before the first fork: the workers inherit its channel.
+        from jupyter_docker_kernel import refiller
+
+        with sigint_held():
+            self.refills = refiller.hold()
         atexit.register(self.close)
 
     def start(self, student: str, into: Path) -> Job:
@@ -699,6 +708,11 @@ class ForkRunner:
                     os.killpg(worker.pid, signal.SIGKILL)
                 worker.reap(block=True)
         self.workers = []
+        if self.refills:
+            from jupyter_docker_kernel import refiller
+
+            refiller.release()
+            self.refills = False
 
 
 #: The runner `grade` uses on this machine.

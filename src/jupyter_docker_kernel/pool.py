@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from jupyter_docker_kernel import engine as engine_mod
 from jupyter_docker_kernel import hardening, hostpython
@@ -492,6 +493,20 @@ GATED_FILL = (
 )
 
 
+class Gate(Protocol):
+    """A refill waiting at its gate (what fill_in_background returns): open() lets it
+    start; close() too."""
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+
+
+#: Where fill_in_background sends a refill instead of starting a process for it: set by
+#: refiller.hold() in a parent whose forked children start kernels (grade's workers
+#: inherit it); None: a process per refill.
+REFILLS: Callable[[str], Gate] | None = None
+
+
 class GatedRefill:
     """fill_in_background's process, waiting at its gate: a line on its stdin (open()),
     EOF (close(), or our process's end) or GATE_WAIT seconds let it start."""
@@ -521,7 +536,7 @@ def fill_in_background(
     gated: bool = False,
     env: Mapping[str, str] | None = None,
     node: str = "",
-) -> GatedRefill:
+) -> Gate:
     """Run fill() in a process of its own: it must outlive a kernel that is stopped right
     after answering, as nbgrader does with every notebook, and a one-shot client (nbconvert,
     papermill) whose process ends right after. Container.start spawns it gated: it reads
@@ -533,6 +548,9 @@ def fill_in_background(
     env: its environment (None: ours), which its engine CLI calls get: the resident helper
     passes each kernel's client's (refill_env). node: the node (ssh://) whose pool to top
     up, when not settings.engine_host (a spec with several nodes: the one its start used).
+    Where REFILLS is set, the refill goes there instead (refiller.py); it runs with the
+    environment of the process that set it, whose children we are (a node's DOCKER_HOST,
+    the one way env differs there, is the payload's node).
     """
     import threading
 
@@ -544,6 +562,12 @@ def fill_in_background(
             **({"node": node} if node else {}),
         }
     )
+    if REFILLS is not None:
+        with contextlib.suppress(OSError):  # the refiller is gone: a process, as before
+            sent = REFILLS(payload)
+            if not gated:
+                sent.close()
+            return sent
     proc = subprocess.Popen(
         # The gate comes before our imports (about 80 ms of CPU): they too would compete.
         hostpython.code_argv(GATED_FILL.format(wait=GATE_WAIT)),

@@ -233,7 +233,19 @@ def output_of(page: Page, index: int) -> Locator:
 
 
 def wait_idle(page: Page) -> None:
-    """The toolbar's kernel status reads idle (the kernel answered, nothing is running)."""
+    """The notebook's kernel is connected and idle: the status bar's kernel item reads
+    "| Idle", and so does the toolbar's execution indicator.
+
+    Not the indicator alone: it starts at data-status="idle" before the notebook has a
+    kernel (JupyterLab 4.6 seeds its state with "idle" and updates it only on status
+    events), so it read idle before the server had even started the kernel in 3 of 4 runs
+    under load. A Shift+Enter then finds no kernel and JupyterLab silently clears the run:
+    the cell's output never appears. The status bar item shows the session's
+    kernelDisplayStatus, which is "idle" only once the kernel's websocket is connected and
+    the kernel said idle.
+    """
+    kernel = page.locator(".jp-StatusBar-TextItem[title^='Change kernel for']")
+    expect(kernel).to_contain_text("| Idle", timeout=UI_TIMEOUT_MS)
     expect(page.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute(
         "data-status", "idle", timeout=UI_TIMEOUT_MS
     )

@@ -28,6 +28,7 @@ from tests.kernels import execute, running_kernel, start, stop, stream_text, wai
 from tests.test_jupyterlab import (  # noqa: F401 - fixtures the browser test uses
     Lab,
     chromium,
+    kernel_ids,
     lab,
     output_of,
     page,
@@ -200,6 +201,7 @@ def test_jupyterlab_opens_a_notebook_in_a_project_and_reads_its_data(
 
     page.goto(f"{lab.url}/lab/tree/proj/notebooks/analysis.ipynb?token={lab.token}")
     wait_idle(page)
+    assert len(kernel_ids(lab)) == 1, "idle before the server has the notebook's kernel"
     run_cell(page, 0)
     expect(output_of(page, 0)).to_contain_text("['.git', 'data', 'notebooks']")
     assert output_of(page, 0).inner_text().split("\n")[:3] == ["a,b", "1,2", str(notebooks)]

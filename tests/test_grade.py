@@ -559,7 +559,12 @@ def test_the_journal_lists_what_an_interrupted_run_left(tmp_path: Path) -> None:
 
 
 def fake_main(
-    assignment: str, student: str, into: Path, gradebook: Path | None, nbgrader_args: list[str]
+    assignment: str,
+    student: str,
+    into: Path,
+    gradebook: Path | None,
+    nbgrader_args: list[str],
+    scratch: Path | None = None,
 ) -> int:
     """Stands in for grade_worker.main in ForkRunner's workers (inherited by fork): notes
     the process and what earlier submissions left in it, then leaves some of its own."""
@@ -719,3 +724,58 @@ def test_closing_one_local_runner_ends_its_idle_worker_while_another_runner_has_
     other.close(grace=5)
 
     assert worker.code == 0  # ended by its EOF, not killed
+
+
+def test_a_local_workers_reply_wakes_the_parent_before_its_poll_interval() -> None:
+    replies_in, replies_out = os.pipe()
+    worker = grade.Worker(pid=-1, commands=-1, replies=replies_in)
+    try:
+        os.write(replies_out, b"0\n")
+        began = time.monotonic()
+        grade.wait_for_a_job([grade.WorkerJob(worker)], timeout=5)
+        assert time.monotonic() - began < 1
+        assert grade.WorkerJob(worker).poll() == 0
+    finally:
+        os.close(replies_in)
+        os.close(replies_out)
+
+
+def test_gradebooks_opened_on_one_url_share_one_engine_while_installed(tmp_path: Path) -> None:
+    from nbgrader.api import Gradebook
+
+    url = f"sqlite:///{tmp_path / 'gradebook.db'}"
+    engines = grade_worker.SharedEngines()
+    engines.install()
+    try:
+        with Gradebook(url) as first, Gradebook(url) as second:
+            assert first.engine is second.engine
+        with Gradebook(url) as third:  # usable after a Gradebook's close() disposed it
+            third.add_student("s1")
+            assert first.engine is third.engine
+    finally:
+        engines.uninstall()
+    with Gradebook(url) as after:
+        assert after.engine is not first.engine
+        assert [s.id for s in after.students] == ["s1"]
+
+
+def test_a_forked_child_does_not_use_its_parents_gradebook_engine(tmp_path: Path) -> None:
+    from nbgrader.api import Gradebook
+
+    url = f"sqlite:///{tmp_path / 'gradebook.db'}"
+    engines = grade_worker.SharedEngines()
+    engines.install()
+    try:
+        with Gradebook(url) as parents:
+            engine_id = id(parents.engine)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                with Gradebook(url) as childs:
+                    code = 0 if id(childs.engine) != engine_id else 3
+            finally:
+                os._exit(code)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    finally:
+        engines.uninstall()

@@ -63,6 +63,7 @@ import fnmatch
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -76,7 +77,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from jupyter_docker_kernel.errors import DockerKernelError
-from jupyter_docker_kernel.grade_worker import AUTOGRADED, Result, read_result, sqlite_path
+from jupyter_docker_kernel.grade_worker import (
+    AUTOGRADED,
+    Result,
+    SharedEngines,
+    read_result,
+    sqlite_path,
+)
 
 #: The spool directory in the course root (hidden: nbgrader's globs never see it).
 SPOOL = ".jupyter-docker-kernel-grade"
@@ -297,6 +304,11 @@ def check_result(result: Result, assignment: str, student: str) -> None:
                 raise ValueError("malformed auto_comment")
 
 
+#: The parent's Gradebook engines: its commits share one (a Gradebook's close() closes
+#: its connections after each).
+_ENGINES = SharedEngines()
+
+
 def merge(db_url: str, course_id: str, result: Result) -> None:
     """Write one student's autograde rows into the course's gradebook, in one commit,
     through nbgrader's own Gradebook API (the same calls its Autograde converter makes:
@@ -311,6 +323,7 @@ def merge(db_url: str, course_id: str, result: Result) -> None:
     if not rows:
         return
     assignment, student = result.assignment, result.student
+    _ENGINES.install()  # one engine for all our commits (grade_worker.SharedEngines)
     with warnings.catch_warnings(), Gradebook(db_url, course_id) as gb:
         # nbgrader's add_submission makes SQLAlchemy warn about its autoflush; its own
         # autograde prints the same warnings. Not ours to fix, and not worth a line here.
@@ -787,7 +800,7 @@ def grade_class(plan: Plan, runner: Runner, jobs: int, events: Events) -> list[O
                 events.done(outcome)
             events.tick()
             if not ended:
-                time.sleep(POLL)
+                wait_for_a_job([job for job, _, _ in running.values()], POLL)
     except KeyboardInterrupt:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second ^C: still clean up
         try:
@@ -804,6 +817,20 @@ def grade_class(plan: Plan, runner: Runner, jobs: int, events: Events) -> list[O
         spool.rmdir()
         spool.parent.rmdir()
     return outcomes
+
+
+def wait_for_a_job(jobs: list[Job], timeout: float) -> None:
+    """Sleep until one of the jobs may have ended, at most `timeout` s: a local worker's
+    reply pipe wakes us at once (its next submission starts without waiting out a poll:
+    on 2 cores, half a POLL per submission was a few percent of a class's wall time);
+    other jobs (a Slurm task's) are looked at every `timeout` s."""
+    fds = [job.worker.replies for job in jobs if isinstance(job, WorkerJob)]
+    fds = [fd for fd in fds if fd >= 0]
+    if not fds:
+        time.sleep(timeout)
+        return
+    with contextlib.suppress(OSError, ValueError):  # a pipe closed meanwhile: poll() says
+        select.select(fds, [], [], timeout)
 
 
 def stop_all(jobs: list[Job], grace: float = STOP_GRACE) -> None:

@@ -228,6 +228,69 @@ def timed_out_cells(directory: Path) -> int:
     return count
 
 
+class SharedEngines:
+    """One SQLAlchemy engine per gradebook URL in this process, for nbgrader's Gradebook.
+
+    nbgrader's Gradebook creates an engine each time it is opened (autograde opens one
+    about 10 times per submission; grade's parent once per commit), and a new engine
+    starts with an empty compiled-statement cache, so every query is compiled again each
+    time: in a profile of 40 submissions' workers, Gradebook's opening and SQLAlchemy's
+    compiling were most of the workers' own CPU, and a grading run on 2 cores is CPU-bound
+    (issue 14). Installed, Gradebooks opened on one URL share one engine, and so its
+    cache; the grades do not change (the same nbgrader calls, the same statements).
+
+    Who: grade_worker.serve for a worker's life (its private gradebook copy keeps one
+    path, so one engine serves all its submissions), run_one for a `--one` step, grade's
+    parent for its commits. release() after each unit of work closes the engines'
+    pooled connections (the engines and their caches stay), so no connection is open
+    between submissions, while the copy is replaced, or across a fork; a Gradebook's own
+    close() disposes its engine's pool as before, and an engine stays usable after that.
+    Engines are per process: in a forked child, the parent's SharedEngines (inherited)
+    passes every call on unshared; the child installs its own."""
+
+    def __init__(self) -> None:
+        self.engines: dict[tuple[str, str], Any] = {}
+        self.original: Any = None
+        self.pid = 0
+
+    def install(self) -> None:
+        """Route nbgrader's create_engine through us (idempotent; a nbgrader without
+        that name is left as it is)."""
+        import nbgrader.api as api
+
+        if self.original is not None or not hasattr(api, "create_engine"):
+            return
+        self.original = api.create_engine
+        self.pid = os.getpid()
+        api.create_engine = self.create_engine
+
+    def create_engine(self, url: Any, **kwargs: Any) -> Any:
+        if os.getpid() != self.pid:  # a forked child's call: not ours to share
+            return self.original(url, **kwargs)
+        key = (str(url), repr(sorted(kwargs.items())))
+        engine = self.engines.get(key)
+        if engine is None:
+            engine = self.engines[key] = self.original(url, **kwargs)
+        return engine
+
+    def release(self) -> None:
+        """Close the engines' pooled connections (the engines stay usable)."""
+        if os.getpid() != self.pid:
+            return
+        for engine in self.engines.values():
+            with contextlib.suppress(Exception):
+                engine.dispose()
+
+    def uninstall(self) -> None:
+        import nbgrader.api as api
+
+        self.release()
+        if self.original is not None and api.create_engine == self.create_engine:
+            api.create_engine = self.original
+        self.original = None
+        self.engines.clear()
+
+
 def _scratch_base() -> str | None:
     """Where the private gradebook copy goes: /dev/shm when we may write there (no disk
     writes, no fsync per nbgrader commit), else the temporary directory."""
@@ -284,9 +347,37 @@ def run_one(
     *,
     gradebook: Path | None = None,
     nbgrader_args: tuple[str, ...] = (),
+    scratch: Path | None = None,
 ) -> Result:
     """Autograde `student`'s submission of `assignment` into `into`; see the module
-    docstring. The working directory is the course directory. Writes into/result.json."""
+    docstring. The working directory is the course directory. Writes into/result.json.
+    scratch: a private dir for the gradebook's copy, kept (a long-lived worker's, so the
+    copy's URL, and its SharedEngines engine, stay the same: serve releases them after
+    each submission); None: a new one, removed, and SharedEngines for this step alone."""
+    if scratch is not None:
+        try:
+            return _run_one(assignment, student, into, gradebook, nbgrader_args, scratch)
+        finally:
+            (scratch / PRIVATE_DB).unlink(missing_ok=True)
+    engines = SharedEngines()
+    engines.install()
+    scratch = Path(tempfile.mkdtemp(prefix="jdk-grade-", dir=_scratch_base()))
+    try:
+        return _run_one(assignment, student, into, gradebook, nbgrader_args, scratch)
+    finally:
+        engines.uninstall()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_one(
+    assignment: str,
+    student: str,
+    into: Path,
+    gradebook: Path | None,
+    nbgrader_args: tuple[str, ...],
+    scratch: Path,
+) -> Result:
+    """run_one's grading, with the gradebook's copy in `scratch`."""
     from nbgrader.apps.autogradeapp import AutogradeApp
 
     started_wall = time.time()
@@ -295,7 +386,6 @@ def run_one(
     leftover = into / RESULT_FILE
     leftover.unlink(missing_ok=True)
     signal.signal(signal.SIGTERM, _interrupt_on_term)
-    scratch = Path(tempfile.mkdtemp(prefix="jdk-grade-", dir=_scratch_base()))
     private = scratch / PRIVATE_DB
     private_url = f"sqlite:///{private}"
 
@@ -371,7 +461,6 @@ def run_one(
         rows=rows,
     )
     write_result(into, result)
-    shutil.rmtree(scratch, ignore_errors=True)
     return result
 
 
@@ -397,12 +486,23 @@ def read_result(into: Path) -> Result:
 
 
 def main(
-    assignment: str, student: str, into: Path, gradebook: Path | None, nbgrader_args: list[str]
+    assignment: str,
+    student: str,
+    into: Path,
+    gradebook: Path | None,
+    nbgrader_args: list[str],
+    scratch: Path | None = None,
 ) -> int:
-    """The `--one` command: 0 graded, 1 failed (result.json says why), 130 interrupted."""
+    """The `--one` command: 0 graded, 1 failed (result.json says why), 130 interrupted.
+    scratch: serve's (see run_one)."""
     try:
         result = run_one(
-            assignment, student, into, gradebook=gradebook, nbgrader_args=tuple(nbgrader_args)
+            assignment,
+            student,
+            into,
+            gradebook=gradebook,
+            nbgrader_args=tuple(nbgrader_args),
+            scratch=scratch,
         )
     except KeyboardInterrupt:
         print(f"grade --one {student}: interrupted; no result written", file=sys.stderr)
@@ -443,6 +543,10 @@ def serve(commands: int, replies: int, assignment: str, nbgrader_args: list[str]
     signal.signal(signal.SIGTERM, _interrupt_on_term)
     ours = logging.getLogger("jupyter_docker_kernel")
     pending = bytearray()
+    # One gradebook copy's path, and so one SharedEngines engine, for all our submissions.
+    scratch = Path(tempfile.mkdtemp(prefix="jdk-grade-", dir=_scratch_base()))
+    engines = SharedEngines()
+    engines.install()
     try:
         while True:
             line = read_line(commands, pending)
@@ -458,7 +562,7 @@ def serve(commands: int, replies: int, assignment: str, nbgrader_args: list[str]
             level, propagate = ours.level, ours.propagate
             code = 2
             try:
-                code = main(assignment, student, into, None, nbgrader_args)
+                code = main(assignment, student, into, None, nbgrader_args, scratch)
             except Exception:  # reported in its worker.log; the parent finds no result
                 import traceback
 
@@ -466,6 +570,7 @@ def serve(commands: int, replies: int, assignment: str, nbgrader_args: list[str]
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
+                engines.release()
                 sys.path[:] = path
                 ours.handlers[:] = handlers
                 ours.setLevel(level)
@@ -479,3 +584,6 @@ def serve(commands: int, replies: int, assignment: str, nbgrader_args: list[str]
                 return 130
     except KeyboardInterrupt:  # SIGTERM while waiting for the next submission
         return 130
+    finally:
+        engines.uninstall()
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -19,8 +19,10 @@ One slow story, run once.
 from __future__ import annotations
 
 import json
+import queue
 import secrets
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -115,19 +117,82 @@ def interrupt_reply(km: KernelManager, kc: Any, how: str = "spec") -> dict[str, 
     the kernelspec's interrupt_mode says (KernelManager.interrupt_kernel); "message", an
     interrupt_request on the control channel; "signal", SIGINT through the provisioner
     or to the argv launcher (KernelManager.signal_kernel), whatever the mode."""
+    settle(kc)
     msg_id = kc.execute("import time; print('sleeping', flush=True); time.sleep(60)")
-    kernels.wait_for_stream(kc, msg_id, "sleeping", timeout=30)
+    try:
+        kernels.wait_for_stream(kc, msg_id, "sleeping", timeout=30)
+    except queue.Empty:
+        raise AssertionError(
+            f"the cell to interrupt (by {how}) printed nothing within 30 s; shell: "
+            f"{shell_trail(kc)}; kernel alive: {km.is_alive()}"
+        ) from None
     if how == "message":
         kc.control_channel.send(kc.session.msg("interrupt_request", content={}))
     elif how == "signal":
         km.signal_kernel(signal.SIGINT)
     else:
         km.interrupt_kernel()
+    seen: list[str] = []
+    deadline = time.monotonic() + 30
     while True:
-        reply = kc.get_shell_msg(timeout=30)
+        try:
+            reply = kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            # Say where the interrupt was lost, so one failure is enough to tell.
+            raise AssertionError(
+                f"no execute_reply to the interrupted cell within 30 s (interrupt by {how}); "
+                f"kernel alive: {km.is_alive()}; shell messages meanwhile: {seen}; "
+                f"iopub after the interrupt: {iopub_trail(kc)}"
+            ) from None
         if reply["parent_header"].get("msg_id") == msg_id:
             content: dict[str, Any] = reply["content"]
             return content
+        seen.append(f"{reply['msg_type']} {reply['content'].get('status')}")
+
+
+def settle(kc: Any, tries: int = 10) -> None:
+    """Wait until the kernel takes cells again after an error. ipykernel 7 sends an
+    error's execute_reply first and only then starts aborting the execute_requests queued
+    behind it (Kernel.execute_request -> _abort_queues, ended by a message it queues on
+    its shell thread), so a cell sent the moment that reply arrives can come back
+    "aborted", unrun: the interrupt story's second cell, right after the first
+    interrupt's KeyboardInterrupt, would then never print and its interrupt never be
+    answered. One cell that is not aborted proves the window closed (the end of the
+    abort was queued before it)."""
+    for _ in range(tries):
+        reply, _outputs = kernels.execute(kc, "pass", timeout=30)
+        if reply["status"] != "aborted":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the kernel still aborted cells after {tries} tries")
+
+
+def shell_trail(kc: Any) -> list[str]:
+    """What the shell channel holds now, one short line per reply (a failure's evidence:
+    was the cell aborted?)."""
+    trail: list[str] = []
+    while len(trail) < 20:
+        try:
+            msg = kc.get_shell_msg(timeout=0.5)
+        except queue.Empty:
+            break
+        trail.append(f"{msg['msg_type']} {msg['content'].get('status')}")
+    return trail
+
+
+def iopub_trail(kc: Any) -> list[str]:
+    """What iopub holds now, one short line per message (a failure's evidence: did the
+    kernel see a KeyboardInterrupt, go idle, restart?)."""
+    trail: list[str] = []
+    while len(trail) < 50:
+        try:
+            msg = kc.get_iopub_msg(timeout=0.5)
+        except queue.Empty:
+            break
+        content = msg["content"]
+        what = content.get("execution_state") or content.get("ename") or content.get("name")
+        trail.append(f"{msg['msg_type']} {what}")
+    return trail
 
 
 def notebook_story(

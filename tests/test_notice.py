@@ -12,7 +12,12 @@ import pytest
 import zmq
 from jupyter_client.session import Session
 
-from jupyter_docker_kernel.notice import execute_header, kill_notice, notice_messages
+from jupyter_docker_kernel.notice import (
+    as_execute_header,
+    execute_header,
+    kill_notice,
+    notice_messages,
+)
 from jupyter_docker_kernel.relay import Endpoint, Relay, Route, zmtp_message
 from tests.kernels import free_port
 from tests.test_relay import EchoKernel, PubKernel
@@ -86,6 +91,27 @@ def test_execute_header_is_the_last_execute_request_even_across_chunks() -> None
     assert header["msg_id"] == wanted
     assert execute_header((info,)) is None
     assert execute_header((b"",)) is None
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"{not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'"execute_request"',
+        b'{"msg_type": "kernel_info_request"}',
+    ],
+)
+def test_a_header_frame_that_is_no_execute_requests_object_is_none(frame: bytes) -> None:
+    """The relay's raw bytes and the kube proxy's kept frame end in this one check: a
+    kill notice's parent is only ever an execute_request's header, never an error."""
+    assert as_execute_header(frame) is None
+    assert as_execute_header(b'{"msg_type": "execute_request", "msg_id": "m"}') == {
+        "msg_type": "execute_request",
+        "msg_id": "m",
+    }
 
 
 @pytest.mark.parametrize("reconnected", [False, True])

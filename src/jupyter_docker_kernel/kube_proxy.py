@@ -71,7 +71,6 @@ import asyncio
 import contextlib
 import contextvars
 import ipaddress
-import json
 import logging
 import os
 import secrets
@@ -400,15 +399,9 @@ class ChannelProxy:
     def last_execute(self) -> dict[str, Any] | None:
         """The header of the last execute_request a client sent on shell, or None (as
         relay.Relay.last_execute: notice.notice_messages' parent)."""
-        if not self._last_execute:
-            return None
-        try:
-            header = json.loads(self._last_execute)
-        except ValueError:
-            return None
-        if isinstance(header, dict) and header.get("msg_type") == "execute_request":
-            return header
-        return None
+        from jupyter_docker_kernel.notice import as_execute_header
+
+        return as_execute_header(self._last_execute)  # b"" (none kept) is not JSON: None
 
     async def announce(self, messages: list[list[bytes]]) -> int:
         """Publish `messages` (frames, topic first: notice.notice_messages) to every client

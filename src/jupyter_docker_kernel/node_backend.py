@@ -101,7 +101,8 @@ USAGE_NAME = "_usage.py"
 SECCOMP_NAME = Path(hardening.SECCOMP_PROFILE).name
 
 #: Runs on the node: the kernel's dir ($0) in the node user's private base (made again if
-#: the node's /tmp was emptied since ssh.Connection.facts asked), from the tar on stdin.
+#: the node's /tmp was emptied since ssh.Connection.facts asked), from the tar on stdin
+#: (make_node_dir; a cold start's _CREATE_SCRIPT).
 _PREPARE_SCRIPT = (
     'umask 077; b=$(dirname -- "$0"); mkdir -p -m 0700 -- "$b" && [ -O "$b" ] && '
     '[ ! -L "$b" ] && mkdir -m 0700 -- "$0" && tar -x -p -C "$0" -f -'
@@ -654,6 +655,20 @@ def node_launch(launch: hardening.Launch, remote: RunDir, uid: int, gid: int) ->
     )
 
 
+def make_node_dir(
+    connection: Connection, remote: RunDir, bundle: bytes, *, work: bool = False
+) -> None:
+    """Make a kernel's dir `remote` on the node from `bundle` (kernel_dir_bundle), in one
+    ssh session: start_warm's warm container and node_probe.probe's probe call it (a cold
+    start makes its dir in the session of its `docker create`: _CREATE_SCRIPT). With
+    `work`, an empty work dir (RunDir.work, 0755) there too: the probe's, as the launcher
+    makes one here. Raises EngineError (ssh.Connection.run) when the node refuses."""
+    script = _PREPARE_SCRIPT
+    if work:
+        script += f' && mkdir -m 0755 "$0/{remote.work.name}"'
+    connection.run(["sh", "-c", script, str(remote.path)], input_bytes=bundle)
+
+
 def kernel_dir_bundle(settings: KernelSettings, there: hardening.Launch, rundir: RunDir) -> bytes:
     """The kernel's dir for the node as a tar stream: the socket dir, the connection file
     (none for a warm container) and env file Container.prepare (or pool.start_one) wrote
@@ -708,10 +723,7 @@ def start_warm(
     there = dataclasses.replace(
         node_launch(pooled, remote, facts.uid, facts.gid), connection_file=""
     )
-    connection.run(
-        ["sh", "-c", _PREPARE_SCRIPT, str(remote.path)],
-        input_bytes=kernel_dir_bundle(settings, there, warm),
-    )
+    make_node_dir(connection, remote, kernel_dir_bundle(settings, there, warm))
     args = hardening.run_args(settings, there, pool=(key, str(warm.path)))
     if not pool.lowers_priority(settings, engine):
         (warm.path / WEIGHT_NOTE).write_text(f"{pool.cpu_shares(settings)}\n")

@@ -31,9 +31,9 @@ from jupyter_docker_kernel import hardening, readiness, workcopy
 from jupyter_docker_kernel.engine import Engine, first_line
 from jupyter_docker_kernel.errors import DockerKernelError, EngineError, ImageError
 from jupyter_docker_kernel.node_backend import (
-    _PREPARE_SCRIPT,
     connect_through,
     kernel_dir_bundle,
+    make_node_dir,
     node_launch,
     remove_node_dirs,
 )
@@ -76,11 +76,7 @@ def probe(engine: Engine, settings: KernelSettings, base: Path) -> readiness.Pro
     try:
         Path(launch.workdir).mkdir(mode=0o755)
         rundir.connection.write_text("{}")
-        prepare = f'{_PREPARE_SCRIPT} && mkdir -m 0755 "$0/{remote.work.name}"'
-        connection.run(
-            ["sh", "-c", prepare, str(remote.path)],
-            input_bytes=kernel_dir_bundle(settings, there, rundir),
-        )
+        make_node_dir(connection, remote, kernel_dir_bundle(settings, there, rundir), work=True)
         args = readiness.probe_args(settings, there)
         # stdin (through ssh) is the supervisor's lifeline, as for a kernel.
         proc = connection.popen(["docker", *args])
@@ -113,7 +109,7 @@ def probe(engine: Engine, settings: KernelSettings, base: Path) -> readiness.Pro
     result = readiness.Probe()
     text_out, text_err = out.decode(errors="replace"), err.decode(errors="replace")
     code = proc.returncode if proc is not None else None
-    kernel = readiness._kernel_verdict(settings, user, code, text_out, text_err, path, result)
+    kernel = readiness.kernel_verdict(settings, user, code, text_out, text_err, path, result)
     sockets = readiness.sockets_verdict(
         bool(text_out.strip()),
         reached == "ok",

@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["execute_header", "kill_notice", "kill_words", "notice_messages"]
+__all__ = ["as_execute_header", "execute_header", "kill_notice", "kill_words", "notice_messages"]
 
 #: How the supervisor inside the container starts its lines (_supervise.PREFIX).
 SUPERVISOR = "jupyter-docker-kernel:"
@@ -145,14 +145,22 @@ def execute_header(chunks: tuple[bytes, ...]) -> dict[str, Any] | None:
         end = at
         signature = _frame(data, at + len(DELIM))
         header = signature and _frame(data, signature[1])
-        if not header:
-            continue
-        try:
-            parsed = json.loads(header[0])
-        except ValueError:
-            continue
-        if isinstance(parsed, dict) and parsed.get("msg_type") == "execute_request":
+        parsed = as_execute_header(header[0]) if header else None
+        if parsed is not None:
             return parsed
+    return None
+
+
+def as_execute_header(frame: bytes) -> dict[str, Any] | None:
+    """A message's header frame as a dict if it is an execute_request's, else None (not
+    JSON, not an object, another msg_type). execute_header (the relay's raw bytes) and
+    kube_proxy.ChannelProxy.last_execute (the header frame it kept) end with it."""
+    try:
+        parsed = json.loads(frame)
+    except ValueError:
+        return None
+    if isinstance(parsed, dict) and parsed.get("msg_type") == "execute_request":
+        return parsed
     return None
 
 

@@ -438,7 +438,7 @@ def probe(
         remove_tree(directory)
     spent = time.monotonic() - started
     result = Probe()
-    kernel = _kernel_verdict(settings, user, proc.returncode, out, err, image_path, result)
+    kernel = kernel_verdict(settings, user, proc.returncode, out, err, image_path, result)
     sockets = sockets_verdict(
         bool(out.strip()),
         reached == "ok",
@@ -490,7 +490,7 @@ def _connect(proc: subprocess.Popen[str], path: Path, deadline: float) -> tuple[
     return "", error
 
 
-def _kernel_verdict(
+def kernel_verdict(
     settings: KernelSettings,
     user: str,
     code: int | None,
@@ -499,8 +499,10 @@ def _kernel_verdict(
     image_path: Sequence[str],
     result: Probe,
 ) -> tuple[Status, str, str]:
-    """Read the probe's report line: it ran, has ipykernel, is not root, has no
-    capabilities or network it should not have, and gVisor shows its own kernel."""
+    """The probe's 'kernel' check, from its exit `code`, stdout (`out`: the report line)
+    and stderr (`err`): it ran, has ipykernel, is not root, has no capabilities or network
+    it should not have, and gVisor shows its own kernel. Fills `result`'s versions. Called
+    by this host's probe above and node_probe.probe's on a node (as sockets_verdict)."""
     # The last line: an entrypoint kept with --keep-entrypoint may print before it
     # (Docker Stacks' start.sh logs to stdout).
     words = (out.strip().splitlines() or [""])[-1].split()

@@ -18,7 +18,7 @@ import pytest
 from jupyter_client.connect import write_connection_file
 
 from jupyter_docker_kernel import cli, hardening, kernelspec, readiness
-from jupyter_docker_kernel.engine import Engine, explain_run_failure
+from jupyter_docker_kernel.engine import Engine, EngineError, explain_run_failure
 from jupyter_docker_kernel.errors import SettingsError
 from jupyter_docker_kernel.hardening import Launch
 from jupyter_docker_kernel.settings import KernelSettings, Mount
@@ -542,3 +542,33 @@ def names_of(engine: Engine) -> list[str]:
     """Names of the probe containers the engine has, in any state."""
     out = engine.run(["ps", "-a", "--filter", "name=jdk-probe-", "--format", "{{.Names}}"])
     return out.stdout.split()
+
+
+class _RefusingEngine(Engine):
+    """An engine whose CLI is a program that runs until killed, and that refuses removals."""
+
+    def __init__(self, program: Path) -> None:
+        super().__init__()
+        self.program = program
+
+    def executable(self) -> str:
+        return str(self.program)
+
+    def remove(self, name: str) -> bool:
+        raise EngineError("the engine refused the removal")
+
+
+def test_a_probe_whose_removal_the_engine_refuses_leaves_no_process_and_no_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    program = tmp_path / "docker"
+    program.write_text("#!/bin/sh\nexec sleep 60\n")
+    program.chmod(0o755)
+    base = tmp_path / "base"
+    base.mkdir(mode=0o700)
+    monkeypatch.setattr(readiness, "PROBE_TIMEOUT", 0.3)
+    settings = KernelSettings(workdir="none")
+    with pytest.raises(EngineError):
+        readiness.probe(_RefusingEngine(program), settings, base)
+    assert list(base.iterdir()) == []
+    assert subprocess.run(["pgrep", "-f", str(program)], capture_output=True).returncode == 1

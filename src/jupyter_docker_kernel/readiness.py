@@ -427,15 +427,19 @@ def probe(
             engine.remove(name)
             out, err = proc.communicate(timeout=15)
     finally:
-        if proc.poll() is None:
-            engine.remove(name)
-            proc.kill()
-            proc.wait()
-        if settings.engine == "podman" or hardening.is_gvisor(settings):
-            # Attached Podman and gVisor runs go without --rm (hardening.run_args: the
-            # exit code, the OOM verdict): the probe's container stays unless removed.
-            engine.remove(name)
-        remove_tree(directory)
+        try:
+            if proc.poll() is None:
+                try:
+                    engine.remove(name)
+                finally:  # an engine that refused the removal: still no probe left here
+                    proc.kill()
+                    proc.communicate()  # its end, and our pipes to it closed
+            if settings.engine == "podman" or hardening.is_gvisor(settings):
+                # Attached Podman and gVisor runs go without --rm (hardening.run_args: the
+                # exit code, the OOM verdict): the probe's container stays unless removed.
+                engine.remove(name)
+        finally:
+            remove_tree(directory)
     spent = time.monotonic() - started
     result = Probe()
     kernel = kernel_verdict(settings, user, proc.returncode, out, err, image_path, result)

@@ -18,8 +18,8 @@ import pytest
 from jupyter_client.connect import write_connection_file
 
 from jupyter_docker_kernel import cli, hardening, kernelspec, readiness
-from jupyter_docker_kernel.engine import Engine, EngineError, explain_run_failure
-from jupyter_docker_kernel.errors import SettingsError
+from jupyter_docker_kernel.engine import Engine, explain_run_failure
+from jupyter_docker_kernel.errors import EngineError, SettingsError
 from jupyter_docker_kernel.hardening import Launch
 from jupyter_docker_kernel.settings import KernelSettings, Mount
 from tests.conftest import TEST_KERNEL

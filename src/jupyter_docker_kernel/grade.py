@@ -304,11 +304,6 @@ def check_result(result: Result, assignment: str, student: str) -> None:
                 raise ValueError("malformed auto_comment")
 
 
-#: The parent's Gradebook engines: its commits share one (a Gradebook's close() closes
-#: its connections after each).
-_ENGINES = SharedEngines()
-
-
 def merge(db_url: str, course_id: str, result: Result) -> None:
     """Write one student's autograde rows into the course's gradebook, in one commit,
     through nbgrader's own Gradebook API (the same calls its Autograde converter makes:
@@ -323,7 +318,6 @@ def merge(db_url: str, course_id: str, result: Result) -> None:
     if not rows:
         return
     assignment, student = result.assignment, result.student
-    _ENGINES.install()  # one engine for all our commits (grade_worker.SharedEngines)
     with warnings.catch_warnings(), Gradebook(db_url, course_id) as gb:
         # nbgrader's add_submission makes SQLAlchemy warn about its autoflush; its own
         # autograde prints the same warnings. Not ours to fix, and not worth a line here.
@@ -771,6 +765,10 @@ def grade_class(plan: Plan, runner: Runner, jobs: int, events: Events) -> list[O
     #: worker never waits for the commit of a submission it has finished.
     finished: dict[str, tuple[Job, Path, float]] = {}
     outcomes: list[Outcome] = []
+    # Our commits' Gradebooks share one engine while we grade (grade_worker.SharedEngines;
+    # a Gradebook's close() closes its connections after each commit).
+    engines = SharedEngines()
+    engines.install()
     try:
         while todo or running:
             for student in [s for s, (job, _, _) in running.items() if job.poll() is not None]:
@@ -813,6 +811,8 @@ def grade_class(plan: Plan, runner: Runner, jobs: int, events: Events) -> list[O
         finally:
             signal.signal(signal.SIGINT, previous)
         raise GradingInterrupted(outcomes) from None
+    finally:
+        engines.uninstall()
     with contextlib.suppress(OSError):
         spool.rmdir()
         spool.parent.rmdir()

@@ -256,3 +256,24 @@ def test_preflight_without_sbatch_says_where_to_run(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SlurmError, match=r"^sbatch was not found on PATH\. Nothing was submitted"):
         slurm.preflight("short")
+
+
+def test_grade_slurm_makes_no_local_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`grade --slurm` grades in array tasks only: no local runner (its engine sweep and
+    resident refiller would serve nobody) is made before or after Slurm's preflight."""
+    from types import SimpleNamespace
+
+    from jupyter_docker_kernel import cli, grade
+
+    made: list[object] = []
+    plan = SimpleNamespace(students=["s00"], skipped=[], assignment="ps1")
+    monkeypatch.setattr(grade, "plan", lambda *a, **k: plan)
+    monkeypatch.setattr(grade, "LocalRunner", lambda *a, **k: made.append(a))
+
+    def no_slurm(partition: object) -> None:
+        raise SlurmError("no Slurm here", "Nothing was graded", "A test.")
+
+    monkeypatch.setattr(slurm, "preflight", no_slurm)
+    code = cli.main(["grade", "ps1", "--slurm"])
+    assert code != 0
+    assert made == []

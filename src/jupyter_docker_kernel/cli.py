@@ -622,12 +622,14 @@ def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
             plan, args.node or [], lambda p, env: grade.LocalRunner(p, env=env)
         )
     )
-    runner: grade.Runner = grade.LocalRunner(plan) if nodes is None else nodes.runner
+    runner: grade.Runner
     array: slurm.ArrayRunner | None = None
     if nodes is not None:
+        runner = nodes.runner
         # Each node takes as many as it has CPUs; --jobs, if given, caps the total.
         jobs = min(jobs, nodes.runner.capacity) if args.jobs else nodes.runner.capacity
     if args.slurm:
+        # No local runner: its engine sweep and resident refiller would serve nobody here.
         slurm.preflight(args.partition)
         array = slurm.ArrayRunner(
             lambda student, into: grade.worker_argv(plan, student, into),
@@ -638,6 +640,8 @@ def cmd_grade(args: argparse.Namespace, engine: Engine) -> int:
             job_name=f"grade-{plan.assignment}",
         )
         runner, jobs = array, max(1, len(plan.students))
+    elif nodes is None:
+        runner = grade.LocalRunner(plan)
     out = sys.stderr if args.json == "-" else sys.stdout
     for skipped in nodes.skipped if nodes is not None else []:
         print(f"node skipped: {skipped.why}", file=out)

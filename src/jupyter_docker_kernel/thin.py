@@ -45,6 +45,11 @@ from jupyter_docker_kernel import __version__
 PROTOCOL = 1
 #: Set to 1: never use the helper (the launcher runs the kernel in its own process).
 NO_HELPER_ENV = "JUPYTER_DOCKER_KERNEL_NO_HELPER"
+#: Set to 1 (in the client's environment, so in its request's env): a helper hands a local
+#: engine's kernel over to the compiled client that asked ("handover": true), which then
+#: relays and watches by itself while the helper may exit (issue 17; docs/design/issue17/
+#: c-relay.md, "Build plan"). Off by default until the hostile relay tests pass against it.
+HANDOVER_ENV = "JUPYTER_DOCKER_KERNEL_HANDOVER"
 #: What run() returns when the caller must run the kernel in-process instead.
 FALLBACK = None
 #: The exit code when the helper went away in the middle of a session (killed, crashed).

@@ -651,6 +651,15 @@ def test_ipykernel_reading_curve_keys_from_the_read_only_secret_dies(
         copy = kube_channels.KERNEL_CONNECTION
         container["command"] = [hardening.CONNECTION_TARGET if a == copy else a for a in command]
 
-    running = start_pod(network, kernel_image, tmp_path / "volumes", read_the_secret_directly)
-    kernels.wait_until(lambda: not running.running(), timeout=30)
-    assert "Read-only file system" in running.logs()
+    # Once in a CI run (1 of ~15 full runs; never in 24 parallel runs of this test alone)
+    # this pod's kernel died binding its shell port (EADDRINUSE on 0.0.0.0:40001 in the
+    # pod's own network namespace) before it reached the file: a second pod then decides.
+    for attempt in (1, 2):
+        root = tmp_path / f"volumes-{attempt}"
+        running = start_pod(network, kernel_image, root, read_the_secret_directly)
+        kernels.wait_until(lambda pod=running: not pod.running(), timeout=30)
+        logs = running.logs()
+        if "Address already in use" not in logs:
+            break
+        print(f"attempt {attempt}: the kernel could not bind:\n{logs}", file=sys.stderr)
+    assert "Read-only file system" in logs, logs

@@ -437,7 +437,7 @@ def test_ctrl_c_keeps_finished_students_and_a_rerun_grades_the_rest(
     assert 2 <= len(done) < len(SMALL)
     assert {s for s, score in scores.items() if score == 2.0} == done
     assert not any(course.glob("autograded/*/.ps1.*"))
-    assert containers_left(course) == []
+    assert our_containers(course) == []  # grade's close() swept what stopped workers left
     assert set(grade.read_journal(course / grade.SPOOL / "ps1")) == set(SMALL) - done
 
     code, out, _ = run_grade(course, "--jobs", "2")
@@ -651,6 +651,40 @@ def test_stopping_a_local_workers_submission_ends_the_worker(runner: Any, tmp_pa
 
     assert job.poll() == 130
     assert runner.workers[0].code is not None
+
+
+def test_closing_after_a_stopped_worker_sweeps_the_engine(
+    runner: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker Ctrl-C stopped may have been starting a kernel: close() sweeps the engine
+    for what dead launchers left (a container its lifeline never reached) once."""
+    sweeps: list[str] = []
+    monkeypatch.setattr(grade, "sweep_after_workers", lambda: sweeps.append("swept"))
+    into = tmp_path / "slow"
+    into.mkdir()
+    job = runner.start("slow", into)
+    while not (into / "seen.json").exists():
+        time.sleep(0.01)
+    job.stop()
+    while job.poll() is None:
+        time.sleep(0.01)
+
+    runner.close(grace=5)
+
+    assert sweeps == ["swept"]
+
+
+def test_closing_after_workers_that_only_graded_does_not_sweep(
+    runner: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers that end at EOF (exit 0) left nothing: close() does not sweep the engine."""
+    sweeps: list[str] = []
+    monkeypatch.setattr(grade, "sweep_after_workers", lambda: sweeps.append("swept"))
+    assert finish(runner, "s0", tmp_path)[0] == 0
+
+    runner.close(grace=5)
+
+    assert sweeps == []
 
 
 def test_kernel_records_kept_before_a_submission_are_not_its_reasons(tmp_path: Path) -> None:

@@ -714,6 +714,8 @@ class ForkRunner:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(worker.pid, signal.SIGKILL)
                 worker.reap(block=True)
+        if any(worker.code != 0 for worker in self.workers):
+            sweep_after_workers()
         self.workers = []
         if self.refills:
             from jupyter_docker_kernel import refiller
@@ -724,6 +726,20 @@ class ForkRunner:
 
 #: The runner `grade` uses on this machine.
 LocalRunner = ForkRunner
+
+
+def sweep_after_workers() -> None:
+    """ForkRunner.close's sweep once a worker ended other than by EOF (Ctrl-C's SIGTERM,
+    the SIGKILL after STOP_GRACE, a crash): a worker stopped while its kernel's container
+    was being started leaves one its lifeline never reached (created, or waiting its
+    supervisor's LIFELINE_WAIT_SECONDS before it exits). Its launcher, the worker, is
+    dead, so the janitor's rules (reaper.sweep) remove it now, before grade returns,
+    rather than seconds later or, for a created one, at the next start. Best effort."""
+    from jupyter_docker_kernel.engine import Engine
+    from jupyter_docker_kernel.reaper import sweep
+
+    with contextlib.suppress(Exception):
+        sweep(Engine(), "grade's stopped workers")
 
 
 class Events(Protocol):

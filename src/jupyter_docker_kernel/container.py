@@ -967,10 +967,8 @@ class Container:
     def let_go(self) -> None:
         """After a hand-over (hosting.hand_over_kernel): close this process's copies of
         the lifeline, the exit watch and the kept log's descriptor without ending anything
-        (the compiled client holds its own copies now), and let the refill go (its gate was
-        opened). The container and the runtime dir stay: finish.py removes them."""
-        if self._refill is not None:
-            self._refill.close()
+        (the compiled client holds its own copies now). The refill stays at its gate (the
+        caller opens it), the container and the runtime dir stay: finish.py removes them."""
         let_go = getattr(self.cold, "let_go", None)
         if let_go is not None:
             let_go()

@@ -259,8 +259,10 @@ def hand_over_kernel(
         if not container.stopping:
             logger.warning("could not hand the kernel over to its client: %s", exc)
         container.stop(f"its kernel's launcher went away ({exc})")
-        ending = container.wait()
-        return container.finish(ending, Relayed())
+        try:
+            return container.finish(container.wait(), Relayed())
+        finally:
+            container.close()  # session.run leaves a handed-over container alone
     finally:
         os.close(dir_fd)
         os.close(log_fd)

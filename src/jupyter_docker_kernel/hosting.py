@@ -219,6 +219,7 @@ def hand_over_kernel(
         if not isinstance(cold, Held) or cold.sock is None or cold.exit is None:
             return None  # refused, or ended before its lifeline: serve() tells why
         lifeline, watch = cold.sock, cold.exit
+        container.container_id = container.container_id or cold.container_id
     else:
         if container.lifeline is None:
             return None

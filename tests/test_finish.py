@@ -48,7 +48,8 @@ def real_helper(tmp_path: Path, kernel_name: str) -> Iterator[str]:
     try:
         deadline = time.monotonic() + 10
         while not os.path.exists(path):
-            assert time.monotonic() < deadline and proc.poll() is None, "no helper"
+            assert time.monotonic() < deadline, "the helper did not listen"
+            assert proc.poll() is None, "the helper exited"
             time.sleep(0.02)
         yield path
     finally:
@@ -98,7 +99,8 @@ def test_a_handed_over_kernel_ends_through_finish_with_its_code_notice_and_remov
         assert 0 < float(fields["lifetime_left"]) <= float(fields["max_lifetime"]) + 5
         assert stat.S_ISSOCK(os.stat(fields["engine_socket"]).st_mode)
         state = json.loads(Path(fields["state"]).read_text())
-        assert state["name"] == fields["name"] and state["launcher_pid"] == os.getpid()
+        assert state["name"] == fields["name"]
+        assert state["launcher_pid"] == os.getpid()
         # The nine descriptors in the table's order.
         assert len(client.fds) == 9
         lifeline, exit_fd, dir_fd, log_fd, *listeners = client.fds
@@ -178,4 +180,5 @@ def test_a_handed_over_kernel_ends_through_finish_with_its_code_notice_and_remov
     assert subprocess.run(["docker", "inspect", fields["name"]], capture_output=True).returncode
     assert not base.exists()
     record = json.loads((Path(state["log_dir"]) / f"{fields['name']}.json").read_text())
-    assert record["exit_code"] == 137 and record["launcher_pid"] == os.getpid()
+    assert record["exit_code"] == 137
+    assert record["launcher_pid"] == os.getpid()

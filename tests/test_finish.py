@@ -81,9 +81,9 @@ def test_a_handed_over_kernel_ends_through_finish_with_its_code_notice_and_remov
     client = FakeClient(real_helper, kernel_request(kernel_name, connection_file))
     client.sock.settimeout(120)
     finish: subprocess.Popen[str] | None = None
-    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     try:
-        lines = []
+        lines: list[bytes] = []
         while not (line := client.line() or b"").startswith(b"H "):
             assert line, f"EOF before H: {lines}"
             lines.append(line)
@@ -109,7 +109,7 @@ def test_a_handed_over_kernel_ends_through_finish_with_its_code_notice_and_remov
         assert stat.S_ISDIR(os.fstat(dir_fd).st_mode)
         assert stat.S_ISREG(os.fstat(log_fd).st_mode)
         ports = [port_of(fd) for fd in listeners]
-        assert ports == [info[f"{ch}_port"] for ch in thin.CHANNELS]
+        assert ports == [dict(info)[f"{ch}_port"] for ch in thin.CHANNELS]
         labels = inspect(fields["id"])["Config"]["Labels"]  # type: ignore[index]
         assert labels[LABEL_LAUNCHER_PID] == str(os.getpid())
         client.sock.sendall(b"R")

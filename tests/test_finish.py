@@ -63,12 +63,13 @@ def port_of(fd: int) -> int:
         return int(sock.getsockname()[1])
 
 
-def kernel_request(kernel_name: str, connection_file: str) -> bytes:
+def kernel_request(kernel_name: str, connection_file: str, env_on: bool = True) -> bytes:
+    """The compiled client's request (it asks for the hand-over), switched on or off."""
     spec = Path(os.environ["JUPYTER_DATA_DIR"]) / "kernels" / kernel_name / "kernel.json"
     settings = json.loads(spec.read_text())["env"][SETTINGS_ENV]
     raw = thin.request_for(settings, connection_file)
     raw["handover"] = True
-    raw["env"] = {**raw["env"], thin.HANDOVER_ENV: "1"}  # type: ignore[dict-item]
+    raw["env"] = {**raw["env"], thin.HANDOVER_ENV: "1" if env_on else "0"}  # type: ignore[dict-item]
     return json.dumps(raw).encode() + b"\n"
 
 
@@ -182,3 +183,31 @@ def test_a_handed_over_kernel_ends_through_finish_with_its_code_notice_and_remov
     record = json.loads((Path(state["log_dir"]) / f"{fields['name']}.json").read_text())
     assert record["exit_code"] == 137
     assert record["launcher_pid"] == os.getpid()
+
+
+def test_with_the_switch_off_the_helper_serves_the_kernel_as_before(
+    real_helper: str, kernel_name: str, workdir: Path, tmp_path: Path
+) -> None:
+    connection_file, _ = write_connection_file(
+        str(tmp_path / "kernel-served-test.json"), ip="127.0.0.1", key=KEY
+    )
+    client = FakeClient(real_helper, kernel_request(kernel_name, connection_file, env_on=False))
+    client.sock.settimeout(120)
+    try:
+        lines: list[bytes] = []
+        while not any(b"started in container" in line for line in lines):
+            line = client.line()
+            assert line is not None, f"EOF before the start line: {lines}"
+            lines.append(line)
+        name = lines[-1].split(b"container ")[1].split()[0].decode()
+        helper_pid = int(lines[0].split()[1])  # A <helper pid>
+        labels = inspect(name)["Config"]["Labels"]  # type: ignore[index]
+        assert labels[LABEL_LAUNCHER_PID] == str(helper_pid)  # the helper keeps it
+        client.sock.sendall(bytes([15]))  # SIGTERM, forwarded: the helper stops it
+        rest = client.rest()
+    finally:
+        client.close()
+    assert not any(line.startswith(b"H ") for line in lines + rest)
+    assert client.fds == []
+    assert rest[-1].startswith(b"X "), rest
+    assert any(b"exited with code" in line for line in rest)

@@ -366,6 +366,8 @@ class Container:
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         out: IO[bytes] | None = None,
         home: str | None = None,
+        launcher_pid: int | None = None,
+        revived: dict[str, Any] | None = None,
     ) -> None:
         """kernel_id, base and workdir default to what an argv launcher has (the connection
         file's name, a fresh dir, its cwd); the provisioner passes its own, as its base
@@ -374,7 +376,15 @@ class Container:
         the start, stop and exit lines go (the provisioner passes the server's). out: where
         the kernel's own output lines go (default: our stderr; the resident helper passes
         a stream to the kernel's thin client). home: the user's home directory, which no
-        project root may be (default: ours; the resident helper passes its client's)."""
+        project root may be (default: ours; the resident helper passes its client's).
+        launcher_pid: the process whose life the container's labels, its runtime dir's
+        owner marker and its kept log name (reaper.collect keeps the kernel while it
+        lives); default: ours. The resident helper passes its compiled client's for a
+        kernel it hands over (it exits while the kernel runs on). revived: the hand-over
+        state (hosting.handover_state) of a running container this object is made for
+        again, by another process (finish.py): its name, id, start time and connection
+        info are taken from it; the connection file need not exist any more, the project
+        is not checked again, nothing is created."""
         self.log = logger or log
         self.home = home or os.path.expanduser("~")
         self.out = out
@@ -384,8 +394,11 @@ class Container:
             backend = backend_for(settings, backend)
         self.backend: Backend = backend
         try:
-            with open(connection_file) as fh:
-                self.connection: dict[str, Any] = json.load(fh)
+            if revived is not None:  # its client may have removed the file by now
+                self.connection: dict[str, Any] = dict(revived["connection"])
+            else:
+                with open(connection_file) as fh:
+                    self.connection = json.load(fh)
         except (OSError, ValueError) as exc:
             raise LaunchError(
                 f"Cannot read the connection file {connection_file}: {exc}. No container was "
@@ -400,7 +413,9 @@ class Container:
         self.base = self.rundir.path
         self.workdir = workdir or os.getcwd()
         #: The directory mounted (or copied) at its own path, self.workdir inside it.
-        self.project, self.workdir = self.resolve_project()
+        self.project, self.workdir = (
+            self.resolve_project() if revived is None else (self.workdir, self.workdir)
+        )
         self.runtime_dir = self.rundir.sockets
         self.cidfile = self.rundir.cid
         self.container_id = ""
@@ -414,6 +429,7 @@ class Container:
         self.lifeline: socket.socket | None = None
         self.last_interrupt = float("-inf")
         self.client_pid = client_pid or os.getppid()
+        self.launcher_pid = launcher_pid or os.getpid()
         #: The kernel's kept output and exit, for `jupyter-docker-kernel logs`.
         self.kernel_log: kernel_log.KernelLog | None = None
         #: With --copy-workdir: what prepare()/adopt() found to stream into the container.
@@ -432,6 +448,15 @@ class Container:
         self.output_ended = threading.Event()
         #: The end of the engine CLI's / supervisor's stderr, to explain an end.
         self._said = bytearray()
+        if revived is not None:
+            self._revive(revived)
+
+    def _revive(self, state: dict[str, Any]) -> None:
+        """__init__'s end for a `revived` container: what the hand-over state says."""
+        self.name = str(state["name"])
+        self.container_id = str(state["id"])
+        self.started = float(state["started"])
+        self.pooled = bool(state["pooled"])
 
     # -- preparation (before any container exists) ------------------------------------------
 
@@ -464,8 +489,8 @@ class Container:
                 host_gid=os.getgid(),
                 workdir=self.workdir,
                 project_root=self.project if self.project != self.workdir else "",
-                launcher_pid=os.getpid(),
-                launcher_start=process_start_time(os.getpid()),
+                launcher_pid=self.launcher_pid,
+                launcher_start=process_start_time(self.launcher_pid),
                 hostname=socket.gethostname(),
                 workdir_owner=owner_of(self.workdir, self.settings),
                 env_file=str(self.rundir.env_file) if self.settings.env else None,
@@ -477,7 +502,7 @@ class Container:
     def prepare(self) -> hardening.Launch:
         """Create the runtime dir, the in-container connection file and the workdir copy."""
         self.rundir.create()
-        self.rundir.mark_owner()
+        self.rundir.mark_owner(self.launcher_pid)
         launch = self.launch_facts()
         workdir = launch.workdir
         if self.settings.workdir != "none" and workdir == "/":
@@ -575,7 +600,7 @@ class Container:
     def adopt(self, claimed: pool.Claim) -> None:
         """Take over a claimed warm container (its dir is ours now): the kernel gets its key.
         Its exit is then awaited through the backend (wait)."""
-        self.rundir.mark_owner()
+        self.rundir.mark_owner(self.launcher_pid)
         self.container_id = claimed.container_id
         if not self.container_id:  # claimed before its starter wrote the id down
             info = self.backend.inspect(claimed.container_name) or {}
@@ -844,16 +869,31 @@ class Container:
             self._guard.close()
         if self._timer is not None:
             self._timer.cancel()
-        if self.cold is not None and code == OOM_EXIT and not self.exit_reason:
-            self.exit_reason = self.engine_exit_reason()
-        if self.cold is not None and not self.exit_reason:
-            # A Cold may know why it ended (node_backend: the node's SSH connection lost).
-            self.exit_reason = str(getattr(self.cold, "ended_by", ""))
-        from jupyter_docker_kernel.notice import kill_notice  # only now: not on the start path
-
         said = bytes(self._said).decode(errors="replace")
         if self.cold is not None:
             said += self.cold.words()
+        return self.ending(
+            code,
+            said,
+            cold=self.cold is not None,
+            # A Cold may know why it ended (node_backend: the node's SSH connection lost).
+            ended_by=str(getattr(self.cold, "ended_by", "")),
+            node=str(getattr(self.cold, "node", "")),
+        )
+
+    def ending(
+        self, code: int, said: str, *, cold: bool, ended_by: str = "", node: str = ""
+    ) -> Ending:
+        """The Ending of exit `code`: our reason (the first stop's; for a cold start's
+        137 the engine's OOM verdict, else `ended_by`), the kill notice for the notebook.
+        said: what the supervisor said last. wait() calls it, and finish.py for a kernel
+        the compiled client held (it read the code and the last words itself)."""
+        if cold and code == OOM_EXIT and not self.exit_reason:
+            self.exit_reason = self.engine_exit_reason()
+        if cold and not self.exit_reason:
+            self.exit_reason = ended_by
+        from jupyter_docker_kernel.notice import kill_notice  # only now: not on the start path
+
         notice = kill_notice(
             code,
             self.exit_reason,
@@ -869,8 +909,8 @@ class Container:
             interrupted=self.interrupted_lately(),
             said=said,
             notice=notice,
-            cold=self.cold is not None,
-            node=str(getattr(self.cold, "node", "")),
+            cold=cold,
+            node=node,
         )
 
     def engine_exit_reason(self) -> str:
@@ -923,6 +963,21 @@ class Container:
             if self.container_id or self.cidfile.exists():
                 self.backend.remove(self.container_id or self.name)
         remove_tree(self.base)
+
+    def let_go(self) -> None:
+        """After a hand-over (hosting.hand_over_kernel): close this process's copies of
+        the lifeline, the exit watch and the kept log's descriptor without ending anything
+        (the compiled client holds its own copies now). The refill stays at its gate (the
+        caller opens it), the container and the runtime dir stay: finish.py removes them."""
+        let_go = getattr(self.cold, "let_go", None)
+        if let_go is not None:
+            let_go()
+        if self.lifeline is not None:
+            self.lifeline.close()  # not shut down: the client's copy is the same socket
+            self.lifeline = None
+        if self.kernel_log is not None:
+            with self.kernel_log.lock:
+                self.kernel_log._close()
 
     def _close_pipes(self) -> None:
         if self.cold is not None:

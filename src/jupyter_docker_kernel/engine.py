@@ -1137,6 +1137,19 @@ class ExitWatch:
             self._sock.shutdown(socket.SHUT_RDWR)
         self._conn.close()
 
+    def fileno(self) -> int:
+        """The connection's descriptor, for a hand-over (hosting.hand_over_kernel): what
+        is still to come on it is the response's body (its headers were read here)."""
+        return self._sock.fileno()
+
+    def release(self) -> None:
+        """Close our copy of the connection without shutting it down: a process that was
+        handed the descriptor (the compiled client) still gets the exit on it."""
+        with contextlib.suppress(OSError):
+            self._response.close()
+        self._conn.close()
+        self._sock.close()
+
 
 #: Event names Podman's filters know by another name than Docker's (the reports agree).
 PODMAN_EVENT_NAMES = {"die": "died"}

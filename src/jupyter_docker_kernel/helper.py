@@ -36,7 +36,15 @@ helper -> client
                        the client falls back to running the kernel in-process.
   ``E <text>``         a line for the client's stderr (which Jupyter puts in its log).
   ``X <code>``         the session's exit code, last; the helper closes.
-  EOF before ``X`` after ``A``: the helper died; the client exits with thin.LOST_EXIT.
+  ``H <n>``            the hand-over (Control.hand_over; docs/design/issue17/c-relay.md,
+                       "Build plan"): n bytes of ``key=value`` lines follow, and the
+                       kernel's descriptors come with the line's first byte (SCM_RIGHTS).
+                       Only to a client that asked (``"handover": true``). From then on
+                       the client relays and watches the kernel itself; it sends one byte
+                       ``R`` once it relayed the first reply; the helper closes without
+                       ``X`` (at ``R``, the client's EOF or FIRST_REPLY_WAIT).
+  EOF before ``X`` after ``A`` (and no ``H``): the helper died; the client exits with
+  thin.LOST_EXIT.
 
 Who calls what: thin.run() is the client. A runner (`Runner`: `(Request, Control) -> int`)
 is named by --runner MODULE:FUNCTION; `--janitor MODULE:FUNCTION` names the sweep
@@ -117,6 +125,10 @@ IDLE_ENV = "JUPYTER_DOCKER_KERNEL_HELPER_IDLE"
 MAX_FDS = 8
 #: How long the helper waits before accepting again after accept() failed (EMFILE).
 ACCEPT_RETRY = 1.0
+#: How long a hand-over (`H` and its descriptors) may wait for the client to read.
+HANDOVER_TIMEOUT = 10.0
+#: The byte a client that took the kernel over sends once it relayed the first reply.
+READY_BYTE = ord("R")
 
 
 @dataclass(frozen=True)
@@ -200,9 +212,25 @@ class Control:
       the dispatcher's go there too (and to the helper's log); `bind_thread()` adds others.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, request: Request, send: _Callback):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        request: Request,
+        send: _Callback,
+        fileno: int = -1,
+        pending: Callable[[], int] = lambda: 0,
+    ):
         self.loop = loop
         self.request = request
+        #: The client's connection (its transport's descriptor: hand_over sends on a dup
+        #: of it once `pending()`, the bytes the transport still holds, is 0); -1: none.
+        self._fileno = fileno
+        self._pending = pending
+        #: Set by hand_over once `H` went out: the client holds the kernel from then on.
+        self.handed_over = False
+        #: Set after `H` when the client sent `R` (it relayed the first reply) or went
+        #: away (EOF), or the helper is stopping: the refill's gate may open.
+        self.ready = threading.Event()
         self.gone = threading.Event()
         #: Why `gone` was set: "client gone" or "helper stopping".
         self.gone_reason = ""
@@ -248,6 +276,82 @@ class Control:
         """Route the calling thread's log records to this client too."""
         _ROUTES[threading.get_ident()] = self
 
+    def wants_handover(self) -> bool:
+        """Whether the client asked to take the kernel over (`"handover": true`, sent
+        only by the compiled client) and its environment switches it on (thin.HANDOVER_ENV
+        = 1). The runner still decides whether the kernel qualifies (hosting.qualifies)."""
+        return self.request.raw.get("handover") is True and (
+            self.request.env.get(thin.HANDOVER_ENV) == "1"
+        )
+
+    def hand_over(
+        self, fields: dict[str, str], fds: Sequence[int], timeout: float = HANDOVER_TIMEOUT
+    ) -> None:
+        """Send `H <n>` and the `key=value` lines of `fields` with `fds` (SCM_RIGHTS, in
+        the design's table order) in one sendmsg, after everything written before it
+        (the `A` and `E` lines) has left; from then on the client's signals and its going
+        away are its own business: this session's on_signal and on_gone handlers are
+        dropped. Called by the runner's thread once (hosting.hand_over_kernel); the caller
+        still owns `fds` (it closes its copies after). Raises OSError when the client is
+        gone or the bytes could not be sent in `timeout`: then nothing was handed over
+        and the handlers still hold (the caller stops the kernel itself), ValueError for
+        a field that cannot be a key=value line."""
+        body = []
+        for key, value in fields.items():
+            if not key or "=" in key or "\n" in key or "\n" in value:
+                raise ValueError(f"the hand-over field {key!r} is not one key=value line")
+            body.append(f"{key}={value}\n")
+        data = "".join(body).encode()
+        data = f"H {len(data)}\n".encode() + data
+        if self._fileno < 0:
+            raise OSError("this session's connection cannot carry descriptors")
+        self.accept()
+        future = asyncio.run_coroutine_threadsafe(
+            self._send_handover(data, fds, timeout), self.loop
+        )
+        try:
+            future.result(timeout + 1.0)
+        except TimeoutError as exc:
+            future.cancel()
+            raise OSError(f"the hand-over was not sent in {timeout:g} s") from exc
+
+    async def _send_handover(self, data: bytes, fds: Sequence[int], timeout: float) -> None:
+        """hand_over's sending, on the loop: nothing else writes to the client meanwhile."""
+        deadline = time.monotonic() + timeout
+        while self._pending():  # the A and E lines queued before: they come first
+            if time.monotonic() > deadline:
+                raise OSError("the client does not read its connection")
+            await asyncio.sleep(0.005)
+        with self._lock:
+            if self.gone.is_set():
+                raise OSError("the client went away before the hand-over")
+        # A dup: the transport's socket stays the transport's; this one is blocking-free
+        # all the same (one open file), so a full buffer is waited for with poll.
+        sock = socket.socket(fileno=os.dup(self._fileno))
+        try:
+            sent = await self._sendmsg(sock, data, fds, deadline)
+            while sent < len(data):
+                sent += await self._sendmsg(sock, data[sent:], (), deadline)
+        finally:
+            sock.close()
+        with self._lock:
+            self.handed_over = True
+            self._signal_fns.clear()
+            self._gone_fns.clear()
+            if self.gone.is_set():
+                self.ready.set()
+
+    async def _sendmsg(
+        self, sock: socket.socket, data: bytes, fds: Sequence[int], deadline: float
+    ) -> int:
+        while True:
+            try:
+                return socket.send_fds(sock, [data], list(fds)) if fds else sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                if time.monotonic() > deadline:
+                    raise OSError("the client does not read its connection") from None
+                await asyncio.sleep(0.005)
+
     # -- called by the helper ------------------------------------------------------------
 
     def _start(self) -> None:
@@ -258,6 +362,8 @@ class Control:
 
     def _set_gone(self, reason: str) -> None:
         with self._lock:
+            if self.handed_over:
+                self.ready.set()  # its EOF after H: the kernel is the client's, not gone
             if self.gone.is_set():
                 return
             self.gone_reason = reason
@@ -690,7 +796,14 @@ class Helper:
         assert self.loop is not None
         loop = self.loop
         done: asyncio.Future[int | str] = loop.create_future()
-        control = Control(loop, request, lambda data: _write(writer, data))
+        transport = writer.transport
+        control = Control(
+            loop,
+            request,
+            lambda data: _write(writer, data),
+            fileno=writer.get_extra_info("socket").fileno(),
+            pending=transport.get_write_buffer_size,
+        )
 
         def finished(result: int | str) -> None:
             if not done.done():
@@ -742,7 +855,12 @@ class Helper:
             control.write(f"jupyter-docker-kernel: the helper refused this kernel: {result}")
             result = 1
         control.accept()
-        if control.gone_reason != "client gone":
+        if control.handed_over:
+            # The client holds the kernel now and exits with what the finish says; the
+            # start line (E) went before: nothing more to say.
+            with contextlib.suppress(OSError):
+                await writer.drain()
+        elif control.gone_reason != "client gone":
             writer.write(f"X {result}\n".encode())
             with contextlib.suppress(OSError):
                 await writer.drain()
@@ -750,6 +868,11 @@ class Helper:
 
     async def _forward_signals(self, reader: asyncio.StreamReader, control: Control) -> None:
         while data := await _read_some(reader):
+            if control.handed_over:
+                # Its signals are its own now; only R (the first reply relayed) matters.
+                if READY_BYTE in data:
+                    control.ready.set()
+                continue
             for signum in data:
                 control._signal(signum)
         control._set_gone("client gone")

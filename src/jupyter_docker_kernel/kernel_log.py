@@ -89,6 +89,27 @@ class KernelLog:
             log.warning("not keeping the kernel's output for `logs`: %s", exc)
             return None
 
+    @classmethod
+    def reopen(cls, directory: Path, name: str) -> KernelLog | None:
+        """A log another process created, for its record only (the finish of a kernel
+        handed over to the compiled client, which appended the output itself): finish()
+        and update() work, write() keeps nothing. None when its record is unreadable."""
+        kept = cls.__new__(cls)
+        kept.directory = directory
+        kept.name = name
+        kept.record_path = directory / f"{name}.json"
+        kept.output_path = directory / f"{name}.log"
+        kept.lock = threading.Lock()
+        kept.size = 0
+        kept.fd = -1
+        try:
+            record = json.loads(kept.record_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            log.warning("cannot record the kernel's end for `logs`: %s", exc)
+            return None
+        kept.record = record if isinstance(record, dict) else {}
+        return kept
+
     def _save(self) -> None:
         _write_private(self.record_path, json.dumps(self.record).encode())
 

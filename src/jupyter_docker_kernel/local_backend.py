@@ -187,6 +187,18 @@ class Held:
             return f"docker: exec {self.command}: permission denied (exit 126)\n"
         return ""
 
+    def let_go(self) -> None:
+        """After a hand-over: close our copies of the lifeline and the exit watch without
+        shutting them down (the compiled client holds the same sockets); close() after
+        this ends nothing."""
+        with self._lock:
+            self._closed = True
+            sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
+        if self.exit is not None:
+            self.exit.release()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

@@ -30,7 +30,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
-from jupyter_docker_kernel.container import Backend, Container, Relayed
+from jupyter_docker_kernel.container import Backend, Container, Relayed, backend_for
 from jupyter_docker_kernel.endpoints import (
     CHANNELS,
     Route,
@@ -95,6 +95,16 @@ class Hooks:
     #: helper's: its thin client bound them first thing, thin.listen_early); each is
     #: checked against the connection file (endpoints.adopt_listening) and closed at the end.
     listening: dict[str, socket.socket] = field(default_factory=dict)
+    #: Who keeps the kernel alive (Container's launcher_pid), asked with the settings and
+    #: the backend before the Container exists; None: this process.
+    launcher_pid: Callable[[KernelSettings, Backend], int | None] = field(
+        default=lambda settings, backend: None
+    )
+    #: Instead of serve(), once the container runs and the endpoints listen: hand the
+    #: session to another process (the resident helper's compiled client, hosting.py);
+    #: its exit code (the session is over here, the container runs on), or None when it
+    #: did not (then serve() runs as always). None: never.
+    hand_over: Callable[[Container, dict[str, socket.socket]], int | None] | None = None
 
 
 def deliver(container: Container, signum: int) -> None:
@@ -113,8 +123,10 @@ def run(settings: KernelSettings, connection_file: str, hooks: Hooks) -> int:
     lifeline = -1
     logger = hooks.logger or log
     listening: dict[str, socket.socket] = {}
+    handed = False
     try:
-        backend = hooks.backend(settings) if hooks.backend is not None else None
+        chosen = hooks.backend(settings) if hooks.backend is not None else None
+        backend = chosen if not isinstance(chosen, Engine | None) else backend_for(settings, chosen)
         container = Container(
             settings,
             connection_file,
@@ -124,6 +136,7 @@ def run(settings: KernelSettings, connection_file: str, hooks: Hooks) -> int:
             logger=hooks.logger,
             out=hooks.out,
             home=hooks.home,
+            launcher_pid=hooks.launcher_pid(settings, backend),
         )
         hooks.created(container)
         if settings.kube_namespace is not None:
@@ -141,6 +154,11 @@ def run(settings: KernelSettings, connection_file: str, hooks: Hooks) -> int:
             # Stopped while starting (the client went away): the stop's removal may have
             # come before the container existed; remove again, now that it does.
             container.stop(block=True)
+        elif hooks.hand_over is not None:
+            code = hooks.hand_over(container, listening)
+            if code is not None:
+                handed = True  # the container, its dir and the kept log are not ours now
+                return code
         return hooks.run_async(serve(container, listening, hooks))
     except DockerKernelError as exc:
         logger.error("%s", exc)
@@ -152,7 +170,7 @@ def run(settings: KernelSettings, connection_file: str, hooks: Hooks) -> int:
         # The relay closed those it served; these are what a failed start left.
         for sock in [*listening.values(), *hooks.listening.values()]:
             sock.close()
-        if container is not None:
+        if container is not None and not handed:
             container.close()
         if lifeline >= 0:
             os.close(lifeline)

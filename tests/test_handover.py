@@ -66,12 +66,13 @@ def handing(request: helper.Request, control: helper.Control) -> int:
 # -- the fake compiled client ---------------------------------------------------------------
 
 
-@pytest.fixture
-def helper_socket(tmp_path: Path) -> Iterator[str]:
-    """A helper process running `handing`, in a private base; its socket path."""
+@contextlib.contextmanager
+def running_helper(tmp_path: Path, runner: str) -> Iterator[str]:
+    """A helper process with `runner` (module:function) in a private base, listening; its
+    socket path. Terminated after (also test_finish's)."""
     base = tmp_path / "rt"
     base.mkdir(mode=0o700)
-    proc = subprocess.Popen(helper_argv(base, "tests.test_handover:handing"))
+    proc = subprocess.Popen(helper_argv(base, runner))
     path = thin.paths(str(base), thin.engine_key())[0]
     try:
         deadline = time.monotonic() + 10
@@ -83,6 +84,13 @@ def helper_socket(tmp_path: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def helper_socket(tmp_path: Path) -> Iterator[str]:
+    """A helper process running `handing`, in a private base; its socket path."""
+    with running_helper(tmp_path, "tests.test_handover:handing") as path:
+        yield path
 
 
 def request(handover: bool, env_on: bool) -> bytes:
@@ -116,7 +124,9 @@ class FakeClient:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 usable = len(cmsg) - len(cmsg) % fds.itemsize
                 fds.frombytes(cmsg[:usable])
-        if fds and self.buffer.count(b"\n") == 0 and not data.startswith(b"H "):
+        # The lines before H may come in the same read (a stream merges what was sent
+        # before the descriptors), so H need only start a line of this read's data.
+        if fds and not (data.startswith(b"H ") or b"\nH " in data):
             raise AssertionError("descriptors came with another line than H")
         self.fds += list(fds)
         self.buffer += data

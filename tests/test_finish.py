@@ -16,7 +16,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +28,7 @@ from jupyter_docker_kernel import thin
 from jupyter_docker_kernel.engine import LABEL_LAUNCHER_PID, Engine
 from jupyter_docker_kernel.kernelspec import SETTINGS_ENV
 from tests.conftest import inspect
-from tests.test_handover import FakeClient
-from tests.test_helper import helper_argv
+from tests.test_handover import FakeClient, running_helper
 
 pytestmark = pytest.mark.docker
 
@@ -41,20 +39,8 @@ KEY = b"finish-test-key"
 @pytest.fixture
 def real_helper(tmp_path: Path, kernel_name: str) -> Iterator[str]:
     """The real runner in a helper process of a private base (its socket path)."""
-    base = tmp_path / "rt"
-    base.mkdir(mode=0o700)
-    proc = subprocess.Popen(helper_argv(base, "jupyter_docker_kernel.hosting:run_kernel"))
-    path = thin.paths(str(base), thin.engine_key())[0]
-    try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(path):
-            assert time.monotonic() < deadline, "the helper did not listen"
-            assert proc.poll() is None, "the helper exited"
-            time.sleep(0.02)
+    with running_helper(tmp_path, "jupyter_docker_kernel.hosting:run_kernel") as path:
         yield path
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def port_of(fd: int) -> int:

@@ -636,18 +636,24 @@ def test_a_crashed_local_worker_is_replaced_by_a_new_one(runner: Any, tmp_path: 
     assert after[1]["pid"] != crashed[1]["pid"]
 
 
-def test_stopping_a_local_workers_submission_ends_the_worker(runner: Any, tmp_path: Path) -> None:
-    """Ctrl-C's stop(): the worker's submission is interrupted (130) and the worker ends."""
+def stop_slow(runner: Any, tmp_path: Path) -> Any:
+    """Start the "slow" submission, stop() it (Ctrl-C's SIGTERM) once it runs, and wait up
+    to 10 s for its job to end; the job."""
     into = tmp_path / "slow"
     into.mkdir()
     job = runner.start("slow", into)
     while not (into / "seen.json").exists():
         time.sleep(0.01)
-
     job.stop()
     deadline = time.monotonic() + 10
     while job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    return job
+
+
+def test_stopping_a_local_workers_submission_ends_the_worker(runner: Any, tmp_path: Path) -> None:
+    """Ctrl-C's stop(): the worker's submission is interrupted (130) and the worker ends."""
+    job = stop_slow(runner, tmp_path)
 
     assert job.poll() == 130
     assert runner.workers[0].code is not None
@@ -660,14 +666,7 @@ def test_closing_after_a_stopped_worker_sweeps_the_engine(
     for what dead launchers left (a container its lifeline never reached) once."""
     sweeps: list[str] = []
     monkeypatch.setattr(grade, "sweep_after_workers", lambda: sweeps.append("swept"))
-    into = tmp_path / "slow"
-    into.mkdir()
-    job = runner.start("slow", into)
-    while not (into / "seen.json").exists():
-        time.sleep(0.01)
-    job.stop()
-    while job.poll() is None:
-        time.sleep(0.01)
+    stop_slow(runner, tmp_path)
 
     runner.close(grace=5)
 

@@ -55,6 +55,12 @@ TEST_IMAGE = os.environ.get("JDK_TEST_IMAGE") or DEFAULT_IMAGE
 
 def pytest_configure(config: pytest.Config) -> None:
     """Point HOME and Jupyter's paths at a temp dir: tests never touch real kernelspecs."""
+    # A run started in the background by a shell without job control inherits SIGINT
+    # ignored, and so would every command the tests start: `grade`'s Ctrl-C stories would
+    # then test nothing (a run found them grading on after the SIGINT). A handler here
+    # becomes the default disposition in the children at their exec.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     root = Path(tempfile.mkdtemp(prefix="jdk-tests-"))
     config._jdk_root = root  # type: ignore[attr-defined]
     os.environ["XDG_CACHE_HOME"] = str(REAL_CACHE)

@@ -69,6 +69,10 @@ def second_node(pushed_node: NodeUnderTest, kernel_image: str) -> Iterator[NodeU
 @pytest.mark.nodes
 @pytest.mark.docker
 @pytest.mark.timeout(900)
+# Once (CI, 2026-12-04, a loaded host) a node kernel never got its lifeline within the
+# supervisor's 4 s and exited 75 after a 17.6 s start; not seen in the runs before. One
+# rerun; a difference that repeats still fails.
+@pytest.mark.flaky(reruns=1, reruns_delay=2)
 def test_grade_across_nodes_gives_what_grade_here_gives(
     pushed_node: NodeUnderTest,
     second_node: NodeUnderTest,

@@ -208,7 +208,10 @@ def graded_notebooks(course: Path) -> dict[str, Any]:
 def containers_left(course: Path, within: float = 5) -> list[str]:
     """our_containers(course) once they are gone or `within` s passed: an interrupted
     kernel ends when its lifeline closes (the supervisor ends it, --rm removes it), which
-    takes up to a few seconds after grade returns, not at once."""
+    takes up to a few seconds after grade returns, not at once. grade's own sweep
+    (ForkRunner.close) covers a kernel whose lifeline was never reached, which would
+    otherwise take the supervisor's LIFELINE_WAIT_SECONDS and more; a warm container a
+    worker was claiming when it stopped still ends by its claim connection's EOF."""
     deadline = time.monotonic() + within
     while (left := our_containers(course)) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -437,7 +440,7 @@ def test_ctrl_c_keeps_finished_students_and_a_rerun_grades_the_rest(
     assert 2 <= len(done) < len(SMALL)
     assert {s for s, score in scores.items() if score == 2.0} == done
     assert not any(course.glob("autograded/*/.ps1.*"))
-    assert our_containers(course) == []  # grade's close() swept what stopped workers left
+    assert containers_left(course) == []
     assert set(grade.read_journal(course / grade.SPOOL / "ps1")) == set(SMALL) - done
 
     code, out, _ = run_grade(course, "--jobs", "2")

@@ -65,6 +65,9 @@ def nudge(kc: Any, timeout: float) -> None:
 
 
 @pytest.mark.docker
+# Once in CI (2026-12-04, loaded host) the first execute after the restart's nudge got no
+# iopub within 60 s; 6 runs alone passed. Rerun once before calling it a failure.
+@pytest.mark.flaky(reruns=1, reruns_delay=2)
 def test_an_argv_kubernetes_kernel_runs_through_the_curve_proxy_from_start_to_shutdown(
     cluster: Cluster, kernel_image: str, data_dir: Path, tmp_path: Path
 ) -> None:

@@ -20,7 +20,13 @@ import pytest
 from tests.node_suites import *  # noqa: F403  # the fixtures that put the suite on a node
 from tests.test_hostile_resources import *  # noqa: F403  # its tests and module fixtures
 
-pytestmark = [pytest.mark.nodes, pytest.mark.docker]
+# The local suite's rerun policy (timing-sensitive attacks on a shared machine) holds on a
+# node too: its module-level mark is not imported with its tests.
+pytestmark = [
+    pytest.mark.nodes,
+    pytest.mark.docker,
+    pytest.mark.flaky(reruns=2, reruns_delay=2),
+]
 
 #: Not applicable on a node (the module docstring says why): not collected here.
 NOT_ON_A_NODE = ("test_socket_replaced_by_a_symlink_is_refused_and_its_target_never_reached",)

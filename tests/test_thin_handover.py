@@ -370,10 +370,13 @@ def test_the_jupyter_client_gone_stops_the_kernel(session_of: Callable[..., Sess
     s = session_of(client_pid=str(client.pid), client_start=start)
     time.sleep(1.5)
     assert s.engine.calls == []  # alive: left alone
-    client.kill()
-    client.wait()
+    client.kill()  # not reaped: a zombie, which is dead (rundir.alive)
+    wait_until(
+        lambda: rundir.process_start_time(client.pid) and not rundir.alive(str(client.pid), start)
+    )
     _code, _, _, end = s.finish()
     assert end["reason"] == "the Jupyter client went away"
+    client.wait()
 
 
 def test_a_file_in_the_socket_dir_kills_then_stops_the_kernel(

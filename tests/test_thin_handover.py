@@ -474,3 +474,25 @@ def test_the_handed_over_client_stays_small(session_of: Callable[..., Session]) 
     rss = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
     print(f"handed-over client RSS: {rss} kB")
     assert rss < 5 * 1024
+
+
+def test_a_relay_violation_removes_the_container_with_the_relays_reason(
+    session_of: Callable[..., Session],
+) -> None:
+    s = session_of(max_message="50")
+    with contextlib.suppress(OSError):
+        talk(s.ports[0], b"y" * 100, len(HELLO) + 102)  # echoed as one 100-byte message
+    _, _, _, end = s.finish()
+    assert s.engine.calls == [f"DELETE {API}/containers/{CONTAINER_ID}?force=1"]
+    assert end["reason"].startswith(("budget exceeded: ", "protocol refused: ")), end["reason"]
+    assert end["stopping"] == "1"
+
+
+def test_a_killed_client_closes_the_lifeline_it_alone_holds(
+    session_of: Callable[..., Session],
+) -> None:
+    s = session_of()
+    time.sleep(0.3)  # handed over
+    s.proc.kill()
+    s.lifeline.settimeout(5)
+    assert s.lifeline.recv(1) == b""  # EOF: the supervisor ends the kernel

@@ -496,3 +496,32 @@ def test_a_killed_client_closes_the_lifeline_it_alone_holds(
     s.proc.kill()
     s.lifeline.settimeout(5)
     assert s.lifeline.recv(1) == b""  # EOF: the supervisor ends the kernel
+
+
+def test_the_binarys_key_covers_every_included_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copies = []
+    for path in thin_client.INCLUDED:
+        copy = tmp_path / path.name
+        copy.write_bytes(path.read_bytes())
+        copies.append(copy)
+    monkeypatch.setattr(thin_client, "INCLUDED", tuple(copies))
+    header = thin_client.config_header()
+    before = thin_client.binary_path(header)
+    for copy in copies:
+        copy.write_bytes(copy.read_bytes() + b"\n")
+        after = thin_client.binary_path(header)
+        assert after != before, copy.name
+        before = after
+
+
+def test_a_missing_included_source_fails_the_build_with_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    missing = tmp_path / "thin_relay.c"
+    monkeypatch.setattr(thin_client, "INCLUDED", (*thin_client.INCLUDED[:1], missing))
+    built, why = thin_client.ensure()
+    assert built is None
+    assert why == "thin_client.c cannot be built: thin_relay.c missing next to it"

@@ -22,6 +22,12 @@
  * process (same pid: the client's liveness polling and signals still reach the kernel's
  * process), which runs the kernel in-process as before.
  *
+ * With JUPYTER_DOCKER_KERNEL_HANDOVER=1 it asks the helper to hand the session over
+ * ("handover": true): a helper that can answers `H` with the session's descriptors, and
+ * from then on this process relays, watches and ends the kernel by itself
+ * (thin_handover.c, with thin_relay.c: #included below, one compilation unit), so no
+ * Python process lives while the kernel runs (docs/design/issue17/c-relay.md).
+ *
  * Only libc. The package's version, PROTOCOL, install path and thin.ENV_PREFIXES /
  * ENV_NAMES come from thin_client_config.h, which thin_client.py generates from thin.py
  * at build time, so a helper of another release retires for this client as for a Python

@@ -306,10 +306,17 @@ def client_env() -> dict[str, str]:
 
 
 def request_for(
-    settings: str, connection_file: str, *, debug: bool = False, kind: str = "kernel"
+    settings: str,
+    connection_file: str,
+    *,
+    debug: bool = False,
+    kind: str = "kernel",
+    handover: bool = False,
 ) -> dict[str, object]:
-    """The one JSON line a kernel session starts with (see helper.py's protocol)."""
-    return {
+    """The one JSON line a kernel session starts with (see helper.py's protocol).
+    handover: the compiled client's ask to be handed the session (HANDOVER_ENV set in its
+    environment), as its last field; thin_client.c writes the same bytes."""
+    request: dict[str, object] = {
         "v": PROTOCOL,
         "version": __version__,
         "kind": kind,
@@ -321,6 +328,9 @@ def request_for(
         "env": client_env(),
         "debug": debug,
     }
+    if handover:
+        request["handover"] = True
+    return request
 
 
 #: The channels in the order of the kernel's socket numbers (endpoints.CHANNELS, which

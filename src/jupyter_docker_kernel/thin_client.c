@@ -22,6 +22,12 @@
  * process (same pid: the client's liveness polling and signals still reach the kernel's
  * process), which runs the kernel in-process as before.
  *
+ * With JUPYTER_DOCKER_KERNEL_HANDOVER=1 it asks the helper to hand the session over
+ * ("handover": true): a helper that can answers `H` with the session's descriptors, and
+ * from then on this process relays, watches and ends the kernel by itself
+ * (thin_handover.c, with thin_relay.c: #included below, one compilation unit), so no
+ * Python process lives while the kernel runs (docs/design/issue17/c-relay.md).
+ *
  * Only libc. The package's version, PROTOCOL, install path and thin.ENV_PREFIXES /
  * ENV_NAMES come from thin_client_config.h, which thin_client.py generates from thin.py
  * at build time, so a helper of another release retires for this client as for a Python
@@ -247,7 +253,8 @@ static int parse_argv(int argc, char **argv, const char **settings, const char *
 
 /* thin.request_for + thin._dumps: the one request line (without its "\n"); 0 when the
  * cwd cannot be had (thin.main falls back then). */
-static int request_for(buf_t *b, const char *settings, const char *connection, int debug, char **engine) {
+static int request_for(buf_t *b, const char *settings, const char *connection, int debug, int handover,
+                       char **engine) {
     char *cwd = getcwd(NULL, 0);
     if (!cwd) return 0;
     char *host = engine_host(settings);
@@ -287,7 +294,8 @@ static int request_for(buf_t *b, const char *settings, const char *connection, i
     puts_(b, pid);
     puts_(b, ", \"env\": ");
     put_env(b);
-    puts_(b, debug ? ", \"debug\": true}" : ", \"debug\": false}");
+    puts_(b, debug ? ", \"debug\": true" : ", \"debug\": false");
+    puts_(b, handover ? ", \"handover\": true}" : "}");
     free(cwd);
     return 1;
 }
@@ -439,6 +447,14 @@ static int send_all(int sock, const char *data, size_t len) {
     return 1;
 }
 
+/* ---- the hand-over (issue 17): the relay and the loop that serve a handed-over kernel */
+
+#if !__has_include("thin_relay.c") || !__has_include("thin_relay.h") || !__has_include("thin_handover.c")
+#error "thin_relay.h, thin_relay.c and thin_handover.c must be next to thin_client.c (one compilation unit)"
+#endif
+#include "thin_relay.c"
+#include "thin_handover.c"
+
 /* ---- the session ------------------------------------------------------------------- */
 
 static int session_sock = -1;
@@ -483,6 +499,18 @@ static int session(int sock, buf_t *buf, const char *helper_pid) {
                 }
                 return (int)(negative ? -code : code);
             }
+            if (len && line[0] == 'H') {
+                /* `H <n>\n` + n bytes of fields: the session is ours from here on */
+                char *end = NULL;
+                long long want = len > 2 ? strtoll(line + 2, &end, 10) : -1;
+                if (want < 0 || want > (1 << 20) || end != nl) return JDK_LOST_EXIT;
+                if (buf->len - start < (size_t)want) {
+                    start -= len + 1; /* not all of it yet: read on */
+                    break;
+                }
+                jdk_handover(sock, buf->data + start, (size_t)want, buf->data + start + want,
+                             buf->len - start - (size_t)want);
+            }
             if (len && line[0] == 'E') {
                 size_t skip = len > 2 ? 2 : len;
                 /* nobody reads our stderr any more: the kernel still runs */
@@ -496,7 +524,7 @@ static int session(int sock, buf_t *buf, const char *helper_pid) {
             start = 0;
         }
         char chunk[65536];
-        ssize_t n = recv(sock, chunk, sizeof chunk, 0);
+        ssize_t n = recv_keep(sock, chunk, sizeof chunk);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
             char msg[512];
@@ -530,7 +558,7 @@ static int first_line(int sock, const buf_t *request, buf_t *line, buf_t *rest) 
             return 1;
         }
         char chunk[4096];
-        ssize_t n = recv(sock, chunk, sizeof chunk, 0);
+        ssize_t n = recv_keep(sock, chunk, sizeof chunk);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) return 0;
         put(line, chunk, (size_t)n);
@@ -584,7 +612,11 @@ int main(int argc, char **argv) {
         return fallback();
     buf_t request = {0};
     char *engine = NULL;
-    if (!request_for(&request, settings, connection, debug, &engine)) return fallback();
+    const char *handover = env_get(JDK_HANDOVER_ENV);
+    jdk_python = fallback_argv;
+    jdk_python_count = (int)n;
+    if (!request_for(&request, settings, connection, debug, handover && strcmp(handover, "1") == 0, &engine))
+        return fallback();
     put(&request, "\n", 1);
     char *base = private_base();
     if (!base) return fallback();

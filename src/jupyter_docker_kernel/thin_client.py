@@ -37,6 +37,11 @@ from jupyter_docker_kernel import __version__, hostpython, thin
 
 #: The C source, shipped in the package (the wheel holds every file of it).
 SOURCE = Path(__file__).with_name("thin_client.c")
+#: What SOURCE #includes from the package (one compilation unit): the hand-over's relay
+#: and loop (issue 17). binary_path's key covers them; a missing one fails the build.
+INCLUDED = tuple(
+    Path(__file__).with_name(name) for name in ("thin_relay.h", "thin_relay.c", "thin_handover.c")
+)
 #: Every built binary's name starts so (`split` recognises kernel.json's argv by it).
 BINARY_PREFIX = "thin-client-"
 #: The stamp the binary compares at every start (see the module doc).
@@ -46,6 +51,8 @@ STAMP = Path(__file__).with_name("__init__.py")
 CC_ENV = "CC"
 #: What the binary starts when no helper listens (thin.spawn_argv's module).
 HELPER_MODULE = "jupyter_docker_kernel.helper"
+#: What a handed-over client execs when its kernel's container exited (the end's Python).
+FINISH_MODULE = "jupyter_docker_kernel.finish"
 
 
 def _c_string(text: str) -> str:
@@ -72,6 +79,9 @@ def config_header() -> str:
         "JDK_FORWARDED": ", ".join(str(int(s)) for s in thin.FORWARDED),
         "JDK_HELPER_MODULE": _c_string(HELPER_MODULE),
         "JDK_HELPER_CODE": _c_string(hostpython.safe_path_argv("", HELPER_MODULE)[2]),
+        "JDK_FINISH_MODULE": _c_string(FINISH_MODULE),
+        "JDK_FINISH_CODE": _c_string(hostpython.safe_path_argv("", FINISH_MODULE)[2]),
+        "JDK_HANDOVER_ENV": _c_string(thin.HANDOVER_ENV),
         "JDK_SPAWN_WAIT": repr(float(thin.SPAWN_WAIT)),
         "JDK_STAMP_PATH": _c_string(str(STAMP)),
         "JDK_STAMP_SIZE": f"{stamp.st_size}LL",
@@ -91,7 +101,8 @@ def binary_path(header: str | None = None) -> Path:
     """Where this install's binary is: keyed by the version and a hash of the source and
     the header (which holds the install path and the stamp), so two installs, an upgrade
     or an edited source each get their own, and a built one is never rebuilt."""
-    text = SOURCE.read_bytes() + (header or config_header()).encode()
+    text = b"".join(path.read_bytes() if path.exists() else b"" for path in (SOURCE, *INCLUDED))
+    text += (header or config_header()).encode()
     key = hashlib.sha256(text).hexdigest()[:16]
     return cache_dir() / f"{BINARY_PREFIX}{__version__}-{key}"
 
@@ -130,6 +141,9 @@ def ensure(spec_dir: Path | None = None) -> tuple[Path | None, str]:
     target = binary_path(header)
     if not problem(str(target)):
         return target, ""
+    missing = [path.name for path in INCLUDED if not path.exists()]
+    if missing:
+        return None, f"{SOURCE.name} cannot be built: {', '.join(missing)} missing next to it"
     cc = compiler()
     if cc is None:
         return None, "no C compiler (cc, gcc, clang or $CC) was found"

@@ -99,11 +99,15 @@ def long_frame(size: int, more: bool = False) -> bytes:
 METER_CASES = {
     "a message under the limit": HELLO + b"\x00\x05hello",
     "one frame over the limit": HELLO + b"\x00\x64" + b"y" * 100,
-    "frames of one message over the limit together": HELLO + (b"\x01\x1e" + b"y" * 30) * 2
-    + b"\x00\x1e" + b"y" * 30,
+    "frames of one message over the limit together": HELLO
+    + (b"\x01\x1e" + b"y" * 30) * 2
+    + b"\x00\x1e"
+    + b"y" * 30,
     "frames of separate messages each under it": HELLO + (b"\x00\x1e" + b"y" * 30) * 3,
     "a frame that claims 2**64 - 1 bytes": HELLO + long_frame(2**64 - 1),
-    "a message whose sizes wrap a 64-bit sum": HELLO + long_frame(40, True) + b"z" * 40
+    "a message whose sizes wrap a 64-bit sum": HELLO
+    + long_frame(40, True)
+    + b"z" * 40
     + long_frame(2**64 - 20),
     "a command over the limit": HELLO + b"\x04\x3c" + b"c" * 60,
     "a ZMTP 2.0 greeting": b"\xff" + bytes(8) + b"\x7f\x01\x05",
@@ -141,7 +145,9 @@ def test_output_past_the_budget_stops_the_kernel_with_the_relays_words(
     s = session_of(output_budget="500")
     replace_kernel(s, IOPUB, sends(HELLO + (b"\x00\xc8" + b"o" * 200) * 3))
     end = end_after(s, s.ports[IOPUB])
-    assert end["reason"] == "budget exceeded: the kernel sent more than 500 bytes of output in all on iopub"
+    assert end["reason"] == (
+        "budget exceeded: the kernel sent more than 500 bytes of output in all on iopub"
+    )
 
 
 def test_heartbeat_echoes_are_not_charged(session_of: Callable[..., Session]) -> None:
@@ -214,10 +220,14 @@ def test_a_host_connection_waits_for_the_kernels_socket_then_is_relayed(
 ) -> None:
     s = session_of()
     replace_kernel(s, SHELL, None)
+
+    def echo_once(conn: socket.socket) -> None:
+        conn.sendall(HELLO + conn.recv(5))
+
     with socket.create_connection(("127.0.0.1", s.ports[SHELL]), timeout=5) as conn:
         conn.sendall(b"early")  # kept until the kernel side opens
         time.sleep(0.3)
-        ScriptedKernel(s.sockets / s.names[SHELL], lambda c: (c.sendall(HELLO), c.sendall(c.recv(5))))
+        ScriptedKernel(s.sockets / s.names[SHELL], echo_once)
         got = b""
         while len(got) < len(HELLO) + 5:
             got += conn.recv(65536)

@@ -51,7 +51,13 @@ POOL_SIZE = 2
 #: Kernels of the plumbing-memory rows ("native": the kernel process itself, for scale;
 #: "container": the argv launcher through the compiled thin client where `setup` finds a C
 #: compiler; "container-py": the same through the Python thin client, thin.py).
-MEMORY_KINDS = ("native", "container", "container-py", "pooled", "provisioner")
+MEMORY_KINDS = ("native", "container", "container-py", "pooled", "provisioner", "handover")
+#: Kinds whose kernel.json env asks the resident helper to hand each kernel over to the
+#: compiled client (issue 17, thin.HANDOVER_ENV; off by default) with a short helper idle
+#: time, so that the row counts what stays while the kernels run: the compiled clients,
+#: the helper gone HANDOVER_IDLE s after the last start (settle waits for it).
+HANDOVER_KINDS = ("handover",)
+HANDOVER_IDLE = 3
 #: Kinds whose kernelspec is written as if no C compiler were here: the Python thin client.
 PYTHON_CLIENT_KINDS = ("container-py",)
 #: Kernels of the back-to-back pooled-start row (native: what the ratios divide by).
@@ -264,14 +270,30 @@ def rss_mib(pid: int) -> float:
 # Arguments and results are JSON values: they cross the pipe to the baseline's worker.
 
 
-def op_install(name: str, extra: list[str], python_client: bool = False) -> list[str]:
+def op_install(
+    name: str, extra: list[str], python_client: bool = False, handover: bool = False
+) -> list[str]:
     """Write kernelspec `name` with this tree's `setup`; returns its argv, for the record.
     python_client: then strip the compiled thin client from its argv (thin_client.split),
-    as `setup` writes it where no C compiler is found: the Python thin client runs."""
+    as `setup` writes it where no C compiler is found: the Python thin client runs.
+    handover: add the hand-over switch and HANDOVER_IDLE to kernel.json's env (what a
+    user opts in with; the compiled client passes both on to the helper it spawns)."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     install(name, *extra)
     spec = KernelSpecManager().get_kernel_spec(name)
+    if handover:
+        from jupyter_docker_kernel import helper, thin
+
+        path = Path(spec.resource_dir) / "kernel.json"
+        data = json.loads(path.read_text())
+        data["env"] = {
+            **data.get("env", {}),
+            thin.HANDOVER_ENV: "1",
+            helper.IDLE_ENV: str(HANDOVER_IDLE),
+        }
+        path.write_text(json.dumps(data, indent=1))
+        spec = KernelSpecManager().get_kernel_spec(name)
     if python_client:
         from jupyter_docker_kernel import thin_client
 
@@ -409,6 +431,24 @@ def autograde(kernel: str, root: str, students: int) -> float:
     return time.perf_counter() - began
 
 
+def end_helpers(timeout: float = 15.0) -> int:
+    """SIGTERM this tree's resident helpers (memory.our_helpers; idle between rows) and
+    wait for them to exit, so that the next kernel spawns a helper with its own env;
+    returns how many there were."""
+    import signal
+
+    from benchmarks import memory
+
+    pids = memory.our_helpers()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.1)
+    return len(pids)
+
+
 def drain_pools(kernels: list[str]) -> int:
     """Remove the waiting containers and dirs of these kernelspecs' pools; how many.
 
@@ -443,6 +483,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "warm_pools": warm_pools,
     "autograde": autograde,
     "drain_pools": drain_pools,
+    "end_helpers": end_helpers,
 }
 
 
@@ -477,6 +518,7 @@ def kernelspecs(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
         if args.pool:
             specs.append(("mem:pooled", "bench-mem-pool", [*limit, *pool]))
         specs.append(("mem:provisioner", "bench-mem-prov", [*limit, "--provisioner"]))
+        specs.append(("mem:handover", "bench-mem-handover", limit))
     return specs
 
 
@@ -523,12 +565,16 @@ def install_all(args: argparse.Namespace, trees: list[Tree]) -> Plan:
     for label, name, extra in kernelspecs(args):
         group, _, kind_ = label.rpartition(":")
         for tree in trees:
+            handover = kind_ in HANDOVER_KINDS
+            if handover and tree.suffix:
+                continue  # the tree under test only: a baseline may have no hand-over
             spec = f"{name}-{tree.name}" if tree.suffix else name
             plan.argv[spec] = tree.call(
                 "install",
                 name=spec,
                 extra=[*extra, "--env", f"BENCH_TREE={tree.name}"],
                 python_client=kind_ in PYTHON_CLIENT_KINDS,
+                **({"handover": True} if handover else {}),
             )
             groups = {"": plan.main, "mem": plan.memory, "grade": plan.grading}
             groups[group][kind_ + tree.suffix] = (tree, spec)
@@ -601,9 +647,13 @@ def plumbing_rows(
             print(f"{label}: {count} kernels at once", file=sys.stderr)
             if kind(label) in POOLED:  # a full pool, as on a server that has run a while
                 plan.attempt(f"{label} warm-up", tree, "warm_pools", kernels=[kernel], cwd=work)
+            settle = args.settle
+            if kind(label) in HANDOVER_KINDS:  # a helper of its env, gone before counting
+                plan.attempt(f"{label} helpers", tree, "end_helpers")
+                settle = max(settle, HANDOVER_IDLE + 3.0)
             got = plan.attempt(
                 f"{label} at {count} kernels", tree, "plumbing", kernel=kernel, count=count,
-                batch=args.batch, cwd=work, settle=args.settle,
+                batch=args.batch, cwd=work, settle=settle,
             )  # fmt: skip
             if got is None:
                 continue

@@ -239,9 +239,38 @@ def test_a_local_engines_kernel_qualifies() -> None:
     assert hosting.qualifies(control(), settings(), LocalBackend(Engine()))
 
 
+def test_a_copy_workdir_kernel_qualifies_its_copy_is_written_first() -> None:
+    assert hosting.qualifies(control(), settings(workdir="copy"), LocalBackend(Engine()))
+
+
+@pytest.mark.parametrize(
+    ("copying", "stopping", "sent"),
+    [("none", False, True), ("written", False, True), ("writing", False, False),
+     ("written", True, False)],
+)  # fmt: skip
+def test_the_copy_counts_as_sent_only_when_written_whole_and_not_failed(
+    copying: str, stopping: bool, sent: bool
+) -> None:
+    from jupyter_docker_kernel.container import Container
+
+    release = threading.Event()
+    container = Container.__new__(Container)
+    container.stopping = stopping
+    container._copying = None
+    if copying != "none":
+        container._copying = threading.Thread(target=release.wait, daemon=True)
+        container._copying.start()
+        if copying == "written":
+            release.set()
+    try:
+        assert container.copy_sent(0.2) is sent
+    finally:
+        release.set()
+
+
 @pytest.mark.parametrize(
     "case",
-    ["not asked", "switched off", "copy-workdir", "cli backend", "node backend", "pod"],
+    ["not asked", "switched off", "cli backend", "node backend", "pod"],
 )
 def test_these_kernels_keep_todays_path(case: str) -> None:
     backend: Any = LocalBackend(Engine())
@@ -251,8 +280,6 @@ def test_these_kernels_keep_todays_path(case: str) -> None:
         ctl = control(asked=False)
     elif case == "switched off":
         ctl = control(env_on=False)
-    elif case == "copy-workdir":
-        spec = settings(workdir="copy")
     elif case == "cli backend":
         backend = CliBackend(Engine())
     elif case == "node backend":

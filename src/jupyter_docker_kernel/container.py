@@ -443,6 +443,7 @@ class Container:
         self._guard: Watch | None = None
         self._timer: threading.Timer | None = None
         self._forwards: list[threading.Thread] = []
+        self._copying: threading.Thread | None = None  # send_workdir's
         #: Set when the container's output streams ended (_drain): the supervisor (or the
         #: attached `docker run`) is gone, so the engine's report of the exit is near.
         self.output_ended = threading.Event()
@@ -653,7 +654,19 @@ class Container:
                     self.log.error("could not send the work directory's copy: %s", exc)
                     self.stop(f"its work directory's copy could not be sent: {exc}")
 
-        threading.Thread(target=run, daemon=True).start()
+        self._copying = threading.Thread(target=run, daemon=True)
+        self._copying.start()
+
+    def copy_sent(self, timeout: float) -> bool:
+        """Whether the work dir's copy (send_workdir) has been written whole, or there is
+        none; waits up to `timeout` s. hosting.hand_over_kernel hands the lifeline over
+        only after it: the copy is written from this process. False also when the copy
+        failed (the kernel is being stopped)."""
+        if self._copying is not None:
+            self._copying.join(timeout)
+            if self._copying.is_alive():
+                return False
+        return not self.stopping
 
     def spawn_refill(self) -> None:
         """Top the warm pool up for the next kernel, in a process that outlives us: spawned

@@ -73,6 +73,9 @@ from jupyter_docker_kernel.settings import KernelSettings, size_bytes
 HANDOVER_STATE = "handover.json"
 #: What the Engine API's paths start with (EngineApi's are unversioned: the engine's newest).
 API_PREFIX = ""
+#: How long hand_over_kernel waits for a --copy-workdir copy to be written whole before
+#: it gives up on handing the kernel over (s); the kernel is then relayed here.
+COPY_WAIT = 120.0
 
 log = logging.getLogger("jupyter_docker_kernel.hosting")
 
@@ -185,14 +188,14 @@ def run_kernel(request: Request, control: Control) -> int:
 
 def qualifies(control: Control, settings: KernelSettings, backend: Backend) -> bool:
     """Whether this kernel is handed over to its client instead of relayed here: the client
-    asked and its environment switches it on (Control.wants_handover), the local engine's
-    API holds it (exactly LocalBackend: not CliBackend, a node's SshBackend, the broker's,
-    a pod's), and no --copy-workdir copy is still streaming into its lifeline."""
+    asked and its environment switches it on (Control.wants_handover), and the local
+    engine's API holds it (exactly LocalBackend: not CliBackend, a node's SshBackend, the
+    broker's, a pod's). A --copy-workdir copy is written whole before the hand-over
+    (hand_over_kernel waits up to COPY_WAIT for it)."""
     return (
         control.wants_handover()
         and type(backend) is LocalBackend
         and settings.kube_namespace is None
-        and settings.workdir != "copy"
     )
 
 
@@ -237,6 +240,12 @@ def hand_over_kernel(
             watch.close()
             return None
         container.container_id = container.container_id or str(info.get("Id", ""))
+    if not container.copy_sent(COPY_WAIT):
+        # Still copying (a huge work dir) or its copy failed: relayed here as always (a
+        # failed copy's stop is already under way, and serve() reports it).
+        if armed is not None:
+            armed.close()
+        return None
     keep = container.open_log()
     if container.settings.pool:
         container.spawn_refill()  # gated: the client's R opens it (below)

@@ -342,3 +342,29 @@ def test_the_kernels_end_of_iopub_reaches_the_host_and_every_lost_subscriber_is_
     end = s.finish()[3]
     held.close()
     assert end["iopub_lost"] == "2"
+
+
+def test_a_violation_counts_every_relayed_iopub_subscriber_lost(
+    session_of: Callable[..., Session],
+) -> None:
+    s = session_of(max_message="50")
+    go = threading.Event()
+
+    def kernel(conn: socket.socket) -> None:
+        conn.sendall(HELLO)
+        go.wait(10)
+        conn.sendall(b"\x00\x64" + b"v" * 100)  # over max_message: the violation
+        while conn.recv(65536):
+            pass
+
+    replace_kernel(s, IOPUB, kernel)
+    subscribers = [socket.create_connection(("127.0.0.1", s.ports[IOPUB])) for _ in range(3)]
+    for sub in subscribers:
+        sub.settimeout(5)
+        assert sub.recv(len(HELLO), socket.MSG_WAITALL) == HELLO
+    go.set()
+    end = s.finish()[3]
+    for sub in subscribers:
+        sub.close()
+    assert end["reason"].startswith("budget exceeded: the kernel sent a message of more than 50")
+    assert end["iopub_lost"] == "3"  # each reconnects for the notice

@@ -350,11 +350,11 @@ static void jdk_relay_violated(jdk_relay_t *r, int channel, const char *label, c
                  jdk_channel_names[channel]);
         jdk_log('E', "%s; stopping the kernel", r->violation);
     }
-    for (jdk_half_t *h = r->halves; h; h = h->next) {
-        if (h->dead) continue;
-        if (h->channel == JDK_IOPUB && !h->to_host && h->peer) r->iopub_lost++;
-        jdk_half_drop(h);
-    }
+    /* Counted before any is dropped: a drop unlinks its peer. */
+    for (jdk_half_t *h = r->halves; h; h = h->next)
+        if (!h->dead && h->channel == JDK_IOPUB && !h->to_host && h->peer) r->iopub_lost++;
+    for (jdk_half_t *h = r->halves; h; h = h->next)
+        if (!h->dead) jdk_half_drop(h);
 }
 
 /* relay.Relay.charge: count `sent` message bytes the kernel sent on one connection;

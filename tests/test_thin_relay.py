@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -368,3 +369,59 @@ def test_a_violation_counts_every_relayed_iopub_subscriber_lost(
         sub.close()
     assert end["reason"].startswith("budget exceeded: the kernel sent a message of more than 50")
     assert end["iopub_lost"] == "3"  # each reconnects for the notice
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process pid so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_kernel_side_hung_up_with_bytes_queued_does_not_spin_the_client(
+    session_of: Callable[..., Session],
+) -> None:
+    s = session_of()
+    kernel_conns: list[socket.socket] = []
+
+    def never_reads(conn: socket.socket) -> None:
+        kernel_conns.append(conn)
+        conn.sendall(HELLO)
+        time.sleep(30)  # holds the socket open, reads nothing
+
+    replace_kernel(s, SHELL, never_reads)
+    host = socket.create_connection(("127.0.0.1", s.ports[SHELL]))
+    # What the kernel's socket takes, then some: queued in the relay, under the mark at
+    # which it stops reading us (so it sees our close). 40 KiB over: spun at 100% CPU
+    # before the fix, here; 16 KiB did not (all of it fitted in the socket).
+    extra = 40 << 10
+    host.sendall(b"h" * (int(Path("/proc/sys/net/core/wmem_default").read_text()) + extra))
+    time.sleep(0.3)
+    host.close()  # the kernel side is closing, its queue not written
+    time.sleep(0.2)
+    kernel_conns[0].shutdown(socket.SHUT_RDWR)  # hung up, its receive queue never emptied
+    time.sleep(0.2)
+    before = cpu_seconds(s.proc.pid)
+    time.sleep(1.0)
+    assert cpu_seconds(s.proc.pid) - before < 0.2
+
+
+def test_out_of_descriptors_the_listener_rests_instead_of_spinning_and_says_so_once(
+    session_of: Callable[..., Session],
+) -> None:
+    s = session_of()
+    talk(s.ports[SHELL], b"ping", len(HELLO) + 6)  # settled: every descriptor it needs open
+    time.sleep(0.3)  # that connection's descriptors closed again
+    used = len(os.listdir(f"/proc/{s.proc.pid}/fd"))
+    subprocess.run(["prlimit", f"--pid={s.proc.pid}", f"--nofile={used}:{used}"], check=True)
+    waiting = [socket.create_connection(("127.0.0.1", s.ports[HB])) for _ in range(2)]
+    time.sleep(0.2)
+    before = cpu_seconds(s.proc.pid)
+    time.sleep(1.0)
+    spent = cpu_seconds(s.proc.pid) - before
+    for conn in waiting:
+        conn.close()
+    s.container_exits()
+    err = s.finish()[1]
+    assert spent < 0.2
+    assert err.count("hb: cannot accept connections for now: Too many open files") >= 1
+    assert err.count("hb: cannot accept connections for now") <= 3  # once per 1 s rest

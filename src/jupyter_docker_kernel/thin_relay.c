@@ -177,7 +177,12 @@ typedef struct {
     jdk_relay_t *relay;
     int channel;
     int fd;
+    double paused_until; /* > 0: out of descriptors or memory, unwatched until then */
 } jdk_listener_t;
+
+/* After accept failed for want of descriptors or memory, the listener rests this long
+ * (asyncio's accept_retry_delay): the backlog would wake the loop at once, for ever. */
+#define JDK_ACCEPT_RETRY 1.0
 
 struct jdk_relay {
     jdk_listener_t listeners[JDK_CHANNELS];
@@ -224,6 +229,7 @@ static void jdk_queue_free(jdk_queue_t *q) {
 }
 
 static void jdk_half_event(jdk_watch_t *self, uint32_t events);
+static void jdk_half_drop(jdk_half_t *h);
 
 /* What epoll should report for h: reading while it may (not closing, and its peer's queue
  * under the high-water mark, or not linked yet and under the pending limit), writing while
@@ -238,10 +244,14 @@ static void jdk_half_update(jdk_half_t *h) {
     if (jdk_queued(&h->out)) want |= EPOLLOUT;
     if (want == h->registered) return;
     struct epoll_event ev = {.events = want, .data.ptr = h};
-    if (!want)
+    if (!want) {
         epoll_ctl(jdk_epoll, EPOLL_CTL_DEL, h->fd, NULL);
-    else if (epoll_ctl(jdk_epoll, h->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, h->fd, &ev) != 0)
+    } else if (epoll_ctl(jdk_epoll, h->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, h->fd, &ev) != 0) {
+        /* Unwatched, it would stall and hold one of the channel's slots: closed instead. */
         jdk_log('E', "%s: cannot watch a relayed connection: %s", jdk_channel_names[h->channel], strerror(errno));
+        jdk_half_drop(h);
+        return;
+    }
     h->registered = want;
 }
 
@@ -408,9 +418,19 @@ static void jdk_half_read(jdk_half_t *h) {
     static char chunk[JDK_CHUNK];
     ssize_t n = read(h->fd, chunk, sizeof chunk);
     if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    if (n <= 0) { /* EOF (relay.py's eof_received) or an error (its connection_lost) */
-        if (n == 0 && h->to_host && h->channel == JDK_IOPUB) r->iopub_lost++; /* the kernel went */
+    if (n < 0) { /* an error: relay.py's connection_lost */
         jdk_half_drop(h);
+        return;
+    }
+    if (n == 0) { /* EOF: relay.py's eof_received; both sides close once their queues are out */
+        if (h->to_host && h->channel == JDK_IOPUB) r->iopub_lost++; /* the kernel went */
+        jdk_half_t *peer = h->peer;
+        h->peer = NULL;
+        if (peer) {
+            peer->peer = NULL;
+            jdk_half_close(peer);
+        }
+        jdk_half_close(h);
         return;
     }
     h->received += n;
@@ -451,8 +471,8 @@ static void jdk_half_event(jdk_watch_t *self, uint32_t events) {
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
         if (h->registered & EPOLLIN)
             jdk_half_read(h);
-        else if (!(h->registered & EPOLLOUT) || (events & EPOLLERR))
-            jdk_half_drop(h);
+        else if (!(h->registered & EPOLLOUT) || (events & (EPOLLERR | EPOLLHUP)))
+            jdk_half_drop(h); /* not read, and hung up: its writes could only fail (EPIPE) */
     }
 }
 
@@ -520,8 +540,17 @@ static void jdk_listener_event(jdk_watch_t *self, uint32_t events) {
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                jdk_log('W', "%s: accept failed: %s", jdk_channel_names[l->channel], strerror(errno));
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+            int err = errno;
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+                if (!l->paused_until) /* once per pause */
+                    jdk_log('W', "%s: cannot accept connections for now: %s; trying again in %g s",
+                            jdk_channel_names[l->channel], strerror(err), JDK_ACCEPT_RETRY);
+                epoll_ctl(jdk_epoll, EPOLL_CTL_DEL, l->fd, NULL);
+                l->paused_until = jdk_now() + JDK_ACCEPT_RETRY;
+                return;
+            }
+            jdk_log('W', "%s: accept failed: %s", jdk_channel_names[l->channel], strerror(err));
             return;
         }
         if (r->hosts[l->channel] >= JDK_MAX_CONNECTIONS) {
@@ -584,6 +613,16 @@ static void jdk_half_free(jdk_half_t *h) {
 }
 
 void jdk_relay_tick(jdk_relay_t *r, double now) {
+    for (int i = 0; i < JDK_CHANNELS; i++) {
+        jdk_listener_t *l = &r->listeners[i];
+        if (l->paused_until > 0 && now >= l->paused_until && l->fd >= 0) {
+            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = l};
+            if (epoll_ctl(jdk_epoll, EPOLL_CTL_ADD, l->fd, &ev) == 0)
+                l->paused_until = 0;
+            else
+                l->paused_until = now + JDK_ACCEPT_RETRY;
+        }
+    }
     for (jdk_half_t **link = &r->halves; *link;) {
         jdk_half_t *h = *link;
         if (h->dead) {
@@ -608,7 +647,10 @@ void jdk_relay_tick(jdk_relay_t *r, double now) {
 
 double jdk_relay_next_deadline(const jdk_relay_t *r) {
     double next = -1;
-    if (r->violation[0]) return -1; /* nothing more is connected to the kernel */
+    for (int i = 0; i < JDK_CHANNELS; i++)
+        if (r->listeners[i].paused_until > 0 && (next < 0 || r->listeners[i].paused_until < next))
+            next = r->listeners[i].paused_until;
+    if (r->violation[0]) return next; /* nothing more is connected to the kernel */
     for (const jdk_half_t *h = r->halves; h; h = h->next)
         if (!h->dead && h->waiting && h->retry_at > 0 && (next < 0 || h->retry_at < next)) next = h->retry_at;
     return next;
@@ -625,9 +667,13 @@ const char *jdk_relay_execute(const jdk_relay_t *r, size_t *len) {
 }
 
 int jdk_relay_close(jdk_relay_t *r, int *iopub_lost) {
-    int lost = r->iopub_lost;
+    /* The subscribers that will come back to finish.py's listener: those relayed now, and
+     * those lost before (the kernel's EOF, a violation), some of which may already be back,
+     * waiting unlinked: counted once, as relay.py serves a waiting one without counting. */
+    int linked = 0, unlinked = 0;
     for (jdk_half_t *h = r->halves; h; h = h->next)
-        if (!h->dead && !h->to_host && h->channel == JDK_IOPUB) lost++; /* its subscriber reconnects */
+        if (!h->dead && !h->closing && !h->to_host && h->channel == JDK_IOPUB) *(h->peer ? &linked : &unlinked) += 1;
+    int lost = linked + (r->iopub_lost > unlinked ? r->iopub_lost : unlinked);
     for (jdk_half_t *h = r->halves; h; h = h->next) {
         h->peer = NULL; /* no close-after-flush: everything goes now */
         if (!h->dead) jdk_half_drop(h);

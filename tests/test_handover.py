@@ -312,3 +312,25 @@ def test_a_signal_handler_still_runs_when_the_hand_over_could_not_be_sent() -> N
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--state", "s"], ["--state", "s", "--end", "e", "--lost"], ["--end", "e"], ["--lost"]],
+)
+def test_finish_wants_the_state_and_exactly_one_of_end_or_lost(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jupyter_docker_kernel import finish
+
+    assert finish.main(argv) == 2
+    assert "one of --end or --lost are required" in capsys.readouterr().err
+
+
+def test_lost_with_an_unreadable_state_says_so_and_gives_the_unknown_code(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from jupyter_docker_kernel import finish
+
+    assert finish.lost(str(tmp_path / "missing.json")) == finish.UNKNOWN_EXIT
+    assert "could not clean up after a killed kernel client" in caplog.text

@@ -47,6 +47,8 @@ for fd in range(3, 256):
     fds[fd] = "socket" if stat.S_ISSOCK(mode) else oct(mode)
 with open(os.environ["FAKE_FINISH_OUT"], "w") as fh:
     json.dump({"argv": sys.argv[1:], "fds": fds}, fh)
+with open(os.environ["FAKE_FINISH_OUT"] + ".runs", "a") as fh:  # every run, one line each
+    fh.write(json.dumps(sys.argv[1:]) + "\\n")
 sys.exit(5)
 """
 
@@ -525,3 +527,50 @@ def test_a_missing_included_source_fails_the_build_with_its_name(
     built, why = thin_client.ensure()
     assert built is None
     assert why == "thin_client.c cannot be built: thin_relay.c missing next to it"
+
+
+def finish_runs(s: Session) -> list[list[str]]:
+    """The argv of every run of the fake finish in this session, in order."""
+    runs = s.tmp / "finish.json.runs"
+    return [json.loads(line) for line in runs.read_text().splitlines()] if runs.exists() else []
+
+
+def test_a_killed_client_leaves_a_watcher_that_runs_the_finish_in_lost_mode(
+    session_of: Callable[..., Session],
+) -> None:
+    s = session_of()
+    time.sleep(0.3)  # handed over, the watcher started
+    s.proc.kill()
+    s.proc.wait()
+    wait_until(lambda: finish_runs(s), 10)
+    from jupyter_docker_kernel import hostpython
+    from jupyter_docker_kernel.thin_client import FINISH_MODULE
+
+    finish_code = hostpython.safe_path_argv("", FINISH_MODULE)[2]
+    assert finish_runs(s) == [["-c", finish_code, "--state", str(s.state), "--lost"]]
+    # nothing of the kernel's: no lifeline, listener or exit watch
+    assert json.loads((s.tmp / "finish.json").read_text())["fds"] == {}
+
+
+def test_a_client_that_ends_the_kernel_itself_sends_its_watcher_away(
+    session_of: Callable[..., Session],
+) -> None:
+    s = session_of()
+    time.sleep(0.3)
+
+    def watchers() -> list[str]:
+        """The pids of this session's watcher (its argv names the state file)."""
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if cmdline.startswith(b"jupyter-docker-kernel-watch\0" + bytes(s.state)):
+                    found.append(pid)
+        return found
+
+    assert len(watchers()) == 1
+    s.container_exits()
+    s.finish()
+    wait_until(lambda: not watchers(), 5)
+    time.sleep(0.5)  # a watcher that took the exec's EOF for a death would run it now
+    assert [run[-2] for run in finish_runs(s)] == ["--end"]

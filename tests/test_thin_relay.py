@@ -411,8 +411,10 @@ def test_out_of_descriptors_the_listener_rests_instead_of_spinning_and_says_so_o
     s = session_of()
     talk(s.ports[SHELL], b"ping", len(HELLO) + 6)  # settled: every descriptor it needs open
     time.sleep(0.3)  # that connection's descriptors closed again
-    used = len(os.listdir(f"/proc/{s.proc.pid}/fd"))
-    subprocess.run(["prlimit", f"--pid={s.proc.pid}", f"--nofile={used}:{used}"], check=True)
+    open_fds = {int(fd) for fd in os.listdir(f"/proc/{s.proc.pid}/fd")}
+    lowest_free = min(set(range(len(open_fds) + 1)) - open_fds)  # what accept would get
+    limit = f"--nofile={lowest_free}:{lowest_free}"
+    subprocess.run(["prlimit", f"--pid={s.proc.pid}", limit], check=True)
     waiting = [socket.create_connection(("127.0.0.1", s.ports[HB])) for _ in range(2)]
     time.sleep(0.2)
     before = cpu_seconds(s.proc.pid)

@@ -55,9 +55,13 @@ EXIT_WAIT = 30.0
 UNKNOWN_EXIT = 1
 
 USAGE = (
-    "usage: python -I -m jupyter_docker_kernel.finish --state HANDOVER_JSON --end HANDOVER_END\n"
-    "Run by the compiled kernel client when a kernel it was handed has ended."
+    "usage: python -I -m jupyter_docker_kernel.finish --state HANDOVER_JSON "
+    "(--end HANDOVER_END | --lost)\n"
+    "Run by the compiled kernel client when a kernel it was handed has ended (--end), or by\n"
+    "its watcher when the client was killed (--lost)."
 )
+#: The exit reason kept for `logs` when the compiled client was killed.
+LOST_REASON = "its kernel client was killed"
 
 
 class FinishError(Exception):
@@ -239,6 +243,37 @@ def finish(state_path: str, end_path: str) -> int:
             remove_remains(state)
 
 
+def lost(state_path: str) -> int:
+    """The watcher's end (thin_handover.c's jdk_watch_main) for a kernel whose compiled
+    client died without its own end (a SIGKILL): the lifeline closed with the client, so
+    the supervisor is ending the kernel; this removes the container now (gVisor and Podman
+    keep theirs) and the runtime dir, and ends the kept log's record, instead of leaving
+    them to the next start's sweep or `gc`. Nobody reads this exit code or announces on
+    iopub: the client that would have is gone."""
+    state: dict[str, Any] = {}
+    try:
+        with open(state_path, encoding="utf-8") as fh:
+            state = json.load(fh)
+        container = revive(state)
+    except (OSError, ValueError, KeyError, TypeError, DockerKernelError) as exc:
+        log.error("could not clean up after a killed kernel client (%s): %s", state_path, exc)
+        remove_remains(state)
+        return UNKNOWN_EXIT
+    container.log.warning(
+        "the client of kernel container %s was killed; removing the container and its runtime dir",
+        container.name,
+    )
+    try:
+        if container.kernel_log is not None:
+            ran = time.monotonic() - container.started if container.started else 0.0
+            container.kernel_log.finish(UNKNOWN_EXIT, LOST_REASON, ran)
+    except OSError as exc:
+        log.warning("could not end the kept log of %s: %s", container.name, exc)
+    finally:
+        container.close()
+    return 0
+
+
 def remove_remains(state: dict[str, Any]) -> None:
     """What a state names when no Container could be made of it: its container and dir."""
     if not state.get("base"):
@@ -257,16 +292,22 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     args = list(sys.argv[1:] if argv is None else argv)
     opts = {"--state": "", "--end": ""}
+    was_lost = False
     while args:
         name = args.pop(0)
+        if name == "--lost":
+            was_lost = True
+            continue
         if name not in opts or not args:
             print(f"{USAGE}\nerror: unexpected argument {name!r}", file=sys.stderr)
             return 2
         opts[name] = args.pop(0)
-    if not opts["--state"] or not opts["--end"]:
-        print(f"{USAGE}\nerror: --state and --end are required", file=sys.stderr)
+    if not opts["--state"] or bool(opts["--end"]) == was_lost:
+        print(f"{USAGE}\nerror: --state and one of --end or --lost are required", file=sys.stderr)
         return 2
     session.configure_logging(bool(os.environ.get("JUPYTER_DOCKER_KERNEL_DEBUG")))
+    if was_lost:
+        return lost(opts["--state"])
     return finish(opts["--state"], opts["--end"])
 
 

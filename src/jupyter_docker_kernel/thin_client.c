@@ -593,6 +593,8 @@ static int package_unchanged(void) {
 }
 
 int main(int argc, char **argv) {
+    if (argc >= 1 && strcmp(argv[0], JDK_WATCH_NAME) == 0) /* a hand-over's watcher */
+        return jdk_watch_main(argc, argv);
     sigaction(SIGINT, NULL, &sigint_before);
     char *end = NULL;
     long n = argc > 1 ? strtol(argv[1], &end, 10) : -1;

@@ -141,6 +141,7 @@ static struct {
     size_t said_len;
     int guard_violated, guard_created, guard_polling;
     double next_second, next_poll;
+    int watcher; /* the write end of the watcher's pipe (-1: none) */
 } ho;
 
 /* The value of KEY in the H fields (key=value lines), "" when absent (unknown keys are
@@ -616,6 +617,102 @@ static int ho_write_file(const char *base, const char *name, const char *data, s
     return close(fd) == 0 && ok;
 }
 
+/* Execs PYTHON-ARGV's interpreter on finish.py: `--state STATE --end END`, or `--state
+ * STATE --lost` (end NULL: the client was killed). Returns only if the exec failed. */
+static void jdk_exec_finish(const char *state, const char *end) {
+    int isolated = jdk_python_count >= 2 && strcmp(jdk_python[1], "-I") == 0;
+    char *argv[10];
+    int i = 0;
+    argv[i++] = jdk_python[0];
+    if (isolated) {
+        argv[i++] = "-I";
+        argv[i++] = "-m";
+        argv[i++] = JDK_FINISH_MODULE;
+    } else {
+        argv[i++] = "-c";
+        argv[i++] = JDK_FINISH_CODE;
+    }
+    argv[i++] = "--state";
+    argv[i++] = (char *)state;
+    argv[i++] = end ? "--end" : "--lost";
+    if (end) argv[i++] = (char *)end;
+    argv[i] = NULL;
+    execv(argv[0], argv);
+}
+
+/* The argv[0] the watcher runs under (main recognises it): `WATCH_NAME STATE PYTHON-ARGV...`. */
+#define JDK_WATCH_NAME "jupyter-docker-kernel-watch"
+
+/* The watcher's whole life (main, when argv[0] is JDK_WATCH_NAME): descriptor 3 is the
+ * read end of the client's pipe. A byte means the client ends the kernel itself (it is
+ * about to exec the finish): nothing to do. EOF without one means the client died (a
+ * SIGKILL, as jupyter_client's kill sends): the lifeline closed with it and the kernel
+ * is ending; the finish in --lost mode removes the container (gVisor and Podman keep
+ * theirs) and the runtime dir now, not at the next start's sweep. */
+static int jdk_watch_main(int argc, char **argv) {
+    char byte;
+    ssize_t n;
+    do n = read(3, &byte, 1);
+    while (n < 0 && errno == EINTR);
+    if (n == 1 || argc < 3) return 0;
+    close(3);
+    jdk_python = argv + 2;
+    jdk_python_count = argc - 2;
+    jdk_exec_finish(argv[1], NULL);
+    char msg[512];
+    snprintf(msg, sizeof msg,
+             "jupyter-docker-kernel: cannot run %s to clean up after a killed kernel client: %s; "
+             "`jupyter-docker-kernel gc` removes what it left.\n",
+             argv[2], strerror(errno));
+    write_all(2, msg, strlen(msg));
+    return 1;
+}
+
+/* At the hand-over: the one process besides us that outlives a SIGKILL of ours (in a
+ * session of its own: jupyter_client kills our process group), this binary re-exec'd
+ * small (about 0.1 MiB: no relay, no buffers), holding nothing of the kernel's but the
+ * read end of a pipe whose write end only we hold. Double-forked: never our zombie. */
+static void ho_spawn_watcher(void) {
+    ho.watcher = -1;
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) goto failed;
+    pid_t child = fork();
+    if (child < 0) {
+        close(p[0]);
+        close(p[1]);
+        goto failed;
+    }
+    if (child == 0) {
+        setsid();
+        if (fork() != 0) _exit(0);
+        if (dup2(p[0], 3) < 0) _exit(1);
+        fcntl(3, F_SETFD, 0);
+        syscall(SYS_close_range, 4U, ~0U, 0); /* the lifeline, listeners...: not ours */
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGINT, SIG_IGN); /* a terminal's Ctrl-C is the server's, not ours */
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGHUP, SIG_IGN);
+        char *argv[3 + 64];
+        int i = 0;
+        argv[i++] = JDK_WATCH_NAME;
+        argv[i++] = ho.state;
+        for (int k = 0; k < jdk_python_count && k < 64; k++) argv[i++] = jdk_python[k];
+        argv[i] = NULL;
+        execv("/proc/self/exe", argv);
+        _exit(1);
+    }
+    close(p[0]);
+    waitpid(child, NULL, 0);
+    ho.watcher = p[1];
+    return;
+failed:
+    jdk_log('W', "could not start the watcher of kernel %s (%s): if this client is killed, its container "
+            "and runtime dir stay until the next start's sweep or `jupyter-docker-kernel gc`",
+            ho.name, strerror(errno));
+}
+
 /* Section 3 of the build plan: the lifeline to EOF, the relay closed, what finish.py needs
  * written next to the state file, then finish.py in this process (exit_fd and the iopub
  * listener the only descriptors it inherits besides stdio). */
@@ -665,17 +762,14 @@ static void __attribute__((noreturn)) ho_end(sigset_t *blocked) {
     signal(SIGHUP, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
     sigprocmask(SIG_UNBLOCK, blocked, NULL);
-    int isolated = jdk_python_count >= 2 && strcmp(jdk_python[1], "-I") == 0;
-    char *argv[] = {jdk_python[0], isolated ? "-I" : "-c", isolated ? "-m" : JDK_FINISH_CODE,
-                    isolated ? JDK_FINISH_MODULE : "--state", isolated ? "--state" : ho.state,
-                    isolated ? ho.state : "--end", isolated ? "--end" : end_path,
-                    isolated ? end_path : NULL, NULL};
-    execv(argv[0], argv);
+    if (ho.watcher >= 0) /* the end is ours: the watcher leaves (the pipe closes at exec) */
+        write_all(ho.watcher, "F", 1);
+    jdk_exec_finish(ho.state, end_path);
     char msg[1024];
     snprintf(msg, sizeof msg,
              "jupyter-docker-kernel: cannot run %s for the end of the kernel in %s: %s; its container "
              "and runtime dir are left to `jupyter-docker-kernel gc`.\n",
-             argv[0], ho.name, strerror(errno));
+             jdk_python[0], ho.name, strerror(errno));
     write_all(2, msg, strlen(msg));
     _exit(JDK_LOST_EXIT);
 }
@@ -787,6 +881,7 @@ static void __attribute__((noreturn)) jdk_handover(int sock, const char *fields,
     for (int i = 0; i < JDK_CHANNELS; i++) kernel_names[i] = ho.kernel_sockets[i];
     ho.relay = jdk_relay_new(ho.listeners, ho.dir_fd, kernel_names, ho.max_message, ho.output_budget);
     if (!ho.relay) ho_refuse("the relay could not start");
+    ho_spawn_watcher();
     ho_guard_list(); /* what was there before the watch began counts too */
     if (rest_len) { /* E lines that came with the H line */
         put(&ho.helper_in, rest, rest_len);

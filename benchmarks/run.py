@@ -43,6 +43,7 @@ LABELS = (
     "pooled",
     "provisioner",
     "provisioner-pooled",
+    "handover",
     "gvisor",
 )
 POOLED = ("pooled", "provisioner-pooled")

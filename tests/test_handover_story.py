@@ -5,7 +5,8 @@ After the helper hands a kernel over (docs/design/issue17/c-relay.md, "Build pla
 compiled client relays, watches and stops by itself and the helper exits once idle: these
 stories check that the kernel then still runs, answers, interrupts, survives the next
 helper's start sweep, ends with its own exit code and leaves nothing behind, and that a
-SIGKILL of the client still ends its container within 5 s (the lifeline).
+SIGKILL of the client still ends its container within 5 s (the lifeline) and its watcher
+removes the runtime dir.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def test_a_handed_over_kernel_outlives_its_helper_answers_interrupts_and_exits_w
 
 
 @pytest.mark.docker
-def test_a_killed_handed_over_client_has_its_container_gone_within_5s(
+def test_a_killed_handed_over_client_has_its_container_and_runtime_dir_gone_within_5s(
     handover_kernel: str, workdir: Path, handing_over: None
 ) -> None:
     km, kc = start(handover_kernel, workdir)
@@ -116,6 +117,8 @@ def test_a_killed_handed_over_client_has_its_container_gone_within_5s(
         client.wait(timeout=5)
         took = wait_until(lambda: not containers_of(kid), 5)
         print(f"container removed {took:.2f} s after the handed-over client's SIGKILL")
+        # The watcher's finish --lost removes the runtime dir too, not the next sweep.
+        wait_until(lambda: not list(Path(rundir.runtime_base()).glob(f"*{kid}*")), 5)
     finally:
         kc.stop_channels()  # type: ignore[attr-defined]
         if km.has_kernel:

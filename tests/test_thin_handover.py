@@ -67,61 +67,70 @@ def wait_until(check: Callable[[], object], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-class FakeEngine:
-    """The engine API on a unix socket: records `METHOD PATH` of each request, answers 204;
-    a removal (DELETE) makes the exit watch readable, as the container's end would."""
+class UnixServer:
+    """A listening unix socket; each connection is served by `handle`, in a thread of its
+    own (inline: one after the other, in the accepting thread)."""
 
-    def __init__(self, path: str, on_delete: Callable[[], None]) -> None:
-        self.calls: list[str] = []
-        self.on_delete = on_delete
-        self.listener = socket.socket(socket.AF_UNIX)
-        self.listener.bind(path)
-        self.listener.listen(8)
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                method, path = data.split(b" ")[:2]
-                self.calls.append(f"{method.decode()} {path.decode()}")
-                conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
-                if method == b"DELETE":
-                    self.on_delete()
-
-
-class KernelStandIn:
-    """One kernel socket: greets each connection as a ZMTP 3 peer, then sends every chunk
-    it gets back as one ZMTP message frame (so the relay's meter lets it through)."""
+    inline = False
 
     def __init__(self, path: str) -> None:
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(path)
         self.listener.listen(8)
-        threading.Thread(target=self.serve, daemon=True).start()
+        threading.Thread(target=self.accept, daemon=True).start()
 
-    def serve(self) -> None:
+    def accept(self) -> None:
         while True:
             try:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self.echo, args=(conn,), daemon=True).start()
+            if self.inline:
+                self.run(conn)
+            else:
+                threading.Thread(target=self.run, args=(conn,), daemon=True).start()
 
-    def echo(self, conn: socket.socket) -> None:
-        with conn:
-            conn.sendall(HELLO)
-            while chunk := conn.recv(200):
-                conn.sendall(bytes([0, len(chunk)]) + chunk)
+    def run(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            self.handle(conn)
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class FakeEngine(UnixServer):
+    """The engine API on a unix socket: records `METHOD PATH` of each request, answers 204;
+    a removal (DELETE) makes the exit watch readable, as the container's end would."""
+
+    inline = True
+
+    def __init__(self, path: str, on_delete: Callable[[], None]) -> None:
+        self.calls: list[str] = []
+        self.on_delete = on_delete
+        super().__init__(path)
+
+    def handle(self, conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        method, path = data.split(b" ")[:2]
+        self.calls.append(f"{method.decode()} {path.decode()}")
+        conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        if method == b"DELETE":
+            self.on_delete()
+
+
+class KernelStandIn(UnixServer):
+    """One kernel socket: greets each connection as a ZMTP 3 peer, then sends every chunk
+    it gets back as one ZMTP message frame (so the relay's meter lets it through)."""
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.sendall(HELLO)
+        while chunk := conn.recv(200):
+            conn.sendall(bytes([0, len(chunk)]) + chunk)
 
 
 class Session:

@@ -20,34 +20,30 @@ from pathlib import Path
 import pytest
 
 from jupyter_docker_kernel import relay
-from tests.test_thin_handover import HELLO, Session, binary, fake_finish, session_of, talk
+from tests.test_thin_handover import (
+    HELLO,
+    Session,
+    UnixServer,
+    binary,
+    fake_finish,
+    session_of,
+    talk,
+)
 
 __all__ = ["binary", "fake_finish", "session_of"]  # fixtures, imported for pytest
 
 SHELL, IOPUB, STDIN, CONTROL, HB = range(5)
 
 
-class ScriptedKernel:
+class ScriptedKernel(UnixServer):
     """A kernel socket in place of a stand-in: `serve(conn)` runs for each connection."""
 
     def __init__(self, path: Path, serve: Callable[[socket.socket], None]) -> None:
         self.serve = serve
-        self.listener = socket.socket(socket.AF_UNIX)
-        self.listener.bind(str(path))
-        self.listener.listen(8)
-        threading.Thread(target=self.accept, daemon=True).start()
+        super().__init__(str(path))
 
-    def accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.run, args=(conn,), daemon=True).start()
-
-    def run(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            self.serve(conn)
+    def handle(self, conn: socket.socket) -> None:
+        self.serve(conn)
 
 
 def replace_kernel(

@@ -538,6 +538,17 @@ def test_a_missing_included_source_fails_the_build_with_its_name(
     assert why == "thin_client.c cannot be built: thin_relay.c missing next to it"
 
 
+def watchers_of(s: Session) -> list[str]:
+    """The pids of this session's watcher, once re-exec'd (its argv names the state file)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if cmdline.startswith(b"jupyter-docker-kernel-watch\0" + bytes(s.state)):
+                found.append(pid)
+    return found
+
+
 def finish_runs(s: Session) -> list[list[str]]:
     """The argv of every run of the fake finish in this session, in order."""
     runs = s.tmp / "finish.json.runs"
@@ -548,7 +559,7 @@ def test_a_killed_client_leaves_a_watcher_that_runs_the_finish_in_lost_mode(
     session_of: Callable[..., Session],
 ) -> None:
     s = session_of()
-    time.sleep(0.3)  # handed over, the watcher started
+    wait_until(lambda: watchers_of(s))  # handed over, the watcher started
     s.proc.kill()
     s.proc.wait()
     wait_until(lambda: finish_runs(s), 10)
@@ -565,21 +576,9 @@ def test_a_client_that_ends_the_kernel_itself_sends_its_watcher_away(
     session_of: Callable[..., Session],
 ) -> None:
     s = session_of()
-    time.sleep(0.3)
-
-    def watchers() -> list[str]:
-        """The pids of this session's watcher (its argv names the state file)."""
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            with contextlib.suppress(OSError):
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if cmdline.startswith(b"jupyter-docker-kernel-watch\0" + bytes(s.state)):
-                    found.append(pid)
-        return found
-
-    assert len(watchers()) == 1
+    wait_until(lambda: len(watchers_of(s)) == 1)  # re-exec'd under its own name
     s.container_exits()
     s.finish()
-    wait_until(lambda: not watchers(), 5)
+    wait_until(lambda: not watchers_of(s), 5)
     time.sleep(0.5)  # a watcher that took the exec's EOF for a death would run it now
     assert [run[-2] for run in finish_runs(s)] == ["--end"]

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <sys/epoll.h>
 #include <sys/inotify.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 
 /* The descriptors of the H line, in the design's table order. */
@@ -687,7 +688,13 @@ static void ho_spawn_watcher(void) {
         if (fork() != 0) _exit(0);
         if (dup2(p[0], 3) < 0) _exit(1);
         fcntl(3, F_SETFD, 0);
-        syscall(SYS_close_range, 4U, ~0U, 0); /* the lifeline, listeners...: not ours */
+        /* The lifeline, the listeners...: not ours (holding the lifeline would keep the
+         * kernel alive after the client's death). One by one where close_range is missing. */
+        if (syscall(SYS_close_range, 4U, ~0U, 0) != 0) {
+            struct rlimit rl;
+            long max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (1 << 20) ? (long)rl.rlim_cur : 1 << 20;
+            for (long fd = 4; fd < max; fd++) close((int)fd);
+        }
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);

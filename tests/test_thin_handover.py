@@ -343,7 +343,7 @@ def test_sigint_kills_with_sigint_through_the_engine_and_is_remembered(
     session_of: Callable[..., Session],
 ) -> None:
     s = session_of()
-    time.sleep(0.3)
+    wait_until(lambda: watchers_of(s))  # handed over: it serves the signals now
     s.proc.send_signal(signal.SIGINT)
     wait_until(lambda: s.engine.calls)
     assert s.engine.calls == [f"POST {API}/containers/{CONTAINER_ID}/kill?signal=SIGINT"]
@@ -358,7 +358,7 @@ def test_sigterm_removes_the_container_once_and_its_reason_reaches_the_end(
     session_of: Callable[..., Session],
 ) -> None:
     s = session_of()
-    time.sleep(0.3)
+    wait_until(lambda: watchers_of(s))  # handed over
     s.proc.send_signal(signal.SIGTERM)
     s.proc.send_signal(signal.SIGHUP)
     _code, err, _, end = s.finish()
@@ -394,7 +394,7 @@ def test_a_file_in_the_socket_dir_kills_then_stops_the_kernel(
     session_of: Callable[..., Session],
 ) -> None:
     s = session_of()
-    time.sleep(0.3)
+    wait_until(lambda: watchers_of(s))  # handed over: the guard watches
     (s.sockets / "fill").write_bytes(b"x" * 100)
     _code, _err, _, end = s.finish()
     assert s.engine.calls == [
@@ -503,7 +503,7 @@ def test_a_killed_client_closes_the_lifeline_it_alone_holds(
     session_of: Callable[..., Session],
 ) -> None:
     s = session_of()
-    time.sleep(0.3)  # handed over
+    wait_until(lambda: watchers_of(s))  # handed over
     s.proc.kill()
     s.lifeline.settimeout(5)
     assert s.lifeline.recv(1) == b""  # EOF: the supervisor ends the kernel

@@ -390,6 +390,17 @@ def test_the_jupyter_client_gone_stops_the_kernel(session_of: Callable[..., Sess
     client.wait()
 
 
+def test_a_jupyter_client_gone_before_the_hand_over_stops_the_kernel(
+    session_of: Callable[..., Session],
+) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # the helper then finds no start time for its pid: it sends none
+    s = session_of(client_pid=str(gone.pid), client_start="")
+    _code, _, _, end = s.finish()
+    assert end["reason"] == "the Jupyter client went away"
+    assert s.engine.calls == [f"DELETE {API}/containers/{CONTAINER_ID}?force=1"]
+
+
 def test_a_file_in_the_socket_dir_kills_then_stops_the_kernel(
     session_of: Callable[..., Session],
 ) -> None:

@@ -902,7 +902,9 @@ static void __attribute__((noreturn)) jdk_handover(int sock, const char *fields,
         jdk_relay_tick(ho.relay, now);
         if (now >= ho.next_second) {
             ho.next_second = now + 1;
-            if (ho.client_pid > 1 && *ho.client_start && !ho_client_alive())
+            /* No start time for a known pid: the helper could not read it, so the Jupyter
+             * client was gone before the hand-over (killed during the start). */
+            if (ho.client_pid > 1 && (!*ho.client_start || !ho_client_alive()))
                 ho_stop("the Jupyter client went away");
         }
         if (ho.deadline >= 0 && now >= ho.deadline) {

@@ -11,6 +11,7 @@ import array
 import contextlib
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -325,6 +326,8 @@ def test_finish_wants_the_state_and_exactly_one_of_end_or_lost(
 
     assert finish.main(argv) == 2
     assert "one of --end or --lost are required" in capsys.readouterr().err
+    # Refused before it ignores SIGINT: this process (and what it starts) still takes it.
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 def test_lost_with_an_unreadable_state_says_so_and_gives_the_unknown_code(

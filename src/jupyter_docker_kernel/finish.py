@@ -289,7 +289,6 @@ def remove_remains(state: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point (the compiled client's exec)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     args = list(sys.argv[1:] if argv is None else argv)
     opts = {"--state": "", "--end": ""}
     was_lost = False
@@ -305,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     if not opts["--state"] or bool(opts["--end"]) == was_lost:
         print(f"{USAGE}\nerror: --state and one of --end or --lost are required", file=sys.stderr)
         return 2
+    # Only once the arguments are good: a caller's bad call changes nothing of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     session.configure_logging(bool(os.environ.get("JUPYTER_DOCKER_KERNEL_DEBUG")))
     if was_lost:
         return lost(opts["--state"])

@@ -36,20 +36,19 @@ enum { HO_LIFELINE, HO_EXIT, HO_DIR, HO_LOG, HO_LISTENERS, HO_FDS = HO_LISTENERS
 
 int jdk_epoll = -1;
 
-double jdk_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+double jdk_now(void) { return now(); } /* thin_client.c's clock, for thin_relay.c */
 
-static void write_all(int fd, const char *data, size_t len) {
+/* All of data to fd; 0 when a write failed (for our stderr: nobody reads it any more,
+ * and the kernel goes on). */
+static int write_all(int fd, const char *data, size_t len) {
     while (len) {
         ssize_t n = write(fd, data, len);
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return; /* nobody reads our stderr any more: the kernel goes on */
+        if (n <= 0) return 0;
         data += n;
         len -= (size_t)n;
     }
+    return 1;
 }
 
 /* helper.LOG_FORMAT: `[I 2026-12-03 09:55:22.661 DockerKernel] text` (local time, as
@@ -604,17 +603,7 @@ static int ho_write_file(const char *base, const char *name, const char *data, s
     free(path);
     if (fd < 0) return 0;
     fchmod(fd, 0600);
-    int ok = 1;
-    while (len) {
-        ssize_t n = write(fd, data, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            ok = 0;
-            break;
-        }
-        data += n;
-        len -= (size_t)n;
-    }
+    int ok = write_all(fd, data, len);
     return close(fd) == 0 && ok;
 }
 

@@ -28,6 +28,7 @@ from tests.test_thin_handover import (
     fake_finish,
     session_of,
     talk,
+    wait_until,
 )
 
 __all__ = ["binary", "fake_finish", "session_of"]  # fixtures, imported for pytest
@@ -286,11 +287,15 @@ def test_a_big_message_flows_both_ways_intact_with_a_slow_reader(
                 time.sleep(0.001)  # slow at first: the relay must hold, not grow
         status = Path(f"/proc/{s.proc.pid}/status").read_text()
         sender.join(10)
+        assert not sender.is_alive(), "the host's 8 MiB did not get through the relay in 10 s"
         conn.shutdown(socket.SHUT_WR)
         conn.settimeout(5)
         with contextlib.suppress(OSError):
             conn.recv(1)
     assert bytes(got) == HELLO + long_frame(size) + body
+    # The host side closes as soon as its EOF is read, while the kernel side may still be
+    # writing its queue: the container's exit ends the relay, so it waits for the kernel's EOF.
+    wait_until(lambda: received, 10)
     s.container_exits()
     end = s.finish()[3]
     assert received == [size]

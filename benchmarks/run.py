@@ -54,11 +54,16 @@ POOL_SIZE = 2
 #: compiler; "container-py": the same through the Python thin client, thin.py).
 MEMORY_KINDS = ("native", "container", "container-py", "pooled", "provisioner", "handover")
 #: Kinds whose kernel.json env asks the resident helper to hand each kernel over to the
-#: compiled client (issue 17, thin.HANDOVER_ENV; off by default) with a short helper idle
-#: time, so that the row counts what stays while the kernels run: the compiled clients,
-#: the helper gone HANDOVER_IDLE s after the last start (settle waits for it).
+#: compiled client (issue 17, thin.HANDOVER_ENV; on by default since the flip) with a short
+#: helper idle time, so that the row counts what stays while the kernels run: the compiled
+#: clients, the helper gone HANDOVER_IDLE s after the last start (settle waits for it).
 HANDOVER_KINDS = ("handover",)
 HANDOVER_IDLE = 3
+#: Specs whose kernel.json env switches the hand-over off (thin.HANDOVER_ENV=0) in the tree
+#: under test: the plumbing-memory "container" row keeps measuring the helper-relayed path
+#: (the default before the flip), next to "handover"; the start rows measure the default.
+#: A baseline tree's specs keep that tree's own default (it may not know the switch).
+RELAYED_LABELS = ("mem:container",)
 #: Kinds whose kernelspec is written as if no C compiler were here: the Python thin client.
 PYTHON_CLIENT_KINDS = ("container-py",)
 #: Kernels of the back-to-back pooled-start row (native: what the ratios divide by).
@@ -272,27 +277,29 @@ def rss_mib(pid: int) -> float:
 
 
 def op_install(
-    name: str, extra: list[str], python_client: bool = False, handover: bool = False
+    name: str, extra: list[str], python_client: bool = False, handover: bool | None = None
 ) -> list[str]:
     """Write kernelspec `name` with this tree's `setup`; returns its argv, for the record.
     python_client: then strip the compiled thin client from its argv (thin_client.split),
     as `setup` writes it where no C compiler is found: the Python thin client runs.
-    handover: add the hand-over switch and HANDOVER_IDLE to kernel.json's env (what a
-    user opts in with; the compiled client passes both on to the helper it spawns)."""
+    handover: True adds the hand-over switch (=1) and HANDOVER_IDLE to kernel.json's env
+    (the compiled client passes both on to the helper it spawns), False switches it off
+    (=0), None leaves the tree's default."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     install(name, *extra)
     spec = KernelSpecManager().get_kernel_spec(name)
-    if handover:
+    if handover is not None:
         from jupyter_docker_kernel import helper, thin
 
         path = Path(spec.resource_dir) / "kernel.json"
         data = json.loads(path.read_text())
-        data["env"] = {
-            **data.get("env", {}),
-            thin.HANDOVER_ENV: "1",
-            helper.IDLE_ENV: str(HANDOVER_IDLE),
-        }
+        switch = (
+            {thin.HANDOVER_ENV: "1", helper.IDLE_ENV: str(HANDOVER_IDLE)}
+            if handover
+            else {thin.HANDOVER_ENV: "0"}
+        )
+        data["env"] = {**data.get("env", {}), **switch}
         path.write_text(json.dumps(data, indent=1))
         spec = KernelSpecManager().get_kernel_spec(name)
     if python_client:
@@ -566,7 +573,9 @@ def install_all(args: argparse.Namespace, trees: list[Tree]) -> Plan:
     for label, name, extra in kernelspecs(args):
         group, _, kind_ = label.rpartition(":")
         for tree in trees:
-            handover = kind_ in HANDOVER_KINDS
+            handover = True if kind_ in HANDOVER_KINDS else None
+            if label in RELAYED_LABELS and not tree.suffix:
+                handover = False
             if handover and tree.suffix:
                 continue  # the tree under test only: a baseline may have no hand-over
             spec = f"{name}-{tree.name}" if tree.suffix else name
@@ -575,7 +584,7 @@ def install_all(args: argparse.Namespace, trees: list[Tree]) -> Plan:
                 name=spec,
                 extra=[*extra, "--env", f"BENCH_TREE={tree.name}"],
                 python_client=kind_ in PYTHON_CLIENT_KINDS,
-                **({"handover": True} if handover else {}),
+                **({} if handover is None else {"handover": handover}),
             )
             groups = {"": plan.main, "mem": plan.memory, "grade": plan.grading}
             groups[group][kind_ + tree.suffix] = (tree, spec)

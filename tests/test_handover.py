@@ -94,15 +94,16 @@ def helper_socket(tmp_path: Path) -> Iterator[str]:
         yield path
 
 
-def request(handover: bool, env_on: bool) -> bytes:
-    """A kernel request as the compiled client sends it (thin.request_for's fields)."""
+def request(handover: bool, env_on: bool | None) -> bytes:
+    """A kernel request as the compiled client sends it (thin.request_for's fields);
+    env_on: the switch set to 1 or 0 in its env, None: not set (the default, on)."""
     raw: dict[str, Any] = thin.request_for("{}", "/nonexistent/kernel.json")
     if handover:
         raw["handover"] = True
     env = dict(cast(dict[str, str], raw["env"]))
     env.pop(thin.HANDOVER_ENV, None)
-    if env_on:
-        env[thin.HANDOVER_ENV] = "1"
+    if env_on is not None:
+        env[thin.HANDOVER_ENV] = "1" if env_on else "0"
     raw["env"] = env
     return json.dumps(raw).encode() + b"\n"
 
@@ -201,11 +202,20 @@ def test_without_r_the_clients_eof_sets_ready_too(helper_socket: str) -> None:
     assert rest[-1:] == [b"E ready=True signals=[] stopped=[]"]
 
 
+def test_a_client_that_asked_with_the_switch_unset_is_handed_over(helper_socket: str) -> None:
+    client = FakeClient(helper_socket, request(handover=True, env_on=None))
+    try:
+        assert (client.line() or b"").startswith(b"A ")
+        assert (client.line() or b"").startswith(b"H ")
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize(
-    ("handover", "env_on"), [(False, True), (True, False), (False, False)], ids=str
+    ("handover", "env_on"), [(False, True), (False, None), (True, False), (False, False)], ids=str
 )
-def test_no_hand_over_unless_asked_and_switched_on(
-    helper_socket: str, handover: bool, env_on: bool
+def test_no_hand_over_unless_asked_and_not_switched_off(
+    helper_socket: str, handover: bool, env_on: bool | None
 ) -> None:
     client = FakeClient(helper_socket, request(handover, env_on))
     try:

@@ -110,7 +110,8 @@ def thin_py_argv(*args: str) -> list[str]:
 def test_the_request_line_is_byte_for_byte_thin_pys_and_the_exit_code_is_the_helpers(
     binary: Path, fake_helper_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = fake_helper_env
+    # Switched off, the compiled client asks for no hand-over, as thin.py never does.
+    env = {**fake_helper_env, thin.HANDOVER_ENV: "0"}
     fake = FakeHelper.for_env(env, b"A 42\nE one line\nE \xc3\xa9 two\nX 7\n")
     cwd = tmp_path / "note books"
     cwd.mkdir()
@@ -134,6 +135,23 @@ def test_the_request_line_is_byte_for_byte_thin_pys_and_the_exit_code_is_the_hel
     assert "NOT_SENT" not in sent["env"]
     assert sent["connection_file"] == str(cwd / "kernel-1.json")
     assert sent["debug"] is True
+
+
+@pytest.mark.parametrize(("switch", "asks"), [(None, True), ("1", True), ("0", False)])
+def test_the_compiled_client_asks_for_the_hand_over_unless_switched_off(
+    binary: Path, fake_helper_env: dict[str, str], switch: str | None, asks: bool
+) -> None:
+    env = {**fake_helper_env, **({thin.HANDOVER_ENV: switch} if switch else {})}
+    fake = FakeHelper.for_env(env, b"A 1\nX 0\n")
+    try:
+        done = subprocess.run(
+            [str(binary), "2", "/nonexistent/python", "-I", "-f", "k.json"],
+            env=env, cwd=fake_helper_env["HOME"], capture_output=True, timeout=10, check=False,
+        )  # fmt: skip
+    finally:
+        fake.close()
+    assert done.returncode == 0, done.stderr
+    assert (json.loads(fake.requests[0]).get("handover") is True) is asks
 
 
 def test_a_helper_gone_after_accepting_is_lost_exit_with_a_message(

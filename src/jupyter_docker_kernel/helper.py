@@ -278,10 +278,11 @@ class Control:
 
     def wants_handover(self) -> bool:
         """Whether the client asked to take the kernel over (`"handover": true`, sent
-        only by the compiled client) and its environment switches it on (thin.HANDOVER_ENV
-        = 1). The runner still decides whether the kernel qualifies (hosting.qualifies)."""
-        return self.request.raw.get("handover") is True and (
-            self.request.env.get(thin.HANDOVER_ENV) == "1"
+        only by the compiled client) and its environment does not switch it off
+        (thin.HANDOVER_ENV=0, thin.handover_on). The runner still decides whether the
+        kernel qualifies (hosting.qualifies)."""
+        return self.request.raw.get("handover") is True and thin.handover_on(
+            self.request.env.get(thin.HANDOVER_ENV)
         )
 
     def hand_over(

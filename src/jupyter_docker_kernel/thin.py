@@ -45,11 +45,14 @@ from jupyter_docker_kernel import __version__
 PROTOCOL = 1
 #: Set to 1: never use the helper (the launcher runs the kernel in its own process).
 NO_HELPER_ENV = "JUPYTER_DOCKER_KERNEL_NO_HELPER"
-#: Set to 1 (in the client's environment, so in its request's env): a helper hands a local
-#: engine's kernel over to the compiled client that asked ("handover": true), which then
-#: relays and watches by itself while the helper may exit (issue 17; docs/design/issue17/
-#: c-relay.md, "Build plan"). Off by default until the hostile relay tests pass against it.
+#: Unless set to 0 (in the client's environment, so in its request's env), a helper hands a
+#: local engine's kernel over to the compiled client that asked ("handover": true), which
+#: then relays and watches by itself while the helper may exit (issue 17; docs/design/
+#: issue17/c-relay.md, "Build plan"). On by default since the hostile suites and the whole
+#: suite pass with it; 0 keeps every kernel relayed by the helper (the path before).
 HANDOVER_ENV = "JUPYTER_DOCKER_KERNEL_HANDOVER"
+
+
 #: What run() returns when the caller must run the kernel in-process instead.
 FALLBACK = None
 #: The exit code when the helper went away in the middle of a session (killed, crashed).
@@ -74,6 +77,12 @@ ENV_NAMES = (
 )
 #: Signals forwarded to the helper, each as one byte holding the signal number.
 FORWARDED: tuple[int, ...] = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
+
+
+def handover_on(value: str | None) -> bool:
+    """Whether HANDOVER_ENV's value (None: unset) leaves the hand-over on: anything but "0".
+    Called by helper.Control.wants_handover; thin_client.c reads the variable the same way."""
+    return value != "0"
 
 
 def engine_key(settings_text: str = "", environ: dict[str, str] | None = None) -> str:
@@ -314,8 +323,8 @@ def request_for(
     handover: bool = False,
 ) -> dict[str, object]:
     """The one JSON line a kernel session starts with (see helper.py's protocol).
-    handover: the compiled client's ask to be handed the session (HANDOVER_ENV set in its
-    environment), as its last field; thin_client.c writes the same bytes."""
+    handover: the compiled client's ask to be handed the session (HANDOVER_ENV not 0 in
+    its environment), as its last field; thin_client.c writes the same bytes."""
     request: dict[str, object] = {
         "v": PROTOCOL,
         "version": __version__,

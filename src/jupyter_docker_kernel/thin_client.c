@@ -22,7 +22,7 @@
  * process (same pid: the client's liveness polling and signals still reach the kernel's
  * process), which runs the kernel in-process as before.
  *
- * With JUPYTER_DOCKER_KERNEL_HANDOVER=1 it asks the helper to hand the session over
+ * Unless JUPYTER_DOCKER_KERNEL_HANDOVER=0, it asks the helper to hand the session over
  * ("handover": true): a helper that can answers `H` with the session's descriptors, and
  * from then on this process relays, watches and ends the kernel by itself
  * (thin_handover.c, with thin_relay.c: #included below, one compilation unit), so no
@@ -617,7 +617,7 @@ int main(int argc, char **argv) {
     const char *handover = env_get(JDK_HANDOVER_ENV);
     jdk_python = fallback_argv;
     jdk_python_count = (int)n;
-    if (!request_for(&request, settings, connection, debug, handover && strcmp(handover, "1") == 0, &engine))
+    if (!request_for(&request, settings, connection, debug, !(handover && strcmp(handover, "0") == 0), &engine))
         return fallback();
     put(&request, "\n", 1);
     char *base = private_base();

@@ -1,7 +1,7 @@
 /* The compiled client's side of the hand-over (issue 17; docs/design/issue17/c-relay.md,
  * "Build plan"): #included by thin_client.c after thin_relay.c (one compilation unit).
  *
- * When the client asked for it (thin.HANDOVER_ENV=1), the helper ends its part of a
+ * When the client asked for it (thin.HANDOVER_ENV not 0), the helper ends its part of a
  * kernel's session with one `H <n>\n` + n bytes of key=value lines, and the session's
  * descriptors on the same sendmsg (the design's table: lifeline, exit watch, socket dir,
  * kept log, the five listeners). From then on this process alone serves the kernel, in

@@ -221,7 +221,36 @@ def test_setup_without_a_compiler_writes_the_python_argv(
     data = json.loads((data_dir / "kernels" / "nocc" / "kernel.json").read_text())
     assert data["argv"] == [*kernelspec.launcher_argv(sys.executable), "-f", "{connection_file}"]
     assert cli.main(["show", "nocc"]) == 0
-    assert "client    python" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "client    python" in out
+    assert "relay     the resident helper (no usable compiled client" in out
+
+
+@pytest.mark.parametrize("switch", [None, "0"])
+def test_show_says_whether_the_compiled_client_or_the_helper_relays(
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    switch: str | None,
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    argv = ["setup", "--name", "cc", "--image", "x", "--user", "--skip-checks"]
+    assert cli.main(argv) == 0
+    if switch is not None:
+        path = data_dir / "kernels" / "cc" / "kernel.json"
+        data = json.loads(path.read_text())
+        data["env"][thin.HANDOVER_ENV] = switch
+        path.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert cli.main(["show", "cc"]) == 0
+    relay = next(line for line in capsys.readouterr().out.splitlines() if "relay " in line)
+    if switch is None:
+        assert relay.startswith("  relay     the compiled client: the helper hands it")
+    else:
+        assert (
+            relay == f"  relay     the resident helper ({thin.HANDOVER_ENV}=0 in kernel.json's env)"
+        )
 
 
 def test_setup_with_a_compiler_starts_argv_with_the_client_and_show_says_so(

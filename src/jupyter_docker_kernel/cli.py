@@ -33,6 +33,7 @@ from jupyter_docker_kernel import (
     pool,
     reaper,
     running,
+    thin,
 )
 from jupyter_docker_kernel import setup as setup_mod
 from jupyter_docker_kernel.engine import Engine, podman_socket
@@ -1190,6 +1191,7 @@ def format_show(info: manage.SpecInfo, args: list[str], program: str) -> list[st
     note = "  (an earlier version's form: doctor --fix rewrites it)" if old else ""
     lines.append(f"  launcher  {launcher}{note}")
     lines.append(f"  client    {client_line(info)}")
+    lines.append(f"  relay     {relay_line(info)}")
     lines.append("settings (* = chosen at setup, the rest are defaults):")
     for key, value in dataclasses.asdict(info.settings).items():
         mark = "*" if getattr(info.settings, key) != getattr(DEFAULTS, key) else " "
@@ -1219,6 +1221,26 @@ def client_line(info: manage.SpecInfo) -> str:
     if problem:
         return f"compiled {info.client}, unusable: {problem}; doctor --fix rebuilds it"
     return f"compiled {info.client} (execs the launcher when no helper can serve)"
+
+
+def relay_line(info: manage.SpecInfo) -> str:
+    """`show`'s relay line: who relays a running kernel's channels, the resident helper or
+    the compiled client it hands the kernel to (hosting.qualifies; issue 17), so that a
+    user sees which path the switch and the spec's settings leave."""
+    assert info.settings is not None
+    off = "the resident helper"
+    if not info.client or info.client_problem:
+        return f"{off} (no usable compiled client to hand the kernel to)"
+    if not thin.handover_on(info.handover_env):
+        return f"{off} ({thin.HANDOVER_ENV}=0 in kernel.json's env)"
+    if info.settings.kube_namespace is not None:
+        return f"{off} (a Kubernetes pod's encrypted channels)"
+    if (info.settings.engine_host or "").startswith("ssh://"):
+        return f"{off} (a remote node's kernel, through SSH)"
+    return (
+        "the compiled client: the helper hands it the running kernel and exits when idle "
+        f"(a local engine's API; {thin.HANDOVER_ENV}=0 keeps the helper relaying)"
+    )
 
 
 def option_lines(args: list[str], settings: KernelSettings) -> list[str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_docker_kernel import hardening, hostpython, kernelspec, pool, thin_client
+from jupyter_docker_kernel import hardening, hostpython, kernelspec, pool, thin, thin_client
 from jupyter_docker_kernel.engine import LABEL_POOL, Engine
 from jupyter_docker_kernel.errors import DockerKernelError, KernelSpecError
 from jupyter_docker_kernel.hardening import SUPERVISOR_PATH
@@ -55,6 +55,8 @@ class SpecInfo:
     launcher_argv: tuple[str, ...] = ()
     #: The compiled thin client argv starts with ("": the Python launcher directly).
     client: str = ""
+    #: kernel.json's env value of thin.HANDOVER_ENV (None: not set, the default: on).
+    handover_env: str | None = None
 
     @property
     def client_problem(self) -> str:
@@ -130,6 +132,9 @@ def read_spec(name: str, path: Path, shadowed_by: Path | None = None) -> SpecInf
         return SpecInfo(name, str(path), "", "", None, error=why, shadowed_by=shadow)
     client, argv = thin_client.split([str(a) for a in data.get("argv") or [""]])
     display = str(data.get("display_name", ""))
+    env = data.get("env")
+    switch = env.get(thin.HANDOVER_ENV) if isinstance(env, dict) else None
+    handover_env = switch if isinstance(switch, str) else None
     try:
         settings = kernelspec.settings_from_kernel_json(data)
     except DockerKernelError as exc:
@@ -153,6 +158,7 @@ def read_spec(name: str, path: Path, shadowed_by: Path | None = None) -> SpecInf
         shadowed_by=shadow,
         launcher_argv=tuple(argv),
         client=client,
+        handover_env=handover_env,
     )
 
 

@@ -1,12 +1,14 @@
 """Issue 17's hand-over, end to end: real kernels through the compiled client with
-JUPYTER_DOCKER_KERNEL_HANDOVER=1, the real helper, a real engine and jupyter_client.
+JUPYTER_DOCKER_KERNEL_HANDOVER unset (the default: on), the real helper, a real engine and
+jupyter_client.
 
 After the helper hands a kernel over (docs/design/issue17/c-relay.md, "Build plan") the
 compiled client relays, watches and stops by itself and the helper exits once idle: these
 stories check that the kernel then still runs, answers, interrupts, survives the next
 helper's start sweep, ends with its own exit code and leaves nothing behind, and that a
 SIGKILL of the client still ends its container within 5 s (the lifeline) and its watcher
-removes the runtime dir.
+removes the runtime dir, while a SIGKILL of the helper no longer touches a kernel it handed
+over (tests/test_hosting.py tells the kernels the helper keeps, with the switch at 0).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from jupyter_client.manager import KernelManager
 
-from jupyter_docker_kernel import cli, helper, rundir, thin, thin_client
+from jupyter_docker_kernel import cli, helper, hosting, rundir, thin, thin_client
 from jupyter_docker_kernel.rundir import runtime_base
 from tests.conftest import end_helpers, helpers_of, install_kernel
 from tests.kernels import (
@@ -50,8 +53,9 @@ def handover_kernel(kernel_image: str) -> str:
 
 @pytest.fixture
 def handing_over(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Kernels started now ask for the hand-over, from a fresh helper that idles out fast."""
-    monkeypatch.setenv(thin.HANDOVER_ENV, "1")
+    """Kernels started now are handed over (the default), by a fresh helper that idles out
+    fast."""
+    monkeypatch.delenv(thin.HANDOVER_ENV, raising=False)
     monkeypatch.setenv(helper.IDLE_ENV, IDLE)
     end_helpers()  # the next kernel's client starts a helper with this environment
     yield
@@ -124,3 +128,26 @@ def test_a_killed_handed_over_client_has_its_container_and_runtime_dir_gone_with
         if km.has_kernel:
             km.shutdown_kernel(now=True)
         km.cleanup_resources()
+
+
+@pytest.mark.docker
+def test_a_sigkilled_helper_leaves_a_kernel_it_handed_over_running(
+    handover_kernel: str, workdir: Path, handing_over: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(helper.IDLE_ENV, "120")  # the helper the start spawns stays, to be killed
+    km, kc = start(handover_kernel, workdir)
+    kid = kernel_key(km)
+    try:
+        state = f"*{kid}*/{hosting.HANDOVER_STATE}"
+        wait_until(lambda: list(Path(rundir.runtime_base()).glob(state)), 10)
+        (pid,) = helpers_of(str(runtime_base()))
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 5)
+        time.sleep(5)  # a SIGKILLed helper's own kernels are gone within this
+        assert containers_of(kid, running_only=True)
+        reply, outputs = execute(kc, "print(6 * 7)")  # type: ignore[arg-type]
+        assert (reply["status"], stream_text(outputs)) == ("ok", "42\n")
+    finally:
+        kc.stop_channels()  # type: ignore[attr-defined]
+        km.shutdown_kernel(now=True)
+    assert not containers_of(kid)

@@ -3,6 +3,8 @@ that does not depend on it staying healthy.
 
 Real kernels through jupyter_client's KernelManager, as the other launcher tests start them:
 the kernelspec's argv is the thin client, the helper it spawns runs hosting.run_kernel.
+Every kernel here stays with the helper (thin.HANDOVER_ENV=0, what a user sets to keep that
+path): the hand-over, on by default, is told in tests/test_handover_story.py.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ from tests.kernels import containers_of, execute, kernel_key, launcher_process, 
 from tests.test_pool import key_of, warm_ready
 
 pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(autouse=True)
+def helper_relays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper keeps each kernel (the kernels inherit this environment)."""
+    monkeypatch.setenv(thin.HANDOVER_ENV, "0")
+
 
 HOME = os.environ.get("HOME", "")
 

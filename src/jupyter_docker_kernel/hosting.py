@@ -29,8 +29,8 @@ and the owner marker), so reaper.collect's rules (what `gc` removes) are the jan
 The hand-over (issue 17; docs/design/issue17/c-relay.md, "Build plan"): when the compiled
 client asked for it and thin.HANDOVER_ENV is not 0 in its environment, a local engine's
 kernel (LocalBackend: a cold start held through the API, or a claimed warm container, a
---copy-workdir copy once written; not CliBackend, nodes, pods) is handed to that client once it runs
-(hand_over_kernel) instead of relayed here: Control.hand_over sends its descriptors and
+--copy-workdir copy once written; not CliBackend, nodes, pods) is handed to that client
+once it runs (hand_over_kernel) instead of relayed here: Control.hand_over sends its descriptors and
 facts, <base>/handover.json keeps what finish.py needs at the kernel's end, and this
 session ends once the client relayed the first reply (the refill's gate). Such a kernel's
 container and runtime dir name the client as their launcher, not the helper, which may exit

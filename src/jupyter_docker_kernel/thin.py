@@ -51,8 +51,6 @@ NO_HELPER_ENV = "JUPYTER_DOCKER_KERNEL_NO_HELPER"
 #: issue17/c-relay.md, "Build plan"). On by default since the hostile suites and the whole
 #: suite pass with it; 0 keeps every kernel relayed by the helper (the path before).
 HANDOVER_ENV = "JUPYTER_DOCKER_KERNEL_HANDOVER"
-
-
 #: What run() returns when the caller must run the kernel in-process instead.
 FALLBACK = None
 #: The exit code when the helper went away in the middle of a session (killed, crashed).

@@ -30,11 +30,11 @@ The hand-over (issue 17; docs/design/issue17/c-relay.md, "Build plan"): when the
 client asked for it and thin.HANDOVER_ENV is not 0 in its environment, a local engine's
 kernel (LocalBackend: a cold start held through the API, or a claimed warm container, a
 --copy-workdir copy once written; not CliBackend, nodes, pods) is handed to that client
-once it runs (hand_over_kernel) instead of relayed here: Control.hand_over sends its descriptors and
-facts, <base>/handover.json keeps what finish.py needs at the kernel's end, and this
-session ends once the client relayed the first reply (the refill's gate). Such a kernel's
-container and runtime dir name the client as their launcher, not the helper, which may exit
-while it runs.
+once it runs (hand_over_kernel) instead of relayed here: Control.hand_over sends its
+descriptors and facts, <base>/handover.json keeps what finish.py needs at the kernel's end,
+and this session ends once the client relayed the first reply (the refill's gate). Such a
+kernel's container and runtime dir name the client as their launcher, not the helper,
+which may exit while it runs.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def run_kernel(request: Request, control: Control) -> int:
 
 def qualifies(control: Control, settings: KernelSettings, backend: Backend) -> bool:
     """Whether this kernel is handed over to its client instead of relayed here: the client
-    asked and its environment switches it on (Control.wants_handover), and the local
+    asked and its environment does not switch it off (Control.wants_handover), and the local
     engine's API holds it (exactly LocalBackend: not CliBackend, a node's SshBackend, the
     broker's, a pod's). A --copy-workdir copy is written whole before the hand-over
     (hand_over_kernel waits up to COPY_WAIT for it)."""
